@@ -1,0 +1,120 @@
+package dbsync
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// batchState accumulates the net effect of a poll's committed transactions per table
+// for a Batcher: the last upserted values of each record ID, or its deletion.
+type batchState struct {
+	pending []batchOp // the open transaction's changes
+	upserts map[string]map[string]StringMap
+	deletes map[string]map[string]bool
+}
+
+type batchOp struct {
+	doctype, id string
+	values      StringMap // nil: delete
+}
+
+func newBatchState() *batchState {
+	return &batchState{upserts: map[string]map[string]StringMap{}, deletes: map[string]map[string]bool{}}
+}
+
+func (b *batchState) upsert(info *PGTableInfo, reln *pglogrepl.RelationMessage, newTuple, oldTuple *pglogrepl.TupleData) error {
+	values, _, err := info.MessageToMap(reln, newTuple)
+	if err != nil {
+		return err
+	}
+	id, err := info.GetRecordID(values)
+	if err != nil {
+		return fmt.Errorf("%s: %w", info.QualifiedName(), err)
+	}
+	if oldTuple != nil {
+		// A key-changing update: the old key's record goes away.
+		old, _, err := info.MessageToMap(reln, oldTuple)
+		if err != nil {
+			return err
+		}
+		if oldID, err := info.GetRecordID(old); err == nil && oldID != id {
+			b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: oldID})
+		}
+	}
+	b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: id, values: values})
+	return nil
+}
+
+func (b *batchState) delete(info *PGTableInfo, reln *pglogrepl.RelationMessage, oldTuple *pglogrepl.TupleData) error {
+	old, _, err := info.MessageToMap(reln, oldTuple)
+	if err != nil {
+		return err
+	}
+	id, err := info.GetRecordID(old)
+	if err != nil {
+		return fmt.Errorf("%s: %w", info.QualifiedName(), err)
+	}
+	b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: id})
+	return nil
+}
+
+// commit folds the open transaction's changes into the poll's net effect.
+func (b *batchState) commit() {
+	for _, op := range b.pending {
+		if b.upserts[op.doctype] == nil {
+			b.upserts[op.doctype] = map[string]StringMap{}
+			b.deletes[op.doctype] = map[string]bool{}
+		}
+		if op.values == nil {
+			delete(b.upserts[op.doctype], op.id)
+			b.deletes[op.doctype][op.id] = true
+		} else {
+			prev := b.upserts[op.doctype][op.id]
+			merged := op.values
+			if prev != nil {
+				// Keep columns the change did not carry (unchanged TOAST values).
+				merged = make(StringMap, len(prev))
+				for k, v := range prev {
+					merged[k] = v
+				}
+				for k, v := range op.values {
+					merged[k] = v
+				}
+			}
+			b.upserts[op.doctype][op.id] = merged
+			delete(b.deletes[op.doctype], op.id)
+		}
+	}
+	b.pending = b.pending[:0]
+}
+
+// flush sends deletes then upserts per table, in table-name order, and resets.
+func (b *batchState) flush(bt Batcher) error {
+	names := make([]string, 0, len(b.upserts))
+	for n := range b.upserts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if len(b.deletes[n]) > 0 {
+			ids := make([]string, 0, len(b.deletes[n]))
+			for id := range b.deletes[n] {
+				ids = append(ids, id)
+			}
+			sort.Strings(ids)
+			if _, err := bt.BatchDelete(n, ids); err != nil {
+				return err
+			}
+		}
+		if len(b.upserts[n]) > 0 {
+			if _, err := bt.BatchUpsert(n, b.upserts[n]); err != nil {
+				return err
+			}
+		}
+	}
+	b.upserts = map[string]map[string]StringMap{}
+	b.deletes = map[string]map[string]bool{}
+	return nil
+}

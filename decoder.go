@@ -1,0 +1,59 @@
+package dbsync
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// decoder turns raw pgoutput rows into pglogrepl messages and keeps the relation cache
+// that changes are decoded against. pgoutput re-sends RELATION before the first change
+// of each table in every peek call and after any ALTER, so the cache is always current
+// for the changes that follow.
+type decoder struct {
+	tables    *tableCache
+	relations map[uint32]*pglogrepl.RelationMessage
+}
+
+func newDecoder(tables *tableCache) *decoder {
+	return &decoder{tables: tables, relations: map[uint32]*pglogrepl.RelationMessage{}}
+}
+
+// Parse decodes one pgoutput message (protocol version 1). Malformed input gives an
+// error wrapping ErrMalformedMessage, never a panic: pglogrepl's decoders index their
+// input without bounds checks, so panics are recovered here.
+func Parse(data []byte) (msg pglogrepl.Message, err error) {
+	if len(data) == 0 {
+		return nil, fmt.Errorf("%w: empty message", ErrMalformedMessage)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			msg, err = nil, fmt.Errorf("%w: type %q, %d bytes: %v", ErrMalformedMessage, data[0], len(data), r)
+		}
+	}()
+	msg, err = pglogrepl.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: type %q, %d bytes: %v", ErrMalformedMessage, data[0], len(data), err)
+	}
+	return msg, nil
+}
+
+// relation returns the RELATION message in force for relID and its table info.
+func (d *decoder) relation(relID uint32) (*pglogrepl.RelationMessage, *PGTableInfo, error) {
+	reln := d.relations[relID]
+	if reln == nil {
+		return nil, nil, fmt.Errorf("%w: relation ID %d (no RELATION message before the change)", ErrUnknownRelation, relID)
+	}
+	return reln, d.tables.get(relID), nil
+}
+
+// setRelation records a RELATION message and returns the table info for it.
+func (d *decoder) setRelation(ctx context.Context, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
+	info, err := d.tables.forRelation(ctx, reln)
+	if err != nil {
+		return nil, err
+	}
+	d.relations[reln.RelationID] = reln
+	return info, nil
+}

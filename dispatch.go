@@ -1,0 +1,156 @@
+package dbsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// delivery hands one poll's rows, decoded, to the MessageHandler (and the Batcher) in
+// order, and tracks the last transaction that was processed entirely: the poller
+// forwards the slot to its COMMIT row and never further.
+type delivery struct {
+	s   *Syncer
+	ctx context.Context
+	idx int
+	// inTx is true between a BEGIN and its COMMIT.
+	inTx bool
+	// lastCommitEnd is the COMMIT row LSN of the last fully processed transaction.
+	lastCommitEnd pglogrepl.LSN
+	batch         *batchState
+}
+
+func (s *Syncer) newDelivery(ctx context.Context) *delivery {
+	d := &delivery{s: s, ctx: ctx}
+	if s.Batcher != nil {
+		d.batch = newBatchState()
+	}
+	return d
+}
+
+// handlerErr wraps a handler's error in ErrHandler, keeping ErrStopProcessingMessages
+// recognisable.
+func handlerErr(err error, what string, lsn pglogrepl.LSN) error {
+	if err == nil || errors.Is(err, ErrStopProcessingMessages) {
+		return err
+	}
+	return fmt.Errorf("%w: %s at LSN %s: %w", ErrHandler, what, lsn, err)
+}
+
+// isControlTable tells whether a relation is dbsync's own watermark table, whose rows
+// drive refresh windows and are not delivered as changes.
+func (s *Syncer) isControlTable(reln *pglogrepl.RelationMessage) bool {
+	return reln.Namespace == s.ctrlNamespace && reln.RelationName == s.wmTableName
+}
+
+// deliver decodes and dispatches one row.
+func (d *delivery) deliver(m PGMSG) error {
+	msg, err := Parse(m.Data)
+	if err != nil {
+		return fmt.Errorf("row at LSN %s: %w", m.LSN, err)
+	}
+	h := d.s.MessageHandler
+	if h == nil {
+		h = DefaultMessageHandler{}
+	}
+	idx := d.idx
+	d.idx++
+	switch v := msg.(type) {
+	case *pglogrepl.BeginMessage:
+		d.inTx = true
+		return handlerErr(h.HandleBeginMessage(idx, v), "BEGIN", m.LSN)
+	case *pglogrepl.CommitMessage:
+		err := h.HandleCommitMessage(idx, v)
+		if err == nil || errors.Is(err, ErrStopProcessingMessages) {
+			d.inTx = false
+			d.lastCommitEnd = m.LSN
+			if d.batch != nil {
+				d.batch.commit()
+			}
+		}
+		return handlerErr(err, "COMMIT", m.LSN)
+	case *pglogrepl.RelationMessage:
+		info, err := d.s.dec.setRelation(d.ctx, v)
+		if err != nil {
+			return err
+		}
+		if d.s.isControlTable(v) {
+			return nil
+		}
+		return handlerErr(h.HandleRelationMessage(idx, v, info), "RELATION", m.LSN)
+	case *pglogrepl.InsertMessage:
+		reln, info, err := d.s.dec.relation(v.RelationID)
+		if err != nil {
+			return err
+		}
+		if d.s.isControlTable(reln) {
+			return nil
+		}
+		if d.batch != nil {
+			if err := d.batch.upsert(info, reln, v.Tuple, nil); err != nil {
+				return err
+			}
+		}
+		return handlerErr(h.HandleInsertMessage(idx, v, reln, info), "INSERT", m.LSN)
+	case *pglogrepl.UpdateMessage:
+		reln, info, err := d.s.dec.relation(v.RelationID)
+		if err != nil {
+			return err
+		}
+		if d.s.isControlTable(reln) {
+			return nil
+		}
+		if d.batch != nil {
+			if err := d.batch.upsert(info, reln, v.NewTuple, v.OldTuple); err != nil {
+				return err
+			}
+		}
+		return handlerErr(h.HandleUpdateMessage(idx, v, reln, info), "UPDATE", m.LSN)
+	case *pglogrepl.DeleteMessage:
+		reln, info, err := d.s.dec.relation(v.RelationID)
+		if err != nil {
+			return err
+		}
+		if d.s.isControlTable(reln) {
+			return nil
+		}
+		if d.batch != nil {
+			if err := d.batch.delete(info, reln, v.OldTuple); err != nil {
+				return err
+			}
+		}
+		return handlerErr(h.HandleDeleteMessage(idx, v, reln, info), "DELETE", m.LSN)
+	case *pglogrepl.TruncateMessage:
+		relns := make([]*pglogrepl.RelationMessage, 0, len(v.RelationIDs))
+		infos := make([]*PGTableInfo, 0, len(v.RelationIDs))
+		for _, id := range v.RelationIDs {
+			reln, info, err := d.s.dec.relation(id)
+			if err != nil {
+				return err
+			}
+			relns = append(relns, reln)
+			infos = append(infos, info)
+		}
+		return handlerErr(h.HandleTruncateMessage(idx, v, relns, infos), "TRUNCATE", m.LSN)
+	case *pglogrepl.LogicalDecodingMessage:
+		return handlerErr(h.HandleLogicalMessage(idx, v), "MESSAGE", m.LSN)
+	default:
+		// TYPE and ORIGIN messages carry nothing a handler needs.
+		return nil
+	}
+}
+
+// finish hands the poll's completed transactions to the Batcher. On failure nothing
+// of this poll may be forwarded.
+func (d *delivery) finish() error {
+	if d.batch == nil {
+		return nil
+	}
+	if err := d.batch.flush(d.s.Batcher); err != nil {
+		d.lastCommitEnd = 0
+		return fmt.Errorf("%w: Batcher: %w", ErrHandler, err)
+	}
+	return nil
+}

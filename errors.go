@@ -1,0 +1,97 @@
+package dbsync
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/lib/pq"
+)
+
+// ErrStopProcessingMessages may be returned by a MessageHandler method to stop the
+// Syncer cleanly: everything before the message that returned it is forwarded (the
+// slot moves to the COMMIT of the last fully processed transaction) and Start/Run
+// return without error.
+var ErrStopProcessingMessages = errors.New("dbsync: message processing halted")
+
+// Named errors. Every error dbsync returns for these situations wraps one of them, so
+// callers test with errors.Is; the wrapping error says what to do about it. Errors from
+// the server are also *pq.Error (errors.As) with the SQLSTATE.
+var (
+	// ErrWALLevel: the server's wal_level is below logical (SQLSTATE 55000).
+	// Fix: set wal_level = logical in postgresql.conf and restart the server.
+	ErrWALLevel = errors.New("dbsync: wal_level is not logical")
+	// ErrReplicationPrivilege: the role is neither superuser nor REPLICATION (42501).
+	// Fix: ALTER ROLE <role> REPLICATION.
+	ErrReplicationPrivilege = errors.New("dbsync: role may not use replication slots")
+	// ErrPublicationMissing: the publication does not exist and no tables were given
+	// (ForTables) to create it for.
+	ErrPublicationMissing = errors.New("dbsync: publication does not exist")
+	// ErrSlotMismatch: a slot with the configured name exists but is not a logical
+	// pgoutput slot of this database.
+	ErrSlotMismatch = errors.New("dbsync: replication slot exists with another plugin, kind or database")
+	// ErrSlotMissing: the replication slot does not exist (42704).
+	ErrSlotMissing = errors.New("dbsync: replication slot does not exist")
+	// ErrSlotInUse: another process is reading the slot (55006). Only one process may
+	// drive a slot.
+	ErrSlotInUse = errors.New("dbsync: replication slot is active in another process")
+	// ErrSlotInvalidated: the server removed WAL the slot still needed
+	// (max_slot_wal_keep_size); the slot can no longer deliver changes and must be
+	// dropped and re-created, followed by a snapshot to rebuild consumers.
+	ErrSlotInvalidated = errors.New("dbsync: replication slot was invalidated")
+	// ErrInRecovery: logical decoding is not possible on a standby (PG 15, 0A000).
+	ErrInRecovery = errors.New("dbsync: server is in recovery (a standby)")
+	// ErrHandler wraps an error returned by a MessageHandler, EventsProcessor or Batcher.
+	// The slot was not moved past the change that failed.
+	ErrHandler = errors.New("dbsync: handler failed")
+	// ErrMalformedMessage: a pgoutput message could not be decoded.
+	ErrMalformedMessage = errors.New("dbsync: malformed pgoutput message")
+	// ErrUnknownRelation: a change referenced a relation ID no RELATION message described.
+	ErrUnknownRelation = errors.New("dbsync: change for unknown relation")
+	// ErrAlreadyRunning: Start or Run was called on a Syncer that is running.
+	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
+	// ErrConfig: an option or environment variable has an invalid value.
+	ErrConfig = errors.New("dbsync: invalid configuration")
+)
+
+// classify maps a server error to the named errors above, keeping the original error
+// in the chain (errors.As(err, *pq.Error) still works). Unknown errors pass through.
+func classify(err error, what string) error {
+	if err == nil {
+		return nil
+	}
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) {
+		return err
+	}
+	msg := pqErr.Message
+	switch pqErr.Code {
+	case "55000":
+		switch {
+		case contains(msg, "wal_level"):
+			return fmt.Errorf("%w: %s: set wal_level = logical in postgresql.conf and restart PostgreSQL: %w", ErrWALLevel, what, err)
+		case contains(msg, "can no longer get changes"), contains(msg, "cannot be advanced"), contains(msg, "has been invalidated"):
+			return fmt.Errorf("%w: %s: drop and re-create the slot, then rebuild consumers with a snapshot: %w", ErrSlotInvalidated, what, err)
+		}
+	case "42501":
+		if contains(msg, "replication") || contains(msg, "superuser") {
+			return fmt.Errorf("%w: %s: grant it with ALTER ROLE ... REPLICATION (or use a superuser): %w", ErrReplicationPrivilege, what, err)
+		}
+	case "42704":
+		if contains(msg, "replication slot") {
+			return fmt.Errorf("%w: %s: %w", ErrSlotMissing, what, err)
+		}
+		if contains(msg, "publication") {
+			return fmt.Errorf("%w: %s: %w", ErrPublicationMissing, what, err)
+		}
+	case "55006":
+		return fmt.Errorf("%w: %s: make sure only one process drives this slot: %w", ErrSlotInUse, what, err)
+	case "0A000":
+		if contains(msg, "recovery") {
+			return fmt.Errorf("%w: %s: connect to the primary: %w", ErrInRecovery, what, err)
+		}
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

@@ -1,0 +1,101 @@
+package dbsync
+
+import (
+	"github.com/jackc/pglogrepl"
+)
+
+// StringMap is one row's values: column name to typed Go value (see PGColumnInfo.DecodeText).
+type StringMap = map[string]any
+
+// PGMSG is one row of pg_logical_slot_peek_binary_changes: the pgoutput message Data
+// (first byte is the message type), the row's LSN and the transaction's xid.
+//
+// LSN follows PostgreSQL's rules (shared/reference §2): BEGIN and RELATION rows carry
+// the LSN of the transaction's first change, change rows the start of their WAL
+// record, and the COMMIT row the end of the commit record — the position to forward
+// the slot to once the transaction is processed.
+type PGMSG struct {
+	LSN  pglogrepl.LSN
+	Xid  uint32
+	Data []byte
+}
+
+// MessageHandler receives decoded changes one message at a time, in commit order:
+// for each transaction Begin, then Relation (before the first change of each table in
+// every poll, and after the table changed), Insert/Update/Delete/Truncate and logical
+// decoding messages, then Commit. idx is the message's position in the current poll.
+//
+// Returning an error stops delivery; the slot is never forwarded past the transaction
+// that failed (see HandlerErrorPolicy). Returning ErrStopProcessingMessages stops the
+// Syncer cleanly after forwarding the transactions completed before it.
+//
+// Delivery is at-least-once: after a restart or a failure the last, unforwarded
+// transactions come again. Embed DefaultMessageHandler to implement only what you need.
+type MessageHandler interface {
+	HandleBeginMessage(idx int, msg *pglogrepl.BeginMessage) error
+	HandleCommitMessage(idx int, msg *pglogrepl.CommitMessage) error
+	HandleRelationMessage(idx int, msg *pglogrepl.RelationMessage, tableInfo *PGTableInfo) error
+	HandleInsertMessage(idx int, msg *pglogrepl.InsertMessage, reln *pglogrepl.RelationMessage, tableInfo *PGTableInfo) error
+	HandleUpdateMessage(idx int, msg *pglogrepl.UpdateMessage, reln *pglogrepl.RelationMessage, tableInfo *PGTableInfo) error
+	HandleDeleteMessage(idx int, msg *pglogrepl.DeleteMessage, reln *pglogrepl.RelationMessage, tableInfo *PGTableInfo) error
+	// HandleTruncateMessage gets the truncated relations (CASCADE and RESTART IDENTITY
+	// are flags in msg.Option: pglogrepl.TruncateOptionCascade/RestartIdentity).
+	HandleTruncateMessage(idx int, msg *pglogrepl.TruncateMessage, relns []*pglogrepl.RelationMessage, tableInfos []*PGTableInfo) error
+	// HandleLogicalMessage gets pg_logical_emit_message() messages.
+	HandleLogicalMessage(idx int, msg *pglogrepl.LogicalDecodingMessage) error
+	// HandleRefresh gets a row read by Refresh or a snapshot chunk that no change
+	// inside the chunk's watermark window touched: its value is current as of the
+	// high watermark. key is item.Key.
+	HandleRefresh(key string, item DBItem) error
+}
+
+// DBItem is a row read from a table by Refresh or a snapshot chunk.
+type DBItem struct {
+	// Table is the table the row belongs to.
+	Table *PGTableInfo
+	// Key is the row's record ID (PGTableInfo.GetRecordID of its primary key).
+	Key string
+	// Values holds every selected column, typed as in changes.
+	Values StringMap
+}
+
+// EventsProcessor consumes whole polls of raw rows instead of a MessageHandler. It
+// returns how many rows (from the front of msgs) it processed and whether the Syncer
+// should stop. The slot is forwarded to the COMMIT row of the last transaction that
+// lies entirely within the processed rows. err is non-nil when a poll failed; msgs is
+// then nil and the return values are ignored.
+type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
+
+// Batcher receives each poll's net effect per table before the slot is forwarded:
+// rows to upsert (record ID -> values) and record IDs to delete. doctype is the
+// table's "schema.table".
+type Batcher interface {
+	BatchUpsert(doctype string, docs map[string]StringMap) (any, error)
+	BatchDelete(doctype string, docids []string) (any, error)
+}
+
+// DefaultMessageHandler implements every MessageHandler method as a no-op. Embed it
+// in your handler so it keeps compiling when methods are added.
+type DefaultMessageHandler struct{}
+
+func (DefaultMessageHandler) HandleBeginMessage(int, *pglogrepl.BeginMessage) error   { return nil }
+func (DefaultMessageHandler) HandleCommitMessage(int, *pglogrepl.CommitMessage) error { return nil }
+func (DefaultMessageHandler) HandleRelationMessage(int, *pglogrepl.RelationMessage, *PGTableInfo) error {
+	return nil
+}
+func (DefaultMessageHandler) HandleInsertMessage(int, *pglogrepl.InsertMessage, *pglogrepl.RelationMessage, *PGTableInfo) error {
+	return nil
+}
+func (DefaultMessageHandler) HandleUpdateMessage(int, *pglogrepl.UpdateMessage, *pglogrepl.RelationMessage, *PGTableInfo) error {
+	return nil
+}
+func (DefaultMessageHandler) HandleDeleteMessage(int, *pglogrepl.DeleteMessage, *pglogrepl.RelationMessage, *PGTableInfo) error {
+	return nil
+}
+func (DefaultMessageHandler) HandleTruncateMessage(int, *pglogrepl.TruncateMessage, []*pglogrepl.RelationMessage, []*PGTableInfo) error {
+	return nil
+}
+func (DefaultMessageHandler) HandleLogicalMessage(int, *pglogrepl.LogicalDecodingMessage) error {
+	return nil
+}
+func (DefaultMessageHandler) HandleRefresh(string, DBItem) error { return nil }

@@ -1,0 +1,284 @@
+package dbsync
+
+import (
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Defaults used when neither an option nor an environment variable sets a value.
+const (
+	DefaultCtrlNamespace = "dbsync_ctrl"
+	DefaultPublication   = "dbsync_mypub"
+	DefaultReplSlot      = "dbsync_replslot"
+	DefaultWMTable       = "dbsync_wmtable"
+
+	// DefaultDelayBetweenPeekRetries is the first wait after a poll that found nothing.
+	DefaultDelayBetweenPeekRetries = 100 * time.Millisecond
+	// DefaultTimerDelayBackoffFactor multiplies the wait after each further empty poll.
+	DefaultTimerDelayBackoffFactor = 1.5
+	// DefaultMaxDelayBetweenEmptyPeeks caps the wait between empty polls.
+	DefaultMaxDelayBetweenEmptyPeeks = 5 * time.Second
+	// DefaultMaxMessagesToRead bounds the rows one peek returns (upto_nchanges). The
+	// bound is checked by PostgreSQL at transaction boundaries, so a call can return
+	// more (a large transaction always comes back whole). Large values drain a backlog
+	// fastest: every call re-decodes WAL from the slot's restart_lsn.
+	DefaultMaxMessagesToRead = 262144
+)
+
+// Environment variables read by NewSyncer for settings no option gave.
+const (
+	EnvPostgresDB       = "POSTGRES_DB"   // database name; POSTGRES_NAME is accepted too
+	EnvPostgresName     = "POSTGRES_NAME" // the original dbsync's name for POSTGRES_DB
+	EnvPostgresHost     = "POSTGRES_HOST"
+	EnvPostgresPort     = "POSTGRES_PORT"
+	EnvPostgresUser     = "POSTGRES_USER"
+	EnvPostgresPassword = "POSTGRES_PASSWORD"
+	EnvPostgresSSLMode  = "POSTGRES_SSLMODE" // lib/pq sslmode; default "prefer"
+	EnvCtrlNamespace    = "DBSYNC_CTRL_NAMESPACE"
+	EnvPublication      = "DBSYNC_PUBNAME"
+	EnvReplSlot         = "DBSYNC_REPLSLOT"
+	EnvWMTable          = "DBSYNC_WM_TABLENAME"
+)
+
+// HandlerErrorPolicy says what the Syncer does when a handler returns an error (other
+// than ErrStopProcessingMessages). Either way the slot is never forwarded past the
+// transaction whose change failed.
+type HandlerErrorPolicy int
+
+const (
+	// StopOnHandlerError (the default) stops the Syncer: Run/Start return the error
+	// wrapped in ErrHandler. A restarted Syncer re-delivers the failed transaction.
+	StopOnHandlerError HandlerErrorPolicy = iota
+	// RetryOnHandlerError re-reads the slot and re-delivers the failed transaction
+	// (from its BEGIN) after an exponential backoff, until the handler succeeds or the
+	// Syncer is stopped.
+	RetryOnHandlerError
+)
+
+// SyncerOpt configures a Syncer in NewSyncer. Options override environment variables,
+// which override the defaults.
+type SyncerOpt func(*Syncer) error
+
+// WithPGConnStr sets the connection string (libpq key=value or postgres:// URL) of the
+// database to sync; dbsync opens it with the lib/pq driver. It overrides POSTGRES_*.
+func WithPGConnStr(connstr string) SyncerOpt {
+	return func(s *Syncer) error {
+		s.connStr = connstr
+		return nil
+	}
+}
+
+// WithDB makes the Syncer use an existing connection pool (any driver, e.g. lib/pq or
+// pgx's stdlib). The Syncer does not close it. It overrides WithPGConnStr and POSTGRES_*.
+func WithDB(db *sql.DB) SyncerOpt {
+	return func(s *Syncer) error {
+		if db == nil {
+			return fmt.Errorf("%w: WithDB(nil)", ErrConfig)
+		}
+		s.db = db
+		s.ownDB = false
+		return nil
+	}
+}
+
+// WithPublication sets the publication the slot is read with (pgoutput's
+// publication_names). Overrides DBSYNC_PUBNAME.
+func WithPublication(pubname string) SyncerOpt {
+	return func(s *Syncer) error { s.publication = pubname; return nil }
+}
+
+// WithReplicationSlot sets the logical replication slot. Overrides DBSYNC_REPLSLOT.
+func WithReplicationSlot(slotname string) SyncerOpt {
+	return func(s *Syncer) error { s.replicationSlot = slotname; return nil }
+}
+
+// WithWMTable sets the watermark table's name (in the control namespace). Overrides
+// DBSYNC_WM_TABLENAME.
+func WithWMTable(wmtablename string) SyncerOpt {
+	return func(s *Syncer) error { s.wmTableName = wmtablename; return nil }
+}
+
+// WithCtrlNamespace sets the schema where dbsync keeps its own tables. Overrides
+// DBSYNC_CTRL_NAMESPACE.
+func WithCtrlNamespace(nsname string) SyncerOpt {
+	return func(s *Syncer) error { s.ctrlNamespace = nsname; return nil }
+}
+
+// ForTables names the tables ("table" or "schema.table", unquoted) to create the
+// publication for when it does not exist yet. Without it, the publication must exist.
+func ForTables(tableNames ...string) SyncerOpt {
+	return func(s *Syncer) error {
+		s.tableNames = append([]string(nil), tableNames...)
+		return nil
+	}
+}
+
+// WithLogger sets the structured logger. The default discards everything.
+func WithLogger(l *slog.Logger) SyncerOpt {
+	return func(s *Syncer) error {
+		if l != nil {
+			s.log = l
+		}
+		return nil
+	}
+}
+
+// WithMessageHandler sets the handler changes are delivered to, one message at a time.
+func WithMessageHandler(h MessageHandler) SyncerOpt {
+	return func(s *Syncer) error { s.MessageHandler = h; return nil }
+}
+
+// WithEventsProcessor sets a batch consumer that receives the raw rows of each peek
+// instead of a MessageHandler.
+func WithEventsProcessor(p EventsProcessor) SyncerOpt {
+	return func(s *Syncer) error { s.EventsProcessor = p; return nil }
+}
+
+// WithHandlerErrorPolicy chooses between stopping (default) and retrying when a
+// handler fails.
+func WithHandlerErrorPolicy(p HandlerErrorPolicy) SyncerOpt {
+	return func(s *Syncer) error { s.HandlerErrorPolicy = p; return nil }
+}
+
+// WithMaxMessagesToRead sets the upto_nchanges bound of each peek (rows; 0 = only the
+// flush-LSN bound).
+func WithMaxMessagesToRead(n int) SyncerOpt {
+	return func(s *Syncer) error {
+		if n < 0 {
+			return fmt.Errorf("%w: MaxMessagesToRead %d < 0", ErrConfig, n)
+		}
+		s.MaxMessagesToRead = n
+		return nil
+	}
+}
+
+// WithPollBackoff sets the idle-poll backoff: wait initial after the first empty poll,
+// multiply by factor after each further one, never wait longer than max.
+func WithPollBackoff(initial time.Duration, factor float64, max time.Duration) SyncerOpt {
+	return func(s *Syncer) error {
+		if initial <= 0 || factor < 1 || max < initial {
+			return fmt.Errorf("%w: poll backoff needs initial > 0, factor >= 1, max >= initial (got %v, %v, %v)", ErrConfig, initial, factor, max)
+		}
+		s.DelayBetweenPeekRetries, s.TimerDelayBackoffFactor, s.MaxDelayBetweenEmptyPeeks = initial, factor, max
+		return nil
+	}
+}
+
+// WithSetup(false) skips creating or checking the control schema, watermark table,
+// publication and slot in NewSyncer (for read-only tools such as `dbsync status`).
+func WithSetup(enabled bool) SyncerOpt {
+	return func(s *Syncer) error { s.skipSetup = !enabled; return nil }
+}
+
+// withLookupEnv replaces os.LookupEnv (tests).
+func withLookupEnv(f func(string) (string, bool)) SyncerOpt {
+	return func(s *Syncer) error { s.lookupEnv = f; return nil }
+}
+
+// resolveConfig fills every setting no option gave from the environment, then from
+// the defaults.
+func (s *Syncer) resolveConfig() error {
+	env := func(keys ...string) string {
+		for _, k := range keys {
+			if v, ok := s.lookupEnv(k); ok && v != "" {
+				return v
+			}
+		}
+		return ""
+	}
+	pick := func(cur *string, def string, keys ...string) {
+		if *cur != "" {
+			return
+		}
+		if v := env(keys...); v != "" {
+			*cur = v
+			return
+		}
+		*cur = def
+	}
+	pick(&s.ctrlNamespace, DefaultCtrlNamespace, EnvCtrlNamespace)
+	pick(&s.publication, DefaultPublication, EnvPublication)
+	pick(&s.replicationSlot, DefaultReplSlot, EnvReplSlot)
+	pick(&s.wmTableName, DefaultWMTable, EnvWMTable)
+	if s.db == nil && s.connStr == "" {
+		s.connStr = ConnStringFromEnv(s.lookupEnv)
+	}
+	for name, v := range map[string]string{"replication slot": s.replicationSlot, "publication": s.publication,
+		"control namespace": s.ctrlNamespace, "watermark table": s.wmTableName} {
+		if len(v) > 63 {
+			return fmt.Errorf("%w: %s name %q is longer than PostgreSQL's 63-byte identifier limit", ErrConfig, name, v)
+		}
+	}
+	if err := validSlotName(s.replicationSlot); err != nil {
+		return err
+	}
+	return nil
+}
+
+// validSlotName applies PostgreSQL's rule for slot names (lower-case letters, digits
+// and underscores: ReplicationSlotValidateName) so a bad name fails early and clearly.
+func validSlotName(n string) error {
+	for _, c := range n {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return fmt.Errorf("%w: replication slot name %q may contain only lower-case letters, digits and underscores", ErrConfig, n)
+		}
+	}
+	if n == "" {
+		return fmt.Errorf("%w: empty replication slot name", ErrConfig)
+	}
+	return nil
+}
+
+// ConnStringFromEnv builds a lib/pq key=value connection string from POSTGRES_DB (or
+// POSTGRES_NAME), POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD and
+// POSTGRES_SSLMODE, defaulting to postgres@localhost:5432/postgres with sslmode=prefer.
+// lookup is os.LookupEnv when nil. The result contains the password: never log it
+// (RedactConnString gives a loggable form).
+func ConnStringFromEnv(lookup func(string) (string, bool)) string {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	get := func(def string, keys ...string) string {
+		for _, k := range keys {
+			if v, ok := lookup(k); ok && v != "" {
+				return v
+			}
+		}
+		return def
+	}
+	parts := []string{
+		"host=" + quoteConnValue(get("localhost", EnvPostgresHost)),
+		"port=" + quoteConnValue(get("5432", EnvPostgresPort)),
+		"user=" + quoteConnValue(get("postgres", EnvPostgresUser)),
+		"dbname=" + quoteConnValue(get("postgres", EnvPostgresDB, EnvPostgresName)),
+		"sslmode=" + quoteConnValue(get("prefer", EnvPostgresSSLMode)),
+	}
+	if pw := get("", EnvPostgresPassword); pw != "" {
+		parts = append(parts, "password="+quoteConnValue(pw))
+	}
+	return strings.Join(parts, " ")
+}
+
+// quoteConnValue quotes a value for a libpq key=value connection string.
+func quoteConnValue(v string) string {
+	if v != "" && !strings.ContainsAny(v, " '\\") {
+		return v
+	}
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}
+
+var (
+	kvPasswordRE  = regexp.MustCompile(`password\s*=\s*('(\\.|[^'])*'|\S+)`)
+	urlPasswordRE = regexp.MustCompile(`(://[^:/@]*:)[^@]*@`)
+)
+
+// RedactConnString returns connstr with any password replaced by "***", fit for logs
+// and error messages.
+func RedactConnString(connstr string) string {
+	return urlPasswordRE.ReplaceAllString(kvPasswordRE.ReplaceAllString(connstr, "password=***"), "${1}***@")
+}

@@ -1,0 +1,439 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pglogrepl"
+	"github.com/lib/pq"
+)
+
+// The poller is dbsync's transport: it reads the slot with
+// pg_logical_slot_peek_binary_changes bounded by the WAL flush LSN captured just
+// before, hands the rows to delivery, and forwards the slot with
+// pg_replication_slot_advance. Rules (shared/reference/pg-logical-decoding.md §2-3):
+//   - forward to the COMMIT row's LSN (end of the commit record) of the last fully
+//     processed transaction, never further;
+//   - when a call bounded by the flush LSN L returned everything (not cut short by
+//     upto_nchanges) and all of it was processed, forward to L, so a slot whose
+//     publication is idle does not pin WAL while other tables write;
+//   - never pg_logical_slot_get_binary_changes (it is not transactional and re-sends).
+
+// SlotPosition is a slot's state as the poller tracks it.
+type slotState struct {
+	confirmed    pglogrepl.LSN // confirmed_flush_lsn as last read or advanced to
+	drainedFlush pglogrepl.LSN // flush LSN up to which everything was delivered
+}
+
+// CurrentFlushLSN returns pg_current_wal_flush_lsn(): the WAL position up to which the
+// server has flushed, the bound of what a peek can decode.
+func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
+	var lsn pglogrepl.LSN
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn()`).Scan(&lsn); err != nil {
+		return 0, classify(err, "read pg_current_wal_flush_lsn()")
+	}
+	return lsn, nil
+}
+
+// ConfirmedFlushLSN returns the slot's confirmed_flush_lsn: changes of transactions
+// committed before it are not delivered again. Returns ErrSlotMissing if the slot does
+// not exist, ErrSlotInvalidated if its WAL was removed.
+func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
+	var lsn pglogrepl.LSN
+	var confirmed, walStatus sql.NullString
+	err := s.db.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
+		s.replicationSlot).Scan(&confirmed, &walStatus)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("%w: %q: it was dropped; run setup again (NewSyncer) and rebuild consumers with a snapshot", ErrSlotMissing, s.replicationSlot)
+	}
+	if err != nil {
+		return 0, classify(err, "read slot position")
+	}
+	if walStatus.String == "lost" {
+		return 0, fmt.Errorf("%w: slot %q has wal_status lost: drop and re-create it, then rebuild consumers with a snapshot", ErrSlotInvalidated, s.replicationSlot)
+	}
+	if confirmed.Valid {
+		if err := lsn.Scan(confirmed.String); err != nil {
+			return 0, err
+		}
+	}
+	return lsn, nil
+}
+
+// publicationOption is the value of pgoutput's publication_names option: pgoutput
+// parses it as a list of SQL identifiers, so each name is quoted.
+func (s *Syncer) publicationOption() string { return pq.QuoteIdentifier(s.publication) }
+
+// peek starts a peek of the slot bounded by upto and max rows (0: no row bound).
+func (s *Syncer) peek(ctx context.Context, upto pglogrepl.LSN, max int) (*sql.Rows, error) {
+	var nchanges any
+	if max > 0 {
+		nchanges = max
+	}
+	rows, err := s.db.QueryContext(ctx, sqlText("peek.sql"), s.replicationSlot, upto.String(), nchanges, s.publicationOption())
+	if err != nil {
+		return nil, classify(err, "peek slot "+s.replicationSlot)
+	}
+	return rows, nil
+}
+
+// advance forwards the slot to lsn with pg_replication_slot_advance, if lsn is past
+// the slot's confirmed position, and returns the new confirmed position.
+func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) error {
+	if lsn <= st.confirmed {
+		return nil
+	}
+	var end pglogrepl.LSN
+	err := s.db.QueryRowContext(ctx, `SELECT end_lsn FROM pg_replication_slot_advance($1, $2::pg_lsn)`, s.replicationSlot, lsn.String()).Scan(&end)
+	if err != nil {
+		var pqErr *pq.Error
+		if errors.As(err, &pqErr) && pqErr.Code == "55000" && strings.Contains(pqErr.Message, "minimum is") {
+			// Someone else moved the slot further: re-read where it is.
+			c, rerr := s.ConfirmedFlushLSN(ctx)
+			if rerr == nil {
+				st.confirmed = c
+				return nil
+			}
+		}
+		return classify(err, fmt.Sprintf("advance slot %s to %s", s.replicationSlot, lsn))
+	}
+	s.log.Debug("dbsync: slot advanced", "slot", s.replicationSlot, "lsn", end.String())
+	if end > st.confirmed {
+		st.confirmed = end
+	}
+	return nil
+}
+
+// GetMessages returns up to about numMessages rows at the head of the slot (all rows
+// of transactions committed before the current WAL flush LSN when numMessages <= 0).
+// With consume it also forwards the slot past the returned transactions, otherwise
+// repeated calls return the same rows until Forward. Rows are appended to out.
+// This is the low-level API; Run does both for you.
+func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMSG, error) {
+	return s.GetMessagesContext(context.Background(), numMessages, consume, out)
+}
+
+// GetMessagesContext is GetMessages with a context.
+func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consume bool, out []PGMSG) ([]PGMSG, error) {
+	s.peekMu.Lock()
+	defer s.peekMu.Unlock()
+	upto, err := s.CurrentFlushLSN(ctx)
+	if err != nil {
+		return out, err
+	}
+	rows, err := s.peek(ctx, upto, numMessages)
+	if err != nil {
+		return out, err
+	}
+	defer rows.Close()
+	start := len(out)
+	for rows.Next() {
+		var m PGMSG
+		if err := rows.Scan(&m.LSN, &m.Xid, &m.Data); err != nil {
+			return out, err
+		}
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return out, classify(err, "peek slot "+s.replicationSlot)
+	}
+	got := out[start:]
+	s.lastPeek = append(s.lastPeek[:0], got...)
+	s.lastPeekUpto = upto
+	s.lastPeekComplete = numMessages <= 0 || len(got) < numMessages
+	if consume {
+		return out, s.forwardLocked(ctx, len(got))
+	}
+	return out, nil
+}
+
+// Forward moves the slot past the first nummsgs rows returned by the last GetMessages
+// call: to the COMMIT row of the last transaction entirely within them (so a
+// transaction cut in the middle comes again), or — when nummsgs covers every row and
+// that call drained the slot up to its flush LSN — to that flush LSN.
+func (s *Syncer) Forward(nummsgs int) error {
+	return s.ForwardContext(context.Background(), nummsgs)
+}
+
+// ForwardContext is Forward with a context.
+func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
+	s.peekMu.Lock()
+	defer s.peekMu.Unlock()
+	return s.forwardLocked(ctx, nummsgs)
+}
+
+func (s *Syncer) forwardLocked(ctx context.Context, nummsgs int) error {
+	if nummsgs > len(s.lastPeek) {
+		nummsgs = len(s.lastPeek)
+	}
+	target := lastCommitLSN(s.lastPeek[:nummsgs])
+	if nummsgs == len(s.lastPeek) && s.lastPeekComplete && s.lastPeekUpto > target {
+		target = s.lastPeekUpto
+	}
+	if target == 0 {
+		return nil
+	}
+	st := slotState{}
+	c, err := s.ConfirmedFlushLSN(ctx)
+	if err != nil {
+		return err
+	}
+	st.confirmed = c
+	return s.advance(ctx, &st, target)
+}
+
+// lastCommitLSN returns the LSN of the last COMMIT row in msgs (0 if none).
+func lastCommitLSN(msgs []PGMSG) pglogrepl.LSN {
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if len(msgs[i].Data) > 0 && msgs[i].Data[0] == byte(pglogrepl.MessageTypeCommit) {
+			return msgs[i].LSN
+		}
+	}
+	return 0
+}
+
+// pollResult says what one poll did.
+type pollResult struct {
+	rows     int  // rows read from the slot
+	cutShort bool // the peek hit MaxMessagesToRead: more may be waiting
+	stop     bool // a handler asked to stop
+}
+
+// pollLoop polls until ctx ends or a fatal error.
+func (s *Syncer) pollLoop(ctx context.Context) error {
+	st := &slotState{}
+	idle := s.idleBackoff()
+	retry := newRetryBackoff()
+	first := true
+	for {
+		var res pollResult
+		var err error
+		if first {
+			st.confirmed, err = s.ConfirmedFlushLSN(ctx)
+		}
+		if err == nil {
+			first = false
+			res, err = s.pollOnce(ctx, st)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		var wait time.Duration
+		switch {
+		case err == nil && res.stop:
+			return nil
+		case err == nil:
+			retry.Reset()
+			if res.rows > 0 || res.cutShort {
+				idle.Reset()
+				continue
+			}
+			wait = idle.NextBackOff()
+		case errors.Is(err, ErrHandler) && s.HandlerErrorPolicy == RetryOnHandlerError:
+			wait = retry.NextBackOff()
+			s.log.Warn("dbsync: handler failed; retrying the transaction", "err", err, "retry_in", wait)
+		case errors.Is(err, ErrHandler):
+			return err
+		case isTransient(err):
+			wait = retry.NextBackOff()
+			s.log.Warn("dbsync: poll failed; retrying", "err", err, "retry_in", wait)
+			first = true
+		default:
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-s.wake:
+			t.Stop()
+			idle.Reset()
+		case <-t.C:
+		}
+	}
+}
+
+// pollOnce reads the slot once up to the current flush LSN, delivers what it read and
+// forwards the slot past what was processed.
+func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error) {
+	var res pollResult
+	upto, err := s.CurrentFlushLSN(ctx)
+	if err != nil {
+		return res, err
+	}
+	if upto <= st.drainedFlush || upto <= st.confirmed {
+		return res, nil // nothing flushed since everything was delivered
+	}
+	if s.EventsProcessor != nil {
+		return s.pollBatch(ctx, st, upto)
+	}
+	rows, err := s.peek(ctx, upto, s.MaxMessagesToRead)
+	if err != nil {
+		return res, err
+	}
+	d := s.newDelivery(ctx)
+	var deliverErr error
+	for rows.Next() {
+		var m PGMSG
+		if err := rows.Scan(&m.LSN, &m.Xid, &m.Data); err != nil {
+			deliverErr = err
+			break
+		}
+		res.rows++
+		if err := d.deliver(m); err != nil {
+			deliverErr = err
+			break
+		}
+	}
+	rows.Close()
+	rowsErr := rows.Err()
+	if deliverErr == nil && rowsErr != nil {
+		deliverErr = classify(rowsErr, "peek slot "+s.replicationSlot)
+	}
+	if ferr := d.finish(); ferr != nil {
+		// The Batcher did not take this poll's transactions: forward nothing.
+		deliverErr = errors.Join(deliverErr, ferr)
+	}
+	res.cutShort = s.MaxMessagesToRead > 0 && res.rows >= s.MaxMessagesToRead
+	complete := deliverErr == nil && !res.cutShort && !d.inTx
+	target := d.lastCommitEnd
+	if complete && upto > target {
+		target = upto
+	}
+	stopped := errors.Is(deliverErr, ErrStopProcessingMessages)
+	actx := ctx
+	if ctx.Err() != nil || stopped {
+		// Forward what was processed even when stopping.
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+	}
+	if err := s.advance(actx, st, target); err != nil {
+		if deliverErr != nil && !stopped {
+			return res, errors.Join(deliverErr, err)
+		}
+		return res, err
+	}
+	if complete {
+		st.drainedFlush = upto
+	}
+	if stopped {
+		res.stop = true
+		return res, nil
+	}
+	return res, deliverErr
+}
+
+// pollBatch is pollOnce for an EventsProcessor: the whole poll is read into memory
+// and handed over at once.
+func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LSN) (pollResult, error) {
+	var res pollResult
+	rows, err := s.peek(ctx, upto, s.MaxMessagesToRead)
+	if err != nil {
+		s.EventsProcessor(nil, err)
+		return res, err
+	}
+	var msgs []PGMSG
+	for rows.Next() {
+		var m PGMSG
+		if err := rows.Scan(&m.LSN, &m.Xid, &m.Data); err != nil {
+			rows.Close()
+			return res, err
+		}
+		msgs = append(msgs, m)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		err = classify(err, "peek slot "+s.replicationSlot)
+		s.EventsProcessor(nil, err)
+		return res, err
+	}
+	res.rows = len(msgs)
+	res.cutShort = s.MaxMessagesToRead > 0 && res.rows >= s.MaxMessagesToRead
+	if len(msgs) == 0 {
+		return res, s.advance(ctx, st, upto)
+	}
+	n, stop := s.EventsProcessor(msgs, nil)
+	if n < 0 {
+		n = 0
+	}
+	if n > len(msgs) {
+		n = len(msgs)
+	}
+	target := lastCommitLSN(msgs[:n])
+	complete := n == len(msgs) && !res.cutShort
+	if complete && upto > target {
+		target = upto
+	}
+	if err := s.advance(ctx, st, target); err != nil {
+		return res, err
+	}
+	if complete {
+		st.drainedFlush = upto
+	}
+	res.stop = stop
+	if n < len(msgs) && !stop {
+		return res, fmt.Errorf("%w: EventsProcessor processed %d of %d rows", ErrHandler, n, len(msgs))
+	}
+	return res, nil
+}
+
+// idleBackoff is the wait between empty polls: DelayBetweenPeekRetries, multiplied by
+// TimerDelayBackoffFactor after each further empty poll, capped at
+// MaxDelayBetweenEmptyPeeks; it never gives up and has no jitter.
+func (s *Syncer) idleBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = s.DelayBetweenPeekRetries
+	b.Multiplier = s.TimerDelayBackoffFactor
+	b.MaxInterval = s.MaxDelayBetweenEmptyPeeks
+	b.RandomizationFactor = 0
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
+// newRetryBackoff is the wait before retrying after a failure: 100 ms doubling up to
+// 30 s with jitter, forever.
+func newRetryBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.Multiplier = 2
+	b.MaxInterval = 30 * time.Second
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
+// isTransient tells whether err is worth retrying: a lost or refused connection, a
+// server shutting down or starting, or a slot briefly held by a dying session.
+func isTransient(err error) bool {
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, sql.ErrConnDone) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return true
+	}
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		code := string(pqErr.Code)
+		switch {
+		case strings.HasPrefix(code, "08"), code == "57P01", code == "57P02", code == "57P03", code == "53300", code == "55006":
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,217 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/lib/pq"
+)
+
+// setupLockKey serialises concurrent setups of syncers on one database
+// (pg_advisory_xact_lock), so two processes starting at once cannot race on DDL.
+const setupLockKey = 0x64627379 // "dbsy"
+
+// Setup checks the server and creates what the Syncer needs, idempotently: it checks
+// wal_level and the role's replication privilege, creates the control schema and the
+// watermark table, creates the publication for ForTables when it is missing (otherwise
+// requires it to exist), adds the watermark table (and ForTables tables) to it, and
+// creates the pgoutput slot when it is missing. NewSyncer calls it unless WithSetup(false).
+//
+// Errors: ErrWALLevel, ErrReplicationPrivilege, ErrPublicationMissing (with the CREATE
+// PUBLICATION statement to run), ErrSlotMismatch, or the server's error.
+func (s *Syncer) Setup(ctx context.Context) error {
+	if err := s.checkServer(ctx); err != nil {
+		return err
+	}
+	if err := s.setupCatalog(ctx); err != nil {
+		return err
+	}
+	return s.ensureSlot(ctx)
+}
+
+func (s *Syncer) checkServer(ctx context.Context) error {
+	var walLevel string
+	var canReplicate bool
+	var role string
+	err := s.db.QueryRowContext(ctx, `SELECT current_setting('wal_level'), r.rolsuper OR r.rolreplication, r.rolname
+		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user`).Scan(&walLevel, &canReplicate, &role)
+	if err != nil {
+		return classify(err, "check server settings")
+	}
+	if walLevel != "logical" {
+		return fmt.Errorf("%w: wal_level is %q; set wal_level = logical in postgresql.conf and restart PostgreSQL", ErrWALLevel, walLevel)
+	}
+	if !canReplicate {
+		return fmt.Errorf("%w: role %q has neither SUPERUSER nor REPLICATION; run ALTER ROLE %s REPLICATION",
+			ErrReplicationPrivilege, role, pq.QuoteIdentifier(role))
+	}
+	return nil
+}
+
+// setupCatalog creates the control schema, watermark table and publication in one
+// transaction under an advisory lock.
+func (s *Syncer) setupCatalog(ctx context.Context) (err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return classify(err, "begin setup")
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if _, err = tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
+		return classify(err, "lock setup")
+	}
+	ddl := strings.NewReplacer("{{ns}}", pq.QuoteIdentifier(s.ctrlNamespace), "{{wm}}", pq.QuoteIdentifier(s.wmTableName)).
+		Replace(sqlText("setup_ctrl.sql"))
+	if _, err = tx.ExecContext(ctx, ddl); err != nil {
+		return classify(err, "create control schema and watermark table")
+	}
+	if err = s.ensurePublication(ctx, tx); err != nil {
+		return err
+	}
+	if err = tx.Commit(); err != nil {
+		return classify(err, "commit setup")
+	}
+	return nil
+}
+
+// qualifiedTable is a table's schema and name, unquoted.
+type qualifiedTable struct{ schema, name string }
+
+func (q qualifiedTable) quoted() string {
+	return pq.QuoteIdentifier(q.schema) + "." + pq.QuoteIdentifier(q.name)
+}
+
+// resolveTable turns a ForTables name into schema and table: a name containing a
+// double quote is parsed as SQL (parse_ident); "schema.table" splits at the first dot;
+// a bare name is looked up on the search_path. The table must exist.
+func resolveTable(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, name string) (qualifiedTable, error) {
+	var parts []string
+	switch {
+	case strings.Contains(name, `"`):
+		var arr pq.StringArray
+		if err := q.QueryRowContext(ctx, `SELECT parse_ident($1)`, name).Scan(&arr); err != nil {
+			return qualifiedTable{}, fmt.Errorf("%w: table name %q: %v", ErrConfig, name, err)
+		}
+		parts = arr
+	case strings.Contains(name, "."):
+		i := strings.Index(name, ".")
+		parts = []string{name[:i], name[i+1:]}
+	default:
+		parts = []string{name}
+	}
+	var schema, table sql.NullString
+	var err error
+	switch len(parts) {
+	case 1:
+		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE c.oid = to_regclass(quote_ident($1))`, parts[0]).Scan(&schema, &table)
+	case 2:
+		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, parts[0], parts[1]).Scan(&schema, &table)
+	default:
+		return qualifiedTable{}, fmt.Errorf("%w: table name %q has %d parts; give \"table\" or \"schema.table\"", ErrConfig, name, len(parts))
+	}
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && !table.Valid) {
+		return qualifiedTable{}, fmt.Errorf("%w: table %q does not exist", ErrConfig, name)
+	}
+	if err != nil {
+		return qualifiedTable{}, classify(err, "resolve table "+name)
+	}
+	return qualifiedTable{schema.String, table.String}, nil
+}
+
+func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
+	wm := qualifiedTable{s.ctrlNamespace, s.wmTableName}
+	var tables []qualifiedTable
+	for _, n := range s.tableNames {
+		t, err := resolveTable(ctx, tx, n)
+		if err != nil {
+			return err
+		}
+		tables = append(tables, t)
+	}
+	var allTables bool
+	err := tx.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
+	if errors.Is(err, sql.ErrNoRows) {
+		if len(tables) == 0 {
+			return fmt.Errorf("%w: publication %q does not exist and no tables were given to create it for; create it with\n  CREATE PUBLICATION %s FOR TABLE <table>, ...;\nor pass dbsync.ForTables(...)",
+				ErrPublicationMissing, s.publication, pq.QuoteIdentifier(s.publication))
+		}
+		list := make([]string, 0, len(tables)+1)
+		for _, t := range append(tables, wm) {
+			list = append(list, t.quoted())
+		}
+		stmt := "CREATE PUBLICATION " + pq.QuoteIdentifier(s.publication) + " FOR TABLE " + strings.Join(list, ", ")
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return classify(err, "create publication "+s.publication)
+		}
+		s.log.Info("dbsync: created publication", "publication", s.publication, "tables", len(list))
+		return nil
+	}
+	if err != nil {
+		return classify(err, "look up publication "+s.publication)
+	}
+	if allTables {
+		return nil
+	}
+	for _, t := range append(tables, wm) {
+		var in bool
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+			WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, t.schema, t.name).Scan(&in); err != nil {
+			return classify(err, "read publication tables")
+		}
+		if in {
+			continue
+		}
+		stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " ADD TABLE " + t.quoted()
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return classify(err, "add "+t.schema+"."+t.name+" to publication "+s.publication)
+		}
+		s.log.Info("dbsync: added table to publication", "publication", s.publication, "schema", t.schema, "table", t.name)
+	}
+	return nil
+}
+
+// ensureSlot creates the pgoutput slot if missing, and rejects an existing slot that
+// is not a logical pgoutput slot of this database.
+func (s *Syncer) ensureSlot(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		var plugin, slotType, database sql.NullString
+		err := s.db.QueryRowContext(ctx, `SELECT plugin, slot_type, database FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
+			s.replicationSlot).Scan(&plugin, &slotType, &database)
+		if err == nil {
+			var current string
+			if err := s.db.QueryRowContext(ctx, `SELECT current_database()`).Scan(&current); err != nil {
+				return classify(err, "read current database")
+			}
+			if slotType.String != "logical" || plugin.String != "pgoutput" || database.String != current {
+				return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot('%s')",
+					ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, s.replicationSlot)
+			}
+			return nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return classify(err, "look up replication slot")
+		}
+		_, err = s.db.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
+		if err == nil {
+			s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
+			return nil
+		}
+		var pqErr *pq.Error
+		if errors.As(err, &pqErr) && pqErr.Code == "42710" && attempt == 0 {
+			continue // created concurrently by another syncer: check it
+		}
+		return classify(err, "create replication slot "+s.replicationSlot)
+	}
+}

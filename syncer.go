@@ -1,0 +1,215 @@
+// Package dbsync keeps caches, indexes and other stores in sync with PostgreSQL tables
+// through logical decoding. A Syncer reads a logical replication slot (pgoutput) with
+// SQL functions over a plain database/sql connection — pg_logical_slot_peek_binary_changes
+// to read, pg_replication_slot_advance to move forward — decodes each row with pglogrepl,
+// delivers it in commit order to a MessageHandler (or whole polls to an
+// EventsProcessor), and forwards the slot only past what was processed: at-least-once,
+// nothing lost.
+//
+// A watermark table in the publication lets it interleave lock-free chunked reads of
+// existing rows with the change stream (Netflix's DBLog): see Refresh.
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	_ "github.com/lib/pq" // the "postgres" driver for WithPGConnStr and POSTGRES_*
+)
+
+// Syncer reads one logical replication slot and delivers its changes. Configure it with
+// NewSyncer; run it with Run (or Start/Stop). Only one process may drive a slot.
+type Syncer struct {
+	// MessageHandler receives changes one message at a time (see WithMessageHandler).
+	MessageHandler MessageHandler
+	// EventsProcessor, when set, receives whole polls of raw rows instead.
+	EventsProcessor EventsProcessor
+	// Batcher, when set, receives each poll's net upserts and deletes per table before
+	// the slot is forwarded (in addition to MessageHandler).
+	Batcher Batcher
+
+	// DelayBetweenPeekRetries is the wait after the first empty poll.
+	DelayBetweenPeekRetries time.Duration
+	// TimerDelayBackoffFactor multiplies the wait after each further empty poll (>= 1).
+	TimerDelayBackoffFactor float64
+	// MaxDelayBetweenEmptyPeeks caps the wait between empty polls; it bounds the
+	// latency of the first change after an idle period.
+	MaxDelayBetweenEmptyPeeks time.Duration
+	// MaxMessagesToRead is the upto_nchanges bound of one peek (rows; 0: none).
+	MaxMessagesToRead int
+	// HandlerErrorPolicy says whether a failing handler stops the Syncer or is retried.
+	HandlerErrorPolicy HandlerErrorPolicy
+
+	db      *sql.DB
+	ownDB   bool
+	connStr string
+
+	replicationSlot string
+	ctrlNamespace   string
+	wmTableName     string
+	publication     string
+	tableNames      []string
+
+	log       *slog.Logger
+	lookupEnv func(string) (string, bool)
+	skipSetup bool
+
+	tables *tableCache
+	dec    *decoder
+
+	// lifecycle
+	mu      sync.Mutex
+	running bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+	wake    chan struct{}
+
+	// GetMessages/Forward state
+	peekMu           sync.Mutex
+	lastPeek         []PGMSG
+	lastPeekUpto     pglogrepl.LSN
+	lastPeekComplete bool
+}
+
+// NewSyncer creates a Syncer. Settings come from opts, then from the environment
+// (POSTGRES_DB or POSTGRES_NAME, POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER,
+// POSTGRES_PASSWORD, POSTGRES_SSLMODE, DBSYNC_CTRL_NAMESPACE, DBSYNC_PUBNAME,
+// DBSYNC_REPLSLOT, DBSYNC_WM_TABLENAME), then from the defaults (dbsync_ctrl,
+// dbsync_mypub, dbsync_replslot, dbsync_wmtable, postgres@localhost:5432).
+//
+// Unless WithSetup(false) is given it runs Setup, so the errors of Setup (ErrWALLevel,
+// ErrReplicationPrivilege, ErrPublicationMissing, ErrSlotMismatch, ...) come back here.
+// An invalid option gives ErrConfig.
+func NewSyncer(opts ...SyncerOpt) (*Syncer, error) {
+	return NewSyncerContext(context.Background(), opts...)
+}
+
+// NewSyncerContext is NewSyncer with a context bounding setup.
+func NewSyncerContext(ctx context.Context, opts ...SyncerOpt) (*Syncer, error) {
+	s := &Syncer{
+		DelayBetweenPeekRetries:   DefaultDelayBetweenPeekRetries,
+		TimerDelayBackoffFactor:   DefaultTimerDelayBackoffFactor,
+		MaxDelayBetweenEmptyPeeks: DefaultMaxDelayBetweenEmptyPeeks,
+		MaxMessagesToRead:         DefaultMaxMessagesToRead,
+		log:                       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		lookupEnv:                 os.LookupEnv,
+		wake:                      make(chan struct{}, 1),
+	}
+	for _, opt := range opts {
+		if err := opt(s); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.resolveConfig(); err != nil {
+		return nil, err
+	}
+	if s.db == nil {
+		db, err := sql.Open("postgres", s.connStr)
+		if err != nil {
+			return nil, fmt.Errorf("%w: connection string %q: %v", ErrConfig, RedactConnString(s.connStr), err)
+		}
+		s.db, s.ownDB = db, true
+	}
+	s.tables = newTableCache(s.db)
+	s.dec = newDecoder(s.tables)
+	if !s.skipSetup {
+		if err := s.Setup(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// DB returns the connection pool the Syncer uses.
+func (s *Syncer) DB() *sql.DB { return s.db }
+
+// ReplicationSlot returns the slot's name.
+func (s *Syncer) ReplicationSlot() string { return s.replicationSlot }
+
+// Publication returns the publication's name.
+func (s *Syncer) Publication() string { return s.publication }
+
+// CtrlNamespace returns the control schema's name.
+func (s *Syncer) CtrlNamespace() string { return s.ctrlNamespace }
+
+// WMTable returns the watermark table's name (in CtrlNamespace).
+func (s *Syncer) WMTable() string { return s.wmTableName }
+
+// Close stops the Syncer if it runs and closes the connection pool if the Syncer
+// opened it (not one given with WithDB).
+func (s *Syncer) Close() error {
+	s.Stop()
+	if s.ownDB && s.db != nil {
+		return s.db.Close()
+	}
+	return nil
+}
+
+// IsRunning tells whether Start or Run is delivering changes.
+func (s *Syncer) IsRunning() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running
+}
+
+// Run delivers changes until ctx is cancelled, Stop is called, a handler returns
+// ErrStopProcessingMessages (all return nil), or a fatal error occurs (returned:
+// ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
+// ErrSlotInUse, ...). Connection loss is retried with exponential backoff.
+// Returns ErrAlreadyRunning if the Syncer runs already.
+func (s *Syncer) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return ErrAlreadyRunning
+	}
+	if s.MessageHandler == nil && s.EventsProcessor == nil && s.Batcher == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: no MessageHandler, EventsProcessor or Batcher to deliver to", ErrConfig)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s.running, s.cancel, s.done = true, cancel, make(chan struct{})
+	done := s.done
+	s.mu.Unlock()
+	defer func() {
+		cancel()
+		s.mu.Lock()
+		s.running, s.cancel = false, nil
+		s.mu.Unlock()
+		close(done)
+	}()
+	return s.pollLoop(ctx)
+}
+
+// Start runs the Syncer until Stop is called (see Run) and returns Run's result.
+func (s *Syncer) Start() error { return s.Run(context.Background()) }
+
+// Stop asks a running Syncer to stop and waits until it has: the poll in progress is
+// abandoned without forwarding past anything unprocessed. It does nothing if the
+// Syncer is not running.
+func (s *Syncer) Stop() {
+	s.mu.Lock()
+	cancel, done := s.cancel, s.done
+	s.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	<-done
+}
+
+// Wake makes a running Syncer poll now instead of finishing its idle backoff.
+func (s *Syncer) Wake() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
