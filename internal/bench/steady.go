@@ -1,0 +1,324 @@
+package bench
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dbsync/dbsync"
+	"github.com/jackc/pglogrepl"
+)
+
+// steadyRate is the writer's rate in single-row transactions per second.
+const steadyRate = 1000
+
+// latencies collects commit-to-handler latencies of the rows with id >= from.
+type latencies struct {
+	mu      sync.Mutex
+	from    int64
+	samples []time.Duration
+	bad     int
+}
+
+func (l *latencies) add(id int64, created any) {
+	now := time.Now()
+	var ts time.Time
+	switch v := created.(type) {
+	case time.Time:
+		ts = v
+	case string:
+		t, err := time.Parse("2006-01-02 15:04:05.999999-07", v)
+		if err != nil {
+			l.mu.Lock()
+			l.bad++
+			l.mu.Unlock()
+			return
+		}
+		ts = t
+	default:
+		l.mu.Lock()
+		l.bad++
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Lock()
+	if id >= l.from {
+		l.samples = append(l.samples, now.Sub(ts))
+	}
+	l.mu.Unlock()
+}
+
+func (l *latencies) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.samples)
+}
+
+func (l *latencies) summary() (p50, p99, max time.Duration, n int) {
+	l.mu.Lock()
+	s := append([]time.Duration(nil), l.samples...)
+	l.mu.Unlock()
+	sortDurations(s)
+	if len(s) == 0 {
+		return 0, 0, 0, 0
+	}
+	return percentile(s, 50), percentile(s, 99), s[len(s)-1], len(s)
+}
+
+func idOf(v any) int64 {
+	switch x := v.(type) {
+	case int64:
+		return x
+	case string:
+		n, _ := strconv.ParseInt(x, 10, 64)
+		return n
+	}
+	return -1
+}
+
+// writer inserts single-row transactions into orders at rate per second for d,
+// starting at id first, and returns how many it wrote.
+func writer(ctx context.Context, db *sql.DB, first int64, rate int, d time.Duration) (int64, error) {
+	interval := time.Second / time.Duration(rate)
+	start := time.Now()
+	end := start.Add(d)
+	var n int64
+	for {
+		next := start.Add(time.Duration(n) * interval)
+		if next.After(end) {
+			return n, nil
+		}
+		if w := time.Until(next); w > 0 {
+			time.Sleep(w)
+		}
+		if _, err := db.ExecContext(ctx, `INSERT INTO orders VALUES ($1, 'steady', 1, 1.00, clock_timestamp(), '{"k": 1}')`, first+n); err != nil {
+			return n, err
+		}
+		n++
+	}
+}
+
+// steady is workload (b): a writer at 1,000 single-row transactions per second for
+// 20 s (scaled), commit-to-handler latency for dbsync and for a streaming client, then
+// the CPU the idle syncer and server spend, and the latency of the first change after
+// the idle period.
+func (r *runner) steady(ctx context.Context) error {
+	sl, db, pgx, err := r.prepare(ctx, "steady", ordersDDL)
+	if err != nil {
+		return err
+	}
+	defer r.dropDatabase(sl.dbName, db)
+	pgx.Close()
+	dur := time.Duration(float64(20*time.Second) * r.cfg.Scale)
+	if dur < 3*time.Second {
+		dur = 3 * time.Second
+	}
+	wdb, err := sql.Open("postgres", sl.dsn)
+	if err != nil {
+		return err
+	}
+	defer wdb.Close()
+	wdb.SetMaxOpenConns(1)
+	wl := fmt.Sprintf("b steady %d tx/s, %.0fs", steadyRate, dur.Seconds())
+	var nextID int64 = 1
+
+	newSlot := func(who string) (string, error) {
+		name := benchSlot + "_" + who
+		_, err := db.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, name)
+		return name, err
+	}
+	phase := func(contender string, lat *latencies, stop func() error) error {
+		time.Sleep(time.Second)
+		lat.from = nextID
+		r.logf("%s: %s: writing", wl, contender)
+		n, err := writer(ctx, wdb, nextID, steadyRate, dur)
+		nextID += n
+		if err != nil {
+			stop()
+			return err
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for lat.count() < int(n) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := stop(); err != nil {
+			return err
+		}
+		p50, p99, max, got := lat.summary()
+		if got < int(n) {
+			return fmt.Errorf("%s: saw %d of %d rows within 30 s of the last commit", contender, got, n)
+		}
+		ok := p50 <= 15*time.Millisecond && p99 <= 60*time.Millisecond
+		target := ""
+		if strings.HasPrefix(contender, "dbsync") {
+			target = "p50 <= 15 ms, p99 <= 60 ms: " + verdict(ok)
+		}
+		r.add(Result{Workload: wl, Contender: contender, Rows: n, Elapsed: dur, Rate: float64(n) / dur.Seconds(),
+			Extra: fmt.Sprintf("p50 %s, p99 %s, max %s", ms(p50), ms(p99), ms(max)), Target: target})
+		return nil
+	}
+
+	// dbsync
+	{
+		slot, err := newSlot("dbsync")
+		if err != nil {
+			return err
+		}
+		lat := &latencies{}
+		h := newHandler(0)
+		h.onChange = func(c *dbsync.Change) { lat.add(idOf(c.New["id"]), c.New["created_at"]) }
+		run, err := startSyncer(ctx, db, slot, sl.pub, h)
+		if err != nil {
+			return err
+		}
+		if err := phase("dbsync (lib/pq)", lat, run.stop); err != nil {
+			return err
+		}
+		dropSlot(db, slot)
+	}
+	// streaming
+	{
+		slot, err := newSlot("stream")
+		if err != nil {
+			return err
+		}
+		lat := &latencies{}
+		c := &streamClient{onInsert: func(m *pglogrepl.InsertMessage, reln *pglogrepl.RelationMessage) {
+			lat.add(idOf(string(m.Tuple.Columns[0].Data)), string(m.Tuple.Columns[4].Data))
+		}}
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- c.run(sctx, sl.dsn, slot, sl.pub, nil) }()
+		stop := func() error { cancel(); return <-done }
+		if err := phase("streaming (pglogrepl)", lat, stop); err != nil {
+			return err
+		}
+		dropSlot(db, slot)
+	}
+	return r.idle(ctx, sl, db, wdb, &nextID)
+}
+
+// idle measures the CPU an idle Syncer and the server spend over a window, against
+// the server alone over the same window, then the latency of one change after it.
+func (r *runner) idle(ctx context.Context, sl *slots, db, wdb *sql.DB, nextID *int64) error {
+	win := time.Duration(float64(10*time.Second) * r.cfg.Scale)
+	if win < 3*time.Second {
+		win = 3 * time.Second
+	}
+	wl := fmt.Sprintf("b idle %.0fs", win.Seconds())
+	pm, err := postmasterPID(r.srv.DataDir())
+	if err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	s0, g0 := serverCPU(pm), selfCPU()
+	time.Sleep(win)
+	s1, g1 := serverCPU(pm), selfCPU()
+	baseServer := s1 - s0
+	r.add(Result{Workload: wl, Contender: "server alone", Elapsed: win,
+		Extra: fmt.Sprintf("server %.2f%% of a core, this process %.2f%%", pct(baseServer, win), pct(g1-g0, win))})
+
+	_, err = db.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, benchSlot+"_idle")
+	if err != nil {
+		return err
+	}
+	lat := &latencies{from: *nextID}
+	h := newHandler(0)
+	h.onChange = func(c *dbsync.Change) { lat.add(idOf(c.New["id"]), c.New["created_at"]) }
+	run, err := startSyncer(ctx, db, benchSlot+"_idle", sl.pub, h)
+	if err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	s0, g0 = serverCPU(pm), selfCPU()
+	time.Sleep(win)
+	s1, g1 = serverCPU(pm), selfCPU()
+	extra := s1 - s0 - baseServer
+	if extra < 0 {
+		extra = 0
+	}
+	total := pct(extra+(g1-g0), win)
+	// first change after the idle period
+	if _, err := writer(ctx, wdb, *nextID, 1, time.Millisecond); err != nil {
+		run.stop()
+		return err
+	}
+	*nextID++
+	deadline := time.Now().Add(30 * time.Second)
+	for lat.count() < 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := run.stop(); err != nil {
+		return err
+	}
+	p50, _, _, n := lat.summary()
+	wake := "not seen within 30 s"
+	if n > 0 {
+		wake = ms(p50)
+	}
+	r.add(Result{Workload: wl, Contender: "dbsync (lib/pq) idle", Elapsed: win,
+		Extra:  fmt.Sprintf("syncer %.2f%% + server extra %.2f%% of a core; first change after idle: %s", pct(g1-g0, win), pct(extra, win), wake),
+		Target: fmt.Sprintf("< 1%% of a core: %s (%.2f%%)", verdict(total < 1), total)})
+	return nil
+}
+
+func pct(d, win time.Duration) float64 { return 100 * d.Seconds() / win.Seconds() }
+
+// selfCPU is this process's user+system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func postmasterPID(dataDir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, fmt.Errorf("read postmaster.pid: %w", err)
+	}
+	return strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+}
+
+// serverCPU sums the user+system CPU time of the postmaster and its children
+// (/proc/<pid>/stat fields 14 and 15, in clock ticks of 10 ms).
+func serverCPU(pm int) time.Duration {
+	ents, _ := os.ReadDir("/proc")
+	var ticks int64
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+2:])
+		// f[0] is field 3 (state): ppid is f[1], utime f[11], stime f[12]
+		if len(f) < 13 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		if pid != pm && ppid != pm {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + st
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
