@@ -45,4 +45,3 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	return bench.Run(ctx, stdout, cfg)
 }
-
