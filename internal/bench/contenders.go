@@ -163,23 +163,24 @@ func (c *streamClient) run(ctx context.Context, dsn, slot, pub string, stop func
 	nextStatus := time.Now().Add(time.Second)
 	sendStatus := func() error {
 		nextStatus = time.Now().Add(time.Second)
-		return pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: confirmed})
+		return pglogrepl.SendStandbyStatusUpdate(context.Background(), conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: confirmed})
 	}
+	// ReceiveMessage with a cancellable context starts a context watcher per call,
+	// which would dominate the cost per message; unblock the read with a socket
+	// deadline instead when ctx ends.
+	stopWatch := context.AfterFunc(ctx, func() { conn.Conn().SetReadDeadline(time.Now()) })
+	defer stopWatch()
+	n := 0
 	for {
-		if time.Now().After(nextStatus) {
+		if n++; n%1024 == 0 && time.Now().After(nextStatus) {
 			if err := sendStatus(); err != nil {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
-		raw, err := conn.ReceiveMessage(rctx)
-		cancel()
+		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
-			}
-			if pgconn.Timeout(err) {
-				continue
 			}
 			return err
 		}
