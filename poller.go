@@ -135,9 +135,10 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	}
 	defer rows.Close()
 	start := len(out)
+	var sc rowScanner
 	for rows.Next() {
 		var m PGMSG
-		if err := rows.Scan(&m.LSN, &m.Xid, &m.Data); err != nil {
+		if err := sc.scan(rows, &m); err != nil {
 			return out, err
 		}
 		out = append(out, m)
@@ -282,9 +283,10 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	}
 	d := s.newDelivery(ctx)
 	var deliverErr error
+	var sc rowScanner
 	for rows.Next() {
 		var m PGMSG
-		if err := rows.Scan(&m.LSN, &m.Xid, &m.Data); err != nil {
+		if err := sc.scan(rows, &m); err != nil {
 			deliverErr = err
 			break
 		}
@@ -343,9 +345,10 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 		return res, err
 	}
 	var msgs []PGMSG
+	var sc rowScanner
 	for rows.Next() {
 		var m PGMSG
-		if err := rows.Scan(&m.LSN, &m.Xid, &m.Data); err != nil {
+		if err := sc.scan(rows, &m); err != nil {
 			rows.Close()
 			return res, err
 		}
