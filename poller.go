@@ -31,6 +31,43 @@ import (
 type slotState struct {
 	confirmed    pglogrepl.LSN // confirmed_flush_lsn as last read or advanced to
 	drainedFlush pglogrepl.LSN // flush LSN up to which everything was delivered
+	window       uint64        // WAL bytes past confirmed one peek may cover (0: pollWALWindow)
+}
+
+// pollWALWindow is how much WAL past confirmed_flush_lsn one peek covers at most
+// (its upto_lsn bound), in bytes. Every peek decodes from restart_lsn, so draining a
+// backlog in many small calls is quadratic (shared/reference §1); one call per window
+// decodes each byte about once. The window bounds the server's work and temporary
+// files per call (the result is materialized before the first row is sent). A window
+// whose call returns no whole transaction (a transaction bigger than the window) is
+// doubled until one fits. A variable so tests can shrink it.
+var pollWALWindow uint64 = 1 << 30
+
+// bound returns the upto_lsn of the next peek: the flush LSN, or confirmed + window
+// when the backlog is larger than the window.
+func (st *slotState) bound(flush pglogrepl.LSN) pglogrepl.LSN {
+	w := st.window
+	if w == 0 {
+		w = pollWALWindow
+	}
+	if st.confirmed > 0 && flush > st.confirmed && uint64(flush-st.confirmed) > w {
+		return st.confirmed + pglogrepl.LSN(w)
+	}
+	return flush
+}
+
+// grow doubles the window after a bounded call returned no whole transaction, and
+// resets it after one did.
+func (st *slotState) grow(bounded, gotCommit bool) {
+	switch {
+	case gotCommit:
+		st.window = 0
+	case bounded:
+		if st.window == 0 {
+			st.window = pollWALWindow
+		}
+		st.window *= 2
+	}
 }
 
 // CurrentFlushLSN returns pg_current_wal_flush_lsn(): the WAL position up to which the
@@ -274,8 +311,12 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	if upto <= st.drainedFlush || upto <= st.confirmed {
 		return res, nil // nothing flushed since everything was delivered
 	}
+	flush := upto
+	upto = st.bound(flush)
 	if s.EventsProcessor != nil {
-		return s.pollBatch(ctx, st, upto)
+		res, err := s.pollBatch(ctx, st, upto, upto < flush)
+		res.cutShort = res.cutShort || upto < flush
+		return res, err
 	}
 	rows, err := s.peek(ctx, upto, s.MaxMessagesToRead)
 	if err != nil {
@@ -307,6 +348,8 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	}
 	res.cutShort = s.MaxMessagesToRead > 0 && res.rows >= s.MaxMessagesToRead
 	complete := deliverErr == nil && !res.cutShort && !d.inTx
+	st.grow(upto < flush, d.lastCommitEnd != 0)
+	res.cutShort = res.cutShort || upto < flush
 	target := d.lastCommitEnd
 	if complete && upto > target {
 		target = upto
@@ -337,7 +380,7 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 
 // pollBatch is pollOnce for an EventsProcessor: the whole poll is read into memory
 // and handed over at once.
-func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LSN) (pollResult, error) {
+func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LSN, bounded bool) (pollResult, error) {
 	var res pollResult
 	rows, err := s.peek(ctx, upto, s.MaxMessagesToRead)
 	if err != nil {
@@ -363,6 +406,7 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 	res.rows = len(msgs)
 	res.cutShort = s.MaxMessagesToRead > 0 && res.rows >= s.MaxMessagesToRead
 	if len(msgs) == 0 {
+		st.grow(bounded, false)
 		return res, s.advance(ctx, st, upto)
 	}
 	n, stop := s.EventsProcessor(msgs, nil)
@@ -374,6 +418,7 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 	}
 	target := lastCommitLSN(msgs[:n])
 	complete := n == len(msgs) && !res.cutShort
+	st.grow(bounded, lastCommitLSN(msgs) != 0)
 	if complete && upto > target {
 		target = upto
 	}
