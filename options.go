@@ -23,11 +23,14 @@ const (
 	DefaultTimerDelayBackoffFactor = 1.5
 	// DefaultMaxDelayBetweenEmptyPeeks caps the wait between empty polls.
 	DefaultMaxDelayBetweenEmptyPeeks = 5 * time.Second
-	// DefaultMaxMessagesToRead bounds the rows one peek returns (upto_nchanges). The
-	// bound is checked by PostgreSQL at transaction boundaries, so a call can return
-	// more (a large transaction always comes back whole). Large values drain a backlog
-	// fastest: every call re-decodes WAL from the slot's restart_lsn.
-	DefaultMaxMessagesToRead = 262144
+	// DefaultMaxMessagesToRead bounds the rows one peek returns (upto_nchanges); 0
+	// means no row bound. The bound is checked by PostgreSQL at transaction boundaries,
+	// so a call can return more (a large transaction always comes back whole). Every
+	// call re-decodes WAL from the slot's restart_lsn, so row-bounded calls make a
+	// backlog quadratic; the poller bounds each call by a window of WAL instead
+	// (1 GiB past confirmed_flush_lsn) and streams rows to the handler, so no bound
+	// is needed for memory.
+	DefaultMaxMessagesToRead = 0
 )
 
 // Environment variables read by NewSyncer for settings no option gave.
