@@ -52,8 +52,11 @@ type Config struct {
 	// Workloads to run (nil: all), see AllWorkloads.
 	Workloads []string
 	// NaiveTimeout caps the naive contender (its rate is then computed over the rows
-	// it read in that time). 0: 90 s.
+	// it read in that time). 0: 60 s.
 	NaiveTimeout time.Duration
+	// Repeat is how many interleaved rounds of the limit and dbsync contenders run
+	// per catch-up workload; the best round is reported. 0: 2.
+	Repeat int
 	// Log receives progress lines (nil: discarded).
 	Log io.Writer
 }
@@ -85,7 +88,10 @@ func Run(ctx context.Context, out io.Writer, cfg Config) error {
 		cfg.Scale = 1
 	}
 	if cfg.NaiveTimeout <= 0 {
-		cfg.NaiveTimeout = 90 * time.Second
+		cfg.NaiveTimeout = 60 * time.Second
+	}
+	if cfg.Repeat <= 0 {
+		cfg.Repeat = 2
 	}
 	if len(cfg.Workloads) == 0 {
 		cfg.Workloads = AllWorkloads

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os/exec"
 	"runtime"
 	"runtime/metrics"
 	"sync"
@@ -406,3 +407,19 @@ func (h *heapSampler) stop() uint64 {
 func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
 var errMismatch = errors.New("contenders disagree")
+
+// runRecvlogical streams slot with pg_recvlogical into /dev/null until it has written
+// the record at endpos (the COMMIT of the workload's last transaction), the
+// replication-protocol consumer PostgreSQL ships.
+func runRecvlogical(ctx context.Context, bin, url, slot, pub string, endpos pglogrepl.LSN) (time.Duration, error) {
+	cmd := exec.CommandContext(ctx, bin, "-d", url, "-S", slot, "--start", "--no-loop",
+		"-E", endpos.String(), "-f", "/dev/null",
+		"-o", "proto_version=1", "-o", "publication_names="+pq.QuoteIdentifier(pub), "-o", "messages=true")
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	el := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("pg_recvlogical: %w: %s", err, out)
+	}
+	return el, nil
+}

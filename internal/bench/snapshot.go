@@ -80,16 +80,36 @@ func (r *runner) snapshot(ctx context.Context) error {
 	defer func() { stopWriter(); <-werr }()
 	time.Sleep(500 * time.Millisecond)
 
-	// COPY through pgx
-	start := time.Now()
-	copyRows, err := copyOut(ctx, pgx)
-	if err != nil {
+	// COPY through pgx: once unmeasured (warm-up), then before and after the chunked
+	// reads; the faster of the two is the reference.
+	if _, err := copyOut(ctx, pgx); err != nil {
 		return fmt.Errorf("COPY: %w", err)
 	}
-	el := time.Since(start)
-	copyRate := float64(copyRows) / el.Seconds()
-	r.add(Result{Workload: wl, Contender: "COPY TO STDOUT (pgx)", Rows: copyRows, Elapsed: el, Rate: copyRate, Extra: "writer running"})
-
+	var copyRate float64
+	var copyRows int64
+	var copyEl time.Duration
+	timedCopy := func() error {
+		start := time.Now()
+		rows, err := copyOut(ctx, pgx)
+		if err != nil {
+			return fmt.Errorf("COPY: %w", err)
+		}
+		el := time.Since(start)
+		if rate := float64(rows) / el.Seconds(); rate > copyRate {
+			copyRate, copyRows, copyEl = rate, rows, el
+		}
+		return nil
+	}
+	if err := timedCopy(); err != nil {
+		return err
+	}
+	type chunked struct {
+		name    string
+		rows    int64
+		el      time.Duration
+		updates int64
+	}
+	var reads []chunked
 	for _, d := range []struct {
 		name string
 		db   *sql.DB
@@ -104,9 +124,16 @@ func (r *runner) snapshot(ctx context.Context) error {
 		if rows < int64(n) {
 			return fmt.Errorf("%w: chunked read (%s) returned %d rows of %d", errMismatch, d.name, rows, n)
 		}
-		rate := float64(rows) / el.Seconds()
-		r.add(Result{Workload: wl, Contender: "chunked 10k + watermarks (" + d.name + ")", Rows: rows, Elapsed: el, Rate: rate, Ratio: ratio(rate, copyRate),
-			Extra:  fmt.Sprintf("writer did %d updates meanwhile; not dbsync's API yet", written.Load()-w0),
+		reads = append(reads, chunked{d.name, rows, el, written.Load() - w0})
+	}
+	if err := timedCopy(); err != nil {
+		return err
+	}
+	r.add(Result{Workload: wl, Contender: "COPY TO STDOUT (pgx)", Rows: copyRows, Elapsed: copyEl, Rate: copyRate, Extra: "writer running; best of 2"})
+	for _, c := range reads {
+		rate := float64(c.rows) / c.el.Seconds()
+		r.add(Result{Workload: wl, Contender: "chunked 10k + watermarks (" + c.name + ")", Rows: c.rows, Elapsed: c.el, Rate: rate, Ratio: ratio(rate, copyRate),
+			Extra:  fmt.Sprintf("writer did %d updates meanwhile; harness code, not dbsync's API yet", c.updates),
 			Target: ">=0.7x COPY: " + verdict(rate >= 0.7*copyRate)})
 	}
 	select {
