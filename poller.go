@@ -241,9 +241,18 @@ func lastCommitLSN(msgs []PGMSG) pglogrepl.LSN {
 // pollResult says what one poll did.
 type pollResult struct {
 	rows     int  // rows read from the slot
-	cutShort bool // the peek hit MaxMessagesToRead: more may be waiting
+	cutShort bool // the peek hit MaxMessagesToRead or its WAL window: more may be waiting
 	stop     bool // a handler asked to stop
+	peeked   bool // the slot was read (the flush LSN had moved past what was delivered)
 }
+
+// flushWatchInterval is how often an idle poller compares pg_current_wal_flush_lsn()
+// with the position it has delivered up to. The comparison is one cheap query; the
+// slot is peeked only when the flush LSN moved, so an idle Syncer costs about
+// 1/flushWatchInterval trivial queries per second and sees the first change after an
+// idle period within about this interval. Peeks that find nothing of the publication
+// (other tables writing) back off as DelayBetweenPeekRetries and friends say.
+const flushWatchInterval = 100 * time.Millisecond
 
 // pollLoop polls until ctx ends or a fatal error.
 func (s *Syncer) pollLoop(ctx context.Context) error {
@@ -274,7 +283,11 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 				idle.Reset()
 				continue
 			}
-			wait = idle.NextBackOff()
+			if res.peeked {
+				wait = idle.NextBackOff()
+			} else {
+				wait = flushWatchInterval
+			}
 		case errors.Is(err, ErrHandler) && s.HandlerErrorPolicy == RetryOnHandlerError:
 			wait = retry.NextBackOff()
 			s.log.Warn("dbsync: handler failed; retrying the transaction", "err", err, "retry_in", wait)
@@ -311,6 +324,7 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	if upto <= st.drainedFlush || upto <= st.confirmed {
 		return res, nil // nothing flushed since everything was delivered
 	}
+	res.peeked = true
 	flush := upto
 	upto = st.bound(flush)
 	if s.EventsProcessor != nil {
