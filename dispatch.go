@@ -51,6 +51,11 @@ func (d *delivery) deliver(m PGMSG) error {
 	if err != nil {
 		return fmt.Errorf("row at LSN %s: %w", m.LSN, err)
 	}
+	return d.deliverParsed(m, msg)
+}
+
+// deliverParsed dispatches one row already parsed into msg.
+func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 	h := d.s.MessageHandler
 	if h == nil {
 		h = DefaultMessageHandler{}

@@ -338,21 +338,23 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	}
 	d := s.newDelivery(ctx)
 	var deliverErr error
-	var sc rowScanner
-	for rows.Next() {
-		var m PGMSG
-		if err := sc.scan(rows, &m); err != nil {
-			deliverErr = err
-			break
-		}
-		res.rows++
-		if err := d.deliver(m); err != nil {
-			deliverErr = err
-			break
+	rr := readRows(rows)
+read:
+	for batch := range rr.C {
+		for _, p := range batch {
+			if p.err != nil {
+				deliverErr = p.err
+				break read
+			}
+			res.rows++
+			if err := d.deliverParsed(p.m, p.msg); err != nil {
+				deliverErr = err
+				break read
+			}
 		}
 	}
-	rows.Close()
-	rowsErr := rows.Err()
+	rr.stop()
+	rowsErr := rr.Err()
 	if deliverErr == nil && rowsErr != nil {
 		deliverErr = classify(rowsErr, "peek slot "+s.replicationSlot)
 	}

@@ -1,0 +1,101 @@
+package dbsync
+
+import (
+	"database/sql"
+	"fmt"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// The poll's rows are read and parsed on one goroutine and delivered to the handlers
+// on another, so reading the result set (driver, row scan, pgoutput parse) overlaps
+// with the handlers' work: on a backlog the client side otherwise runs serially after
+// the server has materialized the peek. Order is kept (one reader, one deliverer, a
+// FIFO channel); at most parsedQueue batches of parsedBatch rows are in flight, so
+// memory stays bounded whatever the size of the peek.
+
+const (
+	parsedBatch = 256 // rows per hand-over
+	parsedQueue = 4   // batches queued between reader and deliverer
+)
+
+// parsedRow is one peeked row and its parsed message, or the error reading or
+// parsing it (the last entry the reader sends).
+type parsedRow struct {
+	m   PGMSG
+	msg pglogrepl.Message
+	err error
+}
+
+// rowReader reads rows on its own goroutine. Consume batches from C until it is
+// closed, or call stop to abandon the rest; then Err tells how the result set ended.
+type rowReader struct {
+	C    <-chan []parsedRow
+	quit chan struct{}
+	done chan struct{}
+	err  error
+}
+
+// readRows starts reading rows (which the reader then owns and closes).
+func readRows(rows *sql.Rows) *rowReader {
+	c := make(chan []parsedRow, parsedQueue)
+	r := &rowReader{C: c, quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		defer close(c)
+		defer rows.Close()
+		var sc rowScanner
+		batch := make([]parsedRow, 0, parsedBatch)
+		send := func() bool {
+			if len(batch) == 0 {
+				return true
+			}
+			select {
+			case c <- batch:
+				batch = make([]parsedRow, 0, parsedBatch)
+				return true
+			case <-r.quit:
+				return false
+			}
+		}
+		for rows.Next() {
+			var p parsedRow
+			if err := sc.scan(rows, &p.m); err != nil {
+				p.err = err
+				batch = append(batch, p)
+				send()
+				return
+			}
+			p.msg, p.err = Parse(p.m.Data)
+			if p.err != nil {
+				p.err = fmt.Errorf("row at LSN %s: %w", p.m.LSN, p.err)
+			}
+			batch = append(batch, p)
+			if len(batch) == parsedBatch && !send() {
+				return
+			}
+		}
+		if send() {
+			r.err = rows.Err()
+		}
+	}()
+	return r
+}
+
+// stop abandons the rows not consumed yet and waits for the reader to finish.
+func (r *rowReader) stop() {
+	select {
+	case <-r.quit:
+	default:
+		close(r.quit)
+	}
+	for range r.C {
+	}
+	<-r.done
+}
+
+// Err is the result set's error once C is closed (nil if stop abandoned it).
+func (r *rowReader) Err() error {
+	<-r.done
+	return r.err
+}

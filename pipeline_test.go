@@ -1,0 +1,88 @@
+package dbsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/require"
+)
+
+// failingRecorder records like recorder and fails on the INSERT of id failID.
+type failingRecorder struct {
+	recorder
+	failID string
+}
+
+func (f *failingRecorder) HandleInsertMessage(idx int, m *pglogrepl.InsertMessage, reln *pglogrepl.RelationMessage, info *PGTableInfo) error {
+	if string(m.Tuple.Columns[0].Data) == f.failID {
+		return errors.New("handler refuses " + f.failID)
+	}
+	return f.recorder.HandleInsertMessage(idx, m, reln, info)
+}
+
+// TestPipelinedPollHandlerErrorMidStream fails a handler in the middle of a peek far
+// larger than the reader's queue (the reader is blocked when delivery stops): Run must
+// return ErrHandler, the slot must stay at the COMMIT of the last transaction before
+// the failure, and a new Syncer must get exactly the failed and later transactions.
+func TestPipelinedPollHandlerErrorMidStream(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, name text)`)
+	require.NoError(t, err)
+	opts := []SyncerOpt{WithDB(d.DB), ForTables("items"),
+		WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")),
+		WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond)}
+	s, err := NewSyncer(opts...)
+	require.NoError(t, err)
+	const perTx = 2000
+	before, err := s.CurrentFlushLSN(context.Background())
+	require.NoError(t, err)
+	var commits []pglogrepl.LSN // flush LSN after each transaction
+	for tx := 0; tx < 3; tx++ {
+		_, err := d.DB.Exec(`INSERT INTO items SELECT g, 'n' || g FROM generate_series($1::int, $2::int) g`, tx*perTx+1, tx*perTx+perTx)
+		require.NoError(t, err)
+		lsn, err := s.CurrentFlushLSN(context.Background())
+		require.NoError(t, err)
+		commits = append(commits, lsn)
+	}
+	s.Close()
+
+	bad := &failingRecorder{failID: fmt.Sprint(perTx + 500)}
+	s, err = NewSyncer(append(opts, WithMessageHandler(bad))...)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = s.Run(ctx)
+	require.ErrorIs(t, err, ErrHandler)
+	s.Close()
+	got := bad.snapshot()
+	require.Len(t, got, 1+perTx+1+1+499, "tx 1 whole, then tx 2 up to the failing row")
+	require.Equal(t, "COMMIT", got[perTx+1])
+
+	confirmed, err := s.ConfirmedFlushLSN(context.Background())
+	require.NoError(t, err)
+	require.Greater(t, confirmed, before, "tx 1 was processed: the slot is at its COMMIT")
+	require.LessOrEqual(t, confirmed, commits[0], "tx 2 failed: the slot must not pass it")
+
+	good := &recorder{}
+	s, err = NewSyncer(append(opts, WithMessageHandler(good))...)
+	require.NoError(t, err)
+	defer s.Close()
+	rctx, rcancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(rctx) }()
+	want := 2 * (perTx + 2)
+	waitFor(t, 30*time.Second, func() bool { return len(good.snapshot()) >= want }, "tx 2 and 3 again")
+	rcancel()
+	require.NoError(t, <-done)
+	lines := good.snapshot()
+	require.Len(t, lines, want)
+	require.Equal(t, "BEGIN", lines[0])
+	require.Equal(t, fmt.Sprintf("INSERT items id=%d,name=n%d", perTx+1, perTx+1), lines[1])
+	require.Equal(t, fmt.Sprintf("INSERT items id=%d,name=n%d", 3*perTx, 3*perTx), lines[want-2])
+	require.Equal(t, "COMMIT", lines[want-1])
+}
