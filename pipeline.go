@@ -66,7 +66,12 @@ func readRows(rows *sql.Rows) *rowReader {
 				send()
 				return
 			}
-			p.msg, p.err = Parse(p.m.Data)
+			// p.m.Data is a fresh copy owned by this row: row changes may alias it.
+			if c := p.m.Data; len(c) > 0 && (c[0] == 'I' || c[0] == 'U' || c[0] == 'D') {
+				p.msg, p.err = parseChange(c, true)
+			} else {
+				p.msg, p.err = Parse(c)
+			}
 			if p.err != nil {
 				p.err = fmt.Errorf("row at LSN %s: %w", p.m.LSN, p.err)
 			}

@@ -1,0 +1,126 @@
+package dbsync
+
+import (
+	"encoding/binary"
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/require"
+)
+
+// pglogreplParse is pglogrepl.Parse with panics turned into errors.
+func pglogreplParse(data []byte) (msg pglogrepl.Message, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg, err = nil, fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return pglogrepl.Parse(data)
+}
+
+// tupleBytes builds a TupleData: each column is "n", "u", or a kind byte followed by a value.
+func tupleBytes(cols ...string) []byte {
+	b := binary.BigEndian.AppendUint16(nil, uint16(len(cols)))
+	for _, c := range cols {
+		b = append(b, c[0])
+		if c[0] == 't' || c[0] == 'b' {
+			b = binary.BigEndian.AppendUint32(b, uint32(len(c)-1))
+			b = append(b, c[1:]...)
+		}
+	}
+	return b
+}
+
+func changeBytes(kind byte, parts ...any) []byte {
+	b := []byte{kind, 0, 0, 0x40, 0x01}
+	for _, p := range parts {
+		switch v := p.(type) {
+		case byte:
+			b = append(b, v)
+		case []byte:
+			b = append(b, v...)
+		}
+	}
+	return b
+}
+
+func parseChangeInputs(t *testing.T) map[string][]byte {
+	in := map[string][]byte{
+		"insert nulls toast binary": changeBytes('I', byte('N'), tupleBytes("t42", "n", "u", "b\x00\x01\x02", "t")),
+		"update full":               changeBytes('U', byte('O'), tupleBytes("t1", "told"), byte('N'), tupleBytes("t1", "u")),
+		"update new only":           changeBytes('U', byte('N'), tupleBytes("t1", "tnew")),
+		"delete full":               changeBytes('D', byte('O'), tupleBytes("t1", "n")),
+	}
+	for _, c := range captured {
+		switch c.file {
+		case "insert.bin", "update.bin", "update_key.bin", "delete.bin":
+			in[c.file] = readCaptured(t, c.file)
+		}
+	}
+	return in
+}
+
+// TestParseChangeMatchesPglogrepl checks that parseChange builds exactly what
+// pglogrepl.Parse builds, and that every truncation of a valid message is an error.
+func TestParseChangeMatchesPglogrepl(t *testing.T) {
+	for name, data := range parseChangeInputs(t) {
+		want, err := pglogreplParse(data)
+		require.NoError(t, err, name)
+		for _, owned := range []bool{false, true} {
+			in := append([]byte(nil), data...)
+			got, err := parseChange(in, owned)
+			require.NoError(t, err, name)
+			require.Equal(t, want, got, name)
+			require.Equal(t, want.Type(), got.Type(), name)
+		}
+		for n := 1; n < len(data); n++ {
+			_, err := parseChange(data[:n], false)
+			require.ErrorIs(t, err, ErrMalformedMessage, "%s cut at %d", name, n)
+		}
+	}
+	// A table without columns: pglogrepl rejects the 7-byte INSERT, parseChange does not.
+	msg, err := parseChange(changeBytes('I', byte('N'), tupleBytes()), false)
+	require.NoError(t, err)
+	require.Equal(t, uint16(0), msg.(*pglogrepl.InsertMessage).Tuple.ColumnNum)
+	require.Nil(t, msg.(*pglogrepl.InsertMessage).Tuple.Columns)
+
+	for _, bad := range [][]byte{
+		changeBytes('I', byte('K'), tupleBytes("t1")),
+		changeBytes('U', byte('X'), tupleBytes("t1")),
+		changeBytes('U', byte('K'), tupleBytes("t1"), byte('Z'), tupleBytes("t1")),
+		changeBytes('D', byte('N'), tupleBytes("t1")),
+		changeBytes('I', byte('N'), tupleBytes("x1")),
+		changeBytes('B', byte('N'), tupleBytes("t1")),
+	} {
+		_, err := parseChange(bad, false)
+		require.ErrorIs(t, err, ErrMalformedMessage, "%q", bad)
+	}
+}
+
+// TestParseChangeOwnership checks that an unowned input is copied and an owned one is
+// not.
+func TestParseChangeOwnership(t *testing.T) {
+	data := changeBytes('I', byte('N'), tupleBytes("tabc"))
+	msg, err := parseChange(data, false)
+	require.NoError(t, err)
+	data[len(data)-1] = 'X'
+	require.Equal(t, "abc", string(msg.(*pglogrepl.InsertMessage).Tuple.Columns[0].Data))
+	msg, err = parseChange(data, true)
+	require.NoError(t, err)
+	col := msg.(*pglogrepl.InsertMessage).Tuple.Columns[0]
+	require.Equal(t, "abX", string(col.Data))
+	require.Equal(t, len(col.Data), cap(col.Data), "appending to a value must not overwrite the next one")
+}
+
+// BenchmarkParseInsertPglogrepl is pglogrepl.Parse on the captured INSERT, the
+// reference for BenchmarkParse/insert.
+func BenchmarkParseInsertPglogrepl(b *testing.B) {
+	data := readCaptured(b, "insert.bin")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := pglogrepl.Parse(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
