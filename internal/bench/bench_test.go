@@ -1,0 +1,39 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/stretchr/testify/require"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// TestRunCatchupTiny runs the catch-up workload at a tiny scale: every contender must
+// drain the same rows (Run fails on any disagreement) and appear in the table.
+func TestRunCatchupTiny(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := Run(ctx, &out, Config{Scale: 0.005, Workloads: []string{WorkloadCatchup}, Repeat: 1})
+	require.NoError(t, err, out.String())
+	table := out.String()
+	for _, c := range []string{"limit (lib/pq)", "limit (pgx)", "naive (lib/pq)", "streaming (pg_recvlogical)", "streaming (pglogrepl)", "dbsync (lib/pq)", "dbsync (pgx)"} {
+		require.Equal(t, 2, strings.Count(table, "| "+c), "%s: once per catch-up variant in\n%s", c, table)
+	}
+	require.Contains(t, table, "| a catch-up 10x1000 +noise")
+}
+
+func TestPercentile(t *testing.T) {
+	d := []time.Duration{5, 1, 4, 2, 3}
+	sortDurations(d)
+	require.Equal(t, time.Duration(3), percentile(d, 50))
+	require.Equal(t, time.Duration(5), percentile(d, 99))
+	require.Equal(t, time.Duration(1), percentile(d, 0))
+	require.Equal(t, time.Duration(0), percentile(nil, 50))
+}
