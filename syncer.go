@@ -35,12 +35,15 @@ type Syncer struct {
 	// the slot is forwarded (in addition to MessageHandler).
 	Batcher Batcher
 
-	// DelayBetweenPeekRetries is the wait after the first empty poll.
+	// DelayBetweenPeekRetries is the wait after the first peek that found nothing
+	// although the WAL flush LSN had moved (other tables writing). While the flush LSN
+	// does not move the poller only compares it with what it delivered, every 100 ms,
+	// and peeks as soon as it moves.
 	DelayBetweenPeekRetries time.Duration
-	// TimerDelayBackoffFactor multiplies the wait after each further empty poll (>= 1).
+	// TimerDelayBackoffFactor multiplies the wait after each further empty peek (>= 1).
 	TimerDelayBackoffFactor float64
-	// MaxDelayBetweenEmptyPeeks caps the wait between empty polls; it bounds the
-	// latency of the first change after an idle period.
+	// MaxDelayBetweenEmptyPeeks caps the wait between empty peeks; it bounds the
+	// latency of a change that arrives while other tables keep the WAL moving.
 	MaxDelayBetweenEmptyPeeks time.Duration
 	// MaxMessagesToRead is the upto_nchanges bound of one peek (rows; 0: none).
 	MaxMessagesToRead int
