@@ -72,13 +72,21 @@ func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 // parses it as a list of SQL identifiers, so each name is quoted.
 func (s *Syncer) publicationOption() string { return pq.QuoteIdentifier(s.publication) }
 
+// binaryOption is the value of pgoutput's binary option (WithBinary).
+func (s *Syncer) binaryOption() string {
+	if s.binary {
+		return "true"
+	}
+	return "false"
+}
+
 // peek starts a peek of the slot bounded by upto and max rows (0: no row bound).
 func (s *Syncer) peek(ctx context.Context, upto pglogrepl.LSN, max int) (*sql.Rows, error) {
 	var nchanges any
 	if max > 0 {
 		nchanges = max
 	}
-	rows, err := s.db.QueryContext(ctx, sqlText("peek.sql"), s.replicationSlot, upto.String(), nchanges, s.publicationOption())
+	rows, err := s.db.QueryContext(ctx, sqlText("peek.sql"), s.replicationSlot, upto.String(), nchanges, s.publicationOption(), s.binaryOption())
 	if err != nil {
 		return nil, classify(err, "peek slot "+s.replicationSlot)
 	}

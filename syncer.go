@@ -57,6 +57,13 @@ type Syncer struct {
 	publication     string
 	tableNames      []string
 
+	// binary asks pgoutput for values in binary format (WithBinary).
+	binary bool
+	// replIdentFull lists tables to set REPLICA IDENTITY FULL on in Setup.
+	replIdentFull []string
+	// strictReplIdent makes Setup fail on tables whose updates/deletes cannot be captured.
+	strictReplIdent bool
+
 	log       *slog.Logger
 	lookupEnv func(string) (string, bool)
 	skipSetup bool

@@ -1,0 +1,79 @@
+package dbsync
+
+import (
+	"database/sql"
+	"fmt"
+	"strings"
+
+	"github.com/lib/pq"
+)
+
+// SelectList returns a SELECT list that reads the given columns (all of t.Columns when
+// none are given) in PostgreSQL's text output format, for ScanRow:
+//
+//	CASE WHEN "c" IS NULL THEN NULL ELSE format('%s', "c") END AS "c", ...
+//
+// format('%s', …) calls the type's output function — the same text pgoutput sends —
+// whereas a cast to text does not always (bool::text gives "true", inet::text always
+// adds the netmask). Identifiers are quoted; the result goes between SELECT and FROM
+// of a query on the table, e.g.
+//
+//	"SELECT " + t.SelectList() + " FROM " + t.QuotedName() + " WHERE ..."
+func (t *PGTableInfo) SelectList(columns ...string) string {
+	if len(columns) == 0 {
+		for _, c := range t.Columns {
+			columns = append(columns, c.ColumnName)
+		}
+	}
+	parts := make([]string, len(columns))
+	for i, c := range columns {
+		q := pq.QuoteIdentifier(c)
+		parts[i] = "CASE WHEN " + q + " IS NULL THEN NULL ELSE format('%s', " + q + ") END AS " + q
+	}
+	return strings.Join(parts, ", ")
+}
+
+// QuotedName returns the table's quoted "schema"."table" for building queries.
+func (t *PGTableInfo) QuotedName() string {
+	return pq.QuoteIdentifier(t.Namespace) + "." + pq.QuoteIdentifier(t.TableName)
+}
+
+// ScanRow scans the current row of rows — a query whose columns are selected with
+// SelectList (text output of the column's type, NULL as NULL) and named like t's
+// columns — into the same typed values MessageToMap gives for that row in a change,
+// so GetRecordID of the result matches the record ID of the row's changes. Call it
+// after rows.Next() returned true. Works with any database/sql driver (lib/pq, pgx
+// stdlib).
+//
+// The session must use PostgreSQL's default output settings (DateStyle ISO,
+// IntervalStyle postgres, bytea_output hex; any TimeZone). Errors: a column of rows
+// that t does not describe (ErrConfig), ErrDecodeValue, or the driver's scan error.
+func (t *PGTableInfo) ScanRow(rows *sql.Rows) (StringMap, error) {
+	names, err := rows.Columns()
+	if err != nil {
+		return nil, err
+	}
+	raw := make([]sql.NullString, len(names))
+	dest := make([]any, len(names))
+	for i := range raw {
+		dest[i] = &raw[i]
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return nil, err
+	}
+	values := make(StringMap, len(names))
+	for i, n := range names {
+		col := t.ColInfo[n]
+		if col == nil {
+			return nil, fmt.Errorf("%w: ScanRow: column %q is not a column of %s", ErrConfig, n, t.QualifiedName())
+		}
+		if !raw[i].Valid {
+			values[n] = nil
+			continue
+		}
+		if values[n], err = col.DecodeText([]byte(raw[i].String)); err != nil {
+			return nil, fmt.Errorf("%s: %w", t.QualifiedName(), err)
+		}
+	}
+	return values, nil
+}
