@@ -95,4 +95,3 @@ func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 	}
 	return nil
 }
-
