@@ -11,11 +11,12 @@ import (
 // SelectList returns a SELECT list that reads the given columns (all of t.Columns when
 // none are given) in PostgreSQL's text output format, for ScanRow:
 //
-//	CASE WHEN "c" IS NULL THEN NULL ELSE format('%s', "c") END AS "c", ...
+//	CASE WHEN num_nulls("c") = 1 THEN NULL ELSE format('%s', "c") END AS "c", ...
 //
 // format('%s', …) calls the type's output function — the same text pgoutput sends —
 // whereas a cast to text does not always (bool::text gives "true", inet::text always
-// adds the netmask). Identifiers are quoted; the result goes between SELECT and FROM
+// adds the netmask). num_nulls, not IS NULL, tells NULL apart: a composite value whose
+// fields are all NULL IS NULL but is not a NULL datum. Identifiers are quoted; the result goes between SELECT and FROM
 // of a query on the table, e.g.
 //
 //	"SELECT " + t.SelectList() + " FROM " + t.QuotedName() + " WHERE ..."
@@ -28,7 +29,7 @@ func (t *PGTableInfo) SelectList(columns ...string) string {
 	parts := make([]string, len(columns))
 	for i, c := range columns {
 		q := pq.QuoteIdentifier(c)
-		parts[i] = "CASE WHEN " + q + " IS NULL THEN NULL ELSE format('%s', " + q + ") END AS " + q
+		parts[i] = "CASE WHEN num_nulls(" + q + ") = 1 THEN NULL ELSE format('%s', " + q + ") END AS " + q
 	}
 	return strings.Join(parts, ", ")
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"strconv"
 	"sync"
 	"time"
@@ -102,6 +103,28 @@ type rawJSONCodec struct {
 	jsonb bool
 }
 
+// PlanScan makes scans into *any (array elements) go through DecodeValue too.
+func (c rawJSONCodec) PlanScan(m *pgtype.Map, oid uint32, format int16, target any) pgtype.ScanPlan {
+	if _, ok := target.(*any); ok {
+		return rawJSONScanPlan{c: c, format: format}
+	}
+	return c.Codec.PlanScan(m, oid, format, target)
+}
+
+type rawJSONScanPlan struct {
+	c      rawJSONCodec
+	format int16
+}
+
+func (p rawJSONScanPlan) Scan(src []byte, dst any) error {
+	v, err := p.c.DecodeValue(nil, 0, p.format, src)
+	if err != nil {
+		return err
+	}
+	*(dst.(*any)) = v
+	return nil
+}
+
 func (c rawJSONCodec) DecodeValue(_ *pgtype.Map, _ uint32, format int16, src []byte) (any, error) {
 	if src == nil {
 		return nil, nil
@@ -176,7 +199,33 @@ func (d *decodeInfo) decode(m *pgtype.Map, format int16, src []byte) (any, error
 	if err != nil {
 		return nil, err
 	}
+	if n, ok := v.(pgtype.Numeric); ok && format == pgtype.BinaryFormatCode {
+		return numericScale(n, src), nil
+	}
 	return normalize(d.oid, v), nil
+}
+
+// numericScale gives a numeric decoded from binary the exponent its display scale
+// implies (-dscale), as the text form has it: 0.00 stays Int 0, Exp -2 and 1.50 stays
+// Int 150, Exp -2, whatever the base-10000 digit layout pgx decoded.
+func numericScale(n pgtype.Numeric, src []byte) pgtype.Numeric {
+	if !n.Valid || n.NaN || n.InfinityModifier != pgtype.Finite || n.Int == nil || len(src) < 8 {
+		return n
+	}
+	want := -int32(int16(uint16(src[6])<<8 | uint16(src[7])))
+	switch {
+	case n.Exp > want:
+		f := new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(n.Exp-want)), nil)
+		n.Int = new(big.Int).Mul(n.Int, f)
+		n.Exp = want
+	case n.Exp < want:
+		f := new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(want-n.Exp)), nil)
+		q, r := new(big.Int).QuoRem(n.Int, f, new(big.Int))
+		if r.Sign() == 0 {
+			n.Int, n.Exp = q, want
+		}
+	}
+	return n
 }
 
 // normalize applies dbsync's conventions to a pgx-decoded value.
