@@ -106,6 +106,7 @@ var defaultOutputSettings = map[string]string{"DateStyle": "ISO, MDY", "Interval
 // statement by
 //   - pgx (binary protocol results, decoded by the same pgtype codecs: see selectTyped),
 //   - and ScanRow (lib/pq, SelectList text output, decoded by DecodeText),
+//
 // and the record IDs must agree. The database's default output settings are made as
 // unlike the decoders' expectations as possible (DateStyle SQL, DMY; IntervalStyle
 // sql_standard; bytea_output escape; extra_float_digits 0; TimeZone Asia/Kathmandu):
