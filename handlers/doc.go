@@ -21,6 +21,8 @@
 //	 "op":"update","schema":"public","table":"items","key":{"id":"1"},"old_key":{"id":"7"},
 //	 "new":{"id":"1","name":"c"},"old":{"id":"7"},"unchanged":["body"]}
 //
+// Its fields:
+//
 //   - commit_lsn: LSN of the transaction's commit record (pgoutput Begin.FinalLSN), as
 //     PostgreSQL prints a pg_lsn; xid: the transaction ID; commit_time: the commit
 //     timestamp in RFC 3339 with nanoseconds, UTC. All changes of a transaction carry
