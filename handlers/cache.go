@@ -48,6 +48,11 @@ type CacheStats struct {
 	Truncates int64
 	// Refreshes is the number of rows upserted by HandleRefresh.
 	Refreshes int64
+	// KeptUnchanged counts unchanged TOASTed columns of updates that kept their
+	// previous value.
+	KeptUnchanged int64
+	// KeyChanges counts updates that changed the primary key.
+	KeyChanges int64
 	// UnknownUnchanged counts unchanged TOASTed columns whose previous value was not
 	// known (the row was not in the cache): they are missing from the cached row.
 	UnknownUnchanged int64
@@ -193,14 +198,17 @@ func (c *Cache) apply(ch *dbsync.Change) {
 	for _, col := range ch.Unchanged {
 		if v, ok := prev[col]; ok {
 			row[col] = v
+			c.stats.KeptUnchanged++
 		} else if v, ok := ch.Old[col]; ok {
 			row[col] = v
+			c.stats.KeptUnchanged++
 		} else {
 			c.stats.UnknownUnchanged++
 		}
 	}
 	if ch.OldKey != "" {
 		delete(rows, ch.OldKey)
+		c.stats.KeyChanges++
 	}
 	rows[ch.Key] = row
 }

@@ -176,6 +176,8 @@ func TestCacheUnit(t *testing.T) {
 	require.Equal(t, int64(1), st.Transactions)
 	require.Equal(t, int64(5), st.Changes)
 	require.Equal(t, int64(0), st.UnknownUnchanged)
+	require.Equal(t, int64(2), st.KeptUnchanged)
+	require.Equal(t, int64(1), st.KeyChanges)
 	require.Equal(t, pglogrepl.LSN(0x16B3748), st.LastCommitLSN)
 
 	// Re-delivery of the same transaction (at-least-once) leaves the same state.

@@ -83,6 +83,8 @@ type Result struct {
 	Details []string
 	// Committed and RolledBack count the writers' transactions.
 	Committed, RolledBack int64
+	// Cache is what the copy applied (changes, unchanged TOAST values kept, key changes).
+	Cache handlers.CacheStats
 	// Elapsed is the whole run's duration.
 	Elapsed time.Duration
 }
@@ -165,10 +167,11 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, fmt.Errorf("demo: set up the syncer: %w", err)
 	}
 	defer func() {
-		s.Close()
+		s.Stop()
 		if terr := cleanup(db, s); terr != nil && err == nil {
 			err = terr
 		}
+		s.Close()
 	}()
 
 	runCtx, stopSyncer := context.WithCancel(ctx)
@@ -278,7 +281,7 @@ wait:
 		return res, err
 	}
 	res = Result{Rows: rows, Tables: len(qualified), Mismatches: mismatches, Details: details,
-		Committed: committed.Load(), RolledBack: rolledBack.Load(), Elapsed: time.Since(start)}
+		Committed: committed.Load(), RolledBack: rolledBack.Load(), Cache: cache.Stats(), Elapsed: time.Since(start)}
 	return res, nil
 }
 
