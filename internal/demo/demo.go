@@ -216,7 +216,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		if ss, err := s.Status(ctx); err == nil {
 			lag = fmt.Sprint(ss.LagBytes)
 		}
-		fmt.Fprintf(cfg.Progress, "demo: %-9s %5.1fs  written %d txns (%d rolled back)  synced %d txns, %d changes  lag %s bytes\n",
+		fmt.Fprintf(cfg.Progress, "demo: %-9s %5.1fs  committed %d txns (%d rolled back)  synced %d txns, %d changes  lag %s bytes\n",
 			phase, time.Since(start).Seconds(), committed.Load(), rolledBack.Load(), st.Transactions, st.Changes, lag)
 	}
 wait:
