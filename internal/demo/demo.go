@@ -227,7 +227,7 @@ wait:
 		case err := <-syncErr:
 			stopWriters()
 			wg.Wait()
-			return res, fmt.Errorf("demo: syncer stopped: %w", err)
+			return res, syncerStopped(ctx, err)
 		case <-tick.C:
 			progress("writing")
 		}
@@ -259,7 +259,7 @@ wait:
 		}
 		select {
 		case err := <-syncErr:
-			return res, fmt.Errorf("demo: syncer stopped: %w", err)
+			return res, syncerStopped(ctx, err)
 		case <-tick.C:
 			progress("catch-up")
 		case <-ctx.Done():
@@ -283,6 +283,17 @@ wait:
 	res = Result{Rows: rows, Tables: len(qualified), Mismatches: mismatches, Details: details,
 		Committed: committed.Load(), RolledBack: rolledBack.Load(), Cache: cache.Stats(), Elapsed: time.Since(start)}
 	return res, nil
+}
+
+// syncerStopped explains why the Syncer's Run returned before the demo stopped it.
+func syncerStopped(ctx context.Context, err error) error {
+	if err == nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return errors.New("demo: the syncer stopped unexpectedly")
+	}
+	return fmt.Errorf("demo: syncer stopped: %w", err)
 }
 
 // cleanup removes everything the demo created: the slot, watermark table and control
