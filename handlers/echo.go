@@ -30,7 +30,8 @@ import (
 // unchanged TOASTed value, a string as is unless it is empty or holds spaces, quotes,
 // '=' or control characters (then Go-quoted), other values with fmt's %v. A DELETE
 // and the "old key" of a key-changing UPDATE show the key columns; "old:" shows a
-// whole old row (REPLICA IDENTITY FULL). Writes are not buffered; a failed Write is
+// whole old row (REPLICA IDENTITY FULL). Lines are written as messages arrive, so a
+// transaction delivered again (at-least-once) is printed again. Writes are not buffered; a failed Write is
 // returned (the Syncer then does not forward past it). Safe for concurrent use.
 type EchoMessageHandler struct {
 	dbsync.DefaultMessageHandler

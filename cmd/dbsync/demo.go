@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -32,6 +33,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	res, err := demo.Run(ctx, cfg)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			return exitError{code: 130, err: errors.New("interrupted; the demo removed what it had created")}
+		}
 		return err
 	}
 	fmt.Fprintf(stderr, "demo: %d transactions committed, %d rolled back; copy applied %d changes (%d unchanged TOAST values kept, %d key changes) in %.1fs\n",

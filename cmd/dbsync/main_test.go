@@ -295,3 +295,36 @@ func TestTailStopsOnSIGINT(t *testing.T) {
 		'proto_version', '1', 'publication_names', $2)`, pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")).Scan(&left))
 	require.Equal(t, 0, left)
 }
+
+func TestTailFromNowSkipsBacklog(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	_, err := d.DB.Exec(`CREATE TABLE items (id text PRIMARY KEY)`)
+	require.NoError(t, err)
+	// The first tail sets up the slot; stop it at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	var errb syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"tail", "-tables", "items"}, io.Discard, &errb) }()
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(errb.String(), "Ctrl-C to stop") }, "tail to start")
+	cancel()
+	require.Equal(t, 0, <-done, errb.String())
+
+	_, err = d.DB.Exec(`INSERT INTO items VALUES ('backlog')`)
+	require.NoError(t, err)
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	errb = syncBuffer{}
+	go func() { done <- run(ctx, []string{"tail", "-from-now"}, &out, &errb) }()
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(errb.String(), "Ctrl-C to stop") }, "tail to start")
+	require.Contains(t, errb.String(), "skipped the backlog")
+	_, err = d.DB.Exec(`INSERT INTO items VALUES ('new')`)
+	require.NoError(t, err)
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(out.String(), "\n") }, "tail output")
+	cancel()
+	require.Equal(t, 0, <-done, errb.String())
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	require.Len(t, lines, 1)
+	require.Contains(t, lines[0], `"key":{"id":"new"}`)
+}
