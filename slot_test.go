@@ -45,13 +45,12 @@ func TestSlotStatus(t *testing.T) {
 	ctx := context.Background()
 	st, err := ro.Status(ctx)
 	require.NoError(t, err)
-	var confirmed, restart, flush pglogrepl.LSN
-	var cur string
-	require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn::text, restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&cur, new(string)))
-	confirmed, err = pglogrepl.ParseLSN(cur)
+	var confirmedText, restartText, cur string
+	require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn::text, restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1`,
+		slot).Scan(&confirmedText, &restartText))
+	confirmed, err := pglogrepl.ParseLSN(confirmedText)
 	require.NoError(t, err)
-	require.NoError(t, d.DB.QueryRow(`SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&cur))
-	restart, err = pglogrepl.ParseLSN(cur)
+	restart, err := pglogrepl.ParseLSN(restartText)
 	require.NoError(t, err)
 	require.Equal(t, slot, st.Slot)
 	require.Equal(t, "pgoutput", st.Plugin)
@@ -73,7 +72,7 @@ func TestSlotStatus(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Run(runCtx) }()
 	require.NoError(t, d.DB.QueryRow(`SELECT pg_current_wal_flush_lsn()::text`).Scan(&cur))
-	flush, err = pglogrepl.ParseLSN(cur)
+	flush, err := pglogrepl.ParseLSN(cur)
 	require.NoError(t, err)
 	waitFor(t, 10*time.Second, func() bool {
 		st, err = ro.Status(ctx)
