@@ -26,10 +26,11 @@ func checkBounds(data []byte) error {
 		}
 		return fmt.Errorf("DELETE of %d bytes", len(data))
 	case 'T':
-		if len(data) < 10 {
+		// 'T', relation count (4 bytes), options (1 byte), relation OIDs (4 bytes each).
+		if len(data) < 6 {
 			return fmt.Errorf("TRUNCATE of %d bytes", len(data))
 		}
-		if n := uint64(binary.BigEndian.Uint32(data[1:5])); n*4 > uint64(len(data)-10) {
+		if n := uint64(binary.BigEndian.Uint32(data[1:5])); n*4 > uint64(len(data)-6) {
 			return fmt.Errorf("TRUNCATE lists %d relations in %d bytes", n, len(data))
 		}
 	}

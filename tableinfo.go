@@ -158,6 +158,58 @@ func sameRelation(a, b *pglogrepl.RelationMessage) bool {
 	return true
 }
 
+// describeOID describes a table by OID from the catalog alone: as a RELATION message
+// for its current shape would (catalogRelation), then like any relation.
+func (c *tableCache) describeOID(ctx context.Context, relID uint32) (*PGTableInfo, error) {
+	reln, err := catalogRelation(ctx, c.db, relID)
+	if err != nil {
+		return nil, err
+	}
+	info, err := loadTableInfo(ctx, c.db, reln)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.describeTypes(ctx, info); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// catalogRelation builds the RELATION message pgoutput would send for a table's current
+// shape: live columns in attnum order with their types, the replica identity flag on
+// the key columns (every column under REPLICA IDENTITY FULL, none under NOTHING).
+// Errors wrap ErrUnknownRelation when the table does not exist.
+func catalogRelation(ctx context.Context, db *sql.DB, relID uint32) (*pglogrepl.RelationMessage, error) {
+	rows, err := db.QueryContext(ctx, sqlText("table_columns.sql"), relID)
+	if err != nil {
+		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
+	}
+	defer rows.Close()
+	reln := &pglogrepl.RelationMessage{RelationID: relID}
+	for rows.Next() {
+		var ident string
+		var attnum, keyPos int
+		var notNull bool
+		col := &pglogrepl.RelationMessageColumn{}
+		if err := rows.Scan(&reln.Namespace, &reln.RelationName, &ident, &col.Name, &attnum, &col.DataType, &col.TypeModifier, &notNull, &keyPos); err != nil {
+			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
+		}
+		reln.ReplicaIdentity = ident[0]
+		if ident == "f" || (ident != "n" && keyPos > 0) {
+			col.Flags = 1
+		}
+		reln.Columns = append(reln.Columns, col)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
+	}
+	if len(reln.Columns) == 0 {
+		return nil, fmt.Errorf("%w: relation %d not found in the catalog", ErrUnknownRelation, relID)
+	}
+	reln.ColumnNum = uint16(len(reln.Columns))
+	return reln, nil
+}
+
 // load describes a relation: columns and types from reln, the rest from the catalog.
 // A relation missing from the catalog (dropped) is described from reln alone.
 func (c *tableCache) load(ctx context.Context, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {

@@ -21,5 +21,5 @@ func (s *Syncer) TableInfo(ctx context.Context, name string) (*PGTableInfo, erro
 		t.schema, t.name).Scan(&oid); err != nil {
 		return nil, classify(err, fmt.Sprintf("look up table %s.%s", t.schema, t.name))
 	}
-	return loadTableInfo(ctx, s.db, oid)
+	return s.tables.describeOID(ctx, oid)
 }

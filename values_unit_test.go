@@ -214,11 +214,15 @@ func TestParseRejectsOversizedLengths(t *testing.T) {
 		"insert column":   "I\x00\x00\x40\x0dN\x00\x02n\x74\x7f\xff\xff\xffab",
 		"update old":      "U\x00\x00\x40\x0dO\x00\x01b\x10\x00\x00\x00",
 		"truncate":        "T\xff\xff\xff\xff\x00\x00\x00\x00\x01",
+		"truncate short":  "T\x00\x00\x00\x02\x00\x00\x00\x00\x01",
 		"update no tuple": "U\x00\x00\x40\x0dX",
 	} {
 		_, err := Parse([]byte(data))
 		require.ErrorIs(t, err, ErrMalformedMessage, name)
 	}
+	tr, err := Parse([]byte("T\x00\x00\x00\x01\x03\x00\x00\x40\x0d"))
+	require.NoError(t, err)
+	require.Equal(t, []uint32{0x400d}, tr.(*pglogrepl.TruncateMessage).RelationIDs)
 	m, err := Parse([]byte("I\x00\x00\x40\x0dN\x00\x02n\x74\x00\x00\x00\x02ab"))
 	require.NoError(t, err)
 	require.Equal(t, "ab", string(m.(*pglogrepl.InsertMessage).Tuple.Columns[1].Data))

@@ -156,7 +156,8 @@ func TestEchoMessageHandlerUnit(t *testing.T) {
 		"UPDATE public.items id=3 sub=a name=renamed body=<unchanged> (old key: id=1 sub=a)",
 		"DELETE public.items id=2 sub=a",
 		"COMMIT commit_lsn=0/16B3748 end_lsn=0/16B3780",
-		`UPDATE public.items id=3 sub=a name="" body=<unchanged> old: id=3 sub=a name=renamed body=BIG`,
+		// The full old row (REPLICA IDENTITY FULL) fills the unchanged TOAST value in.
+		`UPDATE public.items id=3 sub=a name="" body=BIG old: id=3 sub=a name=renamed body=BIG`,
 		`DELETE public.items id=3 sub=a name="" body=BIG`,
 		"TRUNCATE public.items,s.t cascade restart_identity",
 		`MESSAGE transactional prefix=app content="hello"`,
