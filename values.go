@@ -228,17 +228,26 @@ func numericScale(n pgtype.Numeric, src []byte) pgtype.Numeric {
 	return n
 }
 
-// normalize applies dbsync's conventions to a pgx-decoded value.
+// normalize applies dbsync's conventions to a pgx-decoded value: instants (timestamptz,
+// also as range bounds) in UTC — pgx gives timestamp and date values in UTC already, and
+// timestamptz values in the process's local zone when decoded from binary.
 func normalize(oid uint32, v any) any {
 	switch x := v.(type) {
 	case time.Time:
-		if oid == pgtype.TimestamptzOID {
-			return x.UTC()
-		}
+		return x.UTC()
 	case []byte:
 		if x == nil {
 			return []byte{}
 		}
+	case pgtype.Range[any]:
+		x.Lower, x.Upper = normalize(0, x.Lower), normalize(0, x.Upper)
+		return x
+	case pgtype.Multirange[pgtype.Range[any]]:
+		out := make(pgtype.Multirange[pgtype.Range[any]], len(x))
+		for i, r := range x {
+			out[i] = normalize(0, r).(pgtype.Range[any])
+		}
+		return out
 	}
 	return v
 }

@@ -225,6 +225,9 @@ func testAllTypes(t *testing.T, binary bool) {
 	require.Equal(t, time.Date(1899, 12, 31, 18, 6, 32, 0, time.UTC), extremes["c_tstz"])
 	require.Equal(t, pgtype.Interval{Months: -14, Days: 3, Microseconds: -(4*3600+5*60+6)*1e6 - 1, Valid: true}, extremes["c_interval"])
 	require.Equal(t, netip.MustParsePrefix("2001:db8::1/64"), extremes["c_inet"])
+	require.Equal(t, pgtype.Range[any]{Lower: time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC), Upper: pgtype.Infinity,
+		LowerType: pgtype.Inclusive, UpperType: pgtype.Exclusive, Valid: true}, extremes["c_tstzrange"], "range bounds are instants in UTC")
+	require.Equal(t, pgtype.Range[any]{Lower: int32(1), Upper: int32(10), LowerType: pgtype.Inclusive, UpperType: pgtype.Exclusive, Valid: true}, extremes["c_int4range"])
 	require.Equal(t, []any{[]any{int32(1), nil}, []any{int32(3), int32(4)}}, extremes["c_int4arr"])
 	require.Equal(t, []any{[]any{"a,b", "NULL"}, []any{nil, `q"x`}}, extremes["c_text2d"])
 	require.Equal(t, []any{json.RawMessage(`{"a": 1}`), json.RawMessage(`[1, 2]`), nil}, extremes["c_jsonbarr"])
