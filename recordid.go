@@ -87,8 +87,7 @@ func keyText(v any) (string, error) {
 	case pgtype.InfinityModifier:
 		return x.String(), nil
 	case pgtype.Numeric:
-		b, err := x.MarshalJSON()
-		return string(b), err
+		return fmt.Sprint(numericJSON(x)), nil
 	case UnknownValue:
 		return x.String(), nil
 	case fmt.Stringer:
