@@ -120,9 +120,9 @@ func ForTables(tableNames ...string) SyncerOpt {
 
 // WithBinary(true) asks pgoutput for column values in binary format (its 'binary'
 // option: tuple kind 'b', the types' send functions) instead of text; values decode to
-// the same Go values either way (PGColumnInfo.DecodeBytes). Binary is cheaper to
-// produce and parse for numeric, timestamp and array columns; values of types without a
-// codec (composite types, see UnknownValue) then arrive as bytes, not text.
+// the same Go values either way (PGColumnInfo.DecodeBytes), except that values of
+// types without a codec (composite types, money, timetz: see UnknownValue) then arrive
+// as send-function bytes, not text. See docs/VALUES.md.
 func WithBinary(enabled bool) SyncerOpt {
 	return func(s *Syncer) error { s.binary = enabled; return nil }
 }
