@@ -64,6 +64,12 @@ type Syncer struct {
 	tables *tableCache
 	dec    *decoder
 
+	// watermark windows (Refresh, Snapshot): see window.go, watermark.go
+	win       *windowTracker
+	refreshMu sync.Mutex // one selection at a time; callers queue
+	runID     string     // prefix of this Syncer's selection IDs
+	selSeq    uint64     // guarded by refreshMu
+
 	// lifecycle
 	mu      sync.Mutex
 	running bool
@@ -119,6 +125,8 @@ func NewSyncerContext(ctx context.Context, opts ...SyncerOpt) (*Syncer, error) {
 	}
 	s.tables = newTableCache(s.db)
 	s.dec = newDecoder(s.tables)
+	s.win = newWindowTracker()
+	s.runID = newRunID()
 	if !s.skipSetup {
 		if err := s.Setup(ctx); err != nil {
 			s.Close()
@@ -186,7 +194,13 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		close(done)
 	}()
-	return s.pollLoop(ctx)
+	err := s.pollLoop(ctx)
+	cause := err
+	if cause == nil {
+		cause = fmt.Errorf("Run returned")
+	}
+	s.win.abandon(cause) // pending Refresh/Snapshot callers get ErrRefreshAbandoned
+	return err
 }
 
 // Start runs the Syncer until Stop is called (see Run) and returns Run's result.

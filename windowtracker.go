@@ -1,0 +1,170 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// windowTracker connects the pure window (window.go) to the Syncer: delivery feeds it
+// the log from the poller's goroutine, Refresh registers selections from the caller's
+// goroutine and waits for their completion.
+type windowTracker struct {
+	mu      sync.Mutex
+	w       window
+	waiters map[string]chan error // selection ID -> completion (buffered, one value)
+}
+
+func newWindowTracker() *windowTracker {
+	return &windowTracker{waiters: map[string]chan error{}}
+}
+
+// register starts tracking a selection of relation rel; the returned channel gets nil
+// once its refresh rows were handed over, or an error wrapping ErrRefreshAbandoned.
+// Only one selection may be registered at a time (Refresh serialises callers).
+func (t *windowTracker) register(id string, rel uint32) <-chan error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ch := make(chan error, 1)
+	t.waiters[id] = ch
+	t.w.register(id, rel)
+	return ch
+}
+
+func (t *windowTracker) setRows(id string, rows *InMemSelection, snap xidSnapshot) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.w.setRows(id, rows, snap)
+}
+
+// release forgets a selection, whatever its state.
+func (t *windowTracker) release(id string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.w.done(id)
+	delete(t.waiters, id)
+}
+
+// delivered marks selections whose refresh rows were handed over: they are forgotten
+// (a re-delivered high watermark is then ignored) and their callers released.
+func (t *windowTracker) delivered(ids []string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range ids {
+		t.w.done(id)
+		if ch, ok := t.waiters[id]; ok {
+			ch <- nil
+			delete(t.waiters, id)
+		}
+	}
+}
+
+// abandon fails every registered selection (the Syncer stopped before their high
+// watermark was delivered).
+func (t *windowTracker) abandon(cause error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, ch := range t.waiters {
+		t.w.done(id)
+		ch <- fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)
+		delete(t.waiters, id)
+	}
+}
+
+func (t *windowTracker) begin(xid uint32) {
+	t.mu.Lock()
+	t.w.begin(xid)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) change(rel uint32, key, oldKey string) {
+	t.mu.Lock()
+	t.w.change(rel, key, oldKey)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) truncate(rel uint32) {
+	t.mu.Lock()
+	t.w.truncate(rel)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) watermark(id string, kind wmKind) {
+	t.mu.Lock()
+	t.w.watermark(id, kind)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) commit() *emission {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.w.commit()
+}
+
+// setIgnoreSnapshot turns the visibility fix off (plain DBLog). Tests only.
+func (t *windowTracker) setIgnoreSnapshot(v bool) {
+	t.mu.Lock()
+	t.w.ignoreSnapshot = v
+	t.mu.Unlock()
+}
+
+// maybePrune forgets history that a fresh snapshot shows complete. It runs at the
+// start of a poll, after the previous poll's transactions were delivered.
+func (t *windowTracker) maybePrune(ctx context.Context, db *sql.DB, log *slog.Logger) {
+	t.mu.Lock()
+	need := len(t.w.hist) > 0 && t.w.sel == nil
+	t.mu.Unlock()
+	if !need {
+		return
+	}
+	var text string
+	if err := db.QueryRowContext(ctx, `SELECT pg_current_snapshot()::text`).Scan(&text); err != nil {
+		log.Debug("dbsync: could not read pg_current_snapshot() to prune window history", "err", err)
+		return
+	}
+	snap, err := parseSnapshot(text)
+	if err != nil {
+		log.Debug("dbsync: window history not pruned", "err", err)
+		return
+	}
+	t.mu.Lock()
+	t.w.prune(snap)
+	t.mu.Unlock()
+}
+
+// touchChange records the keys a row change touched. A change whose key cannot be
+// computed (e.g. a DELETE under REPLICA IDENTITY NOTHING) counts as touching every
+// row of its table.
+func (t *windowTracker) touchChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *PGTableInfo) {
+	if info == nil {
+		t.truncate(reln.RelationID)
+		return
+	}
+	c, err := DecodeChange(msg, reln, info)
+	if err != nil {
+		t.truncate(reln.RelationID)
+		return
+	}
+	t.change(reln.RelationID, c.Key, c.OldKey)
+}
+
+// watermarkRow records an INSERT into the watermark table.
+func (t *windowTracker) watermarkRow(reln *pglogrepl.RelationMessage, info *PGTableInfo, tuple *pglogrepl.TupleData) {
+	if info == nil {
+		return
+	}
+	vals, _, err := info.MessageToMap(reln, tuple)
+	if err != nil {
+		return
+	}
+	id, _ := vals["selection_id"].(string)
+	kind, _ := vals["wm_type"].(string)
+	if id == "" || (kind != string(wmLow) && kind != string(wmHigh)) {
+		return
+	}
+	t.watermark(id, wmKind(kind))
+}
