@@ -43,9 +43,15 @@ func handlerErr(err error, what string, lsn pglogrepl.LSN) error {
 	return fmt.Errorf("%w: %s at LSN %s: %w", ErrHandler, what, lsn, err)
 }
 
-// isControlTable tells whether a relation is dbsync's own watermark table, whose rows
-// drive refresh windows and are not delivered as changes.
+// isControlTable tells whether a relation is one of dbsync's own tables in the control
+// schema (the watermark table, whose rows drive refresh windows, and
+// snapshot_progress, published under FOR ALL TABLES): not delivered as changes.
 func (s *Syncer) isControlTable(reln *pglogrepl.RelationMessage) bool {
+	return reln.Namespace == s.ctrlNamespace
+}
+
+// isWatermarkTable tells whether a relation is the watermark table.
+func (s *Syncer) isWatermarkTable(reln *pglogrepl.RelationMessage) bool {
 	return reln.Namespace == s.ctrlNamespace && reln.RelationName == s.wmTableName
 }
 
@@ -98,7 +104,9 @@ func (d *delivery) deliver(m PGMSG) error {
 			return err
 		}
 		if d.s.isControlTable(reln) {
-			d.s.win.watermarkRow(reln, info, v.Tuple)
+			if d.s.isWatermarkTable(reln) {
+				d.s.win.watermarkRow(reln, info, v.Tuple)
+			}
 			return nil
 		}
 		d.s.win.touchChange(v, reln, info)

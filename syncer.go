@@ -46,6 +46,10 @@ type Syncer struct {
 	MaxMessagesToRead int
 	// HandlerErrorPolicy says whether a failing handler stops the Syncer or is retried.
 	HandlerErrorPolicy HandlerErrorPolicy
+	// SnapshotChunkSize is the rows per Snapshot chunk (0: DefaultSnapshotChunkSize).
+	SnapshotChunkSize int
+	// SnapshotProgress, when set, is called by Snapshot after each delivered chunk.
+	SnapshotProgress func(SnapshotProgress)
 
 	db      *sql.DB
 	ownDB   bool
