@@ -9,7 +9,8 @@ SELECT n.nspname,
        format_type(a.atttypid, a.atttypmod),
        a.atttypmod,
        a.attnotnull,
-       COALESCE(array_position(pk.indkey::int2[], a.attnum), 0)
+       COALESCE((SELECT k.n FROM unnest(pk.indkey) WITH ORDINALITY AS k(attnum, n)
+                 WHERE k.attnum = a.attnum), 0)::int
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
