@@ -124,6 +124,9 @@ func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []str
 	if !s.win.setRows(id, rows, snap) {
 		return stats, nil, fmt.Errorf("%w: selection %s was dropped before its rows were read", ErrRefreshAbandoned, id)
 	}
+	if hook := s.win.afterSelect; hook != nil {
+		hook()
+	}
 	if err := s.writeWatermark(ctx, id, wmHigh); err != nil {
 		return stats, nil, err
 	}

@@ -17,6 +17,9 @@ type windowTracker struct {
 	mu      sync.Mutex
 	w       window
 	waiters map[string]chan error // selection ID -> completion (buffered, one value)
+	// afterSelect, when set, runs between a selection's SELECT and its high
+	// watermark. Tests only: it makes changes land inside the window.
+	afterSelect func()
 }
 
 func newWindowTracker() *windowTracker {
