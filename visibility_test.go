@@ -126,4 +126,3 @@ func runVisibilityRace(t *testing.T, srv *pgtest.Server, admin *sql.DB, localDSN
 	}
 	return events, mismatches(h.tableRows("public."+table), dbRows(t, admin, table))
 }
-
