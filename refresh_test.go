@@ -276,3 +276,77 @@ func TestRefreshErrors(t *testing.T) {
 	err = s.Snapshot(ctx, "does_not_exist")
 	require.ErrorIs(t, err, ErrConfig)
 }
+
+// TestRefreshRetriedAfterHandlerError: under RetryOnHandlerError a failing
+// HandleRefresh keeps the slot before the high watermark's COMMIT; the retry delivers
+// the high watermark again and the selection's rows come again (at-least-once), and
+// Refresh returns only then.
+func TestRefreshRetriedAfterHandlerError(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, v text)`)
+	require.NoError(t, err)
+	_, err = d.DB.Exec(`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3) g`)
+	require.NoError(t, err)
+	h := newCacheHandler()
+	h.failRefreshAt = 2
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("items"), WithHandlerErrorPolicy(RetryOnHandlerError))
+	stats, err := s.RefreshContext(context.Background(), `SELECT * FROM items ORDER BY id`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 3, Emitted: 3}, stats)
+	require.Equal(t, []string{
+		`refresh public.items ["1"]`, // then ["2"] failed
+		`refresh public.items ["1"]`, `refresh public.items ["2"]`, `refresh public.items ["3"]`,
+	}, h.eventList())
+	require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "items")))
+}
+
+// batchRecorder is a Batcher that records what it got.
+type batchRecorder struct {
+	mu      sync.Mutex
+	upserts []string
+	deletes []string
+}
+
+func (b *batchRecorder) BatchUpsert(doctype string, docs map[string]StringMap) (any, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for id, v := range docs {
+		b.upserts = append(b.upserts, fmt.Sprintf("%s %s v=%v", doctype, id, v["v"]))
+	}
+	sort.Strings(b.upserts)
+	return nil, nil
+}
+
+func (b *batchRecorder) BatchDelete(doctype string, ids []string) (any, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, id := range ids {
+		b.deletes = append(b.deletes, doctype+" "+id)
+	}
+	return nil, nil
+}
+
+// TestRefreshToBatcher: refresh rows reach a Batcher as upserts.
+func TestRefreshToBatcher(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, v text)`)
+	require.NoError(t, err)
+	_, err = d.DB.Exec(`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 2) g`)
+	require.NoError(t, err)
+	b := &batchRecorder{}
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")),
+		WithPublication(pgtest.Ident(t, "pub")), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+	require.NoError(t, err)
+	defer s.Close()
+	s.Batcher = b
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	require.NoError(t, s.Refresh(`SELECT * FROM items`))
+	cancel()
+	require.NoError(t, <-done)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	require.Equal(t, []string{`public.items ["1"] v=v1`, `public.items ["2"] v=v2`}, b.upserts)
+	require.Empty(t, b.deletes)
+}

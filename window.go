@@ -25,8 +25,8 @@ import (
 // before the selection was even registered — the window keeps a history of recent
 // transactions' touched keys. History is pruned with a snapshot taken after the
 // entries were delivered (prune): a transaction complete in that snapshot is complete
-// in every later one. Pruning is suspended while a selection is registered, since its
-// own snapshot may be older than the pruning one.
+// in every later one. The registered selection's snapshot may be older than the
+// pruning one, so what it may still need is kept too.
 
 // xidSnapshot is a pg_snapshot (pg_current_snapshot()) reduced to 32-bit xids, the
 // width of pgoutput's BEGIN xid. xids are compared modulo 2^32 as PostgreSQL does
@@ -252,16 +252,28 @@ func (w *window) done(id string) {
 	}
 }
 
-// prune forgets committed transactions that snap shows complete; snap must have
-// been taken after they were delivered. It does nothing while a selection is
-// registered.
+// prune forgets committed transactions nobody can need any more; snap must have been
+// taken after they were delivered. A transaction is kept while it is in progress in
+// snap (a later selection's snapshot may not see it either) or while the registered
+// selection may need it: it lies inside that selection's window, the selection's
+// snapshot is not known yet, or that snapshot did not see it.
 func (w *window) prune(snap xidSnapshot) {
-	if w.sel != nil {
-		return
+	sel := w.sel
+	needed := func(tx *txTouch) bool {
+		if snap.inProgress(tx.xid) {
+			return true
+		}
+		if sel == nil {
+			return false
+		}
+		if sel.lowSeq != 0 && tx.seq > sel.lowSeq {
+			return true
+		}
+		return !sel.ready || (!w.ignoreSnapshot && sel.snap.inProgress(tx.xid))
 	}
 	kept := w.hist[:0]
 	for _, tx := range w.hist {
-		if snap.inProgress(tx.xid) {
+		if needed(tx) {
 			kept = append(kept, tx)
 		}
 	}

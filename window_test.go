@@ -138,19 +138,37 @@ func TestWindowPrune(t *testing.T) {
 	require.Len(t, w.hist, 2)
 	// 11 still running in the pruning snapshot: kept; 10 complete: forgotten.
 	w.prune(snapOf(t, "11:13:11"))
-	require.Len(t, w.hist, 1)
-	require.Equal(t, uint32(11), w.hist[0].xid)
-	// No pruning while a selection is registered.
+	require.Equal(t, []uint32{11}, histXids(w))
+	// A registered selection whose snapshot is not known yet keeps everything.
 	w.register("s1", relItems)
 	w.prune(snapOf(t, "20:20:"))
-	require.Len(t, w.hist, 1)
-	// The kept entry still decides: 11 is in the selection snapshot's xip.
+	require.Equal(t, []uint32{11}, histXids(w))
 	require.Nil(t, tx(w, 13, func() { w.watermark("s1", wmLow) }))
-	require.True(t, w.setRows("s1", selOf("a", "b", "c"), snapOf(t, "11:14:11")))
-	require.Equal(t, []string{"a", "c"}, keysOf(tx(w, 14, func() { w.watermark("s1", wmHigh) })))
+	require.Nil(t, tx(w, 14, func() { w.change(relItems, "c", "") })) // inside the window
+	require.True(t, w.setRows("s1", selOf("a", "b", "c", "d"), snapOf(t, "11:14:11")))
+	// Complete now, but 11 was invisible to the selection and 14 is inside: kept.
+	w.prune(snapOf(t, "20:20:"))
+	require.Equal(t, []uint32{11, 14}, histXids(w))
+	require.Equal(t, []string{"a", "d"}, keysOf(tx(w, 15, func() { w.watermark("s1", wmHigh) })))
 	w.done("s1")
 	w.prune(snapOf(t, "20:20:"))
 	require.Empty(t, w.hist)
+
+	// A ready selection lets go of what its snapshot saw.
+	require.Nil(t, tx(w, 30, func() { w.change(relItems, "a", "") }))
+	require.Nil(t, tx(w, 31, func() { w.change(relItems, "b", "") }))
+	w.register("s2", relItems)
+	require.True(t, w.setRows("s2", selOf("a", "b"), snapOf(t, "31:32:31")))
+	w.prune(snapOf(t, "40:40:"))
+	require.Equal(t, []uint32{31}, histXids(w))
+}
+
+func histXids(w *window) []uint32 {
+	var out []uint32
+	for _, tx := range w.hist {
+		out = append(out, tx.xid)
+	}
+	return out
 }
 
 func TestParseSnapshotAndWraparound(t *testing.T) {

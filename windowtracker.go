@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 )
@@ -20,7 +21,15 @@ type windowTracker struct {
 	// afterSelect, when set, runs between a selection's SELECT and its high
 	// watermark. Tests only: it makes changes land inside the window.
 	afterSelect func()
+	lastPrune   time.Time
 }
+
+// History of touched keys is pruned (one pg_current_snapshot() query at the start of
+// a poll) once it holds pruneMinHistory transactions or pruneInterval has passed.
+const (
+	pruneMinHistory = 1024
+	pruneInterval   = time.Second
+)
 
 func newWindowTracker() *windowTracker {
 	return &windowTracker{waiters: map[string]chan error{}}
@@ -115,15 +124,21 @@ func (t *windowTracker) setIgnoreSnapshot(v bool) {
 	t.mu.Unlock()
 }
 
-// maybePrune forgets history that a fresh snapshot shows complete. It runs at the
-// start of a poll, after the previous poll's transactions were delivered.
+// maybePrune forgets history that a fresh snapshot shows complete and the registered
+// selection cannot need (window.prune). It runs at the start of a poll, after the
+// previous poll's transactions were delivered.
 func (t *windowTracker) maybePrune(ctx context.Context, db *sql.DB, log *slog.Logger) {
 	t.mu.Lock()
-	need := len(t.w.hist) > 0 && t.w.sel == nil
+	need := len(t.w.hist) >= pruneMinHistory || (len(t.w.hist) > 0 && time.Since(t.lastPrune) >= pruneInterval)
 	t.mu.Unlock()
 	if !need {
 		return
 	}
+	defer func() {
+		t.mu.Lock()
+		t.lastPrune = time.Now()
+		t.mu.Unlock()
+	}()
 	var text string
 	if err := db.QueryRowContext(ctx, `SELECT pg_current_snapshot()::text`).Scan(&text); err != nil {
 		log.Debug("dbsync: could not read pg_current_snapshot() to prune window history", "err", err)
