@@ -259,7 +259,7 @@ func TestRefreshWindowDropsKeyChangedInside(t *testing.T) {
 
 func TestRefreshErrors(t *testing.T) {
 	d := pgtest.NewDatabase(t)
-	_, err := d.DB.Exec(`CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); CREATE TABLE nokey (x int)`)
+	_, err := d.DB.Exec(`CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); CREATE TABLE nokey (x int); CREATE TABLE unpublished (id int PRIMARY KEY)`)
 	require.NoError(t, err)
 	h := newCacheHandler()
 	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("a", "b", "nokey"))
@@ -274,6 +274,11 @@ func TestRefreshErrors(t *testing.T) {
 	_, err = s.RefreshContext(ctx, `SELECT 1 AS x FROM a`)
 	require.ErrorIs(t, err, ErrConfig)
 	err = s.Snapshot(ctx, "does_not_exist")
+	require.ErrorIs(t, err, ErrConfig)
+	err = s.Snapshot(ctx, "unpublished")
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), "ALTER PUBLICATION")
+	_, err = s.RefreshContext(ctx, `SELECT * FROM unpublished`)
 	require.ErrorIs(t, err, ErrConfig)
 }
 

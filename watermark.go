@@ -344,6 +344,16 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key; add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
 			ErrNoPrimaryKey, info.QualifiedName(), t.quoted())
 	}
+	// Without its changes in the slot the window cannot drop keys changed meanwhile.
+	var published bool
+	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, info.Namespace, info.TableName).Scan(&published); err != nil {
+		return nil, classify(err, "check publication "+s.publication)
+	}
+	if !published {
+		return nil, fmt.Errorf("%w: table %s is not in publication %q, so its changes cannot be matched with refresh rows; add it with ALTER PUBLICATION %s ADD TABLE %s (or pass it to ForTables)",
+			ErrConfig, info.QualifiedName(), s.publication, pq.QuoteIdentifier(s.publication), t.quoted())
+	}
 	return info, nil
 }
 
