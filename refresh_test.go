@@ -262,7 +262,7 @@ func TestRefreshErrors(t *testing.T) {
 	_, err := d.DB.Exec(`CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); CREATE TABLE nokey (x int); CREATE TABLE unpublished (id int PRIMARY KEY)`)
 	require.NoError(t, err)
 	h := newCacheHandler()
-	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("a", "b", "nokey"))
+	s, stop := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("a", "b", "nokey"))
 	ctx := context.Background()
 	_, err = s.RefreshContext(ctx, `SELECT * FROM a JOIN b USING (id)`)
 	require.ErrorIs(t, err, ErrConfig)
@@ -280,6 +280,18 @@ func TestRefreshErrors(t *testing.T) {
 	require.Contains(t, err.Error(), "ALTER PUBLICATION")
 	_, err = s.RefreshContext(ctx, `SELECT * FROM unpublished`)
 	require.ErrorIs(t, err, ErrConfig)
+
+	// Once Run has returned, a selection fails at once instead of waiting.
+	s2, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "slot")+"_pub"), WithMessageHandler(h))
+	require.NoError(t, err)
+	defer s2.Close()
+	require.NoError(t, stop())
+	rctx, cancel := context.WithCancel(ctx)
+	cancel()
+	require.NoError(t, s2.Run(rctx))
+	_, err = s2.RefreshContext(ctx, `SELECT * FROM a`)
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.Contains(t, err.Error(), "not running")
 }
 
 // TestRefreshRetriedAfterHandlerError: under RetryOnHandlerError a failing

@@ -198,6 +198,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		close(done)
 	}()
+	s.win.started()
 	err := s.pollLoop(ctx)
 	cause := err
 	if cause == nil {

@@ -111,6 +111,11 @@ func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []str
 
 	done := s.win.register(id, info.RelationID)
 	defer s.win.release(id)
+	select {
+	case err := <-done: // the Syncer is not running
+		return stats, nil, err
+	default:
+	}
 	defer s.deleteWatermarks(id)
 
 	if err := s.writeWatermark(ctx, id, wmLow); err != nil {

@@ -22,6 +22,9 @@ type windowTracker struct {
 	// watermark. Tests only: it makes changes land inside the window.
 	afterSelect func()
 	lastPrune   time.Time
+	// stopped is why Run last returned; nil before the first Run and while running.
+	// A selection registered while stopped fails at once instead of waiting forever.
+	stopped error
 }
 
 // History of touched keys is pruned (one pg_current_snapshot() query at the start of
@@ -42,9 +45,20 @@ func (t *windowTracker) register(id string, rel uint32) <-chan error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	ch := make(chan error, 1)
+	if t.stopped != nil {
+		ch <- fmt.Errorf("%w: the Syncer is not running (%v); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)
+		return ch
+	}
 	t.waiters[id] = ch
 	t.w.register(id, rel)
 	return ch
+}
+
+// started notes that Run is delivering again.
+func (t *windowTracker) started() {
+	t.mu.Lock()
+	t.stopped = nil
+	t.mu.Unlock()
 }
 
 func (t *windowTracker) setRows(id string, rows *InMemSelection, snap xidSnapshot) bool {
@@ -76,10 +90,11 @@ func (t *windowTracker) delivered(ids []string) {
 }
 
 // abandon fails every registered selection (the Syncer stopped before their high
-// watermark was delivered).
+// watermark was delivered) and every one registered until Run starts again.
 func (t *windowTracker) abandon(cause error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.stopped = cause
 	for id, ch := range t.waiters {
 		t.w.done(id)
 		ch <- fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)
