@@ -17,6 +17,10 @@ import (
 // shorter window in which concurrent changes cost the chunk its rows.
 const DefaultSnapshotChunkSize = 1000
 
+// snapshotProgressTable is the progress table's name in the control schema
+// (sql/setup_ctrl.sql).
+const snapshotProgressTable = "snapshot_progress"
+
 // SnapshotProgress reports a snapshot's progress after each delivered chunk.
 type SnapshotProgress struct {
 	// Table is "schema.table".

@@ -9,9 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
 
 	"github.com/dbsync/dbsync"
+	"github.com/dbsync/dbsync/handlers"
 	"github.com/jackc/pglogrepl"
 )
 
@@ -21,36 +21,26 @@ import (
 // or with -follow keeps streaming changes until ctx ends (Ctrl-C). An interrupted
 // snapshot resumes at the last delivered chunk when run again with the same slot.
 func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("dbsync snapshot", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("snapshot", "snapshot [-chunk-size n] [-follow] [-slot s] [-publication p] [-v] table...", stderr)
 	chunk := fs.Int("chunk-size", dbsync.DefaultSnapshotChunkSize, "rows per chunk (one watermark window each)")
 	follow := fs.Bool("follow", false, "keep streaming changes after the snapshot until Ctrl-C")
-	slot := fs.String("slot", "", "replication slot (default $"+dbsync.EnvReplSlot+" or "+dbsync.DefaultReplSlot+")")
-	pub := fs.String("publication", "", "publication (default $"+dbsync.EnvPublication+" or "+dbsync.DefaultPublication+"); created for the tables if missing")
-	verbose := fs.Bool("v", false, "log what dbsync does to stderr")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: dbsync snapshot [-chunk-size n] [-follow] [-slot s] [-publication p] [-v] table...")
-		fs.PrintDefaults()
-	}
+	sf := addSlotFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return exitError{code: 2}
 	}
 	tables := fs.Args()
 	if len(tables) == 0 {
-		fs.Usage()
-		return errors.New("dbsync snapshot: name at least one table")
-	}
-	level := slog.LevelWarn
-	if *verbose {
-		level = slog.LevelDebug
+		return usageError{"name at least one table to snapshot"}
 	}
 	out := bufio.NewWriterSize(stdout, 64<<10)
-	h := &snapshotPrinter{w: out}
-	opts := []dbsync.SyncerOpt{
+	h := &snapshotPrinter{JSONLinesWriter: handlers.NewJSONLinesWriter(out), w: out}
+	opts := append(sf.options(stderr, slog.LevelWarn),
 		dbsync.WithMessageHandler(h),
 		dbsync.ForTables(tables...),
 		dbsync.WithSnapshotChunkSize(*chunk),
-		dbsync.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))),
 		dbsync.WithSnapshotProgress(func(p dbsync.SnapshotProgress) {
 			est := "?"
 			if p.Estimated >= 0 {
@@ -61,14 +51,7 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 				state = ", done"
 			}
 			fmt.Fprintf(stderr, "dbsync snapshot: %s: %d of ~%s rows (%d chunks%s)\n", p.Table, p.Rows, est, p.Chunks, state)
-		}),
-	}
-	if *slot != "" {
-		opts = append(opts, dbsync.WithReplicationSlot(*slot))
-	}
-	if *pub != "" {
-		opts = append(opts, dbsync.WithPublication(*pub))
-	}
+		}))
 	s, err := dbsync.NewSyncerContext(ctx, opts...)
 	if err != nil {
 		return err
@@ -87,7 +70,7 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	cancel()
 	runErr := <-runDone
-	if ferr := h.flush(); ferr != nil && runErr == nil {
+	if ferr := out.Flush(); ferr != nil && runErr == nil {
 		runErr = ferr
 	}
 	if snapErr != nil && !(*follow && ctx.Err() != nil) {
@@ -96,96 +79,43 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return runErr
 }
 
-// snapshotPrinter writes refresh rows and changes as JSON lines, flushing at every
-// COMMIT (the high watermark's COMMIT comes right after its refresh rows), so nothing
-// is forwarded past what was written. Line shapes:
+// snapshotPrinter is handlers.JSONLinesWriter (changes, in the schema of
+// docs/CLI.md) plus refresh rows, one line each:
 //
 //	{"type":"refresh","schema":"public","table":"t","key":{"id":"1"},"new":{...}}
-//	{"type":"change","op":"update","schema":"public","table":"t","key":{...},"old_key":{...},"new":{...},"old":{...},"unchanged":[...]}
 //
-// NOTE for the merge: handlers.JSONLinesWriter (branch cli) prints changes with the
-// documented schema; give it a HandleRefresh writing the "refresh" line above and use
-// it here instead.
+// Refresh rows arrive inside the high watermark's transaction, right before its
+// COMMIT; they are written at once and flushed at that COMMIT, before the Syncer may
+// forward the slot past it.
 type snapshotPrinter struct {
-	dbsync.DefaultMessageHandler
-	mu sync.Mutex
-	w  *bufio.Writer
+	*handlers.JSONLinesWriter
+	w *bufio.Writer
 }
 
-type snapshotLine struct {
-	Type      string           `json:"type"`
-	Op        dbsync.Op        `json:"op,omitempty"`
-	Schema    string           `json:"schema"`
-	Table     string           `json:"table"`
-	Key       dbsync.StringMap `json:"key"`
-	OldKey    dbsync.StringMap `json:"old_key,omitempty"`
-	New       dbsync.StringMap `json:"new,omitempty"`
-	Old       dbsync.StringMap `json:"old,omitempty"`
-	Unchanged []string         `json:"unchanged,omitempty"`
+type refreshLine struct {
+	Type   string           `json:"type"`
+	Schema string           `json:"schema"`
+	Table  string           `json:"table"`
+	Key    dbsync.StringMap `json:"key"`
+	New    dbsync.StringMap `json:"new"`
 }
 
-func keyOf(t *dbsync.PGTableInfo, values dbsync.StringMap) dbsync.StringMap {
-	if values == nil {
-		return nil
+func (p *snapshotPrinter) HandleRefresh(_ string, it dbsync.DBItem) error {
+	key := dbsync.StringMap{}
+	for _, c := range it.Table.PrimaryKey {
+		key[c] = it.Values[c]
 	}
-	k := dbsync.StringMap{}
-	for _, c := range t.PrimaryKey {
-		if v, ok := values[c]; ok {
-			k[c] = v
-		}
-	}
-	return k
-}
-
-func (p *snapshotPrinter) write(l snapshotLine) error {
-	b, err := json.Marshal(l)
+	b, err := json.Marshal(refreshLine{Type: "refresh", Schema: it.Table.Namespace, Table: it.Table.TableName, Key: key, New: it.Values})
 	if err != nil {
-		return err
+		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.w.Write(b)
 	return p.w.WriteByte('\n')
 }
 
-func (p *snapshotPrinter) flush() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.w.Flush()
-}
-
-func (p *snapshotPrinter) HandleRefresh(_ string, it dbsync.DBItem) error {
-	return p.write(snapshotLine{Type: "refresh", Schema: it.Table.Namespace, Table: it.Table.TableName,
-		Key: keyOf(it.Table, it.Values), New: it.Values})
-}
-
-func (p *snapshotPrinter) change(m pglogrepl.Message, reln *pglogrepl.RelationMessage, t *dbsync.PGTableInfo) error {
-	c, err := dbsync.DecodeChange(m, reln, t)
-	if err != nil {
+func (p *snapshotPrinter) HandleCommitMessage(idx int, m *pglogrepl.CommitMessage) error {
+	if err := p.JSONLinesWriter.HandleCommitMessage(idx, m); err != nil {
 		return err
 	}
-	l := snapshotLine{Type: "change", Op: c.Op, Schema: t.Namespace, Table: t.TableName, New: c.New, Old: c.Old, Unchanged: c.Unchanged}
-	if c.Op == dbsync.OpDelete {
-		l.Key = keyOf(t, c.Old)
-	} else {
-		l.Key = keyOf(t, c.New)
-	}
-	if c.OldKey != "" {
-		l.OldKey = keyOf(t, c.Old)
-	}
-	return p.write(l)
+	return p.w.Flush()
 }
-
-func (p *snapshotPrinter) HandleInsertMessage(_ int, m *pglogrepl.InsertMessage, r *pglogrepl.RelationMessage, t *dbsync.PGTableInfo) error {
-	return p.change(m, r, t)
-}
-
-func (p *snapshotPrinter) HandleUpdateMessage(_ int, m *pglogrepl.UpdateMessage, r *pglogrepl.RelationMessage, t *dbsync.PGTableInfo) error {
-	return p.change(m, r, t)
-}
-
-func (p *snapshotPrinter) HandleDeleteMessage(_ int, m *pglogrepl.DeleteMessage, r *pglogrepl.RelationMessage, t *dbsync.PGTableInfo) error {
-	return p.change(m, r, t)
-}
-
-func (p *snapshotPrinter) HandleCommitMessage(int, *pglogrepl.CommitMessage) error { return p.flush() }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,9 +41,35 @@ func TestSnapshotCommand(t *testing.T) {
 		`dbsync snapshot: public.t: 5 of ~5 rows (3 chunks, done)`,
 	}, "\n")+"\n", stderr.String())
 
+	// Run again after a change: the change comes first (it committed before the first
+	// low watermark), then every row again (a finished snapshot starts over).
+	_, err = d.DB.Exec(`INSERT INTO t VALUES (6, 'v6')`)
+	require.NoError(t, err)
 	stdout.Reset()
 	stderr.Reset()
+	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	require.NoError(t, err, stderr.String())
+	lines := strings.Split(strings.TrimSuffix(stdout.String(), "\n"), "\n")
+	require.Len(t, lines, 7)
+	var change struct {
+		Type, Op, Schema, Table string
+		Key, New                map[string]any
+	}
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &change))
+	require.Equal(t, "change", change.Type)
+	require.Equal(t, "insert", change.Op)
+	require.Equal(t, "t", change.Table)
+	require.Equal(t, map[string]any{"id": "6"}, change.Key)
+	require.Equal(t, map[string]any{"id": "6", "v": "v6"}, change.New)
+	require.Equal(t, `{"type":"refresh","schema":"public","table":"t","key":{"id":"6"},"new":{"id":"6","v":"v6"}}`, lines[6])
+	require.Equal(t, strings.Join([]string{
+		`dbsync snapshot: public.t: 2 of ~5 rows (1 chunks)`,
+		`dbsync snapshot: public.t: 4 of ~5 rows (2 chunks)`,
+		`dbsync snapshot: public.t: 6 of ~5 rows (3 chunks)`,
+		`dbsync snapshot: public.t: 6 of ~5 rows (4 chunks, done)`,
+	}, "\n")+"\n", stderr.String())
+
 	err = runSnapshot(context.Background(), nil, &stdout, &stderr)
-	require.Error(t, err)
-	require.Contains(t, stderr.String(), "Usage: dbsync snapshot")
+	var ue usageError
+	require.ErrorAs(t, err, &ue)
 }
