@@ -22,7 +22,7 @@ type delivery struct {
 	batch         *batchState
 	// emitted lists selections whose refresh rows were handed to the handler in
 	// this poll; they complete once the poll's Batcher flush succeeded (finish).
-	emitted []string
+	emitted []*emission
 }
 
 func (s *Syncer) newDelivery(ctx context.Context) *delivery {
@@ -78,7 +78,7 @@ func (d *delivery) deliver(m PGMSG) error {
 			if err := d.deliverRefresh(h, em); err != nil {
 				return handlerErr(err, "refresh rows at high watermark", m.LSN)
 			}
-			d.emitted = append(d.emitted, em.id)
+			d.emitted = append(d.emitted, em)
 		}
 		err := h.HandleCommitMessage(idx, v)
 		if err == nil || errors.Is(err, ErrStopProcessingMessages) {

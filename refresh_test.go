@@ -367,3 +367,37 @@ func TestRefreshToBatcher(t *testing.T) {
 	require.Equal(t, []string{`public.items ["1"] v=v1`, `public.items ["2"] v=v2`}, b.upserts)
 	require.Empty(t, b.deletes)
 }
+
+// TestRefreshRereadsRowsWithUnchangedTOAST: a row the consumer has never seen is
+// updated inside the window without touching its TOASTed column. The update carries
+// that column as unchanged ('u'), and DBLog drops the key from the selection, so the
+// consumer would never learn the value: the key is read again in a follow-up window.
+func TestRefreshRereadsRowsWithUnchangedTOAST(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE docs (id int PRIMARY KEY, n int, body text)`)
+	require.NoError(t, err)
+	_, err = d.DB.Exec(`ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL`)
+	require.NoError(t, err)
+	_, err = d.DB.Exec(`INSERT INTO docs SELECT g, 0, repeat('x', 10000) || g FROM generate_series(1, 3) g`)
+	require.NoError(t, err)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("docs"))
+	hooked := 0
+	s.win.afterSelect = func() {
+		hooked++
+		if hooked == 1 {
+			_, err := d.DB.Exec(`UPDATE docs SET n = 1 WHERE id = 2`)
+			require.NoError(t, err)
+		}
+	}
+	stats, err := s.RefreshContext(context.Background(), `SELECT * FROM docs ORDER BY id`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 3, Emitted: 3, Reread: 1}, stats)
+	require.Equal(t, []string{
+		`update public.docs ["2"]`,
+		`refresh public.docs ["1"]`,
+		`refresh public.docs ["3"]`,
+		`refresh public.docs ["2"]`,
+	}, h.eventList())
+	require.Empty(t, mismatches(h.tableRows("public.docs"), dbRows(t, d.DB, "docs")))
+}

@@ -8,11 +8,14 @@ package dbsync
 type InMemSelection struct {
 	order []string
 	items map[string]DBItem
+	// keyText holds each added row's key columns in text form (what a follow-up
+	// query needs to read the row again), also after Remove.
+	keyText map[string][]string
 }
 
 // NewInMemSelection returns an empty selection.
 func NewInMemSelection() *InMemSelection {
-	return &InMemSelection{items: map[string]DBItem{}}
+	return &InMemSelection{items: map[string]DBItem{}, keyText: map[string][]string{}}
 }
 
 // Add adds a row, replacing an earlier row with the same key (keeping its position).
@@ -36,6 +39,24 @@ func (s *InMemSelection) Remove(key string) bool {
 func (s *InMemSelection) Clear() {
 	s.items = map[string]DBItem{}
 	s.order = nil
+	s.keyText = map[string][]string{}
+}
+
+// addKeyText records the text form of a row's key columns.
+func (s *InMemSelection) addKeyText(key string, text []string) { s.keyText[key] = text }
+
+// selectedKeys returns the keys of every row added since the last Clear, removed or
+// not, in the order they were added.
+func (s *InMemSelection) selectedKeys() []string {
+	out := make([]string, 0, len(s.order))
+	seen := make(map[string]bool, len(s.order))
+	for _, k := range s.order {
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // Len returns the number of rows left.

@@ -135,7 +135,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	}
 	for {
 		query, args := chunkQuery(info, cols, lastKey, chunk)
-		stats, last, err := s.runSelection(ctx, info, cols, query, args...)
+		stats, last, err := s.selectSettled(ctx, info, cols, query, args...)
 		if err != nil {
 			return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+1, err)
 		}
@@ -166,25 +166,17 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 // after lastKey (nil: from the start) in primary key order, at most n.
 func chunkQuery(info *PGTableInfo, cols []string, lastKey []string, n int) (string, []any) {
 	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
-	keys := make([]string, len(info.PrimaryKey))
-	for i, k := range info.PrimaryKey {
-		keys[i] = "t." + pq.QuoteIdentifier(k)
-	}
-	var b strings.Builder
-	b.WriteString("SELECT " + textColumns("t", cols) + " FROM " + t + " AS t")
+	kc := keyColumnList(info)
+	q := "SELECT " + textColumns("t", cols) + " FROM " + t + " AS t"
 	var args []any
 	if lastKey != nil {
-		params := make([]string, len(lastKey))
-		for i, v := range lastKey {
+		q += " WHERE (" + kc + ") > (" + keyParams(info, 0) + ")"
+		for _, v := range lastKey {
 			args = append(args, v)
-			// format_type() output is a correctly quoted type name.
-			params[i] = "CAST($" + strconv.Itoa(i+1) + " AS " + info.ColInfo[info.PrimaryKey[i]].ColumnType + ")"
 		}
-		b.WriteString(" WHERE (" + strings.Join(keys, ", ") + ") > (" + strings.Join(params, ", ") + ")")
 	}
 	args = append(args, n)
-	b.WriteString(" ORDER BY " + strings.Join(keys, ", ") + " LIMIT $" + strconv.Itoa(len(args)))
-	return b.String(), args
+	return q + " ORDER BY " + kc + " LIMIT $" + strconv.Itoa(len(args)), args
 }
 
 func equalStrings(a, b []string) bool {

@@ -34,8 +34,16 @@ type RefreshStats struct {
 	// Selected is the number of rows the SELECT returned.
 	Selected int
 	// Emitted is the number of refresh rows handed to HandleRefresh (and the Batcher):
-	// Selected minus the rows a change inside the window touched.
+	// Selected minus the rows a change inside the window touched, plus rows read again.
 	Emitted int
+	// Reread counts rows read again in follow-up windows: they were dropped because an
+	// update inside the window left TOASTed columns unchanged (not sent), which a
+	// consumer that never saw the row could not fill in.
+	Reread int
+	// Unsettled counts such rows still unread after the last follow-up window
+	// (maxSettleRounds); their TOASTed columns reach consumers only with a later change
+	// of them or another refresh.
+	Unsettled int
 }
 
 // Refresh re-reads the rows selectQuery returns and hands them to
@@ -85,7 +93,7 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 		}
 	}
 	wrapped := "SELECT " + textColumns("q", cols) + " FROM (" + selectQuery + ") AS q"
-	stats, _, err := s.runSelection(ctx, info, cols, wrapped)
+	stats, _, err := s.selectSettled(ctx, info, cols, wrapped)
 	return stats, err
 }
 
@@ -96,13 +104,61 @@ func (s *Syncer) refreshAllowed() error {
 	return nil
 }
 
-// runSelection runs one watermark window for a SELECT over info's table whose result
-// columns are cols, each as text (textColumns). It returns the stats and the raw text
-// of the primary key columns of the last row the SELECT returned (nil: no rows).
-func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (RefreshStats, []string, error) {
+// selOutcome is what one selection window did.
+type selOutcome struct {
+	selected, emitted int
+	lastKey           []string   // key columns (text) of the last selected row; nil: no rows
+	reread            [][]string // key columns (text) of rows to read again
+	retry             bool       // nothing was emitted: run the selection again
+}
+
+// maxSettleRounds bounds the follow-up windows one selection may need.
+const maxSettleRounds = 5
+
+// selectSettled runs a selection (runSelection) and its follow-ups: rows that need
+// reading again (emission.reread) are read in further windows, and a selection
+// disturbed by changes whose key could not be read runs again, up to maxSettleRounds.
+// It returns the stats and the first window's lastKey.
+func (s *Syncer) selectSettled(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (RefreshStats, []string, error) {
 	var stats RefreshStats
+	var lastKey []string
+	first := true
+	for round := 0; ; round++ {
+		out, err := s.runSelection(ctx, info, cols, query, args...)
+		if err != nil {
+			return stats, nil, err
+		}
+		if out.retry {
+			if round >= maxSettleRounds {
+				return stats, nil, fmt.Errorf("%w: %s: changes whose key could not be read (REPLICA IDENTITY NOTHING, or a TOASTed key column) touched the table in %d windows in a row; try again later",
+					ErrRefreshAbandoned, info.QualifiedName(), round+1)
+			}
+			continue
+		}
+		if first {
+			stats.Selected, lastKey, first = out.selected, out.lastKey, false
+		}
+		stats.Emitted += out.emitted
+		if len(out.reread) == 0 {
+			return stats, lastKey, nil
+		}
+		if round >= maxSettleRounds {
+			stats.Unsettled = len(out.reread)
+			s.log.Warn("dbsync: rows kept changing with unchanged TOAST values inside refresh windows; their TOASTed columns reach consumers only when they change or are refreshed again",
+				"table", info.QualifiedName(), "rows", len(out.reread))
+			return stats, lastKey, nil
+		}
+		stats.Reread += len(out.reread)
+		query, args = keysQuery(info, cols, out.reread)
+	}
+}
+
+// runSelection runs one watermark window for a SELECT over info's table whose result
+// columns are cols, each as text (textColumns).
+func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (selOutcome, error) {
+	var out selOutcome
 	if err := s.refreshAllowed(); err != nil {
-		return stats, nil, err
+		return out, err
 	}
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
@@ -112,40 +168,79 @@ func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []str
 	done := s.win.register(id, info.RelationID)
 	defer s.win.release(id)
 	select {
-	case err := <-done: // the Syncer is not running
-		return stats, nil, err
+	case r := <-done: // the Syncer is not running
+		return out, r.err
 	default:
 	}
 	defer s.deleteWatermarks(id)
 
 	if err := s.writeWatermark(ctx, id, wmLow); err != nil {
-		return stats, nil, err
+		return out, err
 	}
 	rows, snap, lastKey, err := s.selectRows(ctx, info, cols, query, args...)
 	if err != nil {
-		return stats, nil, err
+		return out, err
 	}
-	stats.Selected = rows.Len()
+	out.selected, out.lastKey = rows.Len(), lastKey
 	if !s.win.setRows(id, rows, snap) {
-		return stats, nil, fmt.Errorf("%w: selection %s was dropped before its rows were read", ErrRefreshAbandoned, id)
+		return out, fmt.Errorf("%w: selection %s was dropped before its rows were read", ErrRefreshAbandoned, id)
 	}
 	if hook := s.win.afterSelect; hook != nil {
 		hook()
 	}
 	if err := s.writeWatermark(ctx, id, wmHigh); err != nil {
-		return stats, nil, err
+		return out, err
 	}
 	s.Wake()
 	select {
-	case err := <-done:
-		if err != nil {
-			return stats, nil, err
+	case r := <-done:
+		if r.err != nil {
+			return out, r.err
+		}
+		out.emitted, out.retry = r.emitted, r.retry
+		for _, k := range r.reread {
+			out.reread = append(out.reread, rows.keyText[k])
 		}
 	case <-ctx.Done():
-		return stats, nil, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+		return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
 	}
-	stats.Emitted = rows.Len()
-	return stats, lastKey, nil
+	return out, nil
+}
+
+// keysQuery selects the rows with the given keys (each key's columns in text form),
+// every column as text, in primary key order.
+func keysQuery(info *PGTableInfo, cols []string, keys [][]string) (string, []any) {
+	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
+	tuples := make([]string, len(keys))
+	var args []any
+	for i, k := range keys {
+		tuples[i] = "(" + keyParams(info, len(args)) + ")"
+		for _, v := range k {
+			args = append(args, v)
+		}
+	}
+	kc := keyColumnList(info)
+	return "SELECT " + textColumns("t", cols) + " FROM " + t + " AS t WHERE (" + kc + ") IN (" +
+		strings.Join(tuples, ", ") + ") ORDER BY " + kc, args
+}
+
+// keyColumnList is "t.k1, t.k2": the primary key columns of alias t.
+func keyColumnList(info *PGTableInfo) string {
+	keys := make([]string, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		keys[i] = "t." + pq.QuoteIdentifier(k)
+	}
+	return strings.Join(keys, ", ")
+}
+
+// keyParams is "CAST($n+1 AS type1), CAST($n+2 AS type2)": parameters for one key, cast
+// to the key columns' types (format_type() output is a correctly quoted type name).
+func keyParams(info *PGTableInfo, n int) string {
+	params := make([]string, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		params[i] = "CAST($" + strconv.Itoa(n+i+1) + " AS " + info.ColInfo[k].ColumnType + ")"
+	}
+	return strings.Join(params, ", ")
 }
 
 // writeWatermark inserts and commits one watermark row.
@@ -216,6 +311,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 		for i, j := range keyIdx {
 			lastKey[i] = raw[j].String
 		}
+		sel.addKeyText(item.Key, lastKey)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, snap, nil, classify(err, "read selection rows")

@@ -92,10 +92,13 @@ type rowKey struct {
 
 // txTouch is what one committed transaction touched.
 type txTouch struct {
-	seq       uint64 // position of its COMMIT in the log, as seen by the window
-	xid       uint32
-	keys      map[rowKey]struct{}
+	seq uint64 // position of its COMMIT in the log, as seen by the window
+	xid uint32
+	// keys maps each touched key to whether the transaction's last change of it
+	// left columns unknown (an UPDATE with unchanged TOASTed columns, 'u').
+	keys      map[rowKey]bool
 	truncated map[uint32]struct{} // relations truncated: every key of them
+	unknown   map[uint32]struct{} // relations changed at a key that could not be read
 }
 
 // wmKind is a watermark's kind (the watermark table's wm_type).
@@ -137,24 +140,44 @@ type wmEvent struct {
 type emission struct {
 	id    string
 	items []DBItem
+	// reread lists record IDs of selected rows that were dropped and whose last
+	// change inside the window left columns unknown to a consumer that never saw the
+	// row (unchanged TOAST): they must be read again in another window.
+	reread []string
+	// retry: a change whose key could not be read touched the table inside the
+	// window; nothing was emitted and the whole selection must run again.
+	retry bool
 }
 
 // begin starts a transaction (pgoutput BEGIN).
 func (w *window) begin(xid uint32) {
-	w.open = &txTouch{xid: xid, keys: map[rowKey]struct{}{}}
+	w.open = &txTouch{xid: xid, keys: map[rowKey]bool{}}
 	w.wms = w.wms[:0]
 }
 
 // change records that the open transaction touched key (and oldKey, for a
-// key-changing update; "" otherwise) of relation rel.
-func (w *window) change(rel uint32, key, oldKey string) {
+// key-changing update; "" otherwise) of relation rel. partial says the change left
+// columns of key's row unknown (unchanged TOASTed values not sent).
+func (w *window) change(rel uint32, key, oldKey string, partial bool) {
 	if w.open == nil {
 		return
 	}
-	w.open.keys[rowKey{rel, key}] = struct{}{}
 	if oldKey != "" {
-		w.open.keys[rowKey{rel, oldKey}] = struct{}{}
+		w.open.keys[rowKey{rel, oldKey}] = false // the old key's row is gone
 	}
+	w.open.keys[rowKey{rel, key}] = partial
+}
+
+// unknownKey records that the open transaction changed a row of rel whose key could
+// not be read (e.g. a DELETE under REPLICA IDENTITY NOTHING).
+func (w *window) unknownKey(rel uint32) {
+	if w.open == nil {
+		return
+	}
+	if w.open.unknown == nil {
+		w.open.unknown = map[uint32]struct{}{}
+	}
+	w.open.unknown[rel] = struct{}{}
 }
 
 // truncate records that the open transaction truncated relation rel.
@@ -185,7 +208,7 @@ func (w *window) commit() *emission {
 	}
 	w.seq++
 	tx.seq = w.seq
-	if len(tx.keys) > 0 || len(tx.truncated) > 0 {
+	if len(tx.keys) > 0 || len(tx.truncated) > 0 || len(tx.unknown) > 0 {
 		w.hist = append(w.hist, tx)
 	}
 	var em *emission
@@ -211,22 +234,34 @@ func (w *window) commit() *emission {
 // emit drops touched keys from the registered selection and returns what is left.
 func (w *window) emit() *emission {
 	sel := w.sel
+	partial := map[string]bool{} // dropped key -> its last change left columns unknown
 	for _, tx := range w.hist {
 		inside := tx.seq > sel.lowSeq
 		if !inside && (w.ignoreSnapshot || !sel.snap.inProgress(tx.xid)) {
 			continue
 		}
+		if _, ok := tx.unknown[sel.rel]; ok {
+			return &emission{id: sel.id, retry: true}
+		}
 		if _, ok := tx.truncated[sel.rel]; ok {
 			sel.rows.Clear()
+			partial = map[string]bool{}
 			continue
 		}
-		for k := range tx.keys {
+		for k, p := range tx.keys {
 			if k.rel == sel.rel {
 				sel.rows.Remove(k.key)
+				partial[k.key] = p
 			}
 		}
 	}
-	return &emission{id: sel.id, items: sel.rows.Items()}
+	em := &emission{id: sel.id, items: sel.rows.Items()}
+	for _, key := range sel.rows.selectedKeys() {
+		if partial[key] {
+			em.reread = append(em.reread, key)
+		}
+	}
+	return em
 }
 
 // register starts tracking a selection of relation rel (before its low watermark is

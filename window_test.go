@@ -47,19 +47,19 @@ func TestWindowDropsKeysTouchedInsideOnly(t *testing.T) {
 	w := &window{}
 	w.register("s1", relItems)
 	// Before L, visible to the snapshot (xid 10 < xmin 20): kept.
-	require.Nil(t, tx(w, 10, func() { w.change(relItems, "a", "") }))
+	require.Nil(t, tx(w, 10, func() { w.change(relItems, "a", "", false) }))
 	require.Nil(t, tx(w, 11, func() { w.watermark("s1", wmLow) }))
 	// Inside the window: dropped, whatever their visibility.
-	require.Nil(t, tx(w, 12, func() { w.change(relItems, "b", "") }))
-	require.Nil(t, tx(w, 13, func() { w.change(relItems, "c2", "c") })) // key-changing update c -> c2
+	require.Nil(t, tx(w, 12, func() { w.change(relItems, "b", "", false) }))
+	require.Nil(t, tx(w, 13, func() { w.change(relItems, "c2", "c", false) })) // key-changing update c -> c2
 	// Another table's key with the same record ID: not this selection's row.
-	require.Nil(t, tx(w, 14, func() { w.change(relOther, "d", "") }))
+	require.Nil(t, tx(w, 14, func() { w.change(relOther, "d", "", false) }))
 	require.True(t, w.setRows("s1", selOf("a", "b", "c", "d", "e"), snapOf(t, "20:30:")))
 	em := tx(w, 15, func() { w.watermark("s1", wmHigh) })
 	require.Equal(t, []string{"a", "d", "e"}, keysOf(em))
 	require.Equal(t, "s1", em.id)
 	// After H: no effect on what was emitted; a re-delivered H emits the same again.
-	require.Nil(t, tx(w, 16, func() { w.change(relItems, "e", "") }))
+	require.Nil(t, tx(w, 16, func() { w.change(relItems, "e", "", false) }))
 	w.done("s1")
 	require.Nil(t, tx(w, 15, func() { w.watermark("s1", wmHigh) }), "H of a finished selection is ignored")
 }
@@ -69,10 +69,10 @@ func TestWindowInvisibleTransactionBeforeLowWatermark(t *testing.T) {
 		w := &window{ignoreSnapshot: !fix}
 		// xid 21 commits (in the WAL) before L but the SELECT's snapshot lists it in
 		// xip: the SELECT did not see its change. xid 40 >= xmax: also invisible.
-		require.Nil(t, tx(w, 21, func() { w.change(relItems, "x", "") }))
-		require.Nil(t, tx(w, 40, func() { w.change(relItems, "z", "") }))
+		require.Nil(t, tx(w, 21, func() { w.change(relItems, "x", "", false) }))
+		require.Nil(t, tx(w, 40, func() { w.change(relItems, "z", "", false) }))
 		// xid 22 is between xmin and xmax and not in xip: visible, kept.
-		require.Nil(t, tx(w, 22, func() { w.change(relItems, "y", "") }))
+		require.Nil(t, tx(w, 22, func() { w.change(relItems, "y", "", false) }))
 		w.register("s1", relItems)
 		require.Nil(t, tx(w, 30, func() { w.watermark("s1", wmLow) }))
 		require.True(t, w.setRows("s1", selOf("x", "y", "z", "w"), snapOf(t, "20:35:20,21")))
@@ -123,17 +123,17 @@ func TestWindowRedeliveredLowWatermark(t *testing.T) {
 	w := &window{}
 	w.register("s1", relItems)
 	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
-	require.Nil(t, tx(w, 11, func() { w.change(relItems, "a", "") }))
+	require.Nil(t, tx(w, 11, func() { w.change(relItems, "a", "", false) }))
 	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
-	require.Nil(t, tx(w, 11, func() { w.change(relItems, "a", "") }))
+	require.Nil(t, tx(w, 11, func() { w.change(relItems, "a", "", false) }))
 	require.True(t, w.setRows("s1", selOf("a", "b"), snapOf(t, "12:12:"))) // 11 visible
 	require.Equal(t, []string{"b"}, keysOf(tx(w, 12, func() { w.watermark("s1", wmHigh) })))
 }
 
 func TestWindowPrune(t *testing.T) {
 	w := &window{}
-	require.Nil(t, tx(w, 10, func() { w.change(relItems, "a", "") }))
-	require.Nil(t, tx(w, 11, func() { w.change(relItems, "b", "") }))
+	require.Nil(t, tx(w, 10, func() { w.change(relItems, "a", "", false) }))
+	require.Nil(t, tx(w, 11, func() { w.change(relItems, "b", "", false) }))
 	require.Nil(t, tx(w, 12, func() {})) // touched nothing: not kept
 	require.Len(t, w.hist, 2)
 	// 11 still running in the pruning snapshot: kept; 10 complete: forgotten.
@@ -144,7 +144,7 @@ func TestWindowPrune(t *testing.T) {
 	w.prune(snapOf(t, "20:20:"))
 	require.Equal(t, []uint32{11}, histXids(w))
 	require.Nil(t, tx(w, 13, func() { w.watermark("s1", wmLow) }))
-	require.Nil(t, tx(w, 14, func() { w.change(relItems, "c", "") })) // inside the window
+	require.Nil(t, tx(w, 14, func() { w.change(relItems, "c", "", false) })) // inside the window
 	require.True(t, w.setRows("s1", selOf("a", "b", "c", "d"), snapOf(t, "11:14:11")))
 	// Complete now, but 11 was invisible to the selection and 14 is inside: kept.
 	w.prune(snapOf(t, "20:20:"))
@@ -155,8 +155,8 @@ func TestWindowPrune(t *testing.T) {
 	require.Empty(t, w.hist)
 
 	// A ready selection lets go of what its snapshot saw.
-	require.Nil(t, tx(w, 30, func() { w.change(relItems, "a", "") }))
-	require.Nil(t, tx(w, 31, func() { w.change(relItems, "b", "") }))
+	require.Nil(t, tx(w, 30, func() { w.change(relItems, "a", "", false) }))
+	require.Nil(t, tx(w, 31, func() { w.change(relItems, "b", "", false) }))
 	w.register("s2", relItems)
 	require.True(t, w.setRows("s2", selOf("a", "b"), snapOf(t, "31:32:31")))
 	w.prune(snapOf(t, "40:40:"))
@@ -209,4 +209,47 @@ func TestInMemSelection(t *testing.T) {
 	require.Equal(t, "a2", it.Values["k"])
 	s.Clear()
 	require.Zero(t, s.Len())
+}
+
+func TestWindowRereadAndRetry(t *testing.T) {
+	w := &window{}
+	w.register("s1", relItems)
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	// a: updated with an unchanged TOAST column, then fully: no re-read needed.
+	// b: updated with an unchanged TOAST column last: re-read. c: deleted: no.
+	// d: not selected: nothing. e: key-changed away (old key gone): no.
+	require.Nil(t, tx(w, 11, func() {
+		w.change(relItems, "a", "", true)
+		w.change(relItems, "b", "", false)
+		w.change(relItems, "d", "", true)
+	}))
+	require.Nil(t, tx(w, 12, func() {
+		w.change(relItems, "a", "", false)
+		w.change(relItems, "b", "", true)
+		w.change(relItems, "c", "", false)
+		w.change(relItems, "e2", "e", true)
+	}))
+	require.True(t, w.setRows("s1", selOf("a", "b", "c", "e", "f"), snapOf(t, "13:13:")))
+	em := tx(w, 13, func() { w.watermark("s1", wmHigh) })
+	require.Equal(t, []string{"f"}, keysOf(em))
+	require.Equal(t, []string{"b"}, em.reread)
+	require.False(t, em.retry)
+	w.done("s1")
+
+	// A change whose key could not be read: nothing is emitted, run it again.
+	w.register("s2", relItems)
+	require.Nil(t, tx(w, 20, func() { w.watermark("s2", wmLow) }))
+	require.Nil(t, tx(w, 21, func() { w.unknownKey(relOther) }))
+	require.True(t, w.setRows("s2", selOf("a"), snapOf(t, "22:22:")))
+	em = tx(w, 22, func() { w.watermark("s2", wmHigh) })
+	require.False(t, em.retry, "another table's unreadable key does not matter")
+	require.Equal(t, []string{"a"}, keysOf(em))
+	w.done("s2")
+	w.register("s3", relItems)
+	require.Nil(t, tx(w, 30, func() { w.watermark("s3", wmLow) }))
+	require.Nil(t, tx(w, 31, func() { w.unknownKey(relItems) }))
+	require.True(t, w.setRows("s3", selOf("a"), snapOf(t, "32:32:")))
+	em = tx(w, 32, func() { w.watermark("s3", wmHigh) })
+	require.True(t, em.retry)
+	require.Empty(t, em.items)
 }

@@ -17,7 +17,7 @@ import (
 type windowTracker struct {
 	mu      sync.Mutex
 	w       window
-	waiters map[string]chan error // selection ID -> completion (buffered, one value)
+	waiters map[string]chan selDone // selection ID -> completion (buffered, one value)
 	// afterSelect, when set, runs between a selection's SELECT and its high
 	// watermark. Tests only: it makes changes land inside the window.
 	afterSelect func()
@@ -34,19 +34,28 @@ const (
 	pruneInterval   = time.Second
 )
 
+// selDone is how a selection ended: err, or its rows were handed over (with the
+// follow-up work the emission asked for).
+type selDone struct {
+	err     error
+	emitted int
+	reread  []string
+	retry   bool
+}
+
 func newWindowTracker() *windowTracker {
-	return &windowTracker{waiters: map[string]chan error{}}
+	return &windowTracker{waiters: map[string]chan selDone{}}
 }
 
 // register starts tracking a selection of relation rel; the returned channel gets nil
 // once its refresh rows were handed over, or an error wrapping ErrRefreshAbandoned.
 // Only one selection may be registered at a time (Refresh serialises callers).
-func (t *windowTracker) register(id string, rel uint32) <-chan error {
+func (t *windowTracker) register(id string, rel uint32) <-chan selDone {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ch := make(chan error, 1)
+	ch := make(chan selDone, 1)
 	if t.stopped != nil {
-		ch <- fmt.Errorf("%w: the Syncer is not running (%v); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)
+		ch <- selDone{err: fmt.Errorf("%w: the Syncer is not running (%v); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)}
 		return ch
 	}
 	t.waiters[id] = ch
@@ -77,14 +86,14 @@ func (t *windowTracker) release(id string) {
 
 // delivered marks selections whose refresh rows were handed over: they are forgotten
 // (a re-delivered high watermark is then ignored) and their callers released.
-func (t *windowTracker) delivered(ids []string) {
+func (t *windowTracker) delivered(ems []*emission) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, id := range ids {
-		t.w.done(id)
-		if ch, ok := t.waiters[id]; ok {
-			ch <- nil
-			delete(t.waiters, id)
+	for _, em := range ems {
+		t.w.done(em.id)
+		if ch, ok := t.waiters[em.id]; ok {
+			ch <- selDone{emitted: len(em.items), reread: em.reread, retry: em.retry}
+			delete(t.waiters, em.id)
 		}
 	}
 }
@@ -97,7 +106,7 @@ func (t *windowTracker) abandon(cause error) {
 	t.stopped = cause
 	for id, ch := range t.waiters {
 		t.w.done(id)
-		ch <- fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)
+		ch <- selDone{err: fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)}
 		delete(t.waiters, id)
 	}
 }
@@ -108,9 +117,15 @@ func (t *windowTracker) begin(xid uint32) {
 	t.mu.Unlock()
 }
 
-func (t *windowTracker) change(rel uint32, key, oldKey string) {
+func (t *windowTracker) change(rel uint32, key, oldKey string, partial bool) {
 	t.mu.Lock()
-	t.w.change(rel, key, oldKey)
+	t.w.change(rel, key, oldKey, partial)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) unknownKey(rel uint32) {
+	t.mu.Lock()
+	t.w.unknownKey(rel)
 	t.mu.Unlock()
 }
 
@@ -169,20 +184,20 @@ func (t *windowTracker) maybePrune(ctx context.Context, db *sql.DB, log *slog.Lo
 	t.mu.Unlock()
 }
 
-// touchChange records the keys a row change touched. A change whose key cannot be
-// computed (e.g. a DELETE under REPLICA IDENTITY NOTHING) counts as touching every
-// row of its table.
+// touchChange records the keys a row change touched, and whether it left columns
+// unknown (unchanged TOAST). A change whose key cannot be computed (e.g. a DELETE
+// under REPLICA IDENTITY NOTHING) makes a selection of its table run again.
 func (t *windowTracker) touchChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *PGTableInfo) {
 	if info == nil {
-		t.truncate(reln.RelationID)
+		t.unknownKey(reln.RelationID)
 		return
 	}
 	c, err := DecodeChange(msg, reln, info)
 	if err != nil {
-		t.truncate(reln.RelationID)
+		t.unknownKey(reln.RelationID)
 		return
 	}
-	t.change(reln.RelationID, c.Key, c.OldKey)
+	t.change(reln.RelationID, c.Key, c.OldKey, len(c.Unchanged) > 0)
 }
 
 // watermarkRow records an INSERT into the watermark table.
