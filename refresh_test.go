@@ -42,21 +42,25 @@ func (c *cacheHandler) change(msg pglogrepl.Message, reln *pglogrepl.RelationMes
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	tbl := info.QualifiedName()
+	k := tbl + "|" + ch.Key
+	prev := c.rows[k]
 	if ch.OldKey != "" {
+		prev = c.rows[tbl+"|"+ch.OldKey] // a key change moves the row
 		delete(c.rows, tbl+"|"+ch.OldKey)
 	}
-	k := tbl + "|" + ch.Key
 	if ch.Op == OpDelete {
 		delete(c.rows, k)
 	} else {
-		merged := StringMap{}
-		for col, v := range c.rows[k] {
-			merged[col] = v
-		}
+		row := StringMap{}
 		for col, v := range ch.New {
-			merged[col] = v
+			row[col] = v
 		}
-		c.rows[k] = merged
+		for _, col := range ch.Unchanged { // unchanged TOAST: keep what we had
+			if v, ok := prev[col]; ok {
+				row[col] = v
+			}
+		}
+		c.rows[k] = row
 	}
 	c.events = append(c.events, fmt.Sprintf("%s %s %s", ch.Op, tbl, ch.Key))
 	return nil
@@ -140,9 +144,16 @@ func dbRows(t *testing.T, db *sql.DB, table string) map[string]StringMap {
 // mismatches lists the keys where cache and table differ.
 func mismatches(cache, table map[string]StringMap) []string {
 	var out []string
+	short := func(m StringMap) string {
+		s := fmt.Sprint(m)
+		if len(s) > 200 {
+			s = s[:200] + "..."
+		}
+		return s
+	}
 	for k, v := range table {
 		if fmt.Sprint(cache[k]) != fmt.Sprint(v) {
-			out = append(out, fmt.Sprintf("%s: cache %v, table %v", k, cache[k], v))
+			out = append(out, fmt.Sprintf("%s: cache %v, table %v", k, short(cache[k]), short(v)))
 		}
 	}
 	for k, v := range cache {

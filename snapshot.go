@@ -31,8 +31,9 @@ type SnapshotProgress struct {
 	Rows   int64
 	// Estimated is the table's row estimate (pg_class.reltuples; -1: unknown).
 	Estimated int64
-	// Emitted is the number of refresh rows the last chunk delivered.
-	Emitted int
+	// Emitted is the number of refresh rows the last chunk delivered, Reread how many
+	// of them were read again in follow-up windows (see RefreshStats).
+	Emitted, Reread int
 	// Done is true after the table's last chunk.
 	Done bool
 }
@@ -133,6 +134,8 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	for i, c := range info.Columns {
 		cols[i] = c.ColumnName
 	}
+	s.win.watchStart(info.RelationID)
+	defer s.win.watchStop(info.RelationID)
 	for {
 		query, args := chunkQuery(info, cols, lastKey, chunk)
 		stats, last, err := s.selectSettled(ctx, info, cols, query, args...)
@@ -151,13 +154,48 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 		}
 		prog.Chunks++
 		prog.Rows += int64(stats.Selected)
-		prog.Emitted = stats.Emitted
+		prog.Emitted, prog.Reread = stats.Emitted, stats.Reread
 		prog.Done = done
+		if done {
+			if err := s.rereadMovedRows(ctx, info, cols, &prog); err != nil {
+				return fmt.Errorf("snapshot of %s: %w", table, err)
+			}
+		}
 		if s.SnapshotProgress != nil {
 			s.SnapshotProgress(prog)
 		}
 		if done {
 			return nil
+		}
+	}
+}
+
+// rereadMovedRows reads again, after the last chunk, the rows that key-changing
+// updates with unchanged TOASTed columns moved during the snapshot: the consumer
+// got them without those columns if it never saw the row under its old key (the old
+// key's chunk came later than the new key's). Rounds repeat while such updates
+// keep coming, up to maxSettleRounds.
+func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []string, prog *SnapshotProgress) error {
+	for round := 0; ; round++ {
+		keys := s.win.watchTake(info.RelationID)
+		if len(keys) == 0 {
+			return nil
+		}
+		if round >= maxSettleRounds {
+			s.log.Warn("dbsync: rows kept moving to new keys with unchanged TOAST values at the end of a snapshot; their TOASTed columns reach consumers only when they change or are refreshed",
+				"table", info.QualifiedName(), "rows", len(keys))
+			return nil
+		}
+		for len(keys) > 0 {
+			n := min(len(keys), 1000)
+			query, args := keysQuery(info, cols, keys[:n])
+			keys = keys[n:]
+			stats, _, err := s.selectSettled(ctx, info, cols, query, args...)
+			if err != nil {
+				return err
+			}
+			prog.Emitted += stats.Emitted
+			prog.Reread += stats.Selected + stats.Reread
 		}
 	}
 }

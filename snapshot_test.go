@@ -21,6 +21,7 @@ import (
 // snapTable describes the table an adversarial snapshot test runs on.
 type snapTable struct {
 	composite bool
+	toast     bool // single-key table only: a body column stored out of line
 	keys      int // key space of the writers (beyond the seeded rows: inserts at the end)
 }
 
@@ -33,9 +34,15 @@ func (st snapTable) create(t *testing.T, db *sql.DB, rows int) {
 		_, err = db.Exec(`INSERT INTO snap SELECT g / 30, 'k' || lpad((g % 30)::text, 2, '0'), 'seed', g FROM generate_series(0, $1 - 1) g`, rows)
 		require.NoError(t, err)
 	} else {
-		_, err := db.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text, n int)`)
+		// body is stored out of line: updates that do not set it send it as unchanged
+		// TOAST ('u'), which a consumer that never saw the row cannot fill in.
+		_, err := db.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text, n int, body text)`)
 		require.NoError(t, err)
-		_, err = db.Exec(`INSERT INTO snap SELECT g, 'seed', g FROM generate_series(1, $1) g`, rows)
+		if st.toast {
+			_, err = db.Exec(`ALTER TABLE snap ALTER COLUMN body SET STORAGE EXTERNAL`)
+			require.NoError(t, err)
+		}
+		_, err = db.Exec(`INSERT INTO snap SELECT g, 'seed', g, repeat('b', 3000) || g FROM generate_series(1, $1) g`, rows)
 		require.NoError(t, err)
 	}
 	// Gaps in the key space, made before the slot exists.
@@ -72,7 +79,7 @@ func (st snapTable) writeOnce(ctx context.Context, db *sql.DB, r *rand.Rand, sta
 			if st.composite {
 				stmt = "INSERT INTO snap VALUES ($1, $2, '" + stamp + "', 0) ON CONFLICT (a, b) DO UPDATE SET v = EXCLUDED.v"
 			} else {
-				stmt = "INSERT INTO snap VALUES ($1, '" + stamp + "', 0) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v"
+				stmt = "INSERT INTO snap VALUES ($1, '" + stamp + "', 0, repeat('i', 3000)) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v"
 			}
 		default:
 			to := r.Intn(st.keys)
@@ -147,7 +154,7 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 	for _, c := range cases {
 		t.Run(fmt.Sprintf("seed%d_chunk%d_composite%v", c.seed, c.chunk, c.composite), func(t *testing.T) {
 			d := pgtest.NewDatabase(t)
-			st := snapTable{composite: c.composite, keys: 1400}
+			st := snapTable{composite: c.composite, toast: !c.composite, keys: 1400}
 			st.create(t, d.DB, 1200)
 			h := newCacheHandler()
 			var lsns []pglogrepl.LSN
@@ -178,8 +185,12 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 			selected = last.Rows
 			require.Equal(t, int64(len(chunks)), last.Chunks)
 			require.GreaterOrEqual(t, selected, int64(500), "the seeded rows minus what writers deleted")
-			require.LessOrEqual(t, emitted, selected)
-			t.Logf("%d chunks, %d rows selected, %d emitted, %d writer commits", len(chunks), selected, emitted, commits)
+			var reread int
+			for _, p := range chunks {
+				reread += p.Reread
+			}
+			require.LessOrEqual(t, emitted, selected+int64(reread))
+			t.Logf("%d chunks, %d rows selected, %d emitted (%d re-read), %d writer commits", len(chunks), selected, emitted, reread, commits)
 			// The slot advanced while the snapshot ran: after each chunk it is past the
 			// high watermark of the chunk before the previous one.
 			for i := 2; i < len(lsns); i++ {
@@ -196,6 +207,9 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 // cache ends exact.
 func TestSnapshotResumesAfterCrash(t *testing.T) {
 	d := pgtest.NewDatabase(t)
+	// No out-of-line body here: rows moved by key-changing updates with unchanged
+	// TOAST values during the crashed run are not re-read after a resume (a known
+	// limitation, docs/SNAPSHOTS.md).
 	st := snapTable{keys: 700}
 	st.create(t, d.DB, 600)
 	slot := pgtest.Ident(t, "slot")
@@ -232,8 +246,16 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 	require.NoError(t, err)
 
 	var resumedFirst []SnapshotProgress
+	var byB []string // refresh rows B delivered with its first chunk
 	b, _ := startSyncer(t, d.DSN(), slot, h, WithSnapshotChunkSize(chunk),
-		WithSnapshotProgress(func(p SnapshotProgress) { resumedFirst = append(resumedFirst, p) }))
+		WithSnapshotProgress(func(p SnapshotProgress) {
+			resumedFirst = append(resumedFirst, p)
+			if len(resumedFirst) == 1 {
+				h.mu.Lock()
+				byB = append(byB, h.refreshKeys[deliveredByA:]...)
+				h.mu.Unlock()
+			}
+		}))
 	require.NoError(t, b.Snapshot(context.Background(), "snap"))
 	stopWriters()
 	catchUp(t, b)
@@ -241,9 +263,6 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 
 	// B continued the count and read only keys after the last finished chunk.
 	require.Equal(t, chunksDone+1, resumedFirst[0].Chunks)
-	h.mu.Lock()
-	byB := append([]string(nil), h.refreshKeys[deliveredByA:]...)
-	h.mu.Unlock()
 	require.NotEmpty(t, byB)
 	for _, k := range byB {
 		var key []string

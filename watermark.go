@@ -108,7 +108,7 @@ func (s *Syncer) refreshAllowed() error {
 type selOutcome struct {
 	selected, emitted int
 	lastKey           []string   // key columns (text) of the last selected row; nil: no rows
-	reread            [][]string // key columns (text) of rows to read again
+	reread            [][]any    // key column values of rows to read again
 	retry             bool       // nothing was emitted: run the selection again
 }
 
@@ -199,7 +199,11 @@ func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []str
 		}
 		out.emitted, out.retry = r.emitted, r.retry
 		for _, k := range r.reread {
-			out.reread = append(out.reread, rows.keyText[k])
+			key := make([]any, len(rows.keyText[k]))
+			for i, v := range rows.keyText[k] {
+				key[i] = v
+			}
+			out.reread = append(out.reread, key)
 		}
 	case <-ctx.Done():
 		return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
@@ -207,17 +211,15 @@ func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []str
 	return out, nil
 }
 
-// keysQuery selects the rows with the given keys (each key's columns in text form),
-// every column as text, in primary key order.
-func keysQuery(info *PGTableInfo, cols []string, keys [][]string) (string, []any) {
+// keysQuery selects the rows with the given keys (each key's column values, in key
+// order, cast to the columns' types), every column as text, in primary key order.
+func keysQuery(info *PGTableInfo, cols []string, keys [][]any) (string, []any) {
 	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
 	tuples := make([]string, len(keys))
 	var args []any
 	for i, k := range keys {
 		tuples[i] = "(" + keyParams(info, len(args)) + ")"
-		for _, v := range k {
-			args = append(args, v)
-		}
+		args = append(args, k...)
 	}
 	kc := keyColumnList(info)
 	return "SELECT " + textColumns("t", cols) + " FROM " + t + " AS t WHERE (" + kc + ") IN (" +

@@ -22,6 +22,10 @@ type windowTracker struct {
 	// watermark. Tests only: it makes changes land inside the window.
 	afterSelect func()
 	lastPrune   time.Time
+	// watch collects, per table being snapshotted, the new keys of key-changing
+	// updates that left TOASTed columns unchanged: the consumer may never have seen
+	// the row under its old key, so the row must be read again (snapshot.go).
+	watch map[uint32]map[string][]any
 	// stopped is why Run last returned; nil before the first Run and while running.
 	// A selection registered while stopped fails at once instead of waiting forever.
 	stopped error
@@ -44,7 +48,38 @@ type selDone struct {
 }
 
 func newWindowTracker() *windowTracker {
-	return &windowTracker{waiters: map[string]chan selDone{}}
+	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}}
+}
+
+// watchStart starts collecting rows of rel to read again (see watch).
+func (t *windowTracker) watchStart(rel uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.watch[rel] == nil {
+		t.watch[rel] = map[string][]any{}
+	}
+}
+
+// watchTake returns what was collected for rel (key values in primary key order) and
+// keeps collecting.
+func (t *windowTracker) watchTake(rel uint32) [][]any {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out [][]any
+	for _, k := range t.watch[rel] {
+		out = append(out, k)
+	}
+	if t.watch[rel] != nil {
+		t.watch[rel] = map[string][]any{}
+	}
+	return out
+}
+
+// watchStop stops collecting for rel.
+func (t *windowTracker) watchStop(rel uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.watch, rel)
 }
 
 // register starts tracking a selection of relation rel; the returned channel gets nil
@@ -198,6 +233,17 @@ func (t *windowTracker) touchChange(msg pglogrepl.Message, reln *pglogrepl.Relat
 		return
 	}
 	t.change(reln.RelationID, c.Key, c.OldKey, len(c.Unchanged) > 0)
+	if c.OldKey != "" && len(c.Unchanged) > 0 {
+		t.mu.Lock()
+		if w := t.watch[reln.RelationID]; w != nil {
+			key := make([]any, len(info.PrimaryKey))
+			for i, k := range info.PrimaryKey {
+				key[i] = c.New[k]
+			}
+			w[c.Key] = key
+		}
+		t.mu.Unlock()
+	}
 }
 
 // watermarkRow records an INSERT into the watermark table.
