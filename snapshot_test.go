@@ -22,7 +22,7 @@ import (
 type snapTable struct {
 	composite bool
 	toast     bool // single-key table only: a body column stored out of line
-	keys      int // key space of the writers (beyond the seeded rows: inserts at the end)
+	keys      int  // key space of the writers (beyond the seeded rows: inserts at the end)
 }
 
 func (st snapTable) create(t *testing.T, db *sql.DB, rows int) {

@@ -107,9 +107,9 @@ func (s *Syncer) refreshAllowed() error {
 // selOutcome is what one selection window did.
 type selOutcome struct {
 	selected, emitted int
-	lastKey           []string   // key columns (text) of the last selected row; nil: no rows
-	reread            [][]any    // key column values of rows to read again
-	retry             bool       // nothing was emitted: run the selection again
+	lastKey           []string // key columns (text) of the last selected row; nil: no rows
+	reread            [][]any  // key column values of rows to read again
+	retry             bool     // nothing was emitted: run the selection again
 }
 
 // maxSettleRounds bounds the follow-up windows one selection may need.
