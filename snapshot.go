@@ -70,7 +70,9 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // schema's snapshot_progress table per slot and table after each chunk's refresh rows
 // were handed over, so a Snapshot call after a crash or stop resumes after the last
 // delivered chunk (that chunk may be delivered again: at-least-once). A table whose
-// snapshot had finished is read again from the start.
+// snapshot had finished is read again from the start. After the last chunk, rows that
+// key-changing updates with unchanged TOASTed columns moved during the snapshot are
+// read again (docs/SNAPSHOTS.md).
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine). It returns ErrNoPrimaryKey for a table without a primary key,

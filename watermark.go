@@ -65,7 +65,10 @@ func (s *Syncer) Refresh(selectQuery string) error {
 //     the two watermarks, or that a transaction invisible to the snapshot touched
 //     (wherever its COMMIT lies before the high watermark), and at the high
 //     watermark's COMMIT hands the remaining rows to HandleRefresh before any later
-//     change.
+//     change;
+//  5. dropped rows whose last change left TOASTed columns unchanged (not sent) are read
+//     again in follow-up windows, and a window disturbed by a change whose key could
+//     not be read runs again (at most maxSettleRounds more windows).
 //
 // selectQuery must read exactly one table (found with EXPLAIN) that has a primary key,
 // and return all its primary key columns under their names; other columns are up to
