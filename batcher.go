@@ -61,6 +61,15 @@ func (b *batchState) delete(info *PGTableInfo, reln *pglogrepl.RelationMessage, 
 	return nil
 }
 
+// refresh adds refresh rows (a selection's rows at its high watermark) as upserts at
+// the current position in the poll.
+func (b *batchState) refresh(items []DBItem) {
+	for _, it := range items {
+		b.pending = append(b.pending, batchOp{doctype: it.Table.QualifiedName(), id: it.Key, values: it.Values})
+	}
+	b.commit()
+}
+
 // commit folds the open transaction's changes into the poll's net effect.
 func (b *batchState) commit() {
 	for _, op := range b.pending {

@@ -185,19 +185,20 @@ func (s *Syncer) dropCtrlSchema(ctx context.Context) error {
 			ErrCtrlSchemaNotEmpty, s.ctrlNamespace, pq.QuoteIdentifier(s.ctrlNamespace)+"."+pq.QuoteIdentifier(s.wmTableName))
 	}
 	// Refuse to CASCADE over anything dbsync did not create (e.g. a control namespace
-	// configured as "public"): relations other than the watermark table and its
-	// indexes, TOAST and sequences, or any function, type or other object in the schema.
+	// configured as "public"): relations other than the watermark table, the snapshot
+	// progress table and their indexes, TOAST and sequences, or any function, type or
+	// other object in the schema.
 	var others []string
 	rows, err := s.db.QueryContext(ctx, `
 		SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname <> $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+		WHERE n.nspname = $1 AND c.relname <> $2 AND c.relname <> $3 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
 		UNION ALL
 		SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 		WHERE n.nspname = $1
 		UNION ALL
 		SELECT t.typname FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 		WHERE n.nspname = $1 AND t.typrelid = 0 AND t.typelem = 0
-		ORDER BY 1 LIMIT 10`, s.ctrlNamespace, s.wmTableName)
+		ORDER BY 1 LIMIT 10`, s.ctrlNamespace, s.wmTableName, snapshotProgressTable)
 	if err != nil {
 		return classify(err, "list control schema "+s.ctrlNamespace)
 	}

@@ -46,6 +46,10 @@ type Syncer struct {
 	MaxMessagesToRead int
 	// HandlerErrorPolicy says whether a failing handler stops the Syncer or is retried.
 	HandlerErrorPolicy HandlerErrorPolicy
+	// SnapshotChunkSize is the rows per Snapshot chunk (0: DefaultSnapshotChunkSize).
+	SnapshotChunkSize int
+	// SnapshotProgress, when set, is called by Snapshot after each delivered chunk.
+	SnapshotProgress func(SnapshotProgress)
 
 	db      *sql.DB
 	ownDB   bool
@@ -70,6 +74,12 @@ type Syncer struct {
 
 	tables *tableCache
 	dec    *decoder
+
+	// watermark windows (Refresh, Snapshot): see window.go, watermark.go
+	win       *windowTracker
+	refreshMu sync.Mutex // one selection at a time; callers queue
+	runID     string     // prefix of this Syncer's selection IDs
+	selSeq    uint64     // guarded by refreshMu
 
 	// lifecycle
 	mu      sync.Mutex
@@ -126,6 +136,8 @@ func NewSyncerContext(ctx context.Context, opts ...SyncerOpt) (*Syncer, error) {
 	}
 	s.tables = newTableCache(s.db)
 	s.dec = newDecoder(s.tables)
+	s.win = newWindowTracker()
+	s.runID = newRunID()
 	if !s.skipSetup {
 		if err := s.Setup(ctx); err != nil {
 			s.Close()
@@ -193,7 +205,14 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		close(done)
 	}()
-	return s.pollLoop(ctx)
+	s.win.started()
+	err := s.pollLoop(ctx)
+	cause := err
+	if cause == nil {
+		cause = fmt.Errorf("Run returned")
+	}
+	s.win.abandon(cause) // pending Refresh/Snapshot callers get ErrRefreshAbandoned
+	return err
 }
 
 // Start runs the Syncer until Stop is called (see Run) and returns Run's result.
