@@ -98,14 +98,14 @@ func TestToastUnchanged(t *testing.T) {
 				require.NotContains(t, upd.New, "doc")
 				require.Nil(t, upd.Old)
 			}
-			require.Equal(t, "1", upd.Key)
+			require.Equal(t, `["1"]`, upd.Key)
 			waitFor(t, 10e9, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.upserts) == 2 }, "second upsert")
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			if !full {
 				require.NotContains(t, b.upserts[1], "big", "the Batcher gets no value for the unchanged column")
 			}
-			stored := b.store["public.toasty 1"]
+			stored := b.store[`public.toasty ["1"]`]
 			require.Equal(t, big, stored["big"], "the cache keeps the value")
 			require.Equal(t, int32(1), stored["n"])
 		})
@@ -243,12 +243,12 @@ func testSchemaChanges(t *testing.T, live bool) {
 	sc6 := "RELATION public.sc2 (id:integer,a2:text,c:text) key=[id]"
 	child := "RELATION public.child (id:integer,sc_id:integer) key=[id]"
 	want := []string{
-		sc1, "INSERT sc 1", sc2, "INSERT sc 2", sc3, "INSERT sc 3", sc4, "INSERT sc 4", sc5, "INSERT sc 5",
-		sc6, "INSERT sc2 6", child, "INSERT child 1",
+		sc1, `INSERT sc ["1"]`, sc2, `INSERT sc ["2"]`, sc3, `INSERT sc ["3"]`, sc4, `INSERT sc ["4"]`, sc5, `INSERT sc ["5"]`,
+		sc6, `INSERT sc2 ["6"]`, child, `INSERT child ["1"]`,
 	}
 	// TRUNCATE invalidates the relations' cached schema in pgoutput: RELATION comes
 	// again before the TRUNCATE and before the next change of each, in both modes.
 	want = append(want, sc6, child, "TRUNCATE child,sc2 cascade=true restart_identity=true",
-		sc6, "INSERT sc2 7", "MESSAGE pfx in-tx transactional=true", child, "INSERT child 2")
+		sc6, `INSERT sc2 ["7"]`, "MESSAGE pfx in-tx transactional=true", child, `INSERT child ["2"]`)
 	require.Equal(t, strings.Join(want, "\n"), strings.Join(events, "\n"))
 }

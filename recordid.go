@@ -15,10 +15,12 @@ import (
 // (PrimaryKey, in key order) that is the same for the row decoded from a change
 // (MessageToMap) and read by a SELECT (ScanRow), and different for different keys.
 //
-// Shape: for a one-column key, the value's canonical text (PostgreSQL's text form of the
-// decoded value, e.g. `42`, `abc`, `7f1c…-uuid`); for a composite key, a JSON array of
-// the columns' canonical texts (e.g. `["42","abc"]`). JSON string escaping makes the
-// composite form unambiguous whatever the values contain (commas, quotes, brackets).
+// Shape: a JSON array of the key columns' canonical texts, in key order: `["42"]` for a
+// one-column key, `["42","abc"]` for a composite one. The canonical text is a function
+// of the decoded value (integers in decimal, numeric in plain decimal with its scale,
+// uuid in its usual form, bytea as \x hex, instants in RFC 3339 UTC, ...). JSON string
+// escaping makes the ID unambiguous whatever the values contain (commas, quotes,
+// brackets).
 // Two keys PostgreSQL considers equal but that print differently (numeric 1.5 and
 // 1.50) give different IDs.
 //
@@ -42,9 +44,6 @@ func (t *PGTableInfo) GetRecordID(values StringMap) (string, error) {
 			return "", fmt.Errorf("%w: key column %q of %s: %v", ErrNoKey, k, t.QualifiedName(), err)
 		}
 		parts[i] = s
-	}
-	if len(parts) == 1 {
-		return parts[0], nil
 	}
 	b, err := json.Marshal(parts)
 	if err != nil {

@@ -161,7 +161,7 @@ func testAllTypes(t *testing.T, binary bool) {
 		require.Equal(t, []string{"id"}, info.PrimaryKey)
 		if op == OpDelete {
 			require.Equal(t, StringMap{"id": int32(id)}, c.Old, "a DELETE under REPLICA IDENTITY DEFAULT carries the key only")
-			require.Equal(t, fmt.Sprint(id), c.Key)
+			require.Equal(t, fmt.Sprintf(`["%d"]`, id), c.Key)
 			return
 		}
 		require.Empty(t, c.Unchanged, stmt)

@@ -3,6 +3,7 @@ package dbsync
 import (
 	"encoding/json"
 	"errors"
+	"math/big"
 	"math/rand"
 	"strings"
 	"testing"
@@ -23,7 +24,7 @@ func twoKeyTable() *PGTableInfo {
 }
 
 // TestGetRecordIDUnambiguous: different composite keys never share an ID, whatever
-// separators, quotes or brackets the values contain; single keys are the value's text.
+// separators, quotes or brackets the values contain.
 func TestGetRecordIDUnambiguous(t *testing.T) {
 	info := twoKeyTable()
 	id := func(a, b string) string {
@@ -56,7 +57,9 @@ func TestGetRecordIDUnambiguous(t *testing.T) {
 	}
 
 	single := &PGTableInfo{Namespace: "public", TableName: "s", PrimaryKey: []string{"id"}}
-	for v, want := range map[any]string{int32(42): "42", int64(-7): "-7", "abc": "abc", [16]byte{0xff, 1}: "ff010000-0000-0000-0000-000000000000", true: "t"} {
+	for v, want := range map[any]string{int32(42): `["42"]`, int64(-7): `["-7"]`, "abc": `["abc"]`,
+		[16]byte{0xff, 1}: `["ff010000-0000-0000-0000-000000000000"]`, true: `["t"]`,
+		pgtype.Numeric{Int: big.NewInt(150), Exp: -2, Valid: true}: `["1.50"]`} {
 		got, err := single.GetRecordID(StringMap{"id": v})
 		require.NoError(t, err)
 		require.Equal(t, want, got)
@@ -140,14 +143,14 @@ func TestDecodeChangeToast(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, StringMap{"id": int32(1), "n": int64(5)}, c.New)
 	require.Equal(t, []string{"big"}, c.Unchanged)
-	require.Equal(t, "1", c.Key)
+	require.Equal(t, `["1"]`, c.Key)
 
 	c, err = DecodeChange(&pglogrepl.UpdateMessage{RelationID: 1, OldTupleType: 'K', OldTuple: tuple(textCol("0"), nullCol, nullCol),
 		NewTuple: tuple(textCol("1"), toastCol, textCol("5"))}, reln, info)
 	require.NoError(t, err)
 	require.Equal(t, StringMap{"id": int32(0)}, c.Old, "K tuple: key columns only")
 	require.Equal(t, []string{"big"}, c.Unchanged, "a K tuple cannot fill")
-	require.Equal(t, "0", c.OldKey)
+	require.Equal(t, `["0"]`, c.OldKey)
 
 	full := testRelation('f')
 	c, err = DecodeChange(&pglogrepl.UpdateMessage{RelationID: 1, OldTupleType: 'O', OldTuple: tuple(textCol("1"), textCol("large"), nullCol),

@@ -442,7 +442,7 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 	if err != nil {
 		return nil, classify(err, "look up table "+t.quoted())
 	}
-	info, err := loadTableInfo(ctx, s.db, oid)
+	info, err := s.tables.describeOID(ctx, oid)
 	if err != nil {
 		return nil, err
 	}

@@ -174,7 +174,7 @@ func TestCachePostgres(t *testing.T) {
 	c := NewCache()
 	runScript(t, c, func() bool { return c.Stats().Transactions >= int64(len(script)) })
 	require.Equal(t, map[string]map[string]dbsync.StringMap{
-		"public.items": {"3": {"id": "3", "name": "c", "body": bigBody}},
+		"public.items": {`["3"]`: {"id": "3", "name": "c", "body": bigBody}},
 		"public.fullt": {},
 		"public.other": {},
 	}, c.Snapshot())

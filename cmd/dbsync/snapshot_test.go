@@ -29,11 +29,11 @@ func TestSnapshotCommand(t *testing.T) {
 	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
 	require.NoError(t, err, stderr.String())
 	require.Equal(t, strings.Join([]string{
-		`{"type":"refresh","schema":"public","table":"t","key":{"id":"1"},"new":{"id":"1","v":"v1"}}`,
-		`{"type":"refresh","schema":"public","table":"t","key":{"id":"2"},"new":{"id":"2","v":"v2"}}`,
-		`{"type":"refresh","schema":"public","table":"t","key":{"id":"3"},"new":{"id":"3","v":"v3"}}`,
-		`{"type":"refresh","schema":"public","table":"t","key":{"id":"4"},"new":{"id":"4","v":"v4"}}`,
-		`{"type":"refresh","schema":"public","table":"t","key":{"id":"5"},"new":{"id":"5","v":"v5"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":1},"new":{"id":1,"v":"v1"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":2},"new":{"id":2,"v":"v2"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":3},"new":{"id":3,"v":"v3"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":4},"new":{"id":4,"v":"v4"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":5},"new":{"id":5,"v":"v5"}}`,
 	}, "\n")+"\n", stdout.String())
 	require.Equal(t, strings.Join([]string{
 		`dbsync snapshot: public.t: 2 of ~5 rows (1 chunks)`,
@@ -59,9 +59,9 @@ func TestSnapshotCommand(t *testing.T) {
 	require.Equal(t, "change", change.Type)
 	require.Equal(t, "insert", change.Op)
 	require.Equal(t, "t", change.Table)
-	require.Equal(t, map[string]any{"id": "6"}, change.Key)
-	require.Equal(t, map[string]any{"id": "6", "v": "v6"}, change.New)
-	require.Equal(t, `{"type":"refresh","schema":"public","table":"t","key":{"id":"6"},"new":{"id":"6","v":"v6"}}`, lines[6])
+	require.Equal(t, map[string]any{"id": float64(6)}, change.Key)
+	require.Equal(t, map[string]any{"id": float64(6), "v": "v6"}, change.New)
+	require.Equal(t, `{"type":"refresh","schema":"public","table":"t","key":{"id":6},"new":{"id":6,"v":"v6"}}`, lines[6])
 	require.Equal(t, strings.Join([]string{
 		`dbsync snapshot: public.t: 2 of ~5 rows (1 chunks)`,
 		`dbsync snapshot: public.t: 4 of ~5 rows (2 chunks)`,
