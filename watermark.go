@@ -360,12 +360,13 @@ func selectedRow(info *PGTableInfo, cols []string, raw []sql.NullString) (DBItem
 // textColumns is a select list giving each column of alias in its type's text output
 // form (format('%s', x) calls the type's output function, as pgoutput does; a plain
 // ::text cast does not for every type: true::text is 'true', pgoutput sends 't'),
-// keeping NULL as NULL.
+// keeping NULL as NULL. num_nulls, not IS NULL, detects NULL: a composite value whose
+// fields are all NULL IS NULL but is a value.
 func textColumns(alias string, cols []string) string {
 	parts := make([]string, len(cols))
 	for i, c := range cols {
 		ref := pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c)
-		parts[i] = "CASE WHEN " + ref + " IS NULL THEN NULL ELSE format('%s', " + ref + ") END AS " + pq.QuoteIdentifier(c)
+		parts[i] = "CASE WHEN num_nulls(" + ref + ") = 1 THEN NULL ELSE format('%s', " + ref + ") END AS " + pq.QuoteIdentifier(c)
 	}
 	return strings.Join(parts, ", ")
 }

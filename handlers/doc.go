@@ -11,9 +11,11 @@
 // # JSON-lines schema (JSONLinesWriter)
 //
 // Every line is one JSON object; "type" says which kind. Keys always appear in the order
-// below. Column values are the values dbsync decodes (PGColumnInfo.DecodeText) encoded
-// with encoding/json: today the column's PostgreSQL text output as a JSON string, NULL
-// as null.
+// below. Column values are the values dbsync decodes (typed: see docs/VALUES.md),
+// rendered by PGTableInfo.JSONRow: numbers, strings, booleans and null as such,
+// json/jsonb documents inline (encoding/json drops their insignificant whitespace),
+// numeric as an exact JSON number, NaN/Infinity and
+// infinite dates as strings, other types as PostgreSQL's text form.
 //
 // A row change, "type":"change":
 //

@@ -196,6 +196,15 @@ func (j *JSONLinesWriter) change(msg pglogrepl.Message, oldTupleType uint8, reln
 		// Only the key columns were sent; the others are placeholders, not NULLs.
 		line.Old = keyColumns(info, c.Old)
 	}
+	// Lossless JSON for every type (NaN, numeric scale, infinite dates, ...).
+	for _, m := range []*dbsync.StringMap{&line.Key, &line.OldKey, &line.New, &line.Old} {
+		if *m == nil {
+			continue
+		}
+		if *m, err = info.JSONRow(*m); err != nil {
+			return fmt.Errorf("handlers: JSONLinesWriter: %w", err)
+		}
+	}
 	return j.line(line)
 }
 

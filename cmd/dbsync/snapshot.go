@@ -105,7 +105,15 @@ func (p *snapshotPrinter) HandleRefresh(_ string, it dbsync.DBItem) error {
 	for _, c := range it.Table.PrimaryKey {
 		key[c] = it.Values[c]
 	}
-	b, err := json.Marshal(refreshLine{Type: "refresh", Schema: it.Table.Namespace, Table: it.Table.TableName, Key: key, New: it.Values})
+	key, err := it.Table.JSONRow(key)
+	if err != nil {
+		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
+	}
+	values, err := it.Table.JSONRow(it.Values)
+	if err != nil {
+		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
+	}
+	b, err := json.Marshal(refreshLine{Type: "refresh", Schema: it.Table.Namespace, Table: it.Table.TableName, Key: key, New: values})
 	if err != nil {
 		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
 	}
