@@ -150,18 +150,29 @@ func testAllTypes(t *testing.T, binary bool) {
 	defer r.stop(t)
 
 	n := 0
+	var lastInfo *PGTableInfo
 	check := func(stmt string, id int, op Op) {
 		t.Helper()
+		var before []StringMap
+		if op == OpDelete && lastInfo.ReplicaIdentity == 'f' {
+			before = selectTyped(t, conn, lastInfo, binary, `SELECT * FROM alltypes WHERE id = $1`, id)
+		}
 		_, err := conn.Exec(ctx, stmt)
 		require.NoError(t, err, stmt)
 		n++
 		c := rec.waitChanges(t, n)[n-1]
 		require.Equal(t, op, c.Op, stmt)
 		info := c.Table
+		lastInfo = info
 		require.Equal(t, []string{"id"}, info.PrimaryKey)
 		if op == OpDelete {
-			require.Equal(t, StringMap{"id": int32(id)}, c.Old, "a DELETE under REPLICA IDENTITY DEFAULT carries the key only")
 			require.Equal(t, fmt.Sprintf(`["%d"]`, id), c.Key)
+			if before == nil {
+				require.Equal(t, StringMap{"id": int32(id)}, c.Old, "a DELETE under REPLICA IDENTITY DEFAULT carries the key only")
+			} else {
+				// REPLICA IDENTITY FULL: the whole old row ('O'), every type decoded.
+				requireSameRow(t, before[0], c.Old, stmt, " (old row under FULL vs SELECT before the delete)")
+			}
 			return
 		}
 		require.Empty(t, c.Unchanged, stmt)
@@ -303,6 +314,12 @@ func testAllTypes(t *testing.T, binary bool) {
 	require.Equal(t, `\x`, j2["c_bytea"])
 
 	for i := range allTypesRows {
+		if i == 1 {
+			// The rest of the deletes carry the whole old row.
+			_, err := conn.Exec(ctx, `ALTER TABLE alltypes REPLICA IDENTITY FULL`)
+			require.NoError(t, err)
+			lastInfo = &PGTableInfo{ReplicaIdentity: 'f', ColInfo: lastInfo.ColInfo}
+		}
 		check(fmt.Sprintf(`DELETE FROM alltypes WHERE id = %d`, i+1), i+1, OpDelete)
 	}
 }
