@@ -230,3 +230,53 @@ func TestParseRejectsOversizedLengths(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "ab", string(m.(*pglogrepl.InsertMessage).Tuple.Columns[1].Data))
 }
+
+// FuzzDecodeValue feeds arbitrary bytes to the decoders of the built-in types in both
+// formats: a typed error (ErrDecodeValue) or a value, never a panic, and a value always
+// renders as JSON.
+func FuzzDecodeValue(f *testing.F) {
+	for _, s := range []struct {
+		oid    uint32
+		binary bool
+		data   string
+	}{
+		{pgtype.NumericOID, false, "-1234567890.0987654321"},
+		{pgtype.NumericOID, true, "\x00\x02\x00\x00\x40\x00\x00\x02\x00\x01\x13\x88"},
+		{pgtype.Int4ArrayOID, false, "{{1,NULL},{3,4}}"},
+		{pgtype.TextArrayOID, false, `{"a,b",NULL,"q\"x"}`},
+		{pgtype.TimestamptzOID, false, "1900-01-01 00:00:00+05:53:28"},
+		{pgtype.IntervalOID, false, "-1 years -2 mons +3 days -04:05:06.000001"},
+		{pgtype.JSONBOID, true, "\x01{\"a\": 1}"},
+		{pgtype.TstzrangeOID, false, `["2020-01-01 00:00:00+00",infinity)`},
+		{pgtype.Int8multirangeOID, false, "{[1,3),[5,7)}"},
+		{pgtype.InetOID, false, "2001:db8::1/64"},
+		{pgtype.Float8OID, false, "-Infinity"},
+	} {
+		f.Add(s.oid, s.binary, []byte(s.data))
+	}
+	f.Fuzz(func(t *testing.T, oid uint32, binary bool, data []byte) {
+		col := &PGColumnInfo{ColumnName: "c", TypeOID: oid}
+		var v any
+		var err error
+		if binary {
+			v, err = col.DecodeBytes(data)
+		} else {
+			v, err = col.DecodeText(data)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrDecodeValue) {
+				t.Fatalf("untyped error %v", err)
+			}
+			return
+		}
+		j, err := col.JSONValue(v)
+		if err == nil {
+			_, err = json.Marshal(j)
+			if err != nil {
+				t.Fatalf("JSONValue(%#v) = %#v does not encode: %v", v, j, err)
+			}
+		} else if !errors.Is(err, ErrDecodeValue) {
+			t.Fatalf("JSONValue: untyped error %v", err)
+		}
+	})
+}
