@@ -17,9 +17,11 @@ import (
 // a SELECT read through ScanRow is turned into a typed Go value by pgx's pgtype codecs,
 // chosen by the column's type OID. docs/VALUES.md has the full PostgreSQL -> Go table.
 //
-// The codecs are pgx's defaults with three deliberate differences, all for fidelity:
+// The codecs are pgx's defaults with four deliberate differences, all for fidelity:
 //   - json and jsonb decode to json.RawMessage (the exact text PostgreSQL holds; pgx
 //     would unmarshal into map[string]any and round numbers through float64);
+//   - numeric values have Exp = -scale (0.00 is 0e-2, 100 is 100e0, 1.50 is 150e-2) in
+//     both formats, also as array elements and range bounds;
 //   - timestamptz decodes to a time.Time in UTC (the instant; the session's TimeZone
 //     is presentation only);
 //   - arrays decode to nested []any, one level per dimension, NULL elements as nil
@@ -93,7 +95,61 @@ func newTypeMap() *pgtype.Map {
 	m.RegisterType(jsonbT)
 	m.RegisterType(&pgtype.Type{Name: "_json", OID: pgtype.JSONArrayOID, Codec: &pgtype.ArrayCodec{ElementType: jsonT}})
 	m.RegisterType(&pgtype.Type{Name: "_jsonb", OID: pgtype.JSONBArrayOID, Codec: &pgtype.ArrayCodec{ElementType: jsonbT}})
+	// Range bounds are scanned through the Map, so numrange picks this up by OID.
+	numT := &pgtype.Type{Name: "numeric", OID: pgtype.NumericOID, Codec: scaledNumericCodec{}}
+	m.RegisterType(numT)
+	m.RegisterType(&pgtype.Type{Name: "_numeric", OID: pgtype.NumericArrayOID, Codec: &pgtype.ArrayCodec{ElementType: numT}})
 	return m
+}
+
+// scaledNumericCodec is pgx's numeric codec except that every finite value has
+// Exp = -scale, PostgreSQL's display scale (the digits after the point): pgx decodes
+// binary 0.00 as 0e0 (text: 0e-2) and 100 as 1e2 in both formats.
+type scaledNumericCodec struct{ pgtype.NumericCodec }
+
+func (c scaledNumericCodec) DecodeValue(m *pgtype.Map, oid uint32, format int16, src []byte) (any, error) {
+	v, err := c.NumericCodec.DecodeValue(m, oid, format, src)
+	if err != nil || v == nil {
+		return v, err
+	}
+	n, ok := v.(pgtype.Numeric)
+	if !ok || !n.Valid || n.NaN || n.InfinityModifier != pgtype.Finite || n.Int == nil {
+		return v, nil
+	}
+	if format == pgtype.BinaryFormatCode {
+		n = numericScale(n, src)
+	}
+	if n.Exp > 0 {
+		// pgx parses text "100" as 1e2; PostgreSQL's scale is 0.
+		n.Int = new(big.Int).Mul(n.Int, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(n.Exp)), nil))
+		n.Exp = 0
+	}
+	return n, nil
+}
+
+// PlanScan makes scans into *any (array elements, range bounds) use DecodeValue.
+func (c scaledNumericCodec) PlanScan(m *pgtype.Map, oid uint32, format int16, target any) pgtype.ScanPlan {
+	if _, ok := target.(*any); ok {
+		return decodeValueScanPlan{codec: c, m: m, oid: oid, format: format}
+	}
+	return c.NumericCodec.PlanScan(m, oid, format, target)
+}
+
+// decodeValueScanPlan scans into *any with a codec's DecodeValue.
+type decodeValueScanPlan struct {
+	codec  pgtype.Codec
+	m      *pgtype.Map
+	oid    uint32
+	format int16
+}
+
+func (p decodeValueScanPlan) Scan(src []byte, dst any) error {
+	v, err := p.codec.DecodeValue(p.m, p.oid, p.format, src)
+	if err != nil {
+		return err
+	}
+	*(dst.(*any)) = v
+	return nil
 }
 
 // rawJSONCodec is pgx's json/jsonb codec except that DecodeValue returns the document's
@@ -106,23 +162,9 @@ type rawJSONCodec struct {
 // PlanScan makes scans into *any (array elements) go through DecodeValue too.
 func (c rawJSONCodec) PlanScan(m *pgtype.Map, oid uint32, format int16, target any) pgtype.ScanPlan {
 	if _, ok := target.(*any); ok {
-		return rawJSONScanPlan{c: c, format: format}
+		return decodeValueScanPlan{codec: c, m: m, oid: oid, format: format}
 	}
 	return c.Codec.PlanScan(m, oid, format, target)
-}
-
-type rawJSONScanPlan struct {
-	c      rawJSONCodec
-	format int16
-}
-
-func (p rawJSONScanPlan) Scan(src []byte, dst any) error {
-	v, err := p.c.DecodeValue(nil, 0, p.format, src)
-	if err != nil {
-		return err
-	}
-	*(dst.(*any)) = v
-	return nil
 }
 
 func (c rawJSONCodec) DecodeValue(_ *pgtype.Map, _ uint32, format int16, src []byte) (any, error) {
@@ -198,9 +240,6 @@ func (d *decodeInfo) decode(m *pgtype.Map, format int16, src []byte) (any, error
 	v, err := t.Codec.DecodeValue(m, d.oid, format, src)
 	if err != nil {
 		return nil, err
-	}
-	if n, ok := v.(pgtype.Numeric); ok && format == pgtype.BinaryFormatCode {
-		return numericScale(n, src), nil
 	}
 	return normalize(d.oid, v), nil
 }

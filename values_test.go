@@ -57,8 +57,8 @@ var allTypesRows = [][]string{
 		`''`, `''`, `''`, `''`, `''`, `'\x'`, `false`, `'00000000-0000-0000-0000-000000000000'`, `'{}'`, `'[]'`,
 		`'2000-01-01'`, `'00:00'`, `'00:00+00'`, `'2000-01-01 00:00'`, `'2000-01-01 00:00+00'`, `'0 seconds'`,
 		`'0.0.0.0'`, `'0.0.0.0/0'`, `'00:00:00:00:00:00'`,
-		`'{}'`, `'{}'`, `'{}'`, `'{}'`, `'{}'`,
-		`'empty'`, `'empty'`, `'empty'`, `'empty'`, `'{}'`,
+		`'{}'`, `'{}'`, `'{}'`, `'{}'`, `'{0.00,100,NULL}'`,
+		`'empty'`, `'[0.00,100]'`, `'empty'`, `'empty'`, `'{}'`,
 		`'sad'`, `'{}'`, `1`, `'{}'`, `ROW(NULL, NULL)`, `'0'`, `B''`},
 	// 3: extremes
 	{`-32768`, `2147483647`, `-9223372036854775808`, `4294967295`,
@@ -311,6 +311,10 @@ func testAllTypes(t *testing.T, binary bool) {
 	j2, err := changes[0].Table.JSONRow(changes[1].New) // row 2: zeros
 	require.NoError(t, err)
 	require.Equal(t, json.Number("0.00"), j2["c_num102"])
+	require.Equal(t, []any{pgtype.Numeric{Int: big.NewInt(0), Exp: -2, Valid: true}, pgtype.Numeric{Int: big.NewInt(100), Valid: true}, nil},
+		changes[1].New["c_numarr"], "numeric keeps its scale, also in arrays")
+	require.Equal(t, []any{json.Number("0.00"), json.Number("100"), nil}, j2["c_numarr"])
+	require.Equal(t, "[0.00,100]", j2["c_numrange"])
 	require.Equal(t, `\x`, j2["c_bytea"])
 
 	for i := range allTypesRows {
