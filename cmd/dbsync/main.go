@@ -30,6 +30,7 @@ var commands = []command{
 	{"tail", "stream changes as JSON lines to stdout until Ctrl-C", runTail},
 	{"status", "show the replication slot: position, activity, retained WAL and lag", runStatus},
 	{"teardown", "drop the slot, the watermark table's publication entry and the control schema", runTeardown},
+	{"snapshot", "read whole tables through the change stream as JSON lines, with progress", runSnapshot},
 	{"demo", "sync concurrent writes into an in-memory copy and verify it row by row", runDemo},
 }
 

@@ -59,12 +59,12 @@ type Config struct {
 	Seed uint64
 
 	// SeedRows inserts this many rows per table BEFORE the slot exists. They can only
-	// reach the cache through a snapshot, so SeedRows > 0 requires Rebuild.
+	// reach the cache through a snapshot: Rebuild.
 	SeedRows int
-	// Rebuild, when set, is called after the slot was created and the Syncer started,
-	// while writers run, to load the rows that existed before the slot into cache
-	// (e.g. a watermark-based snapshot delivering HandleRefresh). It is the hook for
-	// the snapshot-based rebuild; with SeedRows == 0 it may be nil.
+	// Rebuild is called after the slot was created and the Syncer started, while
+	// writers run, to load the rows that existed before the slot into cache. nil with
+	// SeedRows > 0 means the default: a chunked DBLog snapshot (Syncer.Snapshot) of
+	// every demo table, delivered through HandleRefresh.
 	Rebuild func(ctx context.Context, s *dbsync.Syncer, cache *handlers.Cache, tables []string) error
 
 	// Progress receives a progress line about once a second (nil: none).
@@ -118,7 +118,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	start := time.Now()
 	cfg.defaults()
 	if cfg.SeedRows > 0 && cfg.Rebuild == nil {
-		return res, fmt.Errorf("demo: SeedRows=%d needs a Rebuild (snapshot) to load rows that predate the slot", cfg.SeedRows)
+		cfg.Rebuild = SnapshotRebuild
 	}
 	connStr := cfg.ConnStr
 	if connStr == "" {
@@ -371,4 +371,10 @@ func bigText(rng *rand.Rand, n int) string {
 		b.WriteByte(alphabet[rng.IntN(len(alphabet))])
 	}
 	return b.String()
+}
+
+// SnapshotRebuild loads every row of tables into the cache with a chunked, lock-free
+// DBLog snapshot while the Syncer streams changes (Syncer.Snapshot).
+func SnapshotRebuild(ctx context.Context, s *dbsync.Syncer, _ *handlers.Cache, tables []string) error {
+	return s.Snapshot(ctx, tables...)
 }
