@@ -8,7 +8,8 @@ import (
 // TableInfo describes a table by name ("table", resolved on the search_path, or
 // "schema.table", unquoted; a name with double quotes is parsed as SQL) from the
 // catalog, as changes of that table are described to handlers. Use it to decode rows
-// read with SQL the same way as changes (PGColumnInfo.DecodeText, GetRecordID).
+// read with SQL the same way as changes: select with SelectList, decode with ScanRow,
+// key with GetRecordID (docs/VALUES.md).
 // Returns an error wrapping ErrConfig when the table does not exist.
 func (s *Syncer) TableInfo(ctx context.Context, name string) (*PGTableInfo, error) {
 	t, err := resolveTable(ctx, s.db, name)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/dbsync/dbsync"
 	"github.com/dbsync/dbsync/handlers"
-	"github.com/lib/pq"
 )
 
 // maxDetails bounds Result.Details.
@@ -71,39 +70,19 @@ func Compare(ctx context.Context, db *sql.DB, s *dbsync.Syncer, cache *handlers.
 	return rows, mismatches, details, nil
 }
 
-// readTable reads all rows of a table as text and decodes them like changes.
+// readTable reads all rows of a table in their types' text output (SelectList) and
+// decodes them like changes (ScanRow), keyed like changes (GetRecordID).
 func readTable(ctx context.Context, db *sql.DB, info *dbsync.PGTableInfo) (map[string]dbsync.StringMap, error) {
-	cols := make([]string, len(info.Columns))
-	for i, c := range info.Columns {
-		cols[i] = pq.QuoteIdentifier(c.ColumnName) + "::text"
-	}
-	q := "SELECT " + strings.Join(cols, ", ") + " FROM " + pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
-	rs, err := db.QueryContext(ctx, q)
+	rs, err := db.QueryContext(ctx, "SELECT "+info.SelectList()+" FROM "+info.QuotedName())
 	if err != nil {
 		return nil, fmt.Errorf("demo: read %s: %w", info.QualifiedName(), err)
 	}
 	defer rs.Close()
 	out := map[string]dbsync.StringMap{}
-	raw := make([]sql.NullString, len(cols))
-	ptrs := make([]any, len(cols))
-	for i := range raw {
-		ptrs[i] = &raw[i]
-	}
 	for rs.Next() {
-		if err := rs.Scan(ptrs...); err != nil {
-			return nil, err
-		}
-		row := make(dbsync.StringMap, len(cols))
-		for i, c := range info.Columns {
-			if !raw[i].Valid {
-				row[c.ColumnName] = nil
-				continue
-			}
-			v, err := c.DecodeText([]byte(raw[i].String))
-			if err != nil {
-				return nil, fmt.Errorf("demo: decode %s.%s: %w", info.QualifiedName(), c.ColumnName, err)
-			}
-			row[c.ColumnName] = v
+		row, err := info.ScanRow(rs)
+		if err != nil {
+			return nil, fmt.Errorf("demo: decode %s: %w", info.QualifiedName(), err)
 		}
 		id, err := info.GetRecordID(row)
 		if err != nil {
