@@ -197,15 +197,14 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			}
 		}(w)
 	}
-	if cfg.Rebuild != nil {
-		if err := cfg.Rebuild(ctx, s, cache, qualified); err != nil {
-			stopWriters()
-			wg.Wait()
-			return res, fmt.Errorf("demo: rebuild: %w", err)
-		}
+	// The rebuild (a snapshot of the seeded rows) runs while the writers write.
+	rebuildDone := make(chan error, 1)
+	rebuilding := cfg.Rebuild != nil
+	if rebuilding {
+		go func() { rebuildDone <- cfg.Rebuild(ctx, s, cache, qualified) }()
 	}
 
-	// Progress while the writers run.
+	// Progress while the writers run: at once, then about once a second.
 	writersDone := make(chan struct{})
 	go func() { wg.Wait(); close(writersDone) }()
 	tick := time.NewTicker(time.Second)
@@ -216,20 +215,35 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		if ss, err := s.Status(ctx); err == nil {
 			lag = fmt.Sprint(ss.LagBytes)
 		}
-		fmt.Fprintf(cfg.Progress, "demo: %-9s %5.1fs  committed %d txns (%d rolled back)  synced %d txns, %d changes  lag %s bytes\n",
-			phase, time.Since(start).Seconds(), committed.Load(), rolledBack.Load(), st.Transactions, st.Changes, lag)
+		fmt.Fprintf(cfg.Progress, "demo: %-9s %5.1fs  committed %d txns (%d rolled back)  synced %d txns, %d changes, %d snapshot rows  lag %s bytes\n",
+			phase, time.Since(start).Seconds(), committed.Load(), rolledBack.Load(), st.Transactions, st.Changes, st.Refreshes, lag)
 	}
-wait:
-	for {
+	phase := func() string {
+		if rebuilding {
+			return "snapshot"
+		}
+		return "writing"
+	}
+	progress(phase())
+	writing := true
+	for writing || rebuilding {
 		select {
 		case <-writersDone:
-			break wait
+			writing = false
+			writersDone = nil
+		case err := <-rebuildDone:
+			rebuilding = false
+			if err != nil {
+				stopWriters()
+				wg.Wait()
+				return res, fmt.Errorf("demo: rebuild: %w", err)
+			}
 		case err := <-syncErr:
 			stopWriters()
 			wg.Wait()
 			return res, syncerStopped(ctx, err)
 		case <-tick.C:
-			progress("writing")
+			progress(phase())
 		}
 	}
 	select {
