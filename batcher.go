@@ -25,39 +25,49 @@ func newBatchState() *batchState {
 }
 
 func (b *batchState) upsert(info *PGTableInfo, reln *pglogrepl.RelationMessage, newTuple, oldTuple *pglogrepl.TupleData) error {
-	values, _, err := info.MessageToMap(reln, newTuple)
-	if err != nil {
-		return err
+	// pgoutput sends the whole old row ('O') under REPLICA IDENTITY FULL, the key ('K')
+	// otherwise; DecodeChange fills unchanged TOAST values from an 'O' row.
+	msg := &pglogrepl.UpdateMessage{RelationID: reln.RelationID, NewTuple: newTuple, OldTuple: oldTuple}
+	if oldTuple != nil {
+		msg.OldTupleType = pglogrepl.UpdateMessageTupleTypeKey
+		if reln.ReplicaIdentity == 'f' {
+			msg.OldTupleType = pglogrepl.UpdateMessageTupleTypeOld
+		}
 	}
-	id, err := info.GetRecordID(values)
+	c, err := DecodeChange(msg, reln, info)
 	if err != nil {
 		return fmt.Errorf("%s: %w", info.QualifiedName(), err)
 	}
-	if oldTuple != nil {
+	if c.OldKey != "" {
 		// A key-changing update: the old key's record goes away.
-		old, _, err := info.MessageToMap(reln, oldTuple)
-		if err != nil {
-			return err
-		}
-		if oldID, err := info.GetRecordID(old); err == nil && oldID != id {
-			b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: oldID})
-		}
+		b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: c.OldKey})
 	}
-	b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: id, values: values})
+	// Columns in c.Unchanged are absent from c.New: commit keeps an earlier value of
+	// this poll, and the Batcher must merge (see Batcher).
+	b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: c.Key, values: c.New})
 	return nil
 }
 
 func (b *batchState) delete(info *PGTableInfo, reln *pglogrepl.RelationMessage, oldTuple *pglogrepl.TupleData) error {
-	old, _, err := info.MessageToMap(reln, oldTuple)
-	if err != nil {
-		return err
+	msg := &pglogrepl.DeleteMessage{RelationID: reln.RelationID, OldTuple: oldTuple, OldTupleType: 'K'}
+	if reln.ReplicaIdentity == 'f' {
+		msg.OldTupleType = 'O'
 	}
-	id, err := info.GetRecordID(old)
+	c, err := DecodeChange(msg, reln, info)
 	if err != nil {
 		return fmt.Errorf("%s: %w", info.QualifiedName(), err)
 	}
-	b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: id})
+	b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: c.Key})
 	return nil
+}
+
+// refresh adds refresh rows (a selection's rows at its high watermark) as upserts at
+// the current position in the poll.
+func (b *batchState) refresh(items []DBItem) {
+	for _, it := range items {
+		b.pending = append(b.pending, batchOp{doctype: it.Table.QualifiedName(), id: it.Key, values: it.Values})
+	}
+	b.commit()
 }
 
 // commit folds the open transaction's changes into the poll's net effect.

@@ -37,10 +37,22 @@ type Change struct {
 	// OldKey is the record ID before the change when it differs from Key (a
 	// key-changing update); "" otherwise.
 	OldKey string
+	// Filled lists columns of New that were sent as unchanged TOAST values ('u') and
+	// were filled from the old row ('O' tuple, REPLICA IDENTITY FULL).
+	Filled []string
 }
 
 // DecodeChange decodes an INSERT, UPDATE or DELETE message into a Change, using reln
 // (the RELATION message in force) for the column layout and info for the key.
+//
+// Unchanged TOASTed values (tuple kind 'u') are never delivered as NULL: they are left
+// out of New and listed in Unchanged, except that when PostgreSQL sent the whole old row
+// ('O' tuple, REPLICA IDENTITY FULL) they are filled from it (the old value is the
+// current one: the update did not touch the column). A 'K' old tuple is reduced to the
+// replica identity (key) columns: pgoutput sends the other columns as NULL placeholders,
+// which are not the row's values.
+//
+// Errors: ErrMalformedMessage, ErrDecodeValue, ErrNoKey (no key for the record ID).
 func DecodeChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *PGTableInfo) (*Change, error) {
 	c := &Change{Table: info}
 	var err error
@@ -56,17 +68,26 @@ func DecodeChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *
 			return nil, err
 		}
 		if m.OldTuple != nil {
-			if c.Old, _, err = info.MessageToMap(reln, m.OldTuple); err != nil {
+			if c.Old, err = oldValues(info, reln, m.OldTupleType, m.OldTuple); err != nil {
 				return nil, err
+			}
+			if m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld {
+				c.fillUnchanged()
 			}
 		}
 	case *pglogrepl.DeleteMessage:
 		c.Op = OpDelete
-		if c.Old, _, err = info.MessageToMap(reln, m.OldTuple); err != nil {
+		if m.OldTuple == nil {
+			return nil, fmt.Errorf("%w: DELETE on %s.%s without old tuple", ErrMalformedMessage, reln.Namespace, reln.RelationName)
+		}
+		if c.Old, err = oldValues(info, reln, m.OldTupleType, m.OldTuple); err != nil {
 			return nil, err
 		}
 		c.Key, err = info.GetRecordID(c.Old)
-		return c, err
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
 	default:
 		return nil, fmt.Errorf("dbsync: DecodeChange: %T is not a row change", msg)
 	}
@@ -79,4 +100,41 @@ func DecodeChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *
 		}
 	}
 	return c, nil
+}
+
+// oldValues decodes an old tuple; a 'K' tuple keeps only the replica identity columns.
+func oldValues(info *PGTableInfo, reln *pglogrepl.RelationMessage, kind uint8, tuple *pglogrepl.TupleData) (StringMap, error) {
+	old, unchanged, err := info.MessageToMap(reln, tuple)
+	if err != nil {
+		return nil, err
+	}
+	if len(unchanged) > 0 {
+		// PostgreSQL flattens TOASTed values into old tuples; 'u' here is malformed.
+		return nil, fmt.Errorf("%w: old tuple of %s.%s has unchanged-TOAST columns %v", ErrMalformedMessage, reln.Namespace, reln.RelationName, unchanged)
+	}
+	if kind == 'K' {
+		for i, rc := range reln.Columns {
+			if rc.Flags&1 == 0 && i < len(tuple.Columns) && tuple.Columns[i].DataType == pglogrepl.TupleDataTypeNull {
+				delete(old, rc.Name)
+			}
+		}
+	}
+	return old, nil
+}
+
+// fillUnchanged fills New's unchanged TOAST columns from a full old row.
+func (c *Change) fillUnchanged() {
+	if len(c.Unchanged) == 0 || c.Old == nil {
+		return
+	}
+	var still []string
+	for _, name := range c.Unchanged {
+		if v, ok := c.Old[name]; ok {
+			c.New[name] = v
+			c.Filled = append(c.Filled, name)
+		} else {
+			still = append(still, name)
+		}
+	}
+	c.Unchanged = still
 }

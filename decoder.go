@@ -22,7 +22,8 @@ func newDecoder(tables *tableCache) *decoder {
 
 // Parse decodes one pgoutput message (protocol version 1). Malformed input gives an
 // error wrapping ErrMalformedMessage, never a panic: pglogrepl's decoders index their
-// input without bounds checks, so panics are recovered here.
+// input without bounds checks, so panics are recovered here, and sizes it would
+// allocate from are checked first (checkBounds).
 func Parse(data []byte) (msg pglogrepl.Message, err error) {
 	if len(data) == 0 {
 		return nil, fmt.Errorf("%w: empty message", ErrMalformedMessage)
@@ -37,6 +38,9 @@ func Parse(data []byte) (msg pglogrepl.Message, err error) {
 			msg, err = nil, fmt.Errorf("%w: type %q, %d bytes: %v", ErrMalformedMessage, data[0], len(data), r)
 		}
 	}()
+	if err := checkBounds(data); err != nil {
+		return nil, fmt.Errorf("%w: type %q, %d bytes: %v", ErrMalformedMessage, data[0], len(data), err)
+	}
 	msg, err = pglogrepl.Parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: type %q, %d bytes: %v", ErrMalformedMessage, data[0], len(data), err)

@@ -20,6 +20,9 @@ type delivery struct {
 	// lastCommitEnd is the COMMIT row LSN of the last fully processed transaction.
 	lastCommitEnd pglogrepl.LSN
 	batch         *batchState
+	// emitted lists selections whose refresh rows were handed to the handler in
+	// this poll; they complete once the poll's Batcher flush succeeded (finish).
+	emitted []*emission
 }
 
 func (s *Syncer) newDelivery(ctx context.Context) *delivery {
@@ -27,6 +30,7 @@ func (s *Syncer) newDelivery(ctx context.Context) *delivery {
 	if s.Batcher != nil {
 		d.batch = newBatchState()
 	}
+	s.win.maybePrune(ctx, s.db, s.log)
 	return d
 }
 
@@ -39,9 +43,15 @@ func handlerErr(err error, what string, lsn pglogrepl.LSN) error {
 	return fmt.Errorf("%w: %s at LSN %s: %w", ErrHandler, what, lsn, err)
 }
 
-// isControlTable tells whether a relation is dbsync's own watermark table, whose rows
-// drive refresh windows and are not delivered as changes.
+// isControlTable tells whether a relation is one of dbsync's own tables in the control
+// schema (the watermark table, whose rows drive refresh windows, and
+// snapshot_progress, published under FOR ALL TABLES): not delivered as changes.
 func (s *Syncer) isControlTable(reln *pglogrepl.RelationMessage) bool {
+	return reln.Namespace == s.ctrlNamespace
+}
+
+// isWatermarkTable tells whether a relation is the watermark table.
+func (s *Syncer) isWatermarkTable(reln *pglogrepl.RelationMessage) bool {
 	return reln.Namespace == s.ctrlNamespace && reln.RelationName == s.wmTableName
 }
 
@@ -65,8 +75,16 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 	switch v := msg.(type) {
 	case *pglogrepl.BeginMessage:
 		d.inTx = true
+		d.s.win.begin(v.Xid)
 		return handlerErr(h.HandleBeginMessage(idx, v), "BEGIN", m.LSN)
 	case *pglogrepl.CommitMessage:
+		if em := d.s.win.commit(); em != nil {
+			// A high watermark: the selection's rows go out before anything after it.
+			if err := d.deliverRefresh(h, em); err != nil {
+				return handlerErr(err, "refresh rows at high watermark", m.LSN)
+			}
+			d.emitted = append(d.emitted, em)
+		}
 		err := h.HandleCommitMessage(idx, v)
 		if err == nil || errors.Is(err, ErrStopProcessingMessages) {
 			d.inTx = false
@@ -91,8 +109,12 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 			return err
 		}
 		if d.s.isControlTable(reln) {
+			if d.s.isWatermarkTable(reln) {
+				d.s.win.watermarkRow(reln, info, v.Tuple)
+			}
 			return nil
 		}
+		d.s.win.touchChange(v, reln, info)
 		if d.batch != nil {
 			if err := d.batch.upsert(info, reln, v.Tuple, nil); err != nil {
 				return err
@@ -107,6 +129,7 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 		if d.s.isControlTable(reln) {
 			return nil
 		}
+		d.s.win.touchChange(v, reln, info)
 		if d.batch != nil {
 			if err := d.batch.upsert(info, reln, v.NewTuple, v.OldTuple); err != nil {
 				return err
@@ -121,6 +144,7 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 		if d.s.isControlTable(reln) {
 			return nil
 		}
+		d.s.win.touchChange(v, reln, info)
 		if d.batch != nil {
 			if err := d.batch.delete(info, reln, v.OldTuple); err != nil {
 				return err
@@ -137,6 +161,7 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 			}
 			relns = append(relns, reln)
 			infos = append(infos, info)
+			d.s.win.truncate(id)
 		}
 		return handlerErr(h.HandleTruncateMessage(idx, v, relns, infos), "TRUNCATE", m.LSN)
 	case *pglogrepl.LogicalDecodingMessage:
@@ -151,11 +176,27 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 // of this poll may be forwarded.
 func (d *delivery) finish() error {
 	if d.batch == nil {
+		d.s.win.delivered(d.emitted)
 		return nil
 	}
 	if err := d.batch.flush(d.s.Batcher); err != nil {
 		d.lastCommitEnd = 0
 		return fmt.Errorf("%w: Batcher: %w", ErrHandler, err)
+	}
+	d.s.win.delivered(d.emitted)
+	return nil
+}
+
+// deliverRefresh hands a selection's remaining rows to HandleRefresh, in selection
+// order, and to the Batcher as upserts folded in at the high watermark's place.
+func (d *delivery) deliverRefresh(h MessageHandler, em *emission) error {
+	for _, it := range em.items {
+		if err := h.HandleRefresh(it.Key, it); err != nil {
+			return err
+		}
+	}
+	if d.batch != nil {
+		d.batch.refresh(em.items)
 	}
 	return nil
 }

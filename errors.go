@@ -48,6 +48,17 @@ var (
 	ErrMalformedMessage = errors.New("dbsync: malformed pgoutput message")
 	// ErrUnknownRelation: a change referenced a relation ID no RELATION message described.
 	ErrUnknownRelation = errors.New("dbsync: change for unknown relation")
+	// ErrDecodeValue: a column value could not be decoded as its type (PGColumnInfo.
+	// DecodeText/DecodeBytes). The message names the column, type and format.
+	ErrDecodeValue = errors.New("dbsync: cannot decode column value")
+	// ErrNoKey: a row has no usable key for a record ID (GetRecordID): the table has no
+	// primary key or replica identity index, or a key column is missing or NULL.
+	ErrNoKey = errors.New("dbsync: row has no usable key")
+	// ErrReplicaIdentity: a published table's updates and deletes cannot be captured
+	// (no primary key and REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING);
+	// returned by setup with WithStrictReplicaIdentity. Fix: add a primary key, or
+	// ALTER TABLE ... REPLICA IDENTITY FULL (WithReplicaIdentityFull).
+	ErrReplicaIdentity = errors.New("dbsync: table has no usable replica identity")
 	// ErrAlreadyRunning: Start or Run was called on a Syncer that is running.
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
 	// ErrConfig: an option or environment variable has an invalid value.

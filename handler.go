@@ -68,7 +68,9 @@ type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
 
 // Batcher receives each poll's net effect per table before the slot is forwarded:
 // rows to upsert (record ID -> values) and record IDs to delete. doctype is the
-// table's "schema.table".
+// table's "schema.table". An upserted doc lacks the columns whose value PostgreSQL did
+// not send because an update left a TOASTed value unchanged (Change.Unchanged, see
+// docs/VALUES.md): merge docs into what you store, do not replace them.
 type Batcher interface {
 	BatchUpsert(doctype string, docs map[string]StringMap) (any, error)
 	BatchDelete(doctype string, docids []string) (any, error)

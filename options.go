@@ -121,6 +121,34 @@ func ForTables(tableNames ...string) SyncerOpt {
 	}
 }
 
+// WithBinary(true) asks pgoutput for column values in binary format (its 'binary'
+// option: tuple kind 'b', the types' send functions) instead of text; values decode to
+// the same Go values either way (PGColumnInfo.DecodeBytes), except that values of
+// types without a codec (composite types, money, timetz: see UnknownValue) then arrive
+// as send-function bytes, not text. See docs/VALUES.md.
+func WithBinary(enabled bool) SyncerOpt {
+	return func(s *Syncer) error { s.binary = enabled; return nil }
+}
+
+// WithReplicaIdentityFull makes Setup run ALTER TABLE ... REPLICA IDENTITY FULL on the
+// given tables ("table" or "schema.table", unquoted, as in ForTables), so their updates
+// and deletes carry the whole old row — needed for tables without a primary key, and
+// so that unchanged TOASTed values can be filled in (docs/VALUES.md). dbsync never
+// changes a replica identity without this option.
+func WithReplicaIdentityFull(tableNames ...string) SyncerOpt {
+	return func(s *Syncer) error {
+		s.replIdentFull = append(s.replIdentFull, tableNames...)
+		return nil
+	}
+}
+
+// WithStrictReplicaIdentity(true) makes Setup fail with ErrReplicaIdentity when a
+// published table's updates or deletes cannot be captured (see CheckReplicaIdentity);
+// by default Setup logs a warning per such table.
+func WithStrictReplicaIdentity(strict bool) SyncerOpt {
+	return func(s *Syncer) error { s.strictReplIdent = strict; return nil }
+}
+
 // WithLogger sets the structured logger. The default discards everything.
 func WithLogger(l *slog.Logger) SyncerOpt {
 	return func(s *Syncer) error {

@@ -82,7 +82,7 @@ func TestPipelinedPollHandlerErrorMidStream(t *testing.T) {
 	lines := good.snapshot()
 	require.Len(t, lines, want)
 	require.Equal(t, "BEGIN", lines[0])
-	require.Equal(t, fmt.Sprintf("INSERT items id=%d,name=n%d", perTx+1, perTx+1), lines[1])
-	require.Equal(t, fmt.Sprintf("INSERT items id=%d,name=n%d", 3*perTx, 3*perTx), lines[want-2])
+	require.Equal(t, fmt.Sprintf("INSERT public.items id=%d,name=n%d", perTx+1, perTx+1), lines[1])
+	require.Equal(t, fmt.Sprintf("INSERT public.items id=%d,name=n%d", 3*perTx, 3*perTx), lines[want-2])
 	require.Equal(t, "COMMIT", lines[want-1])
 }

@@ -109,13 +109,21 @@ func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 // parses it as a list of SQL identifiers, so each name is quoted.
 func (s *Syncer) publicationOption() string { return pq.QuoteIdentifier(s.publication) }
 
+// binaryOption is the value of pgoutput's binary option (WithBinary).
+func (s *Syncer) binaryOption() string {
+	if s.binary {
+		return "true"
+	}
+	return "false"
+}
+
 // peek starts a peek of the slot bounded by upto and max rows (0: no row bound).
 func (s *Syncer) peek(ctx context.Context, upto pglogrepl.LSN, max int) (*sql.Rows, error) {
 	var nchanges any
 	if max > 0 {
 		nchanges = max
 	}
-	rows, err := s.db.QueryContext(ctx, sqlText("peek.sql"), s.replicationSlot, upto.String(), nchanges, s.publicationOption())
+	rows, err := s.db.QueryContext(ctx, sqlText("peek.sql"), s.replicationSlot, upto.String(), nchanges, s.publicationOption(), s.binaryOption())
 	if err != nil {
 		return nil, classify(err, "peek slot "+s.replicationSlot)
 	}
@@ -260,6 +268,7 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 	idle := s.idleBackoff()
 	retry := newRetryBackoff()
 	first := true
+	slotInUse := 0 // consecutive ErrSlotInUse failures
 	for {
 		var res pollResult
 		var err error
@@ -279,6 +288,7 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 			return nil
 		case err == nil:
 			retry.Reset()
+			slotInUse = 0
 			if res.rows > 0 || res.cutShort {
 				idle.Reset()
 				continue
@@ -293,6 +303,15 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 			s.log.Warn("dbsync: handler failed; retrying the transaction", "err", err, "retry_in", wait)
 		case errors.Is(err, ErrHandler):
 			return err
+		case errors.Is(err, ErrSlotInUse):
+			// A session that just lost its connection can hold the slot for a moment;
+			// another live consumer holds it for good: give up after a few tries.
+			slotInUse++
+			if slotInUse > maxSlotInUseRetries {
+				return err
+			}
+			wait = retry.NextBackOff()
+			s.log.Warn("dbsync: slot in use; retrying", "err", err, "retry_in", wait)
 		case isTransient(err):
 			wait = retry.NextBackOff()
 			s.log.Warn("dbsync: poll failed; retrying", "err", err, "retry_in", wait)
@@ -445,8 +464,10 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 		st.drainedFlush = upto
 	}
 	res.stop = stop
-	if n < len(msgs) && !stop {
-		return res, fmt.Errorf("%w: EventsProcessor processed %d of %d rows", ErrHandler, n, len(msgs))
+	if n < len(msgs) && n > 0 {
+		res.cutShort = true // the rest comes again in the next poll, at once
+	} else if n == 0 {
+		res.rows = 0 // nothing taken: back off as if idle
 	}
 	return res, nil
 }
@@ -477,8 +498,12 @@ func newRetryBackoff() *backoff.ExponentialBackOff {
 	return b
 }
 
+// maxSlotInUseRetries is how many consecutive "slot is active" errors (55006) Run
+// retries (about 3 s of backoff) before returning ErrSlotInUse.
+const maxSlotInUseRetries = 5
+
 // isTransient tells whether err is worth retrying: a lost or refused connection, a
-// server shutting down or starting, or a slot briefly held by a dying session.
+// server shutting down or starting, too many connections.
 func isTransient(err error) bool {
 	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, sql.ErrConnDone) {
 		return true
@@ -495,7 +520,7 @@ func isTransient(err error) bool {
 	if errors.As(err, &pqErr) {
 		code := string(pqErr.Code)
 		switch {
-		case strings.HasPrefix(code, "08"), code == "57P01", code == "57P02", code == "57P03", code == "53300", code == "55006":
+		case strings.HasPrefix(code, "08"), code == "57P01", code == "57P02", code == "57P03", code == "53300":
 			return true
 		}
 	}

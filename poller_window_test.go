@@ -61,7 +61,7 @@ func TestBoundedWindowsDeliverEverythingOnce(t *testing.T) {
 		require.NoError(t, err)
 		want = append(want, "BEGIN")
 		for i := id + 1; i <= id+n; i++ {
-			want = append(want, fmt.Sprintf("INSERT items id=%d,name=n%d", i, i))
+			want = append(want, fmt.Sprintf("INSERT public.items id=%d,name=n%d", i, i))
 		}
 		want = append(want, "COMMIT")
 		id += n

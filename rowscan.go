@@ -3,57 +3,78 @@ package dbsync
 import (
 	"database/sql"
 	"fmt"
+	"strings"
 
-	"github.com/jackc/pglogrepl"
+	"github.com/lib/pq"
 )
 
-// rowScanner reads rows of pg_logical_slot_peek_binary_changes (lsn, xid, data) into
-// PGMSGs. It parses the lsn column itself: pglogrepl.LSN.Scan goes through
-// fmt.Sscanf, which cost more per row than decoding a small change.
-type rowScanner struct {
-	lsn sql.RawBytes
+// SelectList returns a SELECT list that reads the given columns (all of t.Columns when
+// none are given) in PostgreSQL's text output format, for ScanRow:
+//
+//	CASE WHEN num_nulls("c") = 1 THEN NULL ELSE format('%s', "c") END AS "c", ...
+//
+// format('%s', …) calls the type's output function — the same text pgoutput sends —
+// whereas a cast to text does not always (bool::text gives "true", inet::text always
+// adds the netmask). num_nulls, not IS NULL, tells NULL apart: a composite value whose
+// fields are all NULL IS NULL but is not a NULL datum. Identifiers are quoted; the result goes between SELECT and FROM
+// of a query on the table, e.g.
+//
+//	"SELECT " + t.SelectList() + " FROM " + t.QuotedName() + " WHERE ..."
+func (t *PGTableInfo) SelectList(columns ...string) string {
+	if len(columns) == 0 {
+		for _, c := range t.Columns {
+			columns = append(columns, c.ColumnName)
+		}
+	}
+	parts := make([]string, len(columns))
+	for i, c := range columns {
+		q := pq.QuoteIdentifier(c)
+		parts[i] = "CASE WHEN num_nulls(" + q + ") = 1 THEN NULL ELSE format('%s', " + q + ") END AS " + q
+	}
+	return strings.Join(parts, ", ")
 }
 
-// scan reads the current row into m. m.Data is a fresh copy owned by m.
-func (r *rowScanner) scan(rows *sql.Rows, m *PGMSG) error {
-	if err := rows.Scan(&r.lsn, &m.Xid, &m.Data); err != nil {
-		return err
-	}
-	lsn, err := parseLSN(r.lsn)
+// QuotedName returns the table's quoted "schema"."table" for building queries.
+func (t *PGTableInfo) QuotedName() string {
+	return pq.QuoteIdentifier(t.Namespace) + "." + pq.QuoteIdentifier(t.TableName)
+}
+
+// ScanRow scans the current row of rows — a query whose columns are selected with
+// SelectList (text output of the column's type, NULL as NULL) and named like t's
+// columns — into the same typed values MessageToMap gives for that row in a change,
+// so GetRecordID of the result matches the record ID of the row's changes. Call it
+// after rows.Next() returned true. Works with any database/sql driver (lib/pq, pgx
+// stdlib).
+//
+// The session must use PostgreSQL's default output settings (DateStyle ISO,
+// IntervalStyle postgres, bytea_output hex; any TimeZone). Errors: a column of rows
+// that t does not describe (ErrConfig), ErrDecodeValue, or the driver's scan error.
+func (t *PGTableInfo) ScanRow(rows *sql.Rows) (StringMap, error) {
+	names, err := rows.Columns()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	m.LSN = lsn
-	return nil
-}
-
-// parseLSN parses PostgreSQL's text form of a pg_lsn ("16/B374D848": two hexadecimal
-// halves of up to 8 digits each).
-func parseLSN(b []byte) (pglogrepl.LSN, error) {
-	var hi, lo uint64
-	half, digits := &hi, 0
-	for _, c := range b {
-		var d byte
-		switch {
-		case c >= '0' && c <= '9':
-			d = c - '0'
-		case c >= 'A' && c <= 'F':
-			d = c - 'A' + 10
-		case c >= 'a' && c <= 'f':
-			d = c - 'a' + 10
-		case c == '/' && half == &hi && digits > 0:
-			half, digits = &lo, 0
+	raw := make([]sql.NullString, len(names))
+	dest := make([]any, len(names))
+	for i := range raw {
+		dest[i] = &raw[i]
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return nil, err
+	}
+	values := make(StringMap, len(names))
+	for i, n := range names {
+		col := t.ColInfo[n]
+		if col == nil {
+			return nil, fmt.Errorf("%w: ScanRow: column %q is not a column of %s", ErrConfig, n, t.QualifiedName())
+		}
+		if !raw[i].Valid {
+			values[n] = nil
 			continue
-		default:
-			return 0, fmt.Errorf("%w: invalid LSN %q", ErrMalformedMessage, b)
 		}
-		if digits++; digits > 8 {
-			return 0, fmt.Errorf("%w: invalid LSN %q", ErrMalformedMessage, b)
+		if values[n], err = col.DecodeText([]byte(raw[i].String)); err != nil {
+			return nil, fmt.Errorf("%s: %w", t.QualifiedName(), err)
 		}
-		*half = *half<<4 | uint64(d)
 	}
-	if half != &lo || digits == 0 {
-		return 0, fmt.Errorf("%w: invalid LSN %q", ErrMalformedMessage, b)
-	}
-	return pglogrepl.LSN(hi<<32 | lo), nil
+	return values, nil
 }

@@ -18,7 +18,10 @@ const setupLockKey = 0x64627379 // "dbsy"
 // wal_level and the role's replication privilege, creates the control schema and the
 // watermark table, creates the publication for ForTables when it is missing (otherwise
 // requires it to exist), adds the watermark table (and ForTables tables) to it, and
-// creates the pgoutput slot when it is missing. NewSyncer calls it unless WithSetup(false).
+// sets REPLICA IDENTITY FULL on WithReplicaIdentityFull tables, reports published tables
+// whose updates/deletes cannot be captured (CheckReplicaIdentity: a warning, or
+// ErrReplicaIdentity with WithStrictReplicaIdentity), and creates the pgoutput slot
+// when it is missing. NewSyncer calls it unless WithSetup(false).
 //
 // Errors: ErrWALLevel, ErrReplicationPrivilege, ErrPublicationMissing (with the CREATE
 // PUBLICATION statement to run), ErrSlotMismatch, or the server's error.
@@ -27,6 +30,9 @@ func (s *Syncer) Setup(ctx context.Context) error {
 		return err
 	}
 	if err := s.setupCatalog(ctx); err != nil {
+		return err
+	}
+	if err := s.ensureReplicaIdentity(ctx); err != nil {
 		return err
 	}
 	return s.ensureSlot(ctx)

@@ -49,6 +49,10 @@ type Syncer struct {
 	MaxMessagesToRead int
 	// HandlerErrorPolicy says whether a failing handler stops the Syncer or is retried.
 	HandlerErrorPolicy HandlerErrorPolicy
+	// SnapshotChunkSize is the rows per Snapshot chunk (0: DefaultSnapshotChunkSize).
+	SnapshotChunkSize int
+	// SnapshotProgress, when set, is called by Snapshot after each delivered chunk.
+	SnapshotProgress func(SnapshotProgress)
 
 	db      *sql.DB
 	ownDB   bool
@@ -60,12 +64,25 @@ type Syncer struct {
 	publication     string
 	tableNames      []string
 
+	// binary asks pgoutput for values in binary format (WithBinary).
+	binary bool
+	// replIdentFull lists tables to set REPLICA IDENTITY FULL on in Setup.
+	replIdentFull []string
+	// strictReplIdent makes Setup fail on tables whose updates/deletes cannot be captured.
+	strictReplIdent bool
+
 	log       *slog.Logger
 	lookupEnv func(string) (string, bool)
 	skipSetup bool
 
 	tables *tableCache
 	dec    *decoder
+
+	// watermark windows (Refresh, Snapshot): see window.go, watermark.go
+	win       *windowTracker
+	refreshMu sync.Mutex // one selection at a time; callers queue
+	runID     string     // prefix of this Syncer's selection IDs
+	selSeq    uint64     // guarded by refreshMu
 
 	// lifecycle
 	mu      sync.Mutex
@@ -122,6 +139,8 @@ func NewSyncerContext(ctx context.Context, opts ...SyncerOpt) (*Syncer, error) {
 	}
 	s.tables = newTableCache(s.db)
 	s.dec = newDecoder(s.tables)
+	s.win = newWindowTracker()
+	s.runID = newRunID()
 	if !s.skipSetup {
 		if err := s.Setup(ctx); err != nil {
 			s.Close()
@@ -189,7 +208,14 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		close(done)
 	}()
-	return s.pollLoop(ctx)
+	s.win.started()
+	err := s.pollLoop(ctx)
+	cause := err
+	if cause == nil {
+		cause = fmt.Errorf("Run returned")
+	}
+	s.win.abandon(cause) // pending Refresh/Snapshot callers get ErrRefreshAbandoned
+	return err
 }
 
 // Start runs the Syncer until Stop is called (see Run) and returns Run's result.

@@ -8,102 +8,145 @@ import (
 	"sync"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/lib/pq"
 )
 
-// PGColumnInfo describes one column of a published table, read from pg_attribute.
+// PGColumnInfo describes one column of a published table as a RELATION message gives
+// it (name, type OID, modifier: the types in force for the changes that follow it),
+// completed from the catalog (pg_attribute, pg_type).
 type PGColumnInfo struct {
 	// ColumnName is the column's name (pg_attribute.attname).
 	ColumnName string
-	// OrdinalPosition is attnum (1-based; dropped columns leave gaps).
+	// OrdinalPosition is attnum (1-based; dropped columns leave gaps), or 0 when the
+	// catalog no longer has a column of this name (dropped or renamed since).
 	OrdinalPosition int
-	// TypeOID is the column type's OID (atttypid).
+	// TypeOID is the column type's OID as the RELATION message gives it.
 	TypeOID uint32
 	// ColumnType is the SQL type name with modifier, as format_type() gives it
 	// (e.g. "numeric(10,2)", "timestamp with time zone").
 	ColumnType string
+	// TypeName is the type's name without modifier (format_type(oid, NULL), e.g.
+	// "numeric", "character varying", "mood").
+	TypeName string
 	// TypeModifier is atttypmod (-1 when none).
 	TypeModifier int32
 	// NotNull is attnotnull.
 	NotNull bool
-	// KeyPosition is the column's 1-based position in the primary key, 0 if not a key column.
+	// KeyPosition is the column's 1-based position in the primary key (or replica
+	// identity index), 0 if not a key column.
 	KeyPosition int
+	// ReplicaIdentity is true when pgoutput flags the column as part of the replica
+	// identity (the key sent in 'K' old tuples; every column under FULL).
+	ReplicaIdentity bool
+
+	dec *decodeInfo
 }
 
 // PGTableInfo describes a published table: its schema, columns, primary key and
-// replica identity, read from the catalog (pg_class, pg_attribute, pg_index) by
-// relation OID, and refreshed whenever a RELATION message shows the table changed.
+// replica identity. Columns follow a RELATION message (pgoutput, "Logical Replication
+// Message Formats" in the PostgreSQL docs); nullability, key order and type names come
+// from the catalog (pg_class, pg_attribute, pg_index, pg_type) read by relation OID.
+// dbsync refreshes it whenever a RELATION message shows the table changed.
 type PGTableInfo struct {
 	// RelationID is the table's OID (pgoutput's relation ID).
 	RelationID uint32
-	// Namespace and TableName name the table (unquoted).
+	// Namespace and TableName name the table (unquoted) as the RELATION message does:
+	// the name when the change was made.
 	Namespace string
 	TableName string
-	// Columns in attnum order.
+	// Columns in the RELATION message's order (attnum order).
 	Columns []*PGColumnInfo
 	// ColInfo maps column names to Columns entries.
 	ColInfo map[string]*PGColumnInfo
-	// PrimaryKey lists the primary key's columns in key order (empty: no primary key).
+	// PrimaryKey lists the key columns in key order: the primary key, or for a table
+	// without one its replica identity index. Empty: the table has no key (changes
+	// cannot be given a record ID; see CheckReplicaIdentity).
 	PrimaryKey []string
 	// ReplicaIdentity is pg_class.relreplident: 'd' default, 'n' nothing, 'f' full,
 	// 'i' index.
 	ReplicaIdentity byte
+	// Dropped is true when the table was not in the catalog when described: the info
+	// comes from the RELATION message alone (key = replica identity columns).
+	Dropped bool
+
+	reln *pglogrepl.RelationMessage
 }
 
 // QualifiedName returns "schema.table" (unquoted), the doctype of Batcher calls.
 func (t *PGTableInfo) QualifiedName() string { return t.Namespace + "." + t.TableName }
 
-// tableCache caches PGTableInfo per relation ID. RELATION messages arrive before the
-// first change of each table in every poll; the catalog is read only when a relation is
-// new or its RELATION message differs from the last one seen.
+// Relation returns the RELATION message this description was built from (nil for a
+// PGTableInfo built by hand).
+func (t *PGTableInfo) Relation() *pglogrepl.RelationMessage { return t.reln }
+
+// maxShapes bounds the RELATION shapes cached per relation: a backlog spanning an ALTER
+// sees the old and the new shape in every poll.
+const maxShapes = 4
+
+// tableCache caches PGTableInfo per relation ID and RELATION shape, and pg_type rows per
+// type OID. RELATION messages arrive before the first change of each table in every
+// poll; the catalog is read only when a relation shape is new.
 type tableCache struct {
-	db   *sql.DB
-	mu   sync.Mutex
-	byID map[uint32]*tableEntry
+	db      *sql.DB
+	mu      sync.Mutex
+	shapes  map[uint32][]*PGTableInfo // most recent first
+	current map[uint32]*PGTableInfo
+	types   map[uint32]pgType
 }
 
-type tableEntry struct {
-	reln *pglogrepl.RelationMessage
-	info *PGTableInfo
+// pgType is the part of a pg_type row decoding needs.
+type pgType struct {
+	oid      uint32
+	typtype  byte // b base, c composite, d domain, e enum, r range, m multirange, p pseudo
+	category byte // typcategory; 'A' array
+	baseType uint32
+	elemType uint32
+	name     string
 }
 
 func newTableCache(db *sql.DB) *tableCache {
-	return &tableCache{db: db, byID: map[uint32]*tableEntry{}}
+	return &tableCache{db: db, shapes: map[uint32][]*PGTableInfo{}, current: map[uint32]*PGTableInfo{}, types: map[uint32]pgType{}}
 }
 
 // forRelation returns the table info for a RELATION message, reading the catalog when
-// the relation is new or changed.
+// this shape of the relation was not seen before.
 func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
 	c.mu.Lock()
-	e := c.byID[reln.RelationID]
-	c.mu.Unlock()
-	if e != nil && sameRelation(e.reln, reln) {
-		return e.info, nil
+	for _, info := range c.shapes[reln.RelationID] {
+		if sameRelation(info.reln, reln) {
+			c.current[reln.RelationID] = info
+			c.mu.Unlock()
+			return info, nil
+		}
 	}
-	info, err := loadTableInfo(ctx, c.db, reln.RelationID)
-	if errors.Is(err, ErrUnknownRelation) {
-		// Dropped since the change was written: describe it from the RELATION message.
-		info = tableInfoFromRelation(reln)
-	} else if err != nil {
+	c.mu.Unlock()
+	info, err := c.load(ctx, reln)
+	if err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
-	c.byID[reln.RelationID] = &tableEntry{reln: reln, info: info}
+	s := append([]*PGTableInfo{info}, c.shapes[reln.RelationID]...)
+	if len(s) > maxShapes {
+		s = s[:maxShapes]
+	}
+	c.shapes[reln.RelationID] = s
+	c.current[reln.RelationID] = info
 	c.mu.Unlock()
 	return info, nil
 }
 
-// get returns the cached info for a relation ID (nil if none).
+// get returns the info of the last RELATION message seen for a relation ID (nil if none).
 func (c *tableCache) get(relID uint32) *PGTableInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e := c.byID[relID]; e != nil {
-		return e.info
-	}
-	return nil
+	return c.current[relID]
 }
 
 func sameRelation(a, b *pglogrepl.RelationMessage) bool {
-	if a.Namespace != b.Namespace || a.RelationName != b.RelationName || a.ReplicaIdentity != b.ReplicaIdentity || len(a.Columns) != len(b.Columns) {
+	if a == nil || b == nil {
+		return a == b
+	}
+	if a.RelationID != b.RelationID || a.Namespace != b.Namespace || a.RelationName != b.RelationName || a.ReplicaIdentity != b.ReplicaIdentity || len(a.Columns) != len(b.Columns) {
 		return false
 	}
 	for i := range a.Columns {
@@ -115,52 +158,159 @@ func sameRelation(a, b *pglogrepl.RelationMessage) bool {
 	return true
 }
 
-// loadTableInfo reads a relation's description from the catalog by OID.
-func loadTableInfo(ctx context.Context, db *sql.DB, relID uint32) (*PGTableInfo, error) {
+// describeOID describes a table by OID from the catalog alone: as a RELATION message
+// for its current shape would (catalogRelation), then like any relation.
+func (c *tableCache) describeOID(ctx context.Context, relID uint32) (*PGTableInfo, error) {
+	reln, err := catalogRelation(ctx, c.db, relID)
+	if err != nil {
+		return nil, err
+	}
+	info, err := loadTableInfo(ctx, c.db, reln)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.describeTypes(ctx, info); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// catalogRelation builds the RELATION message pgoutput would send for a table's current
+// shape: live columns in attnum order with their types, the replica identity flag on
+// the key columns (every column under REPLICA IDENTITY FULL, none under NOTHING).
+// Errors wrap ErrUnknownRelation when the table does not exist.
+func catalogRelation(ctx context.Context, db *sql.DB, relID uint32) (*pglogrepl.RelationMessage, error) {
 	rows, err := db.QueryContext(ctx, sqlText("table_columns.sql"), relID)
 	if err != nil {
 		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
 	}
 	defer rows.Close()
-	info := &PGTableInfo{RelationID: relID, ColInfo: map[string]*PGColumnInfo{}}
-	var keys []*PGColumnInfo
+	reln := &pglogrepl.RelationMessage{RelationID: relID}
 	for rows.Next() {
-		col := &PGColumnInfo{}
 		var ident string
-		if err := rows.Scan(&info.Namespace, &info.TableName, &ident, &col.ColumnName, &col.OrdinalPosition,
-			&col.TypeOID, &col.ColumnType, &col.TypeModifier, &col.NotNull, &col.KeyPosition); err != nil {
-			return nil, err
+		var attnum, keyPos int
+		var notNull bool
+		col := &pglogrepl.RelationMessageColumn{}
+		if err := rows.Scan(&reln.Namespace, &reln.RelationName, &ident, &col.Name, &attnum, &col.DataType, &col.TypeModifier, &notNull, &keyPos); err != nil {
+			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
 		}
-		if ident != "" {
-			info.ReplicaIdentity = ident[0]
+		reln.ReplicaIdentity = ident[0]
+		if ident == "f" || (ident != "n" && keyPos > 0) {
+			col.Flags = 1
 		}
-		info.Columns = append(info.Columns, col)
-		info.ColInfo[col.ColumnName] = col
-		if col.KeyPosition > 0 {
-			keys = append(keys, col)
+		reln.Columns = append(reln.Columns, col)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
+	}
+	if len(reln.Columns) == 0 {
+		return nil, fmt.Errorf("%w: relation %d not found in the catalog", ErrUnknownRelation, relID)
+	}
+	reln.ColumnNum = uint16(len(reln.Columns))
+	return reln, nil
+}
+
+// load describes a relation: columns and types from reln, the rest from the catalog.
+// A relation missing from the catalog (dropped) is described from reln alone.
+func (c *tableCache) load(ctx context.Context, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
+	info, err := loadTableInfo(ctx, c.db, reln)
+	if errors.Is(err, ErrUnknownRelation) {
+		info = tableInfoFromRelation(reln)
+	} else if err != nil {
+		return nil, err
+	}
+	if err := c.describeTypes(ctx, info); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// loadTableInfo reads a relation's description from the catalog by OID and lays it
+// over reln's columns (matched by name). The key is the catalog's primary key (or
+// replica identity index) when all its columns are in reln, else reln's replica
+// identity columns (the key was renamed or changed since this RELATION message).
+func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
+	relID := reln.RelationID
+	rows, err := db.QueryContext(ctx, sqlText("table_columns.sql"), relID)
+	if err != nil {
+		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
+	}
+	defer rows.Close()
+	type catCol struct {
+		attnum, keyPos int
+		notNull        bool
+	}
+	cat := map[string]catCol{}
+	var keys []string
+	var ident, nsp, rel string
+	for rows.Next() {
+		var name string
+		var cc catCol
+		var typid uint32
+		var typmod int32
+		if err := rows.Scan(&nsp, &rel, &ident, &name, &cc.attnum, &typid, &typmod, &cc.notNull, &cc.keyPos); err != nil {
+			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
+		}
+		cat[name] = cc
+		if cc.keyPos > 0 {
+			for len(keys) < cc.keyPos {
+				keys = append(keys, "")
+			}
+			keys[cc.keyPos-1] = name
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, err
+		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
 	}
-	if len(info.Columns) == 0 {
-		return nil, fmt.Errorf("%w: relation %d not found in the catalog (dropped?)", ErrUnknownRelation, relID)
+	if len(cat) == 0 {
+		return nil, fmt.Errorf("%w: relation %d (%s.%s) not found in the catalog (dropped?)", ErrUnknownRelation, relID, reln.Namespace, reln.RelationName)
 	}
-	info.PrimaryKey = make([]string, len(keys))
+	info := tableInfoFromRelation(reln)
+	info.Dropped = false
+	info.ReplicaIdentity = reln.ReplicaIdentity
+	for _, col := range info.Columns {
+		col.KeyPosition = 0
+		if cc, ok := cat[col.ColumnName]; ok {
+			col.OrdinalPosition, col.NotNull = cc.attnum, cc.notNull
+		} else {
+			col.OrdinalPosition = 0
+		}
+	}
+	complete := len(keys) > 0
 	for _, k := range keys {
-		info.PrimaryKey[k.KeyPosition-1] = k.ColumnName
+		if k == "" || info.ColInfo[k] == nil {
+			complete = false
+		}
+	}
+	if complete {
+		info.PrimaryKey = keys
+		for i, k := range keys {
+			info.ColInfo[k].KeyPosition = i + 1
+		}
+	} else {
+		info.PrimaryKey = nil
+		if reln.ReplicaIdentity != 'f' {
+			for _, col := range info.Columns {
+				if col.ReplicaIdentity {
+					info.PrimaryKey = append(info.PrimaryKey, col.ColumnName)
+					col.KeyPosition = len(info.PrimaryKey)
+				}
+			}
+		}
 	}
 	return info, nil
 }
 
 // tableInfoFromRelation describes a table from its RELATION message alone (used when the
-// table no longer exists in the catalog): the key is the replica identity columns.
+// table no longer exists in the catalog): the key is the replica identity columns
+// (under REPLICA IDENTITY FULL: every column).
 func tableInfoFromRelation(reln *pglogrepl.RelationMessage) *PGTableInfo {
 	info := &PGTableInfo{RelationID: reln.RelationID, Namespace: reln.Namespace, TableName: reln.RelationName,
-		ColInfo: map[string]*PGColumnInfo{}, ReplicaIdentity: reln.ReplicaIdentity}
+		ColInfo: map[string]*PGColumnInfo{}, ReplicaIdentity: reln.ReplicaIdentity, Dropped: true, reln: reln}
 	for i, c := range reln.Columns {
-		col := &PGColumnInfo{ColumnName: c.Name, OrdinalPosition: i + 1, TypeOID: c.DataType, TypeModifier: c.TypeModifier}
-		if c.Flags&1 != 0 {
+		col := &PGColumnInfo{ColumnName: c.Name, OrdinalPosition: i + 1, TypeOID: c.DataType, TypeModifier: c.TypeModifier,
+			ReplicaIdentity: c.Flags&1 != 0}
+		if col.ReplicaIdentity {
 			info.PrimaryKey = append(info.PrimaryKey, c.Name)
 			col.KeyPosition = len(info.PrimaryKey)
 		}
@@ -168,4 +318,115 @@ func tableInfoFromRelation(reln *pglogrepl.RelationMessage) *PGTableInfo {
 		info.ColInfo[c.Name] = col
 	}
 	return info
+}
+
+// describeTypes fills the columns' type names and decoders: pgtype's codecs for the
+// types it knows, pg_type (domains, enums, arrays, user types) for the rest.
+func (c *tableCache) describeTypes(ctx context.Context, info *PGTableInfo) error {
+	if len(info.Columns) == 0 {
+		return nil
+	}
+	oids := make([]int64, len(info.Columns))
+	mods := make([]int64, len(info.Columns))
+	for i, col := range info.Columns {
+		oids[i], mods[i] = int64(col.TypeOID), int64(col.TypeModifier)
+	}
+	rows, err := c.db.QueryContext(ctx, sqlText("column_types.sql"), pq.Array(oids), pq.Array(mods))
+	if err != nil {
+		return classify(err, "read column type names of "+info.QualifiedName())
+	}
+	i := 0
+	for rows.Next() && i < len(info.Columns) {
+		if err := rows.Scan(&info.Columns[i].ColumnType, &info.Columns[i].TypeName); err != nil {
+			rows.Close()
+			return fmt.Errorf("read column type names of %s: %w", info.QualifiedName(), err)
+		}
+		i++
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return classify(err, "read column type names of "+info.QualifiedName())
+	}
+	types, err := c.pgTypes(ctx, oids)
+	if err != nil {
+		return err
+	}
+	for _, col := range info.Columns {
+		col.dec = resolveDecode(col.TypeOID, types)
+		if col.dec.kind == kindUnknown && col.TypeName != "" {
+			col.dec.name = col.TypeName
+		}
+	}
+	return nil
+}
+
+// pgTypes returns pg_type rows for the OIDs pgtype does not know among oids, following
+// domain base types and array element types.
+func (c *tableCache) pgTypes(ctx context.Context, oids []int64) (map[uint32]pgType, error) {
+	out := map[uint32]pgType{}
+	asked := map[uint32]bool{}
+	todo := oids
+	for round := 0; len(todo) > 0 && round < 16; round++ {
+		var missing []int64
+		c.mu.Lock()
+		for _, o := range todo {
+			oid := uint32(o)
+			if _, ok := refTypes.TypeForOID(oid); ok || asked[oid] {
+				continue
+			}
+			asked[oid] = true
+			if t, ok := c.types[oid]; ok {
+				out[oid] = t
+				continue
+			}
+			missing = append(missing, o)
+		}
+		c.mu.Unlock()
+		var next []int64
+		for _, t := range out {
+			for _, o := range []uint32{t.baseType, t.elemType} {
+				if _, seen := out[o]; o != 0 && !seen {
+					if _, ok := refTypes.TypeForOID(o); !ok {
+						next = append(next, int64(o))
+					}
+				}
+			}
+		}
+		if len(missing) > 0 {
+			rows, err := c.db.QueryContext(ctx, sqlText("types.sql"), pq.Array(missing))
+			if err != nil {
+				return nil, classify(err, "read pg_type")
+			}
+			for rows.Next() {
+				var t pgType
+				var typtype, category string
+				if err := rows.Scan(&t.oid, &typtype, &category, &t.baseType, &t.elemType, &t.name); err != nil {
+					rows.Close()
+					return nil, fmt.Errorf("read pg_type: %w", err)
+				}
+				t.typtype, t.category = typtype[0], category[0]
+				out[t.oid] = t
+				c.mu.Lock()
+				c.types[t.oid] = t
+				c.mu.Unlock()
+				for _, o := range []uint32{t.baseType, t.elemType} {
+					if o != 0 {
+						next = append(next, int64(o))
+					}
+				}
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return nil, classify(err, "read pg_type")
+			}
+		}
+		var filtered []int64
+		for _, o := range next {
+			if _, seen := out[uint32(o)]; !seen && !asked[uint32(o)] {
+				filtered = append(filtered, o)
+			}
+		}
+		todo = filtered
+	}
+	return out, nil
 }

@@ -2,31 +2,456 @@ package dbsync
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math/big"
+	"strconv"
+	"sync"
+	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// NOTE(skeleton): text-only decoding; typed decoding with pgx's pgtype is issue 4.
+// Value decoding: every column value of a change (pgoutput tuple kinds 't' and 'b') or of
+// a SELECT read through ScanRow is turned into a typed Go value by pgx's pgtype codecs,
+// chosen by the column's type OID. docs/VALUES.md has the full PostgreSQL -> Go table.
+//
+// The codecs are pgx's defaults with four deliberate differences, all for fidelity:
+//   - json and jsonb decode to json.RawMessage (the exact text PostgreSQL holds; pgx
+//     would unmarshal into map[string]any and round numbers through float64);
+//   - numeric values have Exp = -scale (0.00 is 0e-2, 100 is 100e0, 1.50 is 150e-2) in
+//     both formats, also as array elements and range bounds;
+//   - timestamptz decodes to a time.Time in UTC (the instant; the session's TimeZone
+//     is presentation only);
+//   - arrays decode to nested []any, one level per dimension, NULL elements as nil
+//     (pgx would flatten multi-dimensional arrays). An array whose lower bound is not 1
+//     decodes to pgtype.Array[any], which keeps the bounds.
+//
+// Domains decode as their base type, enums as string. Types without a codec (composite
+// types, user-defined base types, and the few built-ins pgx has no codec for, such as
+// money or tsvector) decode to UnknownValue: the type's name and its text (or binary)
+// form, never a guess.
 
-// DecodeText decodes a value in PostgreSQL's text output format for this column.
-func (c *PGColumnInfo) DecodeText(data []byte) (any, error) { return string(data), nil }
-
-// DecodeBytes decodes a value in PostgreSQL's binary format for this column.
-func (c *PGColumnInfo) DecodeBytes(data []byte) (any, error) {
-	return append([]byte(nil), data...), nil
+// UnknownValue is a value of a type dbsync has no codec for: composite types,
+// user-defined base types and ranges, and built-in types pgtype does not know (money,
+// tsvector, pg_lsn, ...). Exactly one of Text (text format: the type's output function,
+// e.g. `(1,"a b")` for a composite) and Binary (binary format: the type's send function)
+// is set.
+type UnknownValue struct {
+	// Type is the type's name as format_type gives it (e.g. "address", "money"), or
+	// "oid N" when the type is no longer in the catalog.
+	Type   string
+	Text   string
+	Binary []byte
 }
 
-// MessageToMap decodes a tuple of a change into column values, by the column layout
-// of reln (the RELATION message in force for the change). Unchanged TOASTed columns
-// ('u') are not in values; their names are returned in unchanged.
+// String returns the text form (or a hex dump of the binary form).
+func (u UnknownValue) String() string {
+	if u.Binary != nil {
+		return fmt.Sprintf("%s:\\x%x", u.Type, u.Binary)
+	}
+	return u.Text
+}
+
+// decodeKind says how a column's values are decoded.
+type decodeKind uint8
+
+const (
+	kindCodec   decodeKind = iota // pgtype codec registered for oid
+	kindEnum                      // enum label: string in both formats
+	kindArray                     // array: elements decoded with elem
+	kindUnknown                   // no codec: UnknownValue
+)
+
+// decodeInfo is the resolved decoding of one type OID (domains resolved to their base).
+type decodeInfo struct {
+	kind decodeKind
+	// oid is the OID decoded as: the type itself, or a domain's base type.
+	oid uint32
+	// name is the column type's name (format_type), for UnknownValue and errors.
+	name string
+	// elem describes array elements (kindArray).
+	elem *decodeInfo
+	// elemOID is the array's element type OID as PostgreSQL declares it (kindArray).
+	elemOID uint32
+}
+
+// refTypes answers "does pgtype have a codec for this OID" without decoding; it is
+// never written after init, so concurrent reads are safe.
+var refTypes = newTypeMap()
+
+// typeMaps holds pgtype.Maps for decoding: a Map memoizes scan plans and is not safe for
+// concurrent use, so each decode borrows one.
+var typeMaps = sync.Pool{New: func() any { return newTypeMap() }}
+
+// newTypeMap returns pgx's default map with json/jsonb (and their arrays) decoding to
+// json.RawMessage.
+func newTypeMap() *pgtype.Map {
+	m := pgtype.NewMap()
+	jsonT := &pgtype.Type{Name: "json", OID: pgtype.JSONOID, Codec: rawJSONCodec{Codec: &pgtype.JSONCodec{Marshal: json.Marshal, Unmarshal: json.Unmarshal}}}
+	jsonbT := &pgtype.Type{Name: "jsonb", OID: pgtype.JSONBOID, Codec: rawJSONCodec{Codec: &pgtype.JSONBCodec{Marshal: json.Marshal, Unmarshal: json.Unmarshal}, jsonb: true}}
+	m.RegisterType(jsonT)
+	m.RegisterType(jsonbT)
+	m.RegisterType(&pgtype.Type{Name: "_json", OID: pgtype.JSONArrayOID, Codec: &pgtype.ArrayCodec{ElementType: jsonT}})
+	m.RegisterType(&pgtype.Type{Name: "_jsonb", OID: pgtype.JSONBArrayOID, Codec: &pgtype.ArrayCodec{ElementType: jsonbT}})
+	// Range bounds are scanned through the Map, so numrange picks this up by OID.
+	numT := &pgtype.Type{Name: "numeric", OID: pgtype.NumericOID, Codec: scaledNumericCodec{}}
+	m.RegisterType(numT)
+	m.RegisterType(&pgtype.Type{Name: "_numeric", OID: pgtype.NumericArrayOID, Codec: &pgtype.ArrayCodec{ElementType: numT}})
+	return m
+}
+
+// scaledNumericCodec is pgx's numeric codec except that every finite value has
+// Exp = -scale, PostgreSQL's display scale (the digits after the point): pgx decodes
+// binary 0.00 as 0e0 (text: 0e-2) and 100 as 1e2 in both formats.
+type scaledNumericCodec struct{ pgtype.NumericCodec }
+
+func (c scaledNumericCodec) DecodeValue(m *pgtype.Map, oid uint32, format int16, src []byte) (any, error) {
+	v, err := c.NumericCodec.DecodeValue(m, oid, format, src)
+	if err != nil || v == nil {
+		return v, err
+	}
+	n, ok := v.(pgtype.Numeric)
+	if !ok || !n.Valid || n.NaN || n.InfinityModifier != pgtype.Finite || n.Int == nil {
+		return v, nil
+	}
+	if format == pgtype.BinaryFormatCode {
+		n = numericScale(n, src)
+	}
+	if n.Exp > 0 {
+		// pgx parses text "100" as 1e2; PostgreSQL's scale is 0.
+		n.Int = new(big.Int).Mul(n.Int, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(n.Exp)), nil))
+		n.Exp = 0
+	}
+	return n, nil
+}
+
+// PlanScan makes scans into *any (array elements, range bounds) use DecodeValue.
+func (c scaledNumericCodec) PlanScan(m *pgtype.Map, oid uint32, format int16, target any) pgtype.ScanPlan {
+	if _, ok := target.(*any); ok {
+		return decodeValueScanPlan{codec: c, m: m, oid: oid, format: format}
+	}
+	return c.NumericCodec.PlanScan(m, oid, format, target)
+}
+
+// decodeValueScanPlan scans into *any with a codec's DecodeValue.
+type decodeValueScanPlan struct {
+	codec  pgtype.Codec
+	m      *pgtype.Map
+	oid    uint32
+	format int16
+}
+
+func (p decodeValueScanPlan) Scan(src []byte, dst any) error {
+	v, err := p.codec.DecodeValue(p.m, p.oid, p.format, src)
+	if err != nil {
+		return err
+	}
+	*(dst.(*any)) = v
+	return nil
+}
+
+// rawJSONCodec is pgx's json/jsonb codec except that DecodeValue returns the document's
+// exact bytes as json.RawMessage.
+type rawJSONCodec struct {
+	pgtype.Codec
+	jsonb bool
+}
+
+// PlanScan makes scans into *any (array elements) go through DecodeValue too.
+func (c rawJSONCodec) PlanScan(m *pgtype.Map, oid uint32, format int16, target any) pgtype.ScanPlan {
+	if _, ok := target.(*any); ok {
+		return decodeValueScanPlan{codec: c, m: m, oid: oid, format: format}
+	}
+	return c.Codec.PlanScan(m, oid, format, target)
+}
+
+func (c rawJSONCodec) DecodeValue(_ *pgtype.Map, _ uint32, format int16, src []byte) (any, error) {
+	if src == nil {
+		return nil, nil
+	}
+	if c.jsonb && format == pgtype.BinaryFormatCode {
+		if len(src) == 0 || src[0] != 1 {
+			return nil, errors.New("jsonb binary value without version 1 header")
+		}
+		src = src[1:]
+	}
+	if !json.Valid(src) {
+		return nil, errors.New("invalid JSON document")
+	}
+	return json.RawMessage(append([]byte(nil), src...)), nil
+}
+
+// resolveDecode resolves how values of type oid decode. types gives catalog rows for
+// OIDs pgtype does not know (domains, enums, arrays of those, composites); it may be nil.
+func resolveDecode(oid uint32, types map[uint32]pgType) *decodeInfo {
+	return resolveDecodeDepth(oid, types, 0)
+}
+
+func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeInfo {
+	if t, ok := refTypes.TypeForOID(oid); ok {
+		if ac, ok := t.Codec.(*pgtype.ArrayCodec); ok {
+			return &decodeInfo{kind: kindArray, oid: oid, name: t.Name, elemOID: ac.ElementType.OID,
+				elem: resolveDecodeDepth(ac.ElementType.OID, types, depth+1)}
+		}
+		return &decodeInfo{kind: kindCodec, oid: oid, name: t.Name}
+	}
+	row, ok := types[oid]
+	if !ok || depth > 16 {
+		return &decodeInfo{kind: kindUnknown, oid: oid, name: "oid " + strconv.FormatUint(uint64(oid), 10)}
+	}
+	switch {
+	case row.typtype == 'd':
+		base := resolveDecodeDepth(row.baseType, types, depth+1)
+		if base.kind == kindUnknown {
+			return &decodeInfo{kind: kindUnknown, oid: oid, name: row.name}
+		}
+		return base
+	case row.typtype == 'e':
+		return &decodeInfo{kind: kindEnum, oid: oid, name: row.name}
+	case row.category == 'A' && row.elemType != 0:
+		return &decodeInfo{kind: kindArray, oid: oid, name: row.name, elemOID: row.elemType,
+			elem: resolveDecodeDepth(row.elemType, types, depth+1)}
+	}
+	return &decodeInfo{kind: kindUnknown, oid: oid, name: row.name}
+}
+
+// decode turns one non-NULL value into its Go value. m must not be shared.
+func (d *decodeInfo) decode(m *pgtype.Map, format int16, src []byte) (any, error) {
+	if src == nil {
+		src = []byte{}
+	}
+	switch d.kind {
+	case kindEnum:
+		return string(src), nil
+	case kindUnknown:
+		if format == pgtype.BinaryFormatCode {
+			return UnknownValue{Type: d.name, Binary: append([]byte(nil), src...)}, nil
+		}
+		return UnknownValue{Type: d.name, Text: string(src)}, nil
+	case kindArray:
+		return d.decodeArray(m, format, src)
+	}
+	t, ok := m.TypeForOID(d.oid)
+	if !ok {
+		return nil, fmt.Errorf("no codec for OID %d", d.oid)
+	}
+	v, err := t.Codec.DecodeValue(m, d.oid, format, src)
+	if err != nil {
+		return nil, err
+	}
+	return normalize(d.oid, v), nil
+}
+
+// numericScale gives a numeric decoded from binary the exponent its display scale
+// implies (-dscale), as the text form has it: 0.00 stays Int 0, Exp -2 and 1.50 stays
+// Int 150, Exp -2, whatever the base-10000 digit layout pgx decoded.
+func numericScale(n pgtype.Numeric, src []byte) pgtype.Numeric {
+	if !n.Valid || n.NaN || n.InfinityModifier != pgtype.Finite || n.Int == nil || len(src) < 8 {
+		return n
+	}
+	want := -int32(int16(uint16(src[6])<<8 | uint16(src[7])))
+	switch {
+	case n.Exp > want:
+		f := new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(n.Exp-want)), nil)
+		n.Int = new(big.Int).Mul(n.Int, f)
+		n.Exp = want
+	case n.Exp < want:
+		f := new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(want-n.Exp)), nil)
+		q, r := new(big.Int).QuoRem(n.Int, f, new(big.Int))
+		if r.Sign() == 0 {
+			n.Int, n.Exp = q, want
+		}
+	}
+	return n
+}
+
+// normalize applies dbsync's conventions to a pgx-decoded value: instants (timestamptz,
+// also as range bounds) in UTC — pgx gives timestamp and date values in UTC already, and
+// timestamptz values in the process's local zone when decoded from binary.
+func normalize(oid uint32, v any) any {
+	switch x := v.(type) {
+	case time.Time:
+		return x.UTC()
+	case []byte:
+		if x == nil {
+			return []byte{}
+		}
+	case pgtype.Range[any]:
+		x.Lower, x.Upper = normalize(0, x.Lower), normalize(0, x.Upper)
+		return x
+	case pgtype.Multirange[pgtype.Range[any]]:
+		out := make(pgtype.Multirange[pgtype.Range[any]], len(x))
+		for i, r := range x {
+			out[i] = normalize(0, r).(pgtype.Range[any])
+		}
+		return out
+	}
+	return v
+}
+
+// decodeArray decodes an array; elements of types pgtype knows are decoded by the
+// array codec directly, others are read raw and decoded with d.elem.
+func (d *decodeInfo) decodeArray(m *pgtype.Map, format int16, src []byte) (any, error) {
+	// Elements are read raw (text, or binary bytes) and decoded with d.elem unless
+	// pgtype knows the array type and its element type is decoded as itself.
+	_, known := refTypes.TypeForOID(d.oid)
+	raw := !known || d.elem.kind != kindCodec || d.elem.oid != d.elemOID
+	if raw {
+		if _, ok := m.TypeForOID(d.elemOID); !ok {
+			m.RegisterType(&pgtype.Type{Name: "dbsync_raw_" + strconv.FormatUint(uint64(d.elemOID), 10), OID: d.elemOID, Codec: pgtype.TextCodec{}})
+		}
+		if _, ok := m.TypeForOID(d.oid); !ok {
+			et, _ := m.TypeForOID(d.elemOID)
+			m.RegisterType(&pgtype.Type{Name: "dbsync_rawarr_" + strconv.FormatUint(uint64(d.oid), 10), OID: d.oid, Codec: &pgtype.ArrayCodec{ElementType: et}})
+		}
+	}
+	var arr pgtype.Array[any]
+	if err := m.Scan(d.oid, format, src, &arr); err != nil {
+		return nil, err
+	}
+	for i, e := range arr.Elements {
+		if e == nil {
+			continue
+		}
+		if raw {
+			var b []byte
+			switch x := e.(type) {
+			case string:
+				b = []byte(x)
+			case []byte:
+				b = x
+			default:
+				return nil, fmt.Errorf("array element %d: unexpected %T", i, e)
+			}
+			v, err := d.elem.decode(m, format, b)
+			if err != nil {
+				return nil, fmt.Errorf("array element %d: %w", i, err)
+			}
+			arr.Elements[i] = v
+		} else {
+			arr.Elements[i] = normalize(d.elemOID, e)
+		}
+	}
+	for _, dim := range arr.Dims {
+		if dim.LowerBound != 1 {
+			return arr, nil
+		}
+	}
+	if len(arr.Dims) == 0 {
+		return []any{}, nil
+	}
+	nested, _ := nestArray(arr.Elements, arr.Dims)
+	return nested, nil
+}
+
+// nestArray turns row-major flat elements into nested []any by dims.
+func nestArray(elems []any, dims []pgtype.ArrayDimension) ([]any, []any) {
+	n := int(dims[0].Length)
+	out := make([]any, n)
+	for i := 0; i < n; i++ {
+		if len(dims) == 1 {
+			out[i] = elems[0]
+			elems = elems[1:]
+		} else {
+			out[i], elems = nestArray(elems, dims[1:])
+		}
+	}
+	return out, elems
+}
+
+// decoder returns the column's resolved decoding (by its type OID alone when the
+// column was not built by the catalog loader).
+func (c *PGColumnInfo) decoder() *decodeInfo {
+	if c.dec != nil {
+		return c.dec
+	}
+	return resolveDecode(c.TypeOID, nil)
+}
+
+func (c *PGColumnInfo) decodeFormat(format int16, data []byte) (v any, err error) {
+	m := typeMaps.Get().(*pgtype.Map)
+	defer func() {
+		if r := recover(); r != nil {
+			// pgtype decoders index malformed input in a few places: a decode
+			// failure must be an error, never a crash (the Map is dropped).
+			v, err = nil, fmt.Errorf("%w: column %q (%s): %v", ErrDecodeValue, c.ColumnName, c.decoder().name, r)
+			return
+		}
+		typeMaps.Put(m)
+	}()
+	v, err = c.decoder().decode(m, format, data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: column %q (%s, %s format): %v", ErrDecodeValue, c.ColumnName, c.decoder().name, formatName(format), err)
+	}
+	return v, nil
+}
+
+func formatName(f int16) string {
+	if f == pgtype.BinaryFormatCode {
+		return "binary"
+	}
+	return "text"
+}
+
+// DecodeText decodes a value in PostgreSQL's text output format (pgoutput tuple kind
+// 't', or a SELECT's format('%s', col)) for this column's type into a typed Go value
+// (docs/VALUES.md: int32 for integer, pgtype.Numeric for numeric, time.Time in UTC for
+// timestamptz, ...). Text output must use DateStyle ISO, IntervalStyle postgres and
+// bytea_output hex (PostgreSQL's defaults; dbsync's peek sets them). Errors wrap
+// ErrDecodeValue.
+func (c *PGColumnInfo) DecodeText(data []byte) (any, error) {
+	return c.decodeFormat(pgtype.TextFormatCode, data)
+}
+
+// DecodeBytes decodes a value in PostgreSQL's binary format (the type's send function:
+// pgoutput tuple kind 'b' with WithBinary(true)) into the same Go value DecodeText gives
+// for the same datum. Errors wrap ErrDecodeValue.
+func (c *PGColumnInfo) DecodeBytes(data []byte) (any, error) {
+	return c.decodeFormat(pgtype.BinaryFormatCode, data)
+}
+
+// columnsFor returns column descriptions matching reln's columns by position: the
+// table's own when it was built from this RELATION message's shape, otherwise built
+// from reln (types decoded by OID; user types not described by the catalog become
+// UnknownValue).
+func (t *PGTableInfo) columnsFor(reln *pglogrepl.RelationMessage) []*PGColumnInfo {
+	if t != nil && t.reln != nil && (t.reln == reln || sameRelation(t.reln, reln)) {
+		return t.Columns
+	}
+	cols := make([]*PGColumnInfo, len(reln.Columns))
+	for i, rc := range reln.Columns {
+		if t != nil {
+			if c := t.ColInfo[rc.Name]; c != nil && c.TypeOID == rc.DataType {
+				cols[i] = c
+				continue
+			}
+		}
+		cols[i] = &PGColumnInfo{ColumnName: rc.Name, TypeOID: rc.DataType, TypeModifier: rc.TypeModifier}
+	}
+	return cols
+}
+
+// MessageToMap decodes a tuple of a change into column values by the column layout of
+// reln (the RELATION message in force for the change: historic types, correct for that
+// change even if the table was altered since). NULL ('n') gives a nil value. Unchanged
+// TOASTed columns ('u': not sent) are not in values; their names are returned in
+// unchanged, in column order. A nil tuple gives nil values.
+//
+// Errors: ErrMalformedMessage when the tuple does not match reln, ErrDecodeValue when a
+// value cannot be decoded.
 func (t *PGTableInfo) MessageToMap(reln *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData) (values StringMap, unchanged []string, err error) {
 	if tuple == nil {
 		return nil, nil, nil
 	}
+	if reln == nil {
+		return nil, nil, fmt.Errorf("%w: no RELATION message for the tuple", ErrMalformedMessage)
+	}
 	if len(tuple.Columns) != len(reln.Columns) {
 		return nil, nil, fmt.Errorf("%w: tuple has %d columns, relation %s.%s has %d", ErrMalformedMessage, len(tuple.Columns), reln.Namespace, reln.RelationName, len(reln.Columns))
 	}
+	cols := t.columnsFor(reln)
 	values = make(StringMap, len(tuple.Columns))
 	for i, col := range tuple.Columns {
 		name := reln.Columns[i].Name
@@ -35,23 +460,17 @@ func (t *PGTableInfo) MessageToMap(reln *pglogrepl.RelationMessage, tuple *pglog
 			values[name] = nil
 		case pglogrepl.TupleDataTypeToast:
 			unchanged = append(unchanged, name)
+		case pglogrepl.TupleDataTypeText:
+			if values[name], err = cols[i].DecodeText(col.Data); err != nil {
+				return nil, nil, fmt.Errorf("%s.%s: %w", reln.Namespace, reln.RelationName, err)
+			}
+		case pglogrepl.TupleDataTypeBinary:
+			if values[name], err = cols[i].DecodeBytes(col.Data); err != nil {
+				return nil, nil, fmt.Errorf("%s.%s: %w", reln.Namespace, reln.RelationName, err)
+			}
 		default:
-			values[name] = string(col.Data)
+			return nil, nil, fmt.Errorf("%w: column %q has tuple kind %q", ErrMalformedMessage, name, col.DataType)
 		}
 	}
 	return values, unchanged, nil
-}
-
-// GetRecordID returns a stable ID for the row's primary key values.
-func (t *PGTableInfo) GetRecordID(values StringMap) (string, error) {
-	key := make([]any, len(t.PrimaryKey))
-	for i, k := range t.PrimaryKey {
-		v, ok := values[k]
-		if !ok {
-			return "", fmt.Errorf("dbsync: key column %q missing", k)
-		}
-		key[i] = v
-	}
-	b, err := json.Marshal(key)
-	return string(b), err
 }

@@ -7,3 +7,21 @@ CREATE TABLE IF NOT EXISTS {{ns}}.{{wm}} (
     created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (selection_id, wm_type)
 );
+-- Progress of chunked table snapshots (Syncer.Snapshot), one row per slot and table:
+-- a restarted snapshot resumes after last_key, the primary key (key_columns, in key
+-- order) of the last row of the last chunk whose refresh rows were delivered, each
+-- value in its type's text output form. finished_at is set when the last chunk was
+-- delivered; a new Snapshot of a finished table starts over.
+CREATE TABLE IF NOT EXISTS {{ns}}.snapshot_progress (
+    slot_name    text        NOT NULL,
+    table_name   text        NOT NULL,
+    key_columns  text[]      NOT NULL,
+    last_key     text[],
+    chunk_size   int         NOT NULL,
+    chunks_done  bigint      NOT NULL DEFAULT 0,
+    rows_done    bigint      NOT NULL DEFAULT 0,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    PRIMARY KEY (slot_name, table_name)
+);

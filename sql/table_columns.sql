@@ -1,18 +1,30 @@
 -- Columns, key and replica identity of one relation, from the catalog.
--- $1: relation OID. One row per live column, in attnum order.
-SELECT n.nspname,
-       c.relname,
-       c.relreplident::text,
+-- $1: relation OID. One row per live column, in attnum order. The key is the primary
+-- key or, for a table without one, its replica identity index (REPLICA IDENTITY USING
+-- INDEX); key_position is the column's 1-based position in that index (0: not a key
+-- column).
+WITH rel AS (
+    SELECT c.oid, n.nspname, c.relname, c.relreplident
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = $1
+), key AS (
+    SELECT i.indkey
+    FROM pg_catalog.pg_index i
+    WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
+    ORDER BY i.indisprimary DESC
+    LIMIT 1
+)
+SELECT rel.nspname,
+       rel.relname,
+       rel.relreplident::text,
        a.attname,
        a.attnum,
        a.atttypid,
-       format_type(a.atttypid, a.atttypmod),
        a.atttypmod,
        a.attnotnull,
-       COALESCE(array_position(pk.indkey::int2[], a.attnum), 0)
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-LEFT JOIN pg_catalog.pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
-WHERE c.oid = $1
+       COALESCE((SELECT k.ord FROM key, unnest(key.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                 WHERE k.attnum = a.attnum), 0)
+FROM rel
+JOIN pg_catalog.pg_attribute a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/dbsync/dbsync"
+	"github.com/dbsync/dbsync/handlers"
+	"github.com/jackc/pglogrepl"
+)
+
+// runSnapshot reads whole tables through the change stream (Syncer.Snapshot) and
+// prints every refresh row and every change as JSON lines on stdout, with progress
+// (rows done of the estimated total) on stderr. It ends when every table was read,
+// or with -follow keeps streaming changes until ctx ends (Ctrl-C). An interrupted
+// snapshot resumes at the last delivered chunk when run again with the same slot.
+func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("snapshot", "snapshot [-chunk-size n] [-follow] [-slot s] [-publication p] [-v] table...", stderr)
+	chunk := fs.Int("chunk-size", dbsync.DefaultSnapshotChunkSize, "rows per chunk (one watermark window each)")
+	follow := fs.Bool("follow", false, "keep streaming changes after the snapshot until Ctrl-C")
+	sf := addSlotFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return exitError{code: 2}
+	}
+	tables := fs.Args()
+	if len(tables) == 0 {
+		return usageError{"name at least one table to snapshot"}
+	}
+	out := bufio.NewWriterSize(stdout, 64<<10)
+	h := &snapshotPrinter{JSONLinesWriter: handlers.NewJSONLinesWriter(out), w: out}
+	opts := append(sf.options(stderr, slog.LevelWarn),
+		dbsync.WithMessageHandler(h),
+		dbsync.ForTables(tables...),
+		dbsync.WithSnapshotChunkSize(*chunk),
+		dbsync.WithSnapshotProgress(func(p dbsync.SnapshotProgress) {
+			est := "?"
+			if p.Estimated >= 0 {
+				est = fmt.Sprint(p.Estimated)
+			}
+			state := ""
+			if p.Done {
+				state = ", done"
+			}
+			fmt.Fprintf(stderr, "dbsync snapshot: %s: %d of ~%s rows (%d chunks%s)\n", p.Table, p.Rows, est, p.Chunks, state)
+		}))
+	s, err := dbsync.NewSyncerContext(ctx, opts...)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- s.Run(runCtx) }()
+
+	snapErr := s.Snapshot(ctx, tables...)
+	if snapErr == nil && *follow {
+		fmt.Fprintln(stderr, "dbsync snapshot: done; streaming changes, Ctrl-C to stop")
+		<-ctx.Done()
+	}
+	cancel()
+	runErr := <-runDone
+	if ferr := out.Flush(); ferr != nil && runErr == nil {
+		runErr = ferr
+	}
+	if snapErr != nil && !(*follow && ctx.Err() != nil) {
+		return errors.Join(snapErr, runErr)
+	}
+	return runErr
+}
+
+// snapshotPrinter is handlers.JSONLinesWriter (changes, in the schema of
+// docs/CLI.md) plus refresh rows, one line each:
+//
+//	{"type":"refresh","schema":"public","table":"t","key":{"id":"1"},"new":{...}}
+//
+// Refresh rows arrive inside the high watermark's transaction, right before its
+// COMMIT; they are written at once and flushed at that COMMIT, before the Syncer may
+// forward the slot past it.
+type snapshotPrinter struct {
+	*handlers.JSONLinesWriter
+	w *bufio.Writer
+}
+
+type refreshLine struct {
+	Type   string           `json:"type"`
+	Schema string           `json:"schema"`
+	Table  string           `json:"table"`
+	Key    dbsync.StringMap `json:"key"`
+	New    dbsync.StringMap `json:"new"`
+}
+
+func (p *snapshotPrinter) HandleRefresh(_ string, it dbsync.DBItem) error {
+	key := dbsync.StringMap{}
+	for _, c := range it.Table.PrimaryKey {
+		key[c] = it.Values[c]
+	}
+	key, err := it.Table.JSONRow(key)
+	if err != nil {
+		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
+	}
+	values, err := it.Table.JSONRow(it.Values)
+	if err != nil {
+		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
+	}
+	b, err := json.Marshal(refreshLine{Type: "refresh", Schema: it.Table.Namespace, Table: it.Table.TableName, Key: key, New: values})
+	if err != nil {
+		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
+	}
+	p.w.Write(b)
+	return p.w.WriteByte('\n')
+}
+
+func (p *snapshotPrinter) HandleCommitMessage(idx int, m *pglogrepl.CommitMessage) error {
+	if err := p.JSONLinesWriter.HandleCommitMessage(idx, m); err != nil {
+		return err
+	}
+	return p.w.Flush()
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/stretchr/testify/require"
+)
+
+func TestSnapshotCommand(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	require.NoError(t, err)
+	_, err = d.DB.Exec(`INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 5) g`)
+	require.NoError(t, err)
+	_, err = d.DB.Exec(`ANALYZE t`)
+	require.NoError(t, err)
+	t.Setenv("POSTGRES_HOST", d.Server.Host)
+	t.Setenv("POSTGRES_PORT", strconv.Itoa(d.Server.Port))
+	t.Setenv("POSTGRES_USER", d.Server.User)
+	t.Setenv("POSTGRES_DB", d.Name)
+	t.Setenv("POSTGRES_SSLMODE", "disable")
+	var stdout, stderr bytes.Buffer
+	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	require.NoError(t, err, stderr.String())
+	require.Equal(t, strings.Join([]string{
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":1},"new":{"id":1,"v":"v1"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":2},"new":{"id":2,"v":"v2"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":3},"new":{"id":3,"v":"v3"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":4},"new":{"id":4,"v":"v4"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":5},"new":{"id":5,"v":"v5"}}`,
+	}, "\n")+"\n", stdout.String())
+	require.Equal(t, strings.Join([]string{
+		`dbsync snapshot: public.t: 2 of ~5 rows (1 chunks)`,
+		`dbsync snapshot: public.t: 4 of ~5 rows (2 chunks)`,
+		`dbsync snapshot: public.t: 5 of ~5 rows (3 chunks, done)`,
+	}, "\n")+"\n", stderr.String())
+
+	// Run again after a change: the change comes first (it committed before the first
+	// low watermark), then every row again (a finished snapshot starts over).
+	_, err = d.DB.Exec(`INSERT INTO t VALUES (6, 'v6')`)
+	require.NoError(t, err)
+	stdout.Reset()
+	stderr.Reset()
+	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	require.NoError(t, err, stderr.String())
+	lines := strings.Split(strings.TrimSuffix(stdout.String(), "\n"), "\n")
+	require.Len(t, lines, 7)
+	var change struct {
+		Type, Op, Schema, Table string
+		Key, New                map[string]any
+	}
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &change))
+	require.Equal(t, "change", change.Type)
+	require.Equal(t, "insert", change.Op)
+	require.Equal(t, "t", change.Table)
+	require.Equal(t, map[string]any{"id": float64(6)}, change.Key)
+	require.Equal(t, map[string]any{"id": float64(6), "v": "v6"}, change.New)
+	require.Equal(t, `{"type":"refresh","schema":"public","table":"t","key":{"id":6},"new":{"id":6,"v":"v6"}}`, lines[6])
+	require.Equal(t, strings.Join([]string{
+		`dbsync snapshot: public.t: 2 of ~5 rows (1 chunks)`,
+		`dbsync snapshot: public.t: 4 of ~5 rows (2 chunks)`,
+		`dbsync snapshot: public.t: 6 of ~5 rows (3 chunks)`,
+		`dbsync snapshot: public.t: 6 of ~5 rows (4 chunks, done)`,
+	}, "\n")+"\n", stderr.String())
+
+	err = runSnapshot(context.Background(), nil, &stdout, &stderr)
+	var ue usageError
+	require.ErrorAs(t, err, &ue)
+}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/dbsync/dbsync"
+)
+
+// runStatus prints the slot's state. It creates nothing (WithSetup(false)).
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("status", "status [-json] [-slot s] [-v]", stderr)
+	asJSON := fs.Bool("json", false, "print one JSON object instead of aligned lines")
+	sf := addSlotFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	s, err := dbsync.NewSyncerContext(ctx, append(sf.options(stderr, slog.LevelWarn), dbsync.WithSetup(false))...)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	st, err := s.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		b, err := json.Marshal(map[string]any{
+			"slot": st.Slot, "plugin": st.Plugin, "slot_type": st.SlotType, "database": st.Database,
+			"active": st.Active, "active_pid": st.ActivePID,
+			"confirmed_flush_lsn": st.ConfirmedFlushLSN.String(), "restart_lsn": st.RestartLSN.String(),
+			"wal_status": st.WALStatus, "current_lsn": st.CurrentLSN.String(), "flush_lsn": st.FlushLSN.String(),
+			"retained_wal_bytes": st.RetainedWALBytes, "lag_bytes": st.LagBytes,
+		})
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
+	}
+	pid := "-"
+	if st.Active {
+		pid = fmt.Sprint(st.ActivePID)
+	}
+	restart := st.RestartLSN.String()
+	if st.RestartLSN == 0 {
+		restart = "- (invalidated)"
+	}
+	_, err = fmt.Fprintf(stdout, ""+
+		"slot:                %s\n"+
+		"plugin:              %s\n"+
+		"database:            %s\n"+
+		"active:              %t\n"+
+		"active_pid:          %s\n"+
+		"confirmed_flush_lsn: %s\n"+
+		"restart_lsn:         %s\n"+
+		"wal_status:          %s\n"+
+		"current_lsn:         %s\n"+
+		"flush_lsn:           %s\n"+
+		"retained_wal_bytes:  %d (%s)\n"+
+		"lag_bytes:           %d (%s)\n",
+		st.Slot, st.Plugin, st.Database, st.Active, pid, st.ConfirmedFlushLSN, restart, st.WALStatus,
+		st.CurrentLSN, st.FlushLSN, st.RetainedWALBytes, human(st.RetainedWALBytes), st.LagBytes, human(st.LagBytes))
+	return err
+}
+
+// human formats a byte count with a binary unit.
+func human(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}

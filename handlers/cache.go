@@ -1,0 +1,273 @@
+package handlers
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/dbsync/dbsync"
+	"github.com/jackc/pglogrepl"
+)
+
+// Cache is a dbsync.MessageHandler that keeps an in-memory copy of the published
+// tables: table ("schema.table", PGTableInfo.QualifiedName) -> record ID
+// (PGTableInfo.GetRecordID of the primary key) -> row (column -> value, as
+// dbsync.DecodeChange decodes it).
+//
+// Changes of a transaction are staged and applied together when its COMMIT arrives,
+// so readers never see half a transaction. Applying follows PostgreSQL's rules
+// (shared/reference/pg-logical-decoding.md §5):
+//   - insert stores the new row;
+//   - update stores the new row; a column listed in Change.Unchanged (an unchanged
+//     TOASTed value, not sent) keeps its previous value from the cached row, or from
+//     the old row under REPLICA IDENTITY FULL; it never becomes NULL. If neither
+//     knows it, the column is left out of the row and counted in Stats().UnknownUnchanged;
+//   - a key-changing update (Change.OldKey) removes the row under the old key and
+//     takes previous values from it;
+//   - delete removes the row; TRUNCATE empties the tables.
+//
+// Re-delivered transactions (at-least-once) are harmless: applying a committed
+// transaction again yields the same state. HandleRefresh upserts a row read by a
+// snapshot or Refresh at once. All methods are safe for concurrent use.
+type Cache struct {
+	dbsync.DefaultMessageHandler
+
+	mu      sync.RWMutex
+	tables  map[string]map[string]dbsync.StringMap
+	infos   map[string]*dbsync.PGTableInfo
+	pending []cacheOp
+	stats   CacheStats
+}
+
+// CacheStats counts what a Cache applied.
+type CacheStats struct {
+	// Transactions is the number of COMMITs applied.
+	Transactions int64
+	// Changes is the number of inserts, updates and deletes applied.
+	Changes int64
+	// Truncates is the number of tables truncated.
+	Truncates int64
+	// Refreshes is the number of rows upserted by HandleRefresh.
+	Refreshes int64
+	// KeptUnchanged counts unchanged TOASTed columns of updates that kept their
+	// previous value.
+	KeptUnchanged int64
+	// KeyChanges counts updates that changed the primary key.
+	KeyChanges int64
+	// UnknownUnchanged counts unchanged TOASTed columns whose previous value was not
+	// known (the row was not in the cache): they are missing from the cached row.
+	UnknownUnchanged int64
+	// LastCommitLSN is the commit LSN (CommitMessage.CommitLSN) of the last applied
+	// transaction.
+	LastCommitLSN pglogrepl.LSN
+}
+
+// cacheOp is one staged change: a row change or a table truncated.
+type cacheOp struct {
+	change   *dbsync.Change
+	truncate string // table name when the op is a TRUNCATE
+}
+
+// NewCache returns an empty Cache.
+func NewCache() *Cache {
+	return &Cache{tables: map[string]map[string]dbsync.StringMap{}, infos: map[string]*dbsync.PGTableInfo{}}
+}
+
+func (c *Cache) init() {
+	if c.tables == nil {
+		c.tables = map[string]map[string]dbsync.StringMap{}
+		c.infos = map[string]*dbsync.PGTableInfo{}
+	}
+}
+
+// HandleBeginMessage drops staged changes of a transaction that never committed
+// (its re-delivery starts again here).
+func (c *Cache) HandleBeginMessage(int, *pglogrepl.BeginMessage) error {
+	c.mu.Lock()
+	c.pending = c.pending[:0]
+	c.mu.Unlock()
+	return nil
+}
+
+// HandleCommitMessage applies the transaction's staged changes.
+func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.init()
+	for _, op := range c.pending {
+		if op.change == nil {
+			c.tables[op.truncate] = map[string]dbsync.StringMap{}
+			c.stats.Truncates++
+			continue
+		}
+		c.apply(op.change)
+	}
+	c.pending = c.pending[:0]
+	c.stats.Transactions++
+	c.stats.LastCommitLSN = m.CommitLSN
+	return nil
+}
+
+func (c *Cache) stage(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+	if info == nil {
+		return fmt.Errorf("handlers: Cache: no table info for relation %s.%s", reln.Namespace, reln.RelationName)
+	}
+	ch, err := dbsync.DecodeChange(msg, reln, info)
+	if err != nil {
+		return fmt.Errorf("handlers: Cache: %s: %w", info.QualifiedName(), err)
+	}
+	c.mu.Lock()
+	c.pending = append(c.pending, cacheOp{change: ch})
+	c.mu.Unlock()
+	return nil
+}
+
+// HandleInsertMessage stages an insert.
+func (c *Cache) HandleInsertMessage(_ int, m *pglogrepl.InsertMessage, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+	return c.stage(m, reln, info)
+}
+
+// HandleUpdateMessage stages an update.
+func (c *Cache) HandleUpdateMessage(_ int, m *pglogrepl.UpdateMessage, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+	return c.stage(m, reln, info)
+}
+
+// HandleDeleteMessage stages a delete.
+func (c *Cache) HandleDeleteMessage(_ int, m *pglogrepl.DeleteMessage, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+	return c.stage(m, reln, info)
+}
+
+// HandleTruncateMessage stages emptying each truncated table.
+func (c *Cache) HandleTruncateMessage(_ int, _ *pglogrepl.TruncateMessage, relns []*pglogrepl.RelationMessage, infos []*dbsync.PGTableInfo) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, r := range relns {
+		name := r.Namespace + "." + r.RelationName
+		if i < len(infos) && infos[i] != nil {
+			name = infos[i].QualifiedName()
+		}
+		c.pending = append(c.pending, cacheOp{truncate: name})
+	}
+	return nil
+}
+
+// HandleRefresh upserts item.Values under item.Table and key at once.
+func (c *Cache) HandleRefresh(key string, item dbsync.DBItem) error {
+	if item.Table == nil {
+		return fmt.Errorf("handlers: Cache: HandleRefresh(%q) without a table", key)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.init()
+	name := item.Table.QualifiedName()
+	c.infos[name] = item.Table
+	rows := c.rows(name)
+	rows[key] = copyRow(item.Values)
+	c.stats.Refreshes++
+	return nil
+}
+
+func (c *Cache) rows(table string) map[string]dbsync.StringMap {
+	rows := c.tables[table]
+	if rows == nil {
+		rows = map[string]dbsync.StringMap{}
+		c.tables[table] = rows
+	}
+	return rows
+}
+
+// apply applies one change; c.mu is held.
+func (c *Cache) apply(ch *dbsync.Change) {
+	name := ch.Table.QualifiedName()
+	c.infos[name] = ch.Table
+	rows := c.rows(name)
+	c.stats.Changes++
+	switch ch.Op {
+	case dbsync.OpDelete:
+		delete(rows, ch.Key)
+		return
+	case dbsync.OpInsert, dbsync.OpUpdate:
+	default:
+		return
+	}
+	prevKey := ch.Key
+	if ch.OldKey != "" {
+		prevKey = ch.OldKey
+	}
+	prev := rows[prevKey]
+	row := copyRow(ch.New)
+	for _, col := range ch.Unchanged {
+		if v, ok := prev[col]; ok {
+			row[col] = v
+			c.stats.KeptUnchanged++
+		} else if v, ok := ch.Old[col]; ok {
+			row[col] = v
+			c.stats.KeptUnchanged++
+		} else {
+			c.stats.UnknownUnchanged++
+		}
+	}
+	if ch.OldKey != "" {
+		delete(rows, ch.OldKey)
+		c.stats.KeyChanges++
+	}
+	rows[ch.Key] = row
+}
+
+// Snapshot returns a deep copy of the cached tables: "schema.table" -> record ID ->
+// row. Tables that were truncated or emptied appear with no rows.
+func (c *Cache) Snapshot() map[string]map[string]dbsync.StringMap {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]map[string]dbsync.StringMap, len(c.tables))
+	for t, rows := range c.tables {
+		cp := make(map[string]dbsync.StringMap, len(rows))
+		for k, r := range rows {
+			cp[k] = copyRow(r)
+		}
+		out[t] = cp
+	}
+	return out
+}
+
+// Row returns a copy of one cached row and whether it is present.
+func (c *Cache) Row(table, key string) (dbsync.StringMap, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	r, ok := c.tables[table][key]
+	if !ok {
+		return nil, false
+	}
+	return copyRow(r), true
+}
+
+// Len returns the number of cached rows of table.
+func (c *Cache) Len(table string) int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.tables[table])
+}
+
+// TableInfo returns the PGTableInfo last seen for table (nil if none).
+func (c *Cache) TableInfo(table string) *dbsync.PGTableInfo {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.infos[table]
+}
+
+// Stats returns counters of what the Cache applied.
+func (c *Cache) Stats() CacheStats {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.stats
+}
+
+func copyRow(r dbsync.StringMap) dbsync.StringMap {
+	if r == nil {
+		return dbsync.StringMap{}
+	}
+	cp := make(dbsync.StringMap, len(r))
+	for k, v := range r {
+		cp[k] = v
+	}
+	return cp
+}

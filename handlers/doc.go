@@ -1,0 +1,68 @@
+// Package handlers holds ready-made dbsync.MessageHandler implementations:
+//
+//   - EchoMessageHandler writes one human-readable line per message to an io.Writer.
+//   - JSONLinesWriter writes one JSON object per row change (and per TRUNCATE of a
+//     table and per logical decoding message) to an io.Writer; see the schema below.
+//   - Cache keeps an in-memory copy of the published tables (table -> record ID -> row).
+//
+// Embed dbsync.DefaultMessageHandler in your own handler to implement only the methods
+// you need.
+//
+// # JSON-lines schema (JSONLinesWriter)
+//
+// Every line is one JSON object; "type" says which kind. Keys always appear in the order
+// below. Column values are the values dbsync decodes (typed: see docs/VALUES.md),
+// rendered by PGTableInfo.JSONRow: numbers, strings, booleans and null as such,
+// json/jsonb documents inline (encoding/json drops their insignificant whitespace),
+// numeric as an exact JSON number, NaN/Infinity and
+// infinite dates as strings, other types as PostgreSQL's text form.
+//
+// A row change, "type":"change":
+//
+//	{"type":"change","commit_lsn":"0/1A2B3C8","xid":735,"commit_time":"2026-11-21T21:53:36.123456Z",
+//	 "op":"update","schema":"public","table":"items","key":{"id":"1"},"old_key":{"id":"7"},
+//	 "new":{"id":"1","name":"c"},"old":{"id":"7"},"unchanged":["body"]}
+//
+// Its fields:
+//
+//   - commit_lsn: LSN of the transaction's commit record (pgoutput Begin.FinalLSN), as
+//     PostgreSQL prints a pg_lsn; xid: the transaction ID; commit_time: the commit
+//     timestamp in RFC 3339 with nanoseconds, UTC. All changes of a transaction carry
+//     the same three values; transactions appear in commit order.
+//   - op: "insert", "update" or "delete".
+//   - schema, table: the table's namespace and name, unquoted.
+//   - key: the primary key columns of the row after the change (of the deleted row for
+//     a delete), column name -> value; {} when the table has no primary key.
+//   - old_key: only on an update that changed the primary key: the key before it.
+//   - new: the new row (insert, update), null for a delete. Columns listed in
+//     "unchanged" are absent from it.
+//   - old: what PostgreSQL sent of the old row, null when nothing was sent: the key
+//     columns of a delete or key-changing update under REPLICA IDENTITY DEFAULT/INDEX
+//     (other columns are omitted), or the whole old row under REPLICA IDENTITY FULL.
+//   - unchanged: only when present: columns of "new" whose value was not sent because
+//     it is an unchanged TOASTed value. A consumer must keep its previous value; it is
+//     NOT null.
+//
+// A table truncated, "type":"truncate" (one object per table of the TRUNCATE):
+//
+//	{"type":"truncate","commit_lsn":"0/1A2B3C8","xid":736,"commit_time":"...","schema":"public","table":"items","cascade":false,"restart_identity":false}
+//
+// A pg_logical_emit_message() message, "type":"message":
+//
+//	{"type":"message","commit_lsn":"0/1A2B3C8","xid":737,"commit_time":"...","lsn":"0/1A2B300","transactional":true,"prefix":"app","content":"hello"}
+//
+// commit_lsn, xid and commit_time are present only for a transactional message (a
+// non-transactional one is delivered as soon as it is decoded, outside any
+// transaction). content is the payload when it is valid UTF-8; otherwise it is absent
+// and content_base64 holds the payload in standard base64.
+//
+// With JSONLinesWriter.Relations set, a RELATION message (sent before the first change
+// of each table in every poll and after the table was altered) gives "type":"relation":
+//
+//	{"type":"relation","commit_lsn":"...","xid":735,"commit_time":"...","schema":"public","table":"items","relation_id":16385,"replica_identity":"d",
+//	 "columns":[{"name":"id","type_oid":23,"type_modifier":-1,"key":true},{"name":"name","type_oid":25,"type_modifier":-1,"key":false}]}
+//
+// Lines of a transaction are written to the underlying writer together when its
+// COMMIT arrives (and flushed if the writer has a Flush method), so the slot is
+// never forwarded past a change that was not written out.
+package handlers

@@ -1,0 +1,244 @@
+package handlers
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync"
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/require"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// fixture: public.items (id text, sub text, name text, body text), key (id, sub).
+func itemsTable() (*pglogrepl.RelationMessage, *dbsync.PGTableInfo) {
+	names := []string{"id", "sub", "name", "body"}
+	reln := &pglogrepl.RelationMessage{RelationID: 16385, Namespace: "public", RelationName: "items", ReplicaIdentity: 'd'}
+	info := &dbsync.PGTableInfo{RelationID: 16385, Namespace: "public", TableName: "items", ColInfo: map[string]*dbsync.PGColumnInfo{},
+		PrimaryKey: []string{"id", "sub"}, ReplicaIdentity: 'd'}
+	for i, n := range names {
+		var flags uint8
+		kp := 0
+		if i < 2 {
+			flags, kp = 1, i+1
+		}
+		reln.Columns = append(reln.Columns, &pglogrepl.RelationMessageColumn{Flags: flags, Name: n, DataType: 25, TypeModifier: -1})
+		col := &dbsync.PGColumnInfo{ColumnName: n, OrdinalPosition: i + 1, TypeOID: 25, ColumnType: "text", TypeModifier: -1, NotNull: i < 2, KeyPosition: kp}
+		info.Columns = append(info.Columns, col)
+		info.ColInfo[n] = col
+	}
+	reln.ColumnNum = uint16(len(names))
+	return reln, info
+}
+
+// tup builds a tuple: "NULL" -> n, "<u>" -> u (unchanged TOAST), anything else -> t.
+func tup(vals ...string) *pglogrepl.TupleData {
+	t := &pglogrepl.TupleData{ColumnNum: uint16(len(vals))}
+	for _, v := range vals {
+		switch v {
+		case "NULL":
+			t.Columns = append(t.Columns, &pglogrepl.TupleDataColumn{DataType: pglogrepl.TupleDataTypeNull})
+		case "<u>":
+			t.Columns = append(t.Columns, &pglogrepl.TupleDataColumn{DataType: pglogrepl.TupleDataTypeToast})
+		default:
+			t.Columns = append(t.Columns, &pglogrepl.TupleDataColumn{DataType: pglogrepl.TupleDataTypeText, Length: uint32(len(v)), Data: []byte(v)})
+		}
+	}
+	return t
+}
+
+var (
+	commitTime = time.Date(2026, 11, 21, 21, 53, 36, 123456000, time.UTC)
+	begin1     = &pglogrepl.BeginMessage{FinalLSN: 0x16B3748, CommitTime: commitTime, Xid: 735}
+	commit1    = &pglogrepl.CommitMessage{CommitLSN: 0x16B3748, TransactionEndLSN: 0x16B3780, CommitTime: commitTime}
+)
+
+// feed delivers one transaction of the standard script to h: insert, unchanged-TOAST
+// update, key-changing update, delete, and a second transaction with a FULL old row.
+func feed(t *testing.T, h dbsync.MessageHandler) {
+	t.Helper()
+	reln, info := itemsTable()
+	require.NoError(t, h.HandleBeginMessage(0, begin1))
+	require.NoError(t, h.HandleRelationMessage(1, reln, info))
+	require.NoError(t, h.HandleInsertMessage(2, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup("1", "a", "first", "BIG")}, reln, info))
+	require.NoError(t, h.HandleInsertMessage(3, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup("2", "a", "NULL", "x y")}, reln, info))
+	// body not sent: unchanged TOAST value.
+	require.NoError(t, h.HandleUpdateMessage(4, &pglogrepl.UpdateMessage{RelationID: 16385, NewTuple: tup("1", "a", "renamed", "<u>")}, reln, info))
+	// key change 1/a -> 3/a, body unchanged again: must keep "BIG".
+	require.NoError(t, h.HandleUpdateMessage(5, &pglogrepl.UpdateMessage{RelationID: 16385, OldTupleType: 'K',
+		OldTuple: tup("1", "a", "NULL", "NULL"), NewTuple: tup("3", "a", "renamed", "<u>")}, reln, info))
+	require.NoError(t, h.HandleDeleteMessage(6, &pglogrepl.DeleteMessage{RelationID: 16385, OldTupleType: 'K', OldTuple: tup("2", "a", "NULL", "NULL")}, reln, info))
+	require.NoError(t, h.HandleCommitMessage(7, commit1))
+}
+
+func TestJSONLinesWriterUnit(t *testing.T) {
+	var out bytes.Buffer
+	w := NewJSONLinesWriter(&out)
+	w.Relations = true
+	feed(t, w)
+	stamp := `"commit_lsn":"0/16B3748","xid":735,"commit_time":"2026-11-21T21:53:36.123456Z"`
+	want := []string{
+		`{"type":"relation",` + stamp + `,"schema":"public","table":"items","relation_id":16385,"replica_identity":"d","columns":[{"name":"id","type_oid":25,"type_modifier":-1,"key":true},{"name":"sub","type_oid":25,"type_modifier":-1,"key":true},{"name":"name","type_oid":25,"type_modifier":-1,"key":false},{"name":"body","type_oid":25,"type_modifier":-1,"key":false}]}`,
+		`{"type":"change",` + stamp + `,"op":"insert","schema":"public","table":"items","key":{"id":"1","sub":"a"},"new":{"body":"BIG","id":"1","name":"first","sub":"a"},"old":null}`,
+		`{"type":"change",` + stamp + `,"op":"insert","schema":"public","table":"items","key":{"id":"2","sub":"a"},"new":{"body":"x y","id":"2","name":null,"sub":"a"},"old":null}`,
+		`{"type":"change",` + stamp + `,"op":"update","schema":"public","table":"items","key":{"id":"1","sub":"a"},"new":{"id":"1","name":"renamed","sub":"a"},"old":null,"unchanged":["body"]}`,
+		`{"type":"change",` + stamp + `,"op":"update","schema":"public","table":"items","key":{"id":"3","sub":"a"},"old_key":{"id":"1","sub":"a"},"new":{"id":"3","name":"renamed","sub":"a"},"old":{"id":"1","sub":"a"},"unchanged":["body"]}`,
+		`{"type":"change",` + stamp + `,"op":"delete","schema":"public","table":"items","key":{"id":"2","sub":"a"},"new":null,"old":{"id":"2","sub":"a"}}`,
+	}
+	require.Equal(t, strings.Join(want, "\n")+"\n", out.String())
+}
+
+func TestJSONLinesWriterWritesAtCommitOnly(t *testing.T) {
+	reln, info := itemsTable()
+	var out bytes.Buffer
+	bw := bufio.NewWriterSize(&out, 1<<16)
+	w := NewJSONLinesWriter(bw)
+	require.NoError(t, w.HandleBeginMessage(0, begin1))
+	require.NoError(t, w.HandleInsertMessage(1, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup("1", "a", "x", "y")}, reln, info))
+	require.Equal(t, 0, out.Len(), "nothing may be written before COMMIT")
+	// A re-delivery of the same transaction starts with BEGIN again: the unfinished copy is dropped.
+	require.NoError(t, w.HandleBeginMessage(0, begin1))
+	require.NoError(t, w.HandleInsertMessage(1, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup("1", "a", "x", "y")}, reln, info))
+	// A non-transactional message inside the decoded stream is written at once, alone.
+	require.NoError(t, w.HandleLogicalMessage(2, &pglogrepl.LogicalDecodingMessage{LSN: 0x100, Transactional: false, Prefix: "p", Content: []byte{0xff, 0x00}}))
+	require.Equal(t, `{"type":"message","lsn":"0/100","transactional":false,"prefix":"p","content_base64":"/wA="}`+"\n", out.String())
+	out.Reset()
+	require.NoError(t, w.HandleLogicalMessage(3, &pglogrepl.LogicalDecodingMessage{LSN: 0x200, Transactional: true, Prefix: "app", Content: []byte("hi")}))
+	require.NoError(t, w.HandleTruncateMessage(4, &pglogrepl.TruncateMessage{RelationNum: 1, Option: pglogrepl.TruncateOptionCascade, RelationIDs: []uint32{16385}},
+		[]*pglogrepl.RelationMessage{reln}, []*dbsync.PGTableInfo{info}))
+	require.Equal(t, 0, out.Len())
+	require.NoError(t, w.HandleCommitMessage(5, commit1))
+	stamp := `"commit_lsn":"0/16B3748","xid":735,"commit_time":"2026-11-21T21:53:36.123456Z"`
+	require.Equal(t, `{"type":"change",`+stamp+`,"op":"insert","schema":"public","table":"items","key":{"id":"1","sub":"a"},"new":{"body":"y","id":"1","name":"x","sub":"a"},"old":null}`+"\n"+
+		`{"type":"message",`+stamp+`,"lsn":"0/200","transactional":true,"prefix":"app","content":"hi"}`+"\n"+
+		`{"type":"truncate",`+stamp+`,"schema":"public","table":"items","cascade":true,"restart_identity":false}`+"\n", out.String())
+}
+
+type failWriter struct{}
+
+func (failWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+func TestJSONLinesWriterCommitFailsOnWriteError(t *testing.T) {
+	reln, info := itemsTable()
+	w := NewJSONLinesWriter(failWriter{})
+	require.NoError(t, w.HandleBeginMessage(0, begin1))
+	require.NoError(t, w.HandleInsertMessage(1, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup("1", "a", "x", "y")}, reln, info))
+	err := w.HandleCommitMessage(2, commit1)
+	require.ErrorContains(t, err, "disk full")
+}
+
+func TestEchoMessageHandlerUnit(t *testing.T) {
+	var out bytes.Buffer
+	e := NewEchoMessageHandler(&out)
+	e.Relations = true
+	feed(t, e)
+	reln, info := itemsTable()
+	// REPLICA IDENTITY FULL: whole old rows.
+	require.NoError(t, e.HandleUpdateMessage(8, &pglogrepl.UpdateMessage{RelationID: 16385, OldTupleType: 'O',
+		OldTuple: tup("3", "a", "renamed", "BIG"), NewTuple: tup("3", "a", "", "<u>")}, reln, info))
+	require.NoError(t, e.HandleDeleteMessage(9, &pglogrepl.DeleteMessage{RelationID: 16385, OldTupleType: 'O', OldTuple: tup("3", "a", "", "BIG")}, reln, info))
+	require.NoError(t, e.HandleTruncateMessage(10, &pglogrepl.TruncateMessage{Option: pglogrepl.TruncateOptionCascade | pglogrepl.TruncateOptionRestartIdentity},
+		[]*pglogrepl.RelationMessage{reln, {Namespace: "s", RelationName: "t"}}, nil))
+	require.NoError(t, e.HandleLogicalMessage(11, &pglogrepl.LogicalDecodingMessage{Transactional: true, Prefix: "app", Content: []byte("hello")}))
+	want := []string{
+		"BEGIN xid=735 commit_lsn=0/16B3748 commit_time=2026-11-21T21:53:36.123456Z",
+		"RELATION public.items id=16385 replica_identity=d columns=id*,sub*,name,body",
+		"INSERT public.items id=1 sub=a name=first body=BIG",
+		`INSERT public.items id=2 sub=a name=NULL body="x y"`,
+		"UPDATE public.items id=1 sub=a name=renamed body=<unchanged>",
+		"UPDATE public.items id=3 sub=a name=renamed body=<unchanged> (old key: id=1 sub=a)",
+		"DELETE public.items id=2 sub=a",
+		"COMMIT commit_lsn=0/16B3748 end_lsn=0/16B3780",
+		// The full old row (REPLICA IDENTITY FULL) fills the unchanged TOAST value in.
+		`UPDATE public.items id=3 sub=a name="" body=BIG old: id=3 sub=a name=renamed body=BIG`,
+		`DELETE public.items id=3 sub=a name="" body=BIG`,
+		"TRUNCATE public.items,s.t cascade restart_identity",
+		`MESSAGE transactional prefix=app content="hello"`,
+	}
+	require.Equal(t, strings.Join(want, "\n")+"\n", out.String())
+}
+
+func TestCacheUnit(t *testing.T) {
+	c := NewCache()
+	feed(t, c)
+	require.Equal(t, map[string]map[string]dbsync.StringMap{
+		"public.items": {
+			`["3","a"]`: {"id": "3", "sub": "a", "name": "renamed", "body": "BIG"},
+		},
+	}, c.Snapshot())
+	st := c.Stats()
+	require.Equal(t, int64(1), st.Transactions)
+	require.Equal(t, int64(5), st.Changes)
+	require.Equal(t, int64(0), st.UnknownUnchanged)
+	require.Equal(t, int64(2), st.KeptUnchanged)
+	require.Equal(t, int64(1), st.KeyChanges)
+	require.Equal(t, pglogrepl.LSN(0x16B3748), st.LastCommitLSN)
+
+	// Re-delivery of the same transaction (at-least-once) leaves the same state.
+	feed(t, c)
+	require.Equal(t, map[string]map[string]dbsync.StringMap{
+		"public.items": {`["3","a"]`: {"id": "3", "sub": "a", "name": "renamed", "body": "BIG"}},
+	}, c.Snapshot())
+}
+
+func TestCacheStagesUntilCommit(t *testing.T) {
+	reln, info := itemsTable()
+	c := NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, begin1))
+	require.NoError(t, c.HandleInsertMessage(1, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup("1", "a", "x", "y")}, reln, info))
+	require.Equal(t, 0, c.Len("public.items"), "a change is invisible before its COMMIT")
+	// The transaction is abandoned (poll cut); its re-delivery starts with BEGIN.
+	require.NoError(t, c.HandleBeginMessage(0, begin1))
+	require.NoError(t, c.HandleInsertMessage(1, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup("2", "a", "x", "y")}, reln, info))
+	require.NoError(t, c.HandleCommitMessage(2, commit1))
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.items": {`["2","a"]`: {"id": "2", "sub": "a", "name": "x", "body": "y"}}}, c.Snapshot())
+}
+
+func TestCacheUnchangedWithoutPreviousRow(t *testing.T) {
+	reln, info := itemsTable()
+	fullInfo := *info
+	fullInfo.ReplicaIdentity = 'f'
+	c := NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, begin1))
+	// Row unknown to the cache, no old row: body cannot be known; it must not become NULL.
+	require.NoError(t, c.HandleUpdateMessage(1, &pglogrepl.UpdateMessage{RelationID: 16385, NewTuple: tup("1", "a", "n", "<u>")}, reln, info))
+	// Row unknown, REPLICA IDENTITY FULL old row supplies body.
+	require.NoError(t, c.HandleUpdateMessage(2, &pglogrepl.UpdateMessage{RelationID: 16385, OldTupleType: 'O',
+		OldTuple: tup("2", "a", "o", "OLDBIG"), NewTuple: tup("2", "a", "n", "<u>")}, reln, &fullInfo))
+	require.NoError(t, c.HandleCommitMessage(3, commit1))
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.items": {
+		`["1","a"]`: {"id": "1", "sub": "a", "name": "n"},
+		`["2","a"]`: {"id": "2", "sub": "a", "name": "n", "body": "OLDBIG"},
+	}}, c.Snapshot())
+	require.Equal(t, int64(1), c.Stats().UnknownUnchanged)
+}
+
+func TestCacheTruncateAndRefresh(t *testing.T) {
+	reln, info := itemsTable()
+	c := &Cache{} // the zero value works too
+	require.NoError(t, c.HandleRefresh(`["9","z"]`, dbsync.DBItem{Table: info, Key: `["9","z"]`, Values: dbsync.StringMap{"id": "9", "sub": "z", "name": "r", "body": nil}}))
+	require.Equal(t, 1, c.Len("public.items"))
+	row, ok := c.Row("public.items", `["9","z"]`)
+	require.True(t, ok)
+	require.Equal(t, dbsync.StringMap{"id": "9", "sub": "z", "name": "r", "body": nil}, row)
+	row["name"] = "mutated"
+	row2, _ := c.Row("public.items", `["9","z"]`)
+	require.Equal(t, "r", row2["name"], "Row returns a copy")
+
+	require.NoError(t, c.HandleBeginMessage(0, begin1))
+	require.NoError(t, c.HandleTruncateMessage(1, &pglogrepl.TruncateMessage{RelationIDs: []uint32{16385}}, []*pglogrepl.RelationMessage{reln}, []*dbsync.PGTableInfo{info}))
+	require.NoError(t, c.HandleInsertMessage(2, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup("1", "a", "x", "y")}, reln, info))
+	require.Equal(t, 1, c.Len("public.items"))
+	require.NoError(t, c.HandleCommitMessage(3, commit1))
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.items": {`["1","a"]`: {"id": "1", "sub": "a", "name": "x", "body": "y"}}}, c.Snapshot())
+	require.Equal(t, int64(1), c.Stats().Truncates)
+	require.Equal(t, info, c.TableInfo("public.items"))
+	require.Error(t, c.HandleRefresh("k", dbsync.DBItem{}))
+}

@@ -1,0 +1,189 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync"
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/stretchr/testify/require"
+)
+
+// lockedBuffer is a bytes.Buffer safe for the Syncer goroutine and the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+var bigBody = strings.Repeat("0123456789", 500) // 5,000 bytes, stored out of line (STORAGE EXTERNAL)
+
+// script is the transactions every real-PostgreSQL handler test runs, one per element.
+var script = []string{
+	`INSERT INTO items VALUES ('1', 'a', '` + bigBody + `'), ('2', 'b', NULL)`,
+	`UPDATE items SET name = 'c' WHERE id = '1'`,
+	`UPDATE items SET id = '3' WHERE id = '1'`,
+	`DELETE FROM items WHERE id = '2'; SELECT pg_logical_emit_message(true, 'app', 'hello')`,
+	`INSERT INTO fullt VALUES ('k', 'v1'); INSERT INTO other VALUES ('o'); UPDATE fullt SET v = 'v2'`,
+	`DELETE FROM fullt`,
+	`TRUNCATE other`,
+}
+
+// runScript creates the tables, starts a Syncer delivering to h, runs the script and
+// returns each transaction's xid once done(h) holds; the Syncer has stopped by then.
+func runScript(t *testing.T, h dbsync.MessageHandler, done func() bool) []string {
+	t.Helper()
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE items (id text PRIMARY KEY, name text, body text);
+		ALTER TABLE items ALTER COLUMN body SET STORAGE EXTERNAL;
+		CREATE TABLE fullt (id text PRIMARY KEY, v text);
+		ALTER TABLE fullt REPLICA IDENTITY FULL;
+		CREATE TABLE other (k text PRIMARY KEY)`)
+	require.NoError(t, err)
+	s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("items", "fullt", "other"),
+		dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
+		dbsync.WithMessageHandler(h), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+	require.NoError(t, err)
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.Run(ctx) }()
+	var xids []string
+	for _, stmt := range script {
+		tx, err := d.DB.Begin()
+		require.NoError(t, err)
+		var xid string
+		require.NoError(t, tx.QueryRow(`SELECT txid_current()::text`).Scan(&xid))
+		_, err = tx.Exec(stmt)
+		require.NoError(t, err, stmt)
+		require.NoError(t, tx.Commit())
+		xids = append(xids, xid)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !done() {
+		select {
+		case err := <-runErr:
+			t.Fatalf("syncer stopped early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting for the handler to see the script")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	require.NoError(t, <-runErr)
+	return xids
+}
+
+var (
+	jsonStampRE = regexp.MustCompile(`"commit_lsn":"[0-9A-F]+/[0-9A-F]+","xid":(\d+),"commit_time":"([^"]+)"`)
+	jsonLSNRE   = regexp.MustCompile(`"lsn":"[0-9A-F]+/[0-9A-F]+"`)
+)
+
+func TestJSONLinesWriterPostgres(t *testing.T) {
+	var out lockedBuffer
+	w := NewJSONLinesWriter(&out)
+	want := []string{
+		`{"type":"change",T0,"op":"insert","schema":"public","table":"items","key":{"id":"1"},"new":{"body":"` + bigBody + `","id":"1","name":"a"},"old":null}`,
+		`{"type":"change",T0,"op":"insert","schema":"public","table":"items","key":{"id":"2"},"new":{"body":null,"id":"2","name":"b"},"old":null}`,
+		`{"type":"change",T1,"op":"update","schema":"public","table":"items","key":{"id":"1"},"new":{"id":"1","name":"c"},"old":null,"unchanged":["body"]}`,
+		`{"type":"change",T2,"op":"update","schema":"public","table":"items","key":{"id":"3"},"old_key":{"id":"1"},"new":{"id":"3","name":"c"},"old":{"id":"1"},"unchanged":["body"]}`,
+		`{"type":"change",T3,"op":"delete","schema":"public","table":"items","key":{"id":"2"},"new":null,"old":{"id":"2"}}`,
+		`{"type":"message",T3,LSN,"transactional":true,"prefix":"app","content":"hello"}`,
+		`{"type":"change",T4,"op":"insert","schema":"public","table":"fullt","key":{"id":"k"},"new":{"id":"k","v":"v1"},"old":null}`,
+		`{"type":"change",T4,"op":"insert","schema":"public","table":"other","key":{"k":"o"},"new":{"k":"o"},"old":null}`,
+		`{"type":"change",T4,"op":"update","schema":"public","table":"fullt","key":{"id":"k"},"new":{"id":"k","v":"v2"},"old":{"id":"k","v":"v1"}}`,
+		`{"type":"change",T5,"op":"delete","schema":"public","table":"fullt","key":{"id":"k"},"new":null,"old":{"id":"k","v":"v2"}}`,
+		`{"type":"truncate",T6,"schema":"public","table":"other","cascade":false,"restart_identity":false}`,
+	}
+	start := time.Now()
+	xids := runScript(t, w, func() bool { return strings.Count(out.String(), "\n") >= len(want) })
+	xidIndex := map[string]int{}
+	for i, x := range xids {
+		xidIndex[x] = i
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	for i, l := range lines {
+		m := jsonStampRE.FindStringSubmatch(l)
+		require.NotNil(t, m, "line %d: %s", i, l)
+		n, ok := xidIndex[m[1]]
+		require.True(t, ok, "line %d: xid %s is not one of the script's %v", i, m[1], xids)
+		ct, err := time.Parse(time.RFC3339Nano, m[2])
+		require.NoError(t, err)
+		require.WithinDuration(t, start, ct, time.Minute)
+		require.Equal(t, time.UTC, ct.Location())
+		l = jsonStampRE.ReplaceAllString(l, fmt.Sprintf("T%d", n))
+		lines[i] = jsonLSNRE.ReplaceAllString(l, "LSN")
+	}
+	require.Equal(t, want, lines)
+}
+
+var (
+	echoBeginRE  = regexp.MustCompile(`^BEGIN xid=(\d+) commit_lsn=[0-9A-F]+/[0-9A-F]+ commit_time=\S+Z$`)
+	echoCommitRE = regexp.MustCompile(`^COMMIT commit_lsn=[0-9A-F]+/[0-9A-F]+ end_lsn=[0-9A-F]+/[0-9A-F]+$`)
+)
+
+func TestEchoMessageHandlerPostgres(t *testing.T) {
+	var out lockedBuffer
+	e := NewEchoMessageHandler(&out)
+	want := []string{
+		"BEGIN T0", "INSERT public.items id=1 name=a body=" + bigBody, "INSERT public.items id=2 name=b body=NULL", "COMMIT",
+		"BEGIN T1", "UPDATE public.items id=1 name=c body=<unchanged>", "COMMIT",
+		"BEGIN T2", "UPDATE public.items id=3 name=c body=<unchanged> (old key: id=1)", "COMMIT",
+		"BEGIN T3", "DELETE public.items id=2", `MESSAGE transactional prefix=app content="hello"`, "COMMIT",
+		"BEGIN T4", "INSERT public.fullt id=k v=v1", "INSERT public.other k=o", "UPDATE public.fullt id=k v=v2 old: id=k v=v1", "COMMIT",
+		"BEGIN T5", "DELETE public.fullt id=k v=v2", "COMMIT",
+		"BEGIN T6", "TRUNCATE public.other", "COMMIT",
+	}
+	xids := runScript(t, e, func() bool { return strings.Count(out.String(), "\n") >= len(want) })
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	for i, l := range lines {
+		if m := echoBeginRE.FindStringSubmatch(l); m != nil {
+			for n, x := range xids {
+				if x == m[1] {
+					lines[i] = fmt.Sprintf("BEGIN T%d", n)
+				}
+			}
+		} else if echoCommitRE.MatchString(l) {
+			lines[i] = "COMMIT"
+		}
+	}
+	require.Equal(t, want, lines)
+}
+
+func TestCachePostgres(t *testing.T) {
+	c := NewCache()
+	runScript(t, c, func() bool { return c.Stats().Transactions >= int64(len(script)) })
+	require.Equal(t, map[string]map[string]dbsync.StringMap{
+		"public.items": {`["3"]`: {"id": "3", "name": "c", "body": bigBody}},
+		"public.fullt": {},
+		"public.other": {},
+	}, c.Snapshot())
+	st := c.Stats()
+	require.Equal(t, int64(len(script)), st.Transactions)
+	require.Equal(t, int64(9), st.Changes)
+	require.Equal(t, int64(2), st.KeptUnchanged)
+	require.Equal(t, int64(1), st.KeyChanges)
+	require.Equal(t, int64(1), st.Truncates)
+	require.Equal(t, int64(0), st.UnknownUnchanged)
+	require.Equal(t, []string{"id"}, c.TableInfo("public.items").PrimaryKey)
+}

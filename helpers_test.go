@@ -1,0 +1,80 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/stretchr/testify/require"
+)
+
+// newTestSyncer creates a Syncer on d with a slot and publication named after the test
+// and a fast idle backoff; extra options come last and win.
+func newTestSyncer(t *testing.T, d *pgtest.Database, opts ...SyncerOpt) *Syncer {
+	t.Helper()
+	base := []SyncerOpt{
+		WithPGConnStr(d.DSN()),
+		WithReplicationSlot(pgtest.Ident(t, "slot")),
+		WithPublication(pgtest.Ident(t, "pub")),
+		WithPollBackoff(5*time.Millisecond, 2, 50*time.Millisecond),
+	}
+	s, err := NewSyncer(append(base, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// running is a Syncer running in the background.
+type running struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func runInBackground(s *Syncer) *running {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- s.Run(ctx) }()
+	return r
+}
+
+// stop cancels the run and returns Run's result.
+func (r *running) stop(t *testing.T) error {
+	t.Helper()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return within 30s of cancel")
+		return nil
+	}
+}
+
+func execAll(t *testing.T, db *sql.DB, stmts ...string) {
+	t.Helper()
+	for _, q := range stmts {
+		_, err := db.Exec(q)
+		require.NoError(t, err, q)
+	}
+}
+
+// flushLSN reads pg_current_wal_flush_lsn().
+func flushLSN(t *testing.T, db *sql.DB) string {
+	t.Helper()
+	var l string
+	require.NoError(t, db.QueryRow(`SELECT pg_current_wal_flush_lsn()::text`).Scan(&l))
+	return l
+}
+
+// waitCaughtUp waits until the slot's confirmed_flush_lsn reaches the flush LSN read now.
+func waitCaughtUp(t *testing.T, db *sql.DB, slot string) {
+	t.Helper()
+	target := flushLSN(t, db)
+	waitFor(t, 30*time.Second, func() bool {
+		var ok bool
+		require.NoError(t, db.QueryRow(`SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`, slot, target).Scan(&ok))
+		return ok
+	}, "slot %s to reach %s", slot, target)
+}

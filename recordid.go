@@ -1,0 +1,134 @@
+package dbsync
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// GetRecordID returns the record ID of a row: a string made from its key values
+// (PrimaryKey, in key order) that is the same for the row decoded from a change
+// (MessageToMap) and read by a SELECT (ScanRow), and different for different keys.
+//
+// Shape: a JSON array of the key columns' canonical texts, in key order: `["42"]` for a
+// one-column key, `["42","abc"]` for a composite one. The canonical text is a function
+// of the decoded value (integers in decimal, numeric in plain decimal with its scale,
+// uuid in its usual form, bytea as \x hex, instants in RFC 3339 UTC, ...). JSON string
+// escaping makes the ID unambiguous whatever the values contain (commas, quotes,
+// brackets).
+// Two keys PostgreSQL considers equal but that print differently (numeric 1.5 and
+// 1.50) give different IDs.
+//
+// Errors wrap ErrNoKey: the table has no primary key or replica identity index, or
+// values lacks a key column or holds NULL for it.
+func (t *PGTableInfo) GetRecordID(values StringMap) (string, error) {
+	if len(t.PrimaryKey) == 0 {
+		return "", fmt.Errorf("%w: table %s has no primary key or replica identity index; add a primary key", ErrNoKey, t.QualifiedName())
+	}
+	parts := make([]string, len(t.PrimaryKey))
+	for i, k := range t.PrimaryKey {
+		v, ok := values[k]
+		if !ok {
+			return "", fmt.Errorf("%w: key column %q of %s missing from the row", ErrNoKey, k, t.QualifiedName())
+		}
+		if v == nil {
+			return "", fmt.Errorf("%w: key column %q of %s is NULL", ErrNoKey, k, t.QualifiedName())
+		}
+		s, err := keyText(v)
+		if err != nil {
+			return "", fmt.Errorf("%w: key column %q of %s: %v", ErrNoKey, k, t.QualifiedName(), err)
+		}
+		parts[i] = s
+	}
+	b, err := json.Marshal(parts)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// keyText is the canonical text of a decoded value: a function of the value alone, so
+// equal values give equal texts and (per Go type) different values different texts.
+func keyText(v any) (string, error) {
+	switch x := v.(type) {
+	case string:
+		return x, nil
+	case int16:
+		return strconv.FormatInt(int64(x), 10), nil
+	case int32:
+		return strconv.FormatInt(int64(x), 10), nil
+	case int64:
+		return strconv.FormatInt(x, 10), nil
+	case uint32:
+		return strconv.FormatUint(uint64(x), 10), nil
+	case bool:
+		if x {
+			return "t", nil
+		}
+		return "f", nil
+	case float32:
+		return floatText(float64(x), 32), nil
+	case float64:
+		return floatText(x, 64), nil
+	case []byte:
+		return `\x` + hex.EncodeToString(x), nil
+	case [16]byte:
+		return fmt.Sprintf("%x-%x-%x-%x-%x", x[0:4], x[4:6], x[6:8], x[8:10], x[10:16]), nil
+	case time.Time:
+		return x.Format("2006-01-02T15:04:05.999999999Z07:00"), nil
+	case json.RawMessage:
+		return string(x), nil
+	case pgtype.InfinityModifier:
+		return x.String(), nil
+	case pgtype.Numeric:
+		return fmt.Sprint(numericJSON(x)), nil
+	case UnknownValue:
+		return x.String(), nil
+	case fmt.Stringer:
+		return x.String(), nil
+	case []any, pgtype.Array[any]:
+		return jsonKey(x)
+	}
+	return jsonKey(v)
+}
+
+func floatText(f float64, bits int) string {
+	switch {
+	case math.IsNaN(f):
+		return "NaN"
+	case math.IsInf(f, 1):
+		return "Infinity"
+	case math.IsInf(f, -1):
+		return "-Infinity"
+	}
+	return strconv.FormatFloat(f, 'g', -1, bits)
+}
+
+// jsonKey renders composite values (arrays, pgtype structs) as JSON, with the elements'
+// key texts for arrays.
+func jsonKey(v any) (string, error) {
+	if arr, ok := v.([]any); ok {
+		parts := make([]any, len(arr))
+		for i, e := range arr {
+			if e == nil {
+				continue
+			}
+			s, err := keyText(e)
+			if err != nil {
+				return "", err
+			}
+			parts[i] = s
+		}
+		v = parts
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("no canonical text for %T: %v", v, err)
+	}
+	return string(b), nil
+}

@@ -1,0 +1,226 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/lib/pq"
+)
+
+// ErrCtrlSchemaNotEmpty: Teardown found objects other than the watermark table in the
+// control schema and refused to DROP SCHEMA ... CASCADE it. Fix: point
+// DBSYNC_CTRL_NAMESPACE (WithCtrlNamespace) at dbsync's own schema, or move the other
+// objects out and run teardown again.
+var ErrCtrlSchemaNotEmpty = errors.New("dbsync: control schema holds objects dbsync did not create")
+
+// SlotStatus is the state of the Syncer's replication slot, from pg_replication_slots
+// (PostgreSQL docs §54.19 "pg_replication_slots") and the server's current WAL
+// positions (§9.27.3, pg_current_wal_lsn / pg_current_wal_flush_lsn).
+type SlotStatus struct {
+	// Slot, Plugin, SlotType and Database are slot_name, plugin, slot_type, database.
+	Slot     string
+	Plugin   string
+	SlotType string
+	Database string
+	// Active tells whether a process is reading the slot now; ActivePID is its
+	// backend PID (0 when none).
+	Active    bool
+	ActivePID int
+	// ConfirmedFlushLSN: changes of transactions committed before it are not sent
+	// again. RestartLSN: the oldest WAL the slot retains (0 once invalidated).
+	ConfirmedFlushLSN pglogrepl.LSN
+	RestartLSN        pglogrepl.LSN
+	// WALStatus is reserved, extended, unreserved (WAL will be removed at the next
+	// checkpoint) or lost (the slot is invalidated).
+	WALStatus string
+	// CurrentLSN is pg_current_wal_lsn(), FlushLSN pg_current_wal_flush_lsn().
+	CurrentLSN pglogrepl.LSN
+	FlushLSN   pglogrepl.LSN
+	// RetainedWALBytes = CurrentLSN - RestartLSN: WAL the server keeps for this slot
+	// (bytes; 0 when RestartLSN is unset).
+	RetainedWALBytes int64
+	// LagBytes = FlushLSN - ConfirmedFlushLSN: flushed WAL the consumer has not
+	// confirmed yet (bytes; 0 when it is caught up).
+	LagBytes int64
+}
+
+// Status reads the Syncer's slot from pg_replication_slots. It creates nothing, so it
+// can run on a Syncer made with WithSetup(false) next to a running consumer.
+// Returns ErrSlotMissing (wrapped) if there is no such slot.
+func (s *Syncer) Status(ctx context.Context) (SlotStatus, error) {
+	var st SlotStatus
+	var confirmed, restart sql.NullString
+	var current, flush string
+	err := s.db.QueryRowContext(ctx, sqlText("slot_status.sql"), s.replicationSlot).Scan(
+		&st.Slot, &st.Plugin, &st.SlotType, &st.Database, &st.Active, &st.ActivePID,
+		&confirmed, &restart, &st.WALStatus, &current, &flush)
+	if errors.Is(err, sql.ErrNoRows) {
+		return st, fmt.Errorf("%w: %q: nothing to report; it is created by NewSyncer (or `dbsync tail`) on first use", ErrSlotMissing, s.replicationSlot)
+	}
+	if err != nil {
+		return st, classify(err, "read slot status of "+s.replicationSlot)
+	}
+	for _, p := range []struct {
+		dst *pglogrepl.LSN
+		src sql.NullString
+	}{{&st.ConfirmedFlushLSN, confirmed}, {&st.RestartLSN, restart},
+		{&st.CurrentLSN, sql.NullString{String: current, Valid: true}}, {&st.FlushLSN, sql.NullString{String: flush, Valid: true}}} {
+		if !p.src.Valid {
+			continue
+		}
+		lsn, err := pglogrepl.ParseLSN(p.src.String)
+		if err != nil {
+			return st, fmt.Errorf("dbsync: slot %q: %w", s.replicationSlot, err)
+		}
+		*p.dst = lsn
+	}
+	if st.RestartLSN != 0 && st.CurrentLSN > st.RestartLSN {
+		st.RetainedWALBytes = int64(st.CurrentLSN - st.RestartLSN)
+	}
+	if st.ConfirmedFlushLSN != 0 && st.FlushLSN > st.ConfirmedFlushLSN {
+		st.LagBytes = int64(st.FlushLSN - st.ConfirmedFlushLSN)
+	}
+	return st, nil
+}
+
+// Teardown removes what Setup created, so nothing keeps retaining WAL: it drops the
+// replication slot (pg_drop_replication_slot), takes the watermark table out of the
+// publication (ALTER PUBLICATION ... DROP TABLE, unless the publication is FOR ALL
+// TABLES or does not hold it), and drops the control schema (DROP SCHEMA ... CASCADE).
+// The publication itself and the published tables are left alone. Running it again
+// does nothing: every step is skipped when already done.
+//
+// Errors: ErrSlotInUse when a process is reading the slot (stop it first);
+// ErrSlotMismatch when the slot belongs to another database; ErrCtrlSchemaNotEmpty
+// when the control schema holds anything but the watermark table (nothing is dropped
+// from it then); or the server's error.
+func (s *Syncer) Teardown(ctx context.Context) error {
+	if err := s.dropSlot(ctx); err != nil {
+		return err
+	}
+	if err := s.dropWMFromPublication(ctx); err != nil {
+		return err
+	}
+	return s.dropCtrlSchema(ctx)
+}
+
+func (s *Syncer) dropSlot(ctx context.Context) error {
+	var active bool
+	var pid int
+	var database, current string
+	err := s.db.QueryRowContext(ctx, `SELECT active, COALESCE(active_pid, 0), COALESCE(database, ''), current_database()
+		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.replicationSlot).Scan(&active, &pid, &database, &current)
+	if errors.Is(err, sql.ErrNoRows) {
+		s.log.Info("dbsync: teardown: no replication slot to drop", "slot", s.replicationSlot)
+		return nil
+	}
+	if err != nil {
+		return classify(err, "look up replication slot "+s.replicationSlot)
+	}
+	if database != current {
+		return fmt.Errorf("%w: slot %q belongs to database %q, not %q: connect to that database to tear it down",
+			ErrSlotMismatch, s.replicationSlot, database, current)
+	}
+	if active {
+		return fmt.Errorf("%w: slot %q is read by backend PID %d: stop that consumer first (or SELECT pg_terminate_backend(%d))",
+			ErrSlotInUse, s.replicationSlot, pid, pid)
+	}
+	if _, err := s.db.ExecContext(ctx, `SELECT pg_drop_replication_slot($1)`, s.replicationSlot); err != nil {
+		var pqErr *pq.Error
+		if errors.As(err, &pqErr) && pqErr.Code == "42704" {
+			return nil // dropped concurrently
+		}
+		return classify(err, "drop replication slot "+s.replicationSlot)
+	}
+	s.log.Info("dbsync: teardown: dropped replication slot", "slot", s.replicationSlot)
+	return nil
+}
+
+func (s *Syncer) dropWMFromPublication(ctx context.Context) error {
+	var allTables bool
+	err := s.db.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && allTables) {
+		return nil
+	}
+	if err != nil {
+		return classify(err, "look up publication "+s.publication)
+	}
+	var in bool
+	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
+		return classify(err, "read publication tables of "+s.publication)
+	}
+	if !in {
+		return nil
+	}
+	stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " DROP TABLE " +
+		pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
+	if _, err := s.db.ExecContext(ctx, stmt); err != nil {
+		var pqErr *pq.Error
+		if errors.As(err, &pqErr) && (pqErr.Code == "42P01" || pqErr.Code == "42704") {
+			return nil // removed concurrently
+		}
+		return classify(err, "remove the watermark table from publication "+s.publication)
+	}
+	s.log.Info("dbsync: teardown: removed watermark table from publication", "publication", s.publication,
+		"table", s.ctrlNamespace+"."+s.wmTableName)
+	return nil
+}
+
+func (s *Syncer) dropCtrlSchema(ctx context.Context) error {
+	var exists bool
+	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
+		s.ctrlNamespace).Scan(&exists); err != nil {
+		return classify(err, "look up control schema "+s.ctrlNamespace)
+	}
+	if !exists {
+		return nil
+	}
+	if s.ctrlNamespace == "public" || s.ctrlNamespace == "information_schema" || strings.HasPrefix(s.ctrlNamespace, "pg_") {
+		return fmt.Errorf("%w: the control namespace is %q, a schema dbsync must never drop; drop the watermark table %s yourself",
+			ErrCtrlSchemaNotEmpty, s.ctrlNamespace, pq.QuoteIdentifier(s.ctrlNamespace)+"."+pq.QuoteIdentifier(s.wmTableName))
+	}
+	// Refuse to CASCADE over anything dbsync did not create (e.g. a control namespace
+	// configured as "public"): relations other than the watermark table, the snapshot
+	// progress table and their indexes, TOAST and sequences, or any function, type or
+	// other object in the schema.
+	var others []string
+	rows, err := s.db.QueryContext(ctx, `
+		SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname <> $2 AND c.relname <> $3 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+		UNION ALL
+		SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+		WHERE n.nspname = $1
+		UNION ALL
+		SELECT t.typname FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+		WHERE n.nspname = $1 AND t.typrelid = 0 AND t.typelem = 0
+		ORDER BY 1 LIMIT 10`, s.ctrlNamespace, s.wmTableName, snapshotProgressTable)
+	if err != nil {
+		return classify(err, "list control schema "+s.ctrlNamespace)
+	}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return err
+		}
+		others = append(others, n)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return classify(err, "list control schema "+s.ctrlNamespace)
+	}
+	if len(others) > 0 {
+		return fmt.Errorf("%w: schema %q holds %v besides the watermark table %q; not dropping it",
+			ErrCtrlSchemaNotEmpty, s.ctrlNamespace, others, s.wmTableName)
+	}
+	if _, err := s.db.ExecContext(ctx, "DROP SCHEMA IF EXISTS "+pq.QuoteIdentifier(s.ctrlNamespace)+" CASCADE"); err != nil {
+		return classify(err, "drop control schema "+s.ctrlNamespace)
+	}
+	s.log.Info("dbsync: teardown: dropped control schema", "schema", s.ctrlNamespace)
+	return nil
+}

@@ -1,0 +1,185 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/require"
+)
+
+// slotExists reports whether a slot exists.
+func slotExists(t *testing.T, db *sql.DB, slot string) bool {
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n))
+	return n == 1
+}
+
+func TestSlotStatus(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, name text)`)
+	require.NoError(t, err)
+	slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
+
+	// Read-only: a Syncer without setup finds no slot and creates nothing.
+	ro, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub), WithSetup(false))
+	require.NoError(t, err)
+	defer ro.Close()
+	_, err = ro.Status(context.Background())
+	require.ErrorIs(t, err, ErrSlotMissing)
+	require.False(t, slotExists(t, d.DB, slot))
+
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
+		WithMessageHandler(DefaultMessageHandler{}), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+	require.NoError(t, err)
+	defer s.Close()
+	_, err = d.DB.Exec(`INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(1, 1000) g`)
+	require.NoError(t, err)
+
+	ctx := context.Background()
+	st, err := ro.Status(ctx)
+	require.NoError(t, err)
+	var confirmedText, restartText, cur string
+	require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn::text, restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1`,
+		slot).Scan(&confirmedText, &restartText))
+	confirmed, err := pglogrepl.ParseLSN(confirmedText)
+	require.NoError(t, err)
+	restart, err := pglogrepl.ParseLSN(restartText)
+	require.NoError(t, err)
+	require.Equal(t, slot, st.Slot)
+	require.Equal(t, "pgoutput", st.Plugin)
+	require.Equal(t, "logical", st.SlotType)
+	require.Equal(t, d.Name, st.Database)
+	require.False(t, st.Active)
+	require.Equal(t, 0, st.ActivePID)
+	require.Equal(t, confirmed, st.ConfirmedFlushLSN)
+	require.Equal(t, restart, st.RestartLSN)
+	require.Equal(t, "reserved", st.WALStatus)
+	require.Equal(t, int64(st.CurrentLSN-st.RestartLSN), st.RetainedWALBytes)
+	require.Equal(t, int64(st.FlushLSN-st.ConfirmedFlushLSN), st.LagBytes)
+	// 1,000 rows of ~100 bytes were written after the slot: the lag covers them.
+	require.Greater(t, st.LagBytes, int64(100_000))
+	require.GreaterOrEqual(t, st.CurrentLSN, st.FlushLSN)
+
+	// Catch up: the lag drops to what was flushed since (nothing) and the slot is active while running.
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	require.NoError(t, d.DB.QueryRow(`SELECT pg_current_wal_flush_lsn()::text`).Scan(&cur))
+	flush, err := pglogrepl.ParseLSN(cur)
+	require.NoError(t, err)
+	waitFor(t, 10*time.Second, func() bool {
+		st, err = ro.Status(ctx)
+		return err == nil && st.ConfirmedFlushLSN >= flush
+	}, "slot to reach %s", flush)
+	cancel()
+	require.NoError(t, <-done)
+	st, err = ro.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(st.FlushLSN-st.ConfirmedFlushLSN), st.LagBytes)
+	require.Less(t, st.LagBytes, int64(100_000))
+}
+
+func TestTeardown(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, name text)`)
+	require.NoError(t, err)
+	slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
+	ns, wm := "ctrl \"odd\" ns", "wm.table"
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
+		WithCtrlNamespace(ns), WithWMTable(wm), WithMessageHandler(DefaultMessageHandler{}))
+	require.NoError(t, err)
+	defer s.Close()
+	require.True(t, slotExists(t, d.DB, slot))
+
+	pubTables := func() []string {
+		rows, err := d.DB.Query(`SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub)
+		require.NoError(t, err)
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var n string
+			require.NoError(t, rows.Scan(&n))
+			out = append(out, n)
+		}
+		return out
+	}
+	schemaExists := func() bool {
+		var ok bool
+		require.NoError(t, d.DB.QueryRow(`SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, ns).Scan(&ok))
+		return ok
+	}
+	require.Equal(t, []string{ns + "." + wm, "public.items"}, pubTables())
+
+	// An active slot is not dropped: hold it with pg_recvlogical (a walsender).
+	recv := exec.Command(d.Server.BinPath("pg_recvlogical"), "-d", d.Server.URL(d.Name), "--slot", slot, "--start",
+		"-o", "proto_version=1", "-o", "publication_names="+pub, "-f", os.DevNull)
+	require.NoError(t, recv.Start())
+	defer func() { _ = recv.Process.Kill(); _ = recv.Wait() }()
+	waitFor(t, 10*time.Second, func() bool {
+		var active bool
+		_ = d.DB.QueryRow(`SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+		return active
+	}, "slot to become active")
+	ro, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub), WithCtrlNamespace(ns), WithWMTable(wm), WithSetup(false))
+	require.NoError(t, err)
+	defer ro.Close()
+	err = ro.Teardown(context.Background())
+	require.ErrorIs(t, err, ErrSlotInUse)
+	require.True(t, slotExists(t, d.DB, slot))
+	require.NoError(t, recv.Process.Kill())
+	_ = recv.Wait()
+	waitFor(t, 10*time.Second, func() bool {
+		var active bool
+		_ = d.DB.QueryRow(`SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+		return !active
+	}, "slot to be released")
+
+	require.NoError(t, ro.Teardown(context.Background()))
+	require.False(t, slotExists(t, d.DB, slot))
+	require.Equal(t, []string{"public.items"}, pubTables())
+	require.False(t, schemaExists())
+	// Idempotent.
+	require.NoError(t, ro.Teardown(context.Background()))
+	_, err = ro.Status(context.Background())
+	require.ErrorIs(t, err, ErrSlotMissing)
+}
+
+func TestTeardownRefusesForeignObjects(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY)`)
+	require.NoError(t, err)
+	slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
+		WithCtrlNamespace("myctrl"))
+	require.NoError(t, err)
+	defer s.Close()
+	_, err = d.DB.Exec(`CREATE TABLE myctrl.precious (x int)`)
+	require.NoError(t, err)
+	err = s.Teardown(context.Background())
+	require.ErrorIs(t, err, ErrCtrlSchemaNotEmpty)
+	require.ErrorContains(t, err, "precious")
+	var n int
+	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM myctrl.precious`).Scan(&n))
+	require.False(t, slotExists(t, d.DB, slot), "the slot is dropped before the schema check")
+
+	// A publication FOR ALL TABLES is left alone; "public" is never dropped.
+	_, err = d.DB.Exec(`CREATE PUBLICATION ` + pub + `_all FOR ALL TABLES`)
+	require.NoError(t, err)
+	p, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot+"_2"), WithPublication(pub+"_all"),
+		WithCtrlNamespace("public"))
+	require.NoError(t, err)
+	defer p.Close()
+	err = p.Teardown(context.Background())
+	require.True(t, errors.Is(err, ErrCtrlSchemaNotEmpty), "got %v", err)
+	require.False(t, slotExists(t, d.DB, slot+"_2"))
+	var wmExists bool
+	require.NoError(t, d.DB.QueryRow(`SELECT to_regclass('public.dbsync_wmtable') IS NOT NULL`).Scan(&wmExists))
+	require.True(t, wmExists)
+}

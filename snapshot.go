@@ -1,0 +1,232 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/lib/pq"
+)
+
+// DefaultSnapshotChunkSize is the number of rows one snapshot chunk (one watermark
+// window) reads. Each chunk is held in memory until its high watermark is delivered;
+// larger chunks mean fewer watermark round trips, smaller ones less memory and a
+// shorter window in which concurrent changes cost the chunk its rows.
+const DefaultSnapshotChunkSize = 1000
+
+// snapshotProgressTable is the progress table's name in the control schema
+// (sql/setup_ctrl.sql).
+const snapshotProgressTable = "snapshot_progress"
+
+// SnapshotProgress reports a snapshot's progress after each delivered chunk.
+type SnapshotProgress struct {
+	// Table is "schema.table".
+	Table string
+	// Chunks and Rows count the chunks delivered and the rows they selected so far
+	// (including the chunks of an earlier, interrupted run that this one resumed).
+	Chunks int64
+	Rows   int64
+	// Estimated is the table's row estimate (pg_class.reltuples; -1: unknown).
+	Estimated int64
+	// Emitted is the number of refresh rows the last chunk delivered, Reread how many
+	// of them were read again in follow-up windows (see RefreshStats).
+	Emitted, Reread int
+	// Done is true after the table's last chunk.
+	Done bool
+}
+
+// WithSnapshotChunkSize sets the rows per snapshot chunk (default
+// DefaultSnapshotChunkSize).
+func WithSnapshotChunkSize(n int) SyncerOpt {
+	return func(s *Syncer) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: snapshot chunk size %d must be > 0", ErrConfig, n)
+		}
+		s.SnapshotChunkSize = n
+		return nil
+	}
+}
+
+// WithSnapshotProgress sets a function Snapshot calls after each delivered chunk
+// (from Snapshot's goroutine).
+func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
+	return func(s *Syncer) error { s.SnapshotProgress = f; return nil }
+}
+
+// Snapshot reads every row of each table ("table" or "schema.table") in primary key
+// order, SnapshotChunkSize rows at a time, and delivers them as refresh rows
+// (MessageHandler.HandleRefresh and the Batcher), each chunk in its own watermark
+// window (see RefreshContext), interleaved with the change stream: no lock, no
+// long-running snapshot, and the slot keeps advancing between chunks. A chunk is
+//
+//	SELECT ... FROM t WHERE (k1, k2) > ($1, $2) ORDER BY k1, k2 LIMIT n
+//
+// (a row-value keyset comparison: an index range scan on the primary key).
+//
+// Progress — the last key of the last delivered chunk — is stored in the control
+// schema's snapshot_progress table per slot and table after each chunk's refresh rows
+// were handed over, so a Snapshot call after a crash or stop resumes after the last
+// delivered chunk (that chunk may be delivered again: at-least-once). A table whose
+// snapshot had finished is read again from the start. After the last chunk, rows that
+// key-changing updates with unchanged TOASTed columns moved during the snapshot are
+// read again (docs/SNAPSHOTS.md).
+//
+// Snapshot blocks until every table was read; the Syncer must be running (Run/Start
+// in another goroutine). It returns ErrNoPrimaryKey for a table without a primary key,
+// ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again to
+// resume), ErrConfig for unknown tables, or ctx's error.
+func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
+	if err := s.refreshAllowed(); err != nil {
+		return err
+	}
+	for _, name := range tables {
+		if err := s.snapshotTable(ctx, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Syncer) ctrlSQL(name string) string {
+	return strings.ReplaceAll(sqlText(name), "{{ns}}", pq.QuoteIdentifier(s.ctrlNamespace))
+}
+
+func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
+	qt, err := resolveTable(ctx, s.db, name)
+	if err != nil {
+		return err
+	}
+	info, err := s.tableInfoByName(ctx, qt)
+	if err != nil {
+		return err
+	}
+	chunk := s.SnapshotChunkSize
+	if chunk <= 0 {
+		chunk = DefaultSnapshotChunkSize
+	}
+	table := info.QualifiedName()
+	prog := SnapshotProgress{Table: table, Estimated: -1}
+	if err := s.db.QueryRowContext(ctx, `SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = $1`, info.RelationID).Scan(&prog.Estimated); err != nil {
+		return classify(err, "read row estimate of "+table)
+	}
+
+	// Resume or start.
+	var keyCols, lastKey pq.StringArray
+	var finished bool
+	err = s.db.QueryRowContext(ctx, s.ctrlSQL("snapshot_progress_get.sql"), s.replicationSlot, table).
+		Scan(&keyCols, &lastKey, &prog.Chunks, &prog.Rows, &finished)
+	resume := err == nil && !finished && equalStrings(keyCols, info.PrimaryKey)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return classify(err, "read snapshot progress of "+table)
+	}
+	if !resume {
+		lastKey, prog.Chunks, prog.Rows = nil, 0, 0
+		if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_start.sql"), s.replicationSlot, table,
+			pq.StringArray(info.PrimaryKey), chunk); err != nil {
+			return classify(err, "start snapshot progress of "+table)
+		}
+	} else {
+		s.log.Info("dbsync: resuming snapshot", "table", table, "after_key", []string(lastKey), "rows_done", prog.Rows)
+	}
+
+	cols := make([]string, len(info.Columns))
+	for i, c := range info.Columns {
+		cols[i] = c.ColumnName
+	}
+	s.win.watchStart(info.RelationID)
+	defer s.win.watchStop(info.RelationID)
+	for {
+		query, args := chunkQuery(info, cols, lastKey, chunk)
+		stats, last, err := s.selectSettled(ctx, info, cols, query, args...)
+		if err != nil {
+			return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+1, err)
+		}
+		done := stats.Selected < chunk
+		var lastArg any
+		if last != nil {
+			lastArg = pq.StringArray(last)
+			lastKey = last
+		}
+		if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_chunk.sql"), s.replicationSlot, table,
+			lastArg, stats.Selected, chunk, done); err != nil {
+			return classify(err, "record snapshot progress of "+table)
+		}
+		prog.Chunks++
+		prog.Rows += int64(stats.Selected)
+		prog.Emitted, prog.Reread = stats.Emitted, stats.Reread
+		prog.Done = done
+		if done {
+			if err := s.rereadMovedRows(ctx, info, cols, &prog); err != nil {
+				return fmt.Errorf("snapshot of %s: %w", table, err)
+			}
+		}
+		if s.SnapshotProgress != nil {
+			s.SnapshotProgress(prog)
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// rereadMovedRows reads again, after the last chunk, the rows that key-changing
+// updates with unchanged TOASTed columns moved during the snapshot: the consumer
+// got them without those columns if it never saw the row under its old key (the old
+// key's chunk came later than the new key's). Rounds repeat while such updates
+// keep coming, up to maxSettleRounds.
+func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []string, prog *SnapshotProgress) error {
+	for round := 0; ; round++ {
+		keys := s.win.watchTake(info.RelationID)
+		if len(keys) == 0 {
+			return nil
+		}
+		if round >= maxSettleRounds {
+			s.log.Warn("dbsync: rows kept moving to new keys with unchanged TOAST values at the end of a snapshot; their TOASTed columns reach consumers only when they change or are refreshed",
+				"table", info.QualifiedName(), "rows", len(keys))
+			return nil
+		}
+		for len(keys) > 0 {
+			n := min(len(keys), 1000)
+			query, args := keysQuery(info, cols, keys[:n])
+			keys = keys[n:]
+			stats, _, err := s.selectSettled(ctx, info, cols, query, args...)
+			if err != nil {
+				return err
+			}
+			prog.Emitted += stats.Emitted
+			prog.Reread += stats.Selected + stats.Reread
+		}
+	}
+}
+
+// chunkQuery builds one chunk's SELECT: every column as text (textColumns), rows
+// after lastKey (nil: from the start) in primary key order, at most n.
+func chunkQuery(info *PGTableInfo, cols []string, lastKey []string, n int) (string, []any) {
+	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
+	kc := keyColumnList(info)
+	q := "SELECT " + textColumns("t", cols) + " FROM " + t + " AS t"
+	var args []any
+	if lastKey != nil {
+		q += " WHERE (" + kc + ") > (" + keyParams(info, 0) + ")"
+		for _, v := range lastKey {
+			args = append(args, v)
+		}
+	}
+	args = append(args, n)
+	return q + " ORDER BY " + kc + " LIMIT $" + strconv.Itoa(len(args)), args
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

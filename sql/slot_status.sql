@@ -1,0 +1,16 @@
+-- One replication slot's state with the server's current WAL positions.
+-- $1: slot name. No row when the slot does not exist. LSNs as text (NULL when unset:
+-- restart_lsn is NULL once the slot is invalidated).
+SELECT s.slot_name,
+       COALESCE(s.plugin, ''),
+       COALESCE(s.slot_type, ''),
+       COALESCE(s.database, ''),
+       s.active,
+       COALESCE(s.active_pid, 0),
+       s.confirmed_flush_lsn::text,
+       s.restart_lsn::text,
+       COALESCE(s.wal_status, ''),
+       pg_current_wal_lsn()::text,
+       pg_current_wal_flush_lsn()::text
+FROM pg_catalog.pg_replication_slots s
+WHERE s.slot_name = $1

@@ -1,0 +1,26 @@
+package dbsync
+
+import (
+	"context"
+	"fmt"
+)
+
+// TableInfo describes a table by name ("table", resolved on the search_path, or
+// "schema.table", unquoted; a name with double quotes is parsed as SQL) from the
+// catalog, as changes of that table are described to handlers. Use it to decode rows
+// read with SQL the same way as changes: select with SelectList, decode with ScanRow,
+// key with GetRecordID (docs/VALUES.md).
+// Returns an error wrapping ErrConfig when the table does not exist.
+func (s *Syncer) TableInfo(ctx context.Context, name string) (*PGTableInfo, error) {
+	t, err := resolveTable(ctx, s.db, name)
+	if err != nil {
+		return nil, err
+	}
+	var oid uint32
+	if err := s.db.QueryRowContext(ctx, `SELECT c.oid FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
+		t.schema, t.name).Scan(&oid); err != nil {
+		return nil, classify(err, fmt.Sprintf("look up table %s.%s", t.schema, t.name))
+	}
+	return s.tables.describeOID(ctx, oid)
+}

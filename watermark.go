@@ -1,0 +1,485 @@
+package dbsync
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lib/pq"
+)
+
+// Errors of Refresh and Snapshot (kept here with the feature; errors.is works as for
+// the named errors in errors.go).
+var (
+	// ErrRefreshAbandoned: the Syncer stopped (Stop, a cancelled Run context, a handler
+	// error under StopOnHandlerError) before the selection's high watermark was
+	// delivered, or the caller's context ended first. No refresh row of it is
+	// guaranteed to have been delivered; run the Refresh (or Snapshot, which resumes at
+	// the chunk) again with a running Syncer.
+	ErrRefreshAbandoned = errors.New("dbsync: refresh selection abandoned")
+	// ErrNoPrimaryKey: the table has no primary key, so rows cannot be matched with
+	// changes (or chunked). Add one (ALTER TABLE ... ADD PRIMARY KEY).
+	ErrNoPrimaryKey = errors.New("dbsync: table has no primary key")
+)
+
+// RefreshStats says what one selection (a Refresh or a snapshot chunk) did.
+type RefreshStats struct {
+	// Selected is the number of rows the SELECT returned.
+	Selected int
+	// Emitted is the number of refresh rows handed to HandleRefresh (and the Batcher):
+	// Selected minus the rows a change inside the window touched, plus rows read again.
+	Emitted int
+	// Reread counts rows read again in follow-up windows: they were dropped because an
+	// update inside the window left TOASTed columns unchanged (not sent), which a
+	// consumer that never saw the row could not fill in.
+	Reread int
+	// Unsettled counts such rows still unread after the last follow-up window
+	// (maxSettleRounds); their TOASTed columns reach consumers only with a later change
+	// of them or another refresh.
+	Unsettled int
+}
+
+// Refresh re-reads the rows selectQuery returns and hands them to
+// MessageHandler.HandleRefresh (and the Batcher) at their place in the change stream,
+// with Netflix DBLog's watermark algorithm: see RefreshContext.
+func (s *Syncer) Refresh(selectQuery string) error {
+	_, err := s.RefreshContext(context.Background(), selectQuery)
+	return err
+}
+
+// RefreshContext re-reads the rows selectQuery returns and delivers them as refresh rows,
+// interleaved with the change stream so that the consumer ends up with each row's
+// current value (DBLog; docs/SNAPSHOTS.md):
+//  1. a low watermark row is inserted into the watermark table and committed;
+//  2. selectQuery runs in a READ ONLY, REPEATABLE READ transaction that first captures
+//     pg_current_snapshot(); rows are kept in an InMemSelection keyed by primary key;
+//  3. a high watermark row is inserted and committed;
+//  4. the running Syncer drops every selected key that a transaction touched between
+//     the two watermarks, or that a transaction invisible to the snapshot touched
+//     (wherever its COMMIT lies before the high watermark), and at the high
+//     watermark's COMMIT hands the remaining rows to HandleRefresh before any later
+//     change;
+//  5. dropped rows whose last change left TOASTed columns unchanged (not sent) are read
+//     again in follow-up windows, and a window disturbed by a change whose key could
+//     not be read runs again (at most maxSettleRounds more windows).
+//
+// selectQuery must read exactly one table (found with EXPLAIN) that has a primary key,
+// and return all its primary key columns under their names; other columns are up to
+// the caller (SELECT * gives whole rows). It must not take parameters.
+// RefreshContext blocks until the rows were handed over, so the Syncer must be running
+// (Run/Start in another goroutine). Calls are serialised: one selection at a time.
+//
+// Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
+// ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery), server errors.
+func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (RefreshStats, error) {
+	if err := s.refreshAllowed(); err != nil {
+		return RefreshStats{}, err
+	}
+	info, err := s.queryTable(ctx, selectQuery)
+	if err != nil {
+		return RefreshStats{}, err
+	}
+	cols, err := s.queryColumns(ctx, selectQuery)
+	if err != nil {
+		return RefreshStats{}, err
+	}
+	for _, k := range info.PrimaryKey {
+		if !containsString(cols, k) {
+			return RefreshStats{}, fmt.Errorf("%w: Refresh query must return the primary key column %q of %s", ErrConfig, k, info.QualifiedName())
+		}
+	}
+	wrapped := "SELECT " + textColumns("q", cols) + " FROM (" + selectQuery + ") AS q"
+	stats, _, err := s.selectSettled(ctx, info, cols, wrapped)
+	return stats, err
+}
+
+func (s *Syncer) refreshAllowed() error {
+	if s.EventsProcessor != nil {
+		return fmt.Errorf("%w: Refresh and Snapshot deliver through MessageHandler/Batcher, not an EventsProcessor", ErrConfig)
+	}
+	return nil
+}
+
+// selOutcome is what one selection window did.
+type selOutcome struct {
+	selected, emitted int
+	lastKey           []string // key columns (text) of the last selected row; nil: no rows
+	reread            [][]any  // key column values of rows to read again
+	retry             bool     // nothing was emitted: run the selection again
+}
+
+// maxSettleRounds bounds the follow-up windows one selection may need.
+const maxSettleRounds = 5
+
+// selectSettled runs a selection (runSelection) and its follow-ups: rows that need
+// reading again (emission.reread) are read in further windows, and a selection
+// disturbed by changes whose key could not be read runs again, up to maxSettleRounds.
+// It returns the stats and the first window's lastKey.
+func (s *Syncer) selectSettled(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (RefreshStats, []string, error) {
+	var stats RefreshStats
+	var lastKey []string
+	first := true
+	for round := 0; ; round++ {
+		out, err := s.runSelection(ctx, info, cols, query, args...)
+		if err != nil {
+			return stats, nil, err
+		}
+		if out.retry {
+			if round >= maxSettleRounds {
+				return stats, nil, fmt.Errorf("%w: %s: changes whose key could not be read (REPLICA IDENTITY NOTHING, or a TOASTed key column) touched the table in %d windows in a row; try again later",
+					ErrRefreshAbandoned, info.QualifiedName(), round+1)
+			}
+			continue
+		}
+		if first {
+			stats.Selected, lastKey, first = out.selected, out.lastKey, false
+		}
+		stats.Emitted += out.emitted
+		if len(out.reread) == 0 {
+			return stats, lastKey, nil
+		}
+		if round >= maxSettleRounds {
+			stats.Unsettled = len(out.reread)
+			s.log.Warn("dbsync: rows kept changing with unchanged TOAST values inside refresh windows; their TOASTed columns reach consumers only when they change or are refreshed again",
+				"table", info.QualifiedName(), "rows", len(out.reread))
+			return stats, lastKey, nil
+		}
+		stats.Reread += len(out.reread)
+		query, args = keysQuery(info, cols, out.reread)
+	}
+}
+
+// runSelection runs one watermark window for a SELECT over info's table whose result
+// columns are cols, each as text (textColumns).
+func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (selOutcome, error) {
+	var out selOutcome
+	if err := s.refreshAllowed(); err != nil {
+		return out, err
+	}
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	s.selSeq++
+	id := s.runID + "-" + strconv.FormatUint(s.selSeq, 10)
+
+	done := s.win.register(id, info.RelationID)
+	defer s.win.release(id)
+	select {
+	case r := <-done: // the Syncer is not running
+		return out, r.err
+	default:
+	}
+	defer s.deleteWatermarks(id)
+
+	if err := s.writeWatermark(ctx, id, wmLow); err != nil {
+		return out, err
+	}
+	rows, snap, lastKey, err := s.selectRows(ctx, info, cols, query, args...)
+	if err != nil {
+		return out, err
+	}
+	out.selected, out.lastKey = rows.Len(), lastKey
+	if !s.win.setRows(id, rows, snap) {
+		return out, fmt.Errorf("%w: selection %s was dropped before its rows were read", ErrRefreshAbandoned, id)
+	}
+	if hook := s.win.afterSelect; hook != nil {
+		hook()
+	}
+	if err := s.writeWatermark(ctx, id, wmHigh); err != nil {
+		return out, err
+	}
+	s.Wake()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return out, r.err
+		}
+		out.emitted, out.retry = r.emitted, r.retry
+		for _, k := range r.reread {
+			key := make([]any, len(rows.keyText[k]))
+			for i, v := range rows.keyText[k] {
+				key[i] = v
+			}
+			out.reread = append(out.reread, key)
+		}
+	case <-ctx.Done():
+		return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+	}
+	return out, nil
+}
+
+// keysQuery selects the rows with the given keys (each key's column values, in key
+// order, cast to the columns' types), every column as text, in primary key order.
+func keysQuery(info *PGTableInfo, cols []string, keys [][]any) (string, []any) {
+	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
+	tuples := make([]string, len(keys))
+	var args []any
+	for i, k := range keys {
+		tuples[i] = "(" + keyParams(info, len(args)) + ")"
+		args = append(args, k...)
+	}
+	kc := keyColumnList(info)
+	return "SELECT " + textColumns("t", cols) + " FROM " + t + " AS t WHERE (" + kc + ") IN (" +
+		strings.Join(tuples, ", ") + ") ORDER BY " + kc, args
+}
+
+// keyColumnList is "t.k1, t.k2": the primary key columns of alias t.
+func keyColumnList(info *PGTableInfo) string {
+	keys := make([]string, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		keys[i] = "t." + pq.QuoteIdentifier(k)
+	}
+	return strings.Join(keys, ", ")
+}
+
+// keyParams is "CAST($n+1 AS type1), CAST($n+2 AS type2)": parameters for one key, cast
+// to the key columns' types (format_type() output is a correctly quoted type name).
+func keyParams(info *PGTableInfo, n int) string {
+	params := make([]string, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		params[i] = "CAST($" + strconv.Itoa(n+i+1) + " AS " + info.ColInfo[k].ColumnType + ")"
+	}
+	return strings.Join(params, ", ")
+}
+
+// writeWatermark inserts and commits one watermark row.
+func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) error {
+	stmt := "INSERT INTO " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) +
+		" (selection_id, wm_type) VALUES ($1, $2)"
+	if _, err := s.db.ExecContext(ctx, stmt, id, string(kind)); err != nil {
+		return classify(err, fmt.Sprintf("write %s watermark of selection %s", kind, id))
+	}
+	return nil
+}
+
+// deleteWatermarks removes a finished selection's watermark rows (their DELETEs reach
+// the log and are ignored). Rows left by a crash are ignored too: their selection IDs
+// belong to no registered selection.
+func (s *Syncer) deleteWatermarks(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stmt := "DELETE FROM " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) + " WHERE selection_id = $1"
+	if _, err := s.db.ExecContext(ctx, stmt, id); err != nil {
+		s.log.Warn("dbsync: could not delete watermark rows", "selection", id, "err", err)
+	}
+}
+
+// selectRows runs query in a READ ONLY REPEATABLE READ transaction whose first
+// statement captures pg_current_snapshot() (the snapshot every later statement of
+// the transaction uses).
+func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (*InMemSelection, xidSnapshot, []string, error) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return nil, xidSnapshot{}, nil, classify(err, "begin selection transaction")
+	}
+	defer tx.Rollback()
+	var snapText string
+	if err := tx.QueryRowContext(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snapText); err != nil {
+		return nil, xidSnapshot{}, nil, classify(err, "read pg_current_snapshot()")
+	}
+	snap, err := parseSnapshot(snapText)
+	if err != nil {
+		return nil, xidSnapshot{}, nil, err
+	}
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, snap, nil, fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(err, "run selection"))
+	}
+	defer rows.Close()
+	sel := NewInMemSelection()
+	raw := make([]sql.NullString, len(cols))
+	dest := make([]any, len(cols))
+	for i := range raw {
+		dest[i] = &raw[i]
+	}
+	keyIdx := make([]int, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		keyIdx[i] = indexOf(cols, k)
+	}
+	var lastKey []string
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return nil, snap, nil, err
+		}
+		item, err := selectedRow(info, cols, raw)
+		if err != nil {
+			return nil, snap, nil, err
+		}
+		sel.Add(item)
+		lastKey = make([]string, len(keyIdx))
+		for i, j := range keyIdx {
+			lastKey[i] = raw[j].String
+		}
+		sel.addKeyText(item.Key, lastKey)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, snap, nil, classify(err, "read selection rows")
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, snap, nil, classify(err, "end selection transaction")
+	}
+	return sel, snap, lastKey, nil
+}
+
+// selectedRow turns one selected row — every column in PostgreSQL's text output form,
+// the form pgoutput sends in changes — into a DBItem, decoding values the way
+// MessageToMap decodes a change's tuple so record IDs match between refresh rows and
+// changes. This is the one place SELECT rows are decoded: switch it to the typed
+// decoding when values.go gets it.
+func selectedRow(info *PGTableInfo, cols []string, raw []sql.NullString) (DBItem, error) {
+	values := make(StringMap, len(cols))
+	for i, name := range cols {
+		if !raw[i].Valid {
+			values[name] = nil
+			continue
+		}
+		col := info.ColInfo[name]
+		if col == nil {
+			values[name] = raw[i].String
+			continue
+		}
+		v, err := col.DecodeText([]byte(raw[i].String))
+		if err != nil {
+			return DBItem{}, fmt.Errorf("%s.%s: %w", info.QualifiedName(), name, err)
+		}
+		values[name] = v
+	}
+	key, err := info.GetRecordID(values)
+	if err != nil {
+		return DBItem{}, fmt.Errorf("%s: %w", info.QualifiedName(), err)
+	}
+	return DBItem{Table: info, Key: key, Values: values}, nil
+}
+
+// textColumns is a select list giving each column of alias in its type's text output
+// form (format('%s', x) calls the type's output function, as pgoutput does; a plain
+// ::text cast does not for every type: true::text is 'true', pgoutput sends 't'),
+// keeping NULL as NULL. num_nulls, not IS NULL, detects NULL: a composite value whose
+// fields are all NULL IS NULL but is a value.
+func textColumns(alias string, cols []string) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		ref := pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c)
+		parts[i] = "CASE WHEN num_nulls(" + ref + ") = 1 THEN NULL ELSE format('%s', " + ref + ") END AS " + pq.QuoteIdentifier(c)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// queryColumns returns the result column names of a query (without running it).
+func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT * FROM ("+query+") AS q LIMIT 0")
+	if err != nil {
+		return nil, fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "describe query"))
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, c := range cols {
+		if seen[c] {
+			return nil, fmt.Errorf("%w: Refresh query returns column %q twice; alias it", ErrConfig, c)
+		}
+		seen[c] = true
+	}
+	return cols, nil
+}
+
+// queryTable finds the one table a query reads, from EXPLAIN (VERBOSE, FORMAT JSON),
+// and loads its description.
+func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, error) {
+	var plan string
+	if err := s.db.QueryRowContext(ctx, "EXPLAIN (VERBOSE, FORMAT JSON) "+query).Scan(&plan); err != nil {
+		return nil, fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+	}
+	var doc []struct {
+		Plan planNode `json:"Plan"`
+	}
+	if err := json.Unmarshal([]byte(plan), &doc); err != nil || len(doc) != 1 {
+		return nil, fmt.Errorf("dbsync: unexpected EXPLAIN output: %v", err)
+	}
+	found := map[qualifiedTable]bool{}
+	doc[0].Plan.tables(found)
+	if len(found) != 1 {
+		return nil, fmt.Errorf("%w: a Refresh query must read exactly one table; it reads %d", ErrConfig, len(found))
+	}
+	var t qualifiedTable
+	for k := range found {
+		t = k
+	}
+	return s.tableInfoByName(ctx, t)
+}
+
+type planNode struct {
+	Schema   string     `json:"Schema"`
+	Relation string     `json:"Relation Name"`
+	Plans    []planNode `json:"Plans"`
+}
+
+func (p planNode) tables(out map[qualifiedTable]bool) {
+	if p.Relation != "" {
+		out[qualifiedTable{p.Schema, p.Relation}] = true
+	}
+	for _, c := range p.Plans {
+		c.tables(out)
+	}
+}
+
+// tableInfoByName loads a table's description and checks it has a primary key.
+func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTableInfo, error) {
+	var oid uint32
+	err := s.db.QueryRowContext(ctx, `SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2`, t.schema, t.name).Scan(&oid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: table %s does not exist", ErrConfig, t.quoted())
+	}
+	if err != nil {
+		return nil, classify(err, "look up table "+t.quoted())
+	}
+	info, err := s.tables.describeOID(ctx, oid)
+	if err != nil {
+		return nil, err
+	}
+	if len(info.PrimaryKey) == 0 {
+		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key; add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
+			ErrNoPrimaryKey, info.QualifiedName(), t.quoted())
+	}
+	// Without its changes in the slot the window cannot drop keys changed meanwhile.
+	var published bool
+	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, info.Namespace, info.TableName).Scan(&published); err != nil {
+		return nil, classify(err, "check publication "+s.publication)
+	}
+	if !published {
+		return nil, fmt.Errorf("%w: table %s is not in publication %q, so its changes cannot be matched with refresh rows; add it with ALTER PUBLICATION %s ADD TABLE %s (or pass it to ForTables)",
+			ErrConfig, info.QualifiedName(), s.publication, pq.QuoteIdentifier(s.publication), t.quoted())
+	}
+	return info, nil
+}
+
+// newRunID returns a random prefix for this Syncer's selection IDs, so watermarks of
+// other runs (a crashed process, another syncer on the same watermark table) never
+// match a registered selection.
+func newRunID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func containsString(list []string, s string) bool { return indexOf(list, s) >= 0 }
+
+func indexOf(list []string, s string) int {
+	for i, v := range list {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,319 @@
+package dbsync
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// This file is the pure DBLog window state machine: no database, no I/O. Its inputs
+// are the decoded log in commit order (BEGIN with the transaction's xid, row changes
+// reduced to (relation OID, record ID), watermark rows, COMMIT) and, per selection,
+// the selected rows and the snapshot (pg_current_snapshot()) the SELECT ran under.
+// Its output, at the COMMIT of a selection's high watermark, is the rows to hand over
+// as refresh rows. See docs/SNAPSHOTS.md and shared/reference/dblog.md.
+//
+// Rule (DBLog plus the PostgreSQL visibility fix): a selected row is dropped when a
+// transaction T touched its key and T's COMMIT comes before the high watermark H in
+// the log and either
+//   - T's COMMIT comes after the low watermark L, or
+//   - T was in progress in the SELECT's snapshot (xid in xip, or xid >= xmax): its
+//     commit record can precede L in the WAL while T is still invisible, because
+//     PostgreSQL flushes the commit record before it removes T from the proc array.
+//
+// Because the second case concerns transactions the log delivered before L — possibly
+// before the selection was even registered — the window keeps a history of recent
+// transactions' touched keys. History is pruned with a snapshot taken after the
+// entries were delivered (prune): a transaction complete in that snapshot is complete
+// in every later one. The registered selection's snapshot may be older than the
+// pruning one, so what it may still need is kept too.
+
+// xidSnapshot is a pg_snapshot (pg_current_snapshot()) reduced to 32-bit xids, the
+// width of pgoutput's BEGIN xid. xids are compared modulo 2^32 as PostgreSQL does
+// (TransactionIdPrecedes), which is exact for xids less than 2^31 apart.
+type xidSnapshot struct {
+	xmin, xmax uint32
+	xip        map[uint32]struct{}
+}
+
+// parseSnapshot parses pg_snapshot's text form "xmin:xmax:xip,xip,..." (the values
+// are xid8: epoch << 32 | xid). See PostgreSQL docs, "Snapshot Information Functions".
+func parseSnapshot(s string) (xidSnapshot, error) {
+	parts := strings.Split(strings.TrimSpace(s), ":")
+	if len(parts) != 3 {
+		return xidSnapshot{}, fmt.Errorf("dbsync: malformed pg_snapshot %q", s)
+	}
+	num := func(v string) (uint32, error) {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("dbsync: malformed pg_snapshot %q: %w", s, err)
+		}
+		return uint32(n), nil
+	}
+	var snap xidSnapshot
+	var err error
+	if snap.xmin, err = num(parts[0]); err != nil {
+		return snap, err
+	}
+	if snap.xmax, err = num(parts[1]); err != nil {
+		return snap, err
+	}
+	snap.xip = map[uint32]struct{}{}
+	if parts[2] != "" {
+		for _, x := range strings.Split(parts[2], ",") {
+			v, err := num(x)
+			if err != nil {
+				return snap, err
+			}
+			snap.xip[v] = struct{}{}
+		}
+	}
+	return snap, nil
+}
+
+// inProgress tells whether transaction xid was invisible to the snapshot: running
+// (in xip) or not yet started (>= xmax). xid 0 (unknown) counts as in progress.
+func (s xidSnapshot) inProgress(xid uint32) bool {
+	if xid == 0 {
+		return true
+	}
+	if _, ok := s.xip[xid]; ok {
+		return true
+	}
+	return int32(xid-s.xmax) >= 0
+}
+
+// rowKey names one row: its table's OID (pgoutput's relation ID) and record ID
+// (PGTableInfo.GetRecordID).
+type rowKey struct {
+	rel uint32
+	key string
+}
+
+// txTouch is what one committed transaction touched.
+type txTouch struct {
+	seq uint64 // position of its COMMIT in the log, as seen by the window
+	xid uint32
+	// keys maps each touched key to whether the transaction's last change of it
+	// left columns unknown (an UPDATE with unchanged TOASTed columns, 'u').
+	keys      map[rowKey]bool
+	truncated map[uint32]struct{} // relations truncated: every key of them
+	unknown   map[uint32]struct{} // relations changed at a key that could not be read
+}
+
+// wmKind is a watermark's kind (the watermark table's wm_type).
+type wmKind string
+
+const (
+	wmLow  wmKind = "low"
+	wmHigh wmKind = "high"
+)
+
+// windowSel is the window's view of one registered selection.
+type windowSel struct {
+	id     string
+	lowSeq uint64 // seq of the COMMIT carrying the low watermark; 0: not seen yet
+	ready  bool   // rows and snapshot are known (set before the high watermark is written)
+	rel    uint32
+	rows   *InMemSelection
+	snap   xidSnapshot
+}
+
+// window is the state machine. It is not safe for concurrent use (windowTracker
+// serialises access).
+type window struct {
+	seq  uint64
+	open *txTouch   // the transaction between BEGIN and COMMIT
+	wms  []wmEvent  // watermarks of the open transaction
+	hist []*txTouch // committed transactions not yet pruned
+	sel  *windowSel // the registered selection (one at a time)
+	// ignoreSnapshot disables the visibility fix (plain DBLog). Tests only.
+	ignoreSnapshot bool
+}
+
+type wmEvent struct {
+	id   string
+	kind wmKind
+}
+
+// emission is what the window hands over at a high watermark's COMMIT.
+type emission struct {
+	id    string
+	items []DBItem
+	// reread lists record IDs of selected rows that were dropped and whose last
+	// change inside the window left columns unknown to a consumer that never saw the
+	// row (unchanged TOAST): they must be read again in another window.
+	reread []string
+	// retry: a change whose key could not be read touched the table inside the
+	// window; nothing was emitted and the whole selection must run again.
+	retry bool
+}
+
+// begin starts a transaction (pgoutput BEGIN).
+func (w *window) begin(xid uint32) {
+	w.open = &txTouch{xid: xid, keys: map[rowKey]bool{}}
+	w.wms = w.wms[:0]
+}
+
+// change records that the open transaction touched key (and oldKey, for a
+// key-changing update; "" otherwise) of relation rel. partial says the change left
+// columns of key's row unknown (unchanged TOASTed values not sent).
+func (w *window) change(rel uint32, key, oldKey string, partial bool) {
+	if w.open == nil {
+		return
+	}
+	if oldKey != "" {
+		w.open.keys[rowKey{rel, oldKey}] = false // the old key's row is gone
+	}
+	w.open.keys[rowKey{rel, key}] = partial
+}
+
+// unknownKey records that the open transaction changed a row of rel whose key could
+// not be read (e.g. a DELETE under REPLICA IDENTITY NOTHING).
+func (w *window) unknownKey(rel uint32) {
+	if w.open == nil {
+		return
+	}
+	if w.open.unknown == nil {
+		w.open.unknown = map[uint32]struct{}{}
+	}
+	w.open.unknown[rel] = struct{}{}
+}
+
+// truncate records that the open transaction truncated relation rel.
+func (w *window) truncate(rel uint32) {
+	if w.open == nil {
+		return
+	}
+	if w.open.truncated == nil {
+		w.open.truncated = map[uint32]struct{}{}
+	}
+	w.open.truncated[rel] = struct{}{}
+}
+
+// watermark records a watermark row written by the open transaction.
+func (w *window) watermark(id string, kind wmKind) {
+	w.wms = append(w.wms, wmEvent{id, kind})
+}
+
+// commit ends the open transaction. If it carried the high watermark of the
+// registered, ready selection, the selection's rows that no transaction inside the
+// window touched are returned (the selection stays registered until done, so a
+// re-delivered high watermark emits again).
+func (w *window) commit() *emission {
+	tx := w.open
+	w.open = nil
+	if tx == nil {
+		return nil
+	}
+	w.seq++
+	tx.seq = w.seq
+	if len(tx.keys) > 0 || len(tx.truncated) > 0 || len(tx.unknown) > 0 {
+		w.hist = append(w.hist, tx)
+	}
+	var em *emission
+	for _, wm := range w.wms {
+		if w.sel == nil || wm.id != w.sel.id {
+			continue // another run's or another syncer's watermark: ignore
+		}
+		switch wm.kind {
+		case wmLow:
+			// A re-delivered low watermark (after a retry) moves the window start;
+			// every transaction after it is delivered again, so nothing is lost.
+			w.sel.lowSeq = tx.seq
+		case wmHigh:
+			if w.sel.ready && w.sel.lowSeq != 0 {
+				em = w.emit()
+			}
+		}
+	}
+	w.wms = w.wms[:0]
+	return em
+}
+
+// emit drops touched keys from the registered selection and returns what is left.
+func (w *window) emit() *emission {
+	sel := w.sel
+	partial := map[string]bool{} // dropped key -> its last change left columns unknown
+	for _, tx := range w.hist {
+		inside := tx.seq > sel.lowSeq
+		if !inside && (w.ignoreSnapshot || !sel.snap.inProgress(tx.xid)) {
+			continue
+		}
+		if _, ok := tx.unknown[sel.rel]; ok {
+			return &emission{id: sel.id, retry: true}
+		}
+		if _, ok := tx.truncated[sel.rel]; ok {
+			sel.rows.Clear()
+			partial = map[string]bool{}
+			continue
+		}
+		for k, p := range tx.keys {
+			if k.rel == sel.rel {
+				sel.rows.Remove(k.key)
+				partial[k.key] = p
+			}
+		}
+	}
+	em := &emission{id: sel.id, items: sel.rows.Items()}
+	for _, key := range sel.rows.selectedKeys() {
+		if partial[key] {
+			em.reread = append(em.reread, key)
+		}
+	}
+	return em
+}
+
+// register starts tracking a selection of relation rel (before its low watermark is
+// written). It replaces any selection registered before.
+func (w *window) register(id string, rel uint32) {
+	w.sel = &windowSel{id: id, rel: rel}
+}
+
+// setRows gives the registered selection its rows and snapshot (before its high
+// watermark is written).
+func (w *window) setRows(id string, rows *InMemSelection, snap xidSnapshot) bool {
+	if w.sel == nil || w.sel.id != id {
+		return false
+	}
+	w.sel.rows, w.sel.snap, w.sel.ready = rows, snap, true
+	return true
+}
+
+// done forgets the selection.
+func (w *window) done(id string) {
+	if w.sel != nil && w.sel.id == id {
+		w.sel = nil
+	}
+}
+
+// prune forgets committed transactions nobody can need any more; snap must have been
+// taken after they were delivered. A transaction is kept while it is in progress in
+// snap (a later selection's snapshot may not see it either) or while the registered
+// selection may need it: it lies inside that selection's window, the selection's
+// snapshot is not known yet, or that snapshot did not see it.
+func (w *window) prune(snap xidSnapshot) {
+	sel := w.sel
+	needed := func(tx *txTouch) bool {
+		if snap.inProgress(tx.xid) {
+			return true
+		}
+		if sel == nil {
+			return false
+		}
+		if sel.lowSeq != 0 && tx.seq > sel.lowSeq {
+			return true
+		}
+		return !sel.ready || (!w.ignoreSnapshot && sel.snap.inProgress(tx.xid))
+	}
+	kept := w.hist[:0]
+	for _, tx := range w.hist {
+		if needed(tx) {
+			kept = append(kept, tx)
+		}
+	}
+	for i := len(kept); i < len(w.hist); i++ {
+		w.hist[i] = nil
+	}
+	w.hist = kept
+}

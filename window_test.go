@@ -1,0 +1,255 @@
+package dbsync
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Pure tests of the window state machine: no database.
+
+const relItems, relOther = 100, 200
+
+func selOf(keys ...string) *InMemSelection {
+	s := NewInMemSelection()
+	for _, k := range keys {
+		s.Add(DBItem{Key: k, Values: StringMap{"k": k}})
+	}
+	return s
+}
+
+func keysOf(em *emission) []string {
+	if em == nil {
+		return nil
+	}
+	out := []string{}
+	for _, it := range em.items {
+		out = append(out, it.Key)
+	}
+	return out
+}
+
+func snapOf(t *testing.T, s string) xidSnapshot {
+	t.Helper()
+	snap, err := parseSnapshot(s)
+	require.NoError(t, err)
+	return snap
+}
+
+// tx runs one transaction through the window and returns its emission.
+func tx(w *window, xid uint32, body func()) *emission {
+	w.begin(xid)
+	body()
+	return w.commit()
+}
+
+func TestWindowDropsKeysTouchedInsideOnly(t *testing.T) {
+	w := &window{}
+	w.register("s1", relItems)
+	// Before L, visible to the snapshot (xid 10 < xmin 20): kept.
+	require.Nil(t, tx(w, 10, func() { w.change(relItems, "a", "", false) }))
+	require.Nil(t, tx(w, 11, func() { w.watermark("s1", wmLow) }))
+	// Inside the window: dropped, whatever their visibility.
+	require.Nil(t, tx(w, 12, func() { w.change(relItems, "b", "", false) }))
+	require.Nil(t, tx(w, 13, func() { w.change(relItems, "c2", "c", false) })) // key-changing update c -> c2
+	// Another table's key with the same record ID: not this selection's row.
+	require.Nil(t, tx(w, 14, func() { w.change(relOther, "d", "", false) }))
+	require.True(t, w.setRows("s1", selOf("a", "b", "c", "d", "e"), snapOf(t, "20:30:")))
+	em := tx(w, 15, func() { w.watermark("s1", wmHigh) })
+	require.Equal(t, []string{"a", "d", "e"}, keysOf(em))
+	require.Equal(t, "s1", em.id)
+	// After H: no effect on what was emitted; a re-delivered H emits the same again.
+	require.Nil(t, tx(w, 16, func() { w.change(relItems, "e", "", false) }))
+	w.done("s1")
+	require.Nil(t, tx(w, 15, func() { w.watermark("s1", wmHigh) }), "H of a finished selection is ignored")
+}
+
+func TestWindowInvisibleTransactionBeforeLowWatermark(t *testing.T) {
+	for _, fix := range []bool{true, false} {
+		w := &window{ignoreSnapshot: !fix}
+		// xid 21 commits (in the WAL) before L but the SELECT's snapshot lists it in
+		// xip: the SELECT did not see its change. xid 40 >= xmax: also invisible.
+		require.Nil(t, tx(w, 21, func() { w.change(relItems, "x", "", false) }))
+		require.Nil(t, tx(w, 40, func() { w.change(relItems, "z", "", false) }))
+		// xid 22 is between xmin and xmax and not in xip: visible, kept.
+		require.Nil(t, tx(w, 22, func() { w.change(relItems, "y", "", false) }))
+		w.register("s1", relItems)
+		require.Nil(t, tx(w, 30, func() { w.watermark("s1", wmLow) }))
+		require.True(t, w.setRows("s1", selOf("x", "y", "z", "w"), snapOf(t, "20:35:20,21")))
+		em := tx(w, 31, func() { w.watermark("s1", wmHigh) })
+		if fix {
+			require.Equal(t, []string{"y", "w"}, keysOf(em))
+		} else {
+			require.Equal(t, []string{"x", "y", "z", "w"}, keysOf(em), "plain DBLog keeps the stale rows")
+		}
+	}
+}
+
+func TestWindowTruncateAndUnknownKey(t *testing.T) {
+	w := &window{}
+	w.register("s1", relItems)
+	require.Nil(t, tx(w, 1, func() { w.watermark("s1", wmLow) }))
+	require.Nil(t, tx(w, 2, func() { w.truncate(relOther) }))
+	require.True(t, w.setRows("s1", selOf("a", "b"), snapOf(t, "5:5:")))
+	require.Equal(t, []string{"a", "b"}, keysOf(tx(w, 3, func() { w.watermark("s1", wmHigh) })))
+
+	w = &window{}
+	w.register("s2", relItems)
+	require.Nil(t, tx(w, 1, func() { w.watermark("s2", wmLow) }))
+	require.Nil(t, tx(w, 2, func() { w.truncate(relItems) }))
+	require.True(t, w.setRows("s2", selOf("a", "b"), snapOf(t, "5:5:")))
+	require.Equal(t, []string{}, keysOf(tx(w, 3, func() { w.watermark("s2", wmHigh) })))
+}
+
+func TestWindowIgnoresForeignWatermarksAndWaitsForRows(t *testing.T) {
+	w := &window{}
+	// Leftovers of a crashed run and another syncer's selection.
+	require.Nil(t, tx(w, 1, func() { w.watermark("old-1", wmLow) }))
+	require.Nil(t, tx(w, 2, func() { w.watermark("old-1", wmHigh) }))
+	w.register("s1", relItems)
+	require.Nil(t, tx(w, 3, func() { w.watermark("other-7", wmHigh) }))
+	// H before L (cannot happen for our own selection) or before rows: nothing.
+	require.Nil(t, tx(w, 4, func() { w.watermark("s1", wmHigh) }))
+	require.Nil(t, tx(w, 5, func() { w.watermark("s1", wmLow) }))
+	require.Nil(t, tx(w, 6, func() { w.watermark("s1", wmHigh) }), "rows not set yet")
+	require.False(t, w.setRows("nope", selOf("a"), snapOf(t, "1:1:")))
+	require.True(t, w.setRows("s1", selOf("a"), snapOf(t, "7:7:")))
+	require.Equal(t, []string{"a"}, keysOf(tx(w, 8, func() { w.watermark("s1", wmHigh) })))
+}
+
+func TestWindowRedeliveredLowWatermark(t *testing.T) {
+	// A retry re-delivers L and everything after it: the window restarts at the
+	// second L and the re-delivered transactions still drop their keys.
+	w := &window{}
+	w.register("s1", relItems)
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	require.Nil(t, tx(w, 11, func() { w.change(relItems, "a", "", false) }))
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	require.Nil(t, tx(w, 11, func() { w.change(relItems, "a", "", false) }))
+	require.True(t, w.setRows("s1", selOf("a", "b"), snapOf(t, "12:12:"))) // 11 visible
+	require.Equal(t, []string{"b"}, keysOf(tx(w, 12, func() { w.watermark("s1", wmHigh) })))
+}
+
+func TestWindowPrune(t *testing.T) {
+	w := &window{}
+	require.Nil(t, tx(w, 10, func() { w.change(relItems, "a", "", false) }))
+	require.Nil(t, tx(w, 11, func() { w.change(relItems, "b", "", false) }))
+	require.Nil(t, tx(w, 12, func() {})) // touched nothing: not kept
+	require.Len(t, w.hist, 2)
+	// 11 still running in the pruning snapshot: kept; 10 complete: forgotten.
+	w.prune(snapOf(t, "11:13:11"))
+	require.Equal(t, []uint32{11}, histXids(w))
+	// A registered selection whose snapshot is not known yet keeps everything.
+	w.register("s1", relItems)
+	w.prune(snapOf(t, "20:20:"))
+	require.Equal(t, []uint32{11}, histXids(w))
+	require.Nil(t, tx(w, 13, func() { w.watermark("s1", wmLow) }))
+	require.Nil(t, tx(w, 14, func() { w.change(relItems, "c", "", false) })) // inside the window
+	require.True(t, w.setRows("s1", selOf("a", "b", "c", "d"), snapOf(t, "11:14:11")))
+	// Complete now, but 11 was invisible to the selection and 14 is inside: kept.
+	w.prune(snapOf(t, "20:20:"))
+	require.Equal(t, []uint32{11, 14}, histXids(w))
+	require.Equal(t, []string{"a", "d"}, keysOf(tx(w, 15, func() { w.watermark("s1", wmHigh) })))
+	w.done("s1")
+	w.prune(snapOf(t, "20:20:"))
+	require.Empty(t, w.hist)
+
+	// A ready selection lets go of what its snapshot saw.
+	require.Nil(t, tx(w, 30, func() { w.change(relItems, "a", "", false) }))
+	require.Nil(t, tx(w, 31, func() { w.change(relItems, "b", "", false) }))
+	w.register("s2", relItems)
+	require.True(t, w.setRows("s2", selOf("a", "b"), snapOf(t, "31:32:31")))
+	w.prune(snapOf(t, "40:40:"))
+	require.Equal(t, []uint32{31}, histXids(w))
+}
+
+func histXids(w *window) []uint32 {
+	var out []uint32
+	for _, tx := range w.hist {
+		out = append(out, tx.xid)
+	}
+	return out
+}
+
+func TestParseSnapshotAndWraparound(t *testing.T) {
+	s := snapOf(t, "4294967300:4294967310:4294967301,4294967305")
+	// xid8 values carry the epoch; the low 32 bits are compared.
+	require.Equal(t, uint32(4), s.xmin)
+	require.Equal(t, uint32(14), s.xmax)
+	require.True(t, s.inProgress(5))
+	require.True(t, s.inProgress(9))
+	require.False(t, s.inProgress(6))
+	require.True(t, s.inProgress(14))
+	require.True(t, s.inProgress(20))
+	require.False(t, s.inProgress(3))
+	require.False(t, s.inProgress(4294967290), "an xid just before the wraparound precedes xmax 14")
+	require.True(t, s.inProgress(0))
+	_, err := parseSnapshot("1:2")
+	require.Error(t, err)
+	_, err = parseSnapshot("a:2:")
+	require.Error(t, err)
+	e := snapOf(t, "7:7:")
+	require.Empty(t, e.xip)
+}
+
+func TestInMemSelection(t *testing.T) {
+	s := selOf("a", "b", "c")
+	require.True(t, s.Remove("b"))
+	require.False(t, s.Remove("b"))
+	s.Add(DBItem{Key: "b"})
+	s.Add(DBItem{Key: "a", Values: StringMap{"k": "a2"}})
+	require.Equal(t, 3, s.Len())
+	var keys []string
+	for _, it := range s.Items() {
+		keys = append(keys, it.Key)
+	}
+	require.Equal(t, []string{"a", "b", "c"}, keys)
+	it, ok := s.Get("a")
+	require.True(t, ok)
+	require.Equal(t, "a2", it.Values["k"])
+	s.Clear()
+	require.Zero(t, s.Len())
+}
+
+func TestWindowRereadAndRetry(t *testing.T) {
+	w := &window{}
+	w.register("s1", relItems)
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	// a: updated with an unchanged TOAST column, then fully: no re-read needed.
+	// b: updated with an unchanged TOAST column last: re-read. c: deleted: no.
+	// d: not selected: nothing. e: key-changed away (old key gone): no.
+	require.Nil(t, tx(w, 11, func() {
+		w.change(relItems, "a", "", true)
+		w.change(relItems, "b", "", false)
+		w.change(relItems, "d", "", true)
+	}))
+	require.Nil(t, tx(w, 12, func() {
+		w.change(relItems, "a", "", false)
+		w.change(relItems, "b", "", true)
+		w.change(relItems, "c", "", false)
+		w.change(relItems, "e2", "e", true)
+	}))
+	require.True(t, w.setRows("s1", selOf("a", "b", "c", "e", "f"), snapOf(t, "13:13:")))
+	em := tx(w, 13, func() { w.watermark("s1", wmHigh) })
+	require.Equal(t, []string{"f"}, keysOf(em))
+	require.Equal(t, []string{"b"}, em.reread)
+	require.False(t, em.retry)
+	w.done("s1")
+
+	// A change whose key could not be read: nothing is emitted, run it again.
+	w.register("s2", relItems)
+	require.Nil(t, tx(w, 20, func() { w.watermark("s2", wmLow) }))
+	require.Nil(t, tx(w, 21, func() { w.unknownKey(relOther) }))
+	require.True(t, w.setRows("s2", selOf("a"), snapOf(t, "22:22:")))
+	em = tx(w, 22, func() { w.watermark("s2", wmHigh) })
+	require.False(t, em.retry, "another table's unreadable key does not matter")
+	require.Equal(t, []string{"a"}, keysOf(em))
+	w.done("s2")
+	w.register("s3", relItems)
+	require.Nil(t, tx(w, 30, func() { w.watermark("s3", wmLow) }))
+	require.Nil(t, tx(w, 31, func() { w.unknownKey(relItems) }))
+	require.True(t, w.setRows("s3", selOf("a"), snapOf(t, "32:32:")))
+	em = tx(w, 32, func() { w.watermark("s3", wmHigh) })
+	require.True(t, em.retry)
+	require.Empty(t, em.items)
+}

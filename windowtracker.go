@@ -1,0 +1,264 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// windowTracker connects the pure window (window.go) to the Syncer: delivery feeds it
+// the log from the poller's goroutine, Refresh registers selections from the caller's
+// goroutine and waits for their completion.
+type windowTracker struct {
+	mu      sync.Mutex
+	w       window
+	waiters map[string]chan selDone // selection ID -> completion (buffered, one value)
+	// afterSelect, when set, runs between a selection's SELECT and its high
+	// watermark. Tests only: it makes changes land inside the window.
+	afterSelect func()
+	lastPrune   time.Time
+	// watch collects, per table being snapshotted, the new keys of key-changing
+	// updates that left TOASTed columns unchanged: the consumer may never have seen
+	// the row under its old key, so the row must be read again (snapshot.go).
+	watch map[uint32]map[string][]any
+	// stopped is why Run last returned; nil before the first Run and while running.
+	// A selection registered while stopped fails at once instead of waiting forever.
+	stopped error
+}
+
+// History of touched keys is pruned (one pg_current_snapshot() query at the start of
+// a poll) once it holds pruneMinHistory transactions or pruneInterval has passed.
+const (
+	pruneMinHistory = 1024
+	pruneInterval   = time.Second
+)
+
+// selDone is how a selection ended: err, or its rows were handed over (with the
+// follow-up work the emission asked for).
+type selDone struct {
+	err     error
+	emitted int
+	reread  []string
+	retry   bool
+}
+
+func newWindowTracker() *windowTracker {
+	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}}
+}
+
+// watchStart starts collecting rows of rel to read again (see watch).
+func (t *windowTracker) watchStart(rel uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.watch[rel] == nil {
+		t.watch[rel] = map[string][]any{}
+	}
+}
+
+// watchTake returns what was collected for rel (key values in primary key order) and
+// keeps collecting.
+func (t *windowTracker) watchTake(rel uint32) [][]any {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out [][]any
+	for _, k := range t.watch[rel] {
+		out = append(out, k)
+	}
+	if t.watch[rel] != nil {
+		t.watch[rel] = map[string][]any{}
+	}
+	return out
+}
+
+// watchStop stops collecting for rel.
+func (t *windowTracker) watchStop(rel uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.watch, rel)
+}
+
+// register starts tracking a selection of relation rel; the returned channel gets nil
+// once its refresh rows were handed over, or an error wrapping ErrRefreshAbandoned.
+// Only one selection may be registered at a time (Refresh serialises callers).
+func (t *windowTracker) register(id string, rel uint32) <-chan selDone {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ch := make(chan selDone, 1)
+	if t.stopped != nil {
+		ch <- selDone{err: fmt.Errorf("%w: the Syncer is not running (%v); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)}
+		return ch
+	}
+	t.waiters[id] = ch
+	t.w.register(id, rel)
+	return ch
+}
+
+// started notes that Run is delivering again.
+func (t *windowTracker) started() {
+	t.mu.Lock()
+	t.stopped = nil
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) setRows(id string, rows *InMemSelection, snap xidSnapshot) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.w.setRows(id, rows, snap)
+}
+
+// release forgets a selection, whatever its state.
+func (t *windowTracker) release(id string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.w.done(id)
+	delete(t.waiters, id)
+}
+
+// delivered marks selections whose refresh rows were handed over: they are forgotten
+// (a re-delivered high watermark is then ignored) and their callers released.
+func (t *windowTracker) delivered(ems []*emission) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, em := range ems {
+		t.w.done(em.id)
+		if ch, ok := t.waiters[em.id]; ok {
+			ch <- selDone{emitted: len(em.items), reread: em.reread, retry: em.retry}
+			delete(t.waiters, em.id)
+		}
+	}
+}
+
+// abandon fails every registered selection (the Syncer stopped before their high
+// watermark was delivered) and every one registered until Run starts again.
+func (t *windowTracker) abandon(cause error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stopped = cause
+	for id, ch := range t.waiters {
+		t.w.done(id)
+		ch <- selDone{err: fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)}
+		delete(t.waiters, id)
+	}
+}
+
+func (t *windowTracker) begin(xid uint32) {
+	t.mu.Lock()
+	t.w.begin(xid)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) change(rel uint32, key, oldKey string, partial bool) {
+	t.mu.Lock()
+	t.w.change(rel, key, oldKey, partial)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) unknownKey(rel uint32) {
+	t.mu.Lock()
+	t.w.unknownKey(rel)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) truncate(rel uint32) {
+	t.mu.Lock()
+	t.w.truncate(rel)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) watermark(id string, kind wmKind) {
+	t.mu.Lock()
+	t.w.watermark(id, kind)
+	t.mu.Unlock()
+}
+
+func (t *windowTracker) commit() *emission {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.w.commit()
+}
+
+// setIgnoreSnapshot turns the visibility fix off (plain DBLog). Tests only.
+func (t *windowTracker) setIgnoreSnapshot(v bool) {
+	t.mu.Lock()
+	t.w.ignoreSnapshot = v
+	t.mu.Unlock()
+}
+
+// maybePrune forgets history that a fresh snapshot shows complete and the registered
+// selection cannot need (window.prune). It runs at the start of a poll, after the
+// previous poll's transactions were delivered.
+func (t *windowTracker) maybePrune(ctx context.Context, db *sql.DB, log *slog.Logger) {
+	t.mu.Lock()
+	need := len(t.w.hist) >= pruneMinHistory || (len(t.w.hist) > 0 && time.Since(t.lastPrune) >= pruneInterval)
+	t.mu.Unlock()
+	if !need {
+		return
+	}
+	defer func() {
+		t.mu.Lock()
+		t.lastPrune = time.Now()
+		t.mu.Unlock()
+	}()
+	var text string
+	if err := db.QueryRowContext(ctx, `SELECT pg_current_snapshot()::text`).Scan(&text); err != nil {
+		log.Debug("dbsync: could not read pg_current_snapshot() to prune window history", "err", err)
+		return
+	}
+	snap, err := parseSnapshot(text)
+	if err != nil {
+		log.Debug("dbsync: window history not pruned", "err", err)
+		return
+	}
+	t.mu.Lock()
+	t.w.prune(snap)
+	t.mu.Unlock()
+}
+
+// touchChange records the keys a row change touched, and whether it left columns
+// unknown (unchanged TOAST). A change whose key cannot be computed (e.g. a DELETE
+// under REPLICA IDENTITY NOTHING) makes a selection of its table run again.
+func (t *windowTracker) touchChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *PGTableInfo) {
+	if info == nil {
+		t.unknownKey(reln.RelationID)
+		return
+	}
+	c, err := DecodeChange(msg, reln, info)
+	if err != nil {
+		t.unknownKey(reln.RelationID)
+		return
+	}
+	t.change(reln.RelationID, c.Key, c.OldKey, len(c.Unchanged) > 0)
+	if c.OldKey != "" && len(c.Unchanged) > 0 {
+		t.mu.Lock()
+		if w := t.watch[reln.RelationID]; w != nil {
+			key := make([]any, len(info.PrimaryKey))
+			for i, k := range info.PrimaryKey {
+				key[i] = c.New[k]
+			}
+			w[c.Key] = key
+		}
+		t.mu.Unlock()
+	}
+}
+
+// watermarkRow records an INSERT into the watermark table.
+func (t *windowTracker) watermarkRow(reln *pglogrepl.RelationMessage, info *PGTableInfo, tuple *pglogrepl.TupleData) {
+	if info == nil {
+		return
+	}
+	vals, _, err := info.MessageToMap(reln, tuple)
+	if err != nil {
+		return
+	}
+	id, _ := vals["selection_id"].(string)
+	kind, _ := vals["wm_type"].(string)
+	if id == "" || (kind != string(wmLow) && kind != string(wmHigh)) {
+		return
+	}
+	t.watermark(id, wmKind(kind))
+}
