@@ -237,14 +237,15 @@ func quoteLiteral(s string) string { return pq.QuoteLiteral(s) }
 // dbsync.DecodeChange, as a real consumer would.
 type handler struct {
 	dbsync.DefaultMessageHandler
-	changes  atomic.Int64
-	msgs     atomic.Int64
-	target   pglogrepl.LSN
-	reached  chan struct{}
-	once     sync.Once
-	onChange func(*dbsync.Change)
-	decodeMu sync.Mutex
-	err      error
+	changes   atomic.Int64
+	msgs      atomic.Int64
+	refreshed atomic.Int64
+	target    pglogrepl.LSN
+	reached   chan struct{}
+	once      sync.Once
+	onChange  func(*dbsync.Change)
+	decodeMu  sync.Mutex
+	err       error
 }
 
 func newHandler(target pglogrepl.LSN) *handler {
@@ -265,6 +266,15 @@ func (h *handler) change(msg pglogrepl.Message, reln *pglogrepl.RelationMessage,
 }
 
 func (h *handler) HandleBeginMessage(int, *pglogrepl.BeginMessage) error { h.msgs.Add(1); return nil }
+
+// HandleRefresh counts rows of a snapshot chunk (their values are already decoded).
+func (h *handler) HandleRefresh(_ string, item dbsync.DBItem) error {
+	if len(item.Values) == 0 {
+		return fmt.Errorf("refresh row %q without values", item.Key)
+	}
+	h.refreshed.Add(1)
+	return nil
+}
 func (h *handler) HandleRelationMessage(int, *pglogrepl.RelationMessage, *dbsync.PGTableInfo) error {
 	h.msgs.Add(1)
 	return nil
