@@ -118,6 +118,10 @@ type selOutcome struct {
 // maxSettleRounds bounds the follow-up windows one selection may need.
 const maxSettleRounds = 5
 
+// retrySelectionDelay is the wait before the first re-run of a selection that must
+// run again; it doubles for each further re-run (50 ms .. 800 ms, 1.55 s in all).
+const retrySelectionDelay = 50 * time.Millisecond
+
 // selectSettled runs a selection (runSelection) and its follow-ups: rows that need
 // reading again (emission.reread) are read in further windows, and a selection
 // disturbed by changes whose key could not be read runs again, up to maxSettleRounds.
@@ -133,8 +137,16 @@ func (s *Syncer) selectSettled(ctx context.Context, info *PGTableInfo, cols []st
 		}
 		if out.retry {
 			if round >= maxSettleRounds {
-				return stats, nil, fmt.Errorf("%w: %s: changes whose key could not be read (REPLICA IDENTITY NOTHING, or a TOASTed key column) touched the table in %d windows in a row; try again later",
+				return stats, nil, fmt.Errorf("%w: %s: in %d windows in a row the table was touched by a change whose key could not be read (REPLICA IDENTITY NOTHING, a TOASTed key column) or by a transaction committed but not yet visible to the SELECT (e.g. waiting for a synchronous standby); try again later",
 					ErrRefreshAbandoned, info.QualifiedName(), round+1)
+			}
+			// Give a committed-but-invisible transaction time to become visible.
+			t := time.NewTimer(retrySelectionDelay << round)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return stats, nil, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+			case <-t.C:
 			}
 			continue
 		}

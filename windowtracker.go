@@ -26,6 +26,10 @@ type windowTracker struct {
 	// updates that left TOASTed columns unchanged: the consumer may never have seen
 	// the row under its old key, so the row must be read again (snapshot.go).
 	watch map[uint32]map[string][]any
+	// tracked lists tables whose changes are decoded for their keys: every table a
+	// selection or snapshot was ever registered for (sticky, so a table refreshed
+	// regularly keeps exact history; see touchChange).
+	tracked map[uint32]struct{}
 	// stopped is why Run last returned; nil before the first Run and while running.
 	// A selection registered while stopped fails at once instead of waiting forever.
 	stopped error
@@ -48,7 +52,7 @@ type selDone struct {
 }
 
 func newWindowTracker() *windowTracker {
-	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}}
+	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}, tracked: map[uint32]struct{}{}}
 }
 
 // watchStart starts collecting rows of rel to read again (see watch).
@@ -58,6 +62,7 @@ func (t *windowTracker) watchStart(rel uint32) {
 	if t.watch[rel] == nil {
 		t.watch[rel] = map[string][]any{}
 	}
+	t.tracked[rel] = struct{}{}
 }
 
 // watchTake returns what was collected for rel (key values in primary key order) and
@@ -94,6 +99,7 @@ func (t *windowTracker) register(id string, rel uint32) <-chan selDone {
 		return ch
 	}
 	t.waiters[id] = ch
+	t.tracked[rel] = struct{}{}
 	t.w.register(id, rel)
 	return ch
 }
@@ -219,11 +225,18 @@ func (t *windowTracker) maybePrune(ctx context.Context, db *sql.DB, log *slog.Lo
 	t.mu.Unlock()
 }
 
-// touchChange records the keys a row change touched, and whether it left columns
-// unknown (unchanged TOAST). A change whose key cannot be computed (e.g. a DELETE
-// under REPLICA IDENTITY NOTHING) makes a selection of its table run again.
+// touchChange records what a row change touched. Keys are decoded only for tracked
+// tables (tables a selection or snapshot was ever registered for); for every other table the transaction is only noted as having touched it, which costs
+// no decoding and no memory per row. Should such a transaction turn out to matter to
+// a later selection (its xid in progress in the selection's snapshot, PostgreSQL's
+// commit-before-visibility race), the selection runs again, as for a key that cannot
+// be read (window.emit's retry). A change whose key cannot be computed (e.g. a DELETE
+// under REPLICA IDENTITY NOTHING) is treated the same way.
 func (t *windowTracker) touchChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *PGTableInfo) {
-	if info == nil {
+	t.mu.Lock()
+	watched := t.watchedLocked(reln.RelationID)
+	t.mu.Unlock()
+	if !watched || info == nil {
 		t.unknownKey(reln.RelationID)
 		return
 	}
@@ -244,6 +257,13 @@ func (t *windowTracker) touchChange(msg pglogrepl.Message, reln *pglogrepl.Relat
 		}
 		t.mu.Unlock()
 	}
+}
+
+// watchedLocked tells whether changes of rel need their keys (rel is tracked).
+// t.mu must be held.
+func (t *windowTracker) watchedLocked(rel uint32) bool {
+	_, ok := t.tracked[rel]
+	return ok
 }
 
 // watermarkRow records an INSERT into the watermark table.
