@@ -388,7 +388,12 @@ func bigText(rng *rand.Rand, n int) string {
 }
 
 // SnapshotRebuild loads every row of tables into the cache with a chunked, lock-free
-// DBLog snapshot while the Syncer streams changes (Syncer.Snapshot).
+// DBLog snapshot while the Syncer streams changes (Syncer.Snapshot). Chunks are
+// small (DemoChunkSize) so that many windows interleave with the writers.
 func SnapshotRebuild(ctx context.Context, s *dbsync.Syncer, _ *handlers.Cache, tables []string) error {
+	s.SnapshotChunkSize = DemoChunkSize
 	return s.Snapshot(ctx, tables...)
 }
+
+// DemoChunkSize is the snapshot chunk size of the demo's rebuild.
+const DemoChunkSize = 500
