@@ -428,7 +428,7 @@ func (t *PGTableInfo) columnsFor(reln *pglogrepl.RelationMessage) []*PGColumnInf
 				continue
 			}
 		}
-		cols[i] = &PGColumnInfo{ColumnName: rc.Name, TypeOID: rc.DataType, TypeModifier: rc.TypeModifier}
+		cols[i] = &PGColumnInfo{ColumnName: rc.Name, TypeOID: rc.DataType, TypeModifier: rc.TypeModifier, dec: resolveDecode(rc.DataType, nil)}
 	}
 	return cols
 }
