@@ -114,6 +114,18 @@ func newTypeMap() *pgtype.Map {
 type scaledNumericCodec struct{ pgtype.NumericCodec }
 
 func (c scaledNumericCodec) DecodeValue(m *pgtype.Map, oid uint32, format int16, src []byte) (any, error) {
+	if format == pgtype.TextFormatCode {
+		if n, ok := parsePlainNumeric(src); ok {
+			return n, nil
+		}
+	}
+	return c.decodeValuePgx(m, oid, format, src)
+}
+
+// decodeValuePgx decodes with pgx's NumericCodec and rescales; parsePlainNumeric is
+// a shortcut for the common text case that must give identical values
+// (TestNumericFastPathMatchesPgx).
+func (c scaledNumericCodec) decodeValuePgx(m *pgtype.Map, oid uint32, format int16, src []byte) (any, error) {
 	v, err := c.NumericCodec.DecodeValue(m, oid, format, src)
 	if err != nil || v == nil {
 		return v, err
@@ -131,6 +143,47 @@ func (c scaledNumericCodec) DecodeValue(m *pgtype.Map, oid uint32, format int16,
 		n.Exp = 0
 	}
 	return n, nil
+}
+
+// parsePlainNumeric parses numeric text of the form -?digits(.digits)? with at most 18
+// digits in all (what PostgreSQL's numeric output gives for most values) into Int x
+// 10^Exp with Exp = -(digits after the point), as pgx's parser followed by the rescaling
+// in DecodeValue would. ok is false for anything else (NaN, Infinity, longer values,
+// malformed text), which then goes through pgx.
+func parsePlainNumeric(src []byte) (n pgtype.Numeric, ok bool) {
+	i := 0
+	neg := len(src) > 0 && src[0] == '-'
+	if neg {
+		i = 1
+	}
+	var x int64
+	digits, point := 0, -1
+	for ; i < len(src); i++ {
+		c := src[i]
+		switch {
+		case c >= '0' && c <= '9':
+			digits++
+			if digits > 18 {
+				return n, false
+			}
+			x = x*10 + int64(c-'0')
+		case c == '.' && point < 0 && digits > 0:
+			point = digits
+		default:
+			return n, false
+		}
+	}
+	if digits == 0 || point == digits {
+		return n, false
+	}
+	exp := int32(0)
+	if point >= 0 {
+		exp = -int32(digits - point)
+	}
+	if neg {
+		x = -x
+	}
+	return pgtype.Numeric{Int: big.NewInt(x), Exp: exp, Valid: true}, true
 }
 
 // PlanScan makes scans into *any (array elements, range bounds) use DecodeValue.
