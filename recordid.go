@@ -7,6 +7,7 @@ import (
 	"math"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -30,7 +31,10 @@ func (t *PGTableInfo) GetRecordID(values StringMap) (string, error) {
 	if len(t.PrimaryKey) == 0 {
 		return "", fmt.Errorf("%w: table %s has no primary key or replica identity index; add a primary key", ErrNoKey, t.QualifiedName())
 	}
-	parts := make([]string, len(t.PrimaryKey))
+	// The ID is built directly into one buffer; it is byte for byte what json.Marshal
+	// gives for the []string of the key texts (TestRecordIDMatchesJSONMarshal).
+	var stack [64]byte
+	b := append(stack[:0], '[')
 	for i, k := range t.PrimaryKey {
 		v, ok := values[k]
 		if !ok {
@@ -39,17 +43,93 @@ func (t *PGTableInfo) GetRecordID(values StringMap) (string, error) {
 		if v == nil {
 			return "", fmt.Errorf("%w: key column %q of %s is NULL", ErrNoKey, k, t.QualifiedName())
 		}
-		s, err := keyText(v)
-		if err != nil {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		var err error
+		if b, err = appendKeyJSON(b, v); err != nil {
 			return "", fmt.Errorf("%w: key column %q of %s: %v", ErrNoKey, k, t.QualifiedName(), err)
 		}
-		parts[i] = s
 	}
-	b, err := json.Marshal(parts)
-	if err != nil {
-		return "", err
-	}
+	b = append(b, ']')
 	return string(b), nil
+}
+
+// appendKeyJSON appends keyText(v) as a JSON string to b. The common key types are
+// formatted in place; the others go through keyText.
+func appendKeyJSON(b []byte, v any) ([]byte, error) {
+	switch x := v.(type) {
+	case string:
+		return appendJSONString(b, x), nil
+	case int16:
+		return append(strconv.AppendInt(append(b, '"'), int64(x), 10), '"'), nil
+	case int32:
+		return append(strconv.AppendInt(append(b, '"'), int64(x), 10), '"'), nil
+	case int64:
+		return append(strconv.AppendInt(append(b, '"'), x, 10), '"'), nil
+	case uint32:
+		return append(strconv.AppendUint(append(b, '"'), uint64(x), 10), '"'), nil
+	}
+	s, err := keyText(v)
+	if err != nil {
+		return b, err
+	}
+	return appendJSONString(b, s), nil
+}
+
+// appendJSONString appends s as a JSON string exactly as encoding/json encodes a Go
+// string (HTML escaping on): '"' and '\\' escaped with a backslash; \b \f \n \r \t by
+// their short escapes; other control bytes, '<', '>' and '&' as \u00XX; U+2028 and
+// U+2029 as \u2028 and \u2029; each byte of invalid UTF-8 as \ufffd.
+func appendJSONString(b []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 // keyText is the canonical text of a decoded value: a function of the value alone, so

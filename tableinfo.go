@@ -309,7 +309,7 @@ func tableInfoFromRelation(reln *pglogrepl.RelationMessage) *PGTableInfo {
 		ColInfo: map[string]*PGColumnInfo{}, ReplicaIdentity: reln.ReplicaIdentity, Dropped: true, reln: reln}
 	for i, c := range reln.Columns {
 		col := &PGColumnInfo{ColumnName: c.Name, OrdinalPosition: i + 1, TypeOID: c.DataType, TypeModifier: c.TypeModifier,
-			ReplicaIdentity: c.Flags&1 != 0}
+			ReplicaIdentity: c.Flags&1 != 0, dec: resolveDecode(c.DataType, nil)}
 		if col.ReplicaIdentity {
 			info.PrimaryKey = append(info.PrimaryKey, c.Name)
 			col.KeyPosition = len(info.PrimaryKey)

@@ -75,6 +75,12 @@ type decodeInfo struct {
 	elem *decodeInfo
 	// elemOID is the array's element type OID as PostgreSQL declares it (kindArray).
 	elemOID uint32
+	// codec is pgtype's codec for oid (kindCodec), looked up once: codecs hold no
+	// per-Map state, the Map passed to DecodeValue does.
+	codec pgtype.Codec
+	// tstzPlans are timestamptz's scan plans into *pgtype.Timestamptz for the text and
+	// binary formats, made once: pgx's DecodeValue makes a new plan for every value.
+	tstzPlans [2]pgtype.ScanPlan
 }
 
 // refTypes answers "does pgtype have a codec for this OID" without decoding; it is
@@ -108,6 +114,18 @@ func newTypeMap() *pgtype.Map {
 type scaledNumericCodec struct{ pgtype.NumericCodec }
 
 func (c scaledNumericCodec) DecodeValue(m *pgtype.Map, oid uint32, format int16, src []byte) (any, error) {
+	if format == pgtype.TextFormatCode {
+		if n, ok := parsePlainNumeric(src); ok {
+			return n, nil
+		}
+	}
+	return c.decodeValuePgx(m, oid, format, src)
+}
+
+// decodeValuePgx decodes with pgx's NumericCodec and rescales; parsePlainNumeric is
+// a shortcut for the common text case that must give identical values
+// (TestNumericFastPathMatchesPgx).
+func (c scaledNumericCodec) decodeValuePgx(m *pgtype.Map, oid uint32, format int16, src []byte) (any, error) {
 	v, err := c.NumericCodec.DecodeValue(m, oid, format, src)
 	if err != nil || v == nil {
 		return v, err
@@ -125,6 +143,47 @@ func (c scaledNumericCodec) DecodeValue(m *pgtype.Map, oid uint32, format int16,
 		n.Exp = 0
 	}
 	return n, nil
+}
+
+// parsePlainNumeric parses numeric text of the form -?digits(.digits)? with at most 18
+// digits in all (what PostgreSQL's numeric output gives for most values) into Int x
+// 10^Exp with Exp = -(digits after the point), as pgx's parser followed by the rescaling
+// in DecodeValue would. ok is false for anything else (NaN, Infinity, longer values,
+// malformed text), which then goes through pgx.
+func parsePlainNumeric(src []byte) (n pgtype.Numeric, ok bool) {
+	i := 0
+	neg := len(src) > 0 && src[0] == '-'
+	if neg {
+		i = 1
+	}
+	var x int64
+	digits, point := 0, -1
+	for ; i < len(src); i++ {
+		c := src[i]
+		switch {
+		case c >= '0' && c <= '9':
+			digits++
+			if digits > 18 {
+				return n, false
+			}
+			x = x*10 + int64(c-'0')
+		case c == '.' && point < 0 && digits > 0:
+			point = digits
+		default:
+			return n, false
+		}
+	}
+	if digits == 0 || point == digits {
+		return n, false
+	}
+	exp := int32(0)
+	if point >= 0 {
+		exp = -int32(digits - point)
+	}
+	if neg {
+		x = -x
+	}
+	return pgtype.Numeric{Int: big.NewInt(x), Exp: exp, Valid: true}, true
 }
 
 // PlanScan makes scans into *any (array elements, range bounds) use DecodeValue.
@@ -195,7 +254,13 @@ func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeI
 			return &decodeInfo{kind: kindArray, oid: oid, name: t.Name, elemOID: ac.ElementType.OID,
 				elem: resolveDecodeDepth(ac.ElementType.OID, types, depth+1)}
 		}
-		return &decodeInfo{kind: kindCodec, oid: oid, name: t.Name}
+		d := &decodeInfo{kind: kindCodec, oid: oid, name: t.Name, codec: t.Codec}
+		if c, ok := t.Codec.(*pgtype.TimestamptzCodec); ok && oid == pgtype.TimestamptzOID {
+			for f := range d.tstzPlans {
+				d.tstzPlans[f] = c.PlanScan(refTypes, oid, int16(f), &pgtype.Timestamptz{})
+			}
+		}
+		return d
 	}
 	row, ok := types[oid]
 	if !ok || depth > 16 {
@@ -233,11 +298,26 @@ func (d *decodeInfo) decode(m *pgtype.Map, format int16, src []byte) (any, error
 	case kindArray:
 		return d.decodeArray(m, format, src)
 	}
-	t, ok := m.TypeForOID(d.oid)
-	if !ok {
-		return nil, fmt.Errorf("no codec for OID %d", d.oid)
+	if d.oid == pgtype.TimestamptzOID && (format == pgtype.TextFormatCode || format == pgtype.BinaryFormatCode) && d.tstzPlans[format] != nil {
+		// What TimestamptzCodec.DecodeValue does, with the plan made once.
+		var ts pgtype.Timestamptz
+		if err := d.tstzPlans[format].Scan(src, &ts); err != nil {
+			return nil, err
+		}
+		if ts.InfinityModifier != pgtype.Finite {
+			return ts.InfinityModifier, nil
+		}
+		return ts.Time.UTC(), nil
 	}
-	v, err := t.Codec.DecodeValue(m, d.oid, format, src)
+	codec := d.codec
+	if codec == nil {
+		t, ok := m.TypeForOID(d.oid)
+		if !ok {
+			return nil, fmt.Errorf("no codec for OID %d", d.oid)
+		}
+		codec = t.Codec
+	}
+	v, err := codec.DecodeValue(m, d.oid, format, src)
 	if err != nil {
 		return nil, err
 	}
@@ -370,22 +450,31 @@ func (c *PGColumnInfo) decoder() *decodeInfo {
 	return resolveDecode(c.TypeOID, nil)
 }
 
-func (c *PGColumnInfo) decodeFormat(format int16, data []byte) (v any, err error) {
+func (c *PGColumnInfo) decodeFormat(format int16, data []byte) (any, error) {
 	m := typeMaps.Get().(*pgtype.Map)
+	v, broken, err := c.decodeWith(m, format, data)
+	if !broken {
+		typeMaps.Put(m)
+	}
+	return v, err
+}
+
+// decodeWith decodes one value with m, a Map borrowed from typeMaps. broken reports a
+// panic in a pgtype decoder (returned as an ErrDecodeValue error): m must then be
+// dropped, not returned to the pool.
+func (c *PGColumnInfo) decodeWith(m *pgtype.Map, format int16, data []byte) (v any, broken bool, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			// pgtype decoders index malformed input in a few places: a decode
 			// failure must be an error, never a crash (the Map is dropped).
-			v, err = nil, fmt.Errorf("%w: column %q (%s): %v", ErrDecodeValue, c.ColumnName, c.decoder().name, r)
-			return
+			v, broken, err = nil, true, fmt.Errorf("%w: column %q (%s): %v", ErrDecodeValue, c.ColumnName, c.decoder().name, r)
 		}
-		typeMaps.Put(m)
 	}()
 	v, err = c.decoder().decode(m, format, data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: column %q (%s, %s format): %v", ErrDecodeValue, c.ColumnName, c.decoder().name, formatName(format), err)
+		return nil, false, fmt.Errorf("%w: column %q (%s, %s format): %v", ErrDecodeValue, c.ColumnName, c.decoder().name, formatName(format), err)
 	}
-	return v, nil
+	return v, false, nil
 }
 
 func formatName(f int16) string {
@@ -428,7 +517,7 @@ func (t *PGTableInfo) columnsFor(reln *pglogrepl.RelationMessage) []*PGColumnInf
 				continue
 			}
 		}
-		cols[i] = &PGColumnInfo{ColumnName: rc.Name, TypeOID: rc.DataType, TypeModifier: rc.TypeModifier}
+		cols[i] = &PGColumnInfo{ColumnName: rc.Name, TypeOID: rc.DataType, TypeModifier: rc.TypeModifier, dec: resolveDecode(rc.DataType, nil)}
 	}
 	return cols
 }
@@ -453,24 +542,41 @@ func (t *PGTableInfo) MessageToMap(reln *pglogrepl.RelationMessage, tuple *pglog
 	}
 	cols := t.columnsFor(reln)
 	values = make(StringMap, len(tuple.Columns))
+	// One Map serves the whole tuple (dropped if a decoder panicked).
+	var m *pgtype.Map
+	defer func() {
+		if m != nil {
+			typeMaps.Put(m)
+		}
+	}()
 	for i, col := range tuple.Columns {
 		name := reln.Columns[i].Name
+		var format int16
 		switch col.DataType {
 		case pglogrepl.TupleDataTypeNull:
 			values[name] = nil
+			continue
 		case pglogrepl.TupleDataTypeToast:
 			unchanged = append(unchanged, name)
+			continue
 		case pglogrepl.TupleDataTypeText:
-			if values[name], err = cols[i].DecodeText(col.Data); err != nil {
-				return nil, nil, fmt.Errorf("%s.%s: %w", reln.Namespace, reln.RelationName, err)
-			}
+			format = pgtype.TextFormatCode
 		case pglogrepl.TupleDataTypeBinary:
-			if values[name], err = cols[i].DecodeBytes(col.Data); err != nil {
-				return nil, nil, fmt.Errorf("%s.%s: %w", reln.Namespace, reln.RelationName, err)
-			}
+			format = pgtype.BinaryFormatCode
 		default:
 			return nil, nil, fmt.Errorf("%w: column %q has tuple kind %q", ErrMalformedMessage, name, col.DataType)
 		}
+		if m == nil {
+			m = typeMaps.Get().(*pgtype.Map)
+		}
+		v, broken, err := cols[i].decodeWith(m, format, col.Data)
+		if broken {
+			m = nil
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s.%s: %w", reln.Namespace, reln.RelationName, err)
+		}
+		values[name] = v
 	}
 	return values, unchanged, nil
 }
