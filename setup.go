@@ -189,35 +189,44 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 }
 
 // ensureSlot creates the pgoutput slot if missing, and rejects an existing slot that
-// is not a logical pgoutput slot of this database.
-func (s *Syncer) ensureSlot(ctx context.Context) error {
-	for attempt := 0; ; attempt++ {
-		var plugin, slotType, database sql.NullString
-		err := s.db.QueryRowContext(ctx, `SELECT plugin, slot_type, database FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
-			s.replicationSlot).Scan(&plugin, &slotType, &database)
-		if err == nil {
-			var current string
-			if err := s.db.QueryRowContext(ctx, `SELECT current_database()`).Scan(&current); err != nil {
-				return classify(err, "read current database")
-			}
-			if slotType.String != "logical" || plugin.String != "pgoutput" || database.String != current {
-				return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot('%s')",
-					ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, s.replicationSlot)
-			}
-			return nil
+// is not a logical pgoutput slot of this database. The check and the creation run
+// under a session advisory lock on one connection: a slot another syncer is still
+// creating (building its initial snapshot) is listed in pg_replication_slots before
+// its plugin is, and must not be mistaken for a foreign slot.
+// (pg_create_logical_replication_slot cannot run in a transaction that wrote, so the
+// transaction-level lock of setupCatalog cannot cover it.)
+func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return classify(err, "connect for slot setup")
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, setupLockKey+1); err != nil {
+		return classify(err, "lock slot setup")
+	}
+	defer func() {
+		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
+			err = classify(uerr, "unlock slot setup")
 		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return classify(err, "look up replication slot")
+	}()
+	var plugin, slotType, database sql.NullString
+	var current string
+	err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, current_database()
+		FROM (SELECT current_database()) AS d(x)
+		LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &current)
+	if err != nil {
+		return classify(err, "look up replication slot")
+	}
+	if slotType.Valid {
+		if slotType.String != "logical" || plugin.String != "pgoutput" || database.String != current {
+			return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot('%s')",
+				ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, s.replicationSlot)
 		}
-		_, err = s.db.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
-		if err == nil {
-			s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
-			return nil
-		}
-		var pqErr *pq.Error
-		if errors.As(err, &pqErr) && pqErr.Code == "42710" && attempt == 0 {
-			continue // created concurrently by another syncer: check it
-		}
+		return nil
+	}
+	if _, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot); err != nil {
 		return classify(err, "create replication slot "+s.replicationSlot)
 	}
+	s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
+	return nil
 }
