@@ -138,7 +138,7 @@ func (r *runner) snapshot(ctx context.Context) error {
 		name  string
 		db    *sql.DB
 		chunk int
-	}{{"lib/pq", db, 0}, {"pgx", pgx, 0}, {"lib/pq, chunk 10000", db, 10000}} {
+	}{{"lib/pq", db, 0}, {"pgx", pgx, 0}, {"lib/pq, chunk 1000", db, 1000}} {
 		slot := fmt.Sprintf("bench_snap_%d", i)
 		opts := []dbsync.SyncerOpt{dbsync.WithDB(d.db), dbsync.WithReplicationSlot(slot), dbsync.WithPublication(sl.pub)}
 		s, err := dbsync.NewSyncerContext(ctx, opts...)
