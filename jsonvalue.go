@@ -4,7 +4,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"math"
 	"math/big"
 	"net"
 	"strings"
@@ -218,13 +217,8 @@ func timeText(d *decodeInfo, t time.Time) string {
 }
 
 func jsonFloat(f float64, orig any) any {
-	switch {
-	case math.IsNaN(f):
-		return "NaN"
-	case math.IsInf(f, 1):
-		return "Infinity"
-	case math.IsInf(f, -1):
-		return "-Infinity"
+	if name, ok := floatSpecial(f); ok {
+		return name
 	}
 	return orig
 }

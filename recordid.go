@@ -178,15 +178,23 @@ func keyText(v any) (string, error) {
 }
 
 func floatText(f float64, bits int) string {
-	switch {
-	case math.IsNaN(f):
-		return "NaN"
-	case math.IsInf(f, 1):
-		return "Infinity"
-	case math.IsInf(f, -1):
-		return "-Infinity"
+	if name, ok := floatSpecial(f); ok {
+		return name
 	}
 	return strconv.FormatFloat(f, 'g', -1, bits)
+}
+
+// floatSpecial names NaN and the infinities as PostgreSQL prints them.
+func floatSpecial(f float64) (string, bool) {
+	switch {
+	case math.IsNaN(f):
+		return "NaN", true
+	case math.IsInf(f, 1):
+		return "Infinity", true
+	case math.IsInf(f, -1):
+		return "-Infinity", true
+	}
+	return "", false
 }
 
 // jsonKey renders composite values (arrays, pgtype structs) as JSON, with the elements'
