@@ -63,6 +63,20 @@ var (
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
 	// ErrConfig: an option or environment variable has an invalid value.
 	ErrConfig = errors.New("dbsync: invalid configuration")
+	// ErrRefreshAbandoned: the Syncer stopped (Stop, a cancelled Run context, a handler
+	// error under StopOnHandlerError) before the selection's high watermark was
+	// delivered, or the caller's context ended first. No refresh row of it is
+	// guaranteed to have been delivered; run the Refresh (or Snapshot, which resumes at
+	// the chunk) again with a running Syncer.
+	ErrRefreshAbandoned = errors.New("dbsync: refresh selection abandoned")
+	// ErrNoPrimaryKey: the table has no primary key, so rows cannot be matched with
+	// changes (or chunked). Add one (ALTER TABLE ... ADD PRIMARY KEY).
+	ErrNoPrimaryKey = errors.New("dbsync: table has no primary key")
+	// ErrCtrlSchemaNotEmpty: Teardown found objects other than dbsync's own tables in
+	// the control schema and refused to DROP SCHEMA ... CASCADE it. Fix: point
+	// DBSYNC_CTRL_NAMESPACE (WithCtrlNamespace) at dbsync's own schema, or move the
+	// other objects out and run teardown again.
+	ErrCtrlSchemaNotEmpty = errors.New("dbsync: control schema holds objects dbsync did not create")
 )
 
 // classify maps a server error to the named errors above, keeping the original error

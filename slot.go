@@ -11,12 +11,6 @@ import (
 	"github.com/lib/pq"
 )
 
-// ErrCtrlSchemaNotEmpty: Teardown found objects other than the watermark table in the
-// control schema and refused to DROP SCHEMA ... CASCADE it. Fix: point
-// DBSYNC_CTRL_NAMESPACE (WithCtrlNamespace) at dbsync's own schema, or move the other
-// objects out and run teardown again.
-var ErrCtrlSchemaNotEmpty = errors.New("dbsync: control schema holds objects dbsync did not create")
-
 // SlotStatus is the state of the Syncer's replication slot, from pg_replication_slots
 // (PostgreSQL docs §54.19 "pg_replication_slots") and the server's current WAL
 // positions (§9.27.3, pg_current_wal_lsn / pg_current_wal_flush_lsn).

@@ -17,17 +17,6 @@ import (
 
 // Errors of Refresh and Snapshot (kept here with the feature; errors.is works as for
 // the named errors in errors.go).
-var (
-	// ErrRefreshAbandoned: the Syncer stopped (Stop, a cancelled Run context, a handler
-	// error under StopOnHandlerError) before the selection's high watermark was
-	// delivered, or the caller's context ended first. No refresh row of it is
-	// guaranteed to have been delivered; run the Refresh (or Snapshot, which resumes at
-	// the chunk) again with a running Syncer.
-	ErrRefreshAbandoned = errors.New("dbsync: refresh selection abandoned")
-	// ErrNoPrimaryKey: the table has no primary key, so rows cannot be matched with
-	// changes (or chunked). Add one (ALTER TABLE ... ADD PRIMARY KEY).
-	ErrNoPrimaryKey = errors.New("dbsync: table has no primary key")
-)
 
 // RefreshStats says what one selection (a Refresh or a snapshot chunk) did.
 type RefreshStats struct {
