@@ -65,6 +65,8 @@ func runVisibilityRace(t *testing.T, srv *pgtest.Server, admin *sql.DB, localDSN
 	s, stop := startSyncer(t, localDSN, table+"_slot", h, ForTables(table))
 	s.win.setIgnoreSnapshot(!fix)
 
+	_, err = admin.Exec(`CREATE TABLE IF NOT EXISTS sync_probe (n int)`) // for the probe below
+	require.NoError(t, err)
 	before := 0
 	if tracked {
 		// A refresh before the race makes the table tracked (keys of its changes kept).
@@ -95,10 +97,36 @@ func runVisibilityRace(t *testing.T, srv *pgtest.Server, admin *sql.DB, localDSN
 	writer, err := writerDB.Conn(ctx)
 	require.NoError(t, err)
 	defer writer.Close()
-	waitFor(t, 10*time.Second, func() bool {
-		var v string
-		return writer.QueryRowContext(ctx, `SHOW synchronous_standby_names`).Scan(&v) == nil && v == "nobody"
-	}, "synchronous_standby_names to reach the writer session")
+	// The setting reaches the session before the checkpointer applies it to commit
+	// waits, so probe until a commit of the writer session is seen waiting for the
+	// standby (wait_event SyncRep), then cancel that wait (the probe row stays
+	// committed locally, with a warning).
+	var writerPID int
+	require.NoError(t, writer.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&writerPID))
+	waitFor(t, 20*time.Second, func() bool {
+		done := make(chan error, 1)
+		go func() {
+			_, err := writer.ExecContext(ctx, `INSERT INTO sync_probe VALUES (1)`)
+			done <- err
+		}()
+		for {
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+				return false // committed without waiting: not in force yet
+			default:
+			}
+			var ev sql.NullString
+			require.NoError(t, admin.QueryRow(`SELECT wait_event FROM pg_stat_activity WHERE pid = $1`, writerPID).Scan(&ev))
+			if ev.String == "SyncRep" {
+				_, err := admin.Exec(`SELECT pg_cancel_backend($1)`, writerPID)
+				require.NoError(t, err)
+				require.NoError(t, <-done)
+				return true
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}, "commits of the writer session to wait for the synchronous standby")
 
 	writeDone := make(chan error, 1)
 	go func() {
