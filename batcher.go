@@ -1,10 +1,7 @@
 package dbsync
 
 import (
-	"fmt"
 	"sort"
-
-	"github.com/jackc/pglogrepl"
 )
 
 // batchState accumulates the net effect of a poll's committed transactions per table
@@ -24,41 +21,20 @@ func newBatchState() *batchState {
 	return &batchState{upserts: map[string]map[string]StringMap{}, deletes: map[string]map[string]bool{}}
 }
 
-func (b *batchState) upsert(info *PGTableInfo, reln *pglogrepl.RelationMessage, newTuple, oldTuple *pglogrepl.TupleData) error {
-	// pgoutput sends the whole old row ('O') under REPLICA IDENTITY FULL, the key ('K')
-	// otherwise; DecodeChange fills unchanged TOAST values from an 'O' row.
-	msg := &pglogrepl.UpdateMessage{RelationID: reln.RelationID, NewTuple: newTuple, OldTuple: oldTuple}
-	if oldTuple != nil {
-		msg.OldTupleType = pglogrepl.UpdateMessageTupleTypeKey
-		if reln.ReplicaIdentity == 'f' {
-			msg.OldTupleType = pglogrepl.UpdateMessageTupleTypeOld
-		}
-	}
-	c, err := DecodeChange(msg, reln, info)
-	if err != nil {
-		return fmt.Errorf("%s: %w", info.QualifiedName(), err)
+// add records a decoded row change of the open transaction: a delete, or an upsert
+// of the new values (and the removal of the old key of a key-changing update).
+// Columns in c.Unchanged are absent from c.New: commit keeps an earlier value of this
+// poll, and the Batcher must merge (see Batcher).
+func (b *batchState) add(c *Change) {
+	doctype := c.Table.QualifiedName()
+	if c.Op == OpDelete {
+		b.pending = append(b.pending, batchOp{doctype: doctype, id: c.Key})
+		return
 	}
 	if c.OldKey != "" {
-		// A key-changing update: the old key's record goes away.
-		b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: c.OldKey})
+		b.pending = append(b.pending, batchOp{doctype: doctype, id: c.OldKey})
 	}
-	// Columns in c.Unchanged are absent from c.New: commit keeps an earlier value of
-	// this poll, and the Batcher must merge (see Batcher).
-	b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: c.Key, values: c.New})
-	return nil
-}
-
-func (b *batchState) delete(info *PGTableInfo, reln *pglogrepl.RelationMessage, oldTuple *pglogrepl.TupleData) error {
-	msg := &pglogrepl.DeleteMessage{RelationID: reln.RelationID, OldTuple: oldTuple, OldTupleType: 'K'}
-	if reln.ReplicaIdentity == 'f' {
-		msg.OldTupleType = 'O'
-	}
-	c, err := DecodeChange(msg, reln, info)
-	if err != nil {
-		return fmt.Errorf("%s: %w", info.QualifiedName(), err)
-	}
-	b.pending = append(b.pending, batchOp{doctype: info.QualifiedName(), id: c.Key})
-	return nil
+	b.pending = append(b.pending, batchOp{doctype: doctype, id: c.Key, values: c.New})
 }
 
 // refresh adds refresh rows (a selection's rows at its high watermark) as upserts at

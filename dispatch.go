@@ -55,15 +55,6 @@ func (s *Syncer) isWatermarkTable(reln *pglogrepl.RelationMessage) bool {
 	return reln.Namespace == s.ctrlNamespace && reln.RelationName == s.wmTableName
 }
 
-// deliver decodes and dispatches one row.
-func (d *delivery) deliver(m PGMSG) error {
-	msg, err := Parse(m.Data)
-	if err != nil {
-		return fmt.Errorf("row at LSN %s: %w", m.LSN, err)
-	}
-	return d.deliverParsed(m, msg)
-}
-
 // deliverParsed dispatches one row already parsed into msg.
 func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 	h := d.s.MessageHandler
@@ -104,53 +95,11 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 		}
 		return handlerErr(h.HandleRelationMessage(idx, v, info), "RELATION", m.LSN)
 	case *pglogrepl.InsertMessage:
-		reln, info, err := d.s.dec.relation(v.RelationID)
-		if err != nil {
-			return err
-		}
-		if d.s.isControlTable(reln) {
-			if d.s.isWatermarkTable(reln) {
-				d.s.win.watermarkRow(reln, info, v.Tuple)
-			}
-			return nil
-		}
-		d.s.win.touchChange(v, reln, info)
-		if d.batch != nil {
-			if err := d.batch.upsert(info, reln, v.Tuple, nil); err != nil {
-				return err
-			}
-		}
-		return handlerErr(h.HandleInsertMessage(idx, v, reln, info), "INSERT", m.LSN)
+		return d.rowChange(h, idx, m.LSN, v, v.RelationID)
 	case *pglogrepl.UpdateMessage:
-		reln, info, err := d.s.dec.relation(v.RelationID)
-		if err != nil {
-			return err
-		}
-		if d.s.isControlTable(reln) {
-			return nil
-		}
-		d.s.win.touchChange(v, reln, info)
-		if d.batch != nil {
-			if err := d.batch.upsert(info, reln, v.NewTuple, v.OldTuple); err != nil {
-				return err
-			}
-		}
-		return handlerErr(h.HandleUpdateMessage(idx, v, reln, info), "UPDATE", m.LSN)
+		return d.rowChange(h, idx, m.LSN, v, v.RelationID)
 	case *pglogrepl.DeleteMessage:
-		reln, info, err := d.s.dec.relation(v.RelationID)
-		if err != nil {
-			return err
-		}
-		if d.s.isControlTable(reln) {
-			return nil
-		}
-		d.s.win.touchChange(v, reln, info)
-		if d.batch != nil {
-			if err := d.batch.delete(info, reln, v.OldTuple); err != nil {
-				return err
-			}
-		}
-		return handlerErr(h.HandleDeleteMessage(idx, v, reln, info), "DELETE", m.LSN)
+		return d.rowChange(h, idx, m.LSN, v, v.RelationID)
 	case *pglogrepl.TruncateMessage:
 		relns := make([]*pglogrepl.RelationMessage, 0, len(v.RelationIDs))
 		infos := make([]*PGTableInfo, 0, len(v.RelationIDs))
@@ -170,6 +119,51 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 		// TYPE and ORIGIN messages carry nothing a handler needs.
 		return nil
 	}
+}
+
+// rowChange dispatches an INSERT, UPDATE or DELETE: rows of the control schema drive
+// the window (watermarks) and are not delivered; other changes are noted by the
+// window, folded into the Batcher's net effect and handed to the MessageHandler. The
+// change is decoded (DecodeChange) at most once, and only when the window or the
+// Batcher needs it.
+func (d *delivery) rowChange(h MessageHandler, idx int, lsn pglogrepl.LSN, msg pglogrepl.Message, relID uint32) error {
+	reln, info, err := d.s.dec.relation(relID)
+	if err != nil {
+		return err
+	}
+	if d.s.isControlTable(reln) {
+		if ins, ok := msg.(*pglogrepl.InsertMessage); ok && d.s.isWatermarkTable(reln) {
+			if err := d.s.win.watermarkRow(reln, info, ins.Tuple); err != nil {
+				return fmt.Errorf("watermark row at LSN %s: %w", lsn, err)
+			}
+		}
+		return nil
+	}
+	var change *Change
+	var changeErr error
+	decode := func() (*Change, error) {
+		if change == nil && changeErr == nil {
+			change, changeErr = DecodeChange(msg, reln, info)
+		}
+		return change, changeErr
+	}
+	d.s.win.touchChange(reln, info, decode)
+	if d.batch != nil {
+		c, err := decode()
+		if err != nil {
+			return fmt.Errorf("%s at LSN %s: %w", info.QualifiedName(), lsn, err)
+		}
+		d.batch.add(c)
+	}
+	switch v := msg.(type) {
+	case *pglogrepl.InsertMessage:
+		return handlerErr(h.HandleInsertMessage(idx, v, reln, info), "INSERT", lsn)
+	case *pglogrepl.UpdateMessage:
+		return handlerErr(h.HandleUpdateMessage(idx, v, reln, info), "UPDATE", lsn)
+	case *pglogrepl.DeleteMessage:
+		return handlerErr(h.HandleDeleteMessage(idx, v, reln, info), "DELETE", lsn)
+	}
+	return fmt.Errorf("%w: %T is not a row change", ErrMalformedMessage, msg)
 }
 
 // finish hands the poll's completed transactions to the Batcher. On failure nothing

@@ -232,7 +232,7 @@ func (t *windowTracker) maybePrune(ctx context.Context, db *sql.DB, log *slog.Lo
 // commit-before-visibility race), the selection runs again, as for a key that cannot
 // be read (window.emit's retry). A change whose key cannot be computed (e.g. a DELETE
 // under REPLICA IDENTITY NOTHING) is treated the same way.
-func (t *windowTracker) touchChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *PGTableInfo) {
+func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTableInfo, decode func() (*Change, error)) {
 	t.mu.Lock()
 	watched := t.watchedLocked(reln.RelationID)
 	t.mu.Unlock()
@@ -240,7 +240,7 @@ func (t *windowTracker) touchChange(msg pglogrepl.Message, reln *pglogrepl.Relat
 		t.unknownKey(reln.RelationID)
 		return
 	}
-	c, err := DecodeChange(msg, reln, info)
+	c, err := decode()
 	if err != nil {
 		t.unknownKey(reln.RelationID)
 		return
@@ -266,19 +266,22 @@ func (t *windowTracker) watchedLocked(rel uint32) bool {
 	return ok
 }
 
-// watermarkRow records an INSERT into the watermark table.
-func (t *windowTracker) watermarkRow(reln *pglogrepl.RelationMessage, info *PGTableInfo, tuple *pglogrepl.TupleData) {
+// watermarkRow records an INSERT into the watermark table. A row that cannot be
+// decoded is an error: ignoring it could leave its selection waiting forever. A row
+// without a selection ID or kind cannot be a selection's and is ignored.
+func (t *windowTracker) watermarkRow(reln *pglogrepl.RelationMessage, info *PGTableInfo, tuple *pglogrepl.TupleData) error {
 	if info == nil {
-		return
+		return fmt.Errorf("%w: watermark table %s.%s without table info", ErrUnknownRelation, reln.Namespace, reln.RelationName)
 	}
 	vals, _, err := info.MessageToMap(reln, tuple)
 	if err != nil {
-		return
+		return err
 	}
 	id, _ := vals["selection_id"].(string)
 	kind, _ := vals["wm_type"].(string)
 	if id == "" || (kind != string(wmLow) && kind != string(wmHigh)) {
-		return
+		return nil // not written by a selection (dbsync's always carry both): ignore
 	}
 	t.watermark(id, wmKind(kind))
+	return nil
 }
