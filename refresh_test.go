@@ -123,7 +123,7 @@ func dbRows(t *testing.T, db *sql.DB, table string) map[string]StringMap {
 	for i, c := range info.Columns {
 		cols[i] = c.ColumnName
 	}
-	rows, err := db.Query("SELECT " + textColumns("t", cols) + " FROM " + table + " AS t")
+	rows, err := db.Query("SELECT " + selectList("t", cols) + " FROM " + table + " AS t")
 	require.NoError(t, err)
 	defer rows.Close()
 	out := map[string]StringMap{}

@@ -26,10 +26,22 @@ func (t *PGTableInfo) SelectList(columns ...string) string {
 			columns = append(columns, c.ColumnName)
 		}
 	}
-	parts := make([]string, len(columns))
-	for i, c := range columns {
-		q := pq.QuoteIdentifier(c)
-		parts[i] = "CASE WHEN num_nulls(" + q + ") = 1 THEN NULL ELSE format('%s', " + q + ") END AS " + q
+	return selectList("", columns)
+}
+
+// selectList gives each column (of alias, when not "") in its type's text output form:
+// format('%s', x) calls the type's output function, as pgoutput does (a ::text cast
+// does not for every type: true::text is 'true', pgoutput sends 't'). NULL stays NULL;
+// num_nulls, not IS NULL, detects it, as a composite whose fields are all NULL IS NULL
+// but is a value.
+func selectList(alias string, cols []string) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		ref := pq.QuoteIdentifier(c)
+		if alias != "" {
+			ref = pq.QuoteIdentifier(alias) + "." + ref
+		}
+		parts[i] = "CASE WHEN num_nulls(" + ref + ") = 1 THEN NULL ELSE format('%s', " + ref + ") END AS " + pq.QuoteIdentifier(c)
 	}
 	return strings.Join(parts, ", ")
 }
@@ -62,19 +74,33 @@ func (t *PGTableInfo) ScanRow(rows *sql.Rows) (StringMap, error) {
 	if err := rows.Scan(dest...); err != nil {
 		return nil, err
 	}
+	return t.decodeTextRow(names, raw, false)
+}
+
+// decodeTextRow decodes a row of columns selected in text form (selectList) with the
+// columns' decoders, exactly as MessageToMap decodes a change's text values. A column
+// that is not the table's is an ErrConfig error, or kept as its text when
+// unknownAsText (a refresh query may select expressions).
+func (t *PGTableInfo) decodeTextRow(names []string, raw []sql.NullString, unknownAsText bool) (StringMap, error) {
 	values := make(StringMap, len(names))
 	for i, n := range names {
-		col := t.ColInfo[n]
-		if col == nil {
-			return nil, fmt.Errorf("%w: ScanRow: column %q is not a column of %s", ErrConfig, n, t.QualifiedName())
-		}
 		if !raw[i].Valid {
 			values[n] = nil
 			continue
 		}
-		if values[n], err = col.DecodeText([]byte(raw[i].String)); err != nil {
-			return nil, fmt.Errorf("%s: %w", t.QualifiedName(), err)
+		col := t.ColInfo[n]
+		if col == nil {
+			if !unknownAsText {
+				return nil, fmt.Errorf("%w: ScanRow: column %q is not a column of %s", ErrConfig, n, t.QualifiedName())
+			}
+			values[n] = raw[i].String
+			continue
 		}
+		v, err := col.DecodeText([]byte(raw[i].String))
+		if err != nil {
+			return nil, fmt.Errorf("%s.%s: %w", t.QualifiedName(), n, err)
+		}
+		values[n] = v
 	}
 	return values, nil
 }

@@ -205,12 +205,12 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 	}
 }
 
-// chunkQuery builds one chunk's SELECT: every column as text (textColumns), rows
+// chunkQuery builds one chunk's SELECT: every column as text (selectList), rows
 // after lastKey (nil: from the start) in primary key order, at most n.
 func chunkQuery(info *PGTableInfo, cols []string, lastKey []string, n int) (string, []any) {
 	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
 	kc := keyColumnList(info)
-	q := "SELECT " + textColumns("t", cols) + " FROM " + t + " AS t"
+	q := "SELECT " + selectList("t", cols) + " FROM " + t + " AS t"
 	var args []any
 	if lastKey != nil {
 		q += " WHERE (" + kc + ") > (" + keyParams(info, 0) + ")"

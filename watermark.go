@@ -84,7 +84,7 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 			return RefreshStats{}, fmt.Errorf("%w: Refresh query must return the primary key column %q of %s", ErrConfig, k, info.QualifiedName())
 		}
 	}
-	wrapped := "SELECT " + textColumns("q", cols) + " FROM (" + selectQuery + ") AS q"
+	wrapped := "SELECT " + selectList("q", cols) + " FROM (" + selectQuery + ") AS q"
 	stats, _, err := s.selectSettled(ctx, info, cols, wrapped)
 	return stats, err
 }
@@ -158,7 +158,7 @@ func (s *Syncer) selectSettled(ctx context.Context, info *PGTableInfo, cols []st
 }
 
 // runSelection runs one watermark window for a SELECT over info's table whose result
-// columns are cols, each as text (textColumns).
+// columns are cols, each as text (selectList).
 func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (selOutcome, error) {
 	var out selOutcome
 	if err := s.refreshAllowed(); err != nil {
@@ -226,7 +226,7 @@ func keysQuery(info *PGTableInfo, cols []string, keys [][]any) (string, []any) {
 		args = append(args, k...)
 	}
 	kc := keyColumnList(info)
-	return "SELECT " + textColumns("t", cols) + " FROM " + t + " AS t WHERE (" + kc + ") IN (" +
+	return "SELECT " + selectList("t", cols) + " FROM " + t + " AS t WHERE (" + kc + ") IN (" +
 		strings.Join(tuples, ", ") + ") ORDER BY " + kc, args
 }
 
@@ -330,46 +330,18 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 
 // selectedRow turns one selected row — every column in PostgreSQL's text output form,
 // the form pgoutput sends in changes — into a DBItem, decoding values the way
-// MessageToMap decodes a change's tuple so record IDs match between refresh rows and
-// changes. This is the one place SELECT rows are decoded: switch it to the typed
-// decoding when values.go gets it.
+// MessageToMap decodes a change's tuple (decodeTextRow, shared with ScanRow) so record
+// IDs match between refresh rows and changes.
 func selectedRow(info *PGTableInfo, cols []string, raw []sql.NullString) (DBItem, error) {
-	values := make(StringMap, len(cols))
-	for i, name := range cols {
-		if !raw[i].Valid {
-			values[name] = nil
-			continue
-		}
-		col := info.ColInfo[name]
-		if col == nil {
-			values[name] = raw[i].String
-			continue
-		}
-		v, err := col.DecodeText([]byte(raw[i].String))
-		if err != nil {
-			return DBItem{}, fmt.Errorf("%s.%s: %w", info.QualifiedName(), name, err)
-		}
-		values[name] = v
+	values, err := info.decodeTextRow(cols, raw, true)
+	if err != nil {
+		return DBItem{}, err
 	}
 	key, err := info.GetRecordID(values)
 	if err != nil {
 		return DBItem{}, fmt.Errorf("%s: %w", info.QualifiedName(), err)
 	}
 	return DBItem{Table: info, Key: key, Values: values}, nil
-}
-
-// textColumns is a select list giving each column of alias in its type's text output
-// form (format('%s', x) calls the type's output function, as pgoutput does; a plain
-// ::text cast does not for every type: true::text is 'true', pgoutput sends 't'),
-// keeping NULL as NULL. num_nulls, not IS NULL, detects NULL: a composite value whose
-// fields are all NULL IS NULL but is a value.
-func textColumns(alias string, cols []string) string {
-	parts := make([]string, len(cols))
-	for i, c := range cols {
-		ref := pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c)
-		parts[i] = "CASE WHEN num_nulls(" + ref + ") = 1 THEN NULL ELSE format('%s', " + ref + ") END AS " + pq.QuoteIdentifier(c)
-	}
-	return strings.Join(parts, ", ")
 }
 
 // queryColumns returns the result column names of a query (without running it).
