@@ -69,7 +69,7 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 		d.s.win.begin(v.Xid)
 		return handlerErr(h.HandleBeginMessage(idx, v), "BEGIN", m.LSN)
 	case *pglogrepl.CommitMessage:
-		if em := d.s.win.commit(); em != nil {
+		for _, em := range d.s.win.commit() {
 			// A high watermark: the selection's rows go out before anything after it.
 			if err := d.deliverRefresh(h, em); err != nil {
 				return handlerErr(err, "refresh rows at high watermark", m.LSN)

@@ -13,11 +13,11 @@ import (
 
 // DefaultSnapshotChunkSize is the number of rows one snapshot chunk (one watermark
 // window) reads. Each chunk is held in memory until its high watermark is delivered;
-// larger chunks mean fewer watermark round trips, smaller ones less memory and a
-// shorter window in which concurrent changes cost the chunk its rows. Every chunk waits
-// for the poller to deliver its high watermark (at least one peek and advance), which
-// dominates the snapshot's time: 10,000-row chunks read about twice as fast as
-// 1,000-row chunks in docs/BENCHMARKS.md, and hold about 10,000 rows in memory.
+// larger chunks mean fewer watermark round trips (four small transactions per chunk)
+// and fewer polls, smaller ones less memory and a shorter window in which concurrent
+// changes cost the chunk its rows. 10,000-row chunks read about twice as fast as
+// 1,000-row chunks in docs/BENCHMARKS.md; with DefaultSnapshotChunksInFlight up to
+// 40,000 rows are held.
 const DefaultSnapshotChunkSize = 10000
 
 // snapshotProgressTable is the progress table's name in the control schema
@@ -53,6 +53,26 @@ func WithSnapshotChunkSize(n int) SyncerOpt {
 	}
 }
 
+// DefaultSnapshotChunksInFlight is how many snapshot chunks may have been read
+// (SELECT done, high watermark written) before the oldest of them is handed over. With
+// one, every chunk waits for the poller to deliver its high watermark (a peek and an
+// advance) before the next SELECT starts; with several, the SELECTs run back to back
+// while the poller delivers. Memory: up to this many chunks of rows are held at once.
+const DefaultSnapshotChunksInFlight = 4
+
+// WithSnapshotChunksInFlight sets how many snapshot chunks may be read ahead of the
+// oldest one not yet handed over (default DefaultSnapshotChunksInFlight; 1: one chunk
+// at a time).
+func WithSnapshotChunksInFlight(n int) SyncerOpt {
+	return func(s *Syncer) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: snapshot chunks in flight %d must be > 0", ErrConfig, n)
+		}
+		s.SnapshotChunksInFlight = n
+		return nil
+	}
+}
+
 // WithSnapshotProgress sets a function Snapshot calls after each delivered chunk
 // (from Snapshot's goroutine).
 func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
@@ -76,6 +96,11 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // snapshot had finished is read again from the start. After the last chunk, rows that
 // key-changing updates with unchanged TOASTed columns moved during the snapshot are
 // read again (docs/SNAPSHOTS.md).
+//
+// Chunks are pipelined: up to SnapshotChunksInFlight chunks are read (their windows
+// opened) ahead of the oldest one not yet handed over; they are handed over and
+// recorded in key order, and a chunk whose window must run again reads its own key
+// range again (docs/SNAPSHOTS.md).
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine). It returns ErrNoPrimaryKey for a table without a primary key,
@@ -139,19 +164,53 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	for i, c := range info.Columns {
 		cols[i] = c.ColumnName
 	}
+	inFlight := s.SnapshotChunksInFlight
+	if inFlight <= 0 {
+		inFlight = DefaultSnapshotChunksInFlight
+	}
 	s.win.watchStart(info.RelationID)
 	defer s.win.watchStop(info.RelationID)
-	for {
-		query, args := chunkQuery(info, cols, lastKey, chunk)
-		stats, last, err := s.selectSettled(ctx, info, cols, query, args...)
+
+	// Chunks are opened (low watermark, SELECT, high watermark) back to back, up to
+	// inFlight ahead of the oldest one whose rows were not handed over yet: the next
+	// chunk's keyset bound is known as soon as the previous SELECT returns, so the
+	// SELECTs do not wait for the poller. Chunks are settled (delivered, follow-ups
+	// run, progress recorded) in key order.
+	var pending []*pendingSelection
+	defer func() {
+		for _, p := range pending {
+			p.close()
+		}
+	}()
+	after, selecting := []string(lastKey), true
+	for selecting || len(pending) > 0 {
+		if selecting && len(pending) < inFlight {
+			query, args := chunkQuery(info, cols, after, nil, chunk)
+			p, err := s.openSelection(ctx, info, cols, query, args...)
+			if err != nil {
+				return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+int64(len(pending))+1, err)
+			}
+			// Should the window ask for a retry, read this chunk's key range again
+			// (not the next n rows: later chunks are already in flight).
+			p.query, p.args = chunkQuery(info, cols, after, p.lastKey, chunk)
+			pending = append(pending, p)
+			if p.selected < chunk {
+				selecting = false
+			} else {
+				after = p.lastKey
+			}
+			continue
+		}
+		p := pending[0]
+		pending = pending[1:]
+		stats, last, err := s.settle(ctx, p)
 		if err != nil {
 			return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+1, err)
 		}
-		done := stats.Selected < chunk
+		done := !selecting && len(pending) == 0
 		var lastArg any
 		if last != nil {
 			lastArg = pq.StringArray(last)
-			lastKey = last
 		}
 		if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_chunk.sql"), s.replicationSlot, table,
 			lastArg, stats.Selected, chunk, done); err != nil {
@@ -169,10 +228,8 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 		if s.SnapshotProgress != nil {
 			s.SnapshotProgress(prog)
 		}
-		if done {
-			return nil
-		}
 	}
+	return nil
 }
 
 // rereadMovedRows reads again, after the last chunk, the rows that key-changing
@@ -206,20 +263,36 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 }
 
 // chunkQuery builds one chunk's SELECT: every column as text (selectList), rows
-// after lastKey (nil: from the start) in primary key order, at most n.
-func chunkQuery(info *PGTableInfo, cols []string, lastKey []string, n int) (string, []any) {
+// after the key after (nil: from the start) in primary key order; at most n rows, or,
+// when upTo is not nil, every row up to and including the key upTo (a chunk's key
+// range, read again on retry).
+func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) (string, []any) {
 	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
 	kc := keyColumnList(info)
 	q := "SELECT " + selectList("t", cols) + " FROM " + t + " AS t"
 	var args []any
-	if lastKey != nil {
-		q += " WHERE (" + kc + ") > (" + keyParams(info, 0) + ")"
-		for _, v := range lastKey {
+	var conds []string
+	if after != nil {
+		conds = append(conds, "("+kc+") > ("+keyParams(info, len(args))+")")
+		for _, v := range after {
 			args = append(args, v)
 		}
 	}
+	if upTo != nil {
+		conds = append(conds, "("+kc+") <= ("+keyParams(info, len(args))+")")
+		for _, v := range upTo {
+			args = append(args, v)
+		}
+	}
+	if len(conds) > 0 {
+		q += " WHERE " + strings.Join(conds, " AND ")
+	}
+	q += " ORDER BY " + kc
+	if upTo != nil {
+		return q, args
+	}
 	args = append(args, n)
-	return q + " ORDER BY " + kc + " LIMIT $" + strconv.Itoa(len(args)), args
+	return q + " LIMIT $" + strconv.Itoa(len(args)), args
 }
 
 func equalStrings(a, b []string) bool {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -191,10 +192,14 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 			}
 			require.LessOrEqual(t, emitted, selected+int64(reread))
 			t.Logf("%d chunks, %d rows selected, %d emitted (%d re-read), %d writer commits", len(chunks), selected, emitted, reread, commits)
-			// The slot advanced while the snapshot ran: after each chunk it is past the
-			// high watermark of the chunk before the previous one.
-			for i := 2; i < len(lsns); i++ {
-				require.Greater(t, lsns[i], lsns[i-2], "slot did not advance between chunks %d and %d", i-2, i)
+			// The slot advanced while the snapshot ran. With k = chunks in flight,
+			// chunk x's high watermark is written after chunk x-k was handed over
+			// (so after lsns[x-k] was read), and chunk x+k's after the poll that
+			// delivered chunk x's high watermark; that poll forwards the slot past it
+			// before the next poll starts. So lsns[x+k] > lsns[x-k].
+			k := DefaultSnapshotChunksInFlight
+			for i := 2 * k; i < len(lsns); i++ {
+				require.Greater(t, lsns[i], lsns[i-2*k], "slot did not advance between chunks %d and %d", i-2*k, i)
 			}
 		})
 	}
@@ -277,4 +282,97 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 	for _, e := range h.eventList() {
 		require.NotContains(t, e, "dbsync_ctrl", "control table rows must not reach handlers")
 	}
+}
+
+// TestSnapshotChunkRetryRereadsItsKeyRange makes the first of several chunks in
+// flight ask for a retry (as a change with an unreadable key would) after a row was
+// inserted inside its key range. The retry must read the chunk's key range again —
+// not "the next n rows after the previous chunk", which would now stop short of the
+// chunk's last row while later chunks already start after it — so every row reaches
+// the cache, and the refresh rows come in exactly this order: the later chunks at
+// their high watermarks, then the retried chunk.
+func TestSnapshotChunkRetryRereadsItsKeyRange(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
+		INSERT INTO snap SELECT g * 10, 'seed' FROM generate_series(1, 6) g`)
+	require.NoError(t, err)
+	h := newCacheHandler()
+	var chunks []SnapshotProgress
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"),
+		WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(4),
+		WithSnapshotProgress(func(p SnapshotProgress) { chunks = append(chunks, p) }))
+	var selects, retries atomic.Int32
+	s.win.afterSelect = func() {
+		if selects.Add(1) == 1 { // chunk 1 selected 10, 20: a row arrives inside its range
+			_, err := d.DB.Exec(`INSERT INTO snap VALUES (15, 'new')`)
+			require.NoError(t, err)
+		}
+	}
+	s.win.forceRetry = func(id string) bool {
+		return strings.HasSuffix(id, "-1") && retries.Add(1) == 1
+	}
+	require.NoError(t, s.Snapshot(context.Background(), "snap"))
+	catchUp(t, s)
+	require.Equal(t, int32(1), retries.Load())
+	require.Equal(t, []string{
+		`insert public.snap ["15"]`,
+		`refresh public.snap ["30"]`, `refresh public.snap ["40"]`, // chunk 2
+		`refresh public.snap ["50"]`, `refresh public.snap ["60"]`, // chunk 3 (chunk 4 is empty)
+		`refresh public.snap ["10"]`, `refresh public.snap ["15"]`, `refresh public.snap ["20"]`, // chunk 1 again: (, 20]
+	}, h.eventList())
+	require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
+	require.Len(t, chunks, 4)
+	// Rows counts what the window that delivered selected: 3 for chunk 1's retry.
+	require.Equal(t, []int64{3, 5, 7, 7}, []int64{chunks[0].Rows, chunks[1].Rows, chunks[2].Rows, chunks[3].Rows})
+	require.Equal(t, 3, chunks[0].Emitted, "the retried window emitted 10, 15, 20")
+	require.True(t, chunks[3].Done)
+	var last pq.StringArray
+	require.NoError(t, d.DB.QueryRow(`SELECT last_key FROM dbsync_ctrl.snapshot_progress WHERE table_name = 'public.snap'`).Scan(&last))
+	require.Equal(t, pq.StringArray{"60"}, last)
+}
+
+// TestRefreshConcurrentCalls runs Refresh from several goroutines at once, each over
+// its own and one shared key range, while writers run: every selection gets its own
+// window, and the cache ends exact.
+func TestRefreshConcurrentCalls(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	st := snapTable{keys: 900}
+	st.create(t, d.DB, 800)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"))
+	stop := startWriters(t, d.DB, st, 7, 3)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for round := 0; round < 3; round++ {
+				// Own range, then the whole table (shared by every goroutine).
+				for _, q := range []string{
+					fmt.Sprintf(`SELECT * FROM snap WHERE id %% 4 = %d`, g),
+					`SELECT * FROM snap`,
+				} {
+					if _, err := s.RefreshContext(context.Background(), q); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	commits := stop()
+	catchUp(t, s)
+	require.Greater(t, commits, int64(10))
+	require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
+	// Every key in the table was refreshed by some call (the whole-table selections).
+	h.mu.Lock()
+	n := len(h.refreshKeys)
+	h.mu.Unlock()
+	require.Greater(t, n, 4*700)
 }

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -51,6 +52,9 @@ type Syncer struct {
 	HandlerErrorPolicy HandlerErrorPolicy
 	// SnapshotChunkSize is the rows per Snapshot chunk (0: DefaultSnapshotChunkSize).
 	SnapshotChunkSize int
+	// SnapshotChunksInFlight is how many chunks Snapshot reads ahead of the oldest one
+	// not yet handed over (0: DefaultSnapshotChunksInFlight).
+	SnapshotChunksInFlight int
 	// SnapshotProgress, when set, is called by Snapshot after each delivered chunk.
 	SnapshotProgress func(SnapshotProgress)
 
@@ -79,10 +83,9 @@ type Syncer struct {
 	dec    *decoder
 
 	// watermark windows (Refresh, Snapshot): see window.go, watermark.go
-	win       *windowTracker
-	refreshMu sync.Mutex // one selection at a time; callers queue
-	runID     string     // prefix of this Syncer's selection IDs
-	selSeq    uint64     // guarded by refreshMu
+	win    *windowTracker
+	runID  string        // prefix of this Syncer's selection IDs
+	selSeq atomic.Uint64 // numbers this Syncer's selections
 
 	// lifecycle
 	mu      sync.Mutex

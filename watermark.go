@@ -63,7 +63,8 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // and return all its primary key columns under their names; other columns are up to
 // the caller (SELECT * gives whole rows). It must not take parameters.
 // RefreshContext blocks until the rows were handed over, so the Syncer must be running
-// (Run/Start in another goroutine). Calls are serialised: one selection at a time.
+// (Run/Start in another goroutine). Calls may overlap (from several goroutines, and
+// with a Snapshot): each selection is judged on its own window.
 //
 // Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
 // ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery), server errors.
@@ -111,16 +112,28 @@ const maxSettleRounds = 5
 // run again; it doubles for each further re-run (50 ms .. 800 ms, 1.55 s in all).
 const retrySelectionDelay = 50 * time.Millisecond
 
-// selectSettled runs a selection (runSelection) and its follow-ups: rows that need
-// reading again (emission.reread) are read in further windows, and a selection
-// disturbed by changes whose key could not be read runs again, up to maxSettleRounds.
-// It returns the stats and the first window's lastKey.
+// selectSettled runs a selection and its follow-ups (settle). It returns the stats and
+// the first window's lastKey.
 func (s *Syncer) selectSettled(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (RefreshStats, []string, error) {
+	p, err := s.openSelection(ctx, info, cols, query, args...)
+	if err != nil {
+		return RefreshStats{}, nil, err
+	}
+	return s.settle(ctx, p)
+}
+
+// settle waits for an open selection's refresh rows to be handed over and runs its
+// follow-ups: rows that need reading again (emission.reread) are read in further
+// windows, and a selection disturbed by changes whose key could not be read runs
+// again (p.query, after a growing delay), up to maxSettleRounds. It returns the
+// stats and the first window's lastKey. p is closed.
+func (s *Syncer) settle(ctx context.Context, p *pendingSelection) (RefreshStats, []string, error) {
 	var stats RefreshStats
 	var lastKey []string
 	first := true
+	info, cols := p.info, p.cols
 	for round := 0; ; round++ {
-		out, err := s.runSelection(ctx, info, cols, query, args...)
+		out, err := p.wait(ctx)
 		if err != nil {
 			return stats, nil, err
 		}
@@ -136,6 +149,9 @@ func (s *Syncer) selectSettled(ctx context.Context, info *PGTableInfo, cols []st
 				t.Stop()
 				return stats, nil, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
 			case <-t.C:
+			}
+			if p, err = s.openSelection(ctx, info, cols, p.query, p.args...); err != nil {
+				return stats, nil, err
 			}
 			continue
 		}
@@ -153,58 +169,88 @@ func (s *Syncer) selectSettled(ctx context.Context, info *PGTableInfo, cols []st
 			return stats, lastKey, nil
 		}
 		stats.Reread += len(out.reread)
-		query, args = keysQuery(info, cols, out.reread)
+		query, args := keysQuery(info, cols, out.reread)
+		if p, err = s.openSelection(ctx, info, cols, query, args...); err != nil {
+			return stats, nil, err
+		}
 	}
 }
 
-// runSelection runs one watermark window for a SELECT over info's table whose result
-// columns are cols, each as text (selectList).
-func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (selOutcome, error) {
-	var out selOutcome
-	if err := s.refreshAllowed(); err != nil {
-		return out, err
-	}
-	s.refreshMu.Lock()
-	defer s.refreshMu.Unlock()
-	s.selSeq++
-	id := s.runID + "-" + strconv.FormatUint(s.selSeq, 10)
+// pendingSelection is a selection whose high watermark was written: its refresh rows
+// are handed over when the Syncer delivers that watermark's COMMIT.
+type pendingSelection struct {
+	s     *Syncer
+	id    string
+	info  *PGTableInfo
+	cols  []string
+	query string // run again as is when the window asks for a retry
+	args  []any
+	rows  *InMemSelection
+	// selected and lastKey (key columns, as text, of the last selected row; nil: no
+	// rows) describe what the SELECT returned.
+	selected int
+	lastKey  []string
+	done     <-chan selDone
+	closed   bool
+}
 
-	done := s.win.register(id, info.RelationID)
-	defer s.win.release(id)
+// openSelection runs the first half of one watermark window for a SELECT over info's
+// table whose result columns are cols, each as text (selectList): register, low
+// watermark, SELECT, high watermark. It does not wait for the high watermark to be
+// delivered (pendingSelection.wait), so several selections can be in flight at once.
+// On error the selection is closed.
+func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (*pendingSelection, error) {
+	if err := s.refreshAllowed(); err != nil {
+		return nil, err
+	}
+	id := s.runID + "-" + strconv.FormatUint(s.selSeq.Add(1), 10)
+	p := &pendingSelection{s: s, id: id, info: info, cols: cols, query: query, args: args}
+	p.done = s.win.register(id, info.RelationID)
 	select {
-	case r := <-done: // the Syncer is not running
-		return out, r.err
+	case r := <-p.done: // the Syncer is not running
+		p.close()
+		return nil, r.err
 	default:
 	}
-	defer s.deleteWatermarks(id)
-
+	fail := func(err error) (*pendingSelection, error) {
+		p.close()
+		return nil, err
+	}
 	if err := s.writeWatermark(ctx, id, wmLow); err != nil {
-		return out, err
+		return fail(err)
 	}
 	rows, snap, lastKey, err := s.selectRows(ctx, info, cols, query, args...)
 	if err != nil {
-		return out, err
+		return fail(err)
 	}
-	out.selected, out.lastKey = rows.Len(), lastKey
+	p.rows, p.selected, p.lastKey = rows, rows.Len(), lastKey
 	if !s.win.setRows(id, rows, snap) {
-		return out, fmt.Errorf("%w: selection %s was dropped before its rows were read", ErrRefreshAbandoned, id)
+		return fail(fmt.Errorf("%w: selection %s was dropped before its rows were read", ErrRefreshAbandoned, id))
 	}
 	if hook := s.win.afterSelect; hook != nil {
 		hook()
 	}
 	if err := s.writeWatermark(ctx, id, wmHigh); err != nil {
-		return out, err
+		return fail(err)
 	}
 	s.Wake()
+	return p, nil
+}
+
+// wait blocks until the selection's refresh rows were handed over (or the Syncer
+// stopped, or ctx ended) and closes it.
+func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
+	defer p.close()
+	out := selOutcome{selected: p.selected, lastKey: p.lastKey}
 	select {
-	case r := <-done:
+	case r := <-p.done:
 		if r.err != nil {
 			return out, r.err
 		}
 		out.emitted, out.retry = r.emitted, r.retry
 		for _, k := range r.reread {
-			key := make([]any, len(rows.keyText[k]))
-			for i, v := range rows.keyText[k] {
+			key := make([]any, len(p.rows.keyText[k]))
+			for i, v := range p.rows.keyText[k] {
 				key[i] = v
 			}
 			out.reread = append(out.reread, key)
@@ -213,6 +259,17 @@ func (s *Syncer) runSelection(ctx context.Context, info *PGTableInfo, cols []str
 		return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
 	}
 	return out, nil
+}
+
+// close forgets the selection and deletes its watermark rows; it may be called more
+// than once.
+func (p *pendingSelection) close() {
+	if p.closed {
+		return
+	}
+	p.closed = true
+	p.s.win.release(p.id)
+	p.s.deleteWatermarks(p.id)
 }
 
 // keysQuery selects the rows with the given keys (each key's column values, in key

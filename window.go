@@ -126,7 +126,10 @@ type window struct {
 	open *txTouch   // the transaction between BEGIN and COMMIT
 	wms  []wmEvent  // watermarks of the open transaction
 	hist []*txTouch // committed transactions not yet pruned
-	sel  *windowSel // the registered selection (one at a time)
+	// sels are the registered selections by ID. Several may be open at once (a
+	// pipelined snapshot keeps a few chunks in flight; Refresh calls may overlap):
+	// each is judged on its own window, so they never interfere.
+	sels map[string]*windowSel
 	// ignoreSnapshot disables the visibility fix (plain DBLog). Tests only.
 	ignoreSnapshot bool
 }
@@ -196,11 +199,11 @@ func (w *window) watermark(id string, kind wmKind) {
 	w.wms = append(w.wms, wmEvent{id, kind})
 }
 
-// commit ends the open transaction. If it carried the high watermark of the
-// registered, ready selection, the selection's rows that no transaction inside the
+// commit ends the open transaction. For each high watermark it carried of a
+// registered, ready selection, the selection's rows that no transaction inside its
 // window touched are returned (the selection stays registered until done, so a
 // re-delivered high watermark emits again).
-func (w *window) commit() *emission {
+func (w *window) commit() []*emission {
 	tx := w.open
 	w.open = nil
 	if tx == nil {
@@ -211,29 +214,29 @@ func (w *window) commit() *emission {
 	if len(tx.keys) > 0 || len(tx.truncated) > 0 || len(tx.unknown) > 0 {
 		w.hist = append(w.hist, tx)
 	}
-	var em *emission
+	var ems []*emission
 	for _, wm := range w.wms {
-		if w.sel == nil || wm.id != w.sel.id {
+		sel := w.sels[wm.id]
+		if sel == nil {
 			continue // another run's or another syncer's watermark: ignore
 		}
 		switch wm.kind {
 		case wmLow:
 			// A re-delivered low watermark (after a retry) moves the window start;
 			// every transaction after it is delivered again, so nothing is lost.
-			w.sel.lowSeq = tx.seq
+			sel.lowSeq = tx.seq
 		case wmHigh:
-			if w.sel.ready && w.sel.lowSeq != 0 {
-				em = w.emit()
+			if sel.ready && sel.lowSeq != 0 {
+				ems = append(ems, w.emit(sel))
 			}
 		}
 	}
 	w.wms = w.wms[:0]
-	return em
+	return ems
 }
 
-// emit drops touched keys from the registered selection and returns what is left.
-func (w *window) emit() *emission {
-	sel := w.sel
+// emit drops touched keys from a selection and returns what is left.
+func (w *window) emit(sel *windowSel) *emission {
 	partial := map[string]bool{} // dropped key -> its last change left columns unknown
 	for _, tx := range w.hist {
 		inside := tx.seq > sel.lowSeq
@@ -265,46 +268,49 @@ func (w *window) emit() *emission {
 }
 
 // register starts tracking a selection of relation rel (before its low watermark is
-// written). It replaces any selection registered before.
+// written). IDs must be unique; registering an ID again starts it over.
 func (w *window) register(id string, rel uint32) {
-	w.sel = &windowSel{id: id, rel: rel}
+	if w.sels == nil {
+		w.sels = map[string]*windowSel{}
+	}
+	w.sels[id] = &windowSel{id: id, rel: rel}
 }
 
-// setRows gives the registered selection its rows and snapshot (before its high
+// setRows gives a registered selection its rows and snapshot (before its high
 // watermark is written).
 func (w *window) setRows(id string, rows *InMemSelection, snap xidSnapshot) bool {
-	if w.sel == nil || w.sel.id != id {
+	sel := w.sels[id]
+	if sel == nil {
 		return false
 	}
-	w.sel.rows, w.sel.snap, w.sel.ready = rows, snap, true
+	sel.rows, sel.snap, sel.ready = rows, snap, true
 	return true
 }
 
 // done forgets the selection.
 func (w *window) done(id string) {
-	if w.sel != nil && w.sel.id == id {
-		w.sel = nil
-	}
+	delete(w.sels, id)
 }
 
 // prune forgets committed transactions nobody can need any more; snap must have been
 // taken after they were delivered. A transaction is kept while it is in progress in
-// snap (a later selection's snapshot may not see it either) or while the registered
+// snap (a later selection's snapshot may not see it either) or while a registered
 // selection may need it: it lies inside that selection's window, the selection's
 // snapshot is not known yet, or that snapshot did not see it.
 func (w *window) prune(snap xidSnapshot) {
-	sel := w.sel
 	needed := func(tx *txTouch) bool {
 		if snap.inProgress(tx.xid) {
 			return true
 		}
-		if sel == nil {
-			return false
+		for _, sel := range w.sels {
+			if sel.lowSeq != 0 && tx.seq > sel.lowSeq {
+				return true
+			}
+			if !sel.ready || (!w.ignoreSnapshot && sel.snap.inProgress(tx.xid)) {
+				return true
+			}
 		}
-		if sel.lowSeq != 0 && tx.seq > sel.lowSeq {
-			return true
-		}
-		return !sel.ready || (!w.ignoreSnapshot && sel.snap.inProgress(tx.xid))
+		return false
 	}
 	kept := w.hist[:0]
 	for _, tx := range w.hist {

@@ -36,11 +36,19 @@ func snapOf(t *testing.T, s string) xidSnapshot {
 	return snap
 }
 
-// tx runs one transaction through the window and returns its emission.
+// tx runs one transaction through the window and returns its emission (nil: none;
+// it panics on more than one, which these tests never write in one transaction).
 func tx(w *window, xid uint32, body func()) *emission {
 	w.begin(xid)
 	body()
-	return w.commit()
+	ems := w.commit()
+	switch len(ems) {
+	case 0:
+		return nil
+	case 1:
+		return ems[0]
+	}
+	panic("more than one emission")
 }
 
 func TestWindowDropsKeysTouchedInsideOnly(t *testing.T) {
@@ -252,4 +260,50 @@ func TestWindowRereadAndRetry(t *testing.T) {
 	em = tx(w, 32, func() { w.watermark("s3", wmHigh) })
 	require.True(t, em.retry)
 	require.Empty(t, em.items)
+}
+
+func TestWindowOverlappingSelections(t *testing.T) {
+	// Two selections of one table in flight at once (a pipelined snapshot, or two
+	// Refresh calls): L1 L2 H1 H2. Each is judged on its own window only.
+	w := &window{}
+	w.register("s1", relItems)
+	w.register("s2", relItems)
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	require.Nil(t, tx(w, 11, func() { w.change(relItems, "a", "", false) }))
+	require.Nil(t, tx(w, 12, func() { w.watermark("s2", wmLow) }))
+	require.Nil(t, tx(w, 13, func() { w.change(relItems, "b", "", false) }))
+	require.True(t, w.setRows("s1", selOf("a", "b", "c"), snapOf(t, "12:12:")))
+	require.True(t, w.setRows("s2", selOf("a", "b", "c", "d"), snapOf(t, "14:14:")))
+	// History is pruned while both are open: s2's window (after 12) must survive
+	// s1's completion.
+	w.prune(snapOf(t, "20:20:"))
+	em := tx(w, 14, func() { w.watermark("s1", wmHigh) })
+	require.Equal(t, "s1", em.id)
+	require.Equal(t, []string{"c"}, keysOf(em), "a and b changed inside s1's window")
+	w.done("s1")
+	w.prune(snapOf(t, "20:20:"))
+	require.Equal(t, []uint32{13}, histXids(w), "11 is before s2's window and visible to it")
+	require.Nil(t, tx(w, 15, func() { w.change(relItems, "c", "", false) }))
+	em = tx(w, 16, func() { w.watermark("s2", wmHigh) })
+	require.Equal(t, "s2", em.id)
+	require.Equal(t, []string{"a", "d"}, keysOf(em), "b and c changed inside s2's window; a before it")
+	w.done("s2")
+	w.prune(snapOf(t, "20:20:"))
+	require.Empty(t, w.hist)
+
+	// Two high watermarks in one transaction: two emissions, in watermark order.
+	w.register("s3", relItems)
+	w.register("s4", relOther)
+	require.Nil(t, tx(w, 30, func() { w.watermark("s3", wmLow); w.watermark("s4", wmLow) }))
+	require.True(t, w.setRows("s3", selOf("x"), snapOf(t, "31:31:")))
+	require.True(t, w.setRows("s4", selOf("y"), snapOf(t, "31:31:")))
+	w.begin(31)
+	w.watermark("s4", wmHigh)
+	w.watermark("s3", wmHigh)
+	ems := w.commit()
+	require.Len(t, ems, 2)
+	require.Equal(t, "s4", ems[0].id)
+	require.Equal(t, []string{"y"}, keysOf(ems[0]))
+	require.Equal(t, "s3", ems[1].id)
+	require.Equal(t, []string{"x"}, keysOf(ems[1]))
 }

@@ -21,7 +21,11 @@ type windowTracker struct {
 	// afterSelect, when set, runs between a selection's SELECT and its high
 	// watermark. Tests only: it makes changes land inside the window.
 	afterSelect func()
-	lastPrune   time.Time
+	// forceRetry, when set, turns the emission of each selection it returns true for
+	// into a retry (as if a change with an unreadable key had touched the window).
+	// Tests only.
+	forceRetry func(selectionID string) bool
+	lastPrune  time.Time
 	// watch collects, per table being snapshotted, the new keys of key-changing
 	// updates that left TOASTed columns unchanged: the consumer may never have seen
 	// the row under its old key, so the row must be read again (snapshot.go).
@@ -89,7 +93,7 @@ func (t *windowTracker) watchStop(rel uint32) {
 
 // register starts tracking a selection of relation rel; the returned channel gets nil
 // once its refresh rows were handed over, or an error wrapping ErrRefreshAbandoned.
-// Only one selection may be registered at a time (Refresh serialises callers).
+// Several selections may be registered at once (window.sels).
 func (t *windowTracker) register(id string, rel uint32) <-chan selDone {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -182,10 +186,18 @@ func (t *windowTracker) watermark(id string, kind wmKind) {
 	t.mu.Unlock()
 }
 
-func (t *windowTracker) commit() *emission {
+func (t *windowTracker) commit() []*emission {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.w.commit()
+	ems := t.w.commit()
+	if t.forceRetry != nil {
+		for i, em := range ems {
+			if t.forceRetry(em.id) {
+				ems[i] = &emission{id: em.id, retry: true}
+			}
+		}
+	}
+	return ems
 }
 
 // setIgnoreSnapshot turns the visibility fix off (plain DBLog). Tests only.
