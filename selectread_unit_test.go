@@ -1,0 +1,50 @@
+package dbsync
+
+import (
+	"database/sql"
+	"errors"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestRawBatchKeepsNullAndEmptyApart feeds colScanner what drivers hand database/sql
+// (lib/pq: []byte views of its buffer; pgx: strings; NULL: nil) and checks the rows
+// come back with NULL as nil and an empty value as a non-nil empty slice, copied out of
+// the driver's buffer.
+func TestRawBatchKeepsNullAndEmptyApart(t *testing.T) {
+	b := newRawBatch(0, 0)
+	cols := []colScanner{{&b}, {&b}, {&b}}
+	driverBuf := []byte("abc")
+	rows := [][]any{
+		{"", nil, driverBuf[:0]}, // empty values first: the batch buffer is still empty
+		{driverBuf, "xyz", nil},
+		{nil, nil, nil},
+	}
+	for _, r := range rows {
+		for j, v := range r {
+			require.NoError(t, cols[j].Scan(v))
+		}
+		b.n++
+	}
+	copy(driverBuf, "zzz") // the driver reuses its buffer
+	raw := make([]sql.RawBytes, 3)
+	want := [][]sql.RawBytes{
+		{{}, nil, {}},
+		{sql.RawBytes("abc"), sql.RawBytes("xyz"), nil},
+		{nil, nil, nil},
+	}
+	for i := range want {
+		b.row(i, raw)
+		for j := range raw {
+			if want[i][j] == nil {
+				require.Nil(t, raw[j], "row %d col %d", i, j)
+			} else {
+				require.NotNil(t, raw[j], "row %d col %d", i, j)
+				require.Equal(t, string(want[i][j]), string(raw[j]), "row %d col %d", i, j)
+			}
+		}
+	}
+	err := cols[0].Scan(int64(1))
+	require.True(t, errors.Is(err, ErrDecodeValue), "%v", err)
+}
