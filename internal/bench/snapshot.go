@@ -135,10 +135,10 @@ func (r *runner) snapshot(ctx context.Context) error {
 	// DefaultSnapshotChunkSize rows) reads the table through its watermark windows while
 	// the writer's changes stream through the same slot.
 	for i, d := range []struct {
-		name  string
-		db    *sql.DB
-		chunk int
-	}{{"lib/pq", db, 0}, {"pgx", pgx, 0}, {"lib/pq, chunk 1000", db, 1000}} {
+		name     string
+		db       *sql.DB
+		inFlight int // 0: the default
+	}{{"lib/pq", db, 0}, {"pgx", pgx, 0}, {"lib/pq, 1 chunk in flight", db, 1}} {
 		slot := fmt.Sprintf("bench_snap_%d", i)
 		opts := []dbsync.SyncerOpt{dbsync.WithDB(d.db), dbsync.WithReplicationSlot(slot), dbsync.WithPublication(sl.pub)}
 		s, err := dbsync.NewSyncerContext(ctx, opts...)
@@ -151,8 +151,8 @@ func (r *runner) snapshot(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if d.chunk > 0 {
-			run.s.SnapshotChunkSize = d.chunk
+		if d.inFlight > 0 {
+			run.s.SnapshotChunksInFlight = d.inFlight
 		}
 		w0 := written.Load()
 		start := time.Now()
@@ -185,10 +185,10 @@ func (r *runner) snapshot(ctx context.Context) error {
 			res.Contender = c.name
 			res.Extra = fmt.Sprintf("%d refresh rows (rows the writer touched in a window come as changes); writer did %d updates meanwhile",
 				snapRows[i-2], c.updates)
-			if strings.Contains(c.name, "chunk") {
+			if strings.Contains(c.name, "in flight") {
 				res.Extra = "not the default, for comparison; " + res.Extra
 			} else {
-				res.Extra = fmt.Sprintf("default chunk size %d; ", dbsync.DefaultSnapshotChunkSize) + res.Extra
+				res.Extra = fmt.Sprintf("default chunk size %d, %d chunks in flight; ", dbsync.DefaultSnapshotChunkSize, dbsync.DefaultSnapshotChunksInFlight) + res.Extra
 				res.Target = ">=0.7x COPY: " + verdict(rate >= 0.7*copyRate)
 			}
 		}
