@@ -244,7 +244,7 @@ func decodeRawJSON(jsonb bool, format int16, src []byte, rb *rowBuf) (any, error
 		}
 		src = src[1:]
 	}
-	if !json.Valid(src) {
+	if !validJSON(src) {
 		return nil, errors.New("invalid JSON document")
 	}
 	return json.RawMessage(rb.bytes(src)), nil
