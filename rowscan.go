@@ -4,7 +4,9 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
+	"unsafe"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/lib/pq"
 )
 
@@ -66,37 +68,127 @@ func (t *PGTableInfo) ScanRow(rows *sql.Rows) (StringMap, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw := make([]sql.NullString, len(names))
-	dest := make([]any, len(names))
-	for i := range raw {
-		dest[i] = &raw[i]
-	}
-	if err := rows.Scan(dest...); err != nil {
+	raw := make([]sql.RawBytes, len(names))
+	if err := rows.Scan(textScanDest(raw)...); err != nil {
 		return nil, err
 	}
-	return t.decodeTextRow(names, raw, false)
+	return t.decodeTextRowRaw(names, raw, false)
 }
 
-// decodeTextRow decodes a row of columns selected in text form (selectList) with the
-// columns' decoders, exactly as MessageToMap decodes a change's text values. A column
-// that is not the table's is an ErrConfig error, or kept as its text when
-// unknownAsText (a refresh query may select expressions).
+// textCell is a Rows.Scan destination for one column selected in text form: it sets
+// *dst to the value's bytes, nil for SQL NULL and a non-nil empty slice for an empty
+// value. Scanning into *sql.RawBytes directly cannot tell the two apart: database/sql
+// copies a driver's string value (lib/pq returns text as string) into its reused
+// buffer with append, which gives nil for "" while that buffer is still empty (the
+// first values of the first row).
+type textCell struct{ dst *sql.RawBytes }
+
+// Scan implements sql.Scanner. A []byte value is the driver's memory, valid until the
+// next Next or Scan, like sql.RawBytes; a string value is referenced, not copied.
+func (c textCell) Scan(src any) error {
+	switch x := src.(type) {
+	case nil:
+		*c.dst = nil
+	case []byte:
+		if x == nil {
+			x = []byte{}
+		}
+		*c.dst = x
+	case string:
+		if len(x) == 0 {
+			*c.dst = sql.RawBytes{}
+		} else {
+			// Read only: decoders never write to their input, and every value
+			// kept is copied (decodeTextRowRaw).
+			*c.dst = unsafe.Slice(unsafe.StringData(x), len(x))
+		}
+	default:
+		return fmt.Errorf("%w: a text-form column scanned as %T, want string or []byte: select it with SelectList", ErrConfig, src)
+	}
+	return nil
+}
+
+// textScanDest returns Rows.Scan destinations that fill raw[i] with column i's text
+// form: nil for SQL NULL, non-nil (possibly empty) otherwise. raw then holds driver
+// memory valid until the next Next or Scan; decode it before (decodeTextRowRaw copies
+// what it keeps).
+func textScanDest(raw []sql.RawBytes) []any {
+	dest := make([]any, len(raw))
+	for i := range raw {
+		dest[i] = textCell{dst: &raw[i]}
+	}
+	return dest
+}
+
+// decodeTextRow decodes a row of columns selected in text form (selectList) and scanned
+// into sql.NullString, exactly as decodeTextRowRaw does.
 func (t *PGTableInfo) decodeTextRow(names []string, raw []sql.NullString, unknownAsText bool) (StringMap, error) {
-	values := make(StringMap, len(names))
+	n := 0
+	for _, r := range raw {
+		n += len(r.String)
+	}
+	buf := make([]byte, 0, n)
+	bs := make([]sql.RawBytes, len(raw))
+	for i, r := range raw {
+		if r.Valid {
+			start := len(buf)
+			buf = append(buf, r.String...)
+			bs[i] = buf[start:len(buf):len(buf)]
+		}
+	}
+	return t.decodeTextRowRaw(names, bs, unknownAsText)
+}
+
+// decodeTextRowRaw decodes a row of columns selected in text form (selectList) with the
+// columns' decoders, exactly as MessageToMap decodes a change's text values: one
+// pgtype.Map for the row, the text and json copies in one buffer (rowBuf). raw[i] is
+// column names[i]'s text, nil for SQL NULL; its memory may be the driver's (reused at
+// the next Rows.Next): every value kept is copied. Scan with textScanDest, not into
+// *sql.RawBytes directly: that gives nil for some empty values. A column that is not
+// the table's is an ErrConfig error, or kept as its text (a string) when unknownAsText
+// (a refresh query may select expressions).
+func (t *PGTableInfo) decodeTextRowRaw(names []string, raw []sql.RawBytes, unknownAsText bool) (StringMap, error) {
+	if len(raw) != len(names) {
+		return nil, fmt.Errorf("%w: %d values for %d columns", ErrConfig, len(raw), len(names))
+	}
+	var colsBuf [32]*PGColumnInfo
+	cols := colsBuf[:0]
+	need := 0
 	for i, n := range names {
-		if !raw[i].Valid {
+		col := t.ColInfo[n]
+		cols = append(cols, col)
+		if raw[i] != nil && (col == nil || (col.dec != nil && col.dec.copies())) {
+			need += len(raw[i])
+		}
+	}
+	rb := newRowBuf(need)
+	values := make(StringMap, len(names))
+	var m *pgtype.Map
+	defer func() {
+		if m != nil {
+			typeMaps.Put(m)
+		}
+	}()
+	for i, n := range names {
+		if raw[i] == nil {
 			values[n] = nil
 			continue
 		}
-		col := t.ColInfo[n]
+		col := cols[i]
 		if col == nil {
 			if !unknownAsText {
 				return nil, fmt.Errorf("%w: ScanRow: column %q is not a column of %s", ErrConfig, n, t.QualifiedName())
 			}
-			values[n] = raw[i].String
+			values[n] = rb.string(raw[i])
 			continue
 		}
-		v, err := col.DecodeText([]byte(raw[i].String))
+		if m == nil {
+			m = typeMaps.Get().(*pgtype.Map)
+		}
+		v, broken, err := col.decodeWith(m, pgtype.TextFormatCode, raw[i], rb)
+		if broken {
+			m = nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s.%s: %w", t.QualifiedName(), n, err)
 		}

@@ -81,6 +81,8 @@ type decodeInfo struct {
 	// tstzPlans are timestamptz's scan plans into *pgtype.Timestamptz for the text and
 	// binary formats, made once: pgx's DecodeValue makes a new plan for every value.
 	tstzPlans [2]pgtype.ScanPlan
+	// fast is the type's fast path (values_fast.go), tried before the codec.
+	fast fastKind
 }
 
 // refTypes answers "does pgtype have a codec for this OID" without decoding; it is
@@ -183,7 +185,7 @@ func parsePlainNumeric(src []byte) (n pgtype.Numeric, ok bool) {
 	if neg {
 		x = -x
 	}
-	return pgtype.Numeric{Int: big.NewInt(x), Exp: exp, Valid: true}, true
+	return pgtype.Numeric{Int: newSmallInt(x), Exp: exp, Valid: true}, true
 }
 
 // PlanScan makes scans into *any (array elements, range bounds) use DecodeValue.
@@ -230,16 +232,22 @@ func (c rawJSONCodec) DecodeValue(_ *pgtype.Map, _ uint32, format int16, src []b
 	if src == nil {
 		return nil, nil
 	}
-	if c.jsonb && format == pgtype.BinaryFormatCode {
+	return decodeRawJSON(c.jsonb, format, src, nil)
+}
+
+// decodeRawJSON returns a copy of a json or jsonb document (taken from rb when there is
+// room) as json.RawMessage, after checking it is valid JSON.
+func decodeRawJSON(jsonb bool, format int16, src []byte, rb *rowBuf) (any, error) {
+	if jsonb && format == pgtype.BinaryFormatCode {
 		if len(src) == 0 || src[0] != 1 {
 			return nil, errors.New("jsonb binary value without version 1 header")
 		}
 		src = src[1:]
 	}
-	if !json.Valid(src) {
+	if !validJSON(src) {
 		return nil, errors.New("invalid JSON document")
 	}
-	return json.RawMessage(append([]byte(nil), src...)), nil
+	return json.RawMessage(rb.bytes(src)), nil
 }
 
 // resolveDecode resolves how values of type oid decode. types gives catalog rows for
@@ -254,7 +262,7 @@ func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeI
 			return &decodeInfo{kind: kindArray, oid: oid, name: t.Name, elemOID: ac.ElementType.OID,
 				elem: resolveDecodeDepth(ac.ElementType.OID, types, depth+1)}
 		}
-		d := &decodeInfo{kind: kindCodec, oid: oid, name: t.Name, codec: t.Codec}
+		d := &decodeInfo{kind: kindCodec, oid: oid, name: t.Name, codec: t.Codec, fast: fastKindFor(oid, t.Codec)}
 		if c, ok := t.Codec.(*pgtype.TimestamptzCodec); ok && oid == pgtype.TimestamptzOID {
 			for f := range d.tstzPlans {
 				d.tstzPlans[f] = c.PlanScan(refTypes, oid, int16(f), &pgtype.Timestamptz{})
@@ -282,21 +290,27 @@ func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeI
 	return &decodeInfo{kind: kindUnknown, oid: oid, name: row.name}
 }
 
-// decode turns one non-NULL value into its Go value. m must not be shared.
-func (d *decodeInfo) decode(m *pgtype.Map, format int16, src []byte) (any, error) {
+// decode turns one non-NULL value into its Go value. m must not be shared. Copies of
+// text and json values are taken from rb when it has room (rb may be nil).
+func (d *decodeInfo) decode(m *pgtype.Map, format int16, src []byte, rb *rowBuf) (any, error) {
 	if src == nil {
 		src = []byte{}
 	}
 	switch d.kind {
 	case kindEnum:
-		return string(src), nil
+		return rb.string(src), nil
 	case kindUnknown:
 		if format == pgtype.BinaryFormatCode {
-			return UnknownValue{Type: d.name, Binary: append([]byte(nil), src...)}, nil
+			return UnknownValue{Type: d.name, Binary: rb.bytes(src)}, nil
 		}
-		return UnknownValue{Type: d.name, Text: string(src)}, nil
+		return UnknownValue{Type: d.name, Text: rb.string(src)}, nil
 	case kindArray:
 		return d.decodeArray(m, format, src)
+	}
+	if d.fast != fastNone {
+		if v, ok, err := d.decodeFast(format, src, rb); ok {
+			return v, err
+		}
 	}
 	if d.oid == pgtype.TimestamptzOID && (format == pgtype.TextFormatCode || format == pgtype.BinaryFormatCode) && d.tstzPlans[format] != nil {
 		// What TimestamptzCodec.DecodeValue does, with the plan made once.
@@ -405,7 +419,7 @@ func (d *decodeInfo) decodeArray(m *pgtype.Map, format int16, src []byte) (any, 
 			default:
 				return nil, fmt.Errorf("array element %d: unexpected %T", i, e)
 			}
-			v, err := d.elem.decode(m, format, b)
+			v, err := d.elem.decode(m, format, b, nil)
 			if err != nil {
 				return nil, fmt.Errorf("array element %d: %w", i, err)
 			}
@@ -452,17 +466,18 @@ func (c *PGColumnInfo) decoder() *decodeInfo {
 
 func (c *PGColumnInfo) decodeFormat(format int16, data []byte) (any, error) {
 	m := typeMaps.Get().(*pgtype.Map)
-	v, broken, err := c.decodeWith(m, format, data)
+	v, broken, err := c.decodeWith(m, format, data, nil)
 	if !broken {
 		typeMaps.Put(m)
 	}
 	return v, err
 }
 
-// decodeWith decodes one value with m, a Map borrowed from typeMaps. broken reports a
+// decodeWith decodes one value with m, a Map borrowed from typeMaps, taking copies of
+// text and json values from rb (nil: allocated per value). broken reports a
 // panic in a pgtype decoder (returned as an ErrDecodeValue error): m must then be
 // dropped, not returned to the pool.
-func (c *PGColumnInfo) decodeWith(m *pgtype.Map, format int16, data []byte) (v any, broken bool, err error) {
+func (c *PGColumnInfo) decodeWith(m *pgtype.Map, format int16, data []byte, rb *rowBuf) (v any, broken bool, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			// pgtype decoders index malformed input in a few places: a decode
@@ -470,7 +485,7 @@ func (c *PGColumnInfo) decodeWith(m *pgtype.Map, format int16, data []byte) (v a
 			v, broken, err = nil, true, fmt.Errorf("%w: column %q (%s): %v", ErrDecodeValue, c.ColumnName, c.decoder().name, r)
 		}
 	}()
-	v, err = c.decoder().decode(m, format, data)
+	v, err = c.decoder().decode(m, format, data, rb)
 	if err != nil {
 		return nil, false, fmt.Errorf("%w: column %q (%s, %s format): %v", ErrDecodeValue, c.ColumnName, c.decoder().name, formatName(format), err)
 	}
@@ -542,6 +557,14 @@ func (t *PGTableInfo) MessageToMap(reln *pglogrepl.RelationMessage, tuple *pglog
 	}
 	cols := t.columnsFor(reln)
 	values = make(StringMap, len(tuple.Columns))
+	// One buffer holds the copies of the tuple's text and json values (rowBuf).
+	need := 0
+	for i, col := range tuple.Columns {
+		if (col.DataType == pglogrepl.TupleDataTypeText || col.DataType == pglogrepl.TupleDataTypeBinary) && cols[i].dec != nil && cols[i].dec.copies() {
+			need += len(col.Data)
+		}
+	}
+	rb := newRowBuf(need)
 	// One Map serves the whole tuple (dropped if a decoder panicked).
 	var m *pgtype.Map
 	defer func() {
@@ -569,7 +592,7 @@ func (t *PGTableInfo) MessageToMap(reln *pglogrepl.RelationMessage, tuple *pglog
 		if m == nil {
 			m = typeMaps.Get().(*pgtype.Map)
 		}
-		v, broken, err := cols[i].decodeWith(m, format, col.Data)
+		v, broken, err := cols[i].decodeWith(m, format, col.Data, rb)
 		if broken {
 			m = nil
 		}
