@@ -6,76 +6,111 @@ package dbsync
 // touched; what is left at the high watermark becomes refresh rows.
 // It is not safe for concurrent use.
 type InMemSelection struct {
-	order []string
-	items map[string]DBItem
-	// keyText holds each added row's key columns in text form (what a follow-up
-	// query needs to read the row again), also after Remove.
-	keyText map[string][]string
+	// rows are every row added since the last Clear, in the order added; a removed
+	// row stays (removed) so its key text remains known.
+	rows []selRow
+	// index maps each key added since the last Clear to its row's place in rows.
+	index map[string]int
+	live  int // rows not removed
+}
+
+type selRow struct {
+	item DBItem
+	// keyText holds the row's key columns in text form (what a follow-up query needs
+	// to read the row again); nil when added without it.
+	keyText []string
+	removed bool
 }
 
 // NewInMemSelection returns an empty selection.
-func NewInMemSelection() *InMemSelection {
-	return &InMemSelection{items: map[string]DBItem{}, keyText: map[string][]string{}}
+func NewInMemSelection() *InMemSelection { return newInMemSelection(0) }
+
+// newInMemSelection returns an empty selection with room for n rows.
+func newInMemSelection(n int) *InMemSelection {
+	return &InMemSelection{rows: make([]selRow, 0, n), index: make(map[string]int, n)}
 }
 
-// Add adds a row, replacing an earlier row with the same key (keeping its position).
-func (s *InMemSelection) Add(item DBItem) {
-	if _, ok := s.items[item.Key]; !ok {
-		s.order = append(s.order, item.Key)
+// Add adds a row, replacing an earlier row with the same key, removed or not (keeping
+// its position).
+func (s *InMemSelection) Add(item DBItem) { s.add(item, nil) }
+
+// add adds a row with the text form of its key columns.
+func (s *InMemSelection) add(item DBItem, keyText []string) {
+	if i, ok := s.index[item.Key]; ok {
+		r := &s.rows[i]
+		r.item = item
+		if keyText != nil {
+			r.keyText = keyText
+		}
+		if r.removed {
+			r.removed = false
+			s.live++
+		}
+		return
 	}
-	s.items[item.Key] = item
+	s.index[item.Key] = len(s.rows)
+	s.rows = append(s.rows, selRow{item: item, keyText: keyText})
+	s.live++
 }
 
 // Remove drops the row with this key; it reports whether there was one.
 func (s *InMemSelection) Remove(key string) bool {
-	if _, ok := s.items[key]; !ok {
+	i, ok := s.index[key]
+	if !ok || s.rows[i].removed {
 		return false
 	}
-	delete(s.items, key)
+	s.rows[i].removed = true
+	s.live--
 	return true
 }
 
 // Clear drops every row (a TRUNCATE inside the window).
 func (s *InMemSelection) Clear() {
-	s.items = map[string]DBItem{}
-	s.order = nil
-	s.keyText = map[string][]string{}
+	s.rows = nil
+	s.index = map[string]int{}
+	s.live = 0
 }
 
-// addKeyText records the text form of a row's key columns.
-func (s *InMemSelection) addKeyText(key string, text []string) { s.keyText[key] = text }
-
-// selectedKeys returns the keys of every row added since the last Clear, removed or
-// not, in the order they were added.
-func (s *InMemSelection) selectedKeys() []string {
-	out := make([]string, 0, len(s.order))
-	seen := make(map[string]bool, len(s.order))
-	for _, k := range s.order {
-		if !seen[k] {
-			seen[k] = true
-			out = append(out, k)
+// keyTextsOf returns, for each key, the text form of its key columns (nil: unknown),
+// whether its row was removed or not.
+func (s *InMemSelection) keyTextsOf(keys []string) [][]string {
+	out := make([][]string, len(keys))
+	for i, k := range keys {
+		if j, ok := s.index[k]; ok {
+			out[i] = s.rows[j].keyText
 		}
 	}
 	return out
 }
 
+// selectedKeys returns the keys of every row added since the last Clear, removed or
+// not, in the order they were first added.
+func (s *InMemSelection) selectedKeys() []string {
+	out := make([]string, len(s.rows))
+	for i, r := range s.rows {
+		out[i] = r.item.Key
+	}
+	return out
+}
+
 // Len returns the number of rows left.
-func (s *InMemSelection) Len() int { return len(s.items) }
+func (s *InMemSelection) Len() int { return s.live }
 
 // Get returns the row with this key.
 func (s *InMemSelection) Get(key string) (DBItem, bool) {
-	it, ok := s.items[key]
-	return it, ok
+	i, ok := s.index[key]
+	if !ok || s.rows[i].removed {
+		return DBItem{}, false
+	}
+	return s.rows[i].item, true
 }
 
 // Items returns the rows left, in the order they were added.
 func (s *InMemSelection) Items() []DBItem {
-	out := make([]DBItem, 0, len(s.items))
-	seen := make(map[string]bool, len(s.items))
-	for _, k := range s.order {
-		if it, ok := s.items[k]; ok && !seen[k] {
-			seen[k] = true
-			out = append(out, it)
+	out := make([]DBItem, 0, s.live)
+	for _, r := range s.rows {
+		if !r.removed {
+			out = append(out, r.item)
 		}
 	}
 	return out

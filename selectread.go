@@ -132,7 +132,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 		return nil, snap, nil, err
 	}
 
-	sel := NewInMemSelection()
+	sel := newInMemSelection(selectionSizeHint(args))
 	keyIdx := make([]int, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
 		keyIdx[i] = indexOf(cols, k)
@@ -147,12 +147,11 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 			if err != nil {
 				return fail(err)
 			}
-			sel.Add(item)
 			lastKey = keySlab[i*len(keyIdx) : (i+1)*len(keyIdx) : (i+1)*len(keyIdx)]
 			for k, j := range keyIdx {
 				lastKey[k] = string(raw[j])
 			}
-			sel.addKeyText(item.Key, lastKey)
+			sel.add(item, lastKey)
 		}
 	}
 	if readErr != nil {
@@ -172,13 +171,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 // way MessageToMap decodes a change's tuple (shared with ScanRow) so record IDs match
 // between refresh rows and changes.
 func selectedRow(info *PGTableInfo, cols []string, raw []sql.RawBytes) (DBItem, error) {
-	ns := make([]sql.NullString, len(raw))
-	for i, v := range raw {
-		if v != nil {
-			ns[i] = sql.NullString{String: string(v), Valid: true}
-		}
-	}
-	values, err := info.decodeTextRow(cols, ns, true)
+	values, err := info.decodeTextRowRaw(cols, raw, true)
 	if err != nil {
 		return DBItem{}, err
 	}
@@ -187,4 +180,16 @@ func selectedRow(info *PGTableInfo, cols []string, raw []sql.RawBytes) (DBItem, 
 		return DBItem{}, fmt.Errorf("%s: %w", info.QualifiedName(), err)
 	}
 	return DBItem{Table: info, Key: key, Values: values}, nil
+}
+
+// selectionSizeHint guesses a selection's row count for sizing its maps: a snapshot
+// chunk's LIMIT (its last argument, an int), capped; 0 otherwise.
+func selectionSizeHint(args []any) int {
+	if len(args) == 0 {
+		return 0
+	}
+	if n, ok := args[len(args)-1].(int); ok && n > 0 {
+		return min(n, 100000)
+	}
+	return 0
 }

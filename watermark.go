@@ -248,9 +248,9 @@ func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
 			return out, r.err
 		}
 		out.emitted, out.retry = r.emitted, r.retry
-		for _, k := range r.reread {
-			key := make([]any, len(p.rows.keyText[k]))
-			for i, v := range p.rows.keyText[k] {
+		for _, text := range p.rows.keyTextsOf(r.reread) {
+			key := make([]any, len(text))
+			for i, v := range text {
 				key[i] = v
 			}
 			out.reread = append(out.reread, key)

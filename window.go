@@ -259,9 +259,14 @@ func (w *window) emit(sel *windowSel) *emission {
 		}
 	}
 	em := &emission{id: sel.id, items: sel.rows.Items()}
-	for _, key := range sel.rows.selectedKeys() {
-		if partial[key] {
-			em.reread = append(em.reread, key)
+	for _, p := range partial {
+		if p { // some dropped row may need reading again: find them in selection order
+			for _, key := range sel.rows.selectedKeys() {
+				if partial[key] {
+					em.reread = append(em.reread, key)
+				}
+			}
+			break
 		}
 	}
 	return em

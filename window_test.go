@@ -215,8 +215,21 @@ func TestInMemSelection(t *testing.T) {
 	it, ok := s.Get("a")
 	require.True(t, ok)
 	require.Equal(t, "a2", it.Values["k"])
+	_, ok = s.Get("zz")
+	require.False(t, ok)
 	s.Clear()
 	require.Zero(t, s.Len())
+
+	// Key texts stay known for removed rows (follow-up reads need them).
+	s = newInMemSelection(4)
+	s.add(DBItem{Key: "k1"}, []string{"1"})
+	s.add(DBItem{Key: "k2"}, []string{"2"})
+	require.True(t, s.Remove("k1"))
+	_, ok = s.Get("k1")
+	require.False(t, ok)
+	require.Equal(t, [][]string{{"2"}, {"1"}, nil}, s.keyTextsOf([]string{"k2", "k1", "nope"}))
+	require.Equal(t, []string{"k1", "k2"}, s.selectedKeys())
+	require.Equal(t, 1, s.Len())
 }
 
 func TestWindowRereadAndRetry(t *testing.T) {
