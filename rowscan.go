@@ -48,6 +48,46 @@ func selectList(alias string, cols []string) string {
 	return strings.Join(parts, ", ")
 }
 
+// textCastOIDs are built-in types whose cast to text is their output function (an
+// I/O conversion cast, or binary-coercible to text), so "x::text" gives what
+// format('%s', x) gives — and what pgoutput sends — at a fraction of the server's cost
+// (about 1.4 instead of 1.9-2.6 µs per 6-column row in a 10,000-row chunk on the
+// development machine). Not here: bool and inet/cidr (casts that format differently),
+// char(n) (its cast strips trailing blanks), domains and every other type.
+// TestTextCastMatchesOutput checks each on the server.
+var textCastOIDs = map[uint32]bool{
+	20: true, 21: true, 23: true, // int8, int2, int4
+	25: true, 1043: true, // text, varchar
+	26:   true, // oid
+	700:  true, // float4
+	701:  true, // float8
+	1700: true, // numeric
+	1082: true, // date
+	1083: true, // time
+	1114: true, // timestamp
+	1184: true, // timestamptz
+	1186: true, // interval
+	2950: true, // uuid
+	114:  true, // json
+	3802: true, // jsonb
+	17:   true, // bytea
+}
+
+// tableSelectList is selectList for columns of info's table read through alias:
+// columns of the types in textCastOIDs are cast to text directly (NULL stays NULL for
+// these scalar types), the others go through selectList's format('%s', …) form.
+func tableSelectList(info *PGTableInfo, alias string, cols []string) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		if col := info.ColInfo[c]; col != nil && textCastOIDs[col.TypeOID] {
+			parts[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c) + "::text AS " + pq.QuoteIdentifier(c)
+			continue
+		}
+		parts[i] = selectList(alias, []string{c})
+	}
+	return strings.Join(parts, ", ")
+}
+
 // QuotedName returns the table's quoted "schema"."table" for building queries.
 func (t *PGTableInfo) QuotedName() string {
 	return pq.QuoteIdentifier(t.Namespace) + "." + pq.QuoteIdentifier(t.TableName)

@@ -269,7 +269,7 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) (string, []any) {
 	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
 	kc := keyColumnList(info)
-	q := "SELECT " + selectList("t", cols) + " FROM " + t + " AS t"
+	q := "SELECT " + tableSelectList(info, "t", cols) + " FROM " + t + " AS t"
 	var args []any
 	var conds []string
 	if after != nil {

@@ -283,7 +283,7 @@ func keysQuery(info *PGTableInfo, cols []string, keys [][]any) (string, []any) {
 		args = append(args, k...)
 	}
 	kc := keyColumnList(info)
-	return "SELECT " + selectList("t", cols) + " FROM " + t + " AS t WHERE (" + kc + ") IN (" +
+	return "SELECT " + tableSelectList(info, "t", cols) + " FROM " + t + " AS t WHERE (" + kc + ") IN (" +
 		strings.Join(tuples, ", ") + ") ORDER BY " + kc, args
 }
 
