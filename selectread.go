@@ -4,12 +4,15 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync"
 )
 
 // This file reads a selection's rows: the SELECT of a Refresh or a snapshot chunk,
-// every column in its text output form (selectList). Reading (the driver's row
-// parsing) and decoding (typed values, record IDs) run on two goroutines, so a chunk
-// costs about the larger of the two per row, not their sum.
+// every column in its text output form. One goroutine reads (the driver's row
+// parsing) and copies rows into batches; selectDecoders goroutines decode batches
+// (typed values, record IDs) in parallel; the caller puts them back in the SELECT's
+// order. A chunk then costs about the largest of the stages per row, not their sum
+// (docs/BENCHMARKS.md, snapshot).
 
 // selectBatchRows is the number of rows the reading goroutine hands over at a time.
 const selectBatchRows = 256
@@ -20,7 +23,20 @@ type rawBatch struct {
 	buf  []byte
 	offs []int32
 	n    int
+	seq  int // position among the selection's batches
 }
+
+// decodedBatch is a rawBatch decoded: its rows and their key columns' texts, or the
+// error decoding stopped at.
+type decodedBatch struct {
+	seq   int
+	items []DBItem
+	keys  [][]string
+	err   error
+}
+
+// selectDecoders is the number of goroutines decoding a selection's batches.
+const selectDecoders = 2
 
 // colScanner copies one column of the current row into a rawBatch. It is a
 // sql.Scanner, so it sees the driver's value itself: NULL (nil) is told apart from an
@@ -92,7 +108,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 	}
 	defer rows.Close()
 
-	// Reader: the driver's rows, copied out of its buffers, in batches.
+	// Reader: the driver's rows, copied out of its buffers, in numbered batches.
 	batches := make(chan *rawBatch, 4)
 	var readErr error
 	go func() {
@@ -102,6 +118,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 		for i := range dest {
 			dest[i] = colScanner{&b}
 		}
+		seq := 0
 		for rows.Next() {
 			if err := rows.Scan(dest...); err != nil {
 				readErr = err
@@ -109,6 +126,8 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 			}
 			b.n++
 			if b.n == selectBatchRows {
+				b.seq = seq
+				seq++
 				select {
 				case batches <- b:
 				case <-rctx.Done():
@@ -118,41 +137,78 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 			}
 		}
 		if readErr = rows.Err(); readErr == nil && b.n > 0 {
+			b.seq = seq
 			select {
 			case batches <- b:
 			case <-rctx.Done():
 			}
 		}
 	}()
-	// Decoder (this goroutine). On an error, stop the reader and wait for it.
+
+	// Decoders: batches are decoded in parallel and put back in order below.
+	keyIdx := make([]int, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		keyIdx[i] = indexOf(cols, k)
+	}
+	results := make(chan *decodedBatch, selectDecoders*2)
+	var wg sync.WaitGroup
+	for w := 0; w < selectDecoders; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			raw := make([]sql.RawBytes, len(cols))
+			for b := range batches {
+				d := &decodedBatch{seq: b.seq, items: make([]DBItem, b.n), keys: make([][]string, b.n)}
+				keySlab := make([]string, b.n*len(keyIdx))
+				for i := 0; i < b.n && d.err == nil; i++ {
+					b.row(i, raw)
+					d.items[i], d.err = selectedRow(info, cols, raw)
+					key := keySlab[i*len(keyIdx) : (i+1)*len(keyIdx) : (i+1)*len(keyIdx)]
+					for k, j := range keyIdx {
+						key[k] = string(raw[j])
+					}
+					d.keys[i] = key
+				}
+				select {
+				case results <- d:
+				case <-rctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(results)
+	}()
+	// On an error, stop the reader and the decoders and wait for them.
 	fail := func(err error) (*InMemSelection, xidSnapshot, []string, error) {
 		cancel()
-		for range batches {
+		for range results {
 		}
 		return nil, snap, nil, err
 	}
 
 	sel := newInMemSelection(selectionSizeHint(args))
-	keyIdx := make([]int, len(info.PrimaryKey))
-	for i, k := range info.PrimaryKey {
-		keyIdx[i] = indexOf(cols, k)
-	}
-	raw := make([]sql.RawBytes, len(cols))
 	var lastKey []string
-	for b := range batches {
-		keySlab := make([]string, b.n*len(keyIdx))
-		for i := 0; i < b.n; i++ {
-			b.row(i, raw)
-			item, err := selectedRow(info, cols, raw)
-			if err != nil {
-				return fail(err)
+	waiting := map[int]*decodedBatch{}
+	next := 0
+	for d := range results {
+		waiting[d.seq] = d
+		for d := waiting[next]; d != nil; d = waiting[next] {
+			delete(waiting, next)
+			next++
+			if d.err != nil {
+				return fail(d.err)
 			}
-			lastKey = keySlab[i*len(keyIdx) : (i+1)*len(keyIdx) : (i+1)*len(keyIdx)]
-			for k, j := range keyIdx {
-				lastKey[k] = string(raw[j])
+			for i, item := range d.items {
+				sel.add(item, d.keys[i])
+				lastKey = d.keys[i]
 			}
-			sel.add(item, lastKey)
 		}
+	}
+	if len(waiting) > 0 && readErr == nil {
+		return nil, snap, nil, fmt.Errorf("dbsync: selection rows lost in decoding (%d batches out of order)", len(waiting))
 	}
 	if readErr != nil {
 		return nil, snap, nil, classify(readErr, "read selection rows")

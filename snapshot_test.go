@@ -376,3 +376,26 @@ func TestRefreshConcurrentCalls(t *testing.T) {
 	h.mu.Unlock()
 	require.Greater(t, n, 4*700)
 }
+
+// TestRefreshKeepsSelectOrder refreshes 2,000 rows in descending key order: they are
+// read in batches and decoded on several goroutines, and must still reach the handler
+// exactly in the SELECT's order.
+func TestRefreshKeepsSelectOrder(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE ord (id int PRIMARY KEY, v text);
+		INSERT INTO ord SELECT g, repeat('x', g % 50) FROM generate_series(1, 2000) g`)
+	require.NoError(t, err)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("ord"))
+	stats, err := s.RefreshContext(context.Background(), `SELECT * FROM ord ORDER BY id DESC`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 2000, Emitted: 2000}, stats)
+	want := make([]string, 0, 2000)
+	for id := 2000; id >= 1; id-- {
+		want = append(want, fmt.Sprintf(`["%d"]`, id))
+	}
+	h.mu.Lock()
+	got := append([]string(nil), h.refreshKeys...)
+	h.mu.Unlock()
+	require.Equal(t, want, got)
+}
