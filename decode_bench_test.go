@@ -1,11 +1,14 @@
 package dbsync
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/stretchr/testify/require"
 )
 
@@ -121,6 +124,71 @@ func BenchmarkDecodeChange(b *testing.B) {
 					b.Fatal(err)
 				}
 				if _, err := DecodeChange(msg, reln, info); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// orderRow is the benchmark table's row as typed Go variables, for ScanTuple.
+type orderRow struct {
+	id        int64
+	customer  string
+	qty       int32
+	amount    pgtype.Numeric
+	createdAt time.Time
+	attrs     json.RawMessage
+}
+
+func (o *orderRow) dest() []any {
+	return []any{&o.id, &o.customer, &o.qty, &o.amount, &o.createdAt, &o.attrs}
+}
+
+func newTupleOf(tb testing.TB, msg pglogrepl.Message) *pglogrepl.TupleData {
+	switch m := msg.(type) {
+	case *pglogrepl.InsertMessage:
+		return m.Tuple
+	case *pglogrepl.UpdateMessage:
+		return m.NewTuple
+	}
+	tb.Fatalf("%T has no new tuple", msg)
+	return nil
+}
+
+// TestCapturedScanTuple checks that ScanTuple's typed values of the captured rows are
+// DecodeChange's.
+func TestCapturedScanTuple(t *testing.T) {
+	reln, info := capturedRelation(t)
+	for _, name := range []string{"insert", "update", "update_key"} {
+		msg, err := Parse(readCaptured(t, name+".bin"))
+		require.NoError(t, err)
+		ch, err := DecodeChange(msg, reln, info)
+		require.NoError(t, err)
+		var o orderRow
+		require.NoError(t, info.ScanTuple(reln, newTupleOf(t, msg), o.dest()...), name)
+		require.Equal(t, StringMap{"id": o.id, "customer": o.customer, "qty": o.qty, "amount": o.amount,
+			"created_at": o.createdAt, "attrs": o.attrs}, ch.New, name)
+	}
+}
+
+// BenchmarkScanTuple measures the typed decode path: Parse, then ScanTuple of every
+// column into typed variables (no map, no record ID).
+func BenchmarkScanTuple(b *testing.B) {
+	reln, info := capturedRelation(b)
+	for _, name := range []string{"insert", "update"} {
+		data := readCaptured(b, name+".bin")
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(data)))
+			var o orderRow
+			dest := o.dest()
+			for b.Loop() {
+				msg, err := Parse(data)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := info.ScanTuple(reln, newTupleOf(b, msg), dest...); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -51,6 +51,11 @@ var (
 	// ErrDecodeValue: a column value could not be decoded as its type (PGColumnInfo.
 	// DecodeText/DecodeBytes). The message names the column, type and format.
 	ErrDecodeValue = errors.New("dbsync: cannot decode column value")
+	// ErrUnchangedTOAST: PGTableInfo.ScanTuple met columns whose value PostgreSQL did
+	// not send (an UPDATE left a TOASTed value unchanged, tuple kind 'u'); their
+	// destinations were left untouched, every other column was scanned. Keep the
+	// previous values of those columns (docs/VALUES.md).
+	ErrUnchangedTOAST = errors.New("dbsync: column value not sent (unchanged TOAST)")
 	// ErrNoKey: a row has no usable key for a record ID (GetRecordID): the table has no
 	// primary key or replica identity index, or a key column is missing or NULL.
 	ErrNoKey = errors.New("dbsync: row has no usable key")

@@ -238,6 +238,15 @@ func (c rawJSONCodec) DecodeValue(_ *pgtype.Map, _ uint32, format int16, src []b
 // decodeRawJSON returns a copy of a json or jsonb document (taken from rb when there is
 // room) as json.RawMessage, after checking it is valid JSON.
 func decodeRawJSON(jsonb bool, format int16, src []byte, rb *rowBuf) (any, error) {
+	v, err := rawJSON(jsonb, format, src, rb)
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// rawJSON is decodeRawJSON without the interface.
+func rawJSON(jsonb bool, format int16, src []byte, rb *rowBuf) (json.RawMessage, error) {
 	if jsonb && format == pgtype.BinaryFormatCode {
 		if len(src) == 0 || src[0] != 1 {
 			return nil, errors.New("jsonb binary value without version 1 header")

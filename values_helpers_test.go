@@ -23,8 +23,15 @@ type changeRecorder struct {
 	DefaultMessageHandler
 	mu      sync.Mutex
 	changes []*Change
+	tuples  []recordedTuple // the new tuple of each INSERT/UPDATE, the old one of a DELETE
 	events  []string
 	err     error
+}
+
+// recordedTuple is a change's tuple as the handler got it, for ScanTuple checks.
+type recordedTuple struct {
+	reln  *pglogrepl.RelationMessage
+	tuple *pglogrepl.TupleData
 }
 
 func (r *changeRecorder) change(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *PGTableInfo) error {
@@ -36,6 +43,16 @@ func (r *changeRecorder) change(msg pglogrepl.Message, reln *pglogrepl.RelationM
 		return err
 	}
 	r.changes = append(r.changes, c)
+	var tuple *pglogrepl.TupleData
+	switch m := msg.(type) {
+	case *pglogrepl.InsertMessage:
+		tuple = m.Tuple
+	case *pglogrepl.UpdateMessage:
+		tuple = m.NewTuple
+	case *pglogrepl.DeleteMessage:
+		tuple = m.OldTuple
+	}
+	r.tuples = append(r.tuples, recordedTuple{reln, tuple})
 	r.events = append(r.events, fmt.Sprintf("%s %s %s", strings.ToUpper(string(c.Op)), info.TableName, c.Key))
 	return nil
 }
@@ -76,6 +93,13 @@ func (r *changeRecorder) HandleLogicalMessage(_ int, m *pglogrepl.LogicalDecodin
 	defer r.mu.Unlock()
 	r.events = append(r.events, fmt.Sprintf("MESSAGE %s %s transactional=%v", m.Prefix, m.Content, m.Transactional))
 	return nil
+}
+
+// tuple returns the i-th recorded change's tuple.
+func (r *changeRecorder) tuple(i int) recordedTuple {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tuples[i]
 }
 
 func (r *changeRecorder) snapshot() ([]*Change, []string) {

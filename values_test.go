@@ -176,6 +176,7 @@ func testAllTypes(t *testing.T, binary bool) {
 			return
 		}
 		require.Empty(t, c.Unchanged, stmt)
+		requireScanTupleMatches(t, info, rec.tuple(n-1), c.New, stmt)
 		viaPgx := selectTyped(t, conn, info, binary, `SELECT * FROM alltypes WHERE id = $1`, id)
 		require.Len(t, viaPgx, 1)
 		requireSameRow(t, viaPgx[0], c.New, stmt, " (pgx binary SELECT vs WAL)")

@@ -139,8 +139,15 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 		el   time.Duration
 		heap uint64
 	}
+	// dbsync contenders: the DecodeChange handler through both drivers, and the
+	// ScanTuple handler (typed variables, no map) through lib/pq.
+	syncers := []struct {
+		name string
+		db   *sql.DB
+		scan bool
+	}{{"lib/pq", db, false}, {"pgx", pgx, false}, {"lib/pq, ScanTuple handler", db, true}}
 	limits := make([]best, len(drivers))
-	dbs := make([]best, len(drivers))
+	dbs := make([]best, len(syncers))
 	keep := func(b *best, el time.Duration, heap uint64) {
 		if b.el == 0 || el < b.el {
 			b.el = el
@@ -172,12 +179,12 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 			ref = st
 			keep(&limits[i], el, 0)
 		}
-		for i, d := range drivers {
+		for i, d := range syncers {
 			slot, err := sl.copySlot(ctx, db, "dbsync")
 			if err != nil {
 				return err
 			}
-			h, el, heap, err := runDbsync(ctx, d.db, slot, sl.pub, ref.lastCommit, flush, 5*time.Minute)
+			h, el, heap, err := runDbsync(ctx, d.db, slot, sl.pub, ref.lastCommit, flush, 5*time.Minute, d.scan)
 			dropSlot(db, slot)
 			if err != nil {
 				return fmt.Errorf("dbsync (%s): %w", d.name, err)
@@ -253,7 +260,7 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 			Extra: "parses every message"})
 	}
 
-	for i, d := range drivers {
+	for i, d := range syncers {
 		rate := float64(ref.rows) / dbs[i].el.Seconds()
 		target := ">=0.8x limit, > streaming: " + verdict(rate >= 0.8*limitRate && rate > streamRate)
 		if heapTarget {

@@ -3,8 +3,10 @@ package bench
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/jackc/pgx/v5/pgtype"
 	"os/exec"
 	"runtime"
 	"runtime/metrics"
@@ -246,6 +248,21 @@ type handler struct {
 	onChange  func(*dbsync.Change)
 	decodeMu  sync.Mutex
 	err       error
+	// scan makes the handler decode with PGTableInfo.ScanTuple into typed variables
+	// of the orders row instead of DecodeChange (no map, no record ID).
+	scan bool
+	row  orderRow
+}
+
+// orderRow is the orders table's row as typed Go variables (ScanTuple handler).
+type orderRow struct {
+	id        int64
+	customer  string
+	qty       int32
+	amount    pgtype.Numeric
+	createdAt time.Time
+	attrs     json.RawMessage
+	dest      []any
 }
 
 func newHandler(target pglogrepl.LSN) *handler {
@@ -254,6 +271,21 @@ func newHandler(target pglogrepl.LSN) *handler {
 
 func (h *handler) change(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
 	h.msgs.Add(1)
+	if h.scan {
+		ins, ok := msg.(*pglogrepl.InsertMessage)
+		if !ok || reln.RelationName != "orders" {
+			return fmt.Errorf("the ScanTuple handler takes inserts into orders, got %T on %s", msg, reln.RelationName)
+		}
+		o := &h.row
+		if o.dest == nil {
+			o.dest = []any{&o.id, &o.customer, &o.qty, &o.amount, &o.createdAt, &o.attrs}
+		}
+		if err := info.ScanTuple(reln, ins.Tuple, o.dest...); err != nil {
+			return err
+		}
+		h.changes.Add(1)
+		return nil
+	}
 	c, err := dbsync.DecodeChange(msg, reln, info)
 	if err != nil {
 		return err
@@ -329,11 +361,12 @@ func (r *syncerRun) stop() error {
 // the slot's confirmed_flush_lsn has reached flush (caught up), and samples the Go
 // heap meanwhile. It returns the handler and the peak heap (bytes of heap objects,
 // live and not yet collected).
-func runDbsync(ctx context.Context, db *sql.DB, slot, pub string, target, flush pglogrepl.LSN, timeout time.Duration) (*handler, time.Duration, uint64, error) {
+func runDbsync(ctx context.Context, db *sql.DB, slot, pub string, target, flush pglogrepl.LSN, timeout time.Duration, scan bool) (*handler, time.Duration, uint64, error) {
 	runtime.GC()
 	hs := newHeapSampler()
 	defer hs.stop()
 	h := newHandler(target)
+	h.scan = scan
 	start := time.Now()
 	r, err := startSyncer(ctx, db, slot, pub, h)
 	if err != nil {

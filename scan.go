@@ -1,0 +1,279 @@
+package dbsync
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// ScanTuple decodes the columns of a tuple — the new row of an INSERT or UPDATE, or
+// the old row of an UPDATE or DELETE — into dest, one destination per column of reln
+// in column order, like database/sql's Rows.Scan. It is the typed, allocation-light
+// alternative to MessageToMap / DecodeChange for handlers that know their tables'
+// columns: no map, and for the common types no boxing.
+//
+// Destinations:
+//   - nil skips the column;
+//   - *any receives exactly the value MessageToMap gives (docs/VALUES.md);
+//   - *string (text, varchar, char, name), *int64 / *int32 / *int16 (integer types
+//     that fit), *bool, *time.Time (timestamptz: the instant, in UTC), *pgtype.Numeric
+//     (numeric), *json.RawMessage (json, jsonb; a copy, checked to be valid JSON), and
+//     *float64 / *float32 / *[]byte / any other type MessageToMap gives for the column:
+//     the same value as MessageToMap, without the map;
+//   - anything else pgx's pgtype can scan the column's type into (e.g. *string for a
+//     uuid, sql.NullInt64, *pgtype.Text, **int64 for a nullable column): pgtype's
+//     Map.Scan with the column's type OID and the tuple's format.
+//
+// NULL ('n') scans as nil into *any and through pgtype otherwise, which fails for a
+// destination that cannot hold NULL (use a pointer-to-pointer or a sql.Null type).
+// A column whose value was not sent — an unchanged TOASTed value ('u') — leaves its
+// destination untouched: every other column is still scanned, and the error wraps
+// ErrUnchangedTOAST naming those columns (keep their previous values; never store the
+// destination's zero value). For a 'K' old tuple (REPLICA IDENTITY DEFAULT/INDEX)
+// only the key columns are sent; pass nil for the others.
+//
+// Errors: ErrConfig (len(dest) is not the number of columns), ErrMalformedMessage,
+// ErrDecodeValue (the value does not decode into the destination), ErrUnchangedTOAST.
+func (t *PGTableInfo) ScanTuple(reln *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData, dest ...any) error {
+	if reln == nil || tuple == nil {
+		return fmt.Errorf("%w: ScanTuple needs a RELATION message and a tuple", ErrMalformedMessage)
+	}
+	if len(tuple.Columns) != len(reln.Columns) {
+		return fmt.Errorf("%w: tuple has %d columns, relation %s.%s has %d", ErrMalformedMessage, len(tuple.Columns), reln.Namespace, reln.RelationName, len(reln.Columns))
+	}
+	if len(dest) != len(reln.Columns) {
+		return fmt.Errorf("%w: ScanTuple: %s.%s has %d columns, got %d destinations", ErrConfig, reln.Namespace, reln.RelationName, len(reln.Columns), len(dest))
+	}
+	cols := t.columnsFor(reln)
+	var m *pgtype.Map
+	defer func() {
+		if m != nil {
+			typeMaps.Put(m)
+		}
+	}()
+	var unchanged []string
+	for i, tc := range tuple.Columns {
+		dst := dest[i]
+		if dst == nil {
+			continue
+		}
+		var format int16
+		var src []byte
+		switch tc.DataType {
+		case pglogrepl.TupleDataTypeToast:
+			unchanged = append(unchanged, reln.Columns[i].Name)
+			continue
+		case pglogrepl.TupleDataTypeNull:
+			if p, ok := dst.(*any); ok {
+				*p = nil
+				continue
+			}
+		case pglogrepl.TupleDataTypeText:
+			format, src = pgtype.TextFormatCode, tc.Data
+		case pglogrepl.TupleDataTypeBinary:
+			format, src = pgtype.BinaryFormatCode, tc.Data
+		default:
+			return fmt.Errorf("%w: column %q has tuple kind %q", ErrMalformedMessage, reln.Columns[i].Name, tc.DataType)
+		}
+		if tc.DataType != pglogrepl.TupleDataTypeNull {
+			if d := cols[i].decoder(); d.kind == kindCodec && scanFast(d, format, src, dst) {
+				continue
+			}
+		}
+		if m == nil {
+			m = typeMaps.Get().(*pgtype.Map)
+		}
+		broken, err := scanColumn(m, cols[i], reln.Columns[i].DataType, format, src, tc.DataType == pglogrepl.TupleDataTypeNull, dst)
+		if broken {
+			m = nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s.%s: %w", reln.Namespace, reln.RelationName, err)
+		}
+	}
+	if len(unchanged) > 0 {
+		return fmt.Errorf("%w: %s.%s columns %v were not sent (unchanged TOAST); keep their previous values", ErrUnchangedTOAST, reln.Namespace, reln.RelationName, unchanged)
+	}
+	return nil
+}
+
+// scanColumn scans one value (null: SQL NULL, src unused) of column c into dst when
+// scanFast did not apply. broken reports that a decoder panicked and m must not be
+// reused.
+func scanColumn(m *pgtype.Map, c *PGColumnInfo, relOID uint32, format int16, src []byte, null bool, dst any) (broken bool, err error) {
+	d := c.decoder()
+	if !null {
+		if p, ok := dst.(*any); ok {
+			v, broken, err := c.decodeWith(m, format, src, nil)
+			if err == nil {
+				*p = v
+			}
+			return broken, err
+		}
+		// The value MessageToMap gives, when it has the destination's type.
+		v, broken, err := c.decodeWith(m, format, src, nil)
+		if broken || err != nil {
+			return broken, err
+		}
+		if assignSame(v, dst) {
+			return false, nil
+		}
+	}
+	oid := relOID
+	if d.kind == kindCodec {
+		oid = d.oid // a domain scans as its base type
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			broken, err = true, fmt.Errorf("%w: column %q (%s) into %T: %v", ErrDecodeValue, c.ColumnName, d.name, dst, r)
+		}
+	}()
+	if null {
+		src = nil
+	}
+	if err := m.Scan(oid, format, src, dst); err != nil {
+		return false, fmt.Errorf("%w: column %q (%s, %s format) into %T: %v", ErrDecodeValue, c.ColumnName, d.name, formatName(format), dst, err)
+	}
+	return false, nil
+}
+
+// scanFast scans the common types straight into their Go types, with the same fast
+// paths (and so the same values) as decodeFast. It reports false when it does not
+// apply.
+func scanFast(d *decodeInfo, format int16, src []byte, dst any) bool {
+	text := format == pgtype.TextFormatCode
+	switch p := dst.(type) {
+	case *string:
+		if d.fast == fastText {
+			*p = string(src)
+			return true
+		}
+	case *int64:
+		switch d.fast {
+		case fastInt8, fastInt4, fastInt2:
+			if text {
+				if n, ok := parseDecimalInt(src); ok {
+					*p = n
+					return true
+				}
+			} else if n, ok := binaryInt(src); ok {
+				*p = n
+				return true
+			}
+		}
+	case *int32:
+		switch d.fast {
+		case fastInt4, fastInt2:
+			if text {
+				if n, ok := parseDecimalInt(src); ok && n >= -1<<31 && n < 1<<31 {
+					*p = int32(n)
+					return true
+				}
+			} else if n, ok := binaryInt(src); ok {
+				*p = int32(n)
+				return true
+			}
+		}
+	case *int16:
+		if d.fast == fastInt2 {
+			if text {
+				if n, ok := parseDecimalInt(src); ok && n >= -1<<15 && n < 1<<15 {
+					*p = int16(n)
+					return true
+				}
+			} else if n, ok := binaryInt(src); ok {
+				*p = int16(n)
+				return true
+			}
+		}
+	case *bool:
+		if d.fast == fastBool && len(src) == 1 {
+			switch {
+			case text && src[0] == 't', !text && src[0] == 1:
+				*p = true
+				return true
+			case text && src[0] == 'f', !text && src[0] == 0:
+				*p = false
+				return true
+			}
+		}
+	case *time.Time:
+		if d.fast == fastTimestamptz && text {
+			if t, ok := parseISOTimestamptz(src); ok {
+				*p = t
+				return true
+			}
+		}
+	case *pgtype.Numeric:
+		if d.fast == fastNumeric && text {
+			if n, ok := parsePlainNumeric(src); ok {
+				*p = n
+				return true
+			}
+		}
+	case *json.RawMessage:
+		if d.fast == fastJSON || d.fast == fastJSONB {
+			if raw, err := rawJSON(d.fast == fastJSONB, format, src, nil); err == nil {
+				*p = raw
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// binaryInt reads a big-endian int2, int4 or int8.
+func binaryInt(src []byte) (int64, bool) {
+	switch len(src) {
+	case 2:
+		return int64(int16(binary.BigEndian.Uint16(src))), true
+	case 4:
+		return int64(int32(binary.BigEndian.Uint32(src))), true
+	case 8:
+		return int64(binary.BigEndian.Uint64(src)), true
+	}
+	return 0, false
+}
+
+// assignSame stores v in *dst when dst points to a variable of v's type.
+func assignSame(v, dst any) bool {
+	switch p := dst.(type) {
+	case *string:
+		return set(p, v)
+	case *int64:
+		return set(p, v)
+	case *int32:
+		return set(p, v)
+	case *int16:
+		return set(p, v)
+	case *bool:
+		return set(p, v)
+	case *float64:
+		return set(p, v)
+	case *float32:
+		return set(p, v)
+	case *time.Time:
+		return set(p, v)
+	case *pgtype.Numeric:
+		return set(p, v)
+	case *json.RawMessage:
+		return set(p, v)
+	case *[]byte:
+		return set(p, v)
+	case *[]any:
+		return set(p, v)
+	}
+	return false
+}
+
+func set[T any](p *T, v any) bool {
+	x, ok := v.(T)
+	if ok {
+		*p = x
+	}
+	return ok
+}
