@@ -1,7 +1,10 @@
 package dbsync
 
 import (
+	"fmt"
 	"testing"
+
+	"github.com/jackc/pglogrepl"
 
 	"github.com/stretchr/testify/require"
 )
@@ -319,4 +322,28 @@ func TestWindowOverlappingSelections(t *testing.T) {
 	require.Equal(t, []string{"y"}, keysOf(ems[0]))
 	require.Equal(t, "s3", ems[1].id)
 	require.Equal(t, []string{"x"}, keysOf(ems[1]))
+}
+
+// TestWatchCountsSnapshots: two snapshots of one table at once share the collection
+// of moved rows; the first to finish must not stop it for the other.
+func TestWatchCountsSnapshots(t *testing.T) {
+	tr := newWindowTracker()
+	const rel = 7
+	reln := &pglogrepl.RelationMessage{RelationID: rel}
+	info := &PGTableInfo{PrimaryKey: []string{"id"}}
+	moved := func(id int32) {
+		tr.touchChange(reln, info, func() (*Change, error) {
+			return &Change{Key: fmt.Sprintf(`["%d"]`, id), OldKey: `["0"]`, Unchanged: []string{"body"}, New: StringMap{"id": id}}, nil
+		})
+	}
+	tr.watchStart(rel)
+	tr.watchStart(rel)
+	moved(1)
+	tr.watchStop(rel) // the first snapshot ends
+	moved(2)
+	got := tr.watchTake(rel)
+	require.ElementsMatch(t, [][]any{{int32(1)}, {int32(2)}}, got)
+	tr.watchStop(rel) // the second ends: collecting stops
+	moved(3)
+	require.Empty(t, tr.watchTake(rel))
 }

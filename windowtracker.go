@@ -30,6 +30,9 @@ type windowTracker struct {
 	// updates that left TOASTed columns unchanged: the consumer may never have seen
 	// the row under its old key, so the row must be read again (snapshot.go).
 	watch map[uint32]map[string][]any
+	// watchers counts the snapshots of each table running now (watch is kept while
+	// any runs: two Snapshot calls may read the same table at once).
+	watchers map[uint32]int
 	// tracked lists tables whose changes are decoded for their keys: every table a
 	// selection or snapshot was ever registered for (sticky, so a table refreshed
 	// regularly keeps exact history; see touchChange).
@@ -56,7 +59,7 @@ type selDone struct {
 }
 
 func newWindowTracker() *windowTracker {
-	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}, tracked: map[uint32]struct{}{}}
+	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}, watchers: map[uint32]int{}, tracked: map[uint32]struct{}{}}
 }
 
 // watchStart starts collecting rows of rel to read again (see watch).
@@ -66,6 +69,7 @@ func (t *windowTracker) watchStart(rel uint32) {
 	if t.watch[rel] == nil {
 		t.watch[rel] = map[string][]any{}
 	}
+	t.watchers[rel]++
 	t.tracked[rel] = struct{}{}
 }
 
@@ -84,11 +88,14 @@ func (t *windowTracker) watchTake(rel uint32) [][]any {
 	return out
 }
 
-// watchStop stops collecting for rel.
+// watchStop ends one watchStart: collecting for rel stops when no snapshot of it runs.
 func (t *windowTracker) watchStop(rel uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.watch, rel)
+	if t.watchers[rel]--; t.watchers[rel] <= 0 {
+		delete(t.watchers, rel)
+		delete(t.watch, rel)
+	}
 }
 
 // register starts tracking a selection of relation rel; the returned channel gets nil
