@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/dbsync/dbsync"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,7 +27,11 @@ func TestSnapshotCommand(t *testing.T) {
 	t.Setenv("POSTGRES_DB", d.Name)
 	t.Setenv("POSTGRES_SSLMODE", "disable")
 	var stdout, stderr bytes.Buffer
-	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-chunks-in-flight", "0", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	require.ErrorIs(t, err, dbsync.ErrConfig)
+	stdout.Reset()
+	stderr.Reset()
+	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-chunks-in-flight", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
 	require.NoError(t, err, stderr.String())
 	require.Equal(t, strings.Join([]string{
 		`{"type":"refresh","schema":"public","table":"t","key":{"id":1},"new":{"id":1,"v":"v1"}}`,
