@@ -107,20 +107,17 @@ func (t *PGTableInfo) ScanTuple(reln *pglogrepl.RelationMessage, tuple *pglogrep
 func scanColumn(m *pgtype.Map, c *PGColumnInfo, relOID uint32, format int16, src []byte, null bool, dst any) (broken bool, err error) {
 	d := c.decoder()
 	if !null {
-		if p, ok := dst.(*any); ok {
-			v, broken, err := c.decodeWith(m, format, src, nil)
-			if err == nil {
-				*p = v
-			}
-			return broken, err
+		// The value MessageToMap gives, when dst can hold it. It is decoded only for
+		// destination types a MessageToMap value can have; other destinations (and
+		// one of those types that is not this column's, e.g. *string for an int)
+		// go to pgtype below.
+		decode := func() (any, error) {
+			v, b, err := c.decodeWith(m, format, src, nil)
+			broken = b
+			return v, err
 		}
-		// The value MessageToMap gives, when it has the destination's type.
-		v, broken, err := c.decodeWith(m, format, src, nil)
-		if broken || err != nil {
+		if done, err := assignDecoded(dst, decode); done || err != nil {
 			return broken, err
-		}
-		if assignSame(v, dst) {
-			return false, nil
 		}
 	}
 	oid := relOID
@@ -239,41 +236,54 @@ func binaryInt(src []byte) (int64, bool) {
 	return 0, false
 }
 
-// assignSame stores v in *dst when dst points to a variable of v's type.
-func assignSame(v, dst any) bool {
+// assignDecoded stores the value decode gives in *dst when dst is *any or points to a
+// variable of that value's Go type; it reports whether it did. decode runs only for
+// destination types a MessageToMap value can have.
+func assignDecoded(dst any, decode func() (any, error)) (bool, error) {
 	switch p := dst.(type) {
+	case *any:
+		v, err := decode()
+		if err == nil {
+			*p = v
+		}
+		return true, err
 	case *string:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *int64:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *int32:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *int16:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *bool:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *float64:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *float32:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *time.Time:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *pgtype.Numeric:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *json.RawMessage:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *[]byte:
-		return set(p, v)
+		return setDecoded(p, decode)
 	case *[]any:
-		return set(p, v)
+		return setDecoded(p, decode)
 	}
-	return false
+	return false, nil
 }
 
-func set[T any](p *T, v any) bool {
+// setDecoded stores the decoded value in *p if it is a T.
+func setDecoded[T any](p *T, decode func() (any, error)) (bool, error) {
+	v, err := decode()
+	if err != nil {
+		return false, err
+	}
 	x, ok := v.(T)
 	if ok {
 		*p = x
 	}
-	return ok
+	return ok, nil
 }

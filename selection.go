@@ -23,11 +23,8 @@ type selRow struct {
 }
 
 // NewInMemSelection returns an empty selection.
-func NewInMemSelection() *InMemSelection { return newInMemSelection(0) }
-
-// newInMemSelection returns an empty selection with room for n rows.
-func newInMemSelection(n int) *InMemSelection {
-	return &InMemSelection{rows: make([]selRow, 0, n), index: make(map[string]int, n)}
+func NewInMemSelection() *InMemSelection {
+	return &InMemSelection{index: map[string]int{}}
 }
 
 // Add adds a row, replacing an earlier row with the same key, removed or not (keeping

@@ -189,7 +189,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 		return nil, snap, nil, err
 	}
 
-	sel := newInMemSelection(selectionSizeHint(args))
+	sel := NewInMemSelection()
 	var lastKey []string
 	waiting := map[int]*decodedBatch{}
 	next := 0
@@ -236,16 +236,4 @@ func selectedRow(info *PGTableInfo, cols []string, raw []sql.RawBytes) (DBItem, 
 		return DBItem{}, fmt.Errorf("%s: %w", info.QualifiedName(), err)
 	}
 	return DBItem{Table: info, Key: key, Values: values}, nil
-}
-
-// selectionSizeHint guesses a selection's row count for sizing its maps: a snapshot
-// chunk's LIMIT (its last argument, an int), capped; 0 otherwise.
-func selectionSizeHint(args []any) int {
-	if len(args) == 0 {
-		return 0
-	}
-	if n, ok := args[len(args)-1].(int); ok && n > 0 {
-		return min(n, 100000)
-	}
-	return 0
 }

@@ -163,12 +163,7 @@ func runVisibilityRace(t *testing.T, srv *pgtest.Server, admin *sql.DB, localDSN
 	require.Equal(t, "new", v)
 	// Let the syncer catch up with anything after the high watermark (nothing else
 	// touches the table), then compare.
-	flush, err := s.CurrentFlushLSN(ctx)
-	require.NoError(t, err)
-	waitFor(t, 10*time.Second, func() bool {
-		c, err := s.ConfirmedFlushLSN(ctx)
-		return err == nil && c >= flush
-	}, "slot to pass %s", flush)
+	catchUp(t, s)
 	require.NoError(t, stop())
 	events = nil
 	for _, e := range h.eventList() {

@@ -224,7 +224,7 @@ func TestInMemSelection(t *testing.T) {
 	require.Zero(t, s.Len())
 
 	// Key texts stay known for removed rows (follow-up reads need them).
-	s = newInMemSelection(4)
+	s = NewInMemSelection()
 	s.add(DBItem{Key: "k1"}, []string{"1"})
 	s.add(DBItem{Key: "k2"}, []string{"2"})
 	require.True(t, s.Remove("k1"))
