@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
 )
 
@@ -16,7 +17,8 @@ var ErrStopProcessingMessages = errors.New("dbsync: message processing halted")
 
 // Named errors. Every error dbsync returns for these situations wraps one of them, so
 // callers test with errors.Is; the wrapping error says what to do about it. Errors from
-// the server are also *pq.Error (errors.As) with the SQLSTATE.
+// the server are also the driver's error type with the SQLSTATE: *pq.Error through
+// lib/pq, *pgconn.PgError through pgx's stdlib (errors.As); both are recognised.
 var (
 	// ErrWALLevel: the server's wal_level is below logical (SQLSTATE 55000).
 	// Fix: set wal_level = logical in postgresql.conf and restart the server.
@@ -84,18 +86,47 @@ var (
 	ErrCtrlSchemaNotEmpty = errors.New("dbsync: control schema holds objects dbsync did not create")
 )
 
+// serverError returns the SQLSTATE and primary message of a server error in err's
+// chain, from lib/pq (*pq.Error) or pgx (*pgconn.PgError, also what pgx's stdlib
+// returns); ok is false when err holds neither.
+func serverError(err error) (code, message string, ok bool) {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return string(pqErr.Code), pqErr.Message, true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code, pgErr.Message, true
+	}
+	return "", "", false
+}
+
+// hasSQLState tells whether err holds a server error with one of the SQLSTATEs.
+func hasSQLState(err error, codes ...string) bool {
+	code, _, ok := serverError(err)
+	if !ok {
+		return false
+	}
+	for _, c := range codes {
+		if code == c {
+			return true
+		}
+	}
+	return false
+}
+
 // classify maps a server error to the named errors above, keeping the original error
-// in the chain (errors.As(err, *pq.Error) still works). Unknown errors pass through.
+// in the chain (errors.As with *pq.Error or *pgconn.PgError still works). Unknown
+// errors pass through.
 func classify(err error, what string) error {
 	if err == nil {
 		return nil
 	}
-	var pqErr *pq.Error
-	if !errors.As(err, &pqErr) {
+	code, msg, ok := serverError(err)
+	if !ok {
 		return err
 	}
-	msg := pqErr.Message
-	switch pqErr.Code {
+	switch code {
 	case "55000":
 		switch {
 		case contains(msg, "wal_level"):

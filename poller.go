@@ -139,8 +139,7 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 	var end pglogrepl.LSN
 	err := s.db.QueryRowContext(ctx, `SELECT end_lsn FROM pg_replication_slot_advance($1, $2::pg_lsn)`, s.replicationSlot, lsn.String()).Scan(&end)
 	if err != nil {
-		var pqErr *pq.Error
-		if errors.As(err, &pqErr) && pqErr.Code == "55000" && strings.Contains(pqErr.Message, "minimum is") {
+		if code, msg, _ := serverError(err); code == "55000" && strings.Contains(msg, "minimum is") {
 			// Someone else moved the slot further: re-read where it is.
 			c, rerr := s.ConfirmedFlushLSN(ctx)
 			if rerr == nil {
@@ -516,9 +515,7 @@ func isTransient(err error) bool {
 	if errors.As(err, &opErr) {
 		return true
 	}
-	var pqErr *pq.Error
-	if errors.As(err, &pqErr) {
-		code := string(pqErr.Code)
+	if code, _, ok := serverError(err); ok {
 		switch {
 		case strings.HasPrefix(code, "08"), code == "57P01", code == "57P02", code == "57P03", code == "53300":
 			return true

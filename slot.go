@@ -124,8 +124,7 @@ func (s *Syncer) dropSlot(ctx context.Context) error {
 			ErrSlotInUse, s.replicationSlot, pid, pid)
 	}
 	if _, err := s.db.ExecContext(ctx, `SELECT pg_drop_replication_slot($1)`, s.replicationSlot); err != nil {
-		var pqErr *pq.Error
-		if errors.As(err, &pqErr) && pqErr.Code == "42704" {
+		if hasSQLState(err, "42704") {
 			return nil // dropped concurrently
 		}
 		return classify(err, "drop replication slot "+s.replicationSlot)
@@ -154,8 +153,7 @@ func (s *Syncer) dropWMFromPublication(ctx context.Context) error {
 	stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " DROP TABLE " +
 		pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
 	if _, err := s.db.ExecContext(ctx, stmt); err != nil {
-		var pqErr *pq.Error
-		if errors.As(err, &pqErr) && (pqErr.Code == "42P01" || pqErr.Code == "42704") {
+		if hasSQLState(err, "42P01", "42704") {
 			return nil // removed concurrently
 		}
 		return classify(err, "remove the watermark table from publication "+s.publication)
