@@ -1,7 +1,7 @@
 package dbsync
 
 import (
-	"database/sql"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pglogrepl"
@@ -36,15 +36,14 @@ type rowReader struct {
 	err  error
 }
 
-// readRows starts reading rows (which the reader then owns and closes).
-func readRows(rows *sql.Rows) *rowReader {
+// readRows starts a peek's read (readPeek, bound to its arguments) on the reader's
+// goroutine and parses every row there.
+func readRows(read func(peekRowFunc) error) *rowReader {
 	c := make(chan []parsedRow, parsedQueue)
 	r := &rowReader{C: c, quit: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		defer close(c)
-		defer rows.Close()
-		var sc rowScanner
 		batch := make([]parsedRow, 0, parsedBatch)
 		send := func() bool {
 			if len(batch) == 0 {
@@ -58,30 +57,34 @@ func readRows(rows *sql.Rows) *rowReader {
 				return false
 			}
 		}
-		for rows.Next() {
-			var p parsedRow
-			if err := sc.scan(rows, &p.m); err != nil {
-				p.err = err
-				batch = append(batch, p)
-				send()
-				return
-			}
-			// p.m.Data is a fresh copy owned by this row: row changes may alias it.
-			if c := p.m.Data; len(c) > 0 && (c[0] == 'I' || c[0] == 'U' || c[0] == 'D') {
+		failed := false
+		err := read(func(m PGMSG) error {
+			p := parsedRow{m: m}
+			// m.Data is a copy owned by this row: row changes may alias it.
+			if c := m.Data; len(c) > 0 && (c[0] == 'I' || c[0] == 'U' || c[0] == 'D') {
 				p.msg, p.err = parseChange(c, true)
 			} else {
 				p.msg, p.err = Parse(c)
 			}
 			if p.err != nil {
-				p.err = fmt.Errorf("row at LSN %s: %w", p.m.LSN, p.err)
+				p.err = fmt.Errorf("row at LSN %s: %w", m.LSN, p.err)
+				failed = true
 			}
 			batch = append(batch, p)
-			if len(batch) == parsedBatch && !send() {
-				return
+			if failed {
+				send()
+				return errPeekAbandoned
 			}
+			if len(batch) == parsedBatch && !send() {
+				return errPeekAbandoned
+			}
+			return nil
+		})
+		if errors.Is(err, errPeekAbandoned) {
+			return
 		}
 		if send() {
-			r.err = rows.Err()
+			r.err = err
 		}
 	}()
 	return r

@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"testing"
@@ -29,11 +30,23 @@ func (f *failingRecorder) HandleInsertMessage(idx int, m *pglogrepl.InsertMessag
 // larger than the reader's queue (the reader is blocked when delivery stops): Run must
 // return ErrHandler, the slot must stay at the COMMIT of the last transaction before
 // the failure, and a new Syncer must get exactly the failed and later transactions.
+//
+// It runs through lib/pq (rows through database/sql) and through pgx's stdlib driver
+// (rows read on pgx's own connection, peekread.go): both must stop the read cleanly.
 func TestPipelinedPollHandlerErrorMidStream(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) { testPipelinedPollHandlerErrorMidStream(t, driver) })
+	}
+}
+
+func testPipelinedPollHandlerErrorMidStream(t *testing.T, driver string) {
 	d := pgtest.NewDatabase(t)
 	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, name text)`)
 	require.NoError(t, err)
-	opts := []SyncerOpt{WithDB(d.DB), ForTables("items"),
+	db, err := sql.Open(driver, d.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	opts := []SyncerOpt{WithDB(db), ForTables("items"),
 		WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")),
 		WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond)}
 	s, err := NewSyncer(opts...)
@@ -59,6 +72,11 @@ func TestPipelinedPollHandlerErrorMidStream(t *testing.T) {
 	err = s.Run(ctx)
 	require.ErrorIs(t, err, ErrHandler)
 	s.Close()
+	if driver == "pgx" {
+		require.NotZero(t, s.pgconnPeeks.Load(), "pgx's connection must be read natively")
+	} else {
+		require.Zero(t, s.pgconnPeeks.Load())
+	}
 	got := bad.snapshot()
 	require.Len(t, got, 1+perTx+1+1+499, "tx 1 whole, then tx 2 up to the failing row")
 	require.Equal(t, "COMMIT", got[perTx+1])

@@ -117,19 +117,6 @@ func (s *Syncer) binaryOption() string {
 	return "false"
 }
 
-// peek starts a peek of the slot bounded by upto and max rows (0: no row bound).
-func (s *Syncer) peek(ctx context.Context, upto pglogrepl.LSN, max int) (*sql.Rows, error) {
-	var nchanges any
-	if max > 0 {
-		nchanges = max
-	}
-	rows, err := s.db.QueryContext(ctx, sqlText("peek.sql"), s.replicationSlot, upto.String(), nchanges, s.publicationOption(), s.binaryOption())
-	if err != nil {
-		return nil, classify(err, "peek slot "+s.replicationSlot)
-	}
-	return rows, nil
-}
-
 // advance forwards the slot to lsn with pg_replication_slot_advance, if lsn is past
 // the slot's confirmed position, and returns the new confirmed position.
 func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) error {
@@ -173,22 +160,12 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	if err != nil {
 		return out, err
 	}
-	rows, err := s.peek(ctx, upto, numMessages)
-	if err != nil {
-		return out, err
-	}
-	defer rows.Close()
 	start := len(out)
-	var sc rowScanner
-	for rows.Next() {
-		var m PGMSG
-		if err := sc.scan(rows, &m); err != nil {
-			return out, err
-		}
+	if err := s.readPeek(ctx, upto, numMessages, func(m PGMSG) error {
 		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
-		return out, classify(err, "peek slot "+s.replicationSlot)
+		return nil
+	}); err != nil {
+		return out, err
 	}
 	got := out[start:]
 	s.lastPeek = append(s.lastPeek[:0], got...)
@@ -350,13 +327,9 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 		res.cutShort = res.cutShort || upto < flush
 		return res, err
 	}
-	rows, err := s.peek(ctx, upto, s.MaxMessagesToRead)
-	if err != nil {
-		return res, err
-	}
 	d := s.newDelivery(ctx)
 	var deliverErr error
-	rr := readRows(rows)
+	rr := readRows(func(fn peekRowFunc) error { return s.readPeek(ctx, upto, s.MaxMessagesToRead, fn) })
 read:
 	for batch := range rr.C {
 		for _, p := range batch {
@@ -372,9 +345,8 @@ read:
 		}
 	}
 	rr.stop()
-	rowsErr := rr.Err()
-	if deliverErr == nil && rowsErr != nil {
-		deliverErr = classify(rowsErr, "peek slot "+s.replicationSlot)
+	if rowsErr := rr.Err(); deliverErr == nil && rowsErr != nil {
+		deliverErr = rowsErr // classified by readPeek
 	}
 	if ferr := d.finish(); ferr != nil {
 		// The Batcher did not take this poll's transactions: forward nothing.
@@ -416,24 +388,12 @@ read:
 // and handed over at once.
 func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LSN, bounded bool) (pollResult, error) {
 	var res pollResult
-	rows, err := s.peek(ctx, upto, s.MaxMessagesToRead)
-	if err != nil {
-		s.EventsProcessor(nil, err)
-		return res, err
-	}
 	var msgs []PGMSG
-	var sc rowScanner
-	for rows.Next() {
-		var m PGMSG
-		if err := sc.scan(rows, &m); err != nil {
-			rows.Close()
-			return res, err
-		}
+	err := s.readPeek(ctx, upto, s.MaxMessagesToRead, func(m PGMSG) error {
 		msgs = append(msgs, m)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		err = classify(err, "peek slot "+s.replicationSlot)
+		return nil
+	})
+	if err != nil {
 		s.EventsProcessor(nil, err)
 		return res, err
 	}

@@ -86,6 +86,8 @@ type Syncer struct {
 	win    *windowTracker
 	runID  string        // prefix of this Syncer's selection IDs
 	selSeq atomic.Uint64 // numbers this Syncer's selections
+	// pgconnPeeks counts peeks read on pgx's own connection (peekread.go).
+	pgconnPeeks atomic.Uint64
 
 	// lifecycle
 	mu      sync.Mutex
