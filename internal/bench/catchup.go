@@ -139,13 +139,13 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 		el   time.Duration
 		heap uint64
 	}
-	// dbsync contenders: the DecodeChange handler through both drivers, and the
-	// ScanTuple handler (typed variables, no map) through lib/pq.
+	// dbsync contenders: the DecodeChange handler and the ScanTuple handler (typed
+	// variables, no map) through both drivers.
 	syncers := []struct {
 		name string
 		db   *sql.DB
 		scan bool
-	}{{"lib/pq", db, false}, {"pgx", pgx, false}, {"lib/pq, ScanTuple handler", db, true}}
+	}{{"lib/pq", db, false}, {"pgx", pgx, false}, {"lib/pq, ScanTuple handler", db, true}, {"pgx, ScanTuple handler", pgx, true}}
 	limits := make([]best, len(drivers))
 	dbs := make([]best, len(syncers))
 	keep := func(b *best, el time.Duration, heap uint64) {
