@@ -2,11 +2,14 @@ package dbsync
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -42,43 +45,47 @@ type pgxConner interface {
 // on the calling goroutine. Server and driver errors are classified (ErrSlotMissing,
 // ErrSlotInvalidated, ...); fn's error is returned unchanged.
 func (s *Syncer) readPeek(ctx context.Context, upto pglogrepl.LSN, max int, fn peekRowFunc) error {
-	what := "peek slot " + s.replicationSlot
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
-		return classify(err, what)
+		return classify(err, "peek slot "+s.replicationSlot)
 	}
 	defer conn.Close()
+	return s.peekOn(ctx, conn, s.replicationSlot, upto, max, fn)
+}
+
+// peekOn is readPeek of slot on conn.
+func (s *Syncer) peekOn(ctx context.Context, conn *sql.Conn, slot string, upto pglogrepl.LSN, max int, fn peekRowFunc) error {
 	var fnErr error
 	counted := func(m PGMSG) error {
 		fnErr = fn(m)
 		return fnErr
 	}
 	native := false
-	err = conn.Raw(func(dc any) error {
+	err := conn.Raw(func(dc any) error {
 		pc, ok := dc.(pgxConner)
 		if !ok {
 			return nil
 		}
 		native = true
 		s.pgconnPeeks.Add(1)
-		return s.readPeekPgconn(ctx, pc.Conn().PgConn(), upto, max, counted)
+		return s.readPeekPgconn(ctx, pc.Conn().PgConn(), slot, upto, max, counted)
 	})
 	if !native && err == nil {
-		err = s.readPeekSQL(ctx, conn, upto, max, counted)
+		err = s.readPeekSQL(ctx, conn, slot, upto, max, counted)
 	}
 	if fnErr != nil {
 		return fnErr
 	}
-	return classify(err, what)
+	return classify(err, "peek slot "+slot)
 }
 
 // readPeekSQL is readPeek through database/sql.
-func (s *Syncer) readPeekSQL(ctx context.Context, conn *sql.Conn, upto pglogrepl.LSN, max int, fn peekRowFunc) error {
+func (s *Syncer) readPeekSQL(ctx context.Context, conn *sql.Conn, slot string, upto pglogrepl.LSN, max int, fn peekRowFunc) error {
 	var nchanges any
 	if max > 0 {
 		nchanges = max
 	}
-	rows, err := conn.QueryContext(ctx, sqlText("peek.sql"), s.replicationSlot, upto.String(), nchanges, s.publicationOption(), s.binaryOption())
+	rows, err := conn.QueryContext(ctx, sqlText("peek.sql"), slot, upto.String(), nchanges, s.publicationOption(), s.binaryOption())
 	if err != nil {
 		return err
 	}
@@ -102,12 +109,12 @@ func (s *Syncer) readPeekSQL(ctx context.Context, conn *sql.Conn, upto pglogrepl
 var peekResultFormats = []int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.BinaryFormatCode}
 
 // readPeekPgconn is readPeek on pgx's own connection.
-func (s *Syncer) readPeekPgconn(ctx context.Context, pc *pgconn.PgConn, upto pglogrepl.LSN, max int, fn peekRowFunc) error {
+func (s *Syncer) readPeekPgconn(ctx context.Context, pc *pgconn.PgConn, slot string, upto pglogrepl.LSN, max int, fn peekRowFunc) error {
 	var nchanges []byte // NULL: no row bound
 	if max > 0 {
 		nchanges = strconv.AppendInt(nil, int64(max), 10)
 	}
-	params := [][]byte{[]byte(s.replicationSlot), []byte(upto.String()), nchanges,
+	params := [][]byte{[]byte(slot), []byte(upto.String()), nchanges,
 		[]byte(s.publicationOption()), []byte(s.binaryOption())}
 	rr := pc.ExecParams(ctx, sqlText("peek.sql"), params, nil, nil, peekResultFormats)
 	var sc rowScanner
@@ -151,3 +158,230 @@ func lenAt(v [][]byte, i int) int {
 
 // errPeekAbandoned stops a peek's read when its consumer went away.
 var errPeekAbandoned = errors.New("dbsync: peek abandoned")
+
+// Split peeks. A peek's server work (decoding from restart_lsn and materializing the
+// result) and the client's work on its rows do not overlap within one call: the client
+// waits until the whole result is built (shared/reference §1). On a large backlog the
+// poller therefore splits a poll in two at an LSN mid: the slot itself is peeked up
+// to mid, and at the same time a temporary copy of the slot
+// (pg_copy_logical_replication_slot), forwarded to mid with pg_replication_slot_advance,
+// is peeked up to the poll's bound on a second connection. The server builds both
+// results at once (two backends), and the copy's rows are read once the slot's are
+// delivered. The copy decodes the first half again but skips its transactions (they
+// commit before its confirmed_flush_lsn), which costs about a fifth of decoding and
+// sending them (docs/BENCHMARKS.md). The rows handed over are exactly those of one peek
+// up to the bound:
+//   - the slot's call returns the transactions whose COMMIT record starts before mid,
+//     plus one starting at or after mid when mid falls between two records (page
+//     header, alignment);
+//   - the copy returns those whose COMMIT starts at or after mid;
+//   - so a transaction of the copy whose BEGIN names a commit LSN (final_lsn) at or
+//     before the last COMMIT the slot returned is dropped, as is a non-transactional
+//     message at or before the slot's last row; RELATION and TYPE rows always pass
+//     (they describe what follows).
+// The slot is forwarded only by the poller, after delivery, as for one peek; the copy
+// is temporary and dropped after the read (or with its session).
+
+// splitMinWAL is the backlog (bytes of WAL between confirmed_flush_lsn and the poll's
+// bound) from which a poll is split (Syncer.splitMinWAL overrides it in tests).
+const splitMinWAL = 64 << 20
+
+// canSplit tells whether a poll from confirmed to upto is split: a large backlog, no
+// row bound, and a pool that may open two connections at once.
+func (s *Syncer) canSplit(confirmed, upto pglogrepl.LSN, max int) bool {
+	min := uint64(splitMinWAL)
+	if s.splitMinWAL > 0 {
+		min = s.splitMinWAL
+	}
+	if max > 0 || confirmed == 0 || upto <= confirmed || uint64(upto-confirmed) < min {
+		return false
+	}
+	open := s.db.Stats().MaxOpenConnections
+	return open == 0 || open >= 3
+}
+
+// readPoll reads one poll's rows (from the slot's confirmed_flush_lsn, confirmed, up
+// to upto) and calls fn for each, split in two when canSplit says so.
+func (s *Syncer) readPoll(ctx context.Context, confirmed, upto pglogrepl.LSN, max int, fn peekRowFunc) error {
+	if s.canSplit(confirmed, upto, max) {
+		return s.readPeekSplit(ctx, confirmed+(upto-confirmed)/2, upto, fn)
+	}
+	return s.readPeek(ctx, upto, max, fn)
+}
+
+// splitBatch is how many of the copy's rows its reader hands over at once.
+const splitBatch = 256
+
+// readPeekSplit peeks the slot up to mid and a temporary copy of it from mid to upto
+// at the same time, and calls fn for the rows of one peek up to upto, in order. If the
+// copy cannot be made (no free replication slot, say), it reads one peek instead.
+func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn peekRowFunc) error {
+	what := "peek slot " + s.replicationSlot
+	cconn, err := s.db.Conn(ctx)
+	if err != nil {
+		return classify(err, what)
+	}
+	copyName := scratchSlotName(s.replicationSlot)
+	if _, err := cconn.ExecContext(ctx, `SELECT pg_copy_logical_replication_slot($1, $2, true)`, s.replicationSlot, copyName); err != nil {
+		cconn.Close()
+		if ctx.Err() != nil {
+			return classify(err, what)
+		}
+		s.log.Debug("dbsync: cannot copy the slot for a split peek; peeking once", "slot", s.replicationSlot, "err", err)
+		return s.readPeek(ctx, upto, 0, fn)
+	}
+	s.splitPeeks.Add(1)
+	cctx, cancel := context.WithCancel(ctx)
+	rows := make(chan []PGMSG, parsedQueue)
+	copyErr := make(chan error, 1)
+	go func() {
+		defer close(rows)
+		copyErr <- s.readCopy(cctx, cconn, copyName, mid, upto, rows)
+	}()
+	stopCopy := func() {
+		cancel()
+		for range rows {
+		}
+		<-copyErr
+	}
+	defer func() {
+		// The copy is temporary: dropping it is tidiness (its session ending drops it
+		// too, and a cancelled read may have ended that session).
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer dcancel()
+		if _, err := cconn.ExecContext(dctx, `SELECT pg_drop_replication_slot($1)`, copyName); err != nil && !hasSQLState(err, "42704") {
+			s.log.Debug("dbsync: dropping the split peek's slot copy", "slot", copyName, "err", err)
+		}
+		cconn.Close()
+	}()
+
+	var lastCommit, lastLSN pglogrepl.LSN // the slot's last COMMIT (its commit LSN) and last row
+	err = s.readPeek(ctx, mid, 0, func(m PGMSG) error {
+		if len(m.Data) > 0 && m.Data[0] == 'C' {
+			c, err := commitLSN(m.Data)
+			if err != nil {
+				return err
+			}
+			lastCommit = c
+		}
+		lastLSN = m.LSN
+		return fn(m)
+	})
+	if err != nil {
+		stopCopy()
+		return err
+	}
+	var skipping, inTx bool
+	for batch := range rows {
+		for _, m := range batch {
+			if len(m.Data) == 0 {
+				continue
+			}
+			pass := !skipping
+			switch m.Data[0] {
+			case 'B':
+				final, err := beginFinalLSN(m.Data)
+				if err != nil {
+					stopCopy()
+					return err
+				}
+				skipping, inTx = final <= lastCommit, true
+				pass = !skipping
+			case 'C':
+				skipping, inTx = false, false
+			case 'R', 'Y':
+				pass = true
+			case 'M':
+				if !inTx {
+					pass = m.LSN > lastLSN
+				}
+			}
+			if !pass {
+				continue
+			}
+			if err := fn(m); err != nil {
+				stopCopy()
+				return err
+			}
+		}
+	}
+	return <-copyErr // classified by readCopy
+}
+
+// readCopy forwards the temporary copy to mid and peeks it up to upto on conn,
+// sending its rows to out in batches.
+func (s *Syncer) readCopy(ctx context.Context, conn *sql.Conn, copyName string, mid, upto pglogrepl.LSN, out chan<- []PGMSG) error {
+	// A temporary slot is dropped by any error in its session, so the copy is
+	// forwarded only when mid is ahead of it (the poller's idea of the slot's
+	// position may be stale); if it is not, the slot's own call returns nothing and
+	// the copy everything.
+	var pos sql.NullString
+	if err := conn.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, copyName).Scan(&pos); err != nil {
+		return classify(err, "read slot copy "+copyName)
+	}
+	var confirmed pglogrepl.LSN
+	if pos.Valid {
+		c, err := parseLSN([]byte(pos.String))
+		if err != nil {
+			return err
+		}
+		confirmed = c
+	}
+	if mid > confirmed {
+		if _, err := conn.ExecContext(ctx, `SELECT pg_replication_slot_advance($1, $2::pg_lsn)`, copyName, mid.String()); err != nil {
+			return classify(err, "advance slot copy "+copyName)
+		}
+	}
+	batch := make([]PGMSG, 0, splitBatch)
+	err := s.peekOn(ctx, conn, copyName, upto, 0, func(m PGMSG) error {
+		batch = append(batch, m)
+		if len(batch) == splitBatch {
+			select {
+			case out <- batch:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			batch = make([]PGMSG, 0, splitBatch)
+		}
+		return nil
+	})
+	if err == nil && len(batch) > 0 {
+		select {
+		case out <- batch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
+}
+
+// scratchSlotName names a split peek's temporary slot copy: the slot's name (cut to
+// fit NAMEDATALEN) and a random suffix.
+func scratchSlotName(slot string) string {
+	const suffix = "_split_"
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	tail := suffix + hex.EncodeToString(r[:])
+	if len(slot)+len(tail) > 63 {
+		slot = slot[:63-len(tail)]
+	}
+	return slot + tail
+}
+
+// commitLSN reads a pgoutput COMMIT's commit LSN ('C', flags, commit LSN, end LSN,
+// timestamp).
+func commitLSN(b []byte) (pglogrepl.LSN, error) {
+	if len(b) < 26 || b[0] != 'C' {
+		return 0, fmt.Errorf("%w: COMMIT of %d bytes", ErrMalformedMessage, len(b))
+	}
+	return pglogrepl.LSN(binary.BigEndian.Uint64(b[2:10])), nil
+}
+
+// beginFinalLSN reads a pgoutput BEGIN's final LSN, the LSN of its commit record ('B',
+// final LSN, timestamp, xid).
+func beginFinalLSN(b []byte) (pglogrepl.LSN, error) {
+	if len(b) < 21 || b[0] != 'B' {
+		return 0, fmt.Errorf("%w: BEGIN of %d bytes", ErrMalformedMessage, len(b))
+	}
+	return pglogrepl.LSN(binary.BigEndian.Uint64(b[1:9])), nil
+}

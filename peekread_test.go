@@ -4,10 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
@@ -116,4 +119,140 @@ func TestServerErrorsThroughPgx(t *testing.T) {
 	require.ErrorIs(t, err, ErrSlotMissing)
 	require.Equal(t, uint64(1), s2.pgconnPeeks.Load())
 	require.ErrorIs(t, s2.Run(context.Background()), ErrSlotMissing)
+}
+
+// TestSplitPeekMatchesOnePeek reads a backlog as a split poll (the slot up to mid, a
+// temporary copy from mid on) for mids at every kind of position — each COMMIT's end
+// and start, one byte either side, each BEGIN, random LSNs — and requires exactly the
+// rows of one peek: no transaction lost or repeated at the seam, non-transactional
+// messages once, the relation described before its changes. The copies must be gone
+// afterwards.
+func TestSplitPeekMatchesOnePeek(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) { testSplitPeekMatchesOnePeek(t, driver) })
+	}
+}
+
+func testSplitPeekMatchesOnePeek(t *testing.T, driver string) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, name text)`)
+	db, err := sql.Open(driver, d.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	s, err := NewSyncer(WithDB(db), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	confirmed, err := s.ConfirmedFlushLSN(ctx)
+	require.NoError(t, err)
+	rng := rand.New(rand.NewPCG(5, 6))
+	id := 0
+	for tx := 0; tx < 40; tx++ {
+		n := 1 + rng.IntN(30)
+		execAll(t, d.DB, fmt.Sprintf(`INSERT INTO items SELECT g, repeat('x', g %% 300) FROM generate_series(%d, %d) g`, id+1, id+n))
+		id += n
+		switch tx % 10 {
+		case 3:
+			execAll(t, d.DB, `SELECT pg_logical_emit_message(false, 'split', 'non-transactional')`)
+		case 6:
+			execAll(t, d.DB, `BEGIN; UPDATE items SET name = 'u' WHERE id % 7 = 0; SELECT pg_logical_emit_message(true, 'split', 'in tx'); COMMIT`)
+		case 8:
+			execAll(t, d.DB, fmt.Sprintf(`ALTER TABLE items ADD COLUMN c%d int DEFAULT 1`, tx))
+		}
+	}
+	execAll(t, d.DB, `DELETE FROM items WHERE id % 3 = 0`)
+	upto, err := s.CurrentFlushLSN(ctx)
+	require.NoError(t, err)
+
+	var want []PGMSG
+	require.NoError(t, s.readPeek(ctx, upto, 0, func(m PGMSG) error { want = append(want, m); return nil }))
+	require.Greater(t, len(want), 500)
+	mids := map[pglogrepl.LSN]bool{confirmed + 1: true, upto - 1: true}
+	for _, m := range want {
+		switch m.Data[0] {
+		case 'C':
+			c, err := commitLSN(m.Data)
+			require.NoError(t, err)
+			for _, l := range []pglogrepl.LSN{m.LSN - 1, m.LSN, m.LSN + 1, c - 1, c, c + 1} {
+				if rng.IntN(3) == 0 { // a third of them, to keep the test short
+					mids[l] = true
+				}
+			}
+		case 'B', 'M':
+			if rng.IntN(3) == 0 {
+				mids[m.LSN] = true
+			}
+		}
+	}
+	for i := 0; i < 10; i++ {
+		mids[confirmed+pglogrepl.LSN(rng.Uint64N(uint64(upto-confirmed)))] = true
+	}
+	// Inside a WAL page header (24 bytes at each 8 KiB page start): a record starting
+	// right after it starts after mid, but the record before ends before mid, so the
+	// slot's call reads it too. That is where the seam's duplicates come from.
+	for p := (confirmed + 8191) &^ 8191; p < upto; p += 8192 {
+		mids[p+8] = true
+	}
+	// pgoutput describes each relation once per call, so the copy's call repeats a
+	// RELATION row the slot's call already sent (as every poll's call does): the
+	// streams must be equal without such repeats.
+	wantOnce := dropRepeatedRelations(t, want)
+	for mid := range mids {
+		var got []PGMSG
+		require.NoError(t, s.readPeekSplit(ctx, mid, upto, func(m PGMSG) error { got = append(got, m); return nil }), "mid %s", mid)
+		require.Greater(t, len(got), len(want)-1, "mid %s", mid)
+		got = dropRepeatedRelations(t, got)
+		require.Equal(t, len(wantOnce), len(got), "mid %s", mid)
+		for i := range wantOnce {
+			require.Equal(t, wantOnce[i], got[i], "mid %s, row %d", mid, i)
+		}
+	}
+	require.Equal(t, uint64(len(mids)), s.splitPeeks.Load())
+	var slots int
+	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_replication_slots`).Scan(&slots))
+	require.Equal(t, 1, slots, "the temporary copies are dropped")
+}
+
+// dropRepeatedRelations removes the RELATION rows that describe a relation exactly as
+// the previous RELATION row of that relation did.
+func dropRepeatedRelations(t *testing.T, msgs []PGMSG) []PGMSG {
+	seen := map[uint32]string{}
+	var out []PGMSG
+	for _, m := range msgs {
+		if m.Data[0] == 'R' {
+			msg, err := Parse(m.Data)
+			require.NoError(t, err)
+			id := msg.(*pglogrepl.RelationMessage).RelationID
+			if seen[id] == string(m.Data) {
+				continue
+			}
+			seen[id] = string(m.Data)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// TestSplitPeekMidBehindSlot splits a poll at an LSN the slot has already passed (its
+// position as the poller knew it was stale): the copy cannot be forwarded to mid, and
+// the rows must still be those of one peek.
+func TestSplitPeekMidBehindSlot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	s, err := NewSyncer(WithDB(d.DB), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	stale, err := s.ConfirmedFlushLSN(ctx)
+	require.NoError(t, err)
+	execAll(t, d.DB, `INSERT INTO items VALUES (1)`)
+	execAll(t, d.DB, `SELECT pg_replication_slot_advance('`+s.ReplicationSlot()+`', pg_current_wal_flush_lsn())`)
+	execAll(t, d.DB, `INSERT INTO items VALUES (2)`, `INSERT INTO items VALUES (3)`)
+	upto, err := s.CurrentFlushLSN(ctx)
+	require.NoError(t, err)
+	var want, got []PGMSG
+	require.NoError(t, s.readPeek(ctx, upto, 0, func(m PGMSG) error { want = append(want, m); return nil }))
+	require.Len(t, want, 7, "BEGIN RELATION INSERT COMMIT BEGIN INSERT COMMIT")
+	require.NoError(t, s.readPeekSplit(ctx, stale+1, upto, func(m PGMSG) error { got = append(got, m); return nil }))
+	require.Equal(t, want, got)
 }

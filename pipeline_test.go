@@ -32,14 +32,22 @@ func (f *failingRecorder) HandleInsertMessage(idx int, m *pglogrepl.InsertMessag
 // the failure, and a new Syncer must get exactly the failed and later transactions.
 //
 // It runs through lib/pq (rows through database/sql) and through pgx's stdlib driver
-// (rows read on pgx's own connection, peekread.go): both must stop the read cleanly.
+// (rows read on pgx's own connection, peekread.go), each with one peek per poll and
+// with every poll split (the slot and a temporary copy peeked at once): all must stop
+// the read cleanly and deliver the same.
 func TestPipelinedPollHandlerErrorMidStream(t *testing.T) {
 	for _, driver := range []string{"postgres", "pgx"} {
-		t.Run(driver, func(t *testing.T) { testPipelinedPollHandlerErrorMidStream(t, driver) })
+		for _, split := range []bool{false, true} {
+			name := driver
+			if split {
+				name += "/split"
+			}
+			t.Run(name, func(t *testing.T) { testPipelinedPollHandlerErrorMidStream(t, driver, split) })
+		}
 	}
 }
 
-func testPipelinedPollHandlerErrorMidStream(t *testing.T, driver string) {
+func testPipelinedPollHandlerErrorMidStream(t *testing.T, driver string, split bool) {
 	d := pgtest.NewDatabase(t)
 	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, name text)`)
 	require.NoError(t, err)
@@ -67,6 +75,9 @@ func testPipelinedPollHandlerErrorMidStream(t *testing.T, driver string) {
 	bad := &failingRecorder{failID: fmt.Sprint(perTx + 500)}
 	s, err = NewSyncer(append(opts, WithMessageHandler(bad))...)
 	require.NoError(t, err)
+	if split {
+		s.splitMinWAL = 1
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err = s.Run(ctx)
@@ -76,6 +87,9 @@ func testPipelinedPollHandlerErrorMidStream(t *testing.T, driver string) {
 		require.NotZero(t, s.pgconnPeeks.Load(), "pgx's connection must be read natively")
 	} else {
 		require.Zero(t, s.pgconnPeeks.Load())
+	}
+	if split {
+		require.NotZero(t, s.splitPeeks.Load(), "the poll must have been split")
 	}
 	got := bad.snapshot()
 	require.Len(t, got, 1+perTx+1+1+499, "tx 1 whole, then tx 2 up to the failing row")
@@ -89,6 +103,9 @@ func testPipelinedPollHandlerErrorMidStream(t *testing.T, driver string) {
 	good := &recorder{}
 	s, err = NewSyncer(append(opts, WithMessageHandler(good))...)
 	require.NoError(t, err)
+	if split {
+		s.splitMinWAL = 1
+	}
 	defer s.Close()
 	rctx, rcancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -103,4 +120,13 @@ func testPipelinedPollHandlerErrorMidStream(t *testing.T, driver string) {
 	require.Equal(t, fmt.Sprintf("INSERT public.items id=%d,name=n%d", perTx+1, perTx+1), lines[1])
 	require.Equal(t, fmt.Sprintf("INSERT public.items id=%d,name=n%d", 3*perTx, 3*perTx), lines[want-2])
 	require.Equal(t, "COMMIT", lines[want-1])
+	if split {
+		require.NotZero(t, s.splitPeeks.Load(), "the poll must have been split")
+	}
+	// A copy whose read was cancelled goes with its session (ending asynchronously).
+	waitFor(t, 10*time.Second, func() bool {
+		var slots int
+		require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_replication_slots`).Scan(&slots))
+		return slots == 1
+	}, "no slot copy left behind")
 }

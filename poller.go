@@ -329,7 +329,8 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	}
 	d := s.newDelivery(ctx)
 	var deliverErr error
-	rr := readRows(func(fn peekRowFunc) error { return s.readPeek(ctx, upto, s.MaxMessagesToRead, fn) })
+	confirmed := st.confirmed
+	rr := readRows(func(fn peekRowFunc) error { return s.readPoll(ctx, confirmed, upto, s.MaxMessagesToRead, fn) })
 read:
 	for batch := range rr.C {
 		for _, p := range batch {
