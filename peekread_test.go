@@ -256,3 +256,140 @@ func TestSplitPeekMidBehindSlot(t *testing.T) {
 	require.NoError(t, s.readPeekSplit(ctx, stale+1, upto, func(m PGMSG) error { got = append(got, m); return nil }))
 	require.Equal(t, want, got)
 }
+
+// TestSplitPeekSeamInPageHeader splits a poll at an LSN inside a WAL page header whose
+// page begins with a COMMIT record (or a non-transactional message): the record before
+// it ends before mid, so the slot's call reads that record too, and the copy
+// (forwarded to mid) also returns it. It must be delivered once. The test makes that
+// layout by inserting rows of computed sizes until an INSERT's records end exactly at
+// a page boundary, then commits (or emits the message first).
+func TestSplitPeekSeamInPageHeader(t *testing.T) {
+	for _, seam := range []string{"commit", "message"} {
+		t.Run(seam, func(t *testing.T) { testSplitPeekSeamInPageHeader(t, seam == "message") })
+	}
+}
+
+func testSplitPeekSeamInPageHeader(t *testing.T, message bool) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id serial PRIMARY KEY, name text)`)
+	s, err := NewSyncer(WithDB(d.DB), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	execAll(t, d.DB, `INSERT INTO items (name) VALUES ('before')`)
+
+	const page = 8192
+	conn, err := d.DB.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	insertLSN := func() pglogrepl.LSN {
+		var l string
+		require.NoError(t, conn.QueryRowContext(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&l))
+		lsn, err := pglogrepl.ParseLSN(l)
+		require.NoError(t, err)
+		return lsn
+	}
+	insert := func(n int) pglogrepl.LSN {
+		_, err := conn.ExecContext(ctx, `INSERT INTO items (name) VALUES (repeat('x', $1))`, n)
+		require.NoError(t, err)
+		return insertLSN()
+	}
+	var boundary pglogrepl.LSN
+	for attempt := 0; attempt < 20 && boundary == 0; attempt++ {
+		_, err := conn.ExecContext(ctx, `BEGIN`)
+		require.NoError(t, err)
+		// Names of 200-1800 bytes: one varlena header size, never TOASTed, so an INSERT
+		// record grows exactly with the name (in steps of 8 bytes, MAXALIGN).
+		before := insertLSN()
+		size := int(insert(200) - before) // one INSERT record with a 200-byte name
+		for i := 0; i < 200 && boundary == 0; i++ {
+			at := insertLSN()
+			left := page - int(at%page)
+			switch {
+			case left >= size && left-size <= 1600:
+				// pg_current_wal_insert_lsn() is where the next record goes: past the
+				// next page's header (24 bytes) when the last one ended at the page end.
+				if e := insert(200 + left - size); e%page == 24 {
+					boundary = e - 24
+				}
+			case left > size:
+				insert(1000) // move towards the boundary
+			default:
+				insert(200) // too close: cross into the next page
+			}
+		}
+		if boundary != 0 {
+			if message {
+				_, err = conn.ExecContext(ctx, `SELECT pg_logical_emit_message(false, 'seam', 'after the page header')`)
+				require.NoError(t, err)
+			}
+			_, err = conn.ExecContext(ctx, `COMMIT`)
+		} else {
+			_, err = conn.ExecContext(ctx, `ROLLBACK`)
+		}
+		require.NoError(t, err)
+	}
+	require.NotZero(t, boundary, "no INSERT record ended at a page boundary")
+	execAll(t, d.DB, `INSERT INTO items (name) VALUES ('after')`)
+	upto, err := s.CurrentFlushLSN(ctx)
+	require.NoError(t, err)
+
+	var want, got []PGMSG
+	require.NoError(t, s.readPeek(ctx, upto, 0, func(m PGMSG) error { want = append(want, m); return nil }))
+	var commits []pglogrepl.LSN
+	for _, m := range want {
+		if m.Data[0] == 'C' {
+			c, err := commitLSN(m.Data)
+			require.NoError(t, err)
+			commits = append(commits, c)
+		}
+	}
+	require.Len(t, commits, 3)
+	if message {
+		var msgs []pglogrepl.LSN
+		for _, m := range want {
+			if m.Data[0] == 'M' {
+				msgs = append(msgs, m.LSN)
+			}
+		}
+		require.Len(t, msgs, 1)
+		// A message row's LSN is its record's end.
+		require.Greater(t, msgs[0], boundary+24, "the message starts after the page header")
+		require.Less(t, msgs[0], boundary+256)
+	} else {
+		require.Greater(t, commits[1], boundary, "the COMMIT starts after the page header")
+		require.Less(t, commits[1], boundary+64)
+	}
+	require.NoError(t, s.readPeekSplit(ctx, boundary+8, upto, func(m PGMSG) error { got = append(got, m); return nil }))
+	require.Equal(t, dropRepeatedRelations(t, want), dropRepeatedRelations(t, got))
+}
+
+// TestSplitPeekWithoutFreeSlot fills max_replication_slots: the copy cannot be made, so
+// the poll is one peek of the slot, with the same rows.
+func TestSplitPeekWithoutFreeSlot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	s, err := NewSyncer(WithDB(d.DB), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	execAll(t, d.DB, `INSERT INTO items SELECT generate_series(1, 100)`, `INSERT INTO items VALUES (101)`)
+	upto, err := s.CurrentFlushLSN(ctx)
+	require.NoError(t, err)
+	var want, got []PGMSG
+	require.NoError(t, s.readPeek(ctx, upto, 0, func(m PGMSG) error { want = append(want, m); return nil }))
+	require.Len(t, want, 1+1+100+1+1+1+1)
+
+	var free int
+	require.NoError(t, d.DB.QueryRow(`SELECT current_setting('max_replication_slots')::int - count(*) FROM pg_replication_slots`).Scan(&free))
+	for i := 0; i < free; i++ {
+		name := fmt.Sprintf("%s_filler_%d", pgtest.Ident(t, "slot"), i)
+		execAll(t, d.DB, `SELECT pg_create_physical_replication_slot('`+name+`')`)
+		t.Cleanup(func() { d.DB.Exec(`SELECT pg_drop_replication_slot($1)`, name) })
+	}
+	confirmed, err := s.ConfirmedFlushLSN(ctx)
+	require.NoError(t, err)
+	require.NoError(t, s.readPeekSplit(ctx, confirmed+(upto-confirmed)/2, upto, func(m PGMSG) error { got = append(got, m); return nil }))
+	require.Equal(t, want, got)
+	require.Zero(t, s.splitPeeks.Load(), "no copy could be made")
+}
