@@ -121,6 +121,22 @@ func TestServerErrorsThroughPgx(t *testing.T) {
 	require.ErrorIs(t, s2.Run(context.Background()), ErrSlotMissing)
 }
 
+// peekSyncer is a Syncer on db (d's database) for the table items (created with cols)
+// with a slot and publication named after the test; it is set up, not running.
+func peekSyncer(t *testing.T, d *pgtest.Database, db *sql.DB, cols string) *Syncer {
+	t.Helper()
+	execAll(t, d.DB, `CREATE TABLE items (`+cols+`)`)
+	s, err := NewSyncer(WithDB(db), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// collect returns a peekRowFunc appending to *into.
+func collect(into *[]PGMSG) peekRowFunc {
+	return func(m PGMSG) error { *into = append(*into, m); return nil }
+}
+
 // TestSplitPeekMatchesOnePeek reads a backlog as a split poll (the slot up to mid, a
 // temporary copy from mid on) for mids at every kind of position — each COMMIT's end
 // and start, one byte either side, each BEGIN, random LSNs — and requires exactly the
@@ -135,13 +151,10 @@ func TestSplitPeekMatchesOnePeek(t *testing.T) {
 
 func testSplitPeekMatchesOnePeek(t *testing.T, driver string) {
 	d := pgtest.NewDatabase(t)
-	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, name text)`)
 	db, err := sql.Open(driver, d.DSN())
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
-	s, err := NewSyncer(WithDB(db), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")))
-	require.NoError(t, err)
-	t.Cleanup(func() { s.Close() })
+	s := peekSyncer(t, d, db, "id int PRIMARY KEY, name text")
 	ctx := context.Background()
 	confirmed, err := s.ConfirmedFlushLSN(ctx)
 	require.NoError(t, err)
@@ -165,7 +178,7 @@ func testSplitPeekMatchesOnePeek(t *testing.T, driver string) {
 	require.NoError(t, err)
 
 	var want []PGMSG
-	require.NoError(t, s.readPeek(ctx, upto, 0, func(m PGMSG) error { want = append(want, m); return nil }))
+	require.NoError(t, s.readPeek(ctx, upto, 0, collect(&want)))
 	require.Greater(t, len(want), 500)
 	mids := map[pglogrepl.LSN]bool{confirmed + 1: true, upto - 1: true}
 	for _, m := range want {
@@ -199,7 +212,7 @@ func testSplitPeekMatchesOnePeek(t *testing.T, driver string) {
 	wantOnce := dropRepeatedRelations(t, want)
 	for mid := range mids {
 		var got []PGMSG
-		require.NoError(t, s.readPeekSplit(ctx, mid, upto, func(m PGMSG) error { got = append(got, m); return nil }), "mid %s", mid)
+		require.NoError(t, s.readPeekSplit(ctx, mid, upto, collect(&got)), "mid %s", mid)
 		require.Greater(t, len(got), len(want)-1, "mid %s", mid)
 		got = dropRepeatedRelations(t, got)
 		require.Equal(t, len(wantOnce), len(got), "mid %s", mid)
@@ -238,10 +251,7 @@ func dropRepeatedRelations(t *testing.T, msgs []PGMSG) []PGMSG {
 // the rows must still be those of one peek.
 func TestSplitPeekMidBehindSlot(t *testing.T) {
 	d := pgtest.NewDatabase(t)
-	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
-	s, err := NewSyncer(WithDB(d.DB), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")))
-	require.NoError(t, err)
-	t.Cleanup(func() { s.Close() })
+	s := peekSyncer(t, d, d.DB, "id int PRIMARY KEY")
 	ctx := context.Background()
 	stale, err := s.ConfirmedFlushLSN(ctx)
 	require.NoError(t, err)
@@ -251,9 +261,9 @@ func TestSplitPeekMidBehindSlot(t *testing.T) {
 	upto, err := s.CurrentFlushLSN(ctx)
 	require.NoError(t, err)
 	var want, got []PGMSG
-	require.NoError(t, s.readPeek(ctx, upto, 0, func(m PGMSG) error { want = append(want, m); return nil }))
+	require.NoError(t, s.readPeek(ctx, upto, 0, collect(&want)))
 	require.Len(t, want, 7, "BEGIN RELATION INSERT COMMIT BEGIN INSERT COMMIT")
-	require.NoError(t, s.readPeekSplit(ctx, stale+1, upto, func(m PGMSG) error { got = append(got, m); return nil }))
+	require.NoError(t, s.readPeekSplit(ctx, stale+1, upto, collect(&got)))
 	require.Equal(t, want, got)
 }
 
@@ -271,10 +281,7 @@ func TestSplitPeekSeamInPageHeader(t *testing.T) {
 
 func testSplitPeekSeamInPageHeader(t *testing.T, message bool) {
 	d := pgtest.NewDatabase(t)
-	execAll(t, d.DB, `CREATE TABLE items (id serial PRIMARY KEY, name text)`)
-	s, err := NewSyncer(WithDB(d.DB), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")))
-	require.NoError(t, err)
-	t.Cleanup(func() { s.Close() })
+	s := peekSyncer(t, d, d.DB, "id serial PRIMARY KEY, name text")
 	ctx := context.Background()
 	execAll(t, d.DB, `INSERT INTO items (name) VALUES ('before')`)
 
@@ -335,7 +342,7 @@ func testSplitPeekSeamInPageHeader(t *testing.T, message bool) {
 	require.NoError(t, err)
 
 	var want, got []PGMSG
-	require.NoError(t, s.readPeek(ctx, upto, 0, func(m PGMSG) error { want = append(want, m); return nil }))
+	require.NoError(t, s.readPeek(ctx, upto, 0, collect(&want)))
 	var commits []pglogrepl.LSN
 	for _, m := range want {
 		if m.Data[0] == 'C' {
@@ -360,7 +367,7 @@ func testSplitPeekSeamInPageHeader(t *testing.T, message bool) {
 		require.Greater(t, commits[1], boundary, "the COMMIT starts after the page header")
 		require.Less(t, commits[1], boundary+64)
 	}
-	require.NoError(t, s.readPeekSplit(ctx, boundary+8, upto, func(m PGMSG) error { got = append(got, m); return nil }))
+	require.NoError(t, s.readPeekSplit(ctx, boundary+8, upto, collect(&got)))
 	require.Equal(t, dropRepeatedRelations(t, want), dropRepeatedRelations(t, got))
 }
 
@@ -368,16 +375,13 @@ func testSplitPeekSeamInPageHeader(t *testing.T, message bool) {
 // the poll is one peek of the slot, with the same rows.
 func TestSplitPeekWithoutFreeSlot(t *testing.T) {
 	d := pgtest.NewDatabase(t)
-	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
-	s, err := NewSyncer(WithDB(d.DB), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")))
-	require.NoError(t, err)
-	t.Cleanup(func() { s.Close() })
+	s := peekSyncer(t, d, d.DB, "id int PRIMARY KEY")
 	ctx := context.Background()
 	execAll(t, d.DB, `INSERT INTO items SELECT generate_series(1, 100)`, `INSERT INTO items VALUES (101)`)
 	upto, err := s.CurrentFlushLSN(ctx)
 	require.NoError(t, err)
 	var want, got []PGMSG
-	require.NoError(t, s.readPeek(ctx, upto, 0, func(m PGMSG) error { want = append(want, m); return nil }))
+	require.NoError(t, s.readPeek(ctx, upto, 0, collect(&want)))
 	require.Len(t, want, 1+1+100+1+1+1+1)
 
 	var free int
@@ -389,7 +393,7 @@ func TestSplitPeekWithoutFreeSlot(t *testing.T) {
 	}
 	confirmed, err := s.ConfirmedFlushLSN(ctx)
 	require.NoError(t, err)
-	require.NoError(t, s.readPeekSplit(ctx, confirmed+(upto-confirmed)/2, upto, func(m PGMSG) error { got = append(got, m); return nil }))
+	require.NoError(t, s.readPeekSplit(ctx, confirmed+(upto-confirmed)/2, upto, collect(&got)))
 	require.Equal(t, want, got)
 	require.Zero(t, s.splitPeeks.Load(), "no copy could be made")
 }
