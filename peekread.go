@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -232,6 +233,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 	}
 	s.splitPeeks.Add(1)
 	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	rows := make(chan []PGMSG, parsedQueue)
 	copyErr := make(chan error, 1)
 	go func() {
@@ -250,7 +252,10 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer dcancel()
 		if _, err := cconn.ExecContext(dctx, `SELECT pg_drop_replication_slot($1)`, copyName); err != nil && !hasSQLState(err, "42704") {
-			s.log.Debug("dbsync: dropping the split peek's slot copy", "slot", copyName, "err", err)
+			// The copy would live as long as this pooled session, holding back WAL:
+			// have the pool close the connection instead (its session drops the copy).
+			s.log.Debug("dbsync: dropping the split peek's slot copy; closing its connection", "slot", copyName, "err", err)
+			_ = cconn.Raw(func(any) error { return driver.ErrBadConn })
 		}
 		cconn.Close()
 	}()
