@@ -150,6 +150,14 @@ func (r *rowScanner) binaryRow(v [][]byte, m *PGMSG) error {
 	return nil
 }
 
+// first returns b's first byte, 0 when b is empty.
+func first(b []byte) byte {
+	if len(b) == 0 {
+		return 0
+	}
+	return b[0]
+}
+
 func lenAt(v [][]byte, i int) int {
 	if i < len(v) {
 		return len(v[i])
@@ -170,16 +178,18 @@ var errPeekAbandoned = errors.New("dbsync: peek abandoned")
 // results at once (two backends), and the copy's rows are read once the slot's are
 // delivered. The copy decodes the first half again but skips its transactions (they
 // commit before its confirmed_flush_lsn), which costs about a fifth of decoding and
-// sending them (docs/BENCHMARKS.md). The rows handed over are exactly those of one peek
-// up to the bound:
+// sending them (docs/BENCHMARKS.md). The rows handed over are those of one peek up to
+// the bound, except that the copy's call describes again (RELATION) a relation the
+// slot's call already described, as the call of every poll does:
 //   - the slot's call returns the transactions whose COMMIT record starts before mid,
-//     plus one starting at or after mid when mid falls between two records (page
-//     header, alignment);
+//     plus one whose COMMIT starts right after mid when mid falls inside a WAL page
+//     header (the call stops after the first record ending at or after mid);
 //   - the copy returns those whose COMMIT starts at or after mid;
 //   - so a transaction of the copy whose BEGIN names a commit LSN (final_lsn) at or
 //     before the last COMMIT the slot returned is dropped, as is a non-transactional
-//     message at or before the slot's last row; RELATION and TYPE rows always pass
-//     (they describe what follows).
+//     message at or before the slot's last row (the same case, for a message record);
+//     RELATION and TYPE rows always pass (they describe what follows).
+// TestSplitPeekMatchesOnePeek and TestSplitPeekSeamInPageHeader check these rules.
 // The slot is forwarded only by the poller, after delivery, as for one peek; the copy
 // is temporary and dropped after the read (or with its session).
 
@@ -188,7 +198,8 @@ var errPeekAbandoned = errors.New("dbsync: peek abandoned")
 const splitMinWAL = 64 << 20
 
 // canSplit tells whether a poll from confirmed to upto is split: a large backlog, no
-// row bound, and a pool that may open two connections at once.
+// row bound, and a pool that may open three connections at once (the split holds two
+// while it reads; a Refresh or Snapshot may need another meanwhile).
 func (s *Syncer) canSplit(confirmed, upto pglogrepl.LSN, max int) bool {
 	min := uint64(splitMinWAL)
 	if s.splitMinWAL > 0 {
@@ -262,7 +273,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 
 	var lastCommit, lastLSN pglogrepl.LSN // the slot's last COMMIT (its commit LSN) and last row
 	err = s.readPeek(ctx, mid, 0, func(m PGMSG) error {
-		if len(m.Data) > 0 && m.Data[0] == 'C' {
+		if first(m.Data) == 'C' {
 			c, err := commitLSN(m.Data)
 			if err != nil {
 				return err
@@ -279,11 +290,8 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 	var skipping, inTx bool
 	for batch := range rows {
 		for _, m := range batch {
-			if len(m.Data) == 0 {
-				continue
-			}
 			pass := !skipping
-			switch m.Data[0] {
+			switch first(m.Data) {
 			case 'B':
 				final, err := beginFinalLSN(m.Data)
 				if err != nil {
