@@ -255,6 +255,14 @@ func testRefreshTextMatchesChanges(t *testing.T, driver string) {
 		`insert public.typed ` + keys[0], `insert public.typed ` + keys[1],
 		`refresh public.typed ` + keys[0], `refresh public.typed ` + keys[1],
 	}, h.eventList())
+
+	// A query the server rejects is ErrConfig, and leaves no connection in a failed
+	// transaction: the next selection works.
+	_, err = s.RefreshContext(context.Background(), `SELECT * FROM typed WHERE no_such_column = 1`)
+	require.ErrorIs(t, err, ErrConfig)
+	stats, err = s.RefreshContext(context.Background(), `SELECT * FROM typed WHERE id = 2`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
 }
 
 // TestRefreshWindowDropsKeyChangedInside makes a change land between the SELECT and

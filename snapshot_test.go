@@ -141,27 +141,33 @@ func catchUp(t *testing.T, s *Syncer) {
 }
 
 func TestSnapshotConcurrentWriters(t *testing.T) {
+	// Through lib/pq and, for two cases, pgx's stdlib driver, whose connection the
+	// poller reads directly (peekread.go).
 	cases := []struct {
 		seed      int64
 		chunk     int
 		composite bool
+		driver    string
 	}{
-		{1, 7, false},
-		{2, 50, false},
-		{3, 333, false},
-		{4, 13, true},
-		{5, 100, true},
+		{1, 7, false, "postgres"},
+		{2, 50, false, "pgx"},
+		{3, 333, false, "postgres"},
+		{4, 13, true, "pgx"},
+		{5, 100, true, "postgres"},
 	}
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("seed%d_chunk%d_composite%v", c.seed, c.chunk, c.composite), func(t *testing.T) {
+		t.Run(fmt.Sprintf("seed%d_chunk%d_composite%v_%s", c.seed, c.chunk, c.composite, c.driver), func(t *testing.T) {
 			d := pgtest.NewDatabase(t)
 			st := snapTable{composite: c.composite, toast: !c.composite, keys: 1400}
 			st.create(t, d.DB, 1200)
+			db, err := sql.Open(c.driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
 			h := newCacheHandler()
 			var lsns []pglogrepl.LSN
 			var chunks []SnapshotProgress
 			var s *Syncer
-			s, _ = startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"),
+			s, _ = startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"), WithDB(db),
 				WithSnapshotChunkSize(c.chunk),
 				WithSnapshotProgress(func(p SnapshotProgress) {
 					chunks = append(chunks, p)
@@ -192,6 +198,11 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 			}
 			require.LessOrEqual(t, emitted, selected+int64(reread))
 			t.Logf("%d chunks, %d rows selected, %d emitted (%d re-read), %d writer commits", len(chunks), selected, emitted, reread, commits)
+			if c.driver == "pgx" {
+				require.NotZero(t, s.pgconnPeeks.Load(), "peeks read on pgx's connection")
+			} else {
+				require.Zero(t, s.pgconnPeeks.Load())
+			}
 			// The slot advanced while the snapshot ran. With k = chunks in flight,
 			// chunk x's high watermark is written after chunk x-k was handed over
 			// (so after lsns[x-k] was read), and chunk x+k's after the poll that
