@@ -57,7 +57,7 @@ func (s *Syncer) readPeek(ctx context.Context, upto pglogrepl.LSN, max int, fn p
 // peekOn is readPeek of slot on conn.
 func (s *Syncer) peekOn(ctx context.Context, conn *sql.Conn, slot string, upto pglogrepl.LSN, max int, fn peekRowFunc) error {
 	var fnErr error
-	counted := func(m PGMSG) error {
+	tracked := func(m PGMSG) error {
 		fnErr = fn(m)
 		return fnErr
 	}
@@ -69,10 +69,10 @@ func (s *Syncer) peekOn(ctx context.Context, conn *sql.Conn, slot string, upto p
 		}
 		native = true
 		s.pgconnPeeks.Add(1)
-		return s.readPeekPgconn(ctx, pc.Conn().PgConn(), slot, upto, max, counted)
+		return s.readPeekPgconn(ctx, pc.Conn().PgConn(), slot, upto, max, tracked)
 	})
 	if !native && err == nil {
-		err = s.readPeekSQL(ctx, conn, slot, upto, max, counted)
+		err = s.readPeekSQL(ctx, conn, slot, upto, max, tracked)
 	}
 	if fnErr != nil {
 		return fnErr
