@@ -70,6 +70,8 @@ type Server struct {
 	cred    *syscall.Credential
 	dbSeq   atomic.Int64
 	stopped atomic.Bool
+	// watchdog is the write end of the pipe the cluster's watchdog waits on (watch).
+	watchdog *os.File
 }
 
 // BinDir returns the directory holding initdb, pg_ctl, pg_recvlogical and friends,
@@ -174,6 +176,10 @@ func Start(opts Options) (*Server, error) {
 		}
 		s.Port = port
 		s.base = fmt.Sprintf("host=%s port=%d user=%s sslmode=disable", s.Host, s.Port, s.User)
+		if err := s.watch(); err != nil {
+			s.Stop()
+			return nil, err
+		}
 		if err := s.readVersion(); err != nil {
 			s.Stop()
 			return nil, err
@@ -271,6 +277,9 @@ func (s *Server) Stop() error {
 	}
 	out, err := s.run("pg_ctl", "-D", s.dataDir, "-m", "immediate", "-w", "stop")
 	s.cleanup()
+	if s.watchdog != nil {
+		s.watchdog.Close() // the watchdog finds nothing left to do
+	}
 	if err != nil {
 		return fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out)
 	}
@@ -278,6 +287,30 @@ func (s *Server) Stop() error {
 }
 
 func (s *Server) cleanup() { os.RemoveAll(s.dir) }
+
+// watch starts the cluster's watchdog: a shell in its own session that waits for the
+// end of a pipe whose only writer is this process, then stops the cluster and removes
+// its files. A test binary that is killed (a timeout, SIGPIPE from "| head", Ctrl-C)
+// closes the pipe by dying, so its cluster does not outlive it; after Stop the
+// watchdog finds nothing left to do.
+func (s *Server) watch() error {
+	r, w, err := os.Pipe() // close-on-exec: no other child holds the write end
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	const script = `cat >/dev/null; "$0" -D "$1" -m immediate -w stop >/dev/null 2>&1; rm -rf "$2"`
+	cmd := exec.Command("/bin/sh", "-c", script, filepath.Join(s.binDir, "pg_ctl"), s.dataDir, s.dir)
+	cmd.Stdin = r
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: s.cred}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("pgtest: start the cluster's watchdog: %w", err)
+	}
+	go cmd.Wait() // reaps it once the pipe closes
+	s.watchdog = w
+	return nil
+}
 
 func (s *Server) run(prog string, args ...string) ([]byte, error) {
 	cmd := exec.Command(filepath.Join(s.binDir, prog), args...)

@@ -1,8 +1,14 @@
 package pgtest
 
 import (
+	"bufio"
+	"fmt"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -31,4 +37,57 @@ func TestRedact(t *testing.T) {
 
 func TestIdent(t *testing.T) {
 	require.Equal(t, "testident_slot", Ident(t, "slot"))
+}
+
+// TestKilledProcessLeavesNoCluster starts a cluster in a child process (this test
+// binary again), kills the child with SIGKILL, and requires the cluster's server to
+// stop and its files to go: the watchdog does what the dead process cannot.
+func TestKilledProcessLeavesNoCluster(t *testing.T) {
+	if os.Getenv("PGTEST_CHILD") == "1" {
+		s, err := Start(Options{})
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("cluster %s %d\n", s.DataDir(), s.Port)
+		select {} // until killed
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestKilledProcessLeavesNoCluster$")
+	cmd.Env = append(os.Environ(), "PGTEST_CHILD=1")
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	var dataDir string
+	var port int
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if n, _ := fmt.Sscanf(sc.Text(), "cluster %s %d", &dataDir, &port); n == 2 {
+			break
+		}
+		t.Log(sc.Text())
+	}
+	require.NotEmpty(t, dataDir, "the child did not start a cluster")
+	_, err = os.Stat(dataDir)
+	require.NoError(t, err)
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	require.NoError(t, err, "the child's server is up")
+	conn.Close()
+
+	require.NoError(t, cmd.Process.Kill())
+	cmd.Wait()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, statErr := os.Stat(filepath.Dir(dataDir))
+		c, dialErr := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if c != nil {
+			c.Close()
+		}
+		if os.IsNotExist(statErr) && dialErr != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after the child was killed: files %v, server reachable %v", statErr == nil, dialErr == nil)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
