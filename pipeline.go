@@ -36,8 +36,8 @@ type rowReader struct {
 	err  error
 }
 
-// readRows starts a peek's read (readPeek, bound to its arguments) on the reader's
-// goroutine and parses every row there.
+// readRows starts a poll's read (Syncer.readPoll, bound to its arguments) on the
+// reader's goroutine and parses every row there.
 func readRows(read func(peekRowFunc) error) *rowReader {
 	c := make(chan []parsedRow, parsedQueue)
 	r := &rowReader{C: c, quit: make(chan struct{}), done: make(chan struct{})}

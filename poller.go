@@ -26,6 +26,10 @@ import (
 //     upto_nchanges) and all of it was processed, forward to L, so a slot whose
 //     publication is idle does not pin WAL while other tables write;
 //   - never pg_logical_slot_get_binary_changes (it is not transactional and re-sends).
+//
+// How a peek's rows are read (database/sql or pgx's own connection) and how a poll
+// over a large backlog is split between the slot and a temporary copy of it is in
+// peekread.go; the reader goroutine is in pipeline.go.
 
 // SlotPosition is a slot's state as the poller tracks it.
 type slotState struct {
