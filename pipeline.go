@@ -57,7 +57,6 @@ func readRows(read func(peekRowFunc) error) *rowReader {
 				return false
 			}
 		}
-		failed := false
 		err := read(func(m PGMSG) error {
 			p := parsedRow{m: m}
 			// m.Data is a copy owned by this row: row changes may alias it.
@@ -66,13 +65,10 @@ func readRows(read func(peekRowFunc) error) *rowReader {
 			} else {
 				p.msg, p.err = Parse(c)
 			}
-			if p.err != nil {
-				p.err = fmt.Errorf("row at LSN %s: %w", m.LSN, p.err)
-				failed = true
-			}
 			batch = append(batch, p)
-			if failed {
-				send()
+			if p.err != nil {
+				batch[len(batch)-1].err = fmt.Errorf("row at LSN %s: %w", m.LSN, p.err)
+				send() // the error is the last entry the deliverer gets
 				return errPeekAbandoned
 			}
 			if len(batch) == parsedBatch && !send() {

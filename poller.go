@@ -394,7 +394,7 @@ read:
 func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LSN, bounded bool) (pollResult, error) {
 	var res pollResult
 	var msgs []PGMSG
-	err := s.readPeek(ctx, upto, s.MaxMessagesToRead, func(m PGMSG) error {
+	err := s.readPoll(ctx, st.confirmed, upto, s.MaxMessagesToRead, func(m PGMSG) error {
 		msgs = append(msgs, m)
 		return nil
 	})

@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"testing"
@@ -61,7 +62,16 @@ func TestGetMessagesAndForward(t *testing.T) {
 
 // TestEventsProcessor: whole polls go to the processor; the slot moves only past the
 // transactions inside what it reports as processed.
+//
+// With every poll split (the slot and a temporary copy peeked at once) the processor
+// gets the same transactions; the copy's call may describe the relation again.
 func TestEventsProcessor(t *testing.T) {
+	for _, split := range []bool{false, true} {
+		t.Run(fmt.Sprintf("split=%v", split), func(t *testing.T) { testEventsProcessor(t, split) })
+	}
+}
+
+func testEventsProcessor(t *testing.T, split bool) {
 	d := pgtest.NewDatabase(t)
 	execAll(t, d.DB, `CREATE TABLE e (id int PRIMARY KEY)`)
 	var mu sync.Mutex
@@ -72,16 +82,22 @@ func TestEventsProcessor(t *testing.T) {
 		defer mu.Unlock()
 		require.NoError(t, err)
 		calls++
-		polls = append(polls, msgTypes(msgs))
+		polls = append(polls, msgTypes(dropRepeatedRelations(t, msgs)))
 		if calls == 1 {
 			return 6, false // all of the first transaction and part of the second
 		}
 		return len(msgs), true
 	}
 	s := newTestSyncer(t, d, ForTables("e"), WithEventsProcessor(proc))
+	if split {
+		s.splitMinWAL = 1
+	}
 	execAll(t, d.DB, `INSERT INTO e VALUES (1)`, `INSERT INTO e VALUES (2), (3)`)
 	err := s.Run(t.Context())
 	require.NoError(t, err, "stop=true ends Run cleanly")
+	if split {
+		require.NotZero(t, s.splitPeeks.Load(), "the polls must have been split")
+	}
 	// First call: both transactions; 6 rows processed covers only the first, so the
 	// slot moves past it and the next call reads the second transaction again.
 	require.Equal(t, []string{"BRICBIIC", "BRIIC"}, polls)
