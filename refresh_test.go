@@ -263,6 +263,22 @@ func testRefreshTextMatchesChanges(t *testing.T, driver string) {
 	stats, err = s.RefreshContext(context.Background(), `SELECT * FROM typed WHERE id = 2`)
 	require.NoError(t, err)
 	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
+	// So is a query that fails while its rows are read (EXPLAIN accepts it).
+	_, err = s.RefreshContext(context.Background(), `SELECT * FROM typed WHERE 1 / (id - 2) = 0`)
+	require.ErrorIs(t, err, ErrConfig)
+	code, _, ok := serverError(err)
+	require.True(t, ok, "the server's error is kept: %v", err)
+	require.Equal(t, "22012", code)
+	stats, err = s.RefreshContext(context.Background(), `SELECT * FROM typed WHERE id = 2`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
+	// pgx's connection runs selections itself (plain columns, text results); lib/pq's
+	// go through database/sql (columns cast to text).
+	if driver == "pgx" {
+		require.Equal(t, uint64(4), s.pgconnSelects.Load(), "every selection on pgx's own connection")
+	} else {
+		require.Zero(t, s.pgconnSelects.Load())
+	}
 }
 
 // TestRefreshWindowDropsKeyChangedInside makes a change land between the SELECT and

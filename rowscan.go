@@ -88,6 +88,25 @@ func tableSelectList(info *PGTableInfo, alias string, cols []string) string {
 	return strings.Join(parts, ", ")
 }
 
+// plainSelectList is "alias.c1 AS c1, ...": the columns as they are, for a transport
+// that asks for text results (every value then comes as its type's output function
+// gives it, as pgoutput sends it).
+func plainSelectList(alias string, cols []string) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		parts[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c) + " AS " + pq.QuoteIdentifier(c)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// columnList is plainSelectList with plain, else tableSelectList.
+func columnList(info *PGTableInfo, alias string, cols []string, plain bool) string {
+	if plain {
+		return plainSelectList(alias, cols)
+	}
+	return tableSelectList(info, alias, cols)
+}
+
 // QuotedName returns the table's quoted "schema"."table" for building queries.
 func (t *PGTableInfo) QuotedName() string {
 	return pq.QuoteIdentifier(t.Namespace) + "." + pq.QuoteIdentifier(t.TableName)
@@ -193,10 +212,17 @@ func (t *PGTableInfo) decodeTextRowRaw(names []string, raw []sql.RawBytes, unkno
 	}
 	var colsBuf [32]*PGColumnInfo
 	cols := colsBuf[:0]
+	for _, n := range names {
+		cols = append(cols, t.ColInfo[n])
+	}
+	return t.decodeTextCols(names, cols, raw, unknownAsText)
+}
+
+// decodeTextCols is decodeTextRowRaw with the columns looked up: cols[i] describes
+// names[i] (nil: not a column of t).
+func (t *PGTableInfo) decodeTextCols(names []string, cols []*PGColumnInfo, raw []sql.RawBytes, unknownAsText bool) (StringMap, error) {
 	need := 0
-	for i, n := range names {
-		col := t.ColInfo[n]
-		cols = append(cols, col)
+	for i, col := range cols {
 		if raw[i] != nil && (col == nil || (col.dec != nil && col.dec.copies())) {
 			need += len(raw[i])
 		}
@@ -235,4 +261,40 @@ func (t *PGTableInfo) decodeTextRowRaw(names []string, raw []sql.RawBytes, unkno
 		values[n] = v
 	}
 	return values, nil
+}
+
+// textRowDecoder turns selected rows of fixed columns into DBItems,
+// with the columns looked up once.
+type textRowDecoder struct {
+	t     *PGTableInfo
+	names []string
+	cols  []*PGColumnInfo
+}
+
+// textRowDecoder returns a decoder for rows whose columns are names.
+func (t *PGTableInfo) textRowDecoder(names []string) *textRowDecoder {
+	d := &textRowDecoder{t: t, names: names, cols: make([]*PGColumnInfo, len(names))}
+	for i, n := range names {
+		d.cols[i] = t.ColInfo[n]
+	}
+	return d
+}
+
+// item decodes one row — every column in PostgreSQL's text output form, the form
+// pgoutput sends in changes (nil: NULL) — into a DBItem, decoding values the way
+// MessageToMap decodes a change's tuple (shared with ScanRow) so record IDs match
+// between refresh rows and changes.
+func (d *textRowDecoder) item(raw []sql.RawBytes) (DBItem, error) {
+	if len(raw) != len(d.names) {
+		return DBItem{}, fmt.Errorf("%w: %d values for %d columns", ErrConfig, len(raw), len(d.names))
+	}
+	values, err := d.t.decodeTextCols(d.names, d.cols, raw, true)
+	if err != nil {
+		return DBItem{}, err
+	}
+	key, err := d.t.GetRecordID(values)
+	if err != nil {
+		return DBItem{}, fmt.Errorf("%s: %w", d.t.QualifiedName(), err)
+	}
+	return DBItem{Table: d.t, Key: key, Values: values}, nil
 }

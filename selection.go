@@ -9,7 +9,10 @@ type InMemSelection struct {
 	// rows are every row added since the last Clear, in the order added; a removed
 	// row stays (removed) so its key text remains known.
 	rows []selRow
-	// index maps each key added since the last Clear to its row's place in rows.
+	// index maps each key added since the last Clear to its row's place in rows. It is
+	// built when first needed (nil until then): a snapshot chunk's rows, added with
+	// appendUnique, are usually only filtered by the keys a window touched
+	// (removeKeys), which needs no index.
 	index map[string]int
 	live  int // rows not removed
 }
@@ -24,7 +27,19 @@ type selRow struct {
 
 // NewInMemSelection returns an empty selection.
 func NewInMemSelection() *InMemSelection {
-	return &InMemSelection{index: map[string]int{}}
+	return &InMemSelection{}
+}
+
+// indexed returns the index, building it first if needed. rows never hold two rows
+// with the same key (add replaces, appendUnique's callers guarantee it).
+func (s *InMemSelection) indexed() map[string]int {
+	if s.index == nil {
+		s.index = make(map[string]int, len(s.rows))
+		for i, r := range s.rows {
+			s.index[r.item.Key] = i
+		}
+	}
+	return s.index
 }
 
 // Add adds a row, replacing an earlier row with the same key, removed or not (keeping
@@ -33,7 +48,8 @@ func (s *InMemSelection) Add(item DBItem) { s.add(item, nil) }
 
 // add adds a row with the text form of its key columns.
 func (s *InMemSelection) add(item DBItem, keyText []string) {
-	if i, ok := s.index[item.Key]; ok {
+	index := s.indexed()
+	if i, ok := index[item.Key]; ok {
 		r := &s.rows[i]
 		r.item = item
 		if keyText != nil {
@@ -45,14 +61,24 @@ func (s *InMemSelection) add(item DBItem, keyText []string) {
 		}
 		return
 	}
-	s.index[item.Key] = len(s.rows)
+	index[item.Key] = len(s.rows)
+	s.rows = append(s.rows, selRow{item: item, keyText: keyText})
+	s.live++
+}
+
+// appendUnique adds a row whose key no row added since the last Clear has (the
+// caller's guarantee: rows of one SELECT of the table itself), without indexing it.
+func (s *InMemSelection) appendUnique(item DBItem, keyText []string) {
+	if s.index != nil {
+		s.index[item.Key] = len(s.rows)
+	}
 	s.rows = append(s.rows, selRow{item: item, keyText: keyText})
 	s.live++
 }
 
 // Remove drops the row with this key; it reports whether there was one.
 func (s *InMemSelection) Remove(key string) bool {
-	i, ok := s.index[key]
+	i, ok := s.indexed()[key]
 	if !ok || s.rows[i].removed {
 		return false
 	}
@@ -64,8 +90,30 @@ func (s *InMemSelection) Remove(key string) bool {
 // Clear drops every row (a TRUNCATE inside the window).
 func (s *InMemSelection) Clear() {
 	s.rows = nil
-	s.index = map[string]int{}
+	s.index = nil
 	s.live = 0
+}
+
+// removeKeys drops the rows whose keys are in keys. Without an index it checks every
+// row against keys (a window touches few keys of a chunk; indexing a chunk's 10,000
+// rows would cost more).
+func (s *InMemSelection) removeKeys(keys map[string]bool) {
+	if len(keys) == 0 {
+		return
+	}
+	if s.index != nil {
+		for k := range keys {
+			s.Remove(k)
+		}
+		return
+	}
+	for i := range s.rows {
+		r := &s.rows[i]
+		if _, ok := keys[r.item.Key]; ok && !r.removed {
+			r.removed = true
+			s.live--
+		}
+	}
 }
 
 // keyTextsOf returns, for each key, the text form of its key columns (nil: unknown),
@@ -73,7 +121,7 @@ func (s *InMemSelection) Clear() {
 func (s *InMemSelection) keyTextsOf(keys []string) [][]string {
 	out := make([][]string, len(keys))
 	for i, k := range keys {
-		if j, ok := s.index[k]; ok {
+		if j, ok := s.indexed()[k]; ok {
 			out[i] = s.rows[j].keyText
 		}
 	}
@@ -95,7 +143,7 @@ func (s *InMemSelection) Len() int { return s.live }
 
 // Get returns the row with this key.
 func (s *InMemSelection) Get(key string) (DBItem, bool) {
-	i, ok := s.index[key]
+	i, ok := s.indexed()[key]
 	if !ok || s.rows[i].removed {
 		return DBItem{}, false
 	}

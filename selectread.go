@@ -3,8 +3,15 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"fmt"
+	"strconv"
 	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // This file reads a selection's rows: the SELECT of a Refresh or a snapshot chunk,
@@ -13,6 +20,45 @@ import (
 // (typed values, record IDs) in parallel; the caller puts them back in the SELECT's
 // order. A chunk then costs about the largest of the stages per row, not their sum
 // (docs/BENCHMARKS.md, snapshot).
+//
+// Two transports, as for peeks (peekread.go): with pgx's stdlib driver the selection
+// runs on pgx's own connection (sql.Conn.Raw), asking for every result column in text
+// format, so the SELECT names the columns as they are and the server sends each
+// value's output function result; through database/sql (lib/pq, or arguments pgx's
+// connection is not given) the SELECT casts columns to text, since drivers turn some
+// types into Go values (time.Time, int64) whose text form they do not keep.
+
+// selQuery is one selection's SELECT, built for the transport that runs it.
+type selQuery struct {
+	// build returns the SELECT: with plain, columns as they are (the transport asks for
+	// text results); without, every column as a text expression (tableSelectList,
+	// selectList).
+	build func(plain bool) string
+	args  []any
+	// unique says that no two rows can have the same key (a SELECT of the table
+	// itself): the selection then indexes its rows by key only if it must.
+	unique bool
+}
+
+// pgconnParams returns args as text-format parameters for pgx's connection, or false
+// when one is of a type only database/sql converts.
+func (q selQuery) pgconnParams() ([][]byte, bool) {
+	out := make([][]byte, len(q.args))
+	for i, a := range q.args {
+		switch v := a.(type) {
+		case nil:
+		case string:
+			out[i] = []byte(v)
+		case int:
+			out[i] = strconv.AppendInt(nil, int64(v), 10)
+		case int64:
+			out[i] = strconv.AppendInt(nil, v, 10)
+		default:
+			return nil, false
+		}
+	}
+	return out, true
+}
 
 // selectBatchRows is the number of rows the reading goroutine hands over at a time.
 const selectBatchRows = 256
@@ -51,9 +97,7 @@ func (c colScanner) Scan(src any) error {
 		b.offs = append(b.offs, -1, -1)
 		return nil
 	case []byte:
-		start := int32(len(b.buf))
-		b.buf = append(b.buf, v...)
-		b.offs = append(b.offs, start, int32(len(b.buf)))
+		b.appendCol(v)
 	case string:
 		start := int32(len(b.buf))
 		b.buf = append(b.buf, v...)
@@ -62,6 +106,17 @@ func (c colScanner) Scan(src any) error {
 		return fmt.Errorf("%w: selection column of Go type %T; columns are selected as text", ErrDecodeValue, src)
 	}
 	return nil
+}
+
+// appendCol adds one column of the current row: v, or NULL when v is nil.
+func (b *rawBatch) appendCol(v []byte) {
+	if v == nil {
+		b.offs = append(b.offs, -1, -1)
+		return
+	}
+	start := int32(len(b.buf))
+	b.buf = append(b.buf, v...)
+	b.offs = append(b.offs, start, int32(len(b.buf)))
 }
 
 func newRawBatch(bufCap, offsCap int) *rawBatch {
@@ -82,47 +137,183 @@ func (b *rawBatch) row(i int, dst []sql.RawBytes) {
 	}
 }
 
-// selectRows runs query in a READ ONLY REPEATABLE READ transaction whose first
-// statement captures pg_current_snapshot() (the snapshot every later statement of
-// the transaction uses), and returns the rows (keyed by record ID), the snapshot and
-// the key columns (text) of the last row (nil: no rows).
-func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (*InMemSelection, xidSnapshot, []string, error) {
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+// selResult is what a selection read: its rows, the snapshot its SELECT saw, and the
+// key columns (text) of the last row (nil: no rows).
+type selResult struct {
+	rows    *InMemSelection
+	snap    xidSnapshot
+	lastKey []string
+}
+
+// selectRows runs q in a READ ONLY REPEATABLE READ transaction whose first statement
+// captures pg_current_snapshot() (the snapshot every later statement of the
+// transaction uses), and returns the rows (keyed by record ID), the snapshot and the
+// key columns (text) of the last row (nil: no rows).
+func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (*InMemSelection, xidSnapshot, []string, error) {
+	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return nil, xidSnapshot{}, nil, classify(err, "begin selection transaction")
+	}
+	defer conn.Close()
+	var res selResult
+	native := false
+	params, ok := q.pgconnParams()
+	err = conn.Raw(func(dc any) error {
+		pc, isPgx := dc.(pgxConner)
+		if !isPgx || !ok {
+			return nil
+		}
+		native = true
+		s.pgconnSelects.Add(1)
+		return s.selectPgconn(ctx, pc.Conn().PgConn(), info, cols, q.build(true), params, q.unique, &res)
+	})
+	if !native && err == nil {
+		err = s.selectSQL(ctx, conn, info, cols, q, &res)
+	}
+	if err != nil {
+		return nil, res.snap, nil, err
+	}
+	return res.rows, res.snap, res.lastKey, nil
+}
+
+// selectSQL is selectRows through database/sql.
+func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInfo, cols []string, q selQuery, res *selResult) error {
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return classify(err, "begin selection transaction")
 	}
 	defer tx.Rollback()
 	var snapText string
 	if err := tx.QueryRowContext(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snapText); err != nil {
-		return nil, xidSnapshot{}, nil, classify(err, "read pg_current_snapshot()")
+		return classify(err, "read pg_current_snapshot()")
 	}
-	snap, err := parseSnapshot(snapText)
-	if err != nil {
-		return nil, xidSnapshot{}, nil, err
+	if res.snap, err = parseSnapshot(snapText); err != nil {
+		return err
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rows, err := tx.QueryContext(rctx, query, args...)
+	rows, err := tx.QueryContext(rctx, q.build(false), q.args...)
 	if err != nil {
-		return nil, snap, nil, fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(err, "run selection"))
+		return fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(err, "run selection"))
 	}
 	defer rows.Close()
+	var cur *rawBatch
+	dest := make([]any, len(cols))
+	for i := range dest {
+		dest[i] = colScanner{&cur}
+	}
+	err = s.collectRows(rctx, cancel, info, cols, q.unique, res, func(b *rawBatch) (bool, error) {
+		if !rows.Next() {
+			return false, rows.Err()
+		}
+		cur = b
+		return true, rows.Scan(dest...)
+	})
+	if err != nil {
+		return classify(err, "read selection rows")
+	}
+	if err := rows.Close(); err != nil {
+		return classify(err, "read selection rows")
+	}
+	if err := tx.Commit(); err != nil {
+		return classify(err, "end selection transaction")
+	}
+	return nil
+}
 
-	// Reader: the driver's rows, copied out of its buffers, in numbered batches.
+// selectPgconn is selectRows on pgx's own connection: the transaction's statements
+// and the SELECT (every result column in text format) on pc. When the transaction
+// cannot be ended cleanly the connection is reported bad (driver.ErrBadConn after the
+// classified error is kept) so the pool drops it.
+func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTableInfo, cols []string, query string, params [][]byte, unique bool, res *selResult) (err error) {
+	results, err := pc.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text`).ReadAll()
+	if err != nil {
+		return s.endPgconnSelect(pc, classify(err, "begin selection transaction"))
+	}
+	if len(results) != 2 || len(results[1].Rows) != 1 || len(results[1].Rows[0]) != 1 {
+		return s.endPgconnSelect(pc, fmt.Errorf("dbsync: pg_current_snapshot() returned no row"))
+	}
+	if res.snap, err = parseSnapshot(string(results[1].Rows[0][0])); err != nil {
+		return s.endPgconnSelect(pc, err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rr := pc.ExecParams(rctx, query, params, nil, nil, textResults)
+	err = s.collectRows(rctx, cancel, info, cols, unique, res, func(b *rawBatch) (bool, error) {
+		if !rr.NextRow() {
+			return false, nil
+		}
+		vals := rr.Values()
+		if len(vals) != len(cols) {
+			return false, fmt.Errorf("%w: selection row of %d columns, want %d", ErrMalformedMessage, len(vals), len(cols))
+		}
+		for _, v := range vals {
+			b.appendCol(v)
+		}
+		return true, nil
+	})
+	_, qerr := rr.Close()
+	if err == nil && qerr != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(qerr, &pgErr) {
+			err = fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(qerr, "run selection"))
+		} else {
+			err = classify(qerr, "read selection rows")
+		}
+	}
+	if err != nil {
+		return s.endPgconnSelect(pc, err)
+	}
+	if _, err := pc.Exec(ctx, `COMMIT`).ReadAll(); err != nil {
+		return s.endPgconnSelect(pc, classify(err, "end selection transaction"))
+	}
+	return nil
+}
+
+// textResults asks for every result column in text format (one format code applies
+// to all columns: protocol message Bind).
+var textResults = []int16{pgx.TextFormatCode}
+
+// endPgconnSelect rolls back a failed selection transaction on pc and returns err, so
+// the connection goes back to the pool ready for use; when the rollback fails too it
+// is dropped (pgx's driver would also drop a connection returned inside a
+// transaction, in its ResetSession).
+func (s *Syncer) endPgconnSelect(pc *pgconn.PgConn, err error) error {
+	if pc.IsClosed() {
+		return errors.Join(err, driver.ErrBadConn)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, rerr := pc.Exec(ctx, `ROLLBACK`).ReadAll(); rerr != nil {
+		return errors.Join(err, driver.ErrBadConn)
+	}
+	return err
+}
+
+// collectRows reads a selection's rows with next (which appends one row to the batch
+// it is given and reports false at the end) on a new goroutine, decodes them on
+// selectDecoders goroutines and puts them into res in the order read. cancel stops
+// next's query (it cancels the context the query runs with); collectRows calls it on
+// an error and returns after every goroutine it started is done.
+func (s *Syncer) collectRows(rctx context.Context, cancel context.CancelFunc, info *PGTableInfo, cols []string, unique bool,
+	res *selResult, next func(b *rawBatch) (bool, error)) error {
+	// Reader: rows copied out of the driver's buffers, in numbered batches.
 	batches := make(chan *rawBatch, 4)
 	var readErr error
+	readDone := make(chan struct{})
 	go func() {
+		defer close(readDone)
 		defer close(batches)
 		b := newRawBatch(0, 2*len(cols)*selectBatchRows)
-		dest := make([]any, len(cols))
-		for i := range dest {
-			dest[i] = colScanner{&b}
-		}
 		seq := 0
-		for rows.Next() {
-			if err := rows.Scan(dest...); err != nil {
+		for {
+			more, err := next(b)
+			if err != nil {
 				readErr = err
 				return
+			}
+			if !more {
+				break
 			}
 			b.n++
 			if b.n == selectBatchRows {
@@ -136,7 +327,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 				b = newRawBatch(cap(b.buf), cap(b.offs))
 			}
 		}
-		if readErr = rows.Err(); readErr == nil && b.n > 0 {
+		if b.n > 0 {
 			b.seq = seq
 			select {
 			case batches <- b:
@@ -150,6 +341,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 	for i, k := range info.PrimaryKey {
 		keyIdx[i] = indexOf(cols, k)
 	}
+	dec := info.textRowDecoder(cols)
 	results := make(chan *decodedBatch, selectDecoders*2)
 	var wg sync.WaitGroup
 	for w := 0; w < selectDecoders; w++ {
@@ -162,7 +354,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 				keySlab := make([]string, b.n*len(keyIdx))
 				for i := 0; i < b.n && d.err == nil; i++ {
 					b.row(i, raw)
-					d.items[i], d.err = selectedRow(info, cols, raw)
+					d.items[i], d.err = dec.item(raw)
 					key := keySlab[i*len(keyIdx) : (i+1)*len(keyIdx) : (i+1)*len(keyIdx)]
 					for k, j := range keyIdx {
 						key[k] = string(raw[j])
@@ -182,58 +374,43 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 		close(results)
 	}()
 	// On an error, stop the reader and the decoders and wait for them.
-	fail := func(err error) (*InMemSelection, xidSnapshot, []string, error) {
+	fail := func(err error) error {
 		cancel()
 		for range results {
 		}
-		return nil, snap, nil, err
+		<-readDone
+		return err
 	}
 
 	sel := NewInMemSelection()
 	var lastKey []string
 	waiting := map[int]*decodedBatch{}
-	next := 0
+	nextSeq := 0
 	for d := range results {
 		waiting[d.seq] = d
-		for d := waiting[next]; d != nil; d = waiting[next] {
-			delete(waiting, next)
-			next++
+		for d := waiting[nextSeq]; d != nil; d = waiting[nextSeq] {
+			delete(waiting, nextSeq)
+			nextSeq++
 			if d.err != nil {
 				return fail(d.err)
 			}
 			for i, item := range d.items {
-				sel.add(item, d.keys[i])
+				if unique {
+					sel.appendUnique(item, d.keys[i])
+				} else {
+					sel.add(item, d.keys[i])
+				}
 				lastKey = d.keys[i]
 			}
 		}
 	}
-	if len(waiting) > 0 && readErr == nil {
-		return nil, snap, nil, fmt.Errorf("dbsync: selection rows lost in decoding (%d batches out of order)", len(waiting))
-	}
+	<-readDone
 	if readErr != nil {
-		return nil, snap, nil, classify(readErr, "read selection rows")
+		return readErr
 	}
-	if err := rows.Close(); err != nil {
-		return nil, snap, nil, classify(err, "read selection rows")
+	if len(waiting) > 0 {
+		return fmt.Errorf("dbsync: selection rows lost in decoding (%d batches out of order)", len(waiting))
 	}
-	if err := tx.Commit(); err != nil {
-		return nil, snap, nil, classify(err, "end selection transaction")
-	}
-	return sel, snap, lastKey, nil
-}
-
-// selectedRow turns one selected row — every column in PostgreSQL's text output form,
-// the form pgoutput sends in changes (nil: NULL) — into a DBItem, decoding values the
-// way MessageToMap decodes a change's tuple (shared with ScanRow) so record IDs match
-// between refresh rows and changes.
-func selectedRow(info *PGTableInfo, cols []string, raw []sql.RawBytes) (DBItem, error) {
-	values, err := info.decodeTextRowRaw(cols, raw, true)
-	if err != nil {
-		return DBItem{}, err
-	}
-	key, err := info.GetRecordID(values)
-	if err != nil {
-		return DBItem{}, fmt.Errorf("%s: %w", info.QualifiedName(), err)
-	}
-	return DBItem{Table: info, Key: key, Values: values}, nil
+	res.rows, res.lastKey = sel, lastKey
+	return nil
 }

@@ -185,14 +185,13 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	after, selecting := []string(lastKey), true
 	for selecting || len(pending) > 0 {
 		if selecting && len(pending) < inFlight {
-			query, args := chunkQuery(info, cols, after, nil, chunk)
-			p, err := s.openSelection(ctx, info, cols, query, args...)
+			p, err := s.openSelection(ctx, info, cols, chunkQuery(info, cols, after, nil, chunk))
 			if err != nil {
 				return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+int64(len(pending))+1, err)
 			}
 			// Should the window ask for a retry, read this chunk's key range again
 			// (not the next n rows: later chunks are already in flight).
-			p.query, p.args = chunkQuery(info, cols, after, p.lastKey, chunk)
+			p.query = chunkQuery(info, cols, after, p.lastKey, chunk)
 			pending = append(pending, p)
 			if p.selected < chunk {
 				selecting = false
@@ -250,9 +249,9 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 		}
 		for len(keys) > 0 {
 			n := min(len(keys), 1000)
-			query, args := keysQuery(info, cols, keys[:n])
+			q := keysQuery(info, cols, keys[:n])
 			keys = keys[n:]
-			stats, _, err := s.selectSettled(ctx, info, cols, query, args...)
+			stats, _, err := s.selectSettled(ctx, info, cols, q)
 			if err != nil {
 				return err
 			}
@@ -266,10 +265,10 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 // after the key after (nil: from the start) in primary key order; at most n rows, or,
 // when upTo is not nil, every row up to and including the key upTo (a chunk's key
 // range, read again on retry).
-func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) (string, []any) {
+func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) selQuery {
 	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
 	kc := keyColumnList(info)
-	q := "SELECT " + tableSelectList(info, "t", cols) + " FROM " + t + " AS t"
+	q := " FROM " + t + " AS t"
 	var args []any
 	var conds []string
 	if after != nil {
@@ -288,11 +287,13 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) (
 		q += " WHERE " + strings.Join(conds, " AND ")
 	}
 	q += " ORDER BY " + kc
-	if upTo != nil {
-		return q, args
+	if upTo == nil {
+		args = append(args, n)
+		q += " LIMIT $" + strconv.Itoa(len(args))
 	}
-	args = append(args, n)
-	return q + " LIMIT $" + strconv.Itoa(len(args)), args
+	return selQuery{build: func(plain bool) string {
+		return "SELECT " + columnList(info, "t", cols, plain) + q
+	}, args: args, unique: true}
 }
 
 func equalStrings(a, b []string) bool {

@@ -200,8 +200,10 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 			t.Logf("%d chunks, %d rows selected, %d emitted (%d re-read), %d writer commits", len(chunks), selected, emitted, reread, commits)
 			if c.driver == "pgx" {
 				require.NotZero(t, s.pgconnPeeks.Load(), "peeks read on pgx's connection")
+				require.GreaterOrEqual(t, s.pgconnSelects.Load(), uint64(len(chunks)), "chunks read on pgx's connection")
 			} else {
 				require.Zero(t, s.pgconnPeeks.Load())
+				require.Zero(t, s.pgconnSelects.Load())
 			}
 			// The slot advanced while the snapshot ran. With k = chunks in flight,
 			// chunk x's high watermark is written after chunk x-k was handed over

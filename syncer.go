@@ -88,6 +88,8 @@ type Syncer struct {
 	selSeq atomic.Uint64 // numbers this Syncer's selections
 	// pgconnPeeks counts peeks read on pgx's own connection (peekread.go).
 	pgconnPeeks atomic.Uint64
+	// pgconnSelects counts selections read on pgx's own connection (selectread.go).
+	pgconnSelects atomic.Uint64
 	// splitPeeks counts split polls (peekread.go); splitMinWAL, when not 0, replaces
 	// the backlog from which polls are split (tests).
 	splitPeeks  atomic.Uint64

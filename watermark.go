@@ -85,7 +85,13 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 			return RefreshStats{}, fmt.Errorf("%w: Refresh query must return the primary key column %q of %s", ErrConfig, k, info.QualifiedName())
 		}
 	}
-	wrapped := "SELECT " + selectList("q", cols) + " FROM (" + selectQuery + ") AS q"
+	wrapped := selQuery{build: func(plain bool) string {
+		list := selectList("q", cols)
+		if plain {
+			list = plainSelectList("q", cols)
+		}
+		return "SELECT " + list + " FROM (" + selectQuery + ") AS q"
+	}}
 	stats, _, err := s.selectSettled(ctx, info, cols, wrapped)
 	return stats, err
 }
@@ -114,8 +120,8 @@ const retrySelectionDelay = 50 * time.Millisecond
 
 // selectSettled runs a selection and its follow-ups (settle). It returns the stats and
 // the first window's lastKey.
-func (s *Syncer) selectSettled(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (RefreshStats, []string, error) {
-	p, err := s.openSelection(ctx, info, cols, query, args...)
+func (s *Syncer) selectSettled(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (RefreshStats, []string, error) {
+	p, err := s.openSelection(ctx, info, cols, q)
 	if err != nil {
 		return RefreshStats{}, nil, err
 	}
@@ -150,7 +156,7 @@ func (s *Syncer) settle(ctx context.Context, p *pendingSelection) (RefreshStats,
 				return stats, nil, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
 			case <-t.C:
 			}
-			if p, err = s.openSelection(ctx, info, cols, p.query, p.args...); err != nil {
+			if p, err = s.openSelection(ctx, info, cols, p.query); err != nil {
 				return stats, nil, err
 			}
 			continue
@@ -169,8 +175,7 @@ func (s *Syncer) settle(ctx context.Context, p *pendingSelection) (RefreshStats,
 			return stats, lastKey, nil
 		}
 		stats.Reread += len(out.reread)
-		query, args := keysQuery(info, cols, out.reread)
-		if p, err = s.openSelection(ctx, info, cols, query, args...); err != nil {
+		if p, err = s.openSelection(ctx, info, cols, keysQuery(info, cols, out.reread)); err != nil {
 			return stats, nil, err
 		}
 	}
@@ -183,8 +188,7 @@ type pendingSelection struct {
 	id    string
 	info  *PGTableInfo
 	cols  []string
-	query string // run again as is when the window asks for a retry
-	args  []any
+	query selQuery // run again as is when the window asks for a retry
 	rows  *InMemSelection
 	// selected and lastKey (key columns, as text, of the last selected row; nil: no
 	// rows) describe what the SELECT returned.
@@ -199,12 +203,12 @@ type pendingSelection struct {
 // watermark, SELECT, high watermark. It does not wait for the high watermark to be
 // delivered (pendingSelection.wait), so several selections can be in flight at once.
 // On error the selection is closed.
-func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []string, query string, args ...any) (*pendingSelection, error) {
+func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (*pendingSelection, error) {
 	if err := s.refreshAllowed(); err != nil {
 		return nil, err
 	}
 	id := s.runID + "-" + strconv.FormatUint(s.selSeq.Add(1), 10)
-	p := &pendingSelection{s: s, id: id, info: info, cols: cols, query: query, args: args}
+	p := &pendingSelection{s: s, id: id, info: info, cols: cols, query: q}
 	p.done = s.win.register(id, info.RelationID)
 	select {
 	case r := <-p.done: // the Syncer is not running
@@ -219,7 +223,7 @@ func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []st
 	if err := s.writeWatermark(ctx, id, wmLow); err != nil {
 		return fail(err)
 	}
-	rows, snap, lastKey, err := s.selectRows(ctx, info, cols, query, args...)
+	rows, snap, lastKey, err := s.selectRows(ctx, info, cols, q)
 	if err != nil {
 		return fail(err)
 	}
@@ -274,7 +278,7 @@ func (p *pendingSelection) close() {
 
 // keysQuery selects the rows with the given keys (each key's column values, in key
 // order, cast to the columns' types), every column as text, in primary key order.
-func keysQuery(info *PGTableInfo, cols []string, keys [][]any) (string, []any) {
+func keysQuery(info *PGTableInfo, cols []string, keys [][]any) selQuery {
 	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
 	tuples := make([]string, len(keys))
 	var args []any
@@ -283,8 +287,10 @@ func keysQuery(info *PGTableInfo, cols []string, keys [][]any) (string, []any) {
 		args = append(args, k...)
 	}
 	kc := keyColumnList(info)
-	return "SELECT " + tableSelectList(info, "t", cols) + " FROM " + t + " AS t WHERE (" + kc + ") IN (" +
-		strings.Join(tuples, ", ") + ") ORDER BY " + kc, args
+	tail := " FROM " + t + " AS t WHERE (" + kc + ") IN (" + strings.Join(tuples, ", ") + ") ORDER BY " + kc
+	return selQuery{build: func(plain bool) string {
+		return "SELECT " + columnList(info, "t", cols, plain) + tail
+	}, args: args, unique: true}
 }
 
 // keyColumnList is "t.k1, t.k2": the primary key columns of alias t.

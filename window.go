@@ -253,11 +253,12 @@ func (w *window) emit(sel *windowSel) *emission {
 		}
 		for k, p := range tx.keys {
 			if k.rel == sel.rel {
-				sel.rows.Remove(k.key)
 				partial[k.key] = p
 			}
 		}
 	}
+	// Every key in partial was touched after the last TRUNCATE (if any).
+	sel.rows.removeKeys(partial)
 	em := &emission{id: sel.id, items: sel.rows.Items()}
 	for _, p := range partial {
 		if p { // some dropped row may need reading again: find them in selection order

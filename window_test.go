@@ -13,10 +13,11 @@ import (
 
 const relItems, relOther = 100, 200
 
+// selOf is a selection of distinct keys as a chunk's SELECT gives it: not indexed.
 func selOf(keys ...string) *InMemSelection {
 	s := NewInMemSelection()
 	for _, k := range keys {
-		s.Add(DBItem{Key: k, Values: StringMap{"k": k}})
+		s.appendUnique(DBItem{Key: k, Values: StringMap{"k": k}}, nil)
 	}
 	return s
 }
@@ -233,6 +234,48 @@ func TestInMemSelection(t *testing.T) {
 	require.Equal(t, [][]string{{"2"}, {"1"}, nil}, s.keyTextsOf([]string{"k2", "k1", "nope"}))
 	require.Equal(t, []string{"k1", "k2"}, s.selectedKeys())
 	require.Equal(t, 1, s.Len())
+}
+
+// TestInMemSelectionUnindexed checks rows added with appendUnique (a chunk's rows, not
+// indexed until needed): removeKeys filters them without an index, and every indexed
+// operation afterwards (Get, Remove, add, keyTextsOf) sees the same rows.
+func TestInMemSelectionUnindexed(t *testing.T) {
+	s := NewInMemSelection()
+	for _, k := range []string{"a", "b", "c", "d"} {
+		s.appendUnique(DBItem{Key: k, Values: StringMap{"k": k}}, []string{k + "-text"})
+	}
+	require.Nil(t, s.index)
+	s.removeKeys(map[string]bool{"b": true, "zz": false})
+	s.removeKeys(map[string]bool{"b": true}) // removing twice counts once
+	require.Nil(t, s.index, "filtering by a few keys must not index the rows")
+	require.Equal(t, 3, s.Len())
+	require.Equal(t, []string{"a", "c", "d"}, keysOf(&emission{items: s.Items()}))
+
+	_, ok := s.Get("b")
+	require.False(t, ok)
+	it, ok := s.Get("c")
+	require.True(t, ok)
+	require.Equal(t, "c", it.Values["k"])
+	require.NotNil(t, s.index)
+	require.Equal(t, [][]string{{"b-text"}, {"d-text"}}, s.keyTextsOf([]string{"b", "d"}))
+
+	// Indexed from here on: appendUnique keeps the index, add replaces in place,
+	// removeKeys uses the index.
+	s.appendUnique(DBItem{Key: "e"}, []string{"e-text"})
+	s.add(DBItem{Key: "b", Values: StringMap{"k": "b2"}}, nil)
+	s.removeKeys(map[string]bool{"a": true, "e": false})
+	require.Equal(t, []string{"b", "c", "d"}, keysOf(&emission{items: s.Items()}))
+	it, _ = s.Get("b")
+	require.Equal(t, "b2", it.Values["k"])
+	require.Equal(t, [][]string{{"b-text"}}, s.keyTextsOf([]string{"b"}), "add without key text keeps the old one")
+	require.Equal(t, []string{"a", "b", "c", "d", "e"}, s.selectedKeys())
+
+	s.Clear()
+	require.Zero(t, s.Len())
+	s.appendUnique(DBItem{Key: "a"}, nil)
+	require.Nil(t, s.index)
+	require.True(t, s.Remove("a"))
+	require.Zero(t, s.Len())
 }
 
 func TestWindowRereadAndRetry(t *testing.T) {

@@ -1,0 +1,138 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/stretchr/testify/require"
+)
+
+// TestSelectionTransportsAgree reads the same chunks through lib/pq (database/sql,
+// columns cast to text) and pgx's stdlib driver (pgx's own connection, columns as they
+// are, text results): rows, record IDs, values and key texts must be identical, in
+// key order, for every chunk boundary.
+func TestSelectionTransportsAgree(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	pgxDB, err := sql.Open("pgx", d.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { pgxDB.Close() })
+	s := peekSyncer(t, d, d.DB, `id bigint, k text, ts timestamptz, n numeric, b bool, c char(3), arr int[], j jsonb, e text,
+		PRIMARY KEY (id, k)`)
+	sp, err := NewSyncer(WithDB(pgxDB), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot2")), WithPublication(pgtest.Ident(t, "pub")))
+	require.NoError(t, err)
+	t.Cleanup(func() { sp.Close() })
+	execAll(t, d.DB, `INSERT INTO items SELECT g / 3, 'k' || (g % 3), '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 minute',
+		g / 7.0, g % 2 = 0, 'x', ARRAY[g, NULL], jsonb_build_object('g', g), CASE WHEN g % 5 = 0 THEN NULL WHEN g % 5 = 1 THEN '' ELSE 'v' END
+		FROM generate_series(1, 1000) g`)
+	info, err := s.tableInfoByName(context.Background(), qualifiedTable{"public", "items"})
+	require.NoError(t, err)
+	cols := make([]string, len(info.Columns))
+	for i, c := range info.Columns {
+		cols[i] = c.ColumnName
+	}
+	read := func(s *Syncer, q selQuery) ([]DBItem, [][]string, []string) {
+		rows, _, last, err := s.selectRows(context.Background(), info, cols, q)
+		require.NoError(t, err)
+		keys := make([][]string, 0, rows.Len())
+		for _, r := range rows.rows {
+			keys = append(keys, r.keyText)
+		}
+		return rows.Items(), keys, last
+	}
+	for _, n := range []int{1, 7, 256, 257, 1000, 2000} {
+		var after []string
+		total := 0
+		for {
+			q := chunkQuery(info, cols, after, nil, n)
+			items, keys, last := read(s, q)
+			itemsPgx, keysPgx, lastPgx := read(sp, q)
+			require.Equal(t, len(items), len(itemsPgx), "chunk size %d after %v", n, after)
+			for i := range items {
+				require.Equal(t, items[i].Key, itemsPgx[i].Key)
+				requireSameRow(t, items[i].Values, itemsPgx[i].Values, items[i].Key)
+			}
+			require.Equal(t, keys, keysPgx)
+			require.Equal(t, last, lastPgx)
+			total += len(items)
+			if len(items) < n {
+				break
+			}
+			after = last
+		}
+		require.Equal(t, 1000, total, "chunk size %d", n)
+	}
+	require.Zero(t, s.pgconnSelects.Load())
+	require.NotZero(t, sp.pgconnSelects.Load())
+}
+
+// TestSelectionCancelledLeavesConnectionUsable cancels a selection while the server
+// is still producing its rows, and runs one that fails on the server midway, on a
+// pool of one connection: each call returns soon with an error, and the next
+// selection on the pool works and sees current data (the transaction was rolled
+// back, or the connection dropped).
+func TestSelectionCancelledLeavesConnectionUsable(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			db, err := sql.Open(driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			db.SetMaxOpenConns(1)
+			s := peekSyncer(t, d, db, `id bigint PRIMARY KEY, v text`)
+			execAll(t, d.DB, `INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 2000) g`)
+			info, err := s.tableInfoByName(context.Background(), qualifiedTable{"public", "items"})
+			require.NoError(t, err)
+			cols := []string{"id", "v"}
+			// Row 1,500 takes 30 s to produce: the read is cancelled while it waits.
+			slow := selQuery{build: func(plain bool) string {
+				list := selectList("t", cols)
+				if plain {
+					list = plainSelectList("t", cols)
+				}
+				return "SELECT " + list + " FROM items AS t CROSS JOIN LATERAL (SELECT pg_sleep(CASE WHEN t.id = 1500 THEN 30 ELSE 0 END)) AS z"
+			}, unique: true}
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			_, _, _, err = s.selectRows(ctx, info, cols, slow)
+			require.Error(t, err)
+			require.Less(t, time.Since(start), 10*time.Second, "the cancelled selection must not wait for the server")
+
+			// A query that fails on the server after some rows were sent (division by
+			// zero at row 1,900) leaves the transaction aborted: it must be rolled back.
+			failing := selQuery{build: func(plain bool) string {
+				list := selectList("t", cols)
+				if plain {
+					list = plainSelectList("t", cols)
+				}
+				return "SELECT " + list + " FROM items AS t WHERE 1 / (t.id - 1900) <> 7 ORDER BY t.id"
+			}, unique: true}
+			var pid, pidAfter int
+			require.NoError(t, db.QueryRow(`SELECT pg_backend_pid()`).Scan(&pid))
+			_, _, _, err = s.selectRows(context.Background(), info, cols, failing)
+			code, _, ok := serverError(err)
+			require.True(t, ok, "%v", err)
+			require.Equal(t, "22012", code)
+			// Rolled back, the connection stays in the pool.
+			require.NoError(t, db.QueryRow(`SELECT pg_backend_pid()`).Scan(&pidAfter))
+			require.Equal(t, pid, pidAfter, "the connection was dropped instead of rolled back")
+
+			// A row committed now must be seen: a transaction left open by the cancelled
+			// selection would hide it (its snapshot is older), an aborted one would fail.
+			execAll(t, d.DB, `INSERT INTO items VALUES (2001, 'v2001')`)
+			rows, _, last, err := s.selectRows(context.Background(), info, cols, chunkQuery(info, cols, nil, nil, 5000))
+			require.NoError(t, err)
+			require.Equal(t, 2001, rows.Len())
+			require.Equal(t, []string{"2001"}, last)
+			got, ok := rows.Get(`["1999"]`)
+			require.True(t, ok)
+			require.Equal(t, "v1999", got.Values["v"])
+			if driver == "pgx" {
+				require.Equal(t, uint64(3), s.pgconnSelects.Load())
+			}
+		})
+	}
+}
