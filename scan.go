@@ -36,6 +36,10 @@ import (
 // destination's zero value). For a 'K' old tuple (REPLICA IDENTITY DEFAULT/INDEX)
 // only the key columns are sent; pass nil for the others.
 //
+// The copies of a tuple's text values (into *string) and json documents (into
+// *json.RawMessage) share one allocation, as MessageToMap's do: a value kept retains
+// the row's other copies (at most the row's size) until it is dropped.
+//
 // Errors: ErrConfig (len(dest) is not the number of columns), ErrMalformedMessage,
 // ErrDecodeValue (the value does not decode into the destination), ErrUnchangedTOAST.
 func (t *PGTableInfo) ScanTuple(reln *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData, dest ...any) error {
@@ -56,6 +60,10 @@ func (t *PGTableInfo) ScanTuple(reln *pglogrepl.RelationMessage, tuple *pglogrep
 		}
 	}()
 	var unchanged []string
+	// The copies of text and json values go into one buffer (rowBuf), made when the
+	// first of them is scanned and sized for it and every later one.
+	var rb rowBuf
+	rbMade := false
 	for i, tc := range tuple.Columns {
 		dst := dest[i]
 		if dst == nil {
@@ -80,8 +88,13 @@ func (t *PGTableInfo) ScanTuple(reln *pglogrepl.RelationMessage, tuple *pglogrep
 			return fmt.Errorf("%w: column %q has tuple kind %q", ErrMalformedMessage, reln.Columns[i].Name, tc.DataType)
 		}
 		if tc.DataType != pglogrepl.TupleDataTypeNull {
-			if d := cols[i].decoder(); d.kind == kindCodec && scanFast(d, format, src, dst) {
-				continue
+			if d := cols[i].decoder(); d.kind == kindCodec {
+				if !rbMade && d.copies() && copiesInto(d, dst) {
+					rb.buf, rbMade = make([]byte, 0, scanCopyNeed(cols[i:], tuple.Columns[i:], dest[i:])), true
+				}
+				if scanFast(d, format, src, dst, &rb) {
+					continue
+				}
 			}
 		}
 		if m == nil {
@@ -138,15 +151,46 @@ func scanColumn(m *pgtype.Map, c *PGColumnInfo, relOID uint32, format int16, src
 	return false, nil
 }
 
+// copiesInto reports whether scanFast keeps a copy of a value of d (a type whose
+// values d.copies()) in dst: a string or a json.RawMessage.
+func copiesInto(d *decodeInfo, dst any) bool {
+	switch dst.(type) {
+	case *string:
+		return d.fast == fastText
+	case *json.RawMessage:
+		return d.fast == fastJSON || d.fast == fastJSONB
+	}
+	return false
+}
+
+// scanCopyNeed is the room scanFast needs for the copies of the values of a tuple's
+// columns (from the first one given on) into their destinations.
+func scanCopyNeed(cols []*PGColumnInfo, tcs []*pglogrepl.TupleDataColumn, dest []any) int {
+	need := 0
+	for i, tc := range tcs {
+		if i >= len(cols) || i >= len(dest) {
+			break
+		}
+		if tc.DataType != pglogrepl.TupleDataTypeText && tc.DataType != pglogrepl.TupleDataTypeBinary {
+			continue
+		}
+		if d := cols[i].decoder(); d.kind == kindCodec && copiesInto(d, dest[i]) {
+			need += len(tc.Data)
+		}
+	}
+	return need
+}
+
 // scanFast scans the common types straight into their Go types, with the same fast
 // paths (and so the same values) as decodeFast. It reports false when it does not
-// apply.
-func scanFast(d *decodeInfo, format int16, src []byte, dst any) bool {
+// apply. Copies of strings and json documents are taken from rb when it has room
+// (rb may be nil).
+func scanFast(d *decodeInfo, format int16, src []byte, dst any, rb *rowBuf) bool {
 	text := format == pgtype.TextFormatCode
 	switch p := dst.(type) {
 	case *string:
 		if d.fast == fastText {
-			*p = string(src)
+			*p = rb.string(src)
 			return true
 		}
 	case *int64:
@@ -214,7 +258,7 @@ func scanFast(d *decodeInfo, format int16, src []byte, dst any) bool {
 		}
 	case *json.RawMessage:
 		if d.fast == fastJSON || d.fast == fastJSONB {
-			if raw, err := rawJSON(d.fast == fastJSONB, format, src, nil); err == nil {
+			if raw, err := rawJSON(d.fast == fastJSONB, format, src, rb); err == nil {
 				*p = raw
 				return true
 			}

@@ -232,7 +232,30 @@ func parseISOTimestamptz(s []byte) (time.Time, bool) {
 	if neg {
 		off = -off
 	}
-	return time.Date(year, time.Month(month), day, hour, minute, sec-off, nsec, time.UTC), true
+	// What time.Date(year, month, day, hour, minute, sec-off, nsec, time.UTC) gives
+	// (the same Time, location UTC), without its normalization of out-of-range
+	// fields: the fields are in range here.
+	unix := civilDays(year, month, day)*86400 + int64(hour*3600+minute*60+sec-off)
+	return time.Unix(unix, int64(nsec)).UTC(), true
+}
+
+// civilDays returns the number of days from 1970-01-01 to the given proleptic
+// Gregorian date (year >= 1, month 1-12, day 1-31): Howard Hinnant's days_from_civil,
+// for non-negative years.
+func civilDays(year, month, day int) int64 {
+	y := year
+	if month <= 2 {
+		y--
+	}
+	era := y / 400
+	yoe := y - era*400 // [0, 399]
+	mp := month - 3    // March is 0
+	if month <= 2 {
+		mp = month + 9
+	}
+	doy := (153*mp+2)/5 + day - 1          // [0, 365]
+	doe := yoe*365 + yoe/4 - yoe/100 + doy // [0, 146096]
+	return int64(era)*146097 + int64(doe) - 719468
 }
 
 // digits parses an all-digit field.

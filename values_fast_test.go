@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -204,4 +205,16 @@ func TestRowBuf(t *testing.T) {
 	var none *rowBuf
 	require.Equal(t, "x", none.string([]byte("x")))
 	require.Nil(t, newRowBuf(0))
+}
+
+// TestCivilDays: civilDays gives time.Date's day number for every date from
+// 0001-01-01 to 9999-12-31.
+func TestCivilDays(t *testing.T) {
+	d := time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)
+	end := time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	for ; d.Before(end); d = d.AddDate(0, 0, 1) {
+		if got, want := civilDays(d.Year(), int(d.Month()), d.Day()), d.Unix()/86400; got != want {
+			t.Fatalf("%s: civilDays %d, want %d", d.Format("2006-01-02"), got, want)
+		}
+	}
 }
