@@ -99,12 +99,48 @@ func plainSelectList(alias string, cols []string) string {
 	return strings.Join(parts, ", ")
 }
 
-// columnList is plainSelectList with plain, else tableSelectList.
-func columnList(info *PGTableInfo, alias string, cols []string, plain bool) string {
-	if plain {
+// columnList is the select list of columns of info's table read through alias, in
+// the given form.
+func columnList(info *PGTableInfo, alias string, cols []string, form selectForm) string {
+	switch form {
+	case formPlain:
 		return plainSelectList(alias, cols)
+	case formPQ:
+		return pqSelectList(info, alias, cols)
 	}
 	return tableSelectList(info, alias, cols)
+}
+
+// pqPlainOIDs are built-in types whose text results lib/pq hands to database/sql
+// unchanged ([]byte or string of the text; lib/pq's textDecode) or as an int64 the
+// reader prints back exactly (int2, int4, int8). Columns of the types it converts
+// otherwise (bool, bytea, float4/8, date, time, timetz, timestamp, timestamptz) and of
+// every type not listed (domains among them) are selected as text expressions.
+var pqPlainOIDs = map[uint32]bool{
+	20: true, 21: true, 23: true, // int8, int2, int4: int64
+	25: true, 1043: true, 1042: true, 19: true, // text, varchar, bpchar, name
+	26:   true, // oid
+	1700: true, // numeric
+	1186: true, // interval
+	2950: true, // uuid
+	114:  true, // json
+	3802: true, // jsonb
+	869:  true, // inet
+	650:  true, // cidr
+}
+
+// pqSelectList is formPQ's select list: columns of the types in pqPlainOIDs as they
+// are, the others as tableSelectList gives them.
+func pqSelectList(info *PGTableInfo, alias string, cols []string) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		if col := info.ColInfo[c]; col != nil && pqPlainOIDs[col.TypeOID] {
+			parts[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c) + " AS " + pq.QuoteIdentifier(c)
+			continue
+		}
+		parts[i] = tableSelectList(info, alias, []string{c})
+	}
+	return strings.Join(parts, ", ")
 }
 
 // QuotedName returns the table's quoted "schema"."table" for building queries.

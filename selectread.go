@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/lib/pq"
 )
 
 // This file reads a selection's rows: the SELECT of a Refresh or a snapshot chunk,
@@ -24,16 +25,30 @@ import (
 // Two transports, as for peeks (peekread.go): with pgx's stdlib driver the selection
 // runs on pgx's own connection (sql.Conn.Raw), asking for every result column in text
 // format, so the SELECT names the columns as they are and the server sends each
-// value's output function result; through database/sql (lib/pq, or arguments pgx's
-// connection is not given) the SELECT casts columns to text, since drivers turn some
-// types into Go values (time.Time, int64) whose text form they do not keep.
+// value's output function result; through database/sql the SELECT casts columns to
+// text, since drivers turn some types into Go values (time.Time, float64) whose text
+// form they do not keep — with lib/pq only the columns of the types it converts
+// (selectForm).
+
+// selectForm is how a selection's SELECT names its columns.
+type selectForm int
+
+const (
+	// formText: every column as a text expression (tableSelectList, selectList), for
+	// any database/sql driver.
+	formText selectForm = iota
+	// formPlain: columns as they are; the transport asks for text results.
+	formPlain
+	// formPQ: for lib/pq, which hands text results to database/sql as they are except
+	// for a few types it converts: columns of those types as text expressions, the
+	// others as they are (pqSelectList).
+	formPQ
+)
 
 // selQuery is one selection's SELECT, built for the transport that runs it.
 type selQuery struct {
-	// build returns the SELECT: with plain, columns as they are (the transport asks for
-	// text results); without, every column as a text expression (tableSelectList,
-	// selectList).
-	build func(plain bool) string
+	// build returns the SELECT with its columns in the given form.
+	build func(form selectForm) string
 	args  []any
 	// unique says that no two rows can have the same key (a SELECT of the table
 	// itself): the selection then indexes its rows by key only if it must.
@@ -102,6 +117,12 @@ func (c colScanner) Scan(src any) error {
 		start := int32(len(b.buf))
 		b.buf = append(b.buf, v...)
 		b.offs = append(b.offs, start, int32(len(b.buf)))
+	case int64:
+		// lib/pq's value of an integer column (formPQ selects them as they are):
+		// decimal digits, as int8out/int4out/int2out print them.
+		start := int32(len(b.buf))
+		b.buf = strconv.AppendInt(b.buf, v, 10)
+		b.offs = append(b.offs, start, int32(len(b.buf)))
 	default:
 		return fmt.Errorf("%w: selection column of Go type %T; columns are selected as text", ErrDecodeValue, src)
 	}
@@ -165,7 +186,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 		}
 		native = true
 		s.pgconnSelects.Add(1)
-		return s.selectPgconn(ctx, pc.Conn().PgConn(), info, cols, q.build(true), params, q.unique, &res)
+		return s.selectPgconn(ctx, pc.Conn().PgConn(), info, cols, q.build(formPlain), params, q.unique, &res)
 	})
 	if !native && err == nil {
 		err = s.selectSQL(ctx, conn, info, cols, q, &res)
@@ -192,7 +213,11 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rows, err := tx.QueryContext(rctx, q.build(false), q.args...)
+	form := formText
+	if _, ok := s.db.Driver().(*pq.Driver); ok {
+		form = formPQ
+	}
+	rows, err := tx.QueryContext(rctx, q.build(form), q.args...)
 	if err != nil {
 		return fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(err, "run selection"))
 	}

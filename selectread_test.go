@@ -11,8 +11,9 @@ import (
 )
 
 // TestSelectionTransportsAgree reads the same chunks through lib/pq (database/sql,
-// columns cast to text) and pgx's stdlib driver (pgx's own connection, columns as they
-// are, text results): rows, record IDs, values and key texts must be identical, in
+// formPQ: columns of the types lib/pq converts cast to text, integers printed back
+// from lib/pq's int64) and pgx's stdlib driver (pgx's own connection, every column as
+// it is, text results): rows, record IDs, values and key texts must be identical, in
 // key order, for every chunk boundary.
 func TestSelectionTransportsAgree(t *testing.T) {
 	d := pgtest.NewDatabase(t)
@@ -20,12 +21,15 @@ func TestSelectionTransportsAgree(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { pgxDB.Close() })
 	s := peekSyncer(t, d, d.DB, `id bigint, k text, ts timestamptz, n numeric, b bool, c char(3), arr int[], j jsonb, e text,
+		i2 int2, i4 int, u uuid, iv interval, ip inet, cd cidr, nm name, o oid, vc varchar(5), f float8,
 		PRIMARY KEY (id, k)`)
 	sp, err := NewSyncer(WithDB(pgxDB), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot2")), WithPublication(pgtest.Ident(t, "pub")))
 	require.NoError(t, err)
 	t.Cleanup(func() { sp.Close() })
 	execAll(t, d.DB, `INSERT INTO items SELECT g / 3, 'k' || (g % 3), '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 minute',
-		g / 7.0, g % 2 = 0, 'x', ARRAY[g, NULL], jsonb_build_object('g', g), CASE WHEN g % 5 = 0 THEN NULL WHEN g % 5 = 1 THEN '' ELSE 'v' END
+		g / 7.0, g % 2 = 0, 'x', ARRAY[g, NULL], jsonb_build_object('g', g), CASE WHEN g % 5 = 0 THEN NULL WHEN g % 5 = 1 THEN '' ELSE 'v' END,
+		(500 - g)::int2, -g * 100000, md5(g::text)::uuid, g * interval '1 day 1 second', ('10.0.' || (g % 256) || '.1')::inet,
+		('10.' || (g % 256) || '.0.0/16')::cidr, 'n' || g, g::oid, left('abcdef', g % 6), g / 3.0
 		FROM generate_series(1, 1000) g`)
 	info, err := s.tableInfoByName(context.Background(), qualifiedTable{"public", "items"})
 	require.NoError(t, err)
@@ -87,9 +91,9 @@ func TestSelectionCancelledLeavesConnectionUsable(t *testing.T) {
 			require.NoError(t, err)
 			cols := []string{"id", "v"}
 			// Row 1,500 takes 30 s to produce: the read is cancelled while it waits.
-			slow := selQuery{build: func(plain bool) string {
+			slow := selQuery{build: func(form selectForm) string {
 				list := selectList("t", cols)
-				if plain {
+				if form == formPlain {
 					list = plainSelectList("t", cols)
 				}
 				return "SELECT " + list + " FROM items AS t CROSS JOIN LATERAL (SELECT pg_sleep(CASE WHEN t.id = 1500 THEN 30 ELSE 0 END)) AS z"
@@ -103,9 +107,9 @@ func TestSelectionCancelledLeavesConnectionUsable(t *testing.T) {
 
 			// A query that fails on the server after some rows were sent (division by
 			// zero at row 1,900) leaves the transaction aborted: it must be rolled back.
-			failing := selQuery{build: func(plain bool) string {
+			failing := selQuery{build: func(form selectForm) string {
 				list := selectList("t", cols)
-				if plain {
+				if form == formPlain {
 					list = plainSelectList("t", cols)
 				}
 				return "SELECT " + list + " FROM items AS t WHERE 1 / (t.id - 1900) <> 7 ORDER BY t.id"

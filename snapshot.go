@@ -291,8 +291,8 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 		args = append(args, n)
 		q += " LIMIT $" + strconv.Itoa(len(args))
 	}
-	return selQuery{build: func(plain bool) string {
-		return "SELECT " + columnList(info, "t", cols, plain) + q
+	return selQuery{build: func(form selectForm) string {
+		return "SELECT " + columnList(info, "t", cols, form) + q
 	}, args: args, unique: true}
 }
 

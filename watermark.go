@@ -85,9 +85,11 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 			return RefreshStats{}, fmt.Errorf("%w: Refresh query must return the primary key column %q of %s", ErrConfig, k, info.QualifiedName())
 		}
 	}
-	wrapped := selQuery{build: func(plain bool) string {
+	// The query's columns may be expressions of any type, so formPQ (which goes by
+	// the table's column types) is formText here.
+	wrapped := selQuery{build: func(form selectForm) string {
 		list := selectList("q", cols)
-		if plain {
+		if form == formPlain {
 			list = plainSelectList("q", cols)
 		}
 		return "SELECT " + list + " FROM (" + selectQuery + ") AS q"
@@ -288,8 +290,8 @@ func keysQuery(info *PGTableInfo, cols []string, keys [][]any) selQuery {
 	}
 	kc := keyColumnList(info)
 	tail := " FROM " + t + " AS t WHERE (" + kc + ") IN (" + strings.Join(tuples, ", ") + ") ORDER BY " + kc
-	return selQuery{build: func(plain bool) string {
-		return "SELECT " + columnList(info, "t", cols, plain) + tail
+	return selQuery{build: func(form selectForm) string {
+		return "SELECT " + columnList(info, "t", cols, form) + tail
 	}, args: args, unique: true}
 }
 
