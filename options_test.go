@@ -28,6 +28,7 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, "host=localhost port=5432 user=postgres dbname=postgres sslmode=prefer", s.connStr)
 	require.Equal(t, DefaultDelayBetweenPeekRetries, s.DelayBetweenPeekRetries)
 	require.Equal(t, DefaultMaxMessagesToRead, s.MaxMessagesToRead)
+	require.Equal(t, DefaultMinPollInterval, s.MinPollInterval)
 }
 
 func TestConfigEnvOverridesDefaults(t *testing.T) {
@@ -61,13 +62,14 @@ func TestConfigOptionsOverrideEnv(t *testing.T) {
 
 func TestConfigInvalid(t *testing.T) {
 	for name, opt := range map[string]SyncerOpt{
-		"slot with upper case":  WithReplicationSlot("MySlot"),
-		"slot with dash":        WithReplicationSlot("my-slot"),
-		"negative max":          WithMaxMessagesToRead(-1),
-		"backoff factor < 1":    WithPollBackoff(time.Second, 0.5, time.Minute),
-		"backoff max < initial": WithPollBackoff(time.Second, 2, time.Millisecond),
-		"nil db":                WithDB(nil),
-		"long publication":      WithPublication(string(make([]byte, 64))),
+		"slot with upper case":   WithReplicationSlot("MySlot"),
+		"slot with dash":         WithReplicationSlot("my-slot"),
+		"negative max":           WithMaxMessagesToRead(-1),
+		"backoff factor < 1":     WithPollBackoff(time.Second, 0.5, time.Minute),
+		"backoff max < initial":  WithPollBackoff(time.Second, 2, time.Millisecond),
+		"nil db":                 WithDB(nil),
+		"negative poll interval": WithMinPollInterval(-time.Millisecond),
+		"long publication":       WithPublication(string(make([]byte, 64))),
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := NewSyncer(opt, WithSetup(false), env(nil))

@@ -255,6 +255,7 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 		if first {
 			st.confirmed, err = s.ConfirmedFlushLSN(ctx)
 		}
+		started := time.Now()
 		if err == nil {
 			first = false
 			res, err = s.pollOnce(ctx, st)
@@ -271,6 +272,12 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 			slotInUse = 0
 			if res.rows > 0 || res.cutShort {
 				idle.Reset()
+				if res.cutShort || s.MinPollInterval <= 0 {
+					continue
+				}
+				if !sleepCtx(ctx, s.MinPollInterval-time.Since(started)) {
+					return nil
+				}
 				continue
 			}
 			if res.peeked {
@@ -487,4 +494,19 @@ func isTransient(err error) bool {
 		}
 	}
 	return false
+}
+
+// sleepCtx waits d (nothing when d <= 0) and reports false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

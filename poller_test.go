@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"database/sql"
 	"errors"
 	"fmt"
 	"sort"
@@ -237,4 +238,48 @@ func TestParseMalformed(t *testing.T) {
 		_, err := Parse(in)
 		require.ErrorIs(t, err, ErrMalformedMessage, "%q", in)
 	}
+}
+
+// TestMinPollIntervalPacesPolls writes a row every 10 ms for a second while a Syncer
+// keeps up: with MinPollInterval 200 ms it peeks at most about once per 200 ms (and
+// still delivers every row, in order); polling back to back (0) peeks more often (as
+// often as the flush LSN moved when it looked: an idle look waits 100 ms).
+// Peeks are counted on pgx's connection (pgconnPeeks).
+func TestMinPollIntervalPacesPolls(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	peeks := map[time.Duration]uint64{}
+	for i, interval := range []time.Duration{200 * time.Millisecond, 0} {
+		db, err := sql.Open("pgx", d.DSN())
+		require.NoError(t, err)
+		t.Cleanup(func() { db.Close() })
+		table := fmt.Sprintf("paced%d", i)
+		execAll(t, d.DB, `CREATE TABLE `+table+` (id int PRIMARY KEY)`)
+		h := newCacheHandler()
+		s, stop := startSyncer(t, d.DSN(), pgtest.Ident(t, fmt.Sprintf("slot%d", i)), h, ForTables(table), WithDB(db),
+			WithMinPollInterval(interval))
+		execAll(t, d.DB, `INSERT INTO `+table+` VALUES (0)`)
+		waitFor(t, 10*time.Second, func() bool { return len(h.eventList()) >= 1 }, "the first insert")
+		before := s.pgconnPeeks.Load()
+		start := time.Now()
+		for n := 1; n <= 100; n++ {
+			_, err := d.DB.Exec(`INSERT INTO `+table+` VALUES ($1)`, n)
+			require.NoError(t, err)
+			time.Sleep(10 * time.Millisecond)
+		}
+		waitFor(t, 10*time.Second, func() bool { return len(h.eventList()) == 101 }, "100 inserts")
+		elapsed := time.Since(start)
+		peeks[interval] = s.pgconnPeeks.Load() - before
+		events := h.eventList()
+		require.Equal(t, `insert public.`+table+` ["0"]`, events[0])
+		for n, e := range events[1:] {
+			require.Equal(t, fmt.Sprintf(`insert public.%s ["%d"]`, table, n+1), e)
+		}
+		require.NoError(t, stop())
+		if interval > 0 {
+			// One poll per interval over the whole time, plus the one in flight.
+			require.LessOrEqual(t, peeks[interval], uint64(elapsed/interval)+2, "peeks in %v", elapsed)
+		}
+	}
+	t.Logf("peeks: %v", peeks)
+	require.Greater(t, peeks[0], peeks[200*time.Millisecond], "back-to-back polls must peek more often")
 }

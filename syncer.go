@@ -46,6 +46,16 @@ type Syncer struct {
 	// MaxDelayBetweenEmptyPeeks caps the wait between empty peeks; it bounds the
 	// latency of a change that arrives while other tables keep the WAL moving.
 	MaxDelayBetweenEmptyPeeks time.Duration
+	// MinPollInterval is the least time from the start of one poll to the start of the
+	// next while the Syncer keeps up with the WAL (DefaultMinPollInterval; 0: poll
+	// again as soon as a poll delivered something). Every peek decodes the WAL again
+	// from the slot's restart_lsn, which PostgreSQL moves only about every 15 s, so a
+	// Syncer polling back to back under a steady write load keeps a server backend
+	// busy (about three quarters of a core at 1,000 transactions/s on the development
+	// machine, docs/BENCHMARKS.md); the interval trades change latency (up to about
+	// the interval more) for that CPU. It does not slow down a backlog: a poll that
+	// stopped short of the WAL flush LSN is followed at once.
+	MinPollInterval time.Duration
 	// MaxMessagesToRead is the upto_nchanges bound of one peek (rows; 0: none).
 	MaxMessagesToRead int
 	// HandlerErrorPolicy says whether a failing handler stops the Syncer or is retried.
@@ -126,6 +136,7 @@ func NewSyncer(opts ...SyncerOpt) (*Syncer, error) {
 func NewSyncerContext(ctx context.Context, opts ...SyncerOpt) (*Syncer, error) {
 	s := &Syncer{
 		DelayBetweenPeekRetries:   DefaultDelayBetweenPeekRetries,
+		MinPollInterval:           DefaultMinPollInterval,
 		TimerDelayBackoffFactor:   DefaultTimerDelayBackoffFactor,
 		MaxDelayBetweenEmptyPeeks: DefaultMaxDelayBetweenEmptyPeeks,
 		MaxMessagesToRead:         DefaultMaxMessagesToRead,

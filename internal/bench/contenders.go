@@ -338,9 +338,9 @@ type syncerRun struct {
 
 // startSyncer starts a Syncer with default settings on slot (already set up: setup is
 // skipped so every contender starts from the same catalog state).
-func startSyncer(ctx context.Context, db *sql.DB, slot, pub string, h *handler) (*syncerRun, error) {
-	s, err := dbsync.NewSyncerContext(ctx, dbsync.WithDB(db), dbsync.WithReplicationSlot(slot), dbsync.WithPublication(pub),
-		dbsync.WithMessageHandler(h), dbsync.WithSetup(false))
+func startSyncer(ctx context.Context, db *sql.DB, slot, pub string, h *handler, opts ...dbsync.SyncerOpt) (*syncerRun, error) {
+	s, err := dbsync.NewSyncerContext(ctx, append([]dbsync.SyncerOpt{dbsync.WithDB(db), dbsync.WithReplicationSlot(slot), dbsync.WithPublication(pub),
+		dbsync.WithMessageHandler(h), dbsync.WithSetup(false)}, opts...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -134,11 +134,20 @@ func (r *runner) steady(ctx context.Context) error {
 		_, err := db.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, name)
 		return name, err
 	}
+	pm, err := postmasterPID(r.srv.DataDir())
+	if err != nil {
+		return err
+	}
 	phase := func(contender string, lat *latencies, stop func() error) error {
 		time.Sleep(time.Second)
 		lat.from = nextID
 		r.logf("%s: %s: writing", wl, contender)
+		// CPU while writing: every server process (the writer's backend included, the
+		// same for each contender) and this process (the writer's client and the
+		// contender).
+		s0, g0 := serverCPU(pm), selfCPU()
 		n, err := writer(ctx, wdb, nextID, steadyRate, dur)
+		s1, g1 := serverCPU(pm), selfCPU()
 		nextID += n
 		if err != nil {
 			stop()
@@ -157,16 +166,18 @@ func (r *runner) steady(ctx context.Context) error {
 		}
 		ok := p50 <= 15*time.Millisecond && p99 <= 60*time.Millisecond
 		target := ""
-		if strings.HasPrefix(contender, "dbsync") {
+		if contender == "dbsync (lib/pq)" {
 			target = "p50 <= 15 ms, p99 <= 60 ms: " + verdict(ok)
 		}
 		r.add(Result{Workload: wl, Contender: contender, Rows: n, Elapsed: dur, Rate: float64(n) / dur.Seconds(),
-			Extra: fmt.Sprintf("p50 %s, p99 %s, max %s", ms(p50), ms(p99), ms(max)), Target: target})
+			Extra: fmt.Sprintf("p50 %s, p99 %s, max %s; CPU while writing: server %.0f%%, this process %.0f%% of a core",
+				ms(p50), ms(p99), ms(max), pct(s1-s0, dur), pct(g1-g0, dur)), Target: target})
 		return nil
 	}
 
-	// dbsync
-	{
+	// dbsync: the default (MinPollInterval 10 ms), then polling back to back and every
+	// 25 ms (server CPU against latency)
+	for _, interval := range []time.Duration{dbsync.DefaultMinPollInterval, 0, 25 * time.Millisecond} {
 		slot, err := newSlot("dbsync")
 		if err != nil {
 			return err
@@ -174,11 +185,15 @@ func (r *runner) steady(ctx context.Context) error {
 		lat := &latencies{}
 		h := newHandler(0)
 		h.onChange = func(c *dbsync.Change) { lat.add(idOf(c.New["id"]), c.New["created_at"]) }
-		run, err := startSyncer(ctx, db, slot, sl.pub, h)
+		run, err := startSyncer(ctx, db, slot, sl.pub, h, dbsync.WithMinPollInterval(interval))
 		if err != nil {
 			return err
 		}
-		if err := phase("dbsync (lib/pq)", lat, run.stop); err != nil {
+		name := "dbsync (lib/pq)"
+		if interval != dbsync.DefaultMinPollInterval {
+			name = fmt.Sprintf("dbsync (lib/pq, MinPollInterval %v)", interval)
+		}
+		if err := phase(name, lat, run.stop); err != nil {
 			return err
 		}
 		dropSlot(db, slot)
