@@ -73,44 +73,6 @@ var textCastOIDs = map[uint32]bool{
 	17:   true, // bytea
 }
 
-// tableSelectList is selectList for columns of info's table read through alias:
-// columns of the types in textCastOIDs are cast to text directly (NULL stays NULL for
-// these scalar types), the others go through selectList's format('%s', …) form.
-func tableSelectList(info *PGTableInfo, alias string, cols []string) string {
-	parts := make([]string, len(cols))
-	for i, c := range cols {
-		if col := info.ColInfo[c]; col != nil && textCastOIDs[col.TypeOID] {
-			parts[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c) + "::text AS " + pq.QuoteIdentifier(c)
-			continue
-		}
-		parts[i] = selectList(alias, []string{c})
-	}
-	return strings.Join(parts, ", ")
-}
-
-// plainSelectList is "alias.c1 AS c1, ...": the columns as they are, for a transport
-// that asks for text results (every value then comes as its type's output function
-// gives it, as pgoutput sends it).
-func plainSelectList(alias string, cols []string) string {
-	parts := make([]string, len(cols))
-	for i, c := range cols {
-		parts[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c) + " AS " + pq.QuoteIdentifier(c)
-	}
-	return strings.Join(parts, ", ")
-}
-
-// columnList is the select list of columns of info's table read through alias, in
-// the given form.
-func columnList(info *PGTableInfo, alias string, cols []string, form selectForm) string {
-	switch form {
-	case formPlain:
-		return plainSelectList(alias, cols)
-	case formPQ:
-		return pqSelectList(info, alias, cols)
-	}
-	return tableSelectList(info, alias, cols)
-}
-
 // pqPlainOIDs are built-in types whose text results lib/pq hands to database/sql
 // unchanged ([]byte or string of the text; lib/pq's textDecode) or as an int64 the
 // reader prints back exactly (int2, int4, int8). Columns of the types it converts
@@ -129,18 +91,37 @@ var pqPlainOIDs = map[uint32]bool{
 	650:  true, // cidr
 }
 
-// pqSelectList is formPQ's select list: columns of the types in pqPlainOIDs as they
-// are, the others as tableSelectList gives them.
-func pqSelectList(info *PGTableInfo, alias string, cols []string) string {
+// columnList is the select list of columns of info's table read through alias, each
+// named as the column, in the given form:
+//   - formPlain: every column as it is;
+//   - formPQ: columns of the types in pqPlainOIDs as they are, the others as in
+//     formText;
+//   - formText: columns of the types in textCastOIDs cast to text directly (NULL stays
+//     NULL for these scalar types), the others through selectList's format('%s', …).
+func columnList(info *PGTableInfo, alias string, cols []string, form selectForm) string {
 	parts := make([]string, len(cols))
 	for i, c := range cols {
-		if col := info.ColInfo[c]; col != nil && pqPlainOIDs[col.TypeOID] {
-			parts[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c) + " AS " + pq.QuoteIdentifier(c)
-			continue
+		var oid uint32
+		if col := info.ColInfo[c]; col != nil {
+			oid = col.TypeOID
 		}
-		parts[i] = tableSelectList(info, alias, []string{c})
+		ref := pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c)
+		switch {
+		case form == formPlain || (form == formPQ && pqPlainOIDs[oid]):
+			parts[i] = ref + " AS " + pq.QuoteIdentifier(c)
+		case textCastOIDs[oid]:
+			parts[i] = ref + "::text AS " + pq.QuoteIdentifier(c)
+		default:
+			parts[i] = selectList(alias, []string{c})
+		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// plainSelectList is "alias.c1 AS c1, ...": the columns as they are, whatever their
+// types (formPlain for a query's own columns).
+func plainSelectList(alias string, cols []string) string {
+	return columnList(&PGTableInfo{}, alias, cols, formPlain)
 }
 
 // QuotedName returns the table's quoted "schema"."table" for building queries.

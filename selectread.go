@@ -34,14 +34,14 @@ import (
 type selectForm int
 
 const (
-	// formText: every column as a text expression (tableSelectList, selectList), for
+	// formText: every column as a text expression (columnList, selectList), for
 	// any database/sql driver.
 	formText selectForm = iota
 	// formPlain: columns as they are; the transport asks for text results.
 	formPlain
 	// formPQ: for lib/pq, which hands text results to database/sql as they are except
 	// for a few types it converts: columns of those types as text expressions, the
-	// others as they are (pqSelectList).
+	// others as they are (columnList).
 	formPQ
 )
 

@@ -68,6 +68,17 @@ func TestSelectionTransportsAgree(t *testing.T) {
 		}
 		require.Equal(t, 1000, total, "chunk size %d", n)
 	}
+	// A follow-up read of given keys (keysQuery) agrees too, and returns the rows in key
+	// order whatever the order of the keys asked for.
+	keys := [][]any{{"300", "k0"}, {"5", "k2"}, {"333", "k1"}, {"1000", "k0"}}
+	items, texts, _ := read(s, keysQuery(info, cols, keys))
+	itemsPgx, textsPgx, _ := read(sp, keysQuery(info, cols, keys))
+	require.Equal(t, [][]string{{"5", "k2"}, {"300", "k0"}, {"333", "k1"}}, texts, "id 1000 does not exist")
+	require.Equal(t, texts, textsPgx)
+	for i := range items {
+		require.Equal(t, items[i].Key, itemsPgx[i].Key)
+		requireSameRow(t, items[i].Values, itemsPgx[i].Values, items[i].Key)
+	}
 	require.Zero(t, s.pgconnSelects.Load())
 	require.NotZero(t, sp.pgconnSelects.Load())
 }
