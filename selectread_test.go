@@ -102,13 +102,7 @@ func TestSelectionCancelledLeavesConnectionUsable(t *testing.T) {
 			require.NoError(t, err)
 			cols := []string{"id", "v"}
 			// Row 1,500 takes 30 s to produce: the read is cancelled while it waits.
-			slow := selQuery{build: func(form selectForm) string {
-				list := selectList("t", cols)
-				if form == formPlain {
-					list = plainSelectList("t", cols)
-				}
-				return "SELECT " + list + " FROM items AS t CROSS JOIN LATERAL (SELECT pg_sleep(CASE WHEN t.id = 1500 THEN 30 ELSE 0 END)) AS z"
-			}, unique: true}
+			slow := itemsQuery(info, cols, " FROM items AS t CROSS JOIN LATERAL (SELECT pg_sleep(CASE WHEN t.id = 1500 THEN 30 ELSE 0 END)) AS z")
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 			defer cancel()
 			start := time.Now()
@@ -118,13 +112,7 @@ func TestSelectionCancelledLeavesConnectionUsable(t *testing.T) {
 
 			// A query that fails on the server after some rows were sent (division by
 			// zero at row 1,900) leaves the transaction aborted: it must be rolled back.
-			failing := selQuery{build: func(form selectForm) string {
-				list := selectList("t", cols)
-				if form == formPlain {
-					list = plainSelectList("t", cols)
-				}
-				return "SELECT " + list + " FROM items AS t WHERE 1 / (t.id - 1900) <> 7 ORDER BY t.id"
-			}, unique: true}
+			failing := itemsQuery(info, cols, " FROM items AS t WHERE 1 / (t.id - 1900) <> 7 ORDER BY t.id")
 			var pid, pidAfter int
 			require.NoError(t, db.QueryRow(`SELECT pg_backend_pid()`).Scan(&pid))
 			_, _, _, err = s.selectRows(context.Background(), info, cols, failing)
@@ -150,4 +138,12 @@ func TestSelectionCancelledLeavesConnectionUsable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// itemsQuery is a selection of cols of the items table (alias t) with the given FROM
+// clause and what follows it.
+func itemsQuery(info *PGTableInfo, cols []string, tail string) selQuery {
+	return selQuery{build: func(form selectForm) string {
+		return "SELECT " + columnList(info, "t", cols, form) + tail
+	}, unique: true}
 }
