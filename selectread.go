@@ -53,6 +53,9 @@ type selQuery struct {
 	// unique says that no two rows can have the same key (a SELECT of the table
 	// itself): the selection then indexes its rows by key only if it must.
 	unique bool
+	// rows is how many rows the SELECT returns at most, when known (its LIMIT, the
+	// keys asked for): the selection's room is made once.
+	rows int
 }
 
 // pgconnParams returns args as text-format parameters for pgx's connection, or false
@@ -186,7 +189,7 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 		}
 		native = true
 		s.pgconnSelects.Add(1)
-		return s.selectPgconn(ctx, pc.Conn().PgConn(), info, cols, q.build(formPlain), params, q.unique, &res)
+		return s.selectPgconn(ctx, pc.Conn().PgConn(), info, cols, q.build(formPlain), params, q, &res)
 	})
 	if !native && err == nil {
 		err = s.selectSQL(ctx, conn, info, cols, q, &res)
@@ -227,7 +230,7 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 	for i := range dest {
 		dest[i] = colScanner{&cur}
 	}
-	err = s.collectRows(rctx, cancel, info, cols, q.unique, res, func(b *rawBatch) (bool, error) {
+	err = s.collectRows(rctx, cancel, info, cols, q, res, func(b *rawBatch) (bool, error) {
 		if !rows.Next() {
 			return false, rows.Err()
 		}
@@ -250,7 +253,7 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 // and the SELECT (every result column in text format) on pc. When the transaction
 // cannot be ended cleanly the connection is reported bad (driver.ErrBadConn after the
 // classified error is kept) so the pool drops it.
-func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTableInfo, cols []string, query string, params [][]byte, unique bool, res *selResult) (err error) {
+func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTableInfo, cols []string, query string, params [][]byte, q selQuery, res *selResult) (err error) {
 	results, err := pc.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text`).ReadAll()
 	if err != nil {
 		return s.endPgconnSelect(pc, classify(err, "begin selection transaction"))
@@ -264,7 +267,7 @@ func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTa
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	rr := pc.ExecParams(rctx, query, params, nil, nil, textResults)
-	err = s.collectRows(rctx, cancel, info, cols, unique, res, func(b *rawBatch) (bool, error) {
+	err = s.collectRows(rctx, cancel, info, cols, q, res, func(b *rawBatch) (bool, error) {
 		if !rr.NextRow() {
 			return false, nil
 		}
@@ -320,7 +323,7 @@ func (s *Syncer) endPgconnSelect(pc *pgconn.PgConn, err error) error {
 // selectDecoders goroutines and puts them into res in the order read. cancel stops
 // next's query (it cancels the context the query runs with); collectRows calls it on
 // an error and returns after every goroutine it started is done.
-func (s *Syncer) collectRows(rctx context.Context, cancel context.CancelFunc, info *PGTableInfo, cols []string, unique bool,
+func (s *Syncer) collectRows(rctx context.Context, cancel context.CancelFunc, info *PGTableInfo, cols []string, q selQuery,
 	res *selResult, next func(b *rawBatch) (bool, error)) error {
 	// Reader: rows copied out of the driver's buffers, in numbered batches.
 	batches := make(chan *rawBatch, 4)
@@ -408,6 +411,9 @@ func (s *Syncer) collectRows(rctx context.Context, cancel context.CancelFunc, in
 	}
 
 	sel := NewInMemSelection()
+	if q.rows > 0 {
+		sel.rows = make([]selRow, 0, min(q.rows, 1<<20))
+	}
 	var lastKey []string
 	waiting := map[int]*decodedBatch{}
 	nextSeq := 0
@@ -420,7 +426,7 @@ func (s *Syncer) collectRows(rctx context.Context, cancel context.CancelFunc, in
 				return fail(d.err)
 			}
 			for i, item := range d.items {
-				if unique {
+				if q.unique {
 					sel.appendUnique(item, d.keys[i])
 				} else {
 					sel.add(item, d.keys[i])

@@ -293,7 +293,7 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 	}
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(info, "t", cols, form) + q
-	}, args: args, unique: true}
+	}, args: args, unique: true, rows: n}
 }
 
 func equalStrings(a, b []string) bool {

@@ -292,7 +292,7 @@ func keysQuery(info *PGTableInfo, cols []string, keys [][]any) selQuery {
 	tail := " FROM " + t + " AS t WHERE (" + kc + ") IN (" + strings.Join(tuples, ", ") + ") ORDER BY " + kc
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(info, "t", cols, form) + tail
-	}, args: args, unique: true}
+	}, args: args, unique: true, rows: len(keys)}
 }
 
 // keyColumnList is "t.k1, t.k2": the primary key columns of alias t.
