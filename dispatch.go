@@ -181,11 +181,19 @@ func (d *delivery) finish() error {
 	return nil
 }
 
-// deliverRefresh hands a selection's remaining rows to HandleRefresh, in selection
-// order, and to the Batcher as upserts folded in at the high watermark's place.
+// deliverRefresh hands a selection's remaining rows to HandleRefresh (HandleRefreshRow
+// for a RefreshRowHandler), in selection order, and to the Batcher as upserts folded
+// in at the high watermark's place.
 func (d *delivery) deliverRefresh(h MessageHandler, em *emission) error {
+	rh, rowMode := h.(RefreshRowHandler)
 	for _, it := range em.items {
-		if err := h.HandleRefresh(it.Key, it); err != nil {
+		var err error
+		if rowMode && it.row != nil {
+			err = rh.HandleRefreshRow(it.row)
+		} else {
+			err = h.HandleRefresh(it.Key, it)
+		}
+		if err != nil {
 			return err
 		}
 	}

@@ -55,8 +55,11 @@ type DBItem struct {
 	Table *PGTableInfo
 	// Key is the row's record ID (PGTableInfo.GetRecordID of its primary key).
 	Key string
-	// Values holds every selected column, typed as in changes.
+	// Values holds every selected column, typed as in changes. It is nil for rows
+	// handed to a RefreshRowHandler (RefreshRow.Values decodes them on demand).
 	Values StringMap
+
+	row *RefreshRow // the row as read, for a RefreshRowHandler; nil otherwise
 }
 
 // EventsProcessor consumes whole polls of raw rows instead of a MessageHandler. It

@@ -40,19 +40,47 @@ func (t *PGTableInfo) GetRecordID(values StringMap) (string, error) {
 		if !ok {
 			return "", fmt.Errorf("%w: key column %q of %s missing from the row", ErrNoKey, k, t.QualifiedName())
 		}
-		if v == nil {
-			return "", fmt.Errorf("%w: key column %q of %s is NULL", ErrNoKey, k, t.QualifiedName())
-		}
-		if i > 0 {
-			b = append(b, ',')
-		}
 		var err error
-		if b, err = appendKeyJSON(b, v); err != nil {
-			return "", fmt.Errorf("%w: key column %q of %s: %v", ErrNoKey, k, t.QualifiedName(), err)
+		if b, err = t.appendKeyPart(b, i, v); err != nil {
+			return "", err
 		}
 	}
 	b = append(b, ']')
 	return string(b), nil
+}
+
+// recordIDOfKeys is GetRecordID of a row given by its key values alone: keyVals[i] is
+// the value of PrimaryKey[i], decoded as MessageToMap decodes it.
+func (t *PGTableInfo) recordIDOfKeys(keyVals []any) (string, error) {
+	if len(t.PrimaryKey) == 0 || len(keyVals) != len(t.PrimaryKey) {
+		return "", fmt.Errorf("%w: table %s has no primary key or replica identity index; add a primary key", ErrNoKey, t.QualifiedName())
+	}
+	var stack [64]byte
+	b := append(stack[:0], '[')
+	for i, v := range keyVals {
+		var err error
+		if b, err = t.appendKeyPart(b, i, v); err != nil {
+			return "", err
+		}
+	}
+	b = append(b, ']')
+	return string(b), nil
+}
+
+// appendKeyPart appends key column i's value v (its JSON string, after a comma unless
+// it is the first) to a record ID being built.
+func (t *PGTableInfo) appendKeyPart(b []byte, i int, v any) ([]byte, error) {
+	if v == nil {
+		return b, fmt.Errorf("%w: key column %q of %s is NULL", ErrNoKey, t.PrimaryKey[i], t.QualifiedName())
+	}
+	if i > 0 {
+		b = append(b, ',')
+	}
+	b, err := appendKeyJSON(b, v)
+	if err != nil {
+		return b, fmt.Errorf("%w: key column %q of %s: %v", ErrNoKey, t.PrimaryKey[i], t.QualifiedName(), err)
+	}
+	return b, nil
 }
 
 // appendKeyJSON appends keyText(v) as a JSON string to b. The common key types are

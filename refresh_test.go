@@ -206,12 +206,15 @@ func TestRefreshTextMatchesChanges(t *testing.T) {
 	}
 }
 
-func testRefreshTextMatchesChanges(t *testing.T, driver string) {
-	d := pgtest.NewDatabase(t)
-	_, err := d.DB.Exec(`CREATE TABLE typed (
+// typedTableDDL creates a table with a column of each common type and a composite key.
+const typedTableDDL = `CREATE TABLE typed (
 		id int, ts timestamptz, b bool, u uuid, n numeric, t text, c char(4), ip inet, f float8,
 		j jsonb, arr int[], by bytea, d date, iv interval, nul text,
-		PRIMARY KEY (id, ts, b))`)
+		PRIMARY KEY (id, ts, b))`
+
+func testRefreshTextMatchesChanges(t *testing.T, driver string) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(typedTableDDL)
 	require.NoError(t, err)
 	h := newCacheHandler()
 	db, err := sql.Open(driver, d.DSN())
@@ -407,8 +410,12 @@ func TestRefreshToBatcher(t *testing.T) {
 	_, err = d.DB.Exec(`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 2) g`)
 	require.NoError(t, err)
 	b := &batchRecorder{}
+	// The handler takes refresh rows as a RefreshRowHandler: the Batcher still gets
+	// them decoded, and so does the handler.
+	rows := &rowCache{cacheHandler: newCacheHandler()}
 	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")),
-		WithPublication(pgtest.Ident(t, "pub")), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+		WithPublication(pgtest.Ident(t, "pub")), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond),
+		WithMessageHandler(rows))
 	require.NoError(t, err)
 	defer s.Close()
 	s.Batcher = b
@@ -422,6 +429,9 @@ func TestRefreshToBatcher(t *testing.T) {
 	defer b.mu.Unlock()
 	require.Equal(t, []string{`public.items ["1"] v=v1`, `public.items ["2"] v=v2`}, b.upserts)
 	require.Empty(t, b.deletes)
+	require.Equal(t, 2, rows.rows)
+	require.Empty(t, rows.problems)
+	require.Equal(t, map[string]StringMap{`["1"]`: {"id": int32(1), "v": "v1"}, `["2"]`: {"id": int32(2), "v": "v2"}}, rows.tableRows("public.items"))
 }
 
 // TestRefreshRereadsRowsWithUnchangedTOAST: a row the consumer has never seen is

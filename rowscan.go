@@ -283,18 +283,63 @@ func (t *PGTableInfo) decodeTextCols(names []string, cols []*PGColumnInfo, raw [
 // textRowDecoder turns selected rows of fixed columns into DBItems,
 // with the columns looked up once.
 type textRowDecoder struct {
-	t     *PGTableInfo
-	names []string
-	cols  []*PGColumnInfo
+	t      *PGTableInfo
+	names  []string
+	cols   []*PGColumnInfo
+	keyIdx []int // position in names of each primary key column (-1: not selected)
 }
 
 // textRowDecoder returns a decoder for rows whose columns are names.
 func (t *PGTableInfo) textRowDecoder(names []string) *textRowDecoder {
-	d := &textRowDecoder{t: t, names: names, cols: make([]*PGColumnInfo, len(names))}
+	d := &textRowDecoder{t: t, names: names, cols: make([]*PGColumnInfo, len(names)), keyIdx: make([]int, len(t.PrimaryKey))}
 	for i, n := range names {
 		d.cols[i] = t.ColInfo[n]
 	}
+	for i, k := range t.PrimaryKey {
+		d.keyIdx[i] = indexOf(names, k)
+	}
 	return d
+}
+
+// keyItem is item without the values: the row's record ID from its key columns alone
+// (decoded as item decodes them), for a RefreshRowHandler.
+func (d *textRowDecoder) keyItem(raw []sql.RawBytes) (DBItem, error) {
+	if len(raw) != len(d.names) {
+		return DBItem{}, fmt.Errorf("%w: %d values for %d columns", ErrConfig, len(raw), len(d.names))
+	}
+	var buf [4]any
+	keyVals := buf[:0]
+	var m *pgtype.Map
+	defer func() {
+		if m != nil {
+			typeMaps.Put(m)
+		}
+	}()
+	for i, j := range d.keyIdx {
+		if j < 0 || d.cols[j] == nil {
+			return DBItem{}, fmt.Errorf("%w: key column %q of %s missing from the row", ErrNoKey, d.t.PrimaryKey[i], d.t.QualifiedName())
+		}
+		if raw[j] == nil {
+			keyVals = append(keyVals, nil) // recordIDOfKeys says which column is NULL
+			continue
+		}
+		if m == nil {
+			m = typeMaps.Get().(*pgtype.Map)
+		}
+		v, broken, err := d.cols[j].decodeWith(m, pgtype.TextFormatCode, raw[j], nil)
+		if broken {
+			m = nil
+		}
+		if err != nil {
+			return DBItem{}, fmt.Errorf("%s.%s: %w", d.t.QualifiedName(), d.names[j], err)
+		}
+		keyVals = append(keyVals, v)
+	}
+	key, err := d.t.recordIDOfKeys(keyVals)
+	if err != nil {
+		return DBItem{}, fmt.Errorf("%s: %w", d.t.QualifiedName(), err)
+	}
+	return DBItem{Table: d.t, Key: key}, nil
 }
 
 // item decodes one row — every column in PostgreSQL's text output form, the form

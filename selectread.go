@@ -370,19 +370,41 @@ func (s *Syncer) collectRows(rctx context.Context, cancel context.CancelFunc, in
 		keyIdx[i] = indexOf(cols, k)
 	}
 	dec := info.textRowDecoder(cols)
+	// For a RefreshRowHandler rows keep their bytes and only keys are decoded (values
+	// too when a Batcher needs them).
+	_, rowMode := s.refreshRowHandler()
+	values := !rowMode || s.Batcher != nil
+	ncol := len(cols)
 	results := make(chan *decodedBatch, selectDecoders*2)
 	var wg sync.WaitGroup
 	for w := 0; w < selectDecoders; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			raw := make([]sql.RawBytes, len(cols))
+			raw := make([]sql.RawBytes, ncol)
 			for b := range batches {
 				d := &decodedBatch{seq: b.seq, items: make([]DBItem, b.n), keys: make([][]string, b.n)}
 				keySlab := make([]string, b.n*len(keyIdx))
+				var rawSlab []sql.RawBytes
+				var rowSlab []RefreshRow
+				if rowMode {
+					rawSlab, rowSlab = make([]sql.RawBytes, b.n*ncol), make([]RefreshRow, b.n)
+				}
 				for i := 0; i < b.n && d.err == nil; i++ {
+					if rowMode {
+						raw = rawSlab[i*ncol : (i+1)*ncol : (i+1)*ncol]
+					}
 					b.row(i, raw)
-					d.items[i], d.err = dec.item(raw)
+					if values {
+						d.items[i], d.err = dec.item(raw)
+					} else {
+						d.items[i], d.err = dec.keyItem(raw)
+					}
+					if rowMode && d.err == nil {
+						it := &d.items[i]
+						rowSlab[i] = RefreshRow{Table: info, Key: it.Key, names: cols, cols: dec.cols, raw: raw, values: it.Values}
+						it.row = &rowSlab[i]
+					}
 					key := keySlab[i*len(keyIdx) : (i+1)*len(keyIdx) : (i+1)*len(keyIdx)]
 					for k, j := range keyIdx {
 						key[k] = string(raw[j])

@@ -148,15 +148,18 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 		chunk     int
 		composite bool
 		driver    string
+		rows      bool // a RefreshRowHandler (rowCache) instead of HandleRefresh
 	}{
-		{1, 7, false, "postgres"},
-		{2, 50, false, "pgx"},
-		{3, 333, false, "postgres"},
-		{4, 13, true, "pgx"},
-		{5, 100, true, "postgres"},
+		{1, 7, false, "postgres", false},
+		{2, 50, false, "pgx", false},
+		{3, 333, false, "postgres", false},
+		{4, 13, true, "pgx", false},
+		{5, 100, true, "postgres", false},
+		{6, 50, false, "pgx", true},
+		{7, 13, true, "postgres", true},
 	}
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("seed%d_chunk%d_composite%v_%s", c.seed, c.chunk, c.composite, c.driver), func(t *testing.T) {
+		t.Run(fmt.Sprintf("seed%d_chunk%d_composite%v_%s_rows%v", c.seed, c.chunk, c.composite, c.driver, c.rows), func(t *testing.T) {
 			d := pgtest.NewDatabase(t)
 			st := snapTable{composite: c.composite, toast: !c.composite, keys: 1400}
 			st.create(t, d.DB, 1200)
@@ -164,10 +167,15 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 			require.NoError(t, err)
 			t.Cleanup(func() { db.Close() })
 			h := newCacheHandler()
+			var mh MessageHandler = h
+			rc := &rowCache{cacheHandler: h}
+			if c.rows {
+				mh = rc
+			}
 			var lsns []pglogrepl.LSN
 			var chunks []SnapshotProgress
 			var s *Syncer
-			s, _ = startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"), WithDB(db),
+			s, _ = startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), mh, ForTables("snap"), WithDB(db),
 				WithSnapshotChunkSize(c.chunk),
 				WithSnapshotProgress(func(p SnapshotProgress) {
 					chunks = append(chunks, p)
@@ -180,6 +188,10 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 			commits := stop()
 			catchUp(t, s)
 			require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
+			if c.rows {
+				require.Empty(t, rc.problems)
+				require.Greater(t, rc.rows, 500, "refresh rows came through HandleRefreshRow")
+			}
 
 			// Not vacuous: writers committed during the snapshot, all chunks ran.
 			require.Greater(t, commits, int64(len(chunks)), "writers committed %d transactions over %d chunks", commits, len(chunks))

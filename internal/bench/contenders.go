@@ -328,6 +328,25 @@ func (h *handler) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 	return nil
 }
 
+// rowHandler is handler taking refresh rows as a dbsync.RefreshRowHandler: every value
+// scanned into the orders row's typed variables (RefreshRow.Scan; no map).
+type rowHandler struct {
+	*handler
+	row orderRow
+}
+
+func (h *rowHandler) HandleRefreshRow(r *dbsync.RefreshRow) error {
+	o := &h.row
+	if o.dest == nil {
+		o.dest = []any{&o.id, &o.customer, &o.qty, &o.amount, &o.createdAt, &o.attrs}
+	}
+	if err := r.Scan(o.dest...); err != nil {
+		return err
+	}
+	h.refreshed.Add(1)
+	return nil
+}
+
 // syncerRun is one run of a dbsync Syncer on a slot.
 type syncerRun struct {
 	s      *dbsync.Syncer

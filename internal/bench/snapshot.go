@@ -137,8 +137,10 @@ func (r *runner) snapshot(ctx context.Context) error {
 	for i, d := range []struct {
 		name     string
 		db       *sql.DB
-		inFlight int // 0: the default
-	}{{"lib/pq", db, 0}, {"pgx", pgx, 0}, {"lib/pq, 1 chunk in flight", db, 1}} {
+		inFlight int  // 0: the default
+		rows     bool // a RefreshRowHandler scanning typed variables
+	}{{"lib/pq", db, 0, false}, {"pgx", pgx, 0, false}, {"lib/pq, RefreshRow handler", db, 0, true},
+		{"pgx, RefreshRow handler", pgx, 0, true}, {"lib/pq, 1 chunk in flight", db, 1, false}} {
 		slot := fmt.Sprintf("bench_snap_%d", i)
 		opts := []dbsync.SyncerOpt{dbsync.WithDB(d.db), dbsync.WithReplicationSlot(slot), dbsync.WithPublication(sl.pub)}
 		s, err := dbsync.NewSyncerContext(ctx, opts...)
@@ -147,7 +149,11 @@ func (r *runner) snapshot(ctx context.Context) error {
 		}
 		s.Close()
 		h := newHandler(0)
-		run, err := startSyncer(ctx, d.db, slot, sl.pub, h)
+		var hopts []dbsync.SyncerOpt
+		if d.rows {
+			hopts = append(hopts, dbsync.WithMessageHandler(&rowHandler{handler: h}))
+		}
+		run, err := startSyncer(ctx, d.db, slot, sl.pub, h, hopts...)
 		if err != nil {
 			return err
 		}
