@@ -121,3 +121,17 @@ func TestRetryBackoffNeverGivesUp(t *testing.T) {
 		require.LessOrEqual(t, d, 45*time.Second, "30 s cap plus jitter")
 	}
 }
+
+// TestFlushWatchWait: while nothing is flushed the poller compares the flush LSN every
+// 100 ms for the first 2 s, then every 250 ms.
+func TestFlushWatchWait(t *testing.T) {
+	for quiet, want := range map[time.Duration]time.Duration{
+		0:                               100 * time.Millisecond,
+		time.Second:                     100 * time.Millisecond,
+		2*time.Second - time.Nanosecond: 100 * time.Millisecond,
+		2 * time.Second:                 250 * time.Millisecond,
+		time.Hour:                       250 * time.Millisecond,
+	} {
+		require.Equal(t, want, flushWatchWait(quiet), "quiet for %v", quiet)
+	}
+}

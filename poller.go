@@ -242,13 +242,34 @@ type pollResult struct {
 // (other tables writing) back off as DelayBetweenPeekRetries and friends say.
 const flushWatchInterval = 100 * time.Millisecond
 
+// After flushWatchSlowAfter without anything flushed, the poller compares every
+// flushWatchSlowInterval instead: each comparison costs this process about half a
+// millisecond of CPU on the development machine (mostly the system calls of one
+// query), so 100 ms ticks alone were ~0.5-0.8% of a core, close to the 1% budget
+// for an idle syncer and server (docs/BENCHMARKS.md). A change after a long quiet
+// period then waits up to 250 ms; one after a short pause still up to 100 ms.
+const (
+	flushWatchSlowAfter    = 2 * time.Second
+	flushWatchSlowInterval = 250 * time.Millisecond
+)
+
+// flushWatchWait is the wait before the next comparison of the flush LSN when nothing
+// was flushed for quietFor.
+func flushWatchWait(quietFor time.Duration) time.Duration {
+	if quietFor >= flushWatchSlowAfter {
+		return flushWatchSlowInterval
+	}
+	return flushWatchInterval
+}
+
 // pollLoop polls until ctx ends or a fatal error.
 func (s *Syncer) pollLoop(ctx context.Context) error {
 	st := &slotState{}
 	idle := s.idleBackoff()
 	retry := newRetryBackoff()
 	first := true
-	slotInUse := 0 // consecutive ErrSlotInUse failures
+	slotInUse := 0      // consecutive ErrSlotInUse failures
+	var quiet time.Time // since when nothing was flushed (zero: something was)
 	for {
 		var res pollResult
 		var err error
@@ -270,6 +291,11 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 		case err == nil:
 			retry.Reset()
 			slotInUse = 0
+			if res.peeked {
+				quiet = time.Time{}
+			} else if quiet.IsZero() {
+				quiet = started
+			}
 			if res.rows > 0 || res.cutShort {
 				idle.Reset()
 				if res.cutShort || s.MinPollInterval <= 0 {
@@ -283,7 +309,7 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 			if res.peeked {
 				wait = idle.NextBackOff()
 			} else {
-				wait = flushWatchInterval
+				wait = flushWatchWait(time.Since(quiet))
 			}
 		case errors.Is(err, ErrHandler) && s.HandlerErrorPolicy == RetryOnHandlerError:
 			wait = retry.NextBackOff()

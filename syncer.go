@@ -38,7 +38,8 @@ type Syncer struct {
 
 	// DelayBetweenPeekRetries is the wait after the first peek that found nothing
 	// although the WAL flush LSN had moved (other tables writing). While the flush LSN
-	// does not move the poller only compares it with what it delivered, every 100 ms,
+	// does not move the poller only compares it with what it delivered, every 100 ms
+	// (every 250 ms once nothing was flushed for 2 s),
 	// and peeks as soon as it moves.
 	DelayBetweenPeekRetries time.Duration
 	// TimerDelayBackoffFactor multiplies the wait after each further empty peek (>= 1).
