@@ -283,7 +283,11 @@ func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTa
 	_, qerr := rr.Close()
 	if err == nil && qerr != nil {
 		var pgErr *pgconn.PgError
-		if errors.As(qerr, &pgErr) {
+		if ctx.Err() != nil {
+			// Cancelled by the caller: its error, as database/sql's rows give it (not the
+			// server's "canceling statement" error).
+			err = fmt.Errorf("read selection rows: %w", ctx.Err())
+		} else if errors.As(qerr, &pgErr) {
 			err = fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(qerr, "run selection"))
 		} else {
 			err = classify(qerr, "read selection rows")
