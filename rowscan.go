@@ -91,8 +91,8 @@ var pqPlainOIDs = map[uint32]bool{
 	650:  true, // cidr
 }
 
-// columnList is the select list of columns of info's table read through alias, each
-// named as the column, in the given form:
+// columnList is the select list of columns of info's table (nil: types unknown) read
+// through alias, each named as the column, in the given form:
 //   - formPlain: every column as it is;
 //   - formPQ: columns of the types in pqPlainOIDs as they are, the others as in
 //     formText;
@@ -101,9 +101,11 @@ var pqPlainOIDs = map[uint32]bool{
 func columnList(info *PGTableInfo, alias string, cols []string, form selectForm) string {
 	parts := make([]string, len(cols))
 	for i, c := range cols {
-		var oid uint32
-		if col := info.ColInfo[c]; col != nil {
-			oid = col.TypeOID
+		var oid uint32 // 0: unknown (no info, or not one of its columns)
+		if info != nil {
+			if col := info.ColInfo[c]; col != nil {
+				oid = col.TypeOID
+			}
 		}
 		ref := pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(c)
 		switch {
@@ -121,7 +123,7 @@ func columnList(info *PGTableInfo, alias string, cols []string, form selectForm)
 // plainSelectList is "alias.c1 AS c1, ...": the columns as they are, whatever their
 // types (formPlain for a query's own columns).
 func plainSelectList(alias string, cols []string) string {
-	return columnList(&PGTableInfo{}, alias, cols, formPlain)
+	return columnList(nil, alias, cols, formPlain)
 }
 
 // QuotedName returns the table's quoted "schema"."table" for building queries.

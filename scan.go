@@ -194,42 +194,16 @@ func scanFast(d *decodeInfo, format int16, src []byte, dst any, rb *rowBuf) bool
 			return true
 		}
 	case *int64:
-		switch d.fast {
-		case fastInt8, fastInt4, fastInt2:
-			if text {
-				if n, ok := parseDecimalInt(src); ok {
-					*p = n
-					return true
-				}
-			} else if n, ok := binaryInt(src); ok {
-				*p = n
-				return true
-			}
+		if d.fast == fastInt8 || d.fast == fastInt4 || d.fast == fastInt2 {
+			return scanInt(p, text, src)
 		}
 	case *int32:
-		switch d.fast {
-		case fastInt4, fastInt2:
-			if text {
-				if n, ok := parseDecimalInt(src); ok && n >= -1<<31 && n < 1<<31 {
-					*p = int32(n)
-					return true
-				}
-			} else if n, ok := binaryInt(src); ok {
-				*p = int32(n)
-				return true
-			}
+		if d.fast == fastInt4 || d.fast == fastInt2 {
+			return scanInt(p, text, src)
 		}
 	case *int16:
 		if d.fast == fastInt2 {
-			if text {
-				if n, ok := parseDecimalInt(src); ok && n >= -1<<15 && n < 1<<15 {
-					*p = int16(n)
-					return true
-				}
-			} else if n, ok := binaryInt(src); ok {
-				*p = int16(n)
-				return true
-			}
+			return scanInt(p, text, src)
 		}
 	case *bool:
 		if d.fast == fastBool && len(src) == 1 {
@@ -278,6 +252,24 @@ func binaryInt(src []byte) (int64, bool) {
 		return int64(binary.BigEndian.Uint64(src)), true
 	}
 	return 0, false
+}
+
+// scanInt parses an integer column's value (decimal text, or the big-endian binary
+// form) into *p when it fits T; it reports false (the caller falls back to pgtype,
+// which reports the error) otherwise.
+func scanInt[T int16 | int32 | int64](p *T, text bool, src []byte) bool {
+	var n int64
+	var ok bool
+	if text {
+		n, ok = parseDecimalInt(src)
+	} else {
+		n, ok = binaryInt(src)
+	}
+	if !ok || int64(T(n)) != n {
+		return false
+	}
+	*p = T(n)
+	return true
 }
 
 // assignDecoded stores the value decode gives in *dst when dst is *any or points to a

@@ -385,7 +385,10 @@ func (s *Syncer) collectRows(rctx context.Context, cancel context.CancelFunc, in
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			raw := make([]sql.RawBytes, ncol)
+			var raw []sql.RawBytes // a row's column views; its own slice per row in rowMode
+			if !rowMode {
+				raw = make([]sql.RawBytes, ncol)
+			}
 			for b := range batches {
 				d := &decodedBatch{seq: b.seq, items: make([]DBItem, b.n), keys: make([][]string, b.n)}
 				keySlab := make([]string, b.n*len(keyIdx))

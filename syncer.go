@@ -258,7 +258,9 @@ func (s *Syncer) Stop() {
 	<-done
 }
 
-// Wake makes a running Syncer poll now instead of finishing its idle backoff.
+// Wake makes a running Syncer poll now instead of finishing its idle wait (the flush
+// LSN watch or the backoff after empty peeks). It does not shorten MinPollInterval
+// between two polls that delivered rows.
 func (s *Syncer) Wake() {
 	select {
 	case s.wake <- struct{}{}:

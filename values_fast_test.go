@@ -218,3 +218,30 @@ func TestCivilDays(t *testing.T) {
 		}
 	}
 }
+
+// TestScanIntRange: ScanTuple's integer fast path takes a value into an integer
+// variable only when it fits (text or binary form); otherwise it declines and the
+// caller falls back to pgtype, which reports the overflow.
+func TestScanIntRange(t *testing.T) {
+	var i16 int16
+	var i32 int32
+	var i64 int64
+	require.True(t, scanInt(&i16, true, []byte("-32768")))
+	require.Equal(t, int16(-32768), i16)
+	require.False(t, scanInt(&i16, true, []byte("32768")))
+	require.Equal(t, int16(-32768), i16, "untouched when declined")
+	require.True(t, scanInt(&i32, true, []byte("2147483647")))
+	require.Equal(t, int32(2147483647), i32)
+	require.False(t, scanInt(&i32, true, []byte("2147483648")))
+	require.True(t, scanInt(&i64, true, []byte("-999999999999999999")))
+	require.Equal(t, int64(-999999999999999999), i64)
+	require.False(t, scanInt(&i64, true, []byte("9223372036854775807")), "19 digits: left to pgtype")
+	require.False(t, scanInt(&i64, true, []byte("12x")))
+	// Binary: 2, 4 or 8 big-endian bytes; an 8-byte value too large for int32 declines.
+	require.True(t, scanInt(&i32, false, []byte{0xff, 0xfe}))
+	require.Equal(t, int32(-2), i32)
+	require.False(t, scanInt(&i32, false, []byte{0, 0, 0, 1, 0, 0, 0, 0}))
+	require.True(t, scanInt(&i64, false, []byte{0, 0, 0, 1, 0, 0, 0, 0}))
+	require.Equal(t, int64(1<<32), i64)
+	require.False(t, scanInt(&i64, false, []byte{1, 2, 3}))
+}
