@@ -18,10 +18,14 @@ const (
 	DefaultWMTable       = "dbsync_wmtable"
 
 	// DefaultMinPollInterval is Syncer.MinPollInterval's default: at 1,000
-	// transactions/s on the development machine it cut the server's CPU from ~101% to
-	// ~70% of a core (the writer's backend included) for a median commit-to-handler
-	// latency of 9.6 instead of 7.5 ms (docs/BENCHMARKS.md, steady state).
+	// transactions/s on the development machine it cut the server's CPU from ~88% to
+	// ~49% of a core (the writer's backend included) for a median commit-to-handler
+	// latency of 8.7 instead of 3.5 ms (docs/BENCHMARKS.md, "restart_lsn").
 	DefaultMinPollInterval = 10 * time.Millisecond
+	// DefaultMaxRestartLSNLag is Syncer.MaxRestartLSNLag's default, in bytes of WAL:
+	// at 1,000 transactions/s it has ~0.7 records a second logged and halves the
+	// server's CPU for polling (docs/BENCHMARKS.md, "restart_lsn").
+	DefaultMaxRestartLSNLag = 256 << 10
 	// DefaultDelayBetweenPeekRetries is the first wait after a poll that found nothing.
 	DefaultDelayBetweenPeekRetries = 100 * time.Millisecond
 	// DefaultTimerDelayBackoffFactor multiplies the wait after each further empty poll.
@@ -214,6 +218,20 @@ func WithMinPollInterval(d time.Duration) SyncerOpt {
 			return fmt.Errorf("%w: WithMinPollInterval(%v): the interval must be >= 0", ErrConfig, d)
 		}
 		s.MinPollInterval = d
+		return nil
+	}
+}
+
+// WithMaxRestartLSNLag sets Syncer.MaxRestartLSNLag: how many bytes of WAL the slot's
+// restart_lsn may trail its confirmed_flush_lsn before the Syncer has PostgreSQL log
+// an xl_running_xacts record (by creating and dropping a temporary logical slot) so
+// restart_lsn can move up; 0 turns this off.
+func WithMaxRestartLSNLag(bytes int64) SyncerOpt {
+	return func(s *Syncer) error {
+		if bytes < 0 {
+			return fmt.Errorf("%w: WithMaxRestartLSNLag(%d): the lag must be >= 0 bytes (0: off)", ErrConfig, bytes)
+		}
+		s.MaxRestartLSNLag = bytes
 		return nil
 	}
 }

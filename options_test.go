@@ -29,6 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, DefaultDelayBetweenPeekRetries, s.DelayBetweenPeekRetries)
 	require.Equal(t, DefaultMaxMessagesToRead, s.MaxMessagesToRead)
 	require.Equal(t, DefaultMinPollInterval, s.MinPollInterval)
+	require.Equal(t, int64(DefaultMaxRestartLSNLag), s.MaxRestartLSNLag)
 }
 
 func TestConfigEnvOverridesDefaults(t *testing.T) {
@@ -69,6 +70,7 @@ func TestConfigInvalid(t *testing.T) {
 		"backoff max < initial":  WithPollBackoff(time.Second, 2, time.Millisecond),
 		"nil db":                 WithDB(nil),
 		"negative poll interval": WithMinPollInterval(-time.Millisecond),
+		"negative restart lag":   WithMaxRestartLSNLag(-1),
 		"long publication":       WithPublication(string(make([]byte, 64))),
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -233,7 +233,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 	if err != nil {
 		return classify(err, what)
 	}
-	copyName := scratchSlotName(s.replicationSlot)
+	copyName := scratchSlotName(s.replicationSlot, "_split_")
 	if _, err := cconn.ExecContext(ctx, `SELECT pg_copy_logical_replication_slot($1, $2, true)`, s.replicationSlot, copyName); err != nil {
 		cconn.Close()
 		if ctx.Err() != nil {
@@ -368,10 +368,9 @@ func (s *Syncer) readCopy(ctx context.Context, conn *sql.Conn, copyName string, 
 	return err
 }
 
-// scratchSlotName names a split peek's temporary slot copy: the slot's name (cut to
-// fit NAMEDATALEN) and a random suffix.
-func scratchSlotName(slot string) string {
-	const suffix = "_split_"
+// scratchSlotName names a temporary slot (a split peek's copy, restartlsn.go's
+// throwaway slot): the slot's name (cut to fit NAMEDATALEN), suffix and random hex.
+func scratchSlotName(slot, suffix string) string {
 	var r [4]byte
 	_, _ = rand.Read(r[:])
 	tail := suffix + hex.EncodeToString(r[:])

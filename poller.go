@@ -264,6 +264,11 @@ func flushWatchWait(quietFor time.Duration) time.Duration {
 
 // pollLoop polls until ctx ends or a fatal error.
 func (s *Syncer) pollLoop(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		s.waitRestartChecks()
+	}()
 	st := &slotState{}
 	idle := s.idleBackoff()
 	retry := newRetryBackoff()
@@ -293,6 +298,7 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 			slotInUse = 0
 			if res.peeked {
 				quiet = time.Time{}
+				s.maybeCheckRestart(ctx, started)
 			} else if quiet.IsZero() {
 				quiet = started
 			}

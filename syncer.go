@@ -50,13 +50,23 @@ type Syncer struct {
 	// MinPollInterval is the least time from the start of one poll to the start of the
 	// next while the Syncer keeps up with the WAL (DefaultMinPollInterval; 0: poll
 	// again as soon as a poll delivered something). Every peek decodes the WAL again
-	// from the slot's restart_lsn, which PostgreSQL moves only about every 15 s, so a
-	// Syncer polling back to back under a steady write load keeps a server backend
-	// busy (about three quarters of a core at 1,000 transactions/s on the development
-	// machine, docs/BENCHMARKS.md); the interval trades change latency (up to about
-	// the interval more) for that CPU. It does not slow down a backlog: a poll that
+	// from the slot's restart_lsn, so a Syncer polling back to back under a steady
+	// write load keeps a server backend busy (the whole server at ~88% of a core at
+	// 1,000 transactions/s on the development machine, ~49% with the 10 ms default;
+	// docs/BENCHMARKS.md); the interval trades change latency (up to about the
+	// interval more) for that CPU. It does not slow down a backlog: a poll that
 	// stopped short of the WAL flush LSN is followed at once.
 	MinPollInterval time.Duration
+	// MaxRestartLSNLag is how far, in bytes of WAL, the slot's restart_lsn may trail
+	// its confirmed_flush_lsn before the Syncer has PostgreSQL log an xl_running_xacts
+	// record so that restart_lsn can move up (DefaultMaxRestartLSNLag; 0 or less: never,
+	// restart_lsn then moves about every 15 s). Every poll decodes the WAL again from
+	// restart_lsn; see restartlsn.go and README "Reading the slot". The record is logged
+	// by creating and at once dropping a temporary logical slot, so it needs a free
+	// max_replication_slots entry for a moment; checks run on their own connection at
+	// most every 250 ms while polls read something, and back off when an open
+	// transaction pins restart_lsn.
+	MaxRestartLSNLag int64
 	// MaxMessagesToRead is the upto_nchanges bound of one peek (rows; 0: none).
 	MaxMessagesToRead int
 	// HandlerErrorPolicy says whether a failing handler stops the Syncer or is retried.
@@ -105,6 +115,8 @@ type Syncer struct {
 	// the backlog from which polls are split (tests).
 	splitPeeks  atomic.Uint64
 	splitMinWAL uint64
+	// restart keeps restart_lsn close to confirmed_flush_lsn (restartlsn.go).
+	restart restartKeeper
 
 	// lifecycle
 	mu      sync.Mutex
@@ -138,6 +150,7 @@ func NewSyncerContext(ctx context.Context, opts ...SyncerOpt) (*Syncer, error) {
 	s := &Syncer{
 		DelayBetweenPeekRetries:   DefaultDelayBetweenPeekRetries,
 		MinPollInterval:           DefaultMinPollInterval,
+		MaxRestartLSNLag:          DefaultMaxRestartLSNLag,
 		TimerDelayBackoffFactor:   DefaultTimerDelayBackoffFactor,
 		MaxDelayBetweenEmptyPeeks: DefaultMaxDelayBetweenEmptyPeeks,
 		MaxMessagesToRead:         DefaultMaxMessagesToRead,

@@ -138,7 +138,7 @@ func (r *runner) steady(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	phase := func(contender string, lat *latencies, stop func() error) error {
+	phase := func(contender string, lat *latencies, stop func() error, more func() string) error {
 		time.Sleep(time.Second)
 		lat.from = nextID
 		r.logf("%s: %s: writing", wl, contender)
@@ -171,13 +171,23 @@ func (r *runner) steady(ctx context.Context) error {
 		}
 		r.add(Result{Workload: wl, Contender: contender, Rows: n, Elapsed: dur, Rate: float64(n) / dur.Seconds(),
 			Extra: fmt.Sprintf("p50 %s, p99 %s, max %s; CPU while writing: server %.0f%%, this process %.0f%% of a core",
-				ms(p50), ms(p99), ms(max), pct(s1-s0, dur), pct(g1-g0, dur)), Target: target})
+				ms(p50), ms(p99), ms(max), pct(s1-s0, dur), pct(g1-g0, dur)) + more(), Target: target})
 		return nil
 	}
 
-	// dbsync: the default (MinPollInterval 10 ms), then polling back to back and every
-	// 25 ms (server CPU against latency)
-	for _, interval := range []time.Duration{dbsync.DefaultMinPollInterval, 0, 25 * time.Millisecond} {
+	// dbsync: the defaults, then polling back to back and every 25 ms (server CPU
+	// against latency), then without logging running-transactions records (restart_lsn
+	// moving only every ~15 s).
+	variants := []struct {
+		name string
+		opts []dbsync.SyncerOpt
+	}{
+		{"dbsync (lib/pq)", nil},
+		{"dbsync (lib/pq, MinPollInterval 0s)", []dbsync.SyncerOpt{dbsync.WithMinPollInterval(0)}},
+		{"dbsync (lib/pq, MinPollInterval 25ms)", []dbsync.SyncerOpt{dbsync.WithMinPollInterval(25 * time.Millisecond)}},
+		{"dbsync (lib/pq, MaxRestartLSNLag 0)", []dbsync.SyncerOpt{dbsync.WithMaxRestartLSNLag(0)}},
+	}
+	for _, v := range variants {
 		slot, err := newSlot("dbsync")
 		if err != nil {
 			return err
@@ -185,15 +195,14 @@ func (r *runner) steady(ctx context.Context) error {
 		lat := &latencies{}
 		h := newHandler(0)
 		h.onChange = func(c *dbsync.Change) { lat.add(idOf(c.New["id"]), c.New["created_at"]) }
-		run, err := startSyncer(ctx, db, slot, sl.pub, h, dbsync.WithMinPollInterval(interval))
+		run, err := startSyncer(ctx, db, slot, sl.pub, h, v.opts...)
 		if err != nil {
 			return err
 		}
-		name := "dbsync (lib/pq)"
-		if interval != dbsync.DefaultMinPollInterval {
-			name = fmt.Sprintf("dbsync (lib/pq, MinPollInterval %v)", interval)
+		logs := func() string {
+			return fmt.Sprintf("; %d running-xacts records logged", run.s.RestartLSNLogs())
 		}
-		if err := phase(name, lat, run.stop); err != nil {
+		if err := phase(v.name, lat, run.stop, logs); err != nil {
 			return err
 		}
 		dropSlot(db, slot)
@@ -212,7 +221,7 @@ func (r *runner) steady(ctx context.Context) error {
 		done := make(chan error, 1)
 		go func() { done <- c.run(sctx, sl.dsn, slot, sl.pub, nil) }()
 		stop := func() error { cancel(); return <-done }
-		if err := phase("streaming (pglogrepl)", lat, stop); err != nil {
+		if err := phase("streaming (pglogrepl)", lat, stop, func() string { return "" }); err != nil {
 			return err
 		}
 		dropSlot(db, slot)

@@ -1,0 +1,191 @@
+package dbsync
+
+import (
+	"database/sql"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/require"
+)
+
+func TestRestartKeeperJudge(t *testing.T) {
+	const maxLag = 100
+	k := &restartKeeper{}
+	// Within the lag: nothing to do.
+	require.False(t, k.judge(1000, 1100, maxLag))
+	// Past it: log.
+	require.True(t, k.judge(1000, 1101, maxLag))
+	k.tried++
+	k.logged, k.restartAtLog = 1200, 1000
+	// The slot has not been forwarded past the record: wait, however far behind.
+	require.False(t, k.judge(1000, 1150, maxLag))
+	require.Equal(t, 1, k.tried)
+	// restart_lsn moved: the record helped; judge the new lag.
+	require.False(t, k.judge(1190, 1250, maxLag))
+	require.Equal(t, 0, k.tried)
+	require.Equal(t, pglogrepl.LSN(0), k.logged)
+	// Forwarded past a record and restart_lsn did not move: log again, and the count
+	// of records that did not help keeps growing (backoff).
+	require.True(t, k.judge(1190, 1400, maxLag))
+	k.tried++
+	k.logged, k.restartAtLog = 1450, 1190
+	require.True(t, k.judge(1190, 1500, maxLag))
+	k.tried++
+	require.Equal(t, 2, k.tried)
+	// A slot whose restart_lsn is ahead of confirmed_flush_lsn (a fresh slot) is fine.
+	k = &restartKeeper{}
+	require.False(t, k.judge(2000, 1000, maxLag))
+}
+
+func TestRestartKeeperBackoff(t *testing.T) {
+	k := &restartKeeper{}
+	want := []time.Duration{restartCheckInterval, restartCheckInterval, 2 * restartCheckInterval, 4 * restartCheckInterval}
+	for tried, w := range want {
+		k.tried = tried
+		require.Equal(t, w, k.backoff(), "tried %d", tried)
+	}
+	k.tried = 100
+	require.Equal(t, restartCheckMaxInterval, k.backoff())
+}
+
+// setRestartTimings shrinks the restart_lsn checks' timings for a test.
+func setRestartTimings(t *testing.T, interval, timeout time.Duration) {
+	oi, ot := restartCheckInterval, restartLogTimeout
+	restartCheckInterval, restartLogTimeout = interval, timeout
+	t.Cleanup(func() { restartCheckInterval, restartLogTimeout = oi, ot })
+}
+
+// slotLag reads a slot's restart_lsn and confirmed_flush_lsn.
+func slotLag(t *testing.T, db *sql.DB, slot string) (restart, confirmed pglogrepl.LSN) {
+	t.Helper()
+	var r, c string
+	require.NoError(t, db.QueryRow(`SELECT restart_lsn::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&r, &c))
+	restart, err := pglogrepl.ParseLSN(r)
+	require.NoError(t, err)
+	confirmed, err = pglogrepl.ParseLSN(c)
+	require.NoError(t, err)
+	return restart, confirmed
+}
+
+// otherSlots lists the slots of the cluster other than the given ones.
+func otherSlots(t *testing.T, db *sql.DB, own ...string) []string {
+	t.Helper()
+	rows, err := db.Query(`SELECT slot_name FROM pg_replication_slots WHERE NOT slot_name = ANY($1) ORDER BY 1`, "{"+strings.Join(own, ",")+"}")
+	require.NoError(t, err)
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		require.NoError(t, rows.Scan(&n))
+		out = append(out, n)
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// writeSteadily inserts n rows of about 1 KB into table, one transaction each, pausing
+// between them so that polls interleave with the writes.
+func writeSteadily(t *testing.T, db *sql.DB, table string, from, n int) {
+	t.Helper()
+	for i := from; i < from+n; i++ {
+		_, err := db.Exec(`INSERT INTO `+table+` VALUES ($1, repeat('x', 1000))`, i)
+		require.NoError(t, err)
+		if i%10 == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// TestRestartLSNFollowsConfirmed writes ~2 MB of WAL in small transactions while a
+// Syncer keeps up, and checks that the slot's restart_lsn follows its
+// confirmed_flush_lsn within MaxRestartLSNLag (PostgreSQL alone moves it only about
+// every 15 s), that every change is delivered once and in order, and that the
+// temporary slots used to log the records are gone.
+func TestRestartLSNFollowsConfirmed(t *testing.T) {
+	setRestartTimings(t, 20*time.Millisecond, 2*time.Second)
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE rx (id int PRIMARY KEY, pad text)`)
+	slot := pgtest.Ident(t, "slot")
+	h := newCacheHandler()
+	const maxLag = 64 << 10
+	s, stop := startSyncer(t, d.DSN(), slot, h, ForTables("rx"), WithMaxRestartLSNLag(maxLag))
+	waitCaughtUp(t, d.DB, slot)
+	restart0, _ := slotLag(t, d.DB, slot)
+
+	const n = 2000
+	writeSteadily(t, d.DB, "rx", 1, n)
+	waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == n }, "%d inserts", n)
+	waitCaughtUp(t, d.DB, slot)
+	var restart, confirmed pglogrepl.LSN
+	waitFor(t, 10*time.Second, func() bool {
+		restart, confirmed = slotLag(t, d.DB, slot)
+		return uint64(confirmed-restart) <= 2*maxLag
+	}, "restart_lsn to come within %d bytes of confirmed_flush_lsn", 2*maxLag)
+	require.NoError(t, stop())
+
+	t.Logf("restart_lsn %s -> %s, confirmed_flush_lsn %s, %d records logged", restart0, restart, confirmed, s.RestartLSNLogs())
+	require.Greater(t, uint64(confirmed-restart0), uint64(2<<20), "the test must write more than 2 MB of WAL")
+	require.GreaterOrEqual(t, s.RestartLSNLogs(), uint64(10), "one record per ~%d bytes", maxLag)
+	for i, e := range h.eventList() {
+		require.Equal(t, fmt.Sprintf(`insert public.rx ["%d"]`, i+1), e)
+	}
+	require.Empty(t, otherSlots(t, d.DB, slot), "temporary slots left behind")
+}
+
+// TestRestartLSNOpenTransaction holds a transaction open, which pins restart_lsn and
+// makes creating a slot wait: the Syncer must keep delivering, give up each record
+// within restartLogTimeout without leaving a slot behind, back off, and move
+// restart_lsn once the transaction ends.
+func TestRestartLSNOpenTransaction(t *testing.T) {
+	setRestartTimings(t, 20*time.Millisecond, 300*time.Millisecond)
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE rx (id int PRIMARY KEY, pad text)`, `CREATE TABLE other (id int)`)
+	slot := pgtest.Ident(t, "slot")
+	h := newCacheHandler()
+	const maxLag = 64 << 10
+	s, stop := startSyncer(t, d.DSN(), slot, h, ForTables("rx"), WithMaxRestartLSNLag(maxLag))
+	waitCaughtUp(t, d.DB, slot)
+
+	open, err := d.DB.Begin()
+	require.NoError(t, err)
+	defer open.Rollback()
+	_, err = open.Exec(`INSERT INTO other VALUES (1)`) // takes an xid
+	require.NoError(t, err)
+	var openedAt pglogrepl.LSN
+	require.NoError(t, d.DB.QueryRow(`SELECT pg_current_wal_insert_lsn()`).Scan(&openedAt))
+	restart0, _ := slotLag(t, d.DB, slot)
+
+	start := time.Now()
+	writeSteadily(t, d.DB, "rx", 1, 1000)
+	waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == 1000 }, "1000 inserts")
+	waitCaughtUp(t, d.DB, slot)
+	time.Sleep(time.Second) // more checks while the transaction stays open
+	restart, confirmed := slotLag(t, d.DB, slot)
+	pinned := time.Since(start)
+	require.Less(t, restart, openedAt, "an open transaction pins restart_lsn before its first record")
+	require.Greater(t, uint64(confirmed-restart), uint64(maxLag))
+	require.Zero(t, s.RestartLSNLogs(), "creating a slot must not finish while the transaction is open")
+	require.Empty(t, otherSlots(t, d.DB, slot), "a cancelled slot creation must not leave its slot")
+
+	require.NoError(t, open.Commit())
+	next := 1001
+	waitFor(t, 30*time.Second, func() bool {
+		writeSteadily(t, d.DB, "rx", next, 100)
+		next += 100
+		restart, confirmed = slotLag(t, d.DB, slot)
+		return restart > openedAt && uint64(confirmed-restart) <= 4*maxLag
+	}, "restart_lsn to move after the transaction ended")
+	waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == next-1 }, "%d inserts", next-1)
+	require.NoError(t, stop())
+	t.Logf("pinned for %v; then %d records logged, restart_lsn %s -> %s", pinned, s.RestartLSNLogs(), restart0, restart)
+	require.NotZero(t, s.RestartLSNLogs())
+	require.Empty(t, otherSlots(t, d.DB, slot))
+	events := h.eventList()
+	for i, e := range events {
+		require.Equal(t, fmt.Sprintf(`insert public.rx ["%d"]`, i+1), e)
+	}
+}
