@@ -92,7 +92,18 @@ func (r *runner) snapshot(ctx context.Context) error {
 	var copyRate float64
 	var copyRows int64
 	var copyEl time.Duration
+	var copyCPU string
+	pm, err := postmasterPID(r.srv.DataDir())
+	if err != nil {
+		return err
+	}
+	// cpu says how busy the server (writer included) and this process were, in % of a
+	// core, since s0 and g0.
+	cpu := func(s0, g0 time.Duration, el time.Duration) string {
+		return fmt.Sprintf("CPU: server %.0f%%, this process %.0f%% of a core", pct(serverCPU(pm)-s0, el), pct(selfCPU()-g0, el))
+	}
 	timedCopy := func() error {
+		s0, g0 := serverCPU(pm), selfCPU()
 		start := time.Now()
 		rows, err := copyOut(ctx, pgx)
 		if err != nil {
@@ -100,7 +111,7 @@ func (r *runner) snapshot(ctx context.Context) error {
 		}
 		el := time.Since(start)
 		if rate := float64(rows) / el.Seconds(); rate > copyRate {
-			copyRate, copyRows, copyEl = rate, rows, el
+			copyRate, copyRows, copyEl, copyCPU = rate, rows, el, cpu(s0, g0, el)
 		}
 		return nil
 	}
@@ -112,6 +123,7 @@ func (r *runner) snapshot(ctx context.Context) error {
 		rows    int64
 		el      time.Duration
 		updates int64
+		cpu     string
 	}
 	var reads []chunked
 	var snapRows []int64
@@ -120,6 +132,7 @@ func (r *runner) snapshot(ctx context.Context) error {
 		db   *sql.DB
 	}{{"pgx", pgx}, {"lib/pq", db}} {
 		w0 := written.Load()
+		s0, g0 := serverCPU(pm), selfCPU()
 		start := time.Now()
 		rows, err := chunkedRead(ctx, d.db)
 		if err != nil {
@@ -129,7 +142,7 @@ func (r *runner) snapshot(ctx context.Context) error {
 		if rows < int64(n) {
 			return fmt.Errorf("%w: chunked read (%s) returned %d rows of %d", errMismatch, d.name, rows, n)
 		}
-		reads = append(reads, chunked{d.name, rows, el, written.Load() - w0})
+		reads = append(reads, chunked{d.name, rows, el, written.Load() - w0, cpu(s0, g0, el)})
 	}
 	// dbsync's own Snapshot: a running Syncer (default settings, so chunks of
 	// DefaultSnapshotChunkSize rows) reads the table through its watermark windows while
@@ -161,9 +174,11 @@ func (r *runner) snapshot(ctx context.Context) error {
 			run.s.SnapshotChunksInFlight = d.inFlight
 		}
 		w0 := written.Load()
+		s0, g0 := serverCPU(pm), selfCPU()
 		start := time.Now()
 		err = run.s.Snapshot(ctx, "orders")
 		el := time.Since(start)
+		usage := cpu(s0, g0, el)
 		if serr := run.stop(); err == nil {
 			err = serr
 		}
@@ -172,7 +187,7 @@ func (r *runner) snapshot(ctx context.Context) error {
 			return fmt.Errorf("dbsync snapshot (%s): %w", d.name, err)
 		}
 		got := h.refreshed.Load()
-		reads = append(reads, chunked{"dbsync Snapshot (" + d.name + ")", int64(n), el, written.Load() - w0})
+		reads = append(reads, chunked{"dbsync Snapshot (" + d.name + ")", int64(n), el, written.Load() - w0, usage})
 		r.logf("%s: dbsync Snapshot (%s): %d refresh rows, %d changes, %.2fs", wl, d.name, got, h.changes.Load(), el.Seconds())
 		if got < int64(n)/2 {
 			return fmt.Errorf("%w: dbsync Snapshot (%s) delivered %d refresh rows of %d", errMismatch, d.name, got, n)
@@ -182,15 +197,15 @@ func (r *runner) snapshot(ctx context.Context) error {
 	if err := timedCopy(); err != nil {
 		return err
 	}
-	r.add(Result{Workload: wl, Contender: "COPY TO STDOUT (pgx)", Rows: copyRows, Elapsed: copyEl, Rate: copyRate, Extra: "writer running; best of 2"})
+	r.add(Result{Workload: wl, Contender: "COPY TO STDOUT (pgx)", Rows: copyRows, Elapsed: copyEl, Rate: copyRate, Extra: "writer running; best of 2; " + copyCPU})
 	for i, c := range reads {
 		rate := float64(c.rows) / c.el.Seconds()
 		res := Result{Workload: wl, Contender: "harness chunks 10k + watermarks (" + c.name + ")", Rows: c.rows, Elapsed: c.el, Rate: rate, Ratio: ratio(rate, copyRate),
-			Extra: fmt.Sprintf("writer did %d updates meanwhile; not dbsync code", c.updates)}
+			Extra: fmt.Sprintf("writer did %d updates meanwhile; not dbsync code; %s", c.updates, c.cpu)}
 		if strings.HasPrefix(c.name, "dbsync") {
 			res.Contender = c.name
-			res.Extra = fmt.Sprintf("%d refresh rows (rows the writer touched in a window come as changes); writer did %d updates meanwhile",
-				snapRows[i-2], c.updates)
+			res.Extra = fmt.Sprintf("%d refresh rows (rows the writer touched in a window come as changes); writer did %d updates meanwhile; %s",
+				snapRows[i-2], c.updates, c.cpu)
 			if strings.Contains(c.name, "in flight") {
 				res.Extra = "not the default, for comparison; " + res.Extra
 			} else {

@@ -313,7 +313,8 @@ func postmasterPID(dataDir string) (int, error) {
 }
 
 // serverCPU sums the user+system CPU time of the postmaster and its children
-// (/proc/<pid>/stat fields 14 and 15, in clock ticks of 10 ms).
+// (/proc/<pid>/stat fields 14 and 15, in clock ticks of 10 ms), and of the children
+// that ended (the postmaster's fields 16 and 17).
 func serverCPU(pm int) time.Duration {
 	ents, _ := os.ReadDir("/proc")
 	var ticks int64
@@ -343,6 +344,13 @@ func serverCPU(pm int) time.Duration {
 		u, _ := strconv.ParseInt(f[11], 10, 64)
 		st, _ := strconv.ParseInt(f[12], 10, 64)
 		ticks += u + st
+		if pid == pm && len(f) >= 15 {
+			// cutime and cstime: children that exited (closed connections), so the
+			// sum does not drop when a backend ends between two readings.
+			cu, _ := strconv.ParseInt(f[13], 10, 64)
+			cs, _ := strconv.ParseInt(f[14], 10, 64)
+			ticks += cu + cs
+		}
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond
 }
