@@ -54,6 +54,8 @@ type restartKeeper struct {
 	next atomic.Int64 // no check before this time (Unix nanoseconds)
 	wg   sync.WaitGroup
 	logs atomic.Uint64 // records logged (tests, benchmarks)
+	// warned is set once a full max_replication_slots was reported (once per Syncer).
+	warned atomic.Bool
 
 	logged       pglogrepl.LSN // the slot's position after the last record, until judged
 	restartAtLog pglogrepl.LSN // restart_lsn when it was logged
@@ -77,7 +79,12 @@ func (s *Syncer) maybeCheckRestart(ctx context.Context, now time.Time) {
 		defer k.wg.Done()
 		defer k.busy.Store(false)
 		if err := s.checkRestart(ctx); err != nil && ctx.Err() == nil {
-			s.log.Debug("dbsync: restart_lsn check failed", "slot", s.replicationSlot, "err", err)
+			if hasSQLState(err, "53400") && k.warned.CompareAndSwap(false, true) {
+				s.log.Warn("dbsync: no free replication slot entry to log a running-transactions record with, so restart_lsn moves only about every 15 s and every poll decodes up to that much WAL again: raise max_replication_slots by one, or turn this off with WithMaxRestartLSNLag(0)",
+					"slot", s.replicationSlot, "err", err)
+			} else {
+				s.log.Debug("dbsync: restart_lsn check failed", "slot", s.replicationSlot, "err", err)
+			}
 		}
 		k.next.Store(time.Now().Add(k.backoff()).UnixNano())
 	}()

@@ -1,9 +1,12 @@
 package dbsync
 
 import (
+	"bytes"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -186,6 +189,58 @@ func TestRestartLSNOpenTransaction(t *testing.T) {
 	require.Empty(t, otherSlots(t, d.DB, slot))
 	events := h.eventList()
 	for i, e := range events {
+		require.Equal(t, fmt.Sprintf(`insert public.rx ["%d"]`, i+1), e)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestRestartLSNNoFreeSlot runs a Syncer on a cluster whose only replication slot
+// entry is its own: logging a record fails (SQLSTATE 53400) at every check. Delivery
+// must go on, and the Syncer warns once, saying what to do.
+func TestRestartLSNNoFreeSlot(t *testing.T) {
+	setRestartTimings(t, 20*time.Millisecond, 2*time.Second)
+	srv, err := pgtest.Start(pgtest.Options{Settings: []string{"max_replication_slots = 1"}})
+	require.NoError(t, err)
+	defer srv.Stop()
+	d := srv.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE rx (id int PRIMARY KEY, pad text)`)
+	slot := pgtest.Ident(t, "slot")
+	h := newCacheHandler()
+	logs := &lockedBuffer{}
+	s, stop := startSyncer(t, d.DSN(), slot, h, ForTables("rx"), WithMaxRestartLSNLag(64<<10),
+		WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	next := 1
+	waitFor(t, 30*time.Second, func() bool {
+		writeSteadily(t, d.DB, "rx", next, 200)
+		next += 200
+		return strings.Contains(logs.String(), "max_replication_slots")
+	}, "the warning about max_replication_slots")
+	writeSteadily(t, d.DB, "rx", next, 500) // more failed checks
+	next += 500
+	waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == next-1 }, "%d inserts", next-1)
+	require.NoError(t, stop())
+	require.Zero(t, s.RestartLSNLogs())
+	require.Equal(t, 1, strings.Count(logs.String(), "level=WARN"), logs.String())
+	require.Contains(t, logs.String(), "raise max_replication_slots by one")
+	require.Contains(t, logs.String(), "53400")
+	for i, e := range h.eventList() {
 		require.Equal(t, fmt.Sprintf(`insert public.rx ["%d"]`, i+1), e)
 	}
 }
