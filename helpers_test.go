@@ -78,3 +78,19 @@ func waitCaughtUp(t *testing.T, db *sql.DB, slot string) {
 		return ok
 	}, "slot %s to reach %s", slot, target)
 }
+
+// queryStrings runs q and returns its single text column, row by row.
+func queryStrings(t *testing.T, db *sql.DB, q string, args ...any) []string {
+	t.Helper()
+	rows, err := db.Query(q, args...)
+	require.NoError(t, err)
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		require.NoError(t, rows.Scan(&v))
+		out = append(out, v)
+	}
+	require.NoError(t, rows.Err())
+	return out
+}

@@ -77,17 +77,7 @@ func slotLag(t *testing.T, db *sql.DB, slot string) (restart, confirmed pglogrep
 // otherSlots lists the slots of the cluster other than the given ones.
 func otherSlots(t *testing.T, db *sql.DB, own ...string) []string {
 	t.Helper()
-	rows, err := db.Query(`SELECT slot_name FROM pg_replication_slots WHERE NOT slot_name = ANY($1) ORDER BY 1`, "{"+strings.Join(own, ",")+"}")
-	require.NoError(t, err)
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var n string
-		require.NoError(t, rows.Scan(&n))
-		out = append(out, n)
-	}
-	require.NoError(t, rows.Err())
-	return out
+	return queryStrings(t, db, `SELECT slot_name FROM pg_replication_slots WHERE NOT slot_name = ANY($1) ORDER BY 1`, "{"+strings.Join(own, ",")+"}")
 }
 
 // writeSteadily inserts n rows of about 1 KB into table, one transaction each, pausing

@@ -99,16 +99,7 @@ func TestTeardown(t *testing.T) {
 	require.True(t, slotExists(t, d.DB, slot))
 
 	pubTables := func() []string {
-		rows, err := d.DB.Query(`SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub)
-		require.NoError(t, err)
-		defer rows.Close()
-		var out []string
-		for rows.Next() {
-			var n string
-			require.NoError(t, rows.Scan(&n))
-			out = append(out, n)
-		}
-		return out
+		return queryStrings(t, d.DB, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub)
 	}
 	schemaExists := func() bool {
 		var ok bool
