@@ -234,13 +234,22 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 		return classify(err, what)
 	}
 	copyName := scratchSlotName(s.replicationSlot, "_split_")
-	if _, err := cconn.ExecContext(ctx, `SELECT pg_copy_logical_replication_slot($1, $2, true)`, s.replicationSlot, copyName); err != nil {
+	// The copy's confirmed_flush_lsn is the lsn the copy returns (NULL: none).
+	var copied sql.NullString
+	if err := cconn.QueryRowContext(ctx, `SELECT lsn::text FROM pg_copy_logical_replication_slot($1, $2, true)`, s.replicationSlot, copyName).Scan(&copied); err != nil {
 		cconn.Close()
 		if ctx.Err() != nil {
 			return classify(err, what)
 		}
 		s.log.Debug("dbsync: cannot copy the slot for a split peek; peeking once", "slot", s.replicationSlot, "err", err)
 		return s.readPeek(ctx, upto, 0, fn)
+	}
+	var copyConfirmed pglogrepl.LSN
+	if copied.Valid {
+		if copyConfirmed, err = parseLSN([]byte(copied.String)); err != nil {
+			cconn.Close()
+			return err
+		}
 	}
 	s.splitPeeks.Add(1)
 	cctx, cancel := context.WithCancel(ctx)
@@ -249,7 +258,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 	copyErr := make(chan error, 1)
 	go func() {
 		defer close(rows)
-		copyErr <- s.readCopy(cctx, cconn, copyName, mid, upto, rows)
+		copyErr <- s.readCopy(cctx, cconn, copyName, copyConfirmed, mid, upto, rows)
 	}()
 	stopCopy := func() {
 		cancel()
@@ -321,25 +330,13 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 	return <-copyErr // classified by readCopy
 }
 
-// readCopy forwards the temporary copy to mid and peeks it up to upto on conn,
-// sending its rows to out in batches.
-func (s *Syncer) readCopy(ctx context.Context, conn *sql.Conn, copyName string, mid, upto pglogrepl.LSN, out chan<- []PGMSG) error {
+// readCopy forwards the temporary copy (at confirmed, its confirmed_flush_lsn) to mid
+// and peeks it up to upto on conn, sending its rows to out in batches.
+func (s *Syncer) readCopy(ctx context.Context, conn *sql.Conn, copyName string, confirmed, mid, upto pglogrepl.LSN, out chan<- []PGMSG) error {
 	// A temporary slot is dropped by any error in its session, so the copy is
 	// forwarded only when mid is ahead of it (the poller's idea of the slot's
 	// position may be stale); if it is not, the slot's own call returns nothing and
 	// the copy everything.
-	var pos sql.NullString
-	if err := conn.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, copyName).Scan(&pos); err != nil {
-		return classify(err, "read slot copy "+copyName)
-	}
-	var confirmed pglogrepl.LSN
-	if pos.Valid {
-		c, err := parseLSN([]byte(pos.String))
-		if err != nil {
-			return err
-		}
-		confirmed = c
-	}
 	if mid > confirmed {
 		if _, err := conn.ExecContext(ctx, `SELECT pg_replication_slot_advance($1, $2::pg_lsn)`, copyName, mid.String()); err != nil {
 			return classify(err, "advance slot copy "+copyName)

@@ -71,48 +71,35 @@ func (r *RefreshRow) Scan(dest ...any) error {
 	if len(dest) != len(r.names) {
 		return fmt.Errorf("%w: RefreshRow.Scan: %s has %d selected columns, got %d destinations", ErrConfig, r.Table.QualifiedName(), len(r.names), len(dest))
 	}
-	var m *pgtype.Map
-	defer func() {
-		if m != nil {
-			typeMaps.Put(m)
-		}
-	}()
+	var vs valueScanner
+	defer vs.release()
 	// Copies of text and json values share one buffer, sized for all of them.
 	need := 0
 	for i, col := range r.cols {
-		if dest[i] != nil && r.raw[i] != nil && (col == nil || (col.dec != nil && col.dec.copies())) {
+		if dest[i] == nil || r.raw[i] == nil {
+			continue
+		}
+		if col == nil {
+			need += len(r.raw[i]) // scanUnknownColumn copies its text
+		} else if d := col.decoder(); d.kind == kindCodec && copiesInto(d, dest[i]) {
 			need += len(r.raw[i])
 		}
 	}
-	rb := newRowBuf(need)
+	if need > 0 {
+		vs.rb.buf = make([]byte, 0, need)
+	}
 	for i, dst := range dest {
 		if dst == nil {
 			continue
 		}
 		src, col := r.raw[i], r.cols[i]
 		if col == nil {
-			if err := scanUnknownColumn(r.names[i], src, dst, rb); err != nil {
+			if err := scanUnknownColumn(r.names[i], src, dst, &vs.rb); err != nil {
 				return fmt.Errorf("%s: %w", r.Table.QualifiedName(), err)
 			}
 			continue
 		}
-		null := src == nil
-		if null {
-			if p, ok := dst.(*any); ok {
-				*p = nil
-				continue
-			}
-		} else if d := col.decoder(); d.kind == kindCodec && scanFast(d, pgtype.TextFormatCode, src, dst, rb) {
-			continue
-		}
-		if m == nil {
-			m = typeMaps.Get().(*pgtype.Map)
-		}
-		broken, err := scanColumn(m, col, col.TypeOID, pgtype.TextFormatCode, src, null, dst)
-		if broken {
-			m = nil
-		}
-		if err != nil {
+		if err := vs.scan(col, col.TypeOID, pgtype.TextFormatCode, src, src == nil, dst); err != nil {
 			return fmt.Errorf("%s: %w", r.Table.QualifiedName(), err)
 		}
 	}

@@ -47,8 +47,8 @@ var (
 )
 
 // restartKeeper is the state of the checks. The poll loop starts at most one check
-// at a time, on its own goroutine, so a check never delays a poll; the fields below
-// busy are owned by the running check.
+// at a time, on its own goroutine, so a check never delays a poll; the fields that
+// are not atomic (logged, restartAtLog, tried) are owned by the running check.
 type restartKeeper struct {
 	busy atomic.Bool
 	next atomic.Int64 // no check before this time (Unix nanoseconds)
@@ -111,22 +111,15 @@ func (k *restartKeeper) backoff() time.Duration {
 // past it.
 func (s *Syncer) checkRestart(ctx context.Context) error {
 	k := &s.restart
-	var restart, confirmed sql.NullString
-	err := s.db.QueryRowContext(ctx, `SELECT restart_lsn::text, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
-		s.replicationSlot).Scan(&restart, &confirmed)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && (!restart.Valid || !confirmed.Valid)) {
+	var r, c pglogrepl.LSN
+	err := s.db.QueryRowContext(ctx, `SELECT restart_lsn::text, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots
+		WHERE slot_name = $1 AND restart_lsn IS NOT NULL AND confirmed_flush_lsn IS NOT NULL`,
+		s.replicationSlot).Scan(&r, &c)
+	if errors.Is(err, sql.ErrNoRows) {
 		return nil // the poll reports a missing or invalidated slot
 	}
 	if err != nil {
 		return classify(err, "read the slot's restart_lsn")
-	}
-	r, err := pglogrepl.ParseLSN(restart.String)
-	if err != nil {
-		return err
-	}
-	c, err := pglogrepl.ParseLSN(confirmed.String)
-	if err != nil {
-		return err
 	}
 	if !k.judge(r, c, s.MaxRestartLSNLag) {
 		return nil

@@ -120,12 +120,6 @@ func columnList(info *PGTableInfo, alias string, cols []string, form selectForm)
 	return strings.Join(parts, ", ")
 }
 
-// plainSelectList is "alias.c1 AS c1, ...": the columns as they are, whatever their
-// types (formPlain for a query's own columns).
-func plainSelectList(alias string, cols []string) string {
-	return columnList(nil, alias, cols, formPlain)
-}
-
 // QuotedName returns the table's quoted "schema"."table" for building queries.
 func (t *PGTableInfo) QuotedName() string {
 	return pq.QuoteIdentifier(t.Namespace) + "." + pq.QuoteIdentifier(t.TableName)

@@ -53,16 +53,11 @@ func (t *PGTableInfo) ScanTuple(reln *pglogrepl.RelationMessage, tuple *pglogrep
 		return fmt.Errorf("%w: ScanTuple: %s.%s has %d columns, got %d destinations", ErrConfig, reln.Namespace, reln.RelationName, len(reln.Columns), len(dest))
 	}
 	cols := t.columnsFor(reln)
-	var m *pgtype.Map
-	defer func() {
-		if m != nil {
-			typeMaps.Put(m)
-		}
-	}()
+	var vs valueScanner
+	defer vs.release()
 	var unchanged []string
 	// The copies of text and json values go into one buffer (rowBuf), made when the
 	// first of them is scanned and sized for it and every later one.
-	var rb rowBuf
 	rbMade := false
 	for i, tc := range tuple.Columns {
 		dst := dest[i]
@@ -76,10 +71,6 @@ func (t *PGTableInfo) ScanTuple(reln *pglogrepl.RelationMessage, tuple *pglogrep
 			unchanged = append(unchanged, reln.Columns[i].Name)
 			continue
 		case pglogrepl.TupleDataTypeNull:
-			if p, ok := dst.(*any); ok {
-				*p = nil
-				continue
-			}
 		case pglogrepl.TupleDataTypeText:
 			format, src = pgtype.TextFormatCode, tc.Data
 		case pglogrepl.TupleDataTypeBinary:
@@ -87,24 +78,13 @@ func (t *PGTableInfo) ScanTuple(reln *pglogrepl.RelationMessage, tuple *pglogrep
 		default:
 			return fmt.Errorf("%w: column %q has tuple kind %q", ErrMalformedMessage, reln.Columns[i].Name, tc.DataType)
 		}
-		if tc.DataType != pglogrepl.TupleDataTypeNull {
-			if d := cols[i].decoder(); d.kind == kindCodec {
-				if !rbMade && d.copies() && copiesInto(d, dst) {
-					rb.buf, rbMade = make([]byte, 0, scanCopyNeed(cols[i:], tuple.Columns[i:], dest[i:])), true
-				}
-				if scanFast(d, format, src, dst, &rb) {
-					continue
-				}
+		null := tc.DataType == pglogrepl.TupleDataTypeNull
+		if !rbMade && !null {
+			if d := cols[i].decoder(); d.kind == kindCodec && d.copies() && copiesInto(d, dst) {
+				vs.rb.buf, rbMade = make([]byte, 0, scanCopyNeed(cols[i:], tuple.Columns[i:], dest[i:])), true
 			}
 		}
-		if m == nil {
-			m = typeMaps.Get().(*pgtype.Map)
-		}
-		broken, err := scanColumn(m, cols[i], reln.Columns[i].DataType, format, src, tc.DataType == pglogrepl.TupleDataTypeNull, dst)
-		if broken {
-			m = nil
-		}
-		if err != nil {
+		if err := vs.scan(cols[i], reln.Columns[i].DataType, format, src, null, dst); err != nil {
 			return fmt.Errorf("%s.%s: %w", reln.Namespace, reln.RelationName, err)
 		}
 	}
@@ -112,6 +92,43 @@ func (t *PGTableInfo) ScanTuple(reln *pglogrepl.RelationMessage, tuple *pglogrep
 		return fmt.Errorf("%w: %s.%s columns %v were not sent (unchanged TOAST); keep their previous values", ErrUnchangedTOAST, reln.Namespace, reln.RelationName, unchanged)
 	}
 	return nil
+}
+
+// valueScanner scans the values of one row into their destinations, the part
+// ScanTuple and RefreshRow.Scan share: NULL into *any, scanFast's typed fast paths
+// (copies of strings and json documents taken from rb), and pgx's pgtype for the rest
+// with one pooled Map per row (release returns it).
+type valueScanner struct {
+	m  *pgtype.Map
+	rb rowBuf
+}
+
+// scan scans one value of column c (type relOID; null: SQL NULL, src unused) into dst.
+func (v *valueScanner) scan(c *PGColumnInfo, relOID uint32, format int16, src []byte, null bool, dst any) error {
+	if null {
+		if p, ok := dst.(*any); ok {
+			*p = nil
+			return nil
+		}
+	} else if d := c.decoder(); d.kind == kindCodec && scanFast(d, format, src, dst, &v.rb) {
+		return nil
+	}
+	if v.m == nil {
+		v.m = typeMaps.Get().(*pgtype.Map)
+	}
+	broken, err := scanColumn(v.m, c, relOID, format, src, null, dst)
+	if broken {
+		v.m = nil
+	}
+	return err
+}
+
+// release returns the pooled Map, if one was taken.
+func (v *valueScanner) release() {
+	if v.m != nil {
+		typeMaps.Put(v.m)
+		v.m = nil
+	}
 }
 
 // scanColumn scans one value (null: SQL NULL, src unused) of column c into dst when

@@ -369,11 +369,8 @@ func (s *Syncer) collectRows(rctx context.Context, cancel context.CancelFunc, in
 	}()
 
 	// Decoders: batches are decoded in parallel and put back in order below.
-	keyIdx := make([]int, len(info.PrimaryKey))
-	for i, k := range info.PrimaryKey {
-		keyIdx[i] = indexOf(cols, k)
-	}
 	dec := info.textRowDecoder(cols)
+	keyIdx := dec.keyIdx // every key column is selected (queryTable / the table's own columns)
 	// For a RefreshRowHandler rows keep their bytes and only keys are decoded (values
 	// too when a Batcher needs them).
 	_, rowMode := s.refreshRowHandler()

@@ -266,7 +266,7 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 // when upTo is not nil, every row up to and including the key upTo (a chunk's key
 // range, read again on retry).
 func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) selQuery {
-	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
+	t := info.QuotedName()
 	kc := keyColumnList(info)
 	q := " FROM " + t + " AS t"
 	var args []any

@@ -63,8 +63,8 @@ type Syncer struct {
 	// restart_lsn then moves about every 15 s). Every poll decodes the WAL again from
 	// restart_lsn; see restartlsn.go and README "Reading the slot". The record is logged
 	// by creating and at once dropping a temporary logical slot, so it needs a free
-	// max_replication_slots entry for a moment; checks run on their own connection at
-	// most every 250 ms while polls read something, and back off when an open
+	// max_replication_slots entry for a moment; checks run beside the polls (their own
+	// goroutine and pool connection) at most every 250 ms while polls read something, and back off when an open
 	// transaction pins restart_lsn.
 	MaxRestartLSNLag int64
 	// MaxMessagesToRead is the upto_nchanges bound of one peek (rows; 0: none).

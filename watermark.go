@@ -85,14 +85,10 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 			return RefreshStats{}, fmt.Errorf("%w: Refresh query must return the primary key column %q of %s", ErrConfig, k, info.QualifiedName())
 		}
 	}
-	// The query's columns may be expressions of any type, so formPQ (which goes by
-	// the table's column types) is formText here.
+	// The query's columns may be expressions of any type: columnList without the
+	// table's column types selects them as they are (formPlain) or as text.
 	wrapped := selQuery{build: func(form selectForm) string {
-		list := selectList("q", cols)
-		if form == formPlain {
-			list = plainSelectList("q", cols)
-		}
-		return "SELECT " + list + " FROM (" + selectQuery + ") AS q"
+		return "SELECT " + columnList(nil, "q", cols, form) + " FROM (" + selectQuery + ") AS q"
 	}}
 	stats, _, err := s.selectSettled(ctx, info, cols, wrapped)
 	return stats, err
@@ -281,7 +277,7 @@ func (p *pendingSelection) close() {
 // keysQuery selects the rows with the given keys (each key's column values, in key
 // order, cast to the columns' types), every column as text, in primary key order.
 func keysQuery(info *PGTableInfo, cols []string, keys [][]any) selQuery {
-	t := pq.QuoteIdentifier(info.Namespace) + "." + pq.QuoteIdentifier(info.TableName)
+	t := info.QuotedName()
 	tuples := make([]string, len(keys))
 	var args []any
 	for i, k := range keys {
