@@ -135,9 +135,12 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 		name string
 		db   *sql.DB
 	}{{"lib/pq", db}, {"pgx", pgx}}
+	// best is a contender's best round: the least elapsed time and, separately, the
+	// least CPU time of the server (all its processes) and of this process, and the
+	// largest peak heap.
 	type best struct {
-		el   time.Duration
-		heap uint64
+		el, server, self time.Duration
+		heap             uint64
 	}
 	// dbsync contenders: the DecodeChange handler and the ScanTuple handler (typed
 	// variables, no map) through both drivers.
@@ -148,13 +151,33 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 	}{{"lib/pq", db, false}, {"pgx", pgx, false}, {"lib/pq, ScanTuple handler", db, true}, {"pgx, ScanTuple handler", pgx, true}}
 	limits := make([]best, len(drivers))
 	dbs := make([]best, len(syncers))
-	keep := func(b *best, el time.Duration, heap uint64) {
-		if b.el == 0 || el < b.el {
-			b.el = el
+	pm, err := postmasterPID(r.srv.DataDir())
+	if err != nil {
+		return err
+	}
+	least := func(d *time.Duration, v time.Duration) {
+		if *d == 0 || v < *d {
+			*d = v
 		}
+	}
+	keep := func(b *best, el, server, self time.Duration, heap uint64) {
+		least(&b.el, el)
+		least(&b.server, server)
+		least(&b.self, self)
 		if heap > b.heap {
 			b.heap = heap
 		}
+	}
+	// cpu measures the server's and this process's CPU time over f.
+	cpu := func(f func() error) (server, self time.Duration, err error) {
+		s0, g0 := serverCPU(pm), selfCPU()
+		err = f()
+		return serverCPU(pm) - s0, selfCPU() - g0, err
+	}
+	// perRow gives a contender's CPU time per row read.
+	perRow := func(b best, rows int64) string {
+		us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(rows) }
+		return fmt.Sprintf("CPU per row (least of %d): server %.2f µs, this process %.2f µs", r.cfg.Repeat, us(b.server), us(b.self))
 	}
 	var ref stream
 	// limit and dbsync, with both drivers, interleaved, best of cfg.Repeat rounds
@@ -165,7 +188,12 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 			if err != nil {
 				return err
 			}
-			st, el, err := runLimit(ctx, d.db, slot, sl.pub)
+			var st stream
+			var el time.Duration
+			server, self, err := cpu(func() (err error) {
+				st, el, err = runLimit(ctx, d.db, slot, sl.pub)
+				return err
+			})
 			dropSlot(db, slot)
 			if err != nil {
 				return fmt.Errorf("limit (%s): %w", d.name, err)
@@ -177,14 +205,20 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 				return fmt.Errorf("the slot returned no COMMIT: nothing to measure")
 			}
 			ref = st
-			keep(&limits[i], el, 0)
+			keep(&limits[i], el, server, self, 0)
 		}
 		for i, d := range syncers {
 			slot, err := sl.copySlot(ctx, db, "dbsync")
 			if err != nil {
 				return err
 			}
-			h, el, heap, err := runDbsync(ctx, d.db, slot, sl.pub, ref.lastCommit, flush, 5*time.Minute, d.scan)
+			var h *handler
+			var el time.Duration
+			var heap uint64
+			server, self, err := cpu(func() (err error) {
+				h, el, heap, err = runDbsync(ctx, d.db, slot, sl.pub, ref.lastCommit, flush, 5*time.Minute, d.scan)
+				return err
+			})
 			dropSlot(db, slot)
 			if err != nil {
 				return fmt.Errorf("dbsync (%s): %w", d.name, err)
@@ -192,7 +226,7 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 			if h.changes.Load() != ref.changes {
 				return fmt.Errorf("%w: dbsync (%s) decoded %d changes, limit read %d", errMismatch, d.name, h.changes.Load(), ref.changes)
 			}
-			keep(&dbs[i], el, heap)
+			keep(&dbs[i], el, server, self, heap)
 		}
 	}
 	limitRate := 0.0
@@ -200,7 +234,7 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 		rate := float64(ref.rows) / limits[i].el.Seconds()
 		limitRate = max(limitRate, rate)
 		r.add(Result{Workload: wl, Contender: "limit (" + d.name + ")", Rows: ref.rows, Elapsed: limits[i].el,
-			Extra: fmt.Sprintf("%d changes, %.0f MB WAL; best of %d", ref.changes, float64(walBytes)/1e6, r.cfg.Repeat)})
+			Extra: fmt.Sprintf("%d changes, %.0f MB WAL; best of %d; %s", ref.changes, float64(walBytes)/1e6, r.cfg.Repeat, perRow(limits[i], ref.rows))})
 	}
 
 	if naive {
@@ -267,7 +301,7 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 			target = "peak heap < 64 MiB: " + verdict(dbs[i].heap < 64<<20)
 		}
 		r.add(Result{Workload: wl, Contender: "dbsync (" + d.name + ")", Rows: ref.rows, Elapsed: dbs[i].el, Rate: rate, Ratio: ratio(rate, limitRate),
-			Extra:  fmt.Sprintf("peak heap %s, %s vs best streaming; best of %d", mib(dbs[i].heap), ratio(rate, streamRate), r.cfg.Repeat),
+			Extra:  fmt.Sprintf("peak heap %s, %s vs best streaming; best of %d; %s", mib(dbs[i].heap), ratio(rate, streamRate), r.cfg.Repeat, perRow(dbs[i], ref.rows)),
 			Target: target})
 	}
 	return nil
