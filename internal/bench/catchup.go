@@ -108,11 +108,15 @@ func (r *runner) catchupOne(ctx context.Context, txs int, noisy bool) error {
 
 // drainAll runs every contender on a copy of the master slot and records the results.
 func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sql.DB, naive, heapTarget bool) error {
-	// Vacuum and analyze what the workload wrote now, so that autovacuum does not do
-	// it during some contender's measurement (on 2 cores it took CPU from whichever
-	// ran then). Its WAL comes before the flush LSN, so every contender decodes it.
-	if _, err := db.ExecContext(ctx, `VACUUM (ANALYZE)`); err != nil {
-		return fmt.Errorf("vacuum: %w", err)
+	// Vacuum and analyze what the workload wrote, and write its dirty buffers out,
+	// now: otherwise autovacuum and the checkpointer do it during some contender's
+	// measurement (on 2 cores taking CPU from whichever runs then, and adding to its
+	// server CPU figure). Their WAL comes before the flush LSN, so every contender
+	// decodes it.
+	for _, q := range []string{`VACUUM (ANALYZE)`, `CHECKPOINT`} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
 	}
 	flush, err := flushLSN(ctx, db)
 	if err != nil {
