@@ -184,7 +184,9 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 // Forward moves the slot past the first nummsgs rows returned by the last GetMessages
 // call: to the COMMIT row of the last transaction entirely within them (so a
 // transaction cut in the middle comes again), or — when nummsgs covers every row and
-// that call drained the slot up to its flush LSN — to that flush LSN.
+// that call drained the slot up to its flush LSN — to that flush LSN. Like Run's
+// polls, it then keeps the slot's restart_lsn close (Syncer.MaxRestartLSNLag): a
+// check may run in the background until Close.
 func (s *Syncer) Forward(nummsgs int) error {
 	return s.ForwardContext(context.Background(), nummsgs)
 }
@@ -213,7 +215,16 @@ func (s *Syncer) forwardLocked(ctx context.Context, nummsgs int) error {
 		return err
 	}
 	st.confirmed = c
-	return s.advance(ctx, &st, target)
+	if err := s.advance(ctx, &st, target); err != nil {
+		return err
+	}
+	// Keep restart_lsn close for callers that poll through GetMessages and Forward, as
+	// the poll loop does for Run (restartlsn.go). The check runs on its own goroutine
+	// and may outlive this call: it is bounded by the Syncer's life (Close).
+	if s.bg != nil {
+		s.maybeCheckRestart(s.bg, time.Now())
+	}
+	return nil
 }
 
 // lastCommitLSN returns the LSN of the last COMMIT row in msgs (0 if none).

@@ -46,9 +46,10 @@ var (
 	restartLogTimeout       = 2 * time.Second
 )
 
-// restartKeeper is the state of the checks. The poll loop starts at most one check
-// at a time, on its own goroutine, so a check never delays a poll; the fields that
-// are not atomic (logged, restartAtLog, tried) are owned by the running check.
+// restartKeeper is the state of the checks. The poll loop, and Forward for callers of
+// the low-level API, start at most one check at a time, on its own goroutine, so a
+// check never delays a poll; the fields that are not atomic (logged, restartAtLog,
+// tried) are owned by the running check.
 type restartKeeper struct {
 	busy atomic.Bool
 	next atomic.Int64 // no check before this time (Unix nanoseconds)
@@ -71,7 +72,7 @@ func (s *Syncer) RestartLSNLogs() uint64 { return s.restart.logs.Load() }
 // poll that read the slot.
 func (s *Syncer) maybeCheckRestart(ctx context.Context, now time.Time) {
 	k := &s.restart
-	if s.MaxRestartLSNLag <= 0 || now.UnixNano() < k.next.Load() || !k.busy.CompareAndSwap(false, true) {
+	if s.MaxRestartLSNLag <= 0 || ctx.Err() != nil || now.UnixNano() < k.next.Load() || !k.busy.CompareAndSwap(false, true) {
 		return
 	}
 	k.wg.Add(1)
@@ -90,8 +91,8 @@ func (s *Syncer) maybeCheckRestart(ctx context.Context, now time.Time) {
 	}()
 }
 
-// waitRestartChecks waits for a running check to end (it stops with the poll loop's
-// context).
+// waitRestartChecks waits for a running check to end (it stops with the context it
+// was started with: the poll loop's, or the Syncer's own for Forward's checks).
 func (s *Syncer) waitRestartChecks() { s.restart.wg.Wait() }
 
 // backoff is the wait before the next check: restartCheckInterval, doubled for each

@@ -236,3 +236,61 @@ func TestRestartLSNNoFreeSlot(t *testing.T) {
 		require.Equal(t, fmt.Sprintf(`insert public.rx ["%d"]`, i+1), e)
 	}
 }
+
+// TestRestartLSNFollowsForward is TestRestartLSNFollowsConfirmed for a caller of the
+// low-level API: no Run, only GetMessages and Forward. restart_lsn must follow
+// confirmed_flush_lsn all the same, every insert must come once and in order, and
+// Close must leave no temporary slot behind.
+func TestRestartLSNFollowsForward(t *testing.T) {
+	setRestartTimings(t, 20*time.Millisecond, 2*time.Second)
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE rx (id int PRIMARY KEY, pad text)`)
+	const maxLag = 64 << 10
+	s := newTestSyncer(t, d, ForTables("rx"), WithMaxRestartLSNLag(maxLag))
+	slot := s.ReplicationSlot()
+	restart0, _ := slotLag(t, d.DB, slot)
+
+	var ids []int
+	// poll reads what is there, records the inserted ids, and forwards past it.
+	poll := func() {
+		msgs, err := s.GetMessages(0, false, nil)
+		require.NoError(t, err)
+		var reln *pglogrepl.RelationMessage
+		for _, m := range msgs {
+			msg, err := Parse(m.Data)
+			require.NoError(t, err)
+			switch v := msg.(type) {
+			case *pglogrepl.RelationMessage:
+				reln = v
+			case *pglogrepl.InsertMessage:
+				require.NotNil(t, reln)
+				var id int
+				var pad string
+				require.NoError(t, tableInfoFromRelation(reln).ScanTuple(reln, v.Tuple, &id, &pad))
+				ids = append(ids, id)
+			}
+		}
+		require.NoError(t, s.Forward(len(msgs)))
+	}
+	const n = 2000
+	for i := 1; i <= n; i += 50 {
+		writeSteadily(t, d.DB, "rx", i, 50)
+		poll()
+	}
+	var restart, confirmed pglogrepl.LSN
+	waitFor(t, 10*time.Second, func() bool {
+		poll()
+		restart, confirmed = slotLag(t, d.DB, slot)
+		return uint64(confirmed-restart) <= 2*maxLag
+	}, "restart_lsn to come within %d bytes of confirmed_flush_lsn", 2*maxLag)
+	require.NoError(t, s.Close())
+
+	t.Logf("restart_lsn %s -> %s, confirmed_flush_lsn %s, %d records logged", restart0, restart, confirmed, s.RestartLSNLogs())
+	require.Greater(t, uint64(confirmed-restart0), uint64(2<<20), "the test must write more than 2 MB of WAL")
+	require.GreaterOrEqual(t, s.RestartLSNLogs(), uint64(10), "one record per ~%d bytes", maxLag)
+	require.Len(t, ids, n)
+	for i, id := range ids {
+		require.Equal(t, i+1, id)
+	}
+	require.Empty(t, otherSlots(t, d.DB, slot), "temporary slots left behind")
+}

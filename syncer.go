@@ -64,8 +64,9 @@ type Syncer struct {
 	// restart_lsn; see restartlsn.go and README "Reading the slot". The record is logged
 	// by creating and at once dropping a temporary logical slot, so it needs a free
 	// max_replication_slots entry for a moment; checks run beside the polls (their own
-	// goroutine and pool connection) at most every 250 ms while polls read something, and back off when an open
-	// transaction pins restart_lsn.
+	// goroutine and pool connection) at most every 250 ms while Run's polls read
+	// something, or after a Forward (or GetMessages with consume) that moved the slot,
+	// and back off when an open transaction pins restart_lsn.
 	MaxRestartLSNLag int64
 	// MaxMessagesToRead is the upto_nchanges bound of one peek (rows; 0: none).
 	MaxMessagesToRead int
@@ -117,6 +118,10 @@ type Syncer struct {
 	splitMinWAL uint64
 	// restart keeps restart_lsn close to confirmed_flush_lsn (restartlsn.go).
 	restart restartKeeper
+	// bg bounds work that outlives a call, the restart_lsn checks that Forward and
+	// GetMessages start; Close cancels it (bgCancel) and waits for them.
+	bg       context.Context
+	bgCancel context.CancelFunc
 
 	// lifecycle
 	mu      sync.Mutex
@@ -158,6 +163,7 @@ func NewSyncerContext(ctx context.Context, opts ...SyncerOpt) (*Syncer, error) {
 		lookupEnv:                 os.LookupEnv,
 		wake:                      make(chan struct{}, 1),
 	}
+	s.bg, s.bgCancel = context.WithCancel(context.Background())
 	for _, opt := range opts {
 		if err := opt(s); err != nil {
 			return nil, err
@@ -201,10 +207,18 @@ func (s *Syncer) CtrlNamespace() string { return s.ctrlNamespace }
 // WMTable returns the watermark table's name (in CtrlNamespace).
 func (s *Syncer) WMTable() string { return s.wmTableName }
 
-// Close stops the Syncer if it runs and closes the connection pool if the Syncer
-// opened it (not one given with WithDB).
+// Close stops the Syncer if it runs, ends a restart_lsn check that Forward or
+// GetMessages started (see MaxRestartLSNLag) and waits for it, and closes the
+// connection pool if the Syncer opened it (not one given with WithDB).
 func (s *Syncer) Close() error {
 	s.Stop()
+	if s.bgCancel != nil {
+		// Under peekMu, so no Forward starts a check between the cancel and the wait.
+		s.peekMu.Lock()
+		s.bgCancel()
+		s.peekMu.Unlock()
+	}
+	s.waitRestartChecks()
 	if s.ownDB && s.db != nil {
 		return s.db.Close()
 	}
