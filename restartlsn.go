@@ -53,7 +53,8 @@ var (
 type restartKeeper struct {
 	busy atomic.Bool
 	next atomic.Int64 // no check before this time (Unix nanoseconds)
-	wg   sync.WaitGroup
+	mu   sync.Mutex
+	done chan struct{} // closed when the check started last ends (nil: none yet); under mu
 	logs atomic.Uint64 // records logged (tests, benchmarks)
 	// warned is set once a full max_replication_slots was reported (once per Syncer).
 	warned atomic.Bool
@@ -67,17 +68,28 @@ type restartKeeper struct {
 // log to move its slot's restart_lsn (see Syncer.MaxRestartLSNLag).
 func (s *Syncer) RestartLSNLogs() uint64 { return s.restart.logs.Load() }
 
-// maybeCheckRestart starts a check of the slot's restart_lsn unless the feature is
-// off, a check runs, or the last one was too recent. The poll loop calls it after each
-// poll that read the slot.
+// maybeCheckRestart starts a check of the slot's restart_lsn on its own goroutine,
+// bounded by ctx, unless the feature is off, a check runs, the last one was too
+// recent, or ctx is done. The poll loop calls it after each poll that read the slot,
+// Forward after it moved the slot.
 func (s *Syncer) maybeCheckRestart(ctx context.Context, now time.Time) {
 	k := &s.restart
-	if s.MaxRestartLSNLag <= 0 || ctx.Err() != nil || now.UnixNano() < k.next.Load() || !k.busy.CompareAndSwap(false, true) {
+	if s.MaxRestartLSNLag <= 0 || now.UnixNano() < k.next.Load() || !k.busy.CompareAndSwap(false, true) {
 		return
 	}
-	k.wg.Add(1)
+	// Under mu, so that a check cannot start after cancelRestartChecks's cancel and be
+	// missed by its wait.
+	k.mu.Lock()
+	if ctx.Err() != nil {
+		k.mu.Unlock()
+		k.busy.Store(false)
+		return
+	}
+	done := make(chan struct{})
+	k.done = done
+	k.mu.Unlock()
 	go func() {
-		defer k.wg.Done()
+		defer close(done)
 		defer k.busy.Store(false)
 		if err := s.checkRestart(ctx); err != nil && ctx.Err() == nil {
 			if hasSQLState(err, "53400") && k.warned.CompareAndSwap(false, true) {
@@ -91,9 +103,28 @@ func (s *Syncer) maybeCheckRestart(ctx context.Context, now time.Time) {
 	}()
 }
 
-// waitRestartChecks waits for a running check to end (it stops with the context it
-// was started with: the poll loop's, or the Syncer's own for Forward's checks).
-func (s *Syncer) waitRestartChecks() { s.restart.wg.Wait() }
+// waitRestartChecks waits for the check started last, if any, to end (it stops with
+// the context it was started with: the poll loop's, or the Syncer's own for
+// Forward's checks). At most one check runs at a time.
+func (s *Syncer) waitRestartChecks() {
+	k := &s.restart
+	k.mu.Lock()
+	done := k.done
+	k.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+// cancelRestartChecks calls cancel, the context of the checks to end, so that no
+// such check starts afterwards, and waits for the one that runs.
+func (s *Syncer) cancelRestartChecks(cancel context.CancelFunc) {
+	k := &s.restart
+	k.mu.Lock()
+	cancel()
+	k.mu.Unlock()
+	s.waitRestartChecks()
+}
 
 // backoff is the wait before the next check: restartCheckInterval, doubled for each
 // record logged in a row that did not move restart_lsn, capped at

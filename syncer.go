@@ -213,12 +213,8 @@ func (s *Syncer) WMTable() string { return s.wmTableName }
 func (s *Syncer) Close() error {
 	s.Stop()
 	if s.bgCancel != nil {
-		// Under peekMu, so no Forward starts a check between the cancel and the wait.
-		s.peekMu.Lock()
-		s.bgCancel()
-		s.peekMu.Unlock()
+		s.cancelRestartChecks(s.bgCancel)
 	}
-	s.waitRestartChecks()
 	if s.ownDB && s.db != nil {
 		return s.db.Close()
 	}
