@@ -1,12 +1,10 @@
 package dbsync
 
 import (
-	"bytes"
 	"database/sql"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -185,24 +183,6 @@ func TestRestartLSNOpenTransaction(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestRestartLSNNoFreeSlot runs a Syncer on a cluster whose only replication slot
 // entry is its own: logging a record fails (SQLSTATE 53400) at every check. Delivery
 // must go on, and the Syncer warns once, saying what to do.
@@ -215,7 +195,7 @@ func TestRestartLSNNoFreeSlot(t *testing.T) {
 	execAll(t, d.DB, `CREATE TABLE rx (id int PRIMARY KEY, pad text)`)
 	slot := pgtest.Ident(t, "slot")
 	h := newCacheHandler()
-	logs := &lockedBuffer{}
+	logs := &pgtest.Buffer{}
 	s, stop := startSyncer(t, d.DSN(), slot, h, ForTables("rx"), WithMaxRestartLSNLag(64<<10),
 		WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 	next := 1

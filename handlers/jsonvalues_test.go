@@ -20,7 +20,7 @@ func TestJSONLinesTypedValues(t *testing.T) {
 	_, err := d.DB.Exec(`CREATE TABLE odd (id int PRIMARY KEY, f float8, n numeric(6,2), ts timestamptz,
 		far timestamp, u uuid, by bytea, j jsonb, arr int[], r int4range)`)
 	require.NoError(t, err)
-	out := &lockedBuffer{}
+	out := &pgtest.Buffer{}
 	s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("odd"),
 		dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
 		dbsync.WithMessageHandler(NewJSONLinesWriter(out)), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))

@@ -1,12 +1,10 @@
 package handlers
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,24 +12,6 @@ import (
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/stretchr/testify/require"
 )
-
-// lockedBuffer is a bytes.Buffer safe for the Syncer goroutine and the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 var bigBody = strings.Repeat("0123456789", 500) // 5,000 bytes, stored out of line (STORAGE EXTERNAL)
 
@@ -100,7 +80,7 @@ var (
 )
 
 func TestJSONLinesWriterPostgres(t *testing.T) {
-	var out lockedBuffer
+	var out pgtest.Buffer
 	w := NewJSONLinesWriter(&out)
 	want := []string{
 		`{"type":"change",T0,"op":"insert","schema":"public","table":"items","key":{"id":"1"},"new":{"body":"` + bigBody + `","id":"1","name":"a"},"old":null}`,
@@ -143,7 +123,7 @@ var (
 )
 
 func TestEchoMessageHandlerPostgres(t *testing.T) {
-	var out lockedBuffer
+	var out pgtest.Buffer
 	e := NewEchoMessageHandler(&out)
 	want := []string{
 		"BEGIN T0", "INSERT public.items id=1 name=a body=" + bigBody, "INSERT public.items id=2 name=b body=NULL", "COMMIT",

@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,24 +21,6 @@ import (
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool, msg string) {
 	t.Helper()
@@ -120,7 +101,7 @@ func TestTailStatusTeardown(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb pgtest.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"tail", "-tables", "items"}, &out, &errb) }()
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(errb.String(), "Ctrl-C to stop") }, "tail to start")
@@ -193,7 +174,7 @@ func TestTailStatusTeardown(t *testing.T) {
 
 	// A second tail re-prints nothing: everything printed was confirmed.
 	ctx2, cancel2 := context.WithCancel(context.Background())
-	var out2, err2 syncBuffer
+	var out2, err2 pgtest.Buffer
 	done2 := make(chan int, 1)
 	go func() { done2 <- run(ctx2, []string{"tail", "-format", "text"}, &out2, &err2) }()
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(err2.String(), "Ctrl-C to stop") }, "second tail to start")
@@ -274,7 +255,7 @@ func TestTailStopsOnSIGINT(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	var out, errb syncBuffer
+	var out, errb pgtest.Buffer
 	cmd := exec.Command(bin, "tail", "-tables", "items")
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	require.NoError(t, cmd.Start())
@@ -303,7 +284,7 @@ func TestTailFromNowSkipsBacklog(t *testing.T) {
 	require.NoError(t, err)
 	// The first tail sets up the slot; stop it at once.
 	ctx, cancel := context.WithCancel(context.Background())
-	var errb syncBuffer
+	var errb pgtest.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"tail", "-tables", "items"}, io.Discard, &errb) }()
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(errb.String(), "Ctrl-C to stop") }, "tail to start")
@@ -314,8 +295,8 @@ func TestTailFromNowSkipsBacklog(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel = context.WithCancel(context.Background())
 	defer cancel()
-	var out syncBuffer
-	errb = syncBuffer{}
+	var out pgtest.Buffer
+	errb = pgtest.Buffer{}
 	go func() { done <- run(ctx, []string{"tail", "-from-now"}, &out, &errb) }()
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(errb.String(), "Ctrl-C to stop") }, "tail to start")
 	require.Contains(t, errb.String(), "skipped the backlog")
