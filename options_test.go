@@ -72,6 +72,9 @@ func TestConfigInvalid(t *testing.T) {
 		"negative poll interval": WithMinPollInterval(-time.Millisecond),
 		"negative restart lag":   WithMaxRestartLSNLag(-1),
 		"long publication":       WithPublication(string(make([]byte, 64))),
+		"zero chunk size":        WithSnapshotChunkSize(0),
+		"zero chunks in flight":  WithSnapshotChunksInFlight(0),
+		"zero parallel chunks":   WithSnapshotParallel(0),
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := NewSyncer(opt, WithSetup(false), env(nil))

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -12,12 +13,13 @@ import (
 )
 
 // DefaultSnapshotChunkSize is the number of rows one snapshot chunk (one watermark
-// window) reads. Each chunk is held in memory until its high watermark is delivered;
-// larger chunks mean fewer watermark round trips (four small transactions per chunk)
-// and fewer polls, smaller ones less memory and a shorter window in which concurrent
-// changes cost the chunk its rows. 10,000-row chunks read about twice as fast as
-// 1,000-row chunks in docs/BENCHMARKS.md; with DefaultSnapshotChunksInFlight up to
-// 40,000 rows are held.
+// window) reads: the size of the key ranges a snapshot is planned in. Each chunk is
+// held in memory until its high watermark is delivered; larger chunks mean fewer
+// watermark round trips (four small transactions per chunk) and fewer polls, smaller
+// ones less memory and a shorter window in which concurrent changes cost the chunk
+// its rows. 10,000-row chunks read about twice as fast as 1,000-row chunks in
+// docs/BENCHMARKS.md; with DefaultSnapshotChunksInFlight about 40,000 rows are held
+// (at most 80,000 when writers fill the planned ranges).
 const DefaultSnapshotChunkSize = 10000
 
 // snapshotProgressTable is the progress table's name in the control schema
@@ -53,11 +55,12 @@ func WithSnapshotChunkSize(n int) SyncerOpt {
 	}
 }
 
-// DefaultSnapshotChunksInFlight is how many snapshot chunks may have been read
-// (SELECT done, high watermark written) before the oldest of them is handed over. With
-// one, every chunk waits for the poller to deliver its high watermark (a peek and an
-// advance) before the next SELECT starts; with several, the SELECTs run back to back
-// while the poller delivers. Memory: up to this many chunks of rows are held at once.
+// DefaultSnapshotChunksInFlight is how many snapshot chunks may be planned and read
+// (SELECT done, high watermark written) before the oldest of them is handed over.
+// With one, every chunk waits for the poller to deliver its high watermark (a peek and
+// an advance) before the next SELECT starts; with several, the SELECTs run back to
+// back while the poller delivers. Memory: up to this many chunks of rows (each at most
+// twice the chunk size) are held at once.
 const DefaultSnapshotChunksInFlight = 4
 
 // WithSnapshotChunksInFlight sets how many snapshot chunks may be read ahead of the
@@ -73,6 +76,25 @@ func WithSnapshotChunksInFlight(n int) SyncerOpt {
 	}
 }
 
+// DefaultSnapshotParallel is how many snapshot chunks are read at once, each on its
+// own connection of the Syncer's *sql.DB. One chunk SELECT keeps one server backend
+// and the client's reader busy in turn, with a core idle much of the time; two read
+// the 1,000,000-row table of docs/BENCHMARKS.md about a fifth faster, three no faster
+// than two on its 2-core machine.
+const DefaultSnapshotParallel = 2
+
+// WithSnapshotParallel sets how many snapshot chunks are read at once (default
+// DefaultSnapshotParallel; at most SnapshotChunksInFlight).
+func WithSnapshotParallel(n int) SyncerOpt {
+	return func(s *Syncer) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: snapshot parallelism %d must be > 0", ErrConfig, n)
+		}
+		s.SnapshotParallel = n
+		return nil
+	}
+}
+
 // WithSnapshotProgress sets a function Snapshot calls after each delivered chunk
 // (from Snapshot's goroutine).
 func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
@@ -80,30 +102,36 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 }
 
 // Snapshot reads every row of each table ("table" or "schema.table") in primary key
-// order, SnapshotChunkSize rows at a time, and delivers them as refresh rows
+// ranges of about SnapshotChunkSize rows, and delivers them as refresh rows
 // (MessageHandler.HandleRefresh and the Batcher), each chunk in its own watermark
 // window (see RefreshContext), interleaved with the change stream: no lock, no
-// long-running snapshot, and the slot keeps advancing between chunks. A chunk is
+// long-running snapshot, and the slot keeps advancing between chunks. Ranges are
+// planned ahead, each bound the key SnapshotChunkSize rows further (an index scan of
+// the primary key), and a chunk is
 //
-//	SELECT ... FROM t WHERE (k1, k2) > ($1, $2) ORDER BY k1, k2 LIMIT n
+//	SELECT ... FROM t WHERE (k1, k2) > ($1, $2) AND (k1, k2) <= ($3, $4) ORDER BY k1, k2 LIMIT 2n
 //
-// (a row-value keyset comparison: an index range scan on the primary key).
+// (row-value comparisons: an index range scan on the primary key). The last range is
+// open-ended (LIMIT n). A range that gained more than 2n rows between planning and
+// its SELECT is finished by further chunks.
 //
-// Progress — the last key of the last delivered chunk — is stored in the control
+// Up to SnapshotParallel chunks are read at once, each on its own connection, and up
+// to SnapshotChunksInFlight are read ahead of the oldest one not yet handed over.
+// Chunks read at once may be handed over in either order (each when its high
+// watermark is delivered); they are settled and recorded in key order, and a chunk
+// whose window must run again reads its own key range again (docs/SNAPSHOTS.md).
+//
+// Progress — the upper bound of the last settled chunk — is stored in the control
 // schema's snapshot_progress table per slot and table after each chunk's refresh rows
 // were handed over, so a Snapshot call after a crash or stop resumes after the last
-// delivered chunk (that chunk may be delivered again: at-least-once). A table whose
-// snapshot had finished is read again from the start. After the last chunk, rows that
-// key-changing updates with unchanged TOASTed columns moved during the snapshot are
-// read again (docs/SNAPSHOTS.md).
-//
-// Chunks are pipelined: up to SnapshotChunksInFlight chunks are read (their windows
-// opened) ahead of the oldest one not yet handed over; they are handed over and
-// recorded in key order, and a chunk whose window must run again reads its own key
-// range again (docs/SNAPSHOTS.md).
+// settled chunk (chunks handed over after it are delivered again: at-least-once). A
+// table whose snapshot had finished is read again from the start. After the last
+// chunk, rows that key-changing updates with unchanged TOASTed columns moved during
+// the snapshot are read again (docs/SNAPSHOTS.md).
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
-// in another goroutine). It returns ErrNoPrimaryKey for a table without a primary key,
+// in another goroutine), and its *sql.DB must allow SnapshotParallel connections
+// beside the poller's. It returns ErrNoPrimaryKey for a table without a primary key,
 // ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again to
 // resume), ErrConfig for unknown tables, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
@@ -171,42 +199,106 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	s.win.watchStart(info.RelationID)
 	defer s.win.watchStop(info.RelationID)
 
-	// Chunks are opened (low watermark, SELECT, high watermark) back to back, up to
-	// inFlight ahead of the oldest one whose rows were not handed over yet: the next
-	// chunk's keyset bound is known as soon as the previous SELECT returns, so the
-	// SELECTs do not wait for the poller. Chunks are settled (delivered, follow-ups
-	// run, progress recorded) in key order.
-	var pending []*pendingSelection
+	parallel := s.SnapshotParallel
+	if parallel <= 0 {
+		parallel = DefaultSnapshotParallel
+	}
+	parallel = min(parallel, inFlight)
+
+	// Chunks are key ranges planned ahead: (after, bound], where bound is the key of
+	// the chunk-th row after after (chunkBound, an index scan of the key alone), so
+	// the next range is known before the previous SELECT ran and up to parallel
+	// chunks are opened (low watermark, SELECT, high watermark) at once, on their own
+	// connections, up to inFlight ahead of the oldest one whose rows were not handed
+	// over yet. The last range is open-ended (at most chunk rows); should it come
+	// back full (rows were added at the end meanwhile), planning goes on after its
+	// last key. Rows inserted into a planned range before its SELECT are read with
+	// it, up to maxChunkRows; a range that holds more is finished by a chunk of the
+	// rest, settled next. Chunks are settled (delivered, follow-ups run, progress
+	// recorded) in key order.
+	capRows := maxChunkRows(chunk)
+	sem := make(chan struct{}, parallel)
+	var queue []*snapshotChunk
+	octx, cancel := context.WithCancel(ctx) // ends the chunks still opening on return
 	defer func() {
-		for _, p := range pending {
-			p.close()
+		cancel()
+		for _, c := range queue {
+			<-c.done
+			if c.p != nil {
+				c.p.close()
+			}
 		}
 	}()
-	after, selecting := []string(lastKey), true
-	for selecting || len(pending) > 0 {
-		if selecting && len(pending) < inFlight {
-			p, err := s.openSelection(ctx, info, cols, chunkQuery(info, cols, after, nil, chunk))
-			if err != nil {
-				return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+int64(len(pending))+1, err)
+	open := func(c *snapshotChunk) {
+		c.done = make(chan struct{})
+		limit := capRows
+		if c.upTo == nil {
+			limit = chunk
+		}
+		go func() {
+			defer close(c.done)
+			select {
+			case sem <- struct{}{}:
+			case <-octx.Done():
+				c.err = fmt.Errorf("%w: %w", ErrRefreshAbandoned, octx.Err())
+				return
 			}
-			// Should the window ask for a retry, read this chunk's key range again
-			// (not the next n rows: later chunks are already in flight).
-			p.query = chunkQuery(info, cols, after, p.lastKey, chunk)
-			pending = append(pending, p)
-			if p.selected < chunk {
-				selecting = false
+			defer func() { <-sem }()
+			c.p, c.err = s.openSelection(octx, info, cols, chunkQuery(info, cols, c.after, c.upTo, limit))
+		}()
+	}
+	after, planning := []string(lastKey), true
+	for planning || len(queue) > 0 {
+		if planning && len(queue) < inFlight {
+			bound, err := s.chunkBound(ctx, info, after, chunk)
+			if err != nil {
+				return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+int64(len(queue))+1, err)
+			}
+			c := &snapshotChunk{after: after, upTo: bound}
+			open(c)
+			queue = append(queue, c)
+			if bound == nil {
+				planning = false
 			} else {
-				after = p.lastKey
+				after = bound
 			}
 			continue
 		}
-		p := pending[0]
-		pending = pending[1:]
-		stats, last, err := s.settle(ctx, p)
+		c := queue[0]
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+		}
+		queue = queue[1:]
+		if c.err != nil {
+			return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+1, c.err)
+		}
+		p := c.p
+		if c.upTo == nil && p.lastKey != nil {
+			// The open-ended last range read up to p.lastKey: that is its range now
+			// (a retry reads it again, not the next n rows), and planning goes on
+			// after it if it came back full.
+			c.upTo = p.lastKey
+			p.query = chunkQuery(info, cols, c.after, c.upTo, capRows)
+			if p.selected >= chunk {
+				planning, after = true, p.lastKey
+			}
+		}
+		stats, lastSel, err := s.settle(ctx, p)
 		if err != nil {
 			return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+1, err)
 		}
-		done := !selecting && len(pending) == 0
+		last := c.upTo // the range is done (nil: an empty open-ended range)
+		if c.upTo != nil && stats.Selected >= capRows && lastSel != nil {
+			// The range held more rows than a chunk may: done up to lastSel; the
+			// rest is the next chunk.
+			last = lastSel
+			rest := &snapshotChunk{after: lastSel, upTo: c.upTo}
+			open(rest)
+			queue = append([]*snapshotChunk{rest}, queue...)
+		}
+		done := !planning && len(queue) == 0
 		var lastArg any
 		if last != nil {
 			lastArg = pq.StringArray(last)
@@ -262,9 +354,8 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 }
 
 // chunkQuery builds one chunk's SELECT: every column as text (selectList), rows
-// after the key after (nil: from the start) in primary key order; at most n rows, or,
-// when upTo is not nil, every row up to and including the key upTo (a chunk's key
-// range, read again on retry).
+// after the key after (nil: from the start) and, when upTo is not nil, up to and
+// including the key upTo (a planned key range), in primary key order, at most n.
 func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) selQuery {
 	t := info.QuotedName()
 	kc := keyColumnList(info)
@@ -286,14 +377,68 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 	if len(conds) > 0 {
 		q += " WHERE " + strings.Join(conds, " AND ")
 	}
-	q += " ORDER BY " + kc
-	if upTo == nil {
-		args = append(args, n)
-		q += " LIMIT $" + strconv.Itoa(len(args))
-	}
+	args = append(args, n)
+	q += " ORDER BY " + kc + " LIMIT $" + strconv.Itoa(len(args))
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(info, "t", cols, form) + q
 	}, args: args, unique: true, rows: n}
+}
+
+// maxChunkRows is the most rows one planned key range is read with: twice the chunk
+// size, so rows inserted into the range between planning and its SELECT are read
+// with it, while memory stays bounded when very many were (the rest of the range is
+// read by a further chunk).
+func maxChunkRows(chunk int) int {
+	if chunk > math.MaxInt/2 {
+		return chunk
+	}
+	return 2 * chunk
+}
+
+// snapshotChunk is one planned chunk of a snapshot: the key range (after, upTo]
+// (upTo nil: open-ended, at most the chunk size) and, once done is closed, its
+// opened selection or the error opening it.
+type snapshotChunk struct {
+	after, upTo []string
+	done        chan struct{}
+	p           *pendingSelection
+	err         error
+}
+
+// chunkBound returns the key columns (as text) of the n-th row after the key after
+// (nil: from the start) in primary key order: the upper bound of the chunk that
+// starts after after. It returns nil when fewer than n rows follow. The query reads
+// the primary key index (an index-only scan where the visibility map allows).
+func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []string, n int) ([]string, error) {
+	kc := keyColumnList(info)
+	texts := make([]string, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		texts[i] = "t." + pq.QuoteIdentifier(k) + "::text"
+	}
+	q := "SELECT " + strings.Join(texts, ", ") + " FROM " + info.QuotedName() + " AS t"
+	var args []any
+	if after != nil {
+		q += " WHERE (" + kc + ") > (" + keyParams(info, 0) + ")"
+		for _, v := range after {
+			args = append(args, v)
+		}
+	}
+	args = append(args, n-1)
+	q += " ORDER BY " + kc + " OFFSET $" + strconv.Itoa(len(args)) + " LIMIT 1"
+	bound := make([]string, len(texts))
+	dest := make([]any, len(bound))
+	for i := range bound {
+		dest[i] = &bound[i]
+	}
+	err := s.db.QueryRowContext(ctx, q, args...).Scan(dest...)
+	s.chunkBounds.Add(1)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, classify(err, "find the next snapshot chunk's key range in "+info.QualifiedName())
+	}
+	return bound, nil
 }
 
 func equalStrings(a, b []string) bool {

@@ -246,7 +246,9 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 	h := newCacheHandler()
 	const chunk = 25
 	h.failRefreshAt = 6*chunk + 10 // inside the 7th chunk (fewer rows are emitted per chunk when writers touch them)
-	a, stopA := startSyncer(t, d.DSN(), slot, h, ForTables("snap"), WithSnapshotChunkSize(chunk))
+	var reportedA []SnapshotProgress
+	a, stopA := startSyncer(t, d.DSN(), slot, h, ForTables("snap"), WithSnapshotChunkSize(chunk),
+		WithSnapshotProgress(func(p SnapshotProgress) { reportedA = append(reportedA, p) }))
 	stopWriters := startWriters(t, d.DB, st, 9, 2)
 	err := a.Snapshot(context.Background(), "snap")
 	require.ErrorIs(t, err, ErrRefreshAbandoned)
@@ -261,7 +263,13 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 		Scan(&lastKey, &chunksDone, &rowsDone, &finished))
 	require.False(t, finished)
 	require.GreaterOrEqual(t, chunksDone, int64(1))
-	require.Equal(t, chunksDone*chunk, rowsDone)
+	// The stored progress is what A reported for its last delivered chunk. (Chunks
+	// are planned key ranges, so a chunk reads the rows its range holds when its
+	// SELECT runs: about, not exactly, chunk rows while writers insert and delete.)
+	require.NotEmpty(t, reportedA)
+	require.Equal(t, reportedA[len(reportedA)-1].Chunks, chunksDone)
+	require.Equal(t, reportedA[len(reportedA)-1].Rows, rowsDone)
+	require.InDelta(t, chunksDone*chunk, rowsDone, float64(chunksDone*chunk)/5)
 	require.Len(t, lastKey, 1)
 	resumeAfter, err := strconv.Atoi(lastKey[0])
 	require.NoError(t, err)
@@ -325,6 +333,8 @@ func TestSnapshotChunkRetryRereadsItsKeyRange(t *testing.T) {
 	var chunks []SnapshotProgress
 	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"),
 		WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(4),
+		// One SELECT at a time, so the windows (and refresh rows) come in key order.
+		WithSnapshotParallel(1),
 		WithSnapshotProgress(func(p SnapshotProgress) { chunks = append(chunks, p) }))
 	var selects, retries atomic.Int32
 	s.win.afterSelect = func() {
@@ -423,4 +433,189 @@ func TestRefreshKeepsSelectOrder(t *testing.T) {
 	got := append([]string(nil), h.refreshKeys...)
 	h.mu.Unlock()
 	require.Equal(t, want, got)
+}
+
+// TestSnapshotChunksReadInParallel requires two chunk SELECTs to be open at once with
+// the default settings: the first chunk to finish its SELECT holds its window open
+// (before its high watermark) until a second chunk's SELECT finished too. One SELECT
+// at a time never gets there and the test fails on the wait. Every row must still
+// reach the cache exactly once per chunk, and the progress must end at the last key.
+func TestSnapshotChunksReadInParallel(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
+		INSERT INTO snap SELECT g, 'seed' FROM generate_series(1, 100) g`)
+	require.NoError(t, err)
+	h := newCacheHandler()
+	var chunks []SnapshotProgress
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"), WithSnapshotChunkSize(10),
+		WithSnapshotProgress(func(p SnapshotProgress) { chunks = append(chunks, p) }))
+	var selects atomic.Int32
+	second := make(chan struct{})
+	overlapped := make(chan bool, 1)
+	s.win.afterSelect = func() {
+		switch selects.Add(1) {
+		case 1:
+			select {
+			case <-second:
+				overlapped <- true
+			case <-time.After(10 * time.Second):
+				overlapped <- false
+			}
+		case 2:
+			close(second)
+		}
+	}
+	require.NoError(t, s.Snapshot(context.Background(), "snap"))
+	require.True(t, <-overlapped, "a second chunk's SELECT did not run while the first chunk's window was open")
+	catchUp(t, s)
+	require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
+	// Ten full ranges, (0, 10] .. (90, 100], then the open-ended range after 100.
+	require.Len(t, chunks, 11)
+	for i, p := range chunks {
+		require.Equal(t, int64(i+1), p.Chunks)
+		require.Equal(t, int64(min(10*(i+1), 100)), p.Rows, "chunk %d", i+1)
+		require.Equal(t, i == 10, p.Done)
+	}
+	refreshes := 0
+	seen := map[string]bool{}
+	for _, e := range h.eventList() {
+		require.True(t, strings.HasPrefix(e, "refresh public.snap "), e)
+		require.False(t, seen[e], "refreshed twice: %s", e)
+		seen[e] = true
+		refreshes++
+	}
+	require.Equal(t, 100, refreshes)
+	var last pq.StringArray
+	require.NoError(t, d.DB.QueryRow(`SELECT last_key FROM dbsync_ctrl.snapshot_progress WHERE table_name = 'public.snap'`).Scan(&last))
+	require.Equal(t, pq.StringArray{"100"}, last)
+}
+
+// TestChunkBound plans chunk ranges over a composite key of awkward types (timestamptz,
+// text with quotes, spaces and non-ASCII letters, numeric): each bound is the n-th
+// key after the previous one, as text that casts back to the same key, the ranges
+// cover every row exactly once, and the last call returns nil. A snapshot over the
+// table then delivers every row.
+func TestChunkBound(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE odd (at timestamptz, name text, n numeric, v int, PRIMARY KEY (at, name, n));
+		INSERT INTO odd SELECT '2026-01-01 00:00:00.123456+00'::timestamptz + (g / 7) * interval '1 hour',
+			CASE g % 3 WHEN 0 THEN 'it''s ' || g WHEN 1 THEN 'Ölçü "' || g || '"' ELSE ' lead' || g END,
+			(g % 5) + 0.25, g
+		FROM generate_series(1, 47) g`)
+	require.NoError(t, err)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("odd"), WithSnapshotChunkSize(5))
+	ctx := context.Background()
+	info, err := s.tableInfoByName(ctx, qualifiedTable{schema: "public", name: "odd"})
+	require.NoError(t, err)
+
+	// The keys in key order, as the server sorts them.
+	rows, err := d.DB.Query(`SELECT v FROM odd ORDER BY at, name, n`)
+	require.NoError(t, err)
+	var order []int
+	for rows.Next() {
+		var v int
+		require.NoError(t, rows.Scan(&v))
+		order = append(order, v)
+	}
+	require.NoError(t, rows.Err())
+	require.Len(t, order, 47)
+
+	var after []string
+	covered := 0
+	for i := 0; ; i++ {
+		bound, err := s.chunkBound(ctx, info, after, 5)
+		require.NoError(t, err)
+		if bound == nil {
+			require.Equal(t, 9, i, "47 rows: nine full chunks of 5, then the open-ended rest")
+			break
+		}
+		require.Len(t, bound, 3)
+		// The bound casts back to exactly one row: the (5i+5)-th in key order.
+		var v, inRange int
+		require.NoError(t, d.DB.QueryRow(`SELECT v FROM odd WHERE (at, name, n) = (CAST($1 AS timestamptz), CAST($2 AS text), CAST($3 AS numeric))`,
+			bound[0], bound[1], bound[2]).Scan(&v))
+		require.Equal(t, order[5*i+4], v, "bound of chunk %d", i+1)
+		q := `SELECT count(*) FROM odd WHERE (at, name, n) <= (CAST($1 AS timestamptz), CAST($2 AS text), CAST($3 AS numeric))`
+		args := []any{bound[0], bound[1], bound[2]}
+		if after != nil {
+			q += ` AND (at, name, n) > (CAST($4 AS timestamptz), CAST($5 AS text), CAST($6 AS numeric))`
+			args = append(args, after[0], after[1], after[2])
+		}
+		require.NoError(t, d.DB.QueryRow(q, args...).Scan(&inRange))
+		require.Equal(t, 5, inRange, "rows in chunk %d's range", i+1)
+		covered += inRange
+		after = bound
+	}
+	require.Equal(t, 45, covered)
+
+	require.NoError(t, s.Snapshot(ctx, "odd"))
+	catchUp(t, s)
+	require.Empty(t, mismatches(h.tableRows("public.odd"), dbRows(t, d.DB, "odd")))
+	require.Len(t, h.eventList(), 47)
+}
+
+// TestSnapshotRangeFilledAfterPlanning inserts 18 rows into the second chunk's key
+// range after every range was planned and before that chunk's SELECT. A planned range
+// is read with at most twice the chunk size, so the range is finished by further
+// chunks of its rest, settled before the next range: exact progress per chunk, every
+// row refreshed once, the cache exact.
+func TestSnapshotRangeFilledAfterPlanning(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
+		INSERT INTO snap SELECT g * 10, 'seed' FROM generate_series(1, 6) g`)
+	require.NoError(t, err)
+	h := newCacheHandler()
+	var chunks []SnapshotProgress
+	var lastKeys []string
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"),
+		WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(4),
+		WithSnapshotParallel(1), // chunk 2's SELECT waits for chunk 1's window
+		WithSnapshotProgress(func(p SnapshotProgress) {
+			chunks = append(chunks, p)
+			var last pq.StringArray
+			require.NoError(t, d.DB.QueryRow(`SELECT last_key FROM dbsync_ctrl.snapshot_progress WHERE table_name = 'public.snap'`).Scan(&last))
+			lastKeys = append(lastKeys, strings.Join(last, ","))
+		}))
+	var selects atomic.Int32
+	s.win.afterSelect = func() {
+		if selects.Add(1) != 1 {
+			return
+		}
+		// Chunk 1 (, 20] was selected; (20, 40], (40, 60] and the open-ended rest
+		// are planned (four bounds asked) but not selected yet.
+		// (This runs on a chunk's goroutine: no FailNow here.)
+		for start := time.Now(); s.chunkBounds.Load() < 4; time.Sleep(5 * time.Millisecond) {
+			if time.Since(start) > 10*time.Second {
+				t.Error("four ranges were not planned within 10 s")
+				return
+			}
+		}
+		if _, err := d.DB.Exec(`INSERT INTO snap SELECT g, 'late' FROM generate_series(21, 39) g WHERE g <> 30`); err != nil {
+			t.Error(err)
+		}
+	}
+	require.NoError(t, s.Snapshot(context.Background(), "snap"))
+	catchUp(t, s)
+	require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
+
+	// (, 20]: 2 rows; (20, 40] holds 20: read 4 at a time (twice the chunk size)
+	// up to 24, 28, 32, 36, 40, then an empty rest (40, 40]; (40, 60]: 2; (60, ): 0.
+	var rows []int64
+	for _, p := range chunks {
+		rows = append(rows, p.Rows)
+	}
+	require.Equal(t, []int64{2, 6, 10, 14, 18, 22, 22, 24, 24}, rows)
+	require.Equal(t, []string{"20", "24", "28", "32", "36", "40", "40", "60", "60"}, lastKeys)
+	require.True(t, chunks[len(chunks)-1].Done)
+	refreshed := map[string]int{}
+	for _, e := range h.eventList() {
+		if k, ok := strings.CutPrefix(e, "refresh public.snap "); ok {
+			refreshed[k]++
+		}
+	}
+	require.Len(t, refreshed, 24)
+	for k, n := range refreshed {
+		require.Equal(t, 1, n, "key %s refreshed %d times", k, n)
+	}
 }

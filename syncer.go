@@ -77,6 +77,9 @@ type Syncer struct {
 	// SnapshotChunksInFlight is how many chunks Snapshot reads ahead of the oldest one
 	// not yet handed over (0: DefaultSnapshotChunksInFlight).
 	SnapshotChunksInFlight int
+	// SnapshotParallel is how many Snapshot chunks are read at once (0:
+	// DefaultSnapshotParallel).
+	SnapshotParallel int
 	// SnapshotProgress, when set, is called by Snapshot after each delivered chunk.
 	SnapshotProgress func(SnapshotProgress)
 
@@ -112,6 +115,8 @@ type Syncer struct {
 	pgconnPeeks atomic.Uint64
 	// pgconnSelects counts selections read on pgx's own connection (selectread.go).
 	pgconnSelects atomic.Uint64
+	// chunkBounds counts the snapshot key ranges planned (snapshot.go).
+	chunkBounds atomic.Uint64
 	// splitPeeks counts split polls (peekread.go); splitMinWAL, when not 0, replaces
 	// the backlog from which polls are split (tests).
 	splitPeeks  atomic.Uint64

@@ -21,9 +21,10 @@ import (
 // or with -follow keeps streaming changes until ctx ends (Ctrl-C). An interrupted
 // snapshot resumes at the last delivered chunk when run again with the same slot.
 func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("snapshot", "snapshot [-chunk-size n] [-chunks-in-flight n] [-follow] [-slot s] [-publication p] [-v] table...", stderr)
+	fs := newFlagSet("snapshot", "snapshot [-chunk-size n] [-chunks-in-flight n] [-parallel n] [-follow] [-slot s] [-publication p] [-v] table...", stderr)
 	chunk := fs.Int("chunk-size", dbsync.DefaultSnapshotChunkSize, "rows per chunk (one watermark window each)")
 	inFlight := fs.Int("chunks-in-flight", dbsync.DefaultSnapshotChunksInFlight, "chunks read ahead of the oldest one not yet handed over (each held in memory)")
+	parallel := fs.Int("parallel", dbsync.DefaultSnapshotParallel, "chunks read at once, each on its own connection (at most -chunks-in-flight)")
 	follow := fs.Bool("follow", false, "keep streaming changes after the snapshot until Ctrl-C")
 	sf := addSlotFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -43,6 +44,7 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		dbsync.ForTables(tables...),
 		dbsync.WithSnapshotChunkSize(*chunk),
 		dbsync.WithSnapshotChunksInFlight(*inFlight),
+		dbsync.WithSnapshotParallel(*parallel),
 		dbsync.WithSnapshotProgress(func(p dbsync.SnapshotProgress) {
 			est := "?"
 			if p.Estimated >= 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"github.com/dbsync/dbsync"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,7 +32,12 @@ func TestSnapshotCommand(t *testing.T) {
 	require.ErrorIs(t, err, dbsync.ErrConfig)
 	stdout.Reset()
 	stderr.Reset()
-	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-chunks-in-flight", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-chunks-in-flight", "2", "-parallel", "0", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	require.ErrorIs(t, err, dbsync.ErrConfig)
+	stdout.Reset()
+	stderr.Reset()
+	// One chunk read at a time: the refresh rows come in key order.
+	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-chunks-in-flight", "2", "-parallel", "1", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
 	require.NoError(t, err, stderr.String())
 	require.Equal(t, strings.Join([]string{
 		`{"type":"refresh","schema":"public","table":"t","key":{"id":1},"new":{"id":1,"v":"v1"}}`,
@@ -46,8 +52,9 @@ func TestSnapshotCommand(t *testing.T) {
 		`dbsync snapshot: public.t: 5 of ~5 rows (3 chunks, done)`,
 	}, "\n")+"\n", stderr.String())
 
-	// Run again after a change: the change comes first (it committed before the first
-	// low watermark), then every row again (a finished snapshot starts over).
+	// Run again after a change, with the default two chunks read at once: the change
+	// comes first (it committed before the first low watermark), then every row again
+	// (a finished snapshot starts over), chunks in the order their windows ended.
 	_, err = d.DB.Exec(`INSERT INTO t VALUES (6, 'v6')`)
 	require.NoError(t, err)
 	stdout.Reset()
@@ -66,7 +73,16 @@ func TestSnapshotCommand(t *testing.T) {
 	require.Equal(t, "t", change.Table)
 	require.Equal(t, map[string]any{"id": float64(6)}, change.Key)
 	require.Equal(t, map[string]any{"id": float64(6), "v": "v6"}, change.New)
-	require.Equal(t, `{"type":"refresh","schema":"public","table":"t","key":{"id":6},"new":{"id":6,"v":"v6"}}`, lines[6])
+	refreshes := slices.Clone(lines[1:])
+	slices.Sort(refreshes)
+	require.Equal(t, []string{
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":1},"new":{"id":1,"v":"v1"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":2},"new":{"id":2,"v":"v2"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":3},"new":{"id":3,"v":"v3"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":4},"new":{"id":4,"v":"v4"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":5},"new":{"id":5,"v":"v5"}}`,
+		`{"type":"refresh","schema":"public","table":"t","key":{"id":6},"new":{"id":6,"v":"v6"}}`,
+	}, refreshes)
 	require.Equal(t, strings.Join([]string{
 		`dbsync snapshot: public.t: 2 of ~5 rows (1 chunks)`,
 		`dbsync snapshot: public.t: 4 of ~5 rows (2 chunks)`,
