@@ -619,3 +619,35 @@ func TestSnapshotRangeFilledAfterPlanning(t *testing.T) {
 		require.Equal(t, 1, n, "key %s refreshed %d times", k, n)
 	}
 }
+
+// TestSnapshotOnSmallPool runs a snapshot with its default two chunks at once, with
+// writers, through a *sql.DB of at most two connections, which the poller shares with
+// the chunk SELECTs, the range planning and the watermark writes: nobody holds a
+// connection while waiting for another, so it completes (within 60 s), and the cache
+// ends exact.
+func TestSnapshotOnSmallPool(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			st := snapTable{keys: 500}
+			st.create(t, d.DB, 400)
+			db, err := sql.Open(driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			db.SetMaxOpenConns(2)
+			h := newCacheHandler()
+			var chunks int
+			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, WithDB(db), ForTables("snap"), WithSnapshotChunkSize(20),
+				WithSnapshotProgress(func(SnapshotProgress) { chunks++ }))
+			stopWriters := startWriters(t, d.DB, st, 5, 2)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			require.NoError(t, s.Snapshot(ctx, "snap"))
+			commits := stopWriters()
+			catchUp(t, s)
+			require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
+			require.Greater(t, chunks, 10)
+			require.Positive(t, commits)
+		})
+	}
+}
