@@ -317,6 +317,23 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 	}
 }
 
+// sixRowSnapshot creates table snap with ids 10, 20, ..., 60 and starts a Syncer that
+// snapshots it in chunks of 2, 4 in flight, one SELECT at a time (so chunk 2's SELECT
+// waits for chunk 1's window, and windows and refresh rows come in key order),
+// reporting progress to progress.
+func sixRowSnapshot(t *testing.T, progress func(SnapshotProgress)) (*pgtest.Database, *cacheHandler, *Syncer) {
+	t.Helper()
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
+		INSERT INTO snap SELECT g * 10, 'seed' FROM generate_series(1, 6) g`)
+	require.NoError(t, err)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"),
+		WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(4), WithSnapshotParallel(1),
+		WithSnapshotProgress(progress))
+	return d, h, s
+}
+
 // TestSnapshotChunkRetryRereadsItsKeyRange makes the first of several chunks in
 // flight ask for a retry (as a change with an unreadable key would) after a row was
 // inserted inside its key range. The retry must read the chunk's key range again —
@@ -325,17 +342,8 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 // the cache, and the refresh rows come in exactly this order: the later chunks at
 // their high watermarks, then the retried chunk.
 func TestSnapshotChunkRetryRereadsItsKeyRange(t *testing.T) {
-	d := pgtest.NewDatabase(t)
-	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
-		INSERT INTO snap SELECT g * 10, 'seed' FROM generate_series(1, 6) g`)
-	require.NoError(t, err)
-	h := newCacheHandler()
 	var chunks []SnapshotProgress
-	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"),
-		WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(4),
-		// One SELECT at a time, so the windows (and refresh rows) come in key order.
-		WithSnapshotParallel(1),
-		WithSnapshotProgress(func(p SnapshotProgress) { chunks = append(chunks, p) }))
+	d, h, s := sixRowSnapshot(t, func(p SnapshotProgress) { chunks = append(chunks, p) })
 	var selects, retries atomic.Int32
 	s.win.afterSelect = func() {
 		if selects.Add(1) == 1 { // chunk 1 selected 10, 20: a row arrives inside its range
@@ -509,16 +517,8 @@ func TestChunkBound(t *testing.T) {
 	info, err := s.tableInfoByName(ctx, qualifiedTable{schema: "public", name: "odd"})
 	require.NoError(t, err)
 
-	// The keys in key order, as the server sorts them.
-	rows, err := d.DB.Query(`SELECT v FROM odd ORDER BY at, name, n`)
-	require.NoError(t, err)
-	var order []int
-	for rows.Next() {
-		var v int
-		require.NoError(t, rows.Scan(&v))
-		order = append(order, v)
-	}
-	require.NoError(t, rows.Err())
+	// The rows (their v) in key order, as the server sorts them.
+	order := queryStrings(t, d.DB, `SELECT v::text FROM odd ORDER BY at, name, n`)
 	require.Len(t, order, 47)
 
 	var after []string
@@ -532,8 +532,9 @@ func TestChunkBound(t *testing.T) {
 		}
 		require.Len(t, bound, 3)
 		// The bound casts back to exactly one row: the (5i+5)-th in key order.
-		var v, inRange int
-		require.NoError(t, d.DB.QueryRow(`SELECT v FROM odd WHERE (at, name, n) = (CAST($1 AS timestamptz), CAST($2 AS text), CAST($3 AS numeric))`,
+		var v string
+		var inRange int
+		require.NoError(t, d.DB.QueryRow(`SELECT v::text FROM odd WHERE (at, name, n) = (CAST($1 AS timestamptz), CAST($2 AS text), CAST($3 AS numeric))`,
 			bound[0], bound[1], bound[2]).Scan(&v))
 		require.Equal(t, order[5*i+4], v, "bound of chunk %d", i+1)
 		q := `SELECT count(*) FROM odd WHERE (at, name, n) <= (CAST($1 AS timestamptz), CAST($2 AS text), CAST($3 AS numeric))`
@@ -561,22 +562,16 @@ func TestChunkBound(t *testing.T) {
 // chunks of its rest, settled before the next range: exact progress per chunk, every
 // row refreshed once, the cache exact.
 func TestSnapshotRangeFilledAfterPlanning(t *testing.T) {
-	d := pgtest.NewDatabase(t)
-	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
-		INSERT INTO snap SELECT g * 10, 'seed' FROM generate_series(1, 6) g`)
-	require.NoError(t, err)
-	h := newCacheHandler()
 	var chunks []SnapshotProgress
 	var lastKeys []string
-	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"),
-		WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(4),
-		WithSnapshotParallel(1), // chunk 2's SELECT waits for chunk 1's window
-		WithSnapshotProgress(func(p SnapshotProgress) {
-			chunks = append(chunks, p)
-			var last pq.StringArray
-			require.NoError(t, d.DB.QueryRow(`SELECT last_key FROM dbsync_ctrl.snapshot_progress WHERE table_name = 'public.snap'`).Scan(&last))
-			lastKeys = append(lastKeys, strings.Join(last, ","))
-		}))
+	var db *sql.DB
+	d, h, s := sixRowSnapshot(t, func(p SnapshotProgress) {
+		chunks = append(chunks, p)
+		var last pq.StringArray
+		require.NoError(t, db.QueryRow(`SELECT last_key FROM dbsync_ctrl.snapshot_progress WHERE table_name = 'public.snap'`).Scan(&last))
+		lastKeys = append(lastKeys, strings.Join(last, ","))
+	})
+	db = d.DB
 	var selects atomic.Int32
 	s.win.afterSelect = func() {
 		if selects.Add(1) != 1 {
