@@ -646,3 +646,49 @@ func TestSnapshotOnSmallPool(t *testing.T) {
 		})
 	}
 }
+
+// TestSnapshotCancelledMidway cancels a snapshot's context after its third chunk, with
+// further chunks being opened two at a time: Snapshot returns the context's error
+// only after every chunk it started was closed (no selection left registered, no
+// watermark row left in the table), and a second Snapshot resumes after the third
+// chunk's range and completes the table.
+func TestSnapshotCancelledMidway(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
+		INSERT INTO snap SELECT g, 'seed' FROM generate_series(1, 300) g`)
+	require.NoError(t, err)
+	h := newCacheHandler()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var chunks []SnapshotProgress
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"), WithSnapshotChunkSize(10),
+		WithSnapshotProgress(func(p SnapshotProgress) {
+			chunks = append(chunks, p)
+			if p.Chunks == 3 {
+				cancel()
+			}
+		}))
+	err = s.Snapshot(ctx, "snap")
+	require.ErrorIs(t, err, context.Canceled)
+	require.Len(t, chunks, 3)
+	s.win.mu.Lock()
+	registered := len(s.win.waiters)
+	s.win.mu.Unlock()
+	require.Zero(t, registered, "selections left registered")
+	var wmRows int
+	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM dbsync_ctrl.dbsync_wmtable`).Scan(&wmRows))
+	require.Zero(t, wmRows, "watermark rows left behind")
+	var last pq.StringArray
+	require.NoError(t, d.DB.QueryRow(`SELECT last_key FROM dbsync_ctrl.snapshot_progress WHERE table_name = 'public.snap'`).Scan(&last))
+	require.Equal(t, pq.StringArray{"30"}, last)
+
+	chunks = nil
+	require.NoError(t, s.Snapshot(context.Background(), "snap"))
+	catchUp(t, s)
+	require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
+	// Resumed after 30: chunks 4 .. 30, then the open-ended range after 300.
+	require.Len(t, chunks, 28)
+	require.Equal(t, int64(4), chunks[0].Chunks)
+	require.Equal(t, int64(300), chunks[len(chunks)-1].Rows)
+	require.True(t, chunks[len(chunks)-1].Done)
+}
