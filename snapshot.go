@@ -76,15 +76,19 @@ func WithSnapshotChunksInFlight(n int) SyncerOpt {
 	}
 }
 
-// DefaultSnapshotParallel is how many snapshot chunks are read at once, each on its
-// own connection of the Syncer's *sql.DB. One chunk SELECT keeps one server backend
-// and the client's reader busy in turn, with a core idle much of the time; two read
-// the 1,000,000-row table of docs/BENCHMARKS.md about a fifth faster, three no faster
-// than two on its 2-core machine.
-const DefaultSnapshotParallel = 2
+// DefaultSnapshotParallel is how many snapshot chunks are read at once by default:
+// one, as keyset chunks (each starts after the previous chunk's last key), without
+// planning queries. More (WithSnapshotParallel) plan key ranges first, one index scan
+// of the primary key per chunk, and read that many chunks at once, each on its own
+// connection: worth it when the server and this process have cores to spare. On the
+// 2-core machine of docs/BENCHMARKS.md, shared with other load, two at once read the
+// 1,000,000-row table no faster than one (seven alternations: 4% slower on average,
+// within the noise), because one chunk at a time already kept both cores nearly busy.
+const DefaultSnapshotParallel = 1
 
 // WithSnapshotParallel sets how many snapshot chunks are read at once (default
-// DefaultSnapshotParallel; at most SnapshotChunksInFlight).
+// DefaultSnapshotParallel; at most SnapshotChunksInFlight). 1 reads keyset chunks
+// one after another, without planning queries.
 func WithSnapshotParallel(n int) SyncerOpt {
 	return func(s *Syncer) error {
 		if n <= 0 {
@@ -105,15 +109,18 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // ranges of about SnapshotChunkSize rows, and delivers them as refresh rows
 // (MessageHandler.HandleRefresh and the Batcher), each chunk in its own watermark
 // window (see RefreshContext), interleaved with the change stream: no lock, no
-// long-running snapshot, and the slot keeps advancing between chunks. Ranges are
-// planned ahead, each bound the key SnapshotChunkSize rows further (an index scan of
-// the primary key), and a chunk is
+// long-running snapshot, and the slot keeps advancing between chunks. When chunks are
+// read in parallel (SnapshotParallel > 1), ranges are planned ahead, each bound the
+// key SnapshotChunkSize rows further (an index scan of the primary key), and a chunk
+// is
 //
 //	SELECT ... FROM t WHERE (k1, k2) > ($1, $2) AND (k1, k2) <= ($3, $4) ORDER BY k1, k2 LIMIT 2n
 //
 // (row-value comparisons: an index range scan on the primary key). The last range is
 // open-ended (LIMIT n). A range that gained more than 2n rows between planning and
-// its SELECT is finished by further chunks.
+// its SELECT is finished by further chunks. With SnapshotParallel 1 every chunk is
+// the n rows after the previous chunk's last key (keyset: WHERE (k1, k2) > ($1, $2)
+// ... LIMIT n), with no planning queries.
 //
 // Up to SnapshotParallel chunks are read at once, each on its own connection, and up
 // to SnapshotChunksInFlight are read ahead of the oldest one not yet handed over.
@@ -130,8 +137,8 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // the snapshot are read again (docs/SNAPSHOTS.md).
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
-// in another goroutine), and its *sql.DB must allow SnapshotParallel connections
-// beside the poller's. It returns ErrNoPrimaryKey for a table without a primary key,
+// in another goroutine). Each chunk read at once takes a connection of the Syncer's
+// *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns ErrNoPrimaryKey for a table without a primary key,
 // ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again to
 // resume), ErrConfig for unknown tables, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
@@ -205,17 +212,20 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	}
 	parallel = min(parallel, inFlight)
 
-	// Chunks are key ranges planned ahead: (after, bound], where bound is the key of
-	// the chunk-th row after after (chunkBound, an index scan of the key alone), so
-	// the next range is known before the previous SELECT ran and up to parallel
-	// chunks are opened (low watermark, SELECT, high watermark) at once, on their own
-	// connections, up to inFlight ahead of the oldest one whose rows were not handed
-	// over yet. The last range is open-ended (at most chunk rows); should it come
-	// back full (rows were added at the end meanwhile), planning goes on after its
-	// last key. Rows inserted into a planned range before its SELECT are read with
-	// it, up to maxChunkRows; a range that holds more is finished by a chunk of the
-	// rest, settled next. Chunks are settled (delivered, follow-ups run, progress
-	// recorded) in key order.
+	// With parallel > 1, chunks are key ranges planned ahead: (after, bound], where
+	// bound is the key of the chunk-th row after after (chunkBound, an index scan of
+	// the key alone), so the next range is known before the previous SELECT ran, and
+	// up to parallel chunks are opened (low watermark, SELECT, high watermark) at
+	// once, on their own connections, up to inFlight ahead of the oldest one whose
+	// rows were not handed over yet. The last range is open-ended (at most chunk
+	// rows); should it come back full (rows were added at the end meanwhile),
+	// planning goes on after its last key. Rows inserted into a planned range before
+	// its SELECT are read with it, up to maxChunkRows; a range that holds more is
+	// finished by a chunk of the rest, settled next. With parallel == 1 every chunk
+	// is open-ended and starts after the previous one's last row (keyset), which is
+	// known when the previous SELECT returns: the SELECTs still run back to back,
+	// without the planning queries. Chunks are settled (delivered, follow-ups run,
+	// progress recorded) in key order.
 	capRows := maxChunkRows(chunk)
 	sem := make(chan struct{}, parallel)
 	var queue []*snapshotChunk
@@ -250,17 +260,35 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	after, planning := []string(lastKey), true
 	for planning || len(queue) > 0 {
 		if planning && len(queue) < inFlight {
-			bound, err := s.chunkBound(ctx, info, after, chunk)
-			if err != nil {
-				return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+int64(len(queue))+1, err)
+			var bound []string
+			if parallel > 1 {
+				var err error
+				if bound, err = s.chunkBound(ctx, info, after, chunk); err != nil {
+					return fmt.Errorf("snapshot of %s, chunk %d: %w", table, prog.Chunks+int64(len(queue))+1, err)
+				}
 			}
 			c := &snapshotChunk{after: after, upTo: bound}
 			open(c)
 			queue = append(queue, c)
-			if bound == nil {
-				planning = false
-			} else {
+			switch {
+			case bound != nil:
 				after = bound
+			case parallel == 1:
+				// One SELECT at a time gains nothing from planned ranges: the next
+				// chunk starts after this one's last row (keyset), known once its
+				// SELECT returned.
+				select {
+				case <-c.done:
+				case <-ctx.Done():
+					return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+				}
+				if c.err == nil && c.p.selected >= chunk {
+					after, c.continued = c.p.lastKey, true
+				} else {
+					planning = false
+				}
+			default:
+				planning = false
 			}
 			continue
 		}
@@ -281,7 +309,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 			// after it if it came back full.
 			c.upTo = p.lastKey
 			p.query = chunkQuery(info, cols, c.after, c.upTo, capRows)
-			if p.selected >= chunk {
+			if p.selected >= chunk && !c.continued {
 				planning, after = true, p.lastKey
 			}
 		}
@@ -403,6 +431,9 @@ type snapshotChunk struct {
 	done        chan struct{}
 	p           *pendingSelection
 	err         error
+	// continued: planning went on after this open-ended chunk's last row (one
+	// SELECT at a time).
+	continued bool
 }
 
 // chunkBound returns the key columns (as text) of the n-th row after the key after

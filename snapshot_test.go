@@ -149,17 +149,18 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 		composite bool
 		driver    string
 		rows      bool // a RefreshRowHandler (rowCache) instead of HandleRefresh
+		parallel  int  // chunks read at once (planned key ranges when > 1)
 	}{
-		{1, 7, false, "postgres", false},
-		{2, 50, false, "pgx", false},
-		{3, 333, false, "postgres", false},
-		{4, 13, true, "pgx", false},
-		{5, 100, true, "postgres", false},
-		{6, 50, false, "pgx", true},
-		{7, 13, true, "postgres", true},
+		{1, 7, false, "postgres", false, 1},
+		{2, 50, false, "pgx", false, 2},
+		{3, 333, false, "postgres", false, 1},
+		{4, 13, true, "pgx", false, 2},
+		{5, 100, true, "postgres", false, 2},
+		{6, 50, false, "pgx", true, 1},
+		{7, 13, true, "postgres", true, 2},
 	}
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("seed%d_chunk%d_composite%v_%s_rows%v", c.seed, c.chunk, c.composite, c.driver, c.rows), func(t *testing.T) {
+		t.Run(fmt.Sprintf("seed%d_chunk%d_composite%v_%s_rows%v_parallel%d", c.seed, c.chunk, c.composite, c.driver, c.rows, c.parallel), func(t *testing.T) {
 			d := pgtest.NewDatabase(t)
 			st := snapTable{composite: c.composite, toast: !c.composite, keys: 1400}
 			st.create(t, d.DB, 1200)
@@ -176,7 +177,7 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 			var chunks []SnapshotProgress
 			var s *Syncer
 			s, _ = startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), mh, ForTables("snap"), WithDB(db),
-				WithSnapshotChunkSize(c.chunk),
+				WithSnapshotChunkSize(c.chunk), WithSnapshotParallel(c.parallel),
 				WithSnapshotProgress(func(p SnapshotProgress) {
 					chunks = append(chunks, p)
 					lsn, err := s.ConfirmedFlushLSN(context.Background())
@@ -263,13 +264,12 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 		Scan(&lastKey, &chunksDone, &rowsDone, &finished))
 	require.False(t, finished)
 	require.GreaterOrEqual(t, chunksDone, int64(1))
-	// The stored progress is what A reported for its last delivered chunk. (Chunks
-	// are planned key ranges, so a chunk reads the rows its range holds when its
-	// SELECT runs: about, not exactly, chunk rows while writers insert and delete.)
+	// The stored progress is what A reported for its last delivered chunk; keyset
+	// chunks (one at a time, the default) select exactly chunk rows each.
 	require.NotEmpty(t, reportedA)
 	require.Equal(t, reportedA[len(reportedA)-1].Chunks, chunksDone)
 	require.Equal(t, reportedA[len(reportedA)-1].Rows, rowsDone)
-	require.InDelta(t, chunksDone*chunk, rowsDone, float64(chunksDone*chunk)/5)
+	require.Equal(t, chunksDone*chunk, rowsDone)
 	require.Len(t, lastKey, 1)
 	resumeAfter, err := strconv.Atoi(lastKey[0])
 	require.NoError(t, err)
@@ -318,19 +318,19 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 }
 
 // sixRowSnapshot creates table snap with ids 10, 20, ..., 60 and starts a Syncer that
-// snapshots it in chunks of 2, 4 in flight, one SELECT at a time (so chunk 2's SELECT
-// waits for chunk 1's window, and windows and refresh rows come in key order),
-// reporting progress to progress.
-func sixRowSnapshot(t *testing.T, progress func(SnapshotProgress)) (*pgtest.Database, *cacheHandler, *Syncer) {
+// snapshots it in chunks of 2, 4 in flight, one SELECT at a time unless opts say
+// otherwise (so windows and refresh rows come in key order), reporting progress to
+// progress.
+func sixRowSnapshot(t *testing.T, progress func(SnapshotProgress), opts ...SyncerOpt) (*pgtest.Database, *cacheHandler, *Syncer) {
 	t.Helper()
 	d := pgtest.NewDatabase(t)
 	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
 		INSERT INTO snap SELECT g * 10, 'seed' FROM generate_series(1, 6) g`)
 	require.NoError(t, err)
 	h := newCacheHandler()
-	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"),
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, append([]SyncerOpt{ForTables("snap"),
 		WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(4), WithSnapshotParallel(1),
-		WithSnapshotProgress(progress))
+		WithSnapshotProgress(progress)}, opts...)...)
 	return d, h, s
 }
 
@@ -357,6 +357,7 @@ func TestSnapshotChunkRetryRereadsItsKeyRange(t *testing.T) {
 	require.NoError(t, s.Snapshot(context.Background(), "snap"))
 	catchUp(t, s)
 	require.Equal(t, int32(1), retries.Load())
+	require.Zero(t, s.chunkBounds.Load(), "one SELECT at a time plans no ranges: keyset chunks")
 	require.Equal(t, []string{
 		`insert public.snap ["15"]`,
 		`refresh public.snap ["30"]`, `refresh public.snap ["40"]`, // chunk 2
@@ -444,7 +445,7 @@ func TestRefreshKeepsSelectOrder(t *testing.T) {
 }
 
 // TestSnapshotChunksReadInParallel requires two chunk SELECTs to be open at once with
-// the default settings: the first chunk to finish its SELECT holds its window open
+// WithSnapshotParallel(2): the first chunk to finish its SELECT holds its window open
 // (before its high watermark) until a second chunk's SELECT finished too. One SELECT
 // at a time never gets there and the test fails on the wait. Every row must still
 // reach the cache exactly once per chunk, and the progress must end at the last key.
@@ -456,7 +457,7 @@ func TestSnapshotChunksReadInParallel(t *testing.T) {
 	h := newCacheHandler()
 	var chunks []SnapshotProgress
 	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"), WithSnapshotChunkSize(10),
-		WithSnapshotProgress(func(p SnapshotProgress) { chunks = append(chunks, p) }))
+		WithSnapshotParallel(2), WithSnapshotProgress(func(p SnapshotProgress) { chunks = append(chunks, p) }))
 	var selects atomic.Int32
 	second := make(chan struct{})
 	overlapped := make(chan bool, 1)
@@ -475,6 +476,7 @@ func TestSnapshotChunksReadInParallel(t *testing.T) {
 	}
 	require.NoError(t, s.Snapshot(context.Background(), "snap"))
 	require.True(t, <-overlapped, "a second chunk's SELECT did not run while the first chunk's window was open")
+	require.Equal(t, uint64(11), s.chunkBounds.Load(), "ten bounds, then none after 100")
 	catchUp(t, s)
 	require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
 	// Ten full ranges, (0, 10] .. (90, 100], then the open-ended range after 100.
@@ -556,11 +558,13 @@ func TestChunkBound(t *testing.T) {
 	require.Len(t, h.eventList(), 47)
 }
 
-// TestSnapshotRangeFilledAfterPlanning inserts 18 rows into the second chunk's key
-// range after every range was planned and before that chunk's SELECT. A planned range
-// is read with at most twice the chunk size, so the range is finished by further
-// chunks of its rest, settled before the next range: exact progress per chunk, every
-// row refreshed once, the cache exact.
+// TestSnapshotRangeFilledAfterPlanning inserts 18 rows into the third chunk's key
+// range after every range was planned and before that chunk's SELECT: with two chunks
+// read at once, the first two SELECTs hold both slots, and the first of them to finish
+// inserts the rows while the second waits (both before their high watermarks). A
+// planned range is read with at most twice the chunk size, so the range is finished
+// by further chunks of its rest, settled before the next range: exact progress per
+// chunk, every row refreshed once, the cache exact.
 func TestSnapshotRangeFilledAfterPlanning(t *testing.T) {
 	var chunks []SnapshotProgress
 	var lastKeys []string
@@ -570,38 +574,43 @@ func TestSnapshotRangeFilledAfterPlanning(t *testing.T) {
 		var last pq.StringArray
 		require.NoError(t, db.QueryRow(`SELECT last_key FROM dbsync_ctrl.snapshot_progress WHERE table_name = 'public.snap'`).Scan(&last))
 		lastKeys = append(lastKeys, strings.Join(last, ","))
-	})
+	}, WithSnapshotParallel(2))
 	db = d.DB
 	var selects atomic.Int32
+	inserted := make(chan struct{})
 	s.win.afterSelect = func() {
-		if selects.Add(1) != 1 {
-			return
-		}
-		// Chunk 1 (, 20] was selected; (20, 40], (40, 60] and the open-ended rest
-		// are planned (four bounds asked) but not selected yet.
 		// (This runs on a chunk's goroutine: no FailNow here.)
-		for start := time.Now(); s.chunkBounds.Load() < 4; time.Sleep(5 * time.Millisecond) {
-			if time.Since(start) > 10*time.Second {
-				t.Error("four ranges were not planned within 10 s")
-				return
+		switch selects.Add(1) {
+		case 1:
+			// Chunks (, 20] and (20, 40] were selected (this one, and the other
+			// holds the second slot); (40, 60] and the open-ended rest are
+			// planned (four bounds asked) but wait for a slot.
+			defer close(inserted)
+			for start := time.Now(); s.chunkBounds.Load() < 4; time.Sleep(5 * time.Millisecond) {
+				if time.Since(start) > 10*time.Second {
+					t.Error("four ranges were not planned within 10 s")
+					return
+				}
 			}
-		}
-		if _, err := d.DB.Exec(`INSERT INTO snap SELECT g, 'late' FROM generate_series(21, 39) g WHERE g <> 30`); err != nil {
-			t.Error(err)
+			if _, err := db.Exec(`INSERT INTO snap SELECT g, 'late' FROM generate_series(41, 59) g WHERE g <> 50`); err != nil {
+				t.Error(err)
+			}
+		case 2:
+			<-inserted
 		}
 	}
 	require.NoError(t, s.Snapshot(context.Background(), "snap"))
 	catchUp(t, s)
 	require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
 
-	// (, 20]: 2 rows; (20, 40] holds 20: read 4 at a time (twice the chunk size)
-	// up to 24, 28, 32, 36, 40, then an empty rest (40, 40]; (40, 60]: 2; (60, ): 0.
+	// (, 20]: 2 rows; (20, 40]: 2; (40, 60] holds 20: read 4 at a time (twice the
+	// chunk size) up to 44, 48, 52, 56, 60, then an empty rest (60, 60]; (60, ): 0.
 	var rows []int64
 	for _, p := range chunks {
 		rows = append(rows, p.Rows)
 	}
-	require.Equal(t, []int64{2, 6, 10, 14, 18, 22, 22, 24, 24}, rows)
-	require.Equal(t, []string{"20", "24", "28", "32", "36", "40", "40", "60", "60"}, lastKeys)
+	require.Equal(t, []int64{2, 4, 8, 12, 16, 20, 24, 24, 24}, rows)
+	require.Equal(t, []string{"20", "40", "44", "48", "52", "56", "60", "60", "60"}, lastKeys)
 	require.True(t, chunks[len(chunks)-1].Done)
 	refreshed := map[string]int{}
 	for _, e := range h.eventList() {
@@ -615,7 +624,7 @@ func TestSnapshotRangeFilledAfterPlanning(t *testing.T) {
 	}
 }
 
-// TestSnapshotOnSmallPool runs a snapshot with its default two chunks at once, with
+// TestSnapshotOnSmallPool runs a snapshot with two chunks read at once, with
 // writers, through a *sql.DB of at most two connections, which the poller shares with
 // the chunk SELECTs, the range planning and the watermark writes: nobody holds a
 // connection while waiting for another, so it completes (within 60 s), and the cache
@@ -632,7 +641,7 @@ func TestSnapshotOnSmallPool(t *testing.T) {
 			db.SetMaxOpenConns(2)
 			h := newCacheHandler()
 			var chunks int
-			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, WithDB(db), ForTables("snap"), WithSnapshotChunkSize(20),
+			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, WithDB(db), ForTables("snap"), WithSnapshotChunkSize(20), WithSnapshotParallel(2),
 				WithSnapshotProgress(func(SnapshotProgress) { chunks++ }))
 			stopWriters := startWriters(t, d.DB, st, 5, 2)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -662,7 +671,7 @@ func TestSnapshotCancelledMidway(t *testing.T) {
 	defer cancel()
 	var chunks []SnapshotProgress
 	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"), WithSnapshotChunkSize(10),
-		WithSnapshotProgress(func(p SnapshotProgress) {
+		WithSnapshotParallel(2), WithSnapshotProgress(func(p SnapshotProgress) {
 			chunks = append(chunks, p)
 			if p.Chunks == 3 {
 				cancel()

@@ -36,8 +36,8 @@ func TestSnapshotCommand(t *testing.T) {
 	require.ErrorIs(t, err, dbsync.ErrConfig)
 	stdout.Reset()
 	stderr.Reset()
-	// One chunk read at a time: the refresh rows come in key order.
-	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-chunks-in-flight", "2", "-parallel", "1", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	// One chunk read at a time (the default): the refresh rows come in key order.
+	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-chunks-in-flight", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
 	require.NoError(t, err, stderr.String())
 	require.Equal(t, strings.Join([]string{
 		`{"type":"refresh","schema":"public","table":"t","key":{"id":1},"new":{"id":1,"v":"v1"}}`,
@@ -52,14 +52,14 @@ func TestSnapshotCommand(t *testing.T) {
 		`dbsync snapshot: public.t: 5 of ~5 rows (3 chunks, done)`,
 	}, "\n")+"\n", stderr.String())
 
-	// Run again after a change, with the default two chunks read at once: the change
-	// comes first (it committed before the first low watermark), then every row again
-	// (a finished snapshot starts over), chunks in the order their windows ended.
+	// Run again after a change, two chunks read at once: the change comes first (it
+	// committed before the first low watermark), then every row again (a finished
+	// snapshot starts over), chunks in the order their windows ended.
 	_, err = d.DB.Exec(`INSERT INTO t VALUES (6, 'v6')`)
 	require.NoError(t, err)
 	stdout.Reset()
 	stderr.Reset()
-	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	err = runSnapshot(context.Background(), []string{"-chunk-size", "2", "-parallel", "2", "-slot", pgtest.Ident(t, "slot"), "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
 	require.NoError(t, err, stderr.String())
 	lines := strings.Split(strings.TrimSuffix(stdout.String(), "\n"), "\n")
 	require.Len(t, lines, 7)

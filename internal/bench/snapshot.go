@@ -152,8 +152,10 @@ func (r *runner) snapshot(ctx context.Context) error {
 		db       *sql.DB
 		inFlight int  // 0: the default
 		rows     bool // a RefreshRowHandler scanning typed variables
-	}{{"lib/pq", db, 0, false}, {"pgx", pgx, 0, false}, {"lib/pq, RefreshRow handler", db, 0, true},
-		{"pgx, RefreshRow handler", pgx, 0, true}, {"lib/pq, 1 chunk in flight", db, 1, false}} {
+		parallel int  // chunks read at once; 0: the default
+	}{{"lib/pq", db, 0, false, 0}, {"pgx", pgx, 0, false, 0}, {"lib/pq, RefreshRow handler", db, 0, true, 0},
+		{"pgx, RefreshRow handler", pgx, 0, true, 0}, {"lib/pq, 1 chunk in flight", db, 1, false, 0},
+		{"pgx, 2 chunks read at once", pgx, 0, false, 2}} {
 		slot := fmt.Sprintf("bench_snap_%d", i)
 		opts := []dbsync.SyncerOpt{dbsync.WithDB(d.db), dbsync.WithReplicationSlot(slot), dbsync.WithPublication(sl.pub)}
 		s, err := dbsync.NewSyncerContext(ctx, opts...)
@@ -172,6 +174,9 @@ func (r *runner) snapshot(ctx context.Context) error {
 		}
 		if d.inFlight > 0 {
 			run.s.SnapshotChunksInFlight = d.inFlight
+		}
+		if d.parallel > 0 {
+			run.s.SnapshotParallel = d.parallel
 		}
 		w0 := written.Load()
 		s0, g0 := serverCPU(pm), selfCPU()
@@ -206,7 +211,7 @@ func (r *runner) snapshot(ctx context.Context) error {
 			res.Contender = c.name
 			res.Extra = fmt.Sprintf("%d refresh rows (rows the writer touched in a window come as changes); writer did %d updates meanwhile; %s",
 				snapRows[i-2], c.updates, c.cpu)
-			if strings.Contains(c.name, "in flight") {
+			if strings.Contains(c.name, "in flight") || strings.Contains(c.name, "at once") {
 				res.Extra = "not the default, for comparison; " + res.Extra
 			} else {
 				res.Extra = fmt.Sprintf("default chunk size %d, %d chunks in flight; ", dbsync.DefaultSnapshotChunkSize, dbsync.DefaultSnapshotChunksInFlight) + res.Extra
