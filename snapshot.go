@@ -13,13 +13,13 @@ import (
 )
 
 // DefaultSnapshotChunkSize is the number of rows one snapshot chunk (one watermark
-// window) reads: the size of the key ranges a snapshot is planned in. Each chunk is
-// held in memory until its high watermark is delivered; larger chunks mean fewer
-// watermark round trips (four small transactions per chunk) and fewer polls, smaller
-// ones less memory and a shorter window in which concurrent changes cost the chunk
-// its rows. 10,000-row chunks read about twice as fast as 1,000-row chunks in
-// docs/BENCHMARKS.md; with DefaultSnapshotChunksInFlight about 40,000 rows are held
-// (at most 80,000 when writers fill the planned ranges).
+// window) reads. Each chunk is held in memory until its high watermark is delivered;
+// larger chunks mean fewer watermark round trips (four small transactions per chunk)
+// and fewer polls, smaller ones less memory and a shorter window in which concurrent
+// changes cost the chunk its rows. 10,000-row chunks read about twice as fast as
+// 1,000-row chunks in docs/BENCHMARKS.md; with DefaultSnapshotChunksInFlight up to
+// 40,000 rows are held (up to twice as many with planned ranges, WithSnapshotParallel
+// above 1, when writers fill them).
 const DefaultSnapshotChunkSize = 10000
 
 // snapshotProgressTable is the progress table's name in the control schema
@@ -138,9 +138,10 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine). Each chunk read at once takes a connection of the Syncer's
-// *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns ErrNoPrimaryKey for a table without a primary key,
-// ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again to
-// resume), ErrConfig for unknown tables, or ctx's error.
+// *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
+// ErrNoPrimaryKey for a table without a primary key, ErrRefreshAbandoned when the
+// Syncer stopped mid-chunk (call Snapshot again to resume), ErrConfig for unknown
+// tables, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
 	if err := s.refreshAllowed(); err != nil {
 		return err
