@@ -317,16 +317,25 @@ func TestSnapshotResumesAfterCrash(t *testing.T) {
 	}
 }
 
+// seqSnapTable creates a database with table snap (id int PRIMARY KEY, v text) holding
+// ids step, 2*step, ..., n*step, v 'seed'.
+func seqSnapTable(t *testing.T, n, step int) *pgtest.Database {
+	t.Helper()
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text)`)
+	require.NoError(t, err)
+	_, err = d.DB.Exec(`INSERT INTO snap SELECT g * $2, 'seed' FROM generate_series(1, $1) g`, n, step)
+	require.NoError(t, err)
+	return d
+}
+
 // sixRowSnapshot creates table snap with ids 10, 20, ..., 60 and starts a Syncer that
 // snapshots it in chunks of 2, 4 in flight, one SELECT at a time unless opts say
 // otherwise (so windows and refresh rows come in key order), reporting progress to
 // progress.
 func sixRowSnapshot(t *testing.T, progress func(SnapshotProgress), opts ...SyncerOpt) (*pgtest.Database, *cacheHandler, *Syncer) {
 	t.Helper()
-	d := pgtest.NewDatabase(t)
-	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
-		INSERT INTO snap SELECT g * 10, 'seed' FROM generate_series(1, 6) g`)
-	require.NoError(t, err)
+	d := seqSnapTable(t, 6, 10)
 	h := newCacheHandler()
 	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, append([]SyncerOpt{ForTables("snap"),
 		WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(4), WithSnapshotParallel(1),
@@ -450,10 +459,7 @@ func TestRefreshKeepsSelectOrder(t *testing.T) {
 // at a time never gets there and the test fails on the wait. Every row must still
 // reach the cache exactly once per chunk, and the progress must end at the last key.
 func TestSnapshotChunksReadInParallel(t *testing.T) {
-	d := pgtest.NewDatabase(t)
-	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
-		INSERT INTO snap SELECT g, 'seed' FROM generate_series(1, 100) g`)
-	require.NoError(t, err)
+	d := seqSnapTable(t, 100, 1)
 	h := newCacheHandler()
 	var chunks []SnapshotProgress
 	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap"), WithSnapshotChunkSize(10),
@@ -662,10 +668,7 @@ func TestSnapshotOnSmallPool(t *testing.T) {
 // watermark row left in the table), and a second Snapshot resumes after the third
 // chunk's range and completes the table.
 func TestSnapshotCancelledMidway(t *testing.T) {
-	d := pgtest.NewDatabase(t)
-	_, err := d.DB.Exec(`CREATE TABLE snap (id int PRIMARY KEY, v text);
-		INSERT INTO snap SELECT g, 'seed' FROM generate_series(1, 300) g`)
-	require.NoError(t, err)
+	d := seqSnapTable(t, 300, 1)
 	h := newCacheHandler()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -677,7 +680,7 @@ func TestSnapshotCancelledMidway(t *testing.T) {
 				cancel()
 			}
 		}))
-	err = s.Snapshot(ctx, "snap")
+	err := s.Snapshot(ctx, "snap")
 	require.ErrorIs(t, err, context.Canceled)
 	require.Len(t, chunks, 3)
 	s.win.mu.Lock()
