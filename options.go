@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"cmp"
 	"database/sql"
 	"fmt"
 	"log/slog"
@@ -188,13 +189,7 @@ func WithHandlerErrorPolicy(p HandlerErrorPolicy) SyncerOpt {
 // WithMaxMessagesToRead sets the upto_nchanges bound of each peek (rows; 0 = only the
 // flush-LSN bound).
 func WithMaxMessagesToRead(n int) SyncerOpt {
-	return func(s *Syncer) error {
-		if n < 0 {
-			return fmt.Errorf("%w: MaxMessagesToRead %d < 0", ErrConfig, n)
-		}
-		s.MaxMessagesToRead = n
-		return nil
-	}
+	return atLeast("WithMaxMessagesToRead", n, 0, "rows (0: no row bound)", func(s *Syncer) { s.MaxMessagesToRead = n })
 }
 
 // WithPollBackoff sets the idle-poll backoff: wait initial after the first empty poll,
@@ -213,13 +208,7 @@ func WithPollBackoff(initial time.Duration, factor float64, max time.Duration) S
 // of one poll to the start of the next while the Syncer keeps up, trading up to about
 // d of change latency for less server CPU under a steady write load.
 func WithMinPollInterval(d time.Duration) SyncerOpt {
-	return func(s *Syncer) error {
-		if d < 0 {
-			return fmt.Errorf("%w: WithMinPollInterval(%v): the interval must be >= 0", ErrConfig, d)
-		}
-		s.MinPollInterval = d
-		return nil
-	}
+	return atLeast("WithMinPollInterval", d, 0, "(0: poll again at once)", func(s *Syncer) { s.MinPollInterval = d })
 }
 
 // WithMaxRestartLSNLag sets Syncer.MaxRestartLSNLag: how many bytes of WAL the slot's
@@ -227,11 +216,17 @@ func WithMinPollInterval(d time.Duration) SyncerOpt {
 // an xl_running_xacts record (by creating and dropping a temporary logical slot) so
 // restart_lsn can move up; 0 turns this off.
 func WithMaxRestartLSNLag(bytes int64) SyncerOpt {
+	return atLeast("WithMaxRestartLSNLag", bytes, 0, "bytes (0: off)", func(s *Syncer) { s.MaxRestartLSNLag = bytes })
+}
+
+// atLeast is an option that checks v >= min (else an ErrConfig naming the option,
+// the value and what it counts) before set applies it.
+func atLeast[T cmp.Ordered](option string, v, min T, unit string, set func(*Syncer)) SyncerOpt {
 	return func(s *Syncer) error {
-		if bytes < 0 {
-			return fmt.Errorf("%w: WithMaxRestartLSNLag(%d): the lag must be >= 0 bytes (0: off)", ErrConfig, bytes)
+		if v < min {
+			return fmt.Errorf("%w: %s(%v): must be >= %v %s", ErrConfig, option, v, min, unit)
 		}
-		s.MaxRestartLSNLag = bytes
+		set(s)
 		return nil
 	}
 }

@@ -46,13 +46,7 @@ type SnapshotProgress struct {
 // WithSnapshotChunkSize sets the rows per snapshot chunk (default
 // DefaultSnapshotChunkSize).
 func WithSnapshotChunkSize(n int) SyncerOpt {
-	return func(s *Syncer) error {
-		if n <= 0 {
-			return fmt.Errorf("%w: snapshot chunk size %d must be > 0", ErrConfig, n)
-		}
-		s.SnapshotChunkSize = n
-		return nil
-	}
+	return atLeast("WithSnapshotChunkSize", n, 1, "rows", func(s *Syncer) { s.SnapshotChunkSize = n })
 }
 
 // DefaultSnapshotChunksInFlight is how many snapshot chunks may be planned and read
@@ -67,13 +61,7 @@ const DefaultSnapshotChunksInFlight = 4
 // oldest one not yet handed over (default DefaultSnapshotChunksInFlight; 1: one chunk
 // at a time).
 func WithSnapshotChunksInFlight(n int) SyncerOpt {
-	return func(s *Syncer) error {
-		if n <= 0 {
-			return fmt.Errorf("%w: snapshot chunks in flight %d must be > 0", ErrConfig, n)
-		}
-		s.SnapshotChunksInFlight = n
-		return nil
-	}
+	return atLeast("WithSnapshotChunksInFlight", n, 1, "chunks", func(s *Syncer) { s.SnapshotChunksInFlight = n })
 }
 
 // DefaultSnapshotParallel is how many snapshot chunks are read at once by default:
@@ -90,13 +78,7 @@ const DefaultSnapshotParallel = 1
 // DefaultSnapshotParallel; at most SnapshotChunksInFlight). 1 reads keyset chunks
 // one after another, without planning queries.
 func WithSnapshotParallel(n int) SyncerOpt {
-	return func(s *Syncer) error {
-		if n <= 0 {
-			return fmt.Errorf("%w: snapshot parallelism %d must be > 0", ErrConfig, n)
-		}
-		s.SnapshotParallel = n
-		return nil
-	}
+	return atLeast("WithSnapshotParallel", n, 1, "chunks at once", func(s *Syncer) { s.SnapshotParallel = n })
 }
 
 // WithSnapshotProgress sets a function Snapshot calls after each delivered chunk

@@ -115,7 +115,8 @@ type Syncer struct {
 	pgconnPeeks atomic.Uint64
 	// pgconnSelects counts selections read on pgx's own connection (selectread.go).
 	pgconnSelects atomic.Uint64
-	// chunkBounds counts the snapshot key ranges planned (snapshot.go).
+	// chunkBounds counts the chunkBound queries run, the last one of a table's
+	// planning (no row: the open-ended range) included (snapshot.go; tests).
 	chunkBounds atomic.Uint64
 	// splitPeeks counts split polls (peekread.go); splitMinWAL, when not 0, replaces
 	// the backlog from which polls are split (tests).
