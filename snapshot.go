@@ -364,9 +364,10 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 	}
 }
 
-// chunkQuery builds one chunk's SELECT: every column as text (selectList), rows
-// after the key after (nil: from the start) and, when upTo is not nil, up to and
-// including the key upTo (a planned key range), in primary key order, at most n.
+// chunkQuery builds one chunk's SELECT (its columns in the transport's form,
+// columnList): rows after the key after (nil: from the start) and, when upTo is not
+// nil, up to and including the key upTo (a planned key range), in primary key order,
+// at most n.
 func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) selQuery {
 	t := info.QuotedName()
 	kc := keyColumnList(info)
@@ -374,16 +375,10 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 	var args []any
 	var conds []string
 	if after != nil {
-		conds = append(conds, "("+kc+") > ("+keyParams(info, len(args))+")")
-		for _, v := range after {
-			args = append(args, v)
-		}
+		conds, args = keyCompare(info, ">", after, conds, args)
 	}
 	if upTo != nil {
-		conds = append(conds, "("+kc+") <= ("+keyParams(info, len(args))+")")
-		for _, v := range upTo {
-			args = append(args, v)
-		}
+		conds, args = keyCompare(info, "<=", upTo, conds, args)
 	}
 	if len(conds) > 0 {
 		q += " WHERE " + strings.Join(conds, " AND ")
@@ -393,6 +388,17 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(info, "t", cols, form) + q
 	}, args: args, unique: true, rows: n}
+}
+
+// keyCompare appends to conds the row-value comparison of the primary key columns
+// with key (op: ">" or "<="; each value cast to its column's type, as keyParams) and
+// to args key's values, numbered after the args already there.
+func keyCompare(info *PGTableInfo, op string, key []string, conds []string, args []any) ([]string, []any) {
+	conds = append(conds, "("+keyColumnList(info)+") "+op+" ("+keyParams(info, len(args))+")")
+	for _, v := range key {
+		args = append(args, v)
+	}
+	return conds, args
 }
 
 // maxChunkRows is the most rows one planned key range is read with: twice the chunk
@@ -432,10 +438,9 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 	q := "SELECT " + strings.Join(texts, ", ") + " FROM " + info.QuotedName() + " AS t"
 	var args []any
 	if after != nil {
-		q += " WHERE (" + kc + ") > (" + keyParams(info, 0) + ")"
-		for _, v := range after {
-			args = append(args, v)
-		}
+		var conds []string
+		conds, args = keyCompare(info, ">", after, nil, nil)
+		q += " WHERE " + conds[0]
 	}
 	args = append(args, n-1)
 	q += " ORDER BY " + kc + " OFFSET $" + strconv.Itoa(len(args)) + " LIMIT 1"
