@@ -23,7 +23,8 @@ func TestRunCatchupTiny(t *testing.T) {
 	err := Run(ctx, &out, Config{Scale: 0.005, Workloads: []string{WorkloadCatchup}, Repeat: 1})
 	require.NoError(t, err, out.String())
 	table := out.String()
-	for _, c := range []string{"limit (lib/pq)", "limit (pgx)", "naive (lib/pq)", "streaming (pg_recvlogical)", "streaming (pglogrepl)", "dbsync (lib/pq)", "dbsync (pgx)"} {
+	for _, c := range []string{"limit (lib/pq)", "limit (pgx)", "naive (lib/pq)", "streaming (pg_recvlogical)", "streaming (pglogrepl)", "dbsync (lib/pq)", "dbsync (pgx)",
+		"decode path, one core (DecodeChange handler)", "decode path, one core (ScanTuple handler)"} {
 		require.Equal(t, 2, strings.Count(table, "| "+c), "%s: once per catch-up variant in\n%s", c, table)
 	}
 	require.Contains(t, table, "| a catch-up 10x1000 +noise")

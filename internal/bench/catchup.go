@@ -304,8 +304,11 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 			Extra: "parses every message"})
 	}
 
+	// catchupRate is the faster driver's catch-up rate with each handler.
+	catchupRate := map[bool]float64{}
 	for i, d := range syncers {
 		rate := float64(ref.rows) / dbs[i].el.Seconds()
+		catchupRate[d.scan] = max(catchupRate[d.scan], rate)
 		target := ">=0.8x limit, > streaming: " + verdict(rate >= 0.8*limitRate && rate > streamRate)
 		if heapTarget {
 			target = "peak heap < 64 MiB: " + verdict(dbs[i].heap < 64<<20)
@@ -313,6 +316,36 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 		r.add(Result{Workload: wl, Contender: "dbsync (" + d.name + ")", Rows: ref.rows, Elapsed: dbs[i].el, Rate: rate, Ratio: ratio(rate, limitRate),
 			Extra:  fmt.Sprintf("peak heap %s, %s vs best streaming; best of %d; %s", mib(dbs[i].heap), ratio(rate, streamRate), r.cfg.Repeat, perRow(dbs[i], ref.rows)),
 			Target: target})
+	}
+	if heapTarget {
+		return nil
+	}
+	return r.decodeRows(ctx, wl, sl, db, limitRate, catchupRate)
+}
+
+// decodeRows measures the decode path on one core over the head of the workload's
+// backlog, with each handler, and judges it against the faster of that handler's two
+// catch-up rates in this run (the "decode path >= 5x the catch-up rate" target).
+func (r *runner) decodeRows(ctx context.Context, wl string, sl *slots, db *sql.DB, limitRate float64, catchupRate map[bool]float64) error {
+	c, err := captureRows(ctx, db, sl, r.scaled(20000, 2000))
+	if err != nil {
+		return fmt.Errorf("decode path: %w", err)
+	}
+	passes := (r.scaled(300000, 20000) + len(c.data) - 1) / len(c.data)
+	for _, h := range []struct {
+		name string
+		scan bool
+	}{{"DecodeChange", false}, {"ScanTuple", true}} {
+		run, rows, _, err := decodePath(c, h.scan, passes)
+		if err != nil {
+			return fmt.Errorf("decode path (%s): %w", h.name, err)
+		}
+		rate := float64(rows) / run.el.Seconds()
+		x := rate / catchupRate[h.scan]
+		r.add(Result{Workload: wl, Contender: "decode path, one core (" + h.name + " handler)", Rows: rows, Elapsed: run.el, Rate: rate, Ratio: ratio(rate, limitRate),
+			Extra: fmt.Sprintf("%.1fx the faster dbsync catch-up with this handler (%s/s); Parse + handler on one goroutine, GOMAXPROCS 1; %d rows (%d changes) x %d passes, best of %d; CPU %.2f µs per row",
+				x, fmtRate(catchupRate[h.scan]), len(c.data), c.changes, passes, decodeRounds, float64(run.cpu.Nanoseconds())/1e3/float64(rows)),
+			Target: ">=5x catch-up: " + verdict(x >= 5)})
 	}
 	return nil
 }
