@@ -336,7 +336,7 @@ func (r *runner) decodeRows(ctx context.Context, wl string, sl *slots, db *sql.D
 		name string
 		scan bool
 	}{{"DecodeChange", false}, {"ScanTuple", true}} {
-		run, rows, _, err := decodePath(c, h.scan, passes)
+		run, rows, err := decodePath(c, h.scan, passes)
 		if err != nil {
 			return fmt.Errorf("decode path (%s): %w", h.name, err)
 		}

@@ -86,16 +86,17 @@ func captureRows(ctx context.Context, db *sql.DB, sl *slots, n int) (*capturedRo
 	return c, nil
 }
 
-// decodePath measures the decode path on one core: passes times, every captured
-// row parsed (dbsync.Parse) and every row change decoded by the benchmark's handler (scan: into
-// typed variables with ScanTuple; otherwise DecodeChange: map of values and record
-// ID), on one goroutine with GOMAXPROCS 1, so the garbage collector shares that core.
-// It returns the best of decodeRounds rounds and the number of rows parsed and of
-// changes decoded in a round.
+// decodePath measures the decode path on one core: passes times over the captured
+// rows, every row parsed (dbsync.Parse) and every row change decoded by the
+// benchmark's handler (scan: into typed variables with ScanTuple; otherwise
+// DecodeChange: map of values and record ID), on one goroutine with GOMAXPROCS 1, so
+// that the garbage collector shares that core. It returns the best of decodeRounds
+// rounds and the rows parsed in a round; a round whose handler did not decode every
+// change is an error (errMismatch).
 //
 // The public Parse copies a row's bytes before parsing; the poller parses the copy it
 // already owns, so this path does slightly more than the poller's.
-func decodePath(c *capturedRows, scan bool, passes int) (best decodeRun, rows, changes int64, err error) {
+func decodePath(c *capturedRows, scan bool, passes int) (best decodeRun, rows int64, err error) {
 	prev := runtime.GOMAXPROCS(1)
 	defer runtime.GOMAXPROCS(prev)
 	for round := 0; round < decodeRounds; round++ {
@@ -108,12 +109,12 @@ func decodePath(c *capturedRows, scan bool, passes int) (best decodeRun, rows, c
 			for _, data := range c.data {
 				msg, err := dbsync.Parse(data)
 				if err != nil {
-					return best, 0, 0, err
+					return best, 0, err
 				}
 				switch msg.(type) {
 				case *pglogrepl.InsertMessage, *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage:
 					if err := h.change(msg, c.reln, c.info); err != nil {
-						return best, 0, 0, err
+						return best, 0, err
 					}
 				}
 			}
@@ -122,9 +123,9 @@ func decodePath(c *capturedRows, scan bool, passes int) (best decodeRun, rows, c
 		if best.el == 0 || el < best.el {
 			best = decodeRun{el, cpu}
 		}
-		if changes = h.changes.Load(); changes != int64(passes)*c.changes {
-			return best, 0, 0, fmt.Errorf("%w: the handler decoded %d changes, want %d", errMismatch, changes, int64(passes)*c.changes)
+		if got, want := h.changes.Load(), int64(passes)*c.changes; got != want {
+			return best, 0, fmt.Errorf("%w: the handler decoded %d changes, want %d", errMismatch, got, want)
 		}
 	}
-	return best, int64(passes * len(c.data)), changes, nil
+	return best, int64(passes * len(c.data)), nil
 }

@@ -251,21 +251,26 @@ func (r *runner) idle(ctx context.Context, sl *slots, db, wdb *sql.DB, nextID *i
 			return fmt.Errorf("%s: %w", q, err)
 		}
 	}
-	time.Sleep(time.Second)
-	a0, err := autovacuumRuns(ctx, db)
-	if err != nil {
-		return err
+	// window measures one idle window, a second after whatever came before it: the
+	// CPU of the server and of this process, and the autovacuum runs inside it.
+	window := func() (server, self time.Duration, autovacuum int64, err error) {
+		time.Sleep(time.Second)
+		a0, err := autovacuumRuns(ctx, db)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		s0, g0 := serverCPU(pm), selfCPU()
+		time.Sleep(win)
+		s1, g1 := serverCPU(pm), selfCPU()
+		a1, err := autovacuumRuns(ctx, db)
+		return s1 - s0, g1 - g0, a1 - a0, err
 	}
-	s0, g0 := serverCPU(pm), selfCPU()
-	time.Sleep(win)
-	s1, g1 := serverCPU(pm), selfCPU()
-	baseServer := s1 - s0
-	a1, err := autovacuumRuns(ctx, db)
+	baseServer, baseSelf, baseAV, err := window()
 	if err != nil {
 		return err
 	}
 	r.add(Result{Workload: wl, Contender: "server alone", Elapsed: win,
-		Extra: fmt.Sprintf("server %.2f%% of a core, this process %.2f%%; %d autovacuum runs", pct(baseServer, win), pct(g1-g0, win), a1-a0)})
+		Extra: fmt.Sprintf("server %.2f%% of a core, this process %.2f%%; %d autovacuum runs", pct(baseServer, win), pct(baseSelf, win), baseAV)})
 
 	_, err = db.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, benchSlot+"_idle")
 	if err != nil {
@@ -278,23 +283,16 @@ func (r *runner) idle(ctx context.Context, sl *slots, db, wdb *sql.DB, nextID *i
 	if err != nil {
 		return err
 	}
-	time.Sleep(time.Second)
-	if a0, err = autovacuumRuns(ctx, db); err != nil {
+	server, self, av, err := window()
+	if err != nil {
 		run.stop()
 		return err
 	}
-	s0, g0 = serverCPU(pm), selfCPU()
-	time.Sleep(win)
-	s1, g1 = serverCPU(pm), selfCPU()
-	if a1, err = autovacuumRuns(ctx, db); err != nil {
-		run.stop()
-		return err
-	}
-	extra := s1 - s0 - baseServer
+	extra := server - baseServer
 	if extra < 0 {
 		extra = 0
 	}
-	total := pct(extra+(g1-g0), win)
+	total := pct(extra+self, win)
 	// first change after the idle period
 	if _, err := writer(ctx, wdb, *nextID, 1, time.Millisecond); err != nil {
 		run.stop()
@@ -314,7 +312,7 @@ func (r *runner) idle(ctx context.Context, sl *slots, db, wdb *sql.DB, nextID *i
 		wake = ms(p50)
 	}
 	r.add(Result{Workload: wl, Contender: "dbsync (lib/pq) idle", Elapsed: win,
-		Extra:  fmt.Sprintf("syncer %.2f%% + server extra %.2f%% of a core; %d autovacuum runs; first change after idle: %s", pct(g1-g0, win), pct(extra, win), a1-a0, wake),
+		Extra:  fmt.Sprintf("syncer %.2f%% + server extra %.2f%% of a core; %d autovacuum runs; first change after idle: %s", pct(self, win), pct(extra, win), av, wake),
 		Target: fmt.Sprintf("< 1%% of a core: %s (%.2f%%)", verdict(total < 1), total)})
 	return nil
 }
