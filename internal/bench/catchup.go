@@ -190,6 +190,13 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 		return fmt.Sprintf("CPU per row (least of %d): server %.2f µs, this process %.2f µs", r.cfg.Repeat, us(b.server), us(b.self))
 	}
 	var ref stream
+	// The decode path (catch-up workloads only): one round with each handler after
+	// each round of the contenders and one after all of them, so that its rounds are
+	// spread over the workload like theirs.
+	var dp *decodePaths
+	if !heapTarget {
+		dp = r.newDecodePaths(sl, db)
+	}
 	// limit and dbsync, with both drivers, interleaved, best of cfg.Repeat rounds
 	// (the machine may be shared: the best round is the least disturbed one).
 	for round := 0; round < r.cfg.Repeat; round++ {
@@ -237,6 +244,9 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 				return fmt.Errorf("%w: dbsync (%s) decoded %d changes, limit read %d", errMismatch, d.name, h.changes.Load(), ref.changes)
 			}
 			keep(&dbs[i], el, server, self, heap)
+		}
+		if err := dp.round(ctx); err != nil {
+			return err
 		}
 	}
 	limitRate := 0.0
@@ -317,35 +327,12 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 			Extra:  fmt.Sprintf("peak heap %s, %s vs best streaming; best of %d; %s", mib(dbs[i].heap), ratio(rate, streamRate), r.cfg.Repeat, perRow(dbs[i], ref.rows)),
 			Target: target})
 	}
-	if heapTarget {
+	if dp == nil {
 		return nil
 	}
-	return r.decodeRows(ctx, wl, sl, db, limitRate, catchupRate)
-}
-
-// decodeRows measures the decode path on one core over the head of the workload's
-// backlog, with each handler, and judges it against the faster of that handler's two
-// catch-up rates in this run (the "decode path >= 5x the catch-up rate" target).
-func (r *runner) decodeRows(ctx context.Context, wl string, sl *slots, db *sql.DB, limitRate float64, catchupRate map[bool]float64) error {
-	c, err := captureRows(ctx, db, sl, r.scaled(20000, 2000))
-	if err != nil {
-		return fmt.Errorf("decode path: %w", err)
+	if err := dp.round(ctx); err != nil {
+		return err
 	}
-	passes := (r.scaled(300000, 20000) + len(c.data) - 1) / len(c.data)
-	for _, h := range []struct {
-		name string
-		scan bool
-	}{{"DecodeChange", false}, {"ScanTuple", true}} {
-		run, rows, err := decodePath(c, h.scan, passes)
-		if err != nil {
-			return fmt.Errorf("decode path (%s): %w", h.name, err)
-		}
-		rate := float64(rows) / run.el.Seconds()
-		x := rate / catchupRate[h.scan]
-		r.add(Result{Workload: wl, Contender: "decode path, one core (" + h.name + " handler)", Rows: rows, Elapsed: run.el, Rate: rate, Ratio: ratio(rate, limitRate),
-			Extra: fmt.Sprintf("%.1fx the faster dbsync catch-up with this handler (%s/s); Parse + handler on one goroutine, GOMAXPROCS 1; %d rows (%d changes) x %d passes, best of %d; CPU %.2f µs per row",
-				x, fmtRate(catchupRate[h.scan]), len(c.data), c.changes, passes, decodeRounds, float64(run.cpu.Nanoseconds())/1e3/float64(rows)),
-			Target: ">=5x catch-up: " + verdict(x >= 5)})
-	}
+	dp.report(r, wl, limitRate, catchupRate)
 	return nil
 }
