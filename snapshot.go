@@ -374,11 +374,15 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 	q := " FROM " + t + " AS t"
 	var args []any
 	var conds []string
-	if after != nil {
-		conds, args = keyCompare(info, ">", after, conds, args)
-	}
-	if upTo != nil {
-		conds, args = keyCompare(info, "<=", upTo, conds, args)
+	for _, b := range []struct {
+		op  string
+		key []string
+	}{{">", after}, {"<=", upTo}} {
+		if b.key != nil {
+			var c string
+			c, args = keyCompare(info, b.op, b.key, args)
+			conds = append(conds, c)
+		}
 	}
 	if len(conds) > 0 {
 		q += " WHERE " + strings.Join(conds, " AND ")
@@ -390,15 +394,16 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 	}, args: args, unique: true, rows: n}
 }
 
-// keyCompare appends to conds the row-value comparison of the primary key columns
-// with key (op: ">" or "<="; each value cast to its column's type, as keyParams) and
-// to args key's values, numbered after the args already there.
-func keyCompare(info *PGTableInfo, op string, key []string, conds []string, args []any) ([]string, []any) {
-	conds = append(conds, "("+keyColumnList(info)+") "+op+" ("+keyParams(info, len(args))+")")
+// keyCompare returns the row-value comparison of the primary key columns with key
+// (op: ">" or "<="; each value cast to its column's type, as keyParams), its
+// parameters numbered after the args already there, and args with key's values
+// appended.
+func keyCompare(info *PGTableInfo, op string, key []string, args []any) (string, []any) {
+	cond := "(" + keyColumnList(info) + ") " + op + " (" + keyParams(info, len(args)) + ")"
 	for _, v := range key {
 		args = append(args, v)
 	}
-	return conds, args
+	return cond, args
 }
 
 // maxChunkRows is the most rows one planned key range is read with: twice the chunk
@@ -438,9 +443,9 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 	q := "SELECT " + strings.Join(texts, ", ") + " FROM " + info.QuotedName() + " AS t"
 	var args []any
 	if after != nil {
-		var conds []string
-		conds, args = keyCompare(info, ">", after, nil, nil)
-		q += " WHERE " + conds[0]
+		var c string
+		c, args = keyCompare(info, ">", after, args)
+		q += " WHERE " + c
 	}
 	args = append(args, n-1)
 	q += " ORDER BY " + kc + " OFFSET $" + strconv.Itoa(len(args)) + " LIMIT 1"

@@ -97,9 +97,9 @@ var decodeHandlers = []struct {
 type decodePaths struct {
 	sl       *slots
 	db       *sql.DB
-	n        int          // row changes to read a round
-	perRound int          // rows to decode a round, at least
-	best     [2]decodeRun // by index in decodeHandlers
+	n        int         // row changes to read a round
+	perRound int         // rows to decode a round, at least
+	best     []decodeRun // by index in decodeHandlers
 	// What the rounds read (the same head of the same backlog every round): rows,
 	// the changes among them, and the passes over them a round.
 	rows, passes, rounds int
@@ -109,7 +109,8 @@ type decodePaths struct {
 // newDecodePaths prepares the decode-path rounds of a workload: ~20,000 row changes
 // read a round at scale 1, ~300,000 rows decoded a round.
 func (r *runner) newDecodePaths(sl *slots, db *sql.DB) *decodePaths {
-	return &decodePaths{sl: sl, db: db, n: r.scaled(20000, 2000), perRound: r.scaled(300000, 20000)}
+	return &decodePaths{sl: sl, db: db, n: r.scaled(20000, 2000), perRound: r.scaled(300000, 20000),
+		best: make([]decodeRun, len(decodeHandlers))}
 }
 
 // round measures one round with each handler (nothing on a nil d).
