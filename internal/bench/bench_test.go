@@ -3,7 +3,9 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +30,24 @@ func TestRunCatchupTiny(t *testing.T) {
 		require.Equal(t, 2, strings.Count(table, "| "+c), "%s: once per catch-up variant in\n%s", c, table)
 	}
 	require.Contains(t, table, "| a catch-up 10x1000 +noise")
+	// Every dbsync row says how far this machine's cores allow it to go at its CPU
+	// cost per row.
+	for _, line := range strings.Split(table, "\n") {
+		if strings.Contains(line, "| dbsync (") {
+			require.Regexp(t, `ceiling on \d+ cores at this CPU per row \d+\.\d\dx`, line)
+		}
+	}
+}
+
+func TestCeiling(t *testing.T) {
+	n := runtime.NumCPU()
+	// n cores, 2 µs + 3 µs of CPU per row: at most n/5 M rows/s; against 0.4n M rows/s,
+	// half of it.
+	require.Equal(t, fmt.Sprintf("ceiling on %d cores at this CPU per row 0.50x", n),
+		ceiling(2*time.Second, 3*time.Second, 1000000, 0.4e6*float64(n)))
+	require.Equal(t, "", ceiling(0, 0, 1000000, 1e6))
+	require.Equal(t, "", ceiling(time.Second, 0, 0, 1e6))
+	require.Equal(t, "", ceiling(time.Second, 0, 10, 0))
 }
 
 func TestPercentile(t *testing.T) {

@@ -324,7 +324,8 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx *sq
 			target = "peak heap < 64 MiB: " + verdict(dbs[i].heap < 64<<20)
 		}
 		r.add(Result{Workload: wl, Contender: "dbsync (" + d.name + ")", Rows: ref.rows, Elapsed: dbs[i].el, Rate: rate, Ratio: ratio(rate, limitRate),
-			Extra:  fmt.Sprintf("peak heap %s, %s vs best streaming; best of %d; %s", mib(dbs[i].heap), ratio(rate, streamRate), r.cfg.Repeat, perRow(dbs[i], ref.rows)),
+			Extra: fmt.Sprintf("peak heap %s, %s vs best streaming; best of %d; %s; %s", mib(dbs[i].heap), ratio(rate, streamRate), r.cfg.Repeat,
+				perRow(dbs[i], ref.rows), ceiling(dbs[i].server, dbs[i].self, ref.rows, limitRate)),
 			Target: target})
 	}
 	if dp == nil {

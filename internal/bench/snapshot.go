@@ -92,15 +92,15 @@ func (r *runner) snapshot(ctx context.Context) error {
 	var copyRate float64
 	var copyRows int64
 	var copyEl time.Duration
-	var copyCPU string
+	var copyCPU usage
 	pm, err := postmasterPID(r.srv.DataDir())
 	if err != nil {
 		return err
 	}
-	// cpu says how busy the server (writer included) and this process were, in % of a
-	// core, since s0 and g0.
-	cpu := func(s0, g0 time.Duration, el time.Duration) string {
-		return fmt.Sprintf("CPU: server %.0f%%, this process %.0f%% of a core", pct(serverCPU(pm)-s0, el), pct(selfCPU()-g0, el))
+	// cpu is the CPU time of the server (writer included) and of this process since
+	// s0 and g0.
+	cpu := func(s0, g0 time.Duration, el time.Duration) usage {
+		return usage{serverCPU(pm) - s0, selfCPU() - g0, el}
 	}
 	timedCopy := func() error {
 		s0, g0 := serverCPU(pm), selfCPU()
@@ -123,7 +123,7 @@ func (r *runner) snapshot(ctx context.Context) error {
 		rows    int64
 		el      time.Duration
 		updates int64
-		cpu     string
+		cpu     usage
 	}
 	var reads []chunked
 	var snapRows []int64
@@ -202,15 +202,15 @@ func (r *runner) snapshot(ctx context.Context) error {
 	if err := timedCopy(); err != nil {
 		return err
 	}
-	r.add(Result{Workload: wl, Contender: "COPY TO STDOUT (pgx)", Rows: copyRows, Elapsed: copyEl, Rate: copyRate, Extra: "writer running; best of 2; " + copyCPU})
+	r.add(Result{Workload: wl, Contender: "COPY TO STDOUT (pgx)", Rows: copyRows, Elapsed: copyEl, Rate: copyRate, Extra: "writer running; best of 2; " + copyCPU.String()})
 	for i, c := range reads {
 		rate := float64(c.rows) / c.el.Seconds()
 		res := Result{Workload: wl, Contender: "harness chunks 10k + watermarks (" + c.name + ")", Rows: c.rows, Elapsed: c.el, Rate: rate, Ratio: ratio(rate, copyRate),
 			Extra: fmt.Sprintf("writer did %d updates meanwhile; not dbsync code; %s", c.updates, c.cpu)}
 		if strings.HasPrefix(c.name, "dbsync") {
 			res.Contender = c.name
-			res.Extra = fmt.Sprintf("%d refresh rows (rows the writer touched in a window come as changes); writer did %d updates meanwhile; %s",
-				snapRows[i-2], c.updates, c.cpu)
+			res.Extra = fmt.Sprintf("%d refresh rows (rows the writer touched in a window come as changes); writer did %d updates meanwhile; %s; %s",
+				snapRows[i-2], c.updates, c.cpu, ceiling(c.cpu.server, c.cpu.self, c.rows, copyRate))
 			if strings.Contains(c.name, "in flight") || strings.Contains(c.name, "at once") {
 				res.Extra = "not the default, for comparison; " + res.Extra
 			} else {
@@ -229,6 +229,15 @@ func (r *runner) snapshot(ctx context.Context) error {
 	default:
 	}
 	return nil
+}
+
+// usage is the CPU time the server (all its processes) and this process spent over
+// el of wall time.
+type usage struct{ server, self, el time.Duration }
+
+// String gives the usage in % of a core.
+func (u usage) String() string {
+	return fmt.Sprintf("CPU: server %.0f%%, this process %.0f%% of a core", pct(u.server, u.el), pct(u.self, u.el))
 }
 
 type countWriter struct{ n int64 }
