@@ -17,6 +17,10 @@ import (
 // (shared/reference/pg-logical-decoding.md §1). PostgreSQL moves restart_lsn only when
 // decoding passes an xl_running_xacts record and the slot is then confirmed past it
 // (logical.c: LogicalIncreaseRestartDecodingForSlot, LogicalConfirmReceivedLocation).
+// Past confirmed_flush_lsn the slot holds one such candidate until it is confirmed, so
+// one advance over several records moves restart_lsn only to the first of them; the
+// next peek or advance, decoding them again below confirmed_flush_lsn, moves it to
+// the last (TestAdvanceMovesRestartLSNToFirstRecord).
 // The background writer logs one about every 15 s while there is activity
 // (bgwriter.c: LOG_SNAPSHOT_INTERVAL_MS), so a Syncer that keeps up with a steady write
 // load re-decodes up to ~15-30 s of WAL on every poll: at 1,000 transactions/s that

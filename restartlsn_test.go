@@ -10,6 +10,7 @@ import (
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pglogrepl"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -76,6 +77,56 @@ func slotLag(t *testing.T, db *sql.DB, slot string) (restart, confirmed pglogrep
 func otherSlots(t *testing.T, db *sql.DB, own ...string) []string {
 	t.Helper()
 	return queryStrings(t, db, `SELECT slot_name FROM pg_replication_slots WHERE NOT slot_name = ANY($1) ORDER BY 1`, "{"+strings.Join(own, ",")+"}")
+}
+
+// TestAdvanceMovesRestartLSNToFirstRecord pins down the PostgreSQL 15 behaviour the
+// restart_lsn notes rely on (restartlsn.go, docs/BENCHMARKS.md): an advance over
+// several xl_running_xacts records beyond confirmed_flush_lsn moves restart_lsn only to
+// the first of them (logical.c keeps one restart candidate until it is confirmed); a
+// second advance to the same LSN, decoding them again below confirmed_flush_lsn, moves
+// it to the last.
+func TestAdvanceMovesRestartLSNToFirstRecord(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE TABLE rx (id int PRIMARY KEY, pad text)`,
+		`SELECT pg_create_logical_replication_slot(`+pq.QuoteLiteral(slot)+`, 'pgoutput')`)
+	t.Cleanup(func() { d.DB.Exec(`SELECT pg_drop_replication_slot($1)`, slot) })
+	restart0, _ := slotLag(t, d.DB, slot)
+	insertLSN := func() pglogrepl.LSN {
+		var s string
+		require.NoError(t, d.DB.QueryRow(`SELECT pg_current_wal_insert_lsn()::text`).Scan(&s))
+		l, err := pglogrepl.ParseLSN(s)
+		require.NoError(t, err)
+		return l
+	}
+	// Five transactions, each followed by a record (logged by creating a slot), at
+	// before[i] or later.
+	var before []pglogrepl.LSN
+	for i := 0; i < 5; i++ {
+		_, err := d.DB.Exec(`INSERT INTO rx SELECT g, repeat('x', 100) FROM generate_series($1::int, $1::int + 999) g`, i*1000)
+		require.NoError(t, err)
+		before = append(before, insertLSN())
+		_, err = d.DB.Exec(`SELECT pg_drop_replication_slot(slot_name) FROM pg_create_logical_replication_slot($1, 'pgoutput', true)`, slot+"_tmp")
+		require.NoError(t, err)
+	}
+	end := insertLSN()
+	advance := func() {
+		_, err := d.DB.Exec(`SELECT pg_replication_slot_advance($1, $2::pg_lsn)`, slot, end.String())
+		require.NoError(t, err)
+	}
+
+	advance()
+	restart, confirmed := slotLag(t, d.DB, slot)
+	require.Equal(t, end, confirmed)
+	// The first record past confirmed_flush_lsn is ours (logged after before[0]) or one
+	// the background writer or a checkpoint logged earlier: either way before before[1].
+	require.Greater(t, restart, restart0, "restart_lsn moves to the first record")
+	require.Less(t, restart, before[1], "but no further in one advance")
+
+	advance()
+	restart, confirmed = slotLag(t, d.DB, slot)
+	require.Equal(t, end, confirmed)
+	require.GreaterOrEqual(t, restart, before[4], "the second advance moves it to the last record")
 }
 
 // writeSteadily inserts n rows of about 1 KB into table, one transaction each, pausing
