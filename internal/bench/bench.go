@@ -197,9 +197,10 @@ func ratio(a, b float64) string {
 // ceiling is the fastest a contender could have gone on this machine at the CPU it
 // spent, as a ratio to ref (rows per second): every core (runtime.NumCPU) kept busy
 // by the server and this process together, which spent server and self of CPU time
-// on rows rows. It is an upper bound, not a forecast: it assumes perfect overlap, and
-// the CPU times given are the least measured. A target above it cannot be met here
-// without less CPU per row; below it, by better overlap. "" when unknown.
+// on rows rows. It is an upper bound, not a forecast: it assumes perfect overlap (and,
+// where the callers pass the least CPU times of several rounds, the least of each).
+// A target above it cannot be met here without less CPU per row; one below it, by
+// better overlap. "" when unknown.
 func ceiling(server, self time.Duration, rows int64, ref float64) string {
 	cpu := (server + self).Seconds()
 	if cpu <= 0 || rows <= 0 || ref <= 0 {
