@@ -116,6 +116,26 @@ func TestParseChangeOwnership(t *testing.T) {
 	require.Equal(t, len(col.Data), cap(col.Data), "appending to a value must not overwrite the next one")
 }
 
+// TestPGMSGParse checks that PGMSG.Parse gives Parse's message for every captured kind
+// and that a row change's values are views of the row's Data, not a copy.
+func TestPGMSGParse(t *testing.T) {
+	for _, c := range captured {
+		data := readCaptured(t, c.file)
+		want, err := Parse(data)
+		require.NoError(t, err, c.file)
+		got, err := PGMSG{Data: data}.Parse()
+		require.NoError(t, err, c.file)
+		require.Equal(t, want, got, c.file)
+	}
+	data := changeBytes('I', byte('N'), tupleBytes("tabc"))
+	msg, err := PGMSG{Data: data}.Parse()
+	require.NoError(t, err)
+	data[len(data)-1] = 'X'
+	require.Equal(t, "abX", string(msg.(*pglogrepl.InsertMessage).Tuple.Columns[0].Data))
+	_, err = PGMSG{}.Parse()
+	require.ErrorIs(t, err, ErrMalformedMessage)
+}
+
 // BenchmarkParseInsertPglogrepl is pglogrepl.Parse on the captured INSERT, the
 // reference for BenchmarkParse/insert.
 func BenchmarkParseInsertPglogrepl(b *testing.B) {
