@@ -354,7 +354,43 @@ func postmasterPID(dataDir string) (int, error) {
 // /proc/<pid>/stat reports each process's time in whole ticks, so a sum over the ~10
 // processes of a cluster was off by up to ~10 ticks between two readings: 100 ms, 1%
 // of a core over the idle benchmark's 10 s windows.
+//
+// A child the postmaster reaps while /proc is being scanned is in neither part of the
+// sum when its entry is read after it is gone and the postmaster's cutime before it
+// grew (the postmaster's lower pid comes first): a backend's whole time, seconds for a
+// catch-up's, lost from one reading. So the ended children's time is read before and
+// after the scan, and the scan repeated until the two agree.
 func serverCPU(pm int) time.Duration {
+	var live time.Duration
+	for attempt := 0; attempt < 10; attempt++ {
+		before, ok := endedChildrenCPU(pm)
+		if !ok {
+			return 0
+		}
+		live = liveServerCPU(pm)
+		if after, ok := endedChildrenCPU(pm); ok && after == before {
+			return live + after
+		}
+	}
+	ended, _ := endedChildrenCPU(pm)
+	return live + ended
+}
+
+// endedChildrenCPU is the CPU time of the postmaster's children that ended and were
+// reaped: its cutime and cstime (/proc/<pm>/stat fields 16 and 17, in ticks).
+func endedChildrenCPU(pm int) (time.Duration, bool) {
+	f, ok := procStatFields(strconv.Itoa(pm))
+	if !ok || len(f) < 15 {
+		return 0, false
+	}
+	cu, _ := strconv.ParseInt(f[13], 10, 64)
+	cs, _ := strconv.ParseInt(f[14], 10, 64)
+	return time.Duration(cu+cs) * 10 * time.Millisecond, true
+}
+
+// liveServerCPU is the CPU time of the postmaster and its children that are still in
+// /proc (zombies included).
+func liveServerCPU(pm int) time.Duration {
 	ents, _ := os.ReadDir("/proc")
 	var ticks int64
 	var ns time.Duration
@@ -363,18 +399,8 @@ func serverCPU(pm int) time.Duration {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+2:])
-		// f[0] is field 3 (state): ppid is f[1], utime f[11], stime f[12]
-		if len(f) < 13 {
+		f, ok := procStatFields(e.Name())
+		if !ok || len(f) < 13 {
 			continue
 		}
 		ppid, _ := strconv.Atoi(f[1])
@@ -388,15 +414,24 @@ func serverCPU(pm int) time.Duration {
 			st, _ := strconv.ParseInt(f[12], 10, 64)
 			ticks += u + st
 		}
-		if pid == pm && len(f) >= 15 {
-			// cutime and cstime: children that exited (closed connections), so the
-			// sum does not drop when a backend ends between two readings.
-			cu, _ := strconv.ParseInt(f[13], 10, 64)
-			cs, _ := strconv.ParseInt(f[14], 10, 64)
-			ticks += cu + cs
-		}
 	}
 	return ns + time.Duration(ticks)*10*time.Millisecond
+}
+
+// procStatFields returns the fields of /proc/<pid>/stat after the command name: f[0]
+// is field 3 (state), f[1] the ppid, f[11] utime, f[12] stime, f[13] cutime, f[14]
+// cstime.
+func procStatFields(pid string) ([]string, bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+	if err != nil {
+		return nil, false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 > len(s) {
+		return nil, false
+	}
+	return strings.Fields(s[i+2:]), true
 }
 
 // schedRunTime is the time process pid has run on a CPU, from /proc/<pid>/schedstat.
