@@ -85,8 +85,15 @@ func otherSlots(t *testing.T, db *sql.DB, own ...string) []string {
 // the first of them (logical.c keeps one restart candidate until it is confirmed); a
 // second advance to the same LSN, decoding them again below confirmed_flush_lsn, moves
 // it to the last.
+//
+// It runs on a cluster of its own with autovacuum off: a transaction in progress
+// anywhere in the cluster when a record is logged (another test's, an autovacuum
+// ANALYZE's) holds that record's restart point back to its own start.
 func TestAdvanceMovesRestartLSNToFirstRecord(t *testing.T) {
-	d := pgtest.NewDatabase(t)
+	srv, err := pgtest.Start(pgtest.Options{Settings: []string{"autovacuum = off"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Stop() }) // after the slot's and the database's cleanups
+	d := srv.NewDatabase(t)
 	slot := pgtest.Ident(t, "slot")
 	execAll(t, d.DB, `CREATE TABLE rx (id int PRIMARY KEY, pad text)`,
 		`SELECT pg_create_logical_replication_slot(`+pq.QuoteLiteral(slot)+`, 'pgoutput')`)
@@ -103,7 +110,7 @@ func TestAdvanceMovesRestartLSNToFirstRecord(t *testing.T) {
 	// before[i] or later.
 	var before []pglogrepl.LSN
 	for i := 0; i < 5; i++ {
-		_, err := d.DB.Exec(`INSERT INTO rx SELECT g, repeat('x', 100) FROM generate_series($1::int, $1::int + 999) g`, i*1000)
+		_, err = d.DB.Exec(`INSERT INTO rx SELECT g, repeat('x', 100) FROM generate_series($1::int, $1::int + 999) g`, i*1000)
 		require.NoError(t, err)
 		before = append(before, insertLSN())
 		_, err = d.DB.Exec(`SELECT pg_drop_replication_slot(slot_name) FROM pg_create_logical_replication_slot($1, 'pgoutput', true)`, slot+"_tmp")
