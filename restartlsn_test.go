@@ -218,7 +218,12 @@ func TestRestartLSNOpenTransaction(t *testing.T) {
 	require.Less(t, restart, openedAt, "an open transaction pins restart_lsn before its first record")
 	require.Greater(t, uint64(confirmed-restart), uint64(maxLag))
 	require.Zero(t, s.RestartLSNLogs(), "creating a slot must not finish while the transaction is open")
-	require.Empty(t, otherSlots(t, d.DB, slot), "a cancelled slot creation must not leave its slot")
+	// A creation may be under way right now (its slot exists until it completes or is
+	// cancelled, for up to restartLogTimeout, and the backend drops it only after it
+	// reported the cancellation): wait for a moment with none. A slot that a cancelled
+	// creation left behind stays, and fails this.
+	waitFor(t, 5*time.Second, func() bool { return len(otherSlots(t, d.DB, slot)) == 0 },
+		"a cancelled slot creation must not leave its slot (a slot other than the Syncer's stayed for 5 s)")
 
 	require.NoError(t, open.Commit())
 	next := 1001
