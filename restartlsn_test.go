@@ -80,7 +80,7 @@ func otherSlots(t *testing.T, db *sql.DB, own ...string) []string {
 }
 
 // TestAdvanceMovesRestartLSNToFirstRecord pins down the PostgreSQL 15 behaviour the
-// restart_lsn notes rely on (restartlsn.go, docs/BENCHMARKS.md): an advance over
+// restart_lsn notes describe (restartlsn.go, docs/BENCHMARKS.md): an advance over
 // several xl_running_xacts records beyond confirmed_flush_lsn moves restart_lsn only to
 // the first of them (logical.c keeps one restart candidate until it is confirmed); a
 // second advance to the same LSN, decoding them again below confirmed_flush_lsn, moves
@@ -219,8 +219,8 @@ func TestRestartLSNOpenTransaction(t *testing.T) {
 	require.Greater(t, uint64(confirmed-restart), uint64(maxLag))
 	require.Zero(t, s.RestartLSNLogs(), "creating a slot must not finish while the transaction is open")
 	// A creation may be under way right now (its slot exists until it completes or is
-	// cancelled, for up to restartLogTimeout, and the backend drops it only after it
-	// reported the cancellation): wait for a moment with none. A slot that a cancelled
+	// cancelled, for up to restartLogTimeout, and PostgresMain's error recovery drops
+	// it after reporting the cancellation): wait for a moment with none. A slot that a cancelled
 	// creation left behind stays, and fails this.
 	waitFor(t, 5*time.Second, func() bool { return len(otherSlots(t, d.DB, slot)) == 0 },
 		"a cancelled slot creation must not leave its slot (a slot other than the Syncer's stayed for 5 s)")

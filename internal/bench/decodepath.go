@@ -48,19 +48,12 @@ func captureRows(ctx context.Context, db *sql.DB, sl *slots, n int) (*capturedRo
 	if err != nil {
 		return nil, err
 	}
-	// The rows' bytes in one allocation, so that they add one object, not one per row,
-	// to what the collector marks.
-	size := 0
-	for _, m := range msgs {
-		size += len(m.Data)
-	}
-	slab := make([]byte, 0, size)
+	// Each row's Data is already this caller's copy, in slabs shared by neighbouring
+	// rows (as the poller's rows are): kept as they are.
 	c := &capturedRows{info: info}
 	for _, m := range msgs {
-		start := len(slab)
-		slab = append(slab, m.Data...)
-		c.data = append(c.data, slab[start:len(slab):len(slab)])
-		msg, err := dbsync.Parse(m.Data)
+		c.data = append(c.data, m.Data)
+		msg, err := m.Parse()
 		if err != nil {
 			return nil, err
 		}
@@ -158,10 +151,9 @@ func (d *decodePaths) report(r *runner, wl string, limitRate float64, catchupRat
 
 // decodeRound measures the decode path on one core: passes times over the captured
 // rows, every row parsed (PGMSG.Parse, the poller's own parse of a row it owns) and
-// every row change decoded by the
-// benchmark's handler (scan: into typed variables with ScanTuple; otherwise
-// DecodeChange), on one goroutine with GOMAXPROCS 1, so that the garbage collector
-// shares that core. A round whose handler did not decode every change is an error
+// every row change decoded by the benchmark's handler (scan: into typed variables
+// with ScanTuple; otherwise DecodeChange), on one goroutine with GOMAXPROCS 1, so
+// that the garbage collector shares that core. A round whose handler did not decode every change is an error
 // (errMismatch).
 //
 // Until run 21 this used the package-level Parse, which copies each row change's

@@ -359,7 +359,8 @@ func postmasterPID(dataDir string) (int, error) {
 // sum when its entry is read after it is gone and the postmaster's cutime before it
 // grew (the postmaster's lower pid comes first): a backend's whole time, seconds for a
 // catch-up's, lost from one reading. So the ended children's time is read before and
-// after the scan, and the scan repeated until the two agree.
+// after the scan, and the scan repeated until the two agree (at most 10 times: a
+// cluster reaping a child during every scan would still give a short reading).
 func serverCPU(pm int) time.Duration {
 	var live time.Duration
 	for attempt := 0; attempt < 10; attempt++ {
