@@ -197,8 +197,8 @@ func BenchmarkScanTuple(b *testing.B) {
 }
 
 // BenchmarkDecodePath is one INSERT of the benchmark table as the poller decodes it:
-// parsed from bytes the poller owns (its copy of the peek row: parseChange(…, true),
-// no clone, unlike the public Parse), then decoded by the handler, into a map
+// parsed from bytes the poller owns (its copy of the peek row) by a Parser, as the
+// poller's reader parses (no clone, structures from slabs), then decoded by the handler, into a map
 // (DecodeChange) or typed variables (ScanTuple). Its rate on one core is what the
 // "decode path >= 5x the catch-up rate" target compares (docs/BENCHMARKS.md).
 func BenchmarkDecodePath(b *testing.B) {
@@ -206,8 +206,9 @@ func BenchmarkDecodePath(b *testing.B) {
 	data := readCaptured(b, "insert.bin")
 	b.Run("DecodeChange", func(b *testing.B) {
 		b.ReportAllocs()
+		var p Parser
 		for b.Loop() {
-			msg, err := parseChange(data, true)
+			msg, err := p.Parse(PGMSG{Data: data})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -220,8 +221,9 @@ func BenchmarkDecodePath(b *testing.B) {
 		b.ReportAllocs()
 		var o orderRow
 		dest := o.dest()
+		var p Parser
 		for b.Loop() {
-			msg, err := parseChange(data, true)
+			msg, err := p.Parse(PGMSG{Data: data})
 			if err != nil {
 				b.Fatal(err)
 			}

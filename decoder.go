@@ -26,7 +26,7 @@ func newDecoder(tables *tableCache) *decoder {
 // allocate from are checked first (checkBounds). The column values of a row change
 // are copied out of data (one copy per message), so data may be reused afterwards;
 // PGMSG.Parse skips that copy for rows GetMessages returned.
-func Parse(data []byte) (pglogrepl.Message, error) { return parse(data, false) }
+func Parse(data []byte) (pglogrepl.Message, error) { return parse(data, false, nil) }
 
 // Parse decodes the row's pgoutput message as the package-level Parse does, without
 // copying Data first: the column values of a row change (TupleDataColumn.Data) are
@@ -35,17 +35,31 @@ func Parse(data []byte) (pglogrepl.Message, error) { return parse(data, false) }
 // caller does not modify Data while it uses the message. It is how the Syncer's own
 // poller parses: one allocation and one copy of the message fewer per row change than
 // Parse. Errors: as Parse.
-func (m PGMSG) Parse() (pglogrepl.Message, error) { return parse(m.Data, true) }
+func (m PGMSG) Parse() (pglogrepl.Message, error) { return parse(m.Data, true, nil) }
 
-// parse is Parse; owned says the caller hands data over (parseChange).
-func parse(data []byte, owned bool) (msg pglogrepl.Message, err error) {
+// Parser parses rows as PGMSG.Parse does (no copy of Data: the same rules apply), but
+// takes the structures of row changes (the message, its TupleData and columns) from
+// slabs it allocates a few dozen changes at a time, instead of three allocations per
+// change. It is what the Syncer's poller uses; use one to parse many rows that
+// GetMessages returned. Every message stays valid and unchanged for as long as it is
+// referenced (slabs are never reused); a message kept keeps its slabs, a few tens of
+// KiB, from being collected. The zero value is ready to use; a Parser is not safe for
+// concurrent use. Errors: as Parse.
+type Parser struct{ a changeArena }
+
+// Parse decodes m's pgoutput message (see the type's documentation).
+func (p *Parser) Parse(m PGMSG) (pglogrepl.Message, error) { return parse(m.Data, true, &p.a) }
+
+// parse is Parse; owned says the caller hands data over, a is the arena row changes
+// are taken from (nil: none) (parseChange).
+func parse(data []byte, owned bool, a *changeArena) (msg pglogrepl.Message, err error) {
 	if len(data) == 0 {
 		return nil, fmt.Errorf("%w: empty message", ErrMalformedMessage)
 	}
 	switch data[0] {
 	case 'I', 'U', 'D':
 		// Row changes, the bulk of every stream, with fewer allocations (parse_change.go).
-		return parseChange(data, owned)
+		return parseChange(data, owned, a)
 	}
 	defer func() {
 		if r := recover(); r != nil {

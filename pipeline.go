@@ -45,6 +45,7 @@ func readRows(read func(peekRowFunc) error) *rowReader {
 		defer close(r.done)
 		defer close(c)
 		batch := make([]parsedRow, 0, parsedBatch)
+		var arena changeArena // row changes' structures, from slabs (parse_change.go)
 		send := func() bool {
 			if len(batch) == 0 {
 				return true
@@ -61,7 +62,7 @@ func readRows(read func(peekRowFunc) error) *rowReader {
 			p := parsedRow{m: m}
 			// m.Data is a copy owned by this row: row changes may alias it.
 			if c := m.Data; len(c) > 0 && (c[0] == 'I' || c[0] == 'U' || c[0] == 'D') {
-				p.msg, p.err = parseChange(c, true)
+				p.msg, p.err = parseChange(c, true, &arena)
 			} else {
 				p.msg, p.err = Parse(c)
 			}

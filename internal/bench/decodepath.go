@@ -143,32 +143,35 @@ func (d *decodePaths) report(r *runner, wl string, limitRate float64, catchupRat
 		rate := float64(rows) / run.el.Seconds()
 		x := rate / catchupRate[h.scan]
 		r.add(Result{Workload: wl, Contender: "decode path, one core (" + h.name + " handler)", Rows: rows, Elapsed: run.el, Rate: rate, Ratio: ratio(rate, limitRate),
-			Extra: fmt.Sprintf("%.1fx the faster dbsync catch-up with this handler (%s/s); PGMSG.Parse + handler on one goroutine, GOMAXPROCS 1; %d rows (%d changes) x %d passes, best of %d rounds spread over the workload; CPU %.2f µs per row",
+			Extra: fmt.Sprintf("%.1fx the faster dbsync catch-up with this handler (%s/s); Parser.Parse + handler on one goroutine, GOMAXPROCS 1; %d rows (%d changes) x %d passes, best of %d rounds spread over the workload; CPU %.2f µs per row",
 				x, fmtRate(catchupRate[h.scan]), d.rows, d.changes, d.passes, d.rounds, float64(run.cpu.Nanoseconds())/1e3/float64(rows)),
 			Target: ">=5x catch-up: " + verdict(x >= 5)})
 	}
 }
 
 // decodeRound measures the decode path on one core: passes times over the captured
-// rows, every row parsed (PGMSG.Parse, the poller's own parse of a row it owns) and
+// rows, every row parsed (a Parser: the poller's own parse of a row it owns) and
 // every row change decoded by the benchmark's handler (scan: into typed variables
 // with ScanTuple; otherwise DecodeChange), on one goroutine with GOMAXPROCS 1, so
 // that the garbage collector shares that core. A round whose handler did not decode every change is an error
 // (errMismatch).
 //
 // Until run 21 this used the package-level Parse, which copies each row change's
-// bytes first and so did a little more per row than the poller.
+// bytes first and so did a little more per row than the poller; until run 23
+// PGMSG.Parse, which the poller used until its reader took row changes' structures
+// from slabs (Parser).
 func decodeRound(c *capturedRows, scan bool, passes int) (decodeRun, error) {
 	prev := runtime.GOMAXPROCS(1)
 	defer runtime.GOMAXPROCS(prev)
 	h := newHandler(0)
 	h.scan = scan
+	var p dbsync.Parser
 	runtime.GC()
 	c0 := selfCPU()
 	start := time.Now()
 	for pass := 0; pass < passes; pass++ {
 		for _, data := range c.data {
-			msg, err := dbsync.PGMSG{Data: data}.Parse()
+			msg, err := p.Parse(dbsync.PGMSG{Data: data})
 			if err != nil {
 				return decodeRun{}, err
 			}
