@@ -143,7 +143,8 @@ type (
 // at a time: one allocation per arenaMessages changes of a kind and per arenaColumns
 // columns, instead of three per change. A slab is never reused, only replaced when
 // used up, so a message stays valid for as long as it is referenced; a referenced
-// message keeps its slabs alive (a few tens of KiB at most). The nil arena allocates
+// message keeps its slabs alive (~25 KiB), and with them the row data their other
+// columns point into. The nil arena allocates
 // every change's structures on their own. Not safe for concurrent use.
 type changeArena struct {
 	ins  []insertAlloc
@@ -153,7 +154,7 @@ type changeArena struct {
 	ptrs []*pglogrepl.TupleDataColumn
 }
 
-// Slab sizes: 64 messages of a kind (~5 KiB), 512 columns (16 KiB of columns and
+// Slab sizes: 64 messages of a kind (3-6 KiB), 512 columns (16 KiB of columns and
 // 4 KiB of pointers), so a batch of the poller's 256 rows of a 6-column table takes
 // a handful of allocations.
 const (
