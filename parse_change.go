@@ -166,35 +166,31 @@ func (a *changeArena) insert() *insertAlloc {
 	if a == nil {
 		return new(insertAlloc)
 	}
-	if len(a.ins) == 0 {
-		a.ins = make([]insertAlloc, arenaMessages)
-	}
-	m := &a.ins[0]
-	a.ins = a.ins[1:]
-	return m
+	return takeOne(&a.ins)
 }
 
 func (a *changeArena) update() *updateAlloc {
 	if a == nil {
 		return new(updateAlloc)
 	}
-	if len(a.upd) == 0 {
-		a.upd = make([]updateAlloc, arenaMessages)
-	}
-	m := &a.upd[0]
-	a.upd = a.upd[1:]
-	return m
+	return takeOne(&a.upd)
 }
 
 func (a *changeArena) delete() *deleteAlloc {
 	if a == nil {
 		return new(deleteAlloc)
 	}
-	if len(a.del) == 0 {
-		a.del = make([]deleteAlloc, arenaMessages)
+	return takeOne(&a.del)
+}
+
+// takeOne returns the first zeroed value of *slab, a new slab of arenaMessages when it
+// is used up.
+func takeOne[T any](slab *[]T) *T {
+	if len(*slab) == 0 {
+		*slab = make([]T, arenaMessages)
 	}
-	m := &a.del[0]
-	a.del = a.del[1:]
+	m := &(*slab)[0]
+	*slab = (*slab)[1:]
 	return m
 }
 
