@@ -144,8 +144,8 @@ type (
 // columns, instead of three per change. A slab is never reused, only replaced when
 // used up, so a message stays valid for as long as it is referenced; a referenced
 // message keeps its slabs alive (~25 KiB), and with them the row data their other
-// columns point into. The nil arena allocates
-// every change's structures on their own. Not safe for concurrent use.
+// columns point into. The nil arena allocates every change's structures on their own.
+// Not safe for concurrent use.
 type changeArena struct {
 	ins  []insertAlloc
 	upd  []updateAlloc

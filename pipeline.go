@@ -45,7 +45,7 @@ func readRows(read func(peekRowFunc) error) *rowReader {
 		defer close(r.done)
 		defer close(c)
 		batch := make([]parsedRow, 0, parsedBatch)
-		var arena changeArena // row changes' structures, from slabs (parse_change.go)
+		var parser Parser // row changes' structures from slabs (parse_change.go)
 		send := func() bool {
 			if len(batch) == 0 {
 				return true
@@ -60,12 +60,8 @@ func readRows(read func(peekRowFunc) error) *rowReader {
 		}
 		err := read(func(m PGMSG) error {
 			p := parsedRow{m: m}
-			// m.Data is a copy owned by this row: row changes may alias it.
-			if c := m.Data; len(c) > 0 && (c[0] == 'I' || c[0] == 'U' || c[0] == 'D') {
-				p.msg, p.err = parseChange(c, true, &arena)
-			} else {
-				p.msg, p.err = Parse(c)
-			}
+			// m.Data is a copy owned by this row, so the message may alias it.
+			p.msg, p.err = parser.Parse(m)
 			batch = append(batch, p)
 			if p.err != nil {
 				batch[len(batch)-1].err = fmt.Errorf("row at LSN %s: %w", m.LSN, p.err)
