@@ -21,11 +21,13 @@ const (
 	// DefaultMinPollInterval is Syncer.MinPollInterval's default: at 1,000
 	// transactions/s on the development machine it cut the server's CPU from ~88% to
 	// ~49% of a core (the writer's backend included) for a median commit-to-handler
-	// latency of 8.7 instead of 3.5 ms (docs/BENCHMARKS.md, "restart_lsn").
+	// latency of 8.7 instead of 3.5 ms (docs/BENCHMARKS-history.md, "restart_lsn kept
+	// close").
 	DefaultMinPollInterval = 10 * time.Millisecond
 	// DefaultMaxRestartLSNLag is Syncer.MaxRestartLSNLag's default, in bytes of WAL:
 	// at 1,000 transactions/s it has ~0.7 records a second logged and halves the
-	// server's CPU for polling (docs/BENCHMARKS.md, "restart_lsn").
+	// server's CPU for polling (docs/BENCHMARKS-history.md, "restart_lsn kept
+	// close").
 	DefaultMaxRestartLSNLag = 256 << 10
 	// DefaultDelayBetweenPeekRetries is the first wait after a poll that found nothing.
 	DefaultDelayBetweenPeekRetries = 100 * time.Millisecond

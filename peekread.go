@@ -178,9 +178,10 @@ var errPeekAbandoned = errors.New("dbsync: peek abandoned")
 // results at once (two backends), and the copy's rows are read once the slot's are
 // delivered. The copy decodes the first half again but skips its transactions (they
 // commit before its confirmed_flush_lsn), which costs about a fifth of decoding and
-// sending them (docs/BENCHMARKS.md). The rows handed over are those of one peek up to
-// the bound, except that the copy's call describes again (RELATION) a relation the
-// slot's call already described, as the call of every poll does:
+// sending them (docs/BENCHMARKS-history.md, "Catch-up: where the time goes"). The
+// rows handed over are those of one peek up to the bound, except that the copy's call
+// describes again (RELATION) a relation the slot's call already described, as the
+// call of every poll does:
 //   - the slot's call returns the transactions whose COMMIT record starts before mid,
 //     plus one whose COMMIT starts right after mid when mid falls inside a WAL page
 //     header (the call stops after the first record ending at or after mid);

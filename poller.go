@@ -257,8 +257,9 @@ const flushWatchInterval = 100 * time.Millisecond
 // flushWatchSlowInterval instead: each comparison costs this process about half a
 // millisecond of CPU on the development machine (mostly the system calls of one
 // query), so 100 ms ticks alone were ~0.5-0.8% of a core, close to the 1% budget
-// for an idle syncer and server (docs/BENCHMARKS.md). A change after a long quiet
-// period then waits up to 250 ms; one after a short pause still up to 100 ms.
+// for an idle syncer and server (docs/BENCHMARKS-history.md, "Steady state and
+// idle"). A change after a long quiet period then waits up to 250 ms; one after a
+// short pause still up to 100 ms.
 const (
 	flushWatchSlowAfter    = 2 * time.Second
 	flushWatchSlowInterval = 250 * time.Millisecond
