@@ -42,6 +42,41 @@ func TestRunCatchupTiny(t *testing.T) {
 	}
 }
 
+// TestRunBigTxTiny runs the big-transaction workload at a tiny scale: both sizes, every
+// contender, and the contenders through a pool with a larger logical_decoding_work_mem
+// reported for comparison only (no target verdict on them; the others keep theirs).
+func TestRunBigTxTiny(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := Run(ctx, &out, Config{Scale: 0.01, Workloads: []string{WorkloadBigTx}, Repeat: 1, NaiveTimeout: time.Second})
+	require.NoError(t, err, out.String())
+	table := out.String()
+	tuned := "logical_decoding_work_mem " + tunedDecodingWorkMem
+	var rows, tunedRows int
+	for _, line := range strings.Split(table, "\n") {
+		if !strings.HasPrefix(line, "| c one tx of ") {
+			continue
+		}
+		cells := strings.Split(line, "|")
+		require.Len(t, cells, 10, line)
+		contender, extra, target := strings.TrimSpace(cells[2]), cells[7], strings.TrimSpace(cells[8])
+		rows++
+		switch {
+		case strings.Contains(contender, tuned):
+			tunedRows++
+			require.Contains(t, extra, "not the default, for comparison", line)
+			require.Empty(t, target, line)
+			require.Regexp(t, `\d\.\d\dx`, cells[6], "a tuned row's ratio is against the default limit: %s", line)
+		case strings.HasPrefix(contender, "dbsync ("):
+			require.Equal(t, "peak heap < 64 MiB: met", target, line)
+		}
+	}
+	// Per size: 3 limits, naive, 2 streaming, 5 dbsync.
+	require.Equal(t, 2*11, rows, table)
+	require.Equal(t, 2*2, tunedRows, table)
+}
+
 func TestCeiling(t *testing.T) {
 	n := runtime.NumCPU()
 	// n cores, 2 µs + 3 µs of CPU per row: at most n/5 M rows/s; against 0.4n M rows/s,
