@@ -40,6 +40,33 @@ type SlotStatus struct {
 	// LagBytes = FlushLSN - ConfirmedFlushLSN: flushed WAL the consumer has not
 	// confirmed yet (bytes; 0 when it is caught up).
 	LagBytes int64
+	// Stats are the slot's decoding statistics (pg_stat_replication_slots; the zero
+	// value before PostgreSQL 14, or before the slot decoded anything).
+	Stats SlotStats
+}
+
+// SlotStats are a slot's cumulative decoding statistics since they were last reset,
+// from pg_stat_replication_slots (PostgreSQL docs, "Monitoring Database Activity",
+// pg_stat_replication_slots; PostgreSQL 14 and later).
+// They count every decoding of the slot, each peek included, so a transaction decoded
+// again by a later poll counts again; a split poll's temporary copy keeps its own
+// statistics, which go with it.
+//
+// Spilling is the figure to watch: a transaction whose changes take more than
+// logical_decoding_work_mem in the reorder buffer is written to disk and read back,
+// which doubled the server's decoding time of a 1,000,000-row transaction in
+// docs/BENCHMARKS.md ("Large transactions"). If SpillBytes keeps growing, raise
+// logical_decoding_work_mem for the Syncer's connections (README, "Throughput").
+type SlotStats struct {
+	// SpillTxns is the number of transactions spilled to disk, SpillCount how many
+	// times they were, SpillBytes how much was written (bytes).
+	SpillTxns, SpillCount, SpillBytes int64
+	// StreamTxns and StreamBytes: in-progress transactions streamed to the output
+	// plugin (0 with dbsync, which does not ask pgoutput to stream).
+	StreamTxns, StreamBytes int64
+	// TotalTxns and TotalBytes: transactions and decoded bytes sent to the output
+	// plugin.
+	TotalTxns, TotalBytes int64
 }
 
 // Status reads the Syncer's slot from pg_replication_slots. It creates nothing, so it
@@ -77,6 +104,31 @@ func (s *Syncer) Status(ctx context.Context) (SlotStatus, error) {
 	}
 	if st.ConfirmedFlushLSN != 0 && st.FlushLSN > st.ConfirmedFlushLSN {
 		st.LagBytes = int64(st.FlushLSN - st.ConfirmedFlushLSN)
+	}
+	if st.Stats, err = s.slotStats(ctx); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// slotStats reads the slot's row of pg_stat_replication_slots: the zero value when it
+// has none, or on a server older than PostgreSQL 14, which has no such view.
+func (s *Syncer) slotStats(ctx context.Context) (SlotStats, error) {
+	var st SlotStats
+	var version int
+	if err := s.db.QueryRowContext(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		return st, classify(err, "read the server version")
+	}
+	if version < 140000 {
+		return st, nil
+	}
+	err := s.db.QueryRowContext(ctx, sqlText("slot_stats.sql"), s.replicationSlot).Scan(
+		&st.SpillTxns, &st.SpillCount, &st.SpillBytes, &st.StreamTxns, &st.StreamBytes, &st.TotalTxns, &st.TotalBytes)
+	if errors.Is(err, sql.ErrNoRows) {
+		return st, nil
+	}
+	if err != nil {
+		return st, classify(err, "read slot statistics of "+s.replicationSlot)
 	}
 	return st, nil
 }

@@ -174,3 +174,66 @@ func TestTeardownRefusesForeignObjects(t *testing.T) {
 	require.NoError(t, d.DB.QueryRow(`SELECT to_regclass('public.dbsync_wmtable') IS NOT NULL`).Scan(&wmExists))
 	require.True(t, wmExists)
 }
+
+// TestSlotStatsSpill drains one 5,000-row transaction (~1 MB of changes) through two
+// slots: one read over connections whose connection string sets
+// logical_decoding_work_mem to its minimum, 64kB, which must spill it to disk, and one
+// with the default 64MB, which must not. Status reports both from
+// pg_stat_replication_slots; the connection option reaching the decoding sessions is
+// what the README's advice for large transactions relies on.
+func TestSlotStatsSpill(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, payload text)`)
+	require.NoError(t, err)
+	pub := pgtest.Ident(t, "pub")
+	ctx := context.Background()
+	type reader struct {
+		s    *Syncer
+		slot string
+	}
+	open := func(name, connStr string) reader {
+		slot := pgtest.Ident(t, name)
+		s, err := NewSyncer(WithPGConnStr(connStr), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
+			WithMessageHandler(DefaultMessageHandler{}), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		st, err := s.Status(ctx)
+		require.NoError(t, err)
+		require.Zero(t, st.Stats.SpillTxns, "a new slot has spilled nothing")
+		return reader{s, slot}
+	}
+	small := open("small", d.DSN()+" options='-c logical_decoding_work_mem=64kB'")
+	dflt := open("default", d.DSN())
+
+	_, err = d.DB.Exec(`INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g`)
+	require.NoError(t, err)
+	var cur string
+	require.NoError(t, d.DB.QueryRow(`SELECT pg_current_wal_flush_lsn()::text`).Scan(&cur))
+	flush, err := pglogrepl.ParseLSN(cur)
+	require.NoError(t, err)
+
+	for _, r := range []reader{small, dflt} {
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- r.s.Run(runCtx) }()
+		var st SlotStatus
+		// The statistics are reported when a decoding call ends; wait for the
+		// transaction to be counted, not only delivered.
+		waitFor(t, 20*time.Second, func() bool {
+			st, err = r.s.Status(ctx)
+			return err == nil && st.ConfirmedFlushLSN >= flush && st.Stats.TotalTxns >= 1
+		}, "%s to reach %s and count the transaction", r.slot, flush)
+		cancel()
+		require.NoError(t, <-done, "Run stops cleanly when its context ends")
+		if r.slot == small.slot {
+			require.GreaterOrEqual(t, st.Stats.SpillTxns, int64(1), "%+v", st.Stats)
+			require.GreaterOrEqual(t, st.Stats.SpillCount, st.Stats.SpillTxns, "%+v", st.Stats)
+			require.Greater(t, st.Stats.SpillBytes, int64(64<<10), "%+v", st.Stats)
+		} else {
+			require.Zero(t, st.Stats.SpillTxns, "%+v", st.Stats)
+			require.Zero(t, st.Stats.SpillBytes, "%+v", st.Stats)
+		}
+		require.Zero(t, st.Stats.StreamTxns, "dbsync does not ask pgoutput to stream")
+		require.Greater(t, st.Stats.TotalBytes, int64(1<<20), "%+v", st.Stats)
+	}
+}

@@ -162,6 +162,9 @@ func TestTailStatusTeardown(t *testing.T) {
 	require.Contains(t, statusOut, "active:              false\n")
 	require.Contains(t, statusOut, "wal_status:          reserved\n")
 	require.Regexp(t, `(?m)^retained_wal_bytes:  \d+ \(`, statusOut)
+	// A few small transactions never spill (pg_stat_replication_slots).
+	require.Contains(t, statusOut, "spilled:             0 transactions, 0 times, 0 bytes (0 B)\n")
+	require.Regexp(t, `(?m)^decoded:             \d+ transactions, \d+ bytes \(`, statusOut)
 	code, jsonOut, errOut := runCLI("status", "-json")
 	require.Equal(t, 0, code, errOut)
 	var st map[string]any
@@ -171,6 +174,8 @@ func TestTailStatusTeardown(t *testing.T) {
 	var confirmed string
 	require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, pgtest.Ident(t, "slot")).Scan(&confirmed))
 	require.Equal(t, confirmed, st["confirmed_flush_lsn"])
+	require.Equal(t, float64(0), st["spill_bytes"])
+	require.Contains(t, st, "total_txns")
 
 	// A second tail re-prints nothing: everything printed was confirmed.
 	ctx2, cancel2 := context.WithCancel(context.Background())

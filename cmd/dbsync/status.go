@@ -34,6 +34,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			"confirmed_flush_lsn": st.ConfirmedFlushLSN.String(), "restart_lsn": st.RestartLSN.String(),
 			"wal_status": st.WALStatus, "current_lsn": st.CurrentLSN.String(), "flush_lsn": st.FlushLSN.String(),
 			"retained_wal_bytes": st.RetainedWALBytes, "lag_bytes": st.LagBytes,
+			"spill_txns": st.Stats.SpillTxns, "spill_count": st.Stats.SpillCount, "spill_bytes": st.Stats.SpillBytes,
+			"stream_txns": st.Stats.StreamTxns, "stream_bytes": st.Stats.StreamBytes,
+			"total_txns": st.Stats.TotalTxns, "total_bytes": st.Stats.TotalBytes,
 		})
 		if err != nil {
 			return err
@@ -61,9 +64,13 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"current_lsn:         %s\n"+
 		"flush_lsn:           %s\n"+
 		"retained_wal_bytes:  %d (%s)\n"+
-		"lag_bytes:           %d (%s)\n",
+		"lag_bytes:           %d (%s)\n"+
+		"spilled:             %d transactions, %d times, %d bytes (%s)\n"+
+		"decoded:             %d transactions, %d bytes (%s)\n",
 		st.Slot, st.Plugin, st.Database, st.Active, pid, st.ConfirmedFlushLSN, restart, st.WALStatus,
-		st.CurrentLSN, st.FlushLSN, st.RetainedWALBytes, human(st.RetainedWALBytes), st.LagBytes, human(st.LagBytes))
+		st.CurrentLSN, st.FlushLSN, st.RetainedWALBytes, human(st.RetainedWALBytes), st.LagBytes, human(st.LagBytes),
+		st.Stats.SpillTxns, st.Stats.SpillCount, st.Stats.SpillBytes, human(st.Stats.SpillBytes),
+		st.Stats.TotalTxns, st.Stats.TotalBytes, human(st.Stats.TotalBytes))
 	return err
 }
 
