@@ -12,8 +12,9 @@ import (
 )
 
 // SlotStatus is the state of the Syncer's replication slot, from pg_replication_slots
-// (PostgreSQL docs §54.19 "pg_replication_slots") and the server's current WAL
-// positions (§9.27.3, pg_current_wal_lsn / pg_current_wal_flush_lsn).
+// (PostgreSQL docs §54.19 "pg_replication_slots"), the server's current WAL
+// positions (§9.27.3, pg_current_wal_lsn / pg_current_wal_flush_lsn) and the slot's
+// decoding statistics (pg_stat_replication_slots).
 type SlotStatus struct {
 	// Slot, Plugin, SlotType and Database are slot_name, plugin, slot_type, database.
 	Slot     string
@@ -69,16 +70,18 @@ type SlotStats struct {
 	TotalTxns, TotalBytes int64
 }
 
-// Status reads the Syncer's slot from pg_replication_slots. It creates nothing, so it
-// can run on a Syncer made with WithSetup(false) next to a running consumer.
-// Returns ErrSlotMissing (wrapped) if there is no such slot.
+// Status reads the Syncer's slot from pg_replication_slots and its statistics from
+// pg_stat_replication_slots. It creates nothing, so it can run on a Syncer made with
+// WithSetup(false) next to a running consumer. Returns ErrSlotMissing (wrapped) if
+// there is no such slot.
 func (s *Syncer) Status(ctx context.Context) (SlotStatus, error) {
 	var st SlotStatus
 	var confirmed, restart sql.NullString
 	var current, flush string
+	var version int
 	err := s.db.QueryRowContext(ctx, sqlText("slot_status.sql"), s.replicationSlot).Scan(
 		&st.Slot, &st.Plugin, &st.SlotType, &st.Database, &st.Active, &st.ActivePID,
-		&confirmed, &restart, &st.WALStatus, &current, &flush)
+		&confirmed, &restart, &st.WALStatus, &current, &flush, &version)
 	if errors.Is(err, sql.ErrNoRows) {
 		return st, fmt.Errorf("%w: %q: nothing to report; it is created by NewSyncer (or `dbsync tail`) on first use", ErrSlotMissing, s.replicationSlot)
 	}
@@ -105,20 +108,17 @@ func (s *Syncer) Status(ctx context.Context) (SlotStatus, error) {
 	if st.ConfirmedFlushLSN != 0 && st.FlushLSN > st.ConfirmedFlushLSN {
 		st.LagBytes = int64(st.FlushLSN - st.ConfirmedFlushLSN)
 	}
-	if st.Stats, err = s.slotStats(ctx); err != nil {
+	if st.Stats, err = s.slotStats(ctx, version); err != nil {
 		return st, err
 	}
 	return st, nil
 }
 
 // slotStats reads the slot's row of pg_stat_replication_slots: the zero value when it
-// has none, or on a server older than PostgreSQL 14, which has no such view.
-func (s *Syncer) slotStats(ctx context.Context) (SlotStats, error) {
+// has none, or when the server (version: server_version_num) is older than PostgreSQL
+// 14, which has no such view.
+func (s *Syncer) slotStats(ctx context.Context, version int) (SlotStats, error) {
 	var st SlotStats
-	var version int
-	if err := s.db.QueryRowContext(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
-		return st, classify(err, "read the server version")
-	}
 	if version < 140000 {
 		return st, nil
 	}

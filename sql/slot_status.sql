@@ -1,4 +1,4 @@
--- One replication slot's state with the server's current WAL positions.
+-- One replication slot's state with the server's current WAL positions and version.
 -- $1: slot name. No row when the slot does not exist. LSNs as text (NULL when unset:
 -- restart_lsn is NULL once the slot is invalidated).
 SELECT s.slot_name,
@@ -11,6 +11,7 @@ SELECT s.slot_name,
        s.restart_lsn::text,
        COALESCE(s.wal_status, ''),
        pg_current_wal_lsn()::text,
-       pg_current_wal_flush_lsn()::text
+       pg_current_wal_flush_lsn()::text,
+       current_setting('server_version_num')::int
 FROM pg_catalog.pg_replication_slots s
 WHERE s.slot_name = $1
