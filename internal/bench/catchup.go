@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/dbsync/dbsync"
@@ -145,16 +144,27 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx, tu
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
-	drivers := []struct {
-		name string
-		db   *sql.DB
-	}{{"lib/pq", db}, {"pgx", pgx}}
-	tunedName := "logical_decoding_work_mem " + tunedDecodingWorkMem
+	// A limit reader, and a dbsync contender, through one pool. tuned: a pool with a
+	// larger logical_decoding_work_mem, reported for comparison; it neither sets the
+	// limit rate nor gets a target verdict.
+	type reader struct {
+		name  string
+		db    *sql.DB
+		tuned bool
+	}
+	type syncer struct {
+		reader
+		scan bool // the ScanTuple handler (typed variables, no map); else DecodeChange
+	}
+	drivers := []reader{{"lib/pq", db, false}, {"pgx", pgx, false}}
+	// dbsync contenders: the DecodeChange handler and the ScanTuple handler through
+	// both drivers.
+	syncers := []syncer{{drivers[0], false}, {drivers[1], false},
+		{reader{"lib/pq, ScanTuple handler", db, false}, true}, {reader{"pgx, ScanTuple handler", pgx, false}, true}}
 	if tuned != nil {
-		drivers = append(drivers, struct {
-			name string
-			db   *sql.DB
-		}{"pgx, " + tunedName, tuned})
+		tunedName := "logical_decoding_work_mem " + tunedDecodingWorkMem
+		drivers = append(drivers, reader{"pgx, " + tunedName, tuned, true})
+		syncers = append(syncers, syncer{reader{"pgx, ScanTuple handler, " + tunedName, tuned, true}, true})
 	}
 	// best is a contender's best round: the least elapsed time and, separately, the
 	// least CPU time of the server (all its processes) and of this process, and the
@@ -163,23 +173,6 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx, tu
 		el, server, self time.Duration
 		heap             uint64
 	}
-	// dbsync contenders: the DecodeChange handler and the ScanTuple handler (typed
-	// variables, no map) through both drivers.
-	syncers := []struct {
-		name string
-		db   *sql.DB
-		scan bool
-	}{{"lib/pq", db, false}, {"pgx", pgx, false}, {"lib/pq, ScanTuple handler", db, true}, {"pgx, ScanTuple handler", pgx, true}}
-	if tuned != nil {
-		syncers = append(syncers, struct {
-			name string
-			db   *sql.DB
-			scan bool
-		}{"pgx, ScanTuple handler, " + tunedName, tuned, true})
-	}
-	// isTuned says whether a contender's name is that of a tuned one: it is reported
-	// for comparison, and neither sets the limit rate nor gets a target verdict.
-	isTuned := func(name string) bool { return strings.HasSuffix(name, tunedName) }
 	limits := make([]best, len(drivers))
 	dbs := make([]best, len(syncers))
 	pm, err := postmasterPID(r.srv.DataDir())
@@ -272,14 +265,14 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx, tu
 	}
 	limitRate := 0.0
 	for i, d := range drivers {
-		if !isTuned(d.name) {
+		if !d.tuned {
 			limitRate = max(limitRate, float64(ref.rows)/limits[i].el.Seconds())
 		}
 	}
 	for i, d := range drivers {
 		res := Result{Workload: wl, Contender: "limit (" + d.name + ")", Rows: ref.rows, Elapsed: limits[i].el,
 			Extra: fmt.Sprintf("%d changes, %.0f MB WAL; best of %d; %s", ref.changes, float64(walBytes)/1e6, r.cfg.Repeat, perRow(limits[i], ref.rows))}
-		if isTuned(d.name) {
+		if d.tuned {
 			// Against the limit with PostgreSQL's defaults, which the other ratios use.
 			rate := float64(ref.rows) / limits[i].el.Seconds()
 			res.Rate, res.Ratio = rate, ratio(rate, limitRate)
@@ -349,7 +342,7 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx, tu
 	catchupRate := map[bool]float64{}
 	for i, d := range syncers {
 		rate := float64(ref.rows) / dbs[i].el.Seconds()
-		if !isTuned(d.name) {
+		if !d.tuned {
 			catchupRate[d.scan] = max(catchupRate[d.scan], rate)
 		}
 		target := ">=0.8x limit, > streaming: " + verdict(rate >= 0.8*limitRate && rate > streamRate)
@@ -358,7 +351,7 @@ func (r *runner) drainAll(ctx context.Context, wl string, sl *slots, db, pgx, tu
 		}
 		extra := fmt.Sprintf("peak heap %s, %s vs best streaming; best of %d; %s; %s", mib(dbs[i].heap), ratio(rate, streamRate), r.cfg.Repeat,
 			perRow(dbs[i], ref.rows), ceiling(dbs[i].server, dbs[i].self, ref.rows, limitRate))
-		if isTuned(d.name) {
+		if d.tuned {
 			extra, target = "not the default, for comparison; "+extra, ""
 		}
 		r.add(Result{Workload: wl, Contender: "dbsync (" + d.name + ")", Rows: ref.rows, Elapsed: dbs[i].el, Rate: rate, Ratio: ratio(rate, limitRate),

@@ -153,8 +153,8 @@ func (d *decodePaths) report(r *runner, wl string, limitRate float64, catchupRat
 // rows, every row parsed (a Parser: the poller's own parse of a row it owns) and
 // every row change decoded by the benchmark's handler (scan: into typed variables
 // with ScanTuple; otherwise DecodeChange), on one goroutine with GOMAXPROCS 1, so
-// that the garbage collector shares that core. A round whose handler did not decode every change is an error
-// (errMismatch).
+// that the garbage collector shares that core. A round whose handler did not decode
+// every change is an error (errMismatch).
 //
 // Until run 21 this used the package-level Parse, which copies each row change's
 // bytes first and so did a little more per row than the poller; until run 23
