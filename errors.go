@@ -38,8 +38,11 @@ var (
 	// drive a slot.
 	ErrSlotInUse = errors.New("dbsync: replication slot is active in another process")
 	// ErrSlotInvalidated: the server removed WAL the slot still needed
-	// (max_slot_wal_keep_size); the slot can no longer deliver changes and must be
-	// dropped and re-created, followed by a snapshot to rebuild consumers.
+	// (max_slot_wal_keep_size; pg_replication_slots.wal_status 'lost'); the slot can no
+	// longer deliver changes and must be dropped and re-created, followed by a snapshot
+	// to rebuild consumers. Setup returns it for an existing invalidated slot; a peek
+	// (55000 "can no longer get changes") or an advance (55000 "cannot be advanced")
+	// of one returns it too.
 	ErrSlotInvalidated = errors.New("dbsync: replication slot was invalidated")
 	// ErrInRecovery: logical decoding is not possible on a standby (PG 15, 0A000).
 	ErrInRecovery = errors.New("dbsync: server is in recovery (a standby)")

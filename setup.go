@@ -24,7 +24,8 @@ const setupLockKey = 0x64627379 // "dbsy"
 // when it is missing. NewSyncer calls it unless WithSetup(false).
 //
 // Errors: ErrWALLevel, ErrReplicationPrivilege, ErrPublicationMissing (with the CREATE
-// PUBLICATION statement to run), ErrSlotMismatch, or the server's error.
+// PUBLICATION statement to run), ErrSlotMismatch, ErrSlotInvalidated (the slot exists
+// but PostgreSQL invalidated it: wal_status lost), or the server's error.
 func (s *Syncer) Setup(ctx context.Context) error {
 	if err := s.checkServer(ctx); err != nil {
 		return err
@@ -209,18 +210,24 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 			err = classify(uerr, "unlock slot setup")
 		}
 	}()
-	var plugin, slotType, database sql.NullString
+	var plugin, slotType, database, walStatus sql.NullString
 	var current string
-	err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, current_database()
+	err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, current_database()
 		FROM (SELECT current_database()) AS d(x)
-		LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &current)
+		LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &current)
 	if err != nil {
 		return classify(err, "look up replication slot")
 	}
 	if slotType.Valid {
 		if slotType.String != "logical" || plugin.String != "pgoutput" || database.String != current {
-			return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot('%s')",
-				ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, s.replicationSlot)
+			return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot(%s)",
+				ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
+		}
+		if walStatus.String == "lost" {
+			// The server removed WAL the slot still needed (max_slot_wal_keep_size):
+			// the changes in it are gone for this slot, so reading on would skip them.
+			return fmt.Errorf("%w: slot %q has wal_status lost (the server removed WAL it still needed, see max_slot_wal_keep_size): drop it with SELECT pg_drop_replication_slot(%s), then set up again (a new slot starts at its creation) and rebuild consumers with a snapshot",
+				ErrSlotInvalidated, s.replicationSlot, pq.QuoteLiteral(s.replicationSlot))
 		}
 		return nil
 	}

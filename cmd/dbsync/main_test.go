@@ -318,3 +318,39 @@ func TestTailFromNowSkipsBacklog(t *testing.T) {
 	require.Len(t, lines, 1)
 	require.Contains(t, lines[0], `"key":{"id":"new"}`)
 }
+
+// TestStatusAndTailOnInvalidatedSlot: on a slot PostgreSQL invalidated (wal_status
+// lost), status reports it with what to do (exit 0; restart_lsn null in JSON) and tail
+// refuses it with ErrSlotInvalidated's message (exit 1) instead of reading past the
+// gap. It runs on a cluster of its own (pgtest.SlotInvalidationSettings).
+func TestStatusAndTailOnInvalidatedSlot(t *testing.T) {
+	srv, err := pgtest.Start(pgtest.Options{Settings: pgtest.SlotInvalidationSettings})
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Stop() })
+	d := srv.NewDatabase(t)
+	setEnv(t, d)
+	slot := pgtest.Ident(t, "slot")
+	_, err = d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY)`)
+	require.NoError(t, err)
+	_, err = d.DB.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	require.NoError(t, err)
+	pgtest.InvalidateSlot(t, d.DB, slot)
+
+	code, out, errOut := runCLI("status")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "restart_lsn:         - (invalidated)\n")
+	require.Contains(t, out, "wal_status:          lost (the slot is invalidated: drop it with SELECT pg_drop_replication_slot('"+slot+"'), set up again and rebuild consumers with a snapshot)\n")
+	code, out, errOut = runCLI("status", "-json")
+	require.Equal(t, 0, code, errOut)
+	var st map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Equal(t, "lost", st["wal_status"])
+	require.Contains(t, st, "restart_lsn")
+	require.Nil(t, st["restart_lsn"])
+
+	code, out, errOut = runCLI("tail", "-tables", "items")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, errOut, "replication slot was invalidated")
+	require.Contains(t, errOut, "pg_drop_replication_slot('"+slot+"')")
+	require.Equal(t, "", out)
+}

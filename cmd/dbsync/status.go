@@ -8,6 +8,7 @@ import (
 	"log/slog"
 
 	"github.com/dbsync/dbsync"
+	"github.com/lib/pq"
 )
 
 // runStatus prints the slot's state. It creates nothing (WithSetup(false)).
@@ -27,11 +28,16 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	// An invalidated slot (wal_status lost) has no restart_lsn: null in JSON.
+	var restartJSON any
+	if st.RestartLSN != 0 {
+		restartJSON = st.RestartLSN.String()
+	}
 	if *asJSON {
 		b, err := json.Marshal(map[string]any{
 			"slot": st.Slot, "plugin": st.Plugin, "slot_type": st.SlotType, "database": st.Database,
 			"active": st.Active, "active_pid": st.ActivePID,
-			"confirmed_flush_lsn": st.ConfirmedFlushLSN.String(), "restart_lsn": st.RestartLSN.String(),
+			"confirmed_flush_lsn": st.ConfirmedFlushLSN.String(), "restart_lsn": restartJSON,
 			"wal_status": st.WALStatus, "current_lsn": st.CurrentLSN.String(), "flush_lsn": st.FlushLSN.String(),
 			"retained_wal_bytes": st.RetainedWALBytes, "lag_bytes": st.LagBytes,
 			"spill_txns": st.Stats.SpillTxns, "spill_count": st.Stats.SpillCount, "spill_bytes": st.Stats.SpillBytes,
@@ -52,6 +58,11 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if st.RestartLSN == 0 {
 		restart = "- (invalidated)"
 	}
+	walStatus := st.WALStatus
+	if walStatus == "lost" {
+		walStatus += " (the slot is invalidated: drop it with SELECT pg_drop_replication_slot(" + pq.QuoteLiteral(st.Slot) +
+			"), set up again and rebuild consumers with a snapshot)"
+	}
 	_, err = fmt.Fprintf(stdout, ""+
 		"slot:                %s\n"+
 		"plugin:              %s\n"+
@@ -67,7 +78,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"lag_bytes:           %d (%s)\n"+
 		"spilled:             %d transactions, %d times, %d bytes (%s)\n"+
 		"decoded:             %d transactions, %d bytes (%s)\n",
-		st.Slot, st.Plugin, st.Database, st.Active, pid, st.ConfirmedFlushLSN, restart, st.WALStatus,
+		st.Slot, st.Plugin, st.Database, st.Active, pid, st.ConfirmedFlushLSN, restart, walStatus,
 		st.CurrentLSN, st.FlushLSN, st.RetainedWALBytes, human(st.RetainedWALBytes), st.LagBytes, human(st.LagBytes),
 		st.Stats.SpillTxns, st.Stats.SpillCount, st.Stats.SpillBytes, human(st.Stats.SpillBytes),
 		st.Stats.TotalTxns, st.Stats.TotalBytes, human(st.Stats.TotalBytes))
