@@ -120,7 +120,9 @@ func hasSQLState(err error, codes ...string) bool {
 
 // classify maps a server error to the named errors above, keeping the original error
 // in the chain (errors.As with *pq.Error or *pgconn.PgError still works). Unknown
-// errors pass through.
+// errors pass through, prefixed with what. Where one SQLSTATE covers several cases it
+// tells them apart by the message's English text; a server that reports in another
+// language (lc_messages) is handled for the slot functions by Syncer.diagnose.
 func classify(err error, what string) error {
 	if err == nil {
 		return nil
@@ -129,33 +131,68 @@ func classify(err error, what string) error {
 	if !ok {
 		return err
 	}
+	var named error
 	switch code {
 	case "55000":
 		switch {
 		case contains(msg, "wal_level"):
-			return fmt.Errorf("%w: %s: set wal_level = logical in postgresql.conf and restart PostgreSQL: %w", ErrWALLevel, what, err)
+			named = ErrWALLevel
 		case contains(msg, "can no longer get changes"), contains(msg, "cannot be advanced"), contains(msg, "has been invalidated"):
-			return fmt.Errorf("%w: %s: drop and re-create the slot, then rebuild consumers with a snapshot: %w", ErrSlotInvalidated, what, err)
+			named = ErrSlotInvalidated
 		}
 	case "42501":
 		if contains(msg, "replication") || contains(msg, "superuser") {
-			return fmt.Errorf("%w: %s: grant it with ALTER ROLE ... REPLICATION (or use a superuser): %w", ErrReplicationPrivilege, what, err)
+			named = ErrReplicationPrivilege
 		}
 	case "42704":
 		if contains(msg, "replication slot") {
-			return fmt.Errorf("%w: %s: %w", ErrSlotMissing, what, err)
-		}
-		if contains(msg, "publication") {
-			return fmt.Errorf("%w: %s: %w", ErrPublicationMissing, what, err)
+			named = ErrSlotMissing
+		} else if contains(msg, "publication") {
+			named = ErrPublicationMissing
 		}
 	case "55006":
-		return fmt.Errorf("%w: %s: make sure only one process drives this slot: %w", ErrSlotInUse, what, err)
+		named = ErrSlotInUse
 	case "0A000":
 		if contains(msg, "recovery") {
-			return fmt.Errorf("%w: %s: connect to the primary: %w", ErrInRecovery, what, err)
+			named = ErrInRecovery
 		}
 	}
-	return fmt.Errorf("%s: %w", what, err)
+	if named == nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return wrapNamed(named, what, err)
+}
+
+// wrapNamed wraps err in named with what failed and what to do about it.
+func wrapNamed(named error, what string, err error) error {
+	remedy := ""
+	switch named {
+	case ErrWALLevel:
+		remedy = "set wal_level = logical in postgresql.conf and restart PostgreSQL: "
+	case ErrSlotInvalidated:
+		remedy = "drop and re-create the slot, then rebuild consumers with a snapshot: "
+	case ErrReplicationPrivilege:
+		remedy = "grant it with ALTER ROLE ... REPLICATION (or use a superuser): "
+	case ErrSlotInUse:
+		remedy = "make sure only one process drives this slot: "
+	case ErrInRecovery:
+		remedy = "connect to the primary: "
+	}
+	return fmt.Errorf("%w: %s: %s%w", named, what, remedy, err)
+}
+
+// driverError returns the server error in err's chain as the driver made it
+// (*pq.Error or *pgconn.PgError), without what dbsync wrapped around it; nil if none.
+func driverError(err error) error {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return pqErr
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr
+	}
+	return nil
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }

@@ -157,9 +157,10 @@ func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMS
 }
 
 // GetMessagesContext is GetMessages with a context.
-func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consume bool, out []PGMSG) ([]PGMSG, error) {
+func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consume bool, out []PGMSG) (_ []PGMSG, err error) {
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
+	defer func() { err = s.diagnose(ctx, err) }()
 	upto, err := s.CurrentFlushLSN(ctx)
 	if err != nil {
 		return out, err
@@ -195,7 +196,7 @@ func (s *Syncer) Forward(nummsgs int) error {
 func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
-	return s.forwardLocked(ctx, nummsgs)
+	return s.diagnose(ctx, s.forwardLocked(ctx, nummsgs))
 }
 
 func (s *Syncer) forwardLocked(ctx context.Context, nummsgs int) error {
@@ -348,7 +349,7 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 			s.log.Warn("dbsync: poll failed; retrying", "err", err, "retry_in", wait)
 			first = true
 		default:
-			return err
+			return s.diagnose(ctx, err)
 		}
 		t := time.NewTimer(wait)
 		select {

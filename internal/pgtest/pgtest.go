@@ -51,6 +51,20 @@ type Options struct {
 	WALLevel string
 	// Settings are extra postgresql.conf lines ("name = value").
 	Settings []string
+	// Env is extra environment ("NAME=value") for the server's processes, e.g.
+	// LANGUAGE=de with the setting lc_messages = 'C.UTF-8' for a server that reports
+	// errors in German (LocalizedMessages).
+	Env []string
+}
+
+// LocalizedMessages returns Options whose server writes its error messages in lang
+// (a gettext language such as "de"), as servers installed with a non-English locale
+// do: the SQLSTATEs stay, the texts change. It needs the server's translations
+// (/usr/share/locale/<lang>/LC_MESSAGES/postgres-*.mo, part of Debian's
+// postgresql package), not an installed OS locale: lc_messages = 'C.UTF-8' plus the
+// LANGUAGE environment variable select them.
+func LocalizedMessages(lang string) Options {
+	return Options{Settings: []string{"lc_messages = 'C.UTF-8'"}, Env: []string{"LANGUAGE=" + lang}}
 }
 
 // Server is a running PostgreSQL server: either a throwaway cluster owned by this
@@ -68,6 +82,7 @@ type Server struct {
 	binDir  string
 	dir     string
 	cred    *syscall.Credential
+	env     []string // Options.Env, for pg_ctl start
 	dbSeq   atomic.Int64
 	stopped atomic.Bool
 	// watchdog is the write end of the pipe the cluster's watchdog waits on (watch).
@@ -109,7 +124,7 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Host: "127.0.0.1", User: "postgres", binDir: binDir, dir: dir, dataDir: filepath.Join(dir, "data")}
+	s := &Server{Host: "127.0.0.1", User: "postgres", binDir: binDir, dir: dir, dataDir: filepath.Join(dir, "data"), env: opts.Env}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -315,7 +330,7 @@ func (s *Server) watch() error {
 func (s *Server) run(prog string, args ...string) ([]byte, error) {
 	cmd := exec.Command(filepath.Join(s.binDir, prog), args...)
 	cmd.Dir = s.dir
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), s.env...)
 	if s.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
 	}

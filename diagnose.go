@@ -1,0 +1,71 @@
+package dbsync
+
+import (
+	"context"
+	"time"
+)
+
+// diagnoseTimeout bounds diagnose's catalog query.
+const diagnoseTimeout = 5 * time.Second
+
+// diagnose names a server error of the slot functions (a peek, an advance, a slot
+// copy) from the catalog. classify tells the cases that share a SQLSTATE apart by the
+// message's English text, which fails in two ways: a server may report in another
+// language (lc_messages: servers installed under a German locale write
+// "Replikations-Slot »s« existiert nicht"), and the message quotes object names,
+// which may themselves contain the words classify looks for (a slot named
+// "publication_sync"). So for the SQLSTATEs that can mean a named error, diagnose
+// reads the catalog (sql/diagnose.sql), and what it finds wins:
+//
+//   - 42704 (undefined_object): ErrSlotMissing when the slot is gone, else
+//     ErrPublicationMissing when the publication is;
+//   - 55000 (object_not_in_prerequisite_state): ErrSlotInvalidated when the slot's
+//     wal_status is lost, else ErrWALLevel when wal_level is not logical;
+//   - 42501 (insufficient_privilege): ErrReplicationPrivilege when the role is neither
+//     superuser nor REPLICATION;
+//   - 0A000 (feature_not_supported): ErrInRecovery on a standby.
+//
+// The result wraps the named error and the driver's error (*pq.Error or
+// *pgconn.PgError). Any other error, a catalog that explains nothing, or a failed
+// diagnosis returns err unchanged (as classify named it, or not). The query runs even
+// when ctx is cancelled, for at most diagnoseTimeout; it is only made for an error
+// that ends Run, GetMessages or Forward.
+func (s *Syncer) diagnose(ctx context.Context, err error) error {
+	code, _, ok := serverError(err)
+	if !ok {
+		return err
+	}
+	switch code {
+	case "42704", "55000", "42501", "0A000":
+	default:
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), diagnoseTimeout)
+	defer cancel()
+	var slotExists, pubExists, inRecovery, canReplicate bool
+	var walStatus, walLevel string
+	if qerr := s.db.QueryRowContext(ctx, sqlText("diagnose.sql"), s.replicationSlot, s.publication).
+		Scan(&slotExists, &walStatus, &pubExists, &walLevel, &inRecovery, &canReplicate); qerr != nil {
+		s.log.Debug("dbsync: could not diagnose a server error", "err", err, "diagnosis_err", qerr)
+		return err
+	}
+	var named error
+	var what string
+	switch {
+	case code == "42704" && !slotExists:
+		named, what = ErrSlotMissing, "slot "+s.replicationSlot+" does not exist (dropped?); run setup again (NewSyncer) and rebuild consumers with a snapshot"
+	case code == "42704" && !pubExists:
+		named, what = ErrPublicationMissing, "publication "+s.publication+" does not exist; create it, or pass ForTables to NewSyncer"
+	case code == "55000" && walStatus == "lost":
+		named, what = ErrSlotInvalidated, "slot "+s.replicationSlot+" has wal_status lost"
+	case code == "55000" && walLevel != "logical":
+		named, what = ErrWALLevel, "wal_level is "+walLevel
+	case code == "42501" && !canReplicate:
+		named, what = ErrReplicationPrivilege, "the role has neither SUPERUSER nor REPLICATION"
+	case code == "0A000" && inRecovery:
+		named, what = ErrInRecovery, "the server is a standby"
+	default:
+		return err
+	}
+	return wrapNamed(named, what, driverError(err))
+}

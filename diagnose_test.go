@@ -1,0 +1,135 @@
+package dbsync
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/require"
+)
+
+// TestNamedErrorsInGerman runs against a server that writes its messages in German
+// (lc_messages, as servers installed under a German locale do), where classify's
+// English message checks cannot tell the cases of a SQLSTATE apart, and requires the
+// same named errors as in English, found from the catalog (Syncer.diagnose): a slot
+// dropped under a running Syncer (42704: ErrSlotMissing), a publication dropped under
+// one (42704: ErrPublicationMissing), and a slot invalidated under one (55000:
+// ErrSlotInvalidated, from Run and from GetMessages).
+func TestNamedErrorsInGerman(t *testing.T) {
+	opts := pgtest.LocalizedMessages("de")
+	opts.Settings = append(opts.Settings, pgtest.SlotInvalidationSettings...)
+	srv, err := pgtest.Start(opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Stop() })
+	ctx := context.Background()
+
+	// start runs a Syncer on a fresh database whose handler holds the first insert
+	// until release; it returns the database, the slot, the publication, the handler
+	// and Run's result channel.
+	start := func(t *testing.T) (*pgtest.Database, string, string, *gateHandler, *running) {
+		d := srv.NewDatabase(t)
+		execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
+		slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
+		h := newGateHandler()
+		s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
+			WithMessageHandler(h), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		r := runInBackground(s)
+		t.Cleanup(r.cancel)
+		return d, slot, pub, h, r
+	}
+	// runErr waits for Run to return on its own.
+	runErr := func(t *testing.T, r *running) error {
+		select {
+		case err := <-r.done:
+			return err
+		case <-time.After(20 * time.Second):
+			t.Fatal("Run did not return within 20 s")
+			return nil
+		}
+	}
+	entered := func(t *testing.T, h *gateHandler) {
+		select {
+		case <-h.entered:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the first insert was not delivered within 20 s")
+		}
+	}
+
+	t.Run("server speaks German", func(t *testing.T) {
+		d := srv.NewDatabase(t)
+		_, err := d.DB.Exec(`SELECT pg_drop_replication_slot('nope')`)
+		require.ErrorContains(t, err, "existiert nicht", "the server did not answer in German: are PostgreSQL's translations installed (/usr/share/locale/de/LC_MESSAGES/postgres-*.mo, Debian's postgresql package)?")
+		require.NotErrorIs(t, classify(err, "drop"), ErrSlotMissing, "classify alone must not name it: the test would prove nothing")
+	})
+
+	t.Run("slot gone", func(t *testing.T) {
+		d, slot, _, h, r := start(t)
+		execAll(t, d.DB, `INSERT INTO items VALUES (1, 'a')`)
+		entered(t, h)
+		execAll(t, d.DB, `SELECT pg_drop_replication_slot(`+pq.QuoteLiteral(slot)+`)`)
+		close(h.release)
+		err := runErr(t, r)
+		require.ErrorIs(t, err, ErrSlotMissing)
+		require.ErrorContains(t, err, "existiert nicht")
+	})
+
+	t.Run("pub gone", func(t *testing.T) {
+		d, _, pub, h, r := start(t)
+		close(h.release)
+		execAll(t, d.DB, `DROP PUBLICATION `+pq.QuoteIdentifier(pub), `INSERT INTO items VALUES (1, 'a')`)
+		err := runErr(t, r)
+		require.ErrorIs(t, err, ErrPublicationMissing)
+		require.ErrorContains(t, err, "existiert nicht")
+		require.Empty(t, h.delivered())
+	})
+
+	t.Run("slot invalidated", func(t *testing.T) {
+		d, slot, pub, h, r := start(t)
+		execAll(t, d.DB, `INSERT INTO items VALUES (1, 'a')`)
+		entered(t, h)
+		pgtest.InvalidateSlot(t, d.DB, slot)
+		close(h.release)
+		require.ErrorIs(t, runErr(t, r), ErrSlotInvalidated)
+		ro, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub), WithSetup(false))
+		require.NoError(t, err)
+		defer ro.Close()
+		_, err = ro.GetMessagesContext(ctx, 100, false, nil)
+		require.ErrorIs(t, err, ErrSlotInvalidated)
+		require.NotContains(t, err.Error(), "can no longer get changes", "the server's message must be German")
+	})
+}
+
+// TestNamedErrorDespiteObjectName: a publication whose name contains "replication
+// slot" is dropped under a running Syncer. The server's message quotes that name, so
+// classify's English check alone takes the 42704 for a missing slot; the catalog says
+// the slot exists and the publication does not, and that wins (Syncer.diagnose).
+func TestNamedErrorDespiteObjectName(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
+	slot, pub := pgtest.Ident(t, "slot"), "old replication slot feed"
+	h := newGateHandler()
+	close(h.release)
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
+		WithMessageHandler(h), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+	require.NoError(t, err)
+	defer s.Close()
+	r := runInBackground(s)
+	defer r.cancel()
+	execAll(t, d.DB, `INSERT INTO items VALUES (1, 'a')`)
+	waitFor(t, 20*time.Second, func() bool { return len(h.delivered()) == 1 }, "the first insert")
+	execAll(t, d.DB, `DROP PUBLICATION `+pq.QuoteIdentifier(pub), `INSERT INTO items VALUES (2, 'b')`)
+	var runErr error
+	select {
+	case runErr = <-r.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return within 20 s of the publication's drop")
+	}
+	require.ErrorIs(t, runErr, ErrPublicationMissing)
+	require.NotErrorIs(t, runErr, ErrSlotMissing)
+	require.ErrorContains(t, runErr, `publication "old replication slot feed" does not exist`)
+	require.Equal(t, []string{`["1"]`}, h.delivered())
+}

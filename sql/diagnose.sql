@@ -1,0 +1,11 @@
+-- What a failed slot function's SQLSTATE meant, read from the catalog rather than
+-- from the error's message (which follows the server's lc_messages). $1 is the slot
+-- name, $2 the publication name. One row: whether the slot exists, its wal_status
+-- ('' when missing), whether the publication exists, wal_level, whether the server is
+-- a standby, and whether the current role may use replication slots.
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1),
+       COALESCE((SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), ''),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $2),
+       current_setting('wal_level'),
+       pg_catalog.pg_is_in_recovery(),
+       COALESCE((SELECT r.rolsuper OR r.rolreplication FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false)
