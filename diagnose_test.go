@@ -25,38 +25,13 @@ func TestNamedErrorsInGerman(t *testing.T) {
 	t.Cleanup(func() { srv.Stop() })
 	ctx := context.Background()
 
-	// start runs a Syncer on a fresh database whose handler holds the first insert
-	// until release; it returns the database, the slot, the publication, the handler
-	// and Run's result channel.
+	// start runs a gated Syncer on a fresh database with a table items.
 	start := func(t *testing.T) (*pgtest.Database, string, string, *gateHandler, *running) {
 		d := srv.NewDatabase(t)
 		execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
 		slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
-		h := newGateHandler()
-		s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
-			WithMessageHandler(h), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
-		r := runInBackground(s)
-		t.Cleanup(r.cancel)
+		h, r := startGated(t, d, slot, pub)
 		return d, slot, pub, h, r
-	}
-	// runErr waits for Run to return on its own.
-	runErr := func(t *testing.T, r *running) error {
-		select {
-		case err := <-r.done:
-			return err
-		case <-time.After(20 * time.Second):
-			t.Fatal("Run did not return within 20 s")
-			return nil
-		}
-	}
-	entered := func(t *testing.T, h *gateHandler) {
-		select {
-		case <-h.entered:
-		case <-time.After(20 * time.Second):
-			t.Fatal("the first insert was not delivered within 20 s")
-		}
 	}
 
 	t.Run("server speaks German", func(t *testing.T) {
@@ -69,10 +44,10 @@ func TestNamedErrorsInGerman(t *testing.T) {
 	t.Run("slot gone", func(t *testing.T) {
 		d, slot, _, h, r := start(t)
 		execAll(t, d.DB, `INSERT INTO items VALUES (1, 'a')`)
-		entered(t, h)
+		h.waitEntered(t)
 		execAll(t, d.DB, `SELECT pg_drop_replication_slot(`+pq.QuoteLiteral(slot)+`)`)
 		close(h.release)
-		err := runErr(t, r)
+		err := r.wait(t, 20*time.Second)
 		require.ErrorIs(t, err, ErrSlotMissing)
 		require.ErrorContains(t, err, "existiert nicht")
 	})
@@ -81,7 +56,7 @@ func TestNamedErrorsInGerman(t *testing.T) {
 		d, _, pub, h, r := start(t)
 		close(h.release)
 		execAll(t, d.DB, `DROP PUBLICATION `+pq.QuoteIdentifier(pub), `INSERT INTO items VALUES (1, 'a')`)
-		err := runErr(t, r)
+		err := r.wait(t, 20*time.Second)
 		require.ErrorIs(t, err, ErrPublicationMissing)
 		require.ErrorContains(t, err, "existiert nicht")
 		require.Empty(t, h.delivered())
@@ -90,10 +65,10 @@ func TestNamedErrorsInGerman(t *testing.T) {
 	t.Run("slot invalidated", func(t *testing.T) {
 		d, slot, pub, h, r := start(t)
 		execAll(t, d.DB, `INSERT INTO items VALUES (1, 'a')`)
-		entered(t, h)
+		h.waitEntered(t)
 		pgtest.InvalidateSlot(t, d.DB, slot)
 		close(h.release)
-		require.ErrorIs(t, runErr(t, r), ErrSlotInvalidated)
+		require.ErrorIs(t, r.wait(t, 20*time.Second), ErrSlotInvalidated)
 		ro, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub), WithSetup(false))
 		require.NoError(t, err)
 		defer ro.Close()
@@ -111,23 +86,12 @@ func TestNamedErrorDespiteObjectName(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
 	slot, pub := pgtest.Ident(t, "slot"), "old replication slot feed"
-	h := newGateHandler()
+	h, r := startGated(t, d, slot, pub)
 	close(h.release)
-	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
-		WithMessageHandler(h), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
-	require.NoError(t, err)
-	defer s.Close()
-	r := runInBackground(s)
-	defer r.cancel()
 	execAll(t, d.DB, `INSERT INTO items VALUES (1, 'a')`)
 	waitFor(t, 20*time.Second, func() bool { return len(h.delivered()) == 1 }, "the first insert")
 	execAll(t, d.DB, `DROP PUBLICATION `+pq.QuoteIdentifier(pub), `INSERT INTO items VALUES (2, 'b')`)
-	var runErr error
-	select {
-	case runErr = <-r.done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return within 20 s of the publication's drop")
-	}
+	runErr := r.wait(t, 20*time.Second)
 	require.ErrorIs(t, runErr, ErrPublicationMissing)
 	require.NotErrorIs(t, runErr, ErrSlotMissing)
 	require.ErrorContains(t, runErr, `publication "old replication slot feed" does not exist`)

@@ -52,6 +52,18 @@ func (r *running) stop(t *testing.T) error {
 	}
 }
 
+// wait waits up to timeout for Run to return on its own and returns its result.
+func (r *running) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		return err
+	case <-time.After(timeout):
+		t.Fatalf("Run did not return on its own within %s", timeout)
+		return nil
+	}
+}
+
 func execAll(t *testing.T, db *sql.DB, stmts ...string) {
 	t.Helper()
 	for _, q := range stmts {

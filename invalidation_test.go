@@ -41,6 +41,30 @@ func (g *gateHandler) HandleInsertMessage(_ int, m *pglogrepl.InsertMessage, r *
 	return nil
 }
 
+// waitEntered waits until the first insert is held in the handler.
+func (g *gateHandler) waitEntered(t *testing.T) {
+	t.Helper()
+	select {
+	case <-g.entered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first insert was not delivered within 20 s")
+	}
+}
+
+// startGated runs a Syncer on d for table items with slot and publication pub (created
+// by setup), delivering to a gateHandler; both stop when the test ends.
+func startGated(t *testing.T, d *pgtest.Database, slot, pub string) (*gateHandler, *running) {
+	t.Helper()
+	h := newGateHandler()
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
+		WithMessageHandler(h), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	r := runInBackground(s)
+	t.Cleanup(r.cancel)
+	return h, r
+}
+
 func (g *gateHandler) delivered() []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -66,21 +90,10 @@ func TestSlotInvalidated(t *testing.T) {
 	d := srv.NewDatabase(t)
 	ctx := context.Background()
 	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
-	slot := pgtest.Ident(t, "slot")
-	pub := slot + "_pub" // startSyncer's publication name, used again below
-	h := newGateHandler()
-	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub),
-		WithMessageHandler(h), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
-	require.NoError(t, err)
-	defer s.Close()
-	r := runInBackground(s)
-	defer r.cancel()
+	slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
+	h, r := startGated(t, d, slot, pub)
 	execAll(t, d.DB, `INSERT INTO items VALUES (1, 'first')`)
-	select {
-	case <-h.entered:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the first insert was not delivered within 20 s")
-	}
+	h.waitEntered(t)
 
 	// The handler holds the first transaction; the slot is not acquired meanwhile (a
 	// peek releases it before its rows are read), so the checkpoint invalidates it
@@ -91,12 +104,7 @@ func TestSlotInvalidated(t *testing.T) {
 
 	// The delivery of row 1 completes; advancing past it fails, and Run returns on its
 	// own: the error is not one to retry.
-	var runErr error
-	select {
-	case runErr = <-r.done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return within 20 s of the slot's invalidation")
-	}
+	runErr := r.wait(t, 20*time.Second)
 	require.ErrorIs(t, runErr, ErrSlotInvalidated)
 	require.Contains(t, runErr.Error(), "drop and re-create the slot")
 	require.Equal(t, []string{`["1"]`}, h.delivered(), "row 2's WAL is gone; nothing may be delivered from after the loss")
@@ -124,11 +132,10 @@ func TestSlotInvalidated(t *testing.T) {
 
 	// The remedy the errors name: drop the slot, set up again, rebuild from what follows.
 	execAll(t, d.DB, `SELECT pg_drop_replication_slot(`+pq.QuoteLiteral(slot)+`)`)
-	h2 := newGateHandler()
+	h2, r2 := startGated(t, d, slot, pub)
 	close(h2.release)
-	_, stop2 := startSyncer(t, d.DSN(), slot, h2, ForTables("items"))
 	execAll(t, d.DB, `INSERT INTO items VALUES (3, 'third')`)
 	waitFor(t, 20*time.Second, func() bool { return len(h2.delivered()) == 1 }, "the insert after re-creating the slot")
-	require.NoError(t, stop2())
+	require.NoError(t, r2.stop(t))
 	require.Equal(t, []string{`["3"]`}, h2.delivered(), "a new slot starts at its creation")
 }
