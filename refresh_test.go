@@ -15,6 +15,7 @@ import (
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pglogrepl"
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -339,6 +340,26 @@ func TestRefreshErrors(t *testing.T) {
 	require.Contains(t, err.Error(), "ALTER PUBLICATION")
 	_, err = s.RefreshContext(ctx, `SELECT * FROM unpublished`)
 	require.ErrorIs(t, err, ErrConfig)
+
+	// ALTER PUBLICATION ... SET TABLE replaces the list and drops the watermark table
+	// from it: no watermark would reach the slot, and a selection would wait for one
+	// forever. It fails at once, saying how to put the table back.
+	pub := pgtest.Ident(t, "slot") + "_pub"
+	execAll(t, d.DB, `ALTER PUBLICATION `+pq.QuoteIdentifier(pub)+` SET TABLE a, b`)
+	began := time.Now()
+	_, err = s.RefreshContext(ctx, `SELECT * FROM a`)
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), `ALTER PUBLICATION `+pq.QuoteIdentifier(pub)+` ADD TABLE "dbsync_ctrl"."dbsync_wmtable"`)
+	err = s.Snapshot(ctx, "b")
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), "watermark table")
+	require.Less(t, time.Since(began), 5*time.Second)
+	execAll(t, d.DB, `ALTER PUBLICATION `+pq.QuoteIdentifier(pub)+` ADD TABLE dbsync_ctrl.dbsync_wmtable`)
+	_, err = d.DB.Exec(`INSERT INTO a VALUES (1)`)
+	require.NoError(t, err)
+	stats, err := s.RefreshContext(ctx, `SELECT * FROM a`)
+	require.NoError(t, err)
+	require.Equal(t, 1, stats.Emitted)
 
 	// Once Run has returned, a selection fails at once instead of waiting.
 	s2, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "slot")+"_pub"), WithMessageHandler(h))

@@ -412,15 +412,24 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key; add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
 			ErrNoPrimaryKey, info.QualifiedName(), t.quoted())
 	}
-	// Without its changes in the slot the window cannot drop keys changed meanwhile.
-	var published bool
-	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
-		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, info.Namespace, info.TableName).Scan(&published); err != nil {
+	// Without its changes in the slot the window cannot drop keys changed meanwhile;
+	// without the watermark table's, no window would ever open or close, and the
+	// selection would wait for its watermarks forever (ALTER PUBLICATION ... SET TABLE
+	// drops the watermark table that setup added).
+	var published, wmPublished bool
+	if err := s.db.QueryRowContext(ctx, `SELECT
+		EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
+		EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $4 AND tablename = $5)`,
+		s.publication, info.Namespace, info.TableName, s.ctrlNamespace, s.wmTableName).Scan(&published, &wmPublished); err != nil {
 		return nil, classify(err, "check publication "+s.publication)
 	}
 	if !published {
 		return nil, fmt.Errorf("%w: table %s is not in publication %q, so its changes cannot be matched with refresh rows; add it with ALTER PUBLICATION %s ADD TABLE %s (or pass it to ForTables)",
 			ErrConfig, info.QualifiedName(), s.publication, pq.QuoteIdentifier(s.publication), t.quoted())
+	}
+	if !wmPublished {
+		return nil, fmt.Errorf("%w: the watermark table %s.%s is not in publication %q (ALTER PUBLICATION ... SET TABLE removes it), so no refresh or snapshot window can open; add it back with ALTER PUBLICATION %s ADD TABLE %s.%s (NewSyncer's setup does too)",
+			ErrConfig, s.ctrlNamespace, s.wmTableName, s.publication, pq.QuoteIdentifier(s.publication), pq.QuoteIdentifier(s.ctrlNamespace), pq.QuoteIdentifier(s.wmTableName))
 	}
 	return info, nil
 }
