@@ -355,6 +355,24 @@ func TestRefreshErrors(t *testing.T) {
 	require.Contains(t, err.Error(), "watermark table")
 	require.Less(t, time.Since(began), 5*time.Second)
 	execAll(t, d.DB, `ALTER PUBLICATION `+pq.QuoteIdentifier(pub)+` ADD TABLE dbsync_ctrl.dbsync_wmtable`)
+
+	// The other ways a publication holds watermarks back: not publishing INSERTs, a row
+	// filter or a column list without the watermark columns on the watermark table.
+	alter := `ALTER PUBLICATION ` + pq.QuoteIdentifier(pub) + ` `
+	for _, c := range []struct{ change, want, undo string }{
+		{`SET (publish = 'update, delete')`, "does not publish INSERTs", `SET (publish = 'insert, update, delete, truncate')`},
+		{`DROP TABLE dbsync_ctrl.dbsync_wmtable; ` + alter + `ADD TABLE dbsync_ctrl.dbsync_wmtable WHERE (wm_type = 'low')`,
+			`has a row filter (WHERE (wm_type = 'low'::text))`, `DROP TABLE dbsync_ctrl.dbsync_wmtable; ` + alter + `ADD TABLE dbsync_ctrl.dbsync_wmtable`},
+		{`DROP TABLE dbsync_ctrl.dbsync_wmtable; ` + alter + `ADD TABLE dbsync_ctrl.dbsync_wmtable (selection_id, created_at)`,
+			"publishes only columns [selection_id created_at]", `DROP TABLE dbsync_ctrl.dbsync_wmtable; ` + alter + `ADD TABLE dbsync_ctrl.dbsync_wmtable`},
+	} {
+		execAll(t, d.DB, alter+c.change)
+		_, err = s.RefreshContext(ctx, `SELECT * FROM a`)
+		require.ErrorIs(t, err, ErrConfig, c.change)
+		require.Contains(t, err.Error(), c.want)
+		execAll(t, d.DB, alter+c.undo)
+	}
+	require.Less(t, time.Since(began), 10*time.Second)
 	_, err = d.DB.Exec(`INSERT INTO a VALUES (1)`)
 	require.NoError(t, err)
 	stats, err := s.RefreshContext(ctx, `SELECT * FROM a`)

@@ -412,26 +412,54 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key; add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
 			ErrNoPrimaryKey, info.QualifiedName(), t.quoted())
 	}
-	// Without its changes in the slot the window cannot drop keys changed meanwhile;
-	// without the watermark table's, no window would ever open or close, and the
-	// selection would wait for its watermarks forever (ALTER PUBLICATION ... SET TABLE
-	// drops the watermark table that setup added).
-	var published, wmPublished bool
-	if err := s.db.QueryRowContext(ctx, `SELECT
-		EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
-		EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $4 AND tablename = $5)`,
-		s.publication, info.Namespace, info.TableName, s.ctrlNamespace, s.wmTableName).Scan(&published, &wmPublished); err != nil {
-		return nil, classify(err, "check publication "+s.publication)
-	}
-	if !published {
-		return nil, fmt.Errorf("%w: table %s is not in publication %q, so its changes cannot be matched with refresh rows; add it with ALTER PUBLICATION %s ADD TABLE %s (or pass it to ForTables)",
-			ErrConfig, info.QualifiedName(), s.publication, pq.QuoteIdentifier(s.publication), t.quoted())
-	}
-	if !wmPublished {
-		return nil, fmt.Errorf("%w: the watermark table %s.%s is not in publication %q (ALTER PUBLICATION ... SET TABLE removes it), so no refresh or snapshot window can open; add it back with ALTER PUBLICATION %s ADD TABLE %s.%s (NewSyncer's setup does too)",
-			ErrConfig, s.ctrlNamespace, s.wmTableName, s.publication, pq.QuoteIdentifier(s.publication), pq.QuoteIdentifier(s.ctrlNamespace), pq.QuoteIdentifier(s.wmTableName))
+	if err := s.checkPublishedForSelection(ctx, info, t); err != nil {
+		return nil, err
 	}
 	return info, nil
+}
+
+// checkPublishedForSelection checks that a selection of info (named t by the caller)
+// can work through the publication (sql/publication_check.sql): without the table's
+// changes in the slot the window cannot drop keys changed meanwhile, and without the
+// watermark rows no window would ever open or close — the selection would wait for
+// its watermarks forever. The watermark rows are lost when the watermark table is not
+// in the publication (ALTER PUBLICATION ... SET TABLE drops the table setup added),
+// when the publication does not publish INSERTs (publish = '...'), or when the
+// table's entry has a row filter or a column list without the watermark columns
+// (PostgreSQL 15). Errors: ErrPublicationMissing, ErrConfig with the statement that
+// fixes it.
+func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableInfo, t qualifiedTable) error {
+	var pubInsert, published, wmPublished bool
+	var rowFilter sql.NullString
+	var wmCols []string
+	err := s.db.QueryRowContext(ctx, sqlText("publication_check.sql"), s.publication, info.Namespace, info.TableName,
+		s.ctrlNamespace, s.wmTableName).Scan(&pubInsert, &published, &wmPublished, &rowFilter, pq.Array(&wmCols))
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%w: %q; create it, or pass ForTables to NewSyncer", ErrPublicationMissing, s.publication)
+	}
+	if err != nil {
+		return classify(err, "check publication "+s.publication)
+	}
+	pub := pq.QuoteIdentifier(s.publication)
+	wm := pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
+	switch {
+	case !published:
+		return fmt.Errorf("%w: table %s is not in publication %q, so its changes cannot be matched with refresh rows; add it with ALTER PUBLICATION %s ADD TABLE %s (or pass it to ForTables)",
+			ErrConfig, info.QualifiedName(), s.publication, pub, t.quoted())
+	case !wmPublished:
+		return fmt.Errorf("%w: the watermark table %s is not in publication %q (ALTER PUBLICATION ... SET TABLE removes it), so no refresh or snapshot window can open; add it back with ALTER PUBLICATION %s ADD TABLE %s (NewSyncer's setup does too)",
+			ErrConfig, wm, s.publication, pub, wm)
+	case !pubInsert:
+		return fmt.Errorf("%w: publication %q does not publish INSERTs, and watermarks are inserted rows, so no refresh or snapshot window can open; publish them with ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate')",
+			ErrConfig, s.publication, pub)
+	case rowFilter.Valid:
+		return fmt.Errorf("%w: the watermark table %s has a row filter (WHERE %s) in publication %q, which may hold back watermarks; publish it whole with ALTER PUBLICATION %s DROP TABLE %s, then ALTER PUBLICATION %s ADD TABLE %s",
+			ErrConfig, wm, rowFilter.String, s.publication, pub, wm, pub, wm)
+	case len(wmCols) > 0 && !(containsString(wmCols, "selection_id") && containsString(wmCols, "wm_type")):
+		return fmt.Errorf("%w: publication %q publishes only columns %v of the watermark table %s, not selection_id and wm_type; publish it whole with ALTER PUBLICATION %s DROP TABLE %s, then ALTER PUBLICATION %s ADD TABLE %s",
+			ErrConfig, s.publication, wmCols, wm, pub, wm, pub, wm)
+	}
+	return nil
 }
 
 // newRunID returns a random prefix for this Syncer's selection IDs, so watermarks of
