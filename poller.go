@@ -433,6 +433,7 @@ read:
 	}
 	if complete {
 		st.drainedFlush = upto
+		s.win.polledThrough(upto)
 	}
 	if stopped {
 		res.stop = true

@@ -506,3 +506,36 @@ func TestRefreshRereadsRowsWithUnchangedTOAST(t *testing.T) {
 	}, h.eventList())
 	require.Empty(t, mismatches(h.tableRows("public.docs"), dbRows(t, d.DB, "docs")))
 }
+
+// TestRefreshWatermarkLostMidway: the publication loses the watermark table between a
+// selection's SELECT and its high watermark, after Refresh's up-front check. The high
+// watermark never reaches the slot; once a complete poll has delivered everything up
+// to where it was committed, the selection fails with ErrRefreshAbandoned instead of
+// waiting forever (windowTracker.polledThrough), nothing of it is delivered, and a
+// refresh works again once the table is back.
+func TestRefreshWatermarkLostMidway(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`,
+		`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3) g`)
+	h := newCacheHandler()
+	slot := pgtest.Ident(t, "slot")
+	s, _ := startSyncer(t, d.DSN(), slot, h, ForTables("items"))
+	alter := `ALTER PUBLICATION ` + pq.QuoteIdentifier(slot+"_pub") + ` `
+	s.win.afterSelect = func() { execAll(t, d.DB, alter+`DROP TABLE dbsync_ctrl.dbsync_wmtable`) }
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	began := time.Now()
+	_, err := s.RefreshContext(ctx, `SELECT * FROM items`)
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.Contains(t, err.Error(), "did not reach the slot")
+	require.NoError(t, ctx.Err(), "the selection must fail on its own, not by its context")
+	require.Less(t, time.Since(began), 20*time.Second)
+	require.Empty(t, h.eventList())
+
+	s.win.afterSelect = nil
+	execAll(t, d.DB, alter+`ADD TABLE dbsync_ctrl.dbsync_wmtable`)
+	stats, err := s.RefreshContext(ctx, `SELECT * FROM items`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 3, Emitted: 3}, stats)
+	require.Equal(t, []string{`refresh public.items ["1"]`, `refresh public.items ["2"]`, `refresh public.items ["3"]`}, h.eventList())
+}

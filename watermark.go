@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/lib/pq"
 )
 
@@ -227,6 +228,13 @@ func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []st
 	}
 	p.rows, p.selected, p.lastKey = rows, rows.Len(), lastKey
 	if !s.win.setRows(id, rows, snap) {
+		select {
+		case r := <-p.done: // failed meanwhile (the Syncer stopped, a watermark was lost)
+			if r.err != nil {
+				return fail(r.err)
+			}
+		default:
+		}
 		return fail(fmt.Errorf("%w: selection %s was dropped before its rows were read", ErrRefreshAbandoned, id))
 	}
 	if hook := s.win.afterSelect; hook != nil {
@@ -310,12 +318,19 @@ func keyParams(info *PGTableInfo, n int) string {
 	return strings.Join(params, ", ")
 }
 
-// writeWatermark inserts and commits one watermark row.
+// writeWatermark inserts and commits one watermark row, then reads the WAL insert LSN
+// (at or past the end of its commit record) for the window tracker's check that it
+// reached the slot (windowTracker.pending); if that read fails the check is skipped.
 func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) error {
 	stmt := "INSERT INTO " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) +
 		" (selection_id, wm_type) VALUES ($1, $2)"
+	s.win.expect(id, kind)
 	if _, err := s.db.ExecContext(ctx, stmt, id, string(kind)); err != nil {
 		return classify(err, fmt.Sprintf("write %s watermark of selection %s", kind, id))
+	}
+	var at pglogrepl.LSN
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_insert_lsn()`).Scan(&at); err == nil {
+		s.win.wrote(id, kind, at)
 	}
 	return nil
 }

@@ -40,6 +40,18 @@ type windowTracker struct {
 	// stopped is why Run last returned; nil before the first Run and while running.
 	// A selection registered while stopped fails at once instead of waiting forever.
 	stopped error
+	// pending are the watermarks written and not yet seen in the log: the WAL insert
+	// LSN read after the watermark's commit (0 until it is known). A complete poll
+	// past it that did not deliver the watermark means the publication held it back
+	// (changed during the selection): polledThrough fails the selection instead of
+	// letting it wait forever.
+	pending map[wmKey]pglogrepl.LSN
+}
+
+// wmKey names one watermark of one selection.
+type wmKey struct {
+	id   string
+	kind wmKind
 }
 
 // History of touched keys is pruned (one pg_current_snapshot() query at the start of
@@ -59,7 +71,8 @@ type selDone struct {
 }
 
 func newWindowTracker() *windowTracker {
-	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}, watchers: map[uint32]int{}, tracked: map[uint32]struct{}{}}
+	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}, watchers: map[uint32]int{},
+		tracked: map[uint32]struct{}{}, pending: map[wmKey]pglogrepl.LSN{}}
 }
 
 // watchStart starts collecting rows of rel to read again (see watch).
@@ -132,8 +145,57 @@ func (t *windowTracker) setRows(id string, rows *InMemSelection, snap xidSnapsho
 func (t *windowTracker) release(id string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.forgetLocked(id)
+}
+
+// forgetLocked drops a selection from the window, the waiters and the pending
+// watermarks. t.mu must be held.
+func (t *windowTracker) forgetLocked(id string) {
 	t.w.done(id)
 	delete(t.waiters, id)
+	delete(t.pending, wmKey{id, wmLow})
+	delete(t.pending, wmKey{id, wmHigh})
+}
+
+// expect notes that a watermark of selection id is about to be written; wrote gives
+// the WAL insert LSN read after its commit.
+func (t *windowTracker) expect(id string, kind wmKind) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.waiters[id]; ok {
+		t.pending[wmKey{id, kind}] = 0
+	}
+}
+
+// wrote records where a written watermark's commit ended at the latest (see pending),
+// unless the watermark was seen in the log already.
+func (t *windowTracker) wrote(id string, kind wmKind, at pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.pending[wmKey{id, kind}]; ok {
+		t.pending[wmKey{id, kind}] = at
+	}
+}
+
+// polledThrough is told by the poller that a complete poll up to upto was delivered:
+// pg_logical_slot_peek_binary_changes decodes every record that ends at or before
+// upto (the loop stops after the first record whose end reaches it), so every
+// transaction whose commit record ends there was delivered. A pending watermark with
+// at <= upto (at is at or past its commit record's end) that was not seen never will
+// be: its selection fails with ErrRefreshAbandoned.
+func (t *windowTracker) polledThrough(upto pglogrepl.LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, at := range t.pending {
+		if at == 0 || at > upto {
+			continue
+		}
+		if ch, ok := t.waiters[k.id]; ok {
+			ch <- selDone{err: fmt.Errorf("%w: the %s watermark of selection %s (written before WAL position %s) did not reach the slot, which delivered everything before %s: the publication holds watermark rows back (was it changed during the selection?); Refresh and Snapshot check it when they start",
+				ErrRefreshAbandoned, k.kind, k.id, at, upto)}
+		}
+		t.forgetLocked(k.id)
+	}
 }
 
 // delivered marks selections whose refresh rows were handed over: they are forgotten
@@ -142,11 +204,10 @@ func (t *windowTracker) delivered(ems []*emission) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, em := range ems {
-		t.w.done(em.id)
 		if ch, ok := t.waiters[em.id]; ok {
 			ch <- selDone{emitted: len(em.items), reread: em.reread, retry: em.retry}
-			delete(t.waiters, em.id)
 		}
+		t.forgetLocked(em.id)
 	}
 }
 
@@ -157,9 +218,8 @@ func (t *windowTracker) abandon(cause error) {
 	defer t.mu.Unlock()
 	t.stopped = cause
 	for id, ch := range t.waiters {
-		t.w.done(id)
 		ch <- selDone{err: fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)}
-		delete(t.waiters, id)
+		t.forgetLocked(id)
 	}
 }
 
@@ -190,6 +250,7 @@ func (t *windowTracker) truncate(rel uint32) {
 func (t *windowTracker) watermark(id string, kind wmKind) {
 	t.mu.Lock()
 	t.w.watermark(id, kind)
+	delete(t.pending, wmKey{id, kind})
 	t.mu.Unlock()
 }
 
