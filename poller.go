@@ -368,10 +368,14 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 // forwards the slot past what was processed.
 func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error) {
 	var res pollResult
-	upto, err := s.CurrentFlushLSN(ctx)
-	if err != nil {
-		return res, err
+	// Watermarks written before this query get its insert LSN: at or past their
+	// commit records, for the check that they reach the slot (polledThrough below).
+	written := s.win.writtenUnstamped()
+	var upto, insert pglogrepl.LSN
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), pg_current_wal_insert_lsn()`).Scan(&upto, &insert); err != nil {
+		return res, classify(err, "read pg_current_wal_flush_lsn()")
 	}
+	s.win.stamp(written, insert)
 	if upto <= st.drainedFlush || upto <= st.confirmed {
 		return res, nil // nothing flushed since everything was delivered
 	}

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/lib/pq"
 )
 
@@ -318,9 +317,8 @@ func keyParams(info *PGTableInfo, n int) string {
 	return strings.Join(params, ", ")
 }
 
-// writeWatermark inserts and commits one watermark row, then reads the WAL insert LSN
-// (at or past the end of its commit record) for the window tracker's check that it
-// reached the slot (windowTracker.pending); if that read fails the check is skipped.
+// writeWatermark inserts and commits one watermark row, and tells the window tracker,
+// which checks that it reaches the slot (windowTracker.pending).
 func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) error {
 	stmt := "INSERT INTO " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) +
 		" (selection_id, wm_type) VALUES ($1, $2)"
@@ -328,10 +326,7 @@ func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) err
 	if _, err := s.db.ExecContext(ctx, stmt, id, string(kind)); err != nil {
 		return classify(err, fmt.Sprintf("write %s watermark of selection %s", kind, id))
 	}
-	var at pglogrepl.LSN
-	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_insert_lsn()`).Scan(&at); err == nil {
-		s.win.wrote(id, kind, at)
-	}
+	s.win.wrote(id, kind)
 	return nil
 }
 

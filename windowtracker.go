@@ -40,12 +40,20 @@ type windowTracker struct {
 	// stopped is why Run last returned; nil before the first Run and while running.
 	// A selection registered while stopped fails at once instead of waiting forever.
 	stopped error
-	// pending are the watermarks written and not yet seen in the log: the WAL insert
-	// LSN read after the watermark's commit (0 until it is known). A complete poll
-	// past it that did not deliver the watermark means the publication held it back
-	// (changed during the selection): polledThrough fails the selection instead of
-	// letting it wait forever.
-	pending map[wmKey]pglogrepl.LSN
+	// pending are the watermarks being written or written and not yet seen in the log.
+	// A complete poll up to a position past a written watermark's commit that did not
+	// deliver it means the publication held it back (changed during the selection):
+	// polledThrough then fails the selection instead of letting it wait forever.
+	pending map[wmKey]pendingWM
+}
+
+// pendingWM is a watermark not yet seen in the log. written: its INSERT committed.
+// at: a WAL insert LSN read after that commit, so at or past the end of its commit
+// record (0 until known). The poller reads it at the start of a poll, in the query that
+// reads its flush LSN, so the check costs no round trip of its own (stamp).
+type pendingWM struct {
+	written bool
+	at      pglogrepl.LSN
 }
 
 // wmKey names one watermark of one selection.
@@ -72,7 +80,7 @@ type selDone struct {
 
 func newWindowTracker() *windowTracker {
 	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}, watchers: map[uint32]int{},
-		tracked: map[uint32]struct{}{}, pending: map[wmKey]pglogrepl.LSN{}}
+		tracked: map[uint32]struct{}{}, pending: map[wmKey]pendingWM{}}
 }
 
 // watchStart starts collecting rows of rel to read again (see watch).
@@ -157,23 +165,53 @@ func (t *windowTracker) forgetLocked(id string) {
 	delete(t.pending, wmKey{id, wmHigh})
 }
 
-// expect notes that a watermark of selection id is about to be written; wrote gives
-// the WAL insert LSN read after its commit.
+// expect notes that a watermark of selection id is about to be written.
 func (t *windowTracker) expect(id string, kind wmKind) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ok := t.waiters[id]; ok {
-		t.pending[wmKey{id, kind}] = 0
+		t.pending[wmKey{id, kind}] = pendingWM{}
 	}
 }
 
-// wrote records where a written watermark's commit ended at the latest (see pending),
-// unless the watermark was seen in the log already.
-func (t *windowTracker) wrote(id string, kind wmKind, at pglogrepl.LSN) {
+// wrote notes that the watermark's INSERT committed (unless it was seen already).
+func (t *windowTracker) wrote(id string, kind wmKind) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.pending[wmKey{id, kind}]; ok {
-		t.pending[wmKey{id, kind}] = at
+	if p, ok := t.pending[wmKey{id, kind}]; ok {
+		p.written = true
+		t.pending[wmKey{id, kind}] = p
+	}
+}
+
+// writtenUnstamped lists the pending watermarks whose INSERT committed and that have
+// no position yet; nil when there are none. The poller calls it before reading the WAL
+// insert LSN, and passes both to stamp.
+func (t *windowTracker) writtenUnstamped() []wmKey {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []wmKey
+	for k, p := range t.pending {
+		if p.written && p.at == 0 {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// stamp gives the watermarks keys (from writtenUnstamped) the WAL insert LSN at,
+// read after writtenUnstamped returned, so after their commits.
+func (t *windowTracker) stamp(keys []wmKey, at pglogrepl.LSN) {
+	if len(keys) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, k := range keys {
+		if p, ok := t.pending[k]; ok && p.at == 0 {
+			p.at = at
+			t.pending[k] = p
+		}
 	}
 }
 
@@ -186,7 +224,8 @@ func (t *windowTracker) wrote(id string, kind wmKind, at pglogrepl.LSN) {
 func (t *windowTracker) polledThrough(upto pglogrepl.LSN) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for k, at := range t.pending {
+	for k, p := range t.pending {
+		at := p.at
 		if at == 0 || at > upto {
 			continue
 		}
