@@ -390,3 +390,56 @@ func TestWatchCountsSnapshots(t *testing.T) {
 	moved(3)
 	require.Empty(t, tr.watchTake(rel))
 }
+
+// TestLostWatermarkNeedsCommitStampAndCompletePoll: a written watermark fails its
+// selection only once it has a position (stamped after its commit) and a complete
+// poll reached that position without delivering it; a watermark seen in the log, one
+// not yet committed, and one whose position the poll did not reach never fail.
+func TestLostWatermarkNeedsCommitStampAndCompletePoll(t *testing.T) {
+	tr := newWindowTracker()
+	lost, seen := tr.register("lost", 1), tr.register("seen", 1)
+	failed := func(ch <-chan selDone) error {
+		select {
+		case r := <-ch:
+			return r.err
+		default:
+			return nil
+		}
+	}
+	tr.expect("lost", wmLow)
+	tr.expect("seen", wmLow)
+	tr.polledThrough(1000)
+	require.Nil(t, tr.writtenUnstamped(), "nothing committed yet")
+	tr.wrote("lost", wmLow)
+	tr.wrote("seen", wmLow)
+	tr.polledThrough(1000) // not stamped: no position known yet
+	require.NoError(t, failed(lost))
+	keys := tr.writtenUnstamped()
+	require.ElementsMatch(t, []wmKey{{"lost", wmLow}, {"seen", wmLow}}, keys)
+	tr.stamp(keys, 500)
+	require.Nil(t, tr.writtenUnstamped())
+	tr.watermark("seen", wmLow)
+	tr.polledThrough(499) // short of the position
+	require.NoError(t, failed(lost))
+	tr.polledThrough(500) // a peek up to 500 decodes a commit record ending at 500
+	err := failed(lost)
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.Contains(t, err.Error(), "low watermark of selection lost")
+	require.NoError(t, failed(seen))
+	require.Empty(t, tr.pending)
+	require.NotContains(t, tr.waiters, "lost")
+
+	// A high watermark written while the low one is still pending is checked on its own.
+	h := tr.register("both", 1)
+	tr.expect("both", wmLow)
+	tr.wrote("both", wmLow)
+	tr.expect("both", wmHigh)
+	tr.stamp(tr.writtenUnstamped(), 700) // only the low one was committed
+	tr.wrote("both", wmHigh)
+	tr.watermark("both", wmLow)
+	tr.polledThrough(800)
+	require.NoError(t, failed(h), "the high watermark has no position yet")
+	tr.stamp(tr.writtenUnstamped(), 900)
+	tr.polledThrough(900)
+	require.ErrorContains(t, failed(h), "high watermark of selection both")
+}
