@@ -397,3 +397,36 @@ func TestSplitPeekWithoutFreeSlot(t *testing.T) {
 	require.Equal(t, want, got)
 	require.Zero(t, s.splitPeeks.Load(), "no copy could be made")
 }
+
+// TestPeekUptoIncludesCommitEndingThere pins the fact the lost-watermark check
+// (windowTracker.polledThrough) relies on: a peek with upto_lsn at the end of a
+// transaction's commit record returns that transaction (logicalfuncs.c decodes each
+// record, then stops once a record's end reaches upto_lsn), while a peek that stops
+// before the commit record is decoded (upto_lsn at the start of the INSERT's record)
+// returns nothing of it.
+func TestPeekUptoIncludesCommitEndingThere(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`, `CREATE PUBLICATION `+pq.QuoteIdentifier(slot)+` FOR TABLE items`,
+		`SELECT pg_create_logical_replication_slot(`+pq.QuoteLiteral(slot)+`, 'pgoutput')`,
+		`INSERT INTO items VALUES (1)`)
+	peek := func(upto pglogrepl.LSN) (lsns []pglogrepl.LSN, kinds string) {
+		for _, row := range queryStrings(t, d.DB, `SELECT lsn::text || ' ' || chr(get_byte(data, 0)) FROM pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, NULL,
+			'proto_version', '1', 'publication_names', $3)`, slot, upto.String(), pq.QuoteIdentifier(slot)) {
+			f := strings.Fields(row)
+			lsn, err := pglogrepl.ParseLSN(f[0])
+			require.NoError(t, err)
+			lsns, kinds = append(lsns, lsn), kinds+f[1]
+		}
+		return lsns, kinds
+	}
+	flush, err := pglogrepl.ParseLSN(flushLSN(t, d.DB))
+	require.NoError(t, err)
+	lsns, kinds := peek(flush)
+	require.Equal(t, "BRIC", kinds)
+	insertStart, commitEnd := lsns[2], lsns[3] // a change row's lsn is its record's start, COMMIT's the commit record's end
+	_, got := peek(commitEnd)
+	require.Equal(t, "BRIC", got, "upto_lsn at the commit record's end returns the transaction")
+	_, got = peek(insertStart)
+	require.Equal(t, "", got, "a peek that stops before the commit record returns nothing of the transaction")
+}
