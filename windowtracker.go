@@ -230,7 +230,7 @@ func (t *windowTracker) polledThrough(upto pglogrepl.LSN) {
 			continue
 		}
 		if ch, ok := t.waiters[k.id]; ok {
-			ch <- selDone{err: fmt.Errorf("%w: the %s watermark of selection %s (written before WAL position %s) did not reach the slot, which delivered everything before %s: the publication holds watermark rows back (was it changed during the selection?); Refresh and Snapshot check it when they start",
+			ch <- selDone{err: fmt.Errorf("%w: the %s watermark of selection %s (committed before WAL position %s) did not reach the slot, though a poll delivered every transaction committed up to %s: the publication holds watermark rows back (was it changed during the selection?); Refresh and Snapshot check it when they start",
 				ErrRefreshAbandoned, k.kind, k.id, at, upto)}
 		}
 		t.forgetLocked(k.id)
