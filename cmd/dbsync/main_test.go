@@ -353,4 +353,11 @@ func TestStatusAndTailOnInvalidatedSlot(t *testing.T) {
 	require.Contains(t, errOut, "replication slot was invalidated")
 	require.Contains(t, errOut, "pg_drop_replication_slot('"+slot+"')")
 	require.Equal(t, "", out)
+
+	// teardown removes the invalidated slot like any other.
+	code, _, errOut = runCLI("teardown")
+	require.Equal(t, 0, code, errOut)
+	var n int
+	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n))
+	require.Equal(t, 0, n)
 }
