@@ -373,6 +373,16 @@ func TestRefreshErrors(t *testing.T) {
 		execAll(t, d.DB, alter+c.undo)
 	}
 	require.Less(t, time.Since(began), 10*time.Second)
+
+	// A row-filtered table: rows outside the filter would be refreshed into the
+	// consumer but their changes never delivered.
+	execAll(t, d.DB, alter+`DROP TABLE b`, alter+`ADD TABLE b WHERE (id > 10)`)
+	err = s.Snapshot(ctx, "b")
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), `has a row filter (WHERE (id > 10))`)
+	_, err = s.RefreshContext(ctx, `SELECT * FROM b`)
+	require.ErrorIs(t, err, ErrConfig)
+	execAll(t, d.DB, alter+`DROP TABLE b`, alter+`ADD TABLE b`)
 	_, err = d.DB.Exec(`INSERT INTO a VALUES (1)`)
 	require.NoError(t, err)
 	stats, err := s.RefreshContext(ctx, `SELECT * FROM a`)

@@ -436,14 +436,16 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 // in the publication (ALTER PUBLICATION ... SET TABLE drops the table setup added),
 // when the publication does not publish INSERTs (publish = '...'), or when the
 // table's entry has a row filter or a column list without the watermark columns
-// (PostgreSQL 15). Errors: ErrPublicationMissing, ErrConfig with the statement that
-// fixes it.
+// (PostgreSQL 15). A selected table with a row filter is refused too: the rows
+// outside the filter would be refreshed into the consumer but their changes never
+// delivered. Errors: ErrPublicationMissing, ErrConfig with the statement that fixes
+// it.
 func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableInfo, t qualifiedTable) error {
 	var pubInsert, published, wmPublished bool
-	var rowFilter sql.NullString
+	var tableFilter, rowFilter sql.NullString
 	var wmCols []string
 	err := s.db.QueryRowContext(ctx, sqlText("publication_check.sql"), s.publication, info.Namespace, info.TableName,
-		s.ctrlNamespace, s.wmTableName).Scan(&pubInsert, &published, &wmPublished, &rowFilter, pq.Array(&wmCols))
+		s.ctrlNamespace, s.wmTableName).Scan(&pubInsert, &published, &tableFilter, &wmPublished, &rowFilter, pq.Array(&wmCols))
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("%w: %q; create it, or pass ForTables to NewSyncer", ErrPublicationMissing, s.publication)
 	}
@@ -456,6 +458,9 @@ func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableIn
 	case !published:
 		return fmt.Errorf("%w: table %s is not in publication %q, so its changes cannot be matched with refresh rows; add it with ALTER PUBLICATION %s ADD TABLE %s (or pass it to ForTables)",
 			ErrConfig, info.QualifiedName(), s.publication, pub, t.quoted())
+	case tableFilter.Valid:
+		return fmt.Errorf("%w: table %s has a row filter (WHERE %s) in publication %q: changes of rows outside it never reach the slot, so refresh rows of those rows would never be updated or deleted; Refresh and Snapshot do not support row-filtered tables (publish the table without a filter, or keep such rows out of the consumer some other way)",
+			ErrConfig, info.QualifiedName(), tableFilter.String, s.publication)
 	case !wmPublished:
 		return fmt.Errorf("%w: the watermark table %s is not in publication %q (ALTER PUBLICATION ... SET TABLE removes it), so no refresh or snapshot window can open; add it back with ALTER PUBLICATION %s ADD TABLE %s (NewSyncer's setup does too)",
 			ErrConfig, wm, s.publication, pub, wm)

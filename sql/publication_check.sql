@@ -1,17 +1,20 @@
 -- Whether a selection can work through the publication: $1 is the publication, $2/$3
 -- the selected table's schema and name, $4/$5 the watermark table's. One row (none
 -- when the publication does not exist): whether the publication publishes INSERTs
--- (watermarks are inserts), whether the selected table is published, whether the
--- watermark table is, the watermark table's row filter and its published columns.
--- pg_publication_tables' rowfilter and attnames columns (PostgreSQL 15) are read
--- through to_jsonb, so that older servers answer NULL instead of failing.
+-- (watermarks are inserts), whether the selected table is published and its row
+-- filter, whether the watermark table is, the watermark table's row filter and its
+-- published columns. pg_publication_tables' rowfilter and attnames columns
+-- (PostgreSQL 15) are read through to_jsonb, so that older servers answer NULL instead
+-- of failing.
 SELECT p.pubinsert,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables t
-               WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3),
+       t.tablename IS NOT NULL,
+       to_jsonb(t) ->> 'rowfilter',
        w.tablename IS NOT NULL,
        to_jsonb(w) ->> 'rowfilter',
        ARRAY(SELECT jsonb_array_elements_text(COALESCE(to_jsonb(w) -> 'attnames', '[]')))
 FROM pg_catalog.pg_publication p
+LEFT JOIN pg_catalog.pg_publication_tables t
+       ON t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3
 LEFT JOIN pg_catalog.pg_publication_tables w
        ON w.pubname = p.pubname AND w.schemaname = $4 AND w.tablename = $5
 WHERE p.pubname = $1
