@@ -2,7 +2,10 @@ package dbsync
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"github.com/lib/pq"
 )
 
 // diagnoseTimeout bounds diagnose's catalog query.
@@ -53,11 +56,11 @@ func (s *Syncer) diagnose(ctx context.Context, err error) error {
 	var what string
 	switch {
 	case code == "42704" && !slotExists:
-		named, what = ErrSlotMissing, "slot "+s.replicationSlot+" does not exist (dropped?); run setup again (NewSyncer) and rebuild consumers with a snapshot"
+		return s.errSlotDropped(driverError(err))
 	case code == "42704" && !pubExists:
 		named, what = ErrPublicationMissing, "publication "+s.publication+" does not exist; create it, or pass ForTables to NewSyncer"
 	case code == "55000" && walStatus == "lost":
-		named, what = ErrSlotInvalidated, "slot "+s.replicationSlot+" has wal_status lost"
+		return s.errSlotLost(driverError(err))
 	case code == "55000" && walLevel != "logical":
 		named, what = ErrWALLevel, "wal_level is "+walLevel
 	case code == "42501" && !canReplicate:
@@ -68,4 +71,28 @@ func (s *Syncer) diagnose(ctx context.Context, err error) error {
 		return err
 	}
 	return wrapNamed(named, what, driverError(err))
+}
+
+// errSlotDropped is ErrSlotMissing for the Syncer's slot, found missing from
+// pg_replication_slots after setup, with what to do; cause is the server's error that
+// led there, or nil.
+func (s *Syncer) errSlotDropped(cause error) error {
+	err := fmt.Errorf("%w: %q no longer exists (dropped?): run setup again (NewSyncer creates a new slot, which starts at its creation) and rebuild consumers with a snapshot",
+		ErrSlotMissing, s.replicationSlot)
+	if cause != nil {
+		err = fmt.Errorf("%w: %w", err, cause)
+	}
+	return err
+}
+
+// errSlotLost is ErrSlotInvalidated for the Syncer's slot, whose
+// pg_replication_slots.wal_status is lost, with what to do; cause is the server's
+// error that led there, or nil.
+func (s *Syncer) errSlotLost(cause error) error {
+	err := fmt.Errorf("%w: slot %q has wal_status lost (the server removed WAL it still needed, see max_slot_wal_keep_size): drop it with SELECT pg_drop_replication_slot(%s), then set up again (a new slot starts at its creation) and rebuild consumers with a snapshot",
+		ErrSlotInvalidated, s.replicationSlot, pq.QuoteLiteral(s.replicationSlot))
+	if cause != nil {
+		err = fmt.Errorf("%w: %w", err, cause)
+	}
+	return err
 }

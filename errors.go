@@ -41,8 +41,8 @@ var (
 	// (max_slot_wal_keep_size; pg_replication_slots.wal_status 'lost'); the slot can no
 	// longer deliver changes and must be dropped and re-created, followed by a snapshot
 	// to rebuild consumers. Setup returns it for an existing invalidated slot; a peek
-	// (55000 "can no longer get changes") or an advance (55000 "cannot be advanced")
-	// of one returns it too.
+	// or an advance of one fails with SQLSTATE 55000 and returns it too (named from
+	// the slot's wal_status, whatever the server's language: Syncer.diagnose).
 	ErrSlotInvalidated = errors.New("dbsync: replication slot was invalidated")
 	// ErrInRecovery: logical decoding is not possible on a standby (PG 15, 0A000).
 	ErrInRecovery = errors.New("dbsync: server is in recovery (a standby)")

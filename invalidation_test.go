@@ -106,7 +106,7 @@ func TestSlotInvalidated(t *testing.T) {
 	// own: the error is not one to retry.
 	runErr := r.wait(t, 20*time.Second)
 	require.ErrorIs(t, runErr, ErrSlotInvalidated)
-	require.Contains(t, runErr.Error(), "drop and re-create the slot")
+	require.Contains(t, runErr.Error(), "drop it with SELECT pg_drop_replication_slot("+pq.QuoteLiteral(slot)+")")
 	require.Equal(t, []string{`["1"]`}, h.delivered(), "row 2's WAL is gone; nothing may be delivered from after the loss")
 
 	// Setup of a new Syncer on the slot refuses it.

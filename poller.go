@@ -93,13 +93,13 @@ func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	err := s.db.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
 		s.replicationSlot).Scan(&confirmed, &walStatus)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, fmt.Errorf("%w: %q: it was dropped; run setup again (NewSyncer) and rebuild consumers with a snapshot", ErrSlotMissing, s.replicationSlot)
+		return 0, s.errSlotDropped(nil)
 	}
 	if err != nil {
 		return 0, classify(err, "read slot position")
 	}
 	if walStatus.String == "lost" {
-		return 0, fmt.Errorf("%w: slot %q has wal_status lost: drop and re-create it, then rebuild consumers with a snapshot", ErrSlotInvalidated, s.replicationSlot)
+		return 0, s.errSlotLost(nil)
 	}
 	if confirmed.Valid {
 		if err := lsn.Scan(confirmed.String); err != nil {

@@ -226,8 +226,7 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		if walStatus.String == "lost" {
 			// The server removed WAL the slot still needed (max_slot_wal_keep_size):
 			// the changes in it are gone for this slot, so reading on would skip them.
-			return fmt.Errorf("%w: slot %q has wal_status lost (the server removed WAL it still needed, see max_slot_wal_keep_size): drop it with SELECT pg_drop_replication_slot(%s), then set up again (a new slot starts at its creation) and rebuild consumers with a snapshot",
-				ErrSlotInvalidated, s.replicationSlot, pq.QuoteLiteral(s.replicationSlot))
+			return s.errSlotLost(nil)
 		}
 		return nil
 	}
