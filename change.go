@@ -32,7 +32,9 @@ type Change struct {
 	// consumer must keep its previous value. Never deliver them as NULL.
 	Unchanged []string
 	// Key is the record ID (PGTableInfo.GetRecordID) of the row after the change; for a
-	// delete, of the deleted row.
+	// delete, of the deleted row. It is "" when the table has neither a primary key nor
+	// a replica identity index (a table under REPLICA IDENTITY FULL or an insert-only
+	// publication): its rows have no record ID.
 	Key string
 	// OldKey is the record ID before the change when it differs from Key (a
 	// key-changing update); "" otherwise.
@@ -52,7 +54,12 @@ type Change struct {
 // replica identity (key) columns: pgoutput sends the other columns as NULL placeholders,
 // which are not the row's values.
 //
-// Errors: ErrMalformedMessage, ErrDecodeValue, ErrNoKey (no key for the record ID).
+// A table with neither a primary key nor a replica identity index (PGTableInfo.PrimaryKey
+// empty) gives a Change with Key and OldKey "": its changes are decoded all the same,
+// but consumers that address rows by key (handlers.Cache, a Batcher) refuse them.
+//
+// Errors: ErrMalformedMessage, ErrDecodeValue, ErrNoKey (the table has a key, but the
+// row lacks a key column or holds NULL in one).
 func DecodeChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *PGTableInfo) (*Change, error) {
 	c := &Change{Table: info}
 	var err error
@@ -83,6 +90,9 @@ func DecodeChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *
 		if c.Old, err = oldValues(info, reln, m.OldTupleType, m.OldTuple); err != nil {
 			return nil, err
 		}
+		if !info.hasKey() {
+			return c, nil
+		}
 		c.Key, err = info.GetRecordID(c.Old)
 		if err != nil {
 			return nil, err
@@ -90,6 +100,9 @@ func DecodeChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *
 		return c, nil
 	default:
 		return nil, fmt.Errorf("dbsync: DecodeChange: %T is not a row change", msg)
+	}
+	if !info.hasKey() {
+		return c, nil
 	}
 	if c.Key, err = info.GetRecordID(c.New); err != nil {
 		return nil, err
@@ -138,3 +151,7 @@ func (c *Change) fillUnchanged() {
 	}
 	c.Unchanged = still
 }
+
+// hasKey tells whether rows of t have a record ID: t has a primary key or a replica
+// identity index (PrimaryKey).
+func (t *PGTableInfo) hasKey() bool { return t != nil && len(t.PrimaryKey) > 0 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/stretchr/testify/require"
@@ -251,4 +252,45 @@ func testSchemaChanges(t *testing.T, live bool) {
 	want = append(want, sc6, child, "TRUNCATE child,sc2 cascade=true restart_identity=true",
 		sc6, `INSERT sc2 ["7"]`, "MESSAGE pfx in-tx transactional=true", child, `INSERT child ["2"]`)
 	require.Equal(t, strings.Join(want, "\n"), strings.Join(events, "\n"))
+}
+
+// TestKeylessTable: a table with neither a primary key nor a replica identity index,
+// under REPLICA IDENTITY FULL. Its changes are decoded with Key and OldKey "" (no record
+// ID) and every value of the new and old rows; a Batcher, which folds changes by key,
+// ends the poll with ErrNoKey before the handler gets the change or the slot is
+// forwarded, so the change is delivered once the Batcher is gone.
+func TestKeylessTable(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE nokey (a int, b text)`)
+	rec := &changeRecorder{}
+	s := newTestSyncer(t, d, ForTables("nokey"), WithReplicaIdentityFull("nokey"), WithMessageHandler(rec))
+	r := runInBackground(s)
+	execAll(t, d.DB, `INSERT INTO nokey VALUES (1, 'x')`, `UPDATE nokey SET b = 'y'`, `DELETE FROM nokey`)
+	got := rec.waitChanges(t, 3)
+	require.NoError(t, r.stop(t))
+	want := []Change{
+		{Op: OpInsert, New: StringMap{"a": int32(1), "b": "x"}},
+		{Op: OpUpdate, New: StringMap{"a": int32(1), "b": "y"}, Old: StringMap{"a": int32(1), "b": "x"}},
+		{Op: OpDelete, Old: StringMap{"a": int32(1), "b": "y"}},
+	}
+	for i, c := range got {
+		require.Equal(t, "public.nokey", c.Table.QualifiedName())
+		c.Table = nil
+		require.Equal(t, want[i], *c, "change %d", i)
+	}
+
+	// With a Batcher the next change ends Run with ErrNoKey, and is not lost.
+	execAll(t, d.DB, `INSERT INTO nokey VALUES (2, 'z')`)
+	s.Batcher = &mergeBatcher{}
+	err := runInBackground(s).wait(t, 30*time.Second)
+	require.ErrorIs(t, err, ErrNoKey)
+	require.Contains(t, err.Error(), "public.nokey")
+	require.Contains(t, err.Error(), "add a primary key")
+	require.Len(t, rec.changes, 3, "the Batcher refuses the change before the handler gets it")
+
+	s.Batcher = nil
+	r = runInBackground(s)
+	got = rec.waitChanges(t, 4)
+	require.NoError(t, r.stop(t))
+	require.Equal(t, StringMap{"a": int32(2), "b": "z"}, got[3].New, "delivered: the slot was not forwarded past it")
 }

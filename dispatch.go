@@ -153,6 +153,10 @@ func (d *delivery) rowChange(h MessageHandler, idx int, lsn pglogrepl.LSN, msg p
 		if err != nil {
 			return fmt.Errorf("%s at LSN %s: %w", info.QualifiedName(), lsn, err)
 		}
+		if c.Key == "" {
+			return fmt.Errorf("%w: %s at LSN %s: the table has neither a primary key nor a replica identity index, so the Batcher cannot fold its changes by key; add a primary key, or leave the table out of the publication",
+				ErrNoKey, info.QualifiedName(), lsn)
+		}
 		d.batch.add(c)
 	}
 	switch v := msg.(type) {

@@ -63,6 +63,8 @@ var (
 	ErrUnchangedTOAST = errors.New("dbsync: column value not sent (unchanged TOAST)")
 	// ErrNoKey: a row has no usable key for a record ID (GetRecordID): the table has no
 	// primary key or replica identity index, or a key column is missing or NULL.
+	// DecodeChange does not return it for a table without a key (it gives Change.Key
+	// ""); handlers.Cache and a Batcher do, for changes of such a table.
 	ErrNoKey = errors.New("dbsync: row has no usable key")
 	// ErrReplicaIdentity: a published table's updates and deletes cannot be captured
 	// (no primary key and REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING);

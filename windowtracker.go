@@ -360,7 +360,7 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 		return
 	}
 	c, err := decode()
-	if err != nil {
+	if err != nil || c.Key == "" {
 		t.unknownKey(reln.RelationID)
 		return
 	}

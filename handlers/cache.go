@@ -25,6 +25,9 @@ import (
 //     takes previous values from it;
 //   - delete removes the row; TRUNCATE empties the tables.
 //
+// A change of a table with neither a primary key nor a replica identity index (no
+// record ID: Change.Key "") is refused with an error wrapping dbsync.ErrNoKey.
+//
 // Re-delivered transactions (at-least-once) are harmless: applying a committed
 // transaction again yields the same state. HandleRefresh upserts a row read by a
 // snapshot or Refresh at once. All methods are safe for concurrent use.
@@ -114,6 +117,10 @@ func (c *Cache) stage(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, in
 	ch, err := dbsync.DecodeChange(msg, reln, info)
 	if err != nil {
 		return fmt.Errorf("handlers: Cache: %s: %w", info.QualifiedName(), err)
+	}
+	if ch.Key == "" {
+		return fmt.Errorf("handlers: Cache: %w: %s has neither a primary key nor a replica identity index, so its rows cannot be cached by key; add a primary key, or leave the table out of the publication",
+			dbsync.ErrNoKey, info.QualifiedName())
 	}
 	c.mu.Lock()
 	c.pending = append(c.pending, cacheOp{change: ch})

@@ -167,3 +167,54 @@ func TestCachePostgres(t *testing.T) {
 	require.Equal(t, int64(0), st.UnknownUnchanged)
 	require.Equal(t, []string{"id"}, c.TableInfo("public.items").PrimaryKey)
 }
+
+// TestKeylessTablePostgres: a table with neither a primary key nor a replica identity
+// index, under REPLICA IDENTITY FULL. The JSON lines writer writes its changes with
+// "key":{} (docs/CLI.md); the Cache, which stores rows by key, refuses the first one
+// with ErrNoKey and stores nothing.
+func TestKeylessTablePostgres(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE nokey (a int, b text); ALTER TABLE nokey REPLICA IDENTITY FULL`)
+	require.NoError(t, err)
+	newSyncer := func(h dbsync.MessageHandler) *dbsync.Syncer {
+		s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("nokey"),
+			dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
+			dbsync.WithMessageHandler(h), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	var out pgtest.Buffer
+	s := newSyncer(NewJSONLinesWriter(&out))
+	for _, stmt := range []string{`INSERT INTO nokey VALUES (1, 'x')`, `UPDATE nokey SET b = 'y'`, `DELETE FROM nokey`} {
+		_, err := d.DB.Exec(stmt)
+		require.NoError(t, err, stmt)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.Run(ctx) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for strings.Count(out.String(), "\n") < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	require.NoError(t, <-runErr)
+	lines := strings.Split(strings.TrimSuffix(jsonStampRE.ReplaceAllString(out.String(), "T"), "\n"), "\n")
+	require.Equal(t, []string{
+		`{"type":"change",T,"op":"insert","schema":"public","table":"nokey","key":{},"new":{"a":1,"b":"x"},"old":null}`,
+		`{"type":"change",T,"op":"update","schema":"public","table":"nokey","key":{},"new":{"a":1,"b":"y"},"old":{"a":1,"b":"x"}}`,
+		`{"type":"change",T,"op":"delete","schema":"public","table":"nokey","key":{},"new":null,"old":{"a":1,"b":"y"}}`,
+	}, lines)
+
+	// The same slot, now read into a Cache: Run ends with the Cache's error.
+	_, err = d.DB.Exec(`INSERT INTO nokey VALUES (2, 'z')`)
+	require.NoError(t, err)
+	c := NewCache()
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = newSyncer(c).Run(ctx)
+	require.ErrorIs(t, err, dbsync.ErrNoKey)
+	require.ErrorIs(t, err, dbsync.ErrHandler)
+	require.Contains(t, err.Error(), "public.nokey has neither a primary key nor a replica identity index")
+	require.Empty(t, c.Snapshot())
+}
