@@ -46,7 +46,7 @@ var (
 	ErrSlotInvalidated = errors.New("dbsync: replication slot was invalidated")
 	// ErrInRecovery: logical decoding is not possible on a standby (PG 15, 0A000).
 	ErrInRecovery = errors.New("dbsync: server is in recovery (a standby)")
-	// ErrHandler wraps an error returned by a MessageHandler, EventsProcessor or Batcher.
+	// ErrHandler wraps an error returned by a MessageHandler or a Batcher.
 	// The slot was not moved past the change that failed.
 	ErrHandler = errors.New("dbsync: handler failed")
 	// ErrMalformedMessage: a pgoutput message could not be decoded.
@@ -81,8 +81,9 @@ var (
 	// guaranteed to have been delivered; run the Refresh (or Snapshot, which resumes at
 	// the chunk) again with a running Syncer.
 	ErrRefreshAbandoned = errors.New("dbsync: refresh selection abandoned")
-	// ErrNoPrimaryKey: the table has no primary key, so rows cannot be matched with
-	// changes (or chunked). Add one (ALTER TABLE ... ADD PRIMARY KEY).
+	// ErrNoPrimaryKey: the table has neither a primary key nor a replica identity index
+	// (REPLICA IDENTITY USING INDEX), so rows cannot be matched with changes (or
+	// chunked). Add one (ALTER TABLE ... ADD PRIMARY KEY).
 	ErrNoPrimaryKey = errors.New("dbsync: table has no primary key")
 	// ErrCtrlSchemaNotEmpty: Teardown found objects other than dbsync's own tables in
 	// the control schema and refused to DROP SCHEMA ... CASCADE it. Fix: point

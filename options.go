@@ -124,8 +124,12 @@ func WithCtrlNamespace(nsname string) SyncerOpt {
 	return func(s *Syncer) error { s.ctrlNamespace = nsname; return nil }
 }
 
-// ForTables names the tables ("table" or "schema.table", unquoted) to create the
-// publication for when it does not exist yet. Without it, the publication must exist.
+// ForTables names the tables the publication is for: "table" (looked up on the
+// search_path), "schema.table", or a quoted SQL name such as `"My Schema"."My Table"`.
+// Setup creates the publication for them (and the watermark table) when it does not
+// exist, and adds those it lacks (ALTER PUBLICATION ... ADD TABLE, which needs
+// ownership of the table) when it does. Without ForTables the publication must exist;
+// setup adds only the watermark table to it.
 func ForTables(tableNames ...string) SyncerOpt {
 	return func(s *Syncer) error {
 		s.tableNames = append([]string(nil), tableNames...)
@@ -143,7 +147,7 @@ func WithBinary(enabled bool) SyncerOpt {
 }
 
 // WithReplicaIdentityFull makes Setup run ALTER TABLE ... REPLICA IDENTITY FULL on the
-// given tables ("table" or "schema.table", unquoted, as in ForTables), so their updates
+// given tables (named as in ForTables), so their updates
 // and deletes carry the whole old row — needed for tables without a primary key, and
 // so that unchanged TOASTed values can be filled in (docs/VALUES.md). dbsync never
 // changes a replica identity without this option.

@@ -122,9 +122,9 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine). Each chunk read at once takes a connection of the Syncer's
 // *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
-// ErrNoPrimaryKey for a table without a primary key, ErrRefreshAbandoned when the
-// Syncer stopped mid-chunk (call Snapshot again to resume), ErrConfig for unknown
-// tables, or ctx's error.
+// ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
+// index, ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
+// to resume), ErrConfig for unknown tables, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
 	if err := s.refreshAllowed(); err != nil {
 		return err

@@ -109,7 +109,8 @@ type selOutcome struct {
 	retry             bool     // nothing was emitted: run the selection again
 }
 
-// maxSettleRounds bounds the follow-up windows one selection may need.
+// maxSettleRounds bounds the follow-up windows one selection may need: up to this many
+// retries after the first window (so a selection ends after maxSettleRounds+1 windows).
 const maxSettleRounds = 5
 
 // retrySelectionDelay is the wait before the first re-run of a selection that must
@@ -419,7 +420,7 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 		return nil, err
 	}
 	if len(info.PrimaryKey) == 0 {
-		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key; add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
+		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key (or replica identity index); add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
 			ErrNoPrimaryKey, info.QualifiedName(), t.quoted())
 	}
 	if err := s.checkPublishedForSelection(ctx, info, t); err != nil {

@@ -13,7 +13,7 @@ import (
 
 // runStatus prints the slot's state. It creates nothing (WithSetup(false)).
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("status", "status [-json] [-slot s] [-v]", stderr)
+	fs := newFlagSet("status", "status [-json] [-slot s] [-publication p] [-v]", stderr)
 	asJSON := fs.Bool("json", false, "print one JSON object instead of aligned lines")
 	sf := addSlotFlags(fs)
 	if err := parse(fs, args); err != nil {

@@ -157,7 +157,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	cache := handlers.NewCache()
 	opts := []dbsync.SyncerOpt{dbsync.WithPGConnStr(connStr), dbsync.ForTables(qualified...),
 		dbsync.WithReplicationSlot(DefaultSlot), dbsync.WithPublication(DefaultPublication),
-		dbsync.WithCtrlNamespace(DefaultCtrlNamespace), dbsync.WithMessageHandler(cache),
+		dbsync.WithCtrlNamespace(DefaultCtrlNamespace), dbsync.WithWMTable(dbsync.DefaultWMTable), dbsync.WithMessageHandler(cache),
 		dbsync.WithPollBackoff(10*time.Millisecond, 1.5, 200*time.Millisecond)}
 	if cfg.Logger != nil {
 		opts = append(opts, dbsync.WithLogger(cfg.Logger))
