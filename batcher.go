@@ -1,24 +1,34 @@
 package dbsync
 
 import (
+	"fmt"
 	"sort"
 )
 
 // batchState accumulates the net effect of a poll's committed transactions per table
-// for a Batcher: the last upserted values of each record ID, or its deletion.
+// for a Batcher: the last upserted values of each record ID, or its deletion, and
+// whether the table was truncated first.
 type batchState struct {
-	pending []batchOp // the open transaction's changes
-	upserts map[string]map[string]StringMap
-	deletes map[string]map[string]bool
+	pending   []batchOp // the open transaction's changes
+	upserts   map[string]map[string]StringMap
+	deletes   map[string]map[string]bool
+	truncated map[string]bool // tables truncated in this poll: emptied before the rest
 }
 
 type batchOp struct {
 	doctype, id string
-	values      StringMap // nil: delete
+	values      StringMap // nil: delete (or truncate)
+	truncate    bool      // a TRUNCATE of doctype (id and values unused)
 }
 
 func newBatchState() *batchState {
-	return &batchState{upserts: map[string]map[string]StringMap{}, deletes: map[string]map[string]bool{}}
+	return &batchState{upserts: map[string]map[string]StringMap{}, deletes: map[string]map[string]bool{}, truncated: map[string]bool{}}
+}
+
+// truncate records a TRUNCATE of doctype in the open transaction: what this poll
+// upserted or deleted in it before is dropped, and the Batcher empties it first.
+func (b *batchState) truncate(doctype string) {
+	b.pending = append(b.pending, batchOp{doctype: doctype, truncate: true})
 }
 
 // add records a decoded row change of the open transaction: a delete, or an upsert
@@ -49,6 +59,12 @@ func (b *batchState) refresh(items []DBItem) {
 // commit folds the open transaction's changes into the poll's net effect.
 func (b *batchState) commit() {
 	for _, op := range b.pending {
+		if op.truncate {
+			b.upserts[op.doctype] = map[string]StringMap{}
+			b.deletes[op.doctype] = map[string]bool{}
+			b.truncated[op.doctype] = true
+			continue
+		}
 		if b.upserts[op.doctype] == nil {
 			b.upserts[op.doctype] = map[string]StringMap{}
 			b.deletes[op.doctype] = map[string]bool{}
@@ -76,7 +92,9 @@ func (b *batchState) commit() {
 	b.pending = b.pending[:0]
 }
 
-// flush sends deletes then upserts per table, in table-name order, and resets.
+// flush sends, per table in table-name order, the truncate (BatchTruncater), deletes,
+// then upserts, and resets. A truncated table needs a Batcher that implements
+// BatchTruncater; the dispatcher refuses the TRUNCATE otherwise, before this.
 func (b *batchState) flush(bt Batcher) error {
 	names := make([]string, 0, len(b.upserts))
 	for n := range b.upserts {
@@ -84,6 +102,15 @@ func (b *batchState) flush(bt Batcher) error {
 	}
 	sort.Strings(names)
 	for _, n := range names {
+		if b.truncated[n] {
+			tr, ok := bt.(BatchTruncater)
+			if !ok {
+				return fmt.Errorf("%w: %s was truncated, and the Batcher does not implement BatchTruncater", ErrConfig, n)
+			}
+			if _, err := tr.BatchTruncate(n); err != nil {
+				return err
+			}
+		}
 		if len(b.deletes[n]) > 0 {
 			ids := make([]string, 0, len(b.deletes[n]))
 			for id := range b.deletes[n] {
@@ -102,5 +129,6 @@ func (b *batchState) flush(bt Batcher) error {
 	}
 	b.upserts = map[string]map[string]StringMap{}
 	b.deletes = map[string]map[string]bool{}
+	b.truncated = map[string]bool{}
 	return nil
 }

@@ -17,7 +17,9 @@ type delivery struct {
 	idx int
 	// inTx is true between a BEGIN and its COMMIT.
 	inTx bool
-	// lastCommitEnd is the COMMIT row LSN of the last fully processed transaction.
+	// lastCommitEnd is the LSN the slot may be forwarded to: the COMMIT row of the last
+	// fully processed transaction, or a later non-transactional message row that was
+	// processed (forwardPoint).
 	lastCommitEnd pglogrepl.LSN
 	batch         *batchState
 	// emitted lists selections whose refresh rows were handed to the handler in
@@ -111,10 +113,25 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 			relns = append(relns, reln)
 			infos = append(infos, info)
 			d.s.win.truncate(id)
+			if d.batch != nil && !d.s.isControlTable(reln) {
+				doctype := reln.Namespace + "." + reln.RelationName // as PGTableInfo.QualifiedName
+				if info != nil {
+					doctype = info.QualifiedName()
+				}
+				if _, ok := d.s.Batcher.(BatchTruncater); !ok {
+					return fmt.Errorf("%w: TRUNCATE of %s at LSN %s: the Batcher does not implement BatchTruncater, so it cannot empty the table; implement BatchTruncate, or leave TRUNCATE out of the publication (WITH (publish = 'insert, update, delete'))",
+						ErrConfig, doctype, m.LSN)
+				}
+				d.batch.truncate(doctype)
+			}
 		}
 		return handlerErr(h.HandleTruncateMessage(idx, v, relns, infos), "TRUNCATE", m.LSN)
 	case *pglogrepl.LogicalDecodingMessage:
-		return handlerErr(h.HandleLogicalMessage(idx, v), "MESSAGE", m.LSN)
+		err := h.HandleLogicalMessage(idx, v)
+		if !v.Transactional && !d.inTx && (err == nil || errors.Is(err, ErrStopProcessingMessages)) {
+			d.lastCommitEnd = m.LSN // forwardPoint
+		}
+		return handlerErr(err, "MESSAGE", m.LSN)
 	default:
 		// TYPE and ORIGIN messages carry nothing a handler needs.
 		return nil

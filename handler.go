@@ -81,6 +81,17 @@ type Batcher interface {
 	BatchDelete(doctype string, docids []string) (any, error)
 }
 
+// BatchTruncater is an optional interface of a Batcher: BatchTruncate empties doctype
+// (a "schema.table" that a TRUNCATE emptied). Within a poll's net effect it comes
+// before that table's deletes and upserts, which are then only what was written after
+// the TRUNCATE. A TRUNCATE of a published table reaching a Batcher that does not
+// implement it ends the poll with ErrConfig before the handler gets the TRUNCATE or
+// the slot is forwarded: implement it, or leave TRUNCATE out of the publication
+// (CREATE PUBLICATION ... WITH (publish = 'insert, update, delete')).
+type BatchTruncater interface {
+	BatchTruncate(doctype string) (any, error)
+}
+
 // DefaultMessageHandler implements every MessageHandler method as a no-op. Embed it
 // in your handler so it keeps compiling when methods are added.
 type DefaultMessageHandler struct{}

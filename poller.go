@@ -183,9 +183,10 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 }
 
 // Forward moves the slot past the first nummsgs rows returned by the last GetMessages
-// call: to the COMMIT row of the last transaction entirely within them (so a
-// transaction cut in the middle comes again), or — when nummsgs covers every row and
-// that call drained the slot up to its flush LSN — to that flush LSN. Like Run's
+// call: to the COMMIT row of the last transaction entirely within them, or a later
+// non-transactional logical message among them (so a transaction cut in the middle
+// comes again), or — when nummsgs covers every row and that call drained the slot up
+// to its flush LSN — to that flush LSN. A negative nummsgs is ErrConfig. Like Run's
 // polls, it then keeps the slot's restart_lsn close (Syncer.MaxRestartLSNLag): a
 // check may run in the background until Close.
 func (s *Syncer) Forward(nummsgs int) error {
@@ -200,6 +201,9 @@ func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
 }
 
 func (s *Syncer) forwardLocked(ctx context.Context, nummsgs int) error {
+	if nummsgs < 0 {
+		return fmt.Errorf("%w: Forward(%d): the number of messages processed cannot be negative", ErrConfig, nummsgs)
+	}
 	if nummsgs > len(s.lastPeek) {
 		nummsgs = len(s.lastPeek)
 	}
@@ -228,14 +232,36 @@ func (s *Syncer) forwardLocked(ctx context.Context, nummsgs int) error {
 	return nil
 }
 
-// lastCommitLSN returns the LSN of the last COMMIT row in msgs (0 if none).
+// lastCommitLSN returns the LSN of the last row of msgs after which the slot may be
+// forwarded (forwardPoint), 0 if none.
 func lastCommitLSN(msgs []PGMSG) pglogrepl.LSN {
 	for i := len(msgs) - 1; i >= 0; i-- {
-		if len(msgs[i].Data) > 0 && msgs[i].Data[0] == byte(pglogrepl.MessageTypeCommit) {
+		if forwardPoint(msgs[i].Data) {
 			return msgs[i].LSN
 		}
 	}
 	return 0
+}
+
+// forwardPoint tells whether a peek row ends a unit the slot may be forwarded past
+// once it and every row before it were processed: a COMMIT, or a non-transactional
+// logical message (pgoutput 'M' with flags bit 0 clear), which decoding outputs on its
+// own, never inside a transaction's BEGIN ... COMMIT. Its row LSN is the end of its
+// WAL record, and a later peek from there does not return it again
+// (decode.c: logicalmsg_decode skips records starting before the start point). Without
+// it a poll of non-transactional messages only, cut short by MaxMessagesToRead, could
+// never forward the slot and would read the same rows forever.
+func forwardPoint(data []byte) bool {
+	if len(data) == 0 {
+		return false
+	}
+	switch data[0] {
+	case byte(pglogrepl.MessageTypeCommit):
+		return true
+	case byte(pglogrepl.MessageTypeMessage):
+		return len(data) > 1 && data[1]&1 == 0
+	}
+	return false
 }
 
 // pollResult says what one poll did.
@@ -304,8 +330,8 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 		}
 		var wait time.Duration
 		switch {
-		case err == nil && res.stop:
-			return nil
+		case res.stop:
+			return err // nil, or why the slot could not be forwarded before stopping
 		case err == nil:
 			retry.Reset()
 			slotInUse = 0
@@ -409,9 +435,12 @@ read:
 	if rowsErr := rr.Err(); deliverErr == nil && rowsErr != nil {
 		deliverErr = rowsErr // classified by readPeek
 	}
+	// A handler's request to stop counts only when nothing failed with it.
+	stopped := errors.Is(deliverErr, ErrStopProcessingMessages)
 	if ferr := d.finish(); ferr != nil {
 		// The Batcher did not take this poll's transactions: forward nothing.
 		deliverErr = errors.Join(deliverErr, ferr)
+		stopped = false
 	}
 	res.cutShort = s.MaxMessagesToRead > 0 && res.rows >= s.MaxMessagesToRead
 	complete := deliverErr == nil && !res.cutShort && !d.inTx
@@ -421,7 +450,6 @@ read:
 	if complete && upto > target {
 		target = upto
 	}
-	stopped := errors.Is(deliverErr, ErrStopProcessingMessages)
 	actx := ctx
 	if ctx.Err() != nil || stopped {
 		// Forward what was processed even when stopping.
@@ -430,7 +458,13 @@ read:
 		defer cancel()
 	}
 	if err := s.advance(actx, st, target); err != nil {
-		if deliverErr != nil && !stopped {
+		if stopped {
+			// Stop all the same (the handler asked to); Run returns why the slot was
+			// not forwarded, and what was processed will be delivered again.
+			res.stop = true
+			return res, fmt.Errorf("stopping as the handler asked, but the slot was not forwarded past what it processed (that is delivered again on the next run): %w", err)
+		}
+		if deliverErr != nil {
 			return res, errors.Join(deliverErr, err)
 		}
 		return res, err

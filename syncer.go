@@ -238,7 +238,10 @@ func (s *Syncer) IsRunning() bool {
 // ErrStopProcessingMessages (all return nil), or a fatal error occurs (returned:
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
 // ErrSlotInUse, ...). Connection loss is retried with exponential backoff.
-// Returns ErrAlreadyRunning if the Syncer runs already.
+// Returns ErrAlreadyRunning if the Syncer runs already, ErrConfig with nothing to
+// deliver to or with both an EventsProcessor and a Batcher. When a handler asked to
+// stop but the slot could not then be forwarded past what it processed, Run returns
+// that error (what was processed is delivered again on the next run).
 func (s *Syncer) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.running {
@@ -248,6 +251,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if s.MessageHandler == nil && s.EventsProcessor == nil && s.Batcher == nil {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: no MessageHandler, EventsProcessor or Batcher to deliver to", ErrConfig)
+	}
+	if s.EventsProcessor != nil && s.Batcher != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: an EventsProcessor gets the raw rows and decides how many were processed, so a Batcher would never get a poll's net effect before the slot moves; set one or the other", ErrConfig)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s.running, s.cancel, s.done = true, cancel, make(chan struct{})
