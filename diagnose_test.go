@@ -76,6 +76,23 @@ func TestNamedErrorsInGerman(t *testing.T) {
 		require.ErrorIs(t, err, ErrSlotInvalidated)
 		require.NotContains(t, err.Error(), "can no longer get changes", "the server's message must be German")
 	})
+
+	// Someone else advances the slot past where the Syncer's poll wants to forward it
+	// (PostgreSQL: 55000 "... minimum is ..."): the Syncer takes the slot's position
+	// and goes on, whatever the language of the message.
+	t.Run("slot advanced by someone else", func(t *testing.T) {
+		d, slot, _, h, r := start(t)
+		execAll(t, d.DB, `INSERT INTO items VALUES (1, 'a')`)
+		h.waitEntered(t)
+		execAll(t, d.DB, `INSERT INTO items VALUES (2, 'b')`)
+		var moved string
+		require.NoError(t, d.DB.QueryRow(`SELECT end_lsn::text FROM pg_replication_slot_advance($1, pg_current_wal_flush_lsn())`, slot).Scan(&moved))
+		close(h.release)
+		execAll(t, d.DB, `INSERT INTO items VALUES (3, 'c')`)
+		waitFor(t, 20*time.Second, func() bool { return len(h.delivered()) == 2 }, "two inserts delivered")
+		require.Equal(t, []string{`["1"]`, `["3"]`}, h.delivered(), "2 was skipped by the other advance")
+		require.NoError(t, r.stop(t))
+	})
 }
 
 // TestNamedErrorDespiteObjectName: a publication whose name contains "replication

@@ -130,10 +130,12 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 	var end pglogrepl.LSN
 	err := s.db.QueryRowContext(ctx, `SELECT end_lsn FROM pg_replication_slot_advance($1, $2::pg_lsn)`, s.replicationSlot, lsn.String()).Scan(&end)
 	if err != nil {
-		if code, msg, _ := serverError(err); code == "55000" && strings.Contains(msg, "minimum is") {
-			// Someone else moved the slot further: re-read where it is.
-			c, rerr := s.ConfirmedFlushLSN(ctx)
-			if rerr == nil {
+		if code, _, _ := serverError(err); code == "55000" {
+			// "cannot advance replication slot to X, minimum is Y": someone else moved
+			// the slot past lsn. Told apart from the other 55000 errors (an invalidated
+			// slot, wal_level) by the slot's position, not by the message, which is in
+			// the server's language.
+			if c, rerr := s.ConfirmedFlushLSN(ctx); rerr == nil && c >= lsn {
 				st.confirmed = c
 				return nil
 			}
