@@ -342,7 +342,9 @@ func quoteConnValue(v string) string {
 
 var (
 	kvPasswordRE  = regexp.MustCompile(`password\s*=\s*('(\\.|[^'])*'|\S+)`)
-	urlPasswordRE = regexp.MustCompile(`(://[^:/@]*:)[^@]*@`)
+	// The user info ends at the authority's last '@' (as net/url reads it), so a
+	// password holding a raw '@' is redacted whole.
+	urlPasswordRE = regexp.MustCompile(`(://[^:/@]*:)[^/?#]*@`)
 )
 
 // RedactConnString returns connstr with any password replaced by "***", fit for logs

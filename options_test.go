@@ -89,6 +89,9 @@ func TestRedactConnString(t *testing.T) {
 		`host=x password='a b\' c' user=u`:  "host=x password=*** user=u",
 		"postgres://u:secret@h:5432/db?x=1": "postgres://u:***@h:5432/db?x=1",
 		"host=x user=u":                     "host=x user=u",
+		"postgres://u:p@ss@h/db":            "postgres://u:***@h/db",
+		"postgres://u:p%40ss@h/db?a=b@c":    "postgres://u:***@h/db?a=b@c",
+		"postgres://u@h/db":                 "postgres://u@h/db",
 	} {
 		require.Equal(t, want, RedactConnString(in), in)
 	}
