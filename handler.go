@@ -73,7 +73,9 @@ type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
 // rows to upsert (record ID -> values) and record IDs to delete. doctype is the
 // table's "schema.table". An upserted doc lacks the columns whose value PostgreSQL did
 // not send because an update left a TOASTed value unchanged (Change.Unchanged, see
-// docs/VALUES.md): merge docs into what you store, do not replace them. A change of
+// docs/VALUES.md): merge docs into what you store, do not replace them (after a
+// key-changing update there is nothing under the new record ID to merge with: such a
+// column stays missing unless the table has REPLICA IDENTITY FULL). A change of
 // a table with neither a primary key nor a replica identity index (no record ID)
 // ends the poll with an error wrapping ErrNoKey, before anything is forwarded.
 type Batcher interface {
