@@ -71,15 +71,18 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 		d.s.win.begin(v.Xid)
 		return handlerErr(h.HandleBeginMessage(idx, v), "BEGIN", m.LSN)
 	case *pglogrepl.CommitMessage:
-		for _, em := range d.s.win.commit() {
+		ems := d.s.win.commit()
+		for _, em := range ems {
 			// A high watermark: the selection's rows go out before anything after it.
 			if err := d.deliverRefresh(h, em); err != nil {
 				return handlerErr(err, "refresh rows at high watermark", m.LSN)
 			}
-			d.emitted = append(d.emitted, em)
 		}
 		err := h.HandleCommitMessage(idx, v)
 		if err == nil || errors.Is(err, ErrStopProcessingMessages) {
+			// The rows belong to the watermark's transaction: delivered once its COMMIT
+			// was taken. Otherwise the transaction, and they, come again.
+			d.emitted = append(d.emitted, ems...)
 			d.inTx = false
 			d.lastCommitEnd = m.LSN
 			if d.batch != nil {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sort"
 	"strings"
@@ -548,4 +549,68 @@ func TestRefreshWatermarkLostMidway(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, RefreshStats{Selected: 3, Emitted: 3}, stats)
 	require.Equal(t, []string{`refresh public.items ["1"]`, `refresh public.items ["2"]`, `refresh public.items ["3"]`}, h.eventList())
+}
+
+// stagingHandler applies changes and refresh rows only when their transaction's
+// COMMIT succeeds, as a consumer writing to a transactional store does; failCommits
+// makes that many COMMITs that follow refresh rows fail (discarding what was staged).
+type stagingHandler struct {
+	DefaultMessageHandler
+	mu          sync.Mutex
+	staged      map[string]StringMap
+	committed   map[string]StringMap
+	failCommits int
+	commits     []string // "ok n" or "failed n": rows staged at each COMMIT after refresh rows
+}
+
+func (h *stagingHandler) HandleRefresh(key string, item DBItem) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.staged == nil {
+		h.staged = map[string]StringMap{}
+	}
+	h.staged[key] = item.Values
+	return nil
+}
+
+func (h *stagingHandler) HandleCommitMessage(int, *pglogrepl.CommitMessage) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := len(h.staged)
+	if n == 0 {
+		return nil
+	}
+	if h.failCommits > 0 {
+		h.failCommits--
+		h.staged = nil
+		h.commits = append(h.commits, fmt.Sprintf("failed %d", n))
+		return errInjected
+	}
+	if h.committed == nil {
+		h.committed = map[string]StringMap{}
+	}
+	maps.Copy(h.committed, h.staged)
+	h.staged = nil
+	h.commits = append(h.commits, fmt.Sprintf("ok %d", n))
+	return nil
+}
+
+// TestRefreshRowsRedeliveredAfterCommitFailure: refresh rows are delivered at the
+// high watermark's COMMIT; when the handler's COMMIT fails there, the transaction is
+// delivered again (RetryOnHandlerError) and so are the rows: Refresh returns only
+// after a COMMIT took them, and none is lost. (Before, the selection counted as
+// delivered as soon as its rows were handed over, the COMMIT's failure
+// notwithstanding: Refresh returned nil and the rows were never delivered again.)
+func TestRefreshRowsRedeliveredAfterCommitFailure(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`, `INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3) g`)
+	h := &stagingHandler{failCommits: 1}
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("items"), WithHandlerErrorPolicy(RetryOnHandlerError))
+	stats, err := s.RefreshContext(context.Background(), `SELECT * FROM items ORDER BY id`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 3, Emitted: 3}, stats)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	require.Equal(t, []string{"failed 3", "ok 3"}, h.commits)
+	require.Empty(t, mismatches(h.committed, dbRows(t, d.DB, "items")))
 }
