@@ -341,7 +341,7 @@ func quoteConnValue(v string) string {
 }
 
 var (
-	kvPasswordRE  = regexp.MustCompile(`password\s*=\s*('(\\.|[^'])*'|\S+)`)
+	kvPasswordRE = regexp.MustCompile(`password\s*=\s*('(\\.|[^'])*'|\S+)`)
 	// The user info ends at the authority's last '@' (as net/url reads it), so a
 	// password holding a raw '@' is redacted whole.
 	urlPasswordRE = regexp.MustCompile(`(://[^:/@]*:)[^/?#]*@`)

@@ -4,6 +4,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -104,11 +106,20 @@ func testEventsProcessor(t *testing.T, split bool) {
 	require.Equal(t, []string{"BRICBIIC", "BRIIC"}, polls)
 }
 
+// recBatcher is a Batcher that keeps what it was given (upserts by table and record
+// ID, deletes in order) and every call in order (ops).
 type recBatcher struct {
 	mu      sync.Mutex
 	upserts map[string]map[string]StringMap
 	deletes []string
+	ops     []string
 	fail    error
+}
+
+func (b *recBatcher) opList() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.ops...)
 }
 
 func (b *recBatcher) BatchUpsert(doctype string, docs map[string]StringMap) (any, error) {
@@ -123,8 +134,9 @@ func (b *recBatcher) BatchUpsert(doctype string, docs map[string]StringMap) (any
 	if b.upserts[doctype] == nil {
 		b.upserts[doctype] = map[string]StringMap{}
 	}
-	for k, v := range docs {
-		b.upserts[doctype][k] = v
+	for _, k := range slices.Sorted(maps.Keys(docs)) {
+		b.upserts[doctype][k] = docs[k]
+		b.ops = append(b.ops, fmt.Sprintf("upsert %s %s %v", doctype, k, docs[k]))
 	}
 	return nil, nil
 }
@@ -137,6 +149,7 @@ func (b *recBatcher) BatchDelete(doctype string, ids []string) (any, error) {
 	}
 	for _, id := range ids {
 		b.deletes = append(b.deletes, doctype+" "+id)
+		b.ops = append(b.ops, fmt.Sprintf("delete %s %s", doctype, id))
 		delete(b.upserts[doctype], id)
 	}
 	return nil, nil

@@ -3,8 +3,6 @@ package dbsync
 import (
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -123,45 +121,8 @@ func TestForwardPoint(t *testing.T) {
 	require.False(t, forwardPoint(nil))
 }
 
-// opsBatcher records a Batcher's calls in order; with truncates it implements
-// BatchTruncater.
-type opsBatcher struct {
-	mu   sync.Mutex
-	ops  []string
-	fail error
-}
-
-func (b *opsBatcher) BatchUpsert(doctype string, docs map[string]StringMap) (any, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.fail != nil {
-		return nil, b.fail
-	}
-	for _, id := range slices.Sorted(maps.Keys(docs)) {
-		b.ops = append(b.ops, fmt.Sprintf("upsert %s %s %v", doctype, id, docs[id]))
-	}
-	return nil, nil
-}
-
-func (b *opsBatcher) BatchDelete(doctype string, ids []string) (any, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.fail != nil {
-		return nil, b.fail
-	}
-	for _, id := range ids {
-		b.ops = append(b.ops, fmt.Sprintf("delete %s %s", doctype, id))
-	}
-	return nil, nil
-}
-
-func (b *opsBatcher) got() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]string(nil), b.ops...)
-}
-
-type truncatingBatcher struct{ opsBatcher }
+// truncatingBatcher is a recBatcher that implements BatchTruncater.
+type truncatingBatcher struct{ recBatcher }
 
 func (b *truncatingBatcher) BatchTruncate(doctype string) (any, error) {
 	b.mu.Lock()
@@ -182,13 +143,13 @@ func TestBatcherTruncate(t *testing.T) {
 	s := newTestSyncer(t, d, ForTables("t1"), WithMessageHandler(h))
 	execAll(t, d.DB, `INSERT INTO t1 VALUES (1), (2)`, `INSERT INTO t1 VALUES (3); TRUNCATE t1; INSERT INTO t1 VALUES (4)`)
 
-	plain := &opsBatcher{}
+	plain := &recBatcher{}
 	s.Batcher = plain
 	err := runInBackground(s).wait(t, 30*time.Second)
 	require.ErrorIs(t, err, ErrConfig)
 	require.Contains(t, err.Error(), "TRUNCATE of public.t1")
 	require.Contains(t, err.Error(), "does not implement BatchTruncater")
-	require.Equal(t, []string{`upsert public.t1 ["1"] map[id:1]`, `upsert public.t1 ["2"] map[id:2]`}, plain.got(),
+	require.Equal(t, []string{`upsert public.t1 ["1"] map[id:1]`, `upsert public.t1 ["2"] map[id:2]`}, plain.opList(),
 		"the transaction before the TRUNCATE's was processed and flushed")
 	require.NotContains(t, h.got(), "TRUNCATE t1", "the handler did not get the TRUNCATE")
 
@@ -197,7 +158,7 @@ func TestBatcherTruncate(t *testing.T) {
 	r := runInBackground(s)
 	waitCaughtUp(t, d.DB, s.ReplicationSlot())
 	require.NoError(t, r.stop(t))
-	require.Equal(t, []string{"truncate public.t1", `upsert public.t1 ["4"] map[id:4]`}, b.got())
+	require.Equal(t, []string{"truncate public.t1", `upsert public.t1 ["4"] map[id:4]`}, b.opList())
 	require.Equal(t, []string{`INSERT t1 ["1"]`, `INSERT t1 ["2"]`, `INSERT t1 ["3"]`,
 		`INSERT t1 ["3"]`, "TRUNCATE t1", `INSERT t1 ["4"]`}, h.got(),
 		"the first run stopped inside the TRUNCATE's transaction, which the second delivered again from its start")
@@ -212,7 +173,7 @@ func TestBatcherFailureNotHiddenByStop(t *testing.T) {
 	s := newTestSyncer(t, d, ForTables("t1"), WithMessageHandler(&eventLog{stopAtCommit: true}))
 	before, err := s.ConfirmedFlushLSN(t.Context())
 	require.NoError(t, err)
-	s.Batcher = &opsBatcher{fail: errors.New("batcher down")}
+	s.Batcher = &recBatcher{fail: errors.New("batcher down")}
 	execAll(t, d.DB, `INSERT INTO t1 VALUES (1)`)
 	err = runInBackground(s).wait(t, 30*time.Second)
 	require.ErrorIs(t, err, ErrHandler)
