@@ -70,6 +70,11 @@ type PGTableInfo struct {
 	Dropped bool
 
 	reln *pglogrepl.RelationMessage
+	// partitioned: a partitioned table (relkind 'p') that selections read whole, its
+	// rows being its partitions' (fromTable). Set only for tables a selection may
+	// read so (tableInfoByName: the publication publishes the partitions' changes
+	// under the partitioned table's OID).
+	partitioned bool
 }
 
 // QualifiedName returns "schema.table" (unquoted), the doctype of Batcher calls.
