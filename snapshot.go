@@ -391,7 +391,7 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 	q += " ORDER BY " + kc + " LIMIT $" + strconv.Itoa(len(args))
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(info, "t", cols, form) + q
-	}, args: args, unique: true, rows: n}
+	}, args: args, unique: true, rows: n, reread: tableReread(info, cols)}
 }
 
 // keyCompare returns the row-value comparison of the primary key columns with key

@@ -57,8 +57,9 @@ func (s *Syncer) Refresh(selectQuery string) error {
 //     watermark's COMMIT hands the remaining rows to HandleRefresh before any later
 //     change;
 //  5. dropped rows whose last change left TOASTed columns unchanged (not sent) are read
-//     again in follow-up windows, and a window disturbed by a change whose key could
-//     not be read runs again (at most maxSettleRounds more windows).
+//     again in follow-up windows, by selectQuery restricted to their keys, and a
+//     window disturbed by a change whose key could not be read runs again (at most
+//     maxSettleRounds more windows).
 //
 // selectQuery must read exactly one table (found with EXPLAIN) that has a primary key,
 // and return all its primary key columns under their names; other columns are up to
@@ -86,13 +87,38 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 			return RefreshStats{}, fmt.Errorf("%w: Refresh query must return the primary key column %q of %s", ErrConfig, k, info.QualifiedName())
 		}
 	}
-	// The query's columns may be expressions of any type: columnList without the
-	// table's column types selects them as they are (formPlain) or as text.
-	wrapped := selQuery{build: func(form selectForm) string {
-		return "SELECT " + columnList(nil, "q", cols, form) + " FROM (" + selectQuery + ") AS q"
-	}}
-	stats, _, err := s.selectSettled(ctx, info, cols, wrapped)
+	stats, _, err := s.selectSettled(ctx, info, cols, refreshQuery(info, cols, selectQuery))
 	return stats, err
+}
+
+// refreshQuery is a Refresh's selection: the caller's query, whose result columns are
+// cols. They may be expressions of any type, or table columns' names given to
+// expressions: columnList without the table's column types selects them as they are
+// (formPlain) or as text. Rows read again in a follow-up window are read by the same
+// query restricted to their keys (refreshKeysQuery), so they have its columns and
+// meaning.
+func refreshQuery(info *PGTableInfo, cols []string, query string) selQuery {
+	return selQuery{build: func(form selectForm) string {
+		return "SELECT " + columnList(nil, "q", cols, form) + " FROM (" + query + ") AS q"
+	}, reread: func(keys [][]any) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
+}
+
+// refreshKeysQuery is a Refresh query restricted to the rows whose key columns (as
+// the query returns them) have the given values (texts in key order, bound as
+// parameters cast to the key columns' types), in key order:
+//
+//	SELECT ... FROM (<query>) AS q WHERE (q.k1, q.k2) IN ((CAST($1 AS t1), CAST($2 AS t2)), ...)
+//
+// PostgreSQL pushes the condition down into a simple query (an index scan on the
+// key); a query that cannot take it (LIMIT, DISTINCT ON, window functions) is
+// computed and then filtered, which keeps its meaning.
+func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]any) selQuery {
+	in, args := keyTuples(info, keys)
+	kc := keyColumnListOf(info, "q")
+	tail := " FROM (" + query + ") AS q WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
+	return selQuery{build: func(form selectForm) string {
+		return "SELECT " + columnList(nil, "q", cols, form) + tail
+	}, args: args, rows: len(keys), reread: func(keys [][]any) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
 }
 
 func (s *Syncer) refreshAllowed() error {
@@ -175,7 +201,10 @@ func (s *Syncer) settle(ctx context.Context, p *pendingSelection) (RefreshStats,
 			return stats, lastKey, nil
 		}
 		stats.Reread += len(out.reread)
-		if p, err = s.openSelection(ctx, info, cols, keysQuery(info, cols, out.reread)); err != nil {
+		if p.query.reread == nil {
+			return stats, nil, fmt.Errorf("dbsync: selection on %s has no query to read %d dropped rows again (a bug in dbsync)", info.QualifiedName(), len(out.reread))
+		}
+		if p, err = s.openSelection(ctx, info, cols, p.query.reread(out.reread)); err != nil {
 			return stats, nil, err
 		}
 	}
@@ -283,20 +312,33 @@ func (p *pendingSelection) close() {
 	p.s.deleteWatermarks(p.id)
 }
 
-// keysQuery selects the rows with the given keys (each key's column values, in key
-// order, cast to the columns' types), every column as text, in primary key order.
+// keysQuery selects the table's rows with the given keys (each key's column values,
+// in key order, cast to the columns' types), its columns cols in the transport's
+// form, in primary key order.
 func keysQuery(info *PGTableInfo, cols []string, keys [][]any) selQuery {
+	in, args := keyTuples(info, keys)
+	kc := keyColumnList(info)
+	tail := fromTable(info) + " WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
+	return selQuery{build: func(form selectForm) string {
+		return "SELECT " + columnList(info, "t", cols, form) + tail
+	}, args: args, unique: true, rows: len(keys), reread: tableReread(info, cols)}
+}
+
+// tableReread reads rows of a selection of the table's columns cols again by key.
+func tableReread(info *PGTableInfo, cols []string) func(keys [][]any) selQuery {
+	return func(keys [][]any) selQuery { return keysQuery(info, cols, keys) }
+}
+
+// keyTuples returns "(CAST($1 AS t1), CAST($2 AS t2)), (CAST($3 AS t1), ...)" for
+// keys (each key's column values in key order) and the parameters it binds.
+func keyTuples(info *PGTableInfo, keys [][]any) (string, []any) {
 	tuples := make([]string, len(keys))
 	var args []any
 	for i, k := range keys {
 		tuples[i] = "(" + keyParams(info, len(args)) + ")"
 		args = append(args, k...)
 	}
-	kc := keyColumnList(info)
-	tail := fromTable(info) + " WHERE (" + kc + ") IN (" + strings.Join(tuples, ", ") + ") ORDER BY " + kc
-	return selQuery{build: func(form selectForm) string {
-		return "SELECT " + columnList(info, "t", cols, form) + tail
-	}, args: args, unique: true, rows: len(keys)}
+	return strings.Join(tuples, ", "), args
 }
 
 // fromTable is " FROM ONLY <table> AS t": the rows of the table itself. Rows of its
@@ -315,10 +357,13 @@ func fromTable(info *PGTableInfo) string {
 }
 
 // keyColumnList is "t.k1, t.k2": the primary key columns of alias t.
-func keyColumnList(info *PGTableInfo) string {
+func keyColumnList(info *PGTableInfo) string { return keyColumnListOf(info, "t") }
+
+// keyColumnListOf is "alias.k1, alias.k2": the primary key columns of alias.
+func keyColumnListOf(info *PGTableInfo, alias string) string {
 	keys := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
-		keys[i] = "t." + pq.QuoteIdentifier(k)
+		keys[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(k)
 	}
 	return strings.Join(keys, ", ")
 }
