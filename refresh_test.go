@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -516,6 +517,76 @@ func TestRefreshRereadsRowsWithUnchangedTOAST(t *testing.T) {
 		`refresh public.docs ["2"]`,
 	}, h.eventList())
 	require.Empty(t, mismatches(h.tableRows("public.docs"), dbRows(t, d.DB, "docs")))
+}
+
+// TestRefreshRereadRunsTheQuery: the follow-up window of a Refresh reads the dropped
+// rows with the caller's query, restricted to their keys, so re-read rows have the
+// query's columns and meaning: a column that is an expression (len) is not looked up
+// in the table (it used to fail with "column t.len does not exist" after the other
+// rows were delivered), and a table column's name given to an expression (n + 1000
+// AS n) keeps the expression's value (it used to get the table's n). Through lib/pq
+// and through pgx's driver (its own connection, text parameters).
+func TestRefreshRereadRunsTheQuery(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) { testRefreshRereadRunsTheQuery(t, driver) })
+	}
+}
+
+func testRefreshRereadRunsTheQuery(t *testing.T, driver string) {
+	body := func(id int) string { return strings.Repeat("x", 3000) + strconv.Itoa(id) }
+	for _, c := range []struct {
+		name, query string
+		row         func(id, n int) StringMap
+	}{
+		{"expression column", `SELECT id, n, body, length(body) AS len FROM docs ORDER BY id`,
+			func(id, n int) StringMap {
+				return StringMap{"id": int32(id), "n": int32(n), "body": body(id), "len": "3001"}
+			}},
+		{"renamed expression", `SELECT id, n + 1000 AS n, body FROM docs ORDER BY id`,
+			func(id, n int) StringMap { return StringMap{"id": int32(id), "n": int32(n + 1000), "body": body(id)} }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			// body is stored out of line (3 kB, STORAGE EXTERNAL: not compressed), so an
+			// UPDATE that does not set it sends it as unchanged TOAST ('u').
+			execAll(t, d.DB, `CREATE TABLE docs (id int PRIMARY KEY, n int, body text)`,
+				`ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL`,
+				`INSERT INTO docs SELECT g, 0, repeat('x', 3000) || g FROM generate_series(1, 3) g`)
+			var external bool
+			require.NoError(t, d.DB.QueryRow(`SELECT pg_relation_size(reltoastrelid) > 0 FROM pg_class WHERE oid = 'docs'::regclass`).Scan(&external))
+			require.True(t, external, "body must be stored out of line, in the TOAST table")
+			h := newCacheHandler()
+			db, err := sql.Open(driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("docs"), WithDB(db))
+			hooked := 0
+			s.win.afterSelect = func() {
+				if hooked++; hooked == 1 {
+					execAll(t, d.DB, `UPDATE docs SET n = 1 WHERE id = 2`)
+				}
+			}
+			stats, err := s.RefreshContext(context.Background(), c.query)
+			require.NoError(t, err)
+			require.Equal(t, RefreshStats{Selected: 3, Emitted: 3, Reread: 1}, stats)
+			require.Equal(t, []string{
+				`update public.docs ["2"]`,
+				`refresh public.docs ["1"]`,
+				`refresh public.docs ["3"]`,
+				`refresh public.docs ["2"]`, // read again by the follow-up window
+			}, h.eventList())
+			// Each key's last event was its refresh row: the cache holds what they carried
+			// (bodies compared one by one, so a failure prints the other columns legibly).
+			got := h.tableRows("public.docs")
+			want := map[string]StringMap{`["1"]`: c.row(1, 0), `["2"]`: c.row(2, 1), `["3"]`: c.row(3, 0)}
+			for k, row := range want {
+				require.Equal(t, row["body"], got[k]["body"], "body of %s", k)
+				delete(row, "body")
+				delete(got[k], "body")
+			}
+			require.Equal(t, want, got)
+		})
+	}
 }
 
 // TestRefreshWatermarkLostMidway: the publication loses the watermark table between a

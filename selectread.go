@@ -56,6 +56,12 @@ type selQuery struct {
 	// rows is how many rows the SELECT returns at most, when known (its LIMIT, the
 	// keys asked for): the selection's room is made once.
 	rows int
+	// reread builds the query that reads rows of this selection again, given their
+	// key columns' values (texts, in key order), in a follow-up window: the same
+	// columns with the same meaning (settle). A selection of the table's own columns
+	// reads the table by key (keysQuery); a Refresh runs the caller's query
+	// restricted to the keys (refreshKeysQuery).
+	reread func(keys [][]any) selQuery
 }
 
 // pgconnParams returns args as text-format parameters for pgx's connection, or false

@@ -370,9 +370,8 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 // nil, up to and including the key upTo (a planned key range), in primary key order,
 // at most n.
 func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) selQuery {
-	t := info.QuotedName()
 	kc := keyColumnList(info)
-	q := " FROM " + t + " AS t"
+	q := fromTable(info)
 	var args []any
 	var conds []string
 	for _, b := range []struct {
@@ -392,7 +391,7 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 	q += " ORDER BY " + kc + " LIMIT $" + strconv.Itoa(len(args))
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(info, "t", cols, form) + q
-	}, args: args, unique: true, rows: n}
+	}, args: args, unique: true, rows: n, reread: tableReread(info, cols)}
 }
 
 // keyCompare returns the row-value comparison of the primary key columns with key
@@ -441,7 +440,7 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 	for i, k := range info.PrimaryKey {
 		texts[i] = "t." + pq.QuoteIdentifier(k) + "::text"
 	}
-	q := "SELECT " + strings.Join(texts, ", ") + " FROM " + info.QuotedName() + " AS t"
+	q := "SELECT " + strings.Join(texts, ", ") + fromTable(info)
 	var args []any
 	if after != nil {
 		var c string

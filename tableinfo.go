@@ -32,8 +32,8 @@ type PGColumnInfo struct {
 	TypeModifier int32
 	// NotNull is attnotnull.
 	NotNull bool
-	// KeyPosition is the column's 1-based position in the primary key (or replica
-	// identity index), 0 if not a key column.
+	// KeyPosition is the column's 1-based position in the table's key
+	// (PGTableInfo.PrimaryKey), 0 if not a key column.
 	KeyPosition int
 	// ReplicaIdentity is true when pgoutput flags the column as part of the replica
 	// identity (the key sent in 'K' old tuples; every column under FULL).
@@ -58,9 +58,12 @@ type PGTableInfo struct {
 	Columns []*PGColumnInfo
 	// ColInfo maps column names to Columns entries.
 	ColInfo map[string]*PGColumnInfo
-	// PrimaryKey lists the key columns in key order: the primary key, or for a table
-	// without one its replica identity index. Empty: the table has no key (changes
-	// cannot be given a record ID; see CheckReplicaIdentity).
+	// PrimaryKey lists the key columns in key order, the columns record IDs are made
+	// of: the replica identity index when the table has one (REPLICA IDENTITY USING
+	// INDEX), even if it also has a primary key, since old-key tuples of changes
+	// (DELETEs, key-changing UPDATEs) hold that index's columns and an UPDATE of
+	// other columns carries none; otherwise the primary key. Empty: the table has no
+	// key (changes cannot be given a record ID; see CheckReplicaIdentity).
 	PrimaryKey []string
 	// ReplicaIdentity is pg_class.relreplident: 'd' default, 'n' nothing, 'f' full,
 	// 'i' index.
@@ -70,6 +73,11 @@ type PGTableInfo struct {
 	Dropped bool
 
 	reln *pglogrepl.RelationMessage
+	// partitioned: a partitioned table (relkind 'p') that selections read whole, its
+	// rows being its partitions' (fromTable). Set only for tables a selection may
+	// read so (tableInfoByName: the publication publishes the partitions' changes
+	// under the partitioned table's OID).
+	partitioned bool
 }
 
 // QualifiedName returns "schema.table" (unquoted), the doctype of Batcher calls.
@@ -226,9 +234,10 @@ func (c *tableCache) load(ctx context.Context, reln *pglogrepl.RelationMessage) 
 }
 
 // loadTableInfo reads a relation's description from the catalog by OID and lays it
-// over reln's columns (matched by name). The key is the catalog's primary key (or
-// replica identity index) when all its columns are in reln, else reln's replica
-// identity columns (the key was renamed or changed since this RELATION message).
+// over reln's columns (matched by name). The key is the catalog's replica identity
+// index, else its primary key (sql/table_columns.sql), when all its columns are in
+// reln, else reln's replica identity columns (the key was renamed or changed since
+// this RELATION message).
 func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
 	relID := reln.RelationID
 	rows, err := db.QueryContext(ctx, sqlText("table_columns.sql"), relID)

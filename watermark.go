@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -56,8 +57,9 @@ func (s *Syncer) Refresh(selectQuery string) error {
 //     watermark's COMMIT hands the remaining rows to HandleRefresh before any later
 //     change;
 //  5. dropped rows whose last change left TOASTed columns unchanged (not sent) are read
-//     again in follow-up windows, and a window disturbed by a change whose key could
-//     not be read runs again (at most maxSettleRounds more windows).
+//     again in follow-up windows, by selectQuery restricted to their keys, and a
+//     window disturbed by a change whose key could not be read runs again (at most
+//     maxSettleRounds more windows).
 //
 // selectQuery must read exactly one table (found with EXPLAIN) that has a primary key,
 // and return all its primary key columns under their names; other columns are up to
@@ -85,13 +87,38 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 			return RefreshStats{}, fmt.Errorf("%w: Refresh query must return the primary key column %q of %s", ErrConfig, k, info.QualifiedName())
 		}
 	}
-	// The query's columns may be expressions of any type: columnList without the
-	// table's column types selects them as they are (formPlain) or as text.
-	wrapped := selQuery{build: func(form selectForm) string {
-		return "SELECT " + columnList(nil, "q", cols, form) + " FROM (" + selectQuery + ") AS q"
-	}}
-	stats, _, err := s.selectSettled(ctx, info, cols, wrapped)
+	stats, _, err := s.selectSettled(ctx, info, cols, refreshQuery(info, cols, selectQuery))
 	return stats, err
+}
+
+// refreshQuery is a Refresh's selection: the caller's query, whose result columns are
+// cols. They may be expressions of any type, or table columns' names given to
+// expressions: columnList without the table's column types selects them as they are
+// (formPlain) or as text. Rows read again in a follow-up window are read by the same
+// query restricted to their keys (refreshKeysQuery), so they have its columns and
+// meaning.
+func refreshQuery(info *PGTableInfo, cols []string, query string) selQuery {
+	return selQuery{build: func(form selectForm) string {
+		return "SELECT " + columnList(nil, "q", cols, form) + " FROM (" + query + ") AS q"
+	}, reread: func(keys [][]any) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
+}
+
+// refreshKeysQuery is a Refresh query restricted to the rows whose key columns (as
+// the query returns them) have the given values (texts in key order, bound as
+// parameters cast to the key columns' types), in key order:
+//
+//	SELECT ... FROM (<query>) AS q WHERE (q.k1, q.k2) IN ((CAST($1 AS t1), CAST($2 AS t2)), ...)
+//
+// PostgreSQL pushes the condition down into a simple query (an index scan on the
+// key); a query that cannot take it (LIMIT, DISTINCT ON, window functions) is
+// computed and then filtered, which keeps its meaning.
+func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]any) selQuery {
+	in, args := keyTuples(info, keys)
+	kc := keyColumnListOf(info, "q")
+	tail := " FROM (" + query + ") AS q WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
+	return selQuery{build: func(form selectForm) string {
+		return "SELECT " + columnList(nil, "q", cols, form) + tail
+	}, args: args, rows: len(keys), reread: func(keys [][]any) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
 }
 
 func (s *Syncer) refreshAllowed() error {
@@ -174,7 +201,10 @@ func (s *Syncer) settle(ctx context.Context, p *pendingSelection) (RefreshStats,
 			return stats, lastKey, nil
 		}
 		stats.Reread += len(out.reread)
-		if p, err = s.openSelection(ctx, info, cols, keysQuery(info, cols, out.reread)); err != nil {
+		if p.query.reread == nil {
+			return stats, nil, fmt.Errorf("dbsync: selection on %s has no query to read %d dropped rows again (a bug in dbsync)", info.QualifiedName(), len(out.reread))
+		}
+		if p, err = s.openSelection(ctx, info, cols, p.query.reread(out.reread)); err != nil {
 			return stats, nil, err
 		}
 	}
@@ -282,28 +312,58 @@ func (p *pendingSelection) close() {
 	p.s.deleteWatermarks(p.id)
 }
 
-// keysQuery selects the rows with the given keys (each key's column values, in key
-// order, cast to the columns' types), every column as text, in primary key order.
+// keysQuery selects the table's rows with the given keys (each key's column values,
+// in key order, cast to the columns' types), its columns cols in the transport's
+// form, in primary key order.
 func keysQuery(info *PGTableInfo, cols []string, keys [][]any) selQuery {
-	t := info.QuotedName()
+	in, args := keyTuples(info, keys)
+	kc := keyColumnList(info)
+	tail := fromTable(info) + " WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
+	return selQuery{build: func(form selectForm) string {
+		return "SELECT " + columnList(info, "t", cols, form) + tail
+	}, args: args, unique: true, rows: len(keys), reread: tableReread(info, cols)}
+}
+
+// tableReread reads rows of a selection of the table's columns cols again by key.
+func tableReread(info *PGTableInfo, cols []string) func(keys [][]any) selQuery {
+	return func(keys [][]any) selQuery { return keysQuery(info, cols, keys) }
+}
+
+// keyTuples returns "(CAST($1 AS t1), CAST($2 AS t2)), (CAST($3 AS t1), ...)" for
+// keys (each key's column values in key order) and the parameters it binds.
+func keyTuples(info *PGTableInfo, keys [][]any) (string, []any) {
 	tuples := make([]string, len(keys))
 	var args []any
 	for i, k := range keys {
 		tuples[i] = "(" + keyParams(info, len(args)) + ")"
 		args = append(args, k...)
 	}
-	kc := keyColumnList(info)
-	tail := " FROM " + t + " AS t WHERE (" + kc + ") IN (" + strings.Join(tuples, ", ") + ") ORDER BY " + kc
-	return selQuery{build: func(form selectForm) string {
-		return "SELECT " + columnList(info, "t", cols, form) + tail
-	}, args: args, unique: true, rows: len(keys)}
+	return strings.Join(tuples, ", "), args
+}
+
+// fromTable is " FROM ONLY <table> AS t": the rows of the table itself. Rows of its
+// inheritance children are not its rows: their changes arrive in the slot under the
+// children's relation OIDs, and a selection's window matches changes by its table's
+// OID, so a child row changed inside the window would be emitted stale under the
+// parent's name (a child is snapshotted by its own name). A partitioned table has
+// no rows of its own; a selection reads one (info.partitioned) only when the
+// publication publishes its partitions' changes under its OID
+// (publish_via_partition_root), so it is read whole: " FROM <table> AS t".
+func fromTable(info *PGTableInfo) string {
+	if info.partitioned {
+		return " FROM " + info.QuotedName() + " AS t"
+	}
+	return " FROM ONLY " + info.QuotedName() + " AS t"
 }
 
 // keyColumnList is "t.k1, t.k2": the primary key columns of alias t.
-func keyColumnList(info *PGTableInfo) string {
+func keyColumnList(info *PGTableInfo) string { return keyColumnListOf(info, "t") }
+
+// keyColumnListOf is "alias.k1, alias.k2": the primary key columns of alias.
+func keyColumnListOf(info *PGTableInfo, alias string) string {
 	keys := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
-		keys[i] = "t." + pq.QuoteIdentifier(k)
+		keys[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(k)
 	}
 	return strings.Join(keys, ", ")
 }
@@ -379,14 +439,62 @@ func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, er
 	}
 	found := map[qualifiedTable]bool{}
 	doc[0].Plan.tables(found)
-	if len(found) != 1 {
-		return nil, fmt.Errorf("%w: a Refresh query must read exactly one table; it reads %d", ErrConfig, len(found))
-	}
-	var t qualifiedTable
+	read := make([]qualifiedTable, 0, len(found))
 	for k := range found {
-		t = k
+		read = append(read, k)
 	}
-	return s.tableInfoByName(ctx, t)
+	// Partitions whose changes the publication publishes under their partitioned
+	// table (publish_via_partition_root) are read as that table's rows.
+	tables, err := s.publishedAs(ctx, read)
+	if err != nil {
+		return nil, err
+	}
+	if len(tables) != 1 {
+		names := make([]string, len(tables))
+		for i, t := range tables {
+			names[i] = t.schema + "." + t.name
+		}
+		sort.Strings(names)
+		reads := strconv.Itoa(len(tables))
+		if len(names) > 0 {
+			reads += " (" + strings.Join(names, ", ") + ")"
+		}
+		return nil, fmt.Errorf("%w: a Refresh query must read exactly one table; it reads %s: select from one table, FROM ONLY for a table with inheritance children (refresh a child by its own name), and the partitions of a partitioned table one at a time unless the publication publishes their changes under the partitioned table (publish_via_partition_root = true)",
+			ErrConfig, reads)
+	}
+	return s.tableInfoByName(ctx, tables[0])
+}
+
+// publishedAs returns the distinct tables whose names and OIDs the changes of tables
+// carry in the slot (sql/published_as.sql): a partition's are its partitioned
+// table's when the publication has publish_via_partition_root = true; any other
+// table's are its own.
+func (s *Syncer) publishedAs(ctx context.Context, tables []qualifiedTable) ([]qualifiedTable, error) {
+	if len(tables) == 0 {
+		return nil, nil
+	}
+	schemas, names := make([]string, len(tables)), make([]string, len(tables))
+	for i, t := range tables {
+		schemas[i], names[i] = t.schema, t.name
+	}
+	rows, err := s.db.QueryContext(ctx, sqlText("published_as.sql"), s.publication, pq.Array(schemas), pq.Array(names))
+	if err != nil {
+		return nil, classify(err, "find the tables whose changes carry the selected rows")
+	}
+	defer rows.Close()
+	var out []qualifiedTable
+	seen := map[qualifiedTable]bool{}
+	for rows.Next() {
+		var t qualifiedTable
+		if err := rows.Scan(&t.schema, &t.name); err != nil {
+			return nil, fmt.Errorf("find the tables whose changes carry the selected rows: %w", err)
+		}
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	return out, classify(rows.Err(), "find the tables whose changes carry the selected rows")
 }
 
 type planNode struct {
@@ -404,11 +512,14 @@ func (p planNode) tables(out map[qualifiedTable]bool) {
 	}
 }
 
-// tableInfoByName loads a table's description and checks it has a primary key.
+// tableInfoByName loads a table's description and checks it has a primary key and
+// that a selection of it can be matched with its changes (checkPublishedForSelection).
 func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTableInfo, error) {
 	var oid uint32
-	err := s.db.QueryRowContext(ctx, `SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2`, t.schema, t.name).Scan(&oid)
+	var relkind string
+	var partition bool
+	err := s.db.QueryRowContext(ctx, `SELECT c.oid, c.relkind::text, c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2`, t.schema, t.name).Scan(&oid, &relkind, &partition)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: table %s does not exist", ErrConfig, t.quoted())
 	}
@@ -423,9 +534,10 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key (or replica identity index); add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
 			ErrNoPrimaryKey, info.QualifiedName(), t.quoted())
 	}
-	if err := s.checkPublishedForSelection(ctx, info, t); err != nil {
+	if err := s.checkPublishedForSelection(ctx, info, t, relkind == "p", partition); err != nil {
 		return nil, err
 	}
+	info.partitioned = relkind == "p"
 	return info, nil
 }
 
@@ -439,14 +551,24 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 // table's entry has a row filter or a column list without the watermark columns
 // (PostgreSQL 15). A selected table with a row filter is refused too: the rows
 // outside the filter would be refreshed into the consumer but their changes never
-// delivered. Errors: ErrPublicationMissing, ErrConfig with the statement that fixes
-// it.
-func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableInfo, t qualifiedTable) error {
-	var pubInsert, published, wmPublished bool
+// delivered.
+//
+// The window matches changes by relation OID, so the selected rows must be the rows
+// whose changes arrive under the table's OID. With publish_via_partition_root =
+// false (the default) a partition's changes arrive under the partition's OID: a
+// partitioned table (partitioned) is refused, naming its partitions to select
+// instead. With it true they arrive under the partitioned table's, which is then
+// selected whole, and a partition (partition) whose changes are so published is
+// refused, naming that table. (A table's inheritance children are never read:
+// fromTable.)
+//
+// Errors: ErrPublicationMissing, ErrConfig with the statement that fixes it.
+func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableInfo, t qualifiedTable, partitioned, partition bool) error {
+	var pubInsert, published, wmPublished, viaRoot bool
 	var tableFilter, rowFilter sql.NullString
 	var wmCols []string
 	err := s.db.QueryRowContext(ctx, sqlText("publication_check.sql"), s.publication, info.Namespace, info.TableName,
-		s.ctrlNamespace, s.wmTableName).Scan(&pubInsert, &published, &tableFilter, &wmPublished, &rowFilter, pq.Array(&wmCols))
+		s.ctrlNamespace, s.wmTableName).Scan(&pubInsert, &published, &tableFilter, &wmPublished, &rowFilter, pq.Array(&wmCols), &viaRoot)
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("%w: %q; create it, or pass ForTables to NewSyncer", ErrPublicationMissing, s.publication)
 	}
@@ -455,6 +577,32 @@ func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableIn
 	}
 	pub := pq.QuoteIdentifier(s.publication)
 	wm := pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
+	if partitioned && !viaRoot {
+		var leaves []string
+		if err := s.db.QueryRowContext(ctx, `SELECT ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+			FROM pg_catalog.pg_partition_tree($1::oid::regclass) p
+			JOIN pg_catalog.pg_class c ON c.oid = p.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE p.isleaf ORDER BY 1)`, info.RelationID).Scan(pq.Array(&leaves)); err != nil {
+			return classify(err, "list the partitions of "+info.QualifiedName())
+		}
+		instead := "it has none yet"
+		if len(leaves) > 0 {
+			instead = strings.Join(leaves, ", ")
+		}
+		return fmt.Errorf("%w: %s is a partitioned table, and publication %q publishes its partitions' changes under each partition's own name and OID (publish_via_partition_root = false), so they cannot be matched with rows read through %s; snapshot (or refresh) its partitions instead: %s; or have their changes published under %s with ALTER PUBLICATION %s SET (publish_via_partition_root = true), which every consumer of the publication then sees",
+			ErrConfig, info.QualifiedName(), s.publication, info.QualifiedName(), instead, info.QualifiedName(), pub)
+	}
+	if partition {
+		as, err := s.publishedAs(ctx, []qualifiedTable{{info.Namespace, info.TableName}})
+		if err != nil {
+			return err
+		}
+		if len(as) == 1 && as[0] != (qualifiedTable{info.Namespace, info.TableName}) {
+			root := as[0].schema + "." + as[0].name
+			return fmt.Errorf("%w: %s is a partition of %s, and publication %q publishes its changes under %s's name and OID (publish_via_partition_root = true), so they cannot be matched with rows read from the partition alone; snapshot or refresh %s instead",
+				ErrConfig, info.QualifiedName(), root, s.publication, root, root)
+		}
+	}
 	switch {
 	case !published:
 		return fmt.Errorf("%w: table %s is not in publication %q, so its changes cannot be matched with refresh rows; add it with ALTER PUBLICATION %s ADD TABLE %s (or pass it to ForTables)",

@@ -3,15 +3,17 @@
 -- when the publication does not exist): whether the publication publishes INSERTs
 -- (watermarks are inserts), whether the selected table is published and its row
 -- filter, whether the watermark table is, the watermark table's row filter and its
--- published columns. pg_publication_tables' rowfilter and attnames columns
--- (PostgreSQL 15) are read through to_jsonb, so that older servers answer NULL instead
--- of failing.
+-- published columns, and whether the publication publishes partitions' changes under
+-- their partitioned table (publish_via_partition_root). pg_publication_tables'
+-- rowfilter and attnames columns (PostgreSQL 15) are read through to_jsonb, so that
+-- older servers answer NULL instead of failing.
 SELECT p.pubinsert,
        t.tablename IS NOT NULL,
        to_jsonb(t) ->> 'rowfilter',
        w.tablename IS NOT NULL,
        to_jsonb(w) ->> 'rowfilter',
-       ARRAY(SELECT jsonb_array_elements_text(COALESCE(to_jsonb(w) -> 'attnames', '[]')))
+       ARRAY(SELECT jsonb_array_elements_text(COALESCE(to_jsonb(w) -> 'attnames', '[]'))),
+       p.pubviaroot
 FROM pg_catalog.pg_publication p
 LEFT JOIN pg_catalog.pg_publication_tables t
        ON t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3

@@ -1,8 +1,10 @@
 -- Columns, key and replica identity of one relation, from the catalog.
--- $1: relation OID. One row per live column, in attnum order. The key is the primary
--- key or, for a table without one, its replica identity index (REPLICA IDENTITY USING
--- INDEX); key_position is the column's 1-based position in that index (0: not a key
--- column).
+-- $1: relation OID. One row per live column, in attnum order. The key is the replica
+-- identity index when the table has one (REPLICA IDENTITY USING INDEX), even beside
+-- a primary key: pgoutput's old-key tuples (a DELETE's, a key-changing UPDATE's) hold
+-- its columns, so only it makes every key change and delete visible. Otherwise it is
+-- the primary key. key_position is the column's 1-based position in that index (0:
+-- not a key column).
 WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relreplident
     FROM pg_catalog.pg_class c
@@ -12,7 +14,7 @@ WITH rel AS (
     SELECT i.indkey
     FROM pg_catalog.pg_index i
     WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
-    ORDER BY i.indisprimary DESC
+    ORDER BY i.indisreplident DESC
     LIMIT 1
 )
 SELECT rel.nspname,
