@@ -123,7 +123,7 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // in another goroutine). Each chunk read at once takes a connection of the Syncer's
 // *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
 // ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
-// index, ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
+// index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
 // to resume), ErrConfig for unknown tables, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
 	if err := s.refreshAllowed(); err != nil {
@@ -179,6 +179,9 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 		s.log.Info("dbsync: resuming snapshot", "table", table, "after_key", []string(lastKey), "rows_done", prog.Rows)
 	}
 
+	// The table's columns as its changes carry them: info comes from the catalog as a
+	// RELATION message would describe the table, without generated columns
+	// (catalogRelation), so refresh rows have exactly the columns changes have.
 	cols := make([]string, len(info.Columns))
 	for i, c := range info.Columns {
 		cols[i] = c.ColumnName

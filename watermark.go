@@ -419,6 +419,10 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 	if err != nil {
 		return nil, err
 	}
+	if info.generatedKey != "" {
+		return nil, fmt.Errorf("%w: key column %q of %s is a generated column, which pgoutput does not send (PostgreSQL 15 leaves generated columns out of changes), so its changes carry no key to match refresh rows with; key the table by columns that are not generated (a primary key, or REPLICA IDENTITY USING INDEX of a unique index on them)",
+			ErrNoPrimaryKey, info.generatedKey, info.QualifiedName())
+	}
 	if len(info.PrimaryKey) == 0 {
 		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key (or replica identity index); add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
 			ErrNoPrimaryKey, info.QualifiedName(), t.quoted())

@@ -2,7 +2,8 @@
 -- $1: relation OID. One row per live column, in attnum order. The key is the primary
 -- key or, for a table without one, its replica identity index (REPLICA IDENTITY USING
 -- INDEX); key_position is the column's 1-based position in that index (0: not a key
--- column).
+-- column). generated: a generated column (attgenerated <> ''), which PostgreSQL 15's
+-- pgoutput leaves out of RELATION messages and tuples.
 WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relreplident
     FROM pg_catalog.pg_class c
@@ -24,7 +25,8 @@ SELECT rel.nspname,
        a.atttypmod,
        a.attnotnull,
        COALESCE((SELECT k.ord FROM key, unnest(key.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                 WHERE k.attnum = a.attnum), 0)
+                 WHERE k.attnum = a.attnum), 0),
+       a.attgenerated <> ''
 FROM rel
 JOIN pg_catalog.pg_attribute a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
