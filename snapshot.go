@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -342,7 +343,8 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 // updates with unchanged TOASTed columns moved during the snapshot: the consumer
 // got them without those columns if it never saw the row under its old key (the old
 // key's chunk came later than the new key's). Rounds repeat while such updates
-// keep coming, up to maxSettleRounds.
+// keep coming, up to maxSettleRounds. The rows are selected by their keys' texts
+// (watch), bound as text and cast to the key columns' types.
 func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []string, prog *SnapshotProgress) error {
 	for round := 0; ; round++ {
 		keys := s.win.watchTake(info.RelationID)
@@ -354,14 +356,29 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 				"table", info.QualifiedName(), "rows", len(keys))
 			return nil
 		}
-		for len(keys) > 0 {
-			n := min(len(keys), 1000)
-			q := keysQuery(info, cols, keys[:n])
-			keys = keys[n:]
-			stats, _, err := s.selectSettled(ctx, info, cols, q)
+		ids := make([]string, 0, len(keys))
+		for id, k := range keys {
+			if k == nil {
+				// A binary key value pgtype cannot print (WithBinary, a key type without
+				// a codec): it cannot be bound as text.
+				s.log.Warn("dbsync: a row moved to a new key with unchanged TOAST values during a snapshot cannot be read again: its key cannot be printed as text; its TOASTed columns reach consumers only when they change or are refreshed",
+					"table", info.QualifiedName(), "key", id)
+				continue
+			}
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for len(ids) > 0 {
+			n := min(len(ids), 1000)
+			texts := make([][]string, n)
+			for i, id := range ids[:n] {
+				texts[i] = keys[id]
+			}
+			stats, _, err := s.selectSettled(ctx, info, cols, keysQuery(info, cols, texts))
 			if err != nil {
 				return err
 			}
+			ids = ids[n:]
 			prog.Emitted += stats.Emitted
 			prog.Reread += stats.Selected + stats.Reread
 		}

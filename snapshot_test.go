@@ -780,3 +780,132 @@ func TestSnapshotLeavesOutGeneratedColumns(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, info.PrimaryKey)
 }
+
+// movedKeyCase is a table for TestSnapshotRereadsMovedRows: six rows whose keys sort
+// as listed, a body stored out of line, and a key-changing UPDATE that moves the
+// fifth row to a key before the first without touching body.
+type movedKeyCase struct {
+	name    string
+	ddl     string   // CREATE TABLE moved (<key columns>, n int, body text, PRIMARY KEY (...))
+	seed    string   // INSERT of the six rows, body repeat('b', 3000) || i
+	move    string   // the key-changing UPDATE of the fifth row
+	ids     []string // record IDs of rows 1-6, in key order
+	movedTo string   // the fifth row's record ID after move
+	driver  string
+	binary  bool // pgoutput sends values in binary (WithBinary)
+}
+
+var movedKeyCases = []movedKeyCase{
+	{
+		name: "uuid", ddl: `CREATE TABLE moved (id uuid PRIMARY KEY, n int, body text)`,
+		seed: `INSERT INTO moved SELECT (i || '0000000-0000-4000-8000-000000000000')::uuid, i, repeat('b', 3000) || i FROM generate_series(1, 6) i`,
+		move: `UPDATE moved SET id = '05000000-0000-4000-8000-000000000000' WHERE id = '50000000-0000-4000-8000-000000000000'`,
+		ids: []string{`["10000000-0000-4000-8000-000000000000"]`, `["20000000-0000-4000-8000-000000000000"]`,
+			`["30000000-0000-4000-8000-000000000000"]`, `["40000000-0000-4000-8000-000000000000"]`,
+			`["50000000-0000-4000-8000-000000000000"]`, `["60000000-0000-4000-8000-000000000000"]`},
+		movedTo: `["05000000-0000-4000-8000-000000000000"]`,
+	},
+	{
+		// A composite key of non-text types; timestamptz text depends on the session's
+		// TimeZone, numeric's on the value's scale.
+		name: "numeric_timestamptz", ddl: `CREATE TABLE moved (a numeric, ts timestamptz, n int, body text, PRIMARY KEY (a, ts))`,
+		seed: `INSERT INTO moved SELECT i + 0.50, '2024-01-01 00:00:00+00'::timestamptz + i * interval '1 hour 0.000001 sec', i, repeat('b', 3000) || i FROM generate_series(1, 6) i`,
+		move: `UPDATE moved SET a = 0.25, ts = '2024-06-01 12:00:00.123456+02' WHERE a = 5.5`,
+		ids: []string{`["1.50","2024-01-01T01:00:00.000001Z"]`, `["2.50","2024-01-01T02:00:00.000002Z"]`,
+			`["3.50","2024-01-01T03:00:00.000003Z"]`, `["4.50","2024-01-01T04:00:00.000004Z"]`,
+			`["5.50","2024-01-01T05:00:00.000005Z"]`, `["6.50","2024-01-01T06:00:00.000006Z"]`},
+		movedTo: `["0.25","2024-06-01T10:00:00.123456Z"]`,
+	},
+}
+
+// TestSnapshotRereadsMovedRows: while chunk 1 of a snapshot (chunks of 2) is in its
+// window, an UPDATE moves the fifth row, not read yet, to a key before the first
+// chunk without touching its out-of-line body. The update reaches the consumer with
+// body unchanged ('u') for a row it never saw, no chunk reads the row (its old key is
+// gone, its new key's chunk was read), so after the last chunk the Snapshot reads it
+// again by its new key — whatever the key's types, through lib/pq (database/sql) and
+// pgx's connection, with text or binary pgoutput values. The watch keeps the key as
+// PostgreSQL printed it: its decoded value (a uuid is a [16]byte) is no query
+// argument lib/pq takes.
+func TestSnapshotRereadsMovedRows(t *testing.T) {
+	var cases []movedKeyCase
+	for _, c := range movedKeyCases {
+		for _, v := range []struct {
+			driver string
+			binary bool
+		}{{"postgres", false}, {"pgx", false}, {"postgres", true}} {
+			if v.binary && c.name == "uuid" {
+				continue
+			}
+			c.driver, c.binary = v.driver, v.binary
+			cases = append(cases, c)
+		}
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s_%s_binary%v", c.name, c.driver, c.binary), func(t *testing.T) {
+			d, h, s := movedRowSnapshot(t, c)
+			var chunks []SnapshotProgress
+			s.SnapshotProgress = func(p SnapshotProgress) { chunks = append(chunks, p) }
+			require.NoError(t, s.Snapshot(context.Background(), "moved"))
+			catchUp(t, s)
+			require.Equal(t, []string{
+				`update public.moved ` + c.movedTo,
+				`refresh public.moved ` + c.ids[0], `refresh public.moved ` + c.ids[1], // chunk 1
+				`refresh public.moved ` + c.ids[2], `refresh public.moved ` + c.ids[3], // chunk 2
+				`refresh public.moved ` + c.ids[5],  // chunk 3 (one row: the last)
+				`refresh public.moved ` + c.movedTo, // read again after the last chunk
+			}, h.eventList())
+			requireMovedRowsExact(t, d, h, c)
+			require.Len(t, chunks, 3)
+			require.True(t, chunks[2].Done)
+			require.Equal(t, 1, chunks[2].Reread)
+			requireSnapshotFinished(t, d, true)
+			if c.driver == "pgx" {
+				require.Equal(t, uint64(4), s.pgconnSelects.Load(), "3 chunks and the re-read on pgx's connection")
+			}
+		})
+	}
+}
+
+// movedRowSnapshot creates c's table and a Syncer (chunks of 2, one SELECT at a time)
+// whose first selection moves the fifth row (c.move) between its SELECT and its high
+// watermark.
+func movedRowSnapshot(t *testing.T, c movedKeyCase) (*pgtest.Database, *cacheHandler, *Syncer) {
+	t.Helper()
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, c.ddl, `ALTER TABLE moved ALTER COLUMN body SET STORAGE EXTERNAL`, c.seed)
+	db, err := sql.Open(c.driver, d.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("moved"), WithDB(db), WithBinary(c.binary),
+		WithSnapshotChunkSize(2), WithSnapshotParallel(1))
+	var selects atomic.Int32
+	s.win.afterSelect = func() {
+		if selects.Add(1) == 1 {
+			_, err := d.DB.Exec(c.move)
+			require.NoError(t, err)
+		}
+	}
+	return d, h, s
+}
+
+// requireMovedRowsExact checks that the cache holds exactly the table, the moved row
+// with its body.
+func requireMovedRowsExact(t *testing.T, d *pgtest.Database, h *cacheHandler, c movedKeyCase) {
+	t.Helper()
+	rows := h.tableRows("public.moved")
+	require.Empty(t, mismatches(rows, dbRows(t, d.DB, "moved")))
+	require.Len(t, rows, 6)
+	require.Equal(t, strings.Repeat("b", 3000)+"5", rows[c.movedTo]["body"])
+}
+
+// requireSnapshotFinished checks whether the snapshot progress of table moved is
+// marked finished.
+func requireSnapshotFinished(t *testing.T, d *pgtest.Database, want bool) {
+	t.Helper()
+	var finished bool
+	require.NoError(t, d.DB.QueryRow(`SELECT finished_at IS NOT NULL FROM dbsync_ctrl.snapshot_progress
+		WHERE table_name = 'public.moved'`).Scan(&finished))
+	require.Equal(t, want, finished)
+}

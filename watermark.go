@@ -104,9 +104,9 @@ func (s *Syncer) refreshAllowed() error {
 // selOutcome is what one selection window did.
 type selOutcome struct {
 	selected, emitted int
-	lastKey           []string // key columns (text) of the last selected row; nil: no rows
-	reread            [][]any  // key column values of rows to read again
-	retry             bool     // nothing was emitted: run the selection again
+	lastKey           []string   // key columns (text) of the last selected row; nil: no rows
+	reread            [][]string // key columns (text) of rows to read again
+	retry             bool       // nothing was emitted: run the selection again
 }
 
 // maxSettleRounds bounds the follow-up windows one selection may need: up to this many
@@ -258,13 +258,7 @@ func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
 			return out, r.err
 		}
 		out.emitted, out.retry = r.emitted, r.retry
-		for _, text := range p.rows.keyTextsOf(r.reread) {
-			key := make([]any, len(text))
-			for i, v := range text {
-				key[i] = v
-			}
-			out.reread = append(out.reread, key)
-		}
+		out.reread = p.rows.keyTextsOf(r.reread)
 	case <-ctx.Done():
 		return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
 	}
@@ -282,15 +276,18 @@ func (p *pendingSelection) close() {
 	p.s.deleteWatermarks(p.id)
 }
 
-// keysQuery selects the rows with the given keys (each key's column values, in key
-// order, cast to the columns' types), every column as text, in primary key order.
-func keysQuery(info *PGTableInfo, cols []string, keys [][]any) selQuery {
+// keysQuery selects the rows with the given keys (each key's columns in key order, in
+// the text form PostgreSQL prints them, bound as text and cast to the columns' types),
+// every column as text, in primary key order.
+func keysQuery(info *PGTableInfo, cols []string, keys [][]string) selQuery {
 	t := info.QuotedName()
 	tuples := make([]string, len(keys))
 	var args []any
 	for i, k := range keys {
 		tuples[i] = "(" + keyParams(info, len(args)) + ")"
-		args = append(args, k...)
+		for _, v := range k {
+			args = append(args, v)
+		}
 	}
 	kc := keyColumnList(info)
 	tail := " FROM " + t + " AS t WHERE (" + kc + ") IN (" + strings.Join(tuples, ", ") + ") ORDER BY " + kc
@@ -310,6 +307,8 @@ func keyColumnList(info *PGTableInfo) string {
 
 // keyParams is "CAST($n+1 AS type1), CAST($n+2 AS type2)": parameters for one key, cast
 // to the key columns' types (format_type() output is a correctly quoted type name).
+// The parameters are the key columns' texts (as the types' output functions print
+// them), so the casts are the types' input functions.
 func keyParams(info *PGTableInfo, n int) string {
 	params := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {

@@ -1,11 +1,11 @@
 package dbsync
 
 import (
-	"fmt"
+	"strconv"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
-
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/stretchr/testify/require"
 )
 
@@ -368,15 +368,20 @@ func TestWindowOverlappingSelections(t *testing.T) {
 }
 
 // TestWatchCountsSnapshots: two snapshots of one table at once share the collection
-// of moved rows; the first to finish must not stop it for the other.
+// of moved rows; the first to finish must not stop it for the other. Rows are kept
+// by their key columns' texts as pgoutput sent them.
 func TestWatchCountsSnapshots(t *testing.T) {
 	tr := newWindowTracker()
 	const rel = 7
-	reln := &pglogrepl.RelationMessage{RelationID: rel}
+	reln := &pglogrepl.RelationMessage{RelationID: rel, Columns: []*pglogrepl.RelationMessageColumn{
+		{Name: "id", DataType: pgtype.Int4OID, Flags: 1}, {Name: "body", DataType: pgtype.TextOID}}}
 	info := &PGTableInfo{PrimaryKey: []string{"id"}}
 	moved := func(id int32) {
-		tr.touchChange(reln, info, func() (*Change, error) {
-			return &Change{Key: fmt.Sprintf(`["%d"]`, id), OldKey: `["0"]`, Unchanged: []string{"body"}, New: StringMap{"id": id}}, nil
+		text := strconv.Itoa(int(id))
+		msg := &pglogrepl.UpdateMessage{NewTuple: &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
+			{DataType: pglogrepl.TupleDataTypeText, Data: []byte(text)}, {DataType: pglogrepl.TupleDataTypeToast}}}}
+		tr.touchChange(reln, info, msg, func() (*Change, error) {
+			return &Change{Key: `["` + text + `"]`, OldKey: `["0"]`, Unchanged: []string{"body"}, New: StringMap{"id": id}}, nil
 		})
 	}
 	tr.watchStart(rel)
@@ -385,7 +390,7 @@ func TestWatchCountsSnapshots(t *testing.T) {
 	tr.watchStop(rel) // the first snapshot ends
 	moved(2)
 	got := tr.watchTake(rel)
-	require.ElementsMatch(t, [][]any{{int32(1)}, {int32(2)}}, got)
+	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, got)
 	tr.watchStop(rel) // the second ends: collecting stops
 	moved(3)
 	require.Empty(t, tr.watchTake(rel))
