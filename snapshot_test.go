@@ -909,3 +909,61 @@ func requireSnapshotFinished(t *testing.T, d *pgtest.Database, want bool) {
 		WHERE table_name = 'public.moved'`).Scan(&finished))
 	require.Equal(t, want, finished)
 }
+
+// TestSnapshotRereadFailureResumes: the re-read of a moved row after the last chunk
+// fails (its windows keep asking for a retry until ErrRefreshAbandoned). The
+// snapshot must not be marked finished — a finished table would be read from the
+// start next time, and nothing would tell the caller the row still lacks its body —
+// and the next Snapshot resumes after the last chunk and reads the row again.
+func TestSnapshotRereadFailureResumes(t *testing.T) {
+	c := movedKeyCases[0]
+	c.driver = "postgres"
+	d, h, s := movedRowSnapshot(t, c)
+	var chunks []SnapshotProgress
+	s.SnapshotProgress = func(p SnapshotProgress) { chunks = append(chunks, p) }
+	var failing atomic.Bool
+	failing.Store(true)
+	var forced atomic.Int32
+	s.win.forceRetry = func(id string) bool {
+		n, err := strconv.Atoi(id[strings.LastIndexByte(id, '-')+1:])
+		require.NoError(t, err)
+		// Selections 1-3 are the chunks, 4 on the re-read and its retries.
+		if failing.Load() && n >= 4 {
+			forced.Add(1)
+			return true
+		}
+		return false
+	}
+	err := s.Snapshot(context.Background(), "moved")
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.Equal(t, int32(maxSettleRounds+1), forced.Load())
+	requireSnapshotFinished(t, d, false)
+	var lastKey pq.StringArray
+	var chunksDone int64
+	require.NoError(t, d.DB.QueryRow(`SELECT last_key, chunks_done FROM dbsync_ctrl.snapshot_progress
+		WHERE table_name = 'public.moved'`).Scan(&lastKey, &chunksDone))
+	require.Equal(t, pq.StringArray{"60000000-0000-4000-8000-000000000000"}, lastKey)
+	require.Equal(t, int64(3), chunksDone)
+	require.Len(t, chunks, 2, "the last chunk is reported once its rows were read again")
+	catchUp(t, s)
+	rows := h.tableRows("public.moved")
+	require.NotContains(t, rows[c.movedTo], "body", "the moved row came through its update only")
+
+	failing.Store(false)
+	require.NoError(t, s.Snapshot(context.Background(), "moved"))
+	catchUp(t, s)
+	require.Equal(t, []string{
+		`update public.moved ` + c.movedTo,
+		`refresh public.moved ` + c.ids[0], `refresh public.moved ` + c.ids[1],
+		`refresh public.moved ` + c.ids[2], `refresh public.moved ` + c.ids[3],
+		`refresh public.moved ` + c.ids[5],
+		// The second Snapshot: an empty chunk after the last key, then the re-read.
+		`refresh public.moved ` + c.movedTo,
+	}, h.eventList())
+	requireMovedRowsExact(t, d, h, c)
+	requireSnapshotFinished(t, d, true)
+	require.Len(t, chunks, 3)
+	require.Equal(t, SnapshotProgress{Table: "public.moved", Chunks: 4, Rows: 5, Estimated: chunks[2].Estimated,
+		Emitted: 1, Reread: 1, Done: true}, chunks[2])
+	require.Empty(t, s.win.owed)
+}

@@ -317,6 +317,16 @@ func keyParams(info *PGTableInfo, n int) string {
 	return strings.Join(params, ", ")
 }
 
+// keySignature names the table's key columns and their types: key texts collected
+// under one signature are no keys of a table whose signature differs.
+func keySignature(info *PGTableInfo) string {
+	parts := make([]string, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		parts[i] = pq.QuoteIdentifier(k) + " " + info.ColInfo[k].ColumnType
+	}
+	return strings.Join(parts, ", ")
+}
+
 // writeWatermark inserts and commits one watermark row, and tells the window tracker,
 // which checks that it reaches the slot (windowTracker.pending).
 func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) error {

@@ -372,7 +372,7 @@ func TestWindowOverlappingSelections(t *testing.T) {
 // by their key columns' texts as pgoutput sent them.
 func TestWatchCountsSnapshots(t *testing.T) {
 	tr := newWindowTracker()
-	const rel = 7
+	const rel, sig = 7, "id int"
 	reln := &pglogrepl.RelationMessage{RelationID: rel, Columns: []*pglogrepl.RelationMessageColumn{
 		{Name: "id", DataType: pgtype.Int4OID, Flags: 1}, {Name: "body", DataType: pgtype.TextOID}}}
 	info := &PGTableInfo{PrimaryKey: []string{"id"}}
@@ -384,16 +384,40 @@ func TestWatchCountsSnapshots(t *testing.T) {
 			return &Change{Key: `["` + text + `"]`, OldKey: `["0"]`, Unchanged: []string{"body"}, New: StringMap{"id": id}}, nil
 		})
 	}
-	tr.watchStart(rel)
-	tr.watchStart(rel)
+	tr.watchStart(rel, sig)
+	tr.watchStart(rel, sig)
 	moved(1)
-	tr.watchStop(rel) // the first snapshot ends
+	tr.watchStop(rel, sig, true) // the first snapshot ends
 	moved(2)
 	got := tr.watchTake(rel)
 	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, got)
-	tr.watchStop(rel) // the second ends: collecting stops
+	tr.watchStop(rel, sig, true) // the second ends: collecting stops
 	moved(3)
 	require.Empty(t, tr.watchTake(rel))
+	require.Empty(t, tr.owed)
+}
+
+// TestWatchKeepsRowsOfUnfinishedSnapshot: rows a Snapshot did not read again before
+// it returned (taken and given back after a failed re-read, or still collected) are
+// owed to the next Snapshot of the table, unless its key changed meanwhile.
+func TestWatchKeepsRowsOfUnfinishedSnapshot(t *testing.T) {
+	tr := newWindowTracker()
+	const rel = 7
+	tr.watchStart(rel, "id int")
+	tr.watch[rel][`["1"]`] = []string{"1"}
+	taken := tr.watchTake(rel)
+	tr.watch[rel][`["2"]`] = []string{"2"}
+	tr.watchReturn(rel, taken) // the re-read failed
+	tr.watchStop(rel, "id int", false)
+	require.Empty(t, tr.watch)
+	tr.watchStart(rel, "id int")
+	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, tr.watchTake(rel))
+	tr.watch[rel][`["3"]`] = []string{"3"}
+	tr.watchStop(rel, "id int", false)
+	tr.watchStart(rel, "id bigint") // the key's type changed: its old texts are dropped
+	require.Empty(t, tr.watchTake(rel))
+	tr.watchStop(rel, "id bigint", true)
+	require.Empty(t, tr.owed)
 }
 
 // TestLostWatermarkNeedsCommitStampAndCompletePoll: a written watermark fails its

@@ -32,6 +32,10 @@ type windowTracker struct {
 	// record ID maps to its key columns in text form (tupleKeyTexts; nil: they could
 	// not be printed), which the query reading the row again binds.
 	watch map[uint32]map[string][]string
+	// owed keeps what watch held for a table when the last Snapshot of it returned
+	// before reading those rows again (an error, a cancelled context): the next
+	// Snapshot of the table by this Syncer reads them after its last chunk.
+	owed map[uint32]owedRereads
 	// watchers counts the snapshots of each table running now (watch is kept while
 	// any runs: two Snapshot calls may read the same table at once).
 	watchers map[uint32]int
@@ -82,15 +86,34 @@ type selDone struct {
 
 func newWindowTracker() *windowTracker {
 	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]string{}, watchers: map[uint32]int{},
-		tracked: map[uint32]struct{}{}, pending: map[wmKey]pendingWM{}}
+		owed: map[uint32]owedRereads{}, tracked: map[uint32]struct{}{}, pending: map[wmKey]pendingWM{}}
 }
 
-// watchStart starts collecting rows of rel to read again (see watch).
-func (t *windowTracker) watchStart(rel uint32) {
+// owedRereads are rows of a table still to be read again (windowTracker.owed): record
+// ID -> key texts, and the key they are texts of (keySignature) when collected.
+type owedRereads struct {
+	sig  string
+	keys map[string][]string
+}
+
+// watchStart starts collecting rows of rel to read again (see watch), starting with
+// the rows owed from an earlier Snapshot of rel unless the table's key (sig:
+// keySignature) changed since.
+func (t *windowTracker) watchStart(rel uint32, sig string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.watch[rel] == nil {
 		t.watch[rel] = map[string][]string{}
+	}
+	if o, ok := t.owed[rel]; ok {
+		delete(t.owed, rel)
+		if o.sig == sig {
+			for id, k := range o.keys {
+				if _, ok := t.watch[rel][id]; !ok {
+					t.watch[rel][id] = k
+				}
+			}
+		}
 	}
 	t.watchers[rel]++
 	t.tracked[rel] = struct{}{}
@@ -108,11 +131,33 @@ func (t *windowTracker) watchTake(rel uint32) map[string][]string {
 	return out
 }
 
+// watchReturn gives back rows taken with watchTake that were not read again (the
+// re-read failed): the next watchTake, or the next Snapshot of rel, has them again.
+func (t *windowTracker) watchReturn(rel uint32, keys map[string][]string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	w := t.watch[rel]
+	if w == nil {
+		return
+	}
+	for id, k := range keys {
+		if _, ok := w[id]; !ok {
+			w[id] = k
+		}
+	}
+}
+
 // watchStop ends one watchStart: collecting for rel stops when no snapshot of it runs.
-func (t *windowTracker) watchStop(rel uint32) {
+// When the last one stops without having finished (complete false), the rows still
+// to read again are kept (owed) for the next Snapshot of rel, with the key signature
+// sig they were collected under.
+func (t *windowTracker) watchStop(rel uint32, sig string, complete bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.watchers[rel]--; t.watchers[rel] <= 0 {
+		if w := t.watch[rel]; !complete && len(w) > 0 {
+			t.owed[rel] = owedRereads{sig: sig, keys: w}
+		}
 		delete(t.watchers, rel)
 		delete(t.watch, rel)
 	}
