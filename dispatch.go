@@ -167,7 +167,7 @@ func (d *delivery) rowChange(h MessageHandler, idx int, lsn pglogrepl.LSN, msg p
 		}
 		return change, changeErr
 	}
-	d.s.win.touchChange(reln, info, decode)
+	d.s.win.touchChange(reln, info, msg, decode)
 	if d.batch != nil {
 		c, err := decode()
 		if err != nil {

@@ -82,8 +82,9 @@ var (
 	// the chunk) again with a running Syncer.
 	ErrRefreshAbandoned = errors.New("dbsync: refresh selection abandoned")
 	// ErrNoPrimaryKey: the table has neither a primary key nor a replica identity index
-	// (REPLICA IDENTITY USING INDEX), so rows cannot be matched with changes (or
-	// chunked). Add one (ALTER TABLE ... ADD PRIMARY KEY).
+	// (REPLICA IDENTITY USING INDEX), or its key holds a generated column (which
+	// pgoutput does not send), so rows cannot be matched with changes (or chunked).
+	// Add one (ALTER TABLE ... ADD PRIMARY KEY).
 	ErrNoPrimaryKey = errors.New("dbsync: table has no primary key")
 	// ErrCtrlSchemaNotEmpty: Teardown found objects other than dbsync's own tables in
 	// the control schema and refused to DROP SCHEMA ... CASCADE it. Fix: point

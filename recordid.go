@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -65,6 +66,68 @@ func (t *PGTableInfo) recordIDOfKeys(keyVals []any) (string, error) {
 	}
 	b = append(b, ']')
 	return string(b), nil
+}
+
+// tupleKeyTexts returns the key columns (PrimaryKey order) of a change's tuple, laid
+// out as reln says, in the text form PostgreSQL prints them (each type's output
+// function): what a selection reads as a row's key texts and what a follow-up query
+// binds, cast to the columns' types (keyParams), to read the row again. Bound as
+// text, they work for every key type and with any driver (a decoded value does not:
+// lib/pq takes no [16]byte for a uuid). A value pgoutput sent as text is that text
+// already; a binary one (WithBinary) is printed from its decoded value in values
+// (MessageToMap's) by pgtype, which fails for types it has no codec for.
+func (t *PGTableInfo) tupleKeyTexts(reln *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData, values StringMap) ([]string, error) {
+	if len(t.PrimaryKey) == 0 || tuple == nil || len(tuple.Columns) != len(reln.Columns) {
+		return nil, fmt.Errorf("%w: no key columns in the tuple of %s", ErrNoKey, t.QualifiedName())
+	}
+	var cols []*PGColumnInfo
+	var m *pgtype.Map
+	defer func() {
+		if m != nil {
+			typeMaps.Put(m)
+		}
+	}()
+	out := make([]string, len(t.PrimaryKey))
+	for i, k := range t.PrimaryKey {
+		j := -1
+		for c, rc := range reln.Columns {
+			if rc.Name == k {
+				j = c
+				break
+			}
+		}
+		if j < 0 {
+			return nil, fmt.Errorf("%w: key column %q of %s missing from the row", ErrNoKey, k, t.QualifiedName())
+		}
+		switch tc := tuple.Columns[j]; tc.DataType {
+		case pglogrepl.TupleDataTypeText:
+			out[i] = string(tc.Data)
+		case pglogrepl.TupleDataTypeBinary:
+			if cols == nil {
+				cols = t.columnsFor(reln)
+			}
+			dec := cols[j].decoder()
+			v := values[k]
+			if s, ok := v.(string); ok && (dec.kind == kindEnum || dec.kind == kindCodec) {
+				out[i] = s // text, varchar, enum labels: their own text
+				break
+			}
+			if dec.kind != kindCodec || v == nil {
+				return nil, fmt.Errorf("%w: key column %q of %s (%s) sent in binary cannot be printed as text", ErrNoKey, k, t.QualifiedName(), dec.name)
+			}
+			if m == nil {
+				m = typeMaps.Get().(*pgtype.Map)
+			}
+			b, err := m.Encode(dec.oid, pgtype.TextFormatCode, v, nil)
+			if err != nil || b == nil {
+				return nil, fmt.Errorf("%w: key column %q of %s (%s) sent in binary cannot be printed as text: %v", ErrNoKey, k, t.QualifiedName(), dec.name, err)
+			}
+			out[i] = string(b)
+		default:
+			return nil, fmt.Errorf("%w: key column %q of %s not sent (tuple kind %q)", ErrNoKey, k, t.QualifiedName(), tc.DataType)
+		}
+	}
+	return out, nil
 }
 
 // appendKeyPart appends key column i's value v (its JSON string, after a comma unless

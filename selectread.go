@@ -61,7 +61,7 @@ type selQuery struct {
 	// columns with the same meaning (settle). A selection of the table's own columns
 	// reads the table by key (keysQuery); a Refresh runs the caller's query
 	// restricted to the keys (refreshKeysQuery).
-	reread func(keys [][]any) selQuery
+	reread func(keys [][]string) selQuery
 }
 
 // pgconnParams returns args as text-format parameters for pgx's connection, or false

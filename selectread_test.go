@@ -70,7 +70,7 @@ func TestSelectionTransportsAgree(t *testing.T) {
 	}
 	// A follow-up read of given keys (keysQuery) agrees too, and returns the rows in key
 	// order whatever the order of the keys asked for.
-	keys := [][]any{{"300", "k0"}, {"5", "k2"}, {"333", "k1"}, {"1000", "k0"}}
+	keys := [][]string{{"300", "k0"}, {"5", "k2"}, {"333", "k1"}, {"1000", "k0"}}
 	items, texts, _ := read(s, keysQuery(info, cols, keys))
 	itemsPgx, textsPgx, _ := read(sp, keysQuery(info, cols, keys))
 	require.Equal(t, [][]string{{"5", "k2"}, {"300", "k0"}, {"333", "k1"}}, texts, "id 1000 does not exist")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -117,13 +118,15 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // settled chunk (chunks handed over after it are delivered again: at-least-once). A
 // table whose snapshot had finished is read again from the start. After the last
 // chunk, rows that key-changing updates with unchanged TOASTed columns moved during
-// the snapshot are read again (docs/SNAPSHOTS.md).
+// the snapshot are read again, and only then is the table marked finished: should
+// that fail, the next Snapshot of the table by this Syncer resumes after the last
+// chunk and reads them (docs/SNAPSHOTS.md).
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine). Each chunk read at once takes a connection of the Syncer's
 // *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
 // ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
-// index, ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
+// index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
 // to resume), ErrConfig for unknown tables, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
 	if err := s.refreshAllowed(); err != nil {
@@ -179,6 +182,9 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 		s.log.Info("dbsync: resuming snapshot", "table", table, "after_key", []string(lastKey), "rows_done", prog.Rows)
 	}
 
+	// The table's columns as its changes carry them: info comes from the catalog as a
+	// RELATION message would describe the table, without generated columns
+	// (catalogRelation), so refresh rows have exactly the columns changes have.
 	cols := make([]string, len(info.Columns))
 	for i, c := range info.Columns {
 		cols[i] = c.ColumnName
@@ -187,8 +193,14 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	if inFlight <= 0 {
 		inFlight = DefaultSnapshotChunksInFlight
 	}
-	s.win.watchStart(info.RelationID)
-	defer s.win.watchStop(info.RelationID)
+	// Rows moved with unchanged TOAST values are collected from here on (and those an
+	// earlier, unfinished Snapshot of the table by this Syncer did not read again are
+	// taken over); unless this call finishes the table, the Syncer keeps them for the
+	// next one.
+	sig := keySignature(info)
+	complete := false
+	s.win.watchStart(info.RelationID, sig)
+	defer func() { s.win.watchStop(info.RelationID, sig, complete) }()
 
 	parallel := s.SnapshotParallel
 	if parallel <= 0 {
@@ -316,18 +328,26 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 			lastArg = pq.StringArray(last)
 		}
 		if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_chunk.sql"), s.replicationSlot, table,
-			lastArg, stats.Selected, chunk, done); err != nil {
+			lastArg, stats.Selected, chunk); err != nil {
 			return classify(err, "record snapshot progress of "+table)
 		}
 		prog.Chunks++
 		prog.Rows += int64(stats.Selected)
 		prog.Emitted, prog.Reread = stats.Emitted, stats.Reread
-		prog.Done = done
 		if done {
+			// The table is finished once the moved rows were read again, not before:
+			// should that fail, the next Snapshot resumes after the last chunk (an
+			// empty chunk, or rows added since) and reads them then (this Syncer keeps
+			// their keys: watchStop).
 			if err := s.rereadMovedRows(ctx, info, cols, &prog); err != nil {
 				return fmt.Errorf("snapshot of %s: %w", table, err)
 			}
+			complete = true
+			if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_finish.sql"), s.replicationSlot, table); err != nil {
+				return classify(err, "record snapshot progress of "+table)
+			}
 		}
+		prog.Done = done
 		if s.SnapshotProgress != nil {
 			s.SnapshotProgress(prog)
 		}
@@ -339,7 +359,10 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 // updates with unchanged TOASTed columns moved during the snapshot: the consumer
 // got them without those columns if it never saw the row under its old key (the old
 // key's chunk came later than the new key's). Rounds repeat while such updates
-// keep coming, up to maxSettleRounds.
+// keep coming, up to maxSettleRounds. The rows are selected by their keys' texts
+// (watch), bound as text and cast to the key columns' types. When a read fails, the
+// rows not read yet are given back to the watch (the caller's watchStop keeps them
+// for the next Snapshot of the table).
 func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []string, prog *SnapshotProgress) error {
 	for round := 0; ; round++ {
 		keys := s.win.watchTake(info.RelationID)
@@ -351,14 +374,34 @@ func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []
 				"table", info.QualifiedName(), "rows", len(keys))
 			return nil
 		}
-		for len(keys) > 0 {
-			n := min(len(keys), 1000)
-			q := keysQuery(info, cols, keys[:n])
-			keys = keys[n:]
-			stats, _, err := s.selectSettled(ctx, info, cols, q)
+		ids := make([]string, 0, len(keys))
+		for id, k := range keys {
+			if k == nil {
+				// A binary key value pgtype cannot print (WithBinary, a key type without
+				// a codec): it cannot be bound as text.
+				s.log.Warn("dbsync: a row moved to a new key with unchanged TOAST values during a snapshot cannot be read again: its key cannot be printed as text; its TOASTed columns reach consumers only when they change or are refreshed",
+					"table", info.QualifiedName(), "key", id)
+				continue
+			}
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for len(ids) > 0 {
+			n := min(len(ids), 1000)
+			texts := make([][]string, n)
+			for i, id := range ids[:n] {
+				texts[i] = keys[id]
+			}
+			stats, _, err := s.selectSettled(ctx, info, cols, keysQuery(info, cols, texts))
 			if err != nil {
+				rest := make(map[string][]string, len(ids))
+				for _, id := range ids {
+					rest[id] = keys[id]
+				}
+				s.win.watchReturn(info.RelationID, rest)
 				return err
 			}
+			ids = ids[n:]
 			prog.Emitted += stats.Emitted
 			prog.Reread += stats.Selected + stats.Reread
 		}

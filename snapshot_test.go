@@ -704,3 +704,266 @@ func TestSnapshotCancelledMidway(t *testing.T) {
 	require.Equal(t, int64(300), chunks[len(chunks)-1].Rows)
 	require.True(t, chunks[len(chunks)-1].Done)
 }
+
+// TestSnapshotLeavesOutGeneratedColumns: PostgreSQL 15's pgoutput leaves stored
+// generated columns out of RELATION messages and tuples, so a change of table gen
+// carries id and n, never g. Refresh rows must carry exactly the same columns: a
+// cache that replaces rows on update would otherwise lose g at the first update, and
+// one that merges would keep a stale g forever. A table whose key holds a generated
+// column cannot be matched with its changes at all (they carry no key): Snapshot
+// refuses it, and its changes have no record ID rather than one made of the other
+// key columns.
+func TestSnapshotLeavesOutGeneratedColumns(t *testing.T) {
+	ctx := context.Background()
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE gen (id int PRIMARY KEY, n int, g int GENERATED ALWAYS AS (n * 2) STORED)`,
+		`INSERT INTO gen (id, n) SELECT i, i FROM generate_series(1, 3) i`,
+		`CREATE TABLE gkey (a int, g int GENERATED ALWAYS AS (a * 2) STORED, PRIMARY KEY (g))`,
+		`CREATE TABLE gkey2 (tenant text, email text, g text GENERATED ALWAYS AS (lower(email)) STORED, PRIMARY KEY (tenant, g))`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("gen", "gkey", "gkey2"), WithSnapshotChunkSize(2))
+
+	// The table's own columns, as selections use them, are the columns changes have.
+	info, err := s.TableInfo(ctx, "gen")
+	require.NoError(t, err)
+	var names []string
+	for _, c := range info.Columns {
+		names = append(names, c.ColumnName)
+	}
+	require.Equal(t, []string{"id", "n"}, names)
+	require.NotContains(t, info.ColInfo, "g")
+	require.Equal(t, []string{"id"}, info.PrimaryKey)
+	require.NotContains(t, info.SelectList(), `"g"`)
+
+	execAll(t, d.DB, `INSERT INTO gen (id, n) VALUES (4, 4)`)
+	waitFor(t, 10*time.Second, func() bool { return len(h.eventList()) == 1 }, "the insert")
+	require.Equal(t, StringMap{"id": int32(4), "n": int32(4)}, h.tableRows("public.gen")[`["4"]`], "pgoutput sends no g")
+
+	require.NoError(t, s.Snapshot(ctx, "gen"))
+	require.Equal(t, map[string]StringMap{
+		`["1"]`: {"id": int32(1), "n": int32(1)},
+		`["2"]`: {"id": int32(2), "n": int32(2)},
+		`["3"]`: {"id": int32(3), "n": int32(3)},
+		`["4"]`: {"id": int32(4), "n": int32(4)},
+	}, h.tableRows("public.gen"), "refresh rows have the change columns, no g")
+
+	execAll(t, d.DB, `UPDATE gen SET n = 10 WHERE id = 1`)
+	catchUp(t, s)
+	require.Equal(t, []string{
+		`insert public.gen ["4"]`,
+		`refresh public.gen ["1"]`, `refresh public.gen ["2"]`, // chunk 1
+		`refresh public.gen ["3"]`, `refresh public.gen ["4"]`, // chunk 2 (chunk 3 is empty)
+		`update public.gen ["1"]`,
+	}, h.eventList())
+	require.Equal(t, map[string]StringMap{
+		`["1"]`: {"id": int32(1), "n": int32(10)},
+		`["2"]`: {"id": int32(2), "n": int32(2)},
+		`["3"]`: {"id": int32(3), "n": int32(3)},
+		`["4"]`: {"id": int32(4), "n": int32(4)},
+	}, h.tableRows("public.gen"))
+	require.Empty(t, mismatches(h.tableRows("public.gen"), dbRows(t, d.DB, "gen")))
+
+	// Generated key columns: refused up front, with the reason.
+	for _, tbl := range []string{"gkey", "gkey2"} {
+		err := s.Snapshot(ctx, tbl)
+		require.ErrorIs(t, err, ErrNoPrimaryKey, tbl)
+		require.ErrorContains(t, err, `key column "g" of public.`+tbl+` is a generated column`)
+		_, err = s.RefreshContext(ctx, `SELECT * FROM `+tbl)
+		require.ErrorIs(t, err, ErrNoPrimaryKey, tbl)
+	}
+	// Changes of such a table carry only tenant of the key (tenant, g): not a key,
+	// so no record ID, rather than one that two rows share.
+	execAll(t, d.DB, `INSERT INTO gkey2 (tenant, email) VALUES ('t1', 'A@x'), ('t1', 'b@x')`)
+	catchUp(t, s)
+	require.Equal(t, []string{`insert public.gkey2 `, `insert public.gkey2 `}, h.eventList()[6:])
+	info, err = s.TableInfo(ctx, "gkey2")
+	require.NoError(t, err)
+	require.Empty(t, info.PrimaryKey)
+}
+
+// movedKeyCase is a table for TestSnapshotRereadsMovedRows: six rows whose keys sort
+// as listed, a body stored out of line, and a key-changing UPDATE that moves the
+// fifth row to a key before the first without touching body.
+type movedKeyCase struct {
+	name    string
+	ddl     string   // CREATE TABLE moved (<key columns>, n int, body text, PRIMARY KEY (...))
+	seed    string   // INSERT of the six rows, body repeat('b', 3000) || i
+	move    string   // the key-changing UPDATE of the fifth row
+	ids     []string // record IDs of rows 1-6, in key order
+	movedTo string   // the fifth row's record ID after move
+	driver  string
+	binary  bool // pgoutput sends values in binary (WithBinary)
+}
+
+var movedKeyCases = []movedKeyCase{
+	{
+		name: "uuid", ddl: `CREATE TABLE moved (id uuid PRIMARY KEY, n int, body text)`,
+		seed: `INSERT INTO moved SELECT (i || '0000000-0000-4000-8000-000000000000')::uuid, i, repeat('b', 3000) || i FROM generate_series(1, 6) i`,
+		move: `UPDATE moved SET id = '05000000-0000-4000-8000-000000000000' WHERE id = '50000000-0000-4000-8000-000000000000'`,
+		ids: []string{`["10000000-0000-4000-8000-000000000000"]`, `["20000000-0000-4000-8000-000000000000"]`,
+			`["30000000-0000-4000-8000-000000000000"]`, `["40000000-0000-4000-8000-000000000000"]`,
+			`["50000000-0000-4000-8000-000000000000"]`, `["60000000-0000-4000-8000-000000000000"]`},
+		movedTo: `["05000000-0000-4000-8000-000000000000"]`,
+	},
+	{
+		// A composite key of non-text types; timestamptz text depends on the session's
+		// TimeZone, numeric's on the value's scale.
+		name: "numeric_timestamptz", ddl: `CREATE TABLE moved (a numeric, ts timestamptz, n int, body text, PRIMARY KEY (a, ts))`,
+		seed: `INSERT INTO moved SELECT i + 0.50, '2024-01-01 00:00:00+00'::timestamptz + i * interval '1 hour 0.000001 sec', i, repeat('b', 3000) || i FROM generate_series(1, 6) i`,
+		move: `UPDATE moved SET a = 0.25, ts = '2024-06-01 12:00:00.123456+02' WHERE a = 5.5`,
+		ids: []string{`["1.50","2024-01-01T01:00:00.000001Z"]`, `["2.50","2024-01-01T02:00:00.000002Z"]`,
+			`["3.50","2024-01-01T03:00:00.000003Z"]`, `["4.50","2024-01-01T04:00:00.000004Z"]`,
+			`["5.50","2024-01-01T05:00:00.000005Z"]`, `["6.50","2024-01-01T06:00:00.000006Z"]`},
+		movedTo: `["0.25","2024-06-01T10:00:00.123456Z"]`,
+	},
+}
+
+// TestSnapshotRereadsMovedRows: while chunk 1 of a snapshot (chunks of 2) is in its
+// window, an UPDATE moves the fifth row, not read yet, to a key before the first
+// chunk without touching its out-of-line body. The update reaches the consumer with
+// body unchanged ('u') for a row it never saw, no chunk reads the row (its old key is
+// gone, its new key's chunk was read), so after the last chunk the Snapshot reads it
+// again by its new key — whatever the key's types, through lib/pq (database/sql) and
+// pgx's connection, with text or binary pgoutput values. The watch keeps the key as
+// PostgreSQL printed it: its decoded value (a uuid is a [16]byte) is no query
+// argument lib/pq takes.
+func TestSnapshotRereadsMovedRows(t *testing.T) {
+	var cases []movedKeyCase
+	for _, c := range movedKeyCases {
+		for _, v := range []struct {
+			driver string
+			binary bool
+		}{{"postgres", false}, {"pgx", false}, {"postgres", true}} {
+			if v.binary && c.name == "uuid" {
+				continue
+			}
+			c.driver, c.binary = v.driver, v.binary
+			cases = append(cases, c)
+		}
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s_%s_binary%v", c.name, c.driver, c.binary), func(t *testing.T) {
+			d, h, s := movedRowSnapshot(t, c)
+			var chunks []SnapshotProgress
+			s.SnapshotProgress = func(p SnapshotProgress) { chunks = append(chunks, p) }
+			require.NoError(t, s.Snapshot(context.Background(), "moved"))
+			catchUp(t, s)
+			require.Equal(t, []string{
+				`update public.moved ` + c.movedTo,
+				`refresh public.moved ` + c.ids[0], `refresh public.moved ` + c.ids[1], // chunk 1
+				`refresh public.moved ` + c.ids[2], `refresh public.moved ` + c.ids[3], // chunk 2
+				`refresh public.moved ` + c.ids[5],  // chunk 3 (one row: the last)
+				`refresh public.moved ` + c.movedTo, // read again after the last chunk
+			}, h.eventList())
+			requireMovedRowsExact(t, d, h, c)
+			require.Len(t, chunks, 3)
+			require.True(t, chunks[2].Done)
+			require.Equal(t, 1, chunks[2].Reread)
+			requireSnapshotFinished(t, d, true)
+			if c.driver == "pgx" {
+				require.Equal(t, uint64(4), s.pgconnSelects.Load(), "3 chunks and the re-read on pgx's connection")
+			}
+		})
+	}
+}
+
+// movedRowSnapshot creates c's table and a Syncer (chunks of 2, one SELECT at a time)
+// whose first selection moves the fifth row (c.move) between its SELECT and its high
+// watermark.
+func movedRowSnapshot(t *testing.T, c movedKeyCase) (*pgtest.Database, *cacheHandler, *Syncer) {
+	t.Helper()
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, c.ddl, `ALTER TABLE moved ALTER COLUMN body SET STORAGE EXTERNAL`, c.seed)
+	db, err := sql.Open(c.driver, d.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("moved"), WithDB(db), WithBinary(c.binary),
+		WithSnapshotChunkSize(2), WithSnapshotParallel(1))
+	var selects atomic.Int32
+	s.win.afterSelect = func() {
+		if selects.Add(1) == 1 {
+			_, err := d.DB.Exec(c.move)
+			require.NoError(t, err)
+		}
+	}
+	return d, h, s
+}
+
+// requireMovedRowsExact checks that the cache holds exactly the table, the moved row
+// with its body.
+func requireMovedRowsExact(t *testing.T, d *pgtest.Database, h *cacheHandler, c movedKeyCase) {
+	t.Helper()
+	rows := h.tableRows("public.moved")
+	require.Empty(t, mismatches(rows, dbRows(t, d.DB, "moved")))
+	require.Len(t, rows, 6)
+	require.Equal(t, strings.Repeat("b", 3000)+"5", rows[c.movedTo]["body"])
+}
+
+// requireSnapshotFinished checks whether the snapshot progress of table moved is
+// marked finished.
+func requireSnapshotFinished(t *testing.T, d *pgtest.Database, want bool) {
+	t.Helper()
+	var finished bool
+	require.NoError(t, d.DB.QueryRow(`SELECT finished_at IS NOT NULL FROM dbsync_ctrl.snapshot_progress
+		WHERE table_name = 'public.moved'`).Scan(&finished))
+	require.Equal(t, want, finished)
+}
+
+// TestSnapshotRereadFailureResumes: the re-read of a moved row after the last chunk
+// fails (its windows keep asking for a retry until ErrRefreshAbandoned). The
+// snapshot must not be marked finished — a finished table would be read from the
+// start next time, and nothing would tell the caller the row still lacks its body —
+// and the next Snapshot resumes after the last chunk and reads the row again.
+func TestSnapshotRereadFailureResumes(t *testing.T) {
+	c := movedKeyCases[0]
+	c.driver = "postgres"
+	d, h, s := movedRowSnapshot(t, c)
+	var chunks []SnapshotProgress
+	s.SnapshotProgress = func(p SnapshotProgress) { chunks = append(chunks, p) }
+	var failing atomic.Bool
+	failing.Store(true)
+	var forced atomic.Int32
+	s.win.forceRetry = func(id string) bool {
+		n, err := strconv.Atoi(id[strings.LastIndexByte(id, '-')+1:])
+		require.NoError(t, err)
+		// Selections 1-3 are the chunks, 4 on the re-read and its retries.
+		if failing.Load() && n >= 4 {
+			forced.Add(1)
+			return true
+		}
+		return false
+	}
+	err := s.Snapshot(context.Background(), "moved")
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.Equal(t, int32(maxSettleRounds+1), forced.Load())
+	requireSnapshotFinished(t, d, false)
+	var lastKey pq.StringArray
+	var chunksDone int64
+	require.NoError(t, d.DB.QueryRow(`SELECT last_key, chunks_done FROM dbsync_ctrl.snapshot_progress
+		WHERE table_name = 'public.moved'`).Scan(&lastKey, &chunksDone))
+	require.Equal(t, pq.StringArray{"60000000-0000-4000-8000-000000000000"}, lastKey)
+	require.Equal(t, int64(3), chunksDone)
+	require.Len(t, chunks, 2, "the last chunk is reported once its rows were read again")
+	catchUp(t, s)
+	rows := h.tableRows("public.moved")
+	require.NotContains(t, rows[c.movedTo], "body", "the moved row came through its update only")
+
+	failing.Store(false)
+	require.NoError(t, s.Snapshot(context.Background(), "moved"))
+	catchUp(t, s)
+	require.Equal(t, []string{
+		`update public.moved ` + c.movedTo,
+		`refresh public.moved ` + c.ids[0], `refresh public.moved ` + c.ids[1],
+		`refresh public.moved ` + c.ids[2], `refresh public.moved ` + c.ids[3],
+		`refresh public.moved ` + c.ids[5],
+		// The second Snapshot: an empty chunk after the last key, then the re-read.
+		`refresh public.moved ` + c.movedTo,
+	}, h.eventList())
+	requireMovedRowsExact(t, d, h, c)
+	requireSnapshotFinished(t, d, true)
+	require.Len(t, chunks, 3)
+	require.Equal(t, SnapshotProgress{Table: "public.moved", Chunks: 4, Rows: 5, Estimated: chunks[2].Estimated,
+		Emitted: 1, Reread: 1, Done: true}, chunks[2])
+	require.Empty(t, s.win.owed)
+}

@@ -63,7 +63,9 @@ type PGTableInfo struct {
 	// INDEX), even if it also has a primary key, since old-key tuples of changes
 	// (DELETEs, key-changing UPDATEs) hold that index's columns and an UPDATE of
 	// other columns carries none; otherwise the primary key. Empty: the table has no
-	// key (changes cannot be given a record ID; see CheckReplicaIdentity).
+	// key (changes cannot be given a record ID; see CheckReplicaIdentity), or its key
+	// holds a generated column, which pgoutput does not send (PostgreSQL 15), so
+	// changes carry no whole key either.
 	PrimaryKey []string
 	// ReplicaIdentity is pg_class.relreplident: 'd' default, 'n' nothing, 'f' full,
 	// 'i' index.
@@ -71,6 +73,10 @@ type PGTableInfo struct {
 	// Dropped is true when the table was not in the catalog when described: the info
 	// comes from the RELATION message alone (key = replica identity columns).
 	Dropped bool
+
+	// generatedKey names a generated column of the table's primary key (or replica
+	// identity index): pgoutput does not send it, so PrimaryKey is empty.
+	generatedKey string
 
 	reln *pglogrepl.RelationMessage
 	// partitioned: a partitioned table (relkind 'p') that selections read whole, its
@@ -186,6 +192,9 @@ func (c *tableCache) describeOID(ctx context.Context, relID uint32) (*PGTableInf
 // catalogRelation builds the RELATION message pgoutput would send for a table's current
 // shape: live columns in attnum order with their types, the replica identity flag on
 // the key columns (every column under REPLICA IDENTITY FULL, none under NOTHING).
+// Like pgoutput (PostgreSQL 15: logicalrep_write_attrs), it leaves generated columns
+// out: changes never carry them, so neither do rows selected by this description
+// (snapshots, SelectList).
 // Errors wrap ErrUnknownRelation when the table does not exist.
 func catalogRelation(ctx context.Context, db *sql.DB, relID uint32) (*pglogrepl.RelationMessage, error) {
 	rows, err := db.QueryContext(ctx, sqlText("table_columns.sql"), relID)
@@ -194,15 +203,20 @@ func catalogRelation(ctx context.Context, db *sql.DB, relID uint32) (*pglogrepl.
 	}
 	defer rows.Close()
 	reln := &pglogrepl.RelationMessage{RelationID: relID}
+	found := false
 	for rows.Next() {
 		var ident string
 		var attnum, keyPos int
-		var notNull bool
+		var notNull, generated bool
 		col := &pglogrepl.RelationMessageColumn{}
-		if err := rows.Scan(&reln.Namespace, &reln.RelationName, &ident, &col.Name, &attnum, &col.DataType, &col.TypeModifier, &notNull, &keyPos); err != nil {
+		if err := rows.Scan(&reln.Namespace, &reln.RelationName, &ident, &col.Name, &attnum, &col.DataType, &col.TypeModifier, &notNull, &keyPos, &generated); err != nil {
 			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
 		}
+		found = true
 		reln.ReplicaIdentity = ident[0]
+		if generated {
+			continue
+		}
 		if ident == "f" || (ident != "n" && keyPos > 0) {
 			col.Flags = 1
 		}
@@ -211,7 +225,7 @@ func catalogRelation(ctx context.Context, db *sql.DB, relID uint32) (*pglogrepl.
 	if err := rows.Err(); err != nil {
 		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
 	}
-	if len(reln.Columns) == 0 {
+	if !found {
 		return nil, fmt.Errorf("%w: relation %d not found in the catalog", ErrUnknownRelation, relID)
 	}
 	reln.ColumnNum = uint16(len(reln.Columns))
@@ -251,16 +265,20 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 	}
 	cat := map[string]catCol{}
 	var keys []string
-	var ident, nsp, rel string
+	var ident, nsp, rel, generatedKey string
 	for rows.Next() {
 		var name string
 		var cc catCol
 		var typid uint32
 		var typmod int32
-		if err := rows.Scan(&nsp, &rel, &ident, &name, &cc.attnum, &typid, &typmod, &cc.notNull, &cc.keyPos); err != nil {
+		var generated bool
+		if err := rows.Scan(&nsp, &rel, &ident, &name, &cc.attnum, &typid, &typmod, &cc.notNull, &cc.keyPos, &generated); err != nil {
 			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
 		}
 		cat[name] = cc
+		if generated && cc.keyPos > 0 && generatedKey == "" {
+			generatedKey = name
+		}
 		if cc.keyPos > 0 {
 			for len(keys) < cc.keyPos {
 				keys = append(keys, "")
@@ -290,6 +308,13 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 		if k == "" || info.ColInfo[k] == nil {
 			complete = false
 		}
+	}
+	if generatedKey != "" {
+		// pgoutput sends no generated column (PostgreSQL 15), key or not: changes carry
+		// the other key columns only, which need not be unique. The table has no key
+		// that changes can be matched by.
+		info.PrimaryKey, info.generatedKey = nil, generatedKey
+		return info, nil
 	}
 	if complete {
 		info.PrimaryKey = keys

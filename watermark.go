@@ -100,7 +100,7 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 func refreshQuery(info *PGTableInfo, cols []string, query string) selQuery {
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(nil, "q", cols, form) + " FROM (" + query + ") AS q"
-	}, reread: func(keys [][]any) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
+	}, reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
 }
 
 // refreshKeysQuery is a Refresh query restricted to the rows whose key columns (as
@@ -112,13 +112,13 @@ func refreshQuery(info *PGTableInfo, cols []string, query string) selQuery {
 // PostgreSQL pushes the condition down into a simple query (an index scan on the
 // key); a query that cannot take it (LIMIT, DISTINCT ON, window functions) is
 // computed and then filtered, which keeps its meaning.
-func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]any) selQuery {
+func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]string) selQuery {
 	in, args := keyTuples(info, keys)
 	kc := keyColumnListOf(info, "q")
 	tail := " FROM (" + query + ") AS q WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(nil, "q", cols, form) + tail
-	}, args: args, rows: len(keys), reread: func(keys [][]any) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
+	}, args: args, rows: len(keys), reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
 }
 
 func (s *Syncer) refreshAllowed() error {
@@ -131,9 +131,9 @@ func (s *Syncer) refreshAllowed() error {
 // selOutcome is what one selection window did.
 type selOutcome struct {
 	selected, emitted int
-	lastKey           []string // key columns (text) of the last selected row; nil: no rows
-	reread            [][]any  // key column values of rows to read again
-	retry             bool     // nothing was emitted: run the selection again
+	lastKey           []string   // key columns (text) of the last selected row; nil: no rows
+	reread            [][]string // key columns (text) of rows to read again
+	retry             bool       // nothing was emitted: run the selection again
 }
 
 // maxSettleRounds bounds the follow-up windows one selection may need: up to this many
@@ -288,13 +288,7 @@ func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
 			return out, r.err
 		}
 		out.emitted, out.retry = r.emitted, r.retry
-		for _, text := range p.rows.keyTextsOf(r.reread) {
-			key := make([]any, len(text))
-			for i, v := range text {
-				key[i] = v
-			}
-			out.reread = append(out.reread, key)
-		}
+		out.reread = p.rows.keyTextsOf(r.reread)
 	case <-ctx.Done():
 		return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
 	}
@@ -312,10 +306,10 @@ func (p *pendingSelection) close() {
 	p.s.deleteWatermarks(p.id)
 }
 
-// keysQuery selects the table's rows with the given keys (each key's column values,
-// in key order, cast to the columns' types), its columns cols in the transport's
-// form, in primary key order.
-func keysQuery(info *PGTableInfo, cols []string, keys [][]any) selQuery {
+// keysQuery selects the table's rows with the given keys (each key's columns in key
+// order, in the text form PostgreSQL prints them, bound as text and cast to the
+// columns' types), its columns cols in the transport's form, in primary key order.
+func keysQuery(info *PGTableInfo, cols []string, keys [][]string) selQuery {
 	in, args := keyTuples(info, keys)
 	kc := keyColumnList(info)
 	tail := fromTable(info) + " WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
@@ -325,18 +319,20 @@ func keysQuery(info *PGTableInfo, cols []string, keys [][]any) selQuery {
 }
 
 // tableReread reads rows of a selection of the table's columns cols again by key.
-func tableReread(info *PGTableInfo, cols []string) func(keys [][]any) selQuery {
-	return func(keys [][]any) selQuery { return keysQuery(info, cols, keys) }
+func tableReread(info *PGTableInfo, cols []string) func(keys [][]string) selQuery {
+	return func(keys [][]string) selQuery { return keysQuery(info, cols, keys) }
 }
 
 // keyTuples returns "(CAST($1 AS t1), CAST($2 AS t2)), (CAST($3 AS t1), ...)" for
-// keys (each key's column values in key order) and the parameters it binds.
-func keyTuples(info *PGTableInfo, keys [][]any) (string, []any) {
+// keys (each key's column texts in key order) and the parameters it binds.
+func keyTuples(info *PGTableInfo, keys [][]string) (string, []any) {
 	tuples := make([]string, len(keys))
 	var args []any
 	for i, k := range keys {
 		tuples[i] = "(" + keyParams(info, len(args)) + ")"
-		args = append(args, k...)
+		for _, v := range k {
+			args = append(args, v)
+		}
 	}
 	return strings.Join(tuples, ", "), args
 }
@@ -370,12 +366,24 @@ func keyColumnListOf(info *PGTableInfo, alias string) string {
 
 // keyParams is "CAST($n+1 AS type1), CAST($n+2 AS type2)": parameters for one key, cast
 // to the key columns' types (format_type() output is a correctly quoted type name).
+// The parameters are the key columns' texts (as the types' output functions print
+// them), so the casts are the types' input functions.
 func keyParams(info *PGTableInfo, n int) string {
 	params := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
 		params[i] = "CAST($" + strconv.Itoa(n+i+1) + " AS " + info.ColInfo[k].ColumnType + ")"
 	}
 	return strings.Join(params, ", ")
+}
+
+// keySignature names the table's key columns and their types: key texts collected
+// under one signature are no keys of a table whose signature differs.
+func keySignature(info *PGTableInfo) string {
+	parts := make([]string, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		parts[i] = pq.QuoteIdentifier(k) + " " + info.ColInfo[k].ColumnType
+	}
+	return strings.Join(parts, ", ")
 }
 
 // writeWatermark inserts and commits one watermark row, and tells the window tracker,
@@ -529,6 +537,10 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 	info, err := s.tables.describeOID(ctx, oid)
 	if err != nil {
 		return nil, err
+	}
+	if info.generatedKey != "" {
+		return nil, fmt.Errorf("%w: key column %q of %s is a generated column, which pgoutput does not send (PostgreSQL 15 leaves generated columns out of changes), so its changes carry no key to match refresh rows with; key the table by columns that are not generated (a primary key, or REPLICA IDENTITY USING INDEX of a unique index on them)",
+			ErrNoPrimaryKey, info.generatedKey, info.QualifiedName())
 	}
 	if len(info.PrimaryKey) == 0 {
 		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key (or replica identity index); add one with ALTER TABLE %s ADD PRIMARY KEY (...)",

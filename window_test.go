@@ -1,11 +1,11 @@
 package dbsync
 
 import (
-	"fmt"
+	"strconv"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
-
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/stretchr/testify/require"
 )
 
@@ -368,27 +368,56 @@ func TestWindowOverlappingSelections(t *testing.T) {
 }
 
 // TestWatchCountsSnapshots: two snapshots of one table at once share the collection
-// of moved rows; the first to finish must not stop it for the other.
+// of moved rows; the first to finish must not stop it for the other. Rows are kept
+// by their key columns' texts as pgoutput sent them.
 func TestWatchCountsSnapshots(t *testing.T) {
 	tr := newWindowTracker()
-	const rel = 7
-	reln := &pglogrepl.RelationMessage{RelationID: rel}
+	const rel, sig = 7, "id int"
+	reln := &pglogrepl.RelationMessage{RelationID: rel, Columns: []*pglogrepl.RelationMessageColumn{
+		{Name: "id", DataType: pgtype.Int4OID, Flags: 1}, {Name: "body", DataType: pgtype.TextOID}}}
 	info := &PGTableInfo{PrimaryKey: []string{"id"}}
 	moved := func(id int32) {
-		tr.touchChange(reln, info, func() (*Change, error) {
-			return &Change{Key: fmt.Sprintf(`["%d"]`, id), OldKey: `["0"]`, Unchanged: []string{"body"}, New: StringMap{"id": id}}, nil
+		text := strconv.Itoa(int(id))
+		msg := &pglogrepl.UpdateMessage{NewTuple: &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
+			{DataType: pglogrepl.TupleDataTypeText, Data: []byte(text)}, {DataType: pglogrepl.TupleDataTypeToast}}}}
+		tr.touchChange(reln, info, msg, func() (*Change, error) {
+			return &Change{Key: `["` + text + `"]`, OldKey: `["0"]`, Unchanged: []string{"body"}, New: StringMap{"id": id}}, nil
 		})
 	}
-	tr.watchStart(rel)
-	tr.watchStart(rel)
+	tr.watchStart(rel, sig)
+	tr.watchStart(rel, sig)
 	moved(1)
-	tr.watchStop(rel) // the first snapshot ends
+	tr.watchStop(rel, sig, true) // the first snapshot ends
 	moved(2)
 	got := tr.watchTake(rel)
-	require.ElementsMatch(t, [][]any{{int32(1)}, {int32(2)}}, got)
-	tr.watchStop(rel) // the second ends: collecting stops
+	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, got)
+	tr.watchStop(rel, sig, true) // the second ends: collecting stops
 	moved(3)
 	require.Empty(t, tr.watchTake(rel))
+	require.Empty(t, tr.owed)
+}
+
+// TestWatchKeepsRowsOfUnfinishedSnapshot: rows a Snapshot did not read again before
+// it returned (taken and given back after a failed re-read, or still collected) are
+// owed to the next Snapshot of the table, unless its key changed meanwhile.
+func TestWatchKeepsRowsOfUnfinishedSnapshot(t *testing.T) {
+	tr := newWindowTracker()
+	const rel = 7
+	tr.watchStart(rel, "id int")
+	tr.watch[rel][`["1"]`] = []string{"1"}
+	taken := tr.watchTake(rel)
+	tr.watch[rel][`["2"]`] = []string{"2"}
+	tr.watchReturn(rel, taken) // the re-read failed
+	tr.watchStop(rel, "id int", false)
+	require.Empty(t, tr.watch)
+	tr.watchStart(rel, "id int")
+	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, tr.watchTake(rel))
+	tr.watch[rel][`["3"]`] = []string{"3"}
+	tr.watchStop(rel, "id int", false)
+	tr.watchStart(rel, "id bigint") // the key's type changed: its old texts are dropped
+	require.Empty(t, tr.watchTake(rel))
+	tr.watchStop(rel, "id bigint", true)
+	require.Empty(t, tr.owed)
 }
 
 // TestLostWatermarkNeedsCommitStampAndCompletePoll: a written watermark fails its

@@ -28,8 +28,14 @@ type windowTracker struct {
 	lastPrune  time.Time
 	// watch collects, per table being snapshotted, the new keys of key-changing
 	// updates that left TOASTed columns unchanged: the consumer may never have seen
-	// the row under its old key, so the row must be read again (snapshot.go).
-	watch map[uint32]map[string][]any
+	// the row under its old key, so the row must be read again (snapshot.go). Each
+	// record ID maps to its key columns in text form (tupleKeyTexts; nil: they could
+	// not be printed), which the query reading the row again binds.
+	watch map[uint32]map[string][]string
+	// owed keeps what watch held for a table when the last Snapshot of it returned
+	// before reading those rows again (an error, a cancelled context): the next
+	// Snapshot of the table by this Syncer reads them after its last chunk.
+	owed map[uint32]owedRereads
 	// watchers counts the snapshots of each table running now (watch is kept while
 	// any runs: two Snapshot calls may read the same table at once).
 	watchers map[uint32]int
@@ -79,41 +85,79 @@ type selDone struct {
 }
 
 func newWindowTracker() *windowTracker {
-	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]any{}, watchers: map[uint32]int{},
-		tracked: map[uint32]struct{}{}, pending: map[wmKey]pendingWM{}}
+	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]string{}, watchers: map[uint32]int{},
+		owed: map[uint32]owedRereads{}, tracked: map[uint32]struct{}{}, pending: map[wmKey]pendingWM{}}
 }
 
-// watchStart starts collecting rows of rel to read again (see watch).
-func (t *windowTracker) watchStart(rel uint32) {
+// owedRereads are rows of a table still to be read again (windowTracker.owed): record
+// ID -> key texts, and the key they are texts of (keySignature) when collected.
+type owedRereads struct {
+	sig  string
+	keys map[string][]string
+}
+
+// watchStart starts collecting rows of rel to read again (see watch), starting with
+// the rows owed from an earlier Snapshot of rel unless the table's key (sig:
+// keySignature) changed since.
+func (t *windowTracker) watchStart(rel uint32, sig string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.watch[rel] == nil {
-		t.watch[rel] = map[string][]any{}
+		t.watch[rel] = map[string][]string{}
+	}
+	if o, ok := t.owed[rel]; ok {
+		delete(t.owed, rel)
+		if o.sig == sig {
+			for id, k := range o.keys {
+				if _, ok := t.watch[rel][id]; !ok {
+					t.watch[rel][id] = k
+				}
+			}
+		}
 	}
 	t.watchers[rel]++
 	t.tracked[rel] = struct{}{}
 }
 
-// watchTake returns what was collected for rel (key values in primary key order) and
-// keeps collecting.
-func (t *windowTracker) watchTake(rel uint32) [][]any {
+// watchTake returns what was collected for rel (record ID -> key columns as text, in
+// primary key order) and keeps collecting.
+func (t *windowTracker) watchTake(rel uint32) map[string][]string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var out [][]any
-	for _, k := range t.watch[rel] {
-		out = append(out, k)
-	}
-	if t.watch[rel] != nil {
-		t.watch[rel] = map[string][]any{}
+	out := t.watch[rel]
+	if out != nil {
+		t.watch[rel] = map[string][]string{}
 	}
 	return out
 }
 
+// watchReturn gives back rows taken with watchTake that were not read again (the
+// re-read failed): the next watchTake, or the next Snapshot of rel, has them again.
+func (t *windowTracker) watchReturn(rel uint32, keys map[string][]string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	w := t.watch[rel]
+	if w == nil {
+		return
+	}
+	for id, k := range keys {
+		if _, ok := w[id]; !ok {
+			w[id] = k
+		}
+	}
+}
+
 // watchStop ends one watchStart: collecting for rel stops when no snapshot of it runs.
-func (t *windowTracker) watchStop(rel uint32) {
+// When the last one stops without having finished (complete false), the rows still
+// to read again are kept (owed) for the next Snapshot of rel, with the key signature
+// sig they were collected under.
+func (t *windowTracker) watchStop(rel uint32, sig string, complete bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.watchers[rel]--; t.watchers[rel] <= 0 {
+		if w := t.watch[rel]; !complete && len(w) > 0 {
+			t.owed[rel] = owedRereads{sig: sig, keys: w}
+		}
 		delete(t.watchers, rel)
 		delete(t.watch, rel)
 	}
@@ -351,7 +395,7 @@ func (t *windowTracker) maybePrune(ctx context.Context, db *sql.DB, log *slog.Lo
 // commit-before-visibility race), the selection runs again, as for a key that cannot
 // be read (window.emit's retry). A change whose key cannot be computed (e.g. a DELETE
 // under REPLICA IDENTITY NOTHING) is treated the same way.
-func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTableInfo, decode func() (*Change, error)) {
+func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTableInfo, msg pglogrepl.Message, decode func() (*Change, error)) {
 	t.mu.Lock()
 	watched := t.watchedLocked(reln.RelationID)
 	t.mu.Unlock()
@@ -367,12 +411,20 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 	t.change(reln.RelationID, c.Key, c.OldKey, len(c.Unchanged) > 0)
 	if c.OldKey != "" && len(c.Unchanged) > 0 {
 		t.mu.Lock()
+		watching := t.watch[reln.RelationID] != nil
+		t.mu.Unlock()
+		if !watching {
+			return
+		}
+		// The key as text, not decoded: bound as text parameters and cast to the key
+		// columns' types, it reads the row again whatever the types and the driver.
+		var texts []string
+		if u, ok := msg.(*pglogrepl.UpdateMessage); ok {
+			texts, _ = info.tupleKeyTexts(reln, u.NewTuple, c.New) // nil: logged when read again
+		}
+		t.mu.Lock()
 		if w := t.watch[reln.RelationID]; w != nil {
-			key := make([]any, len(info.PrimaryKey))
-			for i, k := range info.PrimaryKey {
-				key[i] = c.New[k]
-			}
-			w[c.Key] = key
+			w[c.Key] = texts
 		}
 		t.mu.Unlock()
 	}

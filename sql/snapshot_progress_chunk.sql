@@ -1,8 +1,8 @@
 -- Record a delivered chunk. $1: slot, $2: "schema.table", $3: last key (text[]; NULL
--- keeps the previous one: an empty chunk), $4: rows selected, $5: chunk size,
--- $6: true when this was the last chunk.
+-- keeps the previous one: an empty chunk), $4: rows selected, $5: chunk size. The
+-- snapshot is marked finished separately (snapshot_progress_finish), after the last
+-- chunk's follow-ups.
 UPDATE {{ns}}.snapshot_progress
 SET last_key = COALESCE($3, last_key), rows_done = rows_done + $4, chunks_done = chunks_done + 1,
-    chunk_size = $5, updated_at = now(),
-    finished_at = CASE WHEN $6 THEN now() ELSE NULL END
+    chunk_size = $5, updated_at = now(), finished_at = NULL
 WHERE slot_name = $1 AND table_name = $2

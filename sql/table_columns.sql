@@ -4,7 +4,8 @@
 -- a primary key: pgoutput's old-key tuples (a DELETE's, a key-changing UPDATE's) hold
 -- its columns, so only it makes every key change and delete visible. Otherwise it is
 -- the primary key. key_position is the column's 1-based position in that index (0:
--- not a key column).
+-- not a key column). generated: a generated column (attgenerated <> ''), which
+-- PostgreSQL 15's pgoutput leaves out of RELATION messages and tuples.
 WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relreplident
     FROM pg_catalog.pg_class c
@@ -26,7 +27,8 @@ SELECT rel.nspname,
        a.atttypmod,
        a.attnotnull,
        COALESCE((SELECT k.ord FROM key, unnest(key.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                 WHERE k.attnum = a.attnum), 0)
+                 WHERE k.attnum = a.attnum), 0),
+       a.attgenerated <> ''
 FROM rel
 JOIN pg_catalog.pg_attribute a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
