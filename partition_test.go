@@ -148,3 +148,21 @@ func TestSnapshotPartitionedViaRoot(t *testing.T) {
 	require.Equal(t, RefreshStats{Selected: 3, Emitted: 3}, stats)
 	require.Equal(t, []string{`refresh public.root ["1"]`, `refresh public.root ["101"]`, `refresh public.root ["102"]`}, h.eventList()[4:])
 }
+
+// TestSetupPartitionedTableTwice: ForTables naming a partitioned table, against the
+// publication an earlier setup created for it. pg_publication_tables lists the
+// partitions, not the partitioned table (publish_via_partition_root = false), so
+// setup used to try ALTER PUBLICATION ... ADD TABLE again and fail with 42710
+// ("already member of publication"); it now also looks at pg_publication_rel.
+func TestSetupPartitionedTableTwice(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, partitionedTable)
+	slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
+	for i := range 2 {
+		s, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub), ForTables("root"))
+		require.NoError(t, err, "setup %d", i+1)
+		require.NoError(t, s.Close())
+	}
+	require.Equal(t, []string{"p1", "p2"}, queryStrings(t, d.DB,
+		`SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'public' ORDER BY 1`, pub))
+}

@@ -173,8 +173,13 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 	}
 	for _, t := range append(tables, wm) {
 		var in bool
+		// pg_publication_tables lists a partitioned table's partitions, not the table
+		// itself, unless the publication publishes via the root: pg_publication_rel
+		// says whether the table was added itself.
 		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
-			WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, t.schema, t.name).Scan(&in); err != nil {
+			WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)
+			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+			WHERE p.pubname = $1 AND pr.prrelid = format('%I.%I', $2::text, $3::text)::regclass)`, s.publication, t.schema, t.name).Scan(&in); err != nil {
 			return classify(err, "read publication tables")
 		}
 		if in {
