@@ -70,3 +70,25 @@ func TestReplicaIdentityIndexKeysRows(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"id"}, info.PrimaryKey)
 }
+
+// TestReplicaIdentityChangedInBacklog: the replica identity changes while changes wait
+// in the slot. Each change is keyed by the replica identity of the RELATION message
+// in force for it: a DELETE written under the old identity carries the old key
+// columns only, so it is keyed by them, not by today's catalog key (which it does
+// not hold: before, ErrNoKey stopped the Syncer on it for good).
+func TestReplicaIdentityChangedInBacklog(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE ri (id int PRIMARY KEY, code text NOT NULL, v text)`,
+		`CREATE UNIQUE INDEX ri_code ON ri (code)`)
+	h := newCacheHandler()
+	s := newTestSyncer(t, d, ForTables("ri"), WithMessageHandler(h)) // the slot exists from here
+	execAll(t, d.DB, `INSERT INTO ri VALUES (1, 'a', 'x'), (2, 'b', 'y')`,
+		`DELETE FROM ri WHERE id = 1`,
+		`ALTER TABLE ri REPLICA IDENTITY USING INDEX ri_code`,
+		`DELETE FROM ri WHERE id = 2`)
+	r := runInBackground(s)
+	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+	require.NoError(t, r.stop(t))
+	require.Equal(t, []string{`insert public.ri ["1"]`, `insert public.ri ["2"]`, `delete public.ri ["1"]`,
+		`delete public.ri ["b"]`}, h.eventList())
+}

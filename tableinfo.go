@@ -250,8 +250,9 @@ func (c *tableCache) load(ctx context.Context, reln *pglogrepl.RelationMessage) 
 // loadTableInfo reads a relation's description from the catalog by OID and lays it
 // over reln's columns (matched by name). The key is the catalog's replica identity
 // index, else its primary key (sql/table_columns.sql), when all its columns are in
-// reln, else reln's replica identity columns (the key was renamed or changed since
-// this RELATION message).
+// reln and, if reln flags replica identity columns, they are those; else reln's
+// replica identity columns (the key was renamed, or the replica identity changed,
+// since this RELATION message was written).
 func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
 	relID := reln.RelationID
 	rows, err := db.QueryContext(ctx, sqlText("table_columns.sql"), relID)
@@ -306,6 +307,25 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 	complete := len(keys) > 0
 	for _, k := range keys {
 		if k == "" || info.ColInfo[k] == nil {
+			complete = false
+		}
+	}
+	// The RELATION message flags the replica identity's columns as they were when its
+	// changes were written (pgoutput: logicalrep_write_attrs). If they are not the
+	// catalog's key, the replica identity changed since (ALTER TABLE ... REPLICA
+	// IDENTITY in the middle of a backlog): this shape's old-key tuples (DELETEs,
+	// key-changing UPDATEs) hold the flagged columns only, so they are its key.
+	// No flagged column: the table had no replica identity then (a key was added since),
+	// and the catalog's key is kept.
+	if complete && (reln.ReplicaIdentity == 'd' || reln.ReplicaIdentity == 'i') {
+		flagged, same := 0, true
+		for _, rc := range reln.Columns {
+			if rc.Flags&1 != 0 {
+				flagged++
+				same = same && cat[rc.Name].keyPos > 0
+			}
+		}
+		if flagged > 0 && (!same || flagged != len(keys)) {
 			complete = false
 		}
 	}
