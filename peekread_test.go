@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pglogrepl"
@@ -429,4 +430,46 @@ func TestPeekUptoIncludesCommitEndingThere(t *testing.T) {
 	require.Equal(t, "BRIC", got, "upto_lsn at the commit record's end returns the transaction")
 	_, got = peek(insertStart)
 	require.Equal(t, "", got, "a peek that stops before the commit record returns nothing of the transaction")
+}
+
+// TestCancelledPeekReleasesSlot: a peek of a large backlog whose context ends stops on
+// the server at once and releases the slot, through either driver, so a Syncer
+// stopped mid-peek can be started again without ErrSlotInUse. Both drivers send
+// PostgreSQL's cancel request: lib/pq when the context ends, pgx (v5.12) when it
+// closes the connection its cancelled context broke (pgconn's asyncClose). Were the
+// server left decoding, it would hold the slot for seconds.
+func TestCancelledPeekReleasesSlot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE big (id int, pad text)`)
+	pgxDB, err := sql.Open("pgx", d.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { pgxDB.Close() })
+	drivers := map[string]*sql.DB{"lib/pq": d.DB, "pgx": pgxDB}
+	syncers := map[string]*Syncer{}
+	for name, db := range drivers {
+		s, err := NewSyncer(WithDB(db), ForTables("big"), WithReplicationSlot(pgtest.Ident(t, "slot_"+strings.ReplaceAll(name, "/", ""))),
+			WithPublication(pgtest.Ident(t, "pub")))
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		syncers[name] = s
+	}
+	// One transaction of 1,000,000 rows: decoding it takes the server seconds.
+	execAll(t, d.DB, `INSERT INTO big SELECT g, repeat('x', 50) FROM generate_series(1, 1000000) g`)
+	for _, name := range []string{"lib/pq", "pgx"} {
+		t.Run(name, func(t *testing.T) {
+			s := syncers[name]
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			_, err := s.GetMessagesContext(ctx, 0, false, nil)
+			require.Error(t, err)
+			require.ErrorIs(t, ctx.Err(), context.DeadlineExceeded, "the peek ended before its context: %v", err)
+			ended := time.Now()
+			waitFor(t, 10*time.Second, func() bool {
+				var active bool
+				require.NoError(t, d.DB.QueryRow(`SELECT active FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot()).Scan(&active))
+				return !active
+			}, "slot released")
+			require.Less(t, time.Since(ended), time.Second, "the server went on decoding after the peek was cancelled")
+		})
+	}
 }
