@@ -22,7 +22,9 @@ import (
 //     rejects them);
 //   - numeric: json.Number with every digit and the scale ("1.50"), or "NaN",
 //     "Infinity", "-Infinity";
-//   - json/jsonb: the document itself (json.RawMessage);
+//   - json/jsonb: the document itself (json.RawMessage); a document nested deeper
+//     than encoding/json allows (10,000 levels; PostgreSQL accepts more) as its text,
+//     a JSON string;
 //   - bytea: PostgreSQL's hex text ("\\x00ff");
 //   - uuid: "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"; macaddr: "08:00:2b:01:02:03";
 //   - infinite date/timestamp: "infinity" / "-infinity";
@@ -59,7 +61,12 @@ func (t *PGTableInfo) JSONRow(values StringMap) (map[string]any, error) {
 
 func jsonValue(d *decodeInfo, v any) (any, error) {
 	switch x := v.(type) {
-	case nil, string, bool, int16, int32, int64, uint32, json.RawMessage:
+	case json.RawMessage:
+		if stdlibTooDeep(x) {
+			return string(x), nil
+		}
+		return v, nil
+	case nil, string, bool, int16, int32, int64, uint32:
 		return v, nil
 	case time.Time:
 		return timeText(d, x), nil
@@ -258,4 +265,35 @@ func numericText(n pgtype.Numeric) string {
 		s = "-" + s
 	}
 	return s
+}
+
+// stdlibMaxDepth is encoding/json's nesting limit: it refuses to encode (or decode) a
+// json.RawMessage nested deeper.
+const stdlibMaxDepth = 10000
+
+// stdlibTooDeep tells whether a valid JSON document is nested deeper than
+// stdlibMaxDepth. A document that deep has at least two bytes a level, so shorter ones
+// are not scanned.
+func stdlibTooDeep(doc []byte) bool {
+	if len(doc) <= 2*stdlibMaxDepth {
+		return false
+	}
+	depth := 0
+	for i := 0; i < len(doc); i++ {
+		switch doc[i] {
+		case '"':
+			for i++; i < len(doc) && doc[i] != '"'; i++ {
+				if doc[i] == '\\' {
+					i++
+				}
+			}
+		case '{', '[':
+			if depth++; depth > stdlibMaxDepth {
+				return true
+			}
+		case '}', ']':
+			depth--
+		}
+	}
+	return false
 }

@@ -218,3 +218,40 @@ func TestKeylessTablePostgres(t *testing.T) {
 	require.Contains(t, err.Error(), "public.nokey has neither a primary key nor a replica identity index")
 	require.Empty(t, c.Snapshot())
 }
+
+// TestDeepJSONPostgres: a json document nested deeper than encoding/json allows
+// (10,001 levels), which PostgreSQL accepts. It is decoded (DecodeChange gives the
+// document itself) and written by the JSON lines writer as its text, a JSON string,
+// instead of stopping the Syncer for good on a value that is not malformed.
+func TestDeepJSONPostgres(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, doc json)`)
+	require.NoError(t, err)
+	var out pgtest.Buffer
+	s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("items"),
+		dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
+		dbsync.WithMessageHandler(NewJSONLinesWriter(&out)), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+	require.NoError(t, err)
+	defer s.Close()
+	deep := strings.Repeat("[", 10001) + strings.Repeat("]", 10001)
+	_, err = d.DB.Exec(`INSERT INTO items VALUES (1, $1), (2, '{"a": [1]}')`, deep)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.Run(ctx) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for strings.Count(out.String(), "\n") < 2 && time.Now().Before(deadline) {
+		select {
+		case err := <-runErr:
+			t.Fatalf("Run ended: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	cancel()
+	require.NoError(t, <-runErr)
+	lines := strings.Split(strings.TrimSuffix(jsonStampRE.ReplaceAllString(out.String(), "T"), "\n"), "\n")
+	require.Equal(t, []string{
+		`{"type":"change",T,"op":"insert","schema":"public","table":"items","key":{"id":1},"new":{"doc":"` + deep + `","id":1},"old":null}`,
+		`{"type":"change",T,"op":"insert","schema":"public","table":"items","key":{"id":2},"new":{"doc":{"a":[1]},"id":2},"old":null}`,
+	}, lines)
+}
