@@ -685,3 +685,61 @@ func TestRefreshRowsRedeliveredAfterCommitFailure(t *testing.T) {
 	require.Equal(t, []string{"failed 3", "ok 3"}, h.commits)
 	require.Empty(t, mismatches(h.committed, dbRows(t, d.DB, "items")))
 }
+
+// TestSelectionsPinOutputSettings: a database whose settings change how values print
+// (extra_float_digits, bytea_output, IntervalStyle, DateStyle, TimeZone). The peek
+// pins them (sql/peek.sql), and so must a selection (sql/selection_begin.sql): a row
+// read by Refresh then has the record ID and the values of its change, through both
+// drivers. (Before, extra_float_digits = 0 gave the refresh row another record ID and
+// a rounded float, and the other settings failed the Refresh with ErrDecodeValue.) A
+// snapshot whose chunk bounds are planned (WithSnapshotParallel) reads every row once
+// under DateStyle 'SQL, DMY', where a bound printed in the session's style would be
+// read back as another date.
+func TestSelectionsPinOutputSettings(t *testing.T) {
+	for _, set := range [][2]string{
+		{"extra_float_digits", "0"},
+		{"bytea_output", "escape"},
+		{"IntervalStyle", "sql_standard"},
+		{"DateStyle", "SQL, DMY"},
+		{"TimeZone", "Asia/Kolkata"},
+	} {
+		for _, driver := range []string{"postgres", "pgx"} {
+			t.Run(set[0]+"/"+driver, func(t *testing.T) {
+				d := pgtest.NewDatabase(t)
+				execAll(t, d.DB, `CREATE TABLE r (id int, f float8, by bytea, iv interval, ts timestamptz, PRIMARY KEY (id, f, by, ts))`,
+					`CREATE TABLE days (day date PRIMARY KEY, v int)`,
+					`ALTER DATABASE `+pq.QuoteIdentifier(d.Name)+` SET `+set[0]+` = `+pq.QuoteLiteral(set[1]))
+				db, err := sql.Open(driver, d.DSN())
+				require.NoError(t, err)
+				t.Cleanup(func() { db.Close() })
+				var got string
+				require.NoError(t, db.QueryRow(`SELECT current_setting($1)`, set[0]).Scan(&got))
+				if driver == "postgres" && set[0] == "DateStyle" {
+					require.Equal(t, "ISO, MDY", got, "lib/pq sets DateStyle itself when it connects")
+				} else {
+					require.Equal(t, set[1], got, "the database setting reaches new sessions")
+				}
+				h := newCacheHandler()
+				s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("r", "days"), WithDB(db),
+					WithSnapshotParallel(2), WithSnapshotChunkSize(2))
+				execAll(t, d.DB, `INSERT INTO r VALUES (1, 0.1::float8 + 0.2::float8, '\x00ff', '1 day 02:03:04', '2024-03-01 12:34:56.789+02')`)
+				waitFor(t, 10*time.Second, func() bool { return len(h.eventList()) == 1 }, "the insert")
+				fromChange := h.tableRows("public.r")
+				stats, err := s.RefreshContext(context.Background(), `SELECT * FROM r`)
+				require.NoError(t, err)
+				require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
+				ev := h.eventList()
+				require.Equal(t, []string{`insert public.r ["1","0.30000000000000004","\\x00ff","2024-03-01T10:34:56.789Z"]`,
+					`refresh public.r ["1","0.30000000000000004","\\x00ff","2024-03-01T10:34:56.789Z"]`}, ev)
+				require.Equal(t, fromChange, h.tableRows("public.r"), "the refresh row's values are the change's")
+
+				execAll(t, d.DB, `INSERT INTO days SELECT DATE '2024-01-01' + g, g FROM generate_series(0, 11) g`)
+				require.NoError(t, s.Snapshot(context.Background(), "days"))
+				rows := h.tableRows("public.days")
+				require.Len(t, rows, 12)
+				require.Equal(t, 12, strings.Count(strings.Join(h.eventList(), "\n"), "refresh public.days"), "every row once")
+				require.Empty(t, mismatches(rows, dbRows(t, d.DB, "days")))
+			})
+		}
+	}
+}

@@ -213,8 +213,8 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 		return classify(err, "begin selection transaction")
 	}
 	defer tx.Rollback()
-	var snapText string
-	if err := tx.QueryRowContext(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snapText); err != nil {
+	var snapText, applied string
+	if err := tx.QueryRowContext(ctx, sqlText("selection_begin.sql")).Scan(&snapText, &applied); err != nil {
 		return classify(err, "read pg_current_snapshot()")
 	}
 	if res.snap, err = parseSnapshot(snapText); err != nil {
@@ -260,11 +260,11 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 // cannot be ended cleanly the connection is reported bad (driver.ErrBadConn after the
 // classified error is kept) so the pool drops it.
 func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTableInfo, cols []string, query string, params [][]byte, q selQuery, res *selResult) (err error) {
-	results, err := pc.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text`).ReadAll()
+	results, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "+sqlText("selection_begin.sql")).ReadAll()
 	if err != nil {
 		return s.endPgconnSelect(pc, classify(err, "begin selection transaction"))
 	}
-	if len(results) != 2 || len(results[1].Rows) != 1 || len(results[1].Rows[0]) != 1 {
+	if len(results) != 2 || len(results[1].Rows) != 1 || len(results[1].Rows[0]) != 2 {
 		return s.endPgconnSelect(pc, fmt.Errorf("dbsync: pg_current_snapshot() returned no row"))
 	}
 	if res.snap, err = parseSnapshot(string(results[1].Rows[0][0])); err != nil {

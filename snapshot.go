@@ -497,7 +497,18 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 	for i := range bound {
 		dest[i] = &bound[i]
 	}
-	err := s.db.QueryRowContext(ctx, q, args...).Scan(dest...)
+	// The bound's text is bound back into the chunk queries (typed casts), which run
+	// with the output settings pinned (sql/selection_begin.sql): print it under them too.
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, classify(err, "find the next snapshot chunk's key range in "+info.QualifiedName())
+	}
+	defer tx.Rollback()
+	var snap, applied string
+	if err := tx.QueryRowContext(ctx, sqlText("selection_begin.sql")).Scan(&snap, &applied); err != nil {
+		return nil, classify(err, "find the next snapshot chunk's key range in "+info.QualifiedName())
+	}
+	err = tx.QueryRowContext(ctx, q, args...).Scan(dest...)
 	s.chunkBounds.Add(1)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil

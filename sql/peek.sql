@@ -7,7 +7,8 @@
 -- settings that shape it are pinned for this statement only (set_config(..., true) ends
 -- with the statement's transaction): DateStyle, IntervalStyle, bytea_output and
 -- extra_float_digits as dbsync's decoders expect them, TimeZone UTC. OFFSET 0 and the
--- LATERAL reference make PostgreSQL apply them before the slot is decoded.
+-- LATERAL reference make PostgreSQL apply them before the slot is decoded. Selections
+-- pin the same (sql/selection_begin.sql): keep the lists equal.
 SELECT p.lsn, p.xid, p.data
 FROM (SELECT set_config('DateStyle', 'ISO, MDY', true)
           || set_config('IntervalStyle', 'postgres', true)

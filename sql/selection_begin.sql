@@ -1,0 +1,13 @@
+-- The first statement of a selection's READ ONLY, REPEATABLE READ transaction: the
+-- snapshot every later statement of the transaction sees (pg_current_snapshot()), and
+-- the settings that shape values' text output pinned for the rest of the transaction
+-- (set_config(..., true)) to what the peek pins (sql/peek.sql): so a row read by a
+-- selection prints its values as its changes do (the same record IDs, the same
+-- values), whatever the database's or role's DateStyle, IntervalStyle, bytea_output,
+-- extra_float_digits or TimeZone. Keep the two lists equal.
+SELECT pg_current_snapshot()::text,
+       set_config('DateStyle', 'ISO, MDY', true)
+       || set_config('IntervalStyle', 'postgres', true)
+       || set_config('bytea_output', 'hex', true)
+       || set_config('extra_float_digits', '3', true)
+       || set_config('TimeZone', 'UTC', true)
