@@ -40,7 +40,8 @@ type Change struct {
 	// key-changing update); "" otherwise.
 	OldKey string
 	// Filled lists columns of New that were sent as unchanged TOAST values ('u') and
-	// were filled from the old row ('O' tuple, REPLICA IDENTITY FULL).
+	// were filled from the old row ('O' tuple, REPLICA IDENTITY FULL) or, for key
+	// columns, from the old key ('K' tuple).
 	Filled []string
 }
 
@@ -50,7 +51,9 @@ type Change struct {
 // Unchanged TOASTed values (tuple kind 'u') are never delivered as NULL: they are left
 // out of New and listed in Unchanged, except that when PostgreSQL sent the whole old row
 // ('O' tuple, REPLICA IDENTITY FULL) they are filled from it (the old value is the
-// current one: the update did not touch the column). A 'K' old tuple is reduced to the
+// current one: the update did not touch the column), and unchanged key columns are
+// filled from the old key ('K' tuple: PostgreSQL sends one for an UPDATE whose key is
+// stored out of line), so the change has its record ID. A 'K' old tuple is reduced to the
 // replica identity (key) columns: pgoutput sends the other columns as NULL placeholders,
 // which are not the row's values.
 //
@@ -78,9 +81,11 @@ func DecodeChange(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *
 			if c.Old, err = oldValues(info, reln, m.OldTupleType, m.OldTuple); err != nil {
 				return nil, err
 			}
-			if m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld {
-				c.fillUnchanged()
-			}
+			// A full old row ('O') fills every unchanged TOAST column; an old key ('K')
+			// the key columns among them: PostgreSQL logs the old key of an UPDATE
+			// whose key is stored out of line even when the key did not change, and
+			// sends that key as 'u' in the new tuple.
+			c.fillUnchanged()
 		}
 	case *pglogrepl.DeleteMessage:
 		c.Op = OpDelete

@@ -294,3 +294,35 @@ func TestKeylessTable(t *testing.T) {
 	require.NoError(t, r.stop(t))
 	require.Equal(t, StringMap{"a": int32(2), "b": "z"}, got[3].New, "delivered: the slot was not forwarded past it")
 }
+
+// TestToastedKeyUpdate: a primary key value stored out of line (2,400 bytes of
+// incompressible text) and an UPDATE of another column. pgoutput sends the key as 'u'
+// (unchanged TOAST) in the new tuple and, for it, the old key ('K'): the change takes
+// the key from there (Filled), so it has its record ID; before, ErrNoKey stopped the
+// Syncer on it for good. Text and binary formats.
+func TestToastedKeyUpdate(t *testing.T) {
+	for _, binary := range []bool{false, true} {
+		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE tk (k text PRIMARY KEY, v int)`)
+			rec := &changeRecorder{}
+			s := newTestSyncer(t, d, ForTables("tk"), WithMessageHandler(rec), WithBinary(binary))
+			r := runInBackground(s)
+			defer r.stop(t)
+			execAll(t, d.DB, `INSERT INTO tk SELECT string_agg(md5(i::text), '' ORDER BY i), 1 FROM generate_series(1, 75) i`,
+				`UPDATE tk SET v = 2`)
+			var k string
+			require.NoError(t, d.DB.QueryRow(`SELECT k FROM tk`).Scan(&k))
+			require.Len(t, k, 2400)
+			got := rec.waitChanges(t, 2)
+			upd := got[1]
+			require.Equal(t, OpUpdate, upd.Op)
+			require.Equal(t, got[0].Key, upd.Key)
+			require.Equal(t, `["`+k+`"]`, upd.Key)
+			require.Empty(t, upd.OldKey)
+			require.Equal(t, StringMap{"k": k, "v": int32(2)}, upd.New)
+			require.Equal(t, []string{"k"}, upd.Filled, "the key came as unchanged TOAST and was filled from the old key")
+			require.Empty(t, upd.Unchanged)
+		})
+	}
+}
