@@ -332,9 +332,11 @@ func ConnStringFromEnv(lookup func(string) (string, bool)) string {
 	return strings.Join(parts, " ")
 }
 
-// quoteConnValue quotes a value for a libpq key=value connection string.
+// quoteConnValue quotes a value for a libpq key=value connection string: one that is
+// empty or holds whitespace of any kind (libpq's parser splits at isspace), a quote or
+// a backslash.
 func quoteConnValue(v string) string {
-	if v != "" && !strings.ContainsAny(v, " '\\") {
+	if v != "" && !strings.ContainsAny(v, " \t\n\v\f\r'\\") {
 		return v
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"

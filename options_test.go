@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -141,5 +142,19 @@ func TestFlushWatchWait(t *testing.T) {
 		time.Hour:                       250 * time.Millisecond,
 	} {
 		require.Equal(t, want, flushWatchWait(quiet), "quiet for %v", quiet)
+	}
+}
+
+// TestConnStringFromEnvQuotesWhitespace: a POSTGRES_* value holding any whitespace
+// (tab, newline) is quoted, so libpq's key=value parser (lib/pq's here) reads it whole
+// instead of failing on what follows it, and printing a piece of the password in its
+// error.
+func TestConnStringFromEnvQuotesWhitespace(t *testing.T) {
+	for _, pw := range []string{"abc\tTOPSECRET", "a\nb", "x y", `q'uo\te`, "plain"} {
+		env := map[string]string{"POSTGRES_HOST": "h", "POSTGRES_USER": "u", "POSTGRES_PASSWORD": pw}
+		cs := ConnStringFromEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+		_, err := pq.NewConnector(cs)
+		require.NoError(t, err, "%q", cs)
+		require.NotContains(t, RedactConnString(cs), "TOPSECRET")
 	}
 }
