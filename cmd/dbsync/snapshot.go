@@ -68,12 +68,20 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	go func() { runDone <- s.Run(runCtx) }()
 
 	snapErr := s.Snapshot(ctx, tables...)
+	var runErr error
+	ran := false
 	if snapErr == nil && *follow {
 		fmt.Fprintln(stderr, "dbsync snapshot: done; streaming changes, Ctrl-C to stop")
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case runErr = <-runDone: // the Syncer stopped on its own (slot dropped, ...)
+			ran = true
+		}
 	}
 	cancel()
-	runErr := <-runDone
+	if !ran {
+		runErr = <-runDone
+	}
 	if ferr := out.Flush(); ferr != nil && runErr == nil {
 		runErr = ferr
 	}

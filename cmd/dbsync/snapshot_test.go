@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/stretchr/testify/require"
@@ -93,4 +94,44 @@ func TestSnapshotCommand(t *testing.T) {
 	err = runSnapshot(context.Background(), nil, &stdout, &stderr)
 	var ue usageError
 	require.ErrorAs(t, err, &ue)
+}
+
+// TestSnapshotFollowEndsWhenSyncerStops: `snapshot -follow` streams changes after the
+// snapshot until Ctrl-C, and also ends, with the Syncer's error, when the Syncer stops
+// on its own (here: its slot is dropped). Before, it waited for Ctrl-C forever.
+func TestSnapshotFollowEndsWhenSyncerStops(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')`)
+	require.NoError(t, err)
+	t.Setenv("POSTGRES_HOST", d.Server.Host)
+	t.Setenv("POSTGRES_PORT", strconv.Itoa(d.Server.Port))
+	t.Setenv("POSTGRES_USER", d.Server.User)
+	t.Setenv("POSTGRES_DB", d.Name)
+	t.Setenv("POSTGRES_SSLMODE", "disable")
+	slot := pgtest.Ident(t, "slot")
+	var stdout, stderr pgtest.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- runSnapshot(context.Background(), []string{"-follow", "-slot", slot, "-publication", pgtest.Ident(t, "pub"), "t"}, &stdout, &stderr)
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(stderr.String(), "streaming changes") {
+		require.True(t, time.Now().Before(deadline), "no snapshot: %s", stderr.String())
+		time.Sleep(20 * time.Millisecond)
+	}
+	for {
+		// The slot is busy while a poll reads it: try until it is dropped.
+		if _, err := d.DB.Exec(`SELECT pg_drop_replication_slot($1)`, slot); err == nil {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "could not drop the slot")
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, dbsync.ErrSlotMissing)
+	case <-time.After(20 * time.Second):
+		t.Fatal("snapshot -follow did not end after its Syncer stopped")
+	}
+	require.Equal(t, `{"type":"refresh","schema":"public","table":"t","key":{"id":1},"new":{"id":1,"v":"a"}}`+"\n", stdout.String())
 }
