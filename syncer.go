@@ -131,6 +131,7 @@ type Syncer struct {
 
 	// lifecycle
 	mu      sync.Mutex
+	closed  bool // Close was called: Run refuses to start
 	running bool
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -213,11 +214,20 @@ func (s *Syncer) CtrlNamespace() string { return s.ctrlNamespace }
 // WMTable returns the watermark table's name (in CtrlNamespace).
 func (s *Syncer) WMTable() string { return s.wmTableName }
 
-// Close stops the Syncer if it runs, ends a restart_lsn check that Forward or
+// Close stops the Syncer if it runs, fails Refresh and Snapshot calls still waiting
+// for a Run (ErrRefreshAbandoned), ends a restart_lsn check that Forward or
 // GetMessages started (see MaxRestartLSNLag) and waits for it, and closes the
-// connection pool if the Syncer opened it (not one given with WithDB).
+// connection pool if the Syncer opened it (not one given with WithDB). A closed Syncer
+// does not run again: Run and Start return ErrClosed. Close may be called more than
+// once.
 func (s *Syncer) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.Stop()
+	if s.win != nil {
+		s.win.abandon(ErrClosed)
+	}
 	if s.bgCancel != nil {
 		s.cancelRestartChecks(s.bgCancel)
 	}
@@ -238,12 +248,17 @@ func (s *Syncer) IsRunning() bool {
 // ErrStopProcessingMessages (all return nil), or a fatal error occurs (returned:
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
 // ErrSlotInUse, ...). Connection loss is retried with exponential backoff.
-// Returns ErrAlreadyRunning if the Syncer runs already, ErrConfig with nothing to
-// deliver to or with both an EventsProcessor and a Batcher. When a handler asked to
-// stop but the slot could not then be forwarded past what it processed, Run returns
-// that error (what was processed is delivered again on the next run).
+// Returns ErrAlreadyRunning if the Syncer runs already, ErrClosed after Close,
+// ErrConfig with nothing to deliver to or with both an EventsProcessor and a Batcher.
+// When a handler asked to stop but the slot could not then be forwarded past what it
+// processed, Run returns that error (what was processed is delivered again on the
+// next run).
 func (s *Syncer) Run(ctx context.Context) error {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
 	if s.running {
 		s.mu.Unlock()
 		return ErrAlreadyRunning

@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pglogrepl"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -359,4 +361,30 @@ func TestIdlePublicationDoesNotPinWAL(t *testing.T) {
 	require.Less(t, retained, int64(1<<20), "slot retains under 1 MB of the %d bytes written", written)
 	require.Less(t, lag, int64(1<<20))
 	require.Empty(t, rec.snapshot(), "no changes of the watched table")
+}
+
+// TestCloseEndsWaitingRefreshAndRun: Close fails a Refresh that waits for a Run (it
+// would otherwise block for good), and a closed Syncer does not run again (Run would
+// otherwise poll on a pool given with WithDB until its context ends).
+func TestCloseEndsWaitingRefreshAndRun(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items VALUES (1)`)
+	s := newTestSyncer(t, d, WithDB(d.DB), ForTables("items"), WithMessageHandler(DefaultMessageHandler{}))
+	done := make(chan error, 1)
+	go func() { done <- s.Refresh(`SELECT * FROM items`) }()
+	waitFor(t, 10*time.Second, func() bool {
+		var n int
+		require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM `+pq.QuoteIdentifier(s.CtrlNamespace())+`.`+pq.QuoteIdentifier(s.WMTable())).Scan(&n))
+		return n > 0
+	}, "the Refresh's low watermark")
+	require.NoError(t, s.Close())
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, ErrRefreshAbandoned)
+		require.ErrorIs(t, err, ErrClosed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Refresh still waiting 10 s after Close")
+	}
+	require.ErrorIs(t, s.Run(context.Background()), ErrClosed)
+	require.NoError(t, s.Close(), "a second Close")
 }

@@ -3,6 +3,7 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -171,7 +172,11 @@ func (t *windowTracker) register(id string, rel uint32) <-chan selDone {
 	defer t.mu.Unlock()
 	ch := make(chan selDone, 1)
 	if t.stopped != nil {
-		ch <- selDone{err: fmt.Errorf("%w: the Syncer is not running (%v); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)}
+		if errors.Is(t.stopped, ErrClosed) {
+			ch <- selDone{err: fmt.Errorf("%w: %w", ErrRefreshAbandoned, ErrClosed)}
+		} else {
+			ch <- selDone{err: fmt.Errorf("%w: the Syncer is not running (%v); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)}
+		}
 		return ch
 	}
 	t.waiters[id] = ch
@@ -300,8 +305,12 @@ func (t *windowTracker) abandon(cause error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.stopped = cause
+	err := fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)
+	if errors.Is(cause, ErrClosed) {
+		err = fmt.Errorf("%w: the Syncer was closed before its high watermark was delivered: %w", ErrRefreshAbandoned, ErrClosed)
+	}
 	for id, ch := range t.waiters {
-		ch <- selDone{err: fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)}
+		ch <- selDone{err: err}
 		t.forgetLocked(id)
 	}
 }
