@@ -743,3 +743,31 @@ func TestSelectionsPinOutputSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestQCharHighBytes: "char" values with a byte >= 0x80, which PostgreSQL's output
+// function prints as \ooo ('é' in a UTF8 database stores its first byte, 0xC3: \303).
+// Changes (text and binary) and refresh rows decode them to the same value, the byte
+// as a rune, and the same record ID; before, text mode failed with ErrDecodeValue
+// ("invalid length for \"char\""), which stopped the Syncer on the change.
+func TestQCharHighBytes(t *testing.T) {
+	for _, binary := range []bool{false, true} {
+		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE qc (c "char" PRIMARY KEY, n int)`)
+			h := newCacheHandler()
+			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("qc"), WithBinary(binary))
+			execAll(t, d.DB, `INSERT INTO qc VALUES ('a', 1), ('é', 2), ('\', 3)`)
+			waitFor(t, 10*time.Second, func() bool { return len(h.eventList()) == 3 }, "the inserts")
+			fromChanges := h.tableRows("public.qc")
+			require.Equal(t, map[string]StringMap{
+				`["97"]`:  {"c": int32('a'), "n": int32(1)},
+				`["195"]`: {"c": int32(0xC3), "n": int32(2)},
+				`["92"]`:  {"c": int32('\\'), "n": int32(3)},
+			}, fromChanges)
+			stats, err := s.RefreshContext(context.Background(), `SELECT * FROM qc`)
+			require.NoError(t, err)
+			require.Equal(t, RefreshStats{Selected: 3, Emitted: 3}, stats)
+			require.Equal(t, fromChanges, h.tableRows("public.qc"))
+		})
+	}
+}

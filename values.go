@@ -316,6 +316,14 @@ func (d *decodeInfo) decode(m *pgtype.Map, format int16, src []byte, rb *rowBuf)
 	case kindArray:
 		return d.decodeArray(m, format, src)
 	}
+	if d.oid == pgtype.QCharOID && format == pgtype.TextFormatCode && len(src) == 4 && src[0] == '\\' {
+		// "char"'s output function prints a byte >= 0x80 as \ooo (octal: charout in
+		// PostgreSQL's char.c); pgtype's text decoder takes one byte. Decode the byte
+		// as its binary form, which gives the same Go value as in binary mode.
+		if b, ok := octalByte(src[1:]); ok {
+			src, format = []byte{b}, pgtype.BinaryFormatCode
+		}
+	}
 	if d.fast != fastNone {
 		if v, ok, err := d.decodeFast(format, src, rb); ok {
 			return v, err
@@ -611,4 +619,19 @@ func (t *PGTableInfo) MessageToMap(reln *pglogrepl.RelationMessage, tuple *pglog
 		values[name] = v
 	}
 	return values, unchanged, nil
+}
+
+// octalByte parses three octal digits (000-377) into a byte.
+func octalByte(o []byte) (byte, bool) {
+	if len(o) != 3 || o[0] < '0' || o[0] > '3' {
+		return 0, false
+	}
+	v := 0
+	for _, c := range o {
+		if c < '0' || c > '7' {
+			return 0, false
+		}
+		v = v*8 + int(c-'0')
+	}
+	return byte(v), true
 }
