@@ -635,3 +635,16 @@ func octalByte(o []byte) (byte, bool) {
 	}
 	return byte(v), true
 }
+
+// noBinaryCodec tells whether values of d arrive in binary mode as send-format bytes
+// (UnknownValue), which print differently from the text a selection reads: a type
+// without a codec, or an array of one.
+func noBinaryCodec(d *decodeInfo) bool {
+	if d == nil {
+		return false
+	}
+	if d.kind == kindArray {
+		return noBinaryCodec(d.elem)
+	}
+	return d.kind == kindUnknown
+}

@@ -546,6 +546,14 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key (or replica identity index); add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
 			ErrNoPrimaryKey, info.QualifiedName(), t.quoted())
 	}
+	if s.binary {
+		for _, k := range info.PrimaryKey {
+			if c := info.ColInfo[k]; c != nil && noBinaryCodec(c.decoder()) {
+				return nil, fmt.Errorf("%w: %s: key column %q is of a type without a Go codec (%s): in binary mode (WithBinary) its changes carry its send format, which cannot be matched with the text a selection reads; refresh or snapshot this table with a Syncer in text mode",
+					ErrConfig, info.QualifiedName(), k, c.decoder().name)
+			}
+		}
+	}
 	if err := s.checkPublishedForSelection(ctx, info, t, relkind == "p", partition); err != nil {
 		return nil, err
 	}
