@@ -28,23 +28,49 @@ import (
 // A change of a table with neither a primary key nor a replica identity index (no
 // record ID: Change.Key "") is refused with an error wrapping dbsync.ErrNoKey.
 //
-// Re-delivered transactions (at-least-once) are harmless: applying a committed
-// transaction again yields the same state. HandleRefresh upserts a row read by a
-// snapshot or Refresh at once. All methods are safe for concurrent use.
+// # Re-delivery
+//
+// Delivery is at least once: after a failed forward of the slot, a handler error or
+// a server crash, transactions the Cache applied come again. The Cache applies a
+// transaction only if its commit LSN (BeginMessage.FinalLSN, CommitMessage.CommitLSN)
+// is after Stats().LastCommitLSN, the last one it applied: commit LSNs of new
+// transactions increase strictly in delivery order, so anything else is a re-delivery
+// and is dropped whole (counted in Stats().Redelivered). Applying it again would not
+// be harmless: an update that left a TOASTed column unchanged takes that column from
+// the cached row, which by then holds a later transaction's value, and an older
+// transaction would undo later ones until they come again. A transaction that never
+// reached its COMMIT is dropped at the next BEGIN; its re-delivery starts there.
+//
+// HandleRefresh rows (Snapshot, Refresh) arrive inside the high watermark's
+// transaction, just before its COMMIT, with the rows' values as of that point: they are
+// staged and applied at that COMMIT, and dropped with it when it is a re-delivery (a
+// later change may have been applied over them already). Called outside a transaction,
+// HandleRefresh upserts at once. All methods are safe for concurrent use.
 type Cache struct {
 	dbsync.DefaultMessageHandler
 
-	mu      sync.RWMutex
-	tables  map[string]map[string]dbsync.StringMap
-	infos   map[string]*dbsync.PGTableInfo
-	pending []cacheOp
-	stats   CacheStats
+	mu     sync.RWMutex
+	tables map[string]map[string]dbsync.StringMap
+	infos  map[string]*dbsync.PGTableInfo
+	tx     cacheTx
+	stats  CacheStats
+}
+
+// cacheTx is the transaction being received: between BEGIN and COMMIT.
+type cacheTx struct {
+	open bool
+	lsn  pglogrepl.LSN // BeginMessage.FinalLSN
+	skip bool          // a re-delivery: lsn is not after the last applied commit
+	ops  []cacheOp
 }
 
 // CacheStats counts what a Cache applied.
 type CacheStats struct {
 	// Transactions is the number of COMMITs applied.
 	Transactions int64
+	// Redelivered is the number of transactions dropped because their commit LSN was
+	// not after LastCommitLSN: they had been applied already.
+	Redelivered int64
 	// Changes is the number of inserts, updates and deletes applied.
 	Changes int64
 	// Truncates is the number of tables truncated.
@@ -64,10 +90,16 @@ type CacheStats struct {
 	LastCommitLSN pglogrepl.LSN
 }
 
-// cacheOp is one staged change: a row change or a table truncated.
+// cacheOp is one staged operation of a transaction; exactly one field is set.
 type cacheOp struct {
 	change   *dbsync.Change
 	truncate string // table name when the op is a TRUNCATE
+	refresh  *cacheRefresh
+}
+
+type cacheRefresh struct {
+	key  string
+	item dbsync.DBItem
 }
 
 // NewCache returns an empty Cache.
@@ -82,35 +114,56 @@ func (c *Cache) init() {
 	}
 }
 
-// HandleBeginMessage drops staged changes of a transaction that never committed
-// (its re-delivery starts again here).
-func (c *Cache) HandleBeginMessage(int, *pglogrepl.BeginMessage) error {
+// HandleBeginMessage opens a transaction. Staged changes of a transaction that never
+// reached its COMMIT are dropped (its re-delivery starts again here). A transaction
+// whose commit LSN is not after the last applied one is a re-delivery: its messages
+// are dropped.
+func (c *Cache) HandleBeginMessage(_ int, m *pglogrepl.BeginMessage) error {
 	c.mu.Lock()
-	c.pending = c.pending[:0]
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	last := c.stats.LastCommitLSN
+	c.tx = cacheTx{open: true, lsn: m.FinalLSN, skip: last != 0 && m.FinalLSN <= last, ops: c.tx.ops[:0]}
 	return nil
 }
 
-// HandleCommitMessage applies the transaction's staged changes.
+// HandleCommitMessage applies the transaction's staged changes, unless it is a
+// re-delivery.
 func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if last := c.stats.LastCommitLSN; c.tx.skip || (last != 0 && m.CommitLSN <= last) {
+		c.stats.Redelivered++
+		c.tx = cacheTx{ops: c.tx.ops[:0]}
+		return nil
+	}
 	c.init()
-	for _, op := range c.pending {
-		if op.change == nil {
+	for _, op := range c.tx.ops {
+		switch {
+		case op.change != nil:
+			c.apply(op.change)
+		case op.refresh != nil:
+			c.applyRefresh(op.refresh.key, op.refresh.item)
+		default:
 			c.tables[op.truncate] = map[string]dbsync.StringMap{}
 			c.stats.Truncates++
-			continue
 		}
-		c.apply(op.change)
 	}
-	c.pending = c.pending[:0]
+	for i := range c.tx.ops {
+		c.tx.ops[i] = cacheOp{} // let go of the changes
+	}
+	c.tx = cacheTx{ops: c.tx.ops[:0]}
 	c.stats.Transactions++
 	c.stats.LastCommitLSN = m.CommitLSN
 	return nil
 }
 
 func (c *Cache) stage(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+	c.mu.RLock()
+	skip := c.tx.skip
+	c.mu.RUnlock()
+	if skip {
+		return nil
+	}
 	if info == nil {
 		return fmt.Errorf("handlers: Cache: no table info for relation %s.%s", reln.Namespace, reln.RelationName)
 	}
@@ -123,7 +176,7 @@ func (c *Cache) stage(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, in
 			dbsync.ErrNoKey, info.QualifiedName())
 	}
 	c.mu.Lock()
-	c.pending = append(c.pending, cacheOp{change: ch})
+	c.tx.ops = append(c.tx.ops, cacheOp{change: ch})
 	c.mu.Unlock()
 	return nil
 }
@@ -147,30 +200,42 @@ func (c *Cache) HandleDeleteMessage(_ int, m *pglogrepl.DeleteMessage, reln *pgl
 func (c *Cache) HandleTruncateMessage(_ int, _ *pglogrepl.TruncateMessage, relns []*pglogrepl.RelationMessage, infos []*dbsync.PGTableInfo) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.tx.skip {
+		return nil
+	}
 	for i, r := range relns {
 		name := r.Namespace + "." + r.RelationName
 		if i < len(infos) && infos[i] != nil {
 			name = infos[i].QualifiedName()
 		}
-		c.pending = append(c.pending, cacheOp{truncate: name})
+		c.tx.ops = append(c.tx.ops, cacheOp{truncate: name})
 	}
 	return nil
 }
 
-// HandleRefresh upserts item.Values under item.Table and key at once.
+// HandleRefresh upserts item.Values under item.Table and key: at the COMMIT of the
+// transaction it arrives in (the high watermark's), or at once outside a transaction.
 func (c *Cache) HandleRefresh(key string, item dbsync.DBItem) error {
 	if item.Table == nil {
 		return fmt.Errorf("handlers: Cache: HandleRefresh(%q) without a table", key)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.init()
+	switch {
+	case !c.tx.open:
+		c.init()
+		c.applyRefresh(key, item)
+	case !c.tx.skip:
+		c.tx.ops = append(c.tx.ops, cacheOp{refresh: &cacheRefresh{key: key, item: item}})
+	}
+	return nil
+}
+
+func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
 	name := item.Table.QualifiedName()
 	c.infos[name] = item.Table
-	rows := c.rows(name)
-	rows[key] = copyRow(item.Values)
+	c.rows(name)[key] = copyRow(item.Values)
 	c.stats.Refreshes++
-	return nil
 }
 
 func (c *Cache) rows(table string) map[string]dbsync.StringMap {

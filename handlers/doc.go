@@ -4,6 +4,8 @@
 //   - JSONLinesWriter writes one JSON object per row change (and per TRUNCATE of a
 //     table and per logical decoding message) to an io.Writer; see the schema below.
 //   - Cache keeps an in-memory copy of the published tables (table -> record ID -> row).
+//     It applies each transaction at its COMMIT and drops re-delivered ones (commit LSN
+//     not after the last applied one), so at-least-once delivery leaves it exact.
 //
 // Embed dbsync.DefaultMessageHandler in your own handler to implement only the methods
 // you need.

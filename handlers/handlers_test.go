@@ -186,6 +186,9 @@ func TestCacheUnit(t *testing.T) {
 	require.Equal(t, map[string]map[string]dbsync.StringMap{
 		"public.items": {`["3","a"]`: {"id": "3", "sub": "a", "name": "renamed", "body": "BIG"}},
 	}, c.Snapshot())
+	require.Equal(t, int64(1), c.Stats().Transactions)
+	require.Equal(t, int64(1), c.Stats().Redelivered, "the same commit LSN: dropped")
+	require.Equal(t, int64(5), c.Stats().Changes)
 }
 
 func TestCacheStagesUntilCommit(t *testing.T) {
@@ -241,4 +244,80 @@ func TestCacheTruncateAndRefresh(t *testing.T) {
 	require.Equal(t, int64(1), c.Stats().Truncates)
 	require.Equal(t, info, c.TableInfo("public.items"))
 	require.Error(t, c.HandleRefresh("k", dbsync.DBItem{}))
+}
+
+// tx returns a BEGIN and a COMMIT of a transaction committing at lsn.
+func tx(lsn pglogrepl.LSN) (*pglogrepl.BeginMessage, *pglogrepl.CommitMessage) {
+	return &pglogrepl.BeginMessage{FinalLSN: lsn, CommitTime: commitTime, Xid: uint32(lsn)},
+		&pglogrepl.CommitMessage{CommitLSN: lsn, TransactionEndLSN: lsn + 0x30, CommitTime: commitTime}
+}
+
+// TestCacheRedeliveredTransactionsDropped: a transaction whose commit LSN is not after
+// the last applied one was applied already; applying it again would regress rows
+// (an older update over a later refresh row) or copy an unchanged TOASTed value from
+// a later state. Refresh rows belong to the transaction they arrive in.
+func TestCacheRedeliveredTransactionsDropped(t *testing.T) {
+	reln, info := itemsTable()
+	c := NewCache()
+	deliver := func(lsn pglogrepl.LSN, msgs ...func() error) {
+		t.Helper()
+		b, cm := tx(lsn)
+		require.NoError(t, c.HandleBeginMessage(0, b))
+		for _, m := range msgs {
+			require.NoError(t, m())
+		}
+		require.NoError(t, c.HandleCommitMessage(0, cm))
+	}
+	insert := func(vals ...string) func() error {
+		return func() error {
+			return c.HandleInsertMessage(0, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup(vals...)}, reln, info)
+		}
+	}
+	update := func(vals ...string) func() error {
+		return func() error {
+			return c.HandleUpdateMessage(0, &pglogrepl.UpdateMessage{RelationID: 16385, NewTuple: tup(vals...)}, reln, info)
+		}
+	}
+	refresh := func(name, body string) func() error {
+		return func() error {
+			return c.HandleRefresh(`["1","a"]`, dbsync.DBItem{Table: info, Key: `["1","a"]`, Values: dbsync.StringMap{"id": "1", "sub": "a", "name": name, "body": body}})
+		}
+	}
+	row := func() dbsync.StringMap { r, _ := c.Row("public.items", `["1","a"]`); return r }
+
+	deliver(0x100, insert("1", "a", "v1", "B1"))
+	deliver(0x200, update("1", "a", "v2", "<u>"))
+	// The high watermark's transaction: its refresh row is applied at its COMMIT.
+	b3, c3 := tx(0x300)
+	require.NoError(t, c.HandleBeginMessage(0, b3))
+	require.NoError(t, refresh("v3", "B3")())
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v2", "body": "B1"}, row(), "a refresh row is invisible before its COMMIT")
+	require.NoError(t, c.HandleCommitMessage(0, c3))
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v3", "body": "B3"}, row())
+
+	// 0x200 comes again (the slot fell back): it must not undo the refresh row, nor
+	// copy B3 as its unchanged body.
+	deliver(0x200, update("1", "a", "v2", "<u>"))
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v3", "body": "B3"}, row())
+	// 0x300 comes again with its refresh row (the selection was not completed): the
+	// row must not go back over what 0x400 applied.
+	deliver(0x400, update("1", "a", "v4", "<u>"))
+	deliver(0x300, refresh("v3", "B3"))
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v4", "body": "B3"}, row())
+	// A new transaction applies.
+	deliver(0x500, update("1", "a", "v5", "B5"))
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v5", "body": "B5"}, row())
+
+	st := c.Stats()
+	require.Equal(t, int64(5), st.Transactions)
+	require.Equal(t, int64(2), st.Redelivered)
+	require.Equal(t, int64(4), st.Changes)
+	require.Equal(t, int64(1), st.Refreshes)
+	require.Equal(t, int64(2), st.KeptUnchanged)
+	require.Equal(t, pglogrepl.LSN(0x500), st.LastCommitLSN)
+
+	// Outside a transaction a refresh row is applied at once.
+	require.NoError(t, refresh("r", "R")())
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "r", "body": "R"}, row())
+	require.Equal(t, int64(2), c.Stats().Refreshes)
 }
