@@ -1,12 +1,19 @@
 package handlers
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/dbsync/dbsync"
 	"github.com/jackc/pglogrepl"
 )
+
+// ErrCacheSequence is returned by a Cache's handler methods when the messages it is
+// fed are not one Syncer's delivery: a BEGIN of a later transaction while another is
+// open, a COMMIT that is not the open transaction's, a change outside a transaction.
+// It means two Syncers (or other callers) feed one Cache, which is not supported.
+var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer)")
 
 // Cache is a dbsync.MessageHandler that keeps an in-memory copy of the published
 // tables: table ("schema.table", PGTableInfo.QualifiedName) -> record ID
@@ -45,7 +52,19 @@ import (
 // transaction, just before its COMMIT, with the rows' values as of that point: they are
 // staged and applied at that COMMIT, and dropped with it when it is a re-delivery (a
 // later change may have been applied over them already). Called outside a transaction,
-// HandleRefresh upserts at once. All methods are safe for concurrent use.
+// HandleRefresh upserts at once.
+//
+// # One Syncer per Cache
+//
+// A Cache must be fed by one Syncer: its staged transaction and its last commit LSN
+// belong to one stream of transactions. Two Syncers (two slots, or two servers) need
+// two Caches. Misuse is detected where the sequence shows it — a BEGIN of a later
+// transaction while one is open, a COMMIT that is not the open transaction's, a change
+// or TRUNCATE outside a transaction are errors wrapping ErrCacheSequence, and the open
+// transaction is dropped — but not always: another Syncer's whole transaction whose
+// commit LSN is not after the last applied one looks like a re-delivery and is
+// dropped. The reading methods (Snapshot, Row, Len, TableInfo, Stats) are safe for
+// concurrent use with the feeding Syncer and with each other.
 type Cache struct {
 	dbsync.DefaultMessageHandler
 
@@ -121,6 +140,12 @@ func (c *Cache) init() {
 func (c *Cache) HandleBeginMessage(_ int, m *pglogrepl.BeginMessage) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.tx.open && m.FinalLSN > c.tx.lsn {
+		// One Syncer delivers the open transaction again (from its BEGIN), or an
+		// earlier one after a failed forward, never a later one first.
+		open := c.tx.lsn
+		return c.sequenceErr("BEGIN of the transaction committing at %s while the one committing at %s is open", m.FinalLSN, open)
+	}
 	last := c.stats.LastCommitLSN
 	c.tx = cacheTx{open: true, lsn: m.FinalLSN, skip: last != 0 && m.FinalLSN <= last, ops: c.tx.ops[:0]}
 	return nil
@@ -131,7 +156,14 @@ func (c *Cache) HandleBeginMessage(_ int, m *pglogrepl.BeginMessage) error {
 func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if last := c.stats.LastCommitLSN; c.tx.skip || (last != 0 && m.CommitLSN <= last) {
+	if !c.tx.open {
+		return c.sequenceErr("COMMIT at %s without its BEGIN", m.CommitLSN)
+	}
+	if m.CommitLSN != c.tx.lsn {
+		open := c.tx.lsn
+		return c.sequenceErr("COMMIT at %s while the transaction committing at %s is open", m.CommitLSN, open)
+	}
+	if c.tx.skip {
 		c.stats.Redelivered++
 		c.tx = cacheTx{ops: c.tx.ops[:0]}
 		return nil
@@ -157,10 +189,22 @@ func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 	return nil
 }
 
-func (c *Cache) stage(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+// sequenceErr drops the open transaction and returns an error wrapping
+// ErrCacheSequence; c.mu is held.
+func (c *Cache) sequenceErr(format string, args ...any) error {
+	c.tx = cacheTx{ops: c.tx.ops[:0]}
+	return fmt.Errorf("%w: "+format, append([]any{ErrCacheSequence}, args...)...)
+}
+
+func (c *Cache) stage(what string, msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
 	c.mu.RLock()
-	skip := c.tx.skip
+	open, skip := c.tx.open, c.tx.skip
 	c.mu.RUnlock()
+	if !open {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.sequenceErr("%s of %s.%s outside a transaction", what, reln.Namespace, reln.RelationName)
+	}
 	if skip {
 		return nil
 	}
@@ -183,23 +227,26 @@ func (c *Cache) stage(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, in
 
 // HandleInsertMessage stages an insert.
 func (c *Cache) HandleInsertMessage(_ int, m *pglogrepl.InsertMessage, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
-	return c.stage(m, reln, info)
+	return c.stage("INSERT", m, reln, info)
 }
 
 // HandleUpdateMessage stages an update.
 func (c *Cache) HandleUpdateMessage(_ int, m *pglogrepl.UpdateMessage, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
-	return c.stage(m, reln, info)
+	return c.stage("UPDATE", m, reln, info)
 }
 
 // HandleDeleteMessage stages a delete.
 func (c *Cache) HandleDeleteMessage(_ int, m *pglogrepl.DeleteMessage, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
-	return c.stage(m, reln, info)
+	return c.stage("DELETE", m, reln, info)
 }
 
 // HandleTruncateMessage stages emptying each truncated table.
 func (c *Cache) HandleTruncateMessage(_ int, _ *pglogrepl.TruncateMessage, relns []*pglogrepl.RelationMessage, infos []*dbsync.PGTableInfo) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.tx.open {
+		return c.sequenceErr("TRUNCATE outside a transaction")
+	}
 	if c.tx.skip {
 		return nil
 	}

@@ -6,6 +6,8 @@
 //   - Cache keeps an in-memory copy of the published tables (table -> record ID -> row).
 //     It applies each transaction at its COMMIT and drops re-delivered ones (commit LSN
 //     not after the last applied one), so at-least-once delivery leaves it exact.
+//     One Syncer feeds a Cache (two Syncers need two Caches: interleaved transactions
+//     are refused with ErrCacheSequence); its readers are safe concurrently.
 //
 // Embed dbsync.DefaultMessageHandler in your own handler to implement only the methods
 // you need.

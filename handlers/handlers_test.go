@@ -321,3 +321,82 @@ func TestCacheRedeliveredTransactionsDropped(t *testing.T) {
 	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "r", "body": "R"}, row())
 	require.Equal(t, int64(2), c.Stats().Refreshes)
 }
+
+// TestCacheOneFeeder: a Cache is fed by one Syncer. Two feeders interleaving their
+// transactions used to share the staged changes silently (B's BEGIN dropped A's
+// insert); the sequences one Syncer never delivers are now errors wrapping
+// ErrCacheSequence, and re-deliveries one Syncer does deliver still work.
+func TestCacheOneFeeder(t *testing.T) {
+	reln, info := itemsTable()
+	insert := func(c *Cache, id string) error {
+		return c.HandleInsertMessage(1, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup(id, "a", "x", "y")}, reln, info)
+	}
+	bA, cA := tx(0x100)
+	bB, cB := tx(0x200)
+
+	// The reviewer's interleaving, both transactions at the same LSN: B's BEGIN looks
+	// like A's re-delivery, so A's insert is dropped; B's COMMIT then has no BEGIN.
+	c := NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, begin1))   // A
+	require.NoError(t, insert(c, "1"))                    // A
+	require.NoError(t, c.HandleBeginMessage(0, begin1))   // B
+	require.NoError(t, c.HandleCommitMessage(2, commit1)) // A
+	err := c.HandleCommitMessage(2, commit1)              // B
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.EqualError(t, err, "handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer): COMMIT at 0/16B3748 without its BEGIN")
+
+	// B begins a later transaction while A's is open.
+	c = NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, bA))
+	require.NoError(t, insert(c, "1"))
+	err = c.HandleBeginMessage(0, bB)
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.EqualError(t, err, "handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer): BEGIN of the transaction committing at 0/200 while the one committing at 0/100 is open")
+	// The open transaction was dropped: A's COMMIT fails too, and nothing was applied.
+	require.ErrorIs(t, c.HandleCommitMessage(0, cA), ErrCacheSequence)
+	require.Empty(t, c.Snapshot())
+
+	// B begins an earlier transaction while A's is open: taken for a re-delivery, so A
+	// is dropped, and A's COMMIT does not match the open transaction.
+	c = NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, bB))
+	require.NoError(t, insert(c, "2"))
+	require.NoError(t, c.HandleBeginMessage(0, bA))
+	require.NoError(t, insert(c, "1"))
+	err = c.HandleCommitMessage(0, cB)
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.EqualError(t, err, "handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer): COMMIT at 0/200 while the transaction committing at 0/100 is open")
+	require.Empty(t, c.Snapshot())
+
+	// Changes and TRUNCATE outside a transaction.
+	c = NewCache()
+	err = insert(c, "1")
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.EqualError(t, err, "handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer): INSERT of public.items outside a transaction")
+	err = c.HandleTruncateMessage(0, &pglogrepl.TruncateMessage{RelationIDs: []uint32{16385}}, []*pglogrepl.RelationMessage{reln}, []*dbsync.PGTableInfo{info})
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.Equal(t, int64(0), c.Stats().Transactions)
+
+	// What one Syncer does deliver: a transaction cut off and delivered again from its
+	// BEGIN, and after a failed forward an earlier transaction again.
+	c = NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, bA))
+	require.NoError(t, insert(c, "1"))
+	require.NoError(t, c.HandleCommitMessage(0, cA))
+	require.NoError(t, c.HandleBeginMessage(0, bB))
+	require.NoError(t, insert(c, "2"))
+	require.NoError(t, c.HandleBeginMessage(0, bA)) // slot forwarded only before A
+	require.NoError(t, insert(c, "1"))
+	require.NoError(t, c.HandleCommitMessage(0, cA))
+	require.NoError(t, c.HandleBeginMessage(0, bB))
+	require.NoError(t, insert(c, "2"))
+	require.NoError(t, c.HandleCommitMessage(0, cB))
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.items": {
+		`["1","a"]`: {"id": "1", "sub": "a", "name": "x", "body": "y"},
+		`["2","a"]`: {"id": "2", "sub": "a", "name": "x", "body": "y"},
+	}}, c.Snapshot())
+	st := c.Stats()
+	require.Equal(t, int64(2), st.Transactions)
+	require.Equal(t, int64(1), st.Redelivered)
+	require.Equal(t, int64(2), st.Changes)
+}
