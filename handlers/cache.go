@@ -65,14 +65,49 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 // commit LSN is not after the last applied one looks like a re-delivery and is
 // dropped. The reading methods (Snapshot, Row, Len, TableInfo, Stats) are safe for
 // concurrent use with the feeding Syncer and with each other.
+//
+// # Schema changes
+//
+// The Cache follows each table's shape from its RELATION messages (and the table
+// descriptions changes carry), in transaction order:
+//   - DROP COLUMN: the column is removed from every cached row of the table (counted
+//     in Stats().DroppedColumns), as SELECT * no longer shows it;
+//   - ADD COLUMN: rows cached before it lack the column until they change or are
+//     refreshed. SELECT * shows the column's default there (NULL without one); the
+//     RELATION message does not carry the default, so the Cache does not guess it:
+//     Snapshot the table again (or Refresh those rows) where that matters;
+//   - ALTER COLUMN ... TYPE: rows cached before it keep the value decoded with the old
+//     type until they change or are refreshed (PostgreSQL rewrites the table without
+//     logging row changes, and a USING expression can compute anything);
+//   - RENAME COLUMN looks like a drop and an add (RELATION messages carry names, not
+//     attribute numbers): the old name is removed from cached rows and the new one is
+//     missing until the rows change or are refreshed;
+//   - RENAME TABLE (or SET SCHEMA): tables are tracked by relation OID, so the rows
+//     move to the new name with the table's first RELATION message after the rename
+//     (sent before its next change or TRUNCATE); until then they stay under the old
+//     name. A table that takes over a name another relation held (dropped or renamed
+//     since) starts empty;
+//   - DROP TABLE is not decoded: the table's rows stay in the Cache (in memory, out
+//     of sight once another table takes the name).
 type Cache struct {
 	dbsync.DefaultMessageHandler
 
 	mu     sync.RWMutex
-	tables map[string]map[string]dbsync.StringMap
-	infos  map[string]*dbsync.PGTableInfo
+	tables map[string]*cacheTable // by "schema.table": the table holding that name
+	byOID  map[uint32]*cacheTable // by relation OID
 	tx     cacheTx
 	stats  CacheStats
+}
+
+// cacheTable is one cached table.
+type cacheTable struct {
+	oid  uint32
+	name string // "schema.table" as last seen
+	// info is the description last seen (TableInfo); shape the one whose columns the
+	// cached rows follow: a RELATION message's or a change's, or a refresh row's table
+	// until one of those comes (nil: none yet).
+	info, shape *dbsync.PGTableInfo
+	rows        map[string]dbsync.StringMap
 }
 
 // cacheTx is the transaction being received: between BEGIN and COMMIT.
@@ -104,6 +139,9 @@ type CacheStats struct {
 	// UnknownUnchanged counts unchanged TOASTed columns whose previous value was not
 	// known (the row was not in the cache): they are missing from the cached row.
 	UnknownUnchanged int64
+	// DroppedColumns counts columns removed from a table's cached rows because a
+	// RELATION message of the table no longer had them (ALTER TABLE ... DROP COLUMN).
+	DroppedColumns int64
 	// LastCommitLSN is the commit LSN (CommitMessage.CommitLSN) of the last applied
 	// transaction.
 	LastCommitLSN pglogrepl.LSN
@@ -112,8 +150,15 @@ type CacheStats struct {
 // cacheOp is one staged operation of a transaction; exactly one field is set.
 type cacheOp struct {
 	change   *dbsync.Change
-	truncate string // table name when the op is a TRUNCATE
+	relation *dbsync.PGTableInfo // a RELATION message's table description
+	truncate *cacheTruncate
 	refresh  *cacheRefresh
+}
+
+type cacheTruncate struct {
+	oid  uint32
+	name string
+	info *dbsync.PGTableInfo // nil when the Syncer had none
 }
 
 type cacheRefresh struct {
@@ -123,13 +168,15 @@ type cacheRefresh struct {
 
 // NewCache returns an empty Cache.
 func NewCache() *Cache {
-	return &Cache{tables: map[string]map[string]dbsync.StringMap{}, infos: map[string]*dbsync.PGTableInfo{}}
+	c := &Cache{}
+	c.init()
+	return c
 }
 
 func (c *Cache) init() {
 	if c.tables == nil {
-		c.tables = map[string]map[string]dbsync.StringMap{}
-		c.infos = map[string]*dbsync.PGTableInfo{}
+		c.tables = map[string]*cacheTable{}
+		c.byOID = map[uint32]*cacheTable{}
 	}
 }
 
@@ -173,11 +220,12 @@ func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 		switch {
 		case op.change != nil:
 			c.apply(op.change)
+		case op.relation != nil:
+			c.reshape(c.table(op.relation.RelationID, op.relation.QualifiedName()), op.relation)
+		case op.truncate != nil:
+			c.applyTruncate(op.truncate)
 		case op.refresh != nil:
 			c.applyRefresh(op.refresh.key, op.refresh.item)
-		default:
-			c.tables[op.truncate] = map[string]dbsync.StringMap{}
-			c.stats.Truncates++
 		}
 	}
 	for i := range c.tx.ops {
@@ -186,6 +234,24 @@ func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 	c.tx = cacheTx{ops: c.tx.ops[:0]}
 	c.stats.Transactions++
 	c.stats.LastCommitLSN = m.CommitLSN
+	return nil
+}
+
+// HandleRelationMessage stages the table's shape: columns it no longer has are
+// removed from its cached rows at COMMIT. Outside a transaction it is applied at once.
+func (c *Cache) HandleRelationMessage(_ int, _ *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+	if info == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case !c.tx.open:
+		c.init()
+		c.reshape(c.table(info.RelationID, info.QualifiedName()), info)
+	case !c.tx.skip:
+		c.tx.ops = append(c.tx.ops, cacheOp{relation: info})
+	}
 	return nil
 }
 
@@ -251,11 +317,12 @@ func (c *Cache) HandleTruncateMessage(_ int, _ *pglogrepl.TruncateMessage, relns
 		return nil
 	}
 	for i, r := range relns {
-		name := r.Namespace + "." + r.RelationName
+		op := &cacheTruncate{oid: r.RelationID, name: r.Namespace + "." + r.RelationName}
 		if i < len(infos) && infos[i] != nil {
-			name = infos[i].QualifiedName()
+			op.info = infos[i]
+			op.name = infos[i].QualifiedName()
 		}
-		c.tx.ops = append(c.tx.ops, cacheOp{truncate: name})
+		c.tx.ops = append(c.tx.ops, cacheOp{truncate: op})
 	}
 	return nil
 }
@@ -278,27 +345,100 @@ func (c *Cache) HandleRefresh(key string, item dbsync.DBItem) error {
 	return nil
 }
 
-func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
-	name := item.Table.QualifiedName()
-	c.infos[name] = item.Table
-	c.rows(name)[key] = copyRow(item.Values)
-	c.stats.Refreshes++
+// table returns the cached table with relation OID oid (0: unknown) now named name,
+// creating it. A table renamed since is moved to its new name; a table that takes
+// over the name of another (dropped or renamed) starts empty. c.mu is held.
+func (c *Cache) table(oid uint32, name string) *cacheTable {
+	if t := c.byOID[oid]; oid != 0 && t != nil {
+		if t.name != name || c.tables[name] != t {
+			if c.tables[t.name] == t {
+				delete(c.tables, t.name)
+			}
+			t.name = name
+			c.tables[name] = t
+		}
+		return t
+	}
+	if t := c.tables[name]; t != nil && (oid == 0 || t.oid == 0) {
+		if t.oid == 0 && oid != 0 {
+			t.oid = oid
+			c.byOID[oid] = t
+		}
+		return t
+	}
+	t := &cacheTable{oid: oid, name: name, rows: map[string]dbsync.StringMap{}}
+	c.tables[name] = t
+	if oid != 0 {
+		c.byOID[oid] = t
+	}
+	return t
 }
 
-func (c *Cache) rows(table string) map[string]dbsync.StringMap {
-	rows := c.tables[table]
-	if rows == nil {
-		rows = map[string]dbsync.StringMap{}
-		c.tables[table] = rows
+// reshape makes info the table's shape: columns of the previous shape that info no
+// longer has are removed from every cached row. c.mu is held.
+func (c *Cache) reshape(t *cacheTable, info *dbsync.PGTableInfo) {
+	t.info = info
+	if info == t.shape {
+		return
 	}
-	return rows
+	if t.shape != nil {
+		var gone []string
+		for _, col := range t.shape.Columns {
+			if !hasColumn(info, col.ColumnName) {
+				gone = append(gone, col.ColumnName)
+			}
+		}
+		if len(gone) > 0 {
+			for _, r := range t.rows {
+				for _, g := range gone {
+					delete(r, g)
+				}
+			}
+			c.stats.DroppedColumns += int64(len(gone))
+		}
+	}
+	t.shape = info
+}
+
+func hasColumn(info *dbsync.PGTableInfo, name string) bool {
+	if info.ColInfo != nil {
+		_, ok := info.ColInfo[name]
+		return ok
+	}
+	for _, col := range info.Columns {
+		if col.ColumnName == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Cache) applyTruncate(op *cacheTruncate) {
+	t := c.table(op.oid, op.name)
+	if op.info != nil {
+		c.reshape(t, op.info)
+	}
+	t.rows = map[string]dbsync.StringMap{}
+	c.stats.Truncates++
+}
+
+func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
+	t := c.table(item.Table.RelationID, item.Table.QualifiedName())
+	t.info = item.Table
+	if t.shape == nil {
+		// A baseline until a RELATION message comes; never replaces one, as the
+		// description a selection used can be older than the stream's.
+		t.shape = item.Table
+	}
+	t.rows[key] = copyRow(item.Values)
+	c.stats.Refreshes++
 }
 
 // apply applies one change; c.mu is held.
 func (c *Cache) apply(ch *dbsync.Change) {
-	name := ch.Table.QualifiedName()
-	c.infos[name] = ch.Table
-	rows := c.rows(name)
+	t := c.table(ch.Table.RelationID, ch.Table.QualifiedName())
+	c.reshape(t, ch.Table)
+	rows := t.rows
 	c.stats.Changes++
 	switch ch.Op {
 	case dbsync.OpDelete:
@@ -338,12 +478,12 @@ func (c *Cache) Snapshot() map[string]map[string]dbsync.StringMap {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	out := make(map[string]map[string]dbsync.StringMap, len(c.tables))
-	for t, rows := range c.tables {
-		cp := make(map[string]dbsync.StringMap, len(rows))
-		for k, r := range rows {
+	for name, t := range c.tables {
+		cp := make(map[string]dbsync.StringMap, len(t.rows))
+		for k, r := range t.rows {
 			cp[k] = copyRow(r)
 		}
-		out[t] = cp
+		out[name] = cp
 	}
 	return out
 }
@@ -352,7 +492,11 @@ func (c *Cache) Snapshot() map[string]map[string]dbsync.StringMap {
 func (c *Cache) Row(table, key string) (dbsync.StringMap, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	r, ok := c.tables[table][key]
+	t := c.tables[table]
+	if t == nil {
+		return nil, false
+	}
+	r, ok := t.rows[key]
 	if !ok {
 		return nil, false
 	}
@@ -363,14 +507,20 @@ func (c *Cache) Row(table, key string) (dbsync.StringMap, bool) {
 func (c *Cache) Len(table string) int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return len(c.tables[table])
+	if t := c.tables[table]; t != nil {
+		return len(t.rows)
+	}
+	return 0
 }
 
 // TableInfo returns the PGTableInfo last seen for table (nil if none).
 func (c *Cache) TableInfo(table string) *dbsync.PGTableInfo {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.infos[table]
+	if t := c.tables[table]; t != nil {
+		return t.info
+	}
+	return nil
 }
 
 // Stats returns counters of what the Cache applied.

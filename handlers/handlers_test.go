@@ -400,3 +400,102 @@ func TestCacheOneFeeder(t *testing.T) {
 	require.Equal(t, int64(1), st.Redelivered)
 	require.Equal(t, int64(2), st.Changes)
 }
+
+// shape builds the RELATION message and description of table public.<name> with
+// relation OID oid, text columns cols, keyed by the first.
+func shape(oid uint32, name string, cols ...string) (*pglogrepl.RelationMessage, *dbsync.PGTableInfo) {
+	reln := &pglogrepl.RelationMessage{RelationID: oid, Namespace: "public", RelationName: name, ReplicaIdentity: 'd', ColumnNum: uint16(len(cols))}
+	info := &dbsync.PGTableInfo{RelationID: oid, Namespace: "public", TableName: name, ColInfo: map[string]*dbsync.PGColumnInfo{},
+		PrimaryKey: cols[:1], ReplicaIdentity: 'd'}
+	for i, n := range cols {
+		var flags uint8
+		if i == 0 {
+			flags = 1
+		}
+		reln.Columns = append(reln.Columns, &pglogrepl.RelationMessageColumn{Flags: flags, Name: n, DataType: 25, TypeModifier: -1})
+		col := &dbsync.PGColumnInfo{ColumnName: n, OrdinalPosition: i + 1, TypeOID: 25, ColumnType: "text", TypeModifier: -1, NotNull: i == 0, KeyPosition: 1 - min(i, 1)}
+		info.Columns = append(info.Columns, col)
+		info.ColInfo[n] = col
+	}
+	return reln, info
+}
+
+// TestCacheSchemaChanges: the Cache follows RELATION messages in transaction order:
+// a dropped column leaves every cached row, an added one is missing from rows cached
+// before it, a renamed table takes its rows along, and a new table under a freed name
+// starts empty.
+func TestCacheSchemaChanges(t *testing.T) {
+	c := NewCache()
+	deliver := func(lsn pglogrepl.LSN, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo, tuples ...*pglogrepl.TupleData) {
+		t.Helper()
+		b, cm := tx(lsn)
+		require.NoError(t, c.HandleBeginMessage(0, b))
+		require.NoError(t, c.HandleRelationMessage(0, reln, info))
+		for _, tu := range tuples {
+			require.NoError(t, c.HandleUpdateMessage(0, &pglogrepl.UpdateMessage{RelationID: reln.RelationID, NewTuple: tu}, reln, info))
+		}
+		require.NoError(t, c.HandleCommitMessage(0, cm))
+	}
+	v1r, v1 := shape(16385, "items", "id", "name", "body")
+	deliver(0x100, v1r, v1, tup("1", "a", "x"), tup("2", "b", "y"))
+	// ALTER TABLE items DROP COLUMN body: row 2, not changed since, loses it too.
+	v2r, v2 := shape(16385, "items", "id", "name")
+	deliver(0x200, v2r, v2, tup("1", "c"))
+	want := map[string]map[string]dbsync.StringMap{"public.items": {
+		`["1"]`: {"id": "1", "name": "c"},
+		`["2"]`: {"id": "2", "name": "b"},
+	}}
+	require.Equal(t, want, c.Snapshot())
+	require.Equal(t, int64(1), c.Stats().DroppedColumns)
+	// The RELATION of an old shape in a re-delivered transaction changes nothing.
+	deliver(0x100, v1r, v1, tup("1", "a", "x"))
+	require.Equal(t, want, c.Snapshot())
+
+	// ADD COLUMN extra: rows cached before lack it until they change.
+	v3r, v3 := shape(16385, "items", "id", "name", "extra")
+	deliver(0x300, v3r, v3, tup("3", "d", "e3"))
+	want["public.items"][`["3"]`] = dbsync.StringMap{"id": "3", "name": "d", "extra": "e3"}
+	require.Equal(t, want, c.Snapshot())
+
+	// ALTER TABLE items RENAME TO things: the rows move with the table's OID.
+	v4r, v4 := shape(16385, "things", "id", "name", "extra")
+	deliver(0x400, v4r, v4, tup("2", "f", "e2"))
+	want = map[string]map[string]dbsync.StringMap{"public.things": {
+		`["1"]`: {"id": "1", "name": "c"},
+		`["2"]`: {"id": "2", "name": "f", "extra": "e2"},
+		`["3"]`: {"id": "3", "name": "d", "extra": "e3"},
+	}}
+	require.Equal(t, want, c.Snapshot())
+	require.Equal(t, v4, c.TableInfo("public.things"))
+	require.Nil(t, c.TableInfo("public.items"))
+	require.Equal(t, 0, c.Len("public.items"))
+
+	// CREATE TABLE items again (a new OID): it starts empty.
+	n1r, n1 := shape(16400, "items", "k", "v")
+	deliver(0x500, n1r, n1, tup("9", "new"))
+	want["public.items"] = map[string]dbsync.StringMap{`["9"]`: {"k": "9", "v": "new"}}
+	require.Equal(t, want, c.Snapshot())
+
+	// Swap the names (things -> items, items -> things): each table keeps its rows.
+	s1r, s1 := shape(16385, "items", "id", "name", "extra")
+	deliver(0x600, s1r, s1, tup("3", "g", "e3"))
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.items": {
+		`["1"]`: {"id": "1", "name": "c"},
+		`["2"]`: {"id": "2", "name": "f", "extra": "e2"},
+		`["3"]`: {"id": "3", "name": "g", "extra": "e3"},
+	}}, c.Snapshot(), "public.things, the new table, is out of sight until its next RELATION")
+	s2r, s2 := shape(16400, "things", "k", "v")
+	deliver(0x700, s2r, s2, tup("8", "new2"))
+	require.Equal(t, map[string]map[string]dbsync.StringMap{
+		"public.items": {
+			`["1"]`: {"id": "1", "name": "c"},
+			`["2"]`: {"id": "2", "name": "f", "extra": "e2"},
+			`["3"]`: {"id": "3", "name": "g", "extra": "e3"},
+		},
+		"public.things": {`["9"]`: {"k": "9", "v": "new"}, `["8"]`: {"k": "8", "v": "new2"}},
+	}, c.Snapshot())
+	st := c.Stats()
+	require.Equal(t, int64(1), st.DroppedColumns)
+	require.Equal(t, int64(7), st.Transactions)
+	require.Equal(t, int64(1), st.Redelivered)
+}
