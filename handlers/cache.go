@@ -1,12 +1,19 @@
 package handlers
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/dbsync/dbsync"
 	"github.com/jackc/pglogrepl"
 )
+
+// ErrCacheSequence is returned by a Cache's handler methods when the messages it is
+// fed are not one Syncer's delivery: a BEGIN of a later transaction while another is
+// open, a COMMIT that is not the open transaction's, a change outside a transaction.
+// It means two Syncers (or other callers) feed one Cache, which is not supported.
+var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer)")
 
 // Cache is a dbsync.MessageHandler that keeps an in-memory copy of the published
 // tables: table ("schema.table", PGTableInfo.QualifiedName) -> record ID
@@ -28,23 +35,96 @@ import (
 // A change of a table with neither a primary key nor a replica identity index (no
 // record ID: Change.Key "") is refused with an error wrapping dbsync.ErrNoKey.
 //
-// Re-delivered transactions (at-least-once) are harmless: applying a committed
-// transaction again yields the same state. HandleRefresh upserts a row read by a
-// snapshot or Refresh at once. All methods are safe for concurrent use.
+// # Re-delivery
+//
+// Delivery is at least once: after a failed forward of the slot, a handler error or
+// a server crash, transactions the Cache applied come again. The Cache applies a
+// transaction only if its commit LSN (BeginMessage.FinalLSN, CommitMessage.CommitLSN)
+// is after Stats().LastCommitLSN, the last one it applied: commit LSNs of new
+// transactions increase strictly in delivery order, so anything else is a re-delivery
+// and is dropped whole (counted in Stats().Redelivered). Applying it again would not
+// be harmless: an update that left a TOASTed column unchanged takes that column from
+// the cached row, which by then holds a later transaction's value, and an older
+// transaction would undo later ones until they come again. A transaction that never
+// reached its COMMIT is dropped at the next BEGIN; its re-delivery starts there.
+//
+// HandleRefresh rows (Snapshot, Refresh) arrive inside the high watermark's
+// transaction, just before its COMMIT, with the rows' values as of that point: they are
+// staged and applied at that COMMIT, and dropped with it when it is a re-delivery (a
+// later change may have been applied over them already). Called outside a transaction,
+// HandleRefresh upserts at once.
+//
+// # One Syncer per Cache
+//
+// A Cache must be fed by one Syncer: its staged transaction and its last commit LSN
+// belong to one stream of transactions. Two Syncers (two slots, or two servers) need
+// two Caches. Misuse is detected where the sequence shows it — a BEGIN of a later
+// transaction while one is open, a COMMIT that is not the open transaction's, a change
+// or TRUNCATE outside a transaction are errors wrapping ErrCacheSequence, and the open
+// transaction is dropped — but not always: another Syncer's whole transaction whose
+// commit LSN is not after the last applied one looks like a re-delivery and is
+// dropped. The reading methods (Snapshot, Row, Len, TableInfo, Stats) are safe for
+// concurrent use with the feeding Syncer and with each other.
+//
+// # Schema changes
+//
+// The Cache follows each table's shape from its RELATION messages (and the table
+// descriptions changes carry), in transaction order:
+//   - DROP COLUMN: the column is removed from every cached row of the table (counted
+//     in Stats().DroppedColumns), as SELECT * no longer shows it;
+//   - ADD COLUMN: rows cached before it lack the column until they change or are
+//     refreshed. SELECT * shows the column's default there (NULL without one); the
+//     RELATION message does not carry the default, so the Cache does not guess it:
+//     Snapshot the table again (or Refresh those rows) where that matters;
+//   - ALTER COLUMN ... TYPE: rows cached before it keep the value decoded with the old
+//     type until they change or are refreshed (PostgreSQL rewrites the table without
+//     logging row changes, and a USING expression can compute anything);
+//   - RENAME COLUMN looks like a drop and an add (RELATION messages carry names, not
+//     attribute numbers): the old name is removed from cached rows and the new one is
+//     missing until the rows change or are refreshed;
+//   - RENAME TABLE (or SET SCHEMA): tables are tracked by relation OID, so the rows
+//     move to the new name with the table's first RELATION message after the rename
+//     (sent before its next change or TRUNCATE); until then they stay under the old
+//     name. A table that takes over a name another relation held (dropped or renamed
+//     since) starts empty;
+//   - DROP TABLE is not decoded: the table's rows stay in the Cache (in memory, out
+//     of sight once another table takes the name).
 type Cache struct {
 	dbsync.DefaultMessageHandler
 
-	mu      sync.RWMutex
-	tables  map[string]map[string]dbsync.StringMap
-	infos   map[string]*dbsync.PGTableInfo
-	pending []cacheOp
-	stats   CacheStats
+	mu     sync.RWMutex
+	tables map[string]*cacheTable // by "schema.table": the table holding that name
+	byOID  map[uint32]*cacheTable // by relation OID
+	tx     cacheTx
+	stats  CacheStats
+}
+
+// cacheTable is one cached table.
+type cacheTable struct {
+	oid  uint32
+	name string // "schema.table" as last seen
+	// info is the description last seen (TableInfo); shape the one whose columns the
+	// cached rows follow: a RELATION message's or a change's, or a refresh row's table
+	// until one of those comes (nil: none yet).
+	info, shape *dbsync.PGTableInfo
+	rows        map[string]dbsync.StringMap
+}
+
+// cacheTx is the transaction being received: between BEGIN and COMMIT.
+type cacheTx struct {
+	open bool
+	lsn  pglogrepl.LSN // BeginMessage.FinalLSN
+	skip bool          // a re-delivery: lsn is not after the last applied commit
+	ops  []cacheOp
 }
 
 // CacheStats counts what a Cache applied.
 type CacheStats struct {
 	// Transactions is the number of COMMITs applied.
 	Transactions int64
+	// Redelivered is the number of transactions dropped because their commit LSN was
+	// not after LastCommitLSN: they had been applied already.
+	Redelivered int64
 	// Changes is the number of inserts, updates and deletes applied.
 	Changes int64
 	// Truncates is the number of tables truncated.
@@ -59,58 +139,141 @@ type CacheStats struct {
 	// UnknownUnchanged counts unchanged TOASTed columns whose previous value was not
 	// known (the row was not in the cache): they are missing from the cached row.
 	UnknownUnchanged int64
+	// DroppedColumns counts columns removed from a table's cached rows because a
+	// RELATION message of the table no longer had them (ALTER TABLE ... DROP COLUMN).
+	DroppedColumns int64
 	// LastCommitLSN is the commit LSN (CommitMessage.CommitLSN) of the last applied
 	// transaction.
 	LastCommitLSN pglogrepl.LSN
 }
 
-// cacheOp is one staged change: a row change or a table truncated.
+// cacheOp is one staged operation of a transaction; exactly one field is set.
 type cacheOp struct {
 	change   *dbsync.Change
-	truncate string // table name when the op is a TRUNCATE
+	relation *dbsync.PGTableInfo // a RELATION message's table description
+	truncate *cacheTruncate
+	refresh  *cacheRefresh
+}
+
+type cacheTruncate struct {
+	oid  uint32
+	name string
+	info *dbsync.PGTableInfo // nil when the Syncer had none
+}
+
+type cacheRefresh struct {
+	key  string
+	item dbsync.DBItem
 }
 
 // NewCache returns an empty Cache.
 func NewCache() *Cache {
-	return &Cache{tables: map[string]map[string]dbsync.StringMap{}, infos: map[string]*dbsync.PGTableInfo{}}
+	c := &Cache{}
+	c.init()
+	return c
 }
 
 func (c *Cache) init() {
 	if c.tables == nil {
-		c.tables = map[string]map[string]dbsync.StringMap{}
-		c.infos = map[string]*dbsync.PGTableInfo{}
+		c.tables = map[string]*cacheTable{}
+		c.byOID = map[uint32]*cacheTable{}
 	}
 }
 
-// HandleBeginMessage drops staged changes of a transaction that never committed
-// (its re-delivery starts again here).
-func (c *Cache) HandleBeginMessage(int, *pglogrepl.BeginMessage) error {
+// HandleBeginMessage opens a transaction. Staged changes of a transaction that never
+// reached its COMMIT are dropped (its re-delivery starts again here). A transaction
+// whose commit LSN is not after the last applied one is a re-delivery: its messages
+// are dropped.
+func (c *Cache) HandleBeginMessage(_ int, m *pglogrepl.BeginMessage) error {
 	c.mu.Lock()
-	c.pending = c.pending[:0]
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if c.tx.open && m.FinalLSN > c.tx.lsn {
+		// One Syncer delivers the open transaction again (from its BEGIN), or an
+		// earlier one after a failed forward, never a later one first.
+		open := c.tx.lsn
+		return c.sequenceErr("BEGIN of the transaction committing at %s while the one committing at %s is open", m.FinalLSN, open)
+	}
+	last := c.stats.LastCommitLSN
+	c.tx = cacheTx{open: true, lsn: m.FinalLSN, skip: last != 0 && m.FinalLSN <= last, ops: c.tx.ops[:0]}
 	return nil
 }
 
-// HandleCommitMessage applies the transaction's staged changes.
+// HandleCommitMessage applies the transaction's staged changes, unless it is a
+// re-delivery.
 func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.init()
-	for _, op := range c.pending {
-		if op.change == nil {
-			c.tables[op.truncate] = map[string]dbsync.StringMap{}
-			c.stats.Truncates++
-			continue
-		}
-		c.apply(op.change)
+	if !c.tx.open {
+		return c.sequenceErr("COMMIT at %s without its BEGIN", m.CommitLSN)
 	}
-	c.pending = c.pending[:0]
+	if m.CommitLSN != c.tx.lsn {
+		open := c.tx.lsn
+		return c.sequenceErr("COMMIT at %s while the transaction committing at %s is open", m.CommitLSN, open)
+	}
+	if c.tx.skip {
+		c.stats.Redelivered++
+		c.tx = cacheTx{ops: c.tx.ops[:0]}
+		return nil
+	}
+	c.init()
+	for _, op := range c.tx.ops {
+		switch {
+		case op.change != nil:
+			c.apply(op.change)
+		case op.relation != nil:
+			c.reshape(c.table(op.relation.RelationID, op.relation.QualifiedName()), op.relation)
+		case op.truncate != nil:
+			c.applyTruncate(op.truncate)
+		case op.refresh != nil:
+			c.applyRefresh(op.refresh.key, op.refresh.item)
+		}
+	}
+	for i := range c.tx.ops {
+		c.tx.ops[i] = cacheOp{} // let go of the changes
+	}
+	c.tx = cacheTx{ops: c.tx.ops[:0]}
 	c.stats.Transactions++
 	c.stats.LastCommitLSN = m.CommitLSN
 	return nil
 }
 
-func (c *Cache) stage(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+// HandleRelationMessage stages the table's shape: columns it no longer has are
+// removed from its cached rows at COMMIT. Outside a transaction it is applied at once.
+func (c *Cache) HandleRelationMessage(_ int, _ *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+	if info == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case !c.tx.open:
+		c.init()
+		c.reshape(c.table(info.RelationID, info.QualifiedName()), info)
+	case !c.tx.skip:
+		c.tx.ops = append(c.tx.ops, cacheOp{relation: info})
+	}
+	return nil
+}
+
+// sequenceErr drops the open transaction and returns an error wrapping
+// ErrCacheSequence; c.mu is held.
+func (c *Cache) sequenceErr(format string, args ...any) error {
+	c.tx = cacheTx{ops: c.tx.ops[:0]}
+	return fmt.Errorf("%w: "+format, append([]any{ErrCacheSequence}, args...)...)
+}
+
+func (c *Cache) stage(what string, msg pglogrepl.Message, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
+	c.mu.RLock()
+	open, skip := c.tx.open, c.tx.skip
+	c.mu.RUnlock()
+	if !open {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.sequenceErr("%s of %s.%s outside a transaction", what, reln.Namespace, reln.RelationName)
+	}
+	if skip {
+		return nil
+	}
 	if info == nil {
 		return fmt.Errorf("handlers: Cache: no table info for relation %s.%s", reln.Namespace, reln.RelationName)
 	}
@@ -123,70 +286,159 @@ func (c *Cache) stage(msg pglogrepl.Message, reln *pglogrepl.RelationMessage, in
 			dbsync.ErrNoKey, info.QualifiedName())
 	}
 	c.mu.Lock()
-	c.pending = append(c.pending, cacheOp{change: ch})
+	c.tx.ops = append(c.tx.ops, cacheOp{change: ch})
 	c.mu.Unlock()
 	return nil
 }
 
 // HandleInsertMessage stages an insert.
 func (c *Cache) HandleInsertMessage(_ int, m *pglogrepl.InsertMessage, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
-	return c.stage(m, reln, info)
+	return c.stage("INSERT", m, reln, info)
 }
 
 // HandleUpdateMessage stages an update.
 func (c *Cache) HandleUpdateMessage(_ int, m *pglogrepl.UpdateMessage, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
-	return c.stage(m, reln, info)
+	return c.stage("UPDATE", m, reln, info)
 }
 
 // HandleDeleteMessage stages a delete.
 func (c *Cache) HandleDeleteMessage(_ int, m *pglogrepl.DeleteMessage, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
-	return c.stage(m, reln, info)
+	return c.stage("DELETE", m, reln, info)
 }
 
 // HandleTruncateMessage stages emptying each truncated table.
 func (c *Cache) HandleTruncateMessage(_ int, _ *pglogrepl.TruncateMessage, relns []*pglogrepl.RelationMessage, infos []*dbsync.PGTableInfo) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.tx.open {
+		return c.sequenceErr("TRUNCATE outside a transaction")
+	}
+	if c.tx.skip {
+		return nil
+	}
 	for i, r := range relns {
-		name := r.Namespace + "." + r.RelationName
+		op := &cacheTruncate{oid: r.RelationID, name: r.Namespace + "." + r.RelationName}
 		if i < len(infos) && infos[i] != nil {
-			name = infos[i].QualifiedName()
+			op.info = infos[i]
+			op.name = infos[i].QualifiedName()
 		}
-		c.pending = append(c.pending, cacheOp{truncate: name})
+		c.tx.ops = append(c.tx.ops, cacheOp{truncate: op})
 	}
 	return nil
 }
 
-// HandleRefresh upserts item.Values under item.Table and key at once.
+// HandleRefresh upserts item.Values under item.Table and key: at the COMMIT of the
+// transaction it arrives in (the high watermark's), or at once outside a transaction.
 func (c *Cache) HandleRefresh(key string, item dbsync.DBItem) error {
 	if item.Table == nil {
 		return fmt.Errorf("handlers: Cache: HandleRefresh(%q) without a table", key)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.init()
-	name := item.Table.QualifiedName()
-	c.infos[name] = item.Table
-	rows := c.rows(name)
-	rows[key] = copyRow(item.Values)
-	c.stats.Refreshes++
+	switch {
+	case !c.tx.open:
+		c.init()
+		c.applyRefresh(key, item)
+	case !c.tx.skip:
+		c.tx.ops = append(c.tx.ops, cacheOp{refresh: &cacheRefresh{key: key, item: item}})
+	}
 	return nil
 }
 
-func (c *Cache) rows(table string) map[string]dbsync.StringMap {
-	rows := c.tables[table]
-	if rows == nil {
-		rows = map[string]dbsync.StringMap{}
-		c.tables[table] = rows
+// table returns the cached table with relation OID oid (0: unknown) now named name,
+// creating it. A table renamed since is moved to its new name; a table that takes
+// over the name of another (dropped or renamed) starts empty. c.mu is held.
+func (c *Cache) table(oid uint32, name string) *cacheTable {
+	if t := c.byOID[oid]; oid != 0 && t != nil {
+		if t.name != name || c.tables[name] != t {
+			if c.tables[t.name] == t {
+				delete(c.tables, t.name)
+			}
+			t.name = name
+			c.tables[name] = t
+		}
+		return t
 	}
-	return rows
+	if t := c.tables[name]; t != nil && (oid == 0 || t.oid == 0) {
+		if t.oid == 0 && oid != 0 {
+			t.oid = oid
+			c.byOID[oid] = t
+		}
+		return t
+	}
+	t := &cacheTable{oid: oid, name: name, rows: map[string]dbsync.StringMap{}}
+	c.tables[name] = t
+	if oid != 0 {
+		c.byOID[oid] = t
+	}
+	return t
+}
+
+// reshape makes info the table's shape: columns of the previous shape that info no
+// longer has are removed from every cached row. c.mu is held.
+func (c *Cache) reshape(t *cacheTable, info *dbsync.PGTableInfo) {
+	t.info = info
+	if info == t.shape {
+		return
+	}
+	if t.shape != nil {
+		var gone []string
+		for _, col := range t.shape.Columns {
+			if !hasColumn(info, col.ColumnName) {
+				gone = append(gone, col.ColumnName)
+			}
+		}
+		if len(gone) > 0 {
+			for _, r := range t.rows {
+				for _, g := range gone {
+					delete(r, g)
+				}
+			}
+			c.stats.DroppedColumns += int64(len(gone))
+		}
+	}
+	t.shape = info
+}
+
+func hasColumn(info *dbsync.PGTableInfo, name string) bool {
+	if info.ColInfo != nil {
+		_, ok := info.ColInfo[name]
+		return ok
+	}
+	for _, col := range info.Columns {
+		if col.ColumnName == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Cache) applyTruncate(op *cacheTruncate) {
+	t := c.table(op.oid, op.name)
+	if op.info != nil {
+		c.reshape(t, op.info)
+	}
+	t.rows = map[string]dbsync.StringMap{}
+	c.stats.Truncates++
+}
+
+func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
+	t := c.table(item.Table.RelationID, item.Table.QualifiedName())
+	t.info = item.Table
+	if t.shape == nil {
+		// A baseline until a RELATION message comes; never replaces one, as the
+		// description a selection used can be older than the stream's.
+		t.shape = item.Table
+	}
+	t.rows[key] = copyRow(item.Values)
+	c.stats.Refreshes++
 }
 
 // apply applies one change; c.mu is held.
 func (c *Cache) apply(ch *dbsync.Change) {
-	name := ch.Table.QualifiedName()
-	c.infos[name] = ch.Table
-	rows := c.rows(name)
+	t := c.table(ch.Table.RelationID, ch.Table.QualifiedName())
+	c.reshape(t, ch.Table)
+	rows := t.rows
 	c.stats.Changes++
 	switch ch.Op {
 	case dbsync.OpDelete:
@@ -226,12 +478,12 @@ func (c *Cache) Snapshot() map[string]map[string]dbsync.StringMap {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	out := make(map[string]map[string]dbsync.StringMap, len(c.tables))
-	for t, rows := range c.tables {
-		cp := make(map[string]dbsync.StringMap, len(rows))
-		for k, r := range rows {
+	for name, t := range c.tables {
+		cp := make(map[string]dbsync.StringMap, len(t.rows))
+		for k, r := range t.rows {
 			cp[k] = copyRow(r)
 		}
-		out[t] = cp
+		out[name] = cp
 	}
 	return out
 }
@@ -240,7 +492,11 @@ func (c *Cache) Snapshot() map[string]map[string]dbsync.StringMap {
 func (c *Cache) Row(table, key string) (dbsync.StringMap, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	r, ok := c.tables[table][key]
+	t := c.tables[table]
+	if t == nil {
+		return nil, false
+	}
+	r, ok := t.rows[key]
 	if !ok {
 		return nil, false
 	}
@@ -251,14 +507,20 @@ func (c *Cache) Row(table, key string) (dbsync.StringMap, bool) {
 func (c *Cache) Len(table string) int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return len(c.tables[table])
+	if t := c.tables[table]; t != nil {
+		return len(t.rows)
+	}
+	return 0
 }
 
 // TableInfo returns the PGTableInfo last seen for table (nil if none).
 func (c *Cache) TableInfo(table string) *dbsync.PGTableInfo {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.infos[table]
+	if t := c.tables[table]; t != nil {
+		return t.info
+	}
+	return nil
 }
 
 // Stats returns counters of what the Cache applied.

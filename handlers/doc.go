@@ -4,6 +4,13 @@
 //   - JSONLinesWriter writes one JSON object per row change (and per TRUNCATE of a
 //     table and per logical decoding message) to an io.Writer; see the schema below.
 //   - Cache keeps an in-memory copy of the published tables (table -> record ID -> row).
+//     It applies each transaction at its COMMIT and drops re-delivered ones (commit LSN
+//     not after the last applied one), so at-least-once delivery leaves it exact.
+//     One Syncer feeds a Cache (two Syncers need two Caches: interleaved transactions
+//     are refused with ErrCacheSequence); its readers are safe concurrently. It follows
+//     RELATION messages: a dropped column leaves the cached rows, a renamed table keeps
+//     its rows (tracked by relation OID); see Cache for what schema changes it cannot
+//     know (an added column's default, a retyped column's new values).
 //
 // Embed dbsync.DefaultMessageHandler in your own handler to implement only the methods
 // you need.

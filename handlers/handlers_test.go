@@ -186,6 +186,9 @@ func TestCacheUnit(t *testing.T) {
 	require.Equal(t, map[string]map[string]dbsync.StringMap{
 		"public.items": {`["3","a"]`: {"id": "3", "sub": "a", "name": "renamed", "body": "BIG"}},
 	}, c.Snapshot())
+	require.Equal(t, int64(1), c.Stats().Transactions)
+	require.Equal(t, int64(1), c.Stats().Redelivered, "the same commit LSN: dropped")
+	require.Equal(t, int64(5), c.Stats().Changes)
 }
 
 func TestCacheStagesUntilCommit(t *testing.T) {
@@ -241,4 +244,258 @@ func TestCacheTruncateAndRefresh(t *testing.T) {
 	require.Equal(t, int64(1), c.Stats().Truncates)
 	require.Equal(t, info, c.TableInfo("public.items"))
 	require.Error(t, c.HandleRefresh("k", dbsync.DBItem{}))
+}
+
+// tx returns a BEGIN and a COMMIT of a transaction committing at lsn.
+func tx(lsn pglogrepl.LSN) (*pglogrepl.BeginMessage, *pglogrepl.CommitMessage) {
+	return &pglogrepl.BeginMessage{FinalLSN: lsn, CommitTime: commitTime, Xid: uint32(lsn)},
+		&pglogrepl.CommitMessage{CommitLSN: lsn, TransactionEndLSN: lsn + 0x30, CommitTime: commitTime}
+}
+
+// TestCacheRedeliveredTransactionsDropped: a transaction whose commit LSN is not after
+// the last applied one was applied already; applying it again would regress rows
+// (an older update over a later refresh row) or copy an unchanged TOASTed value from
+// a later state. Refresh rows belong to the transaction they arrive in.
+func TestCacheRedeliveredTransactionsDropped(t *testing.T) {
+	reln, info := itemsTable()
+	c := NewCache()
+	deliver := func(lsn pglogrepl.LSN, msgs ...func() error) {
+		t.Helper()
+		b, cm := tx(lsn)
+		require.NoError(t, c.HandleBeginMessage(0, b))
+		for _, m := range msgs {
+			require.NoError(t, m())
+		}
+		require.NoError(t, c.HandleCommitMessage(0, cm))
+	}
+	insert := func(vals ...string) func() error {
+		return func() error {
+			return c.HandleInsertMessage(0, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup(vals...)}, reln, info)
+		}
+	}
+	update := func(vals ...string) func() error {
+		return func() error {
+			return c.HandleUpdateMessage(0, &pglogrepl.UpdateMessage{RelationID: 16385, NewTuple: tup(vals...)}, reln, info)
+		}
+	}
+	refresh := func(name, body string) func() error {
+		return func() error {
+			return c.HandleRefresh(`["1","a"]`, dbsync.DBItem{Table: info, Key: `["1","a"]`, Values: dbsync.StringMap{"id": "1", "sub": "a", "name": name, "body": body}})
+		}
+	}
+	row := func() dbsync.StringMap { r, _ := c.Row("public.items", `["1","a"]`); return r }
+
+	deliver(0x100, insert("1", "a", "v1", "B1"))
+	deliver(0x200, update("1", "a", "v2", "<u>"))
+	// The high watermark's transaction: its refresh row is applied at its COMMIT.
+	b3, c3 := tx(0x300)
+	require.NoError(t, c.HandleBeginMessage(0, b3))
+	require.NoError(t, refresh("v3", "B3")())
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v2", "body": "B1"}, row(), "a refresh row is invisible before its COMMIT")
+	require.NoError(t, c.HandleCommitMessage(0, c3))
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v3", "body": "B3"}, row())
+
+	// 0x200 comes again (the slot fell back): it must not undo the refresh row, nor
+	// copy B3 as its unchanged body.
+	deliver(0x200, update("1", "a", "v2", "<u>"))
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v3", "body": "B3"}, row())
+	// 0x300 comes again with its refresh row (the selection was not completed): the
+	// row must not go back over what 0x400 applied.
+	deliver(0x400, update("1", "a", "v4", "<u>"))
+	deliver(0x300, refresh("v3", "B3"))
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v4", "body": "B3"}, row())
+	// A new transaction applies.
+	deliver(0x500, update("1", "a", "v5", "B5"))
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "v5", "body": "B5"}, row())
+
+	st := c.Stats()
+	require.Equal(t, int64(5), st.Transactions)
+	require.Equal(t, int64(2), st.Redelivered)
+	require.Equal(t, int64(4), st.Changes)
+	require.Equal(t, int64(1), st.Refreshes)
+	require.Equal(t, int64(2), st.KeptUnchanged)
+	require.Equal(t, pglogrepl.LSN(0x500), st.LastCommitLSN)
+
+	// Outside a transaction a refresh row is applied at once.
+	require.NoError(t, refresh("r", "R")())
+	require.Equal(t, dbsync.StringMap{"id": "1", "sub": "a", "name": "r", "body": "R"}, row())
+	require.Equal(t, int64(2), c.Stats().Refreshes)
+}
+
+// TestCacheOneFeeder: a Cache is fed by one Syncer. Two feeders interleaving their
+// transactions used to share the staged changes silently (B's BEGIN dropped A's
+// insert); the sequences one Syncer never delivers are now errors wrapping
+// ErrCacheSequence, and re-deliveries one Syncer does deliver still work.
+func TestCacheOneFeeder(t *testing.T) {
+	reln, info := itemsTable()
+	insert := func(c *Cache, id string) error {
+		return c.HandleInsertMessage(1, &pglogrepl.InsertMessage{RelationID: 16385, Tuple: tup(id, "a", "x", "y")}, reln, info)
+	}
+	bA, cA := tx(0x100)
+	bB, cB := tx(0x200)
+
+	// The reviewer's interleaving, both transactions at the same LSN: B's BEGIN looks
+	// like A's re-delivery, so A's insert is dropped; B's COMMIT then has no BEGIN.
+	c := NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, begin1))   // A
+	require.NoError(t, insert(c, "1"))                    // A
+	require.NoError(t, c.HandleBeginMessage(0, begin1))   // B
+	require.NoError(t, c.HandleCommitMessage(2, commit1)) // A
+	err := c.HandleCommitMessage(2, commit1)              // B
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.EqualError(t, err, "handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer): COMMIT at 0/16B3748 without its BEGIN")
+
+	// B begins a later transaction while A's is open.
+	c = NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, bA))
+	require.NoError(t, insert(c, "1"))
+	err = c.HandleBeginMessage(0, bB)
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.EqualError(t, err, "handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer): BEGIN of the transaction committing at 0/200 while the one committing at 0/100 is open")
+	// The open transaction was dropped: A's COMMIT fails too, and nothing was applied.
+	require.ErrorIs(t, c.HandleCommitMessage(0, cA), ErrCacheSequence)
+	require.Empty(t, c.Snapshot())
+
+	// B begins an earlier transaction while A's is open: taken for a re-delivery, so A
+	// is dropped, and A's COMMIT does not match the open transaction.
+	c = NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, bB))
+	require.NoError(t, insert(c, "2"))
+	require.NoError(t, c.HandleBeginMessage(0, bA))
+	require.NoError(t, insert(c, "1"))
+	err = c.HandleCommitMessage(0, cB)
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.EqualError(t, err, "handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer): COMMIT at 0/200 while the transaction committing at 0/100 is open")
+	require.Empty(t, c.Snapshot())
+
+	// Changes and TRUNCATE outside a transaction.
+	c = NewCache()
+	err = insert(c, "1")
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.EqualError(t, err, "handlers: Cache: messages out of transaction order (a Cache must be fed by one Syncer): INSERT of public.items outside a transaction")
+	err = c.HandleTruncateMessage(0, &pglogrepl.TruncateMessage{RelationIDs: []uint32{16385}}, []*pglogrepl.RelationMessage{reln}, []*dbsync.PGTableInfo{info})
+	require.ErrorIs(t, err, ErrCacheSequence)
+	require.Equal(t, int64(0), c.Stats().Transactions)
+
+	// What one Syncer does deliver: a transaction cut off and delivered again from its
+	// BEGIN, and after a failed forward an earlier transaction again.
+	c = NewCache()
+	require.NoError(t, c.HandleBeginMessage(0, bA))
+	require.NoError(t, insert(c, "1"))
+	require.NoError(t, c.HandleCommitMessage(0, cA))
+	require.NoError(t, c.HandleBeginMessage(0, bB))
+	require.NoError(t, insert(c, "2"))
+	require.NoError(t, c.HandleBeginMessage(0, bA)) // slot forwarded only before A
+	require.NoError(t, insert(c, "1"))
+	require.NoError(t, c.HandleCommitMessage(0, cA))
+	require.NoError(t, c.HandleBeginMessage(0, bB))
+	require.NoError(t, insert(c, "2"))
+	require.NoError(t, c.HandleCommitMessage(0, cB))
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.items": {
+		`["1","a"]`: {"id": "1", "sub": "a", "name": "x", "body": "y"},
+		`["2","a"]`: {"id": "2", "sub": "a", "name": "x", "body": "y"},
+	}}, c.Snapshot())
+	st := c.Stats()
+	require.Equal(t, int64(2), st.Transactions)
+	require.Equal(t, int64(1), st.Redelivered)
+	require.Equal(t, int64(2), st.Changes)
+}
+
+// shape builds the RELATION message and description of table public.<name> with
+// relation OID oid, text columns cols, keyed by the first.
+func shape(oid uint32, name string, cols ...string) (*pglogrepl.RelationMessage, *dbsync.PGTableInfo) {
+	reln := &pglogrepl.RelationMessage{RelationID: oid, Namespace: "public", RelationName: name, ReplicaIdentity: 'd', ColumnNum: uint16(len(cols))}
+	info := &dbsync.PGTableInfo{RelationID: oid, Namespace: "public", TableName: name, ColInfo: map[string]*dbsync.PGColumnInfo{},
+		PrimaryKey: cols[:1], ReplicaIdentity: 'd'}
+	for i, n := range cols {
+		var flags uint8
+		if i == 0 {
+			flags = 1
+		}
+		reln.Columns = append(reln.Columns, &pglogrepl.RelationMessageColumn{Flags: flags, Name: n, DataType: 25, TypeModifier: -1})
+		col := &dbsync.PGColumnInfo{ColumnName: n, OrdinalPosition: i + 1, TypeOID: 25, ColumnType: "text", TypeModifier: -1, NotNull: i == 0, KeyPosition: 1 - min(i, 1)}
+		info.Columns = append(info.Columns, col)
+		info.ColInfo[n] = col
+	}
+	return reln, info
+}
+
+// TestCacheSchemaChanges: the Cache follows RELATION messages in transaction order:
+// a dropped column leaves every cached row, an added one is missing from rows cached
+// before it, a renamed table takes its rows along, and a new table under a freed name
+// starts empty.
+func TestCacheSchemaChanges(t *testing.T) {
+	c := NewCache()
+	deliver := func(lsn pglogrepl.LSN, reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo, tuples ...*pglogrepl.TupleData) {
+		t.Helper()
+		b, cm := tx(lsn)
+		require.NoError(t, c.HandleBeginMessage(0, b))
+		require.NoError(t, c.HandleRelationMessage(0, reln, info))
+		for _, tu := range tuples {
+			require.NoError(t, c.HandleUpdateMessage(0, &pglogrepl.UpdateMessage{RelationID: reln.RelationID, NewTuple: tu}, reln, info))
+		}
+		require.NoError(t, c.HandleCommitMessage(0, cm))
+	}
+	v1r, v1 := shape(16385, "items", "id", "name", "body")
+	deliver(0x100, v1r, v1, tup("1", "a", "x"), tup("2", "b", "y"))
+	// ALTER TABLE items DROP COLUMN body: row 2, not changed since, loses it too.
+	v2r, v2 := shape(16385, "items", "id", "name")
+	deliver(0x200, v2r, v2, tup("1", "c"))
+	want := map[string]map[string]dbsync.StringMap{"public.items": {
+		`["1"]`: {"id": "1", "name": "c"},
+		`["2"]`: {"id": "2", "name": "b"},
+	}}
+	require.Equal(t, want, c.Snapshot())
+	require.Equal(t, int64(1), c.Stats().DroppedColumns)
+	// The RELATION of an old shape in a re-delivered transaction changes nothing.
+	deliver(0x100, v1r, v1, tup("1", "a", "x"))
+	require.Equal(t, want, c.Snapshot())
+
+	// ADD COLUMN extra: rows cached before lack it until they change.
+	v3r, v3 := shape(16385, "items", "id", "name", "extra")
+	deliver(0x300, v3r, v3, tup("3", "d", "e3"))
+	want["public.items"][`["3"]`] = dbsync.StringMap{"id": "3", "name": "d", "extra": "e3"}
+	require.Equal(t, want, c.Snapshot())
+
+	// ALTER TABLE items RENAME TO things: the rows move with the table's OID.
+	v4r, v4 := shape(16385, "things", "id", "name", "extra")
+	deliver(0x400, v4r, v4, tup("2", "f", "e2"))
+	want = map[string]map[string]dbsync.StringMap{"public.things": {
+		`["1"]`: {"id": "1", "name": "c"},
+		`["2"]`: {"id": "2", "name": "f", "extra": "e2"},
+		`["3"]`: {"id": "3", "name": "d", "extra": "e3"},
+	}}
+	require.Equal(t, want, c.Snapshot())
+	require.Equal(t, v4, c.TableInfo("public.things"))
+	require.Nil(t, c.TableInfo("public.items"))
+	require.Equal(t, 0, c.Len("public.items"))
+
+	// CREATE TABLE items again (a new OID): it starts empty.
+	n1r, n1 := shape(16400, "items", "k", "v")
+	deliver(0x500, n1r, n1, tup("9", "new"))
+	want["public.items"] = map[string]dbsync.StringMap{`["9"]`: {"k": "9", "v": "new"}}
+	require.Equal(t, want, c.Snapshot())
+
+	// Swap the names (things -> items, items -> things): each table keeps its rows.
+	s1r, s1 := shape(16385, "items", "id", "name", "extra")
+	deliver(0x600, s1r, s1, tup("3", "g", "e3"))
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.items": {
+		`["1"]`: {"id": "1", "name": "c"},
+		`["2"]`: {"id": "2", "name": "f", "extra": "e2"},
+		`["3"]`: {"id": "3", "name": "g", "extra": "e3"},
+	}}, c.Snapshot(), "public.things, the new table, is out of sight until its next RELATION")
+	s2r, s2 := shape(16400, "things", "k", "v")
+	deliver(0x700, s2r, s2, tup("8", "new2"))
+	require.Equal(t, map[string]map[string]dbsync.StringMap{
+		"public.items": {
+			`["1"]`: {"id": "1", "name": "c"},
+			`["2"]`: {"id": "2", "name": "f", "extra": "e2"},
+			`["3"]`: {"id": "3", "name": "g", "extra": "e3"},
+		},
+		"public.things": {`["9"]`: {"k": "9", "v": "new"}, `["8"]`: {"k": "8", "v": "new2"}},
+	}, c.Snapshot())
+	st := c.Stats()
+	require.Equal(t, int64(1), st.DroppedColumns)
+	require.Equal(t, int64(7), st.Transactions)
+	require.Equal(t, int64(1), st.Redelivered)
 }
