@@ -24,7 +24,8 @@ const setupLockKey = 0x64627379 // "dbsy"
 // when it is missing. NewSyncer calls it unless WithSetup(false).
 //
 // Errors: ErrWALLevel, ErrReplicationPrivilege, ErrPublicationMissing (with the CREATE
-// PUBLICATION statement to run), ErrSlotMismatch, ErrSlotInvalidated (the slot exists
+// PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
+// pgoutput slot of this database, or is another session's temporary slot), ErrSlotInvalidated (the slot exists
 // but PostgreSQL invalidated it: wal_status lost), or the server's error.
 func (s *Syncer) Setup(ctx context.Context) error {
 	if err := s.checkServer(ctx); err != nil {
@@ -195,7 +196,7 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 }
 
 // ensureSlot creates the pgoutput slot if missing, and rejects an existing slot that
-// is not a logical pgoutput slot of this database. The check and the creation run
+// is not a logical pgoutput slot of this database or is temporary. The check and the creation run
 // under a session advisory lock on one connection: a slot another syncer is still
 // creating (building its initial snapshot) is listed in pg_replication_slots before
 // its plugin is, and must not be mistaken for a foreign slot.
@@ -216,10 +217,12 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		}
 	}()
 	var plugin, slotType, database, walStatus sql.NullString
+	var temporary sql.NullBool
+	var pid sql.NullInt64
 	var current string
-	err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, current_database()
+	err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid, current_database()
 		FROM (SELECT current_database()) AS d(x)
-		LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &current)
+		LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &current)
 	if err != nil {
 		return classify(err, "look up replication slot")
 	}
@@ -227,6 +230,13 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		if slotType.String != "logical" || plugin.String != "pgoutput" || database.String != current {
 			return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot(%s)",
 				ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
+		}
+		if temporary.Bool {
+			// dbsync never creates a temporary slot under this name: it belongs to
+			// another session and is dropped when that session ends, with the
+			// position the Syncer reached (Run would then fail with ErrSlotMissing).
+			return fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d): PostgreSQL drops it when that session ends, and the Syncer's position with it; choose another name (WithReplicationSlot / %s), or end that session and set up again",
+				ErrSlotMismatch, s.replicationSlot, pid.Int64, EnvReplSlot)
 		}
 		if walStatus.String == "lost" {
 			// The server removed WAL the slot still needed (max_slot_wal_keep_size):
