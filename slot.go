@@ -140,8 +140,12 @@ func (s *Syncer) slotStats(ctx context.Context, version int) (SlotStats, error) 
 // The publication itself and the published tables are left alone. Running it again
 // does nothing: every step is skipped when already done.
 //
+// It drops only a logical pgoutput slot of this database that is not temporary, the
+// kind Setup creates; for any other slot of that name it stops before doing anything.
+//
 // Errors: ErrSlotInUse when a process is reading the slot (stop it first);
-// ErrSlotMismatch when the slot belongs to another database; ErrCtrlSchemaNotEmpty
+// ErrSlotMismatch when the slot is not a logical pgoutput slot of this database, or
+// is another session's temporary slot; ErrCtrlSchemaNotEmpty
 // when the control schema holds anything but the watermark table (nothing is dropped
 // from it then); or the server's error.
 func (s *Syncer) Teardown(ctx context.Context) error {
@@ -155,11 +159,13 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 }
 
 func (s *Syncer) dropSlot(ctx context.Context) error {
-	var active bool
+	var slotType, plugin, database, current string
+	var temporary, active bool
 	var pid int
-	var database, current string
-	err := s.db.QueryRowContext(ctx, `SELECT active, COALESCE(active_pid, 0), COALESCE(database, ''), current_database()
-		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.replicationSlot).Scan(&active, &pid, &database, &current)
+	err := s.db.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
+		COALESCE(active_pid, 0), current_database()
+		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.replicationSlot).Scan(
+		&slotType, &plugin, &database, &temporary, &active, &pid, &current)
 	if errors.Is(err, sql.ErrNoRows) {
 		s.log.Info("dbsync: teardown: no replication slot to drop", "slot", s.replicationSlot)
 		return nil
@@ -167,9 +173,17 @@ func (s *Syncer) dropSlot(ctx context.Context) error {
 	if err != nil {
 		return classify(err, "look up replication slot "+s.replicationSlot)
 	}
+	if slotType != "logical" || plugin != "pgoutput" {
+		return fmt.Errorf("%w: slot %q is a %s slot with plugin %q, not a logical pgoutput slot: dbsync did not create it and does not drop it; check the slot name (WithReplicationSlot / %s / -slot), or drop it yourself with SELECT pg_drop_replication_slot(%s) if nothing uses it",
+			ErrSlotMismatch, s.replicationSlot, slotType, plugin, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
+	}
 	if database != current {
 		return fmt.Errorf("%w: slot %q belongs to database %q, not %q: connect to that database to tear it down",
 			ErrSlotMismatch, s.replicationSlot, database, current)
+	}
+	if temporary {
+		return fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d), which dbsync does not create and does not drop; PostgreSQL drops it when that session ends",
+			ErrSlotMismatch, s.replicationSlot, pid)
 	}
 	if active {
 		return fmt.Errorf("%w: slot %q is read by backend PID %d: stop that consumer first (or SELECT pg_terminate_backend(%d))",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"testing"
@@ -236,4 +237,61 @@ func TestSlotStatsSpill(t *testing.T) {
 		require.Zero(t, st.Stats.StreamTxns, "dbsync does not ask pgoutput to stream")
 		require.Greater(t, st.Stats.TotalBytes, int64(1<<20), "%+v", st.Stats)
 	}
+}
+
+// wmPublished tells whether the watermark table ns.wm is in publication pub.
+func wmPublished(t *testing.T, db *sql.DB, pub, ns, wm string) bool {
+	t.Helper()
+	var in bool
+	require.NoError(t, db.QueryRow(`SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
+		pub, ns, wm).Scan(&in))
+	return in
+}
+
+// relExists tells whether the relation named (SQL syntax) exists.
+func relExists(t *testing.T, db *sql.DB, name string) bool {
+	t.Helper()
+	var ok bool
+	require.NoError(t, db.QueryRow(`SELECT to_regclass($1) IS NOT NULL`, name).Scan(&ok))
+	return ok
+}
+
+// TestTeardownRefusesSlotsSetupRefuses: a test_decoding slot, a physical slot and
+// another session's temporary pgoutput slot are not slots Setup would use, so
+// Teardown does not drop them either (ErrSlotMismatch) and stops there: the control
+// schema, which no other slot holds, is left as it was.
+func TestTeardownRefusesSlotsSetupRefuses(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	pub, app := pgtest.Ident(t, "pub"), pgtest.Ident(t, "app")
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(app), WithPublication(pub))
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+app+`')`)
+
+	testDec, physical, temp := pgtest.Ident(t, "testdec"), pgtest.Ident(t, "physical"), pgtest.Ident(t, "temp")
+	execAll(t, d.DB, `SELECT pg_create_logical_replication_slot('`+testDec+`', 'test_decoding')`,
+		`SELECT pg_create_physical_replication_slot('`+physical+`')`)
+	ctx := context.Background()
+	conn, err := d.DB.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	var pid int
+	require.NoError(t, conn.QueryRowContext(ctx, `SELECT pg_backend_pid() FROM pg_create_logical_replication_slot($1, 'pgoutput', true)`, temp).Scan(&pid))
+	for slot, msg := range map[string]string{
+		testDec:  `slot "` + testDec + `" is a logical slot with plugin "test_decoding", not a logical pgoutput slot: dbsync did not create it and does not drop it`,
+		physical: `slot "` + physical + `" is a physical slot with plugin "", not a logical pgoutput slot: dbsync did not create it and does not drop it`,
+		temp:     fmt.Sprintf(`slot %q is a temporary slot of another session (backend PID %d), which dbsync does not create and does not drop`, temp, pid),
+	} {
+		td, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub), WithSetup(false))
+		require.NoError(t, err)
+		err = td.Teardown(ctx)
+		require.NoError(t, td.Close())
+		require.ErrorIs(t, err, ErrSlotMismatch, slot)
+		require.ErrorContains(t, err, msg)
+		require.True(t, slotExists(t, d.DB, slot), slot)
+		require.True(t, wmPublished(t, d.DB, pub, "dbsync_ctrl", "dbsync_wmtable"), slot)
+		require.True(t, relExists(t, d.DB, "dbsync_ctrl.snapshot_progress"), slot)
+	}
+	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+testDec+`')`, `SELECT pg_drop_replication_slot('`+physical+`')`)
 }
