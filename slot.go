@@ -134,9 +134,12 @@ func (s *Syncer) slotStats(ctx context.Context, version int) (SlotStats, error) 
 }
 
 // Teardown removes what Setup created, so nothing keeps retaining WAL: it drops the
-// replication slot (pg_drop_replication_slot), takes the watermark table out of the
-// publication (ALTER PUBLICATION ... DROP TABLE, unless the publication is FOR ALL
-// TABLES or does not hold it), and drops the control schema (DROP SCHEMA ... CASCADE).
+// replication slot (pg_drop_replication_slot); then, in one transaction, it takes the
+// watermark table out of the publication (ALTER PUBLICATION ... DROP TABLE, unless
+// the publication is FOR ALL TABLES or does not hold it), drops dbsync's two tables
+// (the watermark and snapshot progress tables) and then the control schema, never
+// with CASCADE: if anything dbsync did not create is in the schema or depends on its
+// tables (a type, a view, a column of such a type), none of that transaction is done.
 // The publication itself and the published tables are left alone. Running it again
 // does nothing: every step is skipped when already done.
 //
@@ -145,17 +148,15 @@ func (s *Syncer) slotStats(ctx context.Context, version int) (SlotStats, error) 
 //
 // Errors: ErrSlotInUse when a process is reading the slot (stop it first);
 // ErrSlotMismatch when the slot is not a logical pgoutput slot of this database, or
-// is another session's temporary slot; ErrCtrlSchemaNotEmpty
-// when the control schema holds anything but the watermark table (nothing is dropped
-// from it then); or the server's error.
+// is another session's temporary slot; ErrCtrlSchemaNotEmpty when the control schema
+// holds anything but dbsync's tables, something depends on those, or the schema is
+// public, information_schema or pg_* (the slot is dropped, the rest kept); or the
+// server's error.
 func (s *Syncer) Teardown(ctx context.Context) error {
 	if err := s.dropSlot(ctx); err != nil {
 		return err
 	}
-	if err := s.dropWMFromPublication(ctx); err != nil {
-		return err
-	}
-	return s.dropCtrlSchema(ctx)
+	return s.dropCatalog(ctx)
 }
 
 func (s *Syncer) dropSlot(ctx context.Context) error {
@@ -199,86 +200,97 @@ func (s *Syncer) dropSlot(ctx context.Context) error {
 	return nil
 }
 
-func (s *Syncer) dropWMFromPublication(ctx context.Context) error {
-	var allTables bool
-	err := s.db.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && allTables) {
-		return nil
-	}
+// dropCatalog takes the watermark table out of the publication and drops dbsync's
+// tables and the control schema in one transaction, without CASCADE.
+func (s *Syncer) dropCatalog(ctx context.Context) (err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return classify(err, "look up publication "+s.publication)
+		return classify(err, "begin teardown")
 	}
-	var in bool
-	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
-		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
-		return classify(err, "read publication tables of "+s.publication)
-	}
-	if !in {
-		return nil
-	}
-	stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " DROP TABLE " +
-		pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
-	if _, err := s.db.ExecContext(ctx, stmt); err != nil {
-		if hasSQLState(err, "42P01", "42704") {
-			return nil // removed concurrently
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
 		}
-		return classify(err, "remove the watermark table from publication "+s.publication)
-	}
-	s.log.Info("dbsync: teardown: removed watermark table from publication", "publication", s.publication,
-		"table", s.ctrlNamespace+"."+s.wmTableName)
-	return nil
-}
-
-func (s *Syncer) dropCtrlSchema(ctx context.Context) error {
+	}()
+	ns := pq.QuoteIdentifier(s.ctrlNamespace)
 	var exists bool
-	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
+	if err = tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
 		s.ctrlNamespace).Scan(&exists); err != nil {
 		return classify(err, "look up control schema "+s.ctrlNamespace)
 	}
 	if !exists {
+		// Without the schema there is no watermark table to take out of the publication.
+		if err = tx.Commit(); err != nil {
+			return classify(err, "commit teardown")
+		}
 		return nil
 	}
 	if s.ctrlNamespace == "public" || s.ctrlNamespace == "information_schema" || strings.HasPrefix(s.ctrlNamespace, "pg_") {
 		return fmt.Errorf("%w: the control namespace is %q, a schema dbsync must never drop; drop the watermark table %s yourself",
-			ErrCtrlSchemaNotEmpty, s.ctrlNamespace, pq.QuoteIdentifier(s.ctrlNamespace)+"."+pq.QuoteIdentifier(s.wmTableName))
+			ErrCtrlSchemaNotEmpty, s.ctrlNamespace, ns+"."+pq.QuoteIdentifier(s.wmTableName))
 	}
-	// Refuse to CASCADE over anything dbsync did not create (e.g. a control namespace
-	// configured as "public"): relations other than the watermark table, the snapshot
-	// progress table and their indexes, TOAST and sequences, or any function, type or
-	// other object in the schema.
-	var others []string
-	rows, err := s.db.QueryContext(ctx, `
-		SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname <> $2 AND c.relname <> $3 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-		UNION ALL
-		SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-		WHERE n.nspname = $1
-		UNION ALL
-		SELECT t.typname FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-		WHERE n.nspname = $1 AND t.typrelid = 0 AND t.typelem = 0
-		ORDER BY 1 LIMIT 10`, s.ctrlNamespace, s.wmTableName, snapshotProgressTable)
+	unpublished, err := s.dropWMFromPublication(ctx, tx)
 	if err != nil {
-		return classify(err, "list control schema "+s.ctrlNamespace)
+		return err
 	}
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			rows.Close()
-			return err
-		}
-		others = append(others, n)
+	// RESTRICT (the default) throughout: whatever else is in the schema or depends on
+	// dbsync's tables fails the statement (2BP01) and rolls everything back.
+	if _, err = tx.ExecContext(ctx, "DROP TABLE IF EXISTS "+ns+"."+pq.QuoteIdentifier(s.wmTableName)+", "+
+		ns+"."+pq.QuoteIdentifier(snapshotProgressTable)); err != nil {
+		return s.errCtrlDependents(err, "drop the watermark and snapshot progress tables")
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return classify(err, "list control schema "+s.ctrlNamespace)
+	if _, err = tx.ExecContext(ctx, "DROP SCHEMA "+ns); err != nil {
+		return s.errCtrlDependents(err, "drop control schema "+s.ctrlNamespace)
 	}
-	if len(others) > 0 {
-		return fmt.Errorf("%w: schema %q holds %v besides the watermark table %q; not dropping it",
-			ErrCtrlSchemaNotEmpty, s.ctrlNamespace, others, s.wmTableName)
+	if err = tx.Commit(); err != nil {
+		return classify(err, "commit teardown")
 	}
-	if _, err := s.db.ExecContext(ctx, "DROP SCHEMA IF EXISTS "+pq.QuoteIdentifier(s.ctrlNamespace)+" CASCADE"); err != nil {
-		return classify(err, "drop control schema "+s.ctrlNamespace)
+	if unpublished {
+		s.log.Info("dbsync: teardown: removed watermark table from publication", "publication", s.publication,
+			"table", s.ctrlNamespace+"."+s.wmTableName)
 	}
 	s.log.Info("dbsync: teardown: dropped control schema", "schema", s.ctrlNamespace)
 	return nil
+}
+
+// errCtrlDependents names a failed DROP of dbsync's tables or control schema: objects
+// dbsync did not create are in the schema or depend on its tables (2BP01; the
+// server's detail lists them) give ErrCtrlSchemaNotEmpty.
+func (s *Syncer) errCtrlDependents(err error, what string) error {
+	if !hasSQLState(err, "2BP01") {
+		return classify(err, what)
+	}
+	detail := serverDetail(err)
+	if detail == "" {
+		detail = "objects dbsync did not create depend on it"
+	}
+	return fmt.Errorf("%w: %s: %s; nothing of the control schema was dropped (the slot was): move or drop those objects (or point %s / WithCtrlNamespace at a schema only dbsync uses), then run teardown again: %w",
+		ErrCtrlSchemaNotEmpty, what, strings.ReplaceAll(detail, "\n", "; "), EnvCtrlNamespace, err)
+}
+
+// dropWMFromPublication takes the watermark table out of the publication in tx;
+// unpublished is false when there was nothing to do.
+func (s *Syncer) dropWMFromPublication(ctx context.Context, tx *sql.Tx) (unpublished bool, err error) {
+	var allTables bool
+	err = tx.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && allTables) {
+		return false, nil
+	}
+	if err != nil {
+		return false, classify(err, "look up publication "+s.publication)
+	}
+	var in bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
+		return false, classify(err, "read publication tables of "+s.publication)
+	}
+	if !in {
+		return false, nil
+	}
+	stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " DROP TABLE " +
+		pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
+	if _, err := tx.ExecContext(ctx, stmt); err != nil {
+		return false, classify(err, "remove the watermark table from publication "+s.publication)
+	}
+	return true, nil
 }

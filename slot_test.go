@@ -295,3 +295,47 @@ func TestTeardownRefusesSlotsSetupRefuses(t *testing.T) {
 	}
 	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+testDec+`')`, `SELECT pg_drop_replication_slot('`+physical+`')`)
 }
+
+// TestTeardownNeverCascades: the control schema is dropped without CASCADE, so
+// objects dbsync did not create stop it (ErrCtrlSchemaNotEmpty, naming them) and
+// nothing of the schema goes: a composite type in it that a user's column in another
+// schema uses, then a user's view of the watermark table. Once they are gone, the
+// teardown completes.
+func TestTeardownNeverCascades(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub), WithCtrlNamespace("myctrl"))
+	require.NoError(t, err)
+	defer s.Close()
+	execAll(t, d.DB, `CREATE TYPE myctrl.money2 AS (amount numeric, cur text)`,
+		`CREATE TABLE public.orders (id int PRIMARY KEY, price myctrl.money2)`,
+		`INSERT INTO orders VALUES (1, ROW(9.5, 'EUR'))`)
+	kept := func() {
+		t.Helper()
+		require.True(t, wmPublished(t, d.DB, pub, "myctrl", "dbsync_wmtable"))
+		require.True(t, relExists(t, d.DB, "myctrl.snapshot_progress"))
+	}
+	ctx := context.Background()
+	err = s.Teardown(ctx)
+	require.ErrorIs(t, err, ErrCtrlSchemaNotEmpty)
+	require.ErrorContains(t, err, "drop control schema myctrl: type myctrl.money2 depends on schema myctrl")
+	require.ErrorContains(t, err, "nothing of the control schema was dropped (the slot was): move or drop those objects")
+	require.False(t, slotExists(t, d.DB, slot))
+	require.Equal(t, []string{"id", "price"}, queryStrings(t, d.DB,
+		`SELECT attname FROM pg_attribute WHERE attrelid = 'public.orders'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`))
+	require.Equal(t, []string{"(9.5,EUR)"}, queryStrings(t, d.DB, `SELECT price::text FROM orders`))
+	kept()
+
+	execAll(t, d.DB, `DROP TABLE orders`, `DROP TYPE myctrl.money2`, `CREATE VIEW public.wm_view AS SELECT selection_id FROM myctrl.dbsync_wmtable`)
+	err = s.Teardown(ctx)
+	require.ErrorIs(t, err, ErrCtrlSchemaNotEmpty)
+	require.ErrorContains(t, err, "drop the watermark and snapshot progress tables: view wm_view depends on table myctrl.dbsync_wmtable")
+	require.True(t, relExists(t, d.DB, "public.wm_view"))
+	kept()
+
+	execAll(t, d.DB, `DROP VIEW wm_view`)
+	require.NoError(t, s.Teardown(ctx))
+	require.False(t, wmPublished(t, d.DB, pub, "myctrl", "dbsync_wmtable"))
+	require.Empty(t, queryStrings(t, d.DB, `SELECT nspname FROM pg_namespace WHERE nspname = 'myctrl'`))
+}
