@@ -59,10 +59,18 @@ func (s *Syncer) checkServer(ctx context.Context) error {
 	return nil
 }
 
+// txBeginner is a *sql.DB or a *sql.Conn.
+type txBeginner interface {
+	BeginTx(context.Context, *sql.TxOptions) (*sql.Tx, error)
+}
+
 // setupCatalog creates the control schema, watermark table and publication in one
 // transaction under an advisory lock.
-func (s *Syncer) setupCatalog(ctx context.Context) (err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *Syncer) setupCatalog(ctx context.Context) error { return s.setupCatalogOn(ctx, s.db) }
+
+// setupCatalogOn is setupCatalog on db (a *sql.DB, or ensureSlot's connection).
+func (s *Syncer) setupCatalogOn(ctx context.Context, db txBeginner) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return classify(err, "begin setup")
 	}
@@ -202,6 +210,11 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 // its plugin is, and must not be mistaken for a foreign slot.
 // (pg_create_logical_replication_slot cannot run in a transaction that wrote, so the
 // transaction-level lock of setupCatalog cannot cover it.)
+//
+// Teardown decides under the same lock whether other slots still need the control
+// schema and the watermark table: once this slot exists it sees it and keeps them. A
+// teardown that ran between setupCatalog and here may have removed them, so they are
+// checked (and set up again) under the lock.
 func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
@@ -243,11 +256,32 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 			// the changes in it are gone for this slot, so reading on would skip them.
 			return s.errSlotLost(nil)
 		}
+	} else {
+		if _, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot); err != nil {
+			return classify(err, "create replication slot "+s.replicationSlot)
+		}
+		s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
+	}
+	return s.recheckCatalog(ctx, conn)
+}
+
+// recheckCatalog sets up the control schema, the watermark table and its place in the
+// publication again if they are missing: a Teardown of the last other slot may have
+// removed them after setupCatalog. conn holds the slot setup lock.
+func (s *Syncer) recheckCatalog(ctx context.Context, conn *sql.Conn) error {
+	var ok bool
+	if err := conn.QueryRowContext(ctx, `SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL
+		AND to_regclass(format('%I.%I', $1::text, $3::text)) IS NOT NULL
+		AND COALESCE((SELECT p.puballtables OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
+			WHERE pt.pubname = p.pubname AND pt.schemaname = $1 AND pt.tablename = $2)
+			FROM pg_catalog.pg_publication p WHERE p.pubname = $4), false)`,
+		s.ctrlNamespace, s.wmTableName, snapshotProgressTable, s.publication).Scan(&ok); err != nil {
+		return classify(err, "check control schema "+s.ctrlNamespace)
+	}
+	if ok {
 		return nil
 	}
-	if _, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot); err != nil {
-		return classify(err, "create replication slot "+s.replicationSlot)
-	}
-	s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
-	return nil
+	s.log.Info("dbsync: control schema or watermark table removed during setup (a concurrent teardown); setting them up again",
+		"schema", s.ctrlNamespace, "table", s.wmTableName, "publication", s.publication)
+	return s.setupCatalogOn(ctx, conn)
 }

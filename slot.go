@@ -133,77 +133,134 @@ func (s *Syncer) slotStats(ctx context.Context, version int) (SlotStats, error) 
 	return st, nil
 }
 
-// Teardown removes what Setup created, so nothing keeps retaining WAL: it drops the
-// replication slot (pg_drop_replication_slot); then, in one transaction, it takes the
-// watermark table out of the publication (ALTER PUBLICATION ... DROP TABLE, unless
-// the publication is FOR ALL TABLES or does not hold it), drops dbsync's two tables
-// (the watermark and snapshot progress tables) and then the control schema, never
-// with CASCADE: if anything dbsync did not create is in the schema or depends on its
-// tables (a type, a view, a column of such a type), none of that transaction is done.
+// TeardownResult says what Teardown removed, what it kept, and why.
+type TeardownResult struct {
+	// SlotDropped: the slot existed and was dropped (false: there was none).
+	SlotDropped bool
+	// OtherSlots are the other slots of this database that may be Syncers (or `dbsync
+	// tail`) sharing the control schema, the watermark table and the publication:
+	// every logical slot of this database whose plugin is pgoutput (or not set yet:
+	// one being created) and which is not temporary, in name order. dbsync cannot
+	// tell which publication or control schema a slot is read with, so when there
+	// are any, Teardown keeps the schema, the watermark table and its place in the
+	// publication, and only deletes this slot's rows of the snapshot progress table.
+	OtherSlots []string
+	// ProgressRowsDeleted: this slot's rows deleted from the snapshot progress table
+	// of a kept control schema.
+	ProgressRowsDeleted int64
+	// WMTableUnpublished: the watermark table was taken out of the publication.
+	WMTableUnpublished bool
+	// CtrlSchemaDropped: dbsync's tables and the control schema were dropped.
+	CtrlSchemaDropped bool
+}
+
+// Kept tells whether the control schema and the watermark table were kept because
+// other slots may still use them (OtherSlots).
+func (r TeardownResult) Kept() bool { return len(r.OtherSlots) > 0 }
+
+// Teardown is TeardownWithResult without the result (what it did is logged at Info).
+func (s *Syncer) Teardown(ctx context.Context) error {
+	_, err := s.TeardownWithResult(ctx)
+	return err
+}
+
+// TeardownWithResult removes what Setup created for this Syncer, so nothing keeps
+// retaining WAL, without touching what other Syncers of the database may use:
+//
+//  1. It drops the replication slot (pg_drop_replication_slot), but only a logical
+//     pgoutput slot of this database that is not temporary: the kind Setup creates.
+//  2. If other slots may be Syncers sharing the control schema, the watermark table
+//     and the publication (TeardownResult.OtherSlots: non-temporary logical pgoutput
+//     slots of this database), it keeps those and deletes only this slot's rows of
+//     the snapshot progress table (a later Syncer with this slot name starts its
+//     snapshots over). The teardown of the last such slot removes them.
+//  3. Otherwise it takes the watermark table out of the publication (ALTER
+//     PUBLICATION ... DROP TABLE, unless the publication is FOR ALL TABLES or does
+//     not hold it), drops dbsync's two tables (the watermark and snapshot progress
+//     tables) and then the control schema, never with CASCADE, in one transaction:
+//     if anything dbsync did not create is in the schema or depends on its tables
+//     (a type, a view, a column of such a type), nothing of step 3 is done.
+//
+// Steps 2 and 3 run under the lock Setup creates slots under, so a Syncer setting up
+// at the same time is either seen in step 2 or sets up again what step 3 removed.
 // The publication itself and the published tables are left alone. Running it again
 // does nothing: every step is skipped when already done.
 //
-// It drops only a logical pgoutput slot of this database that is not temporary, the
-// kind Setup creates; for any other slot of that name it stops before doing anything.
-//
 // Errors: ErrSlotInUse when a process is reading the slot (stop it first);
 // ErrSlotMismatch when the slot is not a logical pgoutput slot of this database, or
-// is another session's temporary slot; ErrCtrlSchemaNotEmpty when the control schema
-// holds anything but dbsync's tables, something depends on those, or the schema is
-// public, information_schema or pg_* (the slot is dropped, the rest kept); or the
-// server's error.
-func (s *Syncer) Teardown(ctx context.Context) error {
-	if err := s.dropSlot(ctx); err != nil {
-		return err
+// is another session's temporary slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
+// when the control schema holds anything but dbsync's tables, something depends on
+// those, or the schema is public, information_schema or pg_* (the slot is dropped,
+// the rest kept); or the server's error.
+func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, err error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return res, classify(err, "connect for teardown")
 	}
-	return s.dropCatalog(ctx)
+	defer conn.Close()
+	// The session lock ensureSlot creates slots under (setup.go).
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, setupLockKey+1); err != nil {
+		return res, classify(err, "lock teardown")
+	}
+	defer func() {
+		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
+			err = classify(uerr, "unlock teardown")
+		}
+	}()
+	if res.SlotDropped, err = s.dropSlot(ctx, conn); err != nil {
+		return res, err
+	}
+	err = s.teardownCatalog(ctx, conn, &res)
+	return res, err
 }
 
-func (s *Syncer) dropSlot(ctx context.Context) error {
+// dropSlot drops the Syncer's slot if it is one Setup could have created; dropped is
+// false when there is none.
+func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, err error) {
 	var slotType, plugin, database, current string
 	var temporary, active bool
 	var pid int
-	err := s.db.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
+	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
 		COALESCE(active_pid, 0), current_database()
 		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.replicationSlot).Scan(
 		&slotType, &plugin, &database, &temporary, &active, &pid, &current)
 	if errors.Is(err, sql.ErrNoRows) {
 		s.log.Info("dbsync: teardown: no replication slot to drop", "slot", s.replicationSlot)
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return classify(err, "look up replication slot "+s.replicationSlot)
+		return false, classify(err, "look up replication slot "+s.replicationSlot)
 	}
 	if slotType != "logical" || plugin != "pgoutput" {
-		return fmt.Errorf("%w: slot %q is a %s slot with plugin %q, not a logical pgoutput slot: dbsync did not create it and does not drop it; check the slot name (WithReplicationSlot / %s / -slot), or drop it yourself with SELECT pg_drop_replication_slot(%s) if nothing uses it",
+		return false, fmt.Errorf("%w: slot %q is a %s slot with plugin %q, not a logical pgoutput slot: dbsync did not create it and does not drop it; check the slot name (WithReplicationSlot / %s / -slot), or drop it yourself with SELECT pg_drop_replication_slot(%s) if nothing uses it",
 			ErrSlotMismatch, s.replicationSlot, slotType, plugin, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
 	}
 	if database != current {
-		return fmt.Errorf("%w: slot %q belongs to database %q, not %q: connect to that database to tear it down",
+		return false, fmt.Errorf("%w: slot %q belongs to database %q, not %q: connect to that database to tear it down",
 			ErrSlotMismatch, s.replicationSlot, database, current)
 	}
 	if temporary {
-		return fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d), which dbsync does not create and does not drop; PostgreSQL drops it when that session ends",
+		return false, fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d), which dbsync does not create and does not drop; PostgreSQL drops it when that session ends",
 			ErrSlotMismatch, s.replicationSlot, pid)
 	}
 	if active {
-		return fmt.Errorf("%w: slot %q is read by backend PID %d: stop that consumer first (or SELECT pg_terminate_backend(%d))",
+		return false, fmt.Errorf("%w: slot %q is read by backend PID %d: stop that consumer first (or SELECT pg_terminate_backend(%d))",
 			ErrSlotInUse, s.replicationSlot, pid, pid)
 	}
-	if _, err := s.db.ExecContext(ctx, `SELECT pg_drop_replication_slot($1)`, s.replicationSlot); err != nil {
+	if _, err := conn.ExecContext(ctx, `SELECT pg_drop_replication_slot($1)`, s.replicationSlot); err != nil {
 		if hasSQLState(err, "42704") {
-			return nil // dropped concurrently
+			return false, nil // dropped concurrently
 		}
-		return classify(err, "drop replication slot "+s.replicationSlot)
+		return false, classify(err, "drop replication slot "+s.replicationSlot)
 	}
 	s.log.Info("dbsync: teardown: dropped replication slot", "slot", s.replicationSlot)
-	return nil
+	return true, nil
 }
 
-// dropCatalog takes the watermark table out of the publication and drops dbsync's
-// tables and the control schema in one transaction, without CASCADE.
-func (s *Syncer) dropCatalog(ctx context.Context) (err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+// teardownCatalog does steps 2 and 3 of TeardownWithResult in one transaction under
+// setupCatalog's lock, recording what it did in res once it committed.
+func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *TeardownResult) (err error) {
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return classify(err, "begin teardown")
 	}
@@ -212,7 +269,42 @@ func (s *Syncer) dropCatalog(ctx context.Context) (err error) {
 			_ = tx.Rollback()
 		}
 	}()
+	if _, err = tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
+		return classify(err, "lock teardown")
+	}
+	others, err := queryStringList(ctx, tx, `SELECT slot_name FROM pg_catalog.pg_replication_slots
+		WHERE database = current_database() AND slot_type = 'logical' AND NOT temporary
+		AND (plugin = 'pgoutput' OR COALESCE(plugin, '') = '') AND slot_name <> $1
+		ORDER BY slot_name`, s.replicationSlot)
+	if err != nil {
+		return classify(err, "list replication slots")
+	}
 	ns := pq.QuoteIdentifier(s.ctrlNamespace)
+	if len(others) > 0 {
+		var deleted int64
+		var progress bool
+		if err = tx.QueryRowContext(ctx, `SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL`,
+			s.ctrlNamespace, snapshotProgressTable).Scan(&progress); err != nil {
+			return classify(err, "look up the snapshot progress table")
+		}
+		if progress {
+			r, err := tx.ExecContext(ctx, "DELETE FROM "+ns+"."+pq.QuoteIdentifier(snapshotProgressTable)+" WHERE slot_name = $1", s.replicationSlot)
+			if err != nil {
+				return classify(err, "delete the snapshot progress of slot "+s.replicationSlot)
+			}
+			if deleted, err = r.RowsAffected(); err != nil {
+				return err
+			}
+		}
+		if err = tx.Commit(); err != nil {
+			return classify(err, "commit teardown")
+		}
+		res.OtherSlots, res.ProgressRowsDeleted = others, deleted
+		s.log.Info("dbsync: teardown: kept the control schema and the watermark table: other slots may use them",
+			"schema", s.ctrlNamespace, "table", s.wmTableName, "publication", s.publication, "slots", others,
+			"snapshot_progress_rows_deleted", deleted)
+		return nil
+	}
 	var exists bool
 	if err = tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
 		s.ctrlNamespace).Scan(&exists); err != nil {
@@ -245,6 +337,7 @@ func (s *Syncer) dropCatalog(ctx context.Context) (err error) {
 	if err = tx.Commit(); err != nil {
 		return classify(err, "commit teardown")
 	}
+	res.WMTableUnpublished, res.CtrlSchemaDropped = unpublished, true
 	if unpublished {
 		s.log.Info("dbsync: teardown: removed watermark table from publication", "publication", s.publication,
 			"table", s.ctrlNamespace+"."+s.wmTableName)
@@ -293,4 +386,22 @@ func (s *Syncer) dropWMFromPublication(ctx context.Context, tx *sql.Tx) (unpubli
 		return false, classify(err, "remove the watermark table from publication "+s.publication)
 	}
 	return true, nil
+}
+
+// queryStringList runs a query of one text column in tx.
+func queryStringList(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]string, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
 }

@@ -256,6 +256,80 @@ func relExists(t *testing.T, db *sql.DB, name string) bool {
 	return ok
 }
 
+// TestTeardownKeepsWhatOtherSlotsUse follows docs/CLI.md: a watcher on its own slot
+// and the app's publication (`dbsync tail -slot watch_slot -publication ...`), then
+// the watcher's teardown. The app's Syncer shares the control schema, the watermark
+// table and the publication with it and must go on refreshing: the teardown drops
+// only the watcher's slot and its snapshot progress rows. The teardown of the last
+// slot then removes the rest; another session's temporary pgoutput slot and a
+// test_decoding slot do not keep them.
+func TestTeardownKeepsWhatOtherSlotsUse(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`, `INSERT INTO items VALUES (1, 'a')`)
+	pub, appSlot, watchSlot := pgtest.Ident(t, "pub"), pgtest.Ident(t, "app"), pgtest.Ident(t, "watch")
+	app, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(appSlot), WithPublication(pub),
+		WithMessageHandler(DefaultMessageHandler{}), WithPollBackoff(5*time.Millisecond, 2, 50*time.Millisecond))
+	require.NoError(t, err)
+	defer app.Close()
+	r := runInBackground(app)
+	defer r.cancel()
+	ctx := context.Background()
+	st, err := app.RefreshContext(ctx, `SELECT * FROM items`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, st)
+
+	watch, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(watchSlot), WithPublication(pub))
+	require.NoError(t, err)
+	require.NoError(t, watch.Close())
+	execAll(t, d.DB, `INSERT INTO dbsync_ctrl.snapshot_progress (slot_name, table_name, key_columns, chunk_size)
+		VALUES ('`+appSlot+`', 'public.items', '{id}', 10), ('`+watchSlot+`', 'public.items', '{id}', 10)`)
+
+	td, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(watchSlot), WithPublication(pub), WithSetup(false))
+	require.NoError(t, err)
+	defer td.Close()
+	res, err := td.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{SlotDropped: true, OtherSlots: []string{appSlot}, ProgressRowsDeleted: 1}, res)
+	require.True(t, res.Kept())
+	require.False(t, slotExists(t, d.DB, watchSlot))
+	require.True(t, slotExists(t, d.DB, appSlot))
+	require.True(t, wmPublished(t, d.DB, pub, "dbsync_ctrl", "dbsync_wmtable"))
+	require.Equal(t, []string{appSlot}, queryStrings(t, d.DB, `SELECT slot_name FROM dbsync_ctrl.snapshot_progress`))
+	refreshCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err = app.RefreshContext(refreshCtx, `SELECT * FROM items`)
+	require.NoError(t, err, "the app's Refresh after the watcher's teardown")
+	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, st)
+
+	// Again: nothing left to drop, the rest still kept.
+	res, err = td.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{OtherSlots: []string{appSlot}}, res)
+
+	// The app's own teardown, once it stopped, removes everything: slots that cannot
+	// be a Syncer's do not count.
+	require.NoError(t, r.stop(t))
+	conn, err := d.DB.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)`, pgtest.Ident(t, "temp"))
+	require.NoError(t, err)
+	execAll(t, d.DB, `SELECT pg_create_logical_replication_slot('`+pgtest.Ident(t, "testdec")+`', 'test_decoding')`)
+	appTD, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(appSlot), WithPublication(pub), WithSetup(false))
+	require.NoError(t, err)
+	defer appTD.Close()
+	res, err = appTD.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{SlotDropped: true, WMTableUnpublished: true, CtrlSchemaDropped: true}, res)
+	require.False(t, res.Kept())
+	require.False(t, slotExists(t, d.DB, appSlot))
+	require.True(t, slotExists(t, d.DB, pgtest.Ident(t, "temp")))
+	require.True(t, slotExists(t, d.DB, pgtest.Ident(t, "testdec")))
+	require.Equal(t, []string{"public.items"}, queryStrings(t, d.DB, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, pub))
+	require.Empty(t, queryStrings(t, d.DB, `SELECT nspname FROM pg_namespace WHERE nspname = 'dbsync_ctrl'`))
+	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+pgtest.Ident(t, "testdec")+`')`)
+}
+
 // TestTeardownRefusesSlotsSetupRefuses: a test_decoding slot, a physical slot and
 // another session's temporary pgoutput slot are not slots Setup would use, so
 // Teardown does not drop them either (ErrSlotMismatch) and stops there: the control
@@ -285,10 +359,11 @@ func TestTeardownRefusesSlotsSetupRefuses(t *testing.T) {
 	} {
 		td, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub), WithSetup(false))
 		require.NoError(t, err)
-		err = td.Teardown(ctx)
+		res, err := td.TeardownWithResult(ctx)
 		require.NoError(t, td.Close())
 		require.ErrorIs(t, err, ErrSlotMismatch, slot)
 		require.ErrorContains(t, err, msg)
+		require.Equal(t, TeardownResult{}, res)
 		require.True(t, slotExists(t, d.DB, slot), slot)
 		require.True(t, wmPublished(t, d.DB, pub, "dbsync_ctrl", "dbsync_wmtable"), slot)
 		require.True(t, relExists(t, d.DB, "dbsync_ctrl.snapshot_progress"), slot)
@@ -317,10 +392,11 @@ func TestTeardownNeverCascades(t *testing.T) {
 		require.True(t, relExists(t, d.DB, "myctrl.snapshot_progress"))
 	}
 	ctx := context.Background()
-	err = s.Teardown(ctx)
+	res, err := s.TeardownWithResult(ctx)
 	require.ErrorIs(t, err, ErrCtrlSchemaNotEmpty)
 	require.ErrorContains(t, err, "drop control schema myctrl: type myctrl.money2 depends on schema myctrl")
 	require.ErrorContains(t, err, "nothing of the control schema was dropped (the slot was): move or drop those objects")
+	require.Equal(t, TeardownResult{SlotDropped: true}, res)
 	require.False(t, slotExists(t, d.DB, slot))
 	require.Equal(t, []string{"id", "price"}, queryStrings(t, d.DB,
 		`SELECT attname FROM pg_attribute WHERE attrelid = 'public.orders'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`))
@@ -328,14 +404,16 @@ func TestTeardownNeverCascades(t *testing.T) {
 	kept()
 
 	execAll(t, d.DB, `DROP TABLE orders`, `DROP TYPE myctrl.money2`, `CREATE VIEW public.wm_view AS SELECT selection_id FROM myctrl.dbsync_wmtable`)
-	err = s.Teardown(ctx)
+	res, err = s.TeardownWithResult(ctx)
 	require.ErrorIs(t, err, ErrCtrlSchemaNotEmpty)
 	require.ErrorContains(t, err, "drop the watermark and snapshot progress tables: view wm_view depends on table myctrl.dbsync_wmtable")
+	require.Equal(t, TeardownResult{}, res)
 	require.True(t, relExists(t, d.DB, "public.wm_view"))
 	kept()
 
 	execAll(t, d.DB, `DROP VIEW wm_view`)
-	require.NoError(t, s.Teardown(ctx))
-	require.False(t, wmPublished(t, d.DB, pub, "myctrl", "dbsync_wmtable"))
+	res, err = s.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{WMTableUnpublished: true, CtrlSchemaDropped: true}, res)
 	require.Empty(t, queryStrings(t, d.DB, `SELECT nspname FROM pg_namespace WHERE nspname = 'myctrl'`))
 }
