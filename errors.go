@@ -30,7 +30,8 @@ var (
 	// (ForTables) to create it for.
 	ErrPublicationMissing = errors.New("dbsync: publication does not exist")
 	// ErrSlotMismatch: a slot with the configured name exists but is not a logical
-	// pgoutput slot of this database.
+	// pgoutput slot of this database, or is another session's temporary slot: Setup
+	// does not use it and Teardown does not drop it.
 	ErrSlotMismatch = errors.New("dbsync: replication slot exists with another plugin, kind or database")
 	// ErrSlotMissing: the replication slot does not exist (42704).
 	ErrSlotMissing = errors.New("dbsync: replication slot does not exist")
@@ -88,10 +89,12 @@ var (
 	// pgoutput does not send), so rows cannot be matched with changes (or chunked).
 	// Add one (ALTER TABLE ... ADD PRIMARY KEY).
 	ErrNoPrimaryKey = errors.New("dbsync: table has no primary key")
-	// ErrCtrlSchemaNotEmpty: Teardown found objects other than dbsync's own tables in
-	// the control schema and refused to DROP SCHEMA ... CASCADE it. Fix: point
-	// DBSYNC_CTRL_NAMESPACE (WithCtrlNamespace) at dbsync's own schema, or move the
-	// other objects out and run teardown again.
+	// ErrCtrlSchemaNotEmpty: Teardown found objects dbsync did not create in the
+	// control schema, or depending on its tables (a view, a column of a type defined
+	// in the schema; the server's detail names them), or the schema is public,
+	// information_schema or pg_*, and dropped none of it (it never drops with
+	// CASCADE). Fix: point DBSYNC_CTRL_NAMESPACE (WithCtrlNamespace) at dbsync's own
+	// schema, or move or drop the other objects and run teardown again.
 	ErrCtrlSchemaNotEmpty = errors.New("dbsync: control schema holds objects dbsync did not create")
 )
 
@@ -185,6 +188,19 @@ func wrapNamed(named error, what string, err error) error {
 		remedy = "connect to the primary: "
 	}
 	return fmt.Errorf("%w: %s: %s%w", named, what, remedy, err)
+}
+
+// serverDetail returns the DETAIL of a server error in err's chain ("" if none).
+func serverDetail(err error) string {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return pqErr.Detail
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Detail
+	}
+	return ""
 }
 
 // driverError returns the server error in err's chain as the driver made it

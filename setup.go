@@ -24,7 +24,8 @@ const setupLockKey = 0x64627379 // "dbsy"
 // when it is missing. NewSyncer calls it unless WithSetup(false).
 //
 // Errors: ErrWALLevel, ErrReplicationPrivilege, ErrPublicationMissing (with the CREATE
-// PUBLICATION statement to run), ErrSlotMismatch, ErrSlotInvalidated (the slot exists
+// PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
+// pgoutput slot of this database, or is another session's temporary slot), ErrSlotInvalidated (the slot exists
 // but PostgreSQL invalidated it: wal_status lost), or the server's error.
 func (s *Syncer) Setup(ctx context.Context) error {
 	if err := s.checkServer(ctx); err != nil {
@@ -58,10 +59,18 @@ func (s *Syncer) checkServer(ctx context.Context) error {
 	return nil
 }
 
+// txBeginner is a *sql.DB or a *sql.Conn.
+type txBeginner interface {
+	BeginTx(context.Context, *sql.TxOptions) (*sql.Tx, error)
+}
+
 // setupCatalog creates the control schema, watermark table and publication in one
 // transaction under an advisory lock.
-func (s *Syncer) setupCatalog(ctx context.Context) (err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *Syncer) setupCatalog(ctx context.Context) error { return s.setupCatalogOn(ctx, s.db) }
+
+// setupCatalogOn is setupCatalog on db (a *sql.DB, or ensureSlot's connection).
+func (s *Syncer) setupCatalogOn(ctx context.Context, db txBeginner) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return classify(err, "begin setup")
 	}
@@ -195,12 +204,17 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 }
 
 // ensureSlot creates the pgoutput slot if missing, and rejects an existing slot that
-// is not a logical pgoutput slot of this database. The check and the creation run
+// is not a logical pgoutput slot of this database or is temporary. The check and the creation run
 // under a session advisory lock on one connection: a slot another syncer is still
 // creating (building its initial snapshot) is listed in pg_replication_slots before
 // its plugin is, and must not be mistaken for a foreign slot.
 // (pg_create_logical_replication_slot cannot run in a transaction that wrote, so the
 // transaction-level lock of setupCatalog cannot cover it.)
+//
+// Teardown decides under the same lock whether other slots still need the control
+// schema and the watermark table: once this slot exists it sees it and keeps them. A
+// teardown that ran between setupCatalog and here may have removed them, so they are
+// checked (and set up again) under the lock.
 func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
@@ -216,10 +230,12 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		}
 	}()
 	var plugin, slotType, database, walStatus sql.NullString
+	var temporary sql.NullBool
+	var pid sql.NullInt64
 	var current string
-	err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, current_database()
+	err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid, current_database()
 		FROM (SELECT current_database()) AS d(x)
-		LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &current)
+		LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &current)
 	if err != nil {
 		return classify(err, "look up replication slot")
 	}
@@ -228,16 +244,44 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 			return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot(%s)",
 				ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
 		}
+		if temporary.Bool {
+			// dbsync never creates a temporary slot under this name: it belongs to
+			// another session and is dropped when that session ends, with the
+			// position the Syncer reached (Run would then fail with ErrSlotMissing).
+			return fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d): PostgreSQL drops it when that session ends, and the Syncer's position with it; choose another name (WithReplicationSlot / %s), or end that session and set up again",
+				ErrSlotMismatch, s.replicationSlot, pid.Int64, EnvReplSlot)
+		}
 		if walStatus.String == "lost" {
 			// The server removed WAL the slot still needed (max_slot_wal_keep_size):
 			// the changes in it are gone for this slot, so reading on would skip them.
 			return s.errSlotLost(nil)
 		}
+	} else {
+		if _, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot); err != nil {
+			return classify(err, "create replication slot "+s.replicationSlot)
+		}
+		s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
+	}
+	return s.recheckCatalog(ctx, conn)
+}
+
+// recheckCatalog sets up the control schema, the watermark table and its place in the
+// publication again if they are missing: a Teardown of the last other slot may have
+// removed them after setupCatalog. conn holds the slot setup lock.
+func (s *Syncer) recheckCatalog(ctx context.Context, conn *sql.Conn) error {
+	var ok bool
+	if err := conn.QueryRowContext(ctx, `SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL
+		AND to_regclass(format('%I.%I', $1::text, $3::text)) IS NOT NULL
+		AND COALESCE((SELECT p.puballtables OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
+			WHERE pt.pubname = p.pubname AND pt.schemaname = $1 AND pt.tablename = $2)
+			FROM pg_catalog.pg_publication p WHERE p.pubname = $4), false)`,
+		s.ctrlNamespace, s.wmTableName, snapshotProgressTable, s.publication).Scan(&ok); err != nil {
+		return classify(err, "check control schema "+s.ctrlNamespace)
+	}
+	if ok {
 		return nil
 	}
-	if _, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot); err != nil {
-		return classify(err, "create replication slot "+s.replicationSlot)
-	}
-	s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
-	return nil
+	s.log.Info("dbsync: control schema or watermark table removed during setup (a concurrent teardown); setting them up again",
+		"schema", s.ctrlNamespace, "table", s.wmTableName, "publication", s.publication)
+	return s.setupCatalogOn(ctx, conn)
 }

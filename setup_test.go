@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -167,4 +168,58 @@ func TestSlotErrorsAreNamed(t *testing.T) {
 	}, "drop slot")
 	err = s.Run(t.Context())
 	require.ErrorIs(t, err, ErrSlotMissing)
+}
+
+// TestSetupRefusesTemporarySlot: a temporary slot of the configured name belongs to
+// another session and vanishes with it (Run would then fail with ErrSlotMissing), so
+// setup refuses it, saying why.
+func TestSetupRefusesTemporarySlot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	slot := pgtest.Ident(t, "slot")
+	ctx := context.Background()
+	conn, err := d.DB.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	var pid int
+	require.NoError(t, conn.QueryRowContext(ctx, `SELECT pg_backend_pid() FROM pg_create_logical_replication_slot($1, 'pgoutput', true)`, slot).Scan(&pid))
+	_, err = NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pgtest.Ident(t, "pub")),
+		WithMessageHandler(DefaultMessageHandler{}))
+	require.ErrorIs(t, err, ErrSlotMismatch)
+	require.ErrorContains(t, err, fmt.Sprintf(`slot %q is a temporary slot of another session (backend PID %d): PostgreSQL drops it when that session ends, and the Syncer's position with it; choose another name (WithReplicationSlot / DBSYNC_REPLSLOT)`, slot, pid))
+	require.Equal(t, []string{"true"}, queryStrings(t, d.DB, `SELECT temporary::text FROM pg_replication_slots WHERE slot_name = $1`, slot))
+}
+
+// TestSetupRedoesCatalogTornDownMidway: a teardown of the last other slot that runs
+// between Setup's catalog step and its slot step removes the control schema and the
+// watermark table's place in the publication; the slot step, under the lock teardown
+// decides under, sees that and sets them up again. Once the slot exists, a teardown
+// of another slot keeps them.
+func TestSetupRedoesCatalogTornDownMidway(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	slot, other, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "other"), pgtest.Ident(t, "pub")
+	ctx := context.Background()
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub), WithSetup(false))
+	require.NoError(t, err)
+	defer s.Close()
+	require.NoError(t, s.setupCatalog(ctx))
+	td, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(other), WithPublication(pub), WithSetup(false))
+	require.NoError(t, err)
+	defer td.Close()
+	res, err := td.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{WMTableUnpublished: true, CtrlSchemaDropped: true}, res)
+	require.False(t, relExists(t, d.DB, "dbsync_ctrl.dbsync_wmtable"))
+
+	require.NoError(t, s.ensureSlot(ctx))
+	require.True(t, slotExists(t, d.DB, slot))
+	require.True(t, wmPublished(t, d.DB, pub, "dbsync_ctrl", "dbsync_wmtable"))
+	require.True(t, relExists(t, d.DB, "dbsync_ctrl.snapshot_progress"))
+
+	res, err = td.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{OtherSlots: []string{slot}}, res)
+	require.True(t, wmPublished(t, d.DB, pub, "dbsync_ctrl", "dbsync_wmtable"))
+	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+slot+`')`)
 }

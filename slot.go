@@ -133,138 +133,275 @@ func (s *Syncer) slotStats(ctx context.Context, version int) (SlotStats, error) 
 	return st, nil
 }
 
-// Teardown removes what Setup created, so nothing keeps retaining WAL: it drops the
-// replication slot (pg_drop_replication_slot), takes the watermark table out of the
-// publication (ALTER PUBLICATION ... DROP TABLE, unless the publication is FOR ALL
-// TABLES or does not hold it), and drops the control schema (DROP SCHEMA ... CASCADE).
+// TeardownResult says what Teardown removed, what it kept, and why.
+type TeardownResult struct {
+	// SlotDropped: the slot existed and was dropped (false: there was none).
+	SlotDropped bool
+	// OtherSlots are the other slots of this database that may be Syncers (or `dbsync
+	// tail`) sharing the control schema, the watermark table and the publication:
+	// every logical slot of this database whose plugin is pgoutput (or not set yet:
+	// one being created) and which is not temporary, in name order. dbsync cannot
+	// tell which publication or control schema a slot is read with, so when there
+	// are any, Teardown keeps the schema, the watermark table and its place in the
+	// publication, and only deletes this slot's rows of the snapshot progress table.
+	OtherSlots []string
+	// ProgressRowsDeleted: this slot's rows deleted from the snapshot progress table
+	// of a kept control schema.
+	ProgressRowsDeleted int64
+	// WMTableUnpublished: the watermark table was taken out of the publication.
+	WMTableUnpublished bool
+	// CtrlSchemaDropped: dbsync's tables and the control schema were dropped.
+	CtrlSchemaDropped bool
+}
+
+// Kept tells whether the control schema and the watermark table were kept because
+// other slots may still use them (OtherSlots).
+func (r TeardownResult) Kept() bool { return len(r.OtherSlots) > 0 }
+
+// Teardown is TeardownWithResult without the result (what it did is logged at Info).
+func (s *Syncer) Teardown(ctx context.Context) error {
+	_, err := s.TeardownWithResult(ctx)
+	return err
+}
+
+// TeardownWithResult removes what Setup created for this Syncer, so nothing keeps
+// retaining WAL, without touching what other Syncers of the database may use:
+//
+//  1. It drops the replication slot (pg_drop_replication_slot), but only a logical
+//     pgoutput slot of this database that is not temporary: the kind Setup creates.
+//  2. If other slots may be Syncers sharing the control schema, the watermark table
+//     and the publication (TeardownResult.OtherSlots: non-temporary logical pgoutput
+//     slots of this database), it keeps those and deletes only this slot's rows of
+//     the snapshot progress table (a later Syncer with this slot name starts its
+//     snapshots over). The teardown of the last such slot removes them.
+//  3. Otherwise it takes the watermark table out of the publication (ALTER
+//     PUBLICATION ... DROP TABLE, unless the publication is FOR ALL TABLES or does
+//     not hold it), drops dbsync's two tables (the watermark and snapshot progress
+//     tables) and then the control schema, never with CASCADE, in one transaction:
+//     if anything dbsync did not create is in the schema or depends on its tables
+//     (a type, a view, a column of such a type), nothing of step 3 is done.
+//
+// Steps 2 and 3 run under the lock Setup creates slots under, so a Syncer setting up
+// at the same time is either seen in step 2 or sets up again what step 3 removed.
 // The publication itself and the published tables are left alone. Running it again
 // does nothing: every step is skipped when already done.
 //
 // Errors: ErrSlotInUse when a process is reading the slot (stop it first);
-// ErrSlotMismatch when the slot belongs to another database; ErrCtrlSchemaNotEmpty
-// when the control schema holds anything but the watermark table (nothing is dropped
-// from it then); or the server's error.
-func (s *Syncer) Teardown(ctx context.Context) error {
-	if err := s.dropSlot(ctx); err != nil {
-		return err
+// ErrSlotMismatch when the slot is not a logical pgoutput slot of this database, or
+// is another session's temporary slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
+// when the control schema holds anything but dbsync's tables, something depends on
+// those, or the schema is public, information_schema or pg_* (the slot is dropped,
+// the rest kept); or the server's error.
+func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, err error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return res, classify(err, "connect for teardown")
 	}
-	if err := s.dropWMFromPublication(ctx); err != nil {
-		return err
+	defer conn.Close()
+	// The session lock ensureSlot creates slots under (setup.go).
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, setupLockKey+1); err != nil {
+		return res, classify(err, "lock teardown")
 	}
-	return s.dropCtrlSchema(ctx)
+	defer func() {
+		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
+			err = classify(uerr, "unlock teardown")
+		}
+	}()
+	if res.SlotDropped, err = s.dropSlot(ctx, conn); err != nil {
+		return res, err
+	}
+	err = s.teardownCatalog(ctx, conn, &res)
+	return res, err
 }
 
-func (s *Syncer) dropSlot(ctx context.Context) error {
-	var active bool
+// dropSlot drops the Syncer's slot if it is one Setup could have created; dropped is
+// false when there is none.
+func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, err error) {
+	var slotType, plugin, database, current string
+	var temporary, active bool
 	var pid int
-	var database, current string
-	err := s.db.QueryRowContext(ctx, `SELECT active, COALESCE(active_pid, 0), COALESCE(database, ''), current_database()
-		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.replicationSlot).Scan(&active, &pid, &database, &current)
+	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
+		COALESCE(active_pid, 0), current_database()
+		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.replicationSlot).Scan(
+		&slotType, &plugin, &database, &temporary, &active, &pid, &current)
 	if errors.Is(err, sql.ErrNoRows) {
 		s.log.Info("dbsync: teardown: no replication slot to drop", "slot", s.replicationSlot)
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return classify(err, "look up replication slot "+s.replicationSlot)
+		return false, classify(err, "look up replication slot "+s.replicationSlot)
+	}
+	if slotType != "logical" || plugin != "pgoutput" {
+		return false, fmt.Errorf("%w: slot %q is a %s slot with plugin %q, not a logical pgoutput slot: dbsync did not create it and does not drop it; check the slot name (WithReplicationSlot / %s / -slot), or drop it yourself with SELECT pg_drop_replication_slot(%s) if nothing uses it",
+			ErrSlotMismatch, s.replicationSlot, slotType, plugin, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
 	}
 	if database != current {
-		return fmt.Errorf("%w: slot %q belongs to database %q, not %q: connect to that database to tear it down",
+		return false, fmt.Errorf("%w: slot %q belongs to database %q, not %q: connect to that database to tear it down",
 			ErrSlotMismatch, s.replicationSlot, database, current)
 	}
+	if temporary {
+		return false, fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d), which dbsync does not create and does not drop; PostgreSQL drops it when that session ends",
+			ErrSlotMismatch, s.replicationSlot, pid)
+	}
 	if active {
-		return fmt.Errorf("%w: slot %q is read by backend PID %d: stop that consumer first (or SELECT pg_terminate_backend(%d))",
+		return false, fmt.Errorf("%w: slot %q is read by backend PID %d: stop that consumer first (or SELECT pg_terminate_backend(%d))",
 			ErrSlotInUse, s.replicationSlot, pid, pid)
 	}
-	if _, err := s.db.ExecContext(ctx, `SELECT pg_drop_replication_slot($1)`, s.replicationSlot); err != nil {
+	if _, err := conn.ExecContext(ctx, `SELECT pg_drop_replication_slot($1)`, s.replicationSlot); err != nil {
 		if hasSQLState(err, "42704") {
-			return nil // dropped concurrently
+			return false, nil // dropped concurrently
 		}
-		return classify(err, "drop replication slot "+s.replicationSlot)
+		return false, classify(err, "drop replication slot "+s.replicationSlot)
 	}
 	s.log.Info("dbsync: teardown: dropped replication slot", "slot", s.replicationSlot)
-	return nil
+	return true, nil
 }
 
-func (s *Syncer) dropWMFromPublication(ctx context.Context) error {
-	var allTables bool
-	err := s.db.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && allTables) {
-		return nil
-	}
+// teardownCatalog does steps 2 and 3 of TeardownWithResult in one transaction under
+// setupCatalog's lock, recording what it did in res once it committed.
+func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *TeardownResult) (err error) {
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
-		return classify(err, "look up publication "+s.publication)
+		return classify(err, "begin teardown")
 	}
-	var in bool
-	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
-		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
-		return classify(err, "read publication tables of "+s.publication)
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if _, err = tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
+		return classify(err, "lock teardown")
 	}
-	if !in {
+	others, err := queryStringList(ctx, tx, `SELECT slot_name FROM pg_catalog.pg_replication_slots
+		WHERE database = current_database() AND slot_type = 'logical' AND NOT temporary
+		AND (plugin = 'pgoutput' OR COALESCE(plugin, '') = '') AND slot_name <> $1
+		ORDER BY slot_name`, s.replicationSlot)
+	if err != nil {
+		return classify(err, "list replication slots")
+	}
+	ns := pq.QuoteIdentifier(s.ctrlNamespace)
+	if len(others) > 0 {
+		var deleted int64
+		var progress bool
+		if err = tx.QueryRowContext(ctx, `SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL`,
+			s.ctrlNamespace, snapshotProgressTable).Scan(&progress); err != nil {
+			return classify(err, "look up the snapshot progress table")
+		}
+		if progress {
+			r, err := tx.ExecContext(ctx, "DELETE FROM "+ns+"."+pq.QuoteIdentifier(snapshotProgressTable)+" WHERE slot_name = $1", s.replicationSlot)
+			if err != nil {
+				return classify(err, "delete the snapshot progress of slot "+s.replicationSlot)
+			}
+			if deleted, err = r.RowsAffected(); err != nil {
+				return err
+			}
+		}
+		if err = tx.Commit(); err != nil {
+			return classify(err, "commit teardown")
+		}
+		res.OtherSlots, res.ProgressRowsDeleted = others, deleted
+		s.log.Info("dbsync: teardown: kept the control schema and the watermark table: other slots may use them",
+			"schema", s.ctrlNamespace, "table", s.wmTableName, "publication", s.publication, "slots", others,
+			"snapshot_progress_rows_deleted", deleted)
 		return nil
 	}
-	stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " DROP TABLE " +
-		pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
-	if _, err := s.db.ExecContext(ctx, stmt); err != nil {
-		if hasSQLState(err, "42P01", "42704") {
-			return nil // removed concurrently
-		}
-		return classify(err, "remove the watermark table from publication "+s.publication)
-	}
-	s.log.Info("dbsync: teardown: removed watermark table from publication", "publication", s.publication,
-		"table", s.ctrlNamespace+"."+s.wmTableName)
-	return nil
-}
-
-func (s *Syncer) dropCtrlSchema(ctx context.Context) error {
 	var exists bool
-	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
+	if err = tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
 		s.ctrlNamespace).Scan(&exists); err != nil {
 		return classify(err, "look up control schema "+s.ctrlNamespace)
 	}
 	if !exists {
+		// Without the schema there is no watermark table to take out of the publication.
+		if err = tx.Commit(); err != nil {
+			return classify(err, "commit teardown")
+		}
 		return nil
 	}
 	if s.ctrlNamespace == "public" || s.ctrlNamespace == "information_schema" || strings.HasPrefix(s.ctrlNamespace, "pg_") {
 		return fmt.Errorf("%w: the control namespace is %q, a schema dbsync must never drop; drop the watermark table %s yourself",
-			ErrCtrlSchemaNotEmpty, s.ctrlNamespace, pq.QuoteIdentifier(s.ctrlNamespace)+"."+pq.QuoteIdentifier(s.wmTableName))
+			ErrCtrlSchemaNotEmpty, s.ctrlNamespace, ns+"."+pq.QuoteIdentifier(s.wmTableName))
 	}
-	// Refuse to CASCADE over anything dbsync did not create (e.g. a control namespace
-	// configured as "public"): relations other than the watermark table, the snapshot
-	// progress table and their indexes, TOAST and sequences, or any function, type or
-	// other object in the schema.
-	var others []string
-	rows, err := s.db.QueryContext(ctx, `
-		SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname <> $2 AND c.relname <> $3 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-		UNION ALL
-		SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-		WHERE n.nspname = $1
-		UNION ALL
-		SELECT t.typname FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-		WHERE n.nspname = $1 AND t.typrelid = 0 AND t.typelem = 0
-		ORDER BY 1 LIMIT 10`, s.ctrlNamespace, s.wmTableName, snapshotProgressTable)
+	unpublished, err := s.dropWMFromPublication(ctx, tx)
 	if err != nil {
-		return classify(err, "list control schema "+s.ctrlNamespace)
+		return err
 	}
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			rows.Close()
-			return err
-		}
-		others = append(others, n)
+	// RESTRICT (the default) throughout: whatever else is in the schema or depends on
+	// dbsync's tables fails the statement (2BP01) and rolls everything back.
+	if _, err = tx.ExecContext(ctx, "DROP TABLE IF EXISTS "+ns+"."+pq.QuoteIdentifier(s.wmTableName)+", "+
+		ns+"."+pq.QuoteIdentifier(snapshotProgressTable)); err != nil {
+		return s.errCtrlDependents(err, "drop the watermark and snapshot progress tables")
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return classify(err, "list control schema "+s.ctrlNamespace)
+	if _, err = tx.ExecContext(ctx, "DROP SCHEMA "+ns); err != nil {
+		return s.errCtrlDependents(err, "drop control schema "+s.ctrlNamespace)
 	}
-	if len(others) > 0 {
-		return fmt.Errorf("%w: schema %q holds %v besides the watermark table %q; not dropping it",
-			ErrCtrlSchemaNotEmpty, s.ctrlNamespace, others, s.wmTableName)
+	if err = tx.Commit(); err != nil {
+		return classify(err, "commit teardown")
 	}
-	if _, err := s.db.ExecContext(ctx, "DROP SCHEMA IF EXISTS "+pq.QuoteIdentifier(s.ctrlNamespace)+" CASCADE"); err != nil {
-		return classify(err, "drop control schema "+s.ctrlNamespace)
+	res.WMTableUnpublished, res.CtrlSchemaDropped = unpublished, true
+	if unpublished {
+		s.log.Info("dbsync: teardown: removed watermark table from publication", "publication", s.publication,
+			"table", s.ctrlNamespace+"."+s.wmTableName)
 	}
 	s.log.Info("dbsync: teardown: dropped control schema", "schema", s.ctrlNamespace)
 	return nil
+}
+
+// errCtrlDependents names a failed DROP of dbsync's tables or control schema: objects
+// dbsync did not create are in the schema or depend on its tables (2BP01; the
+// server's detail lists them) give ErrCtrlSchemaNotEmpty.
+func (s *Syncer) errCtrlDependents(err error, what string) error {
+	if !hasSQLState(err, "2BP01") {
+		return classify(err, what)
+	}
+	detail := serverDetail(err)
+	if detail == "" {
+		detail = "objects dbsync did not create depend on it"
+	}
+	return fmt.Errorf("%w: %s: %s; nothing of the control schema was dropped (the slot was): move or drop those objects (or point %s / WithCtrlNamespace at a schema only dbsync uses), then run teardown again: %w",
+		ErrCtrlSchemaNotEmpty, what, strings.ReplaceAll(detail, "\n", "; "), EnvCtrlNamespace, err)
+}
+
+// dropWMFromPublication takes the watermark table out of the publication in tx;
+// unpublished is false when there was nothing to do.
+func (s *Syncer) dropWMFromPublication(ctx context.Context, tx *sql.Tx) (unpublished bool, err error) {
+	var allTables bool
+	err = tx.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && allTables) {
+		return false, nil
+	}
+	if err != nil {
+		return false, classify(err, "look up publication "+s.publication)
+	}
+	var in bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
+		return false, classify(err, "read publication tables of "+s.publication)
+	}
+	if !in {
+		return false, nil
+	}
+	stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " DROP TABLE " +
+		pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
+	if _, err := tx.ExecContext(ctx, stmt); err != nil {
+		return false, classify(err, "remove the watermark table from publication "+s.publication)
+	}
+	return true, nil
+}
+
+// queryStringList runs a query of one text column in tx.
+func queryStringList(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]string, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
 }

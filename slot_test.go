@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"testing"
@@ -236,4 +237,183 @@ func TestSlotStatsSpill(t *testing.T) {
 		require.Zero(t, st.Stats.StreamTxns, "dbsync does not ask pgoutput to stream")
 		require.Greater(t, st.Stats.TotalBytes, int64(1<<20), "%+v", st.Stats)
 	}
+}
+
+// wmPublished tells whether the watermark table ns.wm is in publication pub.
+func wmPublished(t *testing.T, db *sql.DB, pub, ns, wm string) bool {
+	t.Helper()
+	var in bool
+	require.NoError(t, db.QueryRow(`SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
+		pub, ns, wm).Scan(&in))
+	return in
+}
+
+// relExists tells whether the relation named (SQL syntax) exists.
+func relExists(t *testing.T, db *sql.DB, name string) bool {
+	t.Helper()
+	var ok bool
+	require.NoError(t, db.QueryRow(`SELECT to_regclass($1) IS NOT NULL`, name).Scan(&ok))
+	return ok
+}
+
+// TestTeardownKeepsWhatOtherSlotsUse follows docs/CLI.md: a watcher on its own slot
+// and the app's publication (`dbsync tail -slot watch_slot -publication ...`), then
+// the watcher's teardown. The app's Syncer shares the control schema, the watermark
+// table and the publication with it and must go on refreshing: the teardown drops
+// only the watcher's slot and its snapshot progress rows. The teardown of the last
+// slot then removes the rest; another session's temporary pgoutput slot and a
+// test_decoding slot do not keep them.
+func TestTeardownKeepsWhatOtherSlotsUse(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`, `INSERT INTO items VALUES (1, 'a')`)
+	pub, appSlot, watchSlot := pgtest.Ident(t, "pub"), pgtest.Ident(t, "app"), pgtest.Ident(t, "watch")
+	app, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(appSlot), WithPublication(pub),
+		WithMessageHandler(DefaultMessageHandler{}), WithPollBackoff(5*time.Millisecond, 2, 50*time.Millisecond))
+	require.NoError(t, err)
+	defer app.Close()
+	r := runInBackground(app)
+	defer r.cancel()
+	ctx := context.Background()
+	st, err := app.RefreshContext(ctx, `SELECT * FROM items`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, st)
+
+	watch, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(watchSlot), WithPublication(pub))
+	require.NoError(t, err)
+	require.NoError(t, watch.Close())
+	execAll(t, d.DB, `INSERT INTO dbsync_ctrl.snapshot_progress (slot_name, table_name, key_columns, chunk_size)
+		VALUES ('`+appSlot+`', 'public.items', '{id}', 10), ('`+watchSlot+`', 'public.items', '{id}', 10)`)
+
+	td, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(watchSlot), WithPublication(pub), WithSetup(false))
+	require.NoError(t, err)
+	defer td.Close()
+	res, err := td.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{SlotDropped: true, OtherSlots: []string{appSlot}, ProgressRowsDeleted: 1}, res)
+	require.True(t, res.Kept())
+	require.False(t, slotExists(t, d.DB, watchSlot))
+	require.True(t, slotExists(t, d.DB, appSlot))
+	require.True(t, wmPublished(t, d.DB, pub, "dbsync_ctrl", "dbsync_wmtable"))
+	require.Equal(t, []string{appSlot}, queryStrings(t, d.DB, `SELECT slot_name FROM dbsync_ctrl.snapshot_progress`))
+	refreshCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err = app.RefreshContext(refreshCtx, `SELECT * FROM items`)
+	require.NoError(t, err, "the app's Refresh after the watcher's teardown")
+	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, st)
+
+	// Again: nothing left to drop, the rest still kept.
+	res, err = td.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{OtherSlots: []string{appSlot}}, res)
+
+	// The app's own teardown, once it stopped, removes everything: slots that cannot
+	// be a Syncer's do not count.
+	require.NoError(t, r.stop(t))
+	conn, err := d.DB.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)`, pgtest.Ident(t, "temp"))
+	require.NoError(t, err)
+	execAll(t, d.DB, `SELECT pg_create_logical_replication_slot('`+pgtest.Ident(t, "testdec")+`', 'test_decoding')`)
+	appTD, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(appSlot), WithPublication(pub), WithSetup(false))
+	require.NoError(t, err)
+	defer appTD.Close()
+	res, err = appTD.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{SlotDropped: true, WMTableUnpublished: true, CtrlSchemaDropped: true}, res)
+	require.False(t, res.Kept())
+	require.False(t, slotExists(t, d.DB, appSlot))
+	require.True(t, slotExists(t, d.DB, pgtest.Ident(t, "temp")))
+	require.True(t, slotExists(t, d.DB, pgtest.Ident(t, "testdec")))
+	require.Equal(t, []string{"public.items"}, queryStrings(t, d.DB, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, pub))
+	require.Empty(t, queryStrings(t, d.DB, `SELECT nspname FROM pg_namespace WHERE nspname = 'dbsync_ctrl'`))
+	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+pgtest.Ident(t, "testdec")+`')`)
+}
+
+// TestTeardownRefusesSlotsSetupRefuses: a test_decoding slot, a physical slot and
+// another session's temporary pgoutput slot are not slots Setup would use, so
+// Teardown does not drop them either (ErrSlotMismatch) and stops there: the control
+// schema, which no other slot holds, is left as it was.
+func TestTeardownRefusesSlotsSetupRefuses(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	pub, app := pgtest.Ident(t, "pub"), pgtest.Ident(t, "app")
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(app), WithPublication(pub))
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+app+`')`)
+
+	testDec, physical, temp := pgtest.Ident(t, "testdec"), pgtest.Ident(t, "physical"), pgtest.Ident(t, "temp")
+	execAll(t, d.DB, `SELECT pg_create_logical_replication_slot('`+testDec+`', 'test_decoding')`,
+		`SELECT pg_create_physical_replication_slot('`+physical+`')`)
+	ctx := context.Background()
+	conn, err := d.DB.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	var pid int
+	require.NoError(t, conn.QueryRowContext(ctx, `SELECT pg_backend_pid() FROM pg_create_logical_replication_slot($1, 'pgoutput', true)`, temp).Scan(&pid))
+	for slot, msg := range map[string]string{
+		testDec:  `slot "` + testDec + `" is a logical slot with plugin "test_decoding", not a logical pgoutput slot: dbsync did not create it and does not drop it`,
+		physical: `slot "` + physical + `" is a physical slot with plugin "", not a logical pgoutput slot: dbsync did not create it and does not drop it`,
+		temp:     fmt.Sprintf(`slot %q is a temporary slot of another session (backend PID %d), which dbsync does not create and does not drop`, temp, pid),
+	} {
+		td, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub), WithSetup(false))
+		require.NoError(t, err)
+		res, err := td.TeardownWithResult(ctx)
+		require.NoError(t, td.Close())
+		require.ErrorIs(t, err, ErrSlotMismatch, slot)
+		require.ErrorContains(t, err, msg)
+		require.Equal(t, TeardownResult{}, res)
+		require.True(t, slotExists(t, d.DB, slot), slot)
+		require.True(t, wmPublished(t, d.DB, pub, "dbsync_ctrl", "dbsync_wmtable"), slot)
+		require.True(t, relExists(t, d.DB, "dbsync_ctrl.snapshot_progress"), slot)
+	}
+	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+testDec+`')`, `SELECT pg_drop_replication_slot('`+physical+`')`)
+}
+
+// TestTeardownNeverCascades: the control schema is dropped without CASCADE, so
+// objects dbsync did not create stop it (ErrCtrlSchemaNotEmpty, naming them) and
+// nothing of the schema goes: a composite type in it that a user's column in another
+// schema uses, then a user's view of the watermark table. Once they are gone, the
+// teardown completes.
+func TestTeardownNeverCascades(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("items"), WithReplicationSlot(slot), WithPublication(pub), WithCtrlNamespace("myctrl"))
+	require.NoError(t, err)
+	defer s.Close()
+	execAll(t, d.DB, `CREATE TYPE myctrl.money2 AS (amount numeric, cur text)`,
+		`CREATE TABLE public.orders (id int PRIMARY KEY, price myctrl.money2)`,
+		`INSERT INTO orders VALUES (1, ROW(9.5, 'EUR'))`)
+	kept := func() {
+		t.Helper()
+		require.True(t, wmPublished(t, d.DB, pub, "myctrl", "dbsync_wmtable"))
+		require.True(t, relExists(t, d.DB, "myctrl.snapshot_progress"))
+	}
+	ctx := context.Background()
+	res, err := s.TeardownWithResult(ctx)
+	require.ErrorIs(t, err, ErrCtrlSchemaNotEmpty)
+	require.ErrorContains(t, err, "drop control schema myctrl: type myctrl.money2 depends on schema myctrl")
+	require.ErrorContains(t, err, "nothing of the control schema was dropped (the slot was): move or drop those objects")
+	require.Equal(t, TeardownResult{SlotDropped: true}, res)
+	require.False(t, slotExists(t, d.DB, slot))
+	require.Equal(t, []string{"id", "price"}, queryStrings(t, d.DB,
+		`SELECT attname FROM pg_attribute WHERE attrelid = 'public.orders'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`))
+	require.Equal(t, []string{"(9.5,EUR)"}, queryStrings(t, d.DB, `SELECT price::text FROM orders`))
+	kept()
+
+	execAll(t, d.DB, `DROP TABLE orders`, `DROP TYPE myctrl.money2`, `CREATE VIEW public.wm_view AS SELECT selection_id FROM myctrl.dbsync_wmtable`)
+	res, err = s.TeardownWithResult(ctx)
+	require.ErrorIs(t, err, ErrCtrlSchemaNotEmpty)
+	require.ErrorContains(t, err, "drop the watermark and snapshot progress tables: view wm_view depends on table myctrl.dbsync_wmtable")
+	require.Equal(t, TeardownResult{}, res)
+	require.True(t, relExists(t, d.DB, "public.wm_view"))
+	kept()
+
+	execAll(t, d.DB, `DROP VIEW wm_view`)
+	res, err = s.TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{WMTableUnpublished: true, CtrlSchemaDropped: true}, res)
+	require.Empty(t, queryStrings(t, d.DB, `SELECT nspname FROM pg_namespace WHERE nspname = 'myctrl'`))
 }

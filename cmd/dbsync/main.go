@@ -29,7 +29,7 @@ type command struct {
 var commands = []command{
 	{"tail", "stream changes as JSON lines to stdout until Ctrl-C", runTail},
 	{"status", "show the replication slot: position, activity, retained WAL and lag", runStatus},
-	{"teardown", "drop the slot, the watermark table's publication entry and the control schema", runTeardown},
+	{"teardown", "drop the slot, and dbsync's control schema unless other slots may use it", runTeardown},
 	{"snapshot", "read whole tables through the change stream as JSON lines, with progress", runSnapshot},
 	{"demo", "sync concurrent writes into an in-memory copy and verify it row by row", runDemo},
 	{"bench", "benchmark dbsync against PostgreSQL's limits on a throwaway cluster (docs/BENCHMARKS.md)", runBench},

@@ -317,8 +317,22 @@ func cleanup(db *sql.DB, s *dbsync.Syncer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
-	if err := s.Teardown(ctx); err != nil {
+	res, err := s.TeardownWithResult(ctx)
+	if err != nil {
 		errs = append(errs, err)
+	} else if res.Kept() {
+		// Teardown keeps a control schema other slots of the database may use; the
+		// demo's is its own (DefaultCtrlNamespace), so it goes, without CASCADE.
+		ns := pq.QuoteIdentifier(DefaultCtrlNamespace)
+		for _, stmt := range []string{
+			"DROP TABLE IF EXISTS " + ns + "." + pq.QuoteIdentifier(dbsync.DefaultWMTable) + ", " + ns + "." + pq.QuoteIdentifier("snapshot_progress"),
+			"DROP SCHEMA IF EXISTS " + ns,
+		} {
+			if _, err := db.ExecContext(ctx, stmt); err != nil {
+				errs = append(errs, err)
+				break
+			}
+		}
 	}
 	if _, err := db.ExecContext(ctx, "DROP PUBLICATION IF EXISTS "+pq.QuoteIdentifier(DefaultPublication)); err != nil {
 		errs = append(errs, err)

@@ -127,3 +127,23 @@ func TestCompareDetectsMismatches(t *testing.T) {
 	}, details)
 	require.Equal(t, "demo: 4 rows in 3 tables, 4 mismatches", Result{Rows: n, Tables: 3, Mismatches: m}.Line())
 }
+
+// TestDemoCleanupBesideAnotherSlot: in a database where another pgoutput slot exists
+// (an application's Syncer), Teardown keeps the control schema it may share; the
+// demo's is its own, so its cleanup still removes it, and leaves the other slot.
+func TestDemoCleanupBesideAnotherSlot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	other := pgtest.Ident(t, "app")
+	_, err := d.DB.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, other)
+	require.NoError(t, err)
+	var progress bytes.Buffer
+	res, err := Run(context.Background(), Config{ConnStr: d.DSN(), Writers: 1, Duration: time.Second, KeysPerWriter: 10, Seed: 7, Progress: &progress})
+	require.NoError(t, err, "progress:\n%s", progress.String())
+	require.Equal(t, 0, res.Mismatches, "details: %v", res.Details)
+	var slots, schemas int
+	require.NoError(t, d.DB.QueryRow(`SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database()),
+		(SELECT count(*) FROM pg_namespace WHERE nspname IN ($1, $2))`, DefaultSchema, DefaultCtrlNamespace).Scan(&slots, &schemas))
+	require.Equal(t, []int{1, 0}, []int{slots, schemas})
+	_, err = d.DB.Exec(`SELECT pg_drop_replication_slot($1)`, other)
+	require.NoError(t, err)
+}
