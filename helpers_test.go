@@ -94,15 +94,5 @@ func waitCaughtUp(t *testing.T, db *sql.DB, slot string) {
 // queryStrings runs q and returns its single text column, row by row.
 func queryStrings(t *testing.T, db *sql.DB, q string, args ...any) []string {
 	t.Helper()
-	rows, err := db.Query(q, args...)
-	require.NoError(t, err)
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var v string
-		require.NoError(t, rows.Scan(&v))
-		out = append(out, v)
-	}
-	require.NoError(t, rows.Err())
-	return out
+	return pgtest.Strings(t, db, q, args...)
 }

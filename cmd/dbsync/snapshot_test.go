@@ -103,11 +103,7 @@ func TestSnapshotFollowEndsWhenSyncerStops(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	_, err := d.DB.Exec(`CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')`)
 	require.NoError(t, err)
-	t.Setenv("POSTGRES_HOST", d.Server.Host)
-	t.Setenv("POSTGRES_PORT", strconv.Itoa(d.Server.Port))
-	t.Setenv("POSTGRES_USER", d.Server.User)
-	t.Setenv("POSTGRES_DB", d.Name)
-	t.Setenv("POSTGRES_SSLMODE", "disable")
+	setEnv(t, d)
 	slot := pgtest.Ident(t, "slot")
 	var stdout, stderr pgtest.Buffer
 	done := make(chan error, 1)

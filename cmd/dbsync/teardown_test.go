@@ -68,15 +68,5 @@ func TestTeardownCommandBesideOtherSlots(t *testing.T) {
 // queryCol runs q and returns its single text column.
 func queryCol(t *testing.T, d *pgtest.Database, q string, args ...any) []string {
 	t.Helper()
-	rows, err := d.DB.Query(q, args...)
-	require.NoError(t, err)
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var v string
-		require.NoError(t, rows.Scan(&v))
-		out = append(out, v)
-	}
-	require.NoError(t, rows.Err())
-	return out
+	return pgtest.Strings(t, d.DB, q, args...)
 }

@@ -544,3 +544,26 @@ var (
 func redact(dsn string) string {
 	return urlPasswordRE.ReplaceAllString(kvPasswordRE.ReplaceAllString(dsn, "password=***"), "$1***@")
 }
+
+// Strings runs q on db and returns its single text column, row by row; any error
+// fails tb.
+func Strings(tb testing.TB, db *sql.DB, q string, args ...any) []string {
+	tb.Helper()
+	rows, err := db.Query(q, args...)
+	if err != nil {
+		tb.Fatalf("%s: %v", q, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			tb.Fatalf("%s: %v", q, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatalf("%s: %v", q, err)
+	}
+	return out
+}
