@@ -306,8 +306,57 @@ func jsonKey(v any) (string, error) {
 		v = parts
 	}
 	b, err := json.Marshal(v)
-	if err != nil {
+	if err == nil {
+		return string(b), nil
+	}
+	// encoding/json refuses some values these hold (a range bound's time outside years
+	// 0-9999, NaN in an array with a lower bound other than 1). Such keys had no
+	// record ID; render their parts with keyText instead. Only values json.Marshal
+	// refuses take this form, so the IDs of every other key are what they were.
+	c, cerr := canonicalKey(v)
+	if cerr != nil {
+		return "", fmt.Errorf("no canonical text for %T: %v", v, err)
+	}
+	if b, err = json.Marshal(c); err != nil {
 		return "", fmt.Errorf("no canonical text for %T: %v", v, err)
 	}
 	return string(b), nil
+}
+
+// canonicalKey turns a composite key value into one encoding/json always encodes:
+// its scalar parts as their key texts, arrays (with their dimensions) and ranges (with
+// their bound types) as JSON arrays and objects.
+func canonicalKey(v any) (any, error) {
+	switch x := v.(type) {
+	case nil:
+		return nil, nil
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			c, err := canonicalKey(e)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = c
+		}
+		return out, nil
+	case pgtype.Array[any]:
+		elems, err := canonicalKey(x.Elements)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"dims": x.Dims, "elements": elems, "valid": x.Valid}, nil
+	case pgtype.Range[any]:
+		lower, err := canonicalKey(x.Lower)
+		if err != nil {
+			return nil, err
+		}
+		upper, err := canonicalKey(x.Upper)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"lower": lower, "upper": upper, "lowerType": string(x.LowerType),
+			"upperType": string(x.UpperType), "valid": x.Valid}, nil
+	}
+	return keyText(v)
 }

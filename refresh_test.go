@@ -792,3 +792,36 @@ func TestBinaryModeKeyWithoutCodec(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
 }
+
+// TestKeysEncodingJSONRefuses: keys holding values encoding/json refuses (a range bound
+// in 44 BC, beyond year 9999, NaN in an array whose lower bound is not 1). Their
+// changes get a record ID, the same as their refresh rows', in text and binary modes;
+// before, DecodeChange failed with ErrNoKey, which stopped the Syncer on the change.
+func TestKeysEncodingJSONRefuses(t *testing.T) {
+	for _, c := range []struct{ typ, val string }{
+		{"tsrange", `'[0044-03-15 12:00:00 BC,)'`},
+		{"daterange", `'[0044-03-15 BC,)'`},
+		{"tstzrange", `'[2020-01-01 00:00+00,10000-01-01 00:00+00)'`},
+		{"float8[]", `'[0:1]={1,NaN}'`},
+	} {
+		for _, binary := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/binary=%v", c.typ, binary), func(t *testing.T) {
+				d := pgtest.NewDatabase(t)
+				execAll(t, d.DB, `CREATE TABLE k (v `+c.typ+` PRIMARY KEY, n int)`)
+				h := newCacheHandler()
+				s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("k"), WithBinary(binary))
+				execAll(t, d.DB, `INSERT INTO k VALUES (`+c.val+`, 1)`)
+				waitFor(t, 10*time.Second, func() bool { return len(h.eventList()) == 1 }, "the insert")
+				stats, err := s.RefreshContext(context.Background(), `SELECT * FROM k`)
+				require.NoError(t, err)
+				require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
+				ev := h.eventList()
+				require.Len(t, ev, 2)
+				key := strings.TrimPrefix(ev[0], "insert public.k ")
+				require.NotEqual(t, ev[0], key)
+				require.Equal(t, "refresh public.k "+key, ev[1], "the refresh row's record ID is the change's")
+				require.Len(t, h.tableRows("public.k"), 1)
+			})
+		}
+	}
+}
