@@ -64,24 +64,36 @@ type txBeginner interface {
 	BeginTx(context.Context, *sql.TxOptions) (*sql.Tx, error)
 }
 
+// beginCatalogTx begins a transaction on db holding the advisory lock that setup and
+// teardown take for the catalog objects they change (what names the step in errors);
+// it is rolled back when the lock cannot be taken.
+func beginCatalogTx(ctx context.Context, db txBeginner, what string) (*sql.Tx, error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, classify(err, "begin "+what)
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
+		_ = tx.Rollback()
+		return nil, classify(err, "lock "+what)
+	}
+	return tx, nil
+}
+
 // setupCatalog creates the control schema, watermark table and publication in one
 // transaction under an advisory lock.
 func (s *Syncer) setupCatalog(ctx context.Context) error { return s.setupCatalogOn(ctx, s.db) }
 
 // setupCatalogOn is setupCatalog on db (a *sql.DB, or ensureSlot's connection).
 func (s *Syncer) setupCatalogOn(ctx context.Context, db txBeginner) (err error) {
-	tx, err := db.BeginTx(ctx, nil)
+	tx, err := beginCatalogTx(ctx, db, "setup")
 	if err != nil {
-		return classify(err, "begin setup")
+		return err
 	}
 	defer func() {
 		if err != nil {
 			_ = tx.Rollback()
 		}
 	}()
-	if _, err = tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
-		return classify(err, "lock setup")
-	}
 	ddl := strings.NewReplacer("{{ns}}", pq.QuoteIdentifier(s.ctrlNamespace), "{{wm}}", pq.QuoteIdentifier(s.wmTableName)).
 		Replace(sqlText("setup_ctrl.sql"))
 	if _, err = tx.ExecContext(ctx, ddl); err != nil {

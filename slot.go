@@ -260,18 +260,15 @@ func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, er
 // teardownCatalog does steps 2 and 3 of TeardownWithResult in one transaction under
 // setupCatalog's lock, recording what it did in res once it committed.
 func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *TeardownResult) (err error) {
-	tx, err := conn.BeginTx(ctx, nil)
+	tx, err := beginCatalogTx(ctx, conn, "teardown")
 	if err != nil {
-		return classify(err, "begin teardown")
+		return err
 	}
 	defer func() {
 		if err != nil {
 			_ = tx.Rollback()
 		}
 	}()
-	if _, err = tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
-		return classify(err, "lock teardown")
-	}
 	others, err := queryStringList(ctx, tx, `SELECT slot_name FROM pg_catalog.pg_replication_slots
 		WHERE database = current_database() AND slot_type = 'logical' AND NOT temporary
 		AND (plugin = 'pgoutput' OR COALESCE(plugin, '') = '') AND slot_name <> $1
