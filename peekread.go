@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"time"
 
@@ -63,13 +64,19 @@ func (s *Syncer) peekOn(ctx context.Context, conn *sql.Conn, slot string, upto p
 	}
 	native := false
 	err := conn.Raw(func(dc any) error {
-		pc, ok := dc.(pgxConner)
-		if !ok {
-			return nil
+		switch c := dc.(type) {
+		case pgxConner:
+			native = true
+			s.pgconnPeeks.Add(1)
+			return s.readPeekPgconn(ctx, c.Conn().PgConn(), slot, upto, max, tracked)
+		case driver.QueryerContext:
+			var err error
+			if native, err = s.readPeekDriver(ctx, c, slot, upto, max, tracked); native {
+				s.driverPeeks.Add(1)
+			}
+			return err
 		}
-		native = true
-		s.pgconnPeeks.Add(1)
-		return s.readPeekPgconn(ctx, pc.Conn().PgConn(), slot, upto, max, tracked)
+		return nil
 	})
 	if !native && err == nil {
 		err = s.readPeekSQL(ctx, conn, slot, upto, max, tracked)
@@ -102,6 +109,60 @@ func (s *Syncer) readPeekSQL(ctx context.Context, conn *sql.Conn, slot string, u
 		}
 	}
 	return rows.Err()
+}
+
+// readPeekDriver is readPeek through the driver's own connection and the standard
+// driver interfaces (driver.QueryerContext, driver.Rows: what database/sql itself
+// calls), for drivers other than pgx's, such as lib/pq. It skips what database/sql
+// adds per row (the Rows lock, Scan's conversions into sql.RawBytes): ~0.1 µs a row of
+// this process's CPU through lib/pq, a sixth of reading a peek row
+// (docs/BENCHMARKS-history.md). The lsn and xid columns may come as text ([]byte or
+// string) and the xid as an int64; anything else is an error. handled is false, with
+// nothing read, when the driver declines the query (driver.ErrSkip): the caller reads
+// through database/sql then.
+func (s *Syncer) readPeekDriver(ctx context.Context, qc driver.QueryerContext, slot string, upto pglogrepl.LSN, max int, fn peekRowFunc) (handled bool, err error) {
+	var nchanges driver.Value // NULL: no row bound
+	if max > 0 {
+		nchanges = int64(max)
+	}
+	args := []driver.NamedValue{
+		{Ordinal: 1, Value: slot},
+		{Ordinal: 2, Value: upto.String()},
+		{Ordinal: 3, Value: nchanges},
+		{Ordinal: 4, Value: s.publicationOption()},
+		{Ordinal: 5, Value: s.binaryOption()},
+	}
+	rows, err := qc.QueryContext(ctx, sqlText("peek.sql"), args)
+	if errors.Is(err, driver.ErrSkip) {
+		return false, nil
+	}
+	if err != nil {
+		return true, err
+	}
+	var sc rowScanner
+	dest := make([]driver.Value, len(rows.Columns()))
+	if len(dest) != 3 {
+		rows.Close()
+		return true, fmt.Errorf("%w: peek returned %d columns, want 3 (lsn, xid, data)", ErrMalformedMessage, len(dest))
+	}
+	for {
+		if err = rows.Next(dest); err != nil {
+			break
+		}
+		var m PGMSG
+		if err = sc.driverRow(dest, &m); err != nil {
+			break
+		}
+		if err = fn(m); err != nil {
+			break
+		}
+	}
+	// Close reads what is left of the result, as rows.Close does through database/sql.
+	cerr := rows.Close()
+	if err == io.EOF {
+		return true, cerr
+	}
+	return true, err
 }
 
 // peekResultFormats asks for the lsn (pg_lsn: 8 bytes), xid (xid: 4 bytes) and data
@@ -148,6 +209,48 @@ func (r *rowScanner) binaryRow(v [][]byte, m *PGMSG) error {
 	m.Xid = binary.BigEndian.Uint32(v[1])
 	m.Data = r.copyData(v[2])
 	return nil
+}
+
+// driverRow reads a peek row as a driver's Rows.Next returned it. Data is copied
+// (the driver may reuse its buffer at the next row).
+func (r *rowScanner) driverRow(v []driver.Value, m *PGMSG) error {
+	lsn, ok := driverText(v[0])
+	if !ok {
+		return fmt.Errorf("%w: peek row's lsn column came as %T, want text", ErrMalformedMessage, v[0])
+	}
+	var err error
+	if m.LSN, err = parseLSN(lsn); err != nil {
+		return err
+	}
+	if x, ok := v[1].(int64); ok {
+		if x < 0 || x > 1<<32-1 {
+			return fmt.Errorf("%w: invalid xid %d", ErrMalformedMessage, x)
+		}
+		m.Xid = uint32(x)
+	} else if xid, ok := driverText(v[1]); ok {
+		if m.Xid, err = parseXid(xid); err != nil {
+			return err
+		}
+	} else {
+		return fmt.Errorf("%w: peek row's xid column came as %T, want text or int64", ErrMalformedMessage, v[1])
+	}
+	data, ok := driverText(v[2])
+	if !ok {
+		return fmt.Errorf("%w: peek row's data column came as %T, want bytes", ErrMalformedMessage, v[2])
+	}
+	m.Data = r.copyData(data)
+	return nil
+}
+
+// driverText returns a driver value's bytes when it is []byte or string.
+func driverText(v driver.Value) ([]byte, bool) {
+	switch x := v.(type) {
+	case []byte:
+		return x, true
+	case string:
+		return []byte(x), true
+	}
+	return nil, false
 }
 
 // first returns b's first byte, 0 when b is empty.

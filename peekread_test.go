@@ -3,6 +3,7 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -17,9 +18,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestPeekTransportsAgree reads one slot through lib/pq (rows through database/sql,
-// lsn and xid parsed from text) and through pgx's stdlib driver (rows read in binary
-// form on pgx's own connection): every row must come out identical, for every
+// TestPeekTransportsAgree reads one slot through lib/pq (rows through the driver's own
+// interfaces, lsn and xid parsed from text), through lib/pq behind a driver that
+// offers only driver.Conn (rows through database/sql) and through pgx's stdlib driver
+// (rows read in binary form on pgx's own connection): every row must come out
+// identical, for every
 // message kind, a non-transactional logical message (xid 0), a row larger than a
 // data slab's share, and pgoutput's text and binary value formats.
 func TestPeekTransportsAgree(t *testing.T) {
@@ -28,6 +31,10 @@ func TestPeekTransportsAgree(t *testing.T) {
 	pgxDB, err := sql.Open("pgx", d.DSN())
 	require.NoError(t, err)
 	t.Cleanup(func() { pgxDB.Close() })
+	pqc, err := pq.NewConnector(d.DSN())
+	require.NoError(t, err)
+	plainConnDB := sql.OpenDB(plainConnector{pqc})
+	t.Cleanup(func() { plainConnDB.Close() })
 	for _, binary := range []bool{false, true} {
 		slot := pgtest.Ident(t, "slot")
 		if binary {
@@ -40,6 +47,9 @@ func TestPeekTransportsAgree(t *testing.T) {
 		viaPgx, err := NewSyncer(append(opts, WithDB(pgxDB))...)
 		require.NoError(t, err)
 		t.Cleanup(func() { viaPgx.Close() })
+		viaSQL, err := NewSyncer(append(opts, WithDB(plainConnDB))...)
+		require.NoError(t, err)
+		t.Cleanup(func() { viaSQL.Close() })
 		require.NoError(t, viaPQ.Setup(context.Background()))
 		require.NoError(t, viaPgx.Setup(context.Background()))
 
@@ -58,8 +68,13 @@ func TestPeekTransportsAgree(t *testing.T) {
 		require.NoError(t, err)
 		fromPgx, err := viaPgx.GetMessages(0, false, nil)
 		require.NoError(t, err)
+		fromSQL, err := viaSQL.GetMessages(0, false, nil)
+		require.NoError(t, err)
 		require.Zero(t, viaPQ.pgconnPeeks.Load())
+		require.Equal(t, uint64(1), viaPQ.driverPeeks.Load(), "lib/pq's connection must be read through its driver interfaces")
 		require.Equal(t, uint64(1), viaPgx.pgconnPeeks.Load(), "pgx's connection must be read natively")
+		require.Zero(t, viaPgx.driverPeeks.Load())
+		require.Zero(t, viaSQL.pgconnPeeks.Load()+viaSQL.driverPeeks.Load(), "a driver.Conn without QueryerContext is read through database/sql")
 
 		var seq []byte
 		var xids []uint32
@@ -72,8 +87,10 @@ func TestPeekTransportsAgree(t *testing.T) {
 		require.Equal(t, "BRIIC"+"BUC"+"BIC"+"BUC"+"BDC"+"M"+"BMIC"+"BRTC", string(seq))
 		require.Contains(t, xids, uint32(0), "the non-transactional message has no xid")
 		require.Len(t, fromPgx, len(fromPQ))
+		require.Len(t, fromSQL, len(fromPQ))
 		for i := range fromPQ {
 			require.Equal(t, fromPQ[i], fromPgx[i], "row %d", i)
+			require.Equal(t, fromPQ[i], fromSQL[i], "row %d", i)
 		}
 		var bigRows int
 		for _, m := range fromPgx {
@@ -83,6 +100,25 @@ func TestPeekTransportsAgree(t *testing.T) {
 		}
 		require.Equal(t, 2, bigRows, "the large value's INSERT and the key UPDATE (old key and full new row)")
 	}
+}
+
+// plainConnector hands out its driver's connections without driver.QueryerContext (it
+// keeps ExecerContext: setup runs multi-statement scripts), so database/sql prepares
+// every query: how a driver without QueryerContext is read.
+type plainConnector struct{ driver.Connector }
+
+func (c plainConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	conn, err := c.Connector.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return plainConn{conn}, nil
+}
+
+type plainConn struct{ driver.Conn }
+
+func (c plainConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
+	return c.Conn.(driver.ExecerContext).ExecContext(ctx, q, args)
 }
 
 // TestServerErrorsThroughPgx checks that server errors map to the named errors through

@@ -113,6 +113,8 @@ type Syncer struct {
 	selSeq atomic.Uint64 // numbers this Syncer's selections
 	// pgconnPeeks counts peeks read on pgx's own connection (peekread.go).
 	pgconnPeeks atomic.Uint64
+	// driverPeeks counts peeks read through the driver's own interfaces (peekread.go).
+	driverPeeks atomic.Uint64
 	// pgconnSelects counts selections read on pgx's own connection (selectread.go).
 	pgconnSelects atomic.Uint64
 	// chunkBounds counts the chunkBound queries run, the last one of a table's
