@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 
@@ -24,8 +25,9 @@ func newDecoder(tables *tableCache) *decoder {
 // error wrapping ErrMalformedMessage, never a panic: pglogrepl's decoders index their
 // input without bounds checks, so panics are recovered here, and sizes it would
 // allocate from are checked first (checkBounds). The column values of a row change
-// are copied out of data (one copy per message), so data may be reused afterwards;
-// PGMSG.Parse skips that copy for rows GetMessages returned.
+// are copied out of data (one copy per message), as is a logical decoding message's
+// content, so data may be reused afterwards; PGMSG.Parse skips that copy for rows
+// GetMessages returned.
 func Parse(data []byte) (pglogrepl.Message, error) { return parse(data, false, nil) }
 
 // Parse decodes the row's pgoutput message as the package-level Parse does, without
@@ -70,6 +72,12 @@ func parse(data []byte, owned bool, a *changeArena) (msg pglogrepl.Message, err 
 	}()
 	if err := checkBounds(data); err != nil {
 		return nil, fmt.Errorf("%w: type %q, %d bytes: %v", ErrMalformedMessage, data[0], len(data), err)
+	}
+	if data[0] == 'M' && !owned {
+		// pglogrepl's LogicalDecodingMessage.Content is a view of its input (the other
+		// kinds copy what they keep, into strings), and Parse promises a message that
+		// does not share data.
+		data = bytes.Clone(data)
 	}
 	msg, err = pglogrepl.Parse(data)
 	if err != nil {

@@ -120,6 +120,28 @@ func TestParseChangeOwnership(t *testing.T) {
 	require.Equal(t, len(col.Data), cap(col.Data), "appending to a value must not overwrite the next one")
 }
 
+// TestParseCopiesMessageContent checks that Parse's logical decoding message does not
+// share its input (pglogrepl's decoder returns a view of it), and PGMSG.Parse's does.
+func TestParseCopiesMessageContent(t *testing.T) {
+	data := readCaptured(t, "message.bin")
+	msg, err := Parse(data)
+	require.NoError(t, err)
+	m := msg.(*pglogrepl.LogicalDecodingMessage)
+	want := string(m.Content)
+	require.NotEmpty(t, want)
+	for i := range data {
+		data[i] = 0
+	}
+	require.Equal(t, want, string(m.Content))
+
+	data = readCaptured(t, "message.bin")
+	msg, err = PGMSG{Data: data}.Parse()
+	require.NoError(t, err)
+	content := msg.(*pglogrepl.LogicalDecodingMessage).Content
+	data[len(data)-1] ^= 0xff
+	require.Equal(t, data[len(data)-1], content[len(content)-1], "PGMSG.Parse keeps views of Data")
+}
+
 // TestPGMSGParse checks that PGMSG.Parse gives Parse's message for every captured kind
 // and that a row change's values are views of the row's Data, not a copy.
 func TestPGMSGParse(t *testing.T) {
