@@ -299,7 +299,10 @@ func (s *Syncer) Start() error { return s.Run(context.Background()) }
 
 // Stop asks a running Syncer to stop and waits until it has: the poll in progress is
 // abandoned without forwarding past anything unprocessed. It does nothing if the
-// Syncer is not running.
+// Syncer is not running, including when a Start on another goroutine has not begun
+// yet (`go s.Start(); s.Stop()` may leave that Start running until the next Stop).
+// To bound a Syncer's life without that race, use Run with a context: a context
+// cancelled before Run begins makes it return at once.
 func (s *Syncer) Stop() {
 	s.mu.Lock()
 	cancel, done := s.cancel, s.done

@@ -388,3 +388,33 @@ func TestCloseEndsWaitingRefreshAndRun(t *testing.T) {
 	require.ErrorIs(t, s.Run(context.Background()), ErrClosed)
 	require.NoError(t, s.Close(), "a second Close")
 }
+
+// TestRunWithCancelledContext checks what Stop's documentation recommends instead of
+// Start and Stop on two goroutines: Run with a context cancelled before it begins
+// returns nil at once, delivers nothing and does not move the slot, and the Syncer
+// runs again afterwards.
+func TestRunWithCancelledContext(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	rec := &recorder{}
+	s := newTestSyncer(t, d, WithDB(d.DB), ForTables("items"), WithMessageHandler(rec))
+	require.NoError(t, s.Setup(context.Background()))
+	execAll(t, d.DB, `INSERT INTO items VALUES (1)`)
+	before, err := s.ConfirmedFlushLSN(context.Background())
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	start := time.Now()
+	require.NoError(t, s.Run(ctx))
+	require.Less(t, time.Since(start), 2*time.Second)
+	require.False(t, s.IsRunning())
+	require.Empty(t, rec.snapshot())
+	after, err := s.ConfirmedFlushLSN(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, before, after)
+
+	r := runInBackground(s)
+	waitLines(t, rec, 3)
+	require.NoError(t, r.stop(t))
+	require.Equal(t, []string{"BEGIN", "INSERT public.items id=1", "COMMIT"}, rec.snapshot())
+}
