@@ -544,6 +544,8 @@ func testRefreshRereadRunsTheQuery(t *testing.T, driver string) {
 			}},
 		{"renamed expression", `SELECT id, n + 1000 AS n, body FROM docs ORDER BY id`,
 			func(id, n int) StringMap { return StringMap{"id": int32(id), "n": int32(n + 1000), "body": body(id)} }},
+		{"key under another type", `SELECT id::text AS id, n, body FROM docs ORDER BY id`,
+			func(id, n int) StringMap { return StringMap{"id": int32(id), "n": int32(n), "body": body(id)} }}, // decoded as the table's id, as changes are
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := pgtest.NewDatabase(t)
@@ -824,4 +826,51 @@ func TestKeysEncodingJSONRefuses(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestRefreshRereadKeyTypes checks the condition a Refresh's follow-up window puts on
+// the caller's query (refreshKeysQuery): a key column of the key's own type, with or
+// without a type modifier, is compared as it is, so PostgreSQL still reads the rows
+// by the table's key index, while a key returned under another type (id::text AS id)
+// is cast back to the key's type and compares (it used to fail with 42883, operator
+// does not exist: text = integer).
+func TestRefreshRereadKeyTypes(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE plain (id int PRIMARY KEY, v text)`,
+		`CREATE TABLE modded (code varchar(8), amount numeric(12,2), v text, PRIMARY KEY (code, amount))`,
+		`INSERT INTO plain SELECT g, 'v' FROM generate_series(1, 1000) g`,
+		`INSERT INTO modded SELECT 'c' || g, g / 4.0, 'v' FROM generate_series(1, 1000) g`,
+		`ANALYZE plain`, `ANALYZE modded`)
+	s := newTestSyncer(t, d, WithDB(d.DB), ForTables("plain", "modded"))
+	ctx := context.Background()
+	plan := func(table, query string, key []string) (string, []string) {
+		info, err := s.TableInfo(ctx, table)
+		require.NoError(t, err)
+		cols, err := s.queryColumns(ctx, query)
+		require.NoError(t, err)
+		q := refreshKeysQuery(info, cols, query, [][]string{key})
+		conn, err := d.DB.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = conn.ExecContext(ctx, `SET enable_seqscan = off`)
+		require.NoError(t, err)
+		var lines []string
+		rows, err := conn.QueryContext(ctx, "EXPLAIN "+q.build(formText), q.args...)
+		require.NoError(t, err)
+		for rows.Next() {
+			var l string
+			require.NoError(t, rows.Scan(&l))
+			lines = append(lines, l)
+		}
+		require.NoError(t, rows.Err())
+		return strings.Join(lines, "\n"), pgtest.Strings(t, d.DB, `SELECT x.v || ' ' || x.`+info.PrimaryKey[0]+` FROM (`+q.build(formText)+`) AS x`, q.args...)
+	}
+	p, got := plan("plain", `SELECT id, v FROM plain`, []string{"7"})
+	require.Contains(t, p, "Index Scan using plain_pkey", p)
+	require.Equal(t, []string{"v 7"}, got)
+	p, got = plan("modded", `SELECT code, amount, v FROM modded`, []string{"c10", "2.50"})
+	require.Contains(t, p, "Index Scan using modded_pkey", p)
+	require.Equal(t, []string{"v c10"}, got)
+	_, got = plan("plain", `SELECT id::text AS id, v FROM plain`, []string{"7"})
+	require.Equal(t, []string{"v 7"}, got)
 }

@@ -107,15 +107,15 @@ func refreshQuery(info *PGTableInfo, cols []string, query string) selQuery {
 // the query returns them) have the given values (texts in key order, bound as
 // parameters cast to the key columns' types), in key order:
 //
-//	SELECT ... FROM (<query>) AS q WHERE (q.k1, q.k2) IN ((CAST($1 AS t1), CAST($2 AS t2)), ...)
+//	SELECT ... FROM (<query>) AS q
+//	WHERE (CAST(q.k1 AS t1), CAST(q.k2 AS t2)) IN ((CAST($1 AS t1(m)), CAST($2 AS t2(m))), ...)
 //
 // PostgreSQL pushes the condition down into a simple query (an index scan on the
 // key); a query that cannot take it (LIMIT, DISTINCT ON, window functions) is
 // computed and then filtered, which keeps its meaning.
 func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]string) selQuery {
 	in, args := keyTuples(info, keys)
-	kc := keyColumnListOf(info, "q")
-	tail := " FROM (" + query + ") AS q WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
+	tail := " FROM (" + query + ") AS q WHERE (" + castKeyColumns(info, "q") + ") IN (" + in + ") ORDER BY " + castKeyColumns(info, "q")
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(nil, "q", cols, form) + tail
 	}, args: args, rows: len(keys), reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
@@ -360,6 +360,21 @@ func keyColumnListOf(info *PGTableInfo, alias string) string {
 	keys := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
 		keys[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(k)
+	}
+	return strings.Join(keys, ", ")
+}
+
+// castKeyColumns is "CAST(alias.k1 AS type1), ...": the key columns of a query's
+// result, cast to the types (without modifier: TypeName) of the table's key columns.
+// A query may return a key column under another type (id::text AS id) whose values
+// cannot be compared with the key's; cast, they can. For a column of the key's own
+// type the cast is no expression at all (PostgreSQL's coerce_type returns a node of
+// the target type unchanged, and applies no length coercion for a modifier of -1), so
+// the condition still reaches the table's key index (TestRefreshRereadKeyTypes).
+func castKeyColumns(info *PGTableInfo, alias string) string {
+	keys := make([]string, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		keys[i] = "CAST(" + pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(k) + " AS " + info.ColInfo[k].TypeName + ")"
 	}
 	return strings.Join(keys, ", ")
 }
