@@ -68,9 +68,12 @@ var (
 	// ""); handlers.Cache and a Batcher do, for changes of such a table.
 	ErrNoKey = errors.New("dbsync: row has no usable key")
 	// ErrReplicaIdentity: a published table's updates and deletes cannot be captured
-	// (no primary key and REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING);
-	// returned by setup with WithStrictReplicaIdentity. Fix: add a primary key, or
-	// ALTER TABLE ... REPLICA IDENTITY FULL (WithReplicaIdentityFull).
+	// (no primary key and REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING), or
+	// its key holds a generated column, which pgoutput does not send, so they cannot
+	// be given a record ID (ReplicaIdentityProblem.GeneratedKey); returned by setup
+	// with WithStrictReplicaIdentity. Fix: add a primary key, or ALTER TABLE ...
+	// REPLICA IDENTITY FULL (WithReplicaIdentityFull); for a generated key, a key of
+	// columns that are not generated (FULL does not help).
 	ErrReplicaIdentity = errors.New("dbsync: table has no usable replica identity")
 	// ErrAlreadyRunning: Start or Run was called on a Syncer that is running.
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")

@@ -159,8 +159,9 @@ func WithReplicaIdentityFull(tableNames ...string) SyncerOpt {
 }
 
 // WithStrictReplicaIdentity(true) makes Setup fail with ErrReplicaIdentity when a
-// published table's updates or deletes cannot be captured (see CheckReplicaIdentity);
-// by default Setup logs a warning per such table.
+// published table's updates or deletes cannot be captured, or its key holds a
+// generated column (see CheckReplicaIdentity); by default Setup logs a warning per
+// such table.
 func WithStrictReplicaIdentity(strict bool) SyncerOpt {
 	return func(s *Syncer) error { s.strictReplIdent = strict; return nil }
 }

@@ -7,33 +7,74 @@ import (
 )
 
 // ReplicaIdentityProblem is a published table whose UPDATEs and DELETEs logical
-// decoding cannot capture: PostgreSQL rejects them on the primary (SQLSTATE 55000,
-// "cannot update table ... because it does not have a replica identity and publishes
-// updates") while it is in a publication that publishes them. See "REPLICA IDENTITY"
-// in the ALTER TABLE documentation.
+// decoding cannot capture, or cannot give a record ID.
+//
+// With GeneratedKey empty, the table has no usable replica identity: PostgreSQL rejects
+// its UPDATEs and DELETEs on the primary (SQLSTATE 55000, "cannot update table ...
+// because it does not have a replica identity and publishes updates") while it is in a
+// publication that publishes them. See "REPLICA IDENTITY" in the ALTER TABLE
+// documentation.
+//
+// With GeneratedKey set, the replica identity is usable but the table's key (its
+// replica identity index, else its primary key: the key record IDs are made of) holds
+// a generated column (GENERATED ALWAYS AS (...) STORED). PostgreSQL 15's pgoutput never
+// sends generated columns, under any replica identity (REPLICA IDENTITY FULL
+// included), so the table's changes carry no whole key: Change.Key is "", and Refresh
+// and Snapshot refuse the table with ErrNoPrimaryKey. A table whose replica identity
+// is unusable is reported for that alone; its key is checked once that is fixed.
 type ReplicaIdentityProblem struct {
 	Schema, Table string
-	// ReplicaIdentity is pg_class.relreplident: 'd' (DEFAULT, no primary key), 'n'
-	// (NOTHING) or 'i' (USING INDEX whose index is gone).
+	// ReplicaIdentity is pg_class.relreplident. With GeneratedKey empty: 'd' (DEFAULT,
+	// no primary key), 'n' (NOTHING) or 'i' (USING INDEX whose index is gone). With
+	// GeneratedKey set: 'd' or 'f' (FULL), the key being the primary key, or 'i', the
+	// key being the replica identity index.
 	ReplicaIdentity byte
+	// GeneratedKey names the key's first generated column (by column number, as
+	// ErrNoPrimaryKey does); "" when the problem is the replica identity.
+	GeneratedKey string
 }
 
 // Fix returns the statement that makes the table's changes capturable without a key
 // (adding a primary key is the better fix when the table has a natural one).
+//
+// It returns "" for a GeneratedKey problem, which no such statement fixes: REPLICA
+// IDENTITY FULL still sends no generated column. The table needs a key of columns
+// that are not generated (a primary key on them, or REPLICA IDENTITY USING INDEX of a
+// unique index on NOT NULL columns that are not generated), which is the schema
+// owner's choice; String says so.
 func (p ReplicaIdentityProblem) Fix() string {
+	if p.GeneratedKey != "" {
+		return ""
+	}
 	return "ALTER TABLE " + qualifiedTable{p.Schema, p.Table}.quoted() + " REPLICA IDENTITY FULL"
 }
 
 func (p ReplicaIdentityProblem) String() string {
+	if p.GeneratedKey != "" {
+		return p.generatedKeyString()
+	}
 	why := map[byte]string{'d': "has no primary key and REPLICA IDENTITY DEFAULT", 'n': "has REPLICA IDENTITY NOTHING",
 		'i': "has REPLICA IDENTITY USING INDEX but the index is gone"}[p.ReplicaIdentity]
 	return fmt.Sprintf("table %s.%s %s: its UPDATEs and DELETEs cannot be captured (and fail on the primary); add a primary key or run %s (or dbsync.WithReplicaIdentityFull)",
 		p.Schema, p.Table, why, p.Fix())
 }
 
+func (p ReplicaIdentityProblem) generatedKeyString() string {
+	index := "ALTER TABLE " + qualifiedTable{p.Schema, p.Table}.quoted() +
+		" REPLICA IDENTITY USING INDEX <name> naming a unique index on NOT NULL columns that are not generated"
+	key, fix := "primary key", "make columns that are not generated its primary key, or run "+index
+	if p.ReplicaIdentity == 'i' {
+		key, fix = "replica identity index", "run "+index+", or REPLICA IDENTITY DEFAULT if its primary key holds no generated column"
+	}
+	return fmt.Sprintf("table %s.%s: its %s holds generated column %q, which pgoutput never sends (PostgreSQL 15; REPLICA IDENTITY FULL does not change that), so its changes carry no whole key: they get no record ID (Change.Key \"\") and Refresh and Snapshot refuse the table (ErrNoPrimaryKey); key it by columns that are not generated: %s",
+		p.Schema, p.Table, key, p.GeneratedKey, fix)
+}
+
 // CheckReplicaIdentity lists the tables of the Syncer's publication whose updates and
-// deletes cannot be captured (ReplicaIdentityProblem). Setup calls it and logs a warning
-// per table (an error with WithStrictReplicaIdentity). Read-only.
+// deletes cannot be captured, or whose key holds a generated column so that their
+// changes cannot be given a record ID (ReplicaIdentityProblem), in schema and table
+// order. Setup calls it and logs a warning per table (an error with
+// WithStrictReplicaIdentity). Read-only.
 func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityProblem, error) {
 	rows, err := s.db.QueryContext(ctx, sqlText("replica_identity.sql"), s.publication)
 	if err != nil {
@@ -45,7 +86,7 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 		var p ReplicaIdentityProblem
 		var ident string
 		var hasPK bool
-		if err := rows.Scan(&p.Schema, &p.Table, &ident, &hasPK); err != nil {
+		if err := rows.Scan(&p.Schema, &p.Table, &ident, &hasPK, &p.GeneratedKey); err != nil {
 			return nil, fmt.Errorf("check replica identity: %w", err)
 		}
 		p.ReplicaIdentity = ident[0]
@@ -91,7 +132,11 @@ func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 		return fmt.Errorf("%w: %s", ErrReplicaIdentity, strings.Join(msgs, "; "))
 	}
 	for _, p := range problems {
-		s.log.Warn("dbsync: "+p.String(), "schema", p.Schema, "table", p.Table, "replica_identity", string(p.ReplicaIdentity))
+		attrs := []any{"schema", p.Schema, "table", p.Table, "replica_identity", string(p.ReplicaIdentity)}
+		if p.GeneratedKey != "" {
+			attrs = append(attrs, "generated_key", p.GeneratedKey)
+		}
+		s.log.Warn("dbsync: "+p.String(), attrs...)
 	}
 	return nil
 }

@@ -19,7 +19,8 @@ const setupLockKey = 0x64627379 // "dbsy"
 // watermark table, creates the publication for ForTables when it is missing (otherwise
 // requires it to exist), adds the watermark table (and ForTables tables) to it, and
 // sets REPLICA IDENTITY FULL on WithReplicaIdentityFull tables, reports published tables
-// whose updates/deletes cannot be captured (CheckReplicaIdentity: a warning, or
+// whose updates/deletes cannot be captured or whose key holds a generated column
+// (CheckReplicaIdentity: a warning, or
 // ErrReplicaIdentity with WithStrictReplicaIdentity), and creates the pgoutput slot
 // when it is missing. NewSyncer calls it unless WithSetup(false).
 //

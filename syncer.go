@@ -97,7 +97,8 @@ type Syncer struct {
 	binary bool
 	// replIdentFull lists tables to set REPLICA IDENTITY FULL on in Setup.
 	replIdentFull []string
-	// strictReplIdent makes Setup fail on tables whose updates/deletes cannot be captured.
+	// strictReplIdent makes Setup fail on tables whose updates/deletes cannot be captured
+	// (or given a record ID: a generated key).
 	strictReplIdent bool
 
 	log       *slog.Logger
