@@ -32,6 +32,8 @@ type ReplicaIdentityProblem struct {
 	// GeneratedKey names the key's first generated column (by column number, as
 	// ErrNoPrimaryKey does); "" when the problem is the replica identity.
 	GeneratedKey string
+
+	hasPK bool // the table has a primary key (REPLICA IDENTITY DEFAULT would use it)
 }
 
 // Fix returns the statement that makes the table's changes capturable without a key
@@ -55,6 +57,11 @@ func (p ReplicaIdentityProblem) String() string {
 	}
 	why := map[byte]string{'d': "has no primary key and REPLICA IDENTITY DEFAULT", 'n': "has REPLICA IDENTITY NOTHING",
 		'i': "has REPLICA IDENTITY USING INDEX but the index is gone"}[p.ReplicaIdentity]
+	if p.hasPK && p.ReplicaIdentity != 'd' {
+		// The primary key is there: going back to DEFAULT keys the changes by it.
+		return fmt.Sprintf("table %s.%s %s: its UPDATEs and DELETEs cannot be captured (and fail on the primary); it has a primary key, so run ALTER TABLE %s REPLICA IDENTITY DEFAULT (or %s)",
+			p.Schema, p.Table, why, qualifiedTable{p.Schema, p.Table}.quoted(), p.Fix())
+	}
 	return fmt.Sprintf("table %s.%s %s: its UPDATEs and DELETEs cannot be captured (and fail on the primary); add a primary key or run %s (or dbsync.WithReplicaIdentityFull)",
 		p.Schema, p.Table, why, p.Fix())
 }
@@ -85,8 +92,7 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 	for rows.Next() {
 		var p ReplicaIdentityProblem
 		var ident string
-		var hasPK bool
-		if err := rows.Scan(&p.Schema, &p.Table, &ident, &hasPK, &p.GeneratedKey); err != nil {
+		if err := rows.Scan(&p.Schema, &p.Table, &ident, &p.hasPK, &p.GeneratedKey); err != nil {
 			return nil, fmt.Errorf("check replica identity: %w", err)
 		}
 		p.ReplicaIdentity = ident[0]

@@ -135,11 +135,11 @@ func TestReplicaIdentityGeneratedKey(t *testing.T) {
 	problems, err := s.CheckReplicaIdentity(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []ReplicaIdentityProblem{
-		{Schema: "public", Table: "gfull", ReplicaIdentity: 'f', GeneratedKey: "g"},
-		{Schema: "public", Table: "gidx", ReplicaIdentity: 'i', GeneratedKey: "g"},
-		{Schema: "public", Table: "gnothing", ReplicaIdentity: 'n'},
-		{Schema: "public", Table: "gpk", ReplicaIdentity: 'd', GeneratedKey: "g"},
-		{Schema: "public", Table: "gpk2", ReplicaIdentity: 'd', GeneratedKey: "Lower Email"},
+		{Schema: "public", Table: "gfull", ReplicaIdentity: 'f', GeneratedKey: "g", hasPK: true},
+		{Schema: "public", Table: "gidx", ReplicaIdentity: 'i', GeneratedKey: "g", hasPK: true},
+		{Schema: "public", Table: "gnothing", ReplicaIdentity: 'n', hasPK: true},
+		{Schema: "public", Table: "gpk", ReplicaIdentity: 'd', GeneratedKey: "g", hasPK: true},
+		{Schema: "public", Table: "gpk2", ReplicaIdentity: 'd', GeneratedKey: "Lower Email", hasPK: true},
 	}, problems)
 
 	require.Equal(t, `ALTER TABLE "public"."gnothing" REPLICA IDENTITY FULL`, problems[2].Fix())

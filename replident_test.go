@@ -55,8 +55,10 @@ func TestReplicaIdentityWarning(t *testing.T) {
 	require.Equal(t, []ReplicaIdentityProblem{
 		{Schema: "public", Table: `Odd "Name`, ReplicaIdentity: 'd'},
 		{Schema: "public", Table: "nopk", ReplicaIdentity: 'd'},
-		{Schema: "public", Table: "nothing", ReplicaIdentity: 'n'},
+		{Schema: "public", Table: "nothing", ReplicaIdentity: 'n', hasPK: true},
 	}, problems)
+	require.Equal(t, `table public.nothing has REPLICA IDENTITY NOTHING: its UPDATEs and DELETEs cannot be captured (and fail on the primary); it has a primary key, so run ALTER TABLE "public"."nothing" REPLICA IDENTITY DEFAULT (or ALTER TABLE "public"."nothing" REPLICA IDENTITY FULL)`,
+		problems[2].String(), "a table with a primary key is told to go back to DEFAULT")
 	require.Equal(t, `ALTER TABLE "public"."Odd ""Name" REPLICA IDENTITY FULL`, problems[0].Fix())
 	out := logs.String()
 	require.Equal(t, 3, strings.Count(out, "level=WARN"), out)

@@ -32,8 +32,9 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //     takes previous values from it;
 //   - delete removes the row; TRUNCATE empties the tables.
 //
-// A change of a table with neither a primary key nor a replica identity index (no
-// record ID: Change.Key "") is refused with an error wrapping dbsync.ErrNoKey.
+// A change of a table without a record ID (Change.Key "": neither a primary key nor a
+// replica identity index, or a key holding a generated column, which pgoutput never
+// sends) is refused with an error wrapping dbsync.ErrNoKey.
 //
 // # Re-delivery
 //
@@ -282,7 +283,7 @@ func (c *Cache) stage(what string, msg pglogrepl.Message, reln *pglogrepl.Relati
 		return fmt.Errorf("handlers: Cache: %s: %w", info.QualifiedName(), err)
 	}
 	if ch.Key == "" {
-		return fmt.Errorf("handlers: Cache: %w: %s has neither a primary key nor a replica identity index, so its rows cannot be cached by key; add a primary key, or leave the table out of the publication",
+		return fmt.Errorf("handlers: Cache: %w: %s has no key its changes carry (neither a primary key nor a replica identity index, or a key holding a generated column, which pgoutput never sends), so its rows cannot be cached by key; key it by columns that are not generated, or leave the table out of the publication",
 			dbsync.ErrNoKey, info.QualifiedName())
 	}
 	c.mu.Lock()
