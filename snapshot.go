@@ -120,7 +120,10 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // chunk, rows that key-changing updates with unchanged TOASTed columns moved during
 // the snapshot are read again, and only then is the table marked finished: should
 // that fail, the next Snapshot of the table by this Syncer resumes after the last
-// chunk and reads them (docs/SNAPSHOTS.md).
+// chunk and reads them. Snapshot calls of one table running at once share these
+// rows: each reads every one not read yet, also those another call is reading, and a
+// row leaves them only once read, so none is lost when one call fails
+// (docs/SNAPSHOTS.md).
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine). Each chunk read at once takes a connection of the Syncer's
