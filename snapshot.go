@@ -120,7 +120,10 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // chunk, rows that key-changing updates with unchanged TOASTed columns moved during
 // the snapshot are read again, and only then is the table marked finished: should
 // that fail, the next Snapshot of the table by this Syncer resumes after the last
-// chunk and reads them (docs/SNAPSHOTS.md).
+// chunk and reads them. Snapshot calls of one table running at once share these
+// rows: each reads every one not read yet, also those another call is reading, and a
+// row leaves them only once read, so none is lost when one call fails
+// (docs/SNAPSHOTS.md).
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine). Each chunk read at once takes a connection of the Syncer's
@@ -193,14 +196,12 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	if inFlight <= 0 {
 		inFlight = DefaultSnapshotChunksInFlight
 	}
-	// Rows moved with unchanged TOAST values are collected from here on (and those an
-	// earlier, unfinished Snapshot of the table by this Syncer did not read again are
-	// taken over); unless this call finishes the table, the Syncer keeps them for the
-	// next one.
-	sig := keySignature(info)
-	complete := false
-	s.win.watchStart(info.RelationID, sig)
-	defer func() { s.win.watchStop(info.RelationID, sig, complete) }()
+	// Rows moved with unchanged TOAST values are collected from here on, together
+	// with those earlier Snapshots of the table by this Syncer and Snapshots running
+	// now did not read again; a row leaves the set only once read again, so the rows
+	// this call does not read stay for the next one.
+	s.win.watchStart(info.RelationID, keySignature(info))
+	defer s.win.watchStop(info.RelationID)
 
 	parallel := s.SnapshotParallel
 	if parallel <= 0 {
@@ -338,11 +339,10 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 			// The table is finished once the moved rows were read again, not before:
 			// should that fail, the next Snapshot resumes after the last chunk (an
 			// empty chunk, or rows added since) and reads them then (this Syncer keeps
-			// their keys: watchStop).
+			// their keys: windowTracker.moved).
 			if err := s.rereadMovedRows(ctx, info, cols, &prog); err != nil {
 				return fmt.Errorf("snapshot of %s: %w", table, err)
 			}
-			complete = true
 			if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_finish.sql"), s.replicationSlot, table); err != nil {
 				return classify(err, "record snapshot progress of "+table)
 			}
@@ -360,47 +360,52 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 // got them without those columns if it never saw the row under its old key (the old
 // key's chunk came later than the new key's). Rounds repeat while such updates
 // keep coming, up to maxSettleRounds. The rows are selected by their keys' texts
-// (watch), bound as text and cast to the key columns' types. When a read fails, the
-// rows not read yet are given back to the watch (the caller's watchStop keeps them
-// for the next Snapshot of the table).
+// (windowTracker.moved), bound as text and cast to the key columns' types. Each
+// round reads every row in the set, also those another Snapshot of the table is
+// reading now (that read may fail); a row leaves the set once read (watchDone), so
+// when a read fails the rows not read yet stay for the next Snapshot of the table.
+// It returns nil once a round found the set empty (or gave up after maxSettleRounds).
 func (s *Syncer) rereadMovedRows(ctx context.Context, info *PGTableInfo, cols []string, prog *SnapshotProgress) error {
+	rel := info.RelationID
 	for round := 0; ; round++ {
-		keys := s.win.watchTake(info.RelationID)
-		if len(keys) == 0 {
+		rows := s.win.watchRows(rel)
+		if len(rows) == 0 {
 			return nil
 		}
 		if round >= maxSettleRounds {
 			s.log.Warn("dbsync: rows kept moving to new keys with unchanged TOAST values at the end of a snapshot; their TOASTed columns reach consumers only when they change or are refreshed",
-				"table", info.QualifiedName(), "rows", len(keys))
+				"table", info.QualifiedName(), "rows", len(rows))
+			s.win.watchDone(rel, rows)
 			return nil
 		}
-		ids := make([]string, 0, len(keys))
-		for id, k := range keys {
-			if k == nil {
+		ids := make([]string, 0, len(rows))
+		unprintable := map[string]movedKey{}
+		for id, k := range rows {
+			if k.texts == nil {
 				// A binary key value pgtype cannot print (WithBinary, a key type without
 				// a codec): it cannot be bound as text.
 				s.log.Warn("dbsync: a row moved to a new key with unchanged TOAST values during a snapshot cannot be read again: its key cannot be printed as text; its TOASTed columns reach consumers only when they change or are refreshed",
 					"table", info.QualifiedName(), "key", id)
+				unprintable[id] = k
 				continue
 			}
 			ids = append(ids, id)
 		}
+		s.win.watchDone(rel, unprintable)
 		sort.Strings(ids)
 		for len(ids) > 0 {
 			n := min(len(ids), 1000)
 			texts := make([][]string, n)
+			read := make(map[string]movedKey, n)
 			for i, id := range ids[:n] {
-				texts[i] = keys[id]
+				texts[i] = rows[id].texts
+				read[id] = rows[id]
 			}
 			stats, _, err := s.selectSettled(ctx, info, cols, keysQuery(info, cols, texts))
 			if err != nil {
-				rest := make(map[string][]string, len(ids))
-				for _, id := range ids {
-					rest[id] = keys[id]
-				}
-				s.win.watchReturn(info.RelationID, rest)
 				return err
 			}
+			s.win.watchDone(rel, read)
 			ids = ids[n:]
 			prog.Emitted += stats.Emitted
 			prog.Reread += stats.Selected + stats.Reread

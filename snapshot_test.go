@@ -965,5 +965,112 @@ func TestSnapshotRereadFailureResumes(t *testing.T) {
 	require.Len(t, chunks, 3)
 	require.Equal(t, SnapshotProgress{Table: "public.moved", Chunks: 4, Rows: 5, Estimated: chunks[2].Estimated,
 		Emitted: 1, Reread: 1, Done: true}, chunks[2])
-	require.Empty(t, s.win.owed)
+	require.Zero(t, keptRereads(s))
+}
+
+// TestSnapshotConcurrentRereadNotLost runs two Snapshots of one table at once. A
+// reads it in chunks of 2 while an UPDATE moves the fifth row, not read yet, to a key
+// before the first chunk without touching its out-of-line body (movedRowSnapshot),
+// and after its last chunk starts reading that row again; while that window is open
+// (after its SELECT, before its high watermark), B resumes after A's last chunk (an
+// empty chunk), reads the moved rows again and finishes the table; then A's re-read
+// fails (its context is cancelled before its high watermark is written), and B
+// returns only after A did, so B's end is the last. The row moved while B ran: B
+// marks the table finished, so it must have read the row again itself — A failed,
+// and the next Snapshot would start over rather than look for it. The cache must
+// hold the row with its body, the last event must be B's re-read, and nothing may be
+// left for a next Snapshot. Before the fix A took the row out of the collection the
+// two calls shared, B found it empty and finished, A gave the row back after B's last
+// look, and B's end, finished, dropped it: nobody read it and nothing kept it.
+func TestSnapshotConcurrentRereadNotLost(t *testing.T) {
+	c := movedKeyCases[0]
+	c.driver = "postgres"
+	d, h, s := movedRowSnapshot(t, c)
+	ctxA, cancelA := context.WithCancel(context.Background())
+	defer cancelA()
+	aRereading, bFinished, aReturned := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	move := s.win.afterSelect // moves the row on its first call
+	var selects, dones atomic.Int32
+	s.win.afterSelect = func() {
+		switch selects.Add(1) {
+		case 1: // A's first chunk
+			move()
+		case 4: // after A's chunks 1-3: A's re-read of the moved row
+			close(aRereading)
+			waitClosed(t, bFinished, "B to finish the table")
+			cancelA()
+		}
+	}
+	var mu sync.Mutex
+	var progress []SnapshotProgress
+	s.SnapshotProgress = func(p SnapshotProgress) {
+		mu.Lock()
+		progress = append(progress, p)
+		mu.Unlock()
+		// Done comes from B only: A reports its last chunk after its re-read.
+		if p.Done && dones.Add(1) == 1 {
+			close(bFinished)
+			waitClosed(t, aReturned, "A to return")
+		}
+	}
+	errA, errB := make(chan error, 1), make(chan error, 1)
+	go func() { errA <- s.Snapshot(ctxA, "moved") }()
+	waitClosed(t, aRereading, "A to read the moved row again")
+	go func() { errB <- s.Snapshot(context.Background(), "moved") }()
+	require.ErrorIs(t, receive(t, errA, "A's result"), context.Canceled)
+	close(aReturned)
+	require.NoError(t, receive(t, errB, "B's result"))
+	catchUp(t, s)
+
+	require.Equal(t, []string{
+		`update public.moved ` + c.movedTo,
+		`refresh public.moved ` + c.ids[0], `refresh public.moved ` + c.ids[1], // A's chunk 1
+		`refresh public.moved ` + c.ids[2], `refresh public.moved ` + c.ids[3], // A's chunk 2
+		`refresh public.moved ` + c.ids[5],  // A's chunk 3 (A's re-read never ends)
+		`refresh public.moved ` + c.movedTo, // B: an empty chunk after the last key, then the re-read
+	}, h.eventList())
+	requireMovedRowsExact(t, d, h, c)
+	requireSnapshotFinished(t, d, true)
+	est := progress[0].Estimated
+	require.Equal(t, []SnapshotProgress{
+		{Table: "public.moved", Chunks: 1, Rows: 2, Estimated: est, Emitted: 2},
+		{Table: "public.moved", Chunks: 2, Rows: 4, Estimated: est, Emitted: 2},
+		{Table: "public.moved", Chunks: 4, Rows: 5, Estimated: est, Emitted: 1, Reread: 1, Done: true},
+	}, progress)
+	require.Equal(t, int32(6), selects.Load(), "A: 3 chunks and a re-read; B: an empty chunk and a re-read")
+	require.Zero(t, keptRereads(s), "rows left for a next Snapshot")
+}
+
+// keptRereads counts the moved rows the Syncer holds to read again.
+func keptRereads(s *Syncer) int {
+	s.win.mu.Lock()
+	defer s.win.mu.Unlock()
+	n := 0
+	for _, m := range s.win.moved {
+		n += len(m.keys)
+	}
+	return n
+}
+
+// waitClosed waits for ch to be closed; after a minute it reports the wait as failed
+// and returns, so a broken interleaving fails the test instead of hanging it.
+func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
+	select {
+	case <-ch:
+	case <-time.After(time.Minute):
+		t.Errorf("timed out waiting for %s", what)
+	}
+}
+
+// receive returns the value sent on ch, failing the test after a minute without one.
+func receive[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(time.Minute):
+		t.Fatalf("timed out waiting for %s", what)
+		var zero T
+		return zero
+	}
 }

@@ -367,57 +367,108 @@ func TestWindowOverlappingSelections(t *testing.T) {
 	require.Equal(t, []string{"x"}, keysOf(ems[1]))
 }
 
+// collectMoved feeds tr the update of a row of table rel (key id int, body text)
+// that moves it from key 0 to key id without touching its TOASTed body.
+func collectMoved(tr *windowTracker, rel uint32, id int32) {
+	reln := &pglogrepl.RelationMessage{RelationID: rel, Columns: []*pglogrepl.RelationMessageColumn{
+		{Name: "id", DataType: pgtype.Int4OID, Flags: 1}, {Name: "body", DataType: pgtype.TextOID}}}
+	info := &PGTableInfo{PrimaryKey: []string{"id"}}
+	text := strconv.Itoa(int(id))
+	msg := &pglogrepl.UpdateMessage{NewTuple: &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
+		{DataType: pglogrepl.TupleDataTypeText, Data: []byte(text)}, {DataType: pglogrepl.TupleDataTypeToast}}}}
+	tr.touchChange(reln, info, msg, func() (*Change, error) {
+		return &Change{Key: `["` + text + `"]`, OldKey: `["0"]`, Unchanged: []string{"body"}, New: StringMap{"id": id}}, nil
+	})
+}
+
+// movedTexts is rows (watchRows) as record ID -> key texts.
+func movedTexts(rows map[string]movedKey) map[string][]string {
+	out := map[string][]string{}
+	for id, k := range rows {
+		out[id] = k.texts
+	}
+	return out
+}
+
 // TestWatchCountsSnapshots: two snapshots of one table at once share the collection
 // of moved rows; the first to finish must not stop it for the other. Rows are kept
 // by their key columns' texts as pgoutput sent them.
 func TestWatchCountsSnapshots(t *testing.T) {
 	tr := newWindowTracker()
 	const rel, sig = 7, "id int"
-	reln := &pglogrepl.RelationMessage{RelationID: rel, Columns: []*pglogrepl.RelationMessageColumn{
-		{Name: "id", DataType: pgtype.Int4OID, Flags: 1}, {Name: "body", DataType: pgtype.TextOID}}}
-	info := &PGTableInfo{PrimaryKey: []string{"id"}}
-	moved := func(id int32) {
-		text := strconv.Itoa(int(id))
-		msg := &pglogrepl.UpdateMessage{NewTuple: &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
-			{DataType: pglogrepl.TupleDataTypeText, Data: []byte(text)}, {DataType: pglogrepl.TupleDataTypeToast}}}}
-		tr.touchChange(reln, info, msg, func() (*Change, error) {
-			return &Change{Key: `["` + text + `"]`, OldKey: `["0"]`, Unchanged: []string{"body"}, New: StringMap{"id": id}}, nil
-		})
-	}
 	tr.watchStart(rel, sig)
 	tr.watchStart(rel, sig)
-	moved(1)
-	tr.watchStop(rel, sig, true) // the first snapshot ends
-	moved(2)
-	got := tr.watchTake(rel)
-	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, got)
-	tr.watchStop(rel, sig, true) // the second ends: collecting stops
-	moved(3)
-	require.Empty(t, tr.watchTake(rel))
-	require.Empty(t, tr.owed)
+	collectMoved(tr, rel, 1)
+	tr.watchStop(rel) // the first snapshot ends
+	collectMoved(tr, rel, 2)
+	got := tr.watchRows(rel)
+	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, movedTexts(got))
+	tr.watchDone(rel, got) // read again
+	tr.watchStop(rel)      // the second ends: collecting stops
+	collectMoved(tr, rel, 3)
+	require.Empty(t, tr.watchRows(rel))
+	require.Empty(t, tr.moved)
 }
 
 // TestWatchKeepsRowsOfUnfinishedSnapshot: rows a Snapshot did not read again before
-// it returned (taken and given back after a failed re-read, or still collected) are
-// owed to the next Snapshot of the table, unless its key changed meanwhile.
+// it returned (its read failed, or they came after) stay for the next Snapshot of
+// the table, unless its key changed meanwhile; a row collected again while it was
+// being read stays after the read.
 func TestWatchKeepsRowsOfUnfinishedSnapshot(t *testing.T) {
 	tr := newWindowTracker()
 	const rel = 7
 	tr.watchStart(rel, "id int")
-	tr.watch[rel][`["1"]`] = []string{"1"}
-	taken := tr.watchTake(rel)
-	tr.watch[rel][`["2"]`] = []string{"2"}
-	tr.watchReturn(rel, taken) // the re-read failed
-	tr.watchStop(rel, "id int", false)
-	require.Empty(t, tr.watch)
+	collectMoved(tr, rel, 1)
+	require.Len(t, tr.watchRows(rel), 1) // the read of row 1 starts ...
+	collectMoved(tr, rel, 2)
+	tr.watchStop(rel) // ... and fails: nothing was done
+	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, movedTexts(tr.watchRows(rel)))
 	tr.watchStart(rel, "id int")
-	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, tr.watchTake(rel))
-	tr.watch[rel][`["3"]`] = []string{"3"}
-	tr.watchStop(rel, "id int", false)
+	rows := tr.watchRows(rel)
+	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, movedTexts(rows))
+	collectMoved(tr, rel, 1) // moved to key 1 again while being read
+	tr.watchDone(rel, rows)
+	require.Equal(t, map[string][]string{`["1"]`: {"1"}}, movedTexts(tr.watchRows(rel)))
+	collectMoved(tr, rel, 3)
+	tr.watchStop(rel)
 	tr.watchStart(rel, "id bigint") // the key's type changed: its old texts are dropped
-	require.Empty(t, tr.watchTake(rel))
-	tr.watchStop(rel, "id bigint", true)
-	require.Empty(t, tr.owed)
+	require.Empty(t, tr.watchRows(rel))
+	tr.watchStop(rel)
+	require.Empty(t, tr.moved)
+}
+
+// TestWatchRowsStayUntilRead: two Snapshots of one table at once, A and B. A row
+// leaves the shared set only when read again: a Snapshot starting to read it does
+// not take it from the other (B's last look still finds the row A is reading, and
+// reads it itself), and a row that A failed to read stays after B, finished, was the
+// last to stop. (TestSnapshotConcurrentRereadNotLost runs the first case against
+// PostgreSQL.)
+func TestWatchRowsStayUntilRead(t *testing.T) {
+	const rel, sig = 7, "id int"
+	five := map[string][]string{`["5"]`: {"5"}}
+
+	tr := newWindowTracker()
+	tr.watchStart(rel, sig) // A
+	tr.watchStart(rel, sig) // B
+	collectMoved(tr, rel, 5)
+	require.Equal(t, five, movedTexts(tr.watchRows(rel))) // A starts reading row 5
+	b := tr.watchRows(rel)                                // B's last look
+	require.Equal(t, five, movedTexts(b))
+	tr.watchDone(rel, b) // B read it
+	tr.watchStop(rel)    // A's read failed: A ends
+	tr.watchStop(rel)    // B ends
+	require.Empty(t, tr.moved)
+
+	tr = newWindowTracker()
+	tr.watchStart(rel, sig)             // A
+	tr.watchStart(rel, sig)             // B
+	require.Empty(t, tr.watchRows(rel)) // B's last look: B finishes the table
+	collectMoved(tr, rel, 5)            // moved while A runs
+	require.Equal(t, five, movedTexts(tr.watchRows(rel)))
+	tr.watchStop(rel) // A's read failed: A ends
+	tr.watchStop(rel) // B, finished, ends last
+	tr.watchStart(rel, sig)
+	require.Equal(t, five, movedTexts(tr.watchRows(rel)), "the next Snapshot reads row 5")
 }
 
 // TestLostWatermarkNeedsCommitStampAndCompletePoll: a written watermark fails its

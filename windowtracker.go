@@ -27,19 +27,16 @@ type windowTracker struct {
 	// Tests only.
 	forceRetry func(selectionID string) bool
 	lastPrune  time.Time
-	// watch collects, per table being snapshotted, the new keys of key-changing
-	// updates that left TOASTed columns unchanged: the consumer may never have seen
-	// the row under its old key, so the row must be read again (snapshot.go). Each
-	// record ID maps to its key columns in text form (tupleKeyTexts; nil: they could
-	// not be printed), which the query reading the row again binds.
-	watch map[uint32]map[string][]string
-	// owed keeps what watch held for a table when the last Snapshot of it returned
-	// before reading those rows again (an error, a cancelled context): the next
-	// Snapshot of the table by this Syncer reads them after its last chunk.
-	owed map[uint32]owedRereads
-	// watchers counts the snapshots of each table running now (watch is kept while
-	// any runs: two Snapshot calls may read the same table at once).
-	watchers map[uint32]int
+	// moved holds, per table, the rows to read again after a snapshot's last chunk:
+	// the new keys of key-changing updates that left TOASTed columns unchanged,
+	// collected while a Snapshot of the table runs (the consumer may never have seen
+	// the row under its old key, so it must be read again: snapshot.go). A row leaves
+	// only once a Snapshot read it again after it was collected (watchDone), not when
+	// a Snapshot starts reading it: Snapshots of one table running at once share the
+	// set, and the one reading a row may fail after another looked for the last time.
+	// The set outlives the Snapshots that collected it, so what none of them read is
+	// read by the next Snapshot of the table by this Syncer.
+	moved map[uint32]*movedRows
 	// tracked lists tables whose changes are decoded for their keys: every table a
 	// selection or snapshot was ever registered for (sticky, so a table refreshed
 	// regularly keeps exact history; see touchChange).
@@ -86,81 +83,103 @@ type selDone struct {
 }
 
 func newWindowTracker() *windowTracker {
-	return &windowTracker{waiters: map[string]chan selDone{}, watch: map[uint32]map[string][]string{}, watchers: map[uint32]int{},
-		owed: map[uint32]owedRereads{}, tracked: map[uint32]struct{}{}, pending: map[wmKey]pendingWM{}}
+	return &windowTracker{waiters: map[string]chan selDone{}, moved: map[uint32]*movedRows{},
+		tracked: map[uint32]struct{}{}, pending: map[wmKey]pendingWM{}}
 }
 
-// owedRereads are rows of a table still to be read again (windowTracker.owed): record
-// ID -> key texts, and the key they are texts of (keySignature) when collected.
-type owedRereads struct {
-	sig  string
-	keys map[string][]string
+// movedRows are the rows of one table to read again (windowTracker.moved).
+type movedRows struct {
+	// sig is the key (keySignature) whose columns the key texts are of.
+	sig string
+	// keys maps each row's record ID to its key columns in text form
+	// (tupleKeyTexts; nil: they could not be printed), which the query reading the
+	// row again binds, and when it was collected.
+	keys map[string]movedKey
+	// watchers counts the Snapshot calls of the table running now: rows are
+	// collected while there is one.
+	watchers int
+	// seq numbers collections (movedKey.seq).
+	seq uint64
 }
 
-// watchStart starts collecting rows of rel to read again (see watch), starting with
-// the rows owed from an earlier Snapshot of rel unless the table's key (sig:
-// keySignature) changed since.
+// movedKey is one row to read again: its key columns' texts and the number of the
+// collection that put it there (a row moved to the same key again is collected
+// again, with a new number).
+type movedKey struct {
+	texts []string
+	seq   uint64
+}
+
+// watchStart starts collecting rows of rel to read again (see moved) for one Snapshot
+// of rel; rows left by earlier Snapshots are kept unless the table's key (sig:
+// keySignature) changed since they were collected. Snapshots of rel running at once
+// share the rows.
 func (t *windowTracker) watchStart(rel uint32, sig string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.watch[rel] == nil {
-		t.watch[rel] = map[string][]string{}
+	m := t.moved[rel]
+	if m == nil {
+		m = &movedRows{sig: sig, keys: map[string]movedKey{}}
+		t.moved[rel] = m
+	} else if m.watchers == 0 && m.sig != sig {
+		m.sig, m.keys = sig, map[string]movedKey{}
 	}
-	if o, ok := t.owed[rel]; ok {
-		delete(t.owed, rel)
-		if o.sig == sig {
-			for id, k := range o.keys {
-				if _, ok := t.watch[rel][id]; !ok {
-					t.watch[rel][id] = k
-				}
-			}
-		}
-	}
-	t.watchers[rel]++
+	m.watchers++
 	t.tracked[rel] = struct{}{}
 }
 
-// watchTake returns what was collected for rel (record ID -> key columns as text, in
-// primary key order) and keeps collecting.
-func (t *windowTracker) watchTake(rel uint32) map[string][]string {
+// watchRows returns (a copy of) the rows of rel to read again, record ID -> key texts
+// and collection number. They stay in the set until watchDone: a Snapshot whose read
+// fails leaves them to the others and to the next one.
+func (t *windowTracker) watchRows(rel uint32) map[string]movedKey {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := t.watch[rel]
-	if out != nil {
-		t.watch[rel] = map[string][]string{}
+	m := t.moved[rel]
+	if m == nil || len(m.keys) == 0 {
+		return nil
+	}
+	out := make(map[string]movedKey, len(m.keys))
+	for id, k := range m.keys {
+		out[id] = k
 	}
 	return out
 }
 
-// watchReturn gives back rows taken with watchTake that were not read again (the
-// re-read failed): the next watchTake, or the next Snapshot of rel, has them again.
-func (t *windowTracker) watchReturn(rel uint32, keys map[string][]string) {
+// watchDone removes rows returned by watchRows that were read again (or are given
+// up), unless a row was collected again since (a newer collection number): it may
+// have moved after the read.
+func (t *windowTracker) watchDone(rel uint32, rows map[string]movedKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	w := t.watch[rel]
-	if w == nil {
+	m := t.moved[rel]
+	if m == nil {
 		return
 	}
-	for id, k := range keys {
-		if _, ok := w[id]; !ok {
-			w[id] = k
+	for id, k := range rows {
+		if cur, ok := m.keys[id]; ok && cur.seq == k.seq {
+			delete(m.keys, id)
 		}
+	}
+	if m.watchers == 0 && len(m.keys) == 0 {
+		delete(t.moved, rel)
 	}
 }
 
-// watchStop ends one watchStart: collecting for rel stops when no snapshot of it runs.
-// When the last one stops without having finished (complete false), the rows still
-// to read again are kept (owed) for the next Snapshot of rel, with the key signature
-// sig they were collected under.
-func (t *windowTracker) watchStop(rel uint32, sig string, complete bool) {
+// watchStop ends one watchStart: collecting for rel stops when no Snapshot of it
+// runs. Rows not read again stay, whichever Snapshot collected them and however the
+// last one ended, for the next Snapshot of rel.
+func (t *windowTracker) watchStop(rel uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.watchers[rel]--; t.watchers[rel] <= 0 {
-		if w := t.watch[rel]; !complete && len(w) > 0 {
-			t.owed[rel] = owedRereads{sig: sig, keys: w}
-		}
-		delete(t.watchers, rel)
-		delete(t.watch, rel)
+	m := t.moved[rel]
+	if m == nil {
+		return
+	}
+	if m.watchers > 0 {
+		m.watchers--
+	}
+	if m.watchers == 0 && len(m.keys) == 0 {
+		delete(t.moved, rel)
 	}
 }
 
@@ -420,7 +439,8 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 	t.change(reln.RelationID, c.Key, c.OldKey, len(c.Unchanged) > 0)
 	if c.OldKey != "" && len(c.Unchanged) > 0 {
 		t.mu.Lock()
-		watching := t.watch[reln.RelationID] != nil
+		m := t.moved[reln.RelationID]
+		watching := m != nil && m.watchers > 0
 		t.mu.Unlock()
 		if !watching {
 			return
@@ -432,8 +452,9 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 			texts, _ = info.tupleKeyTexts(reln, u.NewTuple, c.New) // nil: logged when read again
 		}
 		t.mu.Lock()
-		if w := t.watch[reln.RelationID]; w != nil {
-			w[c.Key] = texts
+		if m := t.moved[reln.RelationID]; m != nil && m.watchers > 0 {
+			m.seq++
+			m.keys[c.Key] = movedKey{texts: texts, seq: m.seq}
 		}
 		t.mu.Unlock()
 	}
