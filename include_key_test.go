@@ -2,6 +2,8 @@ package dbsync
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,16 +124,28 @@ func TestIncludeColumnsChanges(t *testing.T) {
 		{OpUpdate, "incfull", `["2"]`, `["1"]`, StringMap{"id": int32(1), "n": int32(11), "v": "a"}},
 		{OpDelete, "incfull", `["2"]`, "", StringMap{"id": int32(2), "n": int32(11), "v": "a"}},
 	}, gots)
+	// Each poll sends a table's RELATION message again before its first change there:
+	// how often depends on how the changes fall into polls, so each shape counts once.
+	var relations, rest []string
+	for _, e := range events {
+		if !strings.HasPrefix(e, "RELATION ") {
+			rest = append(rest, e)
+		} else if !slices.Contains(relations, e) {
+			relations = append(relations, e)
+		}
+	}
 	require.Equal(t, []string{
 		`RELATION public.inc (id:integer,n:integer,v:text) key=[id]`,
-		`INSERT inc ["1"]`, `UPDATE inc ["1"]`, `UPDATE inc ["2"]`, `DELETE inc ["2"]`,
 		`RELATION public.incri (id:integer,n:integer,code:text,v:text) key=[code id]`,
-		`INSERT incri ["a","1"]`, `UPDATE incri ["a","1"]`, `UPDATE incri ["b","1"]`, `UPDATE incri ["b","2"]`, `DELETE incri ["b","2"]`,
 		`RELATION public.incdup (id:integer,v:text) key=[id]`,
-		`INSERT incdup ["1"]`, `UPDATE incdup ["2"]`, `DELETE incdup ["2"]`,
 		`RELATION public.incfull (id:integer,n:integer,v:text) key=[id]`,
+	}, relations)
+	require.Equal(t, []string{
+		`INSERT inc ["1"]`, `UPDATE inc ["1"]`, `UPDATE inc ["2"]`, `DELETE inc ["2"]`,
+		`INSERT incri ["a","1"]`, `UPDATE incri ["a","1"]`, `UPDATE incri ["b","1"]`, `UPDATE incri ["b","2"]`, `DELETE incri ["b","2"]`,
+		`INSERT incdup ["1"]`, `UPDATE incdup ["2"]`, `DELETE incdup ["2"]`,
 		`INSERT incfull ["1"]`, `UPDATE incfull ["1"]`, `UPDATE incfull ["2"]`, `DELETE incfull ["2"]`,
-	}, events)
+	}, rest)
 	// The description changes are decoded with agrees with the catalog's.
 	for _, c := range []*Change{ch[0], ch[4], ch[9], ch[12]} {
 		info, err := s.TableInfo(context.Background(), c.Table.TableName)
