@@ -15,12 +15,13 @@ import (
 // publication that publishes them. See "REPLICA IDENTITY" in the ALTER TABLE
 // documentation.
 //
-// With GeneratedKey set, the replica identity is usable but the table's key (its
-// replica identity index, else its primary key: the key record IDs are made of) holds
-// a generated column (GENERATED ALWAYS AS (...) STORED). PostgreSQL 15's pgoutput never
-// sends generated columns, under any replica identity (REPLICA IDENTITY FULL
-// included), so the table's changes carry no whole key: Change.Key is "", and Refresh
-// and Snapshot refuse the table with ErrNoPrimaryKey. A table whose replica identity
+// With GeneratedKey set, the replica identity is usable but the table's key (the key
+// columns of its replica identity index, else of its primary key: the key record IDs
+// are made of) holds a generated column (GENERATED ALWAYS AS (...) STORED); a generated
+// column the index only INCLUDEs is not a key column and is not reported. PostgreSQL
+// 15's pgoutput never sends generated columns, under any replica identity (REPLICA
+// IDENTITY FULL included), so the table's changes carry no whole key: Change.Key is
+// "", and Refresh and Snapshot refuse the table with ErrNoPrimaryKey. A table whose replica identity
 // is unusable is reported for that alone; its key is checked once that is fixed.
 type ReplicaIdentityProblem struct {
 	Schema, Table string

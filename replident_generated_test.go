@@ -94,7 +94,8 @@ func TestReplicaIdentityFullSendsNoGeneratedKey(t *testing.T) {
 // which PostgreSQL 15 accepts when the column is NOT NULL; gnothing: NOTHING, reported
 // for that), and tables with generated columns whose key holds none (gcol: outside the
 // key; gunique: in a unique index that is not the replica identity; gpkbyindex: in the
-// primary key, but the replica identity index keys the rows).
+// primary key, but the replica identity index keys the rows; gincpk, gincidx: only
+// INCLUDEd in the primary key or the replica identity index, not a key column).
 const genKeyTables = `
 CREATE TABLE gpk (a int, g int GENERATED ALWAYS AS (a * 2) STORED, PRIMARY KEY (g));
 CREATE TABLE gpk2 (tenant text, email text, "Lower Email" text GENERATED ALWAYS AS (lower(email)) STORED,
@@ -110,11 +111,16 @@ CREATE TABLE gcol (id int PRIMARY KEY, n int, g int GENERATED ALWAYS AS (n * 2) 
 CREATE TABLE gunique (id int PRIMARY KEY, n int, g int GENERATED ALWAYS AS (n * 2) STORED UNIQUE);
 CREATE TABLE gpkbyindex (a int NOT NULL, g int GENERATED ALWAYS AS (a * 2) STORED, PRIMARY KEY (g));
 CREATE UNIQUE INDEX gpkbyindex_a ON gpkbyindex (a);
-ALTER TABLE gpkbyindex REPLICA IDENTITY USING INDEX gpkbyindex_a`
+ALTER TABLE gpkbyindex REPLICA IDENTITY USING INDEX gpkbyindex_a;
+CREATE TABLE gincpk (id int, a int, g int GENERATED ALWAYS AS (a * 2) STORED, PRIMARY KEY (id) INCLUDE (g));
+CREATE TABLE gincidx (id int PRIMARY KEY, code text NOT NULL, a int, g int GENERATED ALWAYS AS (a * 2) STORED);
+CREATE UNIQUE INDEX gincidx_code ON gincidx (code) INCLUDE (g, a);
+ALTER TABLE gincidx REPLICA IDENTITY USING INDEX gincidx_code`
 
 var genKeyAffected = []string{"gpk", "gpk2", "gfull", "gidx", "gnothing"}
 
-var genKeyUnaffected = map[string][]string{"gcol": {"id"}, "gunique": {"id"}, "gpkbyindex": {"a"}}
+var genKeyUnaffected = map[string][]string{"gcol": {"id"}, "gunique": {"id"}, "gpkbyindex": {"a"},
+	"gincpk": {"id"}, "gincidx": {"code"}}
 
 // TestReplicaIdentityGeneratedKey: CheckReplicaIdentity lists exactly the tables whose
 // key (the one record IDs are made of) holds a generated column, naming the column
@@ -196,7 +202,7 @@ func TestReplicaIdentityGeneratedKeyStrict(t *testing.T) {
 		"FULL was set, and did not help")
 
 	opts[2] = WithPublication(pgtest.Ident(t, "pub2"))
-	s, err := NewSyncer(append(opts, ForTables("gcol", "gunique", "gpkbyindex"))...)
+	s, err := NewSyncer(append(opts, ForTables("gcol", "gunique", "gpkbyindex", "gincpk", "gincidx"))...)
 	require.NoError(t, err)
 	defer s.Close()
 	problems, err := s.CheckReplicaIdentity(t.Context())

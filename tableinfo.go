@@ -62,7 +62,9 @@ type PGTableInfo struct {
 	// of: the replica identity index when the table has one (REPLICA IDENTITY USING
 	// INDEX), even if it also has a primary key, since old-key tuples of changes
 	// (DELETEs, key-changing UPDATEs) hold that index's columns and an UPDATE of
-	// other columns carries none; otherwise the primary key. Empty: the table has no
+	// other columns carries none; otherwise the primary key. Only the index's key
+	// columns (pg_index.indnkeyatts) are listed, not those a covering index INCLUDEs,
+	// which pgoutput neither flags nor sends in old-key tuples. Empty: the table has no
 	// key (changes cannot be given a record ID; see CheckReplicaIdentity), or its key
 	// holds a generated column, which pgoutput does not send (PostgreSQL 15), so
 	// changes carry no whole key either.

@@ -3,10 +3,12 @@
 -- NOTHING, DEFAULT without a primary key, or USING INDEX whose index is gone. Then the
 -- tables whose replica identity is usable but whose key holds a generated column
 -- (generated_key: its first such column by attnum, '' for none). The key is the one
--- sql/table_columns.sql gives dbsync: the replica identity index when there is one,
--- else the primary key. PostgreSQL 15's pgoutput never sends generated columns, so
--- such a table's changes carry no whole key and get no record ID. Only publications
--- that publish updates or deletes are concerned.
+-- sql/table_columns.sql gives dbsync: the key columns (the first indnkeyatts of
+-- indkey, not the columns a covering index INCLUDEs) of the replica identity index
+-- when there is one, else of the primary key. PostgreSQL 15's pgoutput never sends
+-- generated columns, so such a table's changes carry no whole key and get no record
+-- ID; a generated column the index only INCLUDEs is no key column and harms nothing.
+-- Only publications that publish updates or deletes are concerned.
 WITH published AS (
     SELECT pt.schemaname, pt.tablename, c.oid, c.relreplident,
            EXISTS (SELECT 1 FROM pg_catalog.pg_index i
@@ -25,12 +27,13 @@ WITH published AS (
             OR (relreplident = 'd' AND NOT has_pk)
             OR (relreplident = 'i' AND NOT has_replident_index)) AS no_identity,
            COALESCE((SELECT a.attname::text
-                     FROM (SELECT i.indkey FROM pg_catalog.pg_index i
+                     FROM (SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
+                           FROM pg_catalog.pg_index i
                            WHERE i.indrelid = published.oid AND (i.indisprimary OR i.indisreplident)
                            ORDER BY i.indisreplident DESC
                            LIMIT 1) k
                      JOIN pg_catalog.pg_attribute a
-                       ON a.attrelid = published.oid AND a.attnum = ANY (k.indkey::int2[])
+                       ON a.attrelid = published.oid AND a.attnum = ANY (k.attnums)
                      WHERE a.attgenerated <> '' AND NOT a.attisdropped
                      ORDER BY a.attnum
                      LIMIT 1), '') AS generated_key

@@ -3,16 +3,21 @@
 -- identity index when the table has one (REPLICA IDENTITY USING INDEX), even beside
 -- a primary key: pgoutput's old-key tuples (a DELETE's, a key-changing UPDATE's) hold
 -- its columns, so only it makes every key change and delete visible. Otherwise it is
--- the primary key. key_position is the column's 1-based position in that index (0:
--- not a key column). generated: a generated column (attgenerated <> ''), which
--- PostgreSQL 15's pgoutput leaves out of RELATION messages and tuples.
+-- the primary key. Its key columns are the index's first indnkeyatts columns, in key
+-- order: the columns a covering index INCLUDEs follow them in indkey but are not key
+-- columns, and pgoutput neither flags them in RELATION messages nor sends them in
+-- old-key tuples. (indkey::int2[] keeps int2vector's subscripts, which start at 0;
+-- the slice's start at 1.) key_position is the column's 1-based position among the
+-- key columns (0: not a key column, INCLUDEd or not). generated: a generated column
+-- (attgenerated <> ''), which PostgreSQL 15's pgoutput leaves out of RELATION
+-- messages and tuples.
 WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relreplident
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = $1
 ), key AS (
-    SELECT i.indkey
+    SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
     FROM pg_catalog.pg_index i
     WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
     ORDER BY i.indisreplident DESC
@@ -26,7 +31,7 @@ SELECT rel.nspname,
        a.atttypid,
        a.atttypmod,
        a.attnotnull,
-       COALESCE((SELECT k.ord FROM key, unnest(key.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+       COALESCE((SELECT k.ord FROM key, unnest(key.attnums) WITH ORDINALITY AS k(attnum, ord)
                  WHERE k.attnum = a.attnum), 0),
        a.attgenerated <> ''
 FROM rel
