@@ -247,3 +247,34 @@ func TestIncludeColumnsRefreshSnapshot(t *testing.T) {
 	require.Empty(t, mismatches(h.tableRows("public.inc"), dbRows(t, d.DB, "inc")))
 	require.Empty(t, mismatches(h.tableRows("public.incri"), dbRows(t, d.DB, "incri")))
 }
+
+// TestRepeatedKeyColumn: a unique index may list a column twice (PostgreSQL accepts
+// (code, code, id)); as a replica identity index its key is (code, id), each column
+// once, in the order of first appearance (the catalog query used to fail with 21000,
+// "more than one row returned by a subquery", and would have left a gap). Changes
+// through a running Syncer carry record IDs of that key.
+func TestRepeatedKeyColumn(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE rep (id int PRIMARY KEY, code text NOT NULL, v text)`,
+		`CREATE UNIQUE INDEX rep_key ON rep (code, code, id)`,
+		`ALTER TABLE rep REPLICA IDENTITY USING INDEX rep_key`)
+	require.Equal(t, []string{"2 2 1"}, pgtest.Strings(t, d.DB, `SELECT indkey::text FROM pg_index WHERE indexrelid = 'rep_key'::regclass`), "the fixture's index")
+	rec := &changeRecorder{}
+	s := newTestSyncer(t, d, ForTables("rep"), WithMessageHandler(rec))
+	info, err := s.TableInfo(context.Background(), "rep")
+	require.NoError(t, err)
+	require.Equal(t, []string{"code", "id"}, info.PrimaryKey)
+	require.Equal(t, 1, info.ColInfo["code"].KeyPosition)
+	require.Equal(t, 2, info.ColInfo["id"].KeyPosition)
+	require.Equal(t, 0, info.ColInfo["v"].KeyPosition)
+	r := runInBackground(s)
+	defer r.stop(t)
+	execAll(t, d.DB, `INSERT INTO rep VALUES (1, 'a', 'x')`, `UPDATE rep SET code = 'b' WHERE id = 1`, `DELETE FROM rep WHERE id = 1`)
+	waitForChanges(t, rec, r, 3)
+	ch, _ := rec.snapshot()
+	var keys []string
+	for _, c := range ch {
+		keys = append(keys, string(c.Op)+" "+c.Key+" "+c.OldKey)
+	}
+	require.Equal(t, []string{`insert ["a","1"] `, `update ["b","1"] ["a","1"]`, `delete ["b","1"] `}, keys)
+}

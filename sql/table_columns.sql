@@ -8,7 +8,9 @@
 -- columns, and pgoutput neither flags them in RELATION messages nor sends them in
 -- old-key tuples. (indkey::int2[] keeps int2vector's subscripts, which start at 0;
 -- the slice's start at 1.) key_position is the column's 1-based position among the
--- key columns (0: not a key column, INCLUDEd or not). generated: a generated column
+-- key columns (0: not a key column, INCLUDEd or not); a column an index lists twice
+-- ((code, code, id): PostgreSQL accepts it) counts once, at its first place, so the
+-- positions have no gaps. generated: a generated column
 -- (attgenerated <> ''), which PostgreSQL 15's pgoutput leaves out of RELATION
 -- messages and tuples.
 WITH rel AS (
@@ -31,7 +33,10 @@ SELECT rel.nspname,
        a.atttypid,
        a.atttypmod,
        a.attnotnull,
-       COALESCE((SELECT k.ord FROM key, unnest(key.attnums) WITH ORDINALITY AS k(attnum, ord)
+       COALESCE((SELECT k.pos
+                 FROM (SELECT u.attnum, row_number() OVER (ORDER BY min(u.ord)) AS pos
+                       FROM key, unnest(key.attnums) WITH ORDINALITY AS u(attnum, ord)
+                       GROUP BY u.attnum) AS k
                  WHERE k.attnum = a.attnum), 0),
        a.attgenerated <> ''
 FROM rel
