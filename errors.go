@@ -99,6 +99,19 @@ var (
 	// CASCADE). Fix: point DBSYNC_CTRL_NAMESPACE (WithCtrlNamespace) at dbsync's own
 	// schema, or move or drop the other objects and run teardown again.
 	ErrCtrlSchemaNotEmpty = errors.New("dbsync: control schema holds objects dbsync did not create")
+	// ErrEncoding: PostgreSQL could not convert a value of a change (or of a selected
+	// row) to the connection's client_encoding, UTF8 (SQLSTATE 22021
+	// character_not_in_repertoire or 22P05 untranslatable_character). pgoutput
+	// converts every text value it sends to the client encoding, and lib/pq and pgx
+	// speak UTF8 only. The usual cause is a SQL_ASCII database holding bytes that are
+	// not UTF-8, which PostgreSQL stores unchecked. The slot cannot be read past that
+	// change (the peek fails as a whole, so the changes before it in the same poll are
+	// not delivered either, and nothing is forwarded): store valid UTF-8 from now on,
+	// and move the slot past that transaction yourself, which loses it to dbsync: in
+	// a session with SET client_encoding = 'SQL_ASCII', pg_logical_slot_peek_binary_changes
+	// shows the lsn of its COMMIT row ('C'), and pg_replication_slot_advance(slot,
+	// that lsn) skips it (TestSQLASCIIEncodingError does exactly this).
+	ErrEncoding = errors.New("dbsync: text not convertible to the client encoding")
 )
 
 // serverError returns the SQLSTATE and primary message of a server error in err's
@@ -168,6 +181,8 @@ func classify(err error, what string) error {
 		if contains(msg, "recovery") {
 			named = ErrInRecovery
 		}
+	case "22021", "22P05":
+		named = ErrEncoding
 	}
 	if named == nil {
 		return fmt.Errorf("%s: %w", what, err)
@@ -189,6 +204,8 @@ func wrapNamed(named error, what string, err error) error {
 		remedy = "make sure only one process drives this slot: "
 	case ErrInRecovery:
 		remedy = "connect to the primary: "
+	case ErrEncoding:
+		remedy = "a value is not valid in the client encoding UTF8 (a SQL_ASCII database holding other bytes?) and dbsync cannot read past it; store valid UTF-8, and skip that transaction with pg_replication_slot_advance to its COMMIT's lsn, found by peeking the slot with client_encoding SQL_ASCII (see dbsync.ErrEncoding): "
 	}
 	return fmt.Errorf("%w: %s: %s%w", named, what, remedy, err)
 }

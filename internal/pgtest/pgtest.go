@@ -413,6 +413,19 @@ func NewDatabase(t testing.TB) *Database {
 // NewDatabase creates a fresh database on s named after t.Name(); see the package function.
 func (s *Server) NewDatabase(t testing.TB) *Database {
 	t.Helper()
+	return s.newDatabase(t, "")
+}
+
+// NewDatabaseWithEncoding is NewDatabase with the given server encoding (e.g.
+// "SQL_ASCII", "LATIN1"), copied from template0 with the C locale, which every
+// encoding accepts.
+func (s *Server) NewDatabaseWithEncoding(t testing.TB, encoding string) *Database {
+	t.Helper()
+	return s.newDatabase(t, " ENCODING "+pq.QuoteLiteral(encoding)+" TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+}
+
+func (s *Server) newDatabase(t testing.TB, options string) *Database {
+	t.Helper()
 	name := Ident(t, "")
 	name = fmt.Sprintf("%s_%d_%d", name, os.Getpid()%10000, s.dbSeq.Add(1))
 	admin, err := sql.Open("postgres", s.DSN("postgres"))
@@ -420,7 +433,7 @@ func (s *Server) NewDatabase(t testing.TB) *Database {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	if _, err := admin.Exec("CREATE DATABASE " + pq.QuoteIdentifier(name)); err != nil {
+	if _, err := admin.Exec("CREATE DATABASE " + pq.QuoteIdentifier(name) + options); err != nil {
 		t.Fatalf("pgtest: create database %s: %v", name, err)
 	}
 	db, err := sql.Open("postgres", s.DSN(name))
