@@ -208,10 +208,10 @@ func catalogRelation(ctx context.Context, db *sql.DB, relID uint32) (*pglogrepl.
 	found := false
 	for rows.Next() {
 		var ident string
-		var attnum, keyPos int
+		var attnum, keyPos, droppedBefore int
 		var notNull, generated bool
 		col := &pglogrepl.RelationMessageColumn{}
-		if err := rows.Scan(&reln.Namespace, &reln.RelationName, &ident, &col.Name, &attnum, &col.DataType, &col.TypeModifier, &notNull, &keyPos, &generated); err != nil {
+		if err := rows.Scan(&reln.Namespace, &reln.RelationName, &ident, &col.Name, &attnum, &col.DataType, &col.TypeModifier, &notNull, &keyPos, &generated, &droppedBefore); err != nil {
 			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
 		}
 		found = true
@@ -268,6 +268,10 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 	}
 	cat := map[string]catCol{}
 	var keys []string
+	// keyPlaces[i] is the place of keys[i] among the live columns that are not
+	// generated (pgoutput's columns), -1 when a dropped column precedes it.
+	var keyPlaces []int
+	live := 0
 	var ident, nsp, rel, generatedKey string
 	for rows.Next() {
 		var name string
@@ -275,7 +279,8 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 		var typid uint32
 		var typmod int32
 		var generated bool
-		if err := rows.Scan(&nsp, &rel, &ident, &name, &cc.attnum, &typid, &typmod, &cc.notNull, &cc.keyPos, &generated); err != nil {
+		var droppedBefore int
+		if err := rows.Scan(&nsp, &rel, &ident, &name, &cc.attnum, &typid, &typmod, &cc.notNull, &cc.keyPos, &generated, &droppedBefore); err != nil {
 			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
 		}
 		cat[name] = cc
@@ -285,8 +290,15 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 		if cc.keyPos > 0 {
 			for len(keys) < cc.keyPos {
 				keys = append(keys, "")
+				keyPlaces = append(keyPlaces, -1)
 			}
 			keys[cc.keyPos-1] = name
+			if droppedBefore == 0 && !generated {
+				keyPlaces[cc.keyPos-1] = live
+			}
+		}
+		if !generated {
+			live++
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -310,6 +322,19 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 	for _, k := range keys {
 		if k == "" || info.ColInfo[k] == nil {
 			complete = false
+		}
+	}
+	if len(keys) > 0 && (reln.ReplicaIdentity == 'f' || !anyFlagged(reln)) {
+		// The message does not say which columns are the key (FULL flags every column,
+		// NOTHING or a table without a key then none), so the catalog's key is found
+		// in it, by place where that is certain: this shape may be older than the
+		// columns' names (RENAME COLUMN since; two columns may even have swapped
+		// names). Columns are never renumbered, and pgoutput lists them in attnum
+		// order, so a key column with no dropped column before it is at the place of
+		// its attnum among the live columns in every message of the table (columns
+		// added since come after it). Otherwise by name, as above.
+		if byPlace, ok := keyColumnsByPlace(reln, keyPlaces); ok {
+			keys, complete = byPlace, true
 		}
 	}
 	// The RELATION message flags the replica identity's columns as they were when its
@@ -355,6 +380,30 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 		}
 	}
 	return info, nil
+}
+
+// anyFlagged tells whether reln flags any column as part of the replica identity.
+func anyFlagged(reln *pglogrepl.RelationMessage) bool {
+	for _, c := range reln.Columns {
+		if c.Flags&1 != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// keyColumnsByPlace names the key columns of reln found at places (loadTableInfo's
+// keyPlaces); false when a place is unknown (-1) or past reln's columns (a key column
+// added after this message was written).
+func keyColumnsByPlace(reln *pglogrepl.RelationMessage, places []int) ([]string, bool) {
+	out := make([]string, len(places))
+	for i, p := range places {
+		if p < 0 || p >= len(reln.Columns) {
+			return nil, false
+		}
+		out[i] = reln.Columns[p].Name
+	}
+	return out, true
 }
 
 // tableInfoFromRelation describes a table from its RELATION message alone (used when the
