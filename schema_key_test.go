@@ -1,7 +1,9 @@
 package dbsync
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/stretchr/testify/require"
@@ -86,4 +88,58 @@ func TestFullIdentityKeyAfterDroppedColumn(t *testing.T) {
 	got, _ := rec.snapshot()
 	require.Equal(t, []string{`insert fd  `, `insert fd ["2"] `}, keyedChanges(got))
 	require.Empty(t, got[0].Table.PrimaryKey)
+}
+
+// TestKeyChangedWithSameRelation: a running Syncer describes each RELATION shape once.
+// Under REPLICA IDENTITY FULL the message is the same before and after the primary key
+// moves to other columns (every column flagged either way), so the description cached
+// before the change kept keying the table's changes by the old key, while Refresh,
+// Snapshot, TableInfo and any new Syncer key them by the new one: the same row got two
+// record IDs. Shapes whose message does not name the key are checked against the
+// catalog at each RELATION message (once per table and poll, and after DDL).
+func TestKeyChangedWithSameRelation(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE fk (id int PRIMARY KEY, code text NOT NULL, v text)`)
+	rec := &changeRecorder{}
+	s := newTestSyncer(t, d, ForTables("fk"), WithReplicaIdentityFull("fk"), WithMessageHandler(rec))
+	r := runInBackground(s)
+	defer r.stop(t)
+	execAll(t, d.DB, `INSERT INTO fk VALUES (1, 'a', 'x'), (2, 'b', 'y')`)
+	waitForChanges(t, rec, r, 2)
+	execAll(t, d.DB, `ALTER TABLE fk DROP CONSTRAINT fk_pkey, ADD PRIMARY KEY (code)`,
+		`UPDATE fk SET v = 'z' WHERE code = 'a'`, `DELETE FROM fk WHERE code = 'b'`)
+	waitForChanges(t, rec, r, 4)
+	got, _ := rec.snapshot()
+	require.Equal(t, []string{`insert fk ["1"] `, `insert fk ["2"] `, `update fk ["a"] `, `delete fk ["b"] `}, keyedChanges(got))
+	info, err := s.TableInfo(context.Background(), "fk")
+	require.NoError(t, err)
+	require.Equal(t, []string{"code"}, info.PrimaryKey)
+	require.Equal(t, info.PrimaryKey, got[3].Table.PrimaryKey, "changes and selections key the table alike")
+}
+
+// TestKeyAddedAfterErrNoKey: a change of a table without a key stops a Syncer with a
+// Batcher (ErrNoKey: "add a primary key"). Once the key is added, running the same
+// Syncer again delivers the change, keyed by it, as a new Syncer would: the change's
+// RELATION message (written before the key existed, so it flags no column) used to
+// stay described as keyless, and the Syncer failed on it at every run.
+func TestKeyAddedAfterErrNoKey(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE nk (a int NOT NULL, b text)`)
+	rec := &changeRecorder{}
+	s := newTestSyncer(t, d, ForTables("nk"), WithMessageHandler(rec))
+	b := &mergeBatcher{}
+	s.Batcher = b
+	execAll(t, d.DB, `INSERT INTO nk VALUES (1, 'x')`)
+	err := runInBackground(s).wait(t, 30*time.Second)
+	require.ErrorIs(t, err, ErrNoKey)
+	execAll(t, d.DB, `ALTER TABLE nk ADD PRIMARY KEY (a)`, `UPDATE nk SET b = 'y'`)
+	r := runInBackground(s)
+	defer r.stop(t)
+	waitForChanges(t, rec, r, 2)
+	got, _ := rec.snapshot()
+	require.Equal(t, []string{`insert nk ["1"] `, `update nk ["1"] `}, keyedChanges(got))
+	waitCaughtUp(t, d.DB, pgtest.Ident(t, "slot"))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	require.Equal(t, map[string]StringMap{`public.nk ["1"]`: {"a": int32(1), "b": "y"}}, b.store)
 }
