@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/jackc/pglogrepl"
@@ -101,7 +102,9 @@ const maxShapes = 4
 
 // tableCache caches PGTableInfo per relation ID and RELATION shape, and pg_type rows per
 // type OID. RELATION messages arrive before the first change of each table in every
-// poll; the catalog is read only when a relation shape is new.
+// poll; the catalog is read only when a relation shape is new, or, for a shape whose
+// message does not name the key (REPLICA IDENTITY FULL flags every column), to check
+// that key (one query per such table and poll: forRelation).
 type tableCache struct {
 	db      *sql.DB
 	mu      sync.Mutex
@@ -125,23 +128,43 @@ func newTableCache(db *sql.DB) *tableCache {
 }
 
 // forRelation returns the table info for a RELATION message, reading the catalog when
-// this shape of the relation was not seen before.
+// this shape of the relation was not seen before, or when the message does not name
+// the key (keyFromCatalog): then the catalog's key is checked again, since it can
+// change while the message stays the same.
 func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
 	c.mu.Lock()
+	var hit *PGTableInfo
 	for _, info := range c.shapes[reln.RelationID] {
 		if sameRelation(info.reln, reln) {
-			c.current[reln.RelationID] = info
-			c.mu.Unlock()
-			return info, nil
+			hit = info
+			break
 		}
 	}
+	if hit != nil && !keyFromCatalog(reln) {
+		c.current[reln.RelationID] = hit
+		c.mu.Unlock()
+		return hit, nil
+	}
 	c.mu.Unlock()
-	info, err := c.load(ctx, reln)
+	var info *PGTableInfo
+	var err error
+	if hit != nil {
+		info, err = c.recheckKey(ctx, hit, reln)
+	} else {
+		info, err = c.load(ctx, reln)
+	}
 	if err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
-	s := append([]*PGTableInfo{info}, c.shapes[reln.RelationID]...)
+	s := c.shapes[reln.RelationID]
+	if hit != nil {
+		s = slices.Clone(s)
+		if i := slices.Index(s, hit); i >= 0 {
+			s = slices.Delete(s, i, i+1)
+		}
+	}
+	s = append([]*PGTableInfo{info}, s...)
 	if len(s) > maxShapes {
 		s = s[:maxShapes]
 	}
@@ -149,6 +172,37 @@ func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMe
 	c.current[reln.RelationID] = info
 	c.mu.Unlock()
 	return info, nil
+}
+
+// keyFromCatalog tells whether reln leaves the key to the catalog: it flags every
+// column (REPLICA IDENTITY FULL) or none (NOTHING, or no key when it was written).
+// Otherwise its flagged columns are the key's (loadTableInfo), whatever the catalog
+// says later.
+func keyFromCatalog(reln *pglogrepl.RelationMessage) bool {
+	return reln.ReplicaIdentity == 'f' || !anyFlagged(reln)
+}
+
+// recheckKey reads the key of a relation whose RELATION message was described before
+// (cached) again: the primary key may have moved to other columns, or been added, with
+// the message unchanged (keyFromCatalog). It returns cached when the key is the same
+// (or the table is gone: changes of a dropped table keep the description they had),
+// else a description with the new key and cached's column types.
+func (c *tableCache) recheckKey(ctx context.Context, cached *PGTableInfo, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
+	fresh, err := loadTableInfo(ctx, c.db, reln)
+	if errors.Is(err, ErrUnknownRelation) {
+		return cached, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if slices.Equal(fresh.PrimaryKey, cached.PrimaryKey) && fresh.generatedKey == cached.generatedKey {
+		return cached, nil
+	}
+	for i, col := range fresh.Columns { // the same message: the same columns and types
+		old := cached.Columns[i]
+		col.ColumnType, col.TypeName, col.dec = old.ColumnType, old.TypeName, old.dec
+	}
+	return fresh, nil
 }
 
 // get returns the info of the last RELATION message seen for a relation ID (nil if none).
