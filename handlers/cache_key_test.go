@@ -19,16 +19,20 @@ import (
 //   - ren: the key column is renamed: the rows keep their record IDs (the same values).
 //   - added: the key moves to a column added since (bigserial: the table is rewritten,
 //     which is not decoded), so rows cached before lack it and cannot be keyed: they
-//     leave the Cache instead of staying under IDs no change
+//     leave the Cache (Stats().UnkeyedRows) instead of staying under IDs no change
 //     names; a Snapshot brings them back, and the Cache equals the tables.
+//   - quiet: the primary key moves from id to code and the table does not change
+//     afterwards, so no RELATION message tells the Cache; the Snapshot's rows, keyed
+//     by code, key the cached rows again instead of adding a second copy of each.
 func TestCacheKeyChangesPostgres(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	_, err := d.DB.Exec(`CREATE TABLE pk (id int PRIMARY KEY, code text NOT NULL, v text);
 		CREATE TABLE ren (id int PRIMARY KEY, v text);
-		CREATE TABLE added (id int PRIMARY KEY, v text)`)
+		CREATE TABLE added (id int PRIMARY KEY, v text);
+		CREATE TABLE quiet (id int PRIMARY KEY, code text NOT NULL)`)
 	require.NoError(t, err)
 	c := NewCache()
-	s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("pk", "ren", "added"),
+	s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("pk", "ren", "added", "quiet"),
 		dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
 		dbsync.WithMessageHandler(c), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
 	require.NoError(t, err)
@@ -61,6 +65,7 @@ func TestCacheKeyChangesPostgres(t *testing.T) {
 		`INSERT INTO pk VALUES (1, 'a', 'x'), (2, 'b', 'y'), (3, 'c', 'w')`,
 		`INSERT INTO ren VALUES (1, 'x'), (2, 'y')`,
 		`INSERT INTO added VALUES (1, 'x')`,
+		`INSERT INTO quiet VALUES (1, 'a'), (2, 'b')`,
 	} {
 		_, err := d.DB.Exec(q)
 		require.NoError(t, err, q)
@@ -75,6 +80,7 @@ func TestCacheKeyChangesPostgres(t *testing.T) {
 		`ALTER TABLE added ADD COLUMN n bigserial`,
 		`ALTER TABLE added DROP CONSTRAINT added_pkey, ADD PRIMARY KEY (n)`,
 		`INSERT INTO added (id, v) VALUES (2, 'y')`,
+		`ALTER TABLE quiet DROP CONSTRAINT quiet_pkey, ADD PRIMARY KEY (code)`,
 	} {
 		_, err := d.DB.Exec(q)
 		require.NoError(t, err, q)
@@ -92,9 +98,14 @@ func TestCacheKeyChangesPostgres(t *testing.T) {
 		"public.added": {
 			`["2"]`: {"id": int32(2), "v": "y", "n": int64(2)},
 		},
+		"public.quiet": {
+			`["1"]`: {"id": int32(1), "code": "a"},
+			`["2"]`: {"id": int32(2), "code": "b"},
+		},
 	}, c.Snapshot())
+	require.Equal(t, int64(1), c.Stats().UnkeyedRows)
 
-	require.NoError(t, s.Snapshot(ctx, "pk", "ren", "added"))
+	require.NoError(t, s.Snapshot(ctx, "pk", "ren", "added", "quiet"))
 	require.Equal(t, map[string]map[string]dbsync.StringMap{
 		"public.pk": {
 			`["a"]`: {"id": int32(1), "code": "a", "v": "z"},
@@ -107,6 +118,10 @@ func TestCacheKeyChangesPostgres(t *testing.T) {
 		"public.added": {
 			`["1"]`: {"id": int32(1), "v": "x", "n": int64(1)},
 			`["2"]`: {"id": int32(2), "v": "y", "n": int64(2)},
+		},
+		"public.quiet": {
+			`["a"]`: {"id": int32(1), "code": "a"},
+			`["b"]`: {"id": int32(2), "code": "b"},
 		},
 	}, c.Snapshot(), "after a Snapshot the Cache equals SELECT * of each table")
 	cancel()
