@@ -90,7 +90,12 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //     name. A table that takes over a name another relation held (dropped or renamed
 //     since) starts empty;
 //   - DROP TABLE is not decoded: the table's rows stay in the Cache (in memory, out
-//     of sight once another table takes the name).
+//     of sight once another table takes the name);
+//   - a new key (the primary key moved to other columns, another replica identity
+//     index), from its first RELATION message, change or refresh row: the cached rows
+//     are keyed again from their values (a renamed key column keeps their IDs); rows
+//     lacking a column of the new key (one added since they were cached) leave the
+//     Cache, counted in Stats().UnkeyedRows: Snapshot the table to get them back.
 type Cache struct {
 	dbsync.DefaultMessageHandler
 
