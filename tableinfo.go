@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/jackc/pglogrepl"
@@ -101,7 +102,9 @@ const maxShapes = 4
 
 // tableCache caches PGTableInfo per relation ID and RELATION shape, and pg_type rows per
 // type OID. RELATION messages arrive before the first change of each table in every
-// poll; the catalog is read only when a relation shape is new.
+// poll; the catalog is read only when a relation shape is new, or, for a shape whose
+// message does not name the key (REPLICA IDENTITY FULL flags every column), to check
+// that key (one query per such table and poll: forRelation).
 type tableCache struct {
 	db      *sql.DB
 	mu      sync.Mutex
@@ -125,23 +128,43 @@ func newTableCache(db *sql.DB) *tableCache {
 }
 
 // forRelation returns the table info for a RELATION message, reading the catalog when
-// this shape of the relation was not seen before.
+// this shape of the relation was not seen before, or when the message does not name
+// the key (keyFromCatalog): then the catalog's key is checked again, since it can
+// change while the message stays the same.
 func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
 	c.mu.Lock()
+	var hit *PGTableInfo
 	for _, info := range c.shapes[reln.RelationID] {
 		if sameRelation(info.reln, reln) {
-			c.current[reln.RelationID] = info
-			c.mu.Unlock()
-			return info, nil
+			hit = info
+			break
 		}
 	}
+	if hit != nil && !keyFromCatalog(reln) {
+		c.current[reln.RelationID] = hit
+		c.mu.Unlock()
+		return hit, nil
+	}
 	c.mu.Unlock()
-	info, err := c.load(ctx, reln)
+	var info *PGTableInfo
+	var err error
+	if hit != nil {
+		info, err = c.recheckKey(ctx, hit, reln)
+	} else {
+		info, err = c.load(ctx, reln)
+	}
 	if err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
-	s := append([]*PGTableInfo{info}, c.shapes[reln.RelationID]...)
+	s := c.shapes[reln.RelationID]
+	if hit != nil {
+		s = slices.Clone(s)
+		if i := slices.Index(s, hit); i >= 0 {
+			s = slices.Delete(s, i, i+1)
+		}
+	}
+	s = append([]*PGTableInfo{info}, s...)
 	if len(s) > maxShapes {
 		s = s[:maxShapes]
 	}
@@ -149,6 +172,37 @@ func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMe
 	c.current[reln.RelationID] = info
 	c.mu.Unlock()
 	return info, nil
+}
+
+// keyFromCatalog tells whether reln leaves the key to the catalog: it flags every
+// column (REPLICA IDENTITY FULL) or none (NOTHING, or no key when it was written).
+// Otherwise its flagged columns are the key's (loadTableInfo), whatever the catalog
+// says later.
+func keyFromCatalog(reln *pglogrepl.RelationMessage) bool {
+	return reln.ReplicaIdentity == 'f' || !anyFlagged(reln)
+}
+
+// recheckKey reads the key of a relation whose RELATION message was described before
+// (cached) again: the primary key may have moved to other columns, or been added, with
+// the message unchanged (keyFromCatalog). It returns cached when the key is the same
+// (or the table is gone: changes of a dropped table keep the description they had),
+// else a description with the new key and cached's column types.
+func (c *tableCache) recheckKey(ctx context.Context, cached *PGTableInfo, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
+	fresh, err := loadTableInfo(ctx, c.db, reln)
+	if errors.Is(err, ErrUnknownRelation) {
+		return cached, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if slices.Equal(fresh.PrimaryKey, cached.PrimaryKey) && fresh.generatedKey == cached.generatedKey {
+		return cached, nil
+	}
+	for i, col := range fresh.Columns { // the same message: the same columns and types
+		old := cached.Columns[i]
+		col.ColumnType, col.TypeName, col.dec = old.ColumnType, old.TypeName, old.dec
+	}
+	return fresh, nil
 }
 
 // get returns the info of the last RELATION message seen for a relation ID (nil if none).
@@ -208,10 +262,10 @@ func catalogRelation(ctx context.Context, db *sql.DB, relID uint32) (*pglogrepl.
 	found := false
 	for rows.Next() {
 		var ident string
-		var attnum, keyPos int
+		var attnum, keyPos, droppedBefore int
 		var notNull, generated bool
 		col := &pglogrepl.RelationMessageColumn{}
-		if err := rows.Scan(&reln.Namespace, &reln.RelationName, &ident, &col.Name, &attnum, &col.DataType, &col.TypeModifier, &notNull, &keyPos, &generated); err != nil {
+		if err := rows.Scan(&reln.Namespace, &reln.RelationName, &ident, &col.Name, &attnum, &col.DataType, &col.TypeModifier, &notNull, &keyPos, &generated, &droppedBefore); err != nil {
 			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
 		}
 		found = true
@@ -268,6 +322,10 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 	}
 	cat := map[string]catCol{}
 	var keys []string
+	// keyPlaces[i] is the place of keys[i] among the live columns that are not
+	// generated (pgoutput's columns), -1 when a dropped column precedes it.
+	var keyPlaces []int
+	live := 0
 	var ident, nsp, rel, generatedKey string
 	for rows.Next() {
 		var name string
@@ -275,7 +333,8 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 		var typid uint32
 		var typmod int32
 		var generated bool
-		if err := rows.Scan(&nsp, &rel, &ident, &name, &cc.attnum, &typid, &typmod, &cc.notNull, &cc.keyPos, &generated); err != nil {
+		var droppedBefore int
+		if err := rows.Scan(&nsp, &rel, &ident, &name, &cc.attnum, &typid, &typmod, &cc.notNull, &cc.keyPos, &generated, &droppedBefore); err != nil {
 			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
 		}
 		cat[name] = cc
@@ -285,8 +344,15 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 		if cc.keyPos > 0 {
 			for len(keys) < cc.keyPos {
 				keys = append(keys, "")
+				keyPlaces = append(keyPlaces, -1)
 			}
 			keys[cc.keyPos-1] = name
+			if droppedBefore == 0 && !generated {
+				keyPlaces[cc.keyPos-1] = live
+			}
+		}
+		if !generated {
+			live++
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -310,6 +376,19 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 	for _, k := range keys {
 		if k == "" || info.ColInfo[k] == nil {
 			complete = false
+		}
+	}
+	if len(keys) > 0 && (reln.ReplicaIdentity == 'f' || !anyFlagged(reln)) {
+		// The message does not say which columns are the key (FULL flags every column,
+		// NOTHING or a table without a key then none), so the catalog's key is found
+		// in it, by place where that is certain: this shape may be older than the
+		// columns' names (RENAME COLUMN since; two columns may even have swapped
+		// names). Columns are never renumbered, and pgoutput lists them in attnum
+		// order, so a key column with no dropped column before it is at the place of
+		// its attnum among the live columns in every message of the table (columns
+		// added since come after it). Otherwise by name, as above.
+		if byPlace, ok := keyColumnsByPlace(reln, keyPlaces); ok {
+			keys, complete = byPlace, true
 		}
 	}
 	// The RELATION message flags the replica identity's columns as they were when its
@@ -355,6 +434,30 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 		}
 	}
 	return info, nil
+}
+
+// anyFlagged tells whether reln flags any column as part of the replica identity.
+func anyFlagged(reln *pglogrepl.RelationMessage) bool {
+	for _, c := range reln.Columns {
+		if c.Flags&1 != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// keyColumnsByPlace names the key columns of reln found at places (loadTableInfo's
+// keyPlaces); false when a place is unknown (-1) or past reln's columns (a key column
+// added after this message was written).
+func keyColumnsByPlace(reln *pglogrepl.RelationMessage, places []int) ([]string, bool) {
+	out := make([]string, len(places))
+	for i, p := range places {
+		if p < 0 || p >= len(reln.Columns) {
+			return nil, false
+		}
+		out[i] = reln.Columns[p].Name
+	}
+	return out, true
 }
 
 // tableInfoFromRelation describes a table from its RELATION message alone (used when the

@@ -3,6 +3,7 @@ package handlers
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/dbsync/dbsync"
@@ -89,7 +90,12 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //     name. A table that takes over a name another relation held (dropped or renamed
 //     since) starts empty;
 //   - DROP TABLE is not decoded: the table's rows stay in the Cache (in memory, out
-//     of sight once another table takes the name).
+//     of sight once another table takes the name);
+//   - a new key (the primary key moved to other columns, another replica identity
+//     index), from its first RELATION message, change or refresh row: the cached rows
+//     are keyed again from their values (a renamed key column keeps their IDs); rows
+//     lacking a column of the new key (one added since they were cached) leave the
+//     Cache, counted in Stats().UnkeyedRows: Snapshot the table to get them back.
 type Cache struct {
 	dbsync.DefaultMessageHandler
 
@@ -108,7 +114,9 @@ type cacheTable struct {
 	// cached rows follow: a RELATION message's or a change's, or a refresh row's table
 	// until one of those comes (nil: none yet).
 	info, shape *dbsync.PGTableInfo
-	rows        map[string]dbsync.StringMap
+	// key is the key the rows are keyed by (nil: none yet).
+	key  []string
+	rows map[string]dbsync.StringMap
 }
 
 // cacheTx is the transaction being received: between BEGIN and COMMIT.
@@ -143,6 +151,10 @@ type CacheStats struct {
 	// DroppedColumns counts columns removed from a table's cached rows because a
 	// RELATION message of the table no longer had them (ALTER TABLE ... DROP COLUMN).
 	DroppedColumns int64
+	// UnkeyedRows counts cached rows removed because the table's key changed and they
+	// could not be keyed by the new one (it holds a column added since they were
+	// cached): Snapshot the table to get them back.
+	UnkeyedRows int64
 	// LastCommitLSN is the commit LSN (CommitMessage.CommitLSN) of the last applied
 	// transaction.
 	LastCommitLSN pglogrepl.LSN
@@ -375,10 +387,12 @@ func (c *Cache) table(oid uint32, name string) *cacheTable {
 	return t
 }
 
-// reshape makes info the table's shape: columns of the previous shape that info no
+// reshape makes info the table's shape: when its key is not the previous shape's, the
+// cached rows are keyed again (rekey); columns of the previous shape that info no
 // longer has are removed from every cached row. c.mu is held.
 func (c *Cache) reshape(t *cacheTable, info *dbsync.PGTableInfo) {
 	t.info = info
+	c.rekey(t, t.shape, info)
 	if info == t.shape {
 		return
 	}
@@ -399,6 +413,76 @@ func (c *Cache) reshape(t *cacheTable, info *dbsync.PGTableInfo) {
 		}
 	}
 	t.shape = info
+}
+
+// rekey keys the cached rows of t by info's key when it is not prev's (ALTER TABLE ...
+// DROP CONSTRAINT, ADD PRIMARY KEY; REPLICA IDENTITY USING INDEX of another index):
+// changes from now on carry record IDs of the new key, and a row left under its old ID
+// would never be updated or deleted again. Where the new key's columns are columns of
+// prev, each row's new ID is made from its values; a row without them all (an
+// unchanged TOASTed key value the Cache never learned) leaves the Cache. Where a key
+// column is renamed (the old key's column gone, the new one unknown to prev, at the
+// same attribute number as far as both descriptions know it), the IDs, made of the
+// same values, stay. Otherwise the key moved to a column added since the rows were
+// cached, which they lack: they leave the Cache. Rows that leave are counted in
+// Stats().UnkeyedRows; Snapshot the table to get them back. c.mu is held.
+func (c *Cache) rekey(t *cacheTable, prev, info *dbsync.PGTableInfo) {
+	if len(info.PrimaryKey) == 0 {
+		return // without a key the table's changes are refused (ErrNoKey)
+	}
+	old := t.key
+	t.key = info.PrimaryKey
+	if old == nil || prev == nil || slices.Equal(old, info.PrimaryKey) || len(t.rows) == 0 {
+		return
+	}
+	byValue := true
+	for _, k := range info.PrimaryKey {
+		byValue = byValue && hasColumn(prev, k)
+	}
+	if !byValue {
+		if keyRenamed(prev, old, info) {
+			return
+		}
+		c.stats.UnkeyedRows += int64(len(t.rows))
+		t.rows = map[string]dbsync.StringMap{}
+		return
+	}
+	rows := make(map[string]dbsync.StringMap, len(t.rows))
+	for _, r := range t.rows {
+		id, err := info.GetRecordID(r)
+		if err != nil {
+			c.stats.UnkeyedRows++
+			continue
+		}
+		rows[id] = r
+	}
+	t.rows = rows
+}
+
+// keyRenamed tells whether info's key is the key old (of columns of prev) with key
+// columns renamed: as many columns, each the same name or an old column info lacks
+// renamed to a new column prev lacks, of the same type and, where both descriptions
+// know it (OrdinalPosition not 0: a description read after a rename does not know
+// the old name), the same attribute number.
+func keyRenamed(prev *dbsync.PGTableInfo, old []string, info *dbsync.PGTableInfo) bool {
+	if len(old) != len(info.PrimaryKey) {
+		return false
+	}
+	for i, k := range info.PrimaryKey {
+		was := old[i]
+		if k == was {
+			continue
+		}
+		if hasColumn(info, was) || hasColumn(prev, k) || prev.ColInfo == nil || info.ColInfo == nil {
+			return false
+		}
+		o, n := prev.ColInfo[was], info.ColInfo[k]
+		if o == nil || n == nil || o.TypeOID != n.TypeOID ||
+			(o.OrdinalPosition != 0 && n.OrdinalPosition != 0 && o.OrdinalPosition != n.OrdinalPosition) {
+			return false
+		}
+	}
+	return true
 }
 
 func hasColumn(info *dbsync.PGTableInfo, name string) bool {
@@ -426,6 +510,9 @@ func (c *Cache) applyTruncate(op *cacheTruncate) {
 func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
 	t := c.table(item.Table.RelationID, item.Table.QualifiedName())
 	t.info = item.Table
+	// The row is keyed by the selection's key: rows cached under another one (the
+	// table's key changed, and no change of it came since) are keyed again by it.
+	c.rekey(t, t.shape, item.Table)
 	if t.shape == nil {
 		// A baseline until a RELATION message comes; never replaces one, as the
 		// description a selection used can be older than the stream's.

@@ -12,7 +12,10 @@
 -- ((code, code, id): PostgreSQL accepts it) counts once, at its first place, so the
 -- positions have no gaps. generated: a generated column
 -- (attgenerated <> ''), which PostgreSQL 15's pgoutput leaves out of RELATION
--- messages and tuples.
+-- messages and tuples. dropped_before: how many dropped columns have a lower attnum
+-- (attribute numbers are never reused or shifted, so where it is 0 a column's place
+-- among the columns a RELATION message lists is the number of live columns before it,
+-- also in messages written before columns were renamed or added).
 WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relreplident
     FROM pg_catalog.pg_class c
@@ -38,7 +41,10 @@ SELECT rel.nspname,
                        FROM key, unnest(key.attnums) WITH ORDINALITY AS u(attnum, ord)
                        GROUP BY u.attnum) AS k
                  WHERE k.attnum = a.attnum), 0),
-       a.attgenerated <> ''
+       a.attgenerated <> '',
+       (SELECT count(*)
+        FROM pg_catalog.pg_attribute d
+        WHERE d.attrelid = rel.oid AND d.attnum > 0 AND d.attnum < a.attnum AND d.attisdropped)
 FROM rel
 JOIN pg_catalog.pg_attribute a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
