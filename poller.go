@@ -330,6 +330,11 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if err != nil {
+			// The next attempt reads again the keys it takes from the catalog (a key
+			// added to fix ErrNoKey, say: tableCache.recheckKeys).
+			s.tables.recheckKeys()
+		}
 		var wait time.Duration
 		switch {
 		case res.stop:

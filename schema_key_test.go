@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,31 +91,39 @@ func TestFullIdentityKeyAfterDroppedColumn(t *testing.T) {
 	require.Empty(t, got[0].Table.PrimaryKey)
 }
 
-// TestKeyChangedWithSameRelation: a running Syncer describes each RELATION shape once.
-// Under REPLICA IDENTITY FULL the message is the same before and after the primary key
-// moves to other columns (every column flagged either way), so the description cached
-// before the change kept keying the table's changes by the old key, while Refresh,
-// Snapshot, TableInfo and any new Syncer key them by the new one: the same row got two
-// record IDs. Shapes whose message does not name the key are checked against the
-// catalog at each RELATION message (once per table and poll, and after DDL).
+// TestKeyChangedWithSameRelation: under REPLICA IDENTITY FULL the RELATION message is
+// the same before and after the primary key moves to other columns (every column
+// flagged either way), so a description cached before the change kept keying the
+// table's changes by the old key for good, while Refresh, Snapshot, TableInfo and any
+// new Syncer key them by the new one: the same row got two record IDs. The catalog's
+// key of such a table is now read again at its first RELATION message once
+// keyRecheckInterval has passed (on the tableCache's clock, moved by the test): changes
+// decoded before that keep the old key, later ones get the new one.
 func TestKeyChangedWithSameRelation(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	execAll(t, d.DB, `CREATE TABLE fk (id int PRIMARY KEY, code text NOT NULL, v text)`)
 	rec := &changeRecorder{}
 	s := newTestSyncer(t, d, ForTables("fk"), WithReplicaIdentityFull("fk"), WithMessageHandler(rec))
+	var clock atomic.Int64 // nanoseconds past a fixed time
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s.tables.now = func() time.Time { return base.Add(time.Duration(clock.Load())) }
 	r := runInBackground(s)
 	defer r.stop(t)
-	execAll(t, d.DB, `INSERT INTO fk VALUES (1, 'a', 'x'), (2, 'b', 'y')`)
-	waitForChanges(t, rec, r, 2)
-	execAll(t, d.DB, `ALTER TABLE fk DROP CONSTRAINT fk_pkey, ADD PRIMARY KEY (code)`,
-		`UPDATE fk SET v = 'z' WHERE code = 'a'`, `DELETE FROM fk WHERE code = 'b'`)
+	execAll(t, d.DB, `INSERT INTO fk VALUES (1, 'a', 'x'), (2, 'b', 'y'), (3, 'c', 'w')`)
+	waitForChanges(t, rec, r, 3)
+	execAll(t, d.DB, `ALTER TABLE fk DROP CONSTRAINT fk_pkey, ADD PRIMARY KEY (code)`, `UPDATE fk SET v = 'z' WHERE code = 'a'`)
 	waitForChanges(t, rec, r, 4)
+	clock.Add(int64(keyRecheckInterval))
+	execAll(t, d.DB, `DELETE FROM fk WHERE code = 'b'`, `UPDATE fk SET v = 'q' WHERE code = 'c'`)
+	waitForChanges(t, rec, r, 6)
 	got, _ := rec.snapshot()
-	require.Equal(t, []string{`insert fk ["1"] `, `insert fk ["2"] `, `update fk ["a"] `, `delete fk ["b"] `}, keyedChanges(got))
+	require.Equal(t, []string{`insert fk ["1"] `, `insert fk ["2"] `, `insert fk ["3"] `,
+		`update fk ["1"] `, // decoded within keyRecheckInterval of the last key check
+		`delete fk ["b"] `, `update fk ["c"] `}, keyedChanges(got))
 	info, err := s.TableInfo(context.Background(), "fk")
 	require.NoError(t, err)
 	require.Equal(t, []string{"code"}, info.PrimaryKey)
-	require.Equal(t, info.PrimaryKey, got[3].Table.PrimaryKey, "changes and selections key the table alike")
+	require.Equal(t, info.PrimaryKey, got[5].Table.PrimaryKey, "changes and selections key the table alike")
 }
 
 // TestKeyAddedAfterErrNoKey: a change of a table without a key stops a Syncer with a

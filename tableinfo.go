@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/lib/pq"
@@ -104,14 +105,27 @@ const maxShapes = 4
 // type OID. RELATION messages arrive before the first change of each table in every
 // poll; the catalog is read only when a relation shape is new, or, for a shape whose
 // message does not name the key (REPLICA IDENTITY FULL flags every column), to check
-// that key (one query per such table and poll: forRelation).
+// that key: at most once per keyRecheckInterval per table, and at the first RELATION
+// message after recheckKeys (forRelation).
 type tableCache struct {
 	db      *sql.DB
 	mu      sync.Mutex
 	shapes  map[uint32][]*PGTableInfo // most recent first
 	current map[uint32]*PGTableInfo
 	types   map[uint32]pgType
+	// keyChecked is when the catalog's key of a relation whose messages do not name it
+	// was last read (absent: never, or reset by recheckKeys).
+	keyChecked map[uint32]time.Time
+	now        func() time.Time // time.Now; tests move it
 }
+
+// keyRecheckInterval is how long the catalog's key of a table whose RELATION messages
+// do not name it (REPLICA IDENTITY FULL, or no key flagged) is trusted before it is
+// read again at the table's next RELATION message. A primary key moved to other
+// columns (or added) under such a table keys its changes within this long; checking at
+// every RELATION message would cost a catalog query per such table and poll (up to
+// 100 a second at the default MinPollInterval) for a rare DDL.
+const keyRecheckInterval = time.Second
 
 // pgType is the part of a pg_type row decoding needs.
 type pgType struct {
@@ -124,13 +138,24 @@ type pgType struct {
 }
 
 func newTableCache(db *sql.DB) *tableCache {
-	return &tableCache{db: db, shapes: map[uint32][]*PGTableInfo{}, current: map[uint32]*PGTableInfo{}, types: map[uint32]pgType{}}
+	return &tableCache{db: db, shapes: map[uint32][]*PGTableInfo{}, current: map[uint32]*PGTableInfo{}, types: map[uint32]pgType{},
+		keyChecked: map[uint32]time.Time{}, now: time.Now}
+}
+
+// recheckKeys makes the next RELATION message of every table whose messages do not
+// name the key read the catalog's key again, whenever it was last read. The poller
+// calls it when a poll failed (a key may have been added to fix ErrNoKey, say).
+func (c *tableCache) recheckKeys() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.keyChecked)
 }
 
 // forRelation returns the table info for a RELATION message, reading the catalog when
 // this shape of the relation was not seen before, or when the message does not name
-// the key (keyFromCatalog): then the catalog's key is checked again, since it can
-// change while the message stays the same.
+// the key (keyFromCatalog) and the catalog's key was last read keyRecheckInterval ago
+// or more (or before recheckKeys): then it is read again, since it can change while
+// the message stays the same.
 func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
 	c.mu.Lock()
 	var hit *PGTableInfo
@@ -140,10 +165,13 @@ func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMe
 			break
 		}
 	}
-	if hit != nil && !keyFromCatalog(reln) {
+	if hit != nil && (!keyFromCatalog(reln) || c.keyFresh(reln.RelationID)) {
 		c.current[reln.RelationID] = hit
 		c.mu.Unlock()
 		return hit, nil
+	}
+	if keyFromCatalog(reln) {
+		c.keyChecked[reln.RelationID] = c.now()
 	}
 	c.mu.Unlock()
 	var info *PGTableInfo
@@ -172,6 +200,13 @@ func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMe
 	c.current[reln.RelationID] = info
 	c.mu.Unlock()
 	return info, nil
+}
+
+// keyFresh tells whether the catalog's key of relID was read less than
+// keyRecheckInterval ago (c.mu held).
+func (c *tableCache) keyFresh(relID uint32) bool {
+	t, ok := c.keyChecked[relID]
+	return ok && c.now().Sub(t) < keyRecheckInterval
 }
 
 // keyFromCatalog tells whether reln leaves the key to the catalog: it flags every
