@@ -174,8 +174,8 @@ func (d *delivery) rowChange(h MessageHandler, idx int, lsn pglogrepl.LSN, msg p
 			return fmt.Errorf("%s at LSN %s: %w", info.QualifiedName(), lsn, err)
 		}
 		if c.Key == "" {
-			return fmt.Errorf("%w: %s at LSN %s: the table has neither a primary key nor a replica identity index, so the Batcher cannot fold its changes by key; add a primary key, or leave the table out of the publication",
-				ErrNoKey, info.QualifiedName(), lsn)
+			return fmt.Errorf("%w: %s at LSN %s: %s, so the Batcher cannot fold its changes by key; %s, or leave the table out of the publication",
+				ErrNoKey, info.QualifiedName(), lsn, info.noKeyReason(), info.noKeyFix())
 		}
 		d.batch.add(c)
 	}

@@ -141,6 +141,9 @@ func TestKeyAddedAfterErrNoKey(t *testing.T) {
 	execAll(t, d.DB, `INSERT INTO nk VALUES (1, 'x')`)
 	err := runInBackground(s).wait(t, 30*time.Second)
 	require.ErrorIs(t, err, ErrNoKey)
+	require.ErrorContains(t, err, "public.nk at LSN")
+	require.ErrorContains(t, err, "neither a primary key nor a replica identity index")
+	require.ErrorContains(t, err, "; add a primary key, or leave the table out of the publication")
 	execAll(t, d.DB, `ALTER TABLE nk ADD PRIMARY KEY (a)`, `UPDATE nk SET b = 'y'`)
 	r := runInBackground(s)
 	defer r.stop(t)
@@ -151,4 +154,18 @@ func TestKeyAddedAfterErrNoKey(t *testing.T) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	require.Equal(t, map[string]StringMap{`public.nk ["1"]`: {"a": int32(1), "b": "y"}}, b.store)
+}
+
+// TestBatcherGeneratedKeyError: a Batcher refuses a change of a table whose key holds
+// a generated column (pgoutput never sends it) with ErrNoKey naming that column and
+// what to do, not the advice to add a primary key the table already has.
+func TestBatcherGeneratedKeyError(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE gk (a int NOT NULL, g int GENERATED ALWAYS AS (a * 2) STORED PRIMARY KEY)`)
+	s := newTestSyncer(t, d, ForTables("gk"), WithMessageHandler(&changeRecorder{}))
+	s.Batcher = &mergeBatcher{}
+	execAll(t, d.DB, `INSERT INTO gk (a) VALUES (1)`)
+	err := runInBackground(s).wait(t, 30*time.Second)
+	require.ErrorIs(t, err, ErrNoKey)
+	require.ErrorContains(t, err, `its key holds generated column "g", which pgoutput never sends, so the Batcher cannot fold its changes by key; key it by columns that are not generated`)
 }

@@ -471,6 +471,23 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 	return info, nil
 }
 
+// noKeyReason says why changes of a table whose PrimaryKey is empty carry no record
+// ID, for errors (ErrNoKey).
+func (t *PGTableInfo) noKeyReason() string {
+	if t.generatedKey != "" {
+		return fmt.Sprintf("its key holds generated column %q, which pgoutput never sends", t.generatedKey)
+	}
+	return "dbsync finds no key for its changes (neither a primary key nor a replica identity index, when they were written or now)"
+}
+
+// noKeyFix says what gives a table of noKeyReason a key.
+func (t *PGTableInfo) noKeyFix() string {
+	if t.generatedKey != "" {
+		return "key it by columns that are not generated"
+	}
+	return "add a primary key"
+}
+
 // anyFlagged tells whether reln flags any column as part of the replica identity.
 func anyFlagged(reln *pglogrepl.RelationMessage) bool {
 	for _, c := range reln.Columns {
