@@ -121,6 +121,9 @@ type Syncer struct {
 	// chunkBounds counts the chunkBound queries run, the last one of a table's
 	// planning (no row: the open-ended range) included (snapshot.go; tests).
 	chunkBounds atomic.Uint64
+	// writersWaiting, when set, is called when a Snapshot of a table finds
+	// transactions writing it that it waits for (waitForTableWriters; tests).
+	writersWaiting func(table string, n int)
 	// splitPeeks counts split polls (peekread.go); splitMinWAL, when not 0, replaces
 	// the backlog from which polls are split (tests).
 	splitPeeks  atomic.Uint64
