@@ -59,6 +59,10 @@ func TestSnapshotWaitsForWritersOfAddedTable(t *testing.T) {
 	require.NoError(t, <-snapDone)
 	catchUp(t, s)
 	require.Empty(t, mismatches(h.tableRows("public.w"), dbRows(t, d.DB, "w")))
+	require.Equal(t, []string{
+		`insert public.w ["2"]`, // x's insert of 1 came before the ADD TABLE: never in the slot
+		`refresh public.w ["0"]`, `refresh public.w ["1"]`, `refresh public.w ["2"]`,
+	}, h.eventList())
 	require.Equal(t, map[string]StringMap{
 		`["0"]`: {"id": int32(0), "v": "o"},
 		`["1"]`: {"id": int32(1), "v": "p"},

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/lib/pq"
 )
@@ -196,6 +197,13 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	if inFlight <= 0 {
 		inFlight = DefaultSnapshotChunksInFlight
 	}
+	// Transactions that wrote the table before it was added to the publication and are
+	// still open would have those changes left out of the slot (pgoutput publishes by
+	// the publication as of each change) and their rows left out of the chunks (not
+	// committed yet): wait for the table's writers of now to end first.
+	if err := s.waitForTableWriters(ctx, info); err != nil {
+		return err
+	}
 	// Rows moved with unchanged TOAST values are collected from here on, together
 	// with those earlier Snapshots of the table by this Syncer and Snapshots running
 	// now did not read again; a row leaves the set only once read again, so the rows
@@ -353,6 +361,57 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 		}
 	}
 	return nil
+}
+
+// maxWritersPoll is the longest pause between two looks of waitForTableWriters.
+const maxWritersPoll = time.Second
+
+// waitForTableWriters waits until the transactions that hold a write lock on info's
+// table now (sql/table_writers.sql) have ended, before a Snapshot's first chunk.
+// PostgreSQL 15's pgoutput publishes a change when its table is in the publication as
+// of that change (decoding reads the catalog as it was then): a transaction that
+// wrote the table before ALTER PUBLICATION ... ADD TABLE committed and commits after
+// it never has those changes in the slot, and a chunk that selects while it is open
+// cannot see its rows either, so they would reach the consumer neither way
+// (TestSnapshotWaitsForWritersOfAddedTable). Once such a transaction ended its rows
+// are committed and visible to the chunks. Any transaction writing the table is
+// waited for, as which of them began before the table was added cannot be told; new
+// ones are not (they write a published table). Like CREATE INDEX CONCURRENTLY, it
+// waits for a transaction left open (idle in transaction), until ctx ends
+// (ErrRefreshAbandoned); the wait is logged. The looks start 10 ms apart and slow
+// down to maxWritersPoll.
+func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) error {
+	var vxids pq.StringArray
+	if err := s.db.QueryRowContext(ctx, sqlText("table_writers.sql"), info.RelationID).Scan(&vxids); err != nil {
+		return classify(err, "find the transactions writing "+info.QualifiedName())
+	}
+	if len(vxids) == 0 {
+		return nil
+	}
+	s.log.Info("dbsync: snapshot waits for the transactions writing the table to end (one that wrote it before it was added to the publication would have those changes left out of the slot)",
+		"table", info.QualifiedName(), "transactions", len(vxids))
+	if f := s.writersWaiting; f != nil {
+		f(info.QualifiedName(), len(vxids))
+	}
+	start := time.Now()
+	for delay := 10 * time.Millisecond; ; delay = min(2*delay, maxWritersPoll) {
+		var open int
+		if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'virtualxid' AND virtualxid = ANY($1)`,
+			vxids).Scan(&open); err != nil {
+			return classify(err, "wait for the transactions writing "+info.QualifiedName())
+		}
+		if open == 0 {
+			return nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w: snapshot of %s: waited %s for %d transaction(s) writing the table to end (a transaction that wrote it before ALTER PUBLICATION ... ADD TABLE would have those changes left out of the slot); end them (pg_locks shows them, pg_terminate_backend ends one) or call Snapshot again: %w",
+				ErrRefreshAbandoned, info.QualifiedName(), time.Since(start).Round(time.Millisecond), open, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // rereadMovedRows reads again, after the last chunk, the rows that key-changing
