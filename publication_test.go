@@ -69,3 +69,71 @@ func TestSnapshotWaitsForWritersOfAddedTable(t *testing.T) {
 		`["2"]`: {"id": int32(2), "v": "q"},
 	}, h.tableRows("public.w"))
 }
+
+// TestSnapshotTableChangedBetweenChunks: a DDL of the table between two chunks of a
+// Snapshot (here, inside the first chunk's window: after its SELECT, before its high
+// watermark). Snapshot described the table once, at its start, and read every chunk
+// with that description:
+//   - ADD COLUMN: the later chunks' rows lacked the new column (the consumer got rows
+//     of the old shape after changes of the new one, and kept them);
+//   - DROP TABLE and CREATE TABLE under the same name and columns: the later chunks
+//     read the new table's rows and delivered them as rows of the dropped one (its
+//     relation OID), mixed with its rows, and the Snapshot succeeded;
+//   - DROP and CREATE with other columns: ErrConfig, "column t.v does not exist".
+//
+// Each chunk now locks the table before its snapshot is taken and checks that the
+// name still holds the relation, with the columns and types, the Snapshot described:
+// otherwise ErrRefreshAbandoned saying what changed, the rows of the first chunk
+// (read before the DDL) delivered, and the table's progress reset, so the next
+// Snapshot reads the table from the start with its new description.
+func TestSnapshotTableChangedBetweenChunks(t *testing.T) {
+	for _, c := range []struct {
+		name, ddl, err string
+		after          map[string]StringMap // what the second Snapshot delivers
+	}{
+		{"add column", `ALTER TABLE t ADD COLUMN extra int DEFAULT 7`,
+			`public.t was altered since the snapshot described it (columns id int4, v text; now id int4, v text, extra int4)`,
+			map[string]StringMap{
+				`["1"]`: {"id": int32(1), "v": "v1", "extra": int32(7)}, `["2"]`: {"id": int32(2), "v": "v2", "extra": int32(7)},
+				`["3"]`: {"id": int32(3), "v": "v3", "extra": int32(7)}}},
+		{"recreated", `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (10, 'new10'), (11, 'new11')`,
+			`public.t was dropped and created again since the snapshot described it`,
+			map[string]StringMap{`["10"]`: {"id": int32(10), "v": "new10"}, `["11"]`: {"id": int32(11), "v": "new11"}}},
+		{"recreated other columns", `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, w bigint); INSERT INTO t VALUES (10, 10)`,
+			`public.t was dropped and created again since the snapshot described it`,
+			map[string]StringMap{`["10"]`: {"id": int32(10), "w": int64(10)}}},
+		{"dropped", `DROP TABLE t`, `public.t was dropped since the snapshot described it`, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, v text)`, `INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3) g`)
+			h := newCacheHandler()
+			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("t"), WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(1))
+			ctx := context.Background()
+			n := 0
+			s.win.afterSelect = func() {
+				if n++; n == 1 {
+					execAll(t, d.DB, c.ddl)
+				}
+			}
+			err := s.Snapshot(ctx, "t")
+			require.ErrorIs(t, err, ErrRefreshAbandoned)
+			require.ErrorContains(t, err, "snapshot of public.t, chunk 2: ")
+			require.ErrorContains(t, err, c.err)
+			catchUp(t, s)
+			require.Equal(t, []string{`refresh public.t ["1"]`, `refresh public.t ["2"]`}, h.eventList(), "the first chunk, read before the DDL")
+			if c.name == "dropped" {
+				return
+			}
+			s.win.afterSelect = nil
+			h.mu.Lock()
+			h.rows, h.events = map[string]StringMap{}, nil
+			h.mu.Unlock()
+			require.NoError(t, s.Snapshot(ctx, "t"))
+			catchUp(t, s)
+			require.Equal(t, c.after, h.tableRows("public.t"), "the second Snapshot reads the table from the start")
+			require.Equal(t, dbRows(t, d.DB, "t"), c.after)
+			require.Len(t, h.eventList(), len(c.after))
+		})
+	}
+}
