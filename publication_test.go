@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,6 +82,9 @@ func TestSnapshotWaitsForWritersOfAddedTable(t *testing.T) {
 //     relation OID), mixed with its rows, and the Snapshot succeeded;
 //   - DROP and CREATE with other columns: ErrConfig, "column t.v does not exist".
 //
+// (DROP TABLE takes the table out of the publication; the new one is added back, or a
+// Snapshot of it fails with ErrConfig saying so.)
+//
 // Each chunk now locks the table before its snapshot is taken and checks that the
 // name still holds the relation, with the columns and types, the Snapshot described:
 // otherwise ErrRefreshAbandoned saying what changed, the rows of the first chunk
@@ -92,17 +96,17 @@ func TestSnapshotTableChangedBetweenChunks(t *testing.T) {
 		after          map[string]StringMap // what the second Snapshot delivers
 	}{
 		{"add column", `ALTER TABLE t ADD COLUMN extra int DEFAULT 7`,
-			`public.t was altered since the snapshot described it (columns id int4, v text; now id int4, v text, extra int4)`,
+			`public.t was altered since the snapshot or refresh described it (columns "id" integer, "v" text; now "id" integer, "v" text, "extra" integer); run the Refresh or Snapshot again (a Snapshot then reads the table from the start)`,
 			map[string]StringMap{
 				`["1"]`: {"id": int32(1), "v": "v1", "extra": int32(7)}, `["2"]`: {"id": int32(2), "v": "v2", "extra": int32(7)},
 				`["3"]`: {"id": int32(3), "v": "v3", "extra": int32(7)}}},
-		{"recreated", `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (10, 'new10'), (11, 'new11')`,
-			`public.t was dropped and created again since the snapshot described it`,
+		{"recreated", `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (10, 'new10'), (11, 'new11'); ALTER PUBLICATION %PUB% ADD TABLE t`,
+			`public.t was dropped and created again since the snapshot or refresh described it (relation OID `,
 			map[string]StringMap{`["10"]`: {"id": int32(10), "v": "new10"}, `["11"]`: {"id": int32(11), "v": "new11"}}},
-		{"recreated other columns", `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, w bigint); INSERT INTO t VALUES (10, 10)`,
-			`public.t was dropped and created again since the snapshot described it`,
+		{"recreated other columns", `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, w bigint); INSERT INTO t VALUES (10, 10); ALTER PUBLICATION %PUB% ADD TABLE t`,
+			`public.t was dropped and created again since the snapshot or refresh described it (relation OID `,
 			map[string]StringMap{`["10"]`: {"id": int32(10), "w": int64(10)}}},
-		{"dropped", `DROP TABLE t`, `public.t was dropped since the snapshot described it`, nil},
+		{"dropped", `DROP TABLE t`, `public.t was dropped (or renamed) since the snapshot or refresh described it; nothing more of it can be read`, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := pgtest.NewDatabase(t)
@@ -113,7 +117,7 @@ func TestSnapshotTableChangedBetweenChunks(t *testing.T) {
 			n := 0
 			s.win.afterSelect = func() {
 				if n++; n == 1 {
-					execAll(t, d.DB, c.ddl)
+					execAll(t, d.DB, strings.ReplaceAll(c.ddl, "%PUB%", pgtest.Ident(t, "slot")+"_pub"))
 				}
 			}
 			err := s.Snapshot(ctx, "t")

@@ -213,6 +213,16 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 		return classify(err, "begin selection transaction")
 	}
 	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, selectionLock(info)); err != nil {
+		return lockErr(info, err)
+	}
+	shape, err := readShapeSQL(ctx, tx, info)
+	if err != nil {
+		return err
+	}
+	if err := checkShape(info, shape); err != nil {
+		return err
+	}
 	var snapText, applied string
 	if err := tx.QueryRowContext(ctx, sqlText("selection_begin.sql")).Scan(&snapText, &applied); err != nil {
 		return classify(err, "read pg_current_snapshot()")
@@ -260,14 +270,31 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 // cannot be ended cleanly the connection is reported bad (driver.ErrBadConn after the
 // classified error is kept) so the pool drops it.
 func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTableInfo, cols []string, query string, params [][]byte, q selQuery, res *selResult) (err error) {
-	results, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "+sqlText("selection_begin.sql")).ReadAll()
+	if _, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").ReadAll(); err != nil {
+		return s.endPgconnSelect(pc, classify(err, "begin selection transaction"))
+	}
+	if _, err := pc.Exec(ctx, selectionLock(info)).ReadAll(); err != nil {
+		return s.endPgconnSelect(pc, lockErr(info, err))
+	}
+	shapeRes := pc.ExecParams(ctx, sqlText("selection_shape.sql"), [][]byte{[]byte(info.Namespace), []byte(info.TableName)}, nil, nil, textResults).Read()
+	if shapeRes.Err != nil {
+		return s.endPgconnSelect(pc, classify(shapeRes.Err, "read the shape of "+info.QualifiedName()))
+	}
+	shape, err := parseShapeRows(shapeRes.Rows)
+	if err == nil {
+		err = checkShape(info, shape)
+	}
+	if err != nil {
+		return s.endPgconnSelect(pc, err)
+	}
+	results, err := pc.Exec(ctx, sqlText("selection_begin.sql")).ReadAll()
 	if err != nil {
 		return s.endPgconnSelect(pc, classify(err, "begin selection transaction"))
 	}
-	if len(results) != 2 || len(results[1].Rows) != 1 || len(results[1].Rows[0]) != 2 {
+	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 2 {
 		return s.endPgconnSelect(pc, fmt.Errorf("dbsync: pg_current_snapshot() returned no row"))
 	}
-	if res.snap, err = parseSnapshot(string(results[1].Rows[0][0])); err != nil {
+	if res.snap, err = parseSnapshot(string(results[0].Rows[0][0])); err != nil {
 		return s.endPgconnSelect(pc, err)
 	}
 	rctx, cancel := context.WithCancel(ctx)

@@ -148,7 +148,7 @@ func (s *Syncer) ctrlSQL(name string) string {
 	return strings.ReplaceAll(sqlText(name), "{{ns}}", pq.QuoteIdentifier(s.ctrlNamespace))
 }
 
-func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
+func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 	qt, err := resolveTable(ctx, s.db, name)
 	if err != nil {
 		return err
@@ -157,6 +157,18 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// A chunk found the table dropped, replaced or altered since info was read
+		// (checkShape): its progress belongs to the old description, so the next
+		// Snapshot starts the table over with the new one.
+		var changed *tableChangedError
+		if errors.As(err, &changed) {
+			if _, rerr := s.db.ExecContext(context.WithoutCancel(ctx), s.ctrlSQL("snapshot_progress_start.sql"), s.replicationSlot,
+				info.QualifiedName(), pq.StringArray(info.PrimaryKey), s.SnapshotChunkSize); rerr != nil {
+				err = errors.Join(err, classify(rerr, "reset snapshot progress of "+info.QualifiedName()))
+			}
+		}
+	}()
 	chunk := s.SnapshotChunkSize
 	if chunk <= 0 {
 		chunk = DefaultSnapshotChunkSize
