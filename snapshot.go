@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -164,7 +165,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 		var changed *tableChangedError
 		if errors.As(err, &changed) {
 			if _, rerr := s.db.ExecContext(context.WithoutCancel(ctx), s.ctrlSQL("snapshot_progress_start.sql"), s.replicationSlot,
-				info.QualifiedName(), pq.StringArray(info.PrimaryKey), s.SnapshotChunkSize); rerr != nil {
+				info.QualifiedName(), pq.StringArray(info.PrimaryKey), cmp.Or(s.SnapshotChunkSize, DefaultSnapshotChunkSize)); rerr != nil {
 				err = errors.Join(err, classify(rerr, "reset snapshot progress of "+info.QualifiedName()))
 			}
 		}
