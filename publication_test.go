@@ -2,11 +2,13 @@ package dbsync
 
 import (
 	"context"
+	"database/sql"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -138,6 +140,34 @@ func TestSnapshotTableChangedBetweenChunks(t *testing.T) {
 			require.Equal(t, c.after, h.tableRows("public.t"), "the second Snapshot reads the table from the start")
 			require.Equal(t, dbRows(t, d.DB, "t"), c.after)
 			require.Len(t, h.eventList(), len(c.after))
+		})
+	}
+}
+
+// TestSelectionAwkwardNames: a selection's first statements (BEGIN, LOCK TABLE, the
+// table's shape, the snapshot) go in one simple-protocol query through pgx, with the
+// shape query's schema and table names inlined as quoted literals; names with quotes,
+// a backslash, a line break, "--" and "$2" must select the right table
+// (a name inlined into the SQL file's comment would have ended it), through lib/pq too.
+func TestSelectionAwkwardNames(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			schema, table := "we'ird \\ $1\nnot -- a comment", `t$2 "q"`
+			qualified := pq.QuoteIdentifier(schema) + "." + pq.QuoteIdentifier(table)
+			execAll(t, d.DB, `CREATE SCHEMA `+pq.QuoteIdentifier(schema),
+				`CREATE TABLE `+qualified+` (id int PRIMARY KEY, v text)`,
+				`INSERT INTO `+qualified+` VALUES (1, 'a'), (2, 'b')`)
+			db, err := sql.Open(driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			h := newCacheHandler()
+			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables(qualified), WithDB(db))
+			stats, err := s.RefreshContext(context.Background(), `SELECT * FROM `+qualified+` ORDER BY id`)
+			require.NoError(t, err)
+			require.Equal(t, RefreshStats{Selected: 2, Emitted: 2}, stats)
+			require.Equal(t, map[string]StringMap{`["1"]`: {"id": int32(1), "v": "a"}, `["2"]`: {"id": int32(2), "v": "b"}},
+				h.tableRows(schema+"."+table))
 		})
 	}
 }

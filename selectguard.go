@@ -107,6 +107,20 @@ func readShapeSQL(ctx context.Context, tx *sql.Tx, info *PGTableInfo) ([]shapeCo
 	return out, classify(rows.Err(), "read the shape of "+info.QualifiedName())
 }
 
+// shapeQueryLiteral is sql/selection_shape.sql for info's table with its two
+// parameters inlined as quoted literals (pq.QuoteLiteral), for a multi-statement
+// simple-protocol query. The file's comment lines are left out first: a name with a
+// line break, inlined into a comment, would end the comment.
+func shapeQueryLiteral(info *PGTableInfo) string {
+	var body []string
+	for _, l := range strings.Split(sqlText("selection_shape.sql"), "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "--") {
+			body = append(body, l)
+		}
+	}
+	return strings.NewReplacer("$1", pq.QuoteLiteral(info.Namespace), "$2", pq.QuoteLiteral(info.TableName)).Replace(strings.Join(body, "\n"))
+}
+
 // parseShapeRows parses sql/selection_shape.sql's rows in text format.
 func parseShapeRows(rows [][][]byte) ([]shapeCol, error) {
 	out := make([]shapeCol, len(rows))

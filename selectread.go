@@ -270,31 +270,28 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 // cannot be ended cleanly the connection is reported bad (driver.ErrBadConn after the
 // classified error is kept) so the pool drops it.
 func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTableInfo, cols []string, query string, params [][]byte, q selQuery, res *selResult) (err error) {
-	if _, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").ReadAll(); err != nil {
-		return s.endPgconnSelect(pc, classify(err, "begin selection transaction"))
-	}
-	if _, err := pc.Exec(ctx, selectionLock(info)).ReadAll(); err != nil {
+	// BEGIN, the table's lock, its shape and the snapshot in one round trip (simple
+	// protocol, so the shape query's two parameters are inlined as quoted literals).
+	// Of these statements only LOCK TABLE can fail with 42P01 (lockErr).
+	results, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "+selectionLock(info)+"; "+
+		shapeQueryLiteral(info)+"; "+sqlText("selection_begin.sql")).ReadAll()
+	if err != nil {
 		return s.endPgconnSelect(pc, lockErr(info, err))
 	}
-	shapeRes := pc.ExecParams(ctx, sqlText("selection_shape.sql"), [][]byte{[]byte(info.Namespace), []byte(info.TableName)}, nil, nil, textResults).Read()
-	if shapeRes.Err != nil {
-		return s.endPgconnSelect(pc, classify(shapeRes.Err, "read the shape of "+info.QualifiedName()))
+	if len(results) != 4 {
+		return s.endPgconnSelect(pc, fmt.Errorf("dbsync: selection's first statements returned %d results, want 4", len(results)))
 	}
-	shape, err := parseShapeRows(shapeRes.Rows)
+	shape, err := parseShapeRows(results[2].Rows)
 	if err == nil {
 		err = checkShape(info, shape)
 	}
 	if err != nil {
 		return s.endPgconnSelect(pc, err)
 	}
-	results, err := pc.Exec(ctx, sqlText("selection_begin.sql")).ReadAll()
-	if err != nil {
-		return s.endPgconnSelect(pc, classify(err, "begin selection transaction"))
-	}
-	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 2 {
+	if len(results[3].Rows) != 1 || len(results[3].Rows[0]) != 2 {
 		return s.endPgconnSelect(pc, fmt.Errorf("dbsync: pg_current_snapshot() returned no row"))
 	}
-	if res.snap, err = parseSnapshot(string(results[0].Rows[0][0])); err != nil {
+	if res.snap, err = parseSnapshot(string(results[3].Rows[0][0])); err != nil {
 		return s.endPgconnSelect(pc, err)
 	}
 	rctx, cancel := context.WithCancel(ctx)
