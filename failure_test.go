@@ -12,6 +12,7 @@ import (
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pglogrepl"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -85,7 +86,11 @@ type txLog struct {
 	holdKey string
 	held    chan struct{}
 	release chan struct{}
+	once    sync.Once
 }
+
+// unhold releases the held key's delivery; it may be called more than once.
+func (h *txLog) unhold() { h.once.Do(func() { close(h.release) }) }
 
 type loggedTx struct {
 	commit    pglogrepl.LSN
@@ -219,7 +224,7 @@ func TestServerCrashMidPoll(t *testing.T) {
 			t.Cleanup(r.cancel)
 			h.waitHeld(t, held)
 			require.NoError(t, srv.Restart(crash))
-			close(h.release)
+			h.unhold()
 
 			db2, err := sql.Open("postgres", d.DSN())
 			require.NoError(t, err)
@@ -235,6 +240,74 @@ func TestServerCrashMidPoll(t *testing.T) {
 			require.Equal(t, want, keys)
 			require.Contains(t, logs.String(), "poll failed; retrying")
 			t.Logf("transactions delivered again: %d", redelivered)
+		})
+	}
+}
+
+// TestStatementTimeoutOfRole: a statement_timeout set for the role or database (here
+// the database: ALTER DATABASE ... SET, 500 ms) applies to dbsync's sessions too. A
+// handler that takes longer than that over a poll's rows keeps the peek's statement
+// running (its rows are streamed as the handlers take them), so the server cancelled
+// it (57014) and Run ended with that error; the next run would meet it again. The peek
+// (both of a split poll's: the slot's and its copy's) and the advance now run with
+// statement_timeout off when the server has one, and the pool's sessions keep the
+// database's setting.
+func TestStatementTimeoutOfRole(t *testing.T) {
+	for _, split := range []bool{false, true} {
+		t.Run(fmt.Sprintf("split=%v", split), func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, pad text)`,
+				`ALTER DATABASE `+pq.QuoteIdentifier(d.Name)+` SET statement_timeout = '500ms'`)
+			const per = 500
+			h := newTxLog(fmt.Sprintf(`["%d"]`, 2*per+1))
+			held := h.held
+			s := newTestSyncer(t, d, ForTables("items"), WithMessageHandler(h))
+			if split {
+				s.splitMinWAL = 1 << 20
+			}
+			for tx := 0; tx < 40; tx++ {
+				_, err := d.DB.Exec(`INSERT INTO items SELECT g, repeat('x', 2000) FROM generate_series($1::int, $1::int + $2::int - 1) g`, tx*per+1, per)
+				require.NoError(t, err)
+			}
+			r := runInBackground(s)
+			t.Cleanup(r.cancel)
+			t.Cleanup(h.unhold)
+			h.waitHeld(t, held)
+			// The peek (40 MB of rows: more than the socket buffers hold) is still
+			// sending while the handler holds; release it once the statement ran past
+			// the timeout. (pg_stat_activity shows the first 1,024 bytes of
+			// sql/peek.sql: its comment.)
+			waitFor(t, 20*time.Second, func() bool {
+				var n int
+				require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+					AND state = 'active' AND query LIKE '-- One poll: pgoutput rows%' AND now() - query_start > interval '1 second'`).Scan(&n))
+				if split {
+					return n == 2
+				}
+				return n == 1
+			}, "the peek to run for a second")
+			h.unhold()
+			want := keyRange(1, 40*per)
+			waitFor(t, 30*time.Second, func() bool {
+				select {
+				case err := <-r.done:
+					t.Fatalf("Run returned: %v", err)
+				default:
+				}
+				k, _ := h.applied()
+				return len(k) >= len(want)
+			}, "all rows")
+			waitCaughtUp(t, d.DB, s.ReplicationSlot())
+			require.NoError(t, r.stop(t))
+			keys, redelivered := h.applied()
+			require.Equal(t, want, keys)
+			require.Zero(t, redelivered)
+			if split {
+				require.NotZero(t, s.splitPeeks.Load())
+			}
+			var timeout string
+			require.NoError(t, s.DB().QueryRow(`SHOW statement_timeout`).Scan(&timeout))
+			require.Equal(t, "500ms", timeout, "the pool's sessions keep the database's setting")
 		})
 	}
 }

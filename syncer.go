@@ -127,6 +127,10 @@ type Syncer struct {
 	splitMinWAL uint64
 	// restart keeps restart_lsn close to confirmed_flush_lsn (restartlsn.go).
 	restart restartKeeper
+	// stmtTimeout: the server gives dbsync's sessions a statement_timeout (role,
+	// database or connection string), learned with each poll's flush LSN; peeks and
+	// advances then run with it off (untimed.go).
+	stmtTimeout atomic.Bool
 	// bg bounds work that outlives a call, the restart_lsn checks that Forward and
 	// GetMessages start; Close cancels it (bgCancel) and waits for them.
 	bg       context.Context
