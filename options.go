@@ -90,6 +90,8 @@ func WithPGConnStr(connstr string) SyncerOpt {
 
 // WithDB makes the Syncer use an existing connection pool (any driver, e.g. lib/pq or
 // pgx's stdlib). The Syncer does not close it. It overrides WithPGConnStr and POSTGRES_*.
+// Run needs it to allow at least two connections (SetMaxOpenConns), one more for a
+// handler that uses it too.
 func WithDB(db *sql.DB) SyncerOpt {
 	return func(s *Syncer) error {
 		if db == nil {

@@ -52,6 +52,11 @@ func (s *Syncer) readPeek(ctx context.Context, upto pglogrepl.LSN, max int, fn p
 		return classify(err, "peek slot "+s.replicationSlot)
 	}
 	defer conn.Close()
+	restore, err := s.untimed(ctx, conn)
+	if err != nil {
+		return classify(err, "peek slot "+s.replicationSlot)
+	}
+	defer restore()
 	return s.peekOn(ctx, conn, s.replicationSlot, upto, max, fn)
 }
 
@@ -337,14 +342,21 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 	if err != nil {
 		return classify(err, what)
 	}
+	restore, err := s.untimed(ctx, cconn)
+	if err != nil {
+		cconn.Close()
+		return classify(err, what)
+	}
 	copyName := scratchSlotName(s.replicationSlot, "_split_")
 	// The copy's confirmed_flush_lsn is the lsn the copy returns (NULL: none).
 	var copied sql.NullString
 	if err := cconn.QueryRowContext(ctx, `SELECT lsn::text FROM pg_copy_logical_replication_slot($1, $2, true)`, s.replicationSlot, copyName).Scan(&copied); err != nil {
-		cconn.Close()
 		if ctx.Err() != nil {
+			cconn.Close()
 			return classify(err, what)
 		}
+		restore()
+		cconn.Close()
 		s.log.Debug("dbsync: cannot copy the slot for a split peek; peeking once", "slot", s.replicationSlot, "err", err)
 		return s.readPeek(ctx, upto, 0, fn)
 	}
@@ -380,6 +392,8 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 			// have the pool close the connection instead (its session drops the copy).
 			s.log.Debug("dbsync: dropping the split peek's slot copy; closing its connection", "slot", copyName, "err", err)
 			_ = cconn.Raw(func(any) error { return driver.ErrBadConn })
+		} else {
+			restore()
 		}
 		cconn.Close()
 	}()

@@ -128,7 +128,15 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 		return nil
 	}
 	var end pglogrepl.LSN
-	err := s.db.QueryRowContext(ctx, `SELECT end_lsn FROM pg_replication_slot_advance($1, $2::pg_lsn)`, s.replicationSlot, lsn.String()).Scan(&end)
+	const q = `SELECT end_lsn FROM pg_replication_slot_advance($1, $2::pg_lsn)`
+	var err error
+	if s.stmtTimeout.Load() {
+		err = s.onUntimedConn(ctx, func(c *sql.Conn) error {
+			return c.QueryRowContext(ctx, q, s.replicationSlot, lsn.String()).Scan(&end)
+		})
+	} else {
+		err = s.db.QueryRowContext(ctx, q, s.replicationSlot, lsn.String()).Scan(&end)
+	}
 	if err != nil {
 		if code, _, _ := serverError(err); code == "55000" {
 			// "cannot advance replication slot to X, minimum is Y": someone else moved
@@ -163,10 +171,12 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
 	defer func() { err = s.diagnose(ctx, err) }()
-	upto, err := s.CurrentFlushLSN(ctx)
-	if err != nil {
-		return out, err
+	var upto pglogrepl.LSN
+	var timed bool
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), `+stmtTimeoutSet).Scan(&upto, &timed); err != nil {
+		return out, classify(err, "read pg_current_wal_flush_lsn()")
 	}
+	s.stmtTimeout.Store(timed)
 	start := len(out)
 	if err := s.readPeek(ctx, upto, numMessages, func(m PGMSG) error {
 		out = append(out, m)
@@ -405,9 +415,11 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	// commit records, for the check that they reach the slot (polledThrough below).
 	written := s.win.writtenUnstamped()
 	var upto, insert pglogrepl.LSN
-	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), pg_current_wal_insert_lsn()`).Scan(&upto, &insert); err != nil {
+	var timed bool
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), pg_current_wal_insert_lsn(), `+stmtTimeoutSet).Scan(&upto, &insert, &timed); err != nil {
 		return res, classify(err, "read pg_current_wal_flush_lsn()")
 	}
+	s.stmtTimeout.Store(timed)
 	s.win.stamp(written, insert)
 	if upto <= st.drainedFlush || upto <= st.confirmed {
 		return res, nil // nothing flushed since everything was delivered

@@ -130,6 +130,10 @@ type Syncer struct {
 	splitMinWAL uint64
 	// restart keeps restart_lsn close to confirmed_flush_lsn (restartlsn.go).
 	restart restartKeeper
+	// stmtTimeout: the server gives dbsync's sessions a statement_timeout (role,
+	// database or connection string), learned with each poll's flush LSN; peeks and
+	// advances then run with it off (untimed.go).
+	stmtTimeout atomic.Bool
 	// bg bounds work that outlives a call, the restart_lsn checks that Forward and
 	// GetMessages start; Close cancels it (bgCancel) and waits for them.
 	bg       context.Context
@@ -255,7 +259,9 @@ func (s *Syncer) IsRunning() bool {
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
 // ErrSlotInUse, ...). Connection loss is retried with exponential backoff.
 // Returns ErrAlreadyRunning if the Syncer runs already, ErrClosed after Close,
-// ErrConfig with nothing to deliver to or with both an EventsProcessor and a Batcher.
+// ErrConfig with nothing to deliver to, with both an EventsProcessor and a Batcher, or
+// (without an EventsProcessor) on a pool limited to one connection (README, "Reading
+// the slot").
 // When a handler asked to stop but the slot could not then be forwarded past what it
 // processed, Run returns that error (what was processed is delivered again on the
 // next run).
@@ -276,6 +282,14 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if s.EventsProcessor != nil && s.Batcher != nil {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: an EventsProcessor gets the raw rows and decides how many were processed, so a Batcher would never get a poll's net effect before the slot moves; set one or the other", ErrConfig)
+	}
+	if s.EventsProcessor == nil && s.db.Stats().MaxOpenConnections == 1 {
+		// A poll's rows are delivered while its connection still streams the peek,
+		// and delivering a RELATION of a table not described yet reads the catalog
+		// on another connection: with one, both wait for each other for good
+		// (TestRunNeedsTwoConnections).
+		s.mu.Unlock()
+		return fmt.Errorf("%w: the connection pool may open only one connection, but Run needs two: one streams a poll's rows while the handlers get them, another reads the catalog for tables it has not described yet; allow at least two (db.SetMaxOpenConns(2)), more for a handler that uses the pool itself", ErrConfig)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s.running, s.cancel, s.done = true, cancel, make(chan struct{})
