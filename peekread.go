@@ -363,6 +363,9 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 	var copyConfirmed pglogrepl.LSN
 	if copied.Valid {
 		if copyConfirmed, err = parseLSN([]byte(copied.String)); err != nil {
+			// The temporary copy exists: end its session (which drops it) rather than
+			// hand the connection back to the pool with the copy holding WAL.
+			_ = cconn.Raw(func(any) error { return driver.ErrBadConn })
 			cconn.Close()
 			return err
 		}
