@@ -22,6 +22,10 @@ type windowTracker struct {
 	// afterSelect, when set, runs between a selection's SELECT and its high
 	// watermark. Tests only: it makes changes land inside the window.
 	afterSelect func()
+	// duringSelect, when set, runs on the goroutine reading a selection's rows once
+	// its first batch of rows was read, while the SELECT may still be sending the
+	// rest. Tests only: it ends the SELECT's session or restarts the server mid-read.
+	duringSelect func()
 	// forceRetry, when set, turns the emission of each selection it returns true for
 	// into a retry (as if a change with an unreadable key had touched the window).
 	// Tests only.
