@@ -115,6 +115,10 @@ type Syncer struct {
 	// selectionReopens counts selections opened again after their session was lost
 	// (openSelection).
 	selectionReopens atomic.Uint64
+	// strayWatermarks are selection IDs whose watermark rows could not be deleted
+	// (the server was unreachable); the next deleteWatermarks deletes them too.
+	strayMu         sync.Mutex
+	strayWatermarks []string
 	// pgconnPeeks counts peeks read on pgx's own connection (peekread.go).
 	pgconnPeeks atomic.Uint64
 	// driverPeeks counts peeks read through the driver's own interfaces (peekread.go).
