@@ -153,3 +153,36 @@ func TestSnapshotSelectionSessionLost(t *testing.T) {
 		}
 	}
 }
+
+// TestRefreshSlotDroppedWhileWaiting drops the Syncer's slot between a Refresh's
+// SELECT and its high watermark: the watermark can never be delivered. Run ends with
+// ErrSlotMissing at its next poll, and the Refresh, waiting for the watermark, returns
+// at once with ErrRefreshAbandoned naming why (not when its context ends).
+func TestRefreshSlotDroppedWhileWaiting(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`, `INSERT INTO items VALUES (1, 'a'), (2, 'b')`)
+	h := newCacheHandler()
+	s := newTestSyncer(t, d, ForTables("items"), WithMessageHandler(h))
+	r := runInBackground(s)
+	t.Cleanup(r.cancel)
+	s.win.afterSelect = func() {
+		// The slot is active only during a poll's peek or advance: retry until the
+		// drop finds it idle.
+		waitFor(t, 10*time.Second, func() bool {
+			_, err := d.DB.Exec(`SELECT pg_drop_replication_slot($1)`, s.ReplicationSlot())
+			return err == nil
+		}, "the slot to be dropped")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := s.RefreshContext(ctx, `SELECT * FROM items`)
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorContains(t, err, "the Syncer stopped before its high watermark was delivered")
+	require.ErrorIs(t, err, ErrSlotMissing)
+	require.NoError(t, ctx.Err())
+	require.Less(t, time.Since(start), 10*time.Second)
+	require.ErrorIs(t, r.wait(t, 10*time.Second), ErrSlotMissing)
+	require.Empty(t, h.eventList())
+	requireNothingLeft(t, d.DB)
+}
