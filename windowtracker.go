@@ -198,7 +198,7 @@ func (t *windowTracker) register(id string, rel uint32) <-chan selDone {
 		if errors.Is(t.stopped, ErrClosed) {
 			ch <- selDone{err: fmt.Errorf("%w: %w", ErrRefreshAbandoned, ErrClosed)}
 		} else {
-			ch <- selDone{err: fmt.Errorf("%w: the Syncer is not running (%v); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)}
+			ch <- selDone{err: fmt.Errorf("%w: the Syncer is not running (Run returned: %w); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)}
 		}
 		return ch
 	}
@@ -328,7 +328,9 @@ func (t *windowTracker) abandon(cause error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.stopped = cause
-	err := fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)
+	// cause stays in the chain: a caller tells a Syncer stopped on purpose from one
+	// that cannot run again as it is (errors.Is(err, ErrSlotMissing), say).
+	err := fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (Run returned: %w); call it again once Run runs again (Run's error says whether it can)", ErrRefreshAbandoned, cause)
 	if errors.Is(cause, ErrClosed) {
 		err = fmt.Errorf("%w: the Syncer was closed before its high watermark was delivered: %w", ErrRefreshAbandoned, ErrClosed)
 	}
