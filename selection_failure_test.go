@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -185,4 +186,43 @@ func TestRefreshSlotDroppedWhileWaiting(t *testing.T) {
 	require.ErrorIs(t, r.wait(t, 10*time.Second), ErrSlotMissing)
 	require.Empty(t, h.eventList())
 	requireNothingLeft(t, d.DB)
+}
+
+// TestSnapshotIdleInTransactionTimeout: with idle_in_transaction_session_timeout set
+// for the database (300 ms), a Snapshot with 4 chunks in flight whose reader stalls
+// for a second in the middle of every chunk's rows. A selection's transaction is
+// open while its rows are read, but its session is not idle in it: the backend is
+// still running the SELECT, blocked sending rows the reader has not taken (state
+// 'active'), and the transaction ends (COMMIT) as soon as the last row was read,
+// before the window's high watermark. So no selection is killed or opened again, and
+// the cache ends exact. (Pinned through both drivers.)
+func TestSnapshotIdleInTransactionTimeout(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			selectionFaultTable(t, d.DB)
+			execAll(t, d.DB, `ALTER DATABASE `+pq.QuoteIdentifier(d.Name)+` SET idle_in_transaction_session_timeout = '300ms'`)
+			db, err := sql.Open(driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			var timeout string
+			require.NoError(t, db.QueryRow(`SHOW idle_in_transaction_session_timeout`).Scan(&timeout))
+			require.Equal(t, "300ms", timeout)
+			h := newCacheHandler()
+			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, WithDB(db), ForTables("items"),
+				WithSnapshotChunkSize(2000), WithSnapshotChunksInFlight(4))
+			var stalls atomic.Int32
+			s.win.duringSelect = func() {
+				stalls.Add(1)
+				backendOf(t, d.DB, "active", "SELECT %FROM ONLY%items%")
+				time.Sleep(time.Second)
+			}
+			require.NoError(t, s.Snapshot(context.Background(), "items"))
+			require.Equal(t, int32(3), stalls.Load())
+			require.Zero(t, s.selectionReopens.Load())
+			catchUp(t, s)
+			require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "items")))
+			requireNothingLeft(t, d.DB)
+		})
+	}
 }
