@@ -386,6 +386,9 @@ func (s *Syncer) collectRows(rctx context.Context, cancel context.CancelFunc, in
 				case <-rctx.Done():
 					return
 				}
+				if hook := s.win.duringSelect; hook != nil && seq == 1 {
+					hook()
+				}
 				b = newRawBatch(cap(b.buf), cap(b.offs))
 			}
 		}

@@ -112,6 +112,13 @@ type Syncer struct {
 	win    *windowTracker
 	runID  string        // prefix of this Syncer's selection IDs
 	selSeq atomic.Uint64 // numbers this Syncer's selections
+	// selectionReopens counts selections opened again after their session was lost
+	// (openSelection).
+	selectionReopens atomic.Uint64
+	// strayWatermarks are selection IDs whose watermark rows could not be deleted
+	// (the server was unreachable); the next deleteWatermarks deletes them too.
+	strayMu         sync.Mutex
+	strayWatermarks []string
 	// pgconnPeeks counts peeks read on pgx's own connection (peekread.go).
 	pgconnPeeks atomic.Uint64
 	// driverPeeks counts peeks read through the driver's own interfaces (peekread.go).

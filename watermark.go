@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/lib/pq"
 )
 
@@ -227,12 +228,52 @@ type pendingSelection struct {
 	closed   bool
 }
 
-// openSelection runs the first half of one watermark window for a SELECT over info's
+// maxSelectionReopens is how many times in a row openSelection opens a selection
+// again after its session was lost (a server restart or crash, pg_terminate_backend):
+// with newRetryBackoff's waits, about 25 s in all.
+const maxSelectionReopens = 8
+
+// openSelection opens a selection (openSelectionOnce). When the selection's session
+// is lost on the way (isTransient: the server restarted or crashed, the session was
+// terminated, the connection broke), nothing of it was delivered and its watermarks
+// belong to no selection any more, so it is opened again, under a new ID, after
+// newRetryBackoff's wait, up to maxSelectionReopens times; then, or when ctx ends
+// meanwhile, it fails with ErrRefreshAbandoned saying to run it again. database/sql
+// already retries a statement whose connection was found broken before it was sent;
+// this covers a session lost while a statement ran (the chunk's SELECT, a watermark's
+// INSERT), which the driver cannot retry (TestSnapshotSelectionSessionLost).
+func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (*pendingSelection, error) {
+	var wait *backoff.ExponentialBackOff
+	for lost := 0; ; lost++ {
+		p, err := s.openSelectionOnce(ctx, info, cols, q)
+		if err == nil || !isTransient(err) {
+			return p, err
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: selection on %s: %w (its session was lost too: %w)", ErrRefreshAbandoned, info.QualifiedName(), ctx.Err(), err)
+		}
+		if lost >= maxSelectionReopens {
+			return nil, fmt.Errorf("%w: selection on %s lost its session to the server %d times in a row (server restarting or unreachable?); nothing of it was delivered: call Refresh or Snapshot again once the server is back (Snapshot resumes after the last finished chunk): %w",
+				ErrRefreshAbandoned, info.QualifiedName(), lost+1, err)
+		}
+		if wait == nil {
+			wait = newRetryBackoff()
+		}
+		d := wait.NextBackOff()
+		s.selectionReopens.Add(1)
+		s.log.Warn("dbsync: selection lost its session; opening it again", "table", info.QualifiedName(), "err", err, "retry_in", d)
+		if !sleepCtx(ctx, d) {
+			return nil, fmt.Errorf("%w: selection on %s: %w (its session was lost: %w)", ErrRefreshAbandoned, info.QualifiedName(), ctx.Err(), err)
+		}
+	}
+}
+
+// openSelectionOnce runs the first half of one watermark window for a SELECT over info's
 // table whose result columns are cols, each as text (selectList): register, low
 // watermark, SELECT, high watermark. It does not wait for the high watermark to be
 // delivered (pendingSelection.wait), so several selections can be in flight at once.
 // On error the selection is closed.
-func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (*pendingSelection, error) {
+func (s *Syncer) openSelectionOnce(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (*pendingSelection, error) {
 	if err := s.refreshAllowed(); err != nil {
 		return nil, err
 	}
@@ -415,15 +456,39 @@ func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) err
 }
 
 // deleteWatermarks removes a finished selection's watermark rows (their DELETEs reach
-// the log and are ignored). Rows left by a crash are ignored too: their selection IDs
-// belong to no registered selection.
+// the log and are ignored), together with those of earlier selections whose
+// deletion failed (strayWatermarks). A pooled session may have died with the server
+// (a restart while the selection ran) before the pool noticed, so a deletion that
+// fails on a lost session is tried once more at once; when it still fails the IDs are
+// kept and deleted with the next selection's rows. Rows left by a crash of this
+// process are ignored too: their selection IDs belong to no registered selection.
 func (s *Syncer) deleteWatermarks(id string) {
+	s.strayMu.Lock()
+	ids := append([]string{id}, s.strayWatermarks...)
+	s.strayMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	stmt := "DELETE FROM " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) + " WHERE selection_id = $1"
-	if _, err := s.db.ExecContext(ctx, stmt, id); err != nil {
-		s.log.Warn("dbsync: could not delete watermark rows", "selection", id, "err", err)
+	stmt := "DELETE FROM " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) + " WHERE selection_id = ANY($1)"
+	_, err := s.db.ExecContext(ctx, stmt, pq.StringArray(ids))
+	if err != nil && isTransient(err) {
+		_, err = s.db.ExecContext(ctx, stmt, pq.StringArray(ids))
 	}
+	s.strayMu.Lock()
+	defer s.strayMu.Unlock()
+	if err != nil {
+		if !containsString(s.strayWatermarks, id) {
+			s.strayWatermarks = append(s.strayWatermarks, id)
+		}
+		s.log.Warn("dbsync: could not delete watermark rows; they are deleted with the next selection's", "selections", len(s.strayWatermarks), "err", err)
+		return
+	}
+	kept := s.strayWatermarks[:0]
+	for _, k := range s.strayWatermarks {
+		if !containsString(ids, k) {
+			kept = append(kept, k)
+		}
+	}
+	s.strayWatermarks = kept
 }
 
 // queryColumns returns the result column names of a query (without running it).

@@ -22,6 +22,10 @@ type windowTracker struct {
 	// afterSelect, when set, runs between a selection's SELECT and its high
 	// watermark. Tests only: it makes changes land inside the window.
 	afterSelect func()
+	// duringSelect, when set, runs on the goroutine reading a selection's rows once
+	// its first batch of rows was read, while the SELECT may still be sending the
+	// rest. Tests only: it ends the SELECT's session or restarts the server mid-read.
+	duringSelect func()
 	// forceRetry, when set, turns the emission of each selection it returns true for
 	// into a retry (as if a change with an unreadable key had touched the window).
 	// Tests only.
@@ -194,7 +198,7 @@ func (t *windowTracker) register(id string, rel uint32) <-chan selDone {
 		if errors.Is(t.stopped, ErrClosed) {
 			ch <- selDone{err: fmt.Errorf("%w: %w", ErrRefreshAbandoned, ErrClosed)}
 		} else {
-			ch <- selDone{err: fmt.Errorf("%w: the Syncer is not running (%v); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)}
+			ch <- selDone{err: fmt.Errorf("%w: the Syncer is not running (Run returned: %w); Refresh and Snapshot need Run or Start in another goroutine", ErrRefreshAbandoned, t.stopped)}
 		}
 		return ch
 	}
@@ -324,7 +328,9 @@ func (t *windowTracker) abandon(cause error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.stopped = cause
-	err := fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (%v); run it again", ErrRefreshAbandoned, cause)
+	// cause stays in the chain: a caller tells a Syncer stopped on purpose from one
+	// that cannot run again as it is (errors.Is(err, ErrSlotMissing), say).
+	err := fmt.Errorf("%w: the Syncer stopped before its high watermark was delivered (Run returned: %w); call it again once Run runs again (Run's error says whether it can)", ErrRefreshAbandoned, cause)
 	if errors.Is(cause, ErrClosed) {
 		err = fmt.Errorf("%w: the Syncer was closed before its high watermark was delivered: %w", ErrRefreshAbandoned, ErrClosed)
 	}
