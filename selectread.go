@@ -238,7 +238,7 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 	}
 	rows, err := tx.QueryContext(rctx, q.build(form), q.args...)
 	if err != nil {
-		return fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(err, "run selection"))
+		return selectionQueryErr(info, err)
 	}
 	defer rows.Close()
 	var cur *rawBatch
@@ -318,7 +318,7 @@ func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTa
 			// server's "canceling statement" error).
 			err = fmt.Errorf("read selection rows: %w", ctx.Err())
 		} else if errors.As(qerr, &pgErr) {
-			err = fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(qerr, "run selection"))
+			err = selectionQueryErr(info, qerr)
 		} else {
 			err = classify(qerr, "read selection rows")
 		}
@@ -330,6 +330,17 @@ func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTa
 		return s.endPgconnSelect(pc, classify(err, "end selection transaction"))
 	}
 	return nil
+}
+
+// selectionQueryErr is the error of a selection's SELECT that the server refused: the
+// query is at fault (ErrConfig: a Refresh query's error, a column it lacks), unless
+// the session was lost (isTransient: a restart, pg_terminate_backend), which
+// openSelection retries and is no fault of the query.
+func selectionQueryErr(info *PGTableInfo, err error) error {
+	if isTransient(err) {
+		return classify(err, "run selection on "+info.QualifiedName())
+	}
+	return fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(err, "run selection"))
 }
 
 // textResults asks for every result column in text format (one format code applies

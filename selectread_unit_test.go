@@ -2,9 +2,12 @@ package dbsync
 
 import (
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -57,4 +60,20 @@ func TestRawBatchKeepsNullAndEmptyApart(t *testing.T) {
 	// exactly: an error, never a guess.
 	err := cols[0].Scan(float64(1))
 	require.True(t, errors.Is(err, ErrDecodeValue), "%v", err)
+}
+
+// TestSelectionQueryErr: a SELECT the server refused is the query's fault (ErrConfig),
+// but not when the session was lost under it (57P01 admin_shutdown,
+// pg_terminate_backend; a broken connection): that is retried and must not tell the
+// caller to fix the query.
+func TestSelectionQueryErr(t *testing.T) {
+	info := &PGTableInfo{Namespace: "public", TableName: "items"}
+	require.ErrorIs(t, selectionQueryErr(info, &pq.Error{Code: "42703", Message: "column t.x does not exist"}), ErrConfig)
+	for _, err := range []error{&pq.Error{Code: "57P01", Message: "terminating connection due to administrator command"},
+		&pgconn.PgError{Code: "57P01"}, driver.ErrBadConn} {
+		got := selectionQueryErr(info, err)
+		require.NotErrorIs(t, got, ErrConfig, "%v", err)
+		require.ErrorIs(t, got, err)
+		require.True(t, isTransient(got))
+	}
 }
