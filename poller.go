@@ -592,7 +592,10 @@ func isTransient(err error) bool {
 	}
 	if code, _, ok := serverError(err); ok {
 		switch {
-		case strings.HasPrefix(code, "08"), code == "57P01", code == "57P02", code == "57P03", code == "53300":
+		case strings.HasPrefix(code, "08"), code == "57P01", code == "57P02", code == "57P03", code == "53300",
+			// The server ended an idle session: idle_in_transaction_session_timeout
+			// (25P03), idle_session_timeout (57P05). The next attempt gets a new one.
+			code == "25P03", code == "57P05":
 			return true
 		}
 	}

@@ -77,3 +77,14 @@ func TestSelectionQueryErr(t *testing.T) {
 		require.True(t, isTransient(got))
 	}
 }
+
+// TestIsTransientIdleTimeouts: a session the server ended for idling
+// (idle_in_transaction_session_timeout 25P03, idle_session_timeout 57P05) is a lost
+// session, retried like a restart; a query error is not.
+func TestIsTransientIdleTimeouts(t *testing.T) {
+	for _, code := range []string{"25P03", "57P05", "57P01", "08006"} {
+		require.True(t, isTransient(&pq.Error{Code: pq.ErrorCode(code)}), code)
+		require.True(t, isTransient(&pgconn.PgError{Code: code}), code)
+	}
+	require.False(t, isTransient(&pq.Error{Code: "42703"}))
+}
