@@ -3,7 +3,6 @@ package handlers
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/dbsync/dbsync"
 	"github.com/dbsync/dbsync/internal/pgtest"
@@ -32,35 +31,10 @@ func TestCacheKeyChangesPostgres(t *testing.T) {
 		CREATE TABLE quiet (id int PRIMARY KEY, code text NOT NULL)`)
 	require.NoError(t, err)
 	c := NewCache()
-	s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("pk", "ren", "added", "quiet"),
-		dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
-		dbsync.WithMessageHandler(c), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
-	require.NoError(t, err)
-	defer s.Close()
-	ctx, cancel := context.WithCancel(context.Background())
+	s := newTestSyncer(t, d, c, "pk", "ren", "added", "quiet")
+	runErr, cancel := runInBackground(s)
 	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- s.Run(ctx) }()
-	caughtUp := func() {
-		t.Helper()
-		var target string
-		require.NoError(t, d.DB.QueryRow(`SELECT pg_current_wal_flush_lsn()::text`).Scan(&target))
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			var ok bool
-			require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`,
-				pgtest.Ident(t, "slot"), target).Scan(&ok))
-			if ok {
-				return
-			}
-			select {
-			case err := <-runErr:
-				t.Fatalf("syncer stopped early: %v", err)
-			case <-time.After(20 * time.Millisecond):
-			}
-			require.True(t, time.Now().Before(deadline), "catch-up timed out")
-		}
-	}
+	caughtUp := func() { t.Helper(); waitCaughtUp(t, d, pgtest.Ident(t, "slot"), runErr) }
 	for _, q := range []string{
 		`INSERT INTO pk VALUES (1, 'a', 'x'), (2, 'b', 'y'), (3, 'c', 'w')`,
 		`INSERT INTO ren VALUES (1, 'x'), (2, 'y')`,
@@ -105,7 +79,7 @@ func TestCacheKeyChangesPostgres(t *testing.T) {
 	}, c.Snapshot())
 	require.Equal(t, int64(1), c.Stats().UnkeyedRows)
 
-	require.NoError(t, s.Snapshot(ctx, "pk", "ren", "added", "quiet"))
+	require.NoError(t, s.Snapshot(context.Background(), "pk", "ren", "added", "quiet"))
 	require.Equal(t, map[string]map[string]dbsync.StringMap{
 		"public.pk": {
 			`["a"]`: {"id": int32(1), "code": "a", "v": "z"},

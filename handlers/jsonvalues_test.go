@@ -1,13 +1,11 @@
 package handlers
 
 import (
-	"context"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/dbsync/dbsync"
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/stretchr/testify/require"
 )
@@ -21,14 +19,8 @@ func TestJSONLinesTypedValues(t *testing.T) {
 		far timestamp, u uuid, by bytea, j jsonb, arr int[], r int4range)`)
 	require.NoError(t, err)
 	out := &pgtest.Buffer{}
-	s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("odd"),
-		dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
-		dbsync.WithMessageHandler(NewJSONLinesWriter(out)), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
-	require.NoError(t, err)
-	defer s.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- s.Run(ctx) }()
+	s := newTestSyncer(t, d, NewJSONLinesWriter(out), "odd")
+	runErr, cancel := runInBackground(s)
 	_, err = d.DB.Exec(`INSERT INTO odd VALUES (1, 'NaN', 1.50, 'infinity', '12345-01-01 00:00', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
 		'\x00ff', '{"x": 1.0}', '{{1,NULL}}', '[1,5)')`)
 	require.NoError(t, err)

@@ -37,15 +37,9 @@ func runScript(t *testing.T, h dbsync.MessageHandler, done func() bool) []string
 		ALTER TABLE fullt REPLICA IDENTITY FULL;
 		CREATE TABLE other (k text PRIMARY KEY)`)
 	require.NoError(t, err)
-	s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("items", "fullt", "other"),
-		dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
-		dbsync.WithMessageHandler(h), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
-	require.NoError(t, err)
-	defer s.Close()
-	ctx, cancel := context.WithCancel(context.Background())
+	s := newTestSyncer(t, d, h, "items", "fullt", "other")
+	runErr, cancel := runInBackground(s)
 	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- s.Run(ctx) }()
 	var xids []string
 	for _, stmt := range script {
 		tx, err := d.DB.Begin()
@@ -176,23 +170,14 @@ func TestKeylessTablePostgres(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	_, err := d.DB.Exec(`CREATE TABLE nokey (a int, b text); ALTER TABLE nokey REPLICA IDENTITY FULL`)
 	require.NoError(t, err)
-	newSyncer := func(h dbsync.MessageHandler) *dbsync.Syncer {
-		s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("nokey"),
-			dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
-			dbsync.WithMessageHandler(h), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
+	newSyncer := func(h dbsync.MessageHandler) *dbsync.Syncer { return newTestSyncer(t, d, h, "nokey") }
 	var out pgtest.Buffer
 	s := newSyncer(NewJSONLinesWriter(&out))
 	for _, stmt := range []string{`INSERT INTO nokey VALUES (1, 'x')`, `UPDATE nokey SET b = 'y'`, `DELETE FROM nokey`} {
 		_, err := d.DB.Exec(stmt)
 		require.NoError(t, err, stmt)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- s.Run(ctx) }()
+	runErr, cancel := runInBackground(s)
 	deadline := time.Now().Add(15 * time.Second)
 	for strings.Count(out.String(), "\n") < 3 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
@@ -210,8 +195,8 @@ func TestKeylessTablePostgres(t *testing.T) {
 	_, err = d.DB.Exec(`INSERT INTO nokey VALUES (2, 'z')`)
 	require.NoError(t, err)
 	c := NewCache()
-	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stop()
 	err = newSyncer(c).Run(ctx)
 	require.ErrorIs(t, err, dbsync.ErrNoKey)
 	require.ErrorIs(t, err, dbsync.ErrHandler)
@@ -228,17 +213,11 @@ func TestDeepJSONPostgres(t *testing.T) {
 	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, doc json)`)
 	require.NoError(t, err)
 	var out pgtest.Buffer
-	s, err := dbsync.NewSyncer(dbsync.WithPGConnStr(d.DSN()), dbsync.ForTables("items"),
-		dbsync.WithReplicationSlot(pgtest.Ident(t, "slot")), dbsync.WithPublication(pgtest.Ident(t, "pub")),
-		dbsync.WithMessageHandler(NewJSONLinesWriter(&out)), dbsync.WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
-	require.NoError(t, err)
-	defer s.Close()
+	s := newTestSyncer(t, d, NewJSONLinesWriter(&out), "items")
 	deep := strings.Repeat("[", 10001) + strings.Repeat("]", 10001)
 	_, err = d.DB.Exec(`INSERT INTO items VALUES (1, $1), (2, '{"a": [1]}')`, deep)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- s.Run(ctx) }()
+	runErr, cancel := runInBackground(s)
 	deadline := time.Now().Add(15 * time.Second)
 	for strings.Count(out.String(), "\n") < 2 && time.Now().Before(deadline) {
 		select {
@@ -270,27 +249,9 @@ func drain(t *testing.T, d *pgtest.Database, slot, pub string, h dbsync.MessageH
 	s, err := dbsync.NewSyncer(opts...)
 	require.NoError(t, err)
 	defer s.Close()
-	var target string
-	require.NoError(t, d.DB.QueryRow(`SELECT pg_current_wal_flush_lsn()::text`).Scan(&target))
-	ctx, cancel := context.WithCancel(context.Background())
+	done, cancel := runInBackground(s)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var ok bool
-		require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`, slot, target).Scan(&ok))
-		if ok {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("syncer stopped early: %v", err)
-		default:
-		}
-		require.True(t, time.Now().Before(deadline), "drain timed out")
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitCaughtUp(t, d, slot, done)
 	cancel()
 	require.NoError(t, <-done)
 }
