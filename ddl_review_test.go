@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -78,4 +79,45 @@ func TestBinaryTypeChangesInBacklog(t *testing.T) {
 			require.Equal(t, "id:bigint,n:bigint,doc:jsonb", types(got[7]))
 		})
 	}
+}
+
+// TestSnapshotResumeAfterTableRecreated: a Snapshot of t stops after its first chunk
+// (its context cancelled), leaving t's progress at key 2; then t is dropped and
+// created again under the same name with the same key column name, and added to the
+// publication again. The next Snapshot of t is of another table: it must read it
+// from the start, not resume after the dropped table's key 2, which would leave the
+// new table's rows 1 and 2 out of the consumer for good while Snapshot returns nil.
+func TestSnapshotResumeAfterTableRecreated(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, v text)`, `INSERT INTO t SELECT g, 'old' || g FROM generate_series(1, 6) g`)
+	h := newCacheHandler()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	slot := pgtest.Ident(t, "slot")
+	s, _ := startSyncer(t, d.DSN(), slot, h, ForTables("t"), WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(1),
+		WithSnapshotProgress(func(p SnapshotProgress) {
+			if p.Chunks == 1 {
+				cancel()
+			}
+		}))
+	require.ErrorIs(t, s.Snapshot(ctx, "t"), context.Canceled)
+	catchUp(t, s)
+	require.Equal(t, []string{`refresh public.t ["1"]`, `refresh public.t ["2"]`}, h.eventList())
+
+	execAll(t, d.DB, `DROP TABLE t`, `CREATE TABLE t (id bigint PRIMARY KEY, w int)`,
+		`INSERT INTO t SELECT g, g * 10 FROM generate_series(1, 4) g`,
+		`ALTER PUBLICATION `+slot+`_pub ADD TABLE t`)
+	catchUp(t, s)
+	h.mu.Lock()
+	h.rows, h.events = map[string]StringMap{}, nil
+	h.mu.Unlock()
+	s.SnapshotProgress = nil
+	require.NoError(t, s.Snapshot(context.Background(), "t"))
+	catchUp(t, s)
+	want := map[string]StringMap{
+		`["1"]`: {"id": int64(1), "w": int32(10)}, `["2"]`: {"id": int64(2), "w": int32(20)},
+		`["3"]`: {"id": int64(3), "w": int32(30)}, `["4"]`: {"id": int64(4), "w": int32(40)},
+	}
+	require.Equal(t, want, dbRows(t, d.DB, "t"))
+	require.Equal(t, want, h.tableRows("public.t"), "the new table read from the start")
 }
