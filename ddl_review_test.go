@@ -121,3 +121,24 @@ func TestSnapshotResumeAfterTableRecreated(t *testing.T) {
 	require.Equal(t, want, dbRows(t, d.DB, "t"))
 	require.Equal(t, want, h.tableRows("public.t"), "the new table read from the start")
 }
+
+// TestSnapshotProgressColumnAddedBySetup: a control schema made by a dbsync without
+// snapshot_progress.relation_oid gets the column from the next setup, and a progress
+// row without it (NULL) is not resumed: the table is read from the start.
+func TestSnapshotProgressColumnAddedBySetup(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, v text)`, `INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 4) g`)
+	slot := pgtest.Ident(t, "slot")
+	newTestSyncer(t, d, ForTables("t"), WithReplicationSlot(slot)).Close()
+	execAll(t, d.DB, `ALTER TABLE dbsync_ctrl.snapshot_progress DROP COLUMN relation_oid`,
+		`INSERT INTO dbsync_ctrl.snapshot_progress (slot_name, table_name, key_columns, last_key, chunk_size, chunks_done, rows_done)
+			VALUES ('`+slot+`', 'public.t', '{id}', '{2}', 2, 1, 2)`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), slot, h, ForTables("t"), WithPublication(pgtest.Ident(t, "pub")), WithSnapshotChunkSize(2))
+	require.Equal(t, []string{"relation_oid"}, queryStrings(t, d.DB, `SELECT attname::text FROM pg_attribute
+		WHERE attrelid = 'dbsync_ctrl.snapshot_progress'::regclass AND attname = 'relation_oid' AND NOT attisdropped`))
+	require.NoError(t, s.Snapshot(context.Background(), "t"))
+	catchUp(t, s)
+	require.Equal(t, dbRows(t, d.DB, "t"), h.tableRows("public.t"), "read from the start, rows 1 and 2 included")
+	require.Equal(t, []string{"true"}, queryStrings(t, d.DB, `SELECT (relation_oid = 't'::regclass)::text FROM dbsync_ctrl.snapshot_progress`))
+}

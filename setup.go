@@ -100,11 +100,39 @@ func (s *Syncer) setupCatalogOn(ctx context.Context, db txBeginner) (err error) 
 	if _, err = tx.ExecContext(ctx, ddl); err != nil {
 		return classify(err, "create control schema and watermark table")
 	}
+	if err = s.ensureProgressRelationOID(ctx, tx); err != nil {
+		return err
+	}
 	if err = s.ensurePublication(ctx, tx); err != nil {
 		return err
 	}
 	if err = tx.Commit(); err != nil {
 		return classify(err, "commit setup")
+	}
+	return nil
+}
+
+// ensureProgressRelationOID adds the relation_oid column to a snapshot_progress table
+// created before it existed (sql/setup_ctrl.sql creates it with the column). Rows
+// without it (NULL) never resume: their snapshot starts over, as it cannot be told
+// whether the table was dropped and created again since. ALTER TABLE only when the
+// column is missing: it needs ownership, which a Syncer of another role sharing the
+// control schema may lack.
+func (s *Syncer) ensureProgressRelationOID(ctx context.Context, tx *sql.Tx) error {
+	var has bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+		JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = 'relation_oid' AND NOT a.attisdropped)`,
+		s.ctrlNamespace, snapshotProgressTable).Scan(&has); err != nil {
+		return classify(err, "check the columns of "+s.ctrlNamespace+"."+snapshotProgressTable)
+	}
+	if has {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, "ALTER TABLE "+pq.QuoteIdentifier(s.ctrlNamespace)+"."+snapshotProgressTable+
+		" ADD COLUMN IF NOT EXISTS relation_oid oid"); err != nil {
+		return classify(err, "add column relation_oid to "+s.ctrlNamespace+"."+snapshotProgressTable+
+			" (created by an older dbsync; its owner can run ALTER TABLE ... ADD COLUMN relation_oid oid)")
 	}
 	return nil
 }

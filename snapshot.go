@@ -165,7 +165,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 		var changed *tableChangedError
 		if errors.As(err, &changed) {
 			if _, rerr := s.db.ExecContext(context.WithoutCancel(ctx), s.ctrlSQL("snapshot_progress_start.sql"), s.replicationSlot,
-				info.QualifiedName(), pq.StringArray(info.PrimaryKey), cmp.Or(s.SnapshotChunkSize, DefaultSnapshotChunkSize)); rerr != nil {
+				info.QualifiedName(), pq.StringArray(info.PrimaryKey), cmp.Or(s.SnapshotChunkSize, DefaultSnapshotChunkSize), info.RelationID); rerr != nil {
 				err = errors.Join(err, classify(rerr, "reset snapshot progress of "+info.QualifiedName()))
 			}
 		}
@@ -183,16 +183,21 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 	// Resume or start.
 	var keyCols, lastKey pq.StringArray
 	var finished bool
+	var relID sql.NullInt64
 	err = s.db.QueryRowContext(ctx, s.ctrlSQL("snapshot_progress_get.sql"), s.replicationSlot, table).
-		Scan(&keyCols, &lastKey, &prog.Chunks, &prog.Rows, &finished)
-	resume := err == nil && !finished && equalStrings(keyCols, info.PrimaryKey)
+		Scan(&keyCols, &lastKey, &prog.Chunks, &prog.Rows, &finished, &relID)
+	// Resume only the snapshot of this very table: one of the same name dropped and
+	// created again since (another relation OID) is another table, whose rows up to
+	// the old last key were never read (TestSnapshotResumeAfterTableRecreated).
+	resume := err == nil && !finished && equalStrings(keyCols, info.PrimaryKey) &&
+		relID.Valid && relID.Int64 == int64(info.RelationID)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return classify(err, "read snapshot progress of "+table)
 	}
 	if !resume {
 		lastKey, prog.Chunks, prog.Rows = nil, 0, 0
 		if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_start.sql"), s.replicationSlot, table,
-			pq.StringArray(info.PrimaryKey), chunk); err != nil {
+			pq.StringArray(info.PrimaryKey), chunk, info.RelationID); err != nil {
 			return classify(err, "start snapshot progress of "+table)
 		}
 	} else {

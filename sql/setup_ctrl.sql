@@ -11,10 +11,14 @@ CREATE TABLE IF NOT EXISTS {{ns}}.{{wm}} (
 -- a restarted snapshot resumes after last_key, the primary key (key_columns, in key
 -- order) of the last row of the last chunk whose refresh rows were delivered, each
 -- value in its type's text output form. finished_at is set when the last chunk was
--- delivered; a new Snapshot of a finished table starts over.
+-- delivered; a new Snapshot of a finished table starts over. relation_oid is the OID
+-- of the table the snapshot read: a table of the same name dropped and created again
+-- since is another table, whose snapshot starts over (a control schema created before
+-- the column existed gets it from setup: ensureProgressRelationOID).
 CREATE TABLE IF NOT EXISTS {{ns}}.snapshot_progress (
     slot_name    text        NOT NULL,
     table_name   text        NOT NULL,
+    relation_oid oid,
     key_columns  text[]      NOT NULL,
     last_key     text[],
     chunk_size   int         NOT NULL,
