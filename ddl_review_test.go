@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/stretchr/testify/require"
@@ -141,4 +142,38 @@ func TestSnapshotProgressColumnAddedBySetup(t *testing.T) {
 	catchUp(t, s)
 	require.Equal(t, dbRows(t, d.DB, "t"), h.tableRows("public.t"), "read from the start, rows 1 and 2 included")
 	require.Equal(t, []string{"true"}, queryStrings(t, d.DB, `SELECT (relation_oid = 't'::regclass)::text FROM dbsync_ctrl.snapshot_progress`))
+}
+
+// TestSnapshotTableLeavesPublication: ALTER PUBLICATION ... DROP TABLE t after the
+// first chunk's SELECT of a Snapshot of t. The watermark table is still published, so
+// every window still closes: the Snapshot ends (no hang) and delivers every row, the
+// chunks read after the table left the publication included (a chunk does not look
+// at the publication, only at the table's shape). The table's changes stop reaching
+// the slot from the ALTER on, as they would after a Snapshot that finished first; the
+// next Snapshot of t is refused with ErrConfig saying how to add it back.
+func TestSnapshotTableLeavesPublication(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, v text)`, `INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 6) g`)
+	h := newCacheHandler()
+	slot := pgtest.Ident(t, "slot")
+	s, _ := startSyncer(t, d.DSN(), slot, h, ForTables("t"), WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(1))
+	n := 0
+	s.win.afterSelect = func() {
+		if n++; n == 1 {
+			execAll(t, d.DB, `ALTER PUBLICATION `+slot+`_pub DROP TABLE t`)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	require.NoError(t, s.Snapshot(ctx, "t"))
+	require.NoError(t, ctx.Err())
+	require.Equal(t, 4, n, "three chunks and the empty one after the last")
+	execAll(t, d.DB, `UPDATE t SET v = 'later' WHERE id = 1`)
+	catchUp(t, s)
+	require.Equal(t, []string{`refresh public.t ["1"]`, `refresh public.t ["2"]`, `refresh public.t ["3"]`, `refresh public.t ["4"]`,
+		`refresh public.t ["5"]`, `refresh public.t ["6"]`}, h.eventList(), "every row; the UPDATE after the ALTER is not published")
+	s.win.afterSelect = nil
+	err := s.Snapshot(ctx, "t")
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, `table public.t is not in publication "`+slot+`_pub", so its changes cannot be matched with refresh rows; add it with ALTER PUBLICATION`)
 }
