@@ -22,7 +22,8 @@ import (
 
 // RefreshStats says what one selection (a Refresh or a snapshot chunk) did.
 type RefreshStats struct {
-	// Selected is the number of rows the SELECT returned.
+	// Selected is the number of rows the SELECT returned, each key counted once (a
+	// query returning a key twice delivers its last row with it: docs/SNAPSHOTS.md).
 	Selected int
 	// Emitted is the number of refresh rows handed to HandleRefresh (and the Batcher):
 	// Selected minus the rows a change inside the window touched, plus rows read again.
