@@ -144,3 +144,64 @@ func holdSyncCommits(t *testing.T, ctl *sql.DB) {
 		}
 	}, "commits with synchronous_commit = on to wait for the synchronous standby")
 }
+
+// TestRefreshDuplicateWatermarkRows: the slot carries a selection's watermark row
+// twice (written by the test through the afterSelect hook, between the SELECT and
+// the high watermark; the primary key makes dbsync's own INSERT of a row that is
+// already there a no-op). A high watermark twice in one transaction (deleted and
+// inserted again) must deliver the rows once; a low watermark again after the
+// SELECT must not lose the window's effect on a key changed inside it (the change
+// also comes after the SELECT, invisible to it) nor deliver anything twice.
+func TestRefreshDuplicateWatermarkRows(t *testing.T) {
+	for _, kind := range []string{"high", "low"} {
+		t.Run(kind, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			ctx := context.Background()
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`,
+				`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 20) g`)
+			h := newCacheHandler()
+			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("items"))
+			var hooked atomic.Int32
+			s.win.afterSelect = func() {
+				hooked.Add(1)
+				ids := queryStrings(t, d.DB, `SELECT selection_id FROM dbsync_ctrl.dbsync_wmtable WHERE wm_type = 'low'`)
+				require.Len(t, ids, 1)
+				tx, err := d.DB.Begin()
+				require.NoError(t, err)
+				stmts := []string{
+					`INSERT INTO dbsync_ctrl.dbsync_wmtable (selection_id, wm_type) VALUES ($1, 'high')`,
+					`DELETE FROM dbsync_ctrl.dbsync_wmtable WHERE selection_id = $1 AND wm_type = 'high'`,
+					`INSERT INTO dbsync_ctrl.dbsync_wmtable (selection_id, wm_type) VALUES ($1, 'high')`,
+				}
+				if kind == "low" {
+					execAll(t, d.DB, `UPDATE items SET v = 'changed' WHERE id = 7`)
+					stmts = []string{
+						`DELETE FROM dbsync_ctrl.dbsync_wmtable WHERE selection_id = $1 AND wm_type = 'low'`,
+						`INSERT INTO dbsync_ctrl.dbsync_wmtable (selection_id, wm_type) VALUES ($1, 'low')`,
+					}
+				}
+				for _, q := range stmts {
+					_, err := tx.Exec(q, ids[0])
+					require.NoError(t, err, q)
+				}
+				require.NoError(t, tx.Commit())
+			}
+			stats, err := s.RefreshContext(ctx, `SELECT * FROM items`)
+			require.NoError(t, err)
+			require.Equal(t, int32(1), hooked.Load())
+			catchUp(t, s)
+			want := expectedCounts(t, d, map[string]int{"items": 1})
+			if kind == "low" {
+				delete(want, `public.items ["7"]`) // changed inside the window: its change carries it
+				require.Equal(t, RefreshStats{Selected: 20, Emitted: 19}, stats)
+			} else {
+				require.Equal(t, RefreshStats{Selected: 20, Emitted: 20}, stats)
+			}
+			require.Equal(t, want, refreshCounts(h))
+			require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "items")))
+			var wm int
+			require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM dbsync_ctrl.dbsync_wmtable`).Scan(&wm))
+			require.Zero(t, wm, "watermark rows left behind")
+		})
+	}
+}
