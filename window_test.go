@@ -548,3 +548,27 @@ func TestWindowDuplicateWatermark(t *testing.T) {
 	require.Nil(t, tx(w, 26, func() { w.watermark("s1", wmLow) }), "L again after delivery: ignored")
 	require.Empty(t, w.sels)
 }
+
+// TestWindowHighWatermarkTwiceInOnePoll: a selection's high watermark row twice in
+// one poll (in one transaction, or in two) emits its rows once: the selection is
+// forgotten only when the poll ends (windowTracker.delivered), so without a mark a
+// second one would hand the rows over again. A poll read again (after a handler
+// error: newPoll) emits them again, as the first one's were not taken.
+func TestWindowHighWatermarkTwiceInOnePoll(t *testing.T) {
+	w := &window{}
+	w.register("s1", relItems)
+	w.newPoll()
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	require.True(t, w.setRows("s1", selOf("a", "b"), snapOf(t, "11:11:")))
+	w.begin(11)
+	w.watermark("s1", wmHigh)
+	w.watermark("s1", wmHigh)
+	ems := w.commit()
+	require.Len(t, ems, 1)
+	require.Equal(t, []string{"a", "b"}, keysOf(ems[0]))
+	require.Nil(t, tx(w, 12, func() { w.watermark("s1", wmHigh) }), "again later in the same poll")
+	// The poll is read again from the low watermark.
+	w.newPoll()
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	require.Equal(t, []string{"a", "b"}, keysOf(tx(w, 11, func() { w.watermark("s1", wmHigh) })))
+}
