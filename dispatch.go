@@ -33,6 +33,7 @@ func (s *Syncer) newDelivery(ctx context.Context) *delivery {
 		d.batch = newBatchState()
 	}
 	s.win.maybePrune(ctx, s.db, s.log)
+	s.win.newPoll()
 	return d
 }
 

@@ -87,6 +87,13 @@ var (
 	// guaranteed to have been delivered; run the Refresh (or Snapshot, which resumes at
 	// the chunk) again with a running Syncer.
 	ErrRefreshAbandoned = errors.New("dbsync: refresh selection abandoned")
+	// ErrSnapshotProgress: a Snapshot chunk's refresh rows were delivered, but its
+	// progress could not be written to the control schema's snapshot_progress table
+	// (the server's error is in the chain: a privilege, a constraint, a full disk, a
+	// lost session). Snapshot stops there. Call Snapshot again once the table can be
+	// written: it resumes after the last recorded chunk and delivers the unrecorded
+	// ones again (at-least-once).
+	ErrSnapshotProgress = errors.New("dbsync: snapshot progress not recorded")
 	// ErrNoPrimaryKey: the table has neither a primary key nor a replica identity index
 	// (REPLICA IDENTITY USING INDEX), or its key holds a generated column (which
 	// pgoutput does not send), so rows cannot be matched with changes (or chunked).

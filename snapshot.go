@@ -356,7 +356,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 		}
 		if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_chunk.sql"), s.replicationSlot, table,
 			lastArg, stats.Selected, chunk); err != nil {
-			return classify(err, "record snapshot progress of "+table)
+			return s.progressError(table, prog.Chunks+1, err)
 		}
 		prog.Chunks++
 		prog.Rows += int64(stats.Selected)
@@ -370,7 +370,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 				return fmt.Errorf("snapshot of %s: %w", table, err)
 			}
 			if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_finish.sql"), s.replicationSlot, table); err != nil {
-				return classify(err, "record snapshot progress of "+table)
+				return s.progressError(table, prog.Chunks, err)
 			}
 		}
 		prog.Done = done
@@ -379,6 +379,14 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 		}
 	}
 	return nil
+}
+
+// progressError is the error of a failed write of a delivered chunk's progress
+// (chunk n of table): ErrSnapshotProgress, with the server's error in the chain
+// (TestSnapshotProgressWriteFails).
+func (s *Syncer) progressError(table string, n int64, err error) error {
+	return fmt.Errorf("%w: snapshot of %s, chunk %d: its rows were delivered but its progress could not be recorded in %s.%s; call Snapshot again once the table can be written: it resumes after the last recorded chunk and delivers this one again: %w",
+		ErrSnapshotProgress, table, n, pq.QuoteIdentifier(s.ctrlNamespace), snapshotProgressTable, classify(err, "record snapshot progress"))
 }
 
 // maxWritersPoll is the longest pause between two looks of waitForTableWriters.

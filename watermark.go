@@ -22,7 +22,8 @@ import (
 
 // RefreshStats says what one selection (a Refresh or a snapshot chunk) did.
 type RefreshStats struct {
-	// Selected is the number of rows the SELECT returned.
+	// Selected is the number of rows the SELECT returned, each key counted once (a
+	// query returning a key twice delivers its last row with it: docs/SNAPSHOTS.md).
 	Selected int
 	// Emitted is the number of refresh rows handed to HandleRefresh (and the Batcher):
 	// Selected minus the rows a change inside the window touched, plus rows read again.
@@ -444,12 +445,23 @@ func keySignature(info *PGTableInfo) string {
 
 // writeWatermark inserts and commits one watermark row, and tells the window tracker,
 // which checks that it reaches the slot (windowTracker.pending).
+//
+// A unique violation (23505) of the watermark table's primary key (selection_id,
+// wm_type) means this very row is there already: selection IDs carry this Syncer's
+// random run ID, so only an earlier attempt of this statement can have written it.
+// That happens when the INSERT committed but its session ended before the reply was
+// read: lib/pq reports the EOF as driver.ErrBadConn and database/sql sends the INSERT
+// again on a new connection. The first row committed and is in the slot, so the
+// watermark is written (TestWatermarkInsertResentAfterLostReply).
 func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) error {
 	stmt := "INSERT INTO " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) +
 		" (selection_id, wm_type) VALUES ($1, $2)"
 	s.win.expect(id, kind)
 	if _, err := s.db.ExecContext(ctx, stmt, id, string(kind)); err != nil {
-		return classify(err, fmt.Sprintf("write %s watermark of selection %s", kind, id))
+		if code, _, ok := serverError(err); !ok || code != "23505" {
+			return classify(err, fmt.Sprintf("write %s watermark of selection %s", kind, id))
+		}
+		s.log.Debug("dbsync: watermark row was written by an earlier attempt of its INSERT (a resent statement)", "selection", id, "kind", string(kind))
 	}
 	s.win.wrote(id, kind)
 	return nil

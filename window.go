@@ -117,6 +117,10 @@ type windowSel struct {
 	rel    uint32
 	rows   *InMemSelection
 	snap   xidSnapshot
+	// emitted: its rows were handed over in this poll (newPoll clears it). The
+	// selection is forgotten only when the poll ends, so a second high watermark row
+	// in the same poll must not hand them over again.
+	emitted bool
 }
 
 // window is the state machine. It is not safe for concurrent use (windowTracker
@@ -201,8 +205,10 @@ func (w *window) watermark(id string, kind wmKind) {
 
 // commit ends the open transaction. For each high watermark it carried of a
 // registered, ready selection, the selection's rows that no transaction inside its
-// window touched are returned (the selection stays registered until done, so a
-// re-delivered high watermark emits again).
+// window touched are returned, once per poll: a second high watermark row of the
+// selection in the same poll (in this transaction or a later one) is ignored. The
+// selection stays registered until done, so a high watermark re-delivered in a
+// later poll (the first one's rows were not taken) emits again.
 func (w *window) commit() []*emission {
 	tx := w.open
 	w.open = nil
@@ -226,13 +232,23 @@ func (w *window) commit() []*emission {
 			// every transaction after it is delivered again, so nothing is lost.
 			sel.lowSeq = tx.seq
 		case wmHigh:
-			if sel.ready && sel.lowSeq != 0 {
+			if sel.ready && sel.lowSeq != 0 && !sel.emitted {
+				sel.emitted = true
 				ems = append(ems, w.emit(sel))
 			}
 		}
 	}
 	w.wms = w.wms[:0]
 	return ems
+}
+
+// newPoll starts a poll: the log is read from the slot's position again, so
+// selections whose rows were handed over in an earlier poll that was not taken
+// (a handler error) emit again at their high watermark.
+func (w *window) newPoll() {
+	for _, sel := range w.sels {
+		sel.emitted = false
+	}
 }
 
 // emit drops touched keys from a selection and returns what is left.

@@ -523,3 +523,52 @@ func TestLostWatermarkNeedsCommitStampAndCompletePoll(t *testing.T) {
 	tr.polledThrough(900)
 	require.ErrorContains(t, failed(h), "high watermark of selection both")
 }
+
+// TestWindowDuplicateWatermark: the same watermark row (selection ID and kind)
+// arriving twice, in separate transactions. A second low watermark between the
+// SELECT and the high one moves the window's start past a change of a key the
+// SELECT could not see, which is still dropped (in progress in the snapshot), and
+// past one it saw, whose row is kept (the selected row is as new). A high watermark
+// before the rows are set is ignored, and one after the selection is done too: no
+// rows twice, no early close.
+func TestWindowDuplicateWatermark(t *testing.T) {
+	w := &window{}
+	w.register("s1", relItems)
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	require.Nil(t, tx(w, 11, func() { w.watermark("s1", wmHigh) }), "H again before the rows: ignored")
+	require.Nil(t, tx(w, 12, func() { w.change(relItems, "a", "", false) })) // seen by the SELECT
+	require.Nil(t, tx(w, 21, func() { w.change(relItems, "b", "", false) })) // not seen (>= xmax 20)
+	require.True(t, w.setRows("s1", selOf("a", "b", "c"), snapOf(t, "20:20:")))
+	require.Nil(t, tx(w, 22, func() { w.watermark("s1", wmLow) }), "L again after the SELECT")
+	require.Nil(t, tx(w, 23, func() { w.change(relItems, "c", "", false) }))
+	em := tx(w, 24, func() { w.watermark("s1", wmHigh) })
+	require.Equal(t, []string{"a"}, keysOf(em))
+	w.done("s1") // the tracker forgets a selection once its rows were delivered
+	require.Nil(t, tx(w, 25, func() { w.watermark("s1", wmHigh) }), "H again after delivery: ignored")
+	require.Nil(t, tx(w, 26, func() { w.watermark("s1", wmLow) }), "L again after delivery: ignored")
+	require.Empty(t, w.sels)
+}
+
+// TestWindowHighWatermarkTwiceInOnePoll: a selection's high watermark row twice in
+// one poll (in one transaction, or in two) emits its rows once: the selection is
+// forgotten only when the poll ends (windowTracker.delivered), so without a mark a
+// second one would hand the rows over again. A poll read again (after a handler
+// error: newPoll) emits them again, as the first one's were not taken.
+func TestWindowHighWatermarkTwiceInOnePoll(t *testing.T) {
+	w := &window{}
+	w.register("s1", relItems)
+	w.newPoll()
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	require.True(t, w.setRows("s1", selOf("a", "b"), snapOf(t, "11:11:")))
+	w.begin(11)
+	w.watermark("s1", wmHigh)
+	w.watermark("s1", wmHigh)
+	ems := w.commit()
+	require.Len(t, ems, 1)
+	require.Equal(t, []string{"a", "b"}, keysOf(ems[0]))
+	require.Nil(t, tx(w, 12, func() { w.watermark("s1", wmHigh) }), "again later in the same poll")
+	// The poll is read again from the low watermark.
+	w.newPoll()
+	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
+	require.Equal(t, []string{"a", "b"}, keysOf(tx(w, 11, func() { w.watermark("s1", wmHigh) })))
+}

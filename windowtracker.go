@@ -371,6 +371,13 @@ func (t *windowTracker) watermark(id string, kind wmKind) {
 	t.mu.Unlock()
 }
 
+// newPoll tells the window a poll starts (window.newPoll).
+func (t *windowTracker) newPoll() {
+	t.mu.Lock()
+	t.w.newPoll()
+	t.mu.Unlock()
+}
+
 func (t *windowTracker) commit() []*emission {
 	t.mu.Lock()
 	defer t.mu.Unlock()
