@@ -3,12 +3,16 @@ package dbsync
 import (
 	"cmp"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/lib/pq"
 )
 
 // Defaults used when neither an option nor an environment variable sets a value.
@@ -81,6 +85,7 @@ type SyncerOpt func(*Syncer) error
 
 // WithPGConnStr sets the connection string (libpq key=value or postgres:// URL) of the
 // database to sync; dbsync opens it with the lib/pq driver. It overrides POSTGRES_*.
+// NewSyncer returns ErrConfig for one lib/pq cannot parse, without quoting it.
 func WithPGConnStr(connstr string) SyncerOpt {
 	return func(s *Syncer) error {
 		s.connStr = connstr
@@ -276,8 +281,14 @@ func (s *Syncer) resolveConfig() error {
 	pick(&s.publication, DefaultPublication, EnvPublication)
 	pick(&s.replicationSlot, DefaultReplSlot, EnvReplSlot)
 	pick(&s.wmTableName, DefaultWMTable, EnvWMTable)
-	if s.db == nil && s.connStr == "" {
-		s.connStr = ConnStringFromEnv(s.lookupEnv)
+	if s.db == nil {
+		source := "WithPGConnStr"
+		if s.connStr == "" {
+			s.connStr, source = ConnStringFromEnv(s.lookupEnv), "POSTGRES_*"
+		}
+		if err := checkConnStr(s.connStr, source); err != nil {
+			return err
+		}
 	}
 	for name, v := range map[string]string{"replication slot": s.replicationSlot, "publication": s.publication,
 		"control namespace": s.ctrlNamespace, "watermark table": s.wmTableName} {
@@ -289,6 +300,31 @@ func (s *Syncer) resolveConfig() error {
 		return err
 	}
 	return nil
+}
+
+// checkConnStr parses connstr as lib/pq will (key=value or postgres:// URL, with the
+// PG* environment) so that a malformed one fails in NewSyncer as ErrConfig, saying how
+// to write it, instead of at the first connection. lib/pq's parse errors are not
+// passed on when they come from its tokenizers: the key=value one quotes a word of a
+// password holding an unquoted space, net/url a whole URL, password included, and
+// the service file's quotes a malformed line; they would reach errors and Run's retry
+// log. Its checks of parsed values ("pq: wrong value for \"port\"": ...), which quote
+// the value of the key they name, are passed on.
+func checkConnStr(connstr, source string) error {
+	_, err := pq.NewConnector(connstr)
+	if err == nil {
+		return nil
+	}
+	var uerr *url.Error
+	if msg := err.Error(); !errors.As(err, &uerr) && strings.HasPrefix(msg, "pq: ") &&
+		!strings.HasPrefix(msg, "pq: line ") &&
+		!strings.HasPrefix(msg, `pq: wrong value for "password"`) {
+		return fmt.Errorf("%w: connection string (%s): %s", ErrConfig, source, strings.TrimPrefix(msg, "pq: "))
+	}
+	if strings.HasPrefix(connstr, "postgres://") || strings.HasPrefix(connstr, "postgresql://") {
+		return fmt.Errorf("%w: the connection URL (%s) is not a valid URL (the parser's message is left out: it would show the password); percent-encode reserved characters in the user name and password (@ : / ? # [ ] %% and spaces; url.UserPassword does), or give key=value pairs", ErrConfig, source)
+	}
+	return fmt.Errorf("%w: the connection string (%s) cannot be parsed as key=value pairs (the parser's message is left out: it may show part of the password); put a value holding spaces, a quote or a backslash in single quotes, with ' and \\ escaped by a backslash (password='my secret'), or give a postgres:// URL", ErrConfig, source)
 }
 
 // validSlotName applies PostgreSQL's rule for slot names (lower-case letters, digits

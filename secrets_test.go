@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -80,11 +82,28 @@ func TestMalformedConnStrNeverShowsPassword(t *testing.T) {
 			}
 			require.ErrorIs(t, err, ErrConfig, "dsn %q, setup %v", dsn, setup)
 			require.Contains(t, err.Error(), "WithPGConnStr")
-			if strings.Contains(dsn, "://") {
+			switch {
+			case strings.Contains(dsn, "bogus"):
+				require.Contains(t, err.Error(), `wrong value for "sslmode": "bogus"`)
+			case strings.Contains(dsn, "://"):
 				require.Contains(t, err.Error(), "percent-encode")
+			default:
+				require.Contains(t, err.Error(), "in single quotes")
 			}
 		}
 	}
+}
+
+// TestMalformedServiceFileNeverShowsPassword: lib/pq quotes a malformed line of the
+// pg_service.conf that service= names; a password line missing its '=' stays out of
+// NewSyncer's error.
+func TestMalformedServiceFileNeverShowsPassword(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pg_service.conf")
+	require.NoError(t, os.WriteFile(file, []byte("[mysvc]\nhost=127.0.0.1\npassword TOPSECRET\n"), 0o600))
+	t.Setenv("PGSERVICEFILE", file)
+	_, err := NewSyncer(WithPGConnStr("service=mysvc"), WithSetup(false), env(nil))
+	require.ErrorIs(t, err, ErrConfig)
+	require.NotContains(t, err.Error(), "SECRET")
 }
 
 func errText(err error) string {
