@@ -3,14 +3,20 @@ package dbsync
 import (
 	"bytes"
 	"context"
+	"database/sql"
+	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -111,4 +117,85 @@ func errText(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// TestPasswordNeverLogged: on a server that checks passwords (scram-sha-256), a
+// Syncer given its password as a quoted key=value, a percent-encoded URL,
+// POSTGRES_PASSWORD, PGPASSWORD or a .pgpass entry (PGPASSFILE) sets up, delivers,
+// survives its sessions being ended and the server restarting (the retry loop), and
+// closes, and no log record at any level nor any error holds the password; a wrong
+// password fails setup without showing it either.
+func TestPasswordNeverLogged(t *testing.T) {
+	srv, err := pgtest.Start(pgtest.Options{})
+	require.NoError(t, err)
+	defer srv.Stop()
+	if srv.DataDir() == "" {
+		t.Skip("needs a throwaway cluster to change pg_hba.conf")
+	}
+	const password = `p@ss:w/rd %TOPSECRET'x`
+	admin, err := sql.Open("postgres", srv.DSN("postgres"))
+	require.NoError(t, err)
+	defer admin.Close()
+	execAll(t, admin, `CREATE ROLE pwuser LOGIN SUPERUSER PASSWORD `+pq.QuoteLiteral(password), `CREATE TABLE t (id int PRIMARY KEY)`)
+	hba := "local all all trust\nhost all " + srv.User + " 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+	require.NoError(t, os.WriteFile(filepath.Join(srv.DataDir(), "pg_hba.conf"), []byte(hba), 0o644))
+	execAll(t, admin, `SELECT pg_reload_conf()`)
+	port := strconv.Itoa(srv.Port)
+	noPassword := "host=127.0.0.1 port=" + port + " user=pwuser dbname=postgres sslmode=disable"
+	_, err = NewSyncer(WithPGConnStr(noPassword), env(nil))
+	require.Error(t, err, "the server must ask for a password, or this test shows nothing")
+
+	pgpass := filepath.Join(t.TempDir(), "pgpass")
+	require.NoError(t, os.WriteFile(pgpass, []byte("127.0.0.1:"+port+":*:pwuser:"+strings.ReplaceAll(password, ":", `\:`)+"\n"), 0o600))
+	u := url.URL{Scheme: "postgres", User: url.UserPassword("pwuser", password), Host: "127.0.0.1:" + port, Path: "/postgres", RawQuery: "sslmode=disable"}
+	cases := []struct {
+		name    string
+		opts    []SyncerOpt
+		environ map[string]string // the process environment, read by lib/pq
+		restart bool
+	}{
+		{name: "key=value", opts: []SyncerOpt{WithPGConnStr(noPassword + " password=" + quoteConnValue(password)), env(nil)}, restart: true},
+		{name: "URL", opts: []SyncerOpt{WithPGConnStr(u.String()), env(nil)}},
+		{name: "POSTGRES_PASSWORD", opts: []SyncerOpt{env(map[string]string{"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": port,
+			"POSTGRES_USER": "pwuser", "POSTGRES_SSLMODE": "disable", "POSTGRES_PASSWORD": password})}},
+		{name: "PGPASSWORD", opts: []SyncerOpt{WithPGConnStr(noPassword), env(nil)}, environ: map[string]string{"PGPASSWORD": password}},
+		{name: "pgpass", opts: []SyncerOpt{WithPGConnStr(noPassword), env(nil)}, environ: map[string]string{"PGPASSFILE": pgpass}},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for k, v := range c.environ {
+				t.Setenv(k, v)
+			}
+			l, logs := newLogCapture()
+			rec := &recorder{}
+			slot := fmt.Sprintf("pwslot%d", i)
+			s, err := NewSyncer(append(c.opts, WithLogger(l), WithReplicationSlot(slot), WithPublication(fmt.Sprintf("pwpub%d", i)),
+				ForTables("t"), WithMessageHandler(rec), WithPollBackoff(5*time.Millisecond, 2, 50*time.Millisecond))...)
+			require.NoError(t, err)
+			r := runInBackground(s)
+			execAll(t, admin, fmt.Sprintf(`INSERT INTO t VALUES (%d)`, 2*i))
+			waitLines(t, rec, 3)
+			// Connection failures: the Syncer's sessions ended, or the server gone
+			// for a moment.
+			execAll(t, admin, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'pwuser'`)
+			if c.restart {
+				require.NoError(t, srv.Restart(false))
+			}
+			execAll(t, admin, fmt.Sprintf(`INSERT INTO t VALUES (%d)`, 2*i+1))
+			waitLines(t, rec, 6)
+			require.NoError(t, r.stop(t))
+			require.NoError(t, s.Close())
+			_, err = NewSyncer(append(c.opts, WithLogger(l), WithReplicationSlot(slot), WithPublication(fmt.Sprintf("pwpub%d", i)),
+				WithPGConnStr("host=127.0.0.1 port="+port+" user=pwuser dbname=postgres sslmode=disable password='wrong TOPSECRET'"))...)
+			require.Error(t, err)
+			require.NotContains(t, err.Error(), "TOPSECRET")
+			out := logs.String()
+			require.Contains(t, out, "level=INFO msg=\"dbsync: created replication slot\"", "the capture sees setup")
+			if c.restart {
+				require.Contains(t, out, "poll failed; retrying", "the capture sees the retry loop")
+			}
+			require.NotContains(t, out, "TOPSECRET")
+			require.NotContains(t, out, "%25TOPSECRET")
+		})
+	}
 }
