@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/lib/pq"
 )
@@ -109,26 +110,44 @@ func WithDB(db *sql.DB) SyncerOpt {
 }
 
 // WithPublication sets the publication the slot is read with (pgoutput's
-// publication_names). Overrides DBSYNC_PUBNAME.
+// publication_names). Overrides DBSYNC_PUBNAME. NewSyncer returns ErrConfig for an
+// empty name and for one over 63 bytes or holding a NUL byte or invalid UTF-8, given
+// here or in the environment; the same holds for the slot, the control namespace and
+// the watermark table.
 func WithPublication(pubname string) SyncerOpt {
-	return func(s *Syncer) error { s.publication = pubname; return nil }
+	return nameOption("WithPublication", EnvPublication, DefaultPublication, pubname, func(s *Syncer) *string { return &s.publication })
 }
 
 // WithReplicationSlot sets the logical replication slot. Overrides DBSYNC_REPLSLOT.
+// Slot names may hold only lower-case letters, digits and underscores.
 func WithReplicationSlot(slotname string) SyncerOpt {
-	return func(s *Syncer) error { s.replicationSlot = slotname; return nil }
+	return nameOption("WithReplicationSlot", EnvReplSlot, DefaultReplSlot, slotname, func(s *Syncer) *string { return &s.replicationSlot })
 }
 
 // WithWMTable sets the watermark table's name (in the control namespace). Overrides
 // DBSYNC_WM_TABLENAME.
 func WithWMTable(wmtablename string) SyncerOpt {
-	return func(s *Syncer) error { s.wmTableName = wmtablename; return nil }
+	return nameOption("WithWMTable", EnvWMTable, DefaultWMTable, wmtablename, func(s *Syncer) *string { return &s.wmTableName })
 }
 
 // WithCtrlNamespace sets the schema where dbsync keeps its own tables. Overrides
 // DBSYNC_CTRL_NAMESPACE.
 func WithCtrlNamespace(nsname string) SyncerOpt {
-	return func(s *Syncer) error { s.ctrlNamespace = nsname; return nil }
+	return nameOption("WithCtrlNamespace", EnvCtrlNamespace, DefaultCtrlNamespace, nsname, func(s *Syncer) *string { return &s.ctrlNamespace })
+}
+
+// nameOption sets the name field points to. An empty name is ErrConfig rather than the
+// environment's or the default: a blank setting of the caller's would otherwise end up
+// sharing another program's slot or schema unnoticed. The name's bytes are checked in
+// resolveConfig (checkName), whichever way it came.
+func nameOption(option, env, def, name string, field func(*Syncer) *string) SyncerOpt {
+	return func(s *Syncer) error {
+		if name == "" {
+			return fmt.Errorf("%w: %s(\"\"): give a name, or leave the option out to use $%s or the default %s", ErrConfig, option, env, def)
+		}
+		*field(s) = name
+		return nil
+	}
 }
 
 // ForTables names the tables the publication is for: "table" (looked up on the
@@ -290,14 +309,32 @@ func (s *Syncer) resolveConfig() error {
 			return err
 		}
 	}
-	for name, v := range map[string]string{"replication slot": s.replicationSlot, "publication": s.publication,
-		"control namespace": s.ctrlNamespace, "watermark table": s.wmTableName} {
-		if len(v) > 63 {
-			return fmt.Errorf("%w: %s name %q is longer than PostgreSQL's 63-byte identifier limit", ErrConfig, name, v)
+	for _, n := range []struct{ what, option, env, v string }{
+		{"replication slot", "WithReplicationSlot", EnvReplSlot, s.replicationSlot},
+		{"publication", "WithPublication", EnvPublication, s.publication},
+		{"control namespace", "WithCtrlNamespace", EnvCtrlNamespace, s.ctrlNamespace},
+		{"watermark table", "WithWMTable", EnvWMTable, s.wmTableName},
+	} {
+		if err := checkName(n.what, n.option, n.env, n.v); err != nil {
+			return err
 		}
 	}
-	if err := validSlotName(s.replicationSlot); err != nil {
-		return err
+	return validSlotName(s.replicationSlot)
+}
+
+// maxIdentifierBytes is PostgreSQL's limit on names (NAMEDATALEN - 1).
+const maxIdentifierBytes = 63
+
+// checkName checks a name dbsync creates an object under, given by option or env.
+// PostgreSQL cuts a longer name at 63 bytes (so two long names could be taken for one
+// object); it cannot store a NUL byte or invalid UTF-8, and pq.QuoteIdentifier cuts a
+// name at a NUL, so the DDL would act on another object.
+func checkName(what, option, env, v string) error {
+	if strings.ContainsRune(v, 0) || !utf8.ValidString(v) {
+		return fmt.Errorf("%w: %s name %q (%s / $%s) holds a NUL byte or invalid UTF-8, which PostgreSQL cannot store in a name; give valid UTF-8 text without NUL", ErrConfig, what, v, option, env)
+	}
+	if len(v) > maxIdentifierBytes {
+		return fmt.Errorf("%w: %s name %q (%s / $%s) is %d bytes; PostgreSQL cuts names to 63 bytes, so it could be taken for another name: give one of at most 63 bytes", ErrConfig, what, v, option, env, len(v))
 	}
 	return nil
 }
@@ -332,7 +369,7 @@ func checkConnStr(connstr, source string) error {
 func validSlotName(n string) error {
 	for _, c := range n {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
-			return fmt.Errorf("%w: replication slot name %q may contain only lower-case letters, digits and underscores", ErrConfig, n)
+			return fmt.Errorf("%w: replication slot name %q (WithReplicationSlot / $%s) may contain only lower-case letters, digits and underscores (PostgreSQL's rule for slot names)", ErrConfig, n, EnvReplSlot)
 		}
 	}
 	if n == "" {
