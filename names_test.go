@@ -1,9 +1,13 @@
 package dbsync
 
 import (
+	"context"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -67,4 +71,59 @@ func TestConfigNameEmptyOrInvalid(t *testing.T) {
 			require.Contains(t, err.Error(), n.option, "%s(%q)", n.option, bad)
 		}
 	}
+}
+
+// pad63 pads name with rune r to exactly 63 bytes (r of one or two bytes).
+func pad63(t *testing.T, name string, r string) string {
+	for len(name)+len(r) <= maxIdentifierBytes {
+		name += r
+	}
+	for len(name) < maxIdentifierBytes {
+		name += "x"
+	}
+	require.Len(t, name, maxIdentifierBytes)
+	return name
+}
+
+// TestLongUnicodeNamesEndToEnd: a slot, publication, control namespace and watermark
+// table named with exactly 63 bytes (upper case, spaces, quotes and two-byte
+// characters in the three SQL names) are created under exactly those names, deliver
+// changes, split polls (whose temporary copy's name is cut to fit), a Snapshot's
+// watermarks and a Refresh, and are removed by Teardown.
+func TestLongUnicodeNamesEndToEnd(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE "Größe ""T""" (id int PRIMARY KEY, v text)`, `INSERT INTO "Größe ""T""" VALUES (1, 'a'), (2, 'b')`)
+	slot := pad63(t, pgtest.Ident(t, "s"), "_")
+	pub := pad63(t, `Pub "Ä" ;`, "é")
+	ns := pad63(t, `Ctrl NS ü`, "Ö")
+	wm := pad63(t, `WM 'x" `, "ß")
+	rec := &recorder{}
+	s := newTestSyncer(t, d, WithReplicationSlot(slot), WithPublication(pub), WithCtrlNamespace(ns), WithWMTable(wm),
+		ForTables(`"Größe ""T"""`), WithMessageHandler(rec))
+	s.splitMinWAL = 1
+	require.Equal(t, []string{slot}, queryStrings(t, d.DB, `SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $1`, slot))
+	require.Equal(t, []string{pub}, queryStrings(t, d.DB, `SELECT pubname::text FROM pg_publication`))
+	require.Equal(t, []string{ns + "." + wm, "public." + `Größe "T"`},
+		queryStrings(t, d.DB, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub))
+
+	// A backlog, so that polls are split.
+	for i := 3; i <= 6; i++ {
+		execAll(t, d.DB, fmt.Sprintf(`INSERT INTO "Größe ""T""" VALUES (%d, 'x')`, i))
+	}
+	r := runInBackground(s)
+	waitLines(t, rec, 12)
+	require.NotZero(t, s.splitPeeks.Load(), "polls must have been split")
+	require.NoError(t, s.Snapshot(context.Background(), `"Größe ""T"""`))
+	require.NoError(t, s.Refresh(`SELECT * FROM "Größe ""T""" WHERE id = 1`))
+	waitCaughtUp(t, d.DB, slot)
+	require.NoError(t, r.stop(t))
+	lines := rec.snapshot()
+	require.Contains(t, lines, `INSERT public.Größe "T" id=6,v=x`)
+	var n int
+	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM `+pq.QuoteIdentifier(ns)+`.snapshot_progress WHERE slot_name = $1`, slot).Scan(&n))
+	require.Equal(t, 1, n, "the Snapshot's progress under the 63-byte control schema")
+
+	require.NoError(t, s.Teardown(context.Background()))
+	require.Empty(t, queryStrings(t, d.DB, `SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE $1`, slot[:20]+"%"))
+	require.Empty(t, queryStrings(t, d.DB, `SELECT nspname::text FROM pg_namespace WHERE nspname = $1`, ns))
 }
