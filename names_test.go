@@ -3,8 +3,10 @@ package dbsync
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/lib/pq"
@@ -126,4 +128,25 @@ func TestLongUnicodeNamesEndToEnd(t *testing.T) {
 	require.NoError(t, s.Teardown(context.Background()))
 	require.Empty(t, queryStrings(t, d.DB, `SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE $1`, slot[:20]+"%"))
 	require.Empty(t, queryStrings(t, d.DB, `SELECT nspname::text FROM pg_namespace WHERE nspname = $1`, ns))
+}
+
+// TestConfigInvalidFactorAndPolicy: a NaN or infinite backoff factor (NaN passed the
+// factor >= 1 check by failing factor < 1, and made every idle wait after the first a
+// negative duration: empty polls back to back) and a HandlerErrorPolicy that is
+// neither StopOnHandlerError nor RetryOnHandlerError (it quietly stopped) are ErrConfig
+// saying what is allowed.
+func TestConfigInvalidFactorAndPolicy(t *testing.T) {
+	for _, f := range []float64{math.NaN(), math.Inf(1)} {
+		_, err := NewSyncer(WithPollBackoff(time.Millisecond, f, time.Second), WithSetup(false), env(nil))
+		require.ErrorIs(t, err, ErrConfig, "factor %v", f)
+		require.Contains(t, err.Error(), "finite", "factor %v", f)
+	}
+	for _, p := range []HandlerErrorPolicy{-1, 2, 7} {
+		_, err := NewSyncer(WithHandlerErrorPolicy(p), WithSetup(false), env(nil))
+		require.ErrorIs(t, err, ErrConfig, "policy %d", p)
+		require.Contains(t, err.Error(), "StopOnHandlerError or RetryOnHandlerError")
+	}
+	for _, p := range []HandlerErrorPolicy{StopOnHandlerError, RetryOnHandlerError} {
+		require.Equal(t, p, resolved(t, WithHandlerErrorPolicy(p), env(nil)).HandlerErrorPolicy)
+	}
 }
