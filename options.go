@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"regexp"
@@ -213,10 +214,16 @@ func WithEventsProcessor(p EventsProcessor) SyncerOpt {
 	return func(s *Syncer) error { s.EventsProcessor = p; return nil }
 }
 
-// WithHandlerErrorPolicy chooses between stopping (default) and retrying when a
-// handler fails.
+// WithHandlerErrorPolicy chooses between stopping (StopOnHandlerError, the default)
+// and retrying (RetryOnHandlerError) when a handler fails; another value is ErrConfig.
 func WithHandlerErrorPolicy(p HandlerErrorPolicy) SyncerOpt {
-	return func(s *Syncer) error { s.HandlerErrorPolicy = p; return nil }
+	return func(s *Syncer) error {
+		if p != StopOnHandlerError && p != RetryOnHandlerError {
+			return fmt.Errorf("%w: WithHandlerErrorPolicy(%d): use StopOnHandlerError or RetryOnHandlerError", ErrConfig, p)
+		}
+		s.HandlerErrorPolicy = p
+		return nil
+	}
 }
 
 // WithMaxMessagesToRead sets the upto_nchanges bound of each peek (rows; 0 = only the
@@ -226,11 +233,13 @@ func WithMaxMessagesToRead(n int) SyncerOpt {
 }
 
 // WithPollBackoff sets the idle-poll backoff: wait initial after the first empty poll,
-// multiply by factor after each further one, never wait longer than max.
+// multiply by factor after each further one, never wait longer than max. It needs
+// initial > 0, a finite factor >= 1 and max >= initial (else ErrConfig).
 func WithPollBackoff(initial time.Duration, factor float64, max time.Duration) SyncerOpt {
 	return func(s *Syncer) error {
-		if initial <= 0 || factor < 1 || max < initial {
-			return fmt.Errorf("%w: poll backoff needs initial > 0, factor >= 1, max >= initial (got %v, %v, %v)", ErrConfig, initial, factor, max)
+		// !(factor >= 1) also refuses NaN, for which every comparison is false.
+		if initial <= 0 || !(factor >= 1) || math.IsInf(factor, 1) || max < initial {
+			return fmt.Errorf("%w: WithPollBackoff(%v, %v, %v): needs initial > 0, a finite factor >= 1 and max >= initial", ErrConfig, initial, factor, max)
 		}
 		s.DelayBetweenPeekRetries, s.TimerDelayBackoffFactor, s.MaxDelayBetweenEmptyPeeks = initial, factor, max
 		return nil
