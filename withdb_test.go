@@ -67,3 +67,22 @@ func TestWithDBPoolLeftAsConfigured(t *testing.T) {
 	require.NoError(t, db.QueryRow(`SELECT count(*) FROM items`).Scan(&n))
 	require.Equal(t, 51, n)
 }
+
+// TestConfigWithDBWins: WithDB wins over WithPGConnStr and POSTGRES_*, given before or
+// after them (a connection string is then not even parsed), and Close leaves the pool
+// open.
+func TestConfigWithDBWins(t *testing.T) {
+	db, err := sql.Open("postgres", "host=127.0.0.1 port=1")
+	require.NoError(t, err)
+	defer db.Close()
+	for _, opts := range [][]SyncerOpt{
+		{WithDB(db), WithPGConnStr("host=other password=ab cd")},
+		{WithPGConnStr("host=other"), WithDB(db)},
+	} {
+		s := resolved(t, append(opts, env(map[string]string{"POSTGRES_HOST": "envhost"}))...)
+		require.Same(t, db, s.DB())
+		require.NoError(t, s.Close())
+		// Nothing listens on port 1: the ping fails to connect, but not as closed.
+		require.NotContains(t, errText(db.PingContext(context.Background())), "database is closed")
+	}
+}
