@@ -150,3 +150,28 @@ func TestConfigInvalidFactorAndPolicy(t *testing.T) {
 		require.Equal(t, p, resolved(t, WithHandlerErrorPolicy(p), env(nil)).HandlerErrorPolicy)
 	}
 }
+
+// TestTableNameOver63Bytes: a table named in ForTables, WithReplicaIdentityFull or
+// Snapshot with a part over 63 bytes is ErrConfig saying so, in every form (bare,
+// schema.table, quoted), instead of being taken, through PostgreSQL's cut at 63 bytes,
+// for the table whose name is its first 63 bytes.
+func TestTableNameOver63Bytes(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	short := strings.Repeat("ä", 31) + "a" // 63 bytes
+	long := short + "b"
+	execAll(t, d.DB, `CREATE TABLE `+pq.QuoteIdentifier(short)+` (id int PRIMARY KEY)`, `CREATE TABLE other (id int PRIMARY KEY)`)
+	for _, name := range []string{long, "public." + long, pq.QuoteIdentifier(long), `public.` + pq.QuoteIdentifier(long)} {
+		for _, opt := range []SyncerOpt{ForTables(name), WithReplicaIdentityFull(name)} {
+			_, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication("p"), ForTables("other"), opt)
+			require.ErrorIs(t, err, ErrConfig, name)
+			require.Contains(t, err.Error(), "63 bytes", name)
+		}
+	}
+	require.Empty(t, queryStrings(t, d.DB, `SELECT tablename::text FROM pg_publication_tables WHERE tablename <> 'other' AND schemaname = 'public'`))
+	s := newTestSyncer(t, d, ForTables("other"), WithMessageHandler(DefaultMessageHandler{}))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := s.Snapshot(ctx, long)
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), "63 bytes")
+}
