@@ -146,7 +146,8 @@ func (q qualifiedTable) quoted() string {
 
 // resolveTable turns a ForTables name into schema and table: a name containing a
 // double quote is parsed as SQL (parse_ident); "schema.table" splits at the first dot;
-// a bare name is looked up on the search_path. The table must exist.
+// a bare name is looked up on the search_path. The table must exist, and no part of
+// the name may be over 63 bytes (ErrConfig).
 func resolveTable(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
 }, name string) (qualifiedTable, error) {
@@ -163,6 +164,14 @@ func resolveTable(ctx context.Context, q interface {
 		parts = []string{name[:i], name[i+1:]}
 	default:
 		parts = []string{name}
+	}
+	for _, p := range parts {
+		// PostgreSQL cuts a longer name to 63 bytes (to_regclass, parse_ident's
+		// parts cast to name, a parameter compared with relname), which would name
+		// the table called by its first 63 bytes.
+		if len(p) > maxIdentifierBytes {
+			return qualifiedTable{}, fmt.Errorf("%w: table name %q: %q is %d bytes, and PostgreSQL cuts names to 63 bytes, so it would name another table; give the name as the catalog has it (at most 63 bytes)", ErrConfig, name, p, len(p))
+		}
 	}
 	var schema, table sql.NullString
 	var err error
