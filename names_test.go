@@ -175,3 +175,13 @@ func TestTableNameOver63Bytes(t *testing.T) {
 	require.ErrorIs(t, err, ErrConfig)
 	require.Contains(t, err.Error(), "63 bytes")
 }
+
+// TestConfigMaxMessagesToReadFitsInt4: the peek's upto_nchanges is an int4, so a
+// bound over 2147483647 is ErrConfig from NewSyncer naming the limit, where Run used
+// to fail at its first poll with the server's bare "out of range for type integer".
+func TestConfigMaxMessagesToReadFitsInt4(t *testing.T) {
+	_, err := NewSyncer(WithMaxMessagesToRead(math.MaxInt32+1), WithSetup(false), env(nil))
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), "2147483647")
+	require.Equal(t, math.MaxInt32, resolved(t, WithMaxMessagesToRead(math.MaxInt32), env(nil)).MaxMessagesToRead)
+}
