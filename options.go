@@ -227,8 +227,13 @@ func WithHandlerErrorPolicy(p HandlerErrorPolicy) SyncerOpt {
 }
 
 // WithMaxMessagesToRead sets the upto_nchanges bound of each peek (rows; 0 = only the
-// flush-LSN bound).
+// flush-LSN bound). It must be from 0 to 2147483647 (upto_nchanges is an int4).
 func WithMaxMessagesToRead(n int) SyncerOpt {
+	if n > math.MaxInt32 {
+		return func(*Syncer) error {
+			return fmt.Errorf("%w: WithMaxMessagesToRead(%d): must be at most 2147483647 rows (the peek's upto_nchanges is an int4); use 0 for no row bound", ErrConfig, n)
+		}
+	}
 	return atLeast("WithMaxMessagesToRead", n, 0, "rows (0: no row bound)", func(s *Syncer) { s.MaxMessagesToRead = n })
 }
 
