@@ -137,10 +137,10 @@ func WithCtrlNamespace(nsname string) SyncerOpt {
 	return nameOption("WithCtrlNamespace", EnvCtrlNamespace, DefaultCtrlNamespace, nsname, func(s *Syncer) *string { return &s.ctrlNamespace })
 }
 
-// nameOption sets the name field points to. An empty name is ErrConfig rather than the
-// environment's or the default: a blank setting of the caller's would otherwise end up
-// sharing another program's slot or schema unnoticed. The name's bytes are checked in
-// resolveConfig (checkName), whichever way it came.
+// nameOption sets the Syncer field that field returns to name. An empty name is
+// ErrConfig rather than the environment's or the default: a blank setting of the
+// caller's would otherwise end up sharing another program's slot or schema unnoticed.
+// The name's bytes are checked in resolveConfig (checkName), whichever way it came.
 func nameOption(option, env, def, name string, field func(*Syncer) *string) SyncerOpt {
 	return func(s *Syncer) error {
 		if name == "" {
