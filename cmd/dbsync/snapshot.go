@@ -85,7 +85,14 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if ferr := out.Flush(); ferr != nil && runErr == nil {
 		runErr = ferr
 	}
-	if snapErr != nil && !(*follow && ctx.Err() != nil) {
+	if snapErr != nil && ctx.Err() != nil {
+		// Ctrl-C (or SIGTERM) before every table was read, with or without -follow:
+		// not a clean end. What was printed was delivered; the progress of every
+		// delivered chunk is recorded, so the next run resumes after it.
+		interrupted := fmt.Errorf("interrupted before the snapshot finished; run it again with the same slot (%s) to resume after the last delivered chunk", s.ReplicationSlot())
+		return exitError{code: 130, err: errors.Join(interrupted, runErr)}
+	}
+	if snapErr != nil {
 		return errors.Join(snapErr, runErr)
 	}
 	return runErr
