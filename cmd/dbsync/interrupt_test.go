@@ -107,3 +107,18 @@ func TestSnapshotInterruptedResumes(t *testing.T) {
 		require.Len(t, seen, rows)
 	}
 }
+
+// TestSnapshotFlagAfterTables: the flag package stops at the first table name, so
+// `dbsync snapshot items -follow` took "-follow" for a table and failed after
+// connecting with `table "-follow" does not exist`. A flag after the tables is a bad
+// command line (exit 2) saying to put it first, before anything connects.
+func TestSnapshotFlagAfterTables(t *testing.T) {
+	t.Setenv("POSTGRES_HOST", "127.0.0.1")
+	t.Setenv("POSTGRES_PORT", "1") // nothing listens: the command must not get that far
+	for _, args := range [][]string{{"snapshot", "items", "-follow"}, {"snapshot", "items", "-chunk-size", "10", "orders"}} {
+		code, out, errOut := runCLI(args...)
+		require.Equal(t, 2, code, "%v: %s", args, errOut)
+		require.Empty(t, out)
+		require.Contains(t, errOut, "dbsync snapshot: flag "+args[2]+" after the table names: flags go first: dbsync snapshot [flags] table...\n")
+	}
+}
