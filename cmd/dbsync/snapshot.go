@@ -37,6 +37,13 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if len(tables) == 0 {
 		return usageError{"name at least one table to snapshot"}
 	}
+	for _, t := range tables {
+		// The flag package stops at the first table name: a flag after it would be
+		// taken for a table.
+		if len(t) > 1 && t[0] == '-' {
+			return usageError{fmt.Sprintf("flag %s after the table names: flags go first: dbsync snapshot [flags] table...", t)}
+		}
+	}
 	out := bufio.NewWriterSize(stdout, 64<<10)
 	h := &snapshotPrinter{JSONLinesWriter: handlers.NewJSONLinesWriter(out), w: out}
 	opts := append(sf.options(stderr, slog.LevelWarn),
