@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -121,4 +122,42 @@ func TestSnapshotFlagAfterTables(t *testing.T) {
 		require.Empty(t, out)
 		require.Contains(t, errOut, "dbsync snapshot: flag "+args[2]+" after the table names: flags go first: dbsync snapshot [flags] table...\n")
 	}
+}
+
+// TestConnectFailureSaysWhatToDo: a server nobody listens on, a wrong password and a
+// database that does not exist each give one line naming the connection (password
+// redacted) and the variables to check, exit 1; the password is never printed.
+func TestConnectFailureSaysWhatToDo(t *testing.T) {
+	srv, err := pgtest.Start(pgtest.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Stop() })
+	d := srv.NewDatabase(t)
+	setEnv(t, d)
+	_, err = d.DB.Exec(`CREATE ROLE pwuser LOGIN REPLICATION PASSWORD 'right-pw'`)
+	require.NoError(t, err)
+	hba := filepath.Join(srv.DataDir(), "pg_hba.conf")
+	old, err := os.ReadFile(hba)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(hba, append([]byte("host all pwuser 127.0.0.1/32 scram-sha-256\n"), old...), 0o600))
+	_, err = d.DB.Exec(`SELECT pg_reload_conf()`)
+	require.NoError(t, err)
+
+	const hint = "; check POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB and POSTGRES_SSLMODE\n"
+	t.Setenv("POSTGRES_USER", "pwuser")
+	t.Setenv("POSTGRES_PASSWORD", "wrong-pw")
+	code, _, errOut := runCLI("status")
+	require.Equal(t, 1, code)
+	require.Regexp(t, `^dbsync status: cannot connect to PostgreSQL \(host=127\.0\.0\.1 port=\d+ user=pwuser dbname=\S+ sslmode=disable password=\*\*\*\): .*password authentication failed for user "pwuser"`+regexp.QuoteMeta(hint)+`$`, errOut)
+
+	t.Setenv("POSTGRES_PASSWORD", "right-pw")
+	t.Setenv("POSTGRES_DB", "no_such_db")
+	code, _, errOut = runCLI("tail")
+	require.Equal(t, 1, code)
+	require.Regexp(t, `^dbsync tail: cannot connect to PostgreSQL \(host=.* dbname=no_such_db .*\): .*database "no_such_db" does not exist`+regexp.QuoteMeta(hint)+`$`, errOut)
+
+	t.Setenv("POSTGRES_PORT", "1")
+	code, _, errOut = runCLI("snapshot", "t")
+	require.Equal(t, 1, code)
+	require.Regexp(t, `^dbsync snapshot: cannot connect to PostgreSQL \(host=127\.0\.0\.1 port=1 .*\): .*connection refused`+regexp.QuoteMeta(hint)+`$`, errOut)
+	require.NotContains(t, errOut, "right-pw")
 }
