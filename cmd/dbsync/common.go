@@ -1,14 +1,17 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 
 	"github.com/dbsync/dbsync"
+	"github.com/lib/pq"
 )
 
 // newFlagSet returns a flag set for a command that reports errors instead of exiting
@@ -84,4 +87,47 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// withConnHint wraps a command that connects with the POSTGRES_* variables: when it
+// fails because it could not connect (nothing listens, wrong password or no such
+// role, no pg_hba.conf entry, no such database, SSL refused), the error names the
+// connection (password redacted) and the variables to check, instead of whatever
+// step first touched the server ("read slot status of ...").
+func withConnHint(run func(context.Context, []string, io.Writer, io.Writer) error) func(context.Context, []string, io.Writer, io.Writer) error {
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		err := run(ctx, args, stdout, stderr)
+		if err == nil || !isConnectError(err) {
+			return err
+		}
+		return fmt.Errorf("cannot connect to PostgreSQL (%s): %s; check %s, %s, %s, %s, %s and %s",
+			connDescription(), connCause(err), dbsync.EnvPostgresHost, dbsync.EnvPostgresPort, dbsync.EnvPostgresUser,
+			dbsync.EnvPostgresPassword, dbsync.EnvPostgresDB, dbsync.EnvPostgresSSLMode)
+	}
+}
+
+// isConnectError tells whether err is a failure to open a session.
+func isConnectError(err error) bool {
+	var ne *net.OpError
+	if errors.As(err, &ne) && ne.Op == "dial" {
+		return true
+	}
+	var pe *pq.Error
+	if errors.As(err, &pe) {
+		return pe.Code.Class() == "28" || pe.Code == "3D000" // invalid authorization; invalid_catalog_name
+	}
+	return errors.Is(err, pq.ErrSSLNotSupported)
+}
+
+// connCause is the driver's or the network's own message for a connect error.
+func connCause(err error) string {
+	var pe *pq.Error
+	if errors.As(err, &pe) {
+		return pe.Error()
+	}
+	var ne *net.OpError
+	if errors.As(err, &ne) {
+		return ne.Error()
+	}
+	return err.Error()
 }

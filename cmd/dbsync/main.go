@@ -27,10 +27,10 @@ type command struct {
 // commands is the dispatch table, in the order `dbsync help` lists them. A new
 // command lives in its own file and is added here with one line.
 var commands = []command{
-	{"tail", "stream changes as JSON lines to stdout until Ctrl-C", runTail},
-	{"status", "show the replication slot: position, activity, retained WAL and lag", runStatus},
-	{"teardown", "drop the slot, and dbsync's control schema unless other slots may use it", runTeardown},
-	{"snapshot", "read whole tables through the change stream as JSON lines, with progress", runSnapshot},
+	{"tail", "stream changes as JSON lines to stdout until Ctrl-C", withConnHint(runTail)},
+	{"status", "show the replication slot: position, activity, retained WAL and lag", withConnHint(runStatus)},
+	{"teardown", "drop the slot, and dbsync's control schema unless other slots may use it", withConnHint(runTeardown)},
+	{"snapshot", "read whole tables through the change stream as JSON lines, with progress", withConnHint(runSnapshot)},
 	{"demo", "sync concurrent writes into an in-memory copy and verify it row by row", runDemo},
 	{"bench", "benchmark dbsync against PostgreSQL's limits on a throwaway cluster (docs/BENCHMARKS.md)", runBench},
 }

@@ -37,6 +37,13 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if len(tables) == 0 {
 		return usageError{"name at least one table to snapshot"}
 	}
+	for _, t := range tables {
+		// The flag package stops at the first table name: a flag after it would be
+		// taken for a table.
+		if len(t) > 1 && t[0] == '-' {
+			return usageError{fmt.Sprintf("flag %s after the table names: flags go first: dbsync snapshot [flags] table...", t)}
+		}
+	}
 	out := bufio.NewWriterSize(stdout, 64<<10)
 	h := &snapshotPrinter{JSONLinesWriter: handlers.NewJSONLinesWriter(out), w: out}
 	opts := append(sf.options(stderr, slog.LevelWarn),
@@ -85,7 +92,14 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if ferr := out.Flush(); ferr != nil && runErr == nil {
 		runErr = ferr
 	}
-	if snapErr != nil && !(*follow && ctx.Err() != nil) {
+	if snapErr != nil && ctx.Err() != nil {
+		// Ctrl-C (or SIGTERM) before every table was read, with or without -follow:
+		// not a clean end. What was printed was delivered; the progress of every
+		// delivered chunk is recorded, so the next run resumes after it.
+		interrupted := fmt.Errorf("interrupted before the snapshot finished; run it again with the same slot (%s) to resume after the last delivered chunk", s.ReplicationSlot())
+		return exitError{code: 130, err: errors.Join(interrupted, runErr)}
+	}
+	if snapErr != nil {
 		return errors.Join(snapErr, runErr)
 	}
 	return runErr
