@@ -446,22 +446,20 @@ func keySignature(info *PGTableInfo) string {
 // writeWatermark inserts and commits one watermark row, and tells the window tracker,
 // which checks that it reaches the slot (windowTracker.pending).
 //
-// A unique violation (23505) of the watermark table's primary key (selection_id,
-// wm_type) means this very row is there already: selection IDs carry this Syncer's
-// random run ID, so only an earlier attempt of this statement can have written it.
-// That happens when the INSERT committed but its session ended before the reply was
-// read: lib/pq reports the EOF as driver.ErrBadConn and database/sql sends the INSERT
-// again on a new connection. The first row committed and is in the slot, so the
-// watermark is written (TestWatermarkInsertResentAfterLostReply).
+// A row already there under the watermark table's primary key (selection_id,
+// wm_type) is this very row: selection IDs carry this Syncer's random run ID, so only
+// an earlier attempt of this statement can have written it. That happens when the
+// INSERT committed but its session ended before the reply was read: lib/pq reports the
+// EOF as driver.ErrBadConn and database/sql sends the INSERT again on a new
+// connection. The first row committed and is in the slot, so the watermark is written
+// (TestWatermarkInsertResentAfterLostReply). ON CONFLICT names the key, so a
+// violation of any other unique index still fails the statement.
 func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) error {
 	stmt := "INSERT INTO " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) +
-		" (selection_id, wm_type) VALUES ($1, $2)"
+		" (selection_id, wm_type) VALUES ($1, $2) ON CONFLICT (selection_id, wm_type) DO NOTHING"
 	s.win.expect(id, kind)
 	if _, err := s.db.ExecContext(ctx, stmt, id, string(kind)); err != nil {
-		if code, _, ok := serverError(err); !ok || code != "23505" {
-			return classify(err, fmt.Sprintf("write %s watermark of selection %s", kind, id))
-		}
-		s.log.Debug("dbsync: watermark row was written by an earlier attempt of its INSERT (a resent statement)", "selection", id, "kind", string(kind))
+		return classify(err, fmt.Sprintf("write %s watermark of selection %s", kind, id))
 	}
 	s.win.wrote(id, kind)
 	return nil
