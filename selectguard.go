@@ -89,9 +89,11 @@ func lockErr(info *PGTableInfo, err error) error {
 	return classify(err, "lock "+info.QualifiedName()+" for the selection")
 }
 
-// readShapeSQL runs sql/selection_shape.sql for info's table in tx.
+// readShapeSQL runs sql/selection_shape.sql for info's table in tx, with its names
+// inlined as the pgx path has them (shapeQueryLiteral): without parameters lib/pq
+// sends it in one round trip instead of two (parse and describe, then bind and run).
 func readShapeSQL(ctx context.Context, tx *sql.Tx, info *PGTableInfo) ([]shapeCol, error) {
-	rows, err := tx.QueryContext(ctx, sqlText("selection_shape.sql"), info.Namespace, info.TableName)
+	rows, err := tx.QueryContext(ctx, shapeQueryLiteral(info))
 	if err != nil {
 		return nil, classify(err, "read the shape of "+info.QualifiedName())
 	}

@@ -1,7 +1,6 @@
 package dbsync
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -158,6 +157,11 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 	if err != nil {
 		return err
 	}
+	chunk := s.SnapshotChunkSize
+	if chunk <= 0 {
+		chunk = DefaultSnapshotChunkSize
+	}
+	table := info.QualifiedName()
 	defer func() {
 		// A chunk found the table dropped, replaced or altered since info was read
 		// (checkShape): its progress belongs to the old description, so the next
@@ -165,16 +169,11 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 		var changed *tableChangedError
 		if errors.As(err, &changed) {
 			if _, rerr := s.db.ExecContext(context.WithoutCancel(ctx), s.ctrlSQL("snapshot_progress_start.sql"), s.replicationSlot,
-				info.QualifiedName(), pq.StringArray(info.PrimaryKey), cmp.Or(s.SnapshotChunkSize, DefaultSnapshotChunkSize), info.RelationID); rerr != nil {
-				err = errors.Join(err, classify(rerr, "reset snapshot progress of "+info.QualifiedName()))
+				table, pq.StringArray(info.PrimaryKey), chunk, info.RelationID); rerr != nil {
+				err = errors.Join(err, classify(rerr, "reset snapshot progress of "+table))
 			}
 		}
 	}()
-	chunk := s.SnapshotChunkSize
-	if chunk <= 0 {
-		chunk = DefaultSnapshotChunkSize
-	}
-	table := info.QualifiedName()
 	prog := SnapshotProgress{Table: table, Estimated: -1}
 	if err := s.db.QueryRowContext(ctx, `SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = $1`, info.RelationID).Scan(&prog.Estimated); err != nil {
 		return classify(err, "read row estimate of "+table)

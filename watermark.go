@@ -117,7 +117,8 @@ func refreshQuery(info *PGTableInfo, cols []string, query string) selQuery {
 // computed and then filtered, which keeps its meaning.
 func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]string) selQuery {
 	in, args := keyTuples(info, keys)
-	tail := " FROM (" + query + ") AS q WHERE (" + castKeyColumns(info, "q") + ") IN (" + in + ") ORDER BY " + castKeyColumns(info, "q")
+	kc := castKeyColumns(info, "q")
+	tail := " FROM (" + query + ") AS q WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(nil, "q", cols, form) + tail
 	}, args: args, rows: len(keys), reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
