@@ -16,6 +16,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/url"
@@ -23,6 +24,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -357,6 +359,15 @@ var (
 // A missing PostgreSQL fails the test with InstallHint; it never skips.
 func Shared(t testing.TB) *Server {
 	t.Helper()
+	s, err := sharedServer()
+	if err != nil {
+		t.Fatalf("pgtest: no PostgreSQL server for tests: %v", err)
+	}
+	return s
+}
+
+// sharedServer returns the process-wide server, starting it on first use.
+func sharedServer() (*Server, error) {
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
 	if shared == nil && sharedErr == nil {
@@ -366,10 +377,7 @@ func Shared(t testing.TB) *Server {
 			shared, sharedErr = Start(Options{})
 		}
 	}
-	if sharedErr != nil {
-		t.Fatalf("pgtest: no PostgreSQL server for tests: %v", sharedErr)
-	}
-	return shared
+	return shared, sharedErr
 }
 
 // StopShared stops the shared throwaway cluster, if one was started.
@@ -389,6 +397,99 @@ func Main(m *testing.M) int {
 	code := m.Run()
 	StopShared()
 	return code
+}
+
+// EnvExampleDSN names the environment variable MainWithExamples sets for a test
+// binary's examples: the key=value connection string of a fresh database.
+const EnvExampleDSN = "DBSYNC_EXAMPLE_DSN"
+
+// MainWithExamples is Main for a package with runnable examples that need a server:
+// when the run selects any of the binary's examples, it creates a fresh database on
+// the shared server before the tests, sets EnvExampleDSN to it, and drops it
+// afterwards. Examples take no *testing.T, so they cannot ask for a database
+// themselves. A missing PostgreSQL ends the binary with InstallHint, as a test would
+// fail.
+func MainWithExamples(m *testing.M) int {
+	flag.Parse()
+	if list := flag.Lookup("test.list"); list != nil && list.Value.String() != "" {
+		return Main(m)
+	}
+	pattern := ""
+	if run := flag.Lookup("test.run"); run != nil {
+		pattern = run.Value.String()
+	}
+	if !selectsExamples(pattern, exampleNames(m)) {
+		return Main(m)
+	}
+	dsn, drop, err := exampleDatabase()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: no database for the examples: %v\n", err)
+		StopShared()
+		return 1
+	}
+	os.Setenv(EnvExampleDSN, dsn)
+	code := m.Run()
+	drop()
+	StopShared()
+	return code
+}
+
+// exampleNames returns the names of m's examples, read from the unexported field
+// testing.M keeps them in; nil if that field is not there (then every run is taken
+// to select examples).
+func exampleNames(m *testing.M) []string {
+	f := reflect.ValueOf(m).Elem().FieldByName("examples")
+	if !f.IsValid() || f.Kind() != reflect.Slice {
+		return nil
+	}
+	names := make([]string, 0, f.Len())
+	for i := 0; i < f.Len(); i++ {
+		if n := f.Index(i).FieldByName("Name"); n.IsValid() && n.Kind() == reflect.String {
+			names = append(names, n.String())
+		}
+	}
+	return names
+}
+
+// selectsExamples tells whether a -test.run pattern ("" runs everything) selects one
+// of the examples named; with no names known, or a pattern it cannot judge (subtest
+// parts, or not a regular expression: the test binary reports that), it says yes.
+func selectsExamples(pattern string, names []string) bool {
+	if pattern == "" || names == nil || strings.Contains(pattern, "/") {
+		return true
+	}
+	re, err := regexp.Compile(pattern)
+	if err != nil {
+		return true
+	}
+	for _, n := range names {
+		if re.MatchString(n) {
+			return true
+		}
+	}
+	return false
+}
+
+// exampleDatabase creates a fresh database on the shared server for the examples.
+func exampleDatabase() (dsn string, drop func(), err error) {
+	s, err := sharedServer()
+	if err != nil {
+		return "", nil, err
+	}
+	name := fmt.Sprintf("examples_%d_%d", os.Getpid()%10000, s.dbSeq.Add(1))
+	admin, err := sql.Open("postgres", s.DSN("postgres"))
+	if err != nil {
+		return "", nil, err
+	}
+	defer admin.Close()
+	if _, err := admin.Exec("CREATE DATABASE " + pq.QuoteIdentifier(name)); err != nil {
+		return "", nil, fmt.Errorf("create database %s: %w", name, err)
+	}
+	return s.DSN(name), func() {
+		if err := s.drop(name); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: cleanup: %v\n", err)
+		}
+	}, nil
 }
 
 // Database is one fresh database on a Server, owned by one test.
@@ -447,32 +548,39 @@ func (s *Server) newDatabase(t testing.TB, options string) *Database {
 
 func (s *Server) dropDatabase(t testing.TB, d *Database) {
 	d.DB.Close()
+	if err := s.drop(d.Name); err != nil {
+		t.Errorf("pgtest: cleanup: %v", err)
+	}
+}
+
+// drop drops database name with every replication slot in it.
+func (s *Server) drop(name string) error {
 	if s.stopped.Load() {
-		return
+		return nil
 	}
 	admin, err := sql.Open("postgres", s.DSN("postgres"))
 	if err != nil {
-		t.Errorf("pgtest: cleanup: %v", err)
-		return
+		return err
 	}
 	defer admin.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// Terminate sessions first: an active slot cannot be dropped.
-	_, _ = admin.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, d.Name)
+	_, _ = admin.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, name)
 	for i := 0; i < 50; i++ {
-		_, err = admin.ExecContext(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1`, d.Name)
+		_, err = admin.ExecContext(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1`, name)
 		if err == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		t.Errorf("pgtest: cleanup: drop slots of %s: %v", d.Name, err)
+		return fmt.Errorf("drop slots of %s: %w", name, err)
 	}
-	if _, err := admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+pq.QuoteIdentifier(d.Name)+" WITH (FORCE)"); err != nil {
-		t.Errorf("pgtest: cleanup: drop database %s: %v", d.Name, err)
+	if _, err := admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+pq.QuoteIdentifier(name)+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("drop database %s: %w", name, err)
 	}
+	return nil
 }
 
 var nonIdent = regexp.MustCompile(`[^a-z0-9_]+`)

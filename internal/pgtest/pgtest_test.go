@@ -13,7 +13,13 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestMain(m *testing.M) { os.Exit(Main(m)) }
+// testM is the binary's testing.M, for TestExampleNames.
+var testM *testing.M
+
+func TestMain(m *testing.M) {
+	testM = m
+	os.Exit(Main(m))
+}
 
 func TestNewDatabaseIsLogical(t *testing.T) {
 	d := NewDatabase(t)
@@ -90,4 +96,35 @@ func TestKilledProcessLeavesNoCluster(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+func TestSelectsExamples(t *testing.T) {
+	names := []string{"Example", "ExampleSyncer_Snapshot"}
+	for pattern, want := range map[string]bool{
+		"":                        true,
+		".":                       true,
+		"^Example$":               true,
+		"ExampleSyncer_Snapshot$": true,
+		"TestA|Example":           true,
+		"Snapshot":                true,
+		"^TestRedact$":            false,
+		"^TestSnapshot":           false,
+		"TestA/sub":               true,
+		"(":                       true,
+	} {
+		if got := selectsExamples(pattern, names); got != want {
+			t.Errorf("selectsExamples(%q) = %v, want %v", pattern, got, want)
+		}
+	}
+	if !selectsExamples("^TestRedact$", nil) {
+		t.Error("with no example names known, a pattern must be taken to select examples")
+	}
+}
+
+// TestExampleNames reads this binary's examples from testing.M: none here, so the
+// field must be found and empty (a nil result would mean it was not found).
+func TestExampleNames(t *testing.T) {
+	names := exampleNames(testM)
+	require.NotNil(t, names, "testing.M's examples field was not found")
+	require.Empty(t, names)
 }
