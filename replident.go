@@ -52,6 +52,8 @@ func (p ReplicaIdentityProblem) Fix() string {
 	return "ALTER TABLE " + qualifiedTable{p.Schema, p.Table}.quoted() + " REPLICA IDENTITY FULL"
 }
 
+// String describes the problem for a log line or an error: the table, why its UPDATEs
+// and DELETEs cannot be captured, and the statement or option that fixes it.
 func (p ReplicaIdentityProblem) String() string {
 	if p.GeneratedKey != "" {
 		return p.generatedKeyString()
