@@ -342,6 +342,8 @@ func (c *Cache) HandleTruncateMessage(_ int, _ *pglogrepl.TruncateMessage, relns
 
 // HandleRefresh upserts item.Values under item.Table and key: at the COMMIT of the
 // transaction it arrives in (the high watermark's), or at once outside a transaction.
+// Columns of the table the selection did not return (a Refresh query naming some
+// columns) keep their cached values.
 func (c *Cache) HandleRefresh(key string, item dbsync.DBItem) error {
 	if item.Table == nil {
 		return fmt.Errorf("handlers: Cache: HandleRefresh(%q) without a table", key)
@@ -518,7 +520,15 @@ func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
 		// description a selection used can be older than the stream's.
 		t.shape = item.Table
 	}
-	t.rows[key] = copyRow(item.Values)
+	row := copyRow(item.Values)
+	// A Refresh query may select some of the table's columns: the others keep their
+	// cached values (a column the table no longer has is not kept).
+	for col, v := range t.rows[key] {
+		if _, selected := row[col]; !selected && hasColumn(item.Table, col) {
+			row[col] = v
+		}
+	}
+	t.rows[key] = row
 	c.stats.Refreshes++
 }
 
