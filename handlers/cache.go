@@ -73,7 +73,12 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 // The Cache follows each table's shape from its RELATION messages (and the table
 // descriptions changes carry), in transaction order:
 //   - DROP COLUMN: the column is removed from every cached row of the table (counted
-//     in Stats().DroppedColumns), as SELECT * no longer shows it;
+//     in Stats().DroppedColumns), as SELECT * no longer shows it. A column dropped and
+//     added again under its name (DROP COLUMN c, ADD COLUMN c) is told apart by its
+//     attribute number when the Syncer described the table before and after (live):
+//     the old c leaves the rows, and the new c is an added column. Read from a backlog
+//     whose shapes were all described after the ADD, the two look alike, and rows not
+//     changed since keep the old c's value;
 //   - ADD COLUMN: rows cached before it lack the column until they change or are
 //     refreshed. SELECT * shows the column's default there (NULL without one); the
 //     RELATION message does not carry the default, so the Cache does not guess it:
@@ -401,7 +406,7 @@ func (c *Cache) reshape(t *cacheTable, info *dbsync.PGTableInfo) {
 	if t.shape != nil {
 		var gone []string
 		for _, col := range t.shape.Columns {
-			if !hasColumn(info, col.ColumnName) {
+			if !hasColumn(info, col.ColumnName) || recreated(t.shape, col, info) {
 				gone = append(gone, col.ColumnName)
 			}
 		}
@@ -485,6 +490,20 @@ func keyRenamed(prev *dbsync.PGTableInfo, old []string, info *dbsync.PGTableInfo
 		}
 	}
 	return true
+}
+
+// recreated tells whether info's column of col's name is another column than col of
+// prev: dropped and added again under the same name (DROP COLUMN c, ADD COLUMN c),
+// which RELATION messages, carrying names, do not show. Their attribute numbers
+// differ where both descriptions know them: both read from the catalog (not of a
+// dropped table) while the column they describe existed, i.e. live; a description
+// read after the column was dropped and added again gives the new one's number.
+func recreated(prev *dbsync.PGTableInfo, col *dbsync.PGColumnInfo, info *dbsync.PGTableInfo) bool {
+	if prev.Dropped || info.Dropped || info.ColInfo == nil {
+		return false
+	}
+	n := info.ColInfo[col.ColumnName]
+	return n != nil && col.OrdinalPosition != 0 && n.OrdinalPosition != 0 && col.OrdinalPosition != n.OrdinalPosition
 }
 
 func hasColumn(info *dbsync.PGTableInfo, name string) bool {

@@ -45,3 +45,38 @@ func TestCacheRefreshOfSomeColumnsPostgres(t *testing.T) {
 	cancel()
 	require.NoError(t, <-runErr)
 }
+
+// TestCacheColumnDroppedAndAddedAgainPostgres: ALTER TABLE t DROP COLUMN c, then ADD
+// COLUMN c, while the Syncer runs (each step delivered before the next). RELATION
+// messages carry names, so the new c looked like the old one, and rows not changed
+// since kept the dropped column's value under its name, where SELECT * shows the new
+// column's NULL: a value the table no longer has. The descriptions' attribute numbers
+// tell the two columns apart: the old c leaves every cached row, as a dropped column
+// does, and the new c is missing from rows cached before it, as an added column is.
+func TestCacheColumnDroppedAndAddedAgainPostgres(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE t (id int PRIMARY KEY, c text, n text)`)
+	require.NoError(t, err)
+	c := NewCache()
+	s := newTestSyncer(t, d, c, "t")
+	slot := pgtest.Ident(t, "slot")
+	runErr, cancel := runInBackground(s)
+	defer cancel()
+	for _, q := range []string{
+		`INSERT INTO t VALUES (1, 'old1', 'a'), (2, 'old2', 'b')`,
+		`ALTER TABLE t DROP COLUMN c`,
+		`ALTER TABLE t ADD COLUMN c text`,
+		`UPDATE t SET n = 'bb' WHERE id = 2`,
+	} {
+		_, err := d.DB.Exec(q)
+		require.NoError(t, err, q)
+		waitCaughtUp(t, d, slot, runErr)
+	}
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.t": {
+		`["1"]`: {"id": int32(1), "n": "a"},
+		`["2"]`: {"id": int32(2), "n": "bb", "c": nil},
+	}}, c.Snapshot())
+	require.Equal(t, int64(1), c.Stats().DroppedColumns)
+	cancel()
+	require.NoError(t, <-runErr)
+}
