@@ -95,7 +95,9 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //     name. A table that takes over a name another relation held (dropped or renamed
 //     since) starts empty;
 //   - DROP TABLE is not decoded: the table's rows stay in the Cache (in memory, out
-//     of sight once another table takes the name);
+//     of sight once another table takes the name); nor are ATTACH and DETACH
+//     PARTITION (under publish_via_partition_root, a detached partition's rows stay
+//     under the partitioned table, an attached table's rows are missing from it);
 //   - a new key (the primary key moved to other columns, another replica identity
 //     index), from its first RELATION message, change or refresh row: the cached rows
 //     are keyed again from their values (a renamed key column keeps their IDs); rows
@@ -239,7 +241,7 @@ func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 		case op.change != nil:
 			c.apply(op.change)
 		case op.relation != nil:
-			c.reshape(c.table(op.relation.RelationID, op.relation.QualifiedName()), op.relation)
+			c.relation(op.relation)
 		case op.truncate != nil:
 			c.applyTruncate(op.truncate)
 		case op.refresh != nil:
@@ -257,6 +259,7 @@ func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 
 // HandleRelationMessage stages the table's shape: columns it no longer has are
 // removed from its cached rows at COMMIT. Outside a transaction it is applied at once.
+// It applies to a table the Cache holds; it does not make a new one.
 func (c *Cache) HandleRelationMessage(_ int, _ *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
 	if info == nil {
 		return nil
@@ -266,11 +269,24 @@ func (c *Cache) HandleRelationMessage(_ int, _ *pglogrepl.RelationMessage, info 
 	switch {
 	case !c.tx.open:
 		c.init()
-		c.reshape(c.table(info.RelationID, info.QualifiedName()), info)
+		c.relation(info)
 	case !c.tx.skip:
 		c.tx.ops = append(c.tx.ops, cacheOp{relation: info})
 	}
 	return nil
+}
+
+// relation applies a RELATION message to the table it describes, if the Cache holds
+// it (by relation OID). A table the Cache does not hold yet is made by its first
+// change, TRUNCATE or refresh row, which carry the same description: a RELATION
+// message alone does not make one, as pgoutput also sends one for each partition
+// whose changes it publishes under the partitioned table (publish_via_partition_root),
+// and no row is ever cached under the partition's name. c.mu is held.
+func (c *Cache) relation(info *dbsync.PGTableInfo) {
+	if c.byOID[info.RelationID] == nil {
+		return
+	}
+	c.reshape(c.table(info.RelationID, info.QualifiedName()), info)
 }
 
 // sequenceErr drops the open transaction and returns an error wrapping
