@@ -39,9 +39,11 @@
 //     the same three values; transactions appear in commit order.
 //   - op: "insert", "update" or "delete".
 //   - schema, table: the table's namespace and name, unquoted.
-//   - key: the primary key columns of the row after the change (of the deleted row for
-//     a delete), column name -> value; {} when the table has no primary key.
-//   - old_key: only on an update that changed the primary key: the key before it.
+//   - key: the key columns of the row after the change (of the deleted row for a
+//     delete), column name -> value: the replica identity index's columns where there
+//     is one, else the primary key's (PGTableInfo.PrimaryKey, the columns of
+//     Change.Key); {} when the table has neither.
+//   - old_key: only on an update that changed the key: the key before it.
 //   - new: the new row (insert, update), null for a delete. Columns listed in
 //     "unchanged" are absent from it.
 //   - old: what PostgreSQL sent of the old row, null when nothing was sent: the key

@@ -305,8 +305,9 @@ func (j *JSONLinesWriter) HandleLogicalMessage(_ int, m *pglogrepl.LogicalDecodi
 	return nil
 }
 
-// keyColumns returns the primary key columns of values (an empty map when the table
-// has no primary key or values is nil).
+// keyColumns returns the key columns (PGTableInfo.PrimaryKey: the replica identity
+// index's, else the primary key's) of values (an empty map when the table has no key
+// or values is nil).
 func keyColumns(info *dbsync.PGTableInfo, values dbsync.StringMap) dbsync.StringMap {
 	key := dbsync.StringMap{}
 	for _, k := range info.PrimaryKey {
