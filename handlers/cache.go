@@ -605,8 +605,10 @@ func (c *Cache) apply(ch *dbsync.Change) {
 	rows[ch.Key] = row
 }
 
-// Snapshot returns a deep copy of the cached tables: "schema.table" -> record ID ->
-// row. Tables that were truncated or emptied appear with no rows.
+// Snapshot returns a copy of the cached tables: "schema.table" -> record ID -> row,
+// new maps down to each row. The values in them are the cached ones, shared, not
+// copied: a []byte, json.RawMessage, array ([]any) or numeric must not be modified.
+// Tables that were truncated or emptied appear with no rows.
 func (c *Cache) Snapshot() map[string]map[string]dbsync.StringMap {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -621,7 +623,8 @@ func (c *Cache) Snapshot() map[string]map[string]dbsync.StringMap {
 	return out
 }
 
-// Row returns a copy of one cached row and whether it is present.
+// Row returns a copy of one cached row (a new map; its values are shared, as
+// Snapshot's) and whether it is present.
 func (c *Cache) Row(table, key string) (dbsync.StringMap, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
