@@ -73,7 +73,12 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 // The Cache follows each table's shape from its RELATION messages (and the table
 // descriptions changes carry), in transaction order:
 //   - DROP COLUMN: the column is removed from every cached row of the table (counted
-//     in Stats().DroppedColumns), as SELECT * no longer shows it;
+//     in Stats().DroppedColumns), as SELECT * no longer shows it. A column dropped and
+//     added again under its name (DROP COLUMN c, ADD COLUMN c) is told apart by its
+//     attribute number when the Syncer described the table before and after (live):
+//     the old c leaves the rows, and the new c is an added column. Read from a backlog
+//     whose shapes were all described after the ADD, the two look alike, and rows not
+//     changed since keep the old c's value;
 //   - ADD COLUMN: rows cached before it lack the column until they change or are
 //     refreshed. SELECT * shows the column's default there (NULL without one); the
 //     RELATION message does not carry the default, so the Cache does not guess it:
@@ -90,7 +95,9 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //     name. A table that takes over a name another relation held (dropped or renamed
 //     since) starts empty;
 //   - DROP TABLE is not decoded: the table's rows stay in the Cache (in memory, out
-//     of sight once another table takes the name);
+//     of sight once another table takes the name); nor are ATTACH and DETACH
+//     PARTITION (under publish_via_partition_root, a detached partition's rows stay
+//     under the partitioned table, an attached table's rows are missing from it);
 //   - a new key (the primary key moved to other columns, another replica identity
 //     index), from its first RELATION message, change or refresh row: the cached rows
 //     are keyed again from their values (a renamed key column keeps their IDs); rows
@@ -234,7 +241,7 @@ func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 		case op.change != nil:
 			c.apply(op.change)
 		case op.relation != nil:
-			c.reshape(c.table(op.relation.RelationID, op.relation.QualifiedName()), op.relation)
+			c.relation(op.relation)
 		case op.truncate != nil:
 			c.applyTruncate(op.truncate)
 		case op.refresh != nil:
@@ -252,6 +259,7 @@ func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 
 // HandleRelationMessage stages the table's shape: columns it no longer has are
 // removed from its cached rows at COMMIT. Outside a transaction it is applied at once.
+// It applies to a table the Cache holds; it does not make a new one.
 func (c *Cache) HandleRelationMessage(_ int, _ *pglogrepl.RelationMessage, info *dbsync.PGTableInfo) error {
 	if info == nil {
 		return nil
@@ -261,11 +269,24 @@ func (c *Cache) HandleRelationMessage(_ int, _ *pglogrepl.RelationMessage, info 
 	switch {
 	case !c.tx.open:
 		c.init()
-		c.reshape(c.table(info.RelationID, info.QualifiedName()), info)
+		c.relation(info)
 	case !c.tx.skip:
 		c.tx.ops = append(c.tx.ops, cacheOp{relation: info})
 	}
 	return nil
+}
+
+// relation applies a RELATION message to the table it describes, if the Cache holds
+// it (by relation OID). A table the Cache does not hold yet is made by its first
+// change, TRUNCATE or refresh row, which carry the same description: a RELATION
+// message alone does not make one, as pgoutput also sends one for each partition
+// whose changes it publishes under the partitioned table (publish_via_partition_root),
+// and no row is ever cached under the partition's name. c.mu is held.
+func (c *Cache) relation(info *dbsync.PGTableInfo) {
+	if c.byOID[info.RelationID] == nil {
+		return
+	}
+	c.reshape(c.table(info.RelationID, info.QualifiedName()), info)
 }
 
 // sequenceErr drops the open transaction and returns an error wrapping
@@ -342,6 +363,8 @@ func (c *Cache) HandleTruncateMessage(_ int, _ *pglogrepl.TruncateMessage, relns
 
 // HandleRefresh upserts item.Values under item.Table and key: at the COMMIT of the
 // transaction it arrives in (the high watermark's), or at once outside a transaction.
+// Columns of the table the selection did not return (a Refresh query naming some
+// columns) keep their cached values.
 func (c *Cache) HandleRefresh(key string, item dbsync.DBItem) error {
 	if item.Table == nil {
 		return fmt.Errorf("handlers: Cache: HandleRefresh(%q) without a table", key)
@@ -399,7 +422,7 @@ func (c *Cache) reshape(t *cacheTable, info *dbsync.PGTableInfo) {
 	if t.shape != nil {
 		var gone []string
 		for _, col := range t.shape.Columns {
-			if !hasColumn(info, col.ColumnName) {
+			if !hasColumn(info, col.ColumnName) || recreated(t.shape, col, info) {
 				gone = append(gone, col.ColumnName)
 			}
 		}
@@ -485,6 +508,20 @@ func keyRenamed(prev *dbsync.PGTableInfo, old []string, info *dbsync.PGTableInfo
 	return true
 }
 
+// recreated tells whether info's column of col's name is another column than col of
+// prev: dropped and added again under the same name (DROP COLUMN c, ADD COLUMN c),
+// which RELATION messages, carrying names, do not show. Their attribute numbers
+// differ where both descriptions know them: both read from the catalog (not of a
+// dropped table) while the column they describe existed, i.e. live; a description
+// read after the column was dropped and added again gives the new one's number.
+func recreated(prev *dbsync.PGTableInfo, col *dbsync.PGColumnInfo, info *dbsync.PGTableInfo) bool {
+	if prev.Dropped || info.Dropped || info.ColInfo == nil {
+		return false
+	}
+	n := info.ColInfo[col.ColumnName]
+	return n != nil && col.OrdinalPosition != 0 && n.OrdinalPosition != 0 && col.OrdinalPosition != n.OrdinalPosition
+}
+
 func hasColumn(info *dbsync.PGTableInfo, name string) bool {
 	if info.ColInfo != nil {
 		_, ok := info.ColInfo[name]
@@ -518,7 +555,15 @@ func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
 		// description a selection used can be older than the stream's.
 		t.shape = item.Table
 	}
-	t.rows[key] = copyRow(item.Values)
+	row := copyRow(item.Values)
+	// A Refresh query may select some of the table's columns: the others keep their
+	// cached values (a column the table no longer has is not kept).
+	for col, v := range t.rows[key] {
+		if _, selected := row[col]; !selected && hasColumn(item.Table, col) {
+			row[col] = v
+		}
+	}
+	t.rows[key] = row
 	c.stats.Refreshes++
 }
 
@@ -560,8 +605,10 @@ func (c *Cache) apply(ch *dbsync.Change) {
 	rows[ch.Key] = row
 }
 
-// Snapshot returns a deep copy of the cached tables: "schema.table" -> record ID ->
-// row. Tables that were truncated or emptied appear with no rows.
+// Snapshot returns a copy of the cached tables: "schema.table" -> record ID -> row,
+// new maps down to each row. The values in them are the cached ones, shared, not
+// copied: a []byte, json.RawMessage, array ([]any) or numeric must not be modified.
+// Tables that were truncated or emptied appear with no rows.
 func (c *Cache) Snapshot() map[string]map[string]dbsync.StringMap {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -576,7 +623,8 @@ func (c *Cache) Snapshot() map[string]map[string]dbsync.StringMap {
 	return out
 }
 
-// Row returns a copy of one cached row and whether it is present.
+// Row returns a copy of one cached row (a new map; its values are shared, as
+// Snapshot's) and whether it is present.
 func (c *Cache) Row(table, key string) (dbsync.StringMap, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()

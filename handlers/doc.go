@@ -2,7 +2,8 @@
 //
 //   - EchoMessageHandler writes one human-readable line per message to an io.Writer.
 //   - JSONLinesWriter writes one JSON object per row change (and per TRUNCATE of a
-//     table and per logical decoding message) to an io.Writer; see the schema below.
+//     table, per logical decoding message and per row read by Syncer.Snapshot or
+//     Refresh) to an io.Writer; see the schema below.
 //   - Cache keeps an in-memory copy of the published tables (table -> record ID -> row).
 //     It applies each transaction at its COMMIT and drops re-delivered ones (commit LSN
 //     not after the last applied one), so at-least-once delivery leaves it exact.
@@ -38,9 +39,11 @@
 //     the same three values; transactions appear in commit order.
 //   - op: "insert", "update" or "delete".
 //   - schema, table: the table's namespace and name, unquoted.
-//   - key: the primary key columns of the row after the change (of the deleted row for
-//     a delete), column name -> value; {} when the table has no primary key.
-//   - old_key: only on an update that changed the primary key: the key before it.
+//   - key: the key columns of the row after the change (of the deleted row for a
+//     delete), column name -> value: the replica identity index's columns where there
+//     is one, else the primary key's (PGTableInfo.PrimaryKey, the columns of
+//     Change.Key); {} when the table has neither.
+//   - old_key: only on an update that changed the key: the key before it.
 //   - new: the new row (insert, update), null for a delete. Columns listed in
 //     "unchanged" are absent from it.
 //   - old: what PostgreSQL sent of the old row, null when nothing was sent: the key
@@ -62,6 +65,15 @@
 // non-transactional one is delivered as soon as it is decoded, outside any
 // transaction). content is the payload when it is valid UTF-8; otherwise it is absent
 // and content_base64 holds the payload in standard base64.
+//
+// A row read by Syncer.Snapshot or Refresh (HandleRefresh), "type":"refresh":
+//
+//	{"type":"refresh","schema":"public","table":"items","key":{"id":"1"},"new":{"id":"1","name":"c","body":"..."}}
+//
+// key and new as in a change (new: the columns the selection returned; a Refresh
+// query may name some). No commit_lsn, xid or commit_time: a refresh row belongs to no
+// transaction. It is written with the high watermark's transaction, after every change
+// committed before it; merge it into what you store (it is at least as new).
 //
 // With JSONLinesWriter.Relations set, a RELATION message (sent before the first change
 // of each table in every poll and after the table was altered) gives "type":"relation":

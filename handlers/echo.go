@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -28,7 +29,11 @@ import (
 //
 // Columns appear in table order as name=value: NULL for NULL, <unchanged> for an
 // unchanged TOASTed value, a string as is unless it is empty or holds spaces, quotes,
-// '=' or control characters (then Go-quoted), other values with fmt's %v. A DELETE
+// '=' or control characters (then Go-quoted), bytea as \x hex, booleans and integers
+// as such, other values as JSONLinesWriter renders them (PGTableInfo.JSONRow):
+// numeric, arrays and json documents as JSON text (numeric 1.50, [[1,null]],
+// {"x":1}), other types in PostgreSQL's text form (timestamptz in RFC 3339 UTC, uuid,
+// interval, ranges), formatted as strings are. A DELETE
 // and the "old key" of a key-changing UPDATE show the key columns; "old:" shows a
 // whole old row (REPLICA IDENTITY FULL). Lines are written as messages arrive, so a
 // transaction delivered again (at-least-once) is printed again. Writes are not buffered; a failed Write is
@@ -87,7 +92,7 @@ func (e *EchoMessageHandler) HandleInsertMessage(_ int, m *pglogrepl.InsertMessa
 	if err != nil {
 		return err
 	}
-	return e.println("INSERT " + info.QualifiedName() + " " + formatRow(reln, c.New, c.Unchanged))
+	return e.println("INSERT " + info.QualifiedName() + " " + formatRow(reln, info, c.New, c.Unchanged))
 }
 
 // HandleUpdateMessage writes an UPDATE line with the new row, and the old key or old row
@@ -97,10 +102,10 @@ func (e *EchoMessageHandler) HandleUpdateMessage(_ int, m *pglogrepl.UpdateMessa
 	if err != nil {
 		return err
 	}
-	s := "UPDATE " + info.QualifiedName() + " " + formatRow(reln, c.New, c.Unchanged)
+	s := "UPDATE " + info.QualifiedName() + " " + formatRow(reln, info, c.New, c.Unchanged)
 	switch {
 	case m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld:
-		s += " old: " + formatRow(reln, c.Old, nil)
+		s += " old: " + formatRow(reln, info, c.Old, nil)
 	case c.OldKey != "":
 		s += " (old key: " + formatKey(info, c.Old) + ")"
 	}
@@ -115,7 +120,7 @@ func (e *EchoMessageHandler) HandleDeleteMessage(_ int, m *pglogrepl.DeleteMessa
 		return err
 	}
 	if m.OldTupleType == pglogrepl.DeleteMessageTupleTypeOld {
-		return e.println("DELETE " + info.QualifiedName() + " " + formatRow(reln, c.Old, nil))
+		return e.println("DELETE " + info.QualifiedName() + " " + formatRow(reln, info, c.Old, nil))
 	}
 	return e.println("DELETE " + info.QualifiedName() + " " + formatKey(info, c.Old))
 }
@@ -146,7 +151,7 @@ func (e *EchoMessageHandler) HandleLogicalMessage(_ int, m *pglogrepl.LogicalDec
 }
 
 // formatRow formats values in the relation's column order.
-func formatRow(reln *pglogrepl.RelationMessage, values dbsync.StringMap, unchanged []string) string {
+func formatRow(reln *pglogrepl.RelationMessage, info *dbsync.PGTableInfo, values dbsync.StringMap, unchanged []string) string {
 	isUnchanged := map[string]bool{}
 	for _, u := range unchanged {
 		isUnchanged[u] = true
@@ -161,7 +166,7 @@ func formatRow(reln *pglogrepl.RelationMessage, values dbsync.StringMap, unchang
 		if !ok {
 			continue
 		}
-		parts = append(parts, c.Name+"="+formatValue(v))
+		parts = append(parts, c.Name+"="+formatColumn(info, c.Name, v))
 	}
 	return strings.Join(parts, " ")
 }
@@ -170,9 +175,38 @@ func formatRow(reln *pglogrepl.RelationMessage, values dbsync.StringMap, unchang
 func formatKey(info *dbsync.PGTableInfo, values dbsync.StringMap) string {
 	parts := make([]string, 0, len(info.PrimaryKey))
 	for _, k := range info.PrimaryKey {
-		parts = append(parts, k+"="+formatValue(values[k]))
+		parts = append(parts, k+"="+formatColumn(info, k, values[k]))
 	}
 	return strings.Join(parts, " ")
+}
+
+// formatColumn formats a value of column name of info: values fmt would print as Go
+// structures (numeric, uuid, json, arrays, ranges, times, ...) as JSONLinesWriter
+// renders them.
+func formatColumn(info *dbsync.PGTableInfo, name string, v any) string {
+	switch v.(type) {
+	case nil, string, []byte, bool, int16, int32, int64, uint32:
+		return formatValue(v)
+	}
+	var col *dbsync.PGColumnInfo
+	if info != nil {
+		col = info.ColInfo[name]
+	}
+	if col == nil {
+		return formatValue(v)
+	}
+	j, err := col.JSONValue(v)
+	if err != nil {
+		return formatValue(v)
+	}
+	if s, ok := j.(string); ok {
+		return formatValue(s)
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		return formatValue(v)
+	}
+	return string(b)
 }
 
 func formatValue(v any) string {

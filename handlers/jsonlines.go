@@ -14,8 +14,8 @@ import (
 )
 
 // JSONLinesWriter is a dbsync.MessageHandler that writes one JSON object per line to W
-// for every row change, every table of a TRUNCATE and every logical decoding message
-// (schema: see the package documentation). It stamps each change with the commit LSN,
+// for every row change, every table of a TRUNCATE, every logical decoding message and
+// every row read by Syncer.Snapshot or Refresh (schema: see the package documentation). It stamps each change with the commit LSN,
 // xid and commit time of the BEGIN that opened its transaction.
 //
 // A transaction's lines are buffered and written to W in one Write when its COMMIT
@@ -86,6 +86,14 @@ type jsonMessage struct {
 	Prefix        string  `json:"prefix"`
 	Content       *string `json:"content,omitempty"`
 	ContentBase64 []byte  `json:"content_base64,omitempty"`
+}
+
+type jsonRefresh struct {
+	Type   string           `json:"type"`
+	Schema string           `json:"schema"`
+	Table  string           `json:"table"`
+	Key    dbsync.StringMap `json:"key"`
+	New    dbsync.StringMap `json:"new"`
 }
 
 type jsonRelation struct {
@@ -236,6 +244,32 @@ func (j *JSONLinesWriter) HandleTruncateMessage(_ int, m *pglogrepl.TruncateMess
 	return nil
 }
 
+// HandleRefresh buffers a "refresh" object for a row read by Snapshot or Refresh. Such
+// rows arrive inside the high watermark's transaction and are written with it; outside
+// a transaction the line is written at once.
+func (j *JSONLinesWriter) HandleRefresh(_ string, item dbsync.DBItem) error {
+	if item.Table == nil {
+		return fmt.Errorf("handlers: JSONLinesWriter: HandleRefresh(%q) without a table", item.Key)
+	}
+	line := jsonRefresh{Type: "refresh", Schema: item.Table.Namespace, Table: item.Table.TableName}
+	var err error
+	if line.Key, err = item.Table.JSONRow(keyColumns(item.Table, item.Values)); err != nil {
+		return fmt.Errorf("handlers: JSONLinesWriter: %w", err)
+	}
+	if line.New, err = item.Table.JSONRow(item.Values); err != nil {
+		return fmt.Errorf("handlers: JSONLinesWriter: %w", err)
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.line(line); err != nil {
+		return err
+	}
+	if !j.inTx {
+		return j.flush()
+	}
+	return nil
+}
+
 // HandleLogicalMessage buffers a "message" object (written at once when the message is
 // not transactional).
 func (j *JSONLinesWriter) HandleLogicalMessage(_ int, m *pglogrepl.LogicalDecodingMessage) error {
@@ -271,8 +305,9 @@ func (j *JSONLinesWriter) HandleLogicalMessage(_ int, m *pglogrepl.LogicalDecodi
 	return nil
 }
 
-// keyColumns returns the primary key columns of values (an empty map when the table
-// has no primary key or values is nil).
+// keyColumns returns the key columns (PGTableInfo.PrimaryKey: the replica identity
+// index's, else the primary key's) of values (an empty map when the table has no key
+// or values is nil).
 func keyColumns(info *dbsync.PGTableInfo, values dbsync.StringMap) dbsync.StringMap {
 	key := dbsync.StringMap{}
 	for _, k := range info.PrimaryKey {

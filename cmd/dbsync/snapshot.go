@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/dbsync/dbsync"
 	"github.com/dbsync/dbsync/handlers"
-	"github.com/jackc/pglogrepl"
 )
 
 // runSnapshot reads whole tables through the change stream (Syncer.Snapshot) and
@@ -45,7 +43,10 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 	}
 	out := bufio.NewWriterSize(stdout, 64<<10)
-	h := &snapshotPrinter{JSONLinesWriter: handlers.NewJSONLinesWriter(out), w: out}
+	// Refresh rows and changes as JSON lines (handlers.JSONLinesWriter: docs/CLI.md),
+	// each transaction's lines written and flushed at its COMMIT, before the Syncer may
+	// forward the slot past it.
+	h := handlers.NewJSONLinesWriter(out)
 	opts := append(sf.options(stderr, slog.LevelWarn),
 		dbsync.WithMessageHandler(h),
 		dbsync.ForTables(tables...),
@@ -103,53 +104,4 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return errors.Join(snapErr, runErr)
 	}
 	return runErr
-}
-
-// snapshotPrinter is handlers.JSONLinesWriter (changes, in the schema of
-// docs/CLI.md) plus refresh rows, one line each:
-//
-//	{"type":"refresh","schema":"public","table":"t","key":{"id":"1"},"new":{...}}
-//
-// Refresh rows arrive inside the high watermark's transaction, right before its
-// COMMIT; they are written at once and flushed at that COMMIT, before the Syncer may
-// forward the slot past it.
-type snapshotPrinter struct {
-	*handlers.JSONLinesWriter
-	w *bufio.Writer
-}
-
-type refreshLine struct {
-	Type   string           `json:"type"`
-	Schema string           `json:"schema"`
-	Table  string           `json:"table"`
-	Key    dbsync.StringMap `json:"key"`
-	New    dbsync.StringMap `json:"new"`
-}
-
-func (p *snapshotPrinter) HandleRefresh(_ string, it dbsync.DBItem) error {
-	key := dbsync.StringMap{}
-	for _, c := range it.Table.PrimaryKey {
-		key[c] = it.Values[c]
-	}
-	key, err := it.Table.JSONRow(key)
-	if err != nil {
-		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
-	}
-	values, err := it.Table.JSONRow(it.Values)
-	if err != nil {
-		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
-	}
-	b, err := json.Marshal(refreshLine{Type: "refresh", Schema: it.Table.Namespace, Table: it.Table.TableName, Key: key, New: values})
-	if err != nil {
-		return fmt.Errorf("dbsync snapshot: encode refresh row: %w", err)
-	}
-	p.w.Write(b)
-	return p.w.WriteByte('\n')
-}
-
-func (p *snapshotPrinter) HandleCommitMessage(idx int, m *pglogrepl.CommitMessage) error {
-	if err := p.JSONLinesWriter.HandleCommitMessage(idx, m); err != nil {
-		return err
-	}
-	return p.w.Flush()
 }
