@@ -335,6 +335,14 @@ func (d *decodeInfo) decode(m *pgtype.Map, format int16, src []byte, rb *rowBuf)
 			src, format = []byte{b}, pgtype.BinaryFormatCode
 		}
 	}
+	if d.oid == pgtype.JSONPathOID && format == pgtype.BinaryFormatCode {
+		// jsonpath's send function writes a version byte (1) before the text, which
+		// pgtype's text-only codec would keep in the string.
+		if len(src) == 0 || src[0] != 1 {
+			return nil, errors.New("jsonpath binary value without version 1 header")
+		}
+		src, format = src[1:], pgtype.TextFormatCode
+	}
 	if d.fast != fastNone {
 		if v, ok, err := d.decodeFast(format, src, rb); ok {
 			return v, err
@@ -423,9 +431,10 @@ var rawArrayCodec = &pgtype.ArrayCodec{ElementType: &pgtype.Type{Name: "unknown"
 // array codec directly, others are read raw and decoded with d.elem.
 func (d *decodeInfo) decodeArray(m *pgtype.Map, format int16, src []byte) (any, error) {
 	// Elements are read raw (text, or binary bytes) and decoded with d.elem unless
-	// pgtype knows the array type and its element type is decoded as itself.
+	// pgtype knows the array type and its element type is decoded as itself, by its
+	// codec alone (decode reads jsonpath's binary form itself).
 	_, known := refTypes.TypeForOID(d.oid)
-	raw := !known || d.elem.kind != kindCodec || d.elem.oid != d.elemOID
+	raw := !known || d.elem.kind != kindCodec || d.elem.oid != d.elemOID || d.elem.oid == pgtype.JSONPathOID
 	var arr pgtype.Array[any]
 	if raw {
 		plan := rawArrayCodec.PlanScan(m, d.oid, format, &arr)

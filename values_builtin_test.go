@@ -80,3 +80,23 @@ func TestXMLAndTSVectorAreUnknownValues(t *testing.T) {
 		})
 	}
 }
+
+// TestJSONPathBinaryMatchesText: jsonpath's send function writes a version byte before
+// the path's text. pgx's codec for jsonpath is text-only, and in binary mode
+// (WithBinary) the byte had been kept: "\x01$.a" where text mode and the refresh row
+// have "$.a" (also as array elements).
+func TestJSONPathBinaryMatchesText(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE jp (id int PRIMARY KEY, p jsonpath, pa jsonpath[])`)
+	const insert = `INSERT INTO jp VALUES (1, '$.a[*] ? (@ > 1)', ARRAY['$', 'strict $."key with space"']::jsonpath[])`
+	want := StringMap{"id": int32(1), "p": `$."a"[*]?(@ > 1)`, "pa": []any{"$", `strict $."key with space"`}}
+	require.Equal(t, []string{want["p"].(string)}, queryStrings(t, d.DB, `SELECT '$.a[*] ? (@ > 1)'::jsonpath::text`), "PostgreSQL's text")
+	for _, binary := range []bool{false, true} {
+		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
+			got, refreshed, _ := changeAndRefresh(t, d, "jp", insert, binary)
+			requireSameRow(t, want, got, "change")
+			requireSameRow(t, want, refreshed, "refresh row")
+		})
+	}
+}
+
