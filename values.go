@@ -267,9 +267,10 @@ func resolveDecode(oid uint32, types map[uint32]pgType) *decodeInfo {
 
 // decodedAsUnknown are built-in types pgx's default map has codecs for whose Go values
 // would not be what docs/VALUES.md promises: xml decodes to []byte (bytea's Go type,
-// which JSONValue renders as hex), tsvector to pgtype.TSVector (which pgx prints with
-// its own quoting, 'b\'c' for PostgreSQL's 'b''c'). They decode to UnknownValue, as
-// the built-ins pgx has no codec for do (TestXMLAndTSVectorAreUnknownValues).
+// which JSONValue renders as hex), tsvector to pgtype.TSVector (which pgx prints
+// escaping a quote with a backslash where PostgreSQL doubles it). They decode to
+// UnknownValue, as the built-ins pgx has no codec for do
+// (TestXMLAndTSVectorAreUnknownValues).
 var decodedAsUnknown = map[uint32]bool{pgtype.XMLOID: true, pgtype.TSVectorOID: true}
 
 func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeInfo {

@@ -42,7 +42,7 @@ func changeAndRefresh(t *testing.T, d *pgtest.Database, table, insert string, bi
 // bytes in binary mode). pgx's default map has codecs for both, and they had leaked
 // through: xml arrived as []byte (the Go type of bytea, rendered by JSONValue as
 // "\x3c61..." hex), tsvector as pgtype.TSVector (rendered by JSONValue with pgx's
-// quoting, 'b\'c', not PostgreSQL's 'b''c').
+// quoting: a quote escaped with a backslash where PostgreSQL doubles it).
 func TestXMLAndTSVectorAreUnknownValues(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	execAll(t, d.DB, `CREATE TABLE xt (id int PRIMARY KEY, x xml, v tsvector, xa xml[], va tsvector[])`)
