@@ -433,9 +433,9 @@ var rawArrayCodec = &pgtype.ArrayCodec{ElementType: &pgtype.Type{Name: "unknown"
 func (d *decodeInfo) decodeArray(m *pgtype.Map, format int16, src []byte) (any, error) {
 	// Elements are read raw (text, or binary bytes) and decoded with d.elem unless
 	// pgtype knows the array type and its element type is decoded as itself, by its
-	// codec alone (decode reads jsonpath's binary form itself).
+	// codec alone (decode reads jsonpath's binary form and "char"'s \ooo text itself).
 	_, known := refTypes.TypeForOID(d.oid)
-	raw := !known || d.elem.kind != kindCodec || d.elem.oid != d.elemOID || d.elem.oid == pgtype.JSONPathOID
+	raw := !known || d.elem.kind != kindCodec || d.elem.oid != d.elemOID || d.elem.oid == pgtype.JSONPathOID || d.elem.oid == pgtype.QCharOID
 	var arr pgtype.Array[any]
 	if raw {
 		plan := rawArrayCodec.PlanScan(m, d.oid, format, &arr)

@@ -100,3 +100,21 @@ func TestJSONPathBinaryMatchesText(t *testing.T) {
 	}
 }
 
+// TestCharArrayHighBitText: "char"'s output function prints a byte >= 0x80 as \ooo.
+// A "char" column decoded it, but an element of a "char"[] went to pgx's codec, which
+// takes one byte: the change failed with ErrDecodeValue in text mode (the default),
+// which stopped the Syncer. Both modes and the refresh row give the byte as its rune.
+func TestCharArrayHighBitText(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE ca (id int PRIMARY KEY, c "char", ca "char"[])`)
+	const insert = `INSERT INTO ca VALUES (1, CAST(-56 AS "char"), ARRAY[CAST(-56 AS "char"), 'a', '\', '"', NULL, CAST(-1 AS "char")])`
+	require.Equal(t, []string{`{"\\310",a,"\\","\"",NULL,"\\377"}`}, queryStrings(t, d.DB, `SELECT ARRAY[CAST(-56 AS "char"), 'a', '\', '"', NULL, CAST(-1 AS "char")]::text`), "PostgreSQL's text")
+	want := StringMap{"id": int32(1), "c": int32(0xc8), "ca": []any{int32(0xc8), int32('a'), int32('\\'), int32('"'), nil, int32(0xff)}}
+	for _, binary := range []bool{false, true} {
+		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
+			got, refreshed, _ := changeAndRefresh(t, d, "ca", insert, binary)
+			requireSameRow(t, want, got, "change")
+			requireSameRow(t, want, refreshed, "refresh row")
+		})
+	}
+}
