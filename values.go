@@ -428,6 +428,9 @@ func normalize(oid uint32, v any) any {
 // formats, whatever codec the Map has for the array's real element type.
 var rawArrayCodec = &pgtype.ArrayCodec{ElementType: &pgtype.Type{Name: "unknown", OID: pgtype.UnknownOID, Codec: pgtype.TextCodec{}}}
 
+// rawBoxArrayCodec is rawArrayCodec for arrays whose elements are separated by ';'.
+var rawBoxArrayCodec = &pgtype.ArrayCodec{ElementType: rawArrayCodec.ElementType, Delimiter: ';'}
+
 // decodeArray decodes an array; elements of types pgtype knows are decoded by the
 // array codec directly, others are read raw and decoded with d.elem.
 func (d *decodeInfo) decodeArray(m *pgtype.Map, format int16, src []byte) (any, error) {
@@ -438,7 +441,13 @@ func (d *decodeInfo) decodeArray(m *pgtype.Map, format int16, src []byte) (any, 
 	raw := !known || d.elem.kind != kindCodec || d.elem.oid != d.elemOID || d.elem.oid == pgtype.JSONPathOID || d.elem.oid == pgtype.QCharOID
 	var arr pgtype.Array[any]
 	if raw {
-		plan := rawArrayCodec.PlanScan(m, d.oid, format, &arr)
+		codec := rawArrayCodec
+		if d.elem.kind == kindCodec && d.elem.oid == pgtype.BoxOID {
+			// box's typdelim, inherited by domains over box: array_out separates
+			// their elements with ';' (pgx's _box codec has it too).
+			codec = rawBoxArrayCodec
+		}
+		plan := codec.PlanScan(m, d.oid, format, &arr)
 		if plan == nil {
 			return nil, fmt.Errorf("no scan plan for %s", d.name)
 		}

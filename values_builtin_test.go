@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/stretchr/testify/require"
 )
 
@@ -113,6 +114,28 @@ func TestCharArrayHighBitText(t *testing.T) {
 	for _, binary := range []bool{false, true} {
 		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
 			got, refreshed, _ := changeAndRefresh(t, d, "ca", insert, binary)
+			requireSameRow(t, want, got, "change")
+			requireSameRow(t, want, refreshed, "refresh row")
+		})
+	}
+}
+
+// TestDomainOverBoxArray: box is the built-in type whose arrays separate elements with
+// ';' (its typdelim), and a domain over box inherits it. An array of such a domain is
+// decoded element by element (as the domain's base type), and was split at ','
+// instead, inside the boxes: the change failed with ErrDecodeValue.
+func TestDomainOverBoxArray(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE DOMAIN dbox AS box`, `CREATE TABLE bx (id int PRIMARY KEY, b dbox[])`)
+	const insert = `INSERT INTO bx VALUES (1, ARRAY['(1,2),(3,4)'::dbox, '(0,0),(1.5,1)', NULL])`
+	require.Equal(t, []string{`{(3,4),(1,2);(1.5,1),(0,0);NULL}`}, queryStrings(t, d.DB, `SELECT ARRAY['(1,2),(3,4)'::dbox, '(0,0),(1.5,1)', NULL]::text`), "PostgreSQL's text")
+	box := func(x1, y1, x2, y2 float64) pgtype.Box {
+		return pgtype.Box{P: [2]pgtype.Vec2{{X: x1, Y: y1}, {X: x2, Y: y2}}, Valid: true}
+	}
+	want := StringMap{"id": int32(1), "b": []any{box(3, 4, 1, 2), box(1.5, 1, 0, 0), nil}}
+	for _, binary := range []bool{false, true} {
+		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
+			got, refreshed, _ := changeAndRefresh(t, d, "bx", insert, binary)
 			requireSameRow(t, want, got, "change")
 			requireSameRow(t, want, refreshed, "refresh row")
 		})
