@@ -121,8 +121,49 @@ func jsonValue(d *decodeInfo, v any) (any, error) {
 			parts[i] = s
 		}
 		return "{" + strings.Join(parts, ",") + "}", nil
+	case pgtype.Array[any]:
+		if s, err := encodeText(d.oid, d.name, v); err == nil {
+			return s, nil
+		}
+		// pgx cannot encode some element values (ranges, UnknownValue): the
+		// elements' own renderings, in an array of text.
+		return arrayText(d, x)
 	}
 	return encodeText(d.oid, d.name, v)
+}
+
+// arrayText renders an array (with its bounds) as PostgreSQL's text of it, each
+// element as JSONValue renders it alone, quoted as array_out quotes.
+func arrayText(d *decodeInfo, arr pgtype.Array[any]) (string, error) {
+	texts := pgtype.Array[any]{Dims: arr.Dims, Valid: arr.Valid, Elements: make([]any, len(arr.Elements))}
+	for i, e := range arr.Elements {
+		if e == nil {
+			continue
+		}
+		j, err := jsonValue(d.elem, e)
+		if err != nil {
+			return "", err
+		}
+		switch x := j.(type) {
+		case string:
+			texts.Elements[i] = x
+		case json.RawMessage:
+			texts.Elements[i] = string(x)
+		default:
+			texts.Elements[i] = fmt.Sprint(x)
+		}
+	}
+	m := typeMaps.Get().(*pgtype.Map)
+	defer typeMaps.Put(m)
+	plan := rawArrayCodec.PlanEncode(m, d.oid, pgtype.TextFormatCode, texts)
+	if plan == nil {
+		return "", fmt.Errorf("%w: render %s text: no encode plan", ErrDecodeValue, d.name)
+	}
+	b, err := plan.Encode(texts, nil)
+	if err != nil {
+		return "", fmt.Errorf("%w: render %s text: %v", ErrDecodeValue, d.name, err)
+	}
+	return string(b), nil
 }
 
 // encodeText renders v as PostgreSQL text with pgx's encoder for oid.
