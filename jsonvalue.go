@@ -155,7 +155,7 @@ func arrayText(d *decodeInfo, arr pgtype.Array[any]) (string, error) {
 	}
 	m := typeMaps.Get().(*pgtype.Map)
 	defer typeMaps.Put(m)
-	plan := rawArrayCodec.PlanEncode(m, d.oid, pgtype.TextFormatCode, texts)
+	plan := d.rawArray.PlanEncode(m, d.oid, pgtype.TextFormatCode, texts)
 	if plan == nil {
 		return "", fmt.Errorf("%w: render %s text: no encode plan", ErrDecodeValue, d.name)
 	}

@@ -135,6 +135,10 @@ type pgType struct {
 	baseType uint32
 	elemType uint32
 	name     string
+	// delim is typdelim: the character array_out separates this type's elements with
+	// in its arrays (',' for nearly every type; ';' for box and domains over it, and a
+	// user-defined base type may declare its own).
+	delim byte
 }
 
 func newTableCache(db *sql.DB) *tableCache {
@@ -610,12 +614,12 @@ func (c *tableCache) pgTypes(ctx context.Context, oids []int64) (map[uint32]pgTy
 			}
 			for rows.Next() {
 				var t pgType
-				var typtype, category string
-				if err := rows.Scan(&t.oid, &typtype, &category, &t.baseType, &t.elemType, &t.name); err != nil {
+				var typtype, category, delim string
+				if err := rows.Scan(&t.oid, &typtype, &category, &t.baseType, &t.elemType, &t.name, &delim); err != nil {
 					rows.Close()
 					return nil, fmt.Errorf("read pg_type: %w", err)
 				}
-				t.typtype, t.category = typtype[0], category[0]
+				t.typtype, t.category, t.delim = typtype[0], category[0], delim[0]
 				out[t.oid] = t
 				c.mu.Lock()
 				c.types[t.oid] = t

@@ -75,6 +75,9 @@ type decodeInfo struct {
 	elem *decodeInfo
 	// elemOID is the array's element type OID as PostgreSQL declares it (kindArray).
 	elemOID uint32
+	// rawArray reads the array's elements undecoded, split at the element type's
+	// typdelim (kindArray).
+	rawArray *pgtype.ArrayCodec
 	// codec is pgtype's codec for oid (kindCodec), looked up once: codecs hold no
 	// per-Map state, the Map passed to DecodeValue does.
 	codec pgtype.Codec
@@ -281,7 +284,7 @@ func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeI
 	if t, ok := refTypes.TypeForOID(oid); ok {
 		if ac, ok := t.Codec.(*pgtype.ArrayCodec); ok {
 			return &decodeInfo{kind: kindArray, oid: oid, name: t.Name, elemOID: ac.ElementType.OID,
-				elem: resolveDecodeDepth(ac.ElementType.OID, types, depth+1)}
+				elem: resolveDecodeDepth(ac.ElementType.OID, types, depth+1), rawArray: rawArrayCodec(ac.Delimiter)}
 		}
 		d := &decodeInfo{kind: kindCodec, oid: oid, name: t.Name, codec: t.Codec, fast: fastKindFor(oid, t.Codec)}
 		if c, ok := t.Codec.(*pgtype.TimestamptzCodec); ok && oid == pgtype.TimestamptzOID {
@@ -305,8 +308,12 @@ func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeI
 	case row.typtype == 'e':
 		return &decodeInfo{kind: kindEnum, oid: oid, name: row.name}
 	case row.category == 'A' && row.elemType != 0:
+		// The element type's typdelim: a domain has its base type's (box: ';'), a
+		// user-defined base type its own. (Arrays of built-in types are known to
+		// pgtype, above.)
+		delim := types[row.elemType].delim
 		return &decodeInfo{kind: kindArray, oid: oid, name: row.name, elemOID: row.elemType,
-			elem: resolveDecodeDepth(row.elemType, types, depth+1)}
+			elem: resolveDecodeDepth(row.elemType, types, depth+1), rawArray: rawArrayCodec(delim)}
 	}
 	return &decodeInfo{kind: kindUnknown, oid: oid, name: row.name}
 }
@@ -422,14 +429,27 @@ func normalize(oid uint32, v any) any {
 	return v
 }
 
-// rawArrayCodec reads an array's elements as they are (text, or the binary bytes) for
-// decodeArray to decode each with the element type's decodeInfo. Its element type is
-// "unknown", which every Map decodes into *any with TextCodec: a string in both
+// rawElement is the element type of the array codecs that read elements undecoded:
+// "unknown", which every Map decodes into *any with TextCodec, a string in both
 // formats, whatever codec the Map has for the array's real element type.
-var rawArrayCodec = &pgtype.ArrayCodec{ElementType: &pgtype.Type{Name: "unknown", OID: pgtype.UnknownOID, Codec: pgtype.TextCodec{}}}
+var rawElement = &pgtype.Type{Name: "unknown", OID: pgtype.UnknownOID, Codec: pgtype.TextCodec{}}
 
-// rawBoxArrayCodec is rawArrayCodec for arrays whose elements are separated by ';'.
-var rawBoxArrayCodec = &pgtype.ArrayCodec{ElementType: rawArrayCodec.ElementType, Delimiter: ';'}
+// rawArrayCodecs are the codecs rawArrayCodec returns, by delimiter ("," at 0).
+var rawArrayCodecs sync.Map // byte -> *pgtype.ArrayCodec
+
+// rawArrayCodec returns an array codec that reads the elements of an array whose
+// elements are separated by delim (0: ',') as they are (text, or the binary bytes),
+// for decodeArray to decode each with the element type's decodeInfo.
+func rawArrayCodec(delim byte) *pgtype.ArrayCodec {
+	if delim == 0 {
+		delim = ','
+	}
+	if c, ok := rawArrayCodecs.Load(delim); ok {
+		return c.(*pgtype.ArrayCodec)
+	}
+	c, _ := rawArrayCodecs.LoadOrStore(delim, &pgtype.ArrayCodec{ElementType: rawElement, Delimiter: delim})
+	return c.(*pgtype.ArrayCodec)
+}
 
 // decodeArray decodes an array; elements of types pgtype knows are decoded by the
 // array codec directly, others are read raw and decoded with d.elem.
@@ -441,13 +461,7 @@ func (d *decodeInfo) decodeArray(m *pgtype.Map, format int16, src []byte) (any, 
 	raw := !known || d.elem.kind != kindCodec || d.elem.oid != d.elemOID || d.elem.oid == pgtype.JSONPathOID || d.elem.oid == pgtype.QCharOID
 	var arr pgtype.Array[any]
 	if raw {
-		codec := rawArrayCodec
-		if d.elem.kind == kindCodec && d.elem.oid == pgtype.BoxOID {
-			// box's typdelim, inherited by domains over box: array_out separates
-			// their elements with ';' (pgx's _box codec has it too).
-			codec = rawBoxArrayCodec
-		}
-		plan := codec.PlanScan(m, d.oid, format, &arr)
+		plan := d.rawArray.PlanScan(m, d.oid, format, &arr)
 		if plan == nil {
 			return nil, fmt.Errorf("no scan plan for %s", d.name)
 		}

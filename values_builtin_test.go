@@ -141,3 +141,26 @@ func TestDomainOverBoxArray(t *testing.T) {
 		})
 	}
 }
+
+// TestUserTypeArrayDelimiter: a user-defined base type may declare its own array
+// delimiter (CREATE TYPE ... DELIMITER; PostGIS's geometry uses ':'), which array_out
+// separates the elements of its arrays with. They were split at ',' whatever the
+// type's typdelim, so an element holding ',' came apart and one holding the
+// delimiter stayed whole. The type here is text's input and output functions under
+// another name (LANGUAGE internal), with ';' as its delimiter; it has no send
+// function, so only text mode applies.
+func TestUserTypeArrayDelimiter(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TYPE semi`,
+		`CREATE FUNCTION semi_in(cstring) RETURNS semi LANGUAGE internal IMMUTABLE STRICT AS 'textin'`,
+		`CREATE FUNCTION semi_out(semi) RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'textout'`,
+		`CREATE TYPE semi (INPUT = semi_in, OUTPUT = semi_out, INTERNALLENGTH = VARIABLE, DELIMITER = ';')`,
+		`CREATE TABLE sd (id int PRIMARY KEY, s semi[])`)
+	const insert = `INSERT INTO sd VALUES (1, '{"a,b";c;NULL;"d;e"}')`
+	require.Equal(t, []string{`{a,b;c;NULL;"d;e"}`}, queryStrings(t, d.DB, `SELECT '{"a,b";c;NULL;"d;e"}'::semi[]::text`), "PostgreSQL's text")
+	want := StringMap{"id": int32(1), "s": []any{
+		UnknownValue{Type: "semi", Text: "a,b"}, UnknownValue{Type: "semi", Text: "c"}, nil, UnknownValue{Type: "semi", Text: "d;e"}}}
+	got, refreshed, _ := changeAndRefresh(t, d, "sd", insert, false)
+	requireSameRow(t, want, got, "change")
+	requireSameRow(t, want, refreshed, "refresh row")
+}
