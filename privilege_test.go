@@ -3,6 +3,8 @@ package dbsync
 import (
 	"context"
 	"fmt"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -259,4 +261,47 @@ func teardownSyncer(t *testing.T, dsn, slot string) *Syncer {
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// TestReadmeLeastPrivilege runs README's least-privilege recipe ("PostgreSQL
+// requirements", the sql block starting "-- as a superuser") as written, with the role,
+// tables and publication renamed for the test, and checks that setup then succeeds as
+// that role with nothing more, and that Run, Refresh, Snapshot and Teardown work.
+func TestReadmeLeastPrivilege(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	m := regexp.MustCompile("(?s)```sql\n\\s*-- as a superuser\n(.*?)```").FindSubmatch(readme)
+	require.NotNil(t, m, "README's least-privilege sql block")
+	d := pgtest.NewDatabase(t)
+	ctx := context.Background()
+	role := pgtest.Ident(t, "role")
+	slot := pgtest.Ident(t, "slot")
+	t.Cleanup(func() {
+		d.DB.Exec(`DROP OWNED BY ` + role)
+		d.DB.Exec(`DROP ROLE IF EXISTS ` + role)
+	})
+	execAll(t, d.DB, `CREATE TABLE t1 (id int PRIMARY KEY, v text)`, `CREATE TABLE t2 (id int PRIMARY KEY)`,
+		`INSERT INTO t1 VALUES (1, 'a')`)
+	recipe := regexp.MustCompile(`\bapp\b`).ReplaceAllString(string(m[1]), role)
+	recipe = strings.ReplaceAll(recipe, "dbsync_mypub", slot+"_pub")
+	for _, stmt := range strings.Split(recipe, ";") {
+		if stmt = strings.TrimSpace(stmt); stmt != "" {
+			execAll(t, d.DB, stmt)
+		}
+	}
+	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", d.Server.Host, d.Server.Port, role, d.Name)
+	h := newCacheHandler()
+	s, stop := startSyncer(t, dsn, slot, h)
+	execAll(t, d.DB, `INSERT INTO t1 VALUES (2, 'b')`)
+	_, err = s.RefreshContext(ctx, `SELECT * FROM t1`)
+	require.NoError(t, err)
+	require.NoError(t, s.Snapshot(ctx, "t1", "t2"))
+	catchUp(t, s)
+	require.Contains(t, h.eventList(), `insert public.t1 ["2"]`)
+	require.Empty(t, mismatches(h.tableRows("public.t1"), dbRows(t, d.DB, "t1")))
+	require.NoError(t, stop())
+	res, err := teardownSyncer(t, dsn, slot).TeardownWithResult(ctx)
+	require.NoError(t, err)
+	require.True(t, res.SlotDropped)
+	require.True(t, res.CtrlSchemaDropped)
 }

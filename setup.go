@@ -25,8 +25,10 @@ const setupLockKey = 0x64627379 // "dbsy"
 // ErrReplicaIdentity with WithStrictReplicaIdentity), and creates the pgoutput slot
 // when it is missing. NewSyncer calls it unless WithSetup(false).
 //
-// Errors: ErrWALLevel, ErrReplicationPrivilege, ErrPublicationMissing (with the CREATE
-// PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
+// Errors: ErrWALLevel, ErrReplicationPrivilege, ErrInsufficientPrivilege (the role may
+// not create the control schema or its tables, or change the publication: the message
+// names the GRANT or the owner's statement; no slot is created), ErrPublicationMissing
+// (with the CREATE PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
 // pgoutput slot of this database, or is another session's temporary slot), ErrSlotInvalidated (the slot exists
 // but PostgreSQL invalidated it: wal_status lost), or the server's error.
 func (s *Syncer) Setup(ctx context.Context) error {
