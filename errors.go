@@ -26,6 +26,14 @@ var (
 	// ErrReplicationPrivilege: the role is neither superuser nor REPLICATION (42501).
 	// Fix: ALTER ROLE <role> REPLICATION.
 	ErrReplicationPrivilege = errors.New("dbsync: role may not use replication slots")
+	// ErrInsufficientPrivilege: the role lacks a privilege other than REPLICATION
+	// (42501): SELECT on a table a Refresh or Snapshot reads, CREATE on the database
+	// (or the control schema) to create the control schema (or its tables),
+	// ownership of the publication or of a table setup adds to it, privileges on the
+	// control schema's tables. The message names the GRANT, or the statement an
+	// owner or superuser must run, that fixes it; README ("PostgreSQL requirements")
+	// lists what a role without superuser needs.
+	ErrInsufficientPrivilege = errors.New("dbsync: role lacks a privilege")
 	// ErrPublicationMissing: the publication does not exist and no tables were given
 	// (ForTables) to create it for.
 	ErrPublicationMissing = errors.New("dbsync: publication does not exist")
@@ -173,8 +181,15 @@ func classify(err error, what string) error {
 			named = ErrSlotInvalidated
 		}
 	case "42501":
-		if contains(msg, "replication") || contains(msg, "superuser") {
+		// The slot functions' message (PostgreSQL 15: "must be superuser or
+		// replication role to use replication slots"; 16: "permission denied to use
+		// replication slots"). Any other 42501 ("permission denied for table x",
+		// "must be owner of publication p", which may name an object called
+		// "replication...") is another privilege.
+		if contains(msg, "replication slots") || contains(msg, "replication role") {
 			named = ErrReplicationPrivilege
+		} else {
+			named = ErrInsufficientPrivilege
 		}
 	case "42704":
 		if contains(msg, "replication slot") {
@@ -207,6 +222,8 @@ func wrapNamed(named error, what string, err error) error {
 		remedy = "drop and re-create the slot, then rebuild consumers with a snapshot: "
 	case ErrReplicationPrivilege:
 		remedy = "grant it with ALTER ROLE ... REPLICATION (or use a superuser): "
+	case ErrInsufficientPrivilege:
+		remedy = "grant the role the privilege the server names, or have the object's owner (or a superuser) run the statement (README, \"PostgreSQL requirements\"): "
 	case ErrSlotInUse:
 		remedy = "make sure only one process drives this slot: "
 	case ErrInRecovery:

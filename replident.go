@@ -122,6 +122,10 @@ func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 			continue
 		}
 		if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+t.quoted()+" REPLICA IDENTITY FULL"); err != nil {
+			if hasSQLState(err, "42501") {
+				return fmt.Errorf("%w: WithReplicaIdentityFull(%q): the role does not own %s: have its owner (or a superuser) run\n  ALTER TABLE %s REPLICA IDENTITY FULL;\nthen set up again (no replication slot was created): %w",
+					ErrInsufficientPrivilege, name, t.quoted(), t.quoted(), err)
+			}
 			return classify(err, "set REPLICA IDENTITY FULL on "+t.schema+"."+t.name)
 		}
 		s.log.Info("dbsync: set REPLICA IDENTITY FULL", "schema", t.schema, "table", t.name, "was", cur)

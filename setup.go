@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -24,8 +25,10 @@ const setupLockKey = 0x64627379 // "dbsy"
 // ErrReplicaIdentity with WithStrictReplicaIdentity), and creates the pgoutput slot
 // when it is missing. NewSyncer calls it unless WithSetup(false).
 //
-// Errors: ErrWALLevel, ErrReplicationPrivilege, ErrPublicationMissing (with the CREATE
-// PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
+// Errors: ErrWALLevel, ErrReplicationPrivilege, ErrInsufficientPrivilege (the role may
+// not create the control schema or its tables, or change the publication: the message
+// names the GRANT or the owner's statement; no slot is created), ErrPublicationMissing
+// (with the CREATE PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
 // pgoutput slot of this database, or is another session's temporary slot), ErrSlotInvalidated (the slot exists
 // but PostgreSQL invalidated it: wal_status lost), or the server's error.
 func (s *Syncer) Setup(ctx context.Context) error {
@@ -95,19 +98,63 @@ func (s *Syncer) setupCatalogOn(ctx context.Context, db txBeginner) (err error) 
 			_ = tx.Rollback()
 		}
 	}()
-	ddl := strings.NewReplacer("{{ns}}", pq.QuoteIdentifier(s.ctrlNamespace), "{{wm}}", pq.QuoteIdentifier(s.wmTableName)).
-		Replace(sqlText("setup_ctrl.sql"))
-	if _, err = tx.ExecContext(ctx, ddl); err != nil {
-		return classify(err, "create control schema and watermark table")
+	if err = s.ensureCtrlTables(ctx, tx); err != nil {
+		return err
 	}
 	if err = s.ensureProgressRelationOID(ctx, tx); err != nil {
 		return err
 	}
-	if err = s.ensurePublication(ctx, tx); err != nil {
-		return err
+	pubErr := s.ensurePublication(ctx, tx)
+	var denied *publicationDeniedError
+	if pubErr != nil && !errors.As(pubErr, &denied) {
+		return pubErr
 	}
+	// A publication statement the role may not run was rolled back to its savepoint;
+	// the control schema and tables are committed, so that the statement the error
+	// names for the owner (it names the watermark table) can run. No slot is created.
 	if err = tx.Commit(); err != nil {
 		return classify(err, "commit setup")
+	}
+	return pubErr
+}
+
+// ensureCtrlTables creates the control schema and its two tables when they are
+// missing, and runs no DDL when they exist: CREATE SCHEMA IF NOT EXISTS needs CREATE
+// on the database, and CREATE TABLE IF NOT EXISTS CREATE on the schema, even when the
+// object exists, which a role using a control schema an administrator created lacks.
+// A role that may not create them gets ErrInsufficientPrivilege with the GRANT (or
+// the administrator's statement) that lets it.
+func (s *Syncer) ensureCtrlTables(ctx context.Context, tx *sql.Tx) error {
+	var schemaOwner sql.NullString
+	var haveWM, haveProgress bool
+	var role, database string
+	if err := tx.QueryRowContext(ctx, `SELECT (SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace WHERE nspname = $1),
+		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2),
+		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $3),
+		current_user, current_database()`,
+		s.ctrlNamespace, s.wmTableName, snapshotProgressTable).Scan(&schemaOwner, &haveWM, &haveProgress, &role, &database); err != nil {
+		return classify(err, "look up control schema "+s.ctrlNamespace)
+	}
+	ns, r := pq.QuoteIdentifier(s.ctrlNamespace), pq.QuoteIdentifier(role)
+	if !schemaOwner.Valid {
+		if _, err := tx.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+ns); err != nil {
+			if hasSQLState(err, "42501") {
+				return fmt.Errorf("%w: role %q may not create the control schema %s in database %q: run GRANT CREATE ON DATABASE %s TO %s, or have an administrator run CREATE SCHEMA %s AUTHORIZATION %s (dbsync then creates its tables in it): %w",
+					ErrInsufficientPrivilege, role, ns, database, pq.QuoteIdentifier(database), r, ns, r, err)
+			}
+			return classify(err, "create control schema "+s.ctrlNamespace)
+		}
+	}
+	if haveWM && haveProgress {
+		return nil
+	}
+	ddl := strings.NewReplacer("{{ns}}", ns, "{{wm}}", pq.QuoteIdentifier(s.wmTableName)).Replace(sqlText("setup_ctrl.sql"))
+	if _, err := tx.ExecContext(ctx, ddl); err != nil {
+		if hasSQLState(err, "42501") {
+			return fmt.Errorf("%w: role %q may not create the watermark and snapshot progress tables in the control schema %s (owned by %q): run GRANT USAGE, CREATE ON SCHEMA %s TO %s, or ALTER SCHEMA %s OWNER TO %s: %w",
+				ErrInsufficientPrivilege, role, ns, schemaOwner.String, ns, r, ns, r, err)
+		}
+		return classify(err, "create the watermark and snapshot progress tables in "+s.ctrlNamespace)
 	}
 	return nil
 }
@@ -218,7 +265,10 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 			list = append(list, t.quoted())
 		}
 		stmt := "CREATE PUBLICATION " + pq.QuoteIdentifier(s.publication) + " FOR TABLE " + strings.Join(list, ", ")
-		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+		if err := s.execPublication(ctx, tx, stmt); err != nil {
+			if hasSQLState(err, "42501") {
+				return s.publicationDenied(ctx, tx, []string{stmt}, err)
+			}
 			return classify(err, "create publication "+s.publication)
 		}
 		s.log.Info("dbsync: created publication", "publication", s.publication, "tables", len(list))
@@ -230,6 +280,8 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 	if allTables {
 		return nil
 	}
+	var denied []string
+	var firstErr error
 	for _, t := range append(tables, wm) {
 		var in bool
 		// pg_publication_tables lists a partitioned table's partitions, not the table
@@ -245,12 +297,62 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 			continue
 		}
 		stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " ADD TABLE " + t.quoted()
-		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+		if err := s.execPublication(ctx, tx, stmt); err != nil {
+			if hasSQLState(err, "42501") {
+				// Go on: the error names every statement the owner must run.
+				denied, firstErr = append(denied, stmt), cmp.Or(firstErr, err)
+				continue
+			}
 			return classify(err, "add "+t.schema+"."+t.name+" to publication "+s.publication)
 		}
 		s.log.Info("dbsync: added table to publication", "publication", s.publication, "schema", t.schema, "table", t.name)
 	}
+	if len(denied) > 0 {
+		return s.publicationDenied(ctx, tx, denied, firstErr)
+	}
 	return nil
+}
+
+// execPublication runs a CREATE or ALTER PUBLICATION statement of setup in tx under a
+// savepoint, rolled back to when the statement fails, so that tx can go on (and
+// commit the control schema) after a statement the role may not run.
+func (s *Syncer) execPublication(ctx context.Context, tx *sql.Tx, stmt string) error {
+	if _, err := tx.ExecContext(ctx, "SAVEPOINT dbsync_publication"); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, stmt); err != nil {
+		if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT dbsync_publication"); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		return err
+	}
+	_, err := tx.ExecContext(ctx, "RELEASE SAVEPOINT dbsync_publication")
+	return err
+}
+
+// publicationDeniedError is ErrInsufficientPrivilege for publication statements of
+// setup the role may not run (42501: it does not own the publication, or a table
+// added to it); setupCatalogOn commits the rest of setup before returning it.
+type publicationDeniedError struct{ err error }
+
+func (e *publicationDeniedError) Error() string { return e.err.Error() }
+func (e *publicationDeniedError) Unwrap() error { return e.err }
+
+// publicationDenied is the error of the publication statements stmts the role was
+// refused (cause: the first refusal), naming them for the owner to run.
+func (s *Syncer) publicationDenied(ctx context.Context, tx *sql.Tx, stmts []string, cause error) error {
+	var role string
+	var owner sql.NullString
+	if err := tx.QueryRowContext(ctx, `SELECT current_user, (SELECT pg_catalog.pg_get_userbyid(pubowner) FROM pg_catalog.pg_publication WHERE pubname = $1)`,
+		s.publication).Scan(&role, &owner); err != nil {
+		return classify(err, "look up the owner of publication "+s.publication)
+	}
+	who := "a superuser (or a role owning the tables)"
+	if owner.Valid {
+		who = fmt.Sprintf("a superuser (or a role owning publication %q, owned by %q, and the tables added)", s.publication, owner.String)
+	}
+	return &publicationDeniedError{fmt.Errorf("%w: role %q may not change publication %q: have %s run\n  %s;\nthen set up again (no replication slot was created; the control schema was): %w",
+		ErrInsufficientPrivilege, role, s.publication, who, strings.Join(stmts, ";\n  "), cause)}
 }
 
 // ensureSlot creates the pgoutput slot if missing, and rejects an existing slot that
@@ -320,8 +422,12 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 // removed them after setupCatalog. conn holds the slot setup lock.
 func (s *Syncer) recheckCatalog(ctx context.Context, conn *sql.Conn) error {
 	var ok bool
-	if err := conn.QueryRowContext(ctx, `SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL
-		AND to_regclass(format('%I.%I', $1::text, $3::text)) IS NOT NULL
+	// The catalog rather than to_regclass, which needs USAGE on the schema: the role
+	// may use a control schema an administrator created, and Run does not need it.
+	if err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2)
+		AND EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $3)
 		AND COALESCE((SELECT p.puballtables OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
 			WHERE pt.pubname = p.pubname AND pt.schemaname = $1 AND pt.tablename = $2)
 			FROM pg_catalog.pg_publication p WHERE p.pubname = $4), false)`,

@@ -324,12 +324,13 @@ func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *Teard
 	}
 	// RESTRICT (the default) throughout: whatever else is in the schema or depends on
 	// dbsync's tables fails the statement (2BP01) and rolls everything back.
-	if _, err = tx.ExecContext(ctx, "DROP TABLE IF EXISTS "+ns+"."+pq.QuoteIdentifier(s.wmTableName)+", "+
-		ns+"."+pq.QuoteIdentifier(snapshotProgressTable)); err != nil {
-		return s.errCtrlDependents(err, "drop the watermark and snapshot progress tables")
+	dropTables := "DROP TABLE IF EXISTS " + ns + "." + pq.QuoteIdentifier(s.wmTableName) + ", " +
+		ns + "." + pq.QuoteIdentifier(snapshotProgressTable)
+	if _, err = tx.ExecContext(ctx, dropTables); err != nil {
+		return s.errCtrlDependents(err, "drop the watermark and snapshot progress tables", dropTables+";\n  DROP SCHEMA "+ns)
 	}
 	if _, err = tx.ExecContext(ctx, "DROP SCHEMA "+ns); err != nil {
-		return s.errCtrlDependents(err, "drop control schema "+s.ctrlNamespace)
+		return s.errCtrlDependents(err, "drop control schema "+s.ctrlNamespace, "DROP SCHEMA "+ns)
 	}
 	if err = tx.Commit(); err != nil {
 		return classify(err, "commit teardown")
@@ -345,8 +346,14 @@ func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *Teard
 
 // errCtrlDependents names a failed DROP of dbsync's tables or control schema: objects
 // dbsync did not create are in the schema or depend on its tables (2BP01; the
-// server's detail lists them) give ErrCtrlSchemaNotEmpty.
-func (s *Syncer) errCtrlDependents(err error, what string) error {
+// server's detail lists them) give ErrCtrlSchemaNotEmpty; a role that does not own
+// them (42501: an administrator created them) ErrInsufficientPrivilege naming the
+// statements (stmts) their owner must run.
+func (s *Syncer) errCtrlDependents(err error, what, stmts string) error {
+	if hasSQLState(err, "42501") {
+		return fmt.Errorf("%w: %s: the role does not own them; nothing of the control schema was dropped (the slot was): have their owner (or a superuser) run\n  %s;\nor keep them for a later Syncer: %w",
+			ErrInsufficientPrivilege, what, stmts, err)
+	}
 	if !hasSQLState(err, "2BP01") {
 		return classify(err, what)
 	}
@@ -380,6 +387,10 @@ func (s *Syncer) dropWMFromPublication(ctx context.Context, tx *sql.Tx) (unpubli
 	stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " DROP TABLE " +
 		pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
 	if _, err := tx.ExecContext(ctx, stmt); err != nil {
+		if hasSQLState(err, "42501") {
+			return false, fmt.Errorf("%w: remove the watermark table from publication %q: the role may not change the publication; nothing of the control schema was dropped (the slot was): have a superuser (or a role owning the publication and the watermark table) run\n  %s;\nthen run teardown again, which drops the control schema: %w",
+				ErrInsufficientPrivilege, s.publication, stmt, err)
+		}
 		return false, classify(err, "remove the watermark table from publication "+s.publication)
 	}
 	return true, nil

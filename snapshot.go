@@ -157,6 +157,16 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 	if err != nil {
 		return err
 	}
+	// The table's columns as its changes carry them: info comes from the catalog as a
+	// RELATION message would describe the table, without generated columns
+	// (catalogRelation), so refresh rows have exactly the columns changes have.
+	cols := make([]string, len(info.Columns))
+	for i, c := range info.Columns {
+		cols[i] = c.ColumnName
+	}
+	if err := s.checkSelectionPrivileges(ctx, info, cols); err != nil {
+		return err
+	}
 	chunk := s.SnapshotChunkSize
 	if chunk <= 0 {
 		chunk = DefaultSnapshotChunkSize
@@ -203,13 +213,6 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 		s.log.Info("dbsync: resuming snapshot", "table", table, "after_key", []string(lastKey), "rows_done", prog.Rows)
 	}
 
-	// The table's columns as its changes carry them: info comes from the catalog as a
-	// RELATION message would describe the table, without generated columns
-	// (catalogRelation), so refresh rows have exactly the columns changes have.
-	cols := make([]string, len(info.Columns))
-	for i, c := range info.Columns {
-		cols[i] = c.ColumnName
-	}
 	inFlight := s.SnapshotChunksInFlight
 	if inFlight <= 0 {
 		inFlight = DefaultSnapshotChunksInFlight

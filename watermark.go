@@ -89,6 +89,9 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 			return RefreshStats{}, fmt.Errorf("%w: Refresh query must return the primary key column %q of %s", ErrConfig, k, info.QualifiedName())
 		}
 	}
+	if err := s.checkSelectionPrivileges(ctx, info, nil); err != nil {
+		return RefreshStats{}, err
+	}
 	stats, _, err := s.selectSettled(ctx, info, cols, refreshQuery(info, cols, selectQuery))
 	return stats, err
 }
@@ -528,6 +531,9 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, error) {
 	var plan string
 	if err := s.db.QueryRowContext(ctx, "EXPLAIN (VERBOSE, FORMAT JSON) "+query).Scan(&plan); err != nil {
+		if hasSQLState(err, "42501") {
+			return nil, s.selectionDenied(ctx, err)
+		}
 		return nil, fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
 	}
 	var doc []struct {

@@ -1,6 +1,9 @@
--- Control schema and watermark table. {{ns}} and {{wm}} are replaced with quoted
--- identifiers (pq.QuoteIdentifier) before execution; nothing else is substituted.
-CREATE SCHEMA IF NOT EXISTS {{ns}};
+-- Watermark table and snapshot progress table in the control schema, which setup
+-- creates first (CREATE SCHEMA) when it is missing. Run only when one of the tables is
+-- missing: CREATE TABLE IF NOT EXISTS needs CREATE on the schema even when the table
+-- exists, which a role using a control schema an administrator set up may lack.
+-- {{ns}} and {{wm}} are replaced with quoted identifiers (pq.QuoteIdentifier) before
+-- execution; nothing else is substituted.
 CREATE TABLE IF NOT EXISTS {{ns}}.{{wm}} (
     selection_id text        NOT NULL,
     wm_type      text        NOT NULL CHECK (wm_type IN ('low', 'high')),
