@@ -469,13 +469,12 @@ read:
 	if complete && upto > target {
 		target = upto
 	}
-	actx := ctx
-	if ctx.Err() != nil || stopped {
-		// Forward what was processed even when stopping.
-		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-	}
+	// Forward what was processed even when stopping, also when the stop comes while
+	// the advance runs: cancelled with ctx, the advance left transactions already
+	// delivered (a tail's printed lines) in the slot, to be delivered again by the next
+	// run. It may go on for stopGrace after ctx ended.
+	actx, cancelAdvance := afterStop(ctx, stopGrace)
+	defer cancelAdvance()
 	if err := s.advance(actx, st, target); err != nil {
 		if stopped {
 			// Stop all the same (the handler asked to); Run returns why the slot was
@@ -600,6 +599,29 @@ func isTransient(err error) bool {
 		}
 	}
 	return false
+}
+
+// stopGrace is how long forwarding the slot past what was delivered may go on after
+// Run's context ended.
+const stopGrace = 10 * time.Second
+
+// afterStop returns a context that does not end with ctx but grace after it, or when
+// the returned cancel is called.
+func afterStop(ctx context.Context, grace time.Duration) (context.Context, context.CancelFunc) {
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-gctx.Done():
+		}
+	})
+	return gctx, func() {
+		stop()
+		cancel()
+	}
 }
 
 // sleepCtx waits d (nothing when d <= 0) and reports false when ctx ended first.

@@ -123,6 +123,15 @@ func TestSnapshotFollowEndsWhenSyncerStops(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "could not drop the slot")
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The Syncer finds its slot gone at its next peek, and it peeks only when the WAL
+	// flush LSN moved past what it delivered (README, "Idle cost and latency"). In this
+	// otherwise idle database the only WAL to come would be the background writer's
+	// RUNNING_XACTS record, logged every 15 s and up to ~25 s apart while it hibernates:
+	// the test waited for it and timed out at 20 s when it came late (seen 21 s and 24 s
+	// after the drop). Commit something outside the publication, as any write to the
+	// database would, so the next poll peeks.
+	_, err = d.DB.Exec(`CREATE TABLE after_drop (id int)`)
+	require.NoError(t, err)
 	select {
 	case err := <-done:
 		require.ErrorIs(t, err, dbsync.ErrSlotMissing)
