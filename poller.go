@@ -530,7 +530,11 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 	if complete && upto > target {
 		target = upto
 	}
-	if err := s.advance(ctx, st, target); err != nil {
+	// Forward what was processed even when Run's context ended meanwhile (see
+	// pollOnce).
+	actx, cancelAdvance := afterStop(ctx, stopGrace)
+	defer cancelAdvance()
+	if err := s.advance(actx, st, target); err != nil {
 		return res, err
 	}
 	if complete {

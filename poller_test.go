@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -295,4 +297,35 @@ func TestMinPollIntervalPacesPolls(t *testing.T) {
 	}
 	t.Logf("peeks: %v", peeks)
 	require.Greater(t, peeks[0], peeks[200*time.Millisecond], "back-to-back polls must peek more often")
+}
+
+// TestEventsProcessorStopForwardsProcessed: Run's context ending while an
+// EventsProcessor handles a poll (a Ctrl-C, a deploy) still forwards the slot past
+// the rows it reports processed, as Run does for a MessageHandler: the advance ran
+// under Run's ended context and failed, so every processed transaction came again.
+func TestEventsProcessorStopForwardsProcessed(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE e (id int PRIMARY KEY)`)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var calls atomic.Int32
+	proc := func(msgs []PGMSG, err error) (int, bool) {
+		if err != nil || len(msgs) == 0 {
+			return 0, false
+		}
+		calls.Add(1)
+		cancel() // the stop comes while the poll is being processed
+		return len(msgs), false
+	}
+	s := newTestSyncer(t, d, ForTables("e"), WithEventsProcessor(proc))
+	execAll(t, d.DB, `INSERT INTO e VALUES (1)`, `INSERT INTO e VALUES (2)`)
+	end := flushLSN(t, d.DB)
+	require.NoError(t, s.Run(ctx))
+	require.Equal(t, int32(1), calls.Load())
+	require.Equal(t, []string{"true"}, queryStrings(t, d.DB,
+		`SELECT (confirmed_flush_lsn >= $2::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot(), end),
+		"the slot must be past both processed transactions")
+	left, err := s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Empty(t, left, "nothing processed may come again")
 }
