@@ -65,7 +65,8 @@ func (s *Syncer) Refresh(selectQuery string) error {
 //
 // selectQuery must read exactly one table (found with EXPLAIN) that has a primary key,
 // and return all its primary key columns under their names; other columns are up to
-// the caller (SELECT * gives whole rows). It must not take parameters.
+// the caller (SELECT * gives whole rows). It must be one statement and must not take
+// parameters.
 // RefreshContext blocks until the rows were handed over, so the Syncer must be running
 // (Run/Start in another goroutine). Calls may overlap (from several goroutines, and
 // with a Snapshot): each selection is judged on its own window.
@@ -526,15 +527,47 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 	return cols, nil
 }
 
+// explainQuery returns EXPLAIN (VERBOSE, FORMAT JSON) of a Refresh query, which plans
+// it without running it. The statement is prepared first: PostgreSQL's extended
+// protocol refuses a string of several statements (42601), where lib/pq's simple
+// protocol (a query without arguments) would run them all, so "SELECT * FROM t; DROP
+// TABLE u" would drop the table before the SELECT were found wanting. Every later
+// statement that wraps the query (queryColumns, the selection) runs only once its
+// EXPLAIN passed, and a string that closes the wrapper's parenthesis to smuggle in a
+// statement is no valid statement here.
+func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error) {
+	stmt, err := s.db.PrepareContext(ctx, "EXPLAIN (VERBOSE, FORMAT JSON) "+query)
+	if err != nil {
+		if hasSQLState(err, "42601") && strings.Contains(err.Error(), "multiple commands") {
+			return "", fmt.Errorf("%w: a Refresh query must be one SELECT statement, without a second statement after a semicolon: %w", ErrConfig, err)
+		}
+		if hasSQLState(err, "42501") {
+			return "", s.selectionDenied(ctx, err)
+		}
+		return "", fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+	}
+	defer stmt.Close()
+	var plan string
+	if err := stmt.QueryRowContext(ctx).Scan(&plan); err != nil {
+		if _, _, server := serverError(err); !server && strings.Contains(err.Error(), "arguments") {
+			// database/sql's "sql: expected n arguments, got 0": the query has $n
+			// placeholders.
+			return "", fmt.Errorf("%w: a Refresh query takes no parameters ($1, ...); write the values into it (pq.QuoteLiteral quotes a string): %w", ErrConfig, err)
+		}
+		if hasSQLState(err, "42501") {
+			return "", s.selectionDenied(ctx, err)
+		}
+		return "", fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+	}
+	return plan, nil
+}
+
 // queryTable finds the one table a query reads, from EXPLAIN (VERBOSE, FORMAT JSON),
 // and loads its description.
 func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, error) {
-	var plan string
-	if err := s.db.QueryRowContext(ctx, "EXPLAIN (VERBOSE, FORMAT JSON) "+query).Scan(&plan); err != nil {
-		if hasSQLState(err, "42501") {
-			return nil, s.selectionDenied(ctx, err)
-		}
-		return nil, fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+	plan, err := s.explainQuery(ctx, query)
+	if err != nil {
+		return nil, err
 	}
 	var doc []struct {
 		Plan planNode `json:"Plan"`
