@@ -3,6 +3,7 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"testing"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
@@ -58,4 +59,59 @@ func testRefreshQueryOneStatement(t *testing.T, driver string) {
 	stats, err := s.RefreshContext(ctx, `SELECT * FROM t`)
 	require.NoError(t, err)
 	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
+}
+
+// TestRefreshQueryKeyFromAnotherColumn: the record IDs of a Refresh's rows are the
+// values of the result columns named like the table's key columns. A query that
+// returns another column of the table under a key column's name (`other AS id`, or a
+// view that renames) delivered each row under another row's record ID (or one that
+// no row has): a cache fed by the Syncer then held rows the table does not. It is
+// refused when the plan shows a plain column of the table there; the key itself,
+// cast or not, in any order, is accepted and delivers the table's rows.
+func TestRefreshQueryKeyFromAnotherColumn(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, name text, other int)`,
+		`INSERT INTO t SELECT g, 'n' || g, 100 + g FROM generate_series(1, 3) g`,
+		`CREATE VIEW renamed AS SELECT other AS id, name FROM t`,
+		`CREATE TABLE "Odd T" ("Id" int, "K2" text, v int, "Big ""V""" int, PRIMARY KEY ("Id", "K2"))`,
+		`INSERT INTO "Odd T" VALUES (1, 'a', 7, 8)`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("t", `"Odd T"`))
+	ctx := context.Background()
+	for _, c := range []struct{ query, col, key string }{
+		{`SELECT other AS id, name FROM t`, "other", "id"},
+		{`SELECT id AS other, other AS id FROM t AS x ORDER BY 1`, "other", "id"},
+		{`SELECT * FROM renamed`, "other", "id"},
+		{`SELECT * FROM (SELECT name AS id FROM t WHERE id > 1) s`, "name", "id"},
+		{`SELECT "Id", v::text AS "K2" FROM "Odd T"`, "v", "K2"},
+		{`SELECT "Big ""V"""::bigint::int AS "Id", "K2" FROM "Odd T"`, `Big "V"`, "Id"},
+	} {
+		_, err := s.RefreshContext(ctx, c.query)
+		require.ErrorIs(t, err, ErrConfig, c.query)
+		require.Contains(t, err.Error(), fmt.Sprintf("returns column %q of", c.col), c.query)
+		require.Contains(t, err.Error(), fmt.Sprintf("key column %q", c.key), c.query)
+	}
+	require.Empty(t, h.eventList())
+
+	for _, q := range []string{
+		`SELECT name, id FROM t AS x ORDER BY other`,
+		`SELECT id::text AS id, name FROM t`,
+		`SELECT t.id, t.name FROM t WHERE t.other > 101`,
+	} {
+		h.mu.Lock()
+		h.rows = map[string]StringMap{}
+		h.mu.Unlock()
+		_, err := s.RefreshContext(ctx, q)
+		require.NoError(t, err, q)
+		got := h.tableRows("public.t")
+		require.NotEmpty(t, got, q)
+		want := dbRows(t, d.DB, "t")
+		for k, row := range got {
+			require.Contains(t, want, k, q)
+			require.Equal(t, want[k]["name"], row["name"], q)
+		}
+	}
+	_, err := s.RefreshContext(ctx, `SELECT v, "Big ""V""", "K2", "Id"::bigint::int AS "Id" FROM "Odd T"`)
+	require.NoError(t, err)
+	require.Equal(t, dbRows(t, d.DB, `"Odd T"`), h.tableRows(`public.Odd T`))
 }

@@ -77,7 +77,7 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 	if err := s.refreshAllowed(); err != nil {
 		return RefreshStats{}, err
 	}
-	info, err := s.queryTable(ctx, selectQuery)
+	info, plan, err := s.queryTable(ctx, selectQuery)
 	if err != nil {
 		return RefreshStats{}, err
 	}
@@ -89,6 +89,9 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 		if !containsString(cols, k) {
 			return RefreshStats{}, fmt.Errorf("%w: Refresh query must return the primary key column %q of %s", ErrConfig, k, info.QualifiedName())
 		}
+	}
+	if err := checkKeyOutputs(info, cols, plan); err != nil {
+		return RefreshStats{}, err
 	}
 	if err := s.checkSelectionPrivileges(ctx, info, nil); err != nil {
 		return RefreshStats{}, err
@@ -564,16 +567,16 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 
 // queryTable finds the one table a query reads, from EXPLAIN (VERBOSE, FORMAT JSON),
 // and loads its description.
-func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, error) {
+func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, planNode, error) {
 	plan, err := s.explainQuery(ctx, query)
 	if err != nil {
-		return nil, err
+		return nil, planNode{}, err
 	}
 	var doc []struct {
 		Plan planNode `json:"Plan"`
 	}
 	if err := json.Unmarshal([]byte(plan), &doc); err != nil || len(doc) != 1 {
-		return nil, fmt.Errorf("dbsync: unexpected EXPLAIN output: %v", err)
+		return nil, planNode{}, fmt.Errorf("dbsync: unexpected EXPLAIN output: %v", err)
 	}
 	found := map[qualifiedTable]bool{}
 	doc[0].Plan.tables(found)
@@ -585,7 +588,7 @@ func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, er
 	// table (publish_via_partition_root) are read as that table's rows.
 	tables, err := s.publishedAs(ctx, read)
 	if err != nil {
-		return nil, err
+		return nil, planNode{}, err
 	}
 	if len(tables) != 1 {
 		names := make([]string, len(tables))
@@ -597,10 +600,11 @@ func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, er
 		if len(names) > 0 {
 			reads += " (" + strings.Join(names, ", ") + ")"
 		}
-		return nil, fmt.Errorf("%w: a Refresh query must read exactly one table; it reads %s: select from one table, FROM ONLY for a table with inheritance children (refresh a child by its own name), and the partitions of a partitioned table one at a time unless the publication publishes their changes under the partitioned table (publish_via_partition_root = true)",
+		return nil, planNode{}, fmt.Errorf("%w: a Refresh query must read exactly one table; it reads %s: select from one table, FROM ONLY for a table with inheritance children (refresh a child by its own name), and the partitions of a partitioned table one at a time unless the publication publishes their changes under the partitioned table (publish_via_partition_root = true)",
 			ErrConfig, reads)
 	}
-	return s.tableInfoByName(ctx, tables[0])
+	info, err := s.tableInfoByName(ctx, tables[0])
+	return info, doc[0].Plan, err
 }
 
 // publishedAs returns the distinct tables whose names and OIDs the changes of tables
@@ -638,7 +642,124 @@ func (s *Syncer) publishedAs(ctx context.Context, tables []qualifiedTable) ([]qu
 type planNode struct {
 	Schema   string     `json:"Schema"`
 	Relation string     `json:"Relation Name"`
+	Alias    string     `json:"Alias"`
+	Output   []string   `json:"Output"` // VERBOSE: the node's result columns, deparsed
 	Plans    []planNode `json:"Plans"`
+}
+
+// scanAliases adds the aliases under which the plan's nodes read tables.
+func (p planNode) scanAliases(out map[string]bool) {
+	if p.Relation != "" && p.Alias != "" {
+		out[p.Alias] = true
+	}
+	for _, c := range p.Plans {
+		c.scanAliases(out)
+	}
+}
+
+// checkKeyOutputs refuses a Refresh query that returns another column of its table
+// under a key column's name (SELECT other AS id, a view renaming columns): the rows'
+// record IDs are made of the result columns named like the key, so each row would be
+// delivered under another row's record ID. plan is the query's EXPLAIN (VERBOSE),
+// whose top node's Output lists the result columns in order (then any columns kept
+// only for sorting): a plain column of a scan of the table there is that column.
+// Anything else — the key column, cast or not, an expression, a column of a
+// subquery or CTE the planner kept — is not judged (docs/SNAPSHOTS.md, Limitations).
+func checkKeyOutputs(info *PGTableInfo, cols []string, plan planNode) error {
+	aliases := map[string]bool{}
+	plan.scanAliases(aliases)
+	for _, k := range info.PrimaryKey {
+		i := indexOf(cols, k)
+		if i < 0 || i >= len(plan.Output) {
+			continue
+		}
+		qual, name, ok := parseColumnRef(stripCasts(plan.Output[i]))
+		// EXPLAIN leaves a column unqualified when the query has one range table
+		// entry: the table read.
+		if !ok || name == k || (qual != "" && !aliases[qual]) || info.ColInfo[name] == nil {
+			continue
+		}
+		return fmt.Errorf("%w: Refresh query returns column %q of %s under the name of its key column %q, so its rows would be delivered under record IDs that are not theirs; return the key column itself (SELECT %s, ...) and give other columns other names",
+			ErrConfig, name, info.QualifiedName(), k, pq.QuoteIdentifier(k))
+	}
+	return nil
+}
+
+// stripCasts returns the operand of an expression that EXPLAIN prints as a cast,
+// "(operand)::type", casts of casts included; anything else as it is.
+func stripCasts(s string) string {
+	for strings.HasPrefix(s, "(") {
+		depth, end := 0, -1
+		for i := 0; i < len(s) && end < 0; i++ {
+			switch s[i] {
+			case '(':
+				depth++
+			case ')':
+				if depth--; depth == 0 {
+					end = i
+				}
+			case '"': // a quoted name: skip it ("" is a quote inside)
+				for i++; i < len(s) && (s[i] != '"' || i+1 < len(s) && s[i+1] == '"'); i++ {
+					if s[i] == '"' {
+						i++
+					}
+				}
+			case '\'':
+				return s // a literal: not judged
+			}
+		}
+		if end < 0 || !strings.HasPrefix(s[end+1:], "::") {
+			return s
+		}
+		s = s[1:end]
+	}
+	return s
+}
+
+// parseColumnRef parses a column reference as EXPLAIN prints it: name or
+// qualifier.name, each an identifier as quote_ident prints it (bare lower case, or in
+// double quotes with "" for a quote). ok is false for anything else (an expression).
+func parseColumnRef(s string) (qual, name string, ok bool) {
+	first, rest, ok := parseIdent(s)
+	if !ok {
+		return "", "", false
+	}
+	if rest == "" {
+		return "", first, true
+	}
+	if rest[0] != '.' {
+		return "", "", false
+	}
+	second, rest, ok := parseIdent(rest[1:])
+	if !ok || rest != "" {
+		return "", "", false
+	}
+	return first, second, true
+}
+
+// parseIdent reads one identifier from the start of s and returns it and the rest.
+func parseIdent(s string) (ident, rest string, ok bool) {
+	if strings.HasPrefix(s, `"`) {
+		var b strings.Builder
+		for i := 1; i < len(s); i++ {
+			if s[i] != '"' {
+				b.WriteByte(s[i])
+				continue
+			}
+			if i+1 < len(s) && s[i+1] == '"' {
+				b.WriteByte('"')
+				i++
+				continue
+			}
+			return b.String(), s[i+1:], b.Len() > 0
+		}
+		return "", "", false
+	}
+	i := 0
+	for i < len(s) && (s[i] == '_' || s[i] >= 'a' && s[i] <= 'z' || i > 0 && (s[i] >= '0' && s[i] <= '9' || s[i] == '$')) {
+		i++
+	}
+	return s[:i], s[i:], i > 0
 }
 
 func (p planNode) tables(out map[qualifiedTable]bool) {
