@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
@@ -114,4 +115,40 @@ func TestRefreshQueryKeyFromAnotherColumn(t *testing.T) {
 	_, err := s.RefreshContext(ctx, `SELECT v, "Big ""V""", "K2", "Id"::bigint::int AS "Id" FROM "Odd T"`)
 	require.NoError(t, err)
 	require.Equal(t, dbRows(t, d.DB, `"Odd T"`), h.tableRows(`public.Odd T`))
+}
+
+// TestRefreshQueryTrailingSemicolonAndComment: a query as written in psql, ending in
+// a semicolon or a line comment, is one statement; it failed with a syntax error at a
+// column the caller's query does not have, from the statement that wraps it
+// (SELECT ... FROM (<query>) AS q). It works and delivers the table's rows.
+func TestRefreshQueryTrailingSemicolonAndComment(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, name text)`,
+		`INSERT INTO t SELECT g, 'n' || g FROM generate_series(1, 3) g`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("t"))
+	for _, q := range []string{
+		"SELECT * FROM t;",
+		"SELECT * FROM t ; \n",
+		"SELECT * FROM t -- every row",
+		"SELECT * FROM t WHERE id > 1 -- some;",
+		"/* c */ SELECT * FROM t WHERE id > 1 /* ; */ ;;",
+	} {
+		h.mu.Lock()
+		h.rows = map[string]StringMap{}
+		h.mu.Unlock()
+		stats, err := s.RefreshContext(context.Background(), q)
+		require.NoError(t, err, "%q", q)
+		want := dbRows(t, d.DB, "t")
+		if strings.Contains(q, "id > 1") {
+			delete(want, `["1"]`)
+		}
+		require.Equal(t, len(want), stats.Emitted, "%q", q)
+		require.Equal(t, want, h.tableRows("public.t"), "%q", q)
+	}
+	// A semicolon followed by a comment is not taken off: the query is refused,
+	// saying what to write instead.
+	_, err := s.RefreshContext(context.Background(), "SELECT * FROM t; -- all")
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), "without a semicolon")
 }

@@ -77,6 +77,7 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 	if err := s.refreshAllowed(); err != nil {
 		return RefreshStats{}, err
 	}
+	selectQuery = trimQuery(selectQuery)
 	info, plan, err := s.queryTable(ctx, selectQuery)
 	if err != nil {
 		return RefreshStats{}, err
@@ -98,6 +99,16 @@ func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (Refres
 	}
 	stats, _, err := s.selectSettled(ctx, info, cols, refreshQuery(info, cols, selectQuery))
 	return stats, err
+}
+
+// trimQuery prepares a Refresh query for the statements that wrap it
+// ("SELECT ... FROM (<query>\n) AS q"): the semicolons and white space it ends with
+// are taken off (a query as written in psql), and it ends with a line break, so a
+// line comment at its end ends there. A query ends outside any literal, quoted name
+// or block comment, so its last semicolons are statement ends (or inside a line
+// comment, which stays one).
+func trimQuery(q string) string {
+	return strings.TrimRight(q, " \t\r\n\f;") + "\n"
 }
 
 // refreshQuery is a Refresh's selection: the caller's query, whose result columns are
@@ -513,6 +524,10 @@ func (s *Syncer) deleteWatermarks(id string) {
 func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, error) {
 	rows, err := s.db.QueryContext(ctx, "SELECT * FROM ("+query+") AS q LIMIT 0")
 	if err != nil {
+		if hasSQLState(err, "42601") {
+			// EXPLAIN took the query: what it ends with does not fit in a subquery.
+			return nil, fmt.Errorf("%w: Refresh query cannot be read as a subquery (SELECT * FROM (<query>) AS q); write it as one SELECT without a semicolon or a comment after it: %w", ErrConfig, err)
+		}
 		return nil, fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "describe query"))
 	}
 	defer rows.Close()
