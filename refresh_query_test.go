@@ -152,3 +152,27 @@ func TestRefreshQueryTrailingSemicolonAndComment(t *testing.T) {
 	require.ErrorIs(t, err, ErrConfig)
 	require.Contains(t, err.Error(), "without a semicolon")
 }
+
+// TestRefreshQueryThatModifies: a query with a data-modifying CTE is refused before
+// it runs, with a message saying a Refresh query only reads. It was refused by the
+// statement that wraps the query, whose error ("WITH clause containing a
+// data-modifying statement must be at the top level") told the caller to move it.
+func TestRefreshQueryThatModifies(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, name text)`,
+		`INSERT INTO t SELECT g, 'n' || g FROM generate_series(1, 3) g`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("t"))
+	want := dbRows(t, d.DB, "t")
+	for _, q := range []string{
+		`WITH d AS (DELETE FROM t WHERE id = 3 RETURNING *) SELECT * FROM t`,
+		`WITH u AS (UPDATE t SET name = 'x' RETURNING *) SELECT * FROM u`,
+		`WITH i AS (INSERT INTO t VALUES (4, 'y') RETURNING *) SELECT * FROM t`,
+	} {
+		_, err := s.RefreshContext(context.Background(), q)
+		require.ErrorIs(t, err, ErrConfig, q)
+		require.Contains(t, err.Error(), "must only read", q)
+		require.Equal(t, want, dbRows(t, d.DB, "t"), q)
+	}
+	require.Empty(t, h.eventList())
+}

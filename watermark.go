@@ -593,6 +593,10 @@ func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, pl
 	if err := json.Unmarshal([]byte(plan), &doc); err != nil || len(doc) != 1 {
 		return nil, planNode{}, fmt.Errorf("dbsync: unexpected EXPLAIN output: %v", err)
 	}
+	if op := doc[0].Plan.modifies(); op != "" {
+		return nil, planNode{}, fmt.Errorf("%w: a Refresh query must only read, and this one writes (%s in a WITH clause); run the change as a statement of its own and refresh with a plain SELECT",
+			ErrConfig, op)
+	}
 	found := map[qualifiedTable]bool{}
 	doc[0].Plan.tables(found)
 	read := make([]qualifiedTable, 0, len(found))
@@ -655,11 +659,30 @@ func (s *Syncer) publishedAs(ctx context.Context, tables []qualifiedTable) ([]qu
 }
 
 type planNode struct {
-	Schema   string     `json:"Schema"`
-	Relation string     `json:"Relation Name"`
-	Alias    string     `json:"Alias"`
-	Output   []string   `json:"Output"` // VERBOSE: the node's result columns, deparsed
-	Plans    []planNode `json:"Plans"`
+	NodeType  string     `json:"Node Type"`
+	Operation string     `json:"Operation"` // of a ModifyTable node
+	Schema    string     `json:"Schema"`
+	Relation  string     `json:"Relation Name"`
+	Alias     string     `json:"Alias"`
+	Output    []string   `json:"Output"` // VERBOSE: the node's result columns, deparsed
+	Plans     []planNode `json:"Plans"`
+}
+
+// modifies returns the operation (Insert, Update, Delete, Merge) of the plan's first
+// ModifyTable node: a data-modifying CTE. "" when the plan only reads.
+func (p planNode) modifies() string {
+	if p.NodeType == "ModifyTable" {
+		if p.Operation != "" {
+			return strings.ToUpper(p.Operation)
+		}
+		return "a data-modifying statement"
+	}
+	for _, c := range p.Plans {
+		if op := c.modifies(); op != "" {
+			return op
+		}
+	}
+	return ""
 }
 
 // scanAliases adds the aliases under which the plan's nodes read tables.
