@@ -176,3 +176,36 @@ func TestRefreshQueryThatModifies(t *testing.T) {
 	}
 	require.Empty(t, h.eventList())
 }
+
+// TestRefreshQueryColumnFromAnotherColumn: as for the key, a result column named like
+// one of the table's columns is delivered as that column. Another column of the table
+// under its name (`other AS name`), or a column of another row of the table (a
+// self-join returning one row's key with another row's columns) delivered values the
+// table's row does not have, and a cache fed by the Syncer kept them. Both are
+// refused; a computed value under a column's name is the caller's (documented).
+func TestRefreshQueryColumnFromAnotherColumn(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, name text, other text)`,
+		`INSERT INTO t SELECT g, 'n' || g, 'o' || g FROM generate_series(1, 3) g`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("t"))
+	ctx := context.Background()
+	for _, c := range []struct{ query, want string }{
+		{`SELECT id, other AS name FROM t`, `returns column "other" of public.t under the name of its column "name"`},
+		{`SELECT id, name AS other, other AS name FROM t`, `returns column "name" of public.t under the name of its column "other"`},
+		{`SELECT b.id, a.name FROM t a JOIN t b ON b.id = a.id + 1`, `columns of different rows of public.t`},
+	} {
+		_, err := s.RefreshContext(ctx, c.query)
+		require.ErrorIs(t, err, ErrConfig, c.query)
+		require.Contains(t, err.Error(), c.want, c.query)
+	}
+	require.Empty(t, h.eventList())
+	for _, q := range []string{
+		`SELECT a.id, a.name FROM t a JOIN t b ON b.id = a.id + 1`,
+		`SELECT id, name, other AS extra FROM t`,
+	} {
+		_, err := s.RefreshContext(ctx, q)
+		require.NoError(t, err, q)
+	}
+	require.Equal(t, StringMap{"id": int32(1), "name": "n1", "extra": "o1"}, h.tableRows("public.t")[`["1"]`])
+}

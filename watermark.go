@@ -696,29 +696,53 @@ func (p planNode) scanAliases(out map[string]bool) {
 }
 
 // checkKeyOutputs refuses a Refresh query that returns another column of its table
-// under a key column's name (SELECT other AS id, a view renaming columns): the rows'
-// record IDs are made of the result columns named like the key, so each row would be
-// delivered under another row's record ID. plan is the query's EXPLAIN (VERBOSE),
-// whose top node's Output lists the result columns in order (then any columns kept
-// only for sorting): a plain column of a scan of the table there is that column.
-// Anything else — the key column, cast or not, an expression, a column of a
-// subquery or CTE the planner kept — is not judged (docs/SNAPSHOTS.md, Limitations).
+// under the name of one of the table's columns (SELECT other AS id, a view renaming
+// columns), or columns of different rows of the table (a self-join). The rows' record
+// IDs are made of the result columns named like the key, and a result column named
+// like a table column is delivered as that column, so such a row would be delivered
+// under another row's record ID, or with values its row does not have. plan is the
+// query's EXPLAIN (VERBOSE), whose top node's Output lists the result columns in
+// order (then any kept only for sorting): a plain (possibly cast) column of a scan
+// of the table there is that column of that scan's row. Anything else — an
+// expression, a column of a subquery or CTE the planner kept — is not judged
+// (docs/SNAPSHOTS.md).
 func checkKeyOutputs(info *PGTableInfo, cols []string, plan planNode) error {
 	aliases := map[string]bool{}
 	plan.scanAliases(aliases)
-	for _, k := range info.PrimaryKey {
-		i := indexOf(cols, k)
-		if i < 0 || i >= len(plan.Output) {
+	// Key columns first, so a key renamed is reported as such, and their scan is
+	// the row the other columns must come from.
+	order := append([]string(nil), info.PrimaryKey...)
+	for _, c := range cols {
+		if !containsString(order, c) {
+			order = append(order, c)
+		}
+	}
+	rowOf, rowCol := "", ""
+	for _, c := range order {
+		i := indexOf(cols, c)
+		if i < 0 || i >= len(plan.Output) || info.ColInfo[c] == nil {
 			continue
 		}
 		qual, name, ok := parseColumnRef(stripCasts(plan.Output[i]))
 		// EXPLAIN leaves a column unqualified when the query has one range table
 		// entry: the table read.
-		if !ok || name == k || (qual != "" && !aliases[qual]) || info.ColInfo[name] == nil {
+		if !ok || (qual != "" && !aliases[qual]) || info.ColInfo[name] == nil {
 			continue
 		}
-		return fmt.Errorf("%w: Refresh query returns column %q of %s under the name of its key column %q, so its rows would be delivered under record IDs that are not theirs; return the key column itself (SELECT %s, ...) and give other columns other names",
-			ErrConfig, name, info.QualifiedName(), k, pq.QuoteIdentifier(k))
+		if name != c {
+			what := "its column"
+			if containsString(info.PrimaryKey, c) {
+				what = "its key column"
+			}
+			return fmt.Errorf("%w: Refresh query returns column %q of %s under the name of %s %q, so its rows would be delivered under record IDs or with values that are not theirs; return the column itself (SELECT %s, ...) and give other columns other names",
+				ErrConfig, name, info.QualifiedName(), what, c, pq.QuoteIdentifier(c))
+		}
+		if rowOf == "" {
+			rowOf, rowCol = qual, c
+		} else if qual != rowOf {
+			return fmt.Errorf("%w: Refresh query returns columns of different rows of %s (%q of %s, %q of %s), so its rows would be delivered with values that are not theirs; return every column of the table from the row the key columns come from",
+				ErrConfig, info.QualifiedName(), rowCol, rowOf, c, qual)
+		}
 	}
 	return nil
 }
