@@ -64,9 +64,11 @@ func (s *Syncer) Refresh(selectQuery string) error {
 //     maxSettleRounds more windows).
 //
 // selectQuery must read exactly one table (found with EXPLAIN) that has a primary key,
-// and return all its primary key columns under their names; other columns are up to
-// the caller (SELECT * gives whole rows). It must be one statement and must not take
-// parameters.
+// and return all its primary key columns under their names; a result column named like
+// a table column must be that column of the key's row, or a value the caller computed
+// (another column of the table under its name is refused), and columns of other names
+// are up to the caller (SELECT * gives whole rows). It must be one statement that only
+// reads, and must not take parameters; semicolons at its end are taken off.
 // RefreshContext blocks until the rows were handed over, so the Syncer must be running
 // (Run/Start in another goroutine). Calls may overlap (from several goroutines, and
 // with a Snapshot): each selection is judged on its own window.
