@@ -209,3 +209,23 @@ func TestRefreshQueryColumnFromAnotherColumn(t *testing.T) {
 	}
 	require.Equal(t, StringMap{"id": int32(1), "name": "n1", "extra": "o1"}, h.tableRows("public.t")[`["1"]`])
 }
+
+// TestRefreshQueryReadsNoTable: a query whose plan reads no table (a set-returning
+// function, or one the planner proved empty) is refused saying so; it was refused
+// as reading "0" tables with advice about inheritance and partitions.
+func TestRefreshQueryReadsNoTable(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, name text)`, `INSERT INTO t VALUES (1, 'a')`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("t"))
+	for _, q := range []string{
+		`SELECT * FROM generate_series(1, 3) AS id`,
+		`SELECT * FROM t WHERE false`,
+		`VALUES (1)`,
+	} {
+		_, err := s.RefreshContext(context.Background(), q)
+		require.ErrorIs(t, err, ErrConfig, q)
+		require.Contains(t, err.Error(), "its plan reads none", q)
+	}
+	require.Empty(t, h.eventList())
+}

@@ -611,16 +611,17 @@ func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, pl
 	if err != nil {
 		return nil, planNode{}, err
 	}
+	if len(tables) == 0 {
+		return nil, planNode{}, fmt.Errorf("%w: a Refresh query must read exactly one table, and its plan reads none: it reads no table (a function, VALUES), or the planner found it returns no rows (WHERE false, a partition key outside every partition); there is nothing to refresh: select rows of one table",
+			ErrConfig)
+	}
 	if len(tables) != 1 {
 		names := make([]string, len(tables))
 		for i, t := range tables {
 			names[i] = t.schema + "." + t.name
 		}
 		sort.Strings(names)
-		reads := strconv.Itoa(len(tables))
-		if len(names) > 0 {
-			reads += " (" + strings.Join(names, ", ") + ")"
-		}
+		reads := strconv.Itoa(len(tables)) + " (" + strings.Join(names, ", ") + ")"
 		return nil, planNode{}, fmt.Errorf("%w: a Refresh query must read exactly one table; it reads %s: select from one table, FROM ONLY for a table with inheritance children (refresh a child by its own name), and the partitions of a partitioned table one at a time unless the publication publishes their changes under the partitioned table (publish_via_partition_root = true)",
 			ErrConfig, reads)
 	}
