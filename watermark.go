@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -750,6 +751,12 @@ func checkKeyOutputs(info *PGTableInfo, cols []string, plan planNode) error {
 	return nil
 }
 
+// castTail is what follows a cast's operand: "::" and a type name as format_type
+// prints it (character varying(10), timestamp with time zone, integer[],
+// "My Type", s.t). EXPLAIN parenthesizes every operator expression, so no operator
+// follows a top-level cast.
+var castTail = regexp.MustCompile(`^::(?:"(?:[^"]|"")+"|[a-z0-9_$.\[\](), ])+$`)
+
 // stripCasts returns the operand of an expression that EXPLAIN prints as a cast,
 // "(operand)::type", casts of casts included; anything else as it is.
 func stripCasts(s string) string {
@@ -773,7 +780,7 @@ func stripCasts(s string) string {
 				return s // a literal: not judged
 			}
 		}
-		if end < 0 || !strings.HasPrefix(s[end+1:], "::") {
+		if end < 0 || !castTail.MatchString(s[end+1:]) {
 			return s
 		}
 		s = s[1:end]
