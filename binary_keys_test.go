@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -54,6 +55,13 @@ var binaryMovedKeyCases = []movedKeyCase{
 		name: "int4multirange", ddl: `CREATE TABLE moved (id int4multirange PRIMARY KEY, n int, body text)`,
 		seed: `INSERT INTO moved SELECT int4multirange(int4range(i, i + 1)), i, repeat('b', 3000) || i FROM generate_series(1, 6) i`,
 		move: `UPDATE moved SET id = '{[-5,-3),[0,1)}' WHERE n = 5`,
+	},
+	{
+		name: "enum_domain_bytea", ddl: `CREATE TYPE color AS ENUM ('red', 'green');
+			CREATE DOMAIN code AS text[] CHECK (VALUE <> '{}');
+			CREATE TABLE moved (c color, d code, b bytea, n int, body text, PRIMARY KEY (c, d, b))`,
+		seed: `INSERT INTO moved SELECT 'green', ARRAY['d' || i], '\xff00'::bytea, i, repeat('b', 3000) || i FROM generate_series(1, 6) i`,
+		move: `UPDATE moved SET c = 'red', d = ARRAY['{"x"}', E'\\\\'], b = '\x80' WHERE n = 5`,
 	},
 	{
 		name: "composite_text_array", ddl: `CREATE TABLE moved (a text, b text[], n int, body text, PRIMARY KEY (a, b))`,
@@ -122,4 +130,86 @@ func TestSnapshotByteaKeyLibPQ(t *testing.T) {
 			requireSnapshotFinished(t, d, true)
 		})
 	}
+}
+
+// TestBinaryRecordIDsMatchRefresh: in binary mode the record ID of a row's change
+// equals its refresh row's (read as text), for each key type Refresh and Snapshot
+// accept, with edge values: handlers.Cache keys rows on it.
+func TestBinaryRecordIDsMatchRefresh(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	cases := []struct{ typ, vals string }{
+		{"int2", `-32768, 0, 32767`},
+		{"int8", `-9223372036854775808, 9223372036854775807`},
+		{"numeric", `1.50, -0.000, 'NaN', 1e20, 'Infinity', '-Infinity', 0.000000001`},
+		{"text", `'', 'a"b\\', E'\\x', 'é,[]'`},
+		{"varchar(5)", `'ab '`},
+		{"char(4)", `'ab'`},
+		{"uuid", `'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'`},
+		{"timestamptz", `'infinity', '-infinity', '2020-01-01 00:00:00.123456+05', '0044-03-15 12:00 BC'`},
+		{"timestamp", `'infinity', '2020-01-01 00:00:00.000001'`},
+		{"date", `'infinity', '-infinity', '2020-02-29', '4713-01-01 BC'`},
+		{"time", `'24:00', '00:00:00.000001'`},
+		{"interval", `'1 mon -2 days 00:00:00.5', '-178000000 years'`},
+		{"bytea", `'', '\x00ff80', '\x5c78'`},
+		{"bool", `true, false`},
+		{"float4", `'-0', 'NaN', 'Infinity', 1e-38, 0.1`},
+		{"float8", `'-0', 'NaN', '-Infinity', 1e-300, 0.1`},
+		{"color2", `'x', 'y z'`},
+		{"dom", `7`},
+		{"int[]", `'{}', '{1,NULL}', '{{1,2},{3,4}}', '[0:1]={5,6}'`},
+		{"text[]", `'{"a,b","\\\\",NULL,"NULL"}'`},
+		{"int4range", `'empty', '[1,2)', '(,5)'`},
+		{"daterange", `'[2020-01-01,infinity)', '(-infinity,)'`},
+		{"tstzrange", `'[2020-01-01 00:00+05,)'`},
+		{"numrange", `'[1.50,2.5]'`},
+		{"int4multirange", `'{}', '{[1,2),[5,7)}'`},
+		{"\"char\"", `'a', '\\', CAST(-128 AS "char"), CAST(-1 AS "char")`},
+		{"inet", `'10.0.0.1', '10.0.0.0/8', '::1'`},
+		{"macaddr", `'08:00:2b:01:02:03'`},
+		{"oid", `4294967295`},
+		{"jsonb", `'{"a": [1,2.50]}'`},
+	}
+	execAll(t, d.DB, `CREATE TYPE color2 AS ENUM ('x', 'y z')`, `CREATE DOMAIN dom AS int CHECK (VALUE > 0)`)
+	var tables []string
+	for i, c := range cases {
+		name := fmt.Sprintf("k%d", i)
+		tables = append(tables, name)
+		execAll(t, d.DB, `CREATE TABLE `+name+` (v `+c.typ+` PRIMARY KEY, n int)`)
+	}
+	tables = append(tables, "kc")
+	execAll(t, d.DB, `CREATE TABLE kc (a numeric, b timestamptz, c bytea, e int[], f "char", n int, PRIMARY KEY (a, b, c, e, f))`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables(tables...), WithBinary(true))
+	want := 0
+	for i, c := range cases {
+		vals := strings.Split(c.vals, ", ")
+		execAll(t, d.DB, fmt.Sprintf(`INSERT INTO k%d VALUES (%s, 1)`, i, strings.Join(vals, ", 1), (")))
+		want += len(vals)
+	}
+	execAll(t, d.DB, `INSERT INTO kc VALUES (1.50, '2020-01-01 00:00+05', '\x80', '{1,NULL}', CAST(-2 AS "char"), 1), ('NaN', 'infinity', '', '{}', '\', 1)`)
+	want += 2
+	waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == want }, "the inserts")
+	inserted := map[string]bool{}
+	for _, e := range h.eventList() {
+		inserted[strings.TrimPrefix(e, "insert ")] = true
+	}
+	for _, table := range tables {
+		_, err := s.RefreshContext(context.Background(), `SELECT * FROM `+table)
+		require.NoError(t, err, table)
+	}
+	var refreshed []string
+	for _, e := range h.eventList()[want:] {
+		refreshed = append(refreshed, strings.TrimPrefix(e, "refresh "))
+	}
+	require.Len(t, refreshed, want)
+	require.Len(t, inserted, want, "each change its own ID")
+	var missing []string
+	for _, r := range refreshed {
+		if !inserted[r] {
+			missing = append(missing, r)
+		}
+		delete(inserted, r)
+	}
+	require.Empty(t, missing, "refresh rows whose ID no change had")
+	require.Empty(t, inserted, "changes whose ID no refresh row had")
 }
