@@ -64,6 +64,11 @@ var binaryMovedKeyCases = []movedKeyCase{
 		move: `UPDATE moved SET c = 'red', d = ARRAY['{"x"}', E'\\\\'], b = '\x80' WHERE n = 5`,
 	},
 	{
+		name: "char_array", ddl: `CREATE TABLE moved (id "char"[] PRIMARY KEY, n int, body text)`,
+		seed: `INSERT INTO moved SELECT ARRAY[CAST(i AS "char")], i, repeat('b', 3000) || i FROM generate_series(1, 6) i`,
+		move: `UPDATE moved SET id = ARRAY[CAST(0 AS "char"), CAST(-56 AS "char"), '\', '"'] WHERE n = 5`,
+	},
+	{
 		name: "composite_text_array", ddl: `CREATE TABLE moved (a text, b text[], n int, body text, PRIMARY KEY (a, b))`,
 		seed: `INSERT INTO moved SELECT 'k' || i, ARRAY['x,' || i, NULL, 'y"'], i, repeat('b', 3000) || i FROM generate_series(1, 6) i`,
 		move: `UPDATE moved SET a = 'a' WHERE n = 5`,
