@@ -245,3 +245,45 @@ func TestSnapshotPlannedChunksBinaryKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestScanTupleStringTextVsBinary: ScanTuple into *string goes through pgtype's scan
+// of the tuple's format (docs/VALUES.md): the same text in both modes for uuid,
+// numeric and float8; ErrDecodeValue in binary mode for types pgtype scans into no
+// string from their binary form; "char" 0xc8 as \310 in text mode, its raw byte in
+// binary mode.
+func TestScanTupleStringTextVsBinary(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE st (id int PRIMARY KEY, u uuid, num numeric, f float8, c "char", ts timestamptz, dt date, iv interval, b bool, ip inet, by bytea, arr int[], r int4range)`)
+	got := map[bool]map[string]string{}
+	failed := map[bool][]string{}
+	for i, binary := range []bool{false, true} {
+		rec := &changeRecorder{}
+		s := newTestSyncer(t, d, ForTables("st"), WithMessageHandler(rec), WithBinary(binary), WithReplicationSlot(fmt.Sprintf("scan%d", i)))
+		r := runInBackground(s)
+		execAll(t, d.DB, fmt.Sprintf(`INSERT INTO st VALUES (%d, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 1.50, 0.1, CAST(-56 AS "char"), '2024-03-01 12:34:56.5+02', 'infinity', '1 mon', true, '10.0.0.1', '\x00ff', '{1,NULL}', '[1,5)')`, i))
+		rec.waitChanges(t, 1)
+		ins := rec.tuple(0)
+		_, info, err := s.dec.relation(ins.reln.RelationID)
+		require.NoError(t, err)
+		got[binary] = map[string]string{}
+		for j, col := range ins.reln.Columns[1:] {
+			dest := make([]any, len(ins.reln.Columns))
+			var sv string
+			dest[j+1] = &sv
+			if err := info.ScanTuple(ins.reln, ins.tuple, dest...); err != nil {
+				require.ErrorIs(t, err, ErrDecodeValue)
+				failed[binary] = append(failed[binary], col.Name)
+				continue
+			}
+			got[binary][col.Name] = sv
+		}
+		r.stop(t)
+	}
+	require.Empty(t, failed[false])
+	require.Equal(t, []string{"ts", "dt", "iv", "b", "ip", "by", "arr", "r"}, failed[true])
+	for _, c := range []string{"u", "num", "f"} {
+		require.Equal(t, got[false][c], got[true][c], c)
+	}
+	require.Equal(t, `\310`, got[false]["c"])
+	require.Equal(t, "\xc8", got[true]["c"])
+}
