@@ -75,7 +75,8 @@ func (t *PGTableInfo) recordIDOfKeys(keyVals []any) (string, error) {
 // text, they work for every key type and with any driver (a decoded value does not:
 // lib/pq takes no [16]byte for a uuid). A value pgoutput sent as text is that text
 // already; a binary one (WithBinary) is printed from its decoded value in values
-// (MessageToMap's) by pgtype, which fails for types it has no codec for.
+// (MessageToMap's) by inputText, which fails for types without a codec (Refresh and
+// Snapshot refuse such keys in binary mode).
 func (t *PGTableInfo) tupleKeyTexts(reln *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData, values StringMap) ([]string, error) {
 	if len(t.PrimaryKey) == 0 || tuple == nil || len(tuple.Columns) != len(reln.Columns) {
 		return nil, fmt.Errorf("%w: no key columns in the tuple of %s", ErrNoKey, t.QualifiedName())
@@ -108,26 +109,222 @@ func (t *PGTableInfo) tupleKeyTexts(reln *pglogrepl.RelationMessage, tuple *pglo
 			}
 			dec := cols[j].decoder()
 			v := values[k]
-			if s, ok := v.(string); ok && (dec.kind == kindEnum || dec.kind == kindCodec) {
-				out[i] = s // text, varchar, enum labels: their own text
-				break
-			}
-			if dec.kind != kindCodec || v == nil {
-				return nil, fmt.Errorf("%w: key column %q of %s (%s) sent in binary cannot be printed as text", ErrNoKey, k, t.QualifiedName(), dec.name)
+			if v == nil {
+				return nil, fmt.Errorf("%w: key column %q of %s is NULL", ErrNoKey, k, t.QualifiedName())
 			}
 			if m == nil {
 				m = typeMaps.Get().(*pgtype.Map)
 			}
-			b, err := m.Encode(dec.oid, pgtype.TextFormatCode, v, nil)
-			if err != nil || b == nil {
+			s, err := inputText(m, dec, v)
+			if err != nil {
 				return nil, fmt.Errorf("%w: key column %q of %s (%s) sent in binary cannot be printed as text: %v", ErrNoKey, k, t.QualifiedName(), dec.name, err)
 			}
-			out[i] = string(b)
+			out[i] = s
 		default:
 			return nil, fmt.Errorf("%w: key column %q of %s not sent (tuple kind %q)", ErrNoKey, k, t.QualifiedName(), tc.DataType)
 		}
 	}
 	return out, nil
+}
+
+// inputText prints a value decoded from a binary column (MessageToMap's) of the type
+// dec describes as text the type's input function reads back to the same value, as
+// its output function would print it. pgtype's text encoders are not that for every
+// key type: they print no []any array or pgtype.Range[any] with an infinite bound, and
+// write "char" as its raw byte (invalid UTF-8 from 0x80 on, which the server refuses
+// as a parameter). Arrays and ranges are printed here from their elements' texts,
+// each element quoted, so any element text is read back as it is (multiranges as
+// their ranges); "char" as charout
+// prints it (\ooo from 0x80 on); infinite dates and instants as "infinity".
+func inputText(m *pgtype.Map, dec *decodeInfo, v any) (string, error) {
+	switch dec.kind {
+	case kindEnum:
+		if s, ok := v.(string); ok {
+			return s, nil
+		}
+	case kindArray:
+		return arrayInputText(m, dec, v)
+	case kindCodec:
+		if rc, ok := dec.codec.(*pgtype.RangeCodec); ok {
+			if r, ok := v.(pgtype.Range[any]); ok {
+				return rangeInputText(m, resolveDecodeDepth(rc.ElementType.OID, nil, 1), r)
+			}
+		}
+		if mc, ok := dec.codec.(*pgtype.MultirangeCodec); ok {
+			if mr, ok := v.(pgtype.Multirange[pgtype.Range[any]]); ok {
+				return multirangeInputText(m, resolveDecodeDepth(mc.ElementType.OID, nil, 1), mr)
+			}
+		}
+		switch x := v.(type) {
+		case pgtype.InfinityModifier:
+			return x.String(), nil
+		case string:
+			return x, nil // text, varchar, bpchar, name: their own text
+		case rune:
+			if dec.oid == pgtype.QCharOID {
+				return qcharText(byte(x)), nil
+			}
+		}
+		b, err := m.Encode(dec.oid, pgtype.TextFormatCode, v, nil)
+		if err != nil {
+			return "", err
+		}
+		if b == nil {
+			return "", fmt.Errorf("%T printed as NULL", v)
+		}
+		return string(b), nil
+	}
+	return "", fmt.Errorf("no text form for %T", v)
+}
+
+// qcharText is "char"'s text as its output function prints it (charout, PostgreSQL
+// 15): a byte from 0x80 on as \ooo, 0 as the empty string, others as themselves.
+func qcharText(c byte) string {
+	switch {
+	case c == 0:
+		return ""
+	case c >= 0x80:
+		return string([]byte{'\\', '0' + c>>6, '0' + c>>3&7, '0' + c&7})
+	}
+	return string([]byte{c})
+}
+
+// quoteElement quotes an array element's or a range bound's text for array_in and
+// range_in: in double quotes, '"' and '\\' escaped with a backslash.
+func quoteElement(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' {
+			b = append(b, '\\')
+		}
+		b = append(b, s[i])
+	}
+	return append(b, '"')
+}
+
+// arrayInputText prints an array decoded as []any (nested per dimension) or, with
+// lower bounds other than 1, pgtype.Array[any]: "{...}" or "[l:u]...={...}", elements
+// quoted and separated by the element type's delimiter.
+func arrayInputText(m *pgtype.Map, dec *decodeInfo, v any) (string, error) {
+	delim := byte(',')
+	if dec.rawArray != nil {
+		delim = dec.rawArray.Delimiter
+	}
+	var b []byte
+	var elem func(e any) error
+	elem = func(e any) error {
+		switch x := e.(type) {
+		case nil:
+			b = append(b, "NULL"...)
+			return nil
+		case []any:
+			b = append(b, '{')
+			for i, y := range x {
+				if i > 0 {
+					b = append(b, delim)
+				}
+				if err := elem(y); err != nil {
+					return err
+				}
+			}
+			b = append(b, '}')
+			return nil
+		}
+		s, err := inputText(m, dec.elem, e)
+		if err != nil {
+			return err
+		}
+		b = quoteElement(b, s)
+		return nil
+	}
+	switch x := v.(type) {
+	case []any:
+		if err := elem(x); err != nil {
+			return "", err
+		}
+		return string(b), nil
+	case pgtype.Array[any]:
+		if len(x.Dims) == 0 {
+			return "{}", nil
+		}
+		for _, d := range x.Dims {
+			b = fmt.Appendf(b, "[%d:%d]", d.LowerBound, int64(d.LowerBound)+int64(d.Length)-1)
+		}
+		b = append(b, '=')
+		// Nest the flat elements by the dimensions.
+		var nest func(dim int, elems []any) any
+		nest = func(dim int, elems []any) any {
+			if dim == len(x.Dims)-1 {
+				return elems
+			}
+			n := int(x.Dims[dim].Length)
+			size := len(elems) / max(n, 1)
+			out := make([]any, n)
+			for i := range out {
+				out[i] = nest(dim+1, elems[i*size:(i+1)*size])
+			}
+			return out
+		}
+		if err := elem(nest(0, x.Elements)); err != nil {
+			return "", err
+		}
+		return string(b), nil
+	}
+	return "", fmt.Errorf("no text form for array %T", v)
+}
+
+// rangeInputText prints a range as range_in reads it: "empty", or its bounds quoted
+// between its brackets, an unbounded side left empty.
+func rangeInputText(m *pgtype.Map, elem *decodeInfo, r pgtype.Range[any]) (string, error) {
+	if r.LowerType == pgtype.Empty {
+		return "empty", nil
+	}
+	b := []byte{'('}
+	if r.LowerType == pgtype.Inclusive {
+		b[0] = '['
+	}
+	for i, side := range []struct {
+		typ pgtype.BoundType
+		v   any
+	}{{r.LowerType, r.Lower}, {r.UpperType, r.Upper}} {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if side.typ == pgtype.Unbounded {
+			continue
+		}
+		s, err := inputText(m, elem, side.v)
+		if err != nil {
+			return "", err
+		}
+		b = quoteElement(b, s)
+	}
+	if r.UpperType == pgtype.Inclusive {
+		return string(append(b, ']')), nil
+	}
+	return string(append(b, ')')), nil
+}
+
+// multirangeInputText prints a multirange as multirange_in reads it: its ranges
+// (rangeInputText of the range type rng) between braces.
+func multirangeInputText(m *pgtype.Map, rng *decodeInfo, mr pgtype.Multirange[pgtype.Range[any]]) (string, error) {
+	rc, ok := rng.codec.(*pgtype.RangeCodec)
+	if !ok {
+		return "", fmt.Errorf("multirange of %s", rng.name)
+	}
+	elem := resolveDecodeDepth(rc.ElementType.OID, nil, 1)
+	b := []byte{'{'}
+	for i, r := range mr {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		s, err := rangeInputText(m, elem, r)
+		if err != nil {
+			return "", err
+		}
+		b = append(b, s...)
+	}
+	return string(append(b, '}')), nil
 }
 
 // appendKeyPart appends key column i's value v (its JSON string, after a comma unless

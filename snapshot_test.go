@@ -150,17 +150,25 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 		driver    string
 		rows      bool // a RefreshRowHandler (rowCache) instead of HandleRefresh
 		parallel  int  // chunks read at once (planned key ranges when > 1)
+		binary    bool // WithBinary: changes in binary, refresh rows in text
 	}{
-		{1, 7, false, "postgres", false, 1},
-		{2, 50, false, "pgx", false, 2},
-		{3, 333, false, "postgres", false, 1},
-		{4, 13, true, "pgx", false, 2},
-		{5, 100, true, "postgres", false, 2},
-		{6, 50, false, "pgx", true, 1},
-		{7, 13, true, "postgres", true, 2},
+		{1, 7, false, "postgres", false, 1, false},
+		{2, 50, false, "pgx", false, 2, false},
+		{3, 333, false, "postgres", false, 1, false},
+		{4, 13, true, "pgx", false, 2, false},
+		{5, 100, true, "postgres", false, 2, false},
+		{6, 50, false, "pgx", true, 1, false},
+		{7, 13, true, "postgres", true, 2, false},
+		{8, 7, false, "postgres", false, 1, true},
+		{9, 13, true, "pgx", false, 2, true},
+		{10, 50, false, "postgres", true, 2, true},
 	}
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("seed%d_chunk%d_composite%v_%s_rows%v_parallel%d", c.seed, c.chunk, c.composite, c.driver, c.rows, c.parallel), func(t *testing.T) {
+		name := fmt.Sprintf("seed%d_chunk%d_composite%v_%s_rows%v_parallel%d", c.seed, c.chunk, c.composite, c.driver, c.rows, c.parallel)
+		if c.binary {
+			name += "_binary"
+		}
+		t.Run(name, func(t *testing.T) {
 			d := pgtest.NewDatabase(t)
 			st := snapTable{composite: c.composite, toast: !c.composite, keys: 1400}
 			st.create(t, d.DB, 1200)
@@ -177,7 +185,7 @@ func TestSnapshotConcurrentWriters(t *testing.T) {
 			var chunks []SnapshotProgress
 			var s *Syncer
 			s, _ = startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), mh, ForTables("snap"), WithDB(db),
-				WithSnapshotChunkSize(c.chunk), WithSnapshotParallel(c.parallel),
+				WithSnapshotChunkSize(c.chunk), WithSnapshotParallel(c.parallel), WithBinary(c.binary),
 				WithSnapshotProgress(func(p SnapshotProgress) {
 					chunks = append(chunks, p)
 					lsn, err := s.ConfirmedFlushLSN(context.Background())

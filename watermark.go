@@ -131,7 +131,7 @@ func refreshQuery(info *PGTableInfo, cols []string, query string) selQuery {
 // parameters cast to the key columns' types), in key order:
 //
 //	SELECT ... FROM (<query>) AS q
-//	WHERE (CAST(q.k1 AS t1), CAST(q.k2 AS t2)) IN ((CAST($1 AS t1(m)), CAST($2 AS t2(m))), ...)
+//	WHERE (CAST(q.k1 AS t1), CAST(q.k2 AS t2)) IN ((CAST($1::text AS t1(m)), CAST($2::text AS t2(m))), ...)
 //
 // PostgreSQL pushes the condition down into a simple query (an index scan on the
 // key); a query that cannot take it (LIMIT, DISTINCT ON, window functions) is
@@ -387,7 +387,7 @@ func tableReread(info *PGTableInfo, cols []string) func(keys [][]string) selQuer
 	return func(keys [][]string) selQuery { return keysQuery(info, cols, keys) }
 }
 
-// keyTuples returns "(CAST($1 AS t1), CAST($2 AS t2)), (CAST($3 AS t1), ...)" for
+// keyTuples returns "(CAST($1::text AS t1), ...), (CAST($3::text AS t1), ...)" for
 // keys (each key's column texts in key order) and the parameters it binds.
 func keyTuples(info *PGTableInfo, keys [][]string) (string, []any) {
 	tuples := make([]string, len(keys))
@@ -443,14 +443,19 @@ func castKeyColumns(info *PGTableInfo, alias string) string {
 	return strings.Join(keys, ", ")
 }
 
-// keyParams is "CAST($n+1 AS type1), CAST($n+2 AS type2)": parameters for one key, cast
-// to the key columns' types (format_type() output is a correctly quoted type name).
-// The parameters are the key columns' texts (as the types' output functions print
-// them), so the casts are the types' input functions.
+// keyParams is "CAST($n+1::text AS type1), CAST($n+2::text AS type2)": parameters for
+// one key, cast to the key columns' types (format_type() output is a correctly quoted
+// type name). The parameters are the key columns' texts (as the types' output
+// functions print them), so the casts are the types' input functions. They are
+// declared text: a parameter the server would describe as the key's type is encoded
+// by the driver for that type, and lib/pq sends a string described as bytea as its
+// bytes (the text \xff01 became the six bytes 5c 78 66 66 30 31), so a bytea bound
+// compared wrong and a snapshot re-read the same chunk forever
+// (TestSnapshotByteaKeyLibPQ).
 func keyParams(info *PGTableInfo, n int) string {
 	params := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
-		params[i] = "CAST($" + strconv.Itoa(n+i+1) + " AS " + info.ColInfo[k].ColumnType + ")"
+		params[i] = "CAST($" + strconv.Itoa(n+i+1) + "::text AS " + info.ColInfo[k].ColumnType + ")"
 	}
 	return strings.Join(params, ", ")
 }
