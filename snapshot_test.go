@@ -856,13 +856,7 @@ func TestSnapshotRereadsMovedRows(t *testing.T) {
 			s.SnapshotProgress = func(p SnapshotProgress) { chunks = append(chunks, p) }
 			require.NoError(t, s.Snapshot(context.Background(), "moved"))
 			catchUp(t, s)
-			require.Equal(t, []string{
-				`update public.moved ` + c.movedTo,
-				`refresh public.moved ` + c.ids[0], `refresh public.moved ` + c.ids[1], // chunk 1
-				`refresh public.moved ` + c.ids[2], `refresh public.moved ` + c.ids[3], // chunk 2
-				`refresh public.moved ` + c.ids[5],  // chunk 3 (one row: the last)
-				`refresh public.moved ` + c.movedTo, // read again after the last chunk
-			}, h.eventList())
+			require.Equal(t, movedRowEvents(c), h.eventList())
 			requireMovedRowsExact(t, d, h, c)
 			require.Len(t, chunks, 3)
 			require.True(t, chunks[2].Done)
@@ -872,6 +866,19 @@ func TestSnapshotRereadsMovedRows(t *testing.T) {
 				require.Equal(t, uint64(4), s.pgconnSelects.Load(), "3 chunks and the re-read on pgx's connection")
 			}
 		})
+	}
+}
+
+// movedRowEvents is what a movedRowSnapshot's Snapshot delivers: the moved row's
+// update, the chunks' rows (the moved row is not among them), then the moved row read
+// again after the last chunk.
+func movedRowEvents(c movedKeyCase) []string {
+	return []string{
+		`update public.moved ` + c.movedTo,
+		`refresh public.moved ` + c.ids[0], `refresh public.moved ` + c.ids[1], // chunk 1
+		`refresh public.moved ` + c.ids[2], `refresh public.moved ` + c.ids[3], // chunk 2
+		`refresh public.moved ` + c.ids[5],  // chunk 3 (one row: the last)
+		`refresh public.moved ` + c.movedTo, // read again after the last chunk
 	}
 }
 
@@ -960,14 +967,8 @@ func TestSnapshotRereadFailureResumes(t *testing.T) {
 	failing.Store(false)
 	require.NoError(t, s.Snapshot(context.Background(), "moved"))
 	catchUp(t, s)
-	require.Equal(t, []string{
-		`update public.moved ` + c.movedTo,
-		`refresh public.moved ` + c.ids[0], `refresh public.moved ` + c.ids[1],
-		`refresh public.moved ` + c.ids[2], `refresh public.moved ` + c.ids[3],
-		`refresh public.moved ` + c.ids[5],
-		// The second Snapshot: an empty chunk after the last key, then the re-read.
-		`refresh public.moved ` + c.movedTo,
-	}, h.eventList())
+	// The second Snapshot: an empty chunk after the last key, then the re-read.
+	require.Equal(t, movedRowEvents(c), h.eventList())
 	requireMovedRowsExact(t, d, h, c)
 	requireSnapshotFinished(t, d, true)
 	require.Len(t, chunks, 3)
