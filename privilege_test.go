@@ -77,10 +77,7 @@ func TestLeastPrivilegeSetupFollowsHints(t *testing.T) {
 	execAll(t, d.DB, `INSERT INTO t VALUES (3, 'c')`)
 	catchUp(t, s)
 	require.Contains(t, h.eventList(), `insert public.t ["3"]`)
-	_, err = s.RefreshContext(ctx, `SELECT * FROM t`)
-	require.NoError(t, err)
-	require.NoError(t, s.Snapshot(ctx, "t"))
-	catchUp(t, s)
+	requireRefreshAndSnapshot(t, ctx, s, "t", "t")
 	require.Empty(t, mismatches(h.tableRows("public.t"), dbRows(t, d.DB, "t")))
 	st, err := s.Status(ctx)
 	require.NoError(t, err)
@@ -124,10 +121,7 @@ func TestLeastPrivilegeAdminCreatedCtrl(t *testing.T) {
 
 	h := newCacheHandler()
 	s, _ := startSyncer(t, dsn, slot, h)
-	_, err := s.RefreshContext(ctx, `SELECT * FROM t`)
-	require.NoError(t, err)
-	require.NoError(t, s.Snapshot(ctx, "t"))
-	catchUp(t, s)
+	requireRefreshAndSnapshot(t, ctx, s, "t", "t")
 	require.Empty(t, mismatches(h.tableRows("public.t"), dbRows(t, d.DB, "t")))
 
 	wmRows := func() string {
@@ -148,7 +142,7 @@ func TestLeastPrivilegeAdminCreatedCtrl(t *testing.T) {
 		require.NoError(t, err, c.grant)
 	}
 	execAll(t, d.DB, `REVOKE UPDATE ON dbsync_ctrl.snapshot_progress FROM `+role)
-	err = s.Snapshot(ctx, "t")
+	err := s.Snapshot(ctx, "t")
 	require.ErrorIs(t, err, ErrInsufficientPrivilege)
 	requireStatement(t, d, err, `GRANT UPDATE ON "dbsync_ctrl"."snapshot_progress" TO `+role)
 	require.NoError(t, s.Snapshot(ctx, "t"))
@@ -241,17 +235,11 @@ func TestForAllTablesPublicationNonSuperuser(t *testing.T) {
 	h := newCacheHandler()
 	s, stop := startSyncer(t, dsn, slot, h)
 	execAll(t, d.DB, `INSERT INTO t VALUES (2, 'b')`)
-	_, err := s.RefreshContext(ctx, `SELECT * FROM t`)
-	require.NoError(t, err)
-	require.NoError(t, s.Snapshot(ctx, "t"))
-	catchUp(t, s)
+	requireRefreshAndSnapshot(t, ctx, s, "t", "t")
 	require.Contains(t, h.eventList(), `insert public.t ["2"]`)
 	require.Empty(t, mismatches(h.tableRows("public.t"), dbRows(t, d.DB, "t")))
 	require.NoError(t, stop())
-	res, err := teardownSyncer(t, dsn, slot).TeardownWithResult(ctx)
-	require.NoError(t, err)
-	require.True(t, res.SlotDropped)
-	require.True(t, res.CtrlSchemaDropped)
+	requireTeardownAll(t, ctx, dsn, slot)
 }
 
 // teardownSyncer is a Syncer without setup on startSyncer's slot and publication.
@@ -293,13 +281,27 @@ func TestReadmeLeastPrivilege(t *testing.T) {
 	h := newCacheHandler()
 	s, stop := startSyncer(t, dsn, slot, h)
 	execAll(t, d.DB, `INSERT INTO t1 VALUES (2, 'b')`)
-	_, err = s.RefreshContext(ctx, `SELECT * FROM t1`)
-	require.NoError(t, err)
-	require.NoError(t, s.Snapshot(ctx, "t1", "t2"))
-	catchUp(t, s)
+	requireRefreshAndSnapshot(t, ctx, s, "t1", "t1", "t2")
 	require.Contains(t, h.eventList(), `insert public.t1 ["2"]`)
 	require.Empty(t, mismatches(h.tableRows("public.t1"), dbRows(t, d.DB, "t1")))
 	require.NoError(t, stop())
+	requireTeardownAll(t, ctx, dsn, slot)
+}
+
+// requireRefreshAndSnapshot refreshes every row of table, then snapshots tables, and
+// waits until s caught up with both.
+func requireRefreshAndSnapshot(t *testing.T, ctx context.Context, s *Syncer, table string, tables ...string) {
+	t.Helper()
+	_, err := s.RefreshContext(ctx, `SELECT * FROM `+table)
+	require.NoError(t, err)
+	require.NoError(t, s.Snapshot(ctx, tables...))
+	catchUp(t, s)
+}
+
+// requireTeardownAll: a teardown of startSyncer's slot drops the slot and the control
+// schema.
+func requireTeardownAll(t *testing.T, ctx context.Context, dsn, slot string) {
+	t.Helper()
 	res, err := teardownSyncer(t, dsn, slot).TeardownWithResult(ctx)
 	require.NoError(t, err)
 	require.True(t, res.SlotDropped)

@@ -92,13 +92,7 @@ func TestJSONPathBinaryMatchesText(t *testing.T) {
 	const insert = `INSERT INTO jp VALUES (1, '$.a[*] ? (@ > 1)', ARRAY['$', 'strict $."key with space"']::jsonpath[])`
 	want := StringMap{"id": int32(1), "p": `$."a"[*]?(@ > 1)`, "pa": []any{"$", `strict $."key with space"`}}
 	require.Equal(t, []string{want["p"].(string)}, queryStrings(t, d.DB, `SELECT '$.a[*] ? (@ > 1)'::jsonpath::text`), "PostgreSQL's text")
-	for _, binary := range []bool{false, true} {
-		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
-			got, refreshed, _ := changeAndRefresh(t, d, "jp", insert, binary)
-			requireSameRow(t, want, got, "change")
-			requireSameRow(t, want, refreshed, "refresh row")
-		})
-	}
+	requireChangeAndRefreshBothModes(t, d, "jp", insert, want)
 }
 
 // TestCharArrayHighBitText: "char"'s output function prints a byte >= 0x80 as \ooo.
@@ -111,13 +105,7 @@ func TestCharArrayHighBitText(t *testing.T) {
 	const insert = `INSERT INTO ca VALUES (1, CAST(-56 AS "char"), ARRAY[CAST(-56 AS "char"), 'a', '\', '"', NULL, CAST(-1 AS "char")])`
 	require.Equal(t, []string{`{"\\310",a,"\\","\"",NULL,"\\377"}`}, queryStrings(t, d.DB, `SELECT ARRAY[CAST(-56 AS "char"), 'a', '\', '"', NULL, CAST(-1 AS "char")]::text`), "PostgreSQL's text")
 	want := StringMap{"id": int32(1), "c": int32(0xc8), "ca": []any{int32(0xc8), int32('a'), int32('\\'), int32('"'), nil, int32(0xff)}}
-	for _, binary := range []bool{false, true} {
-		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
-			got, refreshed, _ := changeAndRefresh(t, d, "ca", insert, binary)
-			requireSameRow(t, want, got, "change")
-			requireSameRow(t, want, refreshed, "refresh row")
-		})
-	}
+	requireChangeAndRefreshBothModes(t, d, "ca", insert, want)
 }
 
 // TestDomainOverBoxArray: box is the built-in type whose arrays separate elements with
@@ -133,13 +121,7 @@ func TestDomainOverBoxArray(t *testing.T) {
 		return pgtype.Box{P: [2]pgtype.Vec2{{X: x1, Y: y1}, {X: x2, Y: y2}}, Valid: true}
 	}
 	want := StringMap{"id": int32(1), "b": []any{box(3, 4, 1, 2), box(1.5, 1, 0, 0), nil}}
-	for _, binary := range []bool{false, true} {
-		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
-			got, refreshed, _ := changeAndRefresh(t, d, "bx", insert, binary)
-			requireSameRow(t, want, got, "change")
-			requireSameRow(t, want, refreshed, "refresh row")
-		})
-	}
+	requireChangeAndRefreshBothModes(t, d, "bx", insert, want)
 }
 
 // TestUserTypeArrayDelimiter: a user-defined base type may declare its own array
@@ -163,4 +145,17 @@ func TestUserTypeArrayDelimiter(t *testing.T) {
 	got, refreshed, _ := changeAndRefresh(t, d, "sd", insert, false)
 	requireSameRow(t, want, got, "change")
 	requireSameRow(t, want, refreshed, "refresh row")
+}
+
+// requireChangeAndRefreshBothModes: in text and in binary mode, the change that insert
+// makes to table and the refresh row of the same row both decode to want.
+func requireChangeAndRefreshBothModes(t *testing.T, d *pgtest.Database, table, insert string, want StringMap) {
+	t.Helper()
+	for _, binary := range []bool{false, true} {
+		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
+			got, refreshed, _ := changeAndRefresh(t, d, table, insert, binary)
+			requireSameRow(t, want, got, "change")
+			requireSameRow(t, want, refreshed, "refresh row")
+		})
+	}
 }

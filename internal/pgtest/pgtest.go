@@ -476,14 +476,9 @@ func exampleDatabase() (dsn string, drop func(), err error) {
 	if err != nil {
 		return "", nil, err
 	}
-	name := fmt.Sprintf("examples_%d_%d", os.Getpid()%10000, s.dbSeq.Add(1))
-	admin, err := sql.Open("postgres", s.DSN("postgres"))
+	name, err := s.create("examples", "")
 	if err != nil {
 		return "", nil, err
-	}
-	defer admin.Close()
-	if _, err := admin.Exec("CREATE DATABASE " + pq.QuoteIdentifier(name)); err != nil {
-		return "", nil, fmt.Errorf("create database %s: %w", name, err)
 	}
 	return s.DSN(name), func() {
 		if err := s.drop(name); err != nil {
@@ -527,15 +522,9 @@ func (s *Server) NewDatabaseWithEncoding(t testing.TB, encoding string) *Databas
 
 func (s *Server) newDatabase(t testing.TB, options string) *Database {
 	t.Helper()
-	name := Ident(t, "")
-	name = fmt.Sprintf("%s_%d_%d", name, os.Getpid()%10000, s.dbSeq.Add(1))
-	admin, err := sql.Open("postgres", s.DSN("postgres"))
+	name, err := s.create(Ident(t, ""), options)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	if _, err := admin.Exec("CREATE DATABASE " + pq.QuoteIdentifier(name) + options); err != nil {
-		t.Fatalf("pgtest: create database %s: %v", name, err)
+		t.Fatalf("pgtest: %v", err)
 	}
 	db, err := sql.Open("postgres", s.DSN(name))
 	if err != nil {
@@ -544,6 +533,22 @@ func (s *Server) newDatabase(t testing.TB, options string) *Database {
 	d := &Database{Server: s, Name: name, DB: db}
 	t.Cleanup(func() { s.dropDatabase(t, d) })
 	return d
+}
+
+// create creates a database named prefix plus this process's and the server's
+// sequence numbers (so concurrent test binaries never collide), with CREATE DATABASE
+// options, and returns its name.
+func (s *Server) create(prefix, options string) (string, error) {
+	name := fmt.Sprintf("%s_%d_%d", prefix, os.Getpid()%10000, s.dbSeq.Add(1))
+	admin, err := sql.Open("postgres", s.DSN("postgres"))
+	if err != nil {
+		return "", err
+	}
+	defer admin.Close()
+	if _, err := admin.Exec("CREATE DATABASE " + pq.QuoteIdentifier(name) + options); err != nil {
+		return "", fmt.Errorf("create database %s: %w", name, err)
+	}
+	return name, nil
 }
 
 func (s *Server) dropDatabase(t testing.TB, d *Database) {
