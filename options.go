@@ -87,9 +87,14 @@ type SyncerOpt func(*Syncer) error
 
 // WithPGConnStr sets the connection string (libpq key=value or postgres:// URL) of the
 // database to sync; dbsync opens it with the lib/pq driver. It overrides POSTGRES_*.
-// NewSyncer returns ErrConfig for one lib/pq cannot parse, without quoting it.
+// NewSyncer returns ErrConfig for one lib/pq cannot parse, without quoting it, and for
+// an empty one (leave the option out to use POSTGRES_*): a caller's unset setting would
+// otherwise connect to whatever POSTGRES_* or the default name.
 func WithPGConnStr(connstr string) SyncerOpt {
 	return func(s *Syncer) error {
+		if connstr == "" {
+			return fmt.Errorf("%w: WithPGConnStr(\"\"): give a connection string, or leave the option out to use $POSTGRES_* (host, port, user, database, password, sslmode)", ErrConfig)
+		}
 		s.connStr = connstr
 		return nil
 	}
