@@ -18,3 +18,28 @@ func TestEmptyConnStrIsConfigError(t *testing.T) {
 	require.ErrorIs(t, err, ErrConfig)
 	require.Equal(t, `dbsync: invalid configuration: WithPGConnStr(""): give a connection string, or leave the option out to use $POSTGRES_* (host, port, user, database, password, sslmode)`, err.Error())
 }
+
+// TestConnStrEmptyValueNeverShowsPassword: in a key=value string a key with an empty
+// value followed by a space ("port= password=...", a template given an empty port)
+// takes the next word as its value, so lib/pq's "wrong value" message quoted
+// "password=<the password>". NewSyncer's ErrConfig names the key and says what to do,
+// without the password.
+func TestConnStrEmptyValueNeverShowsPassword(t *testing.T) {
+	for dsn, key := range map[string]string{
+		"host=127.0.0.1 port= password=TOPSECRET dbname=x":            `"port"`,
+		"host=127.0.0.1 connect_timeout= password=TOPSECRET dbname=x": `"connect_timeout"`,
+		"host=127.0.0.1 sslmode= password=TOPSECRET dbname=x":         `"sslmode"`,
+		"host=127.0.0.1 hostaddr= password=TOPSECRET dbname=x":        `"hostaddr"`,
+		"host=127.0.0.1 client_encoding= password=TOPSECRET dbname=x": `client_encoding`,
+		"host=127.0.0.1 sslmode= sslpassword=TOPSECRET dbname=x":      `"sslmode"`,
+	} {
+		_, err := NewSyncer(WithPGConnStr(dsn), WithSetup(false), env(nil))
+		require.ErrorIs(t, err, ErrConfig, dsn)
+		for _, piece := range []string{"TOP", "SECRET"} {
+			require.NotContains(t, err.Error(), piece, dsn)
+		}
+		require.Contains(t, err.Error(), "WithPGConnStr", dsn)
+		require.Contains(t, err.Error(), key, dsn)
+		require.Contains(t, err.Error(), "give the key a value or leave it out", dsn)
+	}
+}

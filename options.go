@@ -365,7 +365,8 @@ func checkName(what, option, env, v string) error {
 // password holding an unquoted space, net/url a whole URL, password included, and
 // the service file's quotes a malformed line; they would reach errors and Run's retry
 // log. Its checks of parsed values ("pq: wrong value for \"port\"": ...), which quote
-// the value of the key they name, are passed on.
+// the value of the key they name, are passed on, unless the value holds the password
+// (a key given an empty value, "port= password=...", takes the next pair as its value).
 func checkConnStr(connstr, source string) error {
 	_, err := pq.NewConnector(connstr)
 	if err == nil {
@@ -375,6 +376,16 @@ func checkConnStr(connstr, source string) error {
 	if msg := err.Error(); !errors.As(err, &uerr) && strings.HasPrefix(msg, "pq: ") &&
 		!strings.HasPrefix(msg, "pq: line ") &&
 		!strings.HasPrefix(msg, `pq: wrong value for "password"`) {
+		if strings.Contains(strings.ToLower(msg), "password") {
+			// A key given an empty value followed by a space takes the next word as
+			// its value, as in libpq: "port= password=secret" sets port to
+			// "password=secret", which the message quotes.
+			key := "a key's value"
+			if m := refusedKeyRE.FindStringSubmatch(msg); m != nil {
+				key = "the value of " + m[1] + m[2]
+			}
+			return fmt.Errorf("%w: connection string (%s): lib/pq refuses %s (its message is left out: it quotes the password); a key with an empty value followed by a space, as in \"port= password=...\", takes the next key=value pair as its value: give the key a value or leave it out", ErrConfig, source, key)
+		}
 		return fmt.Errorf("%w: connection string (%s): %s", ErrConfig, source, strings.TrimPrefix(msg, "pq: "))
 	}
 	if strings.HasPrefix(connstr, "postgres://") || strings.HasPrefix(connstr, "postgresql://") {
@@ -438,6 +449,8 @@ func quoteConnValue(v string) string {
 }
 
 var (
+	// refusedKeyRE finds the key a lib/pq message about a parsed value names.
+	refusedKeyRE = regexp.MustCompile(`^pq: (?:wrong value for ("[a-z_]+")|unsupported ([a-z_]+) )`)
 	kvPasswordRE = regexp.MustCompile(`password\s*=\s*('(\\.|[^'])*'|\S+)`)
 	// The user info ends at the authority's last '@' (as net/url reads it), so a
 	// password holding a raw '@' is redacted whole.
