@@ -236,7 +236,7 @@ func (s *Syncer) WMTable() string { return s.wmTableName }
 // GetMessages started (see MaxRestartLSNLag) and waits for it, and closes the
 // connection pool if the Syncer opened it (not one given with WithDB). A closed Syncer
 // does not run again: Run and Start return ErrClosed. Close may be called more than
-// once.
+// once, but not from a handler of the running Syncer (see Stop).
 func (s *Syncer) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -328,6 +328,9 @@ func (s *Syncer) Start() error { return s.Run(context.Background()) }
 // yet (`go s.Start(); s.Stop()` may leave that Start running until the next Stop).
 // To bound a Syncer's life without that race, use Run with a context: a context
 // cancelled before Run begins makes it return at once.
+// Do not call Stop (or Close) from a handler, Batcher or EventsProcessor of this
+// Syncer: it would wait for its own caller to return, for good. To stop from a
+// handler, return ErrStopProcessingMessages or cancel Run's context.
 func (s *Syncer) Stop() {
 	s.mu.Lock()
 	cancel, done := s.cancel, s.done
