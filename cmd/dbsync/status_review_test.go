@@ -33,3 +33,37 @@ func TestStatusSlotDbsyncCannotRead(t *testing.T) {
 	require.Contains(t, out, "plugin:              test_decoding (not pgoutput: dbsync cannot read this slot)\n")
 	require.NotContains(t, out, "invalidated")
 }
+
+// TestEmptySlotFlagIsUsageError: `-slot ""` (a script's unset variable, as in
+// `dbsync teardown -slot "$SLOT"`) is a bad command line (exit 2), not the slot of
+// $DBSYNC_REPLSLOT or the default, which teardown would drop; the same for
+// -publication.
+func TestEmptySlotFlagIsUsageError(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	slot := pgtest.Ident(t, "slot")
+	_, err := d.DB.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.DB.Exec(`SELECT pg_drop_replication_slot($1)`, slot) })
+
+	for _, args := range [][]string{
+		{"teardown", "-slot", ""},
+		{"teardown", "-slot="},
+		{"status", "-slot", ""},
+		{"tail", "-slot", ""},
+		{"snapshot", "-slot", "", "items"},
+		{"teardown", "-publication", ""},
+	} {
+		code, out, errOut := runCLI(args...)
+		require.Equal(t, 2, code, "%q: stdout %s stderr %s", args, out, errOut)
+		require.Equal(t, "", out, "%q", args)
+		flagName := "-slot"
+		if args[1] == "-publication" {
+			flagName = "-publication"
+		}
+		require.Contains(t, errOut, "dbsync "+args[0]+": "+flagName+` "": give a name, or leave the flag out`, "%q", args)
+		var n int
+		require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n))
+		require.Equal(t, 1, n, "%q: the slot of $DBSYNC_REPLSLOT is left alone", args)
+	}
+}
