@@ -3,6 +3,7 @@ package dbsync
 import (
 	"testing"
 
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -42,4 +43,24 @@ func TestConnStrEmptyValueNeverShowsPassword(t *testing.T) {
 		require.Contains(t, err.Error(), key, dsn)
 		require.Contains(t, err.Error(), "give the key a value or leave it out", dsn)
 	}
+}
+
+// TestRedactConnStringBackslashEscapes: libpq (and lib/pq) let a backslash escape a
+// space in an unquoted value, so "password=my\ secret" is the password "my secret";
+// RedactConnString left " secret" in place. An unterminated quote (which lib/pq
+// refuses) is redacted to the end rather than up to its first space.
+func TestRedactConnStringBackslashEscapes(t *testing.T) {
+	for in, want := range map[string]string{
+		`host=x password=my\ TOP\ SECRET user=u`: "host=x password=*** user=u",
+		`host=x password=TOP\\ user=u`:           "host=x password=*** user=u",
+		`host=x password='TOP SECRET`:            "host=x password=***",
+		"host=x password='TOP\\\nSECRET' user=u": "host=x password=*** user=u",
+		"host=x sslpassword=TOP\\ SECRET user=u": "host=x sslpassword=*** user=u",
+	} {
+		require.Equal(t, want, RedactConnString(in), in)
+	}
+	// The escaped form is what lib/pq reads as a password with a space.
+	cfg, err := pq.NewConfig(`host=x password=my\ TOP\ SECRET user=u`)
+	require.NoError(t, err)
+	require.Equal(t, "my TOP SECRET", cfg.Password)
 }

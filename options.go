@@ -451,7 +451,10 @@ func quoteConnValue(v string) string {
 var (
 	// refusedKeyRE finds the key a lib/pq message about a parsed value names.
 	refusedKeyRE = regexp.MustCompile(`^pq: (?:wrong value for ("[a-z_]+")|unsupported ([a-z_]+) )`)
-	kvPasswordRE = regexp.MustCompile(`password\s*=\s*('(\\.|[^'])*'|\S+)`)
+	// A key=value password: quoted (backslash escapes inside), an unterminated quote
+	// (lib/pq refuses it; everything to the end), or unquoted, where a backslash
+	// escapes the next character, a space included (libpq's rule: password=my\ pw).
+	kvPasswordRE = regexp.MustCompile(`(?s)password\s*=\s*('(\\.|[^'])*'|'.*|(\\.|[^\s\\])+\\?)`)
 	// The user info ends at the authority's last '@' (as net/url reads it), so a
 	// password holding a raw '@' is redacted whole.
 	urlPasswordRE = regexp.MustCompile(`(://[^:/@]*:)[^/?#]*@`)
