@@ -258,7 +258,8 @@ func WithPollBackoff(initial time.Duration, factor float64, max time.Duration) S
 
 // WithMinPollInterval sets Syncer.MinPollInterval: at least d (>= 0) from the start
 // of one poll to the start of the next while the Syncer keeps up, trading up to about
-// d of change latency for less server CPU under a steady write load.
+// d of change latency for less server CPU under a steady write load. A negative d is
+// ErrConfig.
 func WithMinPollInterval(d time.Duration) SyncerOpt {
 	return atLeast("WithMinPollInterval", d, 0, "(0: poll again at once)", func(s *Syncer) { s.MinPollInterval = d })
 }
@@ -266,7 +267,7 @@ func WithMinPollInterval(d time.Duration) SyncerOpt {
 // WithMaxRestartLSNLag sets Syncer.MaxRestartLSNLag: how many bytes of WAL the slot's
 // restart_lsn may trail its confirmed_flush_lsn before the Syncer has PostgreSQL log
 // an xl_running_xacts record (by creating and dropping a temporary logical slot) so
-// restart_lsn can move up; 0 turns this off.
+// restart_lsn can move up; 0 turns this off, a negative value is ErrConfig.
 func WithMaxRestartLSNLag(bytes int64) SyncerOpt {
 	return atLeast("WithMaxRestartLSNLag", bytes, 0, "bytes (0: off)", func(s *Syncer) { s.MaxRestartLSNLag = bytes })
 }
