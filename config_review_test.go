@@ -1,8 +1,12 @@
 package dbsync
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
@@ -63,4 +67,26 @@ func TestRedactConnStringBackslashEscapes(t *testing.T) {
 	cfg, err := pq.NewConfig(`host=x password=my\ TOP\ SECRET user=u`)
 	require.NoError(t, err)
 	require.Equal(t, "my TOP SECRET", cfg.Password)
+}
+
+// TestMessageHandlerAndEventsProcessorIsConfigError: with both set, the
+// EventsProcessor got every poll and the MessageHandler nothing, while the slot moved
+// past the changes it never saw; Run refuses the pair at once, as it does an
+// EventsProcessor with a Batcher.
+func TestMessageHandlerAndEventsProcessorIsConfigError(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE both_t (id int PRIMARY KEY)`)
+	rec := &recorder{}
+	var polls atomic.Int64
+	s := newTestSyncer(t, d, ForTables("both_t"), WithMessageHandler(rec),
+		WithEventsProcessor(func(msgs []PGMSG, err error) (int, bool) { polls.Add(1); return len(msgs), false }))
+	execAll(t, d.DB, `INSERT INTO both_t VALUES (1)`)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err := s.Run(ctx)
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), "MessageHandler")
+	require.NoError(t, ctx.Err(), "Run must refuse at once, not when its context ends")
+	require.Empty(t, rec.snapshot())
+	require.Zero(t, polls.Load())
 }

@@ -214,7 +214,8 @@ func WithMessageHandler(h MessageHandler) SyncerOpt {
 }
 
 // WithEventsProcessor sets a batch consumer that receives the raw rows of each peek
-// instead of a MessageHandler.
+// instead of a MessageHandler: Run returns ErrConfig when both (or an EventsProcessor
+// and a Batcher) are set.
 func WithEventsProcessor(p EventsProcessor) SyncerOpt {
 	return func(s *Syncer) error { s.EventsProcessor = p; return nil }
 }

@@ -266,7 +266,8 @@ func (s *Syncer) IsRunning() bool {
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
 // ErrSlotInUse, ...). Connection loss is retried with exponential backoff.
 // Returns ErrAlreadyRunning if the Syncer runs already, ErrClosed after Close,
-// ErrConfig with nothing to deliver to, with both an EventsProcessor and a Batcher, or
+// ErrConfig with nothing to deliver to, with an EventsProcessor beside a MessageHandler
+// or a Batcher, or
 // (without an EventsProcessor) on a pool limited to one connection (README, "Reading
 // the slot").
 // When a handler asked to stop but the slot could not then be forwarded past what it
@@ -285,6 +286,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if s.MessageHandler == nil && s.EventsProcessor == nil && s.Batcher == nil {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: no MessageHandler, EventsProcessor or Batcher to deliver to", ErrConfig)
+	}
+	if s.EventsProcessor != nil && s.MessageHandler != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: an EventsProcessor gets the raw rows instead of the MessageHandler, which would never see a change while the slot moves past them; set one or the other", ErrConfig)
 	}
 	if s.EventsProcessor != nil && s.Batcher != nil {
 		s.mu.Unlock()
