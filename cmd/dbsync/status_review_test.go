@@ -67,3 +67,21 @@ func TestEmptySlotFlagIsUsageError(t *testing.T) {
 		require.Equal(t, 1, n, "%q: the slot of $DBSYNC_REPLSLOT is left alone", args)
 	}
 }
+
+// TestTailWithoutPublicationNamesTablesFlag: tail without -tables on a database
+// without the publication exits 1 saying to give -tables, not only the library's
+// dbsync.ForTables, which a command-line user cannot pass; nothing is created.
+func TestTailWithoutPublicationNamesTablesFlag(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY)`)
+	require.NoError(t, err)
+	code, out, errOut := runCLI("tail")
+	require.Equal(t, 1, code, errOut)
+	require.Equal(t, "", out)
+	require.Contains(t, errOut, "publication does not exist") // the library's message is kept
+	require.Contains(t, errOut, "with dbsync tail, give -tables t1,schema.t2 to create it")
+	var n int
+	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, pgtest.Ident(t, "slot")).Scan(&n))
+	require.Equal(t, 0, n)
+}
