@@ -90,3 +90,21 @@ func TestMessageHandlerAndEventsProcessorIsConfigError(t *testing.T) {
 	require.Empty(t, rec.snapshot())
 	require.Zero(t, polls.Load())
 }
+
+// TestRedactMalformedURL: a URL whose password holds a raw '/', '?' or '#' (not
+// percent-encoded: lib/pq refuses it) was returned unredacted, as no authority ends
+// at its '@'; it is redacted up to its last '@'.
+func TestRedactMalformedURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://u:TOP/SECRET@h:1/x":        "postgres://u:***@h:1/x",
+		"postgresql://u:TOP?SECRET@h/x?a=b":    "postgresql://u:***@h/x?a=b",
+		"postgres://u:TOP#SECRET@h/x":          "postgres://u:***@h/x",
+		"postgres://u:TOP/SEC@RET@h/x":         "postgres://u:***@h/x",
+		"postgres://u:p%40ss@h/db?a=b@c":       "postgres://u:***@h/db?a=b@c", // valid: unchanged behaviour
+		"postgres://h:5432/db?application=a@b": "postgres://h:5432/db?application=a@b",
+	} {
+		require.Equal(t, want, RedactConnString(in), in)
+	}
+	_, err := NewSyncer(WithPGConnStr("postgres://u:TOP/SECRET@h:1/x"), WithSetup(false), env(nil))
+	require.ErrorIs(t, err, ErrConfig, "lib/pq refuses it")
+}

@@ -460,10 +460,27 @@ var (
 	// The user info ends at the authority's last '@' (as net/url reads it), so a
 	// password holding a raw '@' is redacted whole.
 	urlPasswordRE = regexp.MustCompile(`(://[^:/@]*:)[^/?#]*@`)
+	// A password holding a raw '/', '?' or '#' ends the authority early (net/url
+	// and libpq read "u:12/x@h" as host u, port 12), so where net/url finds no
+	// password the user info is taken to end at the last '@' before the query, or,
+	// for a URL it cannot parse, at the last '@'.
+	urlLoosePasswordRE  = regexp.MustCompile(`(://[^:/@]*:)[^?]*@`)
+	urlBrokenPasswordRE = regexp.MustCompile(`(?s)(://[^:/@]*:).*@`)
 )
 
 // RedactConnString returns connstr with any password replaced by "***", fit for logs
-// and error messages.
+// and error messages. In a malformed URL (a password not percent-encoded) it replaces
+// everything that may be the password, up to the last '@'.
 func RedactConnString(connstr string) string {
-	return urlPasswordRE.ReplaceAllString(kvPasswordRE.ReplaceAllString(connstr, "password=***"), "${1}***@")
+	s := kvPasswordRE.ReplaceAllString(connstr, "password=***")
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return urlBrokenPasswordRE.ReplaceAllString(s, "${1}***@")
+	case u.User != nil:
+		if _, ok := u.User.Password(); ok {
+			return urlPasswordRE.ReplaceAllString(s, "${1}***@")
+		}
+	}
+	return urlLoosePasswordRE.ReplaceAllString(s, "${1}***@")
 }
