@@ -72,6 +72,15 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case st.Plugin != "pgoutput":
 		plugin += " (not pgoutput: dbsync cannot read this slot)"
 	}
+	// Slot names are per cluster: the slot may belong to another database.
+	database := st.Database
+	var current string
+	if err := s.DB().QueryRowContext(ctx, `SELECT current_database()`).Scan(&current); err != nil {
+		return err
+	}
+	if st.SlotType == "logical" && st.Database != current {
+		database += " (not " + current + ", the database of $" + dbsync.EnvPostgresDB + ": dbsync reads a slot only from its own database)"
+	}
 	walStatus := st.WALStatus
 	if walStatus == "lost" {
 		walStatus += " (the slot is invalidated: drop it with SELECT pg_drop_replication_slot(" + pq.QuoteLiteral(st.Slot) +
@@ -92,7 +101,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"lag_bytes:           %d (%s)\n"+
 		"spilled:             %d transactions, %d times, %d bytes (%s)\n"+
 		"decoded:             %d transactions, %d bytes (%s)\n",
-		st.Slot, plugin, st.Database, st.Active, pid, st.ConfirmedFlushLSN, restart, walStatus,
+		st.Slot, plugin, database, st.Active, pid, st.ConfirmedFlushLSN, restart, walStatus,
 		st.CurrentLSN, st.FlushLSN, st.RetainedWALBytes, human(st.RetainedWALBytes), st.LagBytes, human(st.LagBytes),
 		st.Stats.SpillTxns, st.Stats.SpillCount, st.Stats.SpillBytes, human(st.Stats.SpillBytes),
 		st.Stats.TotalTxns, st.Stats.TotalBytes, human(st.Stats.TotalBytes))

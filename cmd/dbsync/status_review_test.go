@@ -85,3 +85,25 @@ func TestTailWithoutPublicationNamesTablesFlag(t *testing.T) {
 	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, pgtest.Ident(t, "slot")).Scan(&n))
 	require.Equal(t, 0, n)
 }
+
+// TestStatusSlotOfAnotherDatabase: slot names are per cluster, so status (connected to
+// $POSTGRES_DB) also finds a pgoutput slot of another database, which tail and a
+// Syncer of this one refuse (ErrSlotMismatch); status says so on the database line.
+func TestStatusSlotOfAnotherDatabase(t *testing.T) {
+	here, there := pgtest.NewDatabase(t), pgtest.NewDatabase(t)
+	setEnv(t, here)
+	slot := pgtest.Ident(t, "slot")
+	_, err := there.DB.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	require.NoError(t, err)
+	t.Cleanup(func() { there.DB.Exec(`SELECT pg_drop_replication_slot($1)`, slot) })
+
+	code, out, errOut := runCLI("status")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "plugin:              pgoutput\n")
+	require.Contains(t, out, "database:            "+there.Name+" (not "+here.Name+", the database of $POSTGRES_DB: dbsync reads a slot only from its own database)\n")
+
+	setEnv(t, there)
+	code, out, errOut = runCLI("status")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "database:            "+there.Name+"\n")
+}
