@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,4 +108,27 @@ func TestRedactMalformedURL(t *testing.T) {
 	}
 	_, err := NewSyncer(WithPGConnStr("postgres://u:TOP/SECRET@h:1/x"), WithSetup(false), env(nil))
 	require.ErrorIs(t, err, ErrConfig, "lib/pq refuses it")
+}
+
+// TestConnStringFromEnvQuotesUnicodeSpace: lib/pq splits an unquoted key=value value
+// at any Unicode space (unicode.IsSpace), so a POSTGRES_* value holding one (a
+// no-break space from a copied password, say) must be quoted too: unquoted, NewSyncer
+// failed with advice to quote a string the user never wrote, and "pw\u00a0sslmode=
+// disable" set sslmode. Each value reaches lib/pq exactly as given.
+func TestConnStringFromEnvQuotesUnicodeSpace(t *testing.T) {
+	for _, v := range []string{"a\u00a0b", "a\u2003b", "a\u0085b", "a\u3000b", "TOP\u00a0sslmode=disable"} {
+		m := map[string]string{"POSTGRES_HOST": "h", "POSTGRES_USER": v, "POSTGRES_DB": v, "POSTGRES_PASSWORD": v, "POSTGRES_SSLMODE": "require"}
+		cs := ConnStringFromEnv(func(k string) (string, bool) { x, ok := m[k]; return x, ok })
+		cfg, err := pq.NewConfig(cs)
+		require.NoError(t, err, "%q", cs)
+		require.Equal(t, v, cfg.Password, "%q", cs)
+		require.Equal(t, v, cfg.User, "%q", cs)
+		require.Equal(t, v, cfg.Database, "%q", cs)
+		require.Equal(t, pq.SSLModeRequire, cfg.SSLMode, "%q", cs)
+		require.Equal(t, "host=h port=5432 user=*** dbname=*** sslmode=require password=***",
+			strings.NewReplacer(quoteConnValue(v), "***").Replace(RedactConnString(cs)))
+		s, err := NewSyncer(WithSetup(false), withLookupEnv(func(k string) (string, bool) { x, ok := m[k]; return x, ok }))
+		require.NoError(t, err, "%q", cs)
+		s.Close()
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/lib/pq"
@@ -441,10 +442,11 @@ func ConnStringFromEnv(lookup func(string) (string, bool)) string {
 }
 
 // quoteConnValue quotes a value for a libpq key=value connection string: one that is
-// empty or holds whitespace of any kind (libpq's parser splits at isspace), a quote or
-// a backslash.
+// empty or holds whitespace of any kind (lib/pq's parser splits an unquoted value at
+// any Unicode space, unicode.IsSpace, a no-break space included), a quote or a
+// backslash.
 func quoteConnValue(v string) string {
-	if v != "" && !strings.ContainsAny(v, " \t\n\v\f\r'\\") {
+	if v != "" && !strings.ContainsFunc(v, func(r rune) bool { return unicode.IsSpace(r) || r == '\'' || r == '\\' }) {
 		return v
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
