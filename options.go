@@ -472,7 +472,9 @@ var (
 
 // RedactConnString returns connstr with any password replaced by "***", fit for logs
 // and error messages. In a malformed URL (a password not percent-encoded) it replaces
-// everything that may be the password, up to the last '@'.
+// everything that may be the password, up to the last '@' (before the query, if
+// net/url can parse the URL): a URL with no password but an '@' in its path after a
+// port loses that part too.
 func RedactConnString(connstr string) string {
 	s := kvPasswordRE.ReplaceAllString(connstr, "password=***")
 	u, err := url.Parse(s)
