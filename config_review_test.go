@@ -132,3 +132,24 @@ func TestConnStringFromEnvQuotesUnicodeSpace(t *testing.T) {
 		s.Close()
 	}
 }
+
+// TestForTablesAccumulates: ForTables given twice (base options plus a caller's
+// extra tables, say) publishes the tables of both, as WithReplicaIdentityFull given
+// twice sets both; the second used to replace the first, whose table then never
+// reached the publication and whose changes were never delivered.
+func TestForTablesAccumulates(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE acc_a (id int PRIMARY KEY)`, `CREATE TABLE acc_b (id int PRIMARY KEY)`)
+	s := newTestSyncer(t, d, ForTables("acc_a"), ForTables("acc_b"))
+	rows, err := d.DB.Query(`SELECT tablename FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'public' ORDER BY 1`, s.Publication())
+	require.NoError(t, err)
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var n string
+		require.NoError(t, rows.Scan(&n))
+		got = append(got, n)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []string{"acc_a", "acc_b"}, got)
+}

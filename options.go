@@ -162,10 +162,11 @@ func nameOption(option, env, def, name string, field func(*Syncer) *string) Sync
 // Setup creates the publication for them (and the watermark table) when it does not
 // exist, and adds those it lacks (ALTER PUBLICATION ... ADD TABLE, which needs
 // ownership of the table) when it does. Without ForTables the publication must exist;
-// setup adds only the watermark table to it.
+// setup adds only the watermark table to it. Given more than once, the tables of
+// every ForTables count.
 func ForTables(tableNames ...string) SyncerOpt {
 	return func(s *Syncer) error {
-		s.tableNames = append([]string(nil), tableNames...)
+		s.tableNames = append(s.tableNames, tableNames...)
 		return nil
 	}
 }
