@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/lib/pq"
@@ -87,9 +88,14 @@ type SyncerOpt func(*Syncer) error
 
 // WithPGConnStr sets the connection string (libpq key=value or postgres:// URL) of the
 // database to sync; dbsync opens it with the lib/pq driver. It overrides POSTGRES_*.
-// NewSyncer returns ErrConfig for one lib/pq cannot parse, without quoting it.
+// NewSyncer returns ErrConfig for one lib/pq cannot parse, without quoting it, and for
+// an empty one (leave the option out to use POSTGRES_*): a caller's unset setting would
+// otherwise connect to whatever POSTGRES_* or the default name.
 func WithPGConnStr(connstr string) SyncerOpt {
 	return func(s *Syncer) error {
+		if connstr == "" {
+			return fmt.Errorf("%w: WithPGConnStr(\"\"): give a connection string, or leave the option out to use $POSTGRES_* (host, port, user, database, password, sslmode)", ErrConfig)
+		}
 		s.connStr = connstr
 		return nil
 	}
@@ -156,10 +162,11 @@ func nameOption(option, env, def, name string, field func(*Syncer) *string) Sync
 // Setup creates the publication for them (and the watermark table) when it does not
 // exist, and adds those it lacks (ALTER PUBLICATION ... ADD TABLE, which needs
 // ownership of the table) when it does. Without ForTables the publication must exist;
-// setup adds only the watermark table to it.
+// setup adds only the watermark table to it. Given more than once, the tables of
+// every ForTables count.
 func ForTables(tableNames ...string) SyncerOpt {
 	return func(s *Syncer) error {
-		s.tableNames = append([]string(nil), tableNames...)
+		s.tableNames = append(s.tableNames, tableNames...)
 		return nil
 	}
 }
@@ -209,7 +216,8 @@ func WithMessageHandler(h MessageHandler) SyncerOpt {
 }
 
 // WithEventsProcessor sets a batch consumer that receives the raw rows of each peek
-// instead of a MessageHandler.
+// instead of a MessageHandler: Run returns ErrConfig when both (or an EventsProcessor
+// and a Batcher) are set.
 func WithEventsProcessor(p EventsProcessor) SyncerOpt {
 	return func(s *Syncer) error { s.EventsProcessor = p; return nil }
 }
@@ -253,7 +261,8 @@ func WithPollBackoff(initial time.Duration, factor float64, max time.Duration) S
 
 // WithMinPollInterval sets Syncer.MinPollInterval: at least d (>= 0) from the start
 // of one poll to the start of the next while the Syncer keeps up, trading up to about
-// d of change latency for less server CPU under a steady write load.
+// d of change latency for less server CPU under a steady write load. A negative d is
+// ErrConfig.
 func WithMinPollInterval(d time.Duration) SyncerOpt {
 	return atLeast("WithMinPollInterval", d, 0, "(0: poll again at once)", func(s *Syncer) { s.MinPollInterval = d })
 }
@@ -261,7 +270,7 @@ func WithMinPollInterval(d time.Duration) SyncerOpt {
 // WithMaxRestartLSNLag sets Syncer.MaxRestartLSNLag: how many bytes of WAL the slot's
 // restart_lsn may trail its confirmed_flush_lsn before the Syncer has PostgreSQL log
 // an xl_running_xacts record (by creating and dropping a temporary logical slot) so
-// restart_lsn can move up; 0 turns this off.
+// restart_lsn can move up; 0 turns this off, a negative value is ErrConfig.
 func WithMaxRestartLSNLag(bytes int64) SyncerOpt {
 	return atLeast("WithMaxRestartLSNLag", bytes, 0, "bytes (0: off)", func(s *Syncer) { s.MaxRestartLSNLag = bytes })
 }
@@ -360,7 +369,8 @@ func checkName(what, option, env, v string) error {
 // password holding an unquoted space, net/url a whole URL, password included, and
 // the service file's quotes a malformed line; they would reach errors and Run's retry
 // log. Its checks of parsed values ("pq: wrong value for \"port\"": ...), which quote
-// the value of the key they name, are passed on.
+// the value of the key they name, are passed on, unless the value holds the password
+// (a key given an empty value, "port= password=...", takes the next pair as its value).
 func checkConnStr(connstr, source string) error {
 	_, err := pq.NewConnector(connstr)
 	if err == nil {
@@ -370,6 +380,16 @@ func checkConnStr(connstr, source string) error {
 	if msg := err.Error(); !errors.As(err, &uerr) && strings.HasPrefix(msg, "pq: ") &&
 		!strings.HasPrefix(msg, "pq: line ") &&
 		!strings.HasPrefix(msg, `pq: wrong value for "password"`) {
+		if strings.Contains(strings.ToLower(msg), "password") {
+			// A key given an empty value followed by a space takes the next word as
+			// its value, as in libpq: "port= password=secret" sets port to
+			// "password=secret", which the message quotes.
+			key := "a key's value"
+			if m := refusedKeyRE.FindStringSubmatch(msg); m != nil {
+				key = "the value of " + m[1] + m[2]
+			}
+			return fmt.Errorf("%w: connection string (%s): lib/pq refuses %s (its message is left out: it quotes the password); a key with an empty value followed by a space, as in \"port= password=...\", takes the next key=value pair as its value: give the key a value or leave it out", ErrConfig, source, key)
+		}
 		return fmt.Errorf("%w: connection string (%s): %s", ErrConfig, source, strings.TrimPrefix(msg, "pq: "))
 	}
 	if strings.HasPrefix(connstr, "postgres://") || strings.HasPrefix(connstr, "postgresql://") {
@@ -423,24 +443,49 @@ func ConnStringFromEnv(lookup func(string) (string, bool)) string {
 }
 
 // quoteConnValue quotes a value for a libpq key=value connection string: one that is
-// empty or holds whitespace of any kind (libpq's parser splits at isspace), a quote or
-// a backslash.
+// empty or holds whitespace of any kind (lib/pq's parser splits an unquoted value at
+// any Unicode space, unicode.IsSpace, a no-break space included), a quote or a
+// backslash.
 func quoteConnValue(v string) string {
-	if v != "" && !strings.ContainsAny(v, " \t\n\v\f\r'\\") {
+	if v != "" && !strings.ContainsFunc(v, func(r rune) bool { return unicode.IsSpace(r) || r == '\'' || r == '\\' }) {
 		return v
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
 var (
-	kvPasswordRE = regexp.MustCompile(`password\s*=\s*('(\\.|[^'])*'|\S+)`)
+	// refusedKeyRE finds the key a lib/pq message about a parsed value names.
+	refusedKeyRE = regexp.MustCompile(`^pq: (?:wrong value for ("[a-z_]+")|unsupported ([a-z_]+) )`)
+	// A key=value password: quoted (backslash escapes inside), an unterminated quote
+	// (lib/pq refuses it; everything to the end), or unquoted, where a backslash
+	// escapes the next character, a space included (libpq's rule: password=my\ pw).
+	kvPasswordRE = regexp.MustCompile(`(?s)password\s*=\s*('(\\.|[^'])*'|'.*|(\\.|[^\s\\])+\\?)`)
 	// The user info ends at the authority's last '@' (as net/url reads it), so a
 	// password holding a raw '@' is redacted whole.
 	urlPasswordRE = regexp.MustCompile(`(://[^:/@]*:)[^/?#]*@`)
+	// A password holding a raw '/', '?' or '#' ends the authority early (net/url
+	// and libpq read "u:12/x@h" as host u, port 12), so where net/url finds no
+	// password the user info is taken to end at the last '@' before the query, or,
+	// for a URL it cannot parse, at the last '@'.
+	urlLoosePasswordRE  = regexp.MustCompile(`(://[^:/@]*:)[^?]*@`)
+	urlBrokenPasswordRE = regexp.MustCompile(`(?s)(://[^:/@]*:).*@`)
 )
 
 // RedactConnString returns connstr with any password replaced by "***", fit for logs
-// and error messages.
+// and error messages. In a malformed URL (a password not percent-encoded) it replaces
+// everything that may be the password, up to the last '@' (before the query, if
+// net/url can parse the URL): a URL with no password but an '@' in its path after a
+// port loses that part too.
 func RedactConnString(connstr string) string {
-	return urlPasswordRE.ReplaceAllString(kvPasswordRE.ReplaceAllString(connstr, "password=***"), "${1}***@")
+	s := kvPasswordRE.ReplaceAllString(connstr, "password=***")
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return urlBrokenPasswordRE.ReplaceAllString(s, "${1}***@")
+	case u.User != nil:
+		if _, ok := u.User.Password(); ok {
+			return urlPasswordRE.ReplaceAllString(s, "${1}***@")
+		}
+	}
+	return urlLoosePasswordRE.ReplaceAllString(s, "${1}***@")
 }

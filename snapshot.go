@@ -47,7 +47,7 @@ type SnapshotProgress struct {
 }
 
 // WithSnapshotChunkSize sets the rows per snapshot chunk (default
-// DefaultSnapshotChunkSize).
+// DefaultSnapshotChunkSize); n < 1 is ErrConfig.
 func WithSnapshotChunkSize(n int) SyncerOpt {
 	return atLeast("WithSnapshotChunkSize", n, 1, "rows", func(s *Syncer) { s.SnapshotChunkSize = n })
 }
@@ -62,7 +62,7 @@ const DefaultSnapshotChunksInFlight = 4
 
 // WithSnapshotChunksInFlight sets how many snapshot chunks may be read ahead of the
 // oldest one not yet handed over (default DefaultSnapshotChunksInFlight; 1: one chunk
-// at a time).
+// at a time); n < 1 is ErrConfig.
 func WithSnapshotChunksInFlight(n int) SyncerOpt {
 	return atLeast("WithSnapshotChunksInFlight", n, 1, "chunks", func(s *Syncer) { s.SnapshotChunksInFlight = n })
 }
@@ -78,8 +78,9 @@ func WithSnapshotChunksInFlight(n int) SyncerOpt {
 const DefaultSnapshotParallel = 1
 
 // WithSnapshotParallel sets how many snapshot chunks are read at once (default
-// DefaultSnapshotParallel; at most SnapshotChunksInFlight). 1 reads keyset chunks
-// one after another, without planning queries.
+// DefaultSnapshotParallel; a larger n than SnapshotChunksInFlight reads only that
+// many at once). 1 reads keyset chunks one after another, without planning queries;
+// n < 1 is ErrConfig.
 func WithSnapshotParallel(n int) SyncerOpt {
 	return atLeast("WithSnapshotParallel", n, 1, "chunks at once", func(s *Syncer) { s.SnapshotParallel = n })
 }

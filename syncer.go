@@ -236,7 +236,7 @@ func (s *Syncer) WMTable() string { return s.wmTableName }
 // GetMessages started (see MaxRestartLSNLag) and waits for it, and closes the
 // connection pool if the Syncer opened it (not one given with WithDB). A closed Syncer
 // does not run again: Run and Start return ErrClosed. Close may be called more than
-// once.
+// once, but not from a handler of the running Syncer (see Stop).
 func (s *Syncer) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -266,7 +266,8 @@ func (s *Syncer) IsRunning() bool {
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
 // ErrSlotInUse, ...). Connection loss is retried with exponential backoff.
 // Returns ErrAlreadyRunning if the Syncer runs already, ErrClosed after Close,
-// ErrConfig with nothing to deliver to, with both an EventsProcessor and a Batcher, or
+// ErrConfig with nothing to deliver to, with an EventsProcessor beside a MessageHandler
+// or a Batcher, or
 // (without an EventsProcessor) on a pool limited to one connection (README, "Reading
 // the slot").
 // When a handler asked to stop but the slot could not then be forwarded past what it
@@ -285,6 +286,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if s.MessageHandler == nil && s.EventsProcessor == nil && s.Batcher == nil {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: no MessageHandler, EventsProcessor or Batcher to deliver to", ErrConfig)
+	}
+	if s.EventsProcessor != nil && s.MessageHandler != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: an EventsProcessor gets the raw rows instead of the MessageHandler, which would never see a change while the slot moves past them; set one or the other", ErrConfig)
 	}
 	if s.EventsProcessor != nil && s.Batcher != nil {
 		s.mu.Unlock()
@@ -328,6 +333,9 @@ func (s *Syncer) Start() error { return s.Run(context.Background()) }
 // yet (`go s.Start(); s.Stop()` may leave that Start running until the next Stop).
 // To bound a Syncer's life without that race, use Run with a context: a context
 // cancelled before Run begins makes it return at once.
+// Do not call Stop (or Close) from a handler, Batcher or EventsProcessor of this
+// Syncer: it would wait for its own caller to return, for good. To stop from a
+// handler, return ErrStopProcessingMessages or cancel Run's context.
 func (s *Syncer) Stop() {
 	s.mu.Lock()
 	cancel, done := s.cancel, s.done

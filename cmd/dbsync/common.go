@@ -38,7 +38,30 @@ func parse(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("unexpected arguments %q", fs.Args())}
 	}
-	return nil
+	return checkNameFlags(fs)
+}
+
+// checkNameFlags refuses a -slot or -publication given an empty value (a script's
+// unset variable: `dbsync teardown -slot "$SLOT"`), which would otherwise mean
+// $DBSYNC_REPLSLOT's slot or the default one: teardown would drop another
+// consumer's slot. dbsync.WithReplicationSlot("") is ErrConfig for the same reason.
+func checkNameFlags(fs *flag.FlagSet) error {
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		env, def := "", ""
+		switch f.Name {
+		case "slot":
+			env, def = dbsync.EnvReplSlot, dbsync.DefaultReplSlot
+		case "publication":
+			env, def = dbsync.EnvPublication, dbsync.DefaultPublication
+		default:
+			return
+		}
+		if err == nil && f.Value.String() == "" {
+			err = usageError{fmt.Sprintf("-%s \"\": give a name, or leave the flag out to use $%s or %s", f.Name, env, def)}
+		}
+	})
+	return err
 }
 
 // slotFlags are the flags tail, status and teardown share: names that override the

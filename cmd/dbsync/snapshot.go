@@ -31,6 +31,9 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		return exitError{code: 2}
 	}
+	if err := checkNameFlags(fs); err != nil {
+		return err
+	}
 	tables := fs.Args()
 	if len(tables) == 0 {
 		return usageError{"name at least one table to snapshot"}

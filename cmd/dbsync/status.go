@@ -54,9 +54,32 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if st.Active {
 		pid = fmt.Sprint(st.ActivePID)
 	}
+	// restart_lsn is NULL once a slot is invalidated (wal_status lost), but also for
+	// a physical slot that was never used: only wal_status says which.
 	restart := st.RestartLSN.String()
 	if st.RestartLSN == 0 {
-		restart = "- (invalidated)"
+		restart = "-"
+		if st.WALStatus == "lost" {
+			restart += " (invalidated)"
+		}
+	}
+	// A slot of that name dbsync cannot read (Setup and Syncer refuse it with
+	// ErrSlotMismatch) is said to be one.
+	plugin := st.Plugin
+	switch {
+	case st.SlotType != "logical":
+		plugin = "(none: a " + st.SlotType + " slot, which dbsync cannot read)"
+	case st.Plugin != "pgoutput":
+		plugin += " (not pgoutput: dbsync cannot read this slot)"
+	}
+	// Slot names are per cluster: the slot may belong to another database.
+	database := st.Database
+	var current string
+	if err := s.DB().QueryRowContext(ctx, `SELECT current_database()`).Scan(&current); err != nil {
+		return err
+	}
+	if st.SlotType == "logical" && st.Database != current {
+		database += " (not " + current + ", the database of $" + dbsync.EnvPostgresDB + ": dbsync reads a slot only from its own database)"
 	}
 	walStatus := st.WALStatus
 	if walStatus == "lost" {
@@ -78,7 +101,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"lag_bytes:           %d (%s)\n"+
 		"spilled:             %d transactions, %d times, %d bytes (%s)\n"+
 		"decoded:             %d transactions, %d bytes (%s)\n",
-		st.Slot, st.Plugin, st.Database, st.Active, pid, st.ConfirmedFlushLSN, restart, walStatus,
+		st.Slot, plugin, database, st.Active, pid, st.ConfirmedFlushLSN, restart, walStatus,
 		st.CurrentLSN, st.FlushLSN, st.RetainedWALBytes, human(st.RetainedWALBytes), st.LagBytes, human(st.LagBytes),
 		st.Stats.SpillTxns, st.Stats.SpillCount, st.Stats.SpillBytes, human(st.Stats.SpillBytes),
 		st.Stats.TotalTxns, st.Stats.TotalBytes, human(st.Stats.TotalBytes))

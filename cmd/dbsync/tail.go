@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -41,6 +42,10 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		opts = append(opts, dbsync.ForTables(t...))
 	}
 	s, err := dbsync.NewSyncerContext(ctx, opts...)
+	if errors.Is(err, dbsync.ErrPublicationMissing) {
+		// The library's message says to pass dbsync.ForTables, which is -tables here.
+		return fmt.Errorf("%w\n(with dbsync tail, give -tables t1,schema.t2 to create it)", err)
+	}
 	if err != nil {
 		return err
 	}
