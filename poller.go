@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strings"
 	"time"
@@ -157,17 +158,26 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 	return nil
 }
 
-// GetMessages returns up to about numMessages rows at the head of the slot (all rows
-// of transactions committed before the current WAL flush LSN when numMessages <= 0).
-// With consume it also forwards the slot past the returned transactions, otherwise
-// repeated calls return the same rows until Forward. Rows are appended to out.
-// This is the low-level API; Run does both for you.
+// GetMessages returns the rows at the head of the slot, in commit order, of the
+// transactions committed before the current WAL flush LSN (and the non-transactional
+// logical messages among them). numMessages bounds the rows (the peek's upto_nchanges)
+// only at transaction boundaries: reading stops once numMessages rows or more were
+// returned, so a call returns whole transactions and may return more rows than
+// numMessages (a transaction of a million rows comes whole even with numMessages 1).
+// numMessages <= 0 means no row bound; above 2147483647 (upto_nchanges is an int4) it
+// is ErrConfig, and nothing is read. With consume it also forwards the slot past the
+// returned rows (as Forward(len) would), otherwise repeated calls return the same rows
+// until Forward. Rows are appended to out. This is the low-level API; Run does both
+// for you.
 func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMSG, error) {
 	return s.GetMessagesContext(context.Background(), numMessages, consume, out)
 }
 
 // GetMessagesContext is GetMessages with a context.
 func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consume bool, out []PGMSG) (_ []PGMSG, err error) {
+	if numMessages > math.MaxInt32 {
+		return out, fmt.Errorf("%w: GetMessages(%d): numMessages must be at most 2147483647 rows (the peek's upto_nchanges is an int4); use 0 for no row bound", ErrConfig, numMessages)
+	}
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
 	defer func() { err = s.diagnose(ctx, err) }()

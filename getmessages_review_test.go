@@ -1,0 +1,82 @@
+package dbsync
+
+import (
+	"math"
+	"testing"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/require"
+)
+
+// TestGetMessagesLimitAboveInt4: numMessages is the peek's upto_nchanges, an int4. A
+// larger limit (math.MaxInt, say, meant as "no limit") is ErrConfig naming the range,
+// not the server's "out of range for type integer"; the slot is not read or moved,
+// and the largest valid limit works.
+func TestGetMessagesLimitAboveInt4(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE g (id int PRIMARY KEY)`)
+	s := newTestSyncer(t, d, ForTables("g"))
+	execAll(t, d.DB, `INSERT INTO g VALUES (1)`)
+	before, err := s.ConfirmedFlushLSN(t.Context())
+	require.NoError(t, err)
+	for _, n := range []int{math.MaxInt32 + 1, math.MaxInt} {
+		for _, consume := range []bool{false, true} {
+			msgs, err := s.GetMessages(n, consume, nil)
+			require.ErrorIs(t, err, ErrConfig, "GetMessages(%d, %v)", n, consume)
+			require.Contains(t, err.Error(), "2147483647")
+			require.Empty(t, msgs)
+		}
+	}
+	after, err := s.ConfirmedFlushLSN(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, before, after)
+	msgs, err := s.GetMessages(math.MaxInt32, true, nil)
+	require.NoError(t, err)
+	require.Equal(t, "BRIC", msgTypes(msgs))
+	msgs, err = s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Empty(t, msgs)
+}
+
+// TestGetMessagesLimitReturnsWholeTransactions: numMessages below a transaction's size
+// still returns the whole transaction (upto_nchanges is checked at transaction
+// boundaries), and nothing of the next; Forward inside that transaction does not move
+// the slot; consume forwards exactly past what was returned; on a slot with nothing of
+// the publication left while other tables write, Forward(0) after a limited call that
+// returned nothing moves the slot to that call's flush LSN.
+func TestGetMessagesLimitReturnsWholeTransactions(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE g (id int PRIMARY KEY)`, `CREATE TABLE other (id int)`)
+	s := newTestSyncer(t, d, ForTables("g"))
+	execAll(t, d.DB, `INSERT INTO g VALUES (1), (2), (3)`, `INSERT INTO g VALUES (4)`)
+	confirmed := func() pglogrepl.LSN {
+		c, err := s.ConfirmedFlushLSN(t.Context())
+		require.NoError(t, err)
+		return c
+	}
+	start := confirmed()
+	msgs, err := s.GetMessages(1, false, nil)
+	require.NoError(t, err)
+	require.Equal(t, "BRIIIC", msgTypes(msgs))
+	require.NoError(t, s.Forward(5))
+	require.Equal(t, start, confirmed(), "5 rows end inside the transaction: the slot stays")
+
+	msgs, err = s.GetMessages(1, true, nil)
+	require.NoError(t, err)
+	require.Equal(t, "BRIIIC", msgTypes(msgs))
+	require.Equal(t, msgs[5].LSN, confirmed(), "consume forwards to the returned transaction's COMMIT, no further")
+	msgs, err = s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Equal(t, "BRIC", msgTypes(msgs))
+	require.NoError(t, s.Forward(len(msgs)))
+
+	execAll(t, d.DB, `INSERT INTO other VALUES (1)`)
+	f, err := s.CurrentFlushLSN(t.Context())
+	require.NoError(t, err)
+	msgs, err = s.GetMessages(3, false, nil)
+	require.NoError(t, err)
+	require.Empty(t, msgs)
+	require.NoError(t, s.Forward(0))
+	require.GreaterOrEqual(t, confirmed(), f, "an empty, complete call lets Forward(0) move the slot to its flush LSN")
+}
