@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"fmt"
 	"math"
 	"testing"
 
@@ -79,4 +80,39 @@ func TestGetMessagesLimitReturnsWholeTransactions(t *testing.T) {
 	require.Empty(t, msgs)
 	require.NoError(t, s.Forward(0))
 	require.GreaterOrEqual(t, confirmed(), f, "an empty, complete call lets Forward(0) move the slot to its flush LSN")
+}
+
+// TestGetMessagesAfterClose: after Close, GetMessages and Forward return ErrClosed
+// (as Run does), whether the Syncer opened its pool (closed with it: the error was
+// database/sql's untyped "sql: database is closed") or was given one (WithDB, still
+// open: Forward moved the slot of a closed Syncer). The slot does not move.
+func TestGetMessagesAfterClose(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE g (id int PRIMARY KEY)`)
+	for i, own := range []bool{true, false} {
+		opts := []SyncerOpt{ForTables("g"), WithReplicationSlot(pgtest.Ident(t, fmt.Sprintf("slot%d", i)))}
+		if !own {
+			opts = append(opts, WithDB(d.DB))
+		}
+		s := newTestSyncer(t, d, opts...)
+		execAll(t, d.DB, fmt.Sprintf(`INSERT INTO g VALUES (%d)`, i))
+		msgs, err := s.GetMessages(0, false, nil)
+		require.NoError(t, err)
+		require.Equal(t, "BRIC", msgTypes(msgs))
+		before, err := s.ConfirmedFlushLSN(t.Context())
+		require.NoError(t, err)
+		require.NoError(t, s.Close())
+
+		got, err := s.GetMessages(0, false, nil)
+		require.ErrorIs(t, err, ErrClosed, "own pool: %v", own)
+		require.Empty(t, got)
+		_, err = s.GetMessages(0, true, nil)
+		require.ErrorIs(t, err, ErrClosed, "own pool: %v", own)
+		require.ErrorIs(t, s.Forward(len(msgs)), ErrClosed, "own pool: %v", own)
+
+		var after string
+		require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`,
+			s.ReplicationSlot()).Scan(&after))
+		require.Equal(t, before.String(), after, "own pool: %v: a closed Syncer does not move the slot", own)
+	}
 }

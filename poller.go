@@ -165,10 +165,10 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 // returned, so a call returns whole transactions and may return more rows than
 // numMessages (a transaction of a million rows comes whole even with numMessages 1).
 // numMessages <= 0 means no row bound; above 2147483647 (upto_nchanges is an int4) it
-// is ErrConfig, and nothing is read. With consume it also forwards the slot past the
-// returned rows (as Forward(len) would), otherwise repeated calls return the same rows
-// until Forward. Rows are appended to out. This is the low-level API; Run does both
-// for you.
+// is ErrConfig, and nothing is read. After Close, GetMessages returns ErrClosed. With
+// consume it also forwards the slot past the returned rows (as Forward(len) would),
+// otherwise repeated calls return the same rows until Forward. Rows are appended to
+// out. This is the low-level API; Run does both for you.
 func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMSG, error) {
 	return s.GetMessagesContext(context.Background(), numMessages, consume, out)
 }
@@ -177,6 +177,9 @@ func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMS
 func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consume bool, out []PGMSG) (_ []PGMSG, err error) {
 	if numMessages > math.MaxInt32 {
 		return out, fmt.Errorf("%w: GetMessages(%d): numMessages must be at most 2147483647 rows (the peek's upto_nchanges is an int4); use 0 for no row bound", ErrConfig, numMessages)
+	}
+	if err := s.errIfClosed("GetMessages"); err != nil {
+		return out, err
 	}
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
@@ -208,7 +211,8 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 // call: to the COMMIT row of the last transaction entirely within them, or a later
 // non-transactional logical message among them (so a transaction cut in the middle
 // comes again), or — when nummsgs covers every row and that call drained the slot up
-// to its flush LSN — to that flush LSN. A negative nummsgs is ErrConfig. Like Run's
+// to its flush LSN — to that flush LSN. A nummsgs larger than that call's rows counts
+// as all of them. A negative nummsgs is ErrConfig; after Close, ErrClosed. Like Run's
 // polls, it then keeps the slot's restart_lsn close (Syncer.MaxRestartLSNLag): a
 // check may run in the background until Close.
 func (s *Syncer) Forward(nummsgs int) error {
@@ -217,9 +221,23 @@ func (s *Syncer) Forward(nummsgs int) error {
 
 // ForwardContext is Forward with a context.
 func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
+	if err := s.errIfClosed("Forward"); err != nil {
+		return err
+	}
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
 	return s.diagnose(ctx, s.forwardLocked(ctx, nummsgs))
+}
+
+// errIfClosed is ErrClosed for a call made after Close.
+func (s *Syncer) errIfClosed(call string) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return fmt.Errorf("%w: %s after Close", ErrClosed, call)
+	}
+	return nil
 }
 
 func (s *Syncer) forwardLocked(ctx context.Context, nummsgs int) error {

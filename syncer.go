@@ -235,8 +235,9 @@ func (s *Syncer) WMTable() string { return s.wmTableName }
 // for a Run (ErrRefreshAbandoned), ends a restart_lsn check that Forward or
 // GetMessages started (see MaxRestartLSNLag) and waits for it, and closes the
 // connection pool if the Syncer opened it (not one given with WithDB). A closed Syncer
-// does not run again: Run and Start return ErrClosed. Close may be called more than
-// once, but not from a handler of the running Syncer (see Stop).
+// does not run again: Run and Start return ErrClosed, and so do GetMessages and
+// Forward. Close may be called more than once, but not from a handler of the running
+// Syncer (see Stop).
 func (s *Syncer) Close() error {
 	s.mu.Lock()
 	s.closed = true
