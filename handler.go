@@ -77,7 +77,9 @@ type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
 // key-changing update there is nothing under the new record ID to merge with: such a
 // column stays missing unless the table has REPLICA IDENTITY FULL). A change of
 // a table with neither a primary key nor a replica identity index (no record ID)
-// ends the poll with an error wrapping ErrNoKey, before anything is forwarded.
+// ends the poll with an error wrapping ErrNoKey before the MessageHandler gets it:
+// the poll's transactions before that change's transaction are handed to the Batcher
+// and forwarded past, nothing of its transaction is.
 type Batcher interface {
 	BatchUpsert(doctype string, docs map[string]StringMap) (any, error)
 	BatchDelete(doctype string, docids []string) (any, error)
