@@ -3,6 +3,7 @@ package dbsync
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"testing"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
@@ -115,4 +116,42 @@ func TestGetMessagesAfterClose(t *testing.T) {
 			s.ReplicationSlot()).Scan(&after))
 		require.Equal(t, before.String(), after, "own pool: %v: a closed Syncer does not move the slot", own)
 	}
+}
+
+// TestGetMessagesDoesNotPinRows: the rows a GetMessages call returned are the
+// caller's; once the caller drops them, the Syncer must not keep them (their Data)
+// alive. It kept the last call's rows for Forward, and after a smaller call the
+// larger call's rows beyond the smaller one's length stayed referenced for good: a
+// loop over GetMessages pinned as much memory as its largest call (here ~40 MB).
+func TestGetMessagesDoesNotPinRows(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE big (id int PRIMARY KEY, v text)`)
+	s := newTestSyncer(t, d, ForTables("big"))
+	execAll(t, d.DB, `INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 40000) g`)
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	base := heap()
+	msgs, err := s.GetMessages(0, true, nil)
+	require.NoError(t, err)
+	require.Len(t, msgs, 40003)
+	var size int
+	for _, m := range msgs {
+		size += len(m.Data)
+	}
+	require.Greater(t, size, 39<<20)
+	msgs = nil
+
+	execAll(t, d.DB, `INSERT INTO big VALUES (0, 'x')`)
+	small, err := s.GetMessages(0, true, nil)
+	require.NoError(t, err)
+	require.Equal(t, "BRIC", msgTypes(small))
+	after := heap()
+	runtime.KeepAlive(small)
+	t.Logf("heap: %d MB before, %d MB after", base>>20, after>>20)
+	require.Less(t, int64(after)-int64(base), int64(8<<20), "the first call's rows must not stay reachable")
 }

@@ -198,7 +198,15 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 		return out, err
 	}
 	got := out[start:]
-	s.lastPeek = append(s.lastPeek[:0], got...)
+	// Keep only where the slot may be forwarded to, not the rows: they are the
+	// caller's, and holding them would keep their Data alive after the caller let go.
+	s.lastPeekPoints = s.lastPeekPoints[:0]
+	for i, m := range got {
+		if forwardPoint(m.Data) {
+			s.lastPeekPoints = append(s.lastPeekPoints, peekPoint{rows: i + 1, lsn: m.LSN})
+		}
+	}
+	s.lastPeekLen = len(got)
 	s.lastPeekUpto = upto
 	s.lastPeekComplete = numMessages <= 0 || len(got) < numMessages
 	if consume {
@@ -244,11 +252,17 @@ func (s *Syncer) forwardLocked(ctx context.Context, nummsgs int) error {
 	if nummsgs < 0 {
 		return fmt.Errorf("%w: Forward(%d): the number of messages processed cannot be negative", ErrConfig, nummsgs)
 	}
-	if nummsgs > len(s.lastPeek) {
-		nummsgs = len(s.lastPeek)
+	if nummsgs > s.lastPeekLen {
+		nummsgs = s.lastPeekLen
 	}
-	target := lastCommitLSN(s.lastPeek[:nummsgs])
-	if nummsgs == len(s.lastPeek) && s.lastPeekComplete && s.lastPeekUpto > target {
+	var target pglogrepl.LSN
+	for i := len(s.lastPeekPoints) - 1; i >= 0; i-- {
+		if p := s.lastPeekPoints[i]; p.rows <= nummsgs {
+			target = p.lsn
+			break
+		}
+	}
+	if nummsgs == s.lastPeekLen && s.lastPeekComplete && s.lastPeekUpto > target {
 		target = s.lastPeekUpto
 	}
 	if target == 0 {
@@ -270,6 +284,13 @@ func (s *Syncer) forwardLocked(ctx context.Context, nummsgs int) error {
 		s.maybeCheckRestart(s.bg, time.Now())
 	}
 	return nil
+}
+
+// peekPoint is a row of a GetMessages call after which the slot may be forwarded
+// (forwardPoint): its LSN, and the number of rows up to and including it.
+type peekPoint struct {
+	rows int
+	lsn  pglogrepl.LSN
 }
 
 // lastCommitLSN returns the LSN of the last row of msgs after which the slot may be

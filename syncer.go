@@ -156,7 +156,8 @@ type Syncer struct {
 
 	// GetMessages/Forward state
 	peekMu           sync.Mutex
-	lastPeek         []PGMSG
+	lastPeekPoints   []peekPoint // the last call's rows the slot may be forwarded past
+	lastPeekLen      int         // how many rows the last call returned
 	lastPeekUpto     pglogrepl.LSN
 	lastPeekComplete bool
 }
