@@ -34,3 +34,39 @@ func TestBatcherNoKeyStopsAtItsTransaction(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, msgs[3].LSN, c, "forwarded to the first transaction's COMMIT, not into the second")
 }
+
+// TestEventsProcessorForwardPoints: the slot moves past the processed rows' last
+// COMMIT or non-transactional logical message, never into a transaction; once a poll
+// was processed whole, to the poll's WAL bound, past other tables' writes too.
+func TestEventsProcessorForwardPoints(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE e (id int PRIMARY KEY)`, `CREATE TABLE other (id int)`)
+	var polls []string
+	take := []int{5, 1, -1} // rows processed per call (-1: all)
+	proc := func(msgs []PGMSG, err error) (int, bool) {
+		if err != nil {
+			return 0, false
+		}
+		polls = append(polls, msgTypes(msgs))
+		n := take[len(polls)-1]
+		if n < 0 {
+			return len(msgs), true
+		}
+		return n, false
+	}
+	s := newTestSyncer(t, d, ForTables("e"), WithEventsProcessor(proc))
+	execAll(t, d.DB, `INSERT INTO e VALUES (1)`,
+		`BEGIN; INSERT INTO e VALUES (2); SELECT pg_logical_emit_message(false, 'p', 'm'); INSERT INTO e VALUES (3); COMMIT`,
+		`INSERT INTO other VALUES (1)`)
+	end := flushLSN(t, d.DB)
+	require.NoError(t, runInBackground(s).wait(t, 30*time.Second))
+	// Call 1: 5 rows are the first transaction and the message (decoded when written,
+	// so before the transaction around it): forwarded past both. Call 2: the second
+	// transaction alone; one row (its BEGIN) moves nothing. Call 3: the same again,
+	// all processed: the slot goes to the poll's bound.
+	require.Equal(t, []string{"BRICMBIIC", "BRIIC", "BRIIC"}, polls)
+	var past bool
+	require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`,
+		s.ReplicationSlot(), end).Scan(&past))
+	require.True(t, past, "the whole last poll was processed: the slot is past the other table's write")
+}

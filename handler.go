@@ -65,8 +65,13 @@ type DBItem struct {
 // EventsProcessor consumes whole polls of raw rows instead of a MessageHandler. It
 // returns how many rows (from the front of msgs) it processed and whether the Syncer
 // should stop. The slot is forwarded to the COMMIT row of the last transaction that
-// lies entirely within the processed rows. err is non-nil when a poll failed; msgs is
-// then nil and the return values are ignored.
+// lies entirely within the processed rows, or to a later non-transactional logical
+// message among them; when every row of a poll not cut short (MaxMessagesToRead) was
+// processed, to the poll's WAL bound, so other tables' writes are not retained. A
+// transaction cut by numProcessed comes again whole in the next poll, at once: a
+// processor that never takes a whole transaction makes no progress. It is not called
+// for a poll without rows. err is non-nil when a poll failed; msgs is then nil and the
+// return values are ignored.
 type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
 
 // Batcher receives each poll's net effect per table before the slot is forwarded:
