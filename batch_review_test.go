@@ -70,3 +70,49 @@ func TestEventsProcessorForwardPoints(t *testing.T) {
 		s.ReplicationSlot(), end).Scan(&past))
 	require.True(t, past, "the whole last poll was processed: the slot is past the other table's write")
 }
+
+// TestEventsProcessorPartialTransactionBacksOff: a processor that reports fewer rows
+// than its poll's first whole transaction (its sink failed midway, say) made no
+// progress, and the poll comes again after the idle backoff, as when it reports 0 —
+// not at once: Run re-read the slot and called it back to back (~600 times a second
+// here, each a peek decoding the WAL again). Once it takes the rows, the slot moves.
+//
+// Reporting 0 of a poll cut short by MaxMessagesToRead spun the same way.
+func TestEventsProcessorPartialTransactionBacksOff(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		take, max int
+	}{{"part of a transaction", 3, 0}, {"none of a poll cut short", 0, 2}} {
+		t.Run(c.name, func(t *testing.T) { testEventsProcessorBacksOff(t, c.take, c.max) })
+	}
+}
+
+func testEventsProcessorBacksOff(t *testing.T, take, max int) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE e (id int PRIMARY KEY)`)
+	var calls []time.Time
+	var polls []string
+	proc := func(msgs []PGMSG, err error) (int, bool) {
+		if err != nil {
+			return 0, false
+		}
+		calls = append(calls, time.Now())
+		polls = append(polls, msgTypes(msgs))
+		if len(calls) < 5 {
+			return take, false // none, or BEGIN, RELATION and the first INSERT only
+		}
+		return len(msgs), true
+	}
+	// Idle backoff 5 ms doubling to 50 ms (newTestSyncer): 5 + 10 + 20 + 40 ms at least
+	// between the first call and the fifth.
+	s := newTestSyncer(t, d, ForTables("e"), WithEventsProcessor(proc), WithMaxMessagesToRead(max))
+	execAll(t, d.DB, `INSERT INTO e VALUES (1), (2), (3)`)
+	end := flushLSN(t, d.DB)
+	require.NoError(t, runInBackground(s).wait(t, 30*time.Second))
+	require.Equal(t, []string{"BRIIIC", "BRIIIC", "BRIIIC", "BRIIIC", "BRIIIC"}, polls)
+	require.GreaterOrEqual(t, calls[4].Sub(calls[0]), 75*time.Millisecond, "calls at %v", calls)
+	var past bool
+	require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`,
+		s.ReplicationSlot(), end).Scan(&past))
+	require.True(t, past)
+}

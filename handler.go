@@ -68,9 +68,11 @@ type DBItem struct {
 // lies entirely within the processed rows, or to a later non-transactional logical
 // message among them; when every row of a poll not cut short (MaxMessagesToRead) was
 // processed, to the poll's WAL bound, so other tables' writes are not retained. A
-// transaction cut by numProcessed comes again whole in the next poll, at once: a
-// processor that never takes a whole transaction makes no progress. It is not called
-// for a poll without rows. err is non-nil when a poll failed; msgs is then nil and the
+// transaction cut by numProcessed comes again whole in the next poll: at once when
+// the slot moved, after the idle backoff (DelayBetweenPeekRetries, growing to
+// MaxDelayBetweenEmptyPeeks) when nothing it could move past was processed (0, or part
+// of the first transaction); a processor that never takes a whole transaction makes no
+// progress. It is not called for a poll without rows. err is non-nil when a poll failed; msgs is then nil and the
 // return values are ignored.
 type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
 

@@ -331,6 +331,9 @@ type pollResult struct {
 	cutShort bool // the peek hit MaxMessagesToRead or its WAL window: more may be waiting
 	stop     bool // a handler asked to stop
 	peeked   bool // the slot was read (the flush LSN had moved past what was delivered)
+	// stalled: an EventsProcessor took no row the slot can be forwarded past (none, or
+	// part of the first transaction): the poll comes again after the idle backoff.
+	stalled bool
 }
 
 // flushWatchInterval is how often an idle poller compares pg_current_wal_flush_lsn()
@@ -478,7 +481,7 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	upto = st.bound(flush)
 	if s.EventsProcessor != nil {
 		res, err := s.pollBatch(ctx, st, upto, upto < flush)
-		res.cutShort = res.cutShort || upto < flush
+		res.cutShort = !res.stalled && (res.cutShort || upto < flush)
 		return res, err
 	}
 	d := s.newDelivery(ctx)
@@ -590,10 +593,15 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 		st.drainedFlush = upto
 	}
 	res.stop = stop
-	if n < len(msgs) && n > 0 {
+	switch {
+	case n < len(msgs) && target == 0:
+		// Nothing taken that the slot could move past (no row, or part of the first
+		// transaction): the same poll comes again, after the idle backoff as if idle,
+		// not at once, which would re-read the slot back to back while the processor
+		// cannot take it.
+		res.rows, res.cutShort, res.stalled = 0, false, true
+	case n < len(msgs):
 		res.cutShort = true // the rest comes again in the next poll, at once
-	} else if n == 0 {
-		res.rows = 0 // nothing taken: back off as if idle
 	}
 	return res, nil
 }
