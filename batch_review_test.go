@@ -1,6 +1,8 @@
 package dbsync
 
 import (
+	"fmt"
+	"sort"
 	"testing"
 	"time"
 
@@ -115,4 +117,51 @@ func testEventsProcessorBacksOff(t *testing.T, take, max int) {
 	require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`,
 		s.ReplicationSlot(), end).Scan(&past))
 	require.True(t, past)
+}
+
+// TestBatcherDeferredKeyMoves: with a DEFERRABLE primary key (PostgreSQL then needs
+// REPLICA IDENTITY FULL for updates and deletes), two rows can hold one key inside a
+// transaction. The Batcher's net effect must follow rows, not keys: a swap
+// (UPDATE ... SET id = 3 - id) lost the row moved first (the second row's move
+// deleted its old key, which the first row held by then); a row moved onto a held key
+// and on again deleted the row that kept that key; a delete of the holder deleted the
+// row moved onto its key. The Batcher's store must end equal to the table.
+func TestBatcherDeferredKeyMoves(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE sw (id int, v text)`,
+		`ALTER TABLE sw ADD CONSTRAINT sw_pk PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED`,
+		`ALTER TABLE sw REPLICA IDENTITY FULL`)
+	s := newTestSyncer(t, d, ForTables("sw"))
+	b := &truncatingBatcher{}
+	s.Batcher = b
+	execAll(t, d.DB, `INSERT INTO sw VALUES (1, 'a'), (2, 'b'), (3, 'c'), (5, 'e'), (7, 'g'), (8, 'h')`)
+	r := runInBackground(s)
+	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+	require.NoError(t, r.stop(t))
+
+	execAll(t, d.DB,
+		// A swap: {1: b, 2: a}.
+		`UPDATE sw SET id = 3 - id WHERE id IN (1, 2)`,
+		// c moves onto 5, which e holds, then on to 6: {5: e, 6: c}.
+		`BEGIN; UPDATE sw SET id = 5 WHERE id = 3; UPDATE sw SET id = 6 WHERE id = 5 AND v = 'c'; COMMIT`,
+		// c moves back onto 5, and e, which holds it, is deleted: {5: c}.
+		`BEGIN; UPDATE sw SET id = 5 WHERE id = 6; DELETE FROM sw WHERE id = 5 AND v = 'e'; COMMIT`,
+		// A row inserted and deleted in one transaction, and a plain update.
+		`BEGIN; INSERT INTO sw VALUES (9, 'i'); DELETE FROM sw WHERE id = 9; UPDATE sw SET v = 'g2' WHERE id = 7; COMMIT`,
+		// A second swap, of a row updated before in the same poll: {7: h, 8: g2}.
+		`UPDATE sw SET id = 15 - id WHERE id IN (7, 8)`)
+	r = runInBackground(s)
+	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+	require.NoError(t, r.stop(t))
+
+	want := queryStrings(t, d.DB, `SELECT id || ' ' || v FROM sw ORDER BY 1`)
+	require.Equal(t, []string{"1 b", "2 a", "5 c", "7 h", "8 g2"}, want)
+	b.mu.Lock()
+	var got []string
+	for _, doc := range b.upserts["public.sw"] {
+		got = append(got, fmt.Sprintf("%v %v", doc["id"], doc["v"]))
+	}
+	b.mu.Unlock()
+	sort.Strings(got)
+	require.Equal(t, want, got, "the Batcher's store; calls: %q", b.opList())
 }

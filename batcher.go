@@ -2,6 +2,8 @@ package dbsync
 
 import (
 	"fmt"
+	"math"
+	"reflect"
 	"sort"
 )
 
@@ -15,10 +17,23 @@ type batchState struct {
 	truncated map[string]bool // tables truncated in this poll: emptied before the rest
 }
 
+// batchOp is one change of the open transaction, as add recorded it.
 type batchOp struct {
-	doctype, id string
-	values      StringMap // nil: delete (or truncate)
-	truncate    bool      // a TRUNCATE of doctype (id and values unused)
+	doctype string
+	// A change removes the row at from (a delete, or the update of a row that was at
+	// from) when remove is set; old is what PostgreSQL sent of that row (nil: nothing,
+	// an update whose key did not change under REPLICA IDENTITY DEFAULT), which tells
+	// which row left from when two held it for a moment (a DEFERRABLE key).
+	remove bool
+	from   string
+	old    StringMap
+	// It puts values at to (an insert, the new row of an update, a refresh row) when
+	// put is set.
+	put    bool
+	to     string
+	values StringMap
+	// truncate: a TRUNCATE of doctype (nothing else is set).
+	truncate bool
 }
 
 func newBatchState() *batchState {
@@ -36,60 +51,182 @@ func (b *batchState) truncate(doctype string) {
 // Columns in c.Unchanged are absent from c.New: commit keeps an earlier value of this
 // poll, and the Batcher must merge (see Batcher).
 func (b *batchState) add(c *Change) {
-	doctype := c.Table.QualifiedName()
-	if c.Op == OpDelete {
-		b.pending = append(b.pending, batchOp{doctype: doctype, id: c.Key})
-		return
+	op := batchOp{doctype: c.Table.QualifiedName()}
+	switch {
+	case c.Op == OpDelete:
+		op.remove, op.from, op.old = true, c.Key, c.Old
+	case c.Op == OpUpdate:
+		op.remove, op.from, op.old = true, c.Key, c.Old
+		if c.OldKey != "" {
+			op.from = c.OldKey
+		}
+		op.put, op.to, op.values = true, c.Key, c.New
+	default:
+		op.put, op.to, op.values = true, c.Key, c.New
 	}
-	if c.OldKey != "" {
-		b.pending = append(b.pending, batchOp{doctype: doctype, id: c.OldKey})
-	}
-	b.pending = append(b.pending, batchOp{doctype: doctype, id: c.Key, values: c.New})
+	b.pending = append(b.pending, op)
 }
 
 // refresh adds refresh rows (a selection's rows at its high watermark) as upserts at
 // the current position in the poll.
 func (b *batchState) refresh(items []DBItem) {
 	for _, it := range items {
-		b.pending = append(b.pending, batchOp{doctype: it.Table.QualifiedName(), id: it.Key, values: it.Values})
+		b.pending = append(b.pending, batchOp{doctype: it.Table.QualifiedName(), remove: true, from: it.Key, put: true, to: it.Key, values: it.Values})
 	}
 	b.commit()
 }
 
+// txKey is a record ID of a table.
+type txKey struct{ doctype, id string }
+
+// txRows is what the open transaction did at one record ID: the rows it put there
+// that are still there (more than one only while a DEFERRABLE key is violated), and
+// whether the row that was there before the transaction left.
+type txRows struct {
+	ours    []StringMap
+	preGone bool
+}
+
 // commit folds the open transaction's changes into the poll's net effect.
+//
+// Within a transaction a DEFERRABLE key can be held by two rows for a moment (a swap,
+// UPDATE ... SET id = 3 - id), so the changes are followed row by row: a row leaving
+// a record ID is the one the transaction put there whose values match what
+// PostgreSQL sent of the old row, else the row that was there before. Between
+// transactions a key is held by one row at most.
 func (b *batchState) commit() {
+	if len(b.pending) == 0 {
+		return
+	}
+	rows := map[txKey]*txRows{}
+	var order []txKey
+	at := func(k txKey) *txRows {
+		r := rows[k]
+		if r == nil {
+			r = &txRows{}
+			rows[k] = r
+			order = append(order, k)
+		}
+		return r
+	}
+	emit := func() {
+		for _, k := range order {
+			r := rows[k]
+			switch {
+			case len(r.ours) > 0:
+				b.upsert(k.doctype, k.id, r.ours[len(r.ours)-1])
+			case r.preGone:
+				b.delete(k.doctype, k.id)
+			}
+		}
+		rows = map[txKey]*txRows{}
+		order = order[:0]
+	}
 	for _, op := range b.pending {
 		if op.truncate {
+			emit()
 			b.upserts[op.doctype] = map[string]StringMap{}
 			b.deletes[op.doctype] = map[string]bool{}
 			b.truncated[op.doctype] = true
 			continue
 		}
-		if b.upserts[op.doctype] == nil {
-			b.upserts[op.doctype] = map[string]StringMap{}
-			b.deletes[op.doctype] = map[string]bool{}
-		}
-		if op.values == nil {
-			delete(b.upserts[op.doctype], op.id)
-			b.deletes[op.doctype][op.id] = true
-		} else {
-			prev := b.upserts[op.doctype][op.id]
-			merged := op.values
-			if prev != nil {
-				// Keep columns the change did not carry (unchanged TOAST values).
-				merged = make(StringMap, len(prev))
-				for k, v := range prev {
-					merged[k] = v
-				}
-				for k, v := range op.values {
-					merged[k] = v
-				}
+		var left StringMap // the transaction's own row that the change replaces
+		if op.remove {
+			r := at(txKey{op.doctype, op.from})
+			if i := leavingRow(r.ours, op.old); i >= 0 {
+				left = r.ours[i]
+				r.ours = append(r.ours[:i], r.ours[i+1:]...)
+			} else {
+				r.preGone = true
 			}
-			b.upserts[op.doctype][op.id] = merged
-			delete(b.deletes[op.doctype], op.id)
+		}
+		if op.put {
+			v := op.values
+			if left != nil {
+				v = mergeValues(left, v)
+			}
+			r := at(txKey{op.doctype, op.to})
+			r.ours = append(r.ours, v)
 		}
 	}
+	emit()
 	b.pending = b.pending[:0]
+}
+
+// leavingRow returns the index of the row of ours that a change whose old row is old
+// removes: the last whose values agree with old's (nil old, or a key only: the last
+// one), -1 when none does (the row that was there before the transaction left).
+func leavingRow(ours []StringMap, old StringMap) int {
+	for i := len(ours) - 1; i >= 0; i-- {
+		if sameRow(ours[i], old) {
+			return i
+		}
+	}
+	return -1
+}
+
+// sameRow tells whether row agrees with old on every column both hold.
+func sameRow(row, old StringMap) bool {
+	for col, ov := range old {
+		if rv, ok := row[col]; ok && !sameValue(rv, ov) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameValue is reflect.DeepEqual, with NaN equal to NaN.
+func sameValue(a, b any) bool {
+	if reflect.DeepEqual(a, b) {
+		return true
+	}
+	switch x := a.(type) {
+	case float64:
+		y, ok := b.(float64)
+		return ok && math.IsNaN(x) && math.IsNaN(y)
+	case float32:
+		y, ok := b.(float32)
+		return ok && math.IsNaN(float64(x)) && math.IsNaN(float64(y))
+	}
+	return false
+}
+
+// mergeValues returns prev with values over it: the columns values lacks (unchanged
+// TOAST values) keep prev's.
+func mergeValues(prev, values StringMap) StringMap {
+	merged := make(StringMap, len(prev)+len(values))
+	for k, v := range prev {
+		merged[k] = v
+	}
+	for k, v := range values {
+		merged[k] = v
+	}
+	return merged
+}
+
+// upsert folds an upsert of a transaction into the poll's net effect, keeping the
+// columns it lacks from an earlier upsert of the poll.
+func (b *batchState) upsert(doctype, id string, values StringMap) {
+	b.table(doctype)
+	if prev := b.upserts[doctype][id]; prev != nil {
+		values = mergeValues(prev, values)
+	}
+	b.upserts[doctype][id] = values
+	delete(b.deletes[doctype], id)
+}
+
+// delete folds a delete of a transaction into the poll's net effect.
+func (b *batchState) delete(doctype, id string) {
+	b.table(doctype)
+	delete(b.upserts[doctype], id)
+	b.deletes[doctype][id] = true
+}
+
+func (b *batchState) table(doctype string) {
+	if b.upserts[doctype] == nil {
+		b.upserts[doctype] = map[string]StringMap{}
+		b.deletes[doctype] = map[string]bool{}
+	}
 }
 
 // flush sends, per table in table-name order, the truncate (BatchTruncater), deletes,

@@ -77,8 +77,12 @@ type DBItem struct {
 type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
 
 // Batcher receives each poll's net effect per table before the slot is forwarded:
-// rows to upsert (record ID -> values) and record IDs to delete. doctype is the
-// table's "schema.table". An upserted doc lacks the columns whose value PostgreSQL did
+// rows to upsert (record ID -> values) and record IDs to delete; applied in any
+// order, they leave each record ID as the poll's transactions did. doctype is the
+// table's "schema.table". The net effect follows rows, not only keys: under a
+// DEFERRABLE key (with REPLICA IDENTITY FULL, which PostgreSQL then requires for
+// updates and deletes) two rows may hold one record ID inside a transaction, as in a
+// swap (UPDATE ... SET id = 3 - id); the whole old rows tell which one moved. An upserted doc lacks the columns whose value PostgreSQL did
 // not send because an update left a TOASTed value unchanged (Change.Unchanged, see
 // docs/VALUES.md): merge docs into what you store, do not replace them (after a
 // key-changing update there is nothing under the new record ID to merge with: such a
