@@ -109,22 +109,19 @@ func (b *batchState) commit() {
 		}
 		return r
 	}
-	emit := func() {
-		for _, k := range order {
-			r := rows[k]
-			switch {
-			case len(r.ours) > 0:
-				b.upsert(k.doctype, k.id, r.ours[len(r.ours)-1])
-			case r.preGone:
-				b.delete(k.doctype, k.id)
-			}
-		}
-		rows = map[txKey]*txRows{}
-		order = order[:0]
-	}
 	for _, op := range b.pending {
 		if op.truncate {
-			emit()
+			// What the transaction did to the table before is emptied with it; its
+			// other tables' rows are followed on.
+			kept := order[:0]
+			for _, k := range order {
+				if k.doctype == op.doctype {
+					delete(rows, k)
+				} else {
+					kept = append(kept, k)
+				}
+			}
+			order = kept
 			b.upserts[op.doctype] = map[string]StringMap{}
 			b.deletes[op.doctype] = map[string]bool{}
 			b.truncated[op.doctype] = true
@@ -149,7 +146,15 @@ func (b *batchState) commit() {
 			r.ours = append(r.ours, v)
 		}
 	}
-	emit()
+	for _, k := range order {
+		r := rows[k]
+		switch {
+		case len(r.ours) > 0:
+			b.upsert(k.doctype, k.id, r.ours[len(r.ours)-1])
+		case r.preGone:
+			b.delete(k.doctype, k.id)
+		}
+	}
 	b.pending = b.pending[:0]
 }
 

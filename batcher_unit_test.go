@@ -62,4 +62,19 @@ func TestBatchStateFollowsRows(t *testing.T) {
 	require.Equal(t, map[string]bool{"1": true}, b.deletes["public.t"])
 	require.Len(t, b.upserts["public.t"], 1)
 	require.Contains(t, b.upserts["public.t"], "3")
+
+	// A TRUNCATE inside the transaction empties what it did to that table before;
+	// another table's row is followed across it.
+	other := &PGTableInfo{Namespace: "public", TableName: "u"}
+	b = newBatchState()
+	ins(b, "1", StringMap{"id": 1, "v": "a"})
+	b.add(&Change{Op: OpInsert, Table: other, Key: "9", New: StringMap{"id": 9, "v": "x", "big": "B"}})
+	b.truncate("public.t")
+	ins(b, "2", StringMap{"id": 2, "v": "b"})
+	b.add(&Change{Op: OpUpdate, Table: other, Key: "9", New: StringMap{"id": 9, "v": "y"}})
+	b.commit()
+	require.Equal(t, map[string]bool{"public.t": true}, b.truncated)
+	require.Equal(t, map[string]StringMap{"2": {"id": 2, "v": "b"}}, b.upserts["public.t"])
+	require.Equal(t, map[string]StringMap{"9": {"id": 9, "v": "y", "big": "B"}}, b.upserts["public.u"])
+	require.Empty(t, b.deletes["public.u"])
 }
