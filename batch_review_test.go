@@ -3,10 +3,12 @@ package dbsync
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
 	"github.com/stretchr/testify/require"
 )
 
@@ -164,4 +166,42 @@ func TestBatcherDeferredKeyMoves(t *testing.T) {
 	b.mu.Unlock()
 	sort.Strings(got)
 	require.Equal(t, want, got, "the Batcher's store; calls: %q", b.opList())
+}
+
+// TestStopAtCommitForwardsThatTransaction: ErrStopProcessingMessages returned by
+// HandleCommitMessage counts that transaction as processed: the slot moves past it
+// (and the Batcher gets it), and the next read starts with the transaction after.
+// Returned by a change handler, the transaction comes again whole.
+func TestStopAtCommitForwardsThatTransaction(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t1 (id int PRIMARY KEY)`)
+	h := &eventLog{stopAtCommit: true}
+	s := newTestSyncer(t, d, ForTables("t1"), WithMessageHandler(h))
+	b := &truncatingBatcher{}
+	s.Batcher = b
+	execAll(t, d.DB, `INSERT INTO t1 VALUES (1)`, `INSERT INTO t1 VALUES (2)`)
+	require.NoError(t, runInBackground(s).wait(t, 30*time.Second))
+	require.Equal(t, []string{`INSERT t1 ["1"]`}, h.got())
+	require.Equal(t, []string{`upsert public.t1 ["1"] map[id:1]`}, b.opList())
+	msgs, err := s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Equal(t, "BRIC", msgTypes(msgs))
+	ins, err := Parse(msgs[2].Data)
+	require.NoError(t, err)
+	require.Equal(t, "2", string(ins.(*pglogrepl.InsertMessage).Tuple.Columns[0].Data))
+
+	// Stopping at the INSERT leaves its transaction in the slot.
+	s.Batcher = nil
+	h2 := &recorder{failOn: func(line string) error {
+		if strings.HasPrefix(line, "INSERT") {
+			return ErrStopProcessingMessages
+		}
+		return nil
+	}}
+	s.MessageHandler = h2
+	require.NoError(t, runInBackground(s).wait(t, 30*time.Second))
+	again, err := s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Equal(t, msgs, again)
+	require.Equal(t, []string{"BEGIN"}, h2.snapshot())
 }

@@ -11,8 +11,8 @@ import (
 
 // ErrStopProcessingMessages may be returned by a MessageHandler method to stop the
 // Syncer cleanly: everything before the message that returned it is forwarded (the
-// slot moves to the COMMIT of the last fully processed transaction) and Start/Run
-// return without error.
+// slot moves to the COMMIT of the last fully processed transaction; a COMMIT that
+// returned it counts as processed) and Start/Run return without error.
 var ErrStopProcessingMessages = errors.New("dbsync: message processing halted")
 
 // Named errors. Every error dbsync returns for these situations wraps one of them, so

@@ -27,7 +27,10 @@ type PGMSG struct {
 //
 // Returning an error stops delivery; the slot is never forwarded past the transaction
 // that failed (see HandlerErrorPolicy). Returning ErrStopProcessingMessages stops the
-// Syncer cleanly after forwarding the transactions completed before it.
+// Syncer cleanly after forwarding the transactions completed before it; returned by
+// HandleCommitMessage, it counts that transaction as completed (forwarded past, and
+// handed to the Batcher), from any other method it leaves the transaction to come
+// again whole.
 //
 // Delivery is at-least-once: after a restart or a failure the last, unforwarded
 // transactions come again. Embed DefaultMessageHandler to implement only what you need.

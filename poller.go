@@ -168,7 +168,9 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 // is ErrConfig, and nothing is read. After Close, GetMessages returns ErrClosed. With
 // consume it also forwards the slot past the returned rows (as Forward(len) would),
 // otherwise repeated calls return the same rows until Forward. Rows are appended to
-// out. This is the low-level API; Run does both for you.
+// out; on an error the rows read before it may have been appended (the peek can end
+// inside a transaction), and Forward still refers to the last call that read the
+// slot without error. This is the low-level API; Run does both for you.
 func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMSG, error) {
 	return s.GetMessagesContext(context.Background(), numMessages, consume, out)
 }
@@ -216,7 +218,7 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 }
 
 // Forward moves the slot past the first nummsgs rows returned by the last GetMessages
-// call: to the COMMIT row of the last transaction entirely within them, or a later
+// call that read the slot without error: to the COMMIT row of the last transaction entirely within them, or a later
 // non-transactional logical message among them (so a transaction cut in the middle
 // comes again), or — when nummsgs covers every row and that call drained the slot up
 // to its flush LSN — to that flush LSN. A nummsgs larger than that call's rows counts
