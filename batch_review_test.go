@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -204,4 +205,34 @@ func TestStopAtCommitForwardsThatTransaction(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, msgs, again)
 	require.Equal(t, []string{"BEGIN"}, h2.snapshot())
+}
+
+// TestEventsProcessorNotToldOfStop: Run's context ending while a poll's peek runs is
+// a clean stop, not a failed poll: the processor is not called with the context's
+// error (it was, with "context canceled", on every such shutdown).
+func TestEventsProcessorNotToldOfStop(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE e (id int PRIMARY KEY, v text)`)
+	var errs []error
+	var mu sync.Mutex
+	proc := func(msgs []PGMSG, err error) (int, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		return len(msgs), false
+	}
+	s := newTestSyncer(t, d, ForTables("e"), WithEventsProcessor(proc),
+		WithPGConnStr(d.DSN()+" application_name=ep_stop_under_test"))
+	execAll(t, d.DB, `INSERT INTO e SELECT g, repeat('x', 200) FROM generate_series(1, 300000) g`)
+	r := runInBackground(s)
+	waitFor(t, 30*time.Second, func() bool {
+		return len(queryStrings(t, d.DB, `SELECT pid::text FROM pg_stat_activity
+			WHERE application_name = 'ep_stop_under_test' AND state = 'active' AND query LIKE '-- One poll:%'`)) > 0 // sql/peek.sql
+	}, "the peek to run")
+	require.NoError(t, r.stop(t))
+	mu.Lock()
+	defer mu.Unlock()
+	require.Empty(t, errs)
 }

@@ -75,8 +75,9 @@ type DBItem struct {
 // the slot moved, after the idle backoff (DelayBetweenPeekRetries, growing to
 // MaxDelayBetweenEmptyPeeks) when nothing it could move past was processed (0, or part
 // of the first transaction); a processor that never takes a whole transaction makes no
-// progress. It is not called for a poll without rows. err is non-nil when a poll failed; msgs is then nil and the
-// return values are ignored.
+// progress. It is not called for a poll without rows. err is non-nil when a poll failed
+// (not when Run's context ended while it read: that is a stop); msgs is then nil and
+// the return values are ignored.
 type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
 
 // Batcher receives each poll's net effect per table before the slot is forwarded:

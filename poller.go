@@ -562,7 +562,9 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 		return nil
 	})
 	if err != nil {
-		s.EventsProcessor(nil, err)
+		if ctx.Err() == nil { // not a stop: Run's context ending cancels the peek
+			s.EventsProcessor(nil, err)
+		}
 		return res, err
 	}
 	res.rows = len(msgs)
