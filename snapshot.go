@@ -131,11 +131,17 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
 // ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
 // index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
-// to resume), ErrConfig for unknown tables, or ctx's error.
-func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
+// to resume; with ErrClosed when Close ended it or was called before), ErrConfig for
+// unknown tables, or ctx's error.
+func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return err
 	}
+	ctx, end, err := s.beginCall(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { err = end(err) }()
 	for _, name := range tables {
 		if err := s.snapshotTable(ctx, name); err != nil {
 			return err

@@ -13,6 +13,7 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -149,6 +150,9 @@ type Syncer struct {
 	// lifecycle
 	mu      sync.Mutex
 	closed  bool // Close was called: Run refuses to start
+	// calls counts the Refresh and Snapshot calls under way (beginCall): Close ends
+	// them (bg) and waits for them before it closes the pool they use.
+	calls sync.WaitGroup
 	running bool
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -231,12 +235,15 @@ func (s *Syncer) CtrlNamespace() string { return s.ctrlNamespace }
 // WMTable returns the watermark table's name (in CtrlNamespace).
 func (s *Syncer) WMTable() string { return s.wmTableName }
 
-// Close stops the Syncer if it runs, fails Refresh and Snapshot calls still waiting
-// for a Run (ErrRefreshAbandoned), ends a restart_lsn check that Forward or
-// GetMessages started (see MaxRestartLSNLag) and waits for it, and closes the
-// connection pool if the Syncer opened it (not one given with WithDB). A closed Syncer
-// does not run again: Run and Start return ErrClosed. Close may be called more than
-// once.
+// Close stops the Syncer if it runs, ends the Refresh and Snapshot calls under way
+// (waiting for a Run, or reading their rows) and waits for them — they return an
+// error wrapping both ErrRefreshAbandoned and ErrClosed, having deleted their
+// watermark rows —, ends a restart_lsn check that Forward or GetMessages started (see
+// MaxRestartLSNLag) and waits for it, and closes the connection pool if the Syncer
+// opened it (not one given with WithDB). A closed Syncer does not run again: Run and
+// Start return ErrClosed, Refresh and Snapshot ErrRefreshAbandoned and ErrClosed.
+// Close may be called more than once, but not from a handler or a SnapshotProgress
+// function (it waits for the call that runs them).
 func (s *Syncer) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -248,10 +255,44 @@ func (s *Syncer) Close() error {
 	if s.bgCancel != nil {
 		s.cancelRestartChecks(s.bgCancel)
 	}
+	// bg is cancelled: the calls under way end (beginCall) and delete their
+	// watermark rows on the pool, which is then closed.
+	s.calls.Wait()
 	if s.ownDB && s.db != nil {
 		return s.db.Close()
 	}
 	return nil
+}
+
+// beginCall starts a Refresh or Snapshot call: it returns ctx, also ended by Close,
+// and end, which the call must run with its error when it returns: an error of a
+// call that Close ended (a query cancelled, the pool closed) becomes one wrapping
+// ErrRefreshAbandoned and ErrClosed, the errors the documentation promises. After
+// Close it returns that error at once.
+func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) error, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ctx, nil, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ErrClosed)
+	}
+	s.calls.Add(1)
+	ctx, cancel := context.WithCancel(ctx)
+	var stop func() bool
+	if s.bg != nil {
+		stop = context.AfterFunc(s.bg, cancel)
+	}
+	end := func(err error) error {
+		if stop != nil {
+			stop()
+		}
+		cancel()
+		s.calls.Done()
+		if err != nil && s.bg != nil && s.bg.Err() != nil && !errors.Is(err, ErrClosed) {
+			err = fmt.Errorf("%w: the Syncer was closed while the call ran: %w (%w)", ErrRefreshAbandoned, ErrClosed, err)
+		}
+		return err
+	}
+	return ctx, end, nil
 }
 
 // IsRunning tells whether Start or Run is delivering changes.

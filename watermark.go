@@ -75,11 +75,17 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // with a Snapshot): each selection is judged on its own window.
 //
 // Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
-// ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery), server errors.
-func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (RefreshStats, error) {
+// ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery; with ErrClosed
+// when Close ended it or was called before), server errors.
+func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (_ RefreshStats, err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return RefreshStats{}, err
 	}
+	ctx, end, err := s.beginCall(ctx)
+	if err != nil {
+		return RefreshStats{}, err
+	}
+	defer func() { err = end(err) }()
 	selectQuery = trimQuery(selectQuery)
 	info, plan, err := s.queryTable(ctx, selectQuery)
 	if err != nil {

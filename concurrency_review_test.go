@@ -1,0 +1,232 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/require"
+)
+
+// holdingCache is a cacheHandler whose delivery of an INSERT of holdTable can be held
+// (the poller then waits inside a poll) until released.
+type holdingCache struct {
+	*cacheHandler
+	mu      sync.Mutex
+	hold    bool
+	held    chan struct{}
+	release chan struct{}
+}
+
+func newHoldingCache() *holdingCache {
+	return &holdingCache{cacheHandler: newCacheHandler(), held: make(chan struct{}, 1), release: make(chan struct{})}
+}
+
+func (h *holdingCache) HandleInsertMessage(i int, m *pglogrepl.InsertMessage, r *pglogrepl.RelationMessage, info *PGTableInfo) error {
+	if r.RelationName == "hold" {
+		h.mu.Lock()
+		hold := h.hold
+		h.hold = false
+		h.mu.Unlock()
+		if hold {
+			h.held <- struct{}{}
+			<-h.release
+		}
+		return nil
+	}
+	return h.cacheHandler.HandleInsertMessage(i, m, r, info)
+}
+
+// wmRows counts the rows of the Syncer's watermark table.
+func wmRows(t *testing.T, db *sql.DB) int {
+	t.Helper()
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM dbsync_ctrl.dbsync_wmtable`).Scan(&n))
+	return n
+}
+
+// waitGoroutines waits until no more goroutines run than base.
+func waitGoroutines(t *testing.T, base int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			n := runtime.Stack(buf, true)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), base, buf[:n])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRunRestartWithWaitingSelections stops Run (its context cancelled) while Refresh
+// calls on two tables and a Snapshot wait for their high watermarks (the poller is
+// held inside a poll), runs it again on the same Syncer, and checks: every waiting
+// call fails with ErrRefreshAbandoned (and says Run returned), later calls work, the
+// caches end equal to the tables, and neither goroutines, watermark rows, temporary
+// slots nor busy sessions are left.
+func TestRunRestartWithWaitingSelections(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY, v text)`, `CREATE TABLE b (id int PRIMARY KEY, v text)`,
+		`CREATE TABLE hold (id int PRIMARY KEY)`,
+		`INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 50) g`,
+		`INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, 50) g`)
+	base := runtime.NumGoroutine()
+	h := newHoldingCache()
+	s := newTestSyncer(t, d, ForTables("a", "b", "hold"), WithMessageHandler(h), WithSnapshotChunkSize(10))
+	r := runInBackground(s)
+	// A first Refresh, so the pool and the poller are warm.
+	_, err := s.RefreshContext(context.Background(), `SELECT * FROM a WHERE id <= 5`)
+	require.NoError(t, err)
+
+	h.mu.Lock()
+	h.hold = true
+	h.mu.Unlock()
+	execAll(t, d.DB, `INSERT INTO hold VALUES (1)`)
+	<-h.held // the poller waits inside a poll
+	type result struct {
+		what string
+		err  error
+	}
+	results := make(chan result, 8)
+	calls := []string{`SELECT * FROM a`, `SELECT * FROM a WHERE id % 2 = 0`, `SELECT * FROM b`, `SELECT * FROM b WHERE id > 10`}
+	for _, q := range calls {
+		go func(q string) {
+			_, err := s.RefreshContext(context.Background(), q)
+			results <- result{q, err}
+		}(q)
+	}
+	go func() { results <- result{"snapshot b", s.Snapshot(context.Background(), "b")} }()
+	// Every Refresh wrote both watermarks, the Snapshot its first chunk's.
+	waitFor(t, 20*time.Second, func() bool { return wmRows(t, d.DB) >= 2*len(calls)+2 }, "watermarks of the waiting calls")
+	r.cancel()
+	close(h.release)
+	require.NoError(t, <-r.done)
+	for range len(calls) + 1 {
+		select {
+		case res := <-results:
+			require.ErrorIs(t, res.err, ErrRefreshAbandoned, res.what)
+			require.ErrorContains(t, res.err, "Run returned", res.what)
+		case <-time.After(20 * time.Second):
+			t.Fatal("a call still waits 20 s after Run returned")
+		}
+	}
+	require.Zero(t, wmRows(t, d.DB), "watermark rows left by the abandoned calls")
+
+	// Run again on the same Syncer: every call works and the caches end right.
+	execAll(t, d.DB, `UPDATE a SET v = v || 'x' WHERE id % 3 = 0`, `DELETE FROM b WHERE id % 7 = 0`)
+	r = runInBackground(s)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for _, q := range calls {
+		wg.Add(1)
+		go func(q string) {
+			defer wg.Done()
+			_, err := s.RefreshContext(context.Background(), q)
+			errs <- err
+		}(q)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); errs <- s.Snapshot(context.Background(), "a", "b") }()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	catchUp(t, s)
+	require.Empty(t, mismatches(h.tableRows("public.a"), dbRows(t, d.DB, "a")))
+	require.Empty(t, mismatches(h.tableRows("public.b"), dbRows(t, d.DB, "b")))
+	require.NoError(t, r.stop(t))
+	require.NoError(t, s.Close())
+	requireNothingLeft(t, d.DB)
+	waitGoroutines(t, base)
+}
+
+// TestCloseWhileSelectionsInFlight closes a Syncer that opened its own pool while a
+// Refresh is between its SELECT and its high watermark and a Snapshot is running:
+// both must fail with ErrRefreshAbandoned and ErrClosed (the documented errors of a
+// closed Syncer), and leave no watermark row behind.
+func TestCloseWhileSelectionsInFlight(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY, v text)`,
+		`INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 50) g`)
+	base := runtime.NumGoroutine()
+	h := newCacheHandler()
+	s := newTestSyncer(t, d, ForTables("a"), WithMessageHandler(h))
+	inHook := make(chan struct{}, 4)
+	release := make(chan struct{})
+	s.win.afterSelect = func() {
+		inHook <- struct{}{}
+		<-release
+	}
+	r := runInBackground(s)
+	refreshErr := make(chan error, 1)
+	go func() { _, err := s.RefreshContext(context.Background(), `SELECT * FROM a`); refreshErr <- err }()
+	<-inHook
+	snapErr := make(chan error, 1)
+	go func() { snapErr <- s.Snapshot(context.Background(), "a") }()
+	<-inHook
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	require.NoError(t, <-r.done) // Close stopped Run
+	// The calls go on (as a long SELECT would): Close waits for them to end.
+	close(release)
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	for what, ch := range map[string]chan error{"refresh": refreshErr, "snapshot": snapErr} {
+		select {
+		case err := <-ch:
+			require.ErrorIs(t, err, ErrRefreshAbandoned, fmt.Sprintf("%s: %v", what, err))
+			require.ErrorIs(t, err, ErrClosed, what)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s still running 20 s after Close", what)
+		}
+	}
+	require.Zero(t, wmRows(t, d.DB), "watermark rows left behind")
+	waitGoroutines(t, base)
+	// And after Close, both fail at once with the same errors.
+	_, err := s.RefreshContext(context.Background(), `SELECT * FROM a`)
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, ErrClosed)
+	err = s.Snapshot(context.Background(), "a")
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, ErrClosed)
+}
+
+// TestRefreshBeforeFirstRun: a Refresh called before Run ever started waits for it
+// (`go s.Start(); s.Refresh(q)` may call it first) and completes once Run runs.
+func TestRefreshBeforeFirstRun(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY, v text)`,
+		`INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 20) g`)
+	h := newCacheHandler()
+	s := newTestSyncer(t, d, ForTables("a"), WithMessageHandler(h))
+	done := make(chan error, 1)
+	go func() { done <- s.Refresh(`SELECT * FROM a`) }()
+	waitFor(t, 20*time.Second, func() bool { return wmRows(t, d.DB) == 2 }, "both watermarks")
+	select {
+	case err := <-done:
+		t.Fatalf("Refresh returned before Run started: %v", err)
+	default:
+	}
+	r := runInBackground(s)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("Refresh still waits 20 s after Run started")
+	}
+	require.Empty(t, mismatches(h.tableRows("public.a"), dbRows(t, d.DB, "a")))
+	require.NoError(t, r.stop(t))
+	require.Zero(t, wmRows(t, d.DB))
+}
