@@ -230,3 +230,84 @@ func TestRefreshBeforeFirstRun(t *testing.T) {
 	require.NoError(t, r.stop(t))
 	require.Zero(t, wmRows(t, d.DB))
 }
+
+// TestConcurrentSnapshotsAndRefreshes runs, while writers change the table, two
+// Snapshots of the same table, a Snapshot of another table and Refresh calls of
+// overlapping rows of both, all at once on one Syncer. Every call succeeds, the
+// handler gets exactly as many refresh rows as the calls report delivered (Refresh
+// stats, Snapshot progress), both tables are marked finished, and the cache ends
+// equal to both tables.
+func TestConcurrentSnapshotsAndRefreshes(t *testing.T) {
+	for _, parallel := range []int{1, 2} {
+		t.Run(fmt.Sprintf("parallel%d", parallel), func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			st := snapTable{toast: true, keys: 700}
+			st.create(t, d.DB, 600)
+			execAll(t, d.DB, `CREATE TABLE other (id int PRIMARY KEY, v text)`,
+				`INSERT INTO other SELECT g, 'o' || g FROM generate_series(1, 300) g`)
+			h := newCacheHandler()
+			var progMu sync.Mutex
+			var snapEmitted int
+			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("snap", "other"),
+				WithSnapshotChunkSize(37), WithSnapshotParallel(parallel),
+				WithSnapshotProgress(func(p SnapshotProgress) {
+					progMu.Lock()
+					snapEmitted += p.Emitted
+					progMu.Unlock()
+				}))
+			stop := startWriters(t, d.DB, st, 11, 3)
+			var wg sync.WaitGroup
+			errs := make(chan error, 16)
+			var refreshEmitted sync.Map
+			for i, call := range []func() error{
+				func() error { return s.Snapshot(context.Background(), "snap") },
+				func() error { return s.Snapshot(context.Background(), "snap", "other") },
+				func() error { return s.Snapshot(context.Background(), "other") },
+				func() error {
+					st, err := s.RefreshContext(context.Background(), `SELECT * FROM snap WHERE id % 3 = 0`)
+					refreshEmitted.Store(3, st.Emitted)
+					return err
+				},
+				func() error {
+					st, err := s.RefreshContext(context.Background(), `SELECT * FROM snap`)
+					refreshEmitted.Store(4, st.Emitted)
+					return err
+				},
+				func() error {
+					st, err := s.RefreshContext(context.Background(), `SELECT * FROM other WHERE id < 200`)
+					refreshEmitted.Store(5, st.Emitted)
+					return err
+				},
+			} {
+				wg.Add(1)
+				go func(i int, call func() error) {
+					defer wg.Done()
+					if err := call(); err != nil {
+						errs <- fmt.Errorf("call %d: %w", i, err)
+					}
+				}(i, call)
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				require.NoError(t, err)
+			}
+			stop()
+			catchUp(t, s)
+			require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
+			require.Empty(t, mismatches(h.tableRows("public.other"), dbRows(t, d.DB, "other")))
+			total := 0
+			refreshEmitted.Range(func(_, v any) bool { total += v.(int); return true })
+			progMu.Lock()
+			total += snapEmitted
+			progMu.Unlock()
+			h.mu.Lock()
+			got := len(h.refreshKeys)
+			h.mu.Unlock()
+			require.Equal(t, total, got, "refresh rows delivered vs reported by the calls")
+			require.Equal(t, []string{"public.other true", "public.snap true"}, queryStrings(t, d.DB,
+				`SELECT table_name || ' ' || (finished_at IS NOT NULL)::text FROM dbsync_ctrl.snapshot_progress ORDER BY 1`))
+			require.Zero(t, wmRows(t, d.DB))
+		})
+	}
+}
