@@ -3,6 +3,7 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -310,4 +311,91 @@ func TestConcurrentSnapshotsAndRefreshes(t *testing.T) {
 			require.Zero(t, wmRows(t, d.DB))
 		})
 	}
+}
+
+// TestRunRestartedUnderRefreshes stops and starts Run on the same Syncer again and
+// again while Refresh calls of overlapping rows loop (retrying those the stops
+// abandon) and writers change the table. Each restart begins with the window state a
+// cancelled poll left (a transaction cut in the middle, watermarks seen but not
+// committed); the cache must still end equal to the table, and every call either
+// succeed or fail with ErrRefreshAbandoned.
+func TestRunRestartedUnderRefreshes(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	st := snapTable{toast: true, keys: 500}
+	st.create(t, d.DB, 400)
+	base := runtime.NumGoroutine()
+	h := newCacheHandler()
+	s := newTestSyncer(t, d, ForTables("snap"), WithMessageHandler(h))
+	stopWriters := startWriters(t, d.DB, st, 21, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok, abandoned := 0, 0
+	var other []error
+	for g := 0; g < 3; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			qs := []string{fmt.Sprintf(`SELECT * FROM snap WHERE id %% 3 = %d`, g), `SELECT * FROM snap WHERE id < 250`}
+			for i := 0; ctx.Err() == nil; i++ {
+				_, err := s.RefreshContext(ctx, qs[i%2])
+				mu.Lock()
+				switch {
+				case err == nil:
+					ok++
+				case errors.Is(err, ErrRefreshAbandoned):
+					abandoned++
+				default:
+					other = append(other, err)
+				}
+				mu.Unlock()
+				if err != nil {
+					time.Sleep(5 * time.Millisecond) // stopped: wait for the next Run
+				}
+			}
+		}(g)
+	}
+	for round := 0; round < 6; round++ {
+		r := runInBackground(s)
+		mu.Lock()
+		want := ok + 3
+		mu.Unlock()
+		waitFor(t, 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return ok >= want }, "refreshes in round %d", round)
+		require.NoError(t, r.stop(t))
+	}
+	r := runInBackground(s)
+	cancel()
+	wg.Wait()
+	stopWriters()
+	catchUp(t, s)
+	mu.Lock()
+	require.Empty(t, other)
+	t.Logf("refreshes: %d delivered, %d abandoned", ok, abandoned)
+	mu.Unlock()
+	require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")))
+	require.NoError(t, r.stop(t))
+	require.NoError(t, s.Close())
+	require.Zero(t, wmRows(t, d.DB))
+	waitGoroutines(t, base)
+}
+
+// TestSelectionCallerContextEnded: a Refresh or Snapshot whose caller's context ended
+// fails with ErrRefreshAbandoned (errors.go), with the context's error in the chain,
+// wherever the call was when it ended, here before it began.
+func TestSelectionCallerContextEnded(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY, v text)`, `INSERT INTO a VALUES (1, 'x')`)
+	s := newTestSyncer(t, d, ForTables("a"), WithMessageHandler(newCacheHandler()))
+	r := runInBackground(s)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := s.RefreshContext(ctx, `SELECT * FROM a`)
+	require.ErrorIs(t, err, ErrRefreshAbandoned, "Refresh: %v", err)
+	require.ErrorIs(t, err, context.Canceled)
+	require.NotErrorIs(t, err, ErrConfig, "a cancelled call says nothing about the query")
+	err = s.Snapshot(ctx, "a")
+	require.ErrorIs(t, err, ErrRefreshAbandoned, "Snapshot: %v", err)
+	require.ErrorIs(t, err, context.Canceled)
+	require.NotErrorIs(t, err, ErrConfig)
+	require.NoError(t, r.stop(t))
 }

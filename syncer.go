@@ -267,8 +267,9 @@ func (s *Syncer) Close() error {
 // beginCall starts a Refresh or Snapshot call: it returns ctx, also ended by Close,
 // and end, which the call must run with its error when it returns: an error of a
 // call that Close ended (a query cancelled, the pool closed) becomes one wrapping
-// ErrRefreshAbandoned and ErrClosed, the errors the documentation promises. After
-// Close it returns that error at once.
+// ErrRefreshAbandoned and ErrClosed, and one of a call whose caller's context ended
+// one wrapping ErrRefreshAbandoned and the context's error, the errors the
+// documentation promises. After Close it returns the first at once.
 func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) error, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -276,6 +277,7 @@ func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) er
 		return ctx, nil, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ErrClosed)
 	}
 	s.calls.Add(1)
+	caller := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	var stop func() bool
 	if s.bg != nil {
@@ -287,8 +289,19 @@ func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) er
 		}
 		cancel()
 		s.calls.Done()
-		if err != nil && s.bg != nil && s.bg.Err() != nil && !errors.Is(err, ErrClosed) {
-			err = fmt.Errorf("%w: the Syncer was closed while the call ran: %w (%w)", ErrRefreshAbandoned, ErrClosed, err)
+		switch {
+		case err == nil:
+		case s.bg != nil && s.bg.Err() != nil:
+			if !errors.Is(err, ErrClosed) {
+				err = fmt.Errorf("%w: the Syncer was closed while the call ran: %w (%w)", ErrRefreshAbandoned, ErrClosed, err)
+			}
+		case caller.Err() != nil && !errors.Is(err, ErrRefreshAbandoned):
+			// The caller's context ended: wherever the call was, it is abandoned.
+			if errors.Is(err, caller.Err()) {
+				err = fmt.Errorf("%w: %w", ErrRefreshAbandoned, err)
+			} else {
+				err = fmt.Errorf("%w: %w (%w)", ErrRefreshAbandoned, caller.Err(), err)
+			}
 		}
 		return err
 	}

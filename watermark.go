@@ -542,7 +542,7 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 			// EXPLAIN took the query: what it ends with does not fit in a subquery.
 			return nil, fmt.Errorf("%w: Refresh query cannot be read as a subquery (SELECT * FROM (<query>) AS q); write it as one SELECT without a semicolon or a comment after it: %w", ErrConfig, err)
 		}
-		return nil, fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "describe query"))
+		return nil, refreshQueryErr(err, "describe query")
 	}
 	defer rows.Close()
 	cols, err := rows.Columns()
@@ -557,6 +557,17 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 		seen[c] = true
 	}
 	return cols, nil
+}
+
+// refreshQueryErr is the error of a statement that checks a Refresh query (what): the
+// server's refusal of the query is ErrConfig; the call's context ending or the
+// session being lost (isTransient) says nothing about the query and is returned as
+// it is.
+func refreshQueryErr(err error, what string) error {
+	if _, _, server := serverError(err); !server || isTransient(err) {
+		return classify(err, what)
+	}
+	return fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, what))
 }
 
 // explainQuery returns EXPLAIN (VERBOSE, FORMAT JSON) of a Refresh query, which plans
@@ -576,7 +587,7 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 		if hasSQLState(err, "42501") {
 			return "", s.selectionDenied(ctx, err)
 		}
-		return "", fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+		return "", refreshQueryErr(err, "explain query")
 	}
 	defer stmt.Close()
 	var plan string
@@ -589,7 +600,7 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 		if hasSQLState(err, "42501") {
 			return "", s.selectionDenied(ctx, err)
 		}
-		return "", fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+		return "", refreshQueryErr(err, "explain query")
 	}
 	return plan, nil
 }
