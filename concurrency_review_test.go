@@ -205,7 +205,8 @@ func TestCloseWhileSelectionsInFlight(t *testing.T) {
 }
 
 // TestRefreshBeforeFirstRun: a Refresh called before Run ever started waits for it
-// (`go s.Start(); s.Refresh(q)` may call it first) and completes once Run runs.
+// (`go s.Start(); s.Refresh(q)` may call it first) and completes once Run runs; once
+// Run returned, Refresh and Snapshot fail at once (RefreshContext's documentation).
 func TestRefreshBeforeFirstRun(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY, v text)`,
@@ -229,6 +230,18 @@ func TestRefreshBeforeFirstRun(t *testing.T) {
 	}
 	require.Empty(t, mismatches(h.tableRows("public.a"), dbRows(t, d.DB, "a")))
 	require.NoError(t, r.stop(t))
+	require.Zero(t, wmRows(t, d.DB))
+	// Once a Run returned, a call fails at once until Run is called again.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := s.RefreshContext(ctx, `SELECT * FROM a`)
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorContains(t, err, "not running")
+	require.NoError(t, ctx.Err())
+	err = s.Snapshot(ctx, "a")
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorContains(t, err, "not running")
+	require.NoError(t, ctx.Err())
 	require.Zero(t, wmRows(t, d.DB))
 }
 

@@ -127,7 +127,8 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // (docs/SNAPSHOTS.md).
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
-// in another goroutine). Each chunk read at once takes a connection of the Syncer's
+// in another goroutine), as for RefreshContext (which says what a call made while it
+// is not does). Each chunk read at once takes a connection of the Syncer's
 // *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
 // ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
 // index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again

@@ -71,7 +71,9 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // are up to the caller (SELECT * gives whole rows). It must be one statement that only
 // reads, and must not take parameters; semicolons at its end are taken off.
 // RefreshContext blocks until the rows were handed over, so the Syncer must be running
-// (Run/Start in another goroutine). Calls may overlap (from several goroutines, and
+// (Run/Start in another goroutine). A call made before the Syncer's first Run waits
+// for it (ctx bounds the wait, Close ends it); one made after Run returned, until Run
+// is called again, fails at once with ErrRefreshAbandoned. Calls may overlap (from several goroutines, and
 // with a Snapshot): each selection is judged on its own window.
 //
 // Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
