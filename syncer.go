@@ -148,11 +148,11 @@ type Syncer struct {
 	bgCancel context.CancelFunc
 
 	// lifecycle
-	mu      sync.Mutex
-	closed  bool // Close was called: Run refuses to start
+	mu     sync.Mutex
+	closed bool // Close was called: Run refuses to start
 	// calls counts the Refresh and Snapshot calls under way (beginCall): Close ends
 	// them (bg) and waits for them before it closes the pool they use.
-	calls sync.WaitGroup
+	calls   sync.WaitGroup
 	running bool
 	cancel  context.CancelFunc
 	done    chan struct{}
