@@ -412,3 +412,40 @@ func TestSelectionCallerContextEnded(t *testing.T) {
 	require.NotErrorIs(t, err, ErrConfig)
 	require.NoError(t, r.stop(t))
 }
+
+// TestRefreshCancelledMidSelect cancels a Refresh's context while its SELECT sends
+// rows, through lib/pq and pgx on a pool the caller shares (WithDB): the call fails
+// with ErrRefreshAbandoned and context.Canceled, leaves no watermark row and no
+// session in a transaction, and the next Refresh on the same pool works.
+func TestRefreshCancelledMidSelect(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			selectionFaultTable(t, d.DB)
+			db, err := sql.Open(driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			h := newCacheHandler()
+			s := newTestSyncer(t, d, WithDB(db), ForTables("items"), WithMessageHandler(h))
+			ctx, cancel := context.WithCancel(context.Background())
+			var once sync.Once
+			s.win.duringSelect = func() { once.Do(cancel) }
+			r := runInBackground(s)
+			_, err = s.RefreshContext(ctx, `SELECT * FROM items`)
+			require.ErrorIs(t, err, ErrRefreshAbandoned, "%v", err)
+			require.ErrorIs(t, err, context.Canceled)
+			waitFor(t, 10*time.Second, func() bool {
+				var n int
+				require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+					AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state <> 'idle'`).Scan(&n))
+				return n <= 1 // the poller's own query may be running
+			}, "sessions to leave their transactions")
+			require.Zero(t, wmRows(t, d.DB))
+			st, err := s.RefreshContext(context.Background(), `SELECT * FROM items WHERE id <= 100`)
+			require.NoError(t, err)
+			require.Equal(t, 100, st.Emitted)
+			require.NoError(t, r.stop(t))
+			requireNothingLeft(t, d.DB)
+		})
+	}
+}
