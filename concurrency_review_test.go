@@ -195,6 +195,13 @@ func TestCloseWhileSelectionsInFlight(t *testing.T) {
 	}
 	require.Zero(t, wmRows(t, d.DB), "watermark rows left behind")
 	waitGoroutines(t, base)
+	// The Syncer's own pool is closed: only the test's sessions are left.
+	waitFor(t, 10*time.Second, func() bool {
+		var n int
+		require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND backend_type = 'client backend'`).Scan(&n))
+		return n <= d.DB.Stats().OpenConnections
+	}, "the Syncer's sessions to end")
 	// And after Close, both fail at once with the same errors.
 	_, err := s.RefreshContext(context.Background(), `SELECT * FROM a`)
 	require.ErrorIs(t, err, ErrRefreshAbandoned)
