@@ -354,16 +354,23 @@ func (s *Syncer) openSelectionOnce(ctx context.Context, info *PGTableInfo, cols 
 func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
 	defer p.close()
 	out := selOutcome{selected: p.selected, lastKey: p.lastKey}
+	var r selDone
 	select {
-	case r := <-p.done:
-		if r.err != nil {
-			return out, r.err
-		}
-		out.emitted, out.retry = r.emitted, r.retry
-		out.reread = p.rows.keyTextsOf(r.reread)
+	case r = <-p.done:
 	case <-ctx.Done():
-		return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+		// The rows may have been handed over as ctx ended (Close ends ctx right
+		// after the last poll): that outcome wins.
+		select {
+		case r = <-p.done:
+		default:
+			return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+		}
 	}
+	if r.err != nil {
+		return out, r.err
+	}
+	out.emitted, out.retry = r.emitted, r.retry
+	out.reread = p.rows.keyTextsOf(r.reread)
 	return out, nil
 }
 
