@@ -456,3 +456,38 @@ func TestRefreshCancelledMidSelect(t *testing.T) {
 		})
 	}
 }
+
+// refreshingHandler calls RefreshContext from HandleInsertMessage, as the
+// documentation says not to.
+type refreshingHandler struct {
+	DefaultMessageHandler
+	s   *Syncer
+	err chan error
+}
+
+func (h *refreshingHandler) HandleInsertMessage(int, *pglogrepl.InsertMessage, *pglogrepl.RelationMessage, *PGTableInfo) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := h.s.RefreshContext(ctx, `SELECT * FROM a`)
+	h.err <- err
+	return nil
+}
+
+// TestRefreshFromHandlerWaitsForContext checks what RefreshContext's documentation
+// says of a call from a handler: it waits for the delivery the handler holds up,
+// until its context ends (ErrRefreshAbandoned), and the Syncer goes on afterwards.
+func TestRefreshFromHandlerWaitsForContext(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY, v text)`)
+	h := &refreshingHandler{err: make(chan error, 1)}
+	s := newTestSyncer(t, d, ForTables("a"), WithMessageHandler(h))
+	h.s = s
+	r := runInBackground(s)
+	execAll(t, d.DB, `INSERT INTO a VALUES (1, 'x')`)
+	err := receive(t, h.err, "the handler's Refresh")
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+	require.NoError(t, r.stop(t))
+	require.Zero(t, wmRows(t, d.DB))
+}

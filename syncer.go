@@ -381,7 +381,9 @@ func (s *Syncer) Start() error { return s.Run(context.Background()) }
 // Syncer is not running, including when a Start on another goroutine has not begun
 // yet (`go s.Start(); s.Stop()` may leave that Start running until the next Stop).
 // To bound a Syncer's life without that race, use Run with a context: a context
-// cancelled before Run begins makes it return at once.
+// cancelled before Run begins makes it return at once. A handler must not call Stop
+// (Stop would wait for the handler's own return); it returns
+// ErrStopProcessingMessages instead.
 func (s *Syncer) Stop() {
 	s.mu.Lock()
 	cancel, done := s.cancel, s.done

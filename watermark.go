@@ -73,7 +73,10 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // RefreshContext blocks until the rows were handed over, so the Syncer must be running
 // (Run/Start in another goroutine). A call made before the Syncer's first Run waits
 // for it (ctx bounds the wait, Close ends it); one made after Run returned, until Run
-// is called again, fails at once with ErrRefreshAbandoned. Calls may overlap (from several goroutines, and
+// is called again, fails at once with ErrRefreshAbandoned. It must not be called from
+// a handler (MessageHandler, Batcher): the handler holds up the very delivery the call
+// waits for, so it would wait until ctx ends; call it from another goroutine. Calls
+// may overlap (from several goroutines, and
 // with a Snapshot): each selection is judged on its own window.
 //
 // Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
