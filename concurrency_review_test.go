@@ -491,3 +491,51 @@ func TestRefreshFromHandlerWaitsForContext(t *testing.T) {
 	require.NoError(t, r.stop(t))
 	require.Zero(t, wmRows(t, d.DB))
 }
+
+// TestCloseAtRandomMoments closes a running Syncer at a different moment of busy
+// Refresh and Snapshot traffic in each round: every call ends, successfully or with
+// ErrRefreshAbandoned and ErrClosed, Close returns, and no watermark row or goroutine
+// is left.
+func TestCloseAtRandomMoments(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY, v text)`,
+		`INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 3000) g`)
+	base := runtime.NumGoroutine()
+	for round, delay := range []time.Duration{0, 5 * time.Millisecond, 20 * time.Millisecond, 60 * time.Millisecond, 150 * time.Millisecond} {
+		s := newTestSyncer(t, d, ForTables("a"), WithMessageHandler(newCacheHandler()), WithSnapshotChunkSize(200), WithSnapshotParallel(2))
+		r := runInBackground(s)
+		errs := make(chan error, 8)
+		var wg sync.WaitGroup
+		for _, call := range []func() error{
+			func() error { return s.Snapshot(context.Background(), "a") },
+			func() error { return s.Refresh(`SELECT * FROM a WHERE id % 2 = 0`) },
+			func() error { return s.Refresh(`SELECT * FROM a`) },
+			func() error { return s.Snapshot(context.Background(), "a") },
+		} {
+			wg.Add(1)
+			go func(call func() error) {
+				defer wg.Done()
+				for {
+					err := call()
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}(call)
+		}
+		time.Sleep(delay)
+		require.NoError(t, s.Close(), "round %d", round)
+		if err := r.wait(t, 20*time.Second); err != nil {
+			require.ErrorIs(t, err, ErrClosed, "round %d: Run began after Close", round)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.ErrorIs(t, err, ErrRefreshAbandoned, "round %d: %v", round, err)
+			require.ErrorIs(t, err, ErrClosed, "round %d: %v", round, err)
+		}
+		require.Zero(t, wmRows(t, d.DB), "round %d", round)
+	}
+	waitGoroutines(t, base)
+}
