@@ -355,6 +355,9 @@ func (s *Syncer) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	s.running, s.cancel, s.done = true, cancel, make(chan struct{})
 	done := s.done
+	// Selections are taken from here on: once IsRunning says so, a Refresh does not
+	// fail as if the Syncer were stopped.
+	s.win.started()
 	s.mu.Unlock()
 	defer func() {
 		cancel()
@@ -363,7 +366,6 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		close(done)
 	}()
-	s.win.started()
 	err := s.pollLoop(ctx)
 	cause := err
 	if cause == nil {
