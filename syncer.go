@@ -237,8 +237,8 @@ func (s *Syncer) WMTable() string { return s.wmTableName }
 
 // Close stops the Syncer if it runs, ends the Refresh and Snapshot calls under way
 // (waiting for a Run, or reading their rows) and waits for them — they return an
-// error wrapping both ErrRefreshAbandoned and ErrClosed, having deleted their
-// watermark rows —, ends a restart_lsn check that Forward or GetMessages started (see
+// error wrapping both ErrRefreshAbandoned and ErrClosed, after deleting their
+// watermark rows (while the server can be reached) —, ends a restart_lsn check that Forward or GetMessages started (see
 // MaxRestartLSNLag) and waits for it, and closes the connection pool if the Syncer
 // opened it (not one given with WithDB). A closed Syncer does not run again: Run and
 // Start return ErrClosed, Refresh and Snapshot ErrRefreshAbandoned and ErrClosed.
