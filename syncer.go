@@ -235,15 +235,16 @@ func (s *Syncer) CtrlNamespace() string { return s.ctrlNamespace }
 // WMTable returns the watermark table's name (in CtrlNamespace).
 func (s *Syncer) WMTable() string { return s.wmTableName }
 
-// Close stops the Syncer if it runs, ends the Refresh and Snapshot calls under way
-// (waiting for a Run, or reading their rows) and waits for them — they return an
-// error wrapping both ErrRefreshAbandoned and ErrClosed, after deleting their
-// watermark rows (while the server can be reached) —, ends a restart_lsn check that Forward or GetMessages started (see
-// MaxRestartLSNLag) and waits for it, and closes the connection pool if the Syncer
-// opened it (not one given with WithDB). A closed Syncer does not run again: Run and
-// Start return ErrClosed, Refresh and Snapshot ErrRefreshAbandoned and ErrClosed.
-// Close may be called more than once, but not from a handler or a SnapshotProgress
-// function (it waits for the call that runs them).
+// Close stops the Syncer if it runs and ends the Refresh and Snapshot calls under way
+// (waiting for a Run, or reading their rows): each returns an error wrapping both
+// ErrRefreshAbandoned and ErrClosed (or nil, if Run's last poll handed its rows over),
+// after deleting its watermark rows while the server can be reached. Close waits for
+// them, ends a restart_lsn check that Forward or GetMessages started (see
+// MaxRestartLSNLag) and waits for it, and then closes the connection pool if the
+// Syncer opened it (not one given with WithDB). A closed Syncer does not run again:
+// Run and Start return ErrClosed, Refresh and Snapshot ErrRefreshAbandoned and
+// ErrClosed. Close may be called more than once, but not from a handler or a
+// SnapshotProgress function (it waits for the call that runs them).
 func (s *Syncer) Close() error {
 	s.mu.Lock()
 	s.closed = true
