@@ -539,3 +539,47 @@ func TestCloseAtRandomMoments(t *testing.T) {
 	}
 	waitGoroutines(t, base)
 }
+
+// TestHandlerErrorStopsWaitingSelections: a HandleRefresh failure under
+// StopOnHandlerError stops Run; the Refresh whose rows failed and a Snapshot and a
+// Refresh of another table waiting at the same time fail with ErrRefreshAbandoned
+// carrying Run's ErrHandler, and the same calls succeed once Run runs again, leaving
+// the caches equal to the tables.
+func TestHandlerErrorStopsWaitingSelections(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY, v text)`, `CREATE TABLE b (id int PRIMARY KEY, v text)`,
+		`CREATE TABLE hold (id int PRIMARY KEY)`,
+		`INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 30) g`,
+		`INSERT INTO b SELECT g, 'b' || g FROM generate_series(1, 30) g`)
+	h := newHoldingCache()
+	h.failRefreshAt = 1
+	s := newTestSyncer(t, d, ForTables("a", "b", "hold"), WithMessageHandler(h), WithSnapshotChunkSize(10))
+	r := runInBackground(s)
+	h.mu.Lock()
+	h.hold = true
+	h.mu.Unlock()
+	execAll(t, d.DB, `INSERT INTO hold VALUES (1)`)
+	<-h.held // every call's watermarks land in one later poll
+	errs := make(chan error, 3)
+	go func() { _, err := s.RefreshContext(context.Background(), `SELECT * FROM a`); errs <- err }()
+	go func() { _, err := s.RefreshContext(context.Background(), `SELECT * FROM b`); errs <- err }()
+	go func() { errs <- s.Snapshot(context.Background(), "b") }()
+	waitFor(t, 20*time.Second, func() bool { return wmRows(t, d.DB) >= 6 }, "watermarks of the calls")
+	close(h.release)
+	runErr := r.wait(t, 20*time.Second)
+	require.ErrorIs(t, runErr, ErrHandler)
+	for range 3 {
+		err := receive(t, errs, "a call")
+		require.ErrorIs(t, err, ErrRefreshAbandoned)
+		require.ErrorIs(t, err, ErrHandler, "%v", err)
+	}
+	require.Zero(t, wmRows(t, d.DB))
+	r = runInBackground(s)
+	_, err := s.RefreshContext(context.Background(), `SELECT * FROM a`)
+	require.NoError(t, err)
+	require.NoError(t, s.Snapshot(context.Background(), "b"))
+	catchUp(t, s)
+	require.Empty(t, mismatches(h.tableRows("public.a"), dbRows(t, d.DB, "a")))
+	require.Empty(t, mismatches(h.tableRows("public.b"), dbRows(t, d.DB, "b")))
+	require.NoError(t, r.stop(t))
+}
