@@ -86,7 +86,8 @@ var (
 	// ErrAlreadyRunning: Start or Run was called on a Syncer that is running.
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
 	// ErrClosed: Start, Run, GetMessages or Forward was called on a Syncer after
-	// Close. Make a new one.
+	// Close, or Close ended a Refresh or Snapshot (wrapped with ErrRefreshAbandoned).
+	// Make a new one.
 	ErrClosed = errors.New("dbsync: syncer is closed")
 	// ErrConfig: an option or environment variable has an invalid value.
 	ErrConfig = errors.New("dbsync: invalid configuration")

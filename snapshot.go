@@ -128,15 +128,22 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // (docs/SNAPSHOTS.md).
 //
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
-// in another goroutine). Each chunk read at once takes a connection of the Syncer's
+// in another goroutine), as for RefreshContext (which says what a call made while it
+// is not does). Each chunk read at once takes a connection of the Syncer's
 // *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
 // ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
 // index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
-// to resume), ErrConfig for unknown tables, or ctx's error.
-func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
+// to resume; with ErrClosed when Close ended it or was called before), ErrConfig for
+// unknown tables, or ctx's error.
+func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return err
 	}
+	ctx, end, err := s.beginCall(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { err = end(err) }()
 	for _, name := range tables {
 		if err := s.snapshotTable(ctx, name); err != nil {
 			return err

@@ -13,6 +13,7 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -147,8 +148,11 @@ type Syncer struct {
 	bgCancel context.CancelFunc
 
 	// lifecycle
-	mu      sync.Mutex
-	closed  bool // Close was called: Run refuses to start
+	mu     sync.Mutex
+	closed bool // Close was called: Run refuses to start
+	// calls counts the Refresh and Snapshot calls under way (beginCall): Close ends
+	// them (bg) and waits for them before it closes the pool they use.
+	calls   sync.WaitGroup
 	running bool
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -232,13 +236,17 @@ func (s *Syncer) CtrlNamespace() string { return s.ctrlNamespace }
 // WMTable returns the watermark table's name (in CtrlNamespace).
 func (s *Syncer) WMTable() string { return s.wmTableName }
 
-// Close stops the Syncer if it runs, fails Refresh and Snapshot calls still waiting
-// for a Run (ErrRefreshAbandoned), ends a restart_lsn check that Forward or
-// GetMessages started (see MaxRestartLSNLag) and waits for it, and closes the
-// connection pool if the Syncer opened it (not one given with WithDB). A closed Syncer
-// does not run again: Run and Start return ErrClosed, and so do GetMessages and
-// Forward. Close may be called more than once, but not from a handler of the running
-// Syncer (see Stop).
+// Close stops the Syncer if it runs and ends the Refresh and Snapshot calls under way
+// (waiting for a Run, or reading their rows): each returns an error wrapping both
+// ErrRefreshAbandoned and ErrClosed (or nil, if Run's last poll handed its rows over),
+// after deleting its watermark rows while the server can be reached. Close waits for
+// them, ends a restart_lsn check that Forward or GetMessages started (see
+// MaxRestartLSNLag) and waits for it, and then closes the connection pool if the
+// Syncer opened it (not one given with WithDB). A closed Syncer does not run again:
+// Run and Start return ErrClosed, and so do GetMessages and Forward; Refresh and
+// Snapshot return ErrRefreshAbandoned and ErrClosed. Close may be called more than
+// once, but not from a handler, Batcher, EventsProcessor or SnapshotProgress function
+// (it waits for the call that runs them).
 func (s *Syncer) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -250,10 +258,57 @@ func (s *Syncer) Close() error {
 	if s.bgCancel != nil {
 		s.cancelRestartChecks(s.bgCancel)
 	}
+	// bg is cancelled: the calls under way end (beginCall) and delete their
+	// watermark rows on the pool, which is then closed.
+	s.calls.Wait()
 	if s.ownDB && s.db != nil {
 		return s.db.Close()
 	}
 	return nil
+}
+
+// beginCall starts a Refresh or Snapshot call: it returns ctx, also ended by Close,
+// and end, which the call must run with its error when it returns: an error of a
+// call that Close ended (a query cancelled, the pool closed) becomes one wrapping
+// ErrRefreshAbandoned and ErrClosed, and one of a call whose caller's context ended
+// one wrapping ErrRefreshAbandoned and the context's error, the errors the
+// documentation promises. After Close it returns the first at once.
+func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) error, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ctx, nil, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ErrClosed)
+	}
+	s.calls.Add(1)
+	caller := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	var stop func() bool
+	if s.bg != nil {
+		stop = context.AfterFunc(s.bg, cancel)
+	}
+	end := func(err error) error {
+		if stop != nil {
+			stop()
+		}
+		cancel()
+		s.calls.Done()
+		switch {
+		case err == nil:
+		case s.bg != nil && s.bg.Err() != nil:
+			if !errors.Is(err, ErrClosed) {
+				err = fmt.Errorf("%w: the Syncer was closed while the call ran: %w (%w)", ErrRefreshAbandoned, ErrClosed, err)
+			}
+		case caller.Err() != nil && !errors.Is(err, ErrRefreshAbandoned):
+			// The caller's context ended: wherever the call was, it is abandoned.
+			if errors.Is(err, caller.Err()) {
+				err = fmt.Errorf("%w: %w", ErrRefreshAbandoned, err)
+			} else {
+				err = fmt.Errorf("%w: %w (%w)", ErrRefreshAbandoned, caller.Err(), err)
+			}
+		}
+		return err
+	}
+	return ctx, end, nil
 }
 
 // IsRunning tells whether Start or Run is delivering changes.
@@ -308,6 +363,9 @@ func (s *Syncer) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	s.running, s.cancel, s.done = true, cancel, make(chan struct{})
 	done := s.done
+	// Selections are taken from here on: once IsRunning says so, a Refresh does not
+	// fail as if the Syncer were stopped.
+	s.win.started()
 	s.mu.Unlock()
 	defer func() {
 		cancel()
@@ -316,7 +374,6 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		close(done)
 	}()
-	s.win.started()
 	err := s.pollLoop(ctx)
 	cause := err
 	if cause == nil {

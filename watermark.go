@@ -71,15 +71,26 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // are up to the caller (SELECT * gives whole rows). It must be one statement that only
 // reads, and must not take parameters; semicolons at its end are taken off.
 // RefreshContext blocks until the rows were handed over, so the Syncer must be running
-// (Run/Start in another goroutine). Calls may overlap (from several goroutines, and
+// (Run/Start in another goroutine). A call made before the Syncer's first Run waits
+// for it (ctx bounds the wait, Close ends it); one made after Run returned, until Run
+// is called again, fails at once with ErrRefreshAbandoned. It must not be called from
+// a handler (MessageHandler, Batcher): the handler holds up the very delivery the call
+// waits for, so it would wait until ctx ends; call it from another goroutine. Calls
+// may overlap (from several goroutines, and
 // with a Snapshot): each selection is judged on its own window.
 //
 // Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
-// ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery), server errors.
-func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (RefreshStats, error) {
+// ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery; with ErrClosed
+// when Close ended it or was called before), server errors.
+func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (_ RefreshStats, err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return RefreshStats{}, err
 	}
+	ctx, end, err := s.beginCall(ctx)
+	if err != nil {
+		return RefreshStats{}, err
+	}
+	defer func() { err = end(err) }()
 	selectQuery = trimQuery(selectQuery)
 	info, plan, err := s.queryTable(ctx, selectQuery)
 	if err != nil {
@@ -346,16 +357,23 @@ func (s *Syncer) openSelectionOnce(ctx context.Context, info *PGTableInfo, cols 
 func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
 	defer p.close()
 	out := selOutcome{selected: p.selected, lastKey: p.lastKey}
+	var r selDone
 	select {
-	case r := <-p.done:
-		if r.err != nil {
-			return out, r.err
-		}
-		out.emitted, out.retry = r.emitted, r.retry
-		out.reread = p.rows.keyTextsOf(r.reread)
+	case r = <-p.done:
 	case <-ctx.Done():
-		return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+		// The rows may have been handed over as ctx ended (Close ends ctx right
+		// after the last poll): that outcome wins.
+		select {
+		case r = <-p.done:
+		default:
+			return out, fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+		}
 	}
+	if r.err != nil {
+		return out, r.err
+	}
+	out.emitted, out.retry = r.emitted, r.retry
+	out.reread = p.rows.keyTextsOf(r.reread)
 	return out, nil
 }
 
@@ -536,7 +554,7 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 			// EXPLAIN took the query: what it ends with does not fit in a subquery.
 			return nil, fmt.Errorf("%w: Refresh query cannot be read as a subquery (SELECT * FROM (<query>) AS q); write it as one SELECT without a semicolon or a comment after it: %w", ErrConfig, err)
 		}
-		return nil, fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "describe query"))
+		return nil, refreshQueryErr(err, "describe query")
 	}
 	defer rows.Close()
 	cols, err := rows.Columns()
@@ -551,6 +569,17 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 		seen[c] = true
 	}
 	return cols, nil
+}
+
+// refreshQueryErr is the error of a statement that checks a Refresh query (what): the
+// server's refusal of the query is ErrConfig; the call's context ending or the
+// session being lost (isTransient) says nothing about the query and is returned as
+// it is.
+func refreshQueryErr(err error, what string) error {
+	if _, _, server := serverError(err); !server || isTransient(err) {
+		return classify(err, what)
+	}
+	return fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, what))
 }
 
 // explainQuery returns EXPLAIN (VERBOSE, FORMAT JSON) of a Refresh query, which plans
@@ -570,7 +599,7 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 		if hasSQLState(err, "42501") {
 			return "", s.selectionDenied(ctx, err)
 		}
-		return "", fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+		return "", refreshQueryErr(err, "explain query")
 	}
 	defer stmt.Close()
 	var plan string
@@ -583,7 +612,7 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 		if hasSQLState(err, "42501") {
 			return "", s.selectionDenied(ctx, err)
 		}
-		return "", fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+		return "", refreshQueryErr(err, "explain query")
 	}
 	return plan, nil
 }
