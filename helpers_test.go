@@ -96,3 +96,24 @@ func queryStrings(t *testing.T, db *sql.DB, q string, args ...any) []string {
 	t.Helper()
 	return pgtest.Strings(t, db, q, args...)
 }
+
+// settings are a Syncer's exported tunables (TestRunChecksExportedFields).
+type settings struct {
+	delay, maxDelay, minPoll time.Duration
+	factor                   float64
+	maxMsgs                  int
+	policy                   HandlerErrorPolicy
+	chunk, inFlight, par     int
+}
+
+func (s *Syncer) settingsForTest() *settings {
+	return &settings{s.DelayBetweenPeekRetries, s.MaxDelayBetweenEmptyPeeks, s.MinPollInterval,
+		s.TimerDelayBackoffFactor, s.MaxMessagesToRead, s.HandlerErrorPolicy,
+		s.SnapshotChunkSize, s.SnapshotChunksInFlight, s.SnapshotParallel}
+}
+
+func (s *Syncer) restoreSettingsForTest(v settings) {
+	s.DelayBetweenPeekRetries, s.MaxDelayBetweenEmptyPeeks, s.MinPollInterval = v.delay, v.maxDelay, v.minPoll
+	s.TimerDelayBackoffFactor, s.MaxMessagesToRead, s.HandlerErrorPolicy = v.factor, v.maxMsgs, v.policy
+	s.SnapshotChunkSize, s.SnapshotChunksInFlight, s.SnapshotParallel = v.chunk, v.inFlight, v.par
+}

@@ -27,7 +27,9 @@ import (
 )
 
 // Syncer reads one logical replication slot and delivers its changes. Configure it with
-// NewSyncer; run it with Run (or Start/Stop). Only one process may drive a slot.
+// NewSyncer; run it with Run (or Start/Stop). Only one process may drive a slot. The
+// exported settings may also be set on the struct before Run, which returns ErrConfig
+// for a value the matching option would refuse; do not change them while it runs.
 type Syncer struct {
 	// MessageHandler receives changes one message at a time (see WithMessageHandler).
 	MessageHandler MessageHandler
@@ -323,8 +325,9 @@ func (s *Syncer) IsRunning() bool {
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
 // ErrSlotInUse, ...). Connection loss is retried with exponential backoff.
 // Returns ErrAlreadyRunning if the Syncer runs already, ErrClosed after Close,
-// ErrConfig with nothing to deliver to, with an EventsProcessor beside a MessageHandler
-// or a Batcher, or
+// ErrConfig with nothing to deliver to, with an exported setting out of the range its
+// option accepts (set on the struct directly, e.g. DelayBetweenPeekRetries 0), with an
+// EventsProcessor beside a MessageHandler or a Batcher, or
 // (without an EventsProcessor) on a pool limited to one connection (README, "Reading
 // the slot").
 // When a handler asked to stop but the slot could not then be forwarded past what it
@@ -343,6 +346,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if s.MessageHandler == nil && s.EventsProcessor == nil && s.Batcher == nil {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: no MessageHandler, EventsProcessor or Batcher to deliver to", ErrConfig)
+	}
+	if err := s.checkFields(); err != nil {
+		s.mu.Unlock()
+		return err
 	}
 	if s.EventsProcessor != nil && s.MessageHandler != nil {
 		s.mu.Unlock()
