@@ -30,8 +30,15 @@ const setupLockKey = 0x64627379 // "dbsy"
 // names the GRANT or the owner's statement; no slot is created), ErrPublicationMissing
 // (with the CREATE PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
 // pgoutput slot of this database, or is another session's temporary slot), ErrSlotInvalidated (the slot exists
-// but PostgreSQL invalidated it: wal_status lost), or the server's error.
-func (s *Syncer) Setup(ctx context.Context) error {
+// but PostgreSQL invalidated it: wal_status lost), or the server's error; when ctx
+// ended first, the error wraps ctx.Err() too (creating the slot waits for the
+// transactions open in the cluster: see watchSlotCreation).
+func (s *Syncer) Setup(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w (setup ended by its context: %w)", err, ctx.Err())
+		}
+	}()
 	if err := s.checkServer(ctx); err != nil {
 		return err
 	}
@@ -409,7 +416,10 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 			return s.errSlotLost(nil)
 		}
 	} else {
-		if _, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot); err != nil {
+		stopWatch := s.watchSlotCreation(ctx, slotCreationWarnAfter)
+		_, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
+		stopWatch()
+		if err != nil {
 			return classify(err, "create replication slot "+s.replicationSlot)
 		}
 		s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
