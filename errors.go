@@ -83,7 +83,8 @@ var (
 	// REPLICA IDENTITY FULL (WithReplicaIdentityFull); for a generated key, a key of
 	// columns that are not generated (FULL does not help).
 	ErrReplicaIdentity = errors.New("dbsync: table has no usable replica identity")
-	// ErrAlreadyRunning: Start or Run was called on a Syncer that is running.
+	// ErrAlreadyRunning: Start, Run, GetMessages or Forward was called on a Syncer
+	// that is running.
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
 	// ErrClosed: Start, Run, GetMessages or Forward was called on a Syncer after
 	// Close, or Close ended a Refresh or Snapshot (wrapped with ErrRefreshAbandoned).

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pglogrepl"
@@ -154,4 +156,41 @@ func TestGetMessagesDoesNotPinRows(t *testing.T) {
 	runtime.KeepAlive(small)
 	t.Logf("heap: %d MB before, %d MB after", base>>20, after>>20)
 	require.Less(t, int64(after)-int64(base), int64(8<<20), "the first call's rows must not stay reachable")
+}
+
+// TestGetMessagesWhileRunRuns: GetMessages and Forward on a Syncer whose Run runs
+// return ErrAlreadyRunning without touching the slot (they read it: a peek at the
+// same moment as one of Run's makes one of them fail with ErrSlotInUse, the slot being
+// active in the other session, and a Forward could move the slot past what Run had
+// not delivered yet). Run goes on delivering.
+func TestGetMessagesWhileRunRuns(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE gr (id int PRIMARY KEY)`)
+	h := &recorder{}
+	s := newTestSyncer(t, d, ForTables("gr"), WithMessageHandler(h))
+	r := runInBackground(s)
+	require.Eventually(t, s.IsRunning, 10*time.Second, 5*time.Millisecond)
+	for i := 1; i <= 20; i++ {
+		execAll(t, d.DB, fmt.Sprintf(`INSERT INTO gr VALUES (%d)`, i))
+		got, err := s.GetMessages(0, i%2 == 0, nil)
+		require.ErrorIs(t, err, ErrAlreadyRunning)
+		require.ErrorContains(t, err, "GetMessages while Run runs")
+		require.Empty(t, got)
+		require.ErrorIs(t, s.Forward(1), ErrAlreadyRunning)
+	}
+	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+	require.NoError(t, r.stop(t))
+	var inserts []string
+	for _, l := range h.snapshot() {
+		if strings.HasPrefix(l, "INSERT") {
+			inserts = append(inserts, l)
+		}
+	}
+	require.Len(t, inserts, 20, "Run delivered every row: %v", inserts)
+
+	// Once Run returned, the low-level calls work again.
+	execAll(t, d.DB, `INSERT INTO gr VALUES (21)`)
+	msgs, err := s.GetMessages(0, true, nil)
+	require.NoError(t, err)
+	require.Equal(t, "BRIC", msgTypes(msgs))
 }

@@ -165,7 +165,8 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 // returned, so a call returns whole transactions and may return more rows than
 // numMessages (a transaction of a million rows comes whole even with numMessages 1).
 // numMessages <= 0 means no row bound; above 2147483647 (upto_nchanges is an int4) it
-// is ErrConfig, and nothing is read. After Close, GetMessages returns ErrClosed. With
+// is ErrConfig, and nothing is read. After Close, GetMessages returns ErrClosed, and
+// while Run runs ErrAlreadyRunning (Run reads the slot itself). With
 // consume it also forwards the slot past the returned rows (as Forward(len) would),
 // otherwise repeated calls return the same rows until Forward. Rows are appended to
 // out; on an error the rows read before it may have been appended (the peek can end
@@ -222,7 +223,8 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 // non-transactional logical message among them (so a transaction cut in the middle
 // comes again), or — when nummsgs covers every row and that call drained the slot up
 // to its flush LSN — to that flush LSN. A nummsgs larger than that call's rows counts
-// as all of them. A negative nummsgs is ErrConfig; after Close, ErrClosed. Like Run's
+// as all of them. A negative nummsgs is ErrConfig; after Close, ErrClosed; while Run
+// runs, ErrAlreadyRunning. Like Run's
 // polls, it then keeps the slot's restart_lsn close (Syncer.MaxRestartLSNLag): a
 // check may run in the background until Close.
 func (s *Syncer) Forward(nummsgs int) error {
@@ -239,13 +241,18 @@ func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
 	return s.diagnose(ctx, s.forwardLocked(ctx, nummsgs))
 }
 
-// errIfClosed is ErrClosed for a call made after Close.
+// errIfClosed is ErrClosed for a call made after Close, and ErrAlreadyRunning for one
+// made while Run runs: Run reads and forwards the slot itself, and a peek of another
+// session at the same time would make Run's fail with ErrSlotInUse.
 func (s *Syncer) errIfClosed(call string) error {
 	s.mu.Lock()
-	closed := s.closed
+	closed, running := s.closed, s.running
 	s.mu.Unlock()
-	if closed {
+	switch {
+	case closed:
 		return fmt.Errorf("%w: %s after Close", ErrClosed, call)
+	case running:
+		return fmt.Errorf("%w: %s while Run runs: Run reads and forwards the slot itself (a second reader would make its polls fail with ErrSlotInUse); use either Run or GetMessages and Forward", ErrAlreadyRunning, call)
 	}
 	return nil
 }
