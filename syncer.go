@@ -384,7 +384,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	err := s.pollLoop(ctx)
 	cause := err
 	if cause == nil {
-		cause = fmt.Errorf("Run returned")
+		cause = errors.New("without error: its context ended, Stop or Close was called, or a handler returned ErrStopProcessingMessages")
 	}
 	s.win.abandon(cause) // pending Refresh/Snapshot callers get ErrRefreshAbandoned
 	return err
