@@ -1,0 +1,95 @@
+package handlers
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/dbsync/dbsync"
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCacheDeferredKeyMovesPostgres: under a DEFERRABLE primary key (which PostgreSQL
+// will not use as replica identity, so the table runs under REPLICA IDENTITY FULL) two
+// rows can hold one key inside a transaction. The Cache applied each change by key, so
+// a row leaving a key deleted whatever the transaction had just put there: a swap
+// (SET id = 3 - id) ended with only ["1"] (the row moved first was lost); a row moved
+// onto a held key and on again deleted the row that kept it; deleting the holder
+// deleted the row moved (or inserted) onto its key. Each case has its own table, which
+// the Cache must equal (SELECT *) after the case's transaction.
+func TestCacheDeferredKeyMovesPostgres(t *testing.T) {
+	cases := []struct {
+		name, sql string            // sql on table t (seeded with the rows 1 a, 2 b, 3 c, 5 e)
+		want      map[string]string // id -> v
+	}{
+		{"swap", `UPDATE t SET id = 3 - id WHERE id IN (1, 2)`,
+			map[string]string{"1": "b", "2": "a", "3": "c", "5": "e"}},
+		{"move onto a held key and on", `BEGIN; UPDATE t SET id = 5 WHERE id = 3; UPDATE t SET id = 6 WHERE id = 5 AND v = 'c'; COMMIT`,
+			map[string]string{"1": "a", "2": "b", "5": "e", "6": "c"}},
+		{"delete the holder of a key moved onto", `BEGIN; UPDATE t SET id = 5 WHERE id = 3; DELETE FROM t WHERE id = 5 AND v = 'e'; COMMIT`,
+			map[string]string{"1": "a", "2": "b", "5": "c"}},
+		{"insert onto a held key, delete the holder", `BEGIN; INSERT INTO t VALUES (5, 'x'); DELETE FROM t WHERE id = 5 AND v = 'e'; COMMIT`,
+			map[string]string{"1": "a", "2": "b", "3": "c", "5": "x"}},
+		{"inserted and deleted, updated, swapped", `BEGIN; INSERT INTO t VALUES (9, 'i'); DELETE FROM t WHERE id = 9; UPDATE t SET v = 'b2' WHERE id = 2; UPDATE t SET id = 3 - id WHERE id IN (1, 2); COMMIT`,
+			map[string]string{"1": "b2", "2": "a", "3": "c", "5": "e"}},
+		{"a three-way rotation", `UPDATE t SET id = CASE id WHEN 1 THEN 2 WHEN 2 THEN 5 WHEN 5 THEN 1 END WHERE id IN (1, 2, 5)`,
+			map[string]string{"1": "e", "2": "a", "3": "c", "5": "b"}},
+		{"a move away and back", `BEGIN; UPDATE t SET id = 1 WHERE id = 3; UPDATE t SET id = 3 WHERE id = 1 AND v = 'c'; COMMIT`,
+			map[string]string{"1": "a", "2": "b", "3": "c", "5": "e"}},
+	}
+	d := pgtest.NewDatabase(t)
+	var tables []string
+	for i := range cases {
+		name := fmt.Sprintf("sw%d", i)
+		tables = append(tables, name)
+		q := pq.QuoteIdentifier(name)
+		_, err := d.DB.Exec(`CREATE TABLE ` + q + ` (id int, v text);
+			ALTER TABLE ` + q + ` ADD PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED;
+			ALTER TABLE ` + q + ` REPLICA IDENTITY FULL;
+			INSERT INTO ` + q + ` VALUES (1, 'a'), (2, 'b'), (3, 'c'), (5, 'e')`)
+		require.NoError(t, err)
+	}
+	c := NewCache()
+	s := newTestSyncer(t, d, c, tables...)
+	runErr, cancel := runInBackground(s)
+	defer cancel()
+	require.NoError(t, s.Snapshot(t.Context(), tables...))
+
+	selectAll := func(table string) map[string]dbsync.StringMap {
+		t.Helper()
+		rows, err := d.DB.Query(`SELECT id, v FROM ` + pq.QuoteIdentifier(table))
+		require.NoError(t, err)
+		defer rows.Close()
+		out := map[string]dbsync.StringMap{}
+		for rows.Next() {
+			var id int32
+			var v string
+			require.NoError(t, rows.Scan(&id, &v))
+			key, err := c.TableInfo("public." + table).GetRecordID(dbsync.StringMap{"id": id})
+			require.NoError(t, err)
+			out[key] = dbsync.StringMap{"id": id, "v": v}
+		}
+		require.NoError(t, rows.Err())
+		return out
+	}
+	for i, tc := range cases {
+		_, err := d.DB.Exec(strings.ReplaceAll(tc.sql, " t ", " "+tables[i]+" "))
+		require.NoError(t, err, tc.name)
+		waitCaughtUp(t, d, pgtest.Ident(t, "slot"), runErr)
+		want := map[string]dbsync.StringMap{}
+		for id, v := range tc.want {
+			n, err := strconv.ParseInt(id, 10, 32)
+			require.NoError(t, err)
+			want[`["`+id+`"]`] = dbsync.StringMap{"id": int32(n), "v": v}
+		}
+		require.Equal(t, want, selectAll(tables[i]), "%s: the table", tc.name)
+		got := c.Snapshot()["public."+tables[i]]
+		assert.Equal(t, want, got, "%s: the Cache", tc.name)
+	}
+	cancel()
+	require.NoError(t, <-runErr)
+}
