@@ -728,12 +728,24 @@ func sameRow(row, old dbsync.StringMap) bool {
 	return true
 }
 
-// sameValue is reflect.DeepEqual, with NaN equal to NaN.
+// sameValue is reflect.DeepEqual, with NaN equal to NaN, as in PostgreSQL, also as an
+// element of an array ([]any, nested by dimension).
 func sameValue(a, b any) bool {
 	if reflect.DeepEqual(a, b) {
 		return true
 	}
 	switch x := a.(type) {
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !sameValue(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
 	case float64:
 		y, ok := b.(float64)
 		return ok && math.IsNaN(x) && math.IsNaN(y)
