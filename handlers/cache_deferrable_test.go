@@ -36,6 +36,8 @@ func TestCacheDeferredKeyMovesPostgres(t *testing.T) {
 			map[string]string{"1": "a", "2": "b", "3": "c", "5": "x"}},
 		{"inserted and deleted, updated, swapped", `BEGIN; INSERT INTO t VALUES (9, 'i'); DELETE FROM t WHERE id = 9; UPDATE t SET v = 'b2' WHERE id = 2; UPDATE t SET id = 3 - id WHERE id IN (1, 2); COMMIT`,
 			map[string]string{"1": "b2", "2": "a", "3": "c", "5": "e"}},
+		{"update the holder of a key another row moved onto", `BEGIN; UPDATE t SET id = 5 WHERE id = 3; UPDATE t SET v = 'z' WHERE id = 5 AND v = 'e'; UPDATE t SET id = 3 WHERE v = 'c'; COMMIT`,
+			map[string]string{"1": "a", "2": "b", "3": "c", "5": "z"}},
 		{"a three-way rotation", `UPDATE t SET id = CASE id WHEN 1 THEN 2 WHEN 2 THEN 5 WHEN 5 THEN 1 END WHERE id IN (1, 2, 5)`,
 			map[string]string{"1": "e", "2": "a", "3": "c", "5": "b"}},
 		{"a move away and back", `BEGIN; UPDATE t SET id = 1 WHERE id = 3; UPDATE t SET id = 3 WHERE id = 1 AND v = 'c'; COMMIT`,
