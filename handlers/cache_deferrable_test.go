@@ -132,3 +132,31 @@ func TestCacheDeferredKeyMoveNaNArrayPostgres(t *testing.T) {
 	cancel()
 	require.NoError(t, <-runErr)
 }
+
+// TestJSONLinesWriterDeferredSwapPostgres pins what the package documentation says a
+// consumer applying change lines one by one must expect under a DEFERRABLE key: a swap
+// writes an update onto key 2 from 1, then one from 2 (whose "old" is the whole other
+// row) onto 1, so deleting old_key 2 at the second line would remove the first row.
+func TestJSONLinesWriterDeferredSwapPostgres(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE t (id int, v text);
+		ALTER TABLE t ADD PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED;
+		ALTER TABLE t REPLICA IDENTITY FULL;
+		INSERT INTO t VALUES (1, 'a'), (2, 'b')`)
+	require.NoError(t, err)
+	var out pgtest.Buffer
+	s := newTestSyncer(t, d, NewJSONLinesWriter(&out), "t")
+	runErr, cancel := runInBackground(s)
+	defer cancel()
+	waitCaughtUp(t, d, pgtest.Ident(t, "slot"), runErr)
+	_, err = d.DB.Exec(`UPDATE t SET id = 3 - id WHERE id IN (1, 2)`)
+	require.NoError(t, err)
+	waitCaughtUp(t, d, pgtest.Ident(t, "slot"), runErr)
+	cancel()
+	require.NoError(t, <-runErr)
+	lines := strings.Split(strings.TrimSuffix(jsonStampRE.ReplaceAllString(out.String(), "T"), "\n"), "\n")
+	require.Equal(t, []string{
+		`{"type":"change",T,"op":"update","schema":"public","table":"t","key":{"id":2},"old_key":{"id":1},"new":{"id":2,"v":"a"},"old":{"id":1,"v":"a"}}`,
+		`{"type":"change",T,"op":"update","schema":"public","table":"t","key":{"id":1},"old_key":{"id":2},"new":{"id":1,"v":"b"},"old":{"id":2,"v":"b"}}`,
+	}, lines)
+}
