@@ -38,6 +38,8 @@ func TestCacheDeferredKeyMovesPostgres(t *testing.T) {
 			map[string]string{"1": "b2", "2": "a", "3": "c", "5": "e"}},
 		{"update the holder of a key another row moved onto", `BEGIN; UPDATE t SET id = 5 WHERE id = 3; UPDATE t SET v = 'z' WHERE id = 5 AND v = 'e'; UPDATE t SET id = 3 WHERE v = 'c'; COMMIT`,
 			map[string]string{"1": "a", "2": "b", "3": "c", "5": "z"}},
+		{"a RELATION message between the moves", `BEGIN; UPDATE t SET id = 5 WHERE id = 3; GRANT SELECT ON t TO PUBLIC; UPDATE t SET id = 6 WHERE id = 5 AND v = 'c'; COMMIT`,
+			map[string]string{"1": "a", "2": "b", "5": "e", "6": "c"}},
 		{"a three-way rotation", `UPDATE t SET id = CASE id WHEN 1 THEN 2 WHEN 2 THEN 5 WHEN 5 THEN 1 END WHERE id IN (1, 2, 5)`,
 			map[string]string{"1": "e", "2": "a", "3": "c", "5": "b"}},
 		{"a move away and back", `BEGIN; UPDATE t SET id = 1 WHERE id = 3; UPDATE t SET id = 3 WHERE id = 1 AND v = 'c'; COMMIT`,
