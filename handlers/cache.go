@@ -136,19 +136,52 @@ type cacheTable struct {
 	// key is the key the rows are keyed by (nil: none yet).
 	key  []string
 	rows map[string]dbsync.StringMap
-	// held is what the transaction being applied did at each record ID it touched
-	// (nil outside HandleCommitMessage, and until its first change of the table).
+	// held is what the transaction being applied did at each record ID it touched,
+	// kept from the table's first change in it under REPLICA IDENTITY FULL (a key
+	// under DEFAULT or USING INDEX is never DEFERRABLE: PostgreSQL uses only an
+	// immediate unique index as replica identity); nil otherwise, and outside
+	// HandleCommitMessage.
 	held map[string]cacheHeld
 }
 
 // cacheHeld is what the transaction being applied did at one record ID: the rows it
-// put there that are still there, oldest first (more than one only while a
-// DEFERRABLE key is violated; the last one is the one in rows), the row that was
-// there before the transaction (nil: none cached), and whether that row left.
+// put there that are still there (more than one only while a DEFERRABLE key is
+// violated), the row that was there before the transaction (nil: none cached), and
+// whether that row left.
 type cacheHeld struct {
-	ours    []dbsync.StringMap
+	top     dbsync.StringMap   // the one put last (nil: none): the one in rows
+	under   []dbsync.StringMap // the ones put before, oldest first
 	pre     dbsync.StringMap
 	preGone bool
+}
+
+// n is the number of rows the transaction put at the record ID that are still there.
+func (h *cacheHeld) n() int {
+	if h.top == nil {
+		return 0
+	}
+	return len(h.under) + 1
+}
+
+// at is the i-th of them, oldest first.
+func (h *cacheHeld) at(i int) dbsync.StringMap {
+	if i < len(h.under) {
+		return h.under[i]
+	}
+	return h.top
+}
+
+// remove takes the i-th of them away.
+func (h *cacheHeld) remove(i int) {
+	switch {
+	case i < len(h.under):
+		h.under = slices.Delete(h.under, i, i+1)
+	case len(h.under) > 0:
+		h.top = h.under[len(h.under)-1]
+		h.under = h.under[:len(h.under)-1]
+	default:
+		h.top = nil
+	}
 }
 
 // cacheTx is the transaction being received: between BEGIN and COMMIT.
@@ -466,9 +499,10 @@ func (c *Cache) reshape(t *cacheTable, info *dbsync.PGTableInfo) {
 				drop(r)
 			}
 			for _, h := range t.held { // rows two held under one key
-				for _, r := range h.ours {
+				for _, r := range h.under {
 					drop(r)
 				}
+				drop(h.top)
 				drop(h.pre)
 			}
 			c.stats.DroppedColumns += int64(len(gone))
@@ -616,7 +650,7 @@ func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
 func (c *Cache) apply(ch *dbsync.Change) {
 	t := c.table(ch.Table.RelationID, ch.Table.QualifiedName())
 	c.reshape(t, ch.Table)
-	if t.held == nil {
+	if t.held == nil && ch.Table.ReplicaIdentity == 'f' {
 		t.held = map[string]cacheHeld{}
 		c.touched = append(c.touched, t)
 	}
@@ -636,7 +670,12 @@ func (c *Cache) apply(ch *dbsync.Change) {
 	if ch.OldKey != "" {
 		prevKey = ch.OldKey
 	}
-	prev := c.leave(t, prevKey, ch.Old)
+	var prev dbsync.StringMap
+	if t.held == nil && ch.OldKey == "" {
+		prev = t.rows[prevKey] // put replaces it
+	} else {
+		prev = c.leave(t, prevKey, ch.Old)
+	}
 	row := copyRow(ch.New)
 	for _, col := range ch.Unchanged {
 		if v, ok := prev[col]; ok {
@@ -661,8 +700,14 @@ func (c *Cache) apply(ch *dbsync.Change) {
 // such), else the row that was there before the transaction: two rows hold id only
 // under a violated DEFERRABLE key, whose table runs under REPLICA IDENTITY FULL, so old
 // is the whole row there. Values are compared only when the transaction put a row at
-// id before. t.held is set; c.mu is held.
+// id before. Without t.held (no table of a DEFERRABLE key), the row at id leaves.
+// c.mu is held.
 func (c *Cache) leave(t *cacheTable, id string, old dbsync.StringMap) dbsync.StringMap {
+	if t.held == nil {
+		r := t.rows[id]
+		delete(t.rows, id)
+		return r
+	}
 	h, touched := t.held[id]
 	if !touched {
 		// The row there before the transaction (if cached) leaves.
@@ -671,32 +716,32 @@ func (c *Cache) leave(t *cacheTable, id string, old dbsync.StringMap) dbsync.Str
 		t.held[id] = cacheHeld{preGone: true}
 		return r
 	}
-	i := -1
+	i, n := -1, h.n()
 	switch {
-	case len(h.ours) == 0:
-	case len(h.ours) == 1 && h.preGone:
+	case n == 0:
+	case n == 1 && h.preGone:
 		i = 0 // the one row there
 	default:
-		for j := len(h.ours) - 1; j >= 0; j-- {
-			if sameRow(h.ours[j], old) {
+		for j := n - 1; j >= 0; j-- {
+			if sameRow(h.at(j), old) {
 				i = j
 				break
 			}
 		}
 		if i < 0 && h.preGone {
-			i = len(h.ours) - 1 // no other row is there
+			i = n - 1 // no other row is there
 		}
 	}
 	var r dbsync.StringMap
 	if i >= 0 {
-		r = h.ours[i]
-		h.ours = slices.Delete(h.ours, i, i+1)
+		r = h.at(i)
+		h.remove(i)
 	} else if !h.preGone {
 		r, h.pre, h.preGone = h.pre, nil, true
 	}
 	switch {
-	case len(h.ours) > 0:
-		t.rows[id] = h.ours[len(h.ours)-1]
+	case h.top != nil:
+		t.rows[id] = h.top
 	case !h.preGone && h.pre != nil:
 		t.rows[id] = h.pre
 	default:
@@ -707,14 +752,19 @@ func (c *Cache) leave(t *cacheTable, id string, old dbsync.StringMap) dbsync.Str
 }
 
 // put puts row at record ID id of t, where other rows may stay for a moment (a
-// DEFERRABLE key). t.held is set; c.mu is held.
+// DEFERRABLE key). c.mu is held.
 func (c *Cache) put(t *cacheTable, id string, row dbsync.StringMap) {
-	h, touched := t.held[id]
-	if !touched {
-		h.pre = t.rows[id]
+	if t.held != nil {
+		h, touched := t.held[id]
+		if !touched {
+			h.pre = t.rows[id]
+		}
+		if h.top != nil {
+			h.under = append(h.under, h.top)
+		}
+		h.top = row
+		t.held[id] = h
 	}
-	h.ours = append(h.ours, row)
-	t.held[id] = h
 	t.rows[id] = row
 }
 
