@@ -528,13 +528,15 @@ func (c *Cache) rekey(t *cacheTable, prev, info *dbsync.PGTableInfo) {
 	}
 	old := t.key
 	t.key = info.PrimaryKey
+	if old != nil && !slices.Equal(old, info.PrimaryKey) {
+		// What the transaction did is known by IDs of the new key from now on.
+		// PostgreSQL refuses to change a table's key while its DEFERRABLE key is
+		// violated (pending trigger events), so each ID holds one row here.
+		t.held = nil
+	}
 	if old == nil || prev == nil || slices.Equal(old, info.PrimaryKey) || len(t.rows) == 0 {
 		return
 	}
-	// The transaction's rows are known by their new IDs from now on. PostgreSQL
-	// refuses to change a table's key while its DEFERRABLE key is violated (pending
-	// trigger events), so each ID holds one row here.
-	t.held = nil
 	byValue := true
 	for _, k := range info.PrimaryKey {
 		byValue = byValue && hasColumn(prev, k)
