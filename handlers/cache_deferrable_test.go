@@ -162,3 +162,53 @@ func TestJSONLinesWriterDeferredSwapPostgres(t *testing.T) {
 		`{"type":"change",T,"op":"update","schema":"public","table":"t","key":{"id":1},"old_key":{"id":2},"new":{"id":1,"v":"b"},"old":{"id":2,"v":"b"}}`,
 	}, lines)
 }
+
+// TestCacheDeferredKeyChangedMidTransactionPostgres: in one transaction a row is
+// deleted and two swap places on a DEFERRABLE key, the checks are forced (SET
+// CONSTRAINTS ALL IMMEDIATE, without which PostgreSQL refuses the ALTER), the key moves
+// to the text column v (deferred again), a row is inserted onto a held v and the holder
+// deleted. The old key's ID ["1"] (id 1) is also one of the new key's (v '1'). The
+// Cache must end keyed by v, equal to the table. (The Syncer describes the key from
+// the catalog as it is when it reads it, so here every change of the transaction
+// comes keyed by v.)
+func TestCacheDeferredKeyChangedMidTransactionPostgres(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE kc (id int, v text NOT NULL);
+		ALTER TABLE kc ADD CONSTRAINT kc_pk PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED;
+		ALTER TABLE kc REPLICA IDENTITY FULL;
+		INSERT INTO kc VALUES (1, 'x'), (2, '1'), (3, 'c')`)
+	require.NoError(t, err)
+	c := NewCache()
+	s := newTestSyncer(t, d, c, "kc")
+	runErr, cancel := runInBackground(s)
+	defer cancel()
+	require.NoError(t, s.Snapshot(t.Context(), "kc"))
+	_, err = d.DB.Exec(`BEGIN;
+		DELETE FROM kc WHERE id = 1;
+		UPDATE kc SET id = 5 - id WHERE id IN (2, 3);
+		SET CONSTRAINTS ALL IMMEDIATE;
+		ALTER TABLE kc DROP CONSTRAINT kc_pk, ADD PRIMARY KEY (v) DEFERRABLE INITIALLY DEFERRED;
+		SET CONSTRAINTS ALL DEFERRED;
+		INSERT INTO kc VALUES (7, '1');
+		DELETE FROM kc WHERE id = 3;
+		COMMIT`)
+	require.NoError(t, err)
+	waitCaughtUp(t, d, pgtest.Ident(t, "slot"), runErr)
+	var table []string
+	rows, err := d.DB.Query(`SELECT id || ' ' || v FROM kc ORDER BY v`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var r string
+		require.NoError(t, rows.Scan(&r))
+		table = append(table, r)
+	}
+	require.NoError(t, rows.Err())
+	require.NoError(t, rows.Close())
+	require.Equal(t, []string{"7 1", "2 c"}, table)
+	require.Equal(t, map[string]dbsync.StringMap{
+		`["1"]`: {"id": int32(7), "v": "1"},
+		`["c"]`: {"id": int32(2), "v": "c"},
+	}, c.Snapshot()["public.kc"])
+	cancel()
+	require.NoError(t, <-runErr)
+}
