@@ -37,7 +37,12 @@ type Change struct {
 	// publication): its rows have no record ID.
 	Key string
 	// OldKey is the record ID before the change when it differs from Key (a
-	// key-changing update); "" otherwise.
+	// key-changing update); "" otherwise. Under a DEFERRABLE key (the table then runs
+	// under REPLICA IDENTITY FULL) two rows can hold one record ID inside a
+	// transaction, as in a swap (UPDATE ... SET id = 3 - id): the row leaving OldKey
+	// (or Key, for a delete) is then the one whose values equal Old, which need not be
+	// the one a store keyed by record ID put there last. handlers.Cache and the Batcher
+	// net effect follow rows this way.
 	OldKey string
 	// Filled lists columns of New that were sent as unchanged TOAST values ('u') and
 	// were filled from the old row ('O' tuple, REPLICA IDENTITY FULL) or, for key

@@ -3,6 +3,8 @@ package handlers
 import (
 	"errors"
 	"fmt"
+	"math"
+	"reflect"
 	"slices"
 	"sync"
 
@@ -32,6 +34,14 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //   - a key-changing update (Change.OldKey) removes the row under the old key and
 //     takes previous values from it;
 //   - delete removes the row; TRUNCATE empties the tables.
+//
+// Within a transaction the Cache follows rows, not only keys: under a DEFERRABLE key
+// (which PostgreSQL will not use as replica identity, so the table runs under REPLICA
+// IDENTITY FULL) two rows can hold one key for a moment, as in a swap (UPDATE ... SET
+// id = 3 - id), a row moved onto a held key and on again, or the holder deleted after
+// another row moved onto its key. A change taking a row away from a key (a delete, or
+// an update's old row) takes the row the transaction put there whose values agree with
+// the old row PostgreSQL sent, else the row that was there before the transaction.
 //
 // A change of a table without a record ID (Change.Key "": neither a primary key nor a
 // replica identity index, or a key holding a generated column, which pgoutput never
@@ -111,6 +121,8 @@ type Cache struct {
 	byOID  map[uint32]*cacheTable // by relation OID
 	tx     cacheTx
 	stats  CacheStats
+	// touched are the tables whose held the transaction being applied set.
+	touched []*cacheTable
 }
 
 // cacheTable is one cached table.
@@ -124,6 +136,52 @@ type cacheTable struct {
 	// key is the key the rows are keyed by (nil: none yet).
 	key  []string
 	rows map[string]dbsync.StringMap
+	// held is what the transaction being applied did at each record ID it touched,
+	// kept from the table's first change in it under REPLICA IDENTITY FULL (a key
+	// under DEFAULT or USING INDEX is never DEFERRABLE: PostgreSQL uses only an
+	// immediate unique index as replica identity); nil otherwise, and outside
+	// HandleCommitMessage.
+	held map[string]cacheHeld
+}
+
+// cacheHeld is what the transaction being applied did at one record ID: the rows it
+// put there that are still there (more than one only while a DEFERRABLE key is
+// violated), the row that was there before the transaction (nil: none cached), and
+// whether that row left.
+type cacheHeld struct {
+	top     dbsync.StringMap   // the one put last (nil: none): the one in rows
+	under   []dbsync.StringMap // the ones put before, oldest first
+	pre     dbsync.StringMap
+	preGone bool
+}
+
+// n is the number of rows the transaction put at the record ID that are still there.
+func (h *cacheHeld) n() int {
+	if h.top == nil {
+		return 0
+	}
+	return len(h.under) + 1
+}
+
+// at is the i-th of them, oldest first.
+func (h *cacheHeld) at(i int) dbsync.StringMap {
+	if i < len(h.under) {
+		return h.under[i]
+	}
+	return h.top
+}
+
+// remove takes the i-th of them away.
+func (h *cacheHeld) remove(i int) {
+	switch {
+	case i < len(h.under):
+		h.under = slices.Delete(h.under, i, i+1)
+	case len(h.under) > 0:
+		h.top = h.under[len(h.under)-1]
+		h.under = h.under[:len(h.under)-1]
+	default:
+		h.top = nil
+	}
 }
 
 // cacheTx is the transaction being received: between BEGIN and COMMIT.
@@ -248,6 +306,11 @@ func (c *Cache) HandleCommitMessage(_ int, m *pglogrepl.CommitMessage) error {
 			c.applyRefresh(op.refresh.key, op.refresh.item)
 		}
 	}
+	for _, t := range c.touched {
+		t.held = nil
+	}
+	clear(c.touched)
+	c.touched = c.touched[:0]
 	for i := range c.tx.ops {
 		c.tx.ops[i] = cacheOp{} // let go of the changes
 	}
@@ -427,10 +490,20 @@ func (c *Cache) reshape(t *cacheTable, info *dbsync.PGTableInfo) {
 			}
 		}
 		if len(gone) > 0 {
-			for _, r := range t.rows {
+			drop := func(r dbsync.StringMap) {
 				for _, g := range gone {
 					delete(r, g)
 				}
+			}
+			for _, r := range t.rows {
+				drop(r)
+			}
+			for _, h := range t.held { // rows two held under one key
+				for _, r := range h.under {
+					drop(r)
+				}
+				drop(h.top)
+				drop(h.pre)
 			}
 			c.stats.DroppedColumns += int64(len(gone))
 		}
@@ -455,6 +528,12 @@ func (c *Cache) rekey(t *cacheTable, prev, info *dbsync.PGTableInfo) {
 	}
 	old := t.key
 	t.key = info.PrimaryKey
+	if old != nil && !slices.Equal(old, info.PrimaryKey) {
+		// What the transaction did is known by IDs of the new key from now on.
+		// PostgreSQL refuses to change a table's key while its DEFERRABLE key is
+		// violated (pending trigger events), so each ID holds one row here.
+		t.held = nil
+	}
 	if old == nil || prev == nil || slices.Equal(old, info.PrimaryKey) || len(t.rows) == 0 {
 		return
 	}
@@ -541,6 +620,7 @@ func (c *Cache) applyTruncate(op *cacheTruncate) {
 		c.reshape(t, op.info)
 	}
 	t.rows = map[string]dbsync.StringMap{}
+	t.held = nil
 	c.stats.Truncates++
 }
 
@@ -564,6 +644,7 @@ func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
 		}
 	}
 	t.rows[key] = row
+	delete(t.held, key) // the one row there now
 	c.stats.Refreshes++
 }
 
@@ -571,13 +652,19 @@ func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
 func (c *Cache) apply(ch *dbsync.Change) {
 	t := c.table(ch.Table.RelationID, ch.Table.QualifiedName())
 	c.reshape(t, ch.Table)
-	rows := t.rows
+	if t.held == nil && ch.Table.ReplicaIdentity == 'f' {
+		t.held = map[string]cacheHeld{}
+		c.touched = append(c.touched, t)
+	}
 	c.stats.Changes++
 	switch ch.Op {
 	case dbsync.OpDelete:
-		delete(rows, ch.Key)
+		c.leave(t, ch.Key, ch.Old)
 		return
-	case dbsync.OpInsert, dbsync.OpUpdate:
+	case dbsync.OpInsert:
+		c.put(t, ch.Key, copyRow(ch.New))
+		return
+	case dbsync.OpUpdate:
 	default:
 		return
 	}
@@ -585,7 +672,12 @@ func (c *Cache) apply(ch *dbsync.Change) {
 	if ch.OldKey != "" {
 		prevKey = ch.OldKey
 	}
-	prev := rows[prevKey]
+	var prev dbsync.StringMap
+	if t.held == nil && ch.OldKey == "" {
+		prev = t.rows[prevKey] // put replaces it
+	} else {
+		prev = c.leave(t, prevKey, ch.Old)
+	}
 	row := copyRow(ch.New)
 	for _, col := range ch.Unchanged {
 		if v, ok := prev[col]; ok {
@@ -599,10 +691,121 @@ func (c *Cache) apply(ch *dbsync.Change) {
 		}
 	}
 	if ch.OldKey != "" {
-		delete(rows, ch.OldKey)
 		c.stats.KeyChanges++
 	}
-	rows[ch.Key] = row
+	c.put(t, ch.Key, row)
+}
+
+// leave takes away from record ID id of t the row that a delete or an update whose old
+// row PostgreSQL sent as old (nil: none) removes, and returns it (nil: not cached).
+// That is the row the transaction put at id whose values agree with old's (the latest
+// such), else the row that was there before the transaction: two rows hold id only
+// under a violated DEFERRABLE key, whose table runs under REPLICA IDENTITY FULL, so old
+// is the whole row there. Values are compared only when the transaction put a row at
+// id before. Without t.held (no table of a DEFERRABLE key), the row at id leaves.
+// c.mu is held.
+func (c *Cache) leave(t *cacheTable, id string, old dbsync.StringMap) dbsync.StringMap {
+	if t.held == nil {
+		r := t.rows[id]
+		delete(t.rows, id)
+		return r
+	}
+	h, touched := t.held[id]
+	if !touched {
+		// The row there before the transaction (if cached) leaves.
+		r := t.rows[id]
+		delete(t.rows, id)
+		t.held[id] = cacheHeld{preGone: true}
+		return r
+	}
+	i, n := -1, h.n()
+	switch {
+	case n == 0:
+	case n == 1 && h.preGone:
+		i = 0 // the one row there
+	default:
+		for j := n - 1; j >= 0; j-- {
+			if sameRow(h.at(j), old) {
+				i = j
+				break
+			}
+		}
+		if i < 0 && h.preGone {
+			i = n - 1 // no other row is there
+		}
+	}
+	var r dbsync.StringMap
+	if i >= 0 {
+		r = h.at(i)
+		h.remove(i)
+	} else if !h.preGone {
+		r, h.pre, h.preGone = h.pre, nil, true
+	}
+	switch {
+	case h.top != nil:
+		t.rows[id] = h.top
+	case !h.preGone && h.pre != nil:
+		t.rows[id] = h.pre
+	default:
+		delete(t.rows, id)
+	}
+	t.held[id] = h
+	return r
+}
+
+// put puts row at record ID id of t, where other rows may stay for a moment (a
+// DEFERRABLE key). c.mu is held.
+func (c *Cache) put(t *cacheTable, id string, row dbsync.StringMap) {
+	if t.held != nil {
+		h, touched := t.held[id]
+		if !touched {
+			h.pre = t.rows[id]
+		}
+		if h.top != nil {
+			h.under = append(h.under, h.top)
+		}
+		h.top = row
+		t.held[id] = h
+	}
+	t.rows[id] = row
+}
+
+// sameRow tells whether row agrees with old on every column both hold.
+func sameRow(row, old dbsync.StringMap) bool {
+	for col, ov := range old {
+		if rv, ok := row[col]; ok && !sameValue(rv, ov) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameValue is reflect.DeepEqual, with NaN equal to NaN, as in PostgreSQL, also as an
+// element of an array ([]any, nested by dimension).
+func sameValue(a, b any) bool {
+	if reflect.DeepEqual(a, b) {
+		return true
+	}
+	switch x := a.(type) {
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !sameValue(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	case float64:
+		y, ok := b.(float64)
+		return ok && math.IsNaN(x) && math.IsNaN(y)
+	case float32:
+		y, ok := b.(float32)
+		return ok && math.IsNaN(float64(x)) && math.IsNaN(float64(y))
+	}
+	return false
 }
 
 // Snapshot returns a copy of the cached tables: "schema.table" -> record ID -> row,

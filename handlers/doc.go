@@ -11,7 +11,9 @@
 //     are refused with ErrCacheSequence); its readers are safe concurrently. It follows
 //     RELATION messages: a dropped column leaves the cached rows, a renamed table keeps
 //     its rows (tracked by relation OID); see Cache for what schema changes it cannot
-//     know (an added column's default, a retyped column's new values).
+//     know (an added column's default, a retyped column's new values). Within a
+//     transaction it follows rows, not only keys, so two rows holding one DEFERRABLE
+//     key for a moment (a swap) both survive.
 //
 // Embed dbsync.DefaultMessageHandler in your own handler to implement only the methods
 // you need.
@@ -52,6 +54,17 @@
 //   - unchanged: only when present: columns of "new" whose value was not sent because
 //     it is an unchanged TOASTed value. A consumer must keep its previous value; it is
 //     NOT null.
+//
+// Applying change lines one by one by key (delete old_key, or key for a delete; store
+// new under key) is exact only when no two rows ever hold one key. Under a DEFERRABLE
+// key they can, for a moment inside a transaction (PostgreSQL will not use a deferrable
+// unique index as replica identity, so such a table runs under REPLICA IDENTITY FULL
+// and "old" is the whole old row): a swap, UPDATE t SET id = 3 - id, writes an update
+// with key 2 and old_key 1, then one with key 1 and old_key 2, whose delete of key 2
+// would remove the row just stored there. For such tables apply a transaction's lines
+// (one commit_lsn) together: the row leaving a key is the one the transaction stored
+// there whose values equal "old", else the one that was there before the transaction.
+// Cache does this.
 //
 // A table truncated, "type":"truncate" (one object per table of the TRUNCATE):
 //
