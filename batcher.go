@@ -2,9 +2,9 @@ package dbsync
 
 import (
 	"fmt"
-	"math"
-	"reflect"
 	"sort"
+
+	"github.com/dbsync/dbsync/internal/rowmatch"
 )
 
 // batchState accumulates the net effect of a poll's committed transactions per table
@@ -163,37 +163,11 @@ func (b *batchState) commit() {
 // one), -1 when none does (the row that was there before the transaction left).
 func leavingRow(ours []StringMap, old StringMap) int {
 	for i := len(ours) - 1; i >= 0; i-- {
-		if sameRow(ours[i], old) {
+		if rowmatch.SameRow(ours[i], old) {
 			return i
 		}
 	}
 	return -1
-}
-
-// sameRow tells whether row agrees with old on every column both hold.
-func sameRow(row, old StringMap) bool {
-	for col, ov := range old {
-		if rv, ok := row[col]; ok && !sameValue(rv, ov) {
-			return false
-		}
-	}
-	return true
-}
-
-// sameValue is reflect.DeepEqual, with NaN equal to NaN.
-func sameValue(a, b any) bool {
-	if reflect.DeepEqual(a, b) {
-		return true
-	}
-	switch x := a.(type) {
-	case float64:
-		y, ok := b.(float64)
-		return ok && math.IsNaN(x) && math.IsNaN(y)
-	case float32:
-		y, ok := b.(float32)
-		return ok && math.IsNaN(float64(x)) && math.IsNaN(float64(y))
-	}
-	return false
 }
 
 // mergeValues returns prev with values over it: the columns values lacks (unchanged

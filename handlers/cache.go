@@ -3,12 +3,11 @@ package handlers
 import (
 	"errors"
 	"fmt"
-	"math"
-	"reflect"
 	"slices"
 	"sync"
 
 	"github.com/dbsync/dbsync"
+	"github.com/dbsync/dbsync/internal/rowmatch"
 	"github.com/jackc/pglogrepl"
 )
 
@@ -725,7 +724,7 @@ func (c *Cache) leave(t *cacheTable, id string, old dbsync.StringMap) dbsync.Str
 		i = 0 // the one row there
 	default:
 		for j := n - 1; j >= 0; j-- {
-			if sameRow(h.at(j), old) {
+			if rowmatch.SameRow(h.at(j), old) {
 				i = j
 				break
 			}
@@ -768,44 +767,6 @@ func (c *Cache) put(t *cacheTable, id string, row dbsync.StringMap) {
 		t.held[id] = h
 	}
 	t.rows[id] = row
-}
-
-// sameRow tells whether row agrees with old on every column both hold.
-func sameRow(row, old dbsync.StringMap) bool {
-	for col, ov := range old {
-		if rv, ok := row[col]; ok && !sameValue(rv, ov) {
-			return false
-		}
-	}
-	return true
-}
-
-// sameValue is reflect.DeepEqual, with NaN equal to NaN, as in PostgreSQL, also as an
-// element of an array ([]any, nested by dimension).
-func sameValue(a, b any) bool {
-	if reflect.DeepEqual(a, b) {
-		return true
-	}
-	switch x := a.(type) {
-	case []any:
-		y, ok := b.([]any)
-		if !ok || len(x) != len(y) {
-			return false
-		}
-		for i := range x {
-			if !sameValue(x[i], y[i]) {
-				return false
-			}
-		}
-		return true
-	case float64:
-		y, ok := b.(float64)
-		return ok && math.IsNaN(x) && math.IsNaN(y)
-	case float32:
-		y, ok := b.(float32)
-		return ok && math.IsNaN(float64(x)) && math.IsNaN(float64(y))
-	}
-	return false
 }
 
 // Snapshot returns a copy of the cached tables: "schema.table" -> record ID -> row,
