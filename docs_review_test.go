@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"math/big"
 	"net"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/stretchr/testify/require"
 )
 
 // TestDocsTypeTableRest pins the rows of docs/VALUES.md's "PostgreSQL type -> Go type"
@@ -76,4 +78,52 @@ func TestDocsUnknownValueTypes(t *testing.T) {
 	}
 	requireSameRow(t, want, got, "change")
 	requireSameRow(t, want, refreshed, "refresh row")
+}
+
+// TestDocsEventsProcessorRefusesSelections: docs/SNAPSHOTS.md, "API": an
+// EventsProcessor gets raw rows and cannot take refresh rows, so Refresh, RefreshContext
+// and Snapshot are ErrConfig, before they write anything (no watermark row, no
+// snapshot_progress row).
+func TestDocsEventsProcessorRefusesSelections(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE ep (id int PRIMARY KEY)`, `INSERT INTO ep VALUES (1)`)
+	s := newTestSyncer(t, d, ForTables("ep"),
+		WithEventsProcessor(func(msgs []PGMSG, err error) (int, bool) { return len(msgs), false }))
+	r := runInBackground(s)
+	defer r.stop(t)
+	ctx := context.Background()
+	require.ErrorIs(t, s.Snapshot(ctx, "ep"), ErrConfig)
+	_, err := s.RefreshContext(ctx, `SELECT * FROM ep`)
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorIs(t, s.Refresh(`SELECT * FROM ep`), ErrConfig)
+	require.Equal(t, []string{"0", "0"}, queryStrings(t, d.DB,
+		`SELECT count(*)::text FROM dbsync_ctrl.dbsync_wmtable UNION ALL SELECT count(*)::text FROM dbsync_ctrl.snapshot_progress`))
+}
+
+// TestDocsChangeOldOnUnchangedToastedKey: Change.Old's docstring said a 'K' old tuple
+// comes on update "only when the key changed"; PostgreSQL also sends one for an UPDATE
+// that leaves a key stored out of line unchanged (DecodeChange's docstring says so), so
+// Old is the key there while OldKey stays "": a consumer must not take a non-nil Old as
+// "the key changed".
+func TestDocsChangeOldOnUnchangedToastedKey(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE tk (k text PRIMARY KEY, v int)`,
+		`ALTER TABLE tk ALTER COLUMN k SET STORAGE EXTERNAL`)
+	rec := &changeRecorder{}
+	s := newTestSyncer(t, d, ForTables("tk"), WithMessageHandler(rec))
+	r := runInBackground(s)
+	defer r.stop(t)
+	// 2,496 bytes: over the heap's TOAST threshold (stored out of line, uncompressed),
+	// under the btree's 2,704-byte limit.
+	const k = `(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 78) i)`
+	long := queryStrings(t, d.DB, `SELECT `+k)[0]
+	execAll(t, d.DB, `INSERT INTO tk VALUES (`+k+`, 1)`, `UPDATE tk SET v = 2`)
+	toast := queryStrings(t, d.DB, `SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'tk'::regclass`)[0]
+	require.NotEqual(t, []string{"0"}, queryStrings(t, d.DB, `SELECT count(*)::text FROM `+toast), "the key is stored out of line")
+	ch := rec.waitChanges(t, 2)
+	require.Equal(t, OpUpdate, ch[1].Op)
+	require.Equal(t, `["`+long+`"]`, ch[1].Key)
+	require.Equal(t, "", ch[1].OldKey)
+	require.Equal(t, StringMap{"k": long, "v": int32(2)}, ch[1].New)
+	require.Equal(t, StringMap{"k": long}, ch[1].Old)
 }
