@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"fmt"
 	"math/big"
 	"net"
 	"net/netip"
@@ -126,4 +127,65 @@ func TestDocsChangeOldOnUnchangedToastedKey(t *testing.T) {
 	require.Equal(t, "", ch[1].OldKey)
 	require.Equal(t, StringMap{"k": long, "v": int32(2)}, ch[1].New)
 	require.Equal(t, StringMap{"k": long}, ch[1].Old)
+}
+
+// TestDocsScanTupleIntoStringByMode pins docs/VALUES.md's "Typed scanning" paragraph
+// on pgtype's scans into *string: a uuid, numeric or float8 gives the same text in
+// both modes; timestamptz, date, interval, bool, inet, bytea, arrays and ranges fail
+// with ErrDecodeValue in binary mode; a "char" from 0x80 on gives its raw byte in
+// binary mode instead of the output function's \ooo.
+func TestDocsScanTupleIntoStringByMode(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE ss (id int8 PRIMARY KEY, u uuid, n numeric, f float8,
+		tz timestamptz, dt date, iv interval, b bool, i inet, by bytea, a int4[], r int4range, c "char")`)
+	const insert = `INSERT INTO ss VALUES (1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 1.50, 0.1,
+		'2024-03-01 12:34:56+00', '2024-03-01', '1 day', true, '10.0.0.1', '\x01', '{1,2}', '[1,3)', CAST(-56 AS "char"))`
+	same := map[string]string{"u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "n": "1.50", "f": "0.1"}
+	failBinary := []string{"tz", "dt", "iv", "b", "i", "by", "a", "r"}
+	for _, binary := range []bool{false, true} {
+		t.Run(fmt.Sprintf("binary=%v", binary), func(t *testing.T) {
+			execAll(t, d.DB, `DELETE FROM ss`)
+			rec := &changeRecorder{}
+			s := newTestSyncer(t, d, ForTables("ss"), WithMessageHandler(rec), WithBinary(binary),
+				WithReplicationSlot(pgtest.Ident(t, fmt.Sprintf("slot_%v", binary))))
+			r := runInBackground(s)
+			defer r.stop(t)
+			execAll(t, d.DB, insert)
+			rec.waitChanges(t, 1)
+			tup := rec.tuple(0)
+			_, info, err := s.dec.relation(tup.reln.RelationID)
+			require.NoError(t, err)
+			idx := map[string]int{}
+			for i, c := range tup.reln.Columns {
+				idx[c.Name] = i
+			}
+			scan := func(col string) (string, error) {
+				dest := make([]any, len(tup.reln.Columns))
+				var out string
+				dest[idx[col]] = &out
+				return out, info.ScanTuple(tup.reln, tup.tuple, dest...)
+			}
+			for col, want := range same {
+				got, err := scan(col)
+				require.NoError(t, err, col)
+				require.Equal(t, want, got, col)
+			}
+			for _, col := range failBinary {
+				got, err := scan(col)
+				if binary {
+					require.ErrorIs(t, err, ErrDecodeValue, col)
+				} else {
+					require.NoError(t, err, col)
+					require.NotEmpty(t, got, col)
+				}
+			}
+			got, err := scan("c")
+			require.NoError(t, err)
+			if binary {
+				require.Equal(t, "\xc8", got)
+			} else {
+				require.Equal(t, `\310`, got)
+			}
+		})
+	}
 }
