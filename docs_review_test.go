@@ -189,3 +189,22 @@ func TestDocsScanTupleIntoStringByMode(t *testing.T) {
 		})
 	}
 }
+
+// TestDocsWakeCutsIdleBackoffShort: README, "Idle cost and latency": Wake() cuts an
+// idle wait short. After a peek that found nothing of the publication (another
+// table's write) the poller waits DelayBetweenPeekRetries, here an hour; a change of
+// the published table then arrives only because of Wake.
+func TestDocsWakeCutsIdleBackoffShort(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE pubd (id int PRIMARY KEY)`, `CREATE TABLE other (id int PRIMARY KEY)`)
+	rec := &changeRecorder{}
+	s := newTestSyncer(t, d, ForTables("pubd"), WithMessageHandler(rec), WithPollBackoff(time.Hour, 1, time.Hour))
+	r := runInBackground(s)
+	defer r.stop(t)
+	execAll(t, d.DB, `INSERT INTO other VALUES (1)`)
+	waitCaughtUp(t, d.DB, pgtest.Ident(t, "slot")) // the empty peek forwarded the slot; now an hour's wait
+	execAll(t, d.DB, `INSERT INTO pubd VALUES (7)`)
+	s.Wake()
+	ch := rec.waitChanges(t, 1)
+	require.Equal(t, `["7"]`, ch[0].Key)
+}
