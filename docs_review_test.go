@@ -6,6 +6,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -207,4 +208,37 @@ func TestDocsWakeCutsIdleBackoffShort(t *testing.T) {
 	s.Wake()
 	ch := rec.waitChanges(t, 1)
 	require.Equal(t, `["7"]`, ch[0].Key)
+}
+
+// TestDocsCtrlSchemaSharedWithTables: the control schema may be one that holds the
+// user's tables (WithCtrlNamespace("public")). Only dbsync's own tables there (the
+// watermark table and snapshot_progress, both published here: FOR ALL TABLES) are
+// swallowed; the user's tables in that schema are delivered. Before, every change of
+// the schema was swallowed, and the slot forwarded past it: lost for good.
+func TestDocsCtrlSchemaSharedWithTables(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	pub := pgtest.Ident(t, "pub")
+	execAll(t, d.DB, `CREATE TABLE shared (id int PRIMARY KEY, v text)`, `INSERT INTO shared VALUES (0, 'old')`,
+		`CREATE PUBLICATION `+pub+` FOR ALL TABLES`)
+	rec := &changeRecorder{}
+	s := newTestSyncer(t, d, WithPublication(pub), WithMessageHandler(rec), WithCtrlNamespace("public"))
+	r := runInBackground(s)
+	defer r.stop(t)
+	execAll(t, d.DB, `INSERT INTO shared VALUES (1, 'a')`, `UPDATE shared SET v = 'b' WHERE id = 1`, `DELETE FROM shared WHERE id = 1`)
+	rec.waitChanges(t, 3)
+	require.NoError(t, s.Snapshot(context.Background(), "shared"))
+	require.Equal(t, []string{"1"}, queryStrings(t, d.DB, `SELECT count(*)::text FROM public.snapshot_progress WHERE finished_at IS NOT NULL`))
+	execAll(t, d.DB, `INSERT INTO shared VALUES (2, 'c')`)
+	rec.waitChanges(t, 4)
+	_, events := rec.snapshot()
+	var changes []string
+	for _, e := range events {
+		if strings.HasPrefix(e, "RELATION ") {
+			// Once per poll that carries a change of the table; never dbsync's tables.
+			require.Equal(t, "RELATION public.shared (id:integer,v:text) key=[id]", e)
+			continue
+		}
+		changes = append(changes, e)
+	}
+	require.Equal(t, []string{`INSERT shared ["1"]`, `UPDATE shared ["1"]`, `DELETE shared ["1"]`, `INSERT shared ["2"]`}, changes)
 }
