@@ -242,3 +242,23 @@ func TestDocsCtrlSchemaSharedWithTables(t *testing.T) {
 	}
 	require.Equal(t, []string{`INSERT shared ["1"]`, `UPDATE shared ["1"]`, `DELETE shared ["1"]`, `INSERT shared ["2"]`}, changes)
 }
+
+// TestDocsAllNullCompositeIsAValue: docs/VALUES.md, "Keying rows read with SQL": a
+// composite whose fields are all NULL IS NULL in SQL but is a value, and SelectList
+// tells it from NULL (num_nulls): the change, the refresh row and ScanRow give the
+// same UnknownValue "(,)", and a NULL column stays nil.
+func TestDocsAllNullCompositeIsAValue(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TYPE pair AS (a int, b text)`, `CREATE TABLE cp (id int PRIMARY KEY, p pair, q pair)`)
+	want := StringMap{"id": int32(1), "p": UnknownValue{Type: "pair", Text: "(,)"}, "q": nil}
+	got, refreshed, info := changeAndRefresh(t, d, "cp", `INSERT INTO cp VALUES (1, ROW(NULL, NULL), NULL)`, false)
+	requireSameRow(t, want, got, "change")
+	requireSameRow(t, want, refreshed, "refresh row")
+	rows, err := d.DB.Query(`SELECT ` + info.SelectList() + ` FROM ` + info.QuotedName())
+	require.NoError(t, err)
+	defer rows.Close()
+	require.True(t, rows.Next())
+	scanned, err := info.ScanRow(rows)
+	require.NoError(t, err)
+	requireSameRow(t, want, scanned, "ScanRow")
+}
