@@ -262,3 +262,36 @@ func TestDocsAllNullCompositeIsAValue(t *testing.T) {
 	require.NoError(t, err)
 	requireSameRow(t, want, scanned, "ScanRow")
 }
+
+// TestDocsRefreshErrorsAfterCancelAndClose: ErrConfig means a bad query or setting
+// (errors.go; SNAPSHOTS.md "Errors"). A RefreshContext whose context has ended is
+// ErrRefreshAbandoned with the context's error (RefreshContext's docstring), and a
+// Refresh or Snapshot after Close is ErrRefreshAbandoned wrapping ErrClosed, as for
+// one waiting when Close came. Before, the cancelled Refresh was "invalid
+// configuration: Refresh query: context canceled", and after Close both were
+// "sql: database is closed" (the Refresh's also ErrConfig).
+func TestDocsRefreshErrorsAfterCancelAndClose(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE rc (id int PRIMARY KEY)`, `INSERT INTO rc VALUES (1)`)
+	s := newTestSyncer(t, d, ForTables("rc"), WithMessageHandler(DefaultMessageHandler{}))
+	r := runInBackground(s)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := s.RefreshContext(ctx, `SELECT * FROM rc`)
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, context.Canceled)
+	require.NotErrorIs(t, err, ErrConfig)
+	err = s.Snapshot(ctx, "rc")
+	require.ErrorIs(t, err, context.Canceled)
+	require.NotErrorIs(t, err, ErrConfig)
+
+	require.NoError(t, r.stop(t))
+	require.NoError(t, s.Close())
+	_, err = s.RefreshContext(context.Background(), `SELECT * FROM rc`)
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, ErrClosed)
+	require.NotErrorIs(t, err, ErrConfig)
+	err = s.Snapshot(context.Background(), "rc")
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, ErrClosed)
+}

@@ -85,7 +85,8 @@ var (
 	ErrReplicaIdentity = errors.New("dbsync: table has no usable replica identity")
 	// ErrAlreadyRunning: Start or Run was called on a Syncer that is running.
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
-	// ErrClosed: Start or Run was called on a Syncer after Close. Make a new one.
+	// ErrClosed: Start or Run was called on a Syncer after Close (Refresh and Snapshot
+	// then fail with ErrRefreshAbandoned wrapping it). Make a new one.
 	ErrClosed = errors.New("dbsync: syncer is closed")
 	// ErrConfig: an option or environment variable has an invalid value.
 	ErrConfig = errors.New("dbsync: invalid configuration")

@@ -75,7 +75,9 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // with a Snapshot): each selection is judged on its own window.
 //
 // Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
-// ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery), server errors.
+// ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery, with ctx's
+// error in the chain; after Close, wrapping ErrClosed), server errors (a lost
+// connection while the query is planned is one, not ErrConfig).
 func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (RefreshStats, error) {
 	if err := s.refreshAllowed(); err != nil {
 		return RefreshStats{}, err
@@ -146,6 +148,12 @@ func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]s
 }
 
 func (s *Syncer) refreshAllowed() error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ErrClosed)
+	}
 	if s.EventsProcessor != nil {
 		return fmt.Errorf("%w: Refresh and Snapshot deliver through MessageHandler/Batcher, not an EventsProcessor", ErrConfig)
 	}
@@ -528,6 +536,21 @@ func (s *Syncer) deleteWatermarks(id string) {
 	s.strayWatermarks = kept
 }
 
+// refreshQueryErr names an error of describing or planning a Refresh query: the
+// server's refusal of the query is ErrConfig (a syntax error, an unknown table or
+// column); the caller's context ending is ErrRefreshAbandoned with the context's
+// error; a lost connection or a server shutting down is neither (the query may be
+// fine: run it again).
+func refreshQueryErr(ctx context.Context, err error, what string) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: Refresh query: %w (%w)", ErrRefreshAbandoned, ctx.Err(), classify(err, what))
+	}
+	if _, _, server := serverError(err); !server || isTransient(err) {
+		return fmt.Errorf("Refresh query: %w", classify(err, what))
+	}
+	return fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, what))
+}
+
 // queryColumns returns the result column names of a query (without running it).
 func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, error) {
 	rows, err := s.db.QueryContext(ctx, "SELECT * FROM ("+query+") AS q LIMIT 0")
@@ -536,7 +559,7 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 			// EXPLAIN took the query: what it ends with does not fit in a subquery.
 			return nil, fmt.Errorf("%w: Refresh query cannot be read as a subquery (SELECT * FROM (<query>) AS q); write it as one SELECT without a semicolon or a comment after it: %w", ErrConfig, err)
 		}
-		return nil, fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "describe query"))
+		return nil, refreshQueryErr(ctx, err, "describe query")
 	}
 	defer rows.Close()
 	cols, err := rows.Columns()
@@ -570,7 +593,7 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 		if hasSQLState(err, "42501") {
 			return "", s.selectionDenied(ctx, err)
 		}
-		return "", fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+		return "", refreshQueryErr(ctx, err, "explain query")
 	}
 	defer stmt.Close()
 	var plan string
@@ -583,7 +606,7 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 		if hasSQLState(err, "42501") {
 			return "", s.selectionDenied(ctx, err)
 		}
-		return "", fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, "explain query"))
+		return "", refreshQueryErr(ctx, err, "explain query")
 	}
 	return plan, nil
 }
