@@ -295,3 +295,28 @@ func TestDocsRefreshErrorsAfterCancelAndClose(t *testing.T) {
 	require.ErrorIs(t, err, ErrRefreshAbandoned)
 	require.ErrorIs(t, err, ErrClosed)
 }
+
+// TestDocsJSONRowOtherTypes pins what JSONRow gives for the types docs/VALUES.md
+// sums up as "other types": their text form as pgx writes it, which PostgreSQL reads
+// back as the same value but which is not always the server's output text (an
+// interval, a time's fraction, an inet's /32); "char" stays its code, a number.
+func TestDocsJSONRowOtherTypes(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE jt (id int PRIMARY KEY, x8 xid8, ch "char", tm time, i1 inet, b bit(3),
+		pt point, tid tid, iv interval)`)
+	const insert = `INSERT INTO jt VALUES (1, '18446744073709551615', 'z', '24:00:00', '10.0.0.1', B'101',
+		'(1.5,-2)', '(7,9)', '1 year 2 mons -3 days 04:05:06.000007')`
+	want := map[string]any{"id": int32(1), "x8": "18446744073709551615", "ch": int32('z'), "tm": "24:00:00.000000",
+		"i1": "10.0.0.1/32", "b": "101", "pt": "(1.5,-2)", "tid": "(7,9)", "iv": "14 mon -3 day 04:05:06.000007"}
+	for _, binary := range []bool{false, true} {
+		got, _, info := changeAndRefresh(t, d, "jt", insert, binary)
+		j, err := info.JSONRow(got)
+		require.NoError(t, err)
+		require.Equal(t, want, j, "binary=%v", binary)
+		// PostgreSQL reads each text back as the value it came from.
+		for _, col := range []string{"tm", "i1", "iv"} {
+			require.Equal(t, []string{"true"}, queryStrings(t, d.DB,
+				fmt.Sprintf(`SELECT (%s = CAST($1 AS %s))::text FROM jt`, col, info.ColInfo[col].TypeName), j[col]), col)
+		}
+	}
+}
