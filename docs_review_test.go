@@ -320,3 +320,19 @@ func TestDocsJSONRowOtherTypes(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsRefreshRunsReadOnly: docs/SNAPSHOTS.md says a Refresh query runs in a READ
+// ONLY transaction: one that calls a writing function (nextval) fails with ErrConfig,
+// writes nothing and leaves no watermark row.
+func TestDocsRefreshRunsReadOnly(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE ro (id int PRIMARY KEY)`, `INSERT INTO ro VALUES (1)`, `CREATE SEQUENCE sq`)
+	s := newTestSyncer(t, d, ForTables("ro"), WithMessageHandler(DefaultMessageHandler{}))
+	r := runInBackground(s)
+	defer r.stop(t)
+	_, err := s.RefreshContext(context.Background(), `SELECT id, nextval('sq') AS n FROM ro`)
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), "read-only transaction (25006)")
+	require.Equal(t, []string{"1 false"}, queryStrings(t, d.DB, `SELECT last_value || ' ' || is_called FROM sq`))
+	require.Equal(t, []string{"0"}, queryStrings(t, d.DB, `SELECT count(*)::text FROM dbsync_ctrl.dbsync_wmtable`))
+}
