@@ -336,3 +336,24 @@ func TestDocsRefreshRunsReadOnly(t *testing.T) {
 	require.Equal(t, []string{"1 false"}, queryStrings(t, d.DB, `SELECT last_value || ' ' || is_called FROM sq`))
 	require.Equal(t, []string{"0"}, queryStrings(t, d.DB, `SELECT count(*)::text FROM dbsync_ctrl.dbsync_wmtable`))
 }
+
+// TestDocsRefreshTimeoutDuringSelect: a RefreshContext whose context ends while its
+// SELECT runs is ErrRefreshAbandoned with the context's error (RefreshContext's
+// docstring), not ErrConfig. Before, through lib/pq, it was "invalid configuration:
+// selection query on public.rt: run selection: pq: canceling statement due to user
+// request (57014)": the server's answer to the driver's cancel request read as a
+// query the server refused, and context.DeadlineExceeded was not in the chain.
+func TestDocsRefreshTimeoutDuringSelect(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE rt (id int PRIMARY KEY)`, `INSERT INTO rt VALUES (1)`)
+	s := newTestSyncer(t, d, ForTables("rt"), WithMessageHandler(DefaultMessageHandler{}))
+	r := runInBackground(s)
+	defer r.stop(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := s.RefreshContext(ctx, `SELECT id, pg_sleep(30)::text AS s FROM rt`)
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.NotErrorIs(t, err, ErrConfig)
+	require.Equal(t, []string{"0"}, queryStrings(t, d.DB, `SELECT count(*)::text FROM dbsync_ctrl.dbsync_wmtable`))
+}

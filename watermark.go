@@ -277,6 +277,10 @@ func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []st
 	var wait *backoff.ExponentialBackOff
 	for lost := 0; ; lost++ {
 		p, err := s.openSelectionOnce(ctx, info, cols, q)
+		if err != nil && ctx.Err() != nil && !errors.Is(err, ErrRefreshAbandoned) {
+			// The caller's context ended: nothing of the selection was delivered.
+			return nil, fmt.Errorf("%w: selection on %s: %w", ErrRefreshAbandoned, info.QualifiedName(), err)
+		}
 		if err == nil || !isTransient(err) {
 			return p, err
 		}
