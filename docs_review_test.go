@@ -357,3 +357,31 @@ func TestDocsRefreshTimeoutDuringSelect(t *testing.T) {
 	require.NotErrorIs(t, err, ErrConfig)
 	require.Equal(t, []string{"0"}, queryStrings(t, d.DB, `SELECT count(*)::text FROM dbsync_ctrl.dbsync_wmtable`))
 }
+
+// TestDocsTableNamesNameTables: Snapshot and TableInfo take a table's name, and a name
+// that is no table is ErrConfig (Snapshot's and TableInfo's docstrings). A one-part
+// name was looked up with to_regclass, which finds any relation: a view, an index or
+// a sequence was described as a table, and Snapshot of it failed with ErrNoPrimaryKey
+// advising ALTER TABLE "public"."vt_pkey" ADD PRIMARY KEY. The two-part name of the
+// same relation was ErrConfig ("does not exist"); both now say what it is.
+func TestDocsTableNamesNameTables(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE vt (id int PRIMARY KEY)`, `INSERT INTO vt VALUES (1)`,
+		`CREATE VIEW vv AS SELECT * FROM vt`, `CREATE SEQUENCE vs`)
+	s := newTestSyncer(t, d, ForTables("vt"), WithMessageHandler(DefaultMessageHandler{}))
+	r := runInBackground(s)
+	defer r.stop(t)
+	ctx := context.Background()
+	for name, what := range map[string]string{"vv": "a view", "public.vv": "a view", `"vv"`: "a view",
+		"vt_pkey": "an index", "public.vt_pkey": "an index", "vs": "a sequence", "public.vs": "a sequence"} {
+		err := s.Snapshot(ctx, name)
+		require.ErrorIs(t, err, ErrConfig, name)
+		require.Contains(t, err.Error(), "is "+what+", not a table", name)
+		_, err = s.TableInfo(ctx, name)
+		require.ErrorIs(t, err, ErrConfig, name)
+	}
+	_, err := s.TableInfo(ctx, "nosuch")
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), `table "nosuch" does not exist`)
+	require.NoError(t, s.Snapshot(ctx, "vt"))
+}

@@ -132,7 +132,8 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
 // ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
 // index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
-// to resume; wrapping ErrClosed after Close), ErrConfig for unknown tables, or ctx's error.
+// to resume; wrapping ErrClosed after Close), ErrConfig for unknown tables (and names
+// of views, indexes, sequences), or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) error {
 	if err := s.refreshAllowed(); err != nil {
 		return err
