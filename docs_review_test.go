@@ -385,3 +385,23 @@ func TestDocsTableNamesNameTables(t *testing.T) {
 	require.Contains(t, err.Error(), `table "nosuch" does not exist`)
 	require.NoError(t, s.Snapshot(ctx, "vt"))
 }
+
+// TestDocsReplicaIdentityIndexDropped: docs/VALUES.md, "Replica identity": setup
+// reports a table whose REPLICA IDENTITY USING INDEX names a dropped index (PostgreSQL
+// keeps relreplident 'i'; its UPDATEs and DELETEs then fail on the primary), with the
+// statement that fixes it.
+func TestDocsReplicaIdentityIndexDropped(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE rid (id int PRIMARY KEY, x int NOT NULL)`, `CREATE UNIQUE INDEX rid_x ON rid (x)`,
+		`ALTER TABLE rid REPLICA IDENTITY USING INDEX rid_x`, `DROP INDEX rid_x`)
+	require.Equal(t, []string{"i"}, queryStrings(t, d.DB, `SELECT relreplident::text FROM pg_class WHERE relname = 'rid'`))
+	s := newTestSyncer(t, d, ForTables("rid"), WithMessageHandler(DefaultMessageHandler{}))
+	problems, err := s.CheckReplicaIdentity(context.Background())
+	require.NoError(t, err)
+	require.Len(t, problems, 1)
+	require.Equal(t, `table public.rid has REPLICA IDENTITY USING INDEX but the index is gone: its UPDATEs and DELETEs cannot be captured (and fail on the primary); it has a primary key, so run ALTER TABLE "public"."rid" REPLICA IDENTITY DEFAULT (or ALTER TABLE "public"."rid" REPLICA IDENTITY FULL)`,
+		problems[0].String())
+	_, err = NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")),
+		WithMessageHandler(DefaultMessageHandler{}), WithStrictReplicaIdentity(true))
+	require.ErrorIs(t, err, ErrReplicaIdentity)
+}
