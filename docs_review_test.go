@@ -405,3 +405,29 @@ func TestDocsReplicaIdentityIndexDropped(t *testing.T) {
 		WithMessageHandler(DefaultMessageHandler{}), WithStrictReplicaIdentity(true))
 	require.ErrorIs(t, err, ErrReplicaIdentity)
 }
+
+// TestDocsControlTablesAreNotSelected: the watermark table is in the publication (a
+// list of the publication's tables, pg_publication_tables, includes it), and
+// docs/SNAPSHOTS.md says handlers never see its rows. Snapshot and Refresh of it, or
+// of snapshot_progress, are ErrConfig. Before, Snapshot("dbsync_ctrl.dbsync_wmtable")
+// returned nil after delivering the chunk's own low watermark row to HandleRefresh.
+func TestDocsControlTablesAreNotSelected(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE ct (id int PRIMARY KEY)`, `INSERT INTO ct VALUES (1)`)
+	h := newCacheHandler()
+	s := newTestSyncer(t, d, ForTables("ct"), WithMessageHandler(h))
+	r := runInBackground(s)
+	defer r.stop(t)
+	ctx := context.Background()
+	for _, table := range []string{"dbsync_ctrl.dbsync_wmtable", "dbsync_ctrl.snapshot_progress"} {
+		err := s.Snapshot(ctx, table)
+		require.ErrorIs(t, err, ErrConfig, table)
+		require.Contains(t, err.Error(), "is dbsync's own table", table)
+		_, err = s.RefreshContext(ctx, "SELECT * FROM "+table)
+		require.ErrorIs(t, err, ErrConfig, table)
+	}
+	require.NoError(t, s.Snapshot(ctx, "ct"))
+	require.Empty(t, h.tableRows("dbsync_ctrl.dbsync_wmtable"))
+	require.Empty(t, h.tableRows("dbsync_ctrl.snapshot_progress"))
+	require.Len(t, h.tableRows("public.ct"), 1)
+}

@@ -155,6 +155,9 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := s.refuseControlTable(qt); err != nil {
+		return err
+	}
 	info, err := s.tableInfoByName(ctx, qt)
 	if err != nil {
 		return err

@@ -147,6 +147,16 @@ func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]s
 	}, args: args, rows: len(keys), reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
 }
 
+// refuseControlTable refuses a selection of dbsync's own tables (the watermark table
+// is in the publication, so a list of its tables names it): their rows are never
+// delivered, and a selection of the watermark table would read its own watermarks.
+func (s *Syncer) refuseControlTable(t qualifiedTable) error {
+	if t.schema == s.ctrlNamespace && (t.name == s.wmTableName || t.name == snapshotProgressTable) {
+		return fmt.Errorf("%w: %s.%s is dbsync's own table (in the control schema): its rows are never delivered, so it cannot be snapshotted or refreshed", ErrConfig, t.schema, t.name)
+	}
+	return nil
+}
+
 func (s *Syncer) refreshAllowed() error {
 	s.mu.Lock()
 	closed := s.closed
@@ -657,6 +667,9 @@ func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, pl
 		reads := strconv.Itoa(len(tables)) + " (" + strings.Join(names, ", ") + ")"
 		return nil, planNode{}, fmt.Errorf("%w: a Refresh query must read exactly one table; it reads %s: select from one table, FROM ONLY for a table with inheritance children (refresh a child by its own name), and the partitions of a partitioned table one at a time unless the publication publishes their changes under the partitioned table (publish_via_partition_root = true)",
 			ErrConfig, reads)
+	}
+	if err := s.refuseControlTable(tables[0]); err != nil {
+		return nil, planNode{}, err
 	}
 	info, err := s.tableInfoByName(ctx, tables[0])
 	return info, doc[0].Plan, err
