@@ -25,8 +25,10 @@ type Change struct {
 	// Unchanged — unless the old row (REPLICA IDENTITY FULL) supplied it.
 	New StringMap
 	// Old holds what PostgreSQL sent of the old row: key columns only (kind 'K', under
-	// REPLICA IDENTITY DEFAULT/INDEX: on delete, and on update only when the key
-	// changed) or the whole row ('O', REPLICA IDENTITY FULL). nil when not sent.
+	// REPLICA IDENTITY DEFAULT/INDEX: on delete, and on update when the key changed or
+	// when a key column is stored out of line (TOAST), unchanged) or the whole row ('O',
+	// REPLICA IDENTITY FULL). nil when not sent. A non-nil Old on an update does not mean
+	// the key changed: OldKey says that.
 	Old StringMap
 	// Unchanged lists columns of New whose value was not sent and is not known: the
 	// consumer must keep its previous value. Never deliver them as NULL.

@@ -48,9 +48,12 @@ func handlerErr(err error, what string, lsn pglogrepl.LSN) error {
 
 // isControlTable tells whether a relation is one of dbsync's own tables in the control
 // schema (the watermark table, whose rows drive refresh windows, and
-// snapshot_progress, published under FOR ALL TABLES): not delivered as changes.
+// snapshot_progress, published under FOR ALL TABLES): not delivered as changes. Other
+// tables of that schema are the user's (the control schema may be "public") and are
+// delivered like any other (TestDocsCtrlSchemaSharedWithTables).
 func (s *Syncer) isControlTable(reln *pglogrepl.RelationMessage) bool {
-	return reln.Namespace == s.ctrlNamespace
+	return reln.Namespace == s.ctrlNamespace &&
+		(reln.RelationName == s.wmTableName || reln.RelationName == snapshotProgressTable)
 }
 
 // isWatermarkTable tells whether a relation is the watermark table.

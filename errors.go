@@ -87,10 +87,15 @@ var (
 	// that is running.
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
 	// ErrClosed: Start, Run, GetMessages or Forward was called on a Syncer after
-	// Close, or Close ended a Refresh or Snapshot (wrapped with ErrRefreshAbandoned).
-	// Make a new one.
+	// Close; Refresh and Snapshot under way when Close was called, or called after it,
+	// fail with ErrRefreshAbandoned wrapping it. Make a new one.
 	ErrClosed = errors.New("dbsync: syncer is closed")
-	// ErrConfig: an option or environment variable has an invalid value.
+	// ErrConfig: an option or environment variable has an invalid value, or a call
+	// asks for what the configuration cannot do: a Refresh query the server refuses or
+	// that dbsync cannot match with changes (docs/SNAPSHOTS.md, "API"), a table name
+	// that names no table, a table the publication does not carry (or carries with a
+	// row filter), Refresh or Snapshot with an EventsProcessor, Run on a pool of one
+	// connection. The message says which and how to fix it.
 	ErrConfig = errors.New("dbsync: invalid configuration")
 	// ErrRefreshAbandoned: the Syncer stopped (Stop, a cancelled Run context, a handler
 	// error under StopOnHandlerError) before the selection's high watermark was

@@ -238,7 +238,7 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 	}
 	rows, err := tx.QueryContext(rctx, q.build(form), q.args...)
 	if err != nil {
-		return selectionQueryErr(info, err)
+		return selectionQueryErr(ctx, info, err)
 	}
 	defer rows.Close()
 	var cur *rawBatch
@@ -318,7 +318,7 @@ func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTa
 			// server's "canceling statement" error).
 			err = fmt.Errorf("read selection rows: %w", ctx.Err())
 		} else if errors.As(qerr, &pgErr) {
-			err = selectionQueryErr(info, qerr)
+			err = selectionQueryErr(ctx, info, qerr)
 		} else {
 			err = classify(qerr, "read selection rows")
 		}
@@ -335,8 +335,12 @@ func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTa
 // selectionQueryErr is the error of a selection's SELECT that the server refused: the
 // query is at fault (ErrConfig: a Refresh query's error, a column it lacks), unless
 // the session was lost (isTransient: a restart, pg_terminate_backend), which
-// openSelection retries and is no fault of the query.
-func selectionQueryErr(info *PGTableInfo, err error) error {
+// openSelection retries and is no fault of the query, or the caller's context ended
+// (lib/pq then has the server cancel the statement: 57014), which is ctx's error.
+func selectionQueryErr(ctx context.Context, info *PGTableInfo, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("run selection on %s: %w (%w)", info.QualifiedName(), ctx.Err(), classify(err, "run selection"))
+	}
 	if isTransient(err) {
 		return classify(err, "run selection on "+info.QualifiedName())
 	}

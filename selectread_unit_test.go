@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
@@ -68,14 +69,20 @@ func TestRawBatchKeepsNullAndEmptyApart(t *testing.T) {
 // caller to fix the query.
 func TestSelectionQueryErr(t *testing.T) {
 	info := &PGTableInfo{Namespace: "public", TableName: "items"}
-	require.ErrorIs(t, selectionQueryErr(info, &pq.Error{Code: "42703", Message: "column t.x does not exist"}), ErrConfig)
+	require.ErrorIs(t, selectionQueryErr(context.Background(), info, &pq.Error{Code: "42703", Message: "column t.x does not exist"}), ErrConfig)
 	for _, err := range []error{&pq.Error{Code: "57P01", Message: "terminating connection due to administrator command"},
 		&pgconn.PgError{Code: "57P01"}, driver.ErrBadConn} {
-		got := selectionQueryErr(info, err)
+		got := selectionQueryErr(context.Background(), info, err)
 		require.NotErrorIs(t, got, ErrConfig, "%v", err)
 		require.ErrorIs(t, got, err)
 		require.True(t, isTransient(got))
 	}
+	// The caller's context ended: lib/pq's cancel request makes the server answer 57014.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	got := selectionQueryErr(ctx, info, &pq.Error{Code: "57014", Message: "canceling statement due to user request"})
+	require.NotErrorIs(t, got, ErrConfig)
+	require.ErrorIs(t, got, context.Canceled)
 }
 
 // TestIsTransientIdleTimeouts: a session the server ended for idling

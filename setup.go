@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/lib/pq"
@@ -227,17 +228,17 @@ func resolveTable(ctx context.Context, q interface {
 			return qualifiedTable{}, fmt.Errorf("%w: table name %q: %q is %d bytes, and PostgreSQL cuts names to 63 bytes, so it would name another table; give the name as the catalog has it (at most 63 bytes)", ErrConfig, name, p, len(p))
 		}
 	}
-	var schema, table sql.NullString
+	var schema, table, kind sql.NullString
 	var err error
 	switch len(parts) {
 	case 1:
-		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::text FROM pg_catalog.pg_class c
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE c.oid = to_regclass(quote_ident($1))`, parts[0]).Scan(&schema, &table)
+			WHERE c.oid = to_regclass(quote_ident($1))`, parts[0]).Scan(&schema, &table, &kind)
 	case 2:
-		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::text FROM pg_catalog.pg_class c
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, parts[0], parts[1]).Scan(&schema, &table)
+			WHERE n.nspname = $1 AND c.relname = $2`, parts[0], parts[1]).Scan(&schema, &table, &kind)
 	default:
 		return qualifiedTable{}, fmt.Errorf("%w: table name %q has %d parts; give \"table\" or \"schema.table\"", ErrConfig, name, len(parts))
 	}
@@ -247,7 +248,22 @@ func resolveTable(ctx context.Context, q interface {
 	if err != nil {
 		return qualifiedTable{}, classify(err, "resolve table "+name)
 	}
+	// to_regclass finds any relation, and a view, an index or a sequence shares the
+	// tables' namespace: only a table or a partitioned table has rows and changes.
+	if k := kind.String; k != "r" && k != "p" {
+		what, ok := relkindNames[k]
+		if !ok {
+			what = "a relation of relkind " + strconv.Quote(k)
+		}
+		return qualifiedTable{}, fmt.Errorf("%w: %q is %s, not a table", ErrConfig, name, what)
+	}
 	return qualifiedTable{schema.String, table.String}, nil
+}
+
+// relkindNames names pg_class.relkind values other than tables for errors.
+var relkindNames = map[string]string{
+	"v": "a view", "m": "a materialized view", "i": "an index", "I": "a partitioned index",
+	"S": "a sequence", "f": "a foreign table", "c": "a composite type", "t": "a TOAST table",
 }
 
 func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {

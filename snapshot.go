@@ -134,7 +134,7 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
 // index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
 // to resume; with ErrClosed when Close ended it or was called before), ErrConfig for
-// unknown tables, or ctx's error.
+// unknown tables (and names of views, indexes, sequences), or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return err
@@ -159,6 +159,9 @@ func (s *Syncer) ctrlSQL(name string) string {
 func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 	qt, err := resolveTable(ctx, s.db, name)
 	if err != nil {
+		return err
+	}
+	if err := s.refuseControlTable(qt); err != nil {
 		return err
 	}
 	info, err := s.tableInfoByName(ctx, qt)

@@ -10,7 +10,8 @@ import (
 // catalog, as changes of that table are described to handlers. Use it to decode rows
 // read with SQL the same way as changes: select with SelectList, decode with ScanRow,
 // key with GetRecordID (docs/VALUES.md).
-// Returns an error wrapping ErrConfig when the table does not exist.
+// Returns an error wrapping ErrConfig when the table does not exist or the name is
+// another kind of relation (a view, an index, a sequence, ...).
 func (s *Syncer) TableInfo(ctx context.Context, name string) (*PGTableInfo, error) {
 	t, err := resolveTable(ctx, s.db, name)
 	if err != nil {

@@ -80,8 +80,9 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // with a Snapshot): each selection is judged on its own window.
 //
 // Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
-// ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery; with ErrClosed
-// when Close ended it or was called before), server errors.
+// ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery, with ctx's
+// error in the chain; with ErrClosed when Close ended it or was called before), server
+// errors (a lost connection while the query is planned is one, not ErrConfig).
 func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (_ RefreshStats, err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return RefreshStats{}, err
@@ -156,7 +157,23 @@ func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]s
 	}, args: args, rows: len(keys), reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
 }
 
+// refuseControlTable refuses a selection of dbsync's own tables (the watermark table
+// is in the publication, so a list of its tables names it): their rows are never
+// delivered, and a selection of the watermark table would read its own watermarks.
+func (s *Syncer) refuseControlTable(t qualifiedTable) error {
+	if t.schema == s.ctrlNamespace && (t.name == s.wmTableName || t.name == snapshotProgressTable) {
+		return fmt.Errorf("%w: %s.%s is dbsync's own table (in the control schema): its rows are never delivered, so it cannot be snapshotted or refreshed", ErrConfig, t.schema, t.name)
+	}
+	return nil
+}
+
 func (s *Syncer) refreshAllowed() error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ErrClosed)
+	}
 	if s.EventsProcessor != nil {
 		return fmt.Errorf("%w: Refresh and Snapshot deliver through MessageHandler/Batcher, not an EventsProcessor", ErrConfig)
 	}
@@ -280,6 +297,10 @@ func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []st
 	var wait *backoff.ExponentialBackOff
 	for lost := 0; ; lost++ {
 		p, err := s.openSelectionOnce(ctx, info, cols, q)
+		if err != nil && ctx.Err() != nil && !errors.Is(err, ErrRefreshAbandoned) {
+			// The caller's context ended: nothing of the selection was delivered.
+			return nil, fmt.Errorf("%w: selection on %s: %w", ErrRefreshAbandoned, info.QualifiedName(), err)
+		}
 		if err == nil || !isTransient(err) {
 			return p, err
 		}
@@ -546,6 +567,21 @@ func (s *Syncer) deleteWatermarks(id string) {
 	s.strayWatermarks = kept
 }
 
+// refreshQueryErr names an error of describing or planning a Refresh query: the
+// server's refusal of the query is ErrConfig (a syntax error, an unknown table or
+// column); the caller's context ending is ErrRefreshAbandoned with the context's
+// error; a lost connection or a server shutting down is neither (the query may be
+// fine: run it again).
+func refreshQueryErr(ctx context.Context, err error, what string) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: Refresh query: %w (%w)", ErrRefreshAbandoned, ctx.Err(), classify(err, what))
+	}
+	if _, _, server := serverError(err); !server || isTransient(err) {
+		return fmt.Errorf("Refresh query: %w", classify(err, what))
+	}
+	return fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, what))
+}
+
 // queryColumns returns the result column names of a query (without running it).
 func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, error) {
 	rows, err := s.db.QueryContext(ctx, "SELECT * FROM ("+query+") AS q LIMIT 0")
@@ -554,7 +590,7 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 			// EXPLAIN took the query: what it ends with does not fit in a subquery.
 			return nil, fmt.Errorf("%w: Refresh query cannot be read as a subquery (SELECT * FROM (<query>) AS q); write it as one SELECT without a semicolon or a comment after it: %w", ErrConfig, err)
 		}
-		return nil, refreshQueryErr(err, "describe query")
+		return nil, refreshQueryErr(ctx, err, "describe query")
 	}
 	defer rows.Close()
 	cols, err := rows.Columns()
@@ -569,17 +605,6 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 		seen[c] = true
 	}
 	return cols, nil
-}
-
-// refreshQueryErr is the error of a statement that checks a Refresh query (what): the
-// server's refusal of the query is ErrConfig; the call's context ending or the
-// session being lost (isTransient) says nothing about the query and is returned as
-// it is.
-func refreshQueryErr(err error, what string) error {
-	if _, _, server := serverError(err); !server || isTransient(err) {
-		return classify(err, what)
-	}
-	return fmt.Errorf("%w: Refresh query: %w", ErrConfig, classify(err, what))
 }
 
 // explainQuery returns EXPLAIN (VERBOSE, FORMAT JSON) of a Refresh query, which plans
@@ -599,7 +624,7 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 		if hasSQLState(err, "42501") {
 			return "", s.selectionDenied(ctx, err)
 		}
-		return "", refreshQueryErr(err, "explain query")
+		return "", refreshQueryErr(ctx, err, "explain query")
 	}
 	defer stmt.Close()
 	var plan string
@@ -612,7 +637,7 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 		if hasSQLState(err, "42501") {
 			return "", s.selectionDenied(ctx, err)
 		}
-		return "", refreshQueryErr(err, "explain query")
+		return "", refreshQueryErr(ctx, err, "explain query")
 	}
 	return plan, nil
 }
@@ -659,6 +684,9 @@ func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, pl
 		reads := strconv.Itoa(len(tables)) + " (" + strings.Join(names, ", ") + ")"
 		return nil, planNode{}, fmt.Errorf("%w: a Refresh query must read exactly one table; it reads %s: select from one table, FROM ONLY for a table with inheritance children (refresh a child by its own name), and the partitions of a partitioned table one at a time unless the publication publishes their changes under the partitioned table (publish_via_partition_root = true)",
 			ErrConfig, reads)
+	}
+	if err := s.refuseControlTable(tables[0]); err != nil {
+		return nil, planNode{}, err
 	}
 	info, err := s.tableInfoByName(ctx, tables[0])
 	return info, doc[0].Plan, err
