@@ -455,12 +455,19 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 		default:
 			return s.diagnose(ctx, err)
 		}
+		// Wake cuts an idle wait short, not a retry's backoff: a Refresh or Snapshot
+		// wakes the poller after each high watermark, and a handler failing under
+		// RetryOnHandlerError or a lost server must not be retried at that rate.
+		wake := s.wake
+		if err != nil {
+			wake = nil
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return nil
-		case <-s.wake:
+		case <-wake:
 			t.Stop()
 			idle.Reset()
 		case <-t.C:

@@ -415,7 +415,9 @@ func (s *Syncer) Stop() {
 
 // Wake makes a running Syncer poll now instead of finishing its idle wait (the flush
 // LSN watch or the backoff after empty peeks). It does not shorten MinPollInterval
-// between two polls that delivered rows.
+// between two polls that delivered rows, nor the backoff before a retry (after a
+// handler error under RetryOnHandlerError, or a lost connection): a wake during one
+// is not kept.
 func (s *Syncer) Wake() {
 	select {
 	case s.wake <- struct{}{}:
