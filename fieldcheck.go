@@ -5,10 +5,12 @@ import (
 	"math"
 )
 
-// checkFields returns ErrConfig for an exported setting of s that the options would
-// have refused (they check their values; a field set directly is checked here, when
-// Run starts): an idle backoff that would poll without a pause or shrink its waits, a
-// negative interval, bound or snapshot size, an unknown handler error policy.
+// checkFields returns ErrConfig for an exported setting of the poller that the options
+// would have refused (they check their values; a field set directly is checked here,
+// when Run starts): an idle backoff that would poll without a pause or shrink its
+// waits, a negative interval or bound, an unknown handler error policy. The snapshot
+// settings are checked when Snapshot reads them (checkSnapshotFields): they may be
+// set between Snapshots while Run runs.
 func (s *Syncer) checkFields() error {
 	bad := func(field string, v any, want string) error {
 		return fmt.Errorf("%w: Syncer.%s = %v: %s", ErrConfig, field, v, want)
@@ -26,6 +28,17 @@ func (s *Syncer) checkFields() error {
 		return bad("MaxMessagesToRead", s.MaxMessagesToRead, "must be from 0 (no row bound) to 2147483647 rows (the peek's upto_nchanges is an int4)")
 	case s.HandlerErrorPolicy != StopOnHandlerError && s.HandlerErrorPolicy != RetryOnHandlerError:
 		return bad("HandlerErrorPolicy", s.HandlerErrorPolicy, "use StopOnHandlerError or RetryOnHandlerError")
+	}
+	return nil
+}
+
+// checkSnapshotFields returns ErrConfig for a negative snapshot setting set on the
+// struct directly (0 means the default); Snapshot checks them when called.
+func (s *Syncer) checkSnapshotFields() error {
+	bad := func(field string, v any, want string) error {
+		return fmt.Errorf("%w: Syncer.%s = %v: %s", ErrConfig, field, v, want)
+	}
+	switch {
 	case s.SnapshotChunkSize < 0:
 		return bad("SnapshotChunkSize", s.SnapshotChunkSize, "must be >= 1 rows, or 0 for DefaultSnapshotChunkSize")
 	case s.SnapshotChunksInFlight < 0:

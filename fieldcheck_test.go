@@ -11,9 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestRunChecksExportedFields: a setting set on the struct directly, out of the range
-// its option accepts, makes Run return ErrConfig naming the field at once, before it
-// reads the slot (an idle backoff of 0 would poll without a pause; a negative bound
+// TestRunChecksExportedFields: a poller setting set on the struct directly, out of the
+// range its option accepts, makes Run return ErrConfig naming the field at once, before
+// it reads the slot (an idle backoff of 0 would poll without a pause; a negative bound
 // would reach the server as a bad upto_nchanges), and the slot is left where it was.
 // The same Syncer runs once the field is set right.
 func TestRunChecksExportedFields(t *testing.T) {
@@ -39,9 +39,6 @@ func TestRunChecksExportedFields(t *testing.T) {
 		{"MaxMessagesToRead", func(s *Syncer) { s.MaxMessagesToRead = -1 }},
 		{"MaxMessagesToRead", func(s *Syncer) { s.MaxMessagesToRead = math.MaxInt32 + 1 }},
 		{"HandlerErrorPolicy", func(s *Syncer) { s.HandlerErrorPolicy = 7 }},
-		{"SnapshotChunkSize", func(s *Syncer) { s.SnapshotChunkSize = -1 }},
-		{"SnapshotChunksInFlight", func(s *Syncer) { s.SnapshotChunksInFlight = -2 }},
-		{"SnapshotParallel", func(s *Syncer) { s.SnapshotParallel = -3 }},
 	}
 	for _, c := range cases {
 		s.restoreSettingsForTest(good)
@@ -59,6 +56,26 @@ func TestRunChecksExportedFields(t *testing.T) {
 	s.restoreSettingsForTest(good)
 	r := runInBackground(s)
 	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+
+	// The snapshot settings are read by Snapshot, and may be set while Run runs
+	// (as the demo does): Snapshot checks them and reads nothing when one is negative.
+	for _, c := range []struct {
+		field string
+		set   func(*Syncer)
+	}{
+		{"SnapshotChunkSize", func(s *Syncer) { s.SnapshotChunkSize = -1 }},
+		{"SnapshotChunksInFlight", func(s *Syncer) { s.SnapshotChunksInFlight = -2 }},
+		{"SnapshotParallel", func(s *Syncer) { s.SnapshotParallel = -3 }},
+	} {
+		s.SnapshotChunkSize, s.SnapshotChunksInFlight, s.SnapshotParallel = good.chunk, good.inFlight, good.par
+		c.set(s)
+		err := s.Snapshot(context.Background(), "fc")
+		require.ErrorIs(t, err, ErrConfig, c.field)
+		require.ErrorContains(t, err, "Syncer."+c.field+" = ", c.field)
+	}
+	require.Empty(t, queryStrings(t, d.DB, `SELECT table_name FROM `+s.CtrlNamespace()+`.snapshot_progress`), "no Snapshot began")
+	s.SnapshotChunkSize, s.SnapshotChunksInFlight, s.SnapshotParallel = 1, 0, 0
+	require.NoError(t, s.Snapshot(context.Background(), "fc"))
 	require.NoError(t, r.stop(t))
 	require.NotEqual(t, before, confirmed())
 }

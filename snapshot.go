@@ -139,6 +139,9 @@ func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return err
 	}
+	if err := s.checkSnapshotFields(); err != nil {
+		return err
+	}
 	ctx, end, err := s.beginCall(ctx)
 	if err != nil {
 		return err

@@ -28,8 +28,10 @@ import (
 
 // Syncer reads one logical replication slot and delivers its changes. Configure it with
 // NewSyncer; run it with Run (or Start/Stop). Only one process may drive a slot. The
-// exported settings may also be set on the struct before Run, which returns ErrConfig
-// for a value the matching option would refuse; do not change them while it runs.
+// exported settings may also be set on the struct: Run returns ErrConfig for a poller
+// setting the matching option would refuse, Snapshot for a negative snapshot setting.
+// Change the poller's settings only while Run does not run, the snapshot settings only
+// while no Snapshot does.
 type Syncer struct {
 	// MessageHandler receives changes one message at a time (see WithMessageHandler).
 	MessageHandler MessageHandler
@@ -325,7 +327,7 @@ func (s *Syncer) IsRunning() bool {
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
 // ErrSlotInUse, ...). Connection loss is retried with exponential backoff.
 // Returns ErrAlreadyRunning if the Syncer runs already, ErrClosed after Close,
-// ErrConfig with nothing to deliver to, with an exported setting out of the range its
+// ErrConfig with nothing to deliver to, with a poller setting out of the range its
 // option accepts (set on the struct directly, e.g. DelayBetweenPeekRetries 0), with an
 // EventsProcessor beside a MessageHandler or a Batcher, or
 // (without an EventsProcessor) on a pool limited to one connection (README, "Reading
