@@ -1,0 +1,112 @@
+package dbsync
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCtrlNamespacesShareOnePublication: two Syncers with their own control schemas
+// (WithCtrlNamespace) and one publication, which then carries both watermark tables
+// (and, FOR ALL TABLES, both snapshot_progress tables). Each one's handler gets the
+// user's table only: the other's watermark and progress rows (its Refresh and
+// Snapshot) are dbsync's, not changes. Each selection delivers its rows exactly once
+// to its own Syncer only.
+func TestCtrlNamespacesShareOnePublication(t *testing.T) {
+	for _, allTables := range []bool{false, true} {
+		t.Run(fmt.Sprintf("all_tables=%v", allTables), func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			ctx := context.Background()
+			execAll(t, d.DB, `CREATE TABLE ns_items (id int PRIMARY KEY, v text)`,
+				`INSERT INTO ns_items SELECT g, 'seed' FROM generate_series(1, 5) g`)
+			if allTables {
+				execAll(t, d.DB, `CREATE PUBLICATION ns_pub FOR ALL TABLES`)
+			}
+			type one struct {
+				s *Syncer
+				h *recorder
+				c *cacheHandler
+			}
+			start := func(slot, ns string) one {
+				h := &recorder{}
+				c := newCacheHandler()
+				s, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication("ns_pub"),
+					WithCtrlNamespace(ns), ForTables("ns_items"), WithMessageHandler(multiHandler{h, c}),
+					WithSnapshotChunkSize(2), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+				require.NoError(t, err)
+				t.Cleanup(func() { s.Close() })
+				r := runInBackground(s)
+				t.Cleanup(r.cancel)
+				return one{s, h, c}
+			}
+			a := start("ns_a", "ctrl_a")
+			b := start("ns_b", "ctrl_b")
+			if !allTables {
+				require.Equal(t, []string{"ctrl_a.dbsync_wmtable", "ctrl_b.dbsync_wmtable", "public.ns_items"}, queryStrings(t, d.DB,
+					`SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = 'ns_pub' ORDER BY 1`))
+			}
+
+			stats, err := b.s.RefreshContext(ctx, `SELECT * FROM ns_items WHERE id <= 3`)
+			require.NoError(t, err)
+			require.Equal(t, 3, stats.Emitted)
+			require.NoError(t, b.s.Snapshot(ctx, "ns_items"))
+			stats, err = a.s.RefreshContext(ctx, `SELECT * FROM ns_items WHERE id = 5`)
+			require.NoError(t, err)
+			require.Equal(t, 1, stats.Emitted)
+			execAll(t, d.DB, `INSERT INTO ns_items VALUES (6, 'new')`)
+			catchUp(t, a.s)
+			catchUp(t, b.s)
+
+			for name, o := range map[string]one{"A": a, "B": b} {
+				require.Equal(t, []string{"BEGIN", "INSERT public.ns_items id=6,v=new", "COMMIT"}, nonEmptyTx(o.h.snapshot()), name)
+			}
+			require.Equal(t, []string{`refresh public.ns_items ["5"]`, `insert public.ns_items ["6"]`}, a.c.eventList())
+			require.Equal(t, []string{`refresh public.ns_items ["1"]`, `refresh public.ns_items ["2"]`, `refresh public.ns_items ["3"]`,
+				`refresh public.ns_items ["1"]`, `refresh public.ns_items ["2"]`, `refresh public.ns_items ["3"]`,
+				`refresh public.ns_items ["4"]`, `refresh public.ns_items ["5"]`, `insert public.ns_items ["6"]`}, b.c.eventList())
+		})
+	}
+}
+
+// nonEmptyTx drops BEGIN/COMMIT pairs with nothing between them (the transactions of
+// dbsync's own watermark rows, which handlers see as empty transactions).
+func nonEmptyTx(lines []string) []string {
+	var out []string
+	for i := 0; i < len(lines); i++ {
+		if lines[i] == "BEGIN" && i+1 < len(lines) && lines[i+1] == "COMMIT" {
+			i++
+			continue
+		}
+		out = append(out, lines[i])
+	}
+	return out
+}
+
+// multiHandler hands every message to a recorder and a cacheHandler.
+type multiHandler struct {
+	*recorder
+	c *cacheHandler
+}
+
+func (m multiHandler) HandleInsertMessage(i int, msg *pglogrepl.InsertMessage, r *pglogrepl.RelationMessage, info *PGTableInfo) error {
+	if err := m.recorder.HandleInsertMessage(i, msg, r, info); err != nil {
+		return err
+	}
+	return m.c.HandleInsertMessage(i, msg, r, info)
+}
+
+func (m multiHandler) HandleDeleteMessage(i int, msg *pglogrepl.DeleteMessage, r *pglogrepl.RelationMessage, info *PGTableInfo) error {
+	if err := m.recorder.HandleDeleteMessage(i, msg, r, info); err != nil {
+		return err
+	}
+	return m.c.HandleDeleteMessage(i, msg, r, info)
+}
+
+func (m multiHandler) HandleRefresh(key string, item DBItem) error {
+	return m.c.HandleRefresh(key, item)
+}
