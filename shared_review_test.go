@@ -3,6 +3,7 @@ package dbsync
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,4 +110,71 @@ func (m multiHandler) HandleDeleteMessage(i int, msg *pglogrepl.DeleteMessage, r
 
 func (m multiHandler) HandleRefresh(key string, item DBItem) error {
 	return m.c.HandleRefresh(key, item)
+}
+
+// TestTwoSyncersOneSlot: two Syncers (two processes: two pools) configured with the
+// same slot name. Only one may drive a slot (README): each would peek from wherever
+// the other advanced the slot to, so each consumer would miss what the other took.
+// The second NewSyncer sets up fine (the slot is there), but its Run returns
+// ErrSlotInUse at once, delivering nothing, and a Teardown of the slot (a third
+// process: `dbsync teardown`) is refused with ErrSlotInUse, dropping nothing, while
+// the first runs on, delivering every change. Once the first stopped, the second
+// runs and delivers what came since.
+func TestTwoSyncersOneSlot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE same_slot (id int PRIMARY KEY)`)
+	slot := pgtest.Ident(t, "slot")
+	inserts := func(h *recorder) []string {
+		var got []string
+		for _, l := range h.snapshot() {
+			if strings.HasPrefix(l, "INSERT") {
+				got = append(got, l)
+			}
+		}
+		return got
+	}
+	want := func(from, to int) []string {
+		var out []string
+		for i := from; i <= to; i++ {
+			out = append(out, fmt.Sprintf("INSERT public.same_slot id=%d", i))
+		}
+		return out
+	}
+	ha, hb := &recorder{}, &recorder{}
+	a := newTestSyncer(t, d, WithReplicationSlot(slot), ForTables("same_slot"), WithMessageHandler(ha))
+	ra := runInBackground(a)
+	execAll(t, d.DB, `INSERT INTO same_slot VALUES (1)`)
+	waitCaughtUp(t, d.DB, slot)
+	require.True(t, a.IsRunning())
+
+	b := newTestSyncer(t, d, WithReplicationSlot(slot), ForTables("same_slot"), WithMessageHandler(hb))
+	execAll(t, d.DB, `INSERT INTO same_slot VALUES (2)`)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := b.Run(ctx)
+	require.ErrorIs(t, err, ErrSlotInUse)
+	require.ErrorContains(t, err, fmt.Sprintf("slot %q is driven by another Syncer", slot))
+	require.NoError(t, ctx.Err(), "Run must refuse at once")
+	require.Empty(t, hb.snapshot())
+
+	c, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(b.Publication()), WithSetup(false))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.TeardownWithResult(context.Background())
+	require.ErrorIs(t, err, ErrSlotInUse)
+	require.True(t, slotExists(t, d.DB, slot))
+
+	for i := 3; i <= 20; i++ {
+		execAll(t, d.DB, fmt.Sprintf(`INSERT INTO same_slot VALUES (%d)`, i))
+	}
+	waitCaughtUp(t, d.DB, slot)
+	require.True(t, a.IsRunning())
+	require.Equal(t, want(1, 20), inserts(ha))
+	require.NoError(t, ra.stop(t))
+
+	execAll(t, d.DB, `INSERT INTO same_slot VALUES (21)`)
+	rb := runInBackground(b)
+	waitCaughtUp(t, d.DB, slot)
+	require.NoError(t, rb.stop(t))
+	require.Equal(t, want(21, 21), inserts(hb))
 }

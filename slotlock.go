@@ -1,0 +1,103 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// The slot's driver lock. A Syncer reads its slot with short SQL calls (a peek, an
+// advance), so PostgreSQL marks the slot active only while one runs: a second Syncer
+// (another process) on the same slot would not be refused by the server, and each
+// would peek from wherever the other advanced the slot to, missing what the other
+// took. Run therefore holds a session advisory lock keyed by the slot name
+// (slotLockSQL) on a connection of its own while it runs; another Run of that slot, or
+// a Teardown of it, finds it taken and returns ErrSlotInUse.
+
+// slotLockKey is the advisory lock key of a slot: a 64-bit hash of its name (one
+// key space with setupLockKey, which a hash equals with probability 2^-64).
+const slotLockKey = `hashtextextended('dbsync slot ' || $1::text, 0)`
+
+// slotLockHolder names the backend PID holding the slot lock (0 when none is found).
+const slotLockHolder = `SELECT COALESCE((SELECT l.pid FROM pg_catalog.pg_locks l
+	WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+	AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+	AND ((l.classid::bigint << 32) | l.objid::bigint) = ` + slotLockKey + ` LIMIT 1), 0)`
+
+// trySlotLock takes the slot lock on conn; taken is false when another session holds
+// it, pid being that session's backend PID.
+func (s *Syncer) trySlotLock(ctx context.Context, conn *sql.Conn) (taken bool, pid int, err error) {
+	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock(`+slotLockKey+`)`, s.replicationSlot).Scan(&taken); err != nil {
+		return false, 0, err
+	}
+	if taken {
+		return true, 0, nil
+	}
+	if err := conn.QueryRowContext(ctx, slotLockHolder, s.replicationSlot).Scan(&pid); err != nil {
+		return false, 0, err
+	}
+	return false, pid, nil
+}
+
+// unlockSlot releases the slot lock taken on conn.
+func (s *Syncer) unlockSlot(ctx context.Context, conn *sql.Conn) error {
+	_, err := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(`+slotLockKey+`)`, s.replicationSlot)
+	return err
+}
+
+// errSlotDriven is ErrSlotInUse for a slot whose lock the backend pid holds.
+func (s *Syncer) errSlotDriven(pid int, what string) error {
+	return fmt.Errorf("%w: slot %q is driven by another Syncer (or `dbsync tail`): backend PID %d holds its lock; only one process may drive a slot, as each would skip the changes the other consumed: %s (give each consumer a slot of its own, WithReplicationSlot / %s)",
+		ErrSlotInUse, s.replicationSlot, pid, what, EnvReplSlot)
+}
+
+// lockSlotForRun takes the slot lock for Run on a connection it keeps until release
+// is called. It holds one connection of the pool while Run runs, so it is taken only
+// on a pool without a limit (SetMaxOpenConns, 0: the default, and the pool NewSyncer
+// opens itself); on a limited pool, which Run's two connections may exhaust, Run
+// holds no lock (README, "Only one process may drive a slot"). A connection failure
+// is retried with Run's backoff until ctx ends (release is then a no-op and err nil:
+// Run returns). Errors: ErrSlotInUse when another session holds the lock.
+func (s *Syncer) lockSlotForRun(ctx context.Context) (release func(), err error) {
+	noop := func() {}
+	if s.db.Stats().MaxOpenConnections != 0 {
+		return noop, nil
+	}
+	retry := newRetryBackoff()
+	for {
+		conn, err := s.db.Conn(ctx)
+		var taken bool
+		var pid int
+		if err == nil {
+			taken, pid, err = s.trySlotLock(ctx, conn)
+			if err != nil || !taken {
+				conn.Close()
+			}
+		}
+		switch {
+		case ctx.Err() != nil:
+			return noop, nil
+		case err == nil && taken:
+			return func() {
+				if err := s.unlockSlot(ctx, conn); err != nil {
+					s.log.Debug("dbsync: cannot release the slot lock; closing its connection", "err", err)
+				}
+				conn.Close()
+			}, nil
+		case err == nil:
+			return noop, s.errSlotDriven(pid, "stop it first")
+		case !isTransient(err):
+			return noop, classify(err, "lock slot "+s.replicationSlot)
+		}
+		wait := retry.NextBackOff()
+		s.log.Warn("dbsync: cannot take the slot lock; retrying", "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return noop, nil
+		case <-t.C:
+		}
+	}
+}
