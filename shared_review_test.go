@@ -178,3 +178,61 @@ func TestTwoSyncersOneSlot(t *testing.T) {
 	require.NoError(t, rb.stop(t))
 	require.Equal(t, want(21, 21), inserts(hb))
 }
+
+// TestSyncersSharedCtrlDifferentPublications: two Syncers sharing the control schema
+// (one watermark table) but reading different publications, both holding snap and the
+// watermark table: each snapshots snap and refreshes it while writers run, at the same
+// time. In the quiet start each Refresh delivers every row once to its own Syncer only;
+// both caches end equal to the table. Setting up the second while the first runs a
+// Snapshot does not disturb it.
+func TestSyncersSharedCtrlDifferentPublications(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	ctx := context.Background()
+	st := snapTable{keys: 500}
+	st.create(t, d.DB, 400)
+	start := func(slot, pub string) (*Syncer, *cacheHandler) {
+		h := newCacheHandler()
+		s, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub),
+			ForTables("snap"), WithMessageHandler(h), WithSnapshotChunkSize(41),
+			WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		r := runInBackground(s)
+		t.Cleanup(r.cancel)
+		return s, h
+	}
+	a, ha := start("dp_a", "dp_pub_a")
+	stats, err := a.RefreshContext(ctx, `SELECT * FROM snap`)
+	require.NoError(t, err)
+	rows := len(dbRows(t, d.DB, "snap"))
+	require.Equal(t, rows, stats.Emitted)
+
+	snapDone := make(chan error, 1)
+	go func() { snapDone <- a.Snapshot(ctx, "snap") }()
+	b, hb := start("dp_b", "dp_pub_b")
+	require.NoError(t, <-snapDone)
+	stats, err = b.RefreshContext(ctx, `SELECT * FROM snap`)
+	require.NoError(t, err)
+	require.Equal(t, rows, stats.Emitted)
+	catchUp(t, a)
+	catchUp(t, b)
+	require.Equal(t, expectedCounts(t, d, map[string]int{"snap": 2}), refreshCounts(ha))
+	require.Equal(t, expectedCounts(t, d, map[string]int{"snap": 1}), refreshCounts(hb))
+
+	stop := startWriters(t, d.DB, st, 11, 2)
+	errs := make(chan error, 4)
+	for _, s := range []*Syncer{a, b} {
+		go func(s *Syncer) { errs <- s.Snapshot(ctx, "snap") }(s)
+		go func(s *Syncer) { _, err := s.RefreshContext(ctx, `SELECT * FROM snap WHERE id % 3 = 0`); errs <- err }(s)
+	}
+	for i := 0; i < 4; i++ {
+		require.NoError(t, <-errs)
+	}
+	require.Positive(t, stop())
+	catchUp(t, a)
+	catchUp(t, b)
+	for name, h := range map[string]*cacheHandler{"A": ha, "B": hb} {
+		require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")), name)
+	}
+	require.Zero(t, wmRows(t, d.DB))
+}
