@@ -155,6 +155,9 @@ func TestTwoSyncersOneSlot(t *testing.T) {
 	require.ErrorIs(t, err, ErrSlotInUse)
 	require.ErrorContains(t, err, fmt.Sprintf("slot %q is driven by another Syncer", slot))
 	require.NoError(t, ctx.Err(), "Run must refuse at once")
+	lockPIDs := queryStrings(t, d.DB, `SELECT pid::text FROM pg_locks WHERE locktype = 'advisory' AND granted`)
+	require.Len(t, lockPIDs, 1, "A holds the slot lock, and nothing else holds one")
+	require.ErrorContains(t, err, "backend PID "+lockPIDs[0]+" holds its lock")
 	require.Empty(t, hb.snapshot())
 
 	c, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(b.Publication()), WithSetup(false))
@@ -162,6 +165,7 @@ func TestTwoSyncersOneSlot(t *testing.T) {
 	defer c.Close()
 	_, err = c.TeardownWithResult(context.Background())
 	require.ErrorIs(t, err, ErrSlotInUse)
+	require.ErrorContains(t, err, "backend PID "+lockPIDs[0]+" holds its lock")
 	require.True(t, slotExists(t, d.DB, slot))
 
 	for i := 3; i <= 20; i++ {
@@ -235,4 +239,43 @@ func TestSyncersSharedCtrlDifferentPublications(t *testing.T) {
 		require.Empty(t, mismatches(h.tableRows("public.snap"), dbRows(t, d.DB, "snap")), name)
 	}
 	require.Zero(t, wmRows(t, d.DB))
+}
+
+// TestSlotLockHolderAnyHash: the slot lock's holder is found (and named in
+// ErrSlotInUse) whatever the sign of the slot name's 64-bit hash, which PostgreSQL
+// splits into pg_locks' classid and objid.
+func TestSlotLockHolderAnyHash(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	ctx := context.Background()
+	signs := map[bool]bool{}
+	for i := 0; len(signs) < 2; i++ {
+		require.Less(t, i, 64, "no slot name with a hash of each sign")
+		s := &Syncer{replicationSlot: fmt.Sprintf("lock_slot_%d", i)}
+		var negative bool
+		require.NoError(t, d.DB.QueryRow(`SELECT `+slotLockKey+` < 0`, s.replicationSlot).Scan(&negative))
+		if signs[negative] {
+			continue
+		}
+		signs[negative] = true
+		holder, err := d.DB.Conn(ctx)
+		require.NoError(t, err)
+		other, err := d.DB.Conn(ctx)
+		require.NoError(t, err)
+		taken, _, err := s.trySlotLock(ctx, holder)
+		require.NoError(t, err)
+		require.True(t, taken)
+		var pid int
+		require.NoError(t, holder.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&pid))
+		taken, got, err := s.trySlotLock(ctx, other)
+		require.NoError(t, err)
+		require.False(t, taken)
+		require.Equal(t, pid, got, "negative hash: %v", negative)
+		require.NoError(t, s.unlockSlot(ctx, holder))
+		taken, _, err = s.trySlotLock(ctx, other)
+		require.NoError(t, err)
+		require.True(t, taken)
+		require.NoError(t, s.unlockSlot(ctx, other))
+		holder.Close()
+		other.Close()
+	}
 }
