@@ -3,6 +3,7 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"time"
 )
@@ -40,9 +41,13 @@ func (s *Syncer) trySlotLock(ctx context.Context, conn *sql.Conn) (taken bool, p
 	return false, pid, nil
 }
 
-// unlockSlot releases the slot lock taken on conn.
+// unlockSlot releases the slot lock taken on conn. When that fails, conn's session is
+// closed rather than returned to the pool still holding the lock.
 func (s *Syncer) unlockSlot(ctx context.Context, conn *sql.Conn) error {
 	_, err := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(`+slotLockKey+`)`, s.replicationSlot)
+	if err != nil {
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
 	return err
 }
 
@@ -81,7 +86,7 @@ func (s *Syncer) lockSlotForRun(ctx context.Context) (release func(), err error)
 		case err == nil && taken:
 			return func() {
 				if err := s.unlockSlot(ctx, conn); err != nil {
-					s.log.Debug("dbsync: cannot release the slot lock; closing its connection", "err", err)
+					s.log.Debug("dbsync: cannot release the slot lock; its connection was closed", "err", err)
 				}
 				conn.Close()
 			}, nil
