@@ -279,3 +279,55 @@ func TestSlotLockHolderAnyHash(t *testing.T) {
 		other.Close()
 	}
 }
+
+// TestSlotLockSessionEnded: the session holding Run's slot lock is ended by the
+// server (pg_terminate_backend here; a restart or idle_session_timeout alike). Run
+// notices within slotLockKeepalive and takes the lock again on a new session, so a
+// second Syncer on the slot is still refused; and when another session took the lock
+// first, Run stops with ErrSlotInUse naming it instead of driving the slot beside it.
+func TestSlotLockSessionEnded(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE lk (id int PRIMARY KEY)`)
+	slot := pgtest.Ident(t, "slot")
+	prev := slotLockKeepalive
+	t.Cleanup(func() { slotLockKeepalive = prev })
+	holder := func() string {
+		pids := queryStrings(t, d.DB, `SELECT pid::text FROM pg_locks WHERE locktype = 'advisory' AND granted`)
+		if len(pids) != 1 {
+			return ""
+		}
+		return pids[0]
+	}
+
+	// Re-taken on a new session.
+	slotLockKeepalive = 50 * time.Millisecond
+	ha := &recorder{}
+	a := newTestSyncer(t, d, WithReplicationSlot(slot), ForTables("lk"), WithMessageHandler(ha))
+	ra := runInBackground(a)
+	waitFor(t, 10*time.Second, func() bool { return holder() != "" }, "A to take the slot lock")
+	first := holder()
+	execAll(t, d.DB, `SELECT pg_terminate_backend(`+first+`, 10000)`)
+	waitFor(t, 10*time.Second, func() bool { h := holder(); return h != "" && h != first }, "A to take the slot lock again")
+	b := newTestSyncer(t, d, WithReplicationSlot(slot), ForTables("lk"), WithMessageHandler(&recorder{}))
+	require.ErrorIs(t, b.Run(context.Background()), ErrSlotInUse)
+	execAll(t, d.DB, `INSERT INTO lk VALUES (1)`)
+	waitCaughtUp(t, d.DB, slot)
+	require.Equal(t, []string{"BEGIN", "INSERT public.lk id=1", "COMMIT"}, ha.snapshot())
+	require.NoError(t, ra.stop(t))
+	waitFor(t, 10*time.Second, func() bool { return holder() == "" }, "A to release the slot lock")
+
+	// Taken by another session first: Run stops.
+	slotLockKeepalive = 2 * time.Second
+	ra = runInBackground(a)
+	waitFor(t, 10*time.Second, func() bool { return holder() != "" }, "A to take the slot lock")
+	other, err := d.DB.Conn(context.Background())
+	require.NoError(t, err)
+	defer other.Close()
+	var otherPID string
+	require.NoError(t, other.QueryRowContext(context.Background(), `SELECT pg_backend_pid()::text`).Scan(&otherPID))
+	_, err = other.ExecContext(context.Background(), `SELECT pg_terminate_backend(`+holder()+`, 10000), pg_advisory_lock(`+slotLockKey+`)`, slot)
+	require.NoError(t, err)
+	err = ra.wait(t, 10*time.Second)
+	require.ErrorIs(t, err, ErrSlotInUse)
+	require.ErrorContains(t, err, "backend PID "+otherPID+" holds its lock")
+}

@@ -57,39 +57,48 @@ func (s *Syncer) errSlotDriven(pid int, what string) error {
 		ErrSlotInUse, s.replicationSlot, pid, what, EnvReplSlot)
 }
 
+// slotLockKeepalive is how often Run's slot lock session is checked (and kept from
+// idle_session_timeout): a session the server ended is replaced, the lock taken again.
+var slotLockKeepalive = 10 * time.Second
+
 // lockSlotForRun takes the slot lock for Run on a connection it keeps until release
 // is called. It holds one connection of the pool while Run runs, so it is taken only
 // on a pool without a limit (SetMaxOpenConns, 0: the default, and the pool NewSyncer
 // opens itself); on a limited pool, which Run's two connections may exhaust, Run
 // holds no lock (README, "Only one process may drive a slot"). A connection failure
 // is retried with Run's backoff until ctx ends (release is then a no-op and err nil:
-// Run returns). Errors: ErrSlotInUse when another session holds the lock.
-func (s *Syncer) lockSlotForRun(ctx context.Context) (release func(), err error) {
+// Run returns). Every slotLockKeepalive the session is checked; one that ended (a
+// server restart, pg_terminate_backend, idle_session_timeout) is replaced and the
+// lock taken again, and when another session took it meanwhile, lost is called with
+// ErrSlotInUse. Errors: ErrSlotInUse when another session holds the lock.
+func (s *Syncer) lockSlotForRun(ctx context.Context, lost func(error)) (release func(), err error) {
 	noop := func() {}
 	if s.db.Stats().MaxOpenConnections != 0 {
 		return noop, nil
 	}
 	retry := newRetryBackoff()
 	for {
-		conn, err := s.db.Conn(ctx)
-		var taken bool
-		var pid int
-		if err == nil {
-			taken, pid, err = s.trySlotLock(ctx, conn)
-			if err != nil || !taken {
-				conn.Close()
-			}
-		}
+		conn, taken, pid, err := s.takeSlotLock(ctx)
 		switch {
-		case ctx.Err() != nil:
-			return noop, nil
-		case err == nil && taken:
+		case taken:
+			stop, done := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(done)
+				conn = s.keepSlotLock(ctx, conn, stop, lost)
+			}()
 			return func() {
+				close(stop)
+				<-done
+				if conn == nil {
+					return
+				}
 				if err := s.unlockSlot(ctx, conn); err != nil {
 					s.log.Debug("dbsync: cannot release the slot lock; its connection was closed", "err", err)
 				}
 				conn.Close()
 			}, nil
+		case ctx.Err() != nil:
+			return noop, nil
 		case err == nil:
 			return noop, s.errSlotDriven(pid, "stop it first")
 		case !isTransient(err):
@@ -103,6 +112,60 @@ func (s *Syncer) lockSlotForRun(ctx context.Context) (release func(), err error)
 			t.Stop()
 			return noop, nil
 		case <-t.C:
+		}
+	}
+}
+
+// takeSlotLock takes the slot lock on a new connection of the pool, returned when
+// taken; pid is the holder when another session has it.
+func (s *Syncer) takeSlotLock(ctx context.Context) (conn *sql.Conn, taken bool, pid int, err error) {
+	conn, err = s.db.Conn(ctx)
+	if err != nil {
+		return nil, false, 0, err
+	}
+	taken, pid, err = s.trySlotLock(ctx, conn)
+	if err != nil || !taken {
+		conn.Close()
+		return nil, false, pid, err
+	}
+	return conn, true, 0, nil
+}
+
+// keepSlotLock checks the slot lock's session every slotLockKeepalive until stop is
+// closed or ctx ends, replacing a session that ended; it returns the connection
+// holding the lock (nil when it holds none).
+func (s *Syncer) keepSlotLock(ctx context.Context, conn *sql.Conn, stop <-chan struct{}, lost func(error)) *sql.Conn {
+	t := time.NewTicker(slotLockKeepalive)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return conn
+		case <-ctx.Done():
+			return conn
+		case <-t.C:
+		}
+		if conn != nil {
+			_, err := conn.ExecContext(ctx, `SELECT 1`)
+			if err == nil || ctx.Err() != nil {
+				continue
+			}
+			s.log.Warn("dbsync: the slot lock's session ended; taking the lock again", "slot", s.replicationSlot, "err", err)
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			conn.Close()
+			conn = nil
+		}
+		c, taken, pid, err := s.takeSlotLock(ctx)
+		switch {
+		case taken:
+			conn = c
+		case ctx.Err() != nil:
+			return nil
+		case err == nil:
+			lost(s.errSlotDriven(pid, "it took the slot lock after this Syncer's lock session ended; this Syncer stopped"))
+			return nil
+		default:
+			s.log.Warn("dbsync: cannot take the slot lock again; retrying", "slot", s.replicationSlot, "err", err, "retry_in", slotLockKeepalive)
 		}
 	}
 }

@@ -384,12 +384,17 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		close(done)
 	}()
-	release, err := s.lockSlotForRun(ctx)
+	pollCtx, lost := context.WithCancelCause(ctx)
+	defer lost(nil)
+	release, err := s.lockSlotForRun(ctx, lost)
 	if err == nil {
-		err = s.pollLoop(ctx)
+		err = s.pollLoop(pollCtx)
 		// Before the waiting selections are abandoned: Close (Stop) waits for Run to
 		// return before it marks them closed.
 		release()
+		if cause := context.Cause(pollCtx); err == nil && ctx.Err() == nil && errors.Is(cause, ErrSlotInUse) {
+			err = cause // another process took the slot lock after its session ended
+		}
 	}
 	cause := err
 	if cause == nil {
