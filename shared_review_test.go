@@ -17,10 +17,19 @@ import (
 // (and, FOR ALL TABLES, both snapshot_progress tables). Each one's handler gets the
 // user's table only: the other's watermark and progress rows (its Refresh and
 // Snapshot) are dbsync's, not changes. Each selection delivers its rows exactly once
-// to its own Syncer only.
+// to its own Syncer only. The same holds for one control schema and two watermark
+// table names (WithWMTable).
 func TestCtrlNamespacesShareOnePublication(t *testing.T) {
-	for _, allTables := range []bool{false, true} {
-		t.Run(fmt.Sprintf("all_tables=%v", allTables), func(t *testing.T) {
+	for _, c := range []struct {
+		allTables      bool
+		nsB, wmB, pubB string
+	}{
+		{false, "ctrl_b", "dbsync_wmtable", "ctrl_b.dbsync_wmtable"},
+		{true, "ctrl_b", "dbsync_wmtable", ""},
+		{false, "ctrl_a", "wm_b", "ctrl_a.wm_b"},
+	} {
+		allTables := c.allTables
+		t.Run(fmt.Sprintf("all_tables=%v,ctrl_b=%s.%s", allTables, c.nsB, c.wmB), func(t *testing.T) {
 			d := pgtest.NewDatabase(t)
 			ctx := context.Background()
 			execAll(t, d.DB, `CREATE TABLE ns_items (id int PRIMARY KEY, v text)`,
@@ -33,11 +42,11 @@ func TestCtrlNamespacesShareOnePublication(t *testing.T) {
 				h *recorder
 				c *cacheHandler
 			}
-			start := func(slot, ns string) one {
+			start := func(slot, ns, wm string) one {
 				h := &recorder{}
 				c := newCacheHandler()
 				s, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication("ns_pub"),
-					WithCtrlNamespace(ns), ForTables("ns_items"), WithMessageHandler(multiHandler{h, c}),
+					WithCtrlNamespace(ns), WithWMTable(wm), ForTables("ns_items"), WithMessageHandler(multiHandler{h, c}),
 					WithSnapshotChunkSize(2), WithPollBackoff(5*time.Millisecond, 1.5, 50*time.Millisecond))
 				require.NoError(t, err)
 				t.Cleanup(func() { s.Close() })
@@ -45,10 +54,10 @@ func TestCtrlNamespacesShareOnePublication(t *testing.T) {
 				t.Cleanup(r.cancel)
 				return one{s, h, c}
 			}
-			a := start("ns_a", "ctrl_a")
-			b := start("ns_b", "ctrl_b")
+			a := start("ns_a", "ctrl_a", "dbsync_wmtable")
+			b := start("ns_b", c.nsB, c.wmB)
 			if !allTables {
-				require.Equal(t, []string{"ctrl_a.dbsync_wmtable", "ctrl_b.dbsync_wmtable", "public.ns_items"}, queryStrings(t, d.DB,
+				require.Equal(t, []string{"ctrl_a.dbsync_wmtable", c.pubB, "public.ns_items"}, queryStrings(t, d.DB,
 					`SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = 'ns_pub' ORDER BY 1`))
 			}
 
