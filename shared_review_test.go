@@ -162,7 +162,7 @@ func TestTwoSyncersOneSlot(t *testing.T) {
 	defer cancel()
 	err := b.Run(ctx)
 	require.ErrorIs(t, err, ErrSlotInUse)
-	require.ErrorContains(t, err, fmt.Sprintf("slot %q is driven by another Syncer", slot))
+	require.ErrorContains(t, err, fmt.Sprintf("slot %q is driven by a running Syncer", slot))
 	require.NoError(t, ctx.Err(), "Run must refuse at once")
 	lockPIDs := queryStrings(t, d.DB, `SELECT pid::text FROM pg_locks WHERE locktype = 'advisory' AND granted`)
 	require.Len(t, lockPIDs, 1, "A holds the slot lock, and nothing else holds one")

@@ -53,7 +53,7 @@ func (s *Syncer) unlockSlot(ctx context.Context, conn *sql.Conn) error {
 
 // errSlotDriven is ErrSlotInUse for a slot whose lock the backend pid holds.
 func (s *Syncer) errSlotDriven(pid int, what string) error {
-	return fmt.Errorf("%w: slot %q is driven by another Syncer (or `dbsync tail`): backend PID %d holds its lock; only one process may drive a slot, as each would skip the changes the other consumed: %s (give each consumer a slot of its own, WithReplicationSlot / %s)",
+	return fmt.Errorf("%w: slot %q is driven by a running Syncer (or `dbsync tail`): backend PID %d holds its lock; only one process may drive a slot, as each would skip the changes the other consumed: %s (give each consumer a slot of its own, WithReplicationSlot / %s)",
 		ErrSlotInUse, s.replicationSlot, pid, what, EnvReplSlot)
 }
 
