@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 	"testing"
@@ -130,7 +131,21 @@ func (m multiHandler) HandleRefresh(key string, item DBItem) error {
 // the first runs on, delivering every change. Once the first stopped, the second
 // runs and delivers what came since.
 func TestTwoSyncersOneSlot(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) { testTwoSyncersOneSlot(t, driver) })
+	}
+}
+
+// testTwoSyncersOneSlot is TestTwoSyncersOneSlot through one driver (each Syncer on a
+// pool of its own, as in two processes).
+func testTwoSyncersOneSlot(t *testing.T, driver string) {
 	d := pgtest.NewDatabase(t)
+	pool := func() SyncerOpt {
+		db, err := sql.Open(driver, d.DSN())
+		require.NoError(t, err)
+		t.Cleanup(func() { db.Close() })
+		return WithDB(db)
+	}
 	execAll(t, d.DB, `CREATE TABLE same_slot (id int PRIMARY KEY)`)
 	slot := pgtest.Ident(t, "slot")
 	inserts := func(h *recorder) []string {
@@ -150,13 +165,13 @@ func TestTwoSyncersOneSlot(t *testing.T) {
 		return out
 	}
 	ha, hb := &recorder{}, &recorder{}
-	a := newTestSyncer(t, d, WithReplicationSlot(slot), ForTables("same_slot"), WithMessageHandler(ha))
+	a := newTestSyncer(t, d, pool(), WithReplicationSlot(slot), ForTables("same_slot"), WithMessageHandler(ha))
 	ra := runInBackground(a)
 	execAll(t, d.DB, `INSERT INTO same_slot VALUES (1)`)
 	waitCaughtUp(t, d.DB, slot)
 	require.True(t, a.IsRunning())
 
-	b := newTestSyncer(t, d, WithReplicationSlot(slot), ForTables("same_slot"), WithMessageHandler(hb))
+	b := newTestSyncer(t, d, pool(), WithReplicationSlot(slot), ForTables("same_slot"), WithMessageHandler(hb))
 	execAll(t, d.DB, `INSERT INTO same_slot VALUES (2)`)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -169,7 +184,7 @@ func TestTwoSyncersOneSlot(t *testing.T) {
 	require.ErrorContains(t, err, "backend PID "+lockPIDs[0]+" holds its lock")
 	require.Empty(t, hb.snapshot())
 
-	c, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(b.Publication()), WithSetup(false))
+	c, err := NewSyncer(pool(), WithReplicationSlot(slot), WithPublication(b.Publication()), WithSetup(false))
 	require.NoError(t, err)
 	defer c.Close()
 	_, err = c.TeardownWithResult(context.Background())
