@@ -48,12 +48,40 @@ func handlerErr(err error, what string, lsn pglogrepl.LSN) error {
 
 // isControlTable tells whether a relation is one of dbsync's own tables in the control
 // schema (the watermark table, whose rows drive refresh windows, and
-// snapshot_progress, published under FOR ALL TABLES): not delivered as changes. Other
-// tables of that schema are the user's (the control schema may be "public") and are
-// delivered like any other (TestDocsCtrlSchemaSharedWithTables).
+// snapshot_progress, published under FOR ALL TABLES), or one of another control
+// schema (isOtherControlTable): not delivered as changes. Other tables of that schema
+// are the user's (the control schema may be "public") and are delivered like any
+// other (TestDocsCtrlSchemaSharedWithTables).
 func (s *Syncer) isControlTable(reln *pglogrepl.RelationMessage) bool {
-	return reln.Namespace == s.ctrlNamespace &&
-		(reln.RelationName == s.wmTableName || reln.RelationName == snapshotProgressTable)
+	if reln.Namespace == s.ctrlNamespace &&
+		(reln.RelationName == s.wmTableName || reln.RelationName == snapshotProgressTable) {
+		return true
+	}
+	return isOtherControlTable(reln)
+}
+
+// isOtherControlTable tells whether a relation has the columns of a dbsync watermark
+// table (selection_id text, wm_type text, created_at timestamptz, in that order, and
+// nothing else) or is a snapshot_progress table with the columns dbsync creates it
+// with (sql/setup_ctrl.sql): another Syncer's, with its own control schema
+// (WithCtrlNamespace) or watermark table name (WithWMTable), setup added to a
+// publication this Syncer reads too. Its rows are that Syncer's watermarks and
+// progress, not changes of the user's (TestCtrlNamespacesShareOnePublication).
+func isOtherControlTable(reln *pglogrepl.RelationMessage) bool {
+	const textOID, timestamptzOID = 25, 1184
+	c := reln.Columns
+	if len(c) == 3 && c[0].Name == "selection_id" && c[0].DataType == textOID &&
+		c[1].Name == "wm_type" && c[1].DataType == textOID && c[2].Name == "created_at" && c[2].DataType == timestamptzOID {
+		return true
+	}
+	if reln.RelationName != snapshotProgressTable || len(c) < 2 || c[0].Name != "slot_name" || c[1].Name != "table_name" {
+		return false
+	}
+	want := map[string]bool{"key_columns": true, "last_key": true, "chunk_size": true, "chunks_done": true, "rows_done": true}
+	for _, col := range c[2:] {
+		delete(want, col.Name)
+	}
+	return len(want) == 0
 }
 
 // isWatermarkTable tells whether a relation is the watermark table.

@@ -43,8 +43,9 @@ var (
 	ErrSlotMismatch = errors.New("dbsync: replication slot exists with another plugin, kind or database")
 	// ErrSlotMissing: the replication slot does not exist (42704).
 	ErrSlotMissing = errors.New("dbsync: replication slot does not exist")
-	// ErrSlotInUse: another process is reading the slot (55006). Only one process may
-	// drive a slot.
+	// ErrSlotInUse: another process is reading the slot (55006), or another Syncer
+	// runs on it holding its lock (Run; README, "Only one process may drive a slot").
+	// Only one process may drive a slot.
 	ErrSlotInUse = errors.New("dbsync: replication slot is active in another process")
 	// ErrSlotInvalidated: the server removed WAL the slot still needed
 	// (max_slot_wal_keep_size; pg_replication_slots.wal_status 'lost'); the slot can no

@@ -186,7 +186,9 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // The publication itself and the published tables are left alone. Running it again
 // does nothing: every step is skipped when already done.
 //
-// Errors: ErrSlotInUse when a process is reading the slot (stop it first);
+// Errors: ErrSlotInUse when a process is reading the slot, or a Syncer runs on it
+// holding its lock (see Run), in this or another process (stop it first; nothing is
+// dropped);
 // ErrSlotMismatch when the slot is not a logical pgoutput slot of this database, or
 // is another session's temporary slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
 // when the control schema holds anything but dbsync's tables, something depends on
@@ -205,6 +207,20 @@ func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, er
 	defer func() {
 		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
 			err = classify(uerr, "unlock teardown")
+		}
+	}()
+	// A Syncer running on the slot holds the slot lock (slotlock.go) between its
+	// polls, when PostgreSQL does not mark the slot active.
+	taken, pid, err := s.trySlotLock(ctx, conn)
+	if err != nil {
+		return res, classify(err, "lock slot "+s.replicationSlot)
+	}
+	if !taken {
+		return res, s.errSlotDriven(pid, "stop it before tearing the slot down")
+	}
+	defer func() {
+		if uerr := s.unlockSlot(ctx, conn); uerr != nil && err == nil {
+			err = classify(uerr, "unlock slot "+s.replicationSlot)
 		}
 	}()
 	if res.SlotDropped, err = s.dropSlot(ctx, conn); err != nil {

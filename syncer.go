@@ -326,6 +326,9 @@ func (s *Syncer) IsRunning() bool {
 // ErrStopProcessingMessages (all return nil), or a fatal error occurs (returned:
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
 // ErrSlotInUse, ...). Connection loss is retried with exponential backoff.
+// On a pool without a connection limit (the default) Run holds a lock on its slot on
+// a connection of its own while it runs, and returns ErrSlotInUse at once, delivering
+// nothing, when another process's Syncer (or `dbsync tail`) runs on the same slot.
 // Returns ErrAlreadyRunning if the Syncer runs already, ErrClosed after Close,
 // ErrConfig with nothing to deliver to, with a poller setting out of the range its
 // option accepts (set on the struct directly, e.g. DelayBetweenPeekRetries 0), with an
@@ -383,7 +386,18 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		close(done)
 	}()
-	err := s.pollLoop(ctx)
+	pollCtx, lost := context.WithCancelCause(ctx)
+	defer lost(nil)
+	release, err := s.lockSlotForRun(ctx, lost)
+	if err == nil {
+		err = s.pollLoop(pollCtx)
+		// Before the waiting selections are abandoned: Close (Stop) waits for Run to
+		// return before it marks them closed.
+		release()
+		if cause := context.Cause(pollCtx); err == nil && ctx.Err() == nil && errors.Is(cause, ErrSlotInUse) {
+			err = cause // another process took the slot lock after its session ended
+		}
+	}
 	cause := err
 	if cause == nil {
 		cause = errors.New("without error: its context ended, Stop or Close was called, or a handler returned ErrStopProcessingMessages")
