@@ -23,6 +23,20 @@ import (
 // IDENTITY FULL included), so the table's changes carry no whole key: Change.Key is
 // "", and Refresh and Snapshot refuse the table with ErrNoPrimaryKey. A table whose replica identity
 // is unusable is reported for that alone; its key is checked once that is fixed.
+//
+// With MissingKey set, the table is a partition whose changes the publication
+// publishes under partitioned table PublishedAs (publish_via_partition_root = true),
+// and the partition's replica identity (REPLICA IDENTITY USING INDEX of an index of
+// its own) lacks column MissingKey of PublishedAs's key: PostgreSQL logs the old key
+// of its DELETEs and key-changing UPDATEs by the partition's identity, so they reach
+// the slot as PublishedAs's rows with that key column NULL, and get no record ID
+// (DecodeChange and GetRecordID fail with ErrNoKey).
+//
+// A partitioned table has no rows: PostgreSQL checks and logs each partition's own
+// replica identity, which ALTER TABLE on the partitioned table does not change. The
+// partitions (every level) of a table published via the root are checked and
+// reported by their own names; without publish_via_partition_root the publication
+// lists them itself.
 type ReplicaIdentityProblem struct {
 	Schema, Table string
 	// ReplicaIdentity is pg_class.relreplident. With GeneratedKey empty: 'd' (DEFAULT,
@@ -33,6 +47,11 @@ type ReplicaIdentityProblem struct {
 	// GeneratedKey names the key's first generated column (by column number, as
 	// ErrNoPrimaryKey does); "" when the problem is the replica identity.
 	GeneratedKey string
+	// PublishedAs is "schema.table", the partitioned table whose name the partition's
+	// changes carry, and MissingKey the first column (by column number) of that
+	// table's key that the partition's replica identity lacks; both "" unless that is
+	// the problem.
+	PublishedAs, MissingKey string
 
 	hasPK bool // the table has a primary key (REPLICA IDENTITY DEFAULT would use it)
 }
@@ -58,6 +77,11 @@ func (p ReplicaIdentityProblem) String() string {
 	if p.GeneratedKey != "" {
 		return p.generatedKeyString()
 	}
+	if p.MissingKey != "" {
+		q := qualifiedTable{p.Schema, p.Table}.quoted()
+		return fmt.Sprintf("table %s.%s is a partition whose changes are published under %s (publish_via_partition_root = true), and its replica identity index lacks %s's key column %q: its DELETEs and key-changing UPDATEs reach the slot without that column's old value, so they get no record ID (ErrNoKey); run ALTER TABLE %s REPLICA IDENTITY DEFAULT (its primary key is %s's) or %s",
+			p.Schema, p.Table, p.PublishedAs, p.PublishedAs, p.MissingKey, q, p.PublishedAs, p.Fix())
+	}
 	why := map[byte]string{'d': "has no primary key and REPLICA IDENTITY DEFAULT", 'n': "has REPLICA IDENTITY NOTHING",
 		'i': "has REPLICA IDENTITY USING INDEX but the index is gone"}[p.ReplicaIdentity]
 	if p.hasPK && p.ReplicaIdentity != 'd' {
@@ -82,8 +106,10 @@ func (p ReplicaIdentityProblem) generatedKeyString() string {
 
 // CheckReplicaIdentity lists the tables of the Syncer's publication whose updates and
 // deletes cannot be captured, or whose key holds a generated column so that their
-// changes cannot be given a record ID (ReplicaIdentityProblem), in schema and table
-// order. Setup calls it and logs a warning per table (an error with
+// changes cannot be given a record ID, and the partitions published under their
+// partitioned table whose replica identity lacks its key (ReplicaIdentityProblem),
+// in schema and table order. A partitioned table's partitions are checked by their
+// own replica identity, the one PostgreSQL uses. Setup calls it and logs a warning per table (an error with
 // WithStrictReplicaIdentity). Read-only.
 func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityProblem, error) {
 	rows, err := s.db.QueryContext(ctx, sqlText("replica_identity.sql"), s.publication)
@@ -95,7 +121,7 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 	for rows.Next() {
 		var p ReplicaIdentityProblem
 		var ident string
-		if err := rows.Scan(&p.Schema, &p.Table, &ident, &p.hasPK, &p.GeneratedKey); err != nil {
+		if err := rows.Scan(&p.Schema, &p.Table, &ident, &p.hasPK, &p.GeneratedKey, &p.PublishedAs, &p.MissingKey); err != nil {
 			return nil, fmt.Errorf("check replica identity: %w", err)
 		}
 		p.ReplicaIdentity = ident[0]
@@ -148,6 +174,9 @@ func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 		attrs := []any{"schema", p.Schema, "table", p.Table, "replica_identity", string(p.ReplicaIdentity)}
 		if p.GeneratedKey != "" {
 			attrs = append(attrs, "generated_key", p.GeneratedKey)
+		}
+		if p.MissingKey != "" {
+			attrs = append(attrs, "published_as", p.PublishedAs, "missing_key", p.MissingKey)
 		}
 		s.log.Warn("dbsync: "+p.String(), attrs...)
 	}

@@ -1,0 +1,74 @@
+package dbsync
+
+import (
+	"context"
+	"testing"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCheckReplicaIdentityPartitionsViaRoot: with publish_via_partition_root = true,
+// pg_publication_tables lists the partitioned table, not its partitions, but
+// PostgreSQL checks and logs each partition's own replica identity. The check
+// looked at the partitioned table alone, so it reported nothing for:
+//   - REPLICA IDENTITY FULL on the partitioned table only (ALTER TABLE does not pass
+//     it on), partitions without a key: every UPDATE failed on the primary (55000);
+//   - a partition (two levels down) with REPLICA IDENTITY USING INDEX of an index of
+//     its own: its DELETEs reach the slot as the root's rows without the root's key
+//     (id NULL) and stop a consumer that makes record IDs with ErrNoKey.
+func TestCheckReplicaIdentityPartitionsViaRoot(t *testing.T) {
+	t.Run("full_on_root_only", func(t *testing.T) {
+		d := pgtest.NewDatabase(t)
+		slot := pgtest.Ident(t, "slot")
+		execAll(t, d.DB, `CREATE TABLE root (id int, v text) PARTITION BY RANGE (id);
+			CREATE TABLE p1 PARTITION OF root FOR VALUES FROM (0) TO (100);
+			CREATE TABLE p2 PARTITION OF root FOR VALUES FROM (100) TO (200);
+			ALTER TABLE root REPLICA IDENTITY FULL;
+			INSERT INTO root VALUES (1, 'a')`,
+			`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = true)`)
+		s := newTestSyncer(t, d, WithReplicationSlot(slot), WithPublication(slot+"_pub"))
+		problems, err := s.CheckReplicaIdentity(context.Background())
+		require.NoError(t, err)
+		require.Equal(t, []ReplicaIdentityProblem{
+			{Schema: "public", Table: "p1", ReplicaIdentity: 'd'},
+			{Schema: "public", Table: "p2", ReplicaIdentity: 'd'},
+		}, problems)
+		require.Equal(t, `table public.p1 has no primary key and REPLICA IDENTITY DEFAULT: its UPDATEs and DELETEs cannot be captured (and fail on the primary); add a primary key or run ALTER TABLE "public"."p1" REPLICA IDENTITY FULL (or dbsync.WithReplicaIdentityFull)`,
+			problems[0].String())
+		// What the report says: the partition's UPDATEs fail, and its fix works.
+		_, err = d.DB.Exec(`UPDATE root SET v = 'b' WHERE id = 1`)
+		require.ErrorContains(t, err, `cannot update table "p1" because it does not have a replica identity`)
+		execAll(t, d.DB, problems[0].Fix(), problems[1].Fix(), `UPDATE root SET v = 'b' WHERE id = 1`)
+		problems, err = s.CheckReplicaIdentity(context.Background())
+		require.NoError(t, err)
+		require.Empty(t, problems)
+	})
+	t.Run("partition_index", func(t *testing.T) {
+		d := pgtest.NewDatabase(t)
+		slot := pgtest.Ident(t, "slot")
+		execAll(t, d.DB, `CREATE TABLE root (id int PRIMARY KEY, code int NOT NULL, v text) PARTITION BY RANGE (id);
+			CREATE TABLE mid PARTITION OF root FOR VALUES FROM (0) TO (100) PARTITION BY RANGE (id);
+			CREATE TABLE leaf PARTITION OF mid FOR VALUES FROM (0) TO (50);
+			CREATE TABLE p2 PARTITION OF root FOR VALUES FROM (100) TO (200);
+			CREATE UNIQUE INDEX leaf_code ON leaf (code);
+			ALTER TABLE leaf REPLICA IDENTITY USING INDEX leaf_code;
+			INSERT INTO root VALUES (1, 11, 'a'), (101, 111, 'b')`,
+			`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = true)`)
+		s := newTestSyncer(t, d, WithReplicationSlot(slot), WithPublication(slot+"_pub"))
+		problems, err := s.CheckReplicaIdentity(context.Background())
+		require.NoError(t, err)
+		require.Equal(t, []ReplicaIdentityProblem{
+			{Schema: "public", Table: "leaf", ReplicaIdentity: 'i', PublishedAs: "public.root", MissingKey: "id", hasPK: true},
+		}, problems)
+		require.Equal(t, `table public.leaf is a partition whose changes are published under public.root (publish_via_partition_root = true), and its replica identity index lacks public.root's key column "id": its DELETEs and key-changing UPDATEs reach the slot without that column's old value, so they get no record ID (ErrNoKey); run ALTER TABLE "public"."leaf" REPLICA IDENTITY DEFAULT (its primary key is public.root's) or ALTER TABLE "public"."leaf" REPLICA IDENTITY FULL`,
+			problems[0].String())
+		// Under the partitions' own names (publish_via_partition_root = false) the
+		// leaf's changes carry its own key: nothing to report.
+		execAll(t, d.DB, `ALTER PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` SET (publish_via_partition_root = false)`)
+		problems, err = s.CheckReplicaIdentity(context.Background())
+		require.NoError(t, err)
+		require.Empty(t, problems)
+	})
+}
