@@ -131,30 +131,59 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 }
 
 // ensureReplicaIdentity sets REPLICA IDENTITY FULL on the WithReplicaIdentityFull
-// tables, then reports published tables whose changes cannot be captured.
+// tables, then reports published tables whose changes cannot be captured. A
+// partitioned table's partitions (every level) are set too: PostgreSQL uses each
+// partition's own replica identity, and ALTER TABLE on the partitioned table does not
+// pass it on.
 func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 	for _, name := range s.replIdentFull {
 		t, err := resolveTable(ctx, s.db, name)
 		if err != nil {
 			return err
 		}
-		var cur string
-		if err := s.db.QueryRowContext(ctx, `SELECT c.relreplident::text FROM pg_catalog.pg_class c
-			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
-			t.schema, t.name).Scan(&cur); err != nil {
+		// The table and, when it is partitioned, its partitions (pg_partition_tree
+		// lists none for a table that is neither partitioned nor a partition).
+		rows, err := s.db.QueryContext(ctx, `WITH r AS (SELECT format('%I.%I', $1::text, $2::text)::regclass AS oid),
+			members AS (SELECT r.oid AS relid, 0 AS level FROM r
+				UNION SELECT p.relid, p.level FROM r, pg_catalog.pg_partition_tree(r.oid) p)
+			SELECT n.nspname, c.relname, c.relreplident::text
+			FROM members m
+			JOIN pg_catalog.pg_class c ON c.oid = m.relid
+			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			ORDER BY m.level, n.nspname, c.relname`, t.schema, t.name)
+		if err != nil {
 			return classify(err, "read replica identity of "+t.schema+"."+t.name)
 		}
-		if cur == "f" {
-			continue
+		type member struct {
+			t   qualifiedTable
+			cur string
 		}
-		if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+t.quoted()+" REPLICA IDENTITY FULL"); err != nil {
-			if hasSQLState(err, "42501") {
-				return fmt.Errorf("%w: WithReplicaIdentityFull(%q): the role does not own %s: have its owner (or a superuser) run\n  ALTER TABLE %s REPLICA IDENTITY FULL;\nthen set up again (no replication slot was created): %w",
-					ErrInsufficientPrivilege, name, t.quoted(), t.quoted(), err)
+		var members []member
+		for rows.Next() {
+			var m member
+			if err := rows.Scan(&m.t.schema, &m.t.name, &m.cur); err != nil {
+				rows.Close()
+				return fmt.Errorf("read replica identity of %s.%s: %w", t.schema, t.name, err)
 			}
-			return classify(err, "set REPLICA IDENTITY FULL on "+t.schema+"."+t.name)
+			members = append(members, m)
 		}
-		s.log.Info("dbsync: set REPLICA IDENTITY FULL", "schema", t.schema, "table", t.name, "was", cur)
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return classify(err, "read replica identity of "+t.schema+"."+t.name)
+		}
+		for _, m := range members {
+			if m.cur == "f" {
+				continue
+			}
+			if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+m.t.quoted()+" REPLICA IDENTITY FULL"); err != nil {
+				if hasSQLState(err, "42501") {
+					return fmt.Errorf("%w: WithReplicaIdentityFull(%q): the role does not own %s: have its owner (or a superuser) run\n  ALTER TABLE %s REPLICA IDENTITY FULL;\nthen set up again (no replication slot was created): %w",
+						ErrInsufficientPrivilege, name, m.t.quoted(), m.t.quoted(), err)
+				}
+				return classify(err, "set REPLICA IDENTITY FULL on "+m.t.schema+"."+m.t.name)
+			}
+			s.log.Info("dbsync: set REPLICA IDENTITY FULL", "schema", m.t.schema, "table", m.t.name, "was", m.cur)
+		}
 	}
 	problems, err := s.CheckReplicaIdentity(ctx)
 	if err != nil {
