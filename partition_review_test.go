@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"sync"
 	"testing"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
@@ -113,4 +114,35 @@ func TestReplicaIdentityFullPartitioned(t *testing.T) {
 			require.Equal(t, StringMap{"id": int32(101), "v": "b"}, h.changes[1].Old)
 		})
 	}
+}
+
+// TestSnapshotEstimatePartitioned: a partitioned table snapshotted whole
+// (publish_via_partition_root) reported Estimated -1 (unknown) in every progress
+// report: a partitioned table's pg_class.reltuples stays -1 until ANALYZE is run on
+// it by hand (autovacuum never analyzes partitioned tables), while its partitions'
+// estimates are kept. The estimate is now the sum of its leaf partitions' (every
+// level).
+func TestSnapshotEstimatePartitioned(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE TABLE root (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+		CREATE TABLE mid PARTITION OF root FOR VALUES FROM (0) TO (100) PARTITION BY RANGE (id);
+		CREATE TABLE leaf PARTITION OF mid FOR VALUES FROM (0) TO (100);
+		CREATE TABLE p2 PARTITION OF root FOR VALUES FROM (100) TO (200);
+		INSERT INTO root SELECT g, 'v' FROM generate_series(1, 149, 4) g;
+		ANALYZE leaf, p2`,
+		`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = true)`)
+	require.Equal(t, []string{"-1", "13", "25"}, queryStrings(t, d.DB,
+		`SELECT reltuples::text FROM pg_class WHERE relname IN ('root', 'leaf', 'p2') ORDER BY 1`))
+	var mu sync.Mutex
+	var progress []SnapshotProgress
+	s, _ := startSyncer(t, d.DSN(), slot, newCacheHandler(), WithSnapshotChunkSize(20),
+		WithSnapshotProgress(func(p SnapshotProgress) { mu.Lock(); progress = append(progress, p); mu.Unlock() }))
+	require.NoError(t, s.Snapshot(context.Background(), "root"))
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []SnapshotProgress{
+		{Table: "public.root", Chunks: 1, Rows: 20, Estimated: 38, Emitted: 20},
+		{Table: "public.root", Chunks: 2, Rows: 38, Estimated: 38, Emitted: 18, Done: true},
+	}, progress)
 }
