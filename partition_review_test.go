@@ -146,3 +146,35 @@ func TestSnapshotEstimatePartitioned(t *testing.T) {
 		{Table: "public.root", Chunks: 2, Rows: 38, Estimated: 38, Emitted: 18, Done: true},
 	}, progress)
 }
+
+// TestPartitionAttachDetachNotDecoded pins what README and docs/SNAPSHOTS.md say of
+// a row moved to another partition (a DELETE and an INSERT, in both modes) and of
+// partitions created, attached or detached while syncing: none of it is decoded. Per
+// partition, a new partition's changes arrive under its own name (the publication
+// covers it), an attached table's rows only when changed after; via the root, the
+// same under the partitioned table's name. Either way a detached partition's changes
+// no longer arrive at all (the publication named the partitioned table).
+func TestPartitionAttachDetachNotDecoded(t *testing.T) {
+	for _, viaRoot := range []bool{false, true} {
+		t.Run(map[bool]string{false: "per_partition", true: "via_root"}[viaRoot], func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			slot := pgtest.Ident(t, "slot")
+			execAll(t, d.DB, partitionedTable,
+				`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = `+map[bool]string{false: "false", true: "true"}[viaRoot]+`)`)
+			h := newCacheHandler()
+			s, _ := startSyncer(t, d.DSN(), slot, h)
+			execAll(t, d.DB, `UPDATE root SET id = 150 WHERE id = 1`, // a move: DELETE and INSERT
+				`CREATE TABLE p3 PARTITION OF root FOR VALUES FROM (200) TO (300)`, `INSERT INTO root VALUES (201, 'e')`,
+				`CREATE TABLE x (id int NOT NULL, v text)`, `INSERT INTO x VALUES (301, 'f'), (302, 'g')`,
+				`ALTER TABLE root ATTACH PARTITION x FOR VALUES FROM (300) TO (400)`, `UPDATE root SET v = 'f2' WHERE id = 301`,
+				`ALTER TABLE root DETACH PARTITION p2`, `UPDATE p2 SET v = 'c2' WHERE id = 101`, `INSERT INTO p2 VALUES (103, 'h')`)
+			catchUp(t, s)
+			// Nothing of p2 after its DETACH: the publication named root, not p2.
+			want := []string{`delete public.p1 ["1"]`, `insert public.p2 ["150"]`, `insert public.p3 ["201"]`, `update public.x ["301"]`}
+			if viaRoot {
+				want = []string{`delete public.root ["1"]`, `insert public.root ["150"]`, `insert public.root ["201"]`, `update public.root ["301"]`}
+			}
+			require.Equal(t, want, h.eventList())
+		})
+	}
+}
