@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 
@@ -177,4 +178,54 @@ func TestPartitionAttachDetachNotDecoded(t *testing.T) {
 			require.Equal(t, want, h.eventList())
 		})
 	}
+}
+
+// TestReplicaIdentityFullOnRootOnlyViaRoot: REPLICA IDENTITY FULL on a partitioned
+// table published via the root, its partitions (with the primary key) left at
+// DEFAULT. pgoutput marks the partition's old key as a whole old row ('O') of the
+// root, its other columns NULL, so a key-changing UPDATE's unchanged TOASTed value
+// was filled in from it as NULL (Change.Filled), and a DELETE's Change.Old read NULL,
+// with nothing reported. CheckReplicaIdentity now reports such partitions, and its fix
+// makes the old rows whole.
+func TestReplicaIdentityFullOnRootOnlyViaRoot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE TABLE root (id int PRIMARY KEY, v text, w int) PARTITION BY RANGE (id);
+		CREATE TABLE p1 PARTITION OF root FOR VALUES FROM (0) TO (100);
+		CREATE TABLE p2 PARTITION OF root FOR VALUES FROM (100) TO (200);
+		ALTER TABLE root REPLICA IDENTITY FULL;
+		ALTER TABLE p1 ALTER COLUMN v SET STORAGE EXTERNAL;
+		INSERT INTO root VALUES (1, repeat('x', 5000), 7), (2, 'short', 8), (3, repeat('y', 5000), 9)`,
+		`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = true)`)
+	h := &changeRecorder{}
+	s, _ := startSyncer(t, d.DSN(), slot, h)
+	problems, err := s.CheckReplicaIdentity(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, []ReplicaIdentityProblem{
+		{Schema: "public", Table: "p1", ReplicaIdentity: 'd', PublishedAs: "public.root", PartialOldRow: true, hasPK: true},
+		{Schema: "public", Table: "p2", ReplicaIdentity: 'd', PublishedAs: "public.root", PartialOldRow: true, hasPK: true},
+	}, problems)
+	require.Equal(t, `table public.p1 is a partition whose changes are published under public.root (publish_via_partition_root = true), which has REPLICA IDENTITY FULL while the partition does not: pgoutput sends the partition's old keys as whole old rows of public.root with its other columns NULL, so the old row of a DELETE or key-changing UPDATE (Change.Old) reads NULL there, and an unchanged TOASTed value of a key-changing UPDATE is filled in as NULL; run ALTER TABLE "public"."p1" REPLICA IDENTITY FULL (or dbsync.WithReplicaIdentityFull("public.root"), which sets every partition)`,
+		problems[0].String())
+
+	// What it reports: the old rows are not whole.
+	execAll(t, d.DB, `UPDATE root SET id = 11 WHERE id = 1`, `DELETE FROM root WHERE id = 2`)
+	catchUp(t, s)
+	execAll(t, d.DB, problems[0].Fix(), problems[1].Fix())
+	execAll(t, d.DB, `UPDATE root SET id = 13 WHERE id = 3`)
+	catchUp(t, s)
+	problems, err = s.CheckReplicaIdentity(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, problems)
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	require.NoError(t, h.err)
+	require.Len(t, h.changes, 3)
+	require.Equal(t, StringMap{"id": int32(1), "v": nil, "w": nil}, h.changes[0].Old)
+	require.Equal(t, StringMap{"id": int32(11), "v": nil, "w": int32(7)}, h.changes[0].New, "v filled in as NULL")
+	require.Equal(t, StringMap{"id": int32(2), "v": nil, "w": nil}, h.changes[1].Old)
+	require.Equal(t, StringMap{"id": int32(3), "v": strings.Repeat("y", 5000), "w": int32(9)}, h.changes[2].Old)
+	require.Equal(t, StringMap{"id": int32(13), "v": strings.Repeat("y", 5000), "w": int32(9)}, h.changes[2].New)
+	require.Equal(t, []string{"v"}, h.changes[2].Filled)
 }

@@ -32,6 +32,13 @@ import (
 // the slot as PublishedAs's rows with that key column NULL, and get no record ID
 // (DecodeChange and GetRecordID fail with ErrNoKey).
 //
+// With PartialOldRow set, the table is such a partition, PublishedAs has REPLICA
+// IDENTITY FULL and the partition does not: pgoutput marks the partition's old keys
+// as whole old rows ('O') of PublishedAs, with every other column NULL, so Change.Old
+// of its DELETEs and key-changing UPDATEs shows those columns as NULL, and an
+// unchanged TOASTed value of a key-changing UPDATE is filled in (Change.Filled) as
+// NULL.
+//
 // A partitioned table has no rows: PostgreSQL checks and logs each partition's own
 // replica identity, which ALTER TABLE on the partitioned table does not change. The
 // partitions (every level) of a table published via the root are checked and
@@ -52,6 +59,8 @@ type ReplicaIdentityProblem struct {
 	// table's key that the partition's replica identity lacks; both "" unless that is
 	// the problem.
 	PublishedAs, MissingKey string
+	// PartialOldRow: PublishedAs has REPLICA IDENTITY FULL, the partition does not.
+	PartialOldRow bool
 
 	hasPK bool // the table has a primary key (REPLICA IDENTITY DEFAULT would use it)
 }
@@ -76,6 +85,10 @@ func (p ReplicaIdentityProblem) Fix() string {
 func (p ReplicaIdentityProblem) String() string {
 	if p.GeneratedKey != "" {
 		return p.generatedKeyString()
+	}
+	if p.PartialOldRow {
+		return fmt.Sprintf("table %s.%s is a partition whose changes are published under %s (publish_via_partition_root = true), which has REPLICA IDENTITY FULL while the partition does not: pgoutput sends the partition's old keys as whole old rows of %s with its other columns NULL, so the old row of a DELETE or key-changing UPDATE (Change.Old) reads NULL there, and an unchanged TOASTed value of a key-changing UPDATE is filled in as NULL; run %s (or dbsync.WithReplicaIdentityFull(%q), which sets every partition)",
+			p.Schema, p.Table, p.PublishedAs, p.PublishedAs, p.Fix(), p.PublishedAs)
 	}
 	if p.MissingKey != "" {
 		q := qualifiedTable{p.Schema, p.Table}.quoted()
@@ -121,7 +134,7 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 	for rows.Next() {
 		var p ReplicaIdentityProblem
 		var ident string
-		if err := rows.Scan(&p.Schema, &p.Table, &ident, &p.hasPK, &p.GeneratedKey, &p.PublishedAs, &p.MissingKey); err != nil {
+		if err := rows.Scan(&p.Schema, &p.Table, &ident, &p.hasPK, &p.GeneratedKey, &p.PublishedAs, &p.MissingKey, &p.PartialOldRow); err != nil {
 			return nil, fmt.Errorf("check replica identity: %w", err)
 		}
 		p.ReplicaIdentity = ident[0]
@@ -206,6 +219,9 @@ func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 		}
 		if p.MissingKey != "" {
 			attrs = append(attrs, "published_as", p.PublishedAs, "missing_key", p.MissingKey)
+		}
+		if p.PartialOldRow {
+			attrs = append(attrs, "published_as", p.PublishedAs, "partial_old_row", true)
 		}
 		s.log.Warn("dbsync: "+p.String(), attrs...)
 	}

@@ -21,9 +21,11 @@
 -- identity (its replica identity index, or primary key) lacks a column of the
 -- partitioned table's key sends old rows without that key: published_as names the
 -- partitioned table, key_missing the first such column ('' for none; a leaf with
--- REPLICA IDENTITY FULL sends every column).
+-- REPLICA IDENTITY FULL sends every column). partial_old: the partitioned table has
+-- REPLICA IDENTITY FULL and the leaf does not, so pgoutput marks the leaf's old keys
+-- as whole old rows ('O') of the partitioned table, their other columns NULL.
 WITH listed AS (
-    SELECT pt.schemaname, pt.tablename, c.oid
+    SELECT pt.schemaname, pt.tablename, c.oid, c.relreplident
     FROM pg_catalog.pg_publication p
     JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname
     JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
@@ -31,10 +33,11 @@ WITH listed AS (
     WHERE p.pubname = $1
       AND (p.pubupdate OR p.pubdelete)
 ), tables AS (
-    SELECT schemaname, tablename, oid, NULL::oid AS root_oid, '' AS published_as
+    SELECT schemaname, tablename, oid, NULL::oid AS root_oid, '' AS published_as, ''::"char" AS root_replident
     FROM listed
     UNION ALL
-    SELECT ln.nspname, lc.relname, lc.oid, listed.oid, format('%s.%s', listed.schemaname, listed.tablename)
+    SELECT ln.nspname, lc.relname, lc.oid, listed.oid, format('%s.%s', listed.schemaname, listed.tablename),
+           listed.relreplident
     FROM listed
     CROSS JOIN LATERAL pg_catalog.pg_partition_tree(listed.oid) tree
     JOIN pg_catalog.pg_class lc ON lc.oid = tree.relid
@@ -42,6 +45,7 @@ WITH listed AS (
     WHERE tree.isleaf AND tree.relid <> listed.oid
 ), published AS (
     SELECT t.schemaname, t.tablename, t.oid, t.root_oid, t.published_as, c.relreplident,
+           (t.root_oid IS NOT NULL AND t.root_replident = 'f' AND c.relreplident <> 'f') AS partial_old,
            EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                    WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk,
            EXISTS (SELECT 1 FROM pg_catalog.pg_index i
@@ -91,7 +95,8 @@ WITH listed AS (
 SELECT schemaname, tablename, relreplident::text, has_pk,
        CASE WHEN no_identity THEN '' ELSE generated_key END,
        CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE published_as END,
-       CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE key_missing END
+       CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE key_missing END,
+       NOT no_identity AND generated_key = '' AND key_missing = '' AND partial_old
 FROM checked
-WHERE no_identity OR generated_key <> '' OR key_missing <> ''
+WHERE no_identity OR generated_key <> '' OR key_missing <> '' OR partial_old
 ORDER BY 1, 2
