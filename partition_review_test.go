@@ -229,3 +229,35 @@ func TestReplicaIdentityFullOnRootOnlyViaRoot(t *testing.T) {
 	require.Equal(t, StringMap{"id": int32(13), "v": strings.Repeat("y", 5000), "w": int32(9)}, h.changes[2].New)
 	require.Equal(t, []string{"v"}, h.changes[2].Filled)
 }
+
+// TestReplicaIdentityPartitionedWithoutKeyViaRoot: a partitioned table without a
+// primary key, published via the root, whose partitions have their own. PostgreSQL
+// checks the partitions' replica identity, not its own, so their UPDATEs and
+// DELETEs work and are captured, without a record ID. The report said they "cannot
+// be captured (and fail on the primary)"; it now says what happens.
+func TestReplicaIdentityPartitionedWithoutKeyViaRoot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE TABLE root (id int, v text) PARTITION BY RANGE (id);
+		CREATE TABLE p1 PARTITION OF root (PRIMARY KEY (id)) FOR VALUES FROM (0) TO (100);
+		CREATE TABLE p2 PARTITION OF root (PRIMARY KEY (id)) FOR VALUES FROM (100) TO (200);
+		INSERT INTO root VALUES (1, 'a'), (101, 'b')`,
+		`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = true)`)
+	h := &changeRecorder{}
+	s, _ := startSyncer(t, d.DSN(), slot, h)
+	problems, err := s.CheckReplicaIdentity(context.Background())
+	require.NoError(t, err)
+	require.Len(t, problems, 1)
+	require.Equal(t, `table public.root is a partitioned table whose partitions' changes are published under it (publish_via_partition_root = true), and it has no primary key and REPLICA IDENTITY DEFAULT: its partitions' UPDATEs and DELETEs are captured but carry no key of it, so they get no record ID (Change.Key "") and Refresh and Snapshot refuse it; give it a primary key, or run dbsync.WithReplicaIdentityFull("public.root") (REPLICA IDENTITY FULL on it and every partition) for whole old rows`,
+		problems[0].String())
+
+	execAll(t, d.DB, `UPDATE root SET v = 'x' WHERE id = 1`, `DELETE FROM root WHERE id = 101`)
+	catchUp(t, s)
+	require.ErrorIs(t, s.Snapshot(context.Background(), "root"), ErrNoPrimaryKey)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	require.NoError(t, h.err)
+	require.Equal(t, []string{"RELATION public.root (id:integer,v:text) key=[]", "RELATION public.p1 (id:integer,v:text) key=[id]", "UPDATE root ",
+		"RELATION public.root (id:integer,v:text) key=[]", "RELATION public.p2 (id:integer,v:text) key=[id]", "DELETE root "}, h.events)
+	require.Equal(t, StringMap{"id": int32(101)}, h.changes[1].Old)
+}

@@ -39,6 +39,10 @@ import (
 // unchanged TOASTed value of a key-changing UPDATE is filled in (Change.Filled) as
 // NULL.
 //
+// A partitioned table published via the root is reported without a usable replica
+// identity when it has no key: PostgreSQL checks its partitions' instead, so its
+// changes are captured, but they get no record ID (String says so).
+//
 // A partitioned table has no rows: PostgreSQL checks and logs each partition's own
 // replica identity, which ALTER TABLE on the partitioned table does not change. The
 // partitions (every level) of a table published via the root are checked and
@@ -62,7 +66,8 @@ type ReplicaIdentityProblem struct {
 	// PartialOldRow: PublishedAs has REPLICA IDENTITY FULL, the partition does not.
 	PartialOldRow bool
 
-	hasPK bool // the table has a primary key (REPLICA IDENTITY DEFAULT would use it)
+	hasPK       bool // the table has a primary key (REPLICA IDENTITY DEFAULT would use it)
+	partitioned bool // a partitioned table, listed via the root (no rows of its own)
 }
 
 // Fix returns the statement that makes the table's changes capturable without a key
@@ -97,6 +102,12 @@ func (p ReplicaIdentityProblem) String() string {
 	}
 	why := map[byte]string{'d': "has no primary key and REPLICA IDENTITY DEFAULT", 'n': "has REPLICA IDENTITY NOTHING",
 		'i': "has REPLICA IDENTITY USING INDEX but the index is gone"}[p.ReplicaIdentity]
+	if p.partitioned {
+		// PostgreSQL checks and logs the partitions' replica identity (reported on
+		// their own), not this one: the changes are captured, but keyless.
+		return fmt.Sprintf("table %s.%s is a partitioned table whose partitions' changes are published under it (publish_via_partition_root = true), and it %s: its partitions' UPDATEs and DELETEs are captured but carry no key of it, so they get no record ID (Change.Key \"\") and Refresh and Snapshot refuse it; give it a primary key, or run dbsync.WithReplicaIdentityFull(%q) (REPLICA IDENTITY FULL on it and every partition) for whole old rows",
+			p.Schema, p.Table, why, p.Schema+"."+p.Table)
+	}
 	if p.hasPK && p.ReplicaIdentity != 'd' {
 		// The primary key is there: going back to DEFAULT keys the changes by it.
 		return fmt.Sprintf("table %s.%s %s: its UPDATEs and DELETEs cannot be captured (and fail on the primary); it has a primary key, so run ALTER TABLE %s REPLICA IDENTITY DEFAULT (or %s)",
@@ -134,7 +145,7 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 	for rows.Next() {
 		var p ReplicaIdentityProblem
 		var ident string
-		if err := rows.Scan(&p.Schema, &p.Table, &ident, &p.hasPK, &p.GeneratedKey, &p.PublishedAs, &p.MissingKey, &p.PartialOldRow); err != nil {
+		if err := rows.Scan(&p.Schema, &p.Table, &ident, &p.hasPK, &p.GeneratedKey, &p.PublishedAs, &p.MissingKey, &p.PartialOldRow, &p.partitioned); err != nil {
 			return nil, fmt.Errorf("check replica identity: %w", err)
 		}
 		p.ReplicaIdentity = ident[0]

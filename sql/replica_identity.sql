@@ -24,6 +24,9 @@
 -- REPLICA IDENTITY FULL sends every column). partial_old: the partitioned table has
 -- REPLICA IDENTITY FULL and the leaf does not, so pgoutput marks the leaf's old keys
 -- as whole old rows ('O') of the partitioned table, their other columns NULL.
+-- partitioned: the row is a partitioned table (listed via the root), whose own
+-- replica identity PostgreSQL never checks: without a key its partitions' changes
+-- are captured, but get no record ID.
 WITH listed AS (
     SELECT pt.schemaname, pt.tablename, c.oid, c.relreplident
     FROM pg_catalog.pg_publication p
@@ -45,6 +48,7 @@ WITH listed AS (
     WHERE tree.isleaf AND tree.relid <> listed.oid
 ), published AS (
     SELECT t.schemaname, t.tablename, t.oid, t.root_oid, t.published_as, c.relreplident,
+           c.relkind = 'p' AS partitioned,
            (t.root_oid IS NOT NULL AND t.root_replident = 'f' AND c.relreplident <> 'f') AS partial_old,
            EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                    WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk,
@@ -96,7 +100,8 @@ SELECT schemaname, tablename, relreplident::text, has_pk,
        CASE WHEN no_identity THEN '' ELSE generated_key END,
        CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE published_as END,
        CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE key_missing END,
-       NOT no_identity AND generated_key = '' AND key_missing = '' AND partial_old
+       NOT no_identity AND generated_key = '' AND key_missing = '' AND partial_old,
+       partitioned
 FROM checked
 WHERE no_identity OR generated_key <> '' OR key_missing <> '' OR partial_old
 ORDER BY 1, 2
