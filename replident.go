@@ -9,7 +9,7 @@ import (
 // ReplicaIdentityProblem is a published table whose UPDATEs and DELETEs logical
 // decoding cannot capture, or cannot give a record ID.
 //
-// With GeneratedKey empty, the table has no usable replica identity: PostgreSQL rejects
+// With GeneratedKey, PublishedAs empty, the table has no usable replica identity: PostgreSQL rejects
 // its UPDATEs and DELETEs on the primary (SQLSTATE 55000, "cannot update table ...
 // because it does not have a replica identity and publishes updates") while it is in a
 // publication that publishes them. See "REPLICA IDENTITY" in the ALTER TABLE
@@ -40,8 +40,8 @@ import (
 // NULL.
 //
 // A partitioned table published via the root is reported without a usable replica
-// identity when it has no key: PostgreSQL checks its partitions' instead, so its
-// changes are captured, but they get no record ID (String says so).
+// identity when it has no key, but PostgreSQL checks its partitions' instead, so its
+// partitions' changes are captured, with no record ID (String says so).
 //
 // A partitioned table has no rows: PostgreSQL checks and logs each partition's own
 // replica identity, which ALTER TABLE on the partitioned table does not change. The
@@ -50,18 +50,19 @@ import (
 // lists them itself.
 type ReplicaIdentityProblem struct {
 	Schema, Table string
-	// ReplicaIdentity is pg_class.relreplident. With GeneratedKey empty: 'd' (DEFAULT,
-	// no primary key), 'n' (NOTHING) or 'i' (USING INDEX whose index is gone). With
-	// GeneratedKey set: 'd' or 'f' (FULL), the key being the primary key, or 'i', the
-	// key being the replica identity index.
+	// ReplicaIdentity is pg_class.relreplident. With GeneratedKey and PublishedAs
+	// empty: 'd' (DEFAULT, no primary key), 'n' (NOTHING) or 'i' (USING INDEX whose
+	// index is gone). With GeneratedKey set: 'd' or 'f' (FULL), the key being the
+	// primary key, or 'i', the key being the replica identity index. With MissingKey
+	// set: 'i'; with PartialOldRow: 'd' or 'i'.
 	ReplicaIdentity byte
 	// GeneratedKey names the key's first generated column (by column number, as
 	// ErrNoPrimaryKey does); "" when the problem is the replica identity.
 	GeneratedKey string
 	// PublishedAs is "schema.table", the partitioned table whose name the partition's
-	// changes carry, and MissingKey the first column (by column number) of that
-	// table's key that the partition's replica identity lacks; both "" unless that is
-	// the problem.
+	// changes carry, set with MissingKey or PartialOldRow, else "". MissingKey is the
+	// first column (by column number) of that table's key that the partition's
+	// replica identity lacks; "" unless that is the problem.
 	PublishedAs, MissingKey string
 	// PartialOldRow: PublishedAs has REPLICA IDENTITY FULL, the partition does not.
 	PartialOldRow bool
@@ -78,6 +79,11 @@ type ReplicaIdentityProblem struct {
 // that are not generated (a primary key on them, or REPLICA IDENTITY USING INDEX of a
 // unique index on NOT NULL columns that are not generated), which is the schema
 // owner's choice; String says so.
+//
+// For a partition (PublishedAs set) the statement fixes the problem. For a partitioned
+// table without a key, it sets the partitioned table alone, whose partitions then
+// need it too (else they are reported with PartialOldRow):
+// WithReplicaIdentityFull of the partitioned table sets them all.
 func (p ReplicaIdentityProblem) Fix() string {
 	if p.GeneratedKey != "" {
 		return ""
