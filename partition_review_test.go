@@ -261,3 +261,41 @@ func TestReplicaIdentityPartitionedWithoutKeyViaRoot(t *testing.T) {
 		"RELATION public.root (id:integer,v:text) key=[]", "RELATION public.p2 (id:integer,v:text) key=[id]", "DELETE root "}, h.events)
 	require.Equal(t, StringMap{"id": int32(101)}, h.changes[1].Old)
 }
+
+// TestSnapshotPartitionMoveInWindow: a row moved to another partition inside a
+// snapshot window arrives as a DELETE and an INSERT (under the partitions' names, or
+// the root's via the root); the window drops the moved row's refresh row, and a later
+// chunk (or the other partition's snapshot) reads it at its new key. The consumer
+// ends equal to the tables, in both modes.
+func TestSnapshotPartitionMoveInWindow(t *testing.T) {
+	for _, viaRoot := range []bool{false, true} {
+		t.Run(map[bool]string{false: "per_partition", true: "via_root"}[viaRoot], func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			slot := pgtest.Ident(t, "slot")
+			execAll(t, d.DB, partitionedTable,
+				`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = `+map[bool]string{false: "false", true: "true"}[viaRoot]+`)`)
+			h := newCacheHandler()
+			s, _ := startSyncer(t, d.DSN(), slot, h, WithSnapshotChunkSize(3), WithSnapshotParallel(1))
+			selects := 0
+			s.win.afterSelect = func() {
+				if selects++; selects == 1 { // inside the first chunk's window
+					execAll(t, d.DB, `UPDATE root SET id = 150 WHERE id = 2`)
+				}
+			}
+			tables, want := []string{"p1", "p2"}, []string{`delete public.p1 ["2"]`, `insert public.p2 ["150"]`, `refresh public.p1 ["1"]`,
+				`refresh public.p2 ["101"]`, `refresh public.p2 ["102"]`, `refresh public.p2 ["150"]`}
+			if viaRoot {
+				tables, want = []string{"root"}, []string{`delete public.root ["2"]`, `insert public.root ["150"]`, `refresh public.root ["1"]`,
+					`refresh public.root ["101"]`, `refresh public.root ["102"]`, `refresh public.root ["150"]`}
+			}
+			require.NoError(t, s.Snapshot(context.Background(), tables...))
+			s.win.afterSelect = nil
+			catchUp(t, s)
+			require.Equal(t, want, h.eventList())
+			for _, tbl := range tables {
+				require.Empty(t, mismatches(h.tableRows("public."+tbl), dbRows(t, d.DB, tbl)), tbl)
+			}
+			require.Len(t, dbRows(t, d.DB, "root"), 4)
+		})
+	}
+}
