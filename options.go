@@ -183,8 +183,11 @@ func WithBinary(enabled bool) SyncerOpt {
 // WithReplicaIdentityFull makes Setup run ALTER TABLE ... REPLICA IDENTITY FULL on the
 // given tables (named as in ForTables), so their updates
 // and deletes carry the whole old row — needed for tables without a primary key, and
-// so that unchanged TOASTed values can be filled in (docs/VALUES.md). dbsync never
-// changes a replica identity without this option.
+// so that unchanged TOASTed values can be filled in (docs/VALUES.md). For a
+// partitioned table it sets every partition too (every level): PostgreSQL uses each
+// partition's own replica identity, and ALTER TABLE does not pass it on. It needs
+// ownership of each (ErrInsufficientPrivilege naming the statement otherwise). dbsync
+// never changes a replica identity without this option.
 func WithReplicaIdentityFull(tableNames ...string) SyncerOpt {
 	return func(s *Syncer) error {
 		s.replIdentFull = append(s.replIdentFull, tableNames...)

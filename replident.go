@@ -9,7 +9,7 @@ import (
 // ReplicaIdentityProblem is a published table whose UPDATEs and DELETEs logical
 // decoding cannot capture, or cannot give a record ID.
 //
-// With GeneratedKey empty, the table has no usable replica identity: PostgreSQL rejects
+// With GeneratedKey, PublishedAs empty, the table has no usable replica identity: PostgreSQL rejects
 // its UPDATEs and DELETEs on the primary (SQLSTATE 55000, "cannot update table ...
 // because it does not have a replica identity and publishes updates") while it is in a
 // publication that publishes them. See "REPLICA IDENTITY" in the ALTER TABLE
@@ -23,18 +23,52 @@ import (
 // IDENTITY FULL included), so the table's changes carry no whole key: Change.Key is
 // "", and Refresh and Snapshot refuse the table with ErrNoPrimaryKey. A table whose replica identity
 // is unusable is reported for that alone; its key is checked once that is fixed.
+//
+// With MissingKey set, the table is a partition whose changes the publication
+// publishes under partitioned table PublishedAs (publish_via_partition_root = true),
+// and the partition's replica identity (REPLICA IDENTITY USING INDEX of an index of
+// its own) lacks column MissingKey of PublishedAs's key: PostgreSQL logs the old key
+// of its DELETEs and key-changing UPDATEs by the partition's identity, so they reach
+// the slot as PublishedAs's rows with that key column NULL, and get no record ID
+// (DecodeChange and GetRecordID fail with ErrNoKey).
+//
+// With PartialOldRow set, the table is such a partition, PublishedAs has REPLICA
+// IDENTITY FULL and the partition does not: pgoutput marks the partition's old keys
+// as whole old rows ('O') of PublishedAs, with every other column NULL, so Change.Old
+// of its DELETEs and key-changing UPDATEs shows those columns as NULL, and an
+// unchanged TOASTed value of a key-changing UPDATE is filled in (Change.Filled) as
+// NULL.
+//
+// A partitioned table published via the root is reported without a usable replica
+// identity when it has no key, but PostgreSQL checks its partitions' instead, so its
+// partitions' changes are captured, with no record ID (String says so).
+//
+// A partitioned table has no rows: PostgreSQL checks and logs each partition's own
+// replica identity, which ALTER TABLE on the partitioned table does not change. The
+// partitions (every level) of a table published via the root are checked and
+// reported by their own names; without publish_via_partition_root the publication
+// lists them itself.
 type ReplicaIdentityProblem struct {
 	Schema, Table string
-	// ReplicaIdentity is pg_class.relreplident. With GeneratedKey empty: 'd' (DEFAULT,
-	// no primary key), 'n' (NOTHING) or 'i' (USING INDEX whose index is gone). With
-	// GeneratedKey set: 'd' or 'f' (FULL), the key being the primary key, or 'i', the
-	// key being the replica identity index.
+	// ReplicaIdentity is pg_class.relreplident. With GeneratedKey and PublishedAs
+	// empty: 'd' (DEFAULT, no primary key), 'n' (NOTHING) or 'i' (USING INDEX whose
+	// index is gone). With GeneratedKey set: 'd' or 'f' (FULL), the key being the
+	// primary key, or 'i', the key being the replica identity index. With MissingKey
+	// set: 'i'; with PartialOldRow: 'd' or 'i'.
 	ReplicaIdentity byte
 	// GeneratedKey names the key's first generated column (by column number, as
 	// ErrNoPrimaryKey does); "" when the problem is the replica identity.
 	GeneratedKey string
+	// PublishedAs is "schema.table", the partitioned table whose name the partition's
+	// changes carry, set with MissingKey or PartialOldRow, else "". MissingKey is the
+	// first column (by column number) of that table's key that the partition's
+	// replica identity lacks; "" unless that is the problem.
+	PublishedAs, MissingKey string
+	// PartialOldRow: PublishedAs has REPLICA IDENTITY FULL, the partition does not.
+	PartialOldRow bool
 
-	hasPK bool // the table has a primary key (REPLICA IDENTITY DEFAULT would use it)
+	hasPK       bool // the table has a primary key (REPLICA IDENTITY DEFAULT would use it)
+	partitioned bool // a partitioned table, listed via the root (no rows of its own)
 }
 
 // Fix returns the statement that makes the table's changes capturable without a key
@@ -45,6 +79,11 @@ type ReplicaIdentityProblem struct {
 // that are not generated (a primary key on them, or REPLICA IDENTITY USING INDEX of a
 // unique index on NOT NULL columns that are not generated), which is the schema
 // owner's choice; String says so.
+//
+// For a partition (PublishedAs set) the statement fixes the problem. For a partitioned
+// table without a key, it sets the partitioned table alone, whose partitions then
+// need it too (else they are reported with PartialOldRow):
+// WithReplicaIdentityFull of the partitioned table sets them all.
 func (p ReplicaIdentityProblem) Fix() string {
 	if p.GeneratedKey != "" {
 		return ""
@@ -58,8 +97,23 @@ func (p ReplicaIdentityProblem) String() string {
 	if p.GeneratedKey != "" {
 		return p.generatedKeyString()
 	}
+	if p.PartialOldRow {
+		return fmt.Sprintf("table %s.%s is a partition whose changes are published under %s (publish_via_partition_root = true), which has REPLICA IDENTITY FULL while the partition does not: pgoutput sends the partition's old keys as whole old rows of %s with its other columns NULL, so the old row of a DELETE or key-changing UPDATE (Change.Old) reads NULL there, and an unchanged TOASTed value of a key-changing UPDATE is filled in as NULL; run %s (or dbsync.WithReplicaIdentityFull(%q), which sets every partition)",
+			p.Schema, p.Table, p.PublishedAs, p.PublishedAs, p.Fix(), p.PublishedAs)
+	}
+	if p.MissingKey != "" {
+		q := qualifiedTable{p.Schema, p.Table}.quoted()
+		return fmt.Sprintf("table %s.%s is a partition whose changes are published under %s (publish_via_partition_root = true), and its replica identity index lacks %s's key column %q: its DELETEs and key-changing UPDATEs reach the slot without that column's old value, so they get no record ID (ErrNoKey); run ALTER TABLE %s REPLICA IDENTITY DEFAULT (its primary key is %s's) or %s",
+			p.Schema, p.Table, p.PublishedAs, p.PublishedAs, p.MissingKey, q, p.PublishedAs, p.Fix())
+	}
 	why := map[byte]string{'d': "has no primary key and REPLICA IDENTITY DEFAULT", 'n': "has REPLICA IDENTITY NOTHING",
 		'i': "has REPLICA IDENTITY USING INDEX but the index is gone"}[p.ReplicaIdentity]
+	if p.partitioned {
+		// PostgreSQL checks and logs the partitions' replica identity (reported on
+		// their own), not this one: the changes are captured, but keyless.
+		return fmt.Sprintf("table %s.%s is a partitioned table whose partitions' changes are published under it (publish_via_partition_root = true), and it %s: its partitions' UPDATEs and DELETEs are captured but carry no key of it, so they get no record ID (Change.Key \"\") and Refresh and Snapshot refuse it; give it a primary key, or run dbsync.WithReplicaIdentityFull(%q) (REPLICA IDENTITY FULL on it and every partition) for whole old rows",
+			p.Schema, p.Table, why, p.Schema+"."+p.Table)
+	}
 	if p.hasPK && p.ReplicaIdentity != 'd' {
 		// The primary key is there: going back to DEFAULT keys the changes by it.
 		return fmt.Sprintf("table %s.%s %s: its UPDATEs and DELETEs cannot be captured (and fail on the primary); it has a primary key, so run ALTER TABLE %s REPLICA IDENTITY DEFAULT (or %s)",
@@ -82,8 +136,10 @@ func (p ReplicaIdentityProblem) generatedKeyString() string {
 
 // CheckReplicaIdentity lists the tables of the Syncer's publication whose updates and
 // deletes cannot be captured, or whose key holds a generated column so that their
-// changes cannot be given a record ID (ReplicaIdentityProblem), in schema and table
-// order. Setup calls it and logs a warning per table (an error with
+// changes cannot be given a record ID, and the partitions published under their
+// partitioned table whose replica identity lacks its key (ReplicaIdentityProblem),
+// in schema and table order. A partitioned table's partitions are checked by their
+// own replica identity, the one PostgreSQL uses. Setup calls it and logs a warning per table (an error with
 // WithStrictReplicaIdentity). Read-only.
 func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityProblem, error) {
 	rows, err := s.db.QueryContext(ctx, sqlText("replica_identity.sql"), s.publication)
@@ -95,7 +151,7 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 	for rows.Next() {
 		var p ReplicaIdentityProblem
 		var ident string
-		if err := rows.Scan(&p.Schema, &p.Table, &ident, &p.hasPK, &p.GeneratedKey); err != nil {
+		if err := rows.Scan(&p.Schema, &p.Table, &ident, &p.hasPK, &p.GeneratedKey, &p.PublishedAs, &p.MissingKey, &p.PartialOldRow, &p.partitioned); err != nil {
 			return nil, fmt.Errorf("check replica identity: %w", err)
 		}
 		p.ReplicaIdentity = ident[0]
@@ -105,30 +161,59 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 }
 
 // ensureReplicaIdentity sets REPLICA IDENTITY FULL on the WithReplicaIdentityFull
-// tables, then reports published tables whose changes cannot be captured.
+// tables, then reports published tables whose changes cannot be captured. A
+// partitioned table's partitions (every level) are set too: PostgreSQL uses each
+// partition's own replica identity, and ALTER TABLE on the partitioned table does not
+// pass it on.
 func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 	for _, name := range s.replIdentFull {
 		t, err := resolveTable(ctx, s.db, name)
 		if err != nil {
 			return err
 		}
-		var cur string
-		if err := s.db.QueryRowContext(ctx, `SELECT c.relreplident::text FROM pg_catalog.pg_class c
-			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
-			t.schema, t.name).Scan(&cur); err != nil {
+		// The table and, when it is partitioned, its partitions (pg_partition_tree
+		// lists none for a table that is neither partitioned nor a partition).
+		rows, err := s.db.QueryContext(ctx, `WITH r AS (SELECT format('%I.%I', $1::text, $2::text)::regclass AS oid),
+			members AS (SELECT r.oid AS relid, 0 AS level FROM r
+				UNION SELECT p.relid, p.level FROM r, pg_catalog.pg_partition_tree(r.oid) p)
+			SELECT n.nspname, c.relname, c.relreplident::text
+			FROM members m
+			JOIN pg_catalog.pg_class c ON c.oid = m.relid
+			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			ORDER BY m.level, n.nspname, c.relname`, t.schema, t.name)
+		if err != nil {
 			return classify(err, "read replica identity of "+t.schema+"."+t.name)
 		}
-		if cur == "f" {
-			continue
+		type member struct {
+			t   qualifiedTable
+			cur string
 		}
-		if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+t.quoted()+" REPLICA IDENTITY FULL"); err != nil {
-			if hasSQLState(err, "42501") {
-				return fmt.Errorf("%w: WithReplicaIdentityFull(%q): the role does not own %s: have its owner (or a superuser) run\n  ALTER TABLE %s REPLICA IDENTITY FULL;\nthen set up again (no replication slot was created): %w",
-					ErrInsufficientPrivilege, name, t.quoted(), t.quoted(), err)
+		var members []member
+		for rows.Next() {
+			var m member
+			if err := rows.Scan(&m.t.schema, &m.t.name, &m.cur); err != nil {
+				rows.Close()
+				return fmt.Errorf("read replica identity of %s.%s: %w", t.schema, t.name, err)
 			}
-			return classify(err, "set REPLICA IDENTITY FULL on "+t.schema+"."+t.name)
+			members = append(members, m)
 		}
-		s.log.Info("dbsync: set REPLICA IDENTITY FULL", "schema", t.schema, "table", t.name, "was", cur)
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return classify(err, "read replica identity of "+t.schema+"."+t.name)
+		}
+		for _, m := range members {
+			if m.cur == "f" {
+				continue
+			}
+			if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+m.t.quoted()+" REPLICA IDENTITY FULL"); err != nil {
+				if hasSQLState(err, "42501") {
+					return fmt.Errorf("%w: WithReplicaIdentityFull(%q): the role does not own %s: have its owner (or a superuser) run\n  ALTER TABLE %s REPLICA IDENTITY FULL;\nthen set up again (no replication slot was created): %w",
+						ErrInsufficientPrivilege, name, m.t.quoted(), m.t.quoted(), err)
+				}
+				return classify(err, "set REPLICA IDENTITY FULL on "+m.t.schema+"."+m.t.name)
+			}
+			s.log.Info("dbsync: set REPLICA IDENTITY FULL", "schema", m.t.schema, "table", m.t.name, "was", m.cur)
+		}
 	}
 	problems, err := s.CheckReplicaIdentity(ctx)
 	if err != nil {
@@ -148,6 +233,12 @@ func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 		attrs := []any{"schema", p.Schema, "table", p.Table, "replica_identity", string(p.ReplicaIdentity)}
 		if p.GeneratedKey != "" {
 			attrs = append(attrs, "generated_key", p.GeneratedKey)
+		}
+		if p.MissingKey != "" {
+			attrs = append(attrs, "published_as", p.PublishedAs, "missing_key", p.MissingKey)
+		}
+		if p.PartialOldRow {
+			attrs = append(attrs, "published_as", p.PublishedAs, "partial_old_row", true)
 		}
 		s.log.Warn("dbsync: "+p.String(), attrs...)
 	}

@@ -37,7 +37,8 @@ type SnapshotProgress struct {
 	// (including the chunks of an earlier, interrupted run that this one resumed).
 	Chunks int64
 	Rows   int64
-	// Estimated is the table's row estimate (pg_class.reltuples; -1: unknown).
+	// Estimated is the table's row estimate (pg_class.reltuples; for a partitioned
+	// table, the sum of its leaf partitions'; -1: unknown).
 	Estimated int64
 	// Emitted is the number of refresh rows the last chunk delivered, Reread how many
 	// of them were read again in follow-up windows (see RefreshStats).
@@ -199,7 +200,13 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 		}
 	}()
 	prog := SnapshotProgress{Table: table, Estimated: -1}
-	if err := s.db.QueryRowContext(ctx, `SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = $1`, info.RelationID).Scan(&prog.Estimated); err != nil {
+	// A partitioned table's reltuples stays -1 unless ANALYZE is run on it by hand
+	// (autovacuum never analyzes one): its estimate is its leaf partitions' sum.
+	if err := s.db.QueryRowContext(ctx, `SELECT CASE WHEN c.relkind = 'p' THEN COALESCE((
+			SELECT sum(l.reltuples) FILTER (WHERE l.reltuples >= 0)
+			FROM pg_catalog.pg_partition_tree(c.oid) p JOIN pg_catalog.pg_class l ON l.oid = p.relid
+			WHERE p.isleaf), -1) ELSE c.reltuples END::bigint
+		FROM pg_catalog.pg_class c WHERE c.oid = $1`, info.RelationID).Scan(&prog.Estimated); err != nil {
 		return classify(err, "read row estimate of "+table)
 	}
 

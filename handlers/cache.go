@@ -106,7 +106,9 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //   - DROP TABLE is not decoded: the table's rows stay in the Cache (in memory, out
 //     of sight once another table takes the name); nor are ATTACH and DETACH
 //     PARTITION (under publish_via_partition_root, a detached partition's rows stay
-//     under the partitioned table, an attached table's rows are missing from it);
+//     under the partitioned table, an attached table's rows are missing from it;
+//     without it, a detached partition's rows stay under its name, no longer
+//     changed, and an attached table has only the rows changed since);
 //   - a new key (the primary key moved to other columns, another replica identity
 //     index), from its first RELATION message, change or refresh row: the cached rows
 //     are keyed again from their values (a renamed key column keeps their IDs); rows

@@ -9,18 +9,53 @@
 -- generated columns, so such a table's changes carry no whole key and get no record
 -- ID; a generated column the index only INCLUDEs is no key column and harms nothing.
 -- Only publications that publish updates or deletes are concerned.
-WITH published AS (
-    SELECT pt.schemaname, pt.tablename, c.oid, c.relreplident,
-           EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                   WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk,
-           EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                   WHERE i.indrelid = c.oid AND i.indisreplident) AS has_replident_index
+--
+-- A partitioned table has no rows: PostgreSQL logs each row's old key by the replica
+-- identity of the leaf partition that holds it (and rejects the leaf's UPDATEs and
+-- DELETEs when that leaf has none), whatever the partitioned table's own identity,
+-- which ALTER TABLE does not pass on to partitions. pg_publication_tables lists the
+-- leaves themselves, unless the publication publishes via the partitioned table
+-- (publish_via_partition_root): then it lists that table, and its leaves (every
+-- level) are checked here too. Such a leaf's DELETEs and key-changing UPDATEs are
+-- published under the partitioned table with the leaf's old key only, so a leaf whose
+-- identity (its replica identity index, or primary key) lacks a column of the
+-- partitioned table's key sends old rows without that key: published_as names the
+-- partitioned table, key_missing the first such column ('' for none; a leaf with
+-- REPLICA IDENTITY FULL sends every column). partial_old: the partitioned table has
+-- REPLICA IDENTITY FULL and the leaf does not, so pgoutput marks the leaf's old keys
+-- as whole old rows ('O') of the partitioned table, their other columns NULL.
+-- partitioned: the row is a partitioned table (listed via the root), whose own
+-- replica identity PostgreSQL never checks: without a key its partitions' changes
+-- are captured, but get no record ID.
+WITH listed AS (
+    SELECT pt.schemaname, pt.tablename, c.oid, c.relreplident
     FROM pg_catalog.pg_publication p
     JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname
     JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
     JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
     WHERE p.pubname = $1
       AND (p.pubupdate OR p.pubdelete)
+), tables AS (
+    SELECT schemaname, tablename, oid, NULL::oid AS root_oid, '' AS published_as, ''::"char" AS root_replident
+    FROM listed
+    UNION ALL
+    SELECT ln.nspname, lc.relname, lc.oid, listed.oid, format('%s.%s', listed.schemaname, listed.tablename),
+           listed.relreplident
+    FROM listed
+    CROSS JOIN LATERAL pg_catalog.pg_partition_tree(listed.oid) tree
+    JOIN pg_catalog.pg_class lc ON lc.oid = tree.relid
+    JOIN pg_catalog.pg_namespace ln ON ln.oid = lc.relnamespace
+    WHERE tree.isleaf AND tree.relid <> listed.oid
+), published AS (
+    SELECT t.schemaname, t.tablename, t.oid, t.root_oid, t.published_as, c.relreplident,
+           c.relkind = 'p' AS partitioned,
+           (t.root_oid IS NOT NULL AND t.root_replident = 'f' AND c.relreplident <> 'f') AS partial_old,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                   WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                   WHERE i.indrelid = c.oid AND i.indisreplident) AS has_replident_index
+    FROM tables t
+    JOIN pg_catalog.pg_class c ON c.oid = t.oid
 ), checked AS (
     SELECT published.*,
            (relreplident = 'n'
@@ -36,11 +71,37 @@ WITH published AS (
                        ON a.attrelid = published.oid AND a.attnum = ANY (k.attnums)
                      WHERE a.attgenerated <> '' AND NOT a.attisdropped
                      ORDER BY a.attnum
-                     LIMIT 1), '') AS generated_key
+                     LIMIT 1), '') AS generated_key,
+           CASE WHEN root_oid IS NULL OR relreplident = 'f' THEN '' ELSE
+           COALESCE((SELECT ra.attname::text
+                     FROM (SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
+                           FROM pg_catalog.pg_index i
+                           WHERE i.indrelid = published.root_oid AND (i.indisprimary OR i.indisreplident)
+                           ORDER BY i.indisreplident DESC
+                           LIMIT 1) rk
+                     JOIN pg_catalog.pg_attribute ra
+                       ON ra.attrelid = published.root_oid AND ra.attnum = ANY (rk.attnums)
+                     WHERE NOT EXISTS (
+                         SELECT 1
+                         FROM (SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
+                               FROM pg_catalog.pg_index i
+                               WHERE i.indrelid = published.oid
+                                 AND (i.indisreplident OR (i.indisprimary AND published.relreplident = 'd'))
+                               ORDER BY i.indisreplident DESC
+                               LIMIT 1) lk
+                         JOIN pg_catalog.pg_attribute la
+                           ON la.attrelid = published.oid AND la.attnum = ANY (lk.attnums)
+                         WHERE la.attname = ra.attname)
+                     ORDER BY ra.attnum
+                     LIMIT 1), '') END AS key_missing
     FROM published
 )
 SELECT schemaname, tablename, relreplident::text, has_pk,
-       CASE WHEN no_identity THEN '' ELSE generated_key END
+       CASE WHEN no_identity THEN '' ELSE generated_key END,
+       CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE published_as END,
+       CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE key_missing END,
+       NOT no_identity AND generated_key = '' AND key_missing = '' AND partial_old,
+       partitioned
 FROM checked
-WHERE no_identity OR generated_key <> ''
+WHERE no_identity OR generated_key <> '' OR key_missing <> '' OR partial_old
 ORDER BY 1, 2
