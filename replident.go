@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 )
@@ -142,7 +143,21 @@ func (p ReplicaIdentityProblem) generatedKeyString() string {
 // own replica identity, the one PostgreSQL uses. Setup calls it and logs a warning per table (an error with
 // WithStrictReplicaIdentity). Read-only.
 func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityProblem, error) {
-	rows, err := s.db.QueryContext(ctx, sqlText("replica_identity.sql"), s.publication)
+	// The planner cannot know how many tables the publication lists or how many
+	// partitions each has (pg_get_publication_tables, pg_partition_tree: 1,000 rows
+	// each by default), so it costs the query far above jit_above_cost; on a server
+	// built with JIT the compilation alone took ~2 s for a publication of two tables,
+	// every setup (a role's 500 ms statement_timeout failed it: TestStatementTimeoutOfRole).
+	// It reads a few catalog rows: JIT is off for it.
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, classify(err, "check replica identity of published tables")
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SET LOCAL jit = off`); err != nil {
+		return nil, classify(err, "check replica identity of published tables")
+	}
+	rows, err := tx.QueryContext(ctx, sqlText("replica_identity.sql"), s.publication)
 	if err != nil {
 		return nil, classify(err, "check replica identity of published tables")
 	}
