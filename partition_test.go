@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
@@ -25,9 +26,10 @@ func TestSnapshotReadsOnlyTheTable(t *testing.T) {
 			h := newCacheHandler()
 			s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("parent", "child"),
 				WithSnapshotChunkSize(2), WithSnapshotParallel(parallel))
-			selects := 0
+			// Chunks read at once (planned) call the hook from their own goroutines.
+			var selects atomic.Int32
 			s.win.afterSelect = func() {
-				if selects++; selects == 1 { // inside the first chunk's window
+				if selects.Add(1) == 1 { // inside the first chunk's window
 					execAll(t, d.DB, `UPDATE child SET v = 'new10' WHERE id = 10`)
 				}
 			}

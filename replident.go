@@ -2,7 +2,6 @@ package dbsync
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"strings"
 )
@@ -148,8 +147,10 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 	// each by default), so it costs the query far above jit_above_cost; on a server
 	// built with JIT the compilation alone took ~2 s for a publication of two tables,
 	// every setup (a role's 500 ms statement_timeout failed it: TestStatementTimeoutOfRole).
-	// It reads a few catalog rows: JIT is off for it.
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	// It reads a few catalog rows: JIT is off for it, in a transaction of its own.
+	// (A plain transaction: the pool may be of any driver, and not every one takes
+	// sql.TxOptions{ReadOnly: true}.)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, classify(err, "check replica identity of published tables")
 	}
