@@ -158,10 +158,7 @@ func TestSnapshotEstimatePartitioned(t *testing.T) {
 func TestPartitionAttachDetachNotDecoded(t *testing.T) {
 	for _, viaRoot := range []bool{false, true} {
 		t.Run(map[bool]string{false: "per_partition", true: "via_root"}[viaRoot], func(t *testing.T) {
-			d := pgtest.NewDatabase(t)
-			slot := pgtest.Ident(t, "slot")
-			execAll(t, d.DB, partitionedTable,
-				`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = `+map[bool]string{false: "false", true: "true"}[viaRoot]+`)`)
+			d, slot := newPartitionedDB(t, viaRoot)
 			h := newCacheHandler()
 			s, _ := startSyncer(t, d.DSN(), slot, h)
 			execAll(t, d.DB, `UPDATE root SET id = 150 WHERE id = 1`, // a move: DELETE and INSERT
@@ -270,10 +267,7 @@ func TestReplicaIdentityPartitionedWithoutKeyViaRoot(t *testing.T) {
 func TestSnapshotPartitionMoveInWindow(t *testing.T) {
 	for _, viaRoot := range []bool{false, true} {
 		t.Run(map[bool]string{false: "per_partition", true: "via_root"}[viaRoot], func(t *testing.T) {
-			d := pgtest.NewDatabase(t)
-			slot := pgtest.Ident(t, "slot")
-			execAll(t, d.DB, partitionedTable,
-				`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = `+map[bool]string{false: "false", true: "true"}[viaRoot]+`)`)
+			d, slot := newPartitionedDB(t, viaRoot)
 			h := newCacheHandler()
 			s, _ := startSyncer(t, d.DSN(), slot, h, WithSnapshotChunkSize(3), WithSnapshotParallel(1))
 			selects := 0
@@ -298,4 +292,14 @@ func TestSnapshotPartitionMoveInWindow(t *testing.T) {
 			require.Len(t, dbRows(t, d.DB, "root"), 4)
 		})
 	}
+}
+
+// newPartitionedDB creates partitionedTable in a new database and a publication of
+// root for the slot named after the test, publishing via the root or per partition.
+func newPartitionedDB(t *testing.T, viaRoot bool) (*pgtest.Database, string) {
+	d := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, partitionedTable,
+		`CREATE PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` FOR TABLE root WITH (publish_via_partition_root = `+map[bool]string{false: "false", true: "true"}[viaRoot]+`)`)
+	return d, slot
 }

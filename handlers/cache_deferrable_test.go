@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"database/sql"
 	"fmt"
 	"strconv"
 	"strings"
@@ -118,16 +119,7 @@ func TestCacheDeferredKeyMoveNaNArrayPostgres(t *testing.T) {
 	_, err = d.DB.Exec(`BEGIN; UPDATE na SET id = 5 WHERE id = 3; UPDATE na SET id = 6 WHERE id = 5 AND v = 'c'; COMMIT`)
 	require.NoError(t, err)
 	waitCaughtUp(t, d, pgtest.Ident(t, "slot"), runErr)
-	var table []string
-	rows, err := d.DB.Query(`SELECT id || ' ' || v || ' ' || a::text FROM na ORDER BY id`)
-	require.NoError(t, err)
-	for rows.Next() {
-		var r string
-		require.NoError(t, rows.Scan(&r))
-		table = append(table, r)
-	}
-	require.NoError(t, rows.Err())
-	require.NoError(t, rows.Close())
+	table := tableLines(t, d.DB, `SELECT id || ' ' || v || ' ' || a::text FROM na ORDER BY id`)
 	require.Equal(t, []string{"5 e {2}", "6 c {NaN,1}"}, table)
 	// fmt prints maps sorted by key, and NaN as NaN.
 	require.Equal(t, `map[["5"]:map[a:[2] id:5 v:e] ["6"]:map[a:[NaN 1] id:6 v:c]]`, fmt.Sprint(c.Snapshot()["public.na"]))
@@ -194,16 +186,7 @@ func TestCacheDeferredKeyChangedMidTransactionPostgres(t *testing.T) {
 		COMMIT`)
 	require.NoError(t, err)
 	waitCaughtUp(t, d, pgtest.Ident(t, "slot"), runErr)
-	var table []string
-	rows, err := d.DB.Query(`SELECT id || ' ' || v FROM kc ORDER BY v`)
-	require.NoError(t, err)
-	for rows.Next() {
-		var r string
-		require.NoError(t, rows.Scan(&r))
-		table = append(table, r)
-	}
-	require.NoError(t, rows.Err())
-	require.NoError(t, rows.Close())
+	table := tableLines(t, d.DB, `SELECT id || ' ' || v FROM kc ORDER BY v`)
 	require.Equal(t, []string{"7 1", "2 c"}, table)
 	require.Equal(t, map[string]dbsync.StringMap{
 		`["1"]`: {"id": int32(7), "v": "1"},
@@ -211,4 +194,20 @@ func TestCacheDeferredKeyChangedMidTransactionPostgres(t *testing.T) {
 	}, c.Snapshot()["public.kc"])
 	cancel()
 	require.NoError(t, <-runErr)
+}
+
+// tableLines returns the one text column of query's rows, in order.
+func tableLines(t *testing.T, db *sql.DB, query string) []string {
+	t.Helper()
+	rows, err := db.Query(query)
+	require.NoError(t, err)
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var r string
+		require.NoError(t, rows.Scan(&r))
+		out = append(out, r)
+	}
+	require.NoError(t, rows.Err())
+	return out
 }
