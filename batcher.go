@@ -130,7 +130,7 @@ func (b *batchState) commit() {
 		var left StringMap // the transaction's own row that the change replaces
 		if op.remove {
 			r := at(txKey{op.doctype, op.from})
-			if i := leavingRow(r.ours, op.old); i >= 0 {
+			if i := rowmatch.Leaving(len(r.ours), func(i int) map[string]any { return r.ours[i] }, op.old, r.preGone); i >= 0 {
 				left = r.ours[i]
 				r.ours = append(r.ours[:i], r.ours[i+1:]...)
 			} else {
@@ -156,18 +156,6 @@ func (b *batchState) commit() {
 		}
 	}
 	b.pending = b.pending[:0]
-}
-
-// leavingRow returns the index of the row of ours that a change whose old row is old
-// removes: the last whose values agree with old's (nil old, or a key only: the last
-// one), -1 when none does (the row that was there before the transaction left).
-func leavingRow(ours []StringMap, old StringMap) int {
-	for i := len(ours) - 1; i >= 0; i-- {
-		if rowmatch.SameRow(ours[i], old) {
-			return i
-		}
-	}
-	return -1
 }
 
 // mergeValues returns prev with values over it: the columns values lacks (unchanged

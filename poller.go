@@ -181,7 +181,7 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	if numMessages > math.MaxInt32 {
 		return out, fmt.Errorf("%w: GetMessages(%d): numMessages must be at most 2147483647 rows (the peek's upto_nchanges is an int4); use 0 for no row bound", ErrConfig, numMessages)
 	}
-	if err := s.errIfClosed("GetMessages"); err != nil {
+	if err := s.checkLowLevelCall("GetMessages"); err != nil {
 		return out, err
 	}
 	s.peekMu.Lock()
@@ -233,7 +233,7 @@ func (s *Syncer) Forward(nummsgs int) error {
 
 // ForwardContext is Forward with a context.
 func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
-	if err := s.errIfClosed("Forward"); err != nil {
+	if err := s.checkLowLevelCall("Forward"); err != nil {
 		return err
 	}
 	s.peekMu.Lock()
@@ -241,10 +241,10 @@ func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
 	return s.diagnose(ctx, s.forwardLocked(ctx, nummsgs))
 }
 
-// errIfClosed is ErrClosed for a call made after Close, and ErrAlreadyRunning for one
+// checkLowLevelCall (GetMessages, Forward) is ErrClosed for a call made after Close, and ErrAlreadyRunning for one
 // made while Run runs: Run reads and forwards the slot itself, and a peek of another
 // session at the same time would make Run's fail with ErrSlotInUse.
-func (s *Syncer) errIfClosed(call string) error {
+func (s *Syncer) checkLowLevelCall(call string) error {
 	s.mu.Lock()
 	closed, running := s.closed, s.running
 	s.mu.Unlock()

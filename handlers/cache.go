@@ -719,22 +719,7 @@ func (c *Cache) leave(t *cacheTable, id string, old dbsync.StringMap) dbsync.Str
 		t.held[id] = cacheHeld{preGone: true}
 		return r
 	}
-	i, n := -1, h.n()
-	switch {
-	case n == 0:
-	case n == 1 && h.preGone:
-		i = 0 // the one row there
-	default:
-		for j := n - 1; j >= 0; j-- {
-			if rowmatch.SameRow(h.at(j), old) {
-				i = j
-				break
-			}
-		}
-		if i < 0 && h.preGone {
-			i = n - 1 // no other row is there
-		}
-	}
+	i := rowmatch.Leaving(h.n(), h.at, old, h.preGone)
 	var r dbsync.StringMap
 	if i >= 0 {
 		r = h.at(i)

@@ -46,6 +46,20 @@ WITH listed AS (
     JOIN pg_catalog.pg_class lc ON lc.oid = tree.relid
     JOIN pg_catalog.pg_namespace ln ON ln.oid = lc.relnamespace
     WHERE tree.isleaf AND tree.relid <> listed.oid
+), keys AS (
+    -- The key of each table involved, as dbsync takes it (sql/table_columns.sql): the
+    -- key columns (the first indnkeyatts of indkey) of its replica identity index when
+    -- it has one, else of its primary key. A leaf whose identity is USING INDEX of an
+    -- index that is gone, or NOTHING, has no usable identity and is reported for that
+    -- alone (its key_missing is not reported).
+    SELECT k.indrelid AS relid, a.attnum, a.attname, a.attgenerated
+    FROM (SELECT DISTINCT ON (i.indrelid) i.indrelid, (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
+          FROM pg_catalog.pg_index i
+          WHERE (i.indisprimary OR i.indisreplident)
+            AND i.indrelid IN (SELECT oid FROM tables UNION ALL SELECT root_oid FROM tables)
+          ORDER BY i.indrelid, i.indisreplident DESC) k
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = k.indrelid AND a.attnum = ANY (k.attnums)
+    WHERE NOT a.attisdropped
 ), published AS (
     SELECT t.schemaname, t.tablename, t.oid, t.root_oid, t.published_as, c.relreplident,
            c.relkind = 'p' AS partitioned,
@@ -61,39 +75,15 @@ WITH listed AS (
            (relreplident = 'n'
             OR (relreplident = 'd' AND NOT has_pk)
             OR (relreplident = 'i' AND NOT has_replident_index)) AS no_identity,
-           COALESCE((SELECT a.attname::text
-                     FROM (SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
-                           FROM pg_catalog.pg_index i
-                           WHERE i.indrelid = published.oid AND (i.indisprimary OR i.indisreplident)
-                           ORDER BY i.indisreplident DESC
-                           LIMIT 1) k
-                     JOIN pg_catalog.pg_attribute a
-                       ON a.attrelid = published.oid AND a.attnum = ANY (k.attnums)
-                     WHERE a.attgenerated <> '' AND NOT a.attisdropped
-                     ORDER BY a.attnum
-                     LIMIT 1), '') AS generated_key,
+           COALESCE((SELECT k.attname::text FROM keys k
+                     WHERE k.relid = published.oid AND k.attgenerated <> ''
+                     ORDER BY k.attnum LIMIT 1), '') AS generated_key,
            CASE WHEN root_oid IS NULL OR relreplident = 'f' THEN '' ELSE
-           COALESCE((SELECT ra.attname::text
-                     FROM (SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
-                           FROM pg_catalog.pg_index i
-                           WHERE i.indrelid = published.root_oid AND (i.indisprimary OR i.indisreplident)
-                           ORDER BY i.indisreplident DESC
-                           LIMIT 1) rk
-                     JOIN pg_catalog.pg_attribute ra
-                       ON ra.attrelid = published.root_oid AND ra.attnum = ANY (rk.attnums)
-                     WHERE NOT EXISTS (
-                         SELECT 1
-                         FROM (SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
-                               FROM pg_catalog.pg_index i
-                               WHERE i.indrelid = published.oid
-                                 AND (i.indisreplident OR (i.indisprimary AND published.relreplident = 'd'))
-                               ORDER BY i.indisreplident DESC
-                               LIMIT 1) lk
-                         JOIN pg_catalog.pg_attribute la
-                           ON la.attrelid = published.oid AND la.attnum = ANY (lk.attnums)
-                         WHERE la.attname = ra.attname)
-                     ORDER BY ra.attnum
-                     LIMIT 1), '') END AS key_missing
+           COALESCE((SELECT rk.attname::text FROM keys rk
+                     WHERE rk.relid = published.root_oid
+                       AND NOT EXISTS (SELECT 1 FROM keys lk
+                                       WHERE lk.relid = published.oid AND lk.attname = rk.attname)
+                     ORDER BY rk.attnum LIMIT 1), '') END AS key_missing
     FROM published
 )
 SELECT schemaname, tablename, relreplident::text, has_pk,

@@ -49,3 +49,29 @@ func SameValue(a, b any) bool {
 	}
 	return false
 }
+
+// Leaving picks the row a change takes away from a record ID inside a transaction: of
+// the n rows the transaction put there that are still there (row(i), oldest first;
+// more than one only while a DEFERRABLE key is violated), the latest that agrees with
+// old (what PostgreSQL sent of the old row; nil or a key only agrees with any), or -1
+// for the row that was there before the transaction. preGone says that row already
+// left: then one of the transaction's rows leaves, the last one when none agrees
+// (values that compare unequal, such as a column the row lacks a key for, must not
+// leave a row behind that is gone).
+func Leaving(n int, row func(int) map[string]any, old map[string]any, preGone bool) int {
+	if n == 0 {
+		return -1
+	}
+	if n == 1 && preGone {
+		return 0 // the one row there
+	}
+	for i := n - 1; i >= 0; i-- {
+		if SameRow(row(i), old) {
+			return i
+		}
+	}
+	if preGone {
+		return n - 1
+	}
+	return -1
+}

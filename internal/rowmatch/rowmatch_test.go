@@ -39,3 +39,15 @@ func TestSameRow(t *testing.T) {
 	require.True(t, SameRow(row, map[string]any{"id": 1, "v": "a", "f": math.NaN(), "big": "B"}), "a column row lacks does not count")
 	require.False(t, SameRow(row, map[string]any{"id": 1, "v": "b"}))
 }
+
+func TestLeaving(t *testing.T) {
+	rows := []map[string]any{{"id": 1, "v": "a"}, {"id": 1, "v": "b"}}
+	at := func(i int) map[string]any { return rows[i] }
+	require.Equal(t, -1, Leaving(0, at, nil, false), "none of ours: the row from before")
+	require.Equal(t, -1, Leaving(0, at, nil, true))
+	require.Equal(t, 0, Leaving(1, at, map[string]any{"v": "zz"}, true), "the one row there")
+	require.Equal(t, 0, Leaving(2, at, map[string]any{"v": "a"}, false), "the one that agrees")
+	require.Equal(t, 1, Leaving(2, at, nil, false), "a key only agrees with the latest")
+	require.Equal(t, -1, Leaving(2, at, map[string]any{"v": "c"}, false), "none agrees: the row from before")
+	require.Equal(t, 1, Leaving(2, at, map[string]any{"v": "c"}, true), "none agrees and the row from before is gone: the latest")
+}
