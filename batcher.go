@@ -15,6 +15,9 @@ type batchState struct {
 	upserts   map[string]map[string]StringMap
 	deletes   map[string]map[string]bool
 	truncated map[string]bool // tables truncated in this poll: emptied before the rest
+	// tx follows the open transaction's rows in commit; kept between commits so that
+	// following them allocates nothing per transaction once warm.
+	tx txFollow
 }
 
 // batchOp is one change of the open transaction, as add recorded it.
@@ -81,10 +84,59 @@ type txKey struct{ doctype, id string }
 
 // txRows is what the open transaction did at one record ID: the rows it put there
 // that are still there (more than one only while a DEFERRABLE key is violated), and
-// whether the row that was there before the transaction left.
+// whether the row that was there before the transaction left. dropped: a TRUNCATE of
+// its table later in the transaction emptied it.
 type txRows struct {
+	key     txKey
 	ours    []StringMap
 	preGone bool
+	dropped bool
+}
+
+// txFollow is the record IDs the open transaction touched, in the order it first
+// touched them.
+type txFollow struct {
+	index map[txKey]int
+	rows  []txRows
+}
+
+// at returns what the transaction did at k, added when k is new. The pointer is good
+// until the next at.
+func (f *txFollow) at(k txKey) *txRows {
+	if i, ok := f.index[k]; ok {
+		return &f.rows[i]
+	}
+	if f.index == nil {
+		f.index = map[txKey]int{}
+	}
+	f.index[k] = len(f.rows)
+	if len(f.rows) < cap(f.rows) {
+		f.rows = f.rows[:len(f.rows)+1]
+		r := &f.rows[len(f.rows)-1]
+		*r = txRows{key: k, ours: r.ours[:0]} // keeps ours' backing array
+		return r
+	}
+	f.rows = append(f.rows, txRows{key: k})
+	return &f.rows[len(f.rows)-1]
+}
+
+// drop forgets what the transaction did to doctype's rows (a TRUNCATE of it).
+func (f *txFollow) drop(doctype string) {
+	for i := range f.rows {
+		if r := &f.rows[i]; r.key.doctype == doctype && !r.dropped {
+			r.dropped = true
+			delete(f.index, r.key)
+		}
+	}
+}
+
+// reset forgets the transaction, keeping the storage (and no row maps).
+func (f *txFollow) reset() {
+	clear(f.index)
+	for i := range f.rows {
+		clear(f.rows[i].ours)
+	}
+	f.rows = f.rows[:0]
 }
 
 // commit folds the open transaction's changes into the poll's net effect.
@@ -98,30 +150,13 @@ func (b *batchState) commit() {
 	if len(b.pending) == 0 {
 		return
 	}
-	rows := map[txKey]*txRows{}
-	var order []txKey
-	at := func(k txKey) *txRows {
-		r := rows[k]
-		if r == nil {
-			r = &txRows{}
-			rows[k] = r
-			order = append(order, k)
-		}
-		return r
-	}
+	f := &b.tx
+	defer f.reset()
 	for _, op := range b.pending {
 		if op.truncate {
 			// What the transaction did to the table before is emptied with it; its
 			// other tables' rows are followed on.
-			kept := order[:0]
-			for _, k := range order {
-				if k.doctype == op.doctype {
-					delete(rows, k)
-				} else {
-					kept = append(kept, k)
-				}
-			}
-			order = kept
+			f.drop(op.doctype)
 			b.upserts[op.doctype] = map[string]StringMap{}
 			b.deletes[op.doctype] = map[string]bool{}
 			b.truncated[op.doctype] = true
@@ -129,7 +164,7 @@ func (b *batchState) commit() {
 		}
 		var left StringMap // the transaction's own row that the change replaces
 		if op.remove {
-			r := at(txKey{op.doctype, op.from})
+			r := f.at(txKey{op.doctype, op.from})
 			if i := rowmatch.Leaving(len(r.ours), func(i int) map[string]any { return r.ours[i] }, op.old, r.preGone); i >= 0 {
 				left = r.ours[i]
 				r.ours = append(r.ours[:i], r.ours[i+1:]...)
@@ -142,17 +177,18 @@ func (b *batchState) commit() {
 			if left != nil {
 				v = mergeValues(left, v)
 			}
-			r := at(txKey{op.doctype, op.to})
+			r := f.at(txKey{op.doctype, op.to})
 			r.ours = append(r.ours, v)
 		}
 	}
-	for _, k := range order {
-		r := rows[k]
+	for i := range f.rows {
+		r := &f.rows[i]
 		switch {
+		case r.dropped:
 		case len(r.ours) > 0:
-			b.upsert(k.doctype, k.id, r.ours[len(r.ours)-1])
+			b.upsert(r.key.doctype, r.key.id, r.ours[len(r.ours)-1])
 		case r.preGone:
-			b.delete(k.doctype, k.id)
+			b.delete(r.key.doctype, r.key.id)
 		}
 	}
 	b.pending = b.pending[:0]
