@@ -298,8 +298,14 @@ func (s *Syncer) openSelection(ctx context.Context, info *PGTableInfo, cols []st
 	for lost := 0; ; lost++ {
 		p, err := s.openSelectionOnce(ctx, info, cols, q)
 		if err != nil && ctx.Err() != nil && !errors.Is(err, ErrRefreshAbandoned) {
-			// The caller's context ended: nothing of the selection was delivered.
-			return nil, fmt.Errorf("%w: selection on %s: %w", ErrRefreshAbandoned, info.QualifiedName(), err)
+			// The caller's context ended: nothing of the selection was delivered. The
+			// read it cut short may fail in its own words (a pgx read ended mid-row:
+			// "selection rows lost in decoding", "bad connection"): ctx's error is
+			// the cause, and named.
+			if errors.Is(err, ctx.Err()) {
+				return nil, fmt.Errorf("%w: selection on %s: %w", ErrRefreshAbandoned, info.QualifiedName(), err)
+			}
+			return nil, fmt.Errorf("%w: selection on %s: %w (%w)", ErrRefreshAbandoned, info.QualifiedName(), ctx.Err(), err)
 		}
 		if err == nil || !isTransient(err) {
 			return p, err
