@@ -3,6 +3,7 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
@@ -213,6 +214,8 @@ func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, er
 	// polls, when PostgreSQL does not mark the slot active.
 	taken, pid, err := s.trySlotLock(ctx, conn)
 	if err != nil {
+		// Whether the lock was taken is not known: the session goes with it.
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 		return res, classify(err, "lock slot "+s.replicationSlot)
 	}
 	if !taken {

@@ -28,7 +28,14 @@ const slotLockHolder = `SELECT COALESCE((SELECT l.pid FROM pg_catalog.pg_locks l
 
 // trySlotLock takes the slot lock on conn; taken is false when another session holds
 // it, pid being that session's backend PID.
+//
+// The queries run to their end even when ctx ends meanwhile (bounded by
+// slotLockQueryTimeout): database/sql reports a query whose context ended as failed
+// even when the server ran it, which would leave the lock taken on a session nobody
+// knows holds it, back in the pool.
 func (s *Syncer) trySlotLock(ctx context.Context, conn *sql.Conn) (taken bool, pid int, err error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), slotLockQueryTimeout)
+	defer cancel()
 	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock(`+slotLockKey+`)`, s.replicationSlot).Scan(&taken); err != nil {
 		return false, 0, err
 	}
@@ -50,6 +57,10 @@ func (s *Syncer) unlockSlot(ctx context.Context, conn *sql.Conn) error {
 	}
 	return err
 }
+
+// slotLockQueryTimeout bounds the slot lock's queries, which run to their end when
+// Run's context ends (trySlotLock).
+const slotLockQueryTimeout = 30 * time.Second
 
 // errSlotDriven is ErrSlotInUse for a slot whose lock the backend pid holds.
 func (s *Syncer) errSlotDriven(pid int, what string) error {
@@ -124,6 +135,11 @@ func (s *Syncer) takeSlotLock(ctx context.Context) (conn *sql.Conn, taken bool, 
 		return nil, false, 0, err
 	}
 	taken, pid, err = s.trySlotLock(ctx, conn)
+	if err != nil {
+		// Whether the lock was taken is not known: the session goes, and the lock
+		// with it, rather than back to the pool.
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
 	if err != nil || !taken {
 		conn.Close()
 		return nil, false, pid, err
