@@ -373,6 +373,12 @@ func (s *Syncer) openSelectionOnce(ctx context.Context, info *PGTableInfo, cols 
 		hook()
 	}
 	if err := s.writeWatermark(ctx, id, wmHigh); err != nil {
+		// The INSERT may have committed though its reply was lost (the session
+		// ended after the commit), and the poller may have met it already: then
+		// the selection's rows are (being) handed over, and wait gets the outcome.
+		if s.win.releaseUnlessSeen(id) {
+			return p, nil
+		}
 		return fail(err)
 	}
 	s.Wake()

@@ -242,6 +242,21 @@ func (w *window) commit() []*emission {
 	return ems
 }
 
+// highSeen tells whether the poller has met selection id's high watermark in this
+// poll: its rows were handed over (emitted), or the transaction carrying it is being
+// read (they will be at its COMMIT).
+func (w *window) highSeen(id string) bool {
+	if sel := w.sels[id]; sel != nil && sel.emitted {
+		return true
+	}
+	for _, wm := range w.wms {
+		if wm.id == id && wm.kind == wmHigh {
+			return true
+		}
+	}
+	return false
+}
+
 // newPoll starts a poll: the log is read from the slot's position again, so
 // selections whose rows were handed over in an earlier poll that was not taken
 // (a handler error) emit again at their high watermark.

@@ -572,3 +572,58 @@ func TestWindowHighWatermarkTwiceInOnePoll(t *testing.T) {
 	require.Nil(t, tx(w, 10, func() { w.watermark("s1", wmLow) }))
 	require.Equal(t, []string{"a", "b"}, keysOf(tx(w, 11, func() { w.watermark("s1", wmHigh) })))
 }
+
+// TestReleaseUnlessSeen: a selection whose high watermark INSERT failed without a
+// reply is released unless the poller met its high watermark: met in the transaction
+// being read, or already handed over, the outcome comes to its waiter (opening it
+// again would hand its rows over twice); not met, it is forgotten, and a high
+// watermark arriving later hands nothing over.
+func TestReleaseUnlessSeen(t *testing.T) {
+	const rel = 7
+	tr := newWindowTracker()
+	ready := func(id string) <-chan selDone {
+		ch := tr.register(id, rel)
+		tr.begin(1)
+		tr.watermark(id, wmLow)
+		require.Empty(t, tr.commit())
+		rows := NewInMemSelection()
+		rows.Add(DBItem{Key: `["1"]`})
+		require.True(t, tr.setRows(id, rows, xidSnapshot{}))
+		return ch
+	}
+
+	// Met in the transaction being read: not released, handed over at its COMMIT.
+	a := ready("a")
+	tr.begin(2)
+	tr.watermark("a", wmHigh)
+	require.True(t, tr.releaseUnlessSeen("a"))
+	ems := tr.commit()
+	require.Len(t, ems, 1)
+	tr.delivered(ems)
+	require.Equal(t, 1, (<-a).emitted)
+
+	// Handed over already (emitted, not yet marked delivered): not released.
+	b := ready("b")
+	tr.begin(3)
+	tr.watermark("b", wmHigh)
+	ems = tr.commit()
+	require.Len(t, ems, 1)
+	require.True(t, tr.releaseUnlessSeen("b"))
+	tr.delivered(ems)
+	require.Equal(t, 1, (<-b).emitted)
+
+	// Delivered and forgotten: its outcome is in the channel.
+	require.True(t, tr.releaseUnlessSeen("b"))
+
+	// Not met: released, and its high watermark arriving later is ignored.
+	c := ready("c")
+	require.False(t, tr.releaseUnlessSeen("c"))
+	tr.begin(4)
+	tr.watermark("c", wmHigh)
+	require.Empty(t, tr.commit())
+	select {
+	case r := <-c:
+		t.Fatalf("a released selection got an outcome: %+v", r)
+	default:
+	}
+}

@@ -228,6 +228,23 @@ func (t *windowTracker) release(id string) {
 	t.forgetLocked(id)
 }
 
+// releaseUnlessSeen releases selection id, as release does, unless the poller has
+// met its high watermark already: then the selection's outcome is in (or on its way
+// to) its waiter's channel, and true is returned. A selection whose high watermark
+// INSERT failed without a reply (its session ended after the commit) is judged by
+// this: released, a high watermark arriving later is ignored and the selection can be
+// opened again; met, its rows are (being) handed over, and opening it again would
+// hand them over twice.
+func (t *windowTracker) releaseUnlessSeen(id string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, waiting := t.waiters[id]; !waiting || t.w.highSeen(id) {
+		return true
+	}
+	t.forgetLocked(id)
+	return false
+}
+
 // forgetLocked drops a selection from the window, the waiters and the pending
 // watermarks. t.mu must be held.
 func (t *windowTracker) forgetLocked(id string) {
