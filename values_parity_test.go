@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"net"
 	"reflect"
 	"sort"
 	"strings"
@@ -211,6 +212,7 @@ func testValuesParity(t *testing.T, driver string, binary bool) {
 	}
 	require.Len(t, fromChanges["pv"], len(parityRows))
 	require.Len(t, fromChanges["pk_num"], 8, "every change its own record ID")
+	require.Equal(t, net.HardwareAddr{8, 0, 0x2b, 1, 2, 3, 4, 5}, fromChanges["pv"][`["3"]`]["c_macaddr8"], "macaddr8 as docs/VALUES.md says")
 
 	compare := func(how string, got func(table string) map[string]StringMap) {
 		t.Helper()
