@@ -133,8 +133,13 @@ func (t *PGTableInfo) QuotedName() string {
 // stdlib).
 //
 // The session must use PostgreSQL's default output settings (DateStyle ISO,
-// IntervalStyle postgres, bytea_output hex; any TimeZone). Errors: a column of rows
-// that t does not describe (ErrConfig), ErrDecodeValue, or the driver's scan error.
+// IntervalStyle postgres, bytea_output hex, extra_float_digits 1 or more). Any
+// TimeZone gives the same timestamptz values (instants, also in arrays and built-in
+// ranges), but a value kept as its text (UnknownValue: a composite, a user-defined
+// range) prints a timestamptz it holds in the session's TimeZone, where changes print
+// it in UTC: for such columns, and keys, use TimeZone UTC (dbsync's own selections
+// do). Errors: a column of rows that t does not describe (ErrConfig), ErrDecodeValue,
+// or the driver's scan error.
 func (t *PGTableInfo) ScanRow(rows *sql.Rows) (StringMap, error) {
 	names, err := rows.Columns()
 	if err != nil {

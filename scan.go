@@ -22,8 +22,9 @@ import (
 //   - *string (text, varchar, char, name), *int64 / *int32 / *int16 (integer types
 //     that fit), *bool, *time.Time (timestamptz: the instant, in UTC), *pgtype.Numeric
 //     (numeric), *json.RawMessage (json, jsonb; a copy, checked to be valid JSON), and
-//     *float64 / *float32 / *[]byte / any other type MessageToMap gives for the column:
-//     the same value as MessageToMap, without the map;
+//     *float64 / *float32 / *[]byte / any other type MessageToMap gives for the column
+//     (*UnknownValue, *pgtype.Range[any], *pgtype.Array[any], ...): the same value as
+//     MessageToMap, without the map;
 //   - anything else pgx's pgtype can scan the column's type into (e.g. *string for a
 //     uuid, sql.NullInt64, *pgtype.Text, **int64 for a nullable column): pgtype's
 //     Map.Scan with the column's type OID and the tuple's format.
@@ -323,6 +324,19 @@ func assignDecoded(dst any, decode func() (any, error)) (bool, error) {
 	case *[]byte:
 		return setDecoded(p, decode)
 	case *[]any:
+		return setDecoded(p, decode)
+	// Go types of other columns' values: pgtype's own scans fail for these
+	// (UnknownValue, an infinite date's modifier, a domain over an array with an
+	// offset bound) or decode them otherwise (range bounds as time.Local instants).
+	case *UnknownValue:
+		return setDecoded(p, decode)
+	case *pgtype.InfinityModifier:
+		return setDecoded(p, decode)
+	case *pgtype.Array[any]:
+		return setDecoded(p, decode)
+	case *pgtype.Range[any]:
+		return setDecoded(p, decode)
+	case *pgtype.Multirange[pgtype.Range[any]]:
 		return setDecoded(p, decode)
 	}
 	return false, nil

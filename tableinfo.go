@@ -139,6 +139,10 @@ type pgType struct {
 	// in its arrays (',' for nearly every type; ';' for box and domains over it, and a
 	// user-defined base type may declare its own).
 	delim byte
+	// arrayIn says that values of the type are read and printed as arrays (typinput
+	// array_in): not so for int2vector and oidvector, filed as arrays (category 'A',
+	// an element type) with a text form of their own ("1 2").
+	arrayIn bool
 }
 
 func newTableCache(db *sql.DB) *tableCache {
@@ -615,7 +619,7 @@ func (c *tableCache) pgTypes(ctx context.Context, oids []int64) (map[uint32]pgTy
 			for rows.Next() {
 				var t pgType
 				var typtype, category, delim string
-				if err := rows.Scan(&t.oid, &typtype, &category, &t.baseType, &t.elemType, &t.name, &delim); err != nil {
+				if err := rows.Scan(&t.oid, &typtype, &category, &t.baseType, &t.elemType, &t.name, &delim, &t.arrayIn); err != nil {
 					rows.Close()
 					return nil, fmt.Errorf("read pg_type: %w", err)
 				}

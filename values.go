@@ -307,7 +307,7 @@ func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeI
 		return base
 	case row.typtype == 'e':
 		return &decodeInfo{kind: kindEnum, oid: oid, name: row.name}
-	case row.category == 'A' && row.elemType != 0:
+	case row.category == 'A' && row.elemType != 0 && row.arrayIn:
 		// The element type's typdelim: a domain has its base type's (box: ';'), a
 		// user-defined base type its own. (Arrays of built-in types are known to
 		// pgtype, above.)

@@ -159,3 +159,35 @@ func requireChangeAndRefreshBothModes(t *testing.T, d *pgtest.Database, table, i
 		})
 	}
 }
+
+// TestVectorTypesAreUnknownValues: int2vector and oidvector are filed in pg_type as
+// arrays (typcategory 'A', an element type), but their text form is their own ("1 2",
+// space-separated, no braces), not array_out's. They had been decoded as arrays: a
+// change of a row with such a column failed to decode in text mode ("invalid array,
+// expected '{'"), which ended Run at the same change every time, and a Refresh of it
+// failed in both modes. pgx has no codec for them: they are UnknownValues, like the
+// other built-ins without one (docs/VALUES.md), the output function's text in text
+// mode (changes and refresh rows), the send function's bytes in binary mode.
+func TestVectorTypesAreUnknownValues(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE vec (id int PRIMARY KEY, e int2vector, f oidvector, g int2vector, h oidvector[])`)
+	const insert = `INSERT INTO vec VALUES (1, '1 2', '23 25', '', ARRAY['23 25', '']::oidvector[])`
+	got, refreshed, _ := changeAndRefresh(t, d, "vec", insert, false)
+	want := StringMap{"id": int32(1),
+		"e": UnknownValue{Type: "int2vector", Text: "1 2"},
+		"f": UnknownValue{Type: "oidvector", Text: "23 25"},
+		"g": UnknownValue{Type: "int2vector", Text: ""},
+		"h": []any{UnknownValue{Type: "oidvector", Text: "23 25"}, UnknownValue{Type: "oidvector", Text: ""}}}
+	requireSameRow(t, want, got, "change")
+	requireSameRow(t, want, refreshed, "refresh row")
+
+	got, refreshed, _ = changeAndRefresh(t, d, "vec", insert, true)
+	var e, f, g, f0 []byte
+	require.NoError(t, d.DB.QueryRow(`SELECT int2vectorsend('1 2'), oidvectorsend('23 25'), int2vectorsend(''), oidvectorsend('')`).Scan(&e, &f, &g, &f0))
+	requireSameRow(t, StringMap{"id": int32(1),
+		"e": UnknownValue{Type: "int2vector", Binary: e},
+		"f": UnknownValue{Type: "oidvector", Binary: f},
+		"g": UnknownValue{Type: "int2vector", Binary: g},
+		"h": []any{UnknownValue{Type: "oidvector", Binary: f}, UnknownValue{Type: "oidvector", Binary: f0}}}, got, "change (binary)")
+	requireSameRow(t, want, refreshed, "refresh row (binary mode: text)")
+}

@@ -134,8 +134,34 @@ func trimQuery(q string) string {
 // meaning.
 func refreshQuery(info *PGTableInfo, cols []string, query string) selQuery {
 	return selQuery{build: func(form selectForm) string {
-		return "SELECT " + columnList(nil, "q", cols, form) + " FROM (" + query + ") AS q"
+		return "SELECT " + refreshColumnList(info, cols, form) + " FROM (" + query + ") AS q"
 	}, reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
+}
+
+// refreshColumnList is the select list of a Refresh query's result columns cols (of
+// alias q) in the given form (columnList without the table's column types), except
+// that the key columns are cast back to the key's types, modifier included
+// (CAST(q.code AS character(5))): a query may return a key column under another type
+// (code::text AS code), whose text need not be the key's (char(n)::text drops the
+// padding pgoutput sends), and the key columns' texts make the rows' record IDs,
+// which must be those of the rows' changes (TestRefreshKeyCastKeepsRecordIDs). For
+// a column of the key's own type the cast changes nothing.
+func refreshColumnList(info *PGTableInfo, cols []string, form selectForm) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		col := info.ColInfo[c]
+		if col == nil || !containsString(info.PrimaryKey, c) {
+			parts[i] = columnList(nil, "q", []string{c}, form)
+			continue
+		}
+		expr := "CAST(q." + pq.QuoteIdentifier(c) + " AS " + col.ColumnType + ")"
+		if form == formPlain {
+			parts[i] = expr + " AS " + pq.QuoteIdentifier(c)
+		} else {
+			parts[i] = "CASE WHEN num_nulls(" + expr + ") = 1 THEN NULL ELSE format('%s', " + expr + ") END AS " + pq.QuoteIdentifier(c)
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // refreshKeysQuery is a Refresh query restricted to the rows whose key columns (as
@@ -153,7 +179,7 @@ func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]s
 	kc := castKeyColumns(info, "q")
 	tail := " FROM (" + query + ") AS q WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
 	return selQuery{build: func(form selectForm) string {
-		return "SELECT " + columnList(nil, "q", cols, form) + tail
+		return "SELECT " + refreshColumnList(info, cols, form) + tail
 	}, args: args, rows: len(keys), reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
 }
 

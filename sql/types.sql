@@ -1,5 +1,9 @@
 -- pg_type rows for type OIDs pgtype has no codec for (domains, enums, arrays of
--- those, composite and other user types). $1: type OIDs.
-SELECT t.oid, t.typtype::text, t.typcategory::text, t.typbasetype, t.typelem, format_type(t.oid, NULL), t.typdelim::text
+-- those, composite and other user types). $1: type OIDs. The last column says whether
+-- the type's values are read and printed as arrays (array_in): int2vector and oidvector
+-- are filed as arrays (typcategory 'A', an element type) but have a text form of their
+-- own ("1 2").
+SELECT t.oid, t.typtype::text, t.typcategory::text, t.typbasetype, t.typelem, format_type(t.oid, NULL), t.typdelim::text,
+       t.typinput = 'pg_catalog.array_in'::regproc
 FROM pg_catalog.pg_type t
 WHERE t.oid = ANY ($1::oid[])
