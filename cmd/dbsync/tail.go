@@ -51,9 +51,10 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer s.Close()
 	if *fromNow {
-		var lsn string
-		if err := s.DB().QueryRowContext(ctx, `SELECT end_lsn::text FROM pg_replication_slot_advance($1, pg_current_wal_flush_lsn())`,
-			s.ReplicationSlot()).Scan(&lsn); err != nil {
+		// SkipBacklog refuses (ErrSlotInUse) a slot another Syncer or tail drives:
+		// advancing it under that consumer would lose its unprocessed changes.
+		lsn, err := s.SkipBacklog(ctx)
+		if err != nil {
 			return fmt.Errorf("skip the backlog of slot %s: %w", s.ReplicationSlot(), err)
 		}
 		fmt.Fprintf(stderr, "dbsync tail: skipped the backlog; slot %s now at %s\n", s.ReplicationSlot(), lsn)

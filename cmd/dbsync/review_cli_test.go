@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync"
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/stretchr/testify/require"
+)
+
+// blockingInserts is a handler whose HandleInsertMessage waits until release is
+// closed, so the Syncer running it keeps the slot before that insert.
+type blockingInserts struct {
+	dbsync.DefaultMessageHandler
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingInserts) HandleInsertMessage(int, *pglogrepl.InsertMessage, *pglogrepl.RelationMessage, *dbsync.PGTableInfo) error {
+	select {
+	case b.reached <- struct{}{}:
+	default:
+	}
+	<-b.release
+	return nil
+}
+
+func confirmedFlush(t *testing.T, db *sql.DB, slot string) string {
+	t.Helper()
+	var lsn string
+	require.NoError(t, db.QueryRow(`SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lsn))
+	return lsn
+}
+
+// TestTailFromNowRefusesDrivenSlot: `tail -from-now` on a slot a running Syncer drives
+// (an application, another tail) is refused with ErrSlotInUse before it moves the
+// slot: it used to forward the slot to the flush LSN first, skipping the changes the
+// application had not processed yet (lost to it), and only then fail at Run's lock.
+func TestTailFromNowRefusesDrivenSlot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	slot := pgtest.Ident(t, "slot")
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY)`)
+	require.NoError(t, err)
+
+	h := &blockingInserts{reached: make(chan struct{}, 1), release: make(chan struct{})}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(h.release) }) }
+	app, err := dbsync.NewSyncer(dbsync.ForTables("items"), dbsync.WithMessageHandler(h))
+	require.NoError(t, err)
+	defer app.Close()
+	defer release() // before Close, which waits for the handler
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- app.Run(ctx) }()
+	_, err = d.DB.Exec(`INSERT INTO items VALUES (1)`)
+	require.NoError(t, err)
+	select {
+	case <-h.reached:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the application's handler never got the insert")
+	}
+	before := confirmedFlush(t, d.DB, slot)
+
+	code, out, errOut := runCLI("tail", "-from-now")
+	require.Equal(t, 1, code, errOut)
+	require.Equal(t, "", out)
+	require.Contains(t, errOut, "dbsync tail: ")
+	require.Contains(t, errOut, "is driven by a running Syncer")
+	require.NotContains(t, errOut, "skipped the backlog")
+	require.Equal(t, before, confirmedFlush(t, d.DB, slot), "the slot was moved under the running Syncer")
+
+	release()
+	cancel()
+	require.NoError(t, <-runDone)
+	require.False(t, strings.Contains(errOut, "s3cret-pw"))
+}
