@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 
 	"github.com/dbsync/dbsync"
@@ -94,6 +95,23 @@ func (f *slotFlags) options(stderr io.Writer, level slog.Level) []dbsync.SyncerO
 	}
 	opts = append(opts, dbsync.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))))
 	return opts
+}
+
+// explain names the flag behind a configuration error about a name the user gave
+// with -slot or -publication: NewSyncer's message names only the library option and
+// the environment variable (WithReplicationSlot / $DBSYNC_REPLSLOT).
+func (f *slotFlags) explain(err error) error {
+	if !errors.Is(err, dbsync.ErrConfig) {
+		return err
+	}
+	msg := err.Error()
+	switch {
+	case f.slot != "" && strings.Contains(msg, "replication slot name "+strconv.Quote(f.slot)):
+		return fmt.Errorf("-slot %q: %w", f.slot, err)
+	case f.publication != "" && strings.Contains(msg, "publication name "+strconv.Quote(f.publication)):
+		return fmt.Errorf("-publication %q: %w", f.publication, err)
+	}
+	return err
 }
 
 // connDescription is the connection the environment describes, password redacted.

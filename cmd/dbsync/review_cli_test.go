@@ -82,3 +82,48 @@ func TestTailFromNowRefusesDrivenSlot(t *testing.T) {
 	require.NoError(t, <-runDone)
 	require.False(t, strings.Contains(errOut, "s3cret-pw"))
 }
+
+// TestSnapshotBadNumberFlagsNameTheFlag: a zero or negative -chunk-size,
+// -chunks-in-flight or -parallel is a configuration error (exit 1, docs/CLI.md) that
+// names the flag the user typed, not the library option (WithSnapshotChunkSize) the
+// CLI passes it to; nothing connects.
+func TestSnapshotBadNumberFlagsNameTheFlag(t *testing.T) {
+	t.Setenv("POSTGRES_HOST", "127.0.0.1")
+	t.Setenv("POSTGRES_PORT", "1") // nothing listens: the command must not get that far
+	for _, c := range []struct{ flag, value, want string }{
+		{"-chunk-size", "0", "dbsync snapshot: dbsync: invalid configuration: -chunk-size 0: must be >= 1 rows per chunk\n"},
+		{"-chunks-in-flight", "-2", "dbsync snapshot: dbsync: invalid configuration: -chunks-in-flight -2: must be >= 1 chunks\n"},
+		{"-parallel", "0", "dbsync snapshot: dbsync: invalid configuration: -parallel 0: must be >= 1 chunks at once\n"},
+	} {
+		code, out, errOut := runCLI("snapshot", c.flag, c.value, "t")
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "", out)
+		require.Equal(t, c.want, errOut)
+	}
+}
+
+// TestBadNameFlagNamesTheFlag: a -slot or -publication value NewSyncer refuses is
+// reported with the flag the user gave, not only the library option and variable
+// (WithReplicationSlot / $DBSYNC_REPLSLOT) the user never set.
+func TestBadNameFlagNamesTheFlag(t *testing.T) {
+	t.Setenv("POSTGRES_HOST", "127.0.0.1")
+	t.Setenv("POSTGRES_PORT", "1")
+	long := strings.Repeat("p", 64)
+	for _, cmd := range []string{"tail", "status", "teardown"} {
+		code, out, errOut := runCLI(cmd, "-slot", "Bad")
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "", out)
+		require.True(t, strings.HasPrefix(errOut, "dbsync "+cmd+`: -slot "Bad": dbsync: invalid configuration: replication slot name "Bad"`), errOut)
+		code, _, errOut = runCLI(cmd, "-publication", long)
+		require.Equal(t, 1, code, errOut)
+		require.True(t, strings.HasPrefix(errOut, "dbsync "+cmd+`: -publication "`+long+`": dbsync: invalid configuration: publication name`), errOut)
+	}
+	code, _, errOut := runCLI("snapshot", "-slot", "Bad", "t")
+	require.Equal(t, 1, code, errOut)
+	require.True(t, strings.HasPrefix(errOut, `dbsync snapshot: -slot "Bad": dbsync: invalid configuration: replication slot name "Bad"`), errOut)
+	// Through the environment the message names the variable, as before.
+	t.Setenv("DBSYNC_REPLSLOT", "Bad")
+	code, _, errOut = runCLI("status")
+	require.Equal(t, 1, code, errOut)
+	require.True(t, strings.HasPrefix(errOut, `dbsync status: dbsync: invalid configuration: replication slot name "Bad" (WithReplicationSlot / $DBSYNC_REPLSLOT)`), errOut)
+}

@@ -45,6 +45,16 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return usageError{fmt.Sprintf("flag %s after the table names: flags go first: dbsync snapshot [flags] table...", t)}
 		}
 	}
+	// Checked here so the error names the flag, not the library option it sets.
+	for _, n := range []struct {
+		flag string
+		v    int
+		unit string
+	}{{"-chunk-size", *chunk, "rows per chunk"}, {"-chunks-in-flight", *inFlight, "chunks"}, {"-parallel", *parallel, "chunks at once"}} {
+		if n.v < 1 {
+			return fmt.Errorf("%w: %s %d: must be >= 1 %s", dbsync.ErrConfig, n.flag, n.v, n.unit)
+		}
+	}
 	out := bufio.NewWriterSize(stdout, 64<<10)
 	// Refresh rows and changes as JSON lines (handlers.JSONLinesWriter: docs/CLI.md),
 	// each transaction's lines written and flushed at its COMMIT, before the Syncer may
@@ -69,7 +79,7 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}))
 	s, err := dbsync.NewSyncerContext(ctx, opts...)
 	if err != nil {
-		return err
+		return sf.explain(err)
 	}
 	defer s.Close()
 

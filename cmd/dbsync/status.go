@@ -21,7 +21,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	s, err := dbsync.NewSyncerContext(ctx, append(sf.options(stderr, slog.LevelWarn), dbsync.WithSetup(false))...)
 	if err != nil {
-		return err
+		return sf.explain(err)
 	}
 	defer s.Close()
 	st, err := s.Status(ctx)

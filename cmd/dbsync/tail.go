@@ -47,7 +47,7 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("%w\n(with dbsync tail, give -tables t1,schema.t2 to create it)", err)
 	}
 	if err != nil {
-		return err
+		return sf.explain(err)
 	}
 	defer s.Close()
 	if *fromNow {
