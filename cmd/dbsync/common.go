@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 
@@ -95,6 +97,12 @@ func (f *slotFlags) options(stderr io.Writer, level slog.Level) []dbsync.SyncerO
 	}
 	opts = append(opts, dbsync.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))))
 	return opts
+}
+
+// slotName is the slot the command works on: -slot, else $DBSYNC_REPLSLOT, else the
+// default (as NewSyncer resolves it), for messages written when no Syncer exists.
+func (f *slotFlags) slotName() string {
+	return cmp.Or(f.slot, os.Getenv(dbsync.EnvReplSlot), dbsync.DefaultReplSlot)
 }
 
 // explain names the flag behind a configuration error about a name the user gave

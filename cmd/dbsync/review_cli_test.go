@@ -127,3 +127,60 @@ func TestBadNameFlagNamesTheFlag(t *testing.T) {
 	require.Equal(t, 1, code, errOut)
 	require.True(t, strings.HasPrefix(errOut, `dbsync status: dbsync: invalid configuration: replication slot name "Bad" (WithReplicationSlot / $DBSYNC_REPLSLOT)`), errOut)
 }
+
+// TestTailInterruptedDuringSetup: Ctrl-C while tail waits for the slot's creation
+// (an open transaction holds it up) ends tail like any Ctrl-C of tail (exit 0, as
+// docs/CLI.md says), saying it stopped before streaming, rather than failing with a
+// bare "context canceled"; no slot is left behind.
+func TestTailInterruptedDuringSetup(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY)`)
+	require.NoError(t, err)
+	tx, err := d.DB.Begin()
+	require.NoError(t, err)
+	defer tx.Rollback()
+	_, err = tx.Exec(`SELECT txid_current()`)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb pgtest.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"tail", "-tables", "items"}, &out, &errb) }()
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(errb.String(), "level=WARN") }, "the slot creation wait warning")
+	cancel()
+	var code int
+	select {
+	case code = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("tail did not stop")
+	}
+	require.Equal(t, 0, code, errb.String())
+	require.Equal(t, "", out.String())
+	require.NotContains(t, errb.String(), "context canceled")
+	require.Contains(t, errb.String(), "dbsync tail: interrupted while setting up slot "+pgtest.Ident(t, "slot")+"; nothing was read\n")
+	var n int
+	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, pgtest.Ident(t, "slot")).Scan(&n))
+	require.Equal(t, 0, n)
+
+	// snapshot interrupted there is interrupted before every table was read: 130
+	// with the line saying so, as for an interruption after setup.
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	out, errb = pgtest.Buffer{}, pgtest.Buffer{}
+	go func() { done <- run(ctx, []string{"snapshot", "items"}, &out, &errb) }()
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(errb.String(), "level=WARN") }, "the slot creation wait warning")
+	cancel()
+	select {
+	case code = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("snapshot did not stop")
+	}
+	require.Equal(t, 130, code, errb.String())
+	require.Equal(t, "", out.String())
+	require.NotContains(t, errb.String(), "context canceled")
+	require.Contains(t, errb.String(), "\ndbsync snapshot: interrupted before the snapshot finished; run it again with the same slot ("+pgtest.Ident(t, "slot")+") to resume after the last delivered chunk\n")
+	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, pgtest.Ident(t, "slot")).Scan(&n))
+	require.Equal(t, 0, n)
+}

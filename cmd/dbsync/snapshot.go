@@ -78,6 +78,11 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			fmt.Fprintf(stderr, "dbsync snapshot: %s: %d of ~%s rows (%d chunks%s)\n", p.Table, p.Rows, est, p.Chunks, state)
 		}))
 	s, err := dbsync.NewSyncerContext(ctx, opts...)
+	if err != nil && ctx.Err() != nil {
+		// Ctrl-C (or SIGTERM) during setup, typically while the slot's creation waits
+		// for open transactions: interrupted before every table was read, like later.
+		return exitError{code: 130, err: interruptedErr(sf.slotName())}
+	}
 	if err != nil {
 		return sf.explain(err)
 	}
@@ -110,11 +115,15 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		// Ctrl-C (or SIGTERM) before every table was read, with or without -follow:
 		// not a clean end. What was printed was delivered; the progress of every
 		// delivered chunk is recorded, so the next run resumes after it.
-		interrupted := fmt.Errorf("interrupted before the snapshot finished; run it again with the same slot (%s) to resume after the last delivered chunk", s.ReplicationSlot())
-		return exitError{code: 130, err: errors.Join(interrupted, runErr)}
+		return exitError{code: 130, err: errors.Join(interruptedErr(s.ReplicationSlot()), runErr)}
 	}
 	if snapErr != nil {
 		return errors.Join(snapErr, runErr)
 	}
 	return runErr
+}
+
+// interruptedErr says a snapshot of slot was interrupted before it finished.
+func interruptedErr(slot string) error {
+	return fmt.Errorf("interrupted before the snapshot finished; run it again with the same slot (%s) to resume after the last delivered chunk", slot)
 }

@@ -42,6 +42,13 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		opts = append(opts, dbsync.ForTables(t...))
 	}
 	s, err := dbsync.NewSyncerContext(ctx, opts...)
+	if err != nil && ctx.Err() != nil {
+		// Ctrl-C (or SIGTERM) during setup, typically while the slot's creation waits
+		// for open transactions: a stop like any other (exit 0); a cancelled creation
+		// leaves no slot.
+		fmt.Fprintf(stderr, "dbsync tail: interrupted while setting up slot %s; nothing was read\n", sf.slotName())
+		return nil
+	}
 	if errors.Is(err, dbsync.ErrPublicationMissing) {
 		// The library's message says to pass dbsync.ForTables, which is -tables here.
 		return fmt.Errorf("%w\n(with dbsync tail, give -tables t1,schema.t2 to create it)", err)
