@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"database/sql"
+	"io"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -183,4 +186,89 @@ func TestTailInterruptedDuringSetup(t *testing.T) {
 	require.Contains(t, errb.String(), "\ndbsync snapshot: interrupted before the snapshot finished; run it again with the same slot ("+pgtest.Ident(t, "slot")+") to resume after the last delivered chunk\n")
 	require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, pgtest.Ident(t, "slot")).Scan(&n))
 	require.Equal(t, 0, n)
+}
+
+// cancelAfterLines is a stdout that cancels the command's context (as Ctrl-C does)
+// once it has received n lines, and keeps accepting what comes after.
+type cancelAfterLines struct {
+	mu     sync.Mutex
+	buf    strings.Builder
+	n      int
+	cancel context.CancelFunc
+}
+
+func (w *cancelAfterLines) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if strings.Count(w.buf.String(), "\n") >= w.n {
+		w.cancel()
+	}
+	return len(p), nil
+}
+
+func (w *cancelAfterLines) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+var insertedIDRE = regexp.MustCompile(`"key":\{"id":(\d+)\}`)
+
+func insertedIDs(t *testing.T, out string) []int {
+	t.Helper()
+	var ids []int
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		if l == "" {
+			continue
+		}
+		m := insertedIDRE.FindStringSubmatch(l)
+		require.NotNil(t, m, l)
+		id, err := strconv.Atoi(m[1])
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// TestTailCtrlCMidBacklog: Ctrl-C while tail prints a backlog stops it cleanly
+// (exit 0) with the slot forwarded past exactly what it printed: the next tail starts
+// with the transaction after the last one printed, nothing skipped.
+func TestTailCtrlCMidBacklog(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY)`)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var errb pgtest.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"tail", "-tables", "items"}, io.Discard, &errb) }()
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(errb.String(), "Ctrl-C to stop") }, "tail to start")
+	cancel()
+	require.Equal(t, 0, <-done, errb.String())
+
+	const n = 3000
+	_, err = d.DB.Exec(`DO $$ BEGIN FOR i IN 1..3000 LOOP INSERT INTO items VALUES (i); COMMIT; END LOOP; END $$`)
+	require.NoError(t, err)
+
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	w := &cancelAfterLines{n: 500, cancel: cancel}
+	errb = pgtest.Buffer{}
+	require.Equal(t, 0, run(ctx, []string{"tail"}, w, &errb), errb.String())
+	first := insertedIDs(t, w.String())
+	require.GreaterOrEqual(t, len(first), 500)
+	require.Less(t, len(first), n, "stopped before the end of the backlog")
+	for i, id := range first {
+		require.Equal(t, i+1, id)
+	}
+
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	w2 := &cancelAfterLines{n: 1, cancel: cancel}
+	errb = pgtest.Buffer{}
+	require.Equal(t, 0, run(ctx, []string{"tail"}, w2, &errb), errb.String())
+	second := insertedIDs(t, w2.String())
+	require.NotEmpty(t, second)
+	require.Equal(t, first[len(first)-1]+1, second[0], "the next tail starts right after the last printed transaction")
 }
