@@ -272,3 +272,33 @@ func TestTailCtrlCMidBacklog(t *testing.T) {
 	require.NotEmpty(t, second)
 	require.Equal(t, first[len(first)-1]+1, second[0], "the next tail starts right after the last printed transaction")
 }
+
+// TestTailPublicationDroppedWhileRunning: a publication dropped while tail runs ends
+// it (ErrPublicationMissing, exit 1) with the CLI's way to create it again (-tables),
+// as at setup, not only the library's "pass ForTables to NewSyncer".
+func TestTailPublicationDroppedWhileRunning(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY)`)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb pgtest.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"tail", "-tables", "items"}, &out, &errb) }()
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(errb.String(), "Ctrl-C to stop") }, "tail to start")
+	_, err = d.DB.Exec(`DROP PUBLICATION ` + pgtest.Ident(t, "pub"))
+	require.NoError(t, err)
+	_, err = d.DB.Exec(`INSERT INTO items VALUES (1)`)
+	require.NoError(t, err)
+	var code int
+	select {
+	case code = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("tail did not stop: %s", errb.String())
+	}
+	require.Equal(t, 1, code, errb.String())
+	require.Equal(t, "", out.String())
+	require.Contains(t, errb.String(), "publication does not exist")
+	require.True(t, strings.HasSuffix(errb.String(), "\n(with dbsync tail, give -tables t1,schema.t2 to create it)\n"), errb.String())
+}

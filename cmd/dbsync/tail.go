@@ -49,12 +49,8 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stderr, "dbsync tail: interrupted while setting up slot %s; nothing was read\n", sf.slotName())
 		return nil
 	}
-	if errors.Is(err, dbsync.ErrPublicationMissing) {
-		// The library's message says to pass dbsync.ForTables, which is -tables here.
-		return fmt.Errorf("%w\n(with dbsync tail, give -tables t1,schema.t2 to create it)", err)
-	}
 	if err != nil {
-		return sf.explain(err)
+		return sf.explain(tablesHint(err))
 	}
 	defer s.Close()
 	if *fromNow {
@@ -73,7 +69,8 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		runErr = ferr
 	}
 	if runErr != nil {
-		return runErr
+		// The publication can also be dropped while tail runs.
+		return tablesHint(runErr)
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -92,4 +89,13 @@ func (f *flushingWriter) Write(p []byte) (int, error) {
 		return n, err
 	}
 	return n, f.w.Flush()
+}
+
+// tablesHint adds the CLI's way to create a missing publication to an
+// ErrPublicationMissing, whose message says to pass dbsync.ForTables: -tables here.
+func tablesHint(err error) error {
+	if errors.Is(err, dbsync.ErrPublicationMissing) {
+		return fmt.Errorf("%w\n(with dbsync tail, give -tables t1,schema.t2 to create it)", err)
+	}
+	return err
 }
