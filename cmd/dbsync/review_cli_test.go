@@ -302,3 +302,28 @@ func TestTailPublicationDroppedWhileRunning(t *testing.T) {
 	require.Contains(t, errb.String(), "publication does not exist")
 	require.True(t, strings.HasSuffix(errb.String(), "\n(with dbsync tail, give -tables t1,schema.t2 to create it)\n"), errb.String())
 }
+
+// TestSnapshotBesideRunningTailNamesTheCause: snapshot on a slot a tail drives stops
+// (exit 1) with Run's error, once: ErrSlotInUse and what to do. It used to print it
+// twice, the first time inside the library's "Refresh and Snapshot need Run or Start
+// in another goroutine", advice for a program, which the CLI follows already.
+func TestSnapshotBesideRunningTailNamesTheCause(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 10)`)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var errb pgtest.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"tail", "-tables", "items"}, io.Discard, &errb) }()
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(errb.String(), "Ctrl-C to stop") }, "tail to start")
+
+	code, out, errOut := runCLI("snapshot", "items")
+	require.Equal(t, 1, code, errOut)
+	require.Equal(t, "", out)
+	require.Regexp(t, `^dbsync snapshot: dbsync: replication slot is active in another process: slot "`+pgtest.Ident(t, "slot")+`" is driven by a running Syncer \(or `+"`dbsync tail`"+`\): backend PID \d+ holds its lock; [^\n]*\n$`, errOut)
+	require.NotContains(t, errOut, "need Run or Start")
+	cancel()
+	require.Equal(t, 0, <-done, errb.String())
+}

@@ -117,6 +117,12 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		// delivered chunk is recorded, so the next run resumes after it.
 		return exitError{code: 130, err: errors.Join(interruptedErr(s.ReplicationSlot()), runErr)}
 	}
+	if snapErr != nil && runErr != nil && errors.Is(snapErr, dbsync.ErrRefreshAbandoned) {
+		// The Syncer stopped (ErrSlotInUse, a dropped slot, ...) and the snapshot was
+		// abandoned for it: Run's error says why, and snapErr only repeats it with
+		// advice for programs that forgot to call Run.
+		return runErr
+	}
 	if snapErr != nil {
 		return errors.Join(snapErr, runErr)
 	}
