@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"io"
 	"regexp"
 	"strconv"
@@ -326,4 +327,28 @@ func TestSnapshotBesideRunningTailNamesTheCause(t *testing.T) {
 	require.NotContains(t, errOut, "need Run or Start")
 	cancel()
 	require.Equal(t, 0, <-done, errb.String())
+}
+
+// TestStatusPhysicalSlotHasNoConfirmedPosition: a physical slot has no
+// confirmed_flush_lsn (NULL in pg_replication_slots); status printed it as 0/0, a
+// position, in text and JSON. It is unset: "-" and null, as restart_lsn is.
+func TestStatusPhysicalSlotHasNoConfirmedPosition(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	phys := pgtest.Ident(t, "phys")
+	_, err := d.DB.Exec(`SELECT pg_create_physical_replication_slot($1)`, phys)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.DB.Exec(`SELECT pg_drop_replication_slot($1)`, phys) })
+
+	code, out, errOut := runCLI("status", "-slot", phys)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "confirmed_flush_lsn: -\n")
+	require.Contains(t, out, "lag_bytes:           0 (0 B)\n")
+	code, out, errOut = runCLI("status", "-json", "-slot", phys)
+	require.Equal(t, 0, code, errOut)
+	var st map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Contains(t, st, "confirmed_flush_lsn")
+	require.Nil(t, st["confirmed_flush_lsn"])
+	require.Nil(t, st["restart_lsn"])
 }
