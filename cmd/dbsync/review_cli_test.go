@@ -5,10 +5,13 @@ import (
 	"database/sql"
 	"encoding/json"
 	"io"
+	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -351,4 +354,54 @@ func TestStatusPhysicalSlotHasNoConfirmedPosition(t *testing.T) {
 	require.Contains(t, st, "confirmed_flush_lsn")
 	require.Nil(t, st["confirmed_flush_lsn"])
 	require.Nil(t, st["restart_lsn"])
+}
+
+// TestSecondCtrlCEndsStuckCommand: a second Ctrl-C ends a command whose clean stop is
+// stuck, as in most command-line tools. Here tail's stdout is a pipe nobody reads
+// (`dbsync tail | less`, scrolled back): the first SIGINT asks tail to stop, but its
+// write at COMMIT blocks; the second one used to be swallowed as well, leaving kill -9.
+// Nothing past what was written is forwarded either way: the write never finished.
+func TestSecondCtrlCEndsStuckCommand(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	setEnv(t, d)
+	_, err := d.DB.Exec(`CREATE TABLE items (id int PRIMARY KEY, v text)`)
+	require.NoError(t, err)
+	bin := buildBinary(t)
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	defer r.Close()
+	var errb pgtest.Buffer
+	cmd := exec.Command(bin, "tail", "-tables", "items")
+	cmd.Stdout, cmd.Stderr = w, &errb
+	require.NoError(t, cmd.Start())
+	w.Close()
+	defer func() { _ = cmd.Process.Kill() }()
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(errb.String(), "Ctrl-C to stop") }, "tail to start")
+	before := confirmedFlush(t, d.DB, pgtest.Ident(t, "slot"))
+	// More than a pipe holds (64 KiB), in one transaction.
+	_, err = d.DB.Exec(`INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g`)
+	require.NoError(t, err)
+	time.Sleep(2 * time.Second) // tail reaches the blocking write
+
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	select {
+	case err := <-exited:
+		t.Fatalf("tail stopped on the first Ctrl-C although its write blocks (%v): %s", err, errb.String())
+	case <-time.After(2 * time.Second):
+	}
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	select {
+	case err := <-exited:
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee)
+		ws := ee.Sys().(syscall.WaitStatus)
+		require.True(t, ws.Signaled(), "%v: %s", err, errb.String())
+		require.Equal(t, syscall.SIGINT, ws.Signal())
+	case <-time.After(10 * time.Second):
+		go io.Copy(io.Discard, r) // let it finish
+		t.Fatalf("tail ignored the second Ctrl-C: %s", errb.String())
+	}
+	require.Equal(t, before, confirmedFlush(t, d.DB, pgtest.Ident(t, "slot")), "the transaction tail could not write was not forwarded")
 }
