@@ -159,6 +159,37 @@ type TeardownResult struct {
 // other slots may still use them (OtherSlots).
 func (r TeardownResult) Kept() bool { return len(r.OtherSlots) > 0 }
 
+// SkipBacklog forwards the slot to the current WAL flush LSN
+// (pg_replication_slot_advance), skipping every change not yet confirmed, for every
+// consumer of the slot; it returns the slot's new position (`dbsync tail -from-now`).
+// Like Teardown it takes the slot's lock (see Run) for the advance, so it returns
+// ErrSlotInUse, and moves nothing, while a Syncer runs on the slot in this or another
+// process: that Syncer's unprocessed changes would be lost to it. It returns
+// ErrAlreadyRunning while this Syncer's Run runs and ErrClosed after Close.
+func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error) {
+	if err := s.checkLowLevelCall("SkipBacklog"); err != nil {
+		return 0, err
+	}
+	conn, taken, pid, err := s.takeSlotLock(ctx)
+	if err != nil {
+		return 0, s.diagnose(ctx, classify(err, "lock slot "+s.replicationSlot))
+	}
+	if !taken {
+		return 0, s.errSlotDriven(pid, "stop it before skipping its backlog")
+	}
+	defer func() {
+		if uerr := s.unlockSlot(ctx, conn); uerr != nil && err == nil {
+			err = classify(uerr, "unlock slot "+s.replicationSlot)
+		}
+		conn.Close()
+	}()
+	if err := conn.QueryRowContext(ctx, `SELECT end_lsn FROM pg_catalog.pg_replication_slot_advance($1, pg_catalog.pg_current_wal_flush_lsn())`,
+		s.replicationSlot).Scan(&lsn); err != nil {
+		return 0, s.diagnose(ctx, classify(err, "advance slot "+s.replicationSlot+" to the flush LSN"))
+	}
+	return lsn, nil
+}
+
 // Teardown is TeardownWithResult without the result (what it did is logged at Info).
 func (s *Syncer) Teardown(ctx context.Context) error {
 	_, err := s.TeardownWithResult(ctx)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -8,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 
 	"github.com/dbsync/dbsync"
@@ -94,6 +97,29 @@ func (f *slotFlags) options(stderr io.Writer, level slog.Level) []dbsync.SyncerO
 	}
 	opts = append(opts, dbsync.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))))
 	return opts
+}
+
+// slotName is the slot the command works on: -slot, else $DBSYNC_REPLSLOT, else the
+// default (as NewSyncer resolves it), for messages written when no Syncer exists.
+func (f *slotFlags) slotName() string {
+	return cmp.Or(f.slot, os.Getenv(dbsync.EnvReplSlot), dbsync.DefaultReplSlot)
+}
+
+// explain names the flag behind a configuration error about a name the user gave
+// with -slot or -publication: NewSyncer's message names only the library option and
+// the environment variable (WithReplicationSlot / $DBSYNC_REPLSLOT).
+func (f *slotFlags) explain(err error) error {
+	if !errors.Is(err, dbsync.ErrConfig) {
+		return err
+	}
+	msg := err.Error()
+	switch {
+	case f.slot != "" && strings.Contains(msg, "replication slot name "+strconv.Quote(f.slot)):
+		return fmt.Errorf("-slot %q: %w", f.slot, err)
+	case f.publication != "" && strings.Contains(msg, "publication name "+strconv.Quote(f.publication)):
+		return fmt.Errorf("-publication %q: %w", f.publication, err)
+	}
+	return err
 }
 
 // connDescription is the connection the environment describes, password redacted.

@@ -57,6 +57,10 @@ func (e exitError) Unwrap() error { return e.err }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first Ctrl-C (or SIGTERM) asks the command to stop cleanly; once it has, the
+	// signals' default action is back, so a second one ends a stop that is stuck (a
+	// write to a pipe nobody reads, an unreachable server).
+	go func() { <-ctx.Done(); stop() }()
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

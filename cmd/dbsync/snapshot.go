@@ -45,6 +45,16 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return usageError{fmt.Sprintf("flag %s after the table names: flags go first: dbsync snapshot [flags] table...", t)}
 		}
 	}
+	// Checked here so the error names the flag, not the library option it sets.
+	for _, n := range []struct {
+		flag string
+		v    int
+		unit string
+	}{{"-chunk-size", *chunk, "rows per chunk"}, {"-chunks-in-flight", *inFlight, "chunks"}, {"-parallel", *parallel, "chunks at once"}} {
+		if n.v < 1 {
+			return fmt.Errorf("%w: %s %d: must be >= 1 %s", dbsync.ErrConfig, n.flag, n.v, n.unit)
+		}
+	}
 	out := bufio.NewWriterSize(stdout, 64<<10)
 	// Refresh rows and changes as JSON lines (handlers.JSONLinesWriter: docs/CLI.md),
 	// each transaction's lines written and flushed at its COMMIT, before the Syncer may
@@ -68,8 +78,13 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			fmt.Fprintf(stderr, "dbsync snapshot: %s: %d of ~%s rows (%d chunks%s)\n", p.Table, p.Rows, est, p.Chunks, state)
 		}))
 	s, err := dbsync.NewSyncerContext(ctx, opts...)
+	if err != nil && ctx.Err() != nil {
+		// Ctrl-C (or SIGTERM) during setup, typically while the slot's creation waits
+		// for open transactions: interrupted before every table was read, like later.
+		return exitError{code: 130, err: interruptedErr(sf.slotName())}
+	}
 	if err != nil {
-		return err
+		return sf.explain(err)
 	}
 	defer s.Close()
 
@@ -100,11 +115,21 @@ func runSnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		// Ctrl-C (or SIGTERM) before every table was read, with or without -follow:
 		// not a clean end. What was printed was delivered; the progress of every
 		// delivered chunk is recorded, so the next run resumes after it.
-		interrupted := fmt.Errorf("interrupted before the snapshot finished; run it again with the same slot (%s) to resume after the last delivered chunk", s.ReplicationSlot())
-		return exitError{code: 130, err: errors.Join(interrupted, runErr)}
+		return exitError{code: 130, err: errors.Join(interruptedErr(s.ReplicationSlot()), runErr)}
+	}
+	if snapErr != nil && runErr != nil && errors.Is(snapErr, dbsync.ErrRefreshAbandoned) {
+		// The Syncer stopped (ErrSlotInUse, a dropped slot, ...) and the snapshot was
+		// abandoned for it: Run's error says why, and snapErr only repeats it with
+		// advice for programs that forgot to call Run.
+		return runErr
 	}
 	if snapErr != nil {
 		return errors.Join(snapErr, runErr)
 	}
 	return runErr
+}
+
+// interruptedErr says a snapshot of slot was interrupted before it finished.
+func interruptedErr(slot string) error {
+	return fmt.Errorf("interrupted before the snapshot finished; run it again with the same slot (%s) to resume after the last delivered chunk", slot)
 }

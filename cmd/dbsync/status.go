@@ -21,7 +21,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	s, err := dbsync.NewSyncerContext(ctx, append(sf.options(stderr, slog.LevelWarn), dbsync.WithSetup(false))...)
 	if err != nil {
-		return err
+		return sf.explain(err)
 	}
 	defer s.Close()
 	st, err := s.Status(ctx)
@@ -33,11 +33,17 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if st.RestartLSN != 0 {
 		restartJSON = st.RestartLSN.String()
 	}
+	// A physical slot has no confirmed_flush_lsn (NULL): unset, not 0/0.
+	var confirmedJSON any
+	confirmed := "-"
+	if st.ConfirmedFlushLSN != 0 {
+		confirmedJSON, confirmed = st.ConfirmedFlushLSN.String(), st.ConfirmedFlushLSN.String()
+	}
 	if *asJSON {
 		b, err := json.Marshal(map[string]any{
 			"slot": st.Slot, "plugin": st.Plugin, "slot_type": st.SlotType, "database": st.Database,
 			"active": st.Active, "active_pid": st.ActivePID,
-			"confirmed_flush_lsn": st.ConfirmedFlushLSN.String(), "restart_lsn": restartJSON,
+			"confirmed_flush_lsn": confirmedJSON, "restart_lsn": restartJSON,
 			"wal_status": st.WALStatus, "current_lsn": st.CurrentLSN.String(), "flush_lsn": st.FlushLSN.String(),
 			"retained_wal_bytes": st.RetainedWALBytes, "lag_bytes": st.LagBytes,
 			"spill_txns": st.Stats.SpillTxns, "spill_count": st.Stats.SpillCount, "spill_bytes": st.Stats.SpillBytes,
@@ -101,7 +107,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"lag_bytes:           %d (%s)\n"+
 		"spilled:             %d transactions, %d times, %d bytes (%s)\n"+
 		"decoded:             %d transactions, %d bytes (%s)\n",
-		st.Slot, plugin, database, st.Active, pid, st.ConfirmedFlushLSN, restart, walStatus,
+		st.Slot, plugin, database, st.Active, pid, confirmed, restart, walStatus,
 		st.CurrentLSN, st.FlushLSN, st.RetainedWALBytes, human(st.RetainedWALBytes), st.LagBytes, human(st.LagBytes),
 		st.Stats.SpillTxns, st.Stats.SpillCount, st.Stats.SpillBytes, human(st.Stats.SpillBytes),
 		st.Stats.TotalTxns, st.Stats.TotalBytes, human(st.Stats.TotalBytes))

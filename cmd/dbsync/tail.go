@@ -42,18 +42,22 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		opts = append(opts, dbsync.ForTables(t...))
 	}
 	s, err := dbsync.NewSyncerContext(ctx, opts...)
-	if errors.Is(err, dbsync.ErrPublicationMissing) {
-		// The library's message says to pass dbsync.ForTables, which is -tables here.
-		return fmt.Errorf("%w\n(with dbsync tail, give -tables t1,schema.t2 to create it)", err)
+	if err != nil && ctx.Err() != nil {
+		// Ctrl-C (or SIGTERM) during setup, typically while the slot's creation waits
+		// for open transactions: a stop like any other (exit 0); a cancelled creation
+		// leaves no slot.
+		fmt.Fprintf(stderr, "dbsync tail: interrupted while setting up slot %s; nothing was read\n", sf.slotName())
+		return nil
 	}
 	if err != nil {
-		return err
+		return sf.explain(tablesHint(err))
 	}
 	defer s.Close()
 	if *fromNow {
-		var lsn string
-		if err := s.DB().QueryRowContext(ctx, `SELECT end_lsn::text FROM pg_replication_slot_advance($1, pg_current_wal_flush_lsn())`,
-			s.ReplicationSlot()).Scan(&lsn); err != nil {
+		// SkipBacklog refuses (ErrSlotInUse) a slot another Syncer or tail drives:
+		// advancing it under that consumer would lose its unprocessed changes.
+		lsn, err := s.SkipBacklog(ctx)
+		if err != nil {
 			return fmt.Errorf("skip the backlog of slot %s: %w", s.ReplicationSlot(), err)
 		}
 		fmt.Fprintf(stderr, "dbsync tail: skipped the backlog; slot %s now at %s\n", s.ReplicationSlot(), lsn)
@@ -65,7 +69,8 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		runErr = ferr
 	}
 	if runErr != nil {
-		return runErr
+		// The publication can also be dropped while tail runs.
+		return tablesHint(runErr)
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -84,4 +89,13 @@ func (f *flushingWriter) Write(p []byte) (int, error) {
 		return n, err
 	}
 	return n, f.w.Flush()
+}
+
+// tablesHint adds the CLI's way to create a missing publication to an
+// ErrPublicationMissing, whose message says to pass dbsync.ForTables: -tables here.
+func tablesHint(err error) error {
+	if errors.Is(err, dbsync.ErrPublicationMissing) {
+		return fmt.Errorf("%w\n(with dbsync tail, give -tables t1,schema.t2 to create it)", err)
+	}
+	return err
 }

@@ -22,7 +22,7 @@ func runTeardown(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	s, err := dbsync.NewSyncerContext(ctx, append(sf.options(stderr, slog.LevelInfo), dbsync.WithSetup(false))...)
 	if err != nil {
-		return err
+		return sf.explain(err)
 	}
 	defer s.Close()
 	res, err := s.TeardownWithResult(ctx)
