@@ -133,7 +133,8 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // is not does). Each chunk read at once takes a connection of the Syncer's
 // *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
 // ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
-// index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
+// index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk or the server cut a
+// chunk's SELECT short (statement_timeout, a lock timeout; call Snapshot again
 // to resume; with ErrClosed when Close ended it or was called before), ErrConfig for
 // unknown tables (and names of views, indexes, sequences), or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {

@@ -81,7 +81,8 @@ func (s *Syncer) Refresh(selectQuery string) error {
 //
 // Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
 // ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery, with ctx's
-// error in the chain; with ErrClosed when Close ended it or was called before), server
+// error in the chain; with ErrClosed when Close ended it or was called before; or the
+// server cut the SELECT short: statement_timeout, a lock timeout, a deadlock), server
 // errors (a lost connection while the query is planned is one, not ErrConfig).
 func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (_ RefreshStats, err error) {
 	if err := s.refreshAllowed(); err != nil {
