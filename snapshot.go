@@ -121,7 +121,8 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // settled chunk (chunks handed over after it are delivered again: at-least-once). A
 // table whose snapshot had finished is read again from the start. After the last
 // chunk, rows that key-changing updates with unchanged TOASTed columns moved during
-// the snapshot are read again, and only then is the table marked finished: should
+// the snapshot (from its start until a Snapshot of the table finishes it, also
+// between a call that did not and the one resuming it) are read again, and only then is the table marked finished: should
 // that fail, the next Snapshot of the table by this Syncer resumes after the last
 // chunk and reads them. Snapshot calls of one table running at once share these
 // rows: each reads every one not read yet, also those another call is reading, and a
@@ -396,6 +397,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 			if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_finish.sql"), s.replicationSlot, table); err != nil {
 				return s.progressError(table, prog.Chunks, err)
 			}
+			s.win.watchFinished(info.RelationID)
 		}
 		prog.Done = done
 		if s.SnapshotProgress != nil {
