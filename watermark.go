@@ -802,7 +802,8 @@ func checkKeyOutputs(info *PGTableInfo, cols []string, plan planNode) error {
 		if i < 0 || i >= len(plan.Output) || info.ColInfo[c] == nil {
 			continue
 		}
-		qual, name, ok := parseColumnRef(stripCasts(plan.Output[i]))
+		operand, casts := unwrapCasts(plan.Output[i])
+		qual, name, ok := parseColumnRef(operand)
 		// EXPLAIN leaves a column unqualified when the query has one range table
 		// entry: the table read.
 		if !ok || (qual != "" && !aliases[qual]) || info.ColInfo[name] == nil {
@@ -815,6 +816,17 @@ func checkKeyOutputs(info *PGTableInfo, cols []string, plan planNode) error {
 			}
 			return fmt.Errorf("%w: Refresh query returns column %q of %s under the name of %s %q, so its rows would be delivered under record IDs or with values that are not theirs; return the column itself (SELECT %s, ...) and give other columns other names",
 				ErrConfig, name, info.QualifiedName(), what, c, pq.QuoteIdentifier(c))
+		}
+		if containsString(info.PrimaryKey, c) {
+			// Each cast of the chain, judged against the key's own type: text and
+			// wider integers hold every value of it, so casting back keeps it.
+			from := info.ColInfo[c].ColumnType
+			for j := len(casts) - 1; j >= 0; j-- {
+				if !keyCastKeeps(from, casts[j]) {
+					return fmt.Errorf("%w: Refresh query returns key column %q of %s cast from %s to %s, which may print a key otherwise than its changes do (numeric 1.5 as numeric(10,3) is 1.500): a row's record ID is made from that text, so its refresh rows would not match its changes, and the consumer would get a second row, never updated; return the key column as it is, or as text (SELECT %s, or %s::text AS %s)",
+						ErrConfig, c, info.QualifiedName(), from, casts[j], pq.QuoteIdentifier(c), pq.QuoteIdentifier(c), pq.QuoteIdentifier(c))
+				}
+			}
 		}
 		if rowOf == "" {
 			rowOf, rowCol = qual, c
@@ -835,6 +847,14 @@ var castTail = regexp.MustCompile(`^::(?:"(?:[^"]|"")+"|[a-z0-9_$.\[\](), ])+$`)
 // stripCasts returns the operand of an expression that EXPLAIN prints as a cast,
 // "(operand)::type", casts of casts included; anything else as it is.
 func stripCasts(s string) string {
+	operand, _ := unwrapCasts(s)
+	return operand
+}
+
+// unwrapCasts returns stripCasts(s) and the types of the casts it took off, the
+// outermost first.
+func unwrapCasts(s string) (string, []string) {
+	var types []string
 	for strings.HasPrefix(s, "(") {
 		depth, end := 0, -1
 		for i := 0; i < len(s) && end < 0; i++ {
@@ -852,15 +872,31 @@ func stripCasts(s string) string {
 					}
 				}
 			case '\'':
-				return s // a literal: not judged
+				return s, types // a literal: not judged
 			}
 		}
 		if end < 0 || !castTail.MatchString(s[end+1:]) {
-			return s
+			return s, types
 		}
+		types = append(types, s[end+3:])
 		s = s[1:end]
 	}
-	return s
+	return s, types
+}
+
+// keyCastKeeps tells whether a cast to type to of a key column of type keyType (or of
+// a cast of it that kept it) keeps the key's text, as its record ID (GetRecordID) is
+// made of it: to the key's own type, to text (the type's output), or an integer key to
+// an integer type at least as wide or numeric without a scale. Another cast may change it (numeric 1.5 as numeric(10,3)
+// is 1.500, varchar(2) cuts a code short, float4 rounds a large integer), and the row's
+// refresh rows would then not match its changes (TestRefreshQueryKeyCastChangesText).
+func keyCastKeeps(keyType, to string) bool {
+	switch to {
+	case keyType, "text", "character varying":
+		return true
+	}
+	ints := map[string]int{"smallint": 1, "integer": 2, "bigint": 3, "numeric": 4}
+	return ints[keyType] != 0 && ints[to] >= ints[keyType]
 }
 
 // parseColumnRef parses a column reference as EXPLAIN prints it: name or
