@@ -20,11 +20,13 @@ func TestRefreshQueryKeyCastChangesText(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	execAll(t, d.DB, `CREATE TABLE items (id numeric PRIMARY KEY, v text)`, `INSERT INTO items VALUES (1.5, 'a')`,
 		`CREATE TABLE codes (code varchar(10) PRIMARY KEY, v text)`, `INSERT INTO codes VALUES ('c10', 'a')`,
-		`CREATE TABLE ints (id int PRIMARY KEY, v text)`, `INSERT INTO ints VALUES (16777217, 'a')`)
+		`CREATE TABLE ints (id int PRIMARY KEY, v text)`, `INSERT INTO ints VALUES (16777217, 'a')`,
+		`CREATE TABLE padded (k char(4) PRIMARY KEY, v text)`, `INSERT INTO padded VALUES ('ab', 'a')`)
 	h := newCacheHandler()
-	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("items", "codes", "ints"))
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("items", "codes", "ints", "padded"))
 	s.win.afterSelect = func() {
-		execAll(t, d.DB, `UPDATE items SET v = v || '+'`, `UPDATE codes SET v = v || '+'`, `UPDATE ints SET v = v || '+'`)
+		execAll(t, d.DB, `UPDATE items SET v = v || '+'`, `UPDATE codes SET v = v || '+'`, `UPDATE ints SET v = v || '+'`,
+			`UPDATE padded SET v = v || '+'`)
 	}
 	ctx := context.Background()
 	for _, q := range []string{
@@ -32,6 +34,7 @@ func TestRefreshQueryKeyCastChangesText(t *testing.T) {
 		`SELECT id::numeric(10,3)::text AS id, v FROM items`,
 		`SELECT code::varchar(2) AS code, v FROM codes`,
 		`SELECT id::float4 AS id, v FROM ints`,
+		`SELECT k::text AS k, v FROM padded`, // 'ab', where changes send 'ab  '
 	} {
 		_, err := s.RefreshContext(ctx, q)
 		require.ErrorIs(t, err, ErrConfig, q)
@@ -48,6 +51,7 @@ func TestRefreshQueryKeyCastChangesText(t *testing.T) {
 		{`SELECT code::text AS code, v FROM codes`, "codes", `["c10"]`},
 		{`SELECT id::bigint AS id, v FROM ints`, "ints", `["16777217"]`},
 		{`SELECT id::text::integer AS id, v FROM ints`, "ints", `["16777217"]`},
+		{`SELECT k, v FROM padded`, "padded", `["ab  "]`},
 	} {
 		stats, err := s.RefreshContext(ctx, c.q)
 		require.NoError(t, err, c.q)
@@ -58,7 +62,7 @@ func TestRefreshQueryKeyCastChangesText(t *testing.T) {
 		require.Contains(t, rows, c.key, c.q)
 	}
 	catchUp(t, s)
-	for _, table := range []string{"items", "codes", "ints"} {
+	for _, table := range []string{"items", "codes", "ints", "padded"} {
 		require.Empty(t, mismatches(h.tableRows("public."+table), dbRows(t, d.DB, table)), table)
 	}
 }

@@ -886,14 +886,19 @@ func unwrapCasts(s string) (string, []string) {
 
 // keyCastKeeps tells whether a cast to type to of a key column of type keyType (or of
 // a cast of it that kept it) keeps the key's text, as its record ID (GetRecordID) is
-// made of it: to the key's own type, to text (the type's output), or an integer key to
-// an integer type at least as wide or numeric without a scale. Another cast may change it (numeric 1.5 as numeric(10,3)
+// made of it: to the key's own type, to text (the type's output; not for character(n),
+// whose padding it drops), or an integer key to an integer type at least as wide or
+// numeric without a scale. Another cast may change it (numeric 1.5 as numeric(10,3)
 // is 1.500, varchar(2) cuts a code short, float4 rounds a large integer), and the row's
 // refresh rows would then not match its changes (TestRefreshQueryKeyCastChangesText).
 func keyCastKeeps(keyType, to string) bool {
 	switch to {
-	case keyType, "text", "character varying":
+	case keyType:
 		return true
+	case "text", "character varying":
+		// Except from character(n), whose cast to text drops the trailing blanks
+		// that its output (and so its changes) keeps.
+		return keyType != "character" && !strings.HasPrefix(keyType, "character(")
 	}
 	ints := map[string]int{"smallint": 1, "integer": 2, "bigint": 3, "numeric": 4}
 	return ints[keyType] != 0 && ints[to] >= ints[keyType]
