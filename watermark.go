@@ -60,7 +60,8 @@ func (s *Syncer) Refresh(selectQuery string) error {
 //     watermark's COMMIT hands the remaining rows to HandleRefresh before any later
 //     change;
 //  5. dropped rows whose last change left TOASTed columns unchanged (not sent) are read
-//     again in follow-up windows, by selectQuery restricted to their keys, and a
+//     again in follow-up windows, by selectQuery restricted to their keys (the keys
+//     they were moved to, for rows a key-changing update moved), and a
 //     window disturbed by a change whose key could not be read runs again (at most
 //     maxSettleRounds more windows).
 //
@@ -407,7 +408,7 @@ func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
 		return out, r.err
 	}
 	out.emitted, out.retry = r.emitted, r.retry
-	out.reread = p.rows.keyTextsOf(r.reread)
+	out.reread = append(p.rows.keyTextsOf(r.reread), r.rereadMoved...)
 	return out, nil
 }
 

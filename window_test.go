@@ -655,3 +655,33 @@ func TestWatchGoesOnUntilFinished(t *testing.T) {
 	collectMoved(tr, rel, 2)
 	require.Empty(t, tr.moved)
 }
+
+// TestWindowRereadsMovedRows: a selected row moved inside the window by key-changing
+// updates that left columns unknown is read again at the key it ended at, unless a
+// later change there left nothing unknown, the key is selected itself (read again as
+// such), or it was not the selection's row.
+func TestWindowRereadsMovedRows(t *testing.T) {
+	w := &window{}
+	w.register("s", relItems)
+	require.Nil(t, tx(w, 1, func() { w.watermark("s", wmLow) }))
+	rows := NewInMemSelection()
+	for _, k := range []string{"a", "b", "c", "d"} {
+		rows.Add(DBItem{Key: k})
+	}
+	require.True(t, w.setRows("s", rows, xidSnapshot{xmin: 5, xmax: 5, xip: map[uint32]struct{}{}}))
+	move := func(from, to string) {
+		w.change(relItems, to, from, true)
+		w.move(relItems, from, to, []string{to})
+	}
+	require.Nil(t, tx(w, 10, func() { move("a", "a2") }))
+	require.Nil(t, tx(w, 11, func() { move("a2", "a3") }))                                     // a ends at a3
+	require.Nil(t, tx(w, 12, func() { move("b", "b2"); w.change(relItems, "b2", "", false) })) // filled in
+	require.Nil(t, tx(w, 13, func() { move("c", "d") }))                                       // onto a selected key
+	require.Nil(t, tx(w, 14, func() { move("x", "x2") }))                                      // not the selection's row
+	require.Nil(t, tx(w, 15, func() { w.change(relOther, "a3", "", false) }))                  // another table
+	em := tx(w, 16, func() { w.watermark("s", wmHigh) })
+	require.NotNil(t, em)
+	require.Empty(t, em.items)
+	require.Equal(t, []string{"d"}, em.reread)
+	require.Equal(t, [][]string{{"a3"}}, em.rereadMoved)
+}

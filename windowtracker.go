@@ -85,7 +85,10 @@ type selDone struct {
 	err     error
 	emitted int
 	reread  []string
-	retry   bool
+	// rereadMoved: key column texts of rows to read again at new keys
+	// (emission.rereadMoved).
+	rereadMoved [][]string
+	retry       bool
 }
 
 func newWindowTracker() *windowTracker {
@@ -363,7 +366,7 @@ func (t *windowTracker) delivered(ems []*emission) {
 	defer t.mu.Unlock()
 	for _, em := range ems {
 		if ch, ok := t.waiters[em.id]; ok {
-			ch <- selDone{emitted: len(em.items), reread: em.reread, retry: em.retry}
+			ch <- selDone{emitted: len(em.items), reread: em.reread, rereadMoved: em.rereadMoved, retry: em.retry}
 		}
 		t.forgetLocked(em.id)
 	}
@@ -498,13 +501,6 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 	}
 	t.change(reln.RelationID, c.Key, c.OldKey, len(c.Unchanged) > 0)
 	if c.OldKey != "" && len(c.Unchanged) > 0 {
-		t.mu.Lock()
-		m := t.moved[reln.RelationID]
-		watching := m != nil && m.collecting()
-		t.mu.Unlock()
-		if !watching {
-			return
-		}
 		// The key as text, not decoded: bound as text parameters and cast to the key
 		// columns' types, it reads the row again whatever the types and the driver.
 		var texts []string
@@ -512,6 +508,8 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 			texts, _ = info.tupleKeyTexts(reln, u.NewTuple, c.New) // nil: logged when read again
 		}
 		t.mu.Lock()
+		// A selection whose row this was reads it again at its new key (window.emit).
+		t.w.move(reln.RelationID, c.OldKey, c.Key, texts)
 		if m := t.moved[reln.RelationID]; m != nil && m.collecting() {
 			m.seq++
 			m.keys[c.Key] = movedKey{texts: texts, seq: m.seq}
