@@ -51,3 +51,33 @@ func TestSelectionStatementTimeout(t *testing.T) {
 		})
 	}
 }
+
+// TestRefreshPlanningCutShort: a Refresh whose query cannot even be planned in time
+// (EXPLAIN waits for a lock a long ALTER TABLE holds, and the database's
+// statement_timeout cancels it) is no query error either: ErrRefreshAbandoned with
+// the server's 57014, not ErrConfig ("bad query"); nothing is written, and the same
+// call succeeds once the lock is gone.
+func TestRefreshPlanningCutShort(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`, `INSERT INTO items VALUES (1, 'a')`,
+		`ALTER DATABASE `+pq.QuoteIdentifier(d.Name)+` SET statement_timeout = '1s'`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("items"))
+	lock, err := d.DB.Begin()
+	require.NoError(t, err)
+	_, err = lock.Exec(`LOCK TABLE items IN ACCESS EXCLUSIVE MODE`)
+	require.NoError(t, err)
+	_, err = s.RefreshContext(context.Background(), `SELECT id, v FROM items`)
+	require.NoError(t, lock.Rollback())
+	require.ErrorIs(t, err, ErrRefreshAbandoned, "%v", err)
+	require.NotErrorIs(t, err, ErrConfig, "%v", err)
+	code, _, ok := serverError(err)
+	require.True(t, ok, "%v", err)
+	require.Equal(t, "57014", code, "%v", err)
+	require.Empty(t, h.eventList())
+	require.Equal(t, []string{"0"}, queryStrings(t, d.DB, `SELECT count(*)::text FROM dbsync_ctrl.dbsync_wmtable`))
+
+	stats, err := s.RefreshContext(context.Background(), `SELECT id, v FROM items`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
+}

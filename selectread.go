@@ -356,19 +356,20 @@ func selectionQueryErr(ctx context.Context, info *PGTableInfo, err error) error 
 	return fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(err, "run selection"))
 }
 
-// selectionCutShort says why the server ended a selection's SELECT when it did so for
-// reasons of its own rather than the query's: "" for any other error.
+// selectionCutShort says why the server ended a selection's statement (its SELECT, or
+// the planning of a Refresh query) when it did so for reasons of its own rather than
+// the query's: "" for any other error.
 func selectionCutShort(err error) string {
 	code, _, ok := serverError(err)
 	switch {
 	case !ok:
 		return ""
 	case code == "57014":
-		return "the server cancelled the SELECT (statement_timeout of the role, the database or the connection string, or pg_cancel_backend); with a statement_timeout, raise it for dbsync's sessions or read smaller chunks (WithSnapshotChunkSize)"
+		return "the server cancelled the statement (statement_timeout of the role, the database or the connection string, or pg_cancel_backend); with a statement_timeout, raise it for dbsync's sessions or read smaller chunks (WithSnapshotChunkSize)"
 	case code == "55P03":
-		return "the SELECT could not get a lock in time (lock_timeout)"
+		return "the statement could not get a lock in time (lock_timeout)"
 	case strings.HasPrefix(code, "40"):
-		return "the server rolled the SELECT's transaction back (" + code + ": a deadlock or serialization failure)"
+		return "the server rolled the statement's transaction back (" + code + ": a deadlock or serialization failure)"
 	case strings.HasPrefix(code, "53"):
 		return "the server ran short of resources (" + code + ")"
 	}

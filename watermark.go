@@ -584,11 +584,16 @@ func (s *Syncer) deleteWatermarks(id string) {
 // refreshQueryErr names an error of describing or planning a Refresh query: the
 // server's refusal of the query is ErrConfig (a syntax error, an unknown table or
 // column); the caller's context ending is ErrRefreshAbandoned with the context's
-// error; a lost connection or a server shutting down is neither (the query may be
-// fine: run it again).
+// error, and so is the server cutting the statement short (selectionCutShort: a
+// statement_timeout or lock_timeout while it waits for a lock on the table,
+// TestRefreshPlanningCutShort); a lost connection or a server shutting down is
+// neither (the query may be fine: run it again).
 func refreshQueryErr(ctx context.Context, err error, what string) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w: Refresh query: %w (%w)", ErrRefreshAbandoned, ctx.Err(), classify(err, what))
+	}
+	if why := selectionCutShort(err); why != "" {
+		return fmt.Errorf("%w: Refresh query: %s; nothing was written: run it again: %w", ErrRefreshAbandoned, why, classify(err, what))
 	}
 	if _, _, server := serverError(err); !server || isTransient(err) {
 		return fmt.Errorf("Refresh query: %w", classify(err, what))
