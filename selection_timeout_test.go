@@ -81,3 +81,40 @@ func TestRefreshPlanningCutShort(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
 }
+
+// TestSnapshotChunkLockCutShort: a Snapshot chunk whose selection waits for a lock on
+// the table (an ALTER TABLE holds it) until the database's statement_timeout cancels
+// the wait is abandoned like a SELECT cut short: ErrRefreshAbandoned with the
+// server's 57014, and the next Snapshot resumes after the last delivered chunk.
+func TestSnapshotChunkLockCutShort(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`,
+		`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 4) g`,
+		`ALTER DATABASE `+pq.QuoteIdentifier(d.Name)+` SET statement_timeout = '1s'`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("items"),
+		WithSnapshotChunkSize(2), WithSnapshotParallel(1), WithSnapshotChunksInFlight(1))
+	var lock *sql.Tx
+	s.win.afterSelect = func() {
+		if lock == nil { // after chunk 1's SELECT: chunk 2's selection waits for this lock
+			var err error
+			lock, err = d.DB.Begin()
+			require.NoError(t, err)
+			_, err = lock.Exec(`LOCK TABLE items IN ACCESS EXCLUSIVE MODE`)
+			require.NoError(t, err)
+		}
+	}
+	err := s.Snapshot(context.Background(), "items")
+	require.NoError(t, lock.Rollback())
+	require.ErrorIs(t, err, ErrRefreshAbandoned, "%v", err)
+	require.NotErrorIs(t, err, ErrConfig, "%v", err)
+	code, _, ok := serverError(err)
+	require.True(t, ok, "%v", err)
+	require.Equal(t, "57014", code, "%v", err)
+
+	require.NoError(t, s.Snapshot(context.Background(), "items"))
+	catchUp(t, s)
+	require.Equal(t, []string{`refresh public.items ["1"]`, `refresh public.items ["2"]`,
+		`refresh public.items ["3"]`, `refresh public.items ["4"]`}, h.eventList())
+	require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "items")))
+}
