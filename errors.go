@@ -100,7 +100,8 @@ var (
 	ErrConfig = errors.New("dbsync: invalid configuration")
 	// ErrRefreshAbandoned: the Syncer stopped (Stop, a cancelled Run context, a handler
 	// error under StopOnHandlerError) before the selection's high watermark was
-	// delivered, or the caller's context ended first. No refresh row of it is
+	// delivered, the caller's context ended first, or the server cut the selection's
+	// SELECT short (statement_timeout, a lock timeout, a deadlock). No refresh row of it is
 	// guaranteed to have been delivered; run the Refresh (or Snapshot, which resumes at
 	// the chunk) again with a running Syncer.
 	ErrRefreshAbandoned = errors.New("dbsync: refresh selection abandoned")

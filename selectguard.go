@@ -81,10 +81,16 @@ func tableDropped(info *PGTableInfo) error {
 }
 
 // lockErr turns a failed LOCK TABLE of a selection into tableDropped when the table
-// no longer exists (42P01).
+// no longer exists (42P01), and into ErrRefreshAbandoned when the server cut the wait
+// short (selectionCutShort: statement_timeout or lock_timeout while a DDL holds the
+// table, TestSnapshotChunkLockCutShort).
 func lockErr(info *PGTableInfo, err error) error {
 	if code, _, ok := serverError(err); ok && code == "42P01" {
 		return tableDropped(info)
+	}
+	if why := selectionCutShort(err); why != "" {
+		return fmt.Errorf("%w: selection on %s: %s; nothing of it was delivered: run the Refresh or Snapshot again (a Snapshot resumes at this chunk): %w",
+			ErrRefreshAbandoned, info.QualifiedName(), why, classify(err, "lock "+info.QualifiedName()+" for the selection"))
 	}
 	return classify(err, "lock "+info.QualifiedName()+" for the selection")
 }

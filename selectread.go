@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -336,7 +337,11 @@ func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTa
 // query is at fault (ErrConfig: a Refresh query's error, a column it lacks), unless
 // the session was lost (isTransient: a restart, pg_terminate_backend), which
 // openSelection retries and is no fault of the query, or the caller's context ended
-// (lib/pq then has the server cancel the statement: 57014), which is ctx's error.
+// (lib/pq then has the server cancel the statement: 57014), which is ctx's error, or
+// the server cut the statement short for reasons of its own (selectionCutShort:
+// statement_timeout, pg_cancel_backend, lock_timeout, a deadlock, resources), which
+// abandons the selection (ErrRefreshAbandoned: nothing of it was delivered, run it
+// again) and is no fault of the query either (TestSelectionStatementTimeout).
 func selectionQueryErr(ctx context.Context, info *PGTableInfo, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("run selection on %s: %w (%w)", info.QualifiedName(), ctx.Err(), classify(err, "run selection"))
@@ -344,7 +349,31 @@ func selectionQueryErr(ctx context.Context, info *PGTableInfo, err error) error 
 	if isTransient(err) {
 		return classify(err, "run selection on "+info.QualifiedName())
 	}
+	if why := selectionCutShort(err); why != "" {
+		return fmt.Errorf("%w: selection on %s: %s; nothing of it was delivered: run the Refresh or Snapshot again (a Snapshot resumes at this chunk): %w",
+			ErrRefreshAbandoned, info.QualifiedName(), why, classify(err, "run selection"))
+	}
 	return fmt.Errorf("%w: selection query on %s: %w", ErrConfig, info.QualifiedName(), classify(err, "run selection"))
+}
+
+// selectionCutShort says why the server ended a selection's statement (its SELECT, or
+// the planning of a Refresh query) when it did so for reasons of its own rather than
+// the query's: "" for any other error.
+func selectionCutShort(err error) string {
+	code, _, ok := serverError(err)
+	switch {
+	case !ok:
+		return ""
+	case code == "57014":
+		return "the server cancelled the statement (statement_timeout of the role, the database or the connection string, or pg_cancel_backend); with a statement_timeout, raise it for dbsync's sessions or read smaller chunks (WithSnapshotChunkSize)"
+	case code == "55P03":
+		return "the statement could not get a lock in time (lock_timeout)"
+	case strings.HasPrefix(code, "40"):
+		return "the server rolled the statement's transaction back (" + code + ": a deadlock or serialization failure)"
+	case strings.HasPrefix(code, "53"):
+		return "the server ran short of resources (" + code + ")"
+	}
+	return ""
 }
 
 // textResults asks for every result column in text format (one format code applies

@@ -77,6 +77,16 @@ func TestSelectionQueryErr(t *testing.T) {
 		require.ErrorIs(t, got, err)
 		require.True(t, isTransient(got))
 	}
+	// The server cut the SELECT short for reasons of its own (statement_timeout, a lock
+	// timeout, a deadlock, resources): abandoned, not the query's fault.
+	for _, err := range []error{&pq.Error{Code: "57014", Message: "canceling statement due to statement timeout"},
+		&pgconn.PgError{Code: "57014"}, &pq.Error{Code: "55P03"}, &pgconn.PgError{Code: "40P01"}, &pq.Error{Code: "53200"}} {
+		got := selectionQueryErr(context.Background(), info, err)
+		require.NotErrorIs(t, got, ErrConfig, "%v", err)
+		require.ErrorIs(t, got, ErrRefreshAbandoned, "%v", err)
+		require.ErrorIs(t, got, err)
+		require.False(t, isTransient(got), "%v", err)
+	}
 	// The caller's context ended: lib/pq's cancel request makes the server answer 57014.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -121,7 +121,8 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // settled chunk (chunks handed over after it are delivered again: at-least-once). A
 // table whose snapshot had finished is read again from the start. After the last
 // chunk, rows that key-changing updates with unchanged TOASTed columns moved during
-// the snapshot are read again, and only then is the table marked finished: should
+// the snapshot (from its start until a Snapshot of the table finishes it, also
+// between a call that did not and the one resuming it) are read again, and only then is the table marked finished: should
 // that fail, the next Snapshot of the table by this Syncer resumes after the last
 // chunk and reads them. Snapshot calls of one table running at once share these
 // rows: each reads every one not read yet, also those another call is reading, and a
@@ -133,7 +134,8 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // is not does). Each chunk read at once takes a connection of the Syncer's
 // *sql.DB while it runs; a pool with fewer makes them wait, nothing more. It returns
 // ErrNoPrimaryKey for a table with neither a primary key nor a replica identity
-// index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk (call Snapshot again
+// index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk or the server cut a
+// chunk's SELECT short (statement_timeout, a lock timeout; call Snapshot again
 // to resume; with ErrClosed when Close ended it or was called before), ErrConfig for
 // unknown tables (and names of views, indexes, sequences), or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {
@@ -395,6 +397,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 			if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_finish.sql"), s.replicationSlot, table); err != nil {
 				return s.progressError(table, prog.Chunks, err)
 			}
+			s.win.watchFinished(info.RelationID)
 		}
 		prog.Done = done
 		if s.SnapshotProgress != nil {

@@ -60,7 +60,8 @@ func (s *Syncer) Refresh(selectQuery string) error {
 //     watermark's COMMIT hands the remaining rows to HandleRefresh before any later
 //     change;
 //  5. dropped rows whose last change left TOASTed columns unchanged (not sent) are read
-//     again in follow-up windows, by selectQuery restricted to their keys, and a
+//     again in follow-up windows, by selectQuery restricted to their keys (the keys
+//     they were moved to, for rows a key-changing update moved), and a
 //     window disturbed by a change whose key could not be read runs again (at most
 //     maxSettleRounds more windows).
 //
@@ -81,7 +82,8 @@ func (s *Syncer) Refresh(selectQuery string) error {
 //
 // Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
 // ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery, with ctx's
-// error in the chain; with ErrClosed when Close ended it or was called before), server
+// error in the chain; with ErrClosed when Close ended it or was called before; or the
+// server cut the SELECT short: statement_timeout, a lock timeout, a deadlock), server
 // errors (a lost connection while the query is planned is one, not ErrConfig).
 func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (_ RefreshStats, err error) {
 	if err := s.refreshAllowed(); err != nil {
@@ -432,7 +434,7 @@ func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
 		return out, r.err
 	}
 	out.emitted, out.retry = r.emitted, r.retry
-	out.reread = p.rows.keyTextsOf(r.reread)
+	out.reread = append(p.rows.keyTextsOf(r.reread), r.rereadMoved...)
 	return out, nil
 }
 
@@ -608,11 +610,16 @@ func (s *Syncer) deleteWatermarks(id string) {
 // refreshQueryErr names an error of describing or planning a Refresh query: the
 // server's refusal of the query is ErrConfig (a syntax error, an unknown table or
 // column); the caller's context ending is ErrRefreshAbandoned with the context's
-// error; a lost connection or a server shutting down is neither (the query may be
-// fine: run it again).
+// error, and so is the server cutting the statement short (selectionCutShort: a
+// statement_timeout or lock_timeout while it waits for a lock on the table,
+// TestRefreshPlanningCutShort); a lost connection or a server shutting down is
+// neither (the query may be fine: run it again).
 func refreshQueryErr(ctx context.Context, err error, what string) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w: Refresh query: %w (%w)", ErrRefreshAbandoned, ctx.Err(), classify(err, what))
+	}
+	if why := selectionCutShort(err); why != "" {
+		return fmt.Errorf("%w: Refresh query: %s; nothing was written: run it again: %w", ErrRefreshAbandoned, why, classify(err, what))
 	}
 	if _, _, server := serverError(err); !server || isTransient(err) {
 		return fmt.Errorf("Refresh query: %w", classify(err, what))
@@ -827,7 +834,8 @@ func checkKeyOutputs(info *PGTableInfo, cols []string, plan planNode) error {
 		if i < 0 || i >= len(plan.Output) || info.ColInfo[c] == nil {
 			continue
 		}
-		qual, name, ok := parseColumnRef(stripCasts(plan.Output[i]))
+		operand, casts := unwrapCasts(plan.Output[i])
+		qual, name, ok := parseColumnRef(operand)
 		// EXPLAIN leaves a column unqualified when the query has one range table
 		// entry: the table read.
 		if !ok || (qual != "" && !aliases[qual]) || info.ColInfo[name] == nil {
@@ -840,6 +848,17 @@ func checkKeyOutputs(info *PGTableInfo, cols []string, plan planNode) error {
 			}
 			return fmt.Errorf("%w: Refresh query returns column %q of %s under the name of %s %q, so its rows would be delivered under record IDs or with values that are not theirs; return the column itself (SELECT %s, ...) and give other columns other names",
 				ErrConfig, name, info.QualifiedName(), what, c, pq.QuoteIdentifier(c))
+		}
+		if containsString(info.PrimaryKey, c) {
+			// Each cast of the chain, judged against the key's own type: text and
+			// wider integers hold every value of it, so casting back keeps it.
+			from := info.ColInfo[c].ColumnType
+			for j := len(casts) - 1; j >= 0; j-- {
+				if !keyCastKeeps(from, casts[j]) {
+					return fmt.Errorf("%w: Refresh query returns key column %q of %s cast from %s to %s, which may print a key otherwise than its changes do (numeric 1.5 as numeric(10,3) is 1.500): a row's record ID is made from that text, so its refresh rows would not match its changes, and the consumer would get a second row, never updated; return the key column as it is, or as text (SELECT %s, or %s::text AS %s)",
+						ErrConfig, c, info.QualifiedName(), from, casts[j], pq.QuoteIdentifier(c), pq.QuoteIdentifier(c), pq.QuoteIdentifier(c))
+				}
+			}
 		}
 		if rowOf == "" {
 			rowOf, rowCol = qual, c
@@ -860,6 +879,14 @@ var castTail = regexp.MustCompile(`^::(?:"(?:[^"]|"")+"|[a-z0-9_$.\[\](), ])+$`)
 // stripCasts returns the operand of an expression that EXPLAIN prints as a cast,
 // "(operand)::type", casts of casts included; anything else as it is.
 func stripCasts(s string) string {
+	operand, _ := unwrapCasts(s)
+	return operand
+}
+
+// unwrapCasts returns stripCasts(s) and the types of the casts it took off, the
+// outermost first.
+func unwrapCasts(s string) (string, []string) {
+	var types []string
 	for strings.HasPrefix(s, "(") {
 		depth, end := 0, -1
 		for i := 0; i < len(s) && end < 0; i++ {
@@ -877,15 +904,39 @@ func stripCasts(s string) string {
 					}
 				}
 			case '\'':
-				return s // a literal: not judged
+				return s, types // a literal: not judged
 			}
 		}
 		if end < 0 || !castTail.MatchString(s[end+1:]) {
-			return s
+			return s, types
 		}
+		types = append(types, s[end+3:])
 		s = s[1:end]
 	}
-	return s
+	return s, types
+}
+
+// keyCastKeeps tells whether a cast to type to of a key column of type keyType (or of
+// a cast of it that kept it) keeps the key's text, as its record ID (GetRecordID) is
+// made of it once the selection has cast it back to the key's type
+// (refreshColumnList): to the key's own type, to text (the type's output; for
+// character(n), whose padding it drops, the cast back pads it again), or an integer
+// key to an integer type at least as wide or numeric without a scale. Another cast may change it (numeric 1.5 as numeric(10,3)
+// is 1.500, varchar(2) cuts a code short, float4 rounds a large integer), and the row's
+// refresh rows would then not match its changes (TestRefreshQueryKeyCastChangesText).
+func keyCastKeeps(keyType, to string) bool {
+	switch to {
+	case keyType:
+		return true
+	case "text", "character varying":
+		// Also from character(n), whose cast to text drops the trailing blanks that
+		// its output (and so its changes) keeps: the selection casts key columns back
+		// to the key's type (refreshColumnList), which pads them again
+		// (TestRefreshKeyCastKeepsRecordIDs).
+		return true
+	}
+	ints := map[string]int{"smallint": 1, "integer": 2, "bigint": 3, "numeric": 4}
+	return ints[keyType] != 0 && ints[to] >= ints[keyType]
 }
 
 // parseColumnRef parses a column reference as EXPLAIN prints it: name or

@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -99,6 +100,18 @@ type txTouch struct {
 	keys      map[rowKey]bool
 	truncated map[uint32]struct{} // relations truncated: every key of them
 	unknown   map[uint32]struct{} // relations changed at a key that could not be read
+	// moves lists, in order, the key-changing updates of the transaction that left
+	// columns unknown (unchanged TOAST): the row of key from now lives at key to.
+	moves []txMove
+}
+
+// txMove is one key-changing update that left columns of the row unknown (see
+// txTouch.moves); texts are the new key's columns in text form (nil: unknown), which
+// the query reading the row again binds.
+type txMove struct {
+	rel      uint32
+	from, to string
+	texts    []string
 }
 
 // wmKind is a watermark's kind (the watermark table's wm_type).
@@ -151,6 +164,11 @@ type emission struct {
 	// change inside the window left columns unknown to a consumer that never saw the
 	// row (unchanged TOAST): they must be read again in another window.
 	reread []string
+	// rereadMoved lists, as key column texts, the keys that dropped selected rows
+	// moved to inside the window by key-changing updates that left columns unknown
+	// (and that no later change filled in): they must be read again too, at their
+	// new keys.
+	rereadMoved [][]string
 	// retry: a change whose key could not be read touched the table inside the
 	// window; nothing was emitted and the whole selection must run again.
 	retry bool
@@ -173,6 +191,16 @@ func (w *window) change(rel uint32, key, oldKey string, partial bool) {
 		w.open.keys[rowKey{rel, oldKey}] = false // the old key's row is gone
 	}
 	w.open.keys[rowKey{rel, key}] = partial
+}
+
+// move records that the open transaction's last change (change, with partial true)
+// moved the row of key from to key to, whose key columns' texts are texts (nil:
+// unknown).
+func (w *window) move(rel uint32, from, to string, texts []string) {
+	if w.open == nil {
+		return
+	}
+	w.open.moves = append(w.open.moves, txMove{rel: rel, from: from, to: to, texts: texts})
 }
 
 // unknownKey records that the open transaction changed a row of rel whose key could
@@ -217,7 +245,7 @@ func (w *window) commit() []*emission {
 	}
 	w.seq++
 	tx.seq = w.seq
-	if len(tx.keys) > 0 || len(tx.truncated) > 0 || len(tx.unknown) > 0 {
+	if len(tx.keys) > 0 || len(tx.truncated) > 0 || len(tx.unknown) > 0 || len(tx.moves) > 0 {
 		w.hist = append(w.hist, tx)
 	}
 	var ems []*emission
@@ -269,6 +297,9 @@ func (w *window) newPoll() {
 // emit drops touched keys from a selection and returns what is left.
 func (w *window) emit(sel *windowSel) *emission {
 	partial := map[string]bool{} // dropped key -> its last change left columns unknown
+	// at follows rows moved with columns left unknown: their key now -> the key they
+	// had before the first such move, and the texts of the key now.
+	var at map[string]txMove
 	for _, tx := range w.hist {
 		inside := tx.seq > sel.lowSeq
 		if !inside && (w.ignoreSnapshot || !sel.snap.inProgress(tx.xid)) {
@@ -280,12 +311,27 @@ func (w *window) emit(sel *windowSel) *emission {
 		if _, ok := tx.truncated[sel.rel]; ok {
 			sel.rows.Clear()
 			partial = map[string]bool{}
+			at = nil
 			continue
 		}
 		for k, p := range tx.keys {
 			if k.rel == sel.rel {
 				partial[k.key] = p
 			}
+		}
+		for _, m := range tx.moves {
+			if m.rel != sel.rel {
+				continue
+			}
+			origin := m.from
+			if prev, ok := at[m.from]; ok {
+				origin = prev.from
+				delete(at, m.from)
+			}
+			if at == nil {
+				at = map[string]txMove{}
+			}
+			at[m.to] = txMove{from: origin, to: m.to, texts: m.texts}
 		}
 	}
 	// Every key in partial was touched after the last TRUNCATE (if any).
@@ -299,6 +345,26 @@ func (w *window) emit(sel *windowSel) *emission {
 				}
 			}
 			break
+		}
+	}
+	if len(at) > 0 {
+		// A selected row moved to a key outside the selection, its columns left
+		// unknown: a consumer that never saw it gets it there without them, and the
+		// selection no longer holds it. Read it again at its new key, in key order.
+		selected := map[string]bool{}
+		for _, key := range sel.rows.selectedKeys() {
+			selected[key] = true
+		}
+		keys := make([]string, 0, len(at))
+		for key := range at {
+			keys = append(keys, key)
+		}
+		sort.Strings(keys)
+		for _, key := range keys {
+			m := at[key]
+			if selected[m.from] && !selected[key] && partial[key] && m.texts != nil {
+				em.rereadMoved = append(em.rereadMoved, m.texts)
+			}
 		}
 	}
 	return em

@@ -392,19 +392,22 @@ func movedTexts(rows map[string]movedKey) map[string][]string {
 
 // TestWatchCountsSnapshots: two snapshots of one table at once share the collection
 // of moved rows; the first to finish must not stop it for the other. Rows are kept
-// by their key columns' texts as pgoutput sent them.
+// by their key columns' texts as pgoutput sent them. Collecting stops once no
+// Snapshot of the table runs and one finished it.
 func TestWatchCountsSnapshots(t *testing.T) {
 	tr := newWindowTracker()
 	const rel, sig = 7, "id int"
 	tr.watchStart(rel, sig)
 	tr.watchStart(rel, sig)
 	collectMoved(tr, rel, 1)
-	tr.watchStop(rel) // the first snapshot ends
+	tr.watchFinished(rel)
+	tr.watchStop(rel) // the first snapshot finishes
 	collectMoved(tr, rel, 2)
 	got := tr.watchRows(rel)
 	require.Equal(t, map[string][]string{`["1"]`: {"1"}, `["2"]`: {"2"}}, movedTexts(got))
 	tr.watchDone(rel, got) // read again
-	tr.watchStop(rel)      // the second ends: collecting stops
+	tr.watchFinished(rel)
+	tr.watchStop(rel) // the second finishes too: collecting stops
 	collectMoved(tr, rel, 3)
 	require.Empty(t, tr.watchRows(rel))
 	require.Empty(t, tr.moved)
@@ -433,6 +436,7 @@ func TestWatchKeepsRowsOfUnfinishedSnapshot(t *testing.T) {
 	tr.watchStop(rel)
 	tr.watchStart(rel, "id bigint") // the key's type changed: its old texts are dropped
 	require.Empty(t, tr.watchRows(rel))
+	tr.watchFinished(rel)
 	tr.watchStop(rel)
 	require.Empty(t, tr.moved)
 }
@@ -455,15 +459,17 @@ func TestWatchRowsStayUntilRead(t *testing.T) {
 	b := tr.watchRows(rel)                                // B's last look
 	require.Equal(t, five, movedTexts(b))
 	tr.watchDone(rel, b) // B read it
-	tr.watchStop(rel)    // A's read failed: A ends
-	tr.watchStop(rel)    // B ends
+	tr.watchFinished(rel)
+	tr.watchStop(rel) // A's read failed: A ends
+	tr.watchStop(rel) // B ends
 	require.Empty(t, tr.moved)
 
 	tr = newWindowTracker()
 	tr.watchStart(rel, sig)             // A
 	tr.watchStart(rel, sig)             // B
 	require.Empty(t, tr.watchRows(rel)) // B's last look: B finishes the table
-	collectMoved(tr, rel, 5)            // moved while A runs
+	tr.watchFinished(rel)
+	collectMoved(tr, rel, 5) // moved while A runs
 	require.Equal(t, five, movedTexts(tr.watchRows(rel)))
 	tr.watchStop(rel) // A's read failed: A ends
 	tr.watchStop(rel) // B, finished, ends last
@@ -626,4 +632,56 @@ func TestReleaseUnlessSeen(t *testing.T) {
 		t.Fatalf("a released selection got an outcome: %+v", r)
 	default:
 	}
+}
+
+// TestWatchGoesOnUntilFinished: a Snapshot that ends without finishing its table
+// (cancelled, failed) leaves the table's moved rows collected while no Snapshot of it
+// runs, for the Snapshot that resumes it (TestSnapshotResumeRereadsRowsMovedWhileStopped
+// runs it against PostgreSQL); once one finished the table and none runs, they are
+// not.
+func TestWatchGoesOnUntilFinished(t *testing.T) {
+	const rel, sig = 7, "id int"
+	tr := newWindowTracker()
+	tr.watchStart(rel, sig)
+	tr.watchStop(rel) // cancelled after its first chunk
+	collectMoved(tr, rel, 1)
+	tr.watchStart(rel, sig) // resumes
+	rows := tr.watchRows(rel)
+	require.Equal(t, map[string][]string{`["1"]`: {"1"}}, movedTexts(rows))
+	tr.watchDone(rel, rows)
+	tr.watchFinished(rel)
+	tr.watchStop(rel)
+	require.Empty(t, tr.moved)
+	collectMoved(tr, rel, 2)
+	require.Empty(t, tr.moved)
+}
+
+// TestWindowRereadsMovedRows: a selected row moved inside the window by key-changing
+// updates that left columns unknown is read again at the key it ended at, unless a
+// later change there left nothing unknown, the key is selected itself (read again as
+// such), or it was not the selection's row.
+func TestWindowRereadsMovedRows(t *testing.T) {
+	w := &window{}
+	w.register("s", relItems)
+	require.Nil(t, tx(w, 1, func() { w.watermark("s", wmLow) }))
+	rows := NewInMemSelection()
+	for _, k := range []string{"a", "b", "c", "d"} {
+		rows.Add(DBItem{Key: k})
+	}
+	require.True(t, w.setRows("s", rows, xidSnapshot{xmin: 5, xmax: 5, xip: map[uint32]struct{}{}}))
+	move := func(from, to string) {
+		w.change(relItems, to, from, true)
+		w.move(relItems, from, to, []string{to})
+	}
+	require.Nil(t, tx(w, 10, func() { move("a", "a2") }))
+	require.Nil(t, tx(w, 11, func() { move("a2", "a3") }))                                     // a ends at a3
+	require.Nil(t, tx(w, 12, func() { move("b", "b2"); w.change(relItems, "b2", "", false) })) // filled in
+	require.Nil(t, tx(w, 13, func() { move("c", "d") }))                                       // onto a selected key
+	require.Nil(t, tx(w, 14, func() { move("x", "x2") }))                                      // not the selection's row
+	require.Nil(t, tx(w, 15, func() { w.change(relOther, "a3", "", false) }))                  // another table
+	em := tx(w, 16, func() { w.watermark("s", wmHigh) })
+	require.NotNil(t, em)
+	require.Empty(t, em.items)
+	require.Equal(t, []string{"d"}, em.reread)
+	require.Equal(t, [][]string{{"a3"}}, em.rereadMoved)
 }

@@ -33,7 +33,9 @@ type windowTracker struct {
 	lastPrune  time.Time
 	// moved holds, per table, the rows to read again after a snapshot's last chunk:
 	// the new keys of key-changing updates that left TOASTed columns unchanged,
-	// collected while a Snapshot of the table runs (the consumer may never have seen
+	// collected from a Snapshot's start until one finishes the table (movedRows:
+	// unfinished), so also between a cancelled or failed Snapshot and the one that
+	// resumes it (the consumer may never have seen
 	// the row under its old key, so it must be read again: snapshot.go). A row leaves
 	// only once a Snapshot read it again after it was collected (watchDone), not when
 	// a Snapshot starts reading it: Snapshots of one table running at once share the
@@ -83,7 +85,10 @@ type selDone struct {
 	err     error
 	emitted int
 	reread  []string
-	retry   bool
+	// rereadMoved: key column texts of rows to read again at new keys
+	// (emission.rereadMoved).
+	rereadMoved [][]string
+	retry       bool
 }
 
 func newWindowTracker() *windowTracker {
@@ -100,8 +105,14 @@ type movedRows struct {
 	// row again binds, and when it was collected.
 	keys map[string]movedKey
 	// watchers counts the Snapshot calls of the table running now: rows are
-	// collected while there is one.
+	// collected while there is one, or while unfinished.
 	watchers int
+	// unfinished: a Snapshot of the table by this Syncer started and none finished
+	// it since (watchFinished). Rows are collected meanwhile even when no Snapshot
+	// runs: a row moved from a key no chunk read yet to one a chunk read reaches the
+	// consumer through its update alone, and the Snapshot that resumes after the last
+	// recorded chunk reads neither key again (TestSnapshotResumeRereadsRowsMovedWhileStopped).
+	unfinished bool
 	// seq numbers collections (movedKey.seq).
 	seq uint64
 }
@@ -129,6 +140,7 @@ func (t *windowTracker) watchStart(rel uint32, sig string) {
 		m.sig, m.keys = sig, map[string]movedKey{}
 	}
 	m.watchers++
+	m.unfinished = true
 	t.tracked[rel] = struct{}{}
 }
 
@@ -164,14 +176,35 @@ func (t *windowTracker) watchDone(rel uint32, rows map[string]movedKey) {
 			delete(m.keys, id)
 		}
 	}
-	if m.watchers == 0 && len(m.keys) == 0 {
+	if m.idle() {
 		delete(t.moved, rel)
 	}
 }
 
-// watchStop ends one watchStart: collecting for rel stops when no Snapshot of it
-// runs. Rows not read again stay, whichever Snapshot collected them and however the
-// last one ended, for the next Snapshot of rel.
+// collecting tells whether moved rows of this table are collected (see unfinished).
+func (m *movedRows) collecting() bool { return m.watchers > 0 || m.unfinished }
+
+// idle tells whether nothing is collected or kept for the table.
+func (m *movedRows) idle() bool { return !m.collecting() && len(m.keys) == 0 }
+
+// watchFinished notes that a Snapshot finished rel (its progress marked finished):
+// once no Snapshot of it runs, its moved rows are no longer collected.
+func (t *windowTracker) watchFinished(rel uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if m := t.moved[rel]; m != nil {
+		m.unfinished = false
+		if m.idle() {
+			delete(t.moved, rel)
+		}
+	}
+}
+
+// watchStop ends one watchStart. Collecting for rel stops when no Snapshot of it
+// runs and the last one to end finished it (watchFinished); a Snapshot that failed or
+// was cancelled leaves the table collected for the one that resumes it. Rows not read
+// again stay, whichever Snapshot collected them and however the last one ended, for
+// the next Snapshot of rel.
 func (t *windowTracker) watchStop(rel uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -182,7 +215,7 @@ func (t *windowTracker) watchStop(rel uint32) {
 	if m.watchers > 0 {
 		m.watchers--
 	}
-	if m.watchers == 0 && len(m.keys) == 0 {
+	if m.idle() {
 		delete(t.moved, rel)
 	}
 }
@@ -333,7 +366,7 @@ func (t *windowTracker) delivered(ems []*emission) {
 	defer t.mu.Unlock()
 	for _, em := range ems {
 		if ch, ok := t.waiters[em.id]; ok {
-			ch <- selDone{emitted: len(em.items), reread: em.reread, retry: em.retry}
+			ch <- selDone{emitted: len(em.items), reread: em.reread, rereadMoved: em.rereadMoved, retry: em.retry}
 		}
 		t.forgetLocked(em.id)
 	}
@@ -468,13 +501,6 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 	}
 	t.change(reln.RelationID, c.Key, c.OldKey, len(c.Unchanged) > 0)
 	if c.OldKey != "" && len(c.Unchanged) > 0 {
-		t.mu.Lock()
-		m := t.moved[reln.RelationID]
-		watching := m != nil && m.watchers > 0
-		t.mu.Unlock()
-		if !watching {
-			return
-		}
 		// The key as text, not decoded: bound as text parameters and cast to the key
 		// columns' types, it reads the row again whatever the types and the driver.
 		var texts []string
@@ -482,7 +508,9 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 			texts, _ = info.tupleKeyTexts(reln, u.NewTuple, c.New) // nil: logged when read again
 		}
 		t.mu.Lock()
-		if m := t.moved[reln.RelationID]; m != nil && m.watchers > 0 {
+		// A selection whose row this was reads it again at its new key (window.emit).
+		t.w.move(reln.RelationID, c.OldKey, c.Key, texts)
+		if m := t.moved[reln.RelationID]; m != nil && m.collecting() {
 			m.seq++
 			m.keys[c.Key] = movedKey{texts: texts, seq: m.seq}
 		}
