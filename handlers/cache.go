@@ -94,7 +94,11 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //     Snapshot the table again (or Refresh those rows) where that matters;
 //   - ALTER COLUMN ... TYPE: rows cached before it keep the value decoded with the old
 //     type until they change or are refreshed (PostgreSQL rewrites the table without
-//     logging row changes, and a USING expression can compute anything);
+//     logging row changes, and a USING expression can compute anything). When it
+//     retypes a key column, the rewritten key values can have other record IDs
+//     (numeric(10,2) makes 1 into 1.00), so the cached rows leave the Cache, counted
+//     in Stats().UnkeyedRows (Snapshot the table to get them back), unless the
+//     type stays among int2, int4 and int8 or among text and varchar;
 //   - RENAME COLUMN looks like a drop and an add (RELATION messages carry names, not
 //     attribute numbers): the old name is removed from cached rows and the new one is
 //     missing until the rows change or are refreshed;
@@ -219,7 +223,8 @@ type CacheStats struct {
 	DroppedColumns int64
 	// UnkeyedRows counts cached rows removed because the table's key changed and they
 	// could not be keyed by the new one (it holds a column added since they were
-	// cached): Snapshot the table to get them back.
+	// cached), or a key column changed type (ALTER COLUMN ... TYPE): Snapshot the
+	// table to get them back.
 	UnkeyedRows int64
 	// LastCommitLSN is the commit LSN (CommitMessage.CommitLSN) of the last applied
 	// transaction.
@@ -535,7 +540,19 @@ func (c *Cache) rekey(t *cacheTable, prev, info *dbsync.PGTableInfo) {
 		// violated (pending trigger events), so each ID holds one row here.
 		t.held = nil
 	}
-	if old == nil || prev == nil || slices.Equal(old, info.PrimaryKey) || len(t.rows) == 0 {
+	if old == nil || prev == nil || len(t.rows) == 0 {
+		return
+	}
+	if keyRetyped(prev, info) {
+		// ALTER COLUMN ... TYPE of a key column rewrote its values (int 1 became
+		// numeric 1.00, or whatever a USING expression made), logging no row change:
+		// the IDs of the rows' old values are not the IDs changes carry now.
+		c.stats.UnkeyedRows += int64(len(t.rows))
+		t.rows = map[string]dbsync.StringMap{}
+		t.held = nil
+		return
+	}
+	if slices.Equal(old, info.PrimaryKey) {
 		return
 	}
 	byValue := true
@@ -560,6 +577,48 @@ func (c *Cache) rekey(t *cacheTable, prev, info *dbsync.PGTableInfo) {
 		rows[id] = r
 	}
 	t.rows = rows
+}
+
+// keyRetyped tells whether a column of info's key is a column of prev of another type
+// (TypeOID or TypeModifier) whose values may have record IDs other than the old
+// values': any change but one among int2, int4 and int8 (the same decimal text) or
+// among text and varchar (the same string). A USING expression that changes the
+// values keeping the type (ALTER COLUMN id TYPE int USING id + 1) leaves the RELATION
+// message as it was and cannot be seen.
+func keyRetyped(prev, info *dbsync.PGTableInfo) bool {
+	for _, k := range info.PrimaryKey {
+		o, n := columnInfo(prev, k), columnInfo(info, k)
+		if o == nil || n == nil || (o.TypeOID == n.TypeOID && o.TypeModifier == n.TypeModifier) {
+			continue
+		}
+		if f := idFamily(o.TypeOID); f == 0 || f != idFamily(n.TypeOID) {
+			return true
+		}
+	}
+	return false
+}
+
+// idFamily groups types whose equal values have equal record IDs (0: none).
+func idFamily(oid uint32) int {
+	switch oid {
+	case 21, 23, 20: // int2, int4, int8
+		return 1
+	case 25, 1043: // text, varchar
+		return 2
+	}
+	return 0
+}
+
+func columnInfo(info *dbsync.PGTableInfo, name string) *dbsync.PGColumnInfo {
+	if info.ColInfo != nil {
+		return info.ColInfo[name]
+	}
+	for _, col := range info.Columns {
+		if col.ColumnName == name {
+			return col
+		}
+	}
+	return nil
 }
 
 // keyRenamed tells whether info's key is the key old (of columns of prev) with key
