@@ -66,6 +66,19 @@
 // there whose values equal "old", else the one that was there before the transaction.
 // Cache does this.
 //
+// Nor is it exact across schema changes the lines do not spell out: a renamed table's
+// lines carry its new name (set Relations: relation_id stays), a key moved to other
+// columns or a retyped key column ("relation" lines show both) gives rows other keys
+// than the ones they are stored under. Cache's documentation lists what it does for
+// each; Snapshot the table again where a store cannot follow.
+//
+// Delivery is at least once: after a failed COMMIT handler, a failed forward of the
+// slot or a crash, transactions already written are written again, with the same
+// commit_lsn. Commit LSNs of new transactions increase strictly, so skip a
+// transaction whose commit_lsn is not after the last one applied (as Cache does):
+// applying it again is not harmless (a key-changing update would take "unchanged"
+// values from a row a later transaction stored there).
+//
 // A table truncated, "type":"truncate" (one object per table of the TRUNCATE):
 //
 //	{"type":"truncate","commit_lsn":"0/1A2B3C8","xid":736,"commit_time":"...","schema":"public","table":"items","cascade":false,"restart_identity":false}
