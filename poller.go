@@ -504,6 +504,9 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	var deliverErr error
 	confirmed := st.confirmed
 	rr := readRows(func(fn peekRowFunc) error { return s.readPoll(ctx, confirmed, upto, s.MaxMessagesToRead, fn) })
+	// Also when a handler panics: the reader would otherwise wait to hand over its
+	// next batch for good, holding the peek's connection.
+	defer rr.stop()
 read:
 	for batch := range rr.C {
 		for _, p := range batch {
