@@ -2,7 +2,9 @@ package dbsync
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -68,4 +70,81 @@ func TestHandlerPanicThenRunAgain(t *testing.T) {
 	waitCaughtUp(t, d.DB, s.ReplicationSlot())
 	require.NoError(t, r.stop(t))
 	require.Equal(t, want, rec2.snapshot())
+}
+
+// TestTerminatePeekMidStream ends, with pg_terminate_backend, the backend streaming a
+// poll's rows while the handler holds a row in the middle of a 20 MB backlog of 40
+// transactions: the slot's own peek, or (split poll) the peek of the slot's
+// temporary copy, through lib/pq and pgx. Run retries (transient) and a consumer that
+// drops transactions whose commit LSN is not after the last one it applied ends with
+// exactly the rows written, in order; the transactions handled before the break are
+// not all delivered again (the slot was forwarded past them).
+func TestTerminatePeekMidStream(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		for _, target := range []string{"peek", "copy"} {
+			t.Run(driver+"/"+target, func(t *testing.T) {
+				d := pgtest.NewDatabase(t)
+				execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
+				db, err := sql.Open(driver, d.DSN())
+				require.NoError(t, err)
+				t.Cleanup(func() { db.Close() })
+				const per, txs = 500, 40
+				h := newTxLog(fmt.Sprintf(`["%d"]`, 5*per+per/2))
+				held := h.held
+				logs := &pgtest.Buffer{}
+				s := newTestSyncer(t, d, WithDB(db), ForTables("items"), WithMessageHandler(h),
+					WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+				if target == "copy" {
+					s.splitMinWAL = 1 << 20
+				}
+				for tx := 0; tx < txs; tx++ {
+					_, err := d.DB.Exec(`INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series($1::int, $1::int + $2::int - 1) g`, tx*per+1, per)
+					require.NoError(t, err)
+				}
+				r := runInBackground(s)
+				t.Cleanup(r.cancel)
+				t.Cleanup(h.unhold)
+				h.waitHeld(t, held)
+				var q string
+				if target == "copy" {
+					q = `SELECT pg_terminate_backend(active_pid, 10000) FROM pg_replication_slots WHERE slot_name LIKE $1 || '_split_%' AND active_pid IS NOT NULL`
+				} else {
+					q = `SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '-- One poll: pgoutput rows%' AND state = 'active' AND $1 <> ''`
+				}
+				var n int
+				waitFor(t, 10*time.Second, func() bool {
+					rows, err := d.DB.Query(q, s.ReplicationSlot())
+					require.NoError(t, err)
+					for rows.Next() {
+						n++
+					}
+					require.NoError(t, rows.Err())
+					rows.Close()
+					return n > 0
+				}, "a backend to terminate")
+				require.Equal(t, 1, n)
+				h.unhold()
+				want := keyRange(1, txs*per)
+				waitFor(t, 60*time.Second, func() bool {
+					select {
+					case err := <-r.done:
+						t.Fatalf("Run returned: %v", err)
+					default:
+					}
+					k, _ := h.applied()
+					return len(k) >= len(want)
+				}, "all rows")
+				waitCaughtUp(t, d.DB, s.ReplicationSlot())
+				require.NoError(t, r.stop(t))
+				keys, redelivered := h.applied()
+				require.Equal(t, want, keys)
+				require.Less(t, redelivered, txs/2, "the handled transactions were forwarded past")
+				if target == "copy" {
+					require.NotZero(t, s.splitPeeks.Load())
+				}
+				require.Contains(t, logs.String(), "poll failed; retrying")
+				t.Logf("transactions delivered again: %d; %s", redelivered, logs)
+			})
+		}
+	}
 }
