@@ -148,3 +148,49 @@ func TestTerminatePeekMidStream(t *testing.T) {
 		}
 	}
 }
+
+// TestTerminateBetweenDeliveryAndAdvance ends every session of the Syncer's pool
+// (pg_terminate_backend) while the handler holds the last row of a poll: delivery
+// then completes and the advance runs on a connection whose session is gone. Run
+// goes on (database/sql replaces the dead connection, or the poll is retried); the
+// rows written before and after arrive, a consumer dropping re-delivered
+// transactions applies each once, in order, and the slot reaches the flush LSN.
+func TestTerminateBetweenDeliveryAndAdvance(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+			db, err := sql.Open(driver, d.DSN()+" application_name=dbsync_between")
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			h := newTxLog(`["3"]`)
+			held := h.held
+			s := newTestSyncer(t, d, WithDB(db), ForTables("items"), WithMessageHandler(h))
+			execAll(t, d.DB, `INSERT INTO items VALUES (1)`, `INSERT INTO items VALUES (2), (3)`)
+			r := runInBackground(s)
+			t.Cleanup(r.cancel)
+			t.Cleanup(h.unhold)
+			h.waitHeld(t, held)
+			var n int
+			require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM (SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+				WHERE application_name = 'dbsync_between') k`).Scan(&n))
+			require.NotZero(t, n)
+			h.unhold()
+			execAll(t, d.DB, `INSERT INTO items VALUES (4)`)
+			waitFor(t, 30*time.Second, func() bool {
+				select {
+				case err := <-r.done:
+					t.Fatalf("Run returned: %v", err)
+				default:
+				}
+				k, _ := h.applied()
+				return len(k) >= 4
+			}, "all rows")
+			waitCaughtUp(t, d.DB, s.ReplicationSlot())
+			require.NoError(t, r.stop(t))
+			keys, redelivered := h.applied()
+			require.Equal(t, keyRange(1, 4), keys)
+			t.Logf("terminated %d sessions; transactions delivered again: %d", n, redelivered)
+		})
+	}
+}
