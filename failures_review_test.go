@@ -194,3 +194,45 @@ func TestTerminateBetweenDeliveryAndAdvance(t *testing.T) {
 		})
 	}
 }
+
+// TestStopWhileHandlerBlocks: Run's context is cancelled while the handler blocks in
+// the first of 3,000 one-row transactions. Run waits for the handler, then returns
+// nil without handing over another row (before, the ~500 rows the poll's reader had
+// queued ahead were all delivered after the cancel: Stop waited for all of them); the
+// slot is not forwarded past the unfinished transaction, and the next run delivers
+// everything from it on.
+func TestStopWhileHandlerBlocks(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	h := newTxLog(`["1"]`)
+	held := h.held
+	s := newTestSyncer(t, d, ForTables("items"), WithMessageHandler(h))
+	execAll(t, d.DB, `SET synchronous_commit = off`,
+		`DO $$ BEGIN FOR i IN 1..3000 LOOP INSERT INTO items VALUES (i); COMMIT; END LOOP; END $$`)
+	r := runInBackground(s)
+	t.Cleanup(h.unhold)
+	h.waitHeld(t, held)
+	r.cancel()
+	select {
+	case err := <-r.done:
+		t.Fatalf("Run returned while its handler blocks: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	h.unhold()
+	require.NoError(t, r.wait(t, 20*time.Second))
+	first, _ := h.applied()
+	h.mu.Lock()
+	require.Len(t, h.txs, 1, "no row handed over after the cancel but the one held")
+	require.Equal(t, []string{`["1"]`}, h.txs[0].keys)
+	h.mu.Unlock()
+	require.Empty(t, first, "the held transaction's COMMIT was not handed over")
+
+	h2 := newTxLog("none")
+	s.MessageHandler = h2
+	r2 := runInBackground(s)
+	waitFor(t, 30*time.Second, func() bool { k, _ := h2.applied(); return len(first)+len(k) >= 3000 }, "the rest")
+	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+	require.NoError(t, r2.stop(t))
+	second, _ := h2.applied()
+	require.Equal(t, keyRange(1, 3000), append(first, second...), "the second run starts right after what the first processed")
+}
