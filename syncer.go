@@ -428,10 +428,10 @@ func (s *Syncer) Start() error { return s.Run(context.Background()) }
 
 // Stop asks a running Syncer to stop and waits until it has: the poll in progress is
 // abandoned without forwarding past anything unprocessed. The handler call under way
-// (MessageHandler, Batcher, EventsProcessor) is waited for, but no further row is
-// handed over once Stop was called or Run's context ended; the slot is forwarded past
-// the transactions whose COMMIT was taken, and an unfinished one comes again on the
-// next run. It does nothing if the
+// is waited for, but no further row is handed to the MessageHandler once Stop was
+// called or Run's context ended (a Batcher still gets the poll's transactions whose
+// COMMIT was taken, so that they can be forwarded); an unfinished transaction comes
+// again on the next run. It does nothing if the
 // Syncer is not running, including when a Start on another goroutine has not begun
 // yet (`go s.Start(); s.Stop()` may leave that Start running until the next Stop).
 // To bound a Syncer's life without that race, use Run with a context: a context
