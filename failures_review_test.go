@@ -3,7 +3,9 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"github.com/lib/pq"
 	"log/slog"
 	"testing"
 	"time"
@@ -235,4 +237,109 @@ func TestStopWhileHandlerBlocks(t *testing.T) {
 	require.NoError(t, r2.stop(t))
 	second, _ := h2.applied()
 	require.Equal(t, keyRange(1, 3000), append(first, second...), "the second run starts right after what the first processed")
+}
+
+// TestSlotDroppedWhileRunning: the slot is dropped while Run runs, between polls
+// (then the next write makes the poll's peek fail) or while the handler holds a row
+// (the advance after it fails). Run returns ErrSlotMissing, not a retry, saying to
+// run setup again, and names neither a publication nor anything else.
+func TestSlotDroppedWhileRunning(t *testing.T) {
+	for _, when := range []string{"idle", "held"} {
+		t.Run(when, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+			h := newTxLog(`["2"]`)
+			held := h.held
+			s := newTestSyncer(t, d, ForTables("items"), WithMessageHandler(h))
+			r := runInBackground(s)
+			t.Cleanup(r.cancel)
+			t.Cleanup(h.unhold)
+			execAll(t, d.DB, `INSERT INTO items VALUES (1)`)
+			waitFor(t, 20*time.Second, func() bool { k, _ := h.applied(); return len(k) == 1 }, "row 1")
+			waitCaughtUp(t, d.DB, s.ReplicationSlot())
+			if when == "held" {
+				execAll(t, d.DB, `INSERT INTO items VALUES (2)`)
+				h.waitHeld(t, held)
+			}
+			execAll(t, d.DB, `SELECT pg_drop_replication_slot(`+pq.QuoteLiteral(s.ReplicationSlot())+`)`)
+			h.unhold()
+			execAll(t, d.DB, `INSERT INTO items VALUES (3)`)
+			err := r.wait(t, 20*time.Second)
+			require.ErrorIs(t, err, ErrSlotMissing)
+			require.NotErrorIs(t, err, ErrPublicationMissing)
+			require.ErrorContains(t, err, "run setup again")
+		})
+	}
+}
+
+// TestPublicationTableDroppedWhileRunning: ALTER PUBLICATION ... DROP TABLE while Run
+// runs: the table's changes committed before it are delivered, those after it are
+// not, Run goes on without error; ADD TABLE brings the table's later changes back.
+func TestPublicationTableDroppedWhileRunning(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY)`, `CREATE TABLE b (id int PRIMARY KEY)`)
+	rec := &recorder{}
+	s := newTestSyncer(t, d, ForTables("a", "b"), WithMessageHandler(rec))
+	pub := pq.QuoteIdentifier(s.Publication())
+	r := runInBackground(s)
+	t.Cleanup(r.cancel)
+	execAll(t, d.DB, `INSERT INTO a VALUES (1)`, `INSERT INTO b VALUES (1)`,
+		`ALTER PUBLICATION `+pub+` DROP TABLE b`,
+		`INSERT INTO a VALUES (2)`, `INSERT INTO b VALUES (2)`,
+		`BEGIN; INSERT INTO b VALUES (3); INSERT INTO a VALUES (3); COMMIT`)
+	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+	execAll(t, d.DB, `ALTER PUBLICATION `+pub+` ADD TABLE b`, `INSERT INTO b VALUES (4)`)
+	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+	require.NoError(t, r.stop(t))
+	require.Equal(t, []string{
+		"BEGIN", "INSERT public.a id=1", "COMMIT",
+		"BEGIN", "INSERT public.b id=1", "COMMIT",
+		"BEGIN", "INSERT public.a id=2", "COMMIT", // b's alone: an empty transaction, not sent
+		"BEGIN", "INSERT public.a id=3", "COMMIT",
+		"BEGIN", "INSERT public.b id=4", "COMMIT",
+	}, rec.snapshot())
+}
+
+// TestHandlerErrorOnCommit: the handler takes every row of a transaction and fails on
+// its COMMIT. Run returns ErrHandler naming the COMMIT; the slot stays before that
+// transaction (after the one before it), and the next run delivers it whole again.
+func TestHandlerErrorOnCommit(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE c (id int PRIMARY KEY)`)
+	boom := errors.New("sink refused the commit")
+	rec := &recorder{}
+	commits := 0
+	rec.failOn = func(line string) error {
+		if line == "COMMIT" {
+			commits++
+			if commits == 2 {
+				return boom
+			}
+		}
+		return nil
+	}
+	s := newTestSyncer(t, d, ForTables("c"), WithMessageHandler(rec))
+	execAll(t, d.DB, `INSERT INTO c VALUES (1)`)
+	afterFirst := flushLSN(t, d.DB)
+	execAll(t, d.DB, `BEGIN; INSERT INTO c VALUES (2); INSERT INTO c VALUES (3); COMMIT`)
+	beforeThird := flushLSN(t, d.DB)
+	execAll(t, d.DB, `INSERT INTO c VALUES (4)`)
+	err := s.Run(t.Context())
+	require.ErrorIs(t, err, ErrHandler)
+	require.ErrorIs(t, err, boom)
+	require.ErrorContains(t, err, "COMMIT at LSN")
+	require.Equal(t, []string{"BEGIN", "INSERT public.c id=1", "COMMIT", "BEGIN", "INSERT public.c id=2", "INSERT public.c id=3"}, rec.snapshot())
+	var afterOK, beforeOK bool
+	require.NoError(t, d.DB.QueryRow(`SELECT confirmed_flush_lsn >= $2::pg_lsn, confirmed_flush_lsn < $3::pg_lsn FROM pg_replication_slots WHERE slot_name = $1`,
+		s.ReplicationSlot(), afterFirst, beforeThird).Scan(&afterOK, &beforeOK))
+	require.True(t, afterOK, "forwarded past the first transaction")
+	require.True(t, beforeOK, "not past the one whose COMMIT failed")
+
+	rec2 := &recorder{}
+	s.MessageHandler = rec2
+	r := runInBackground(s)
+	waitLines(t, rec2, 7)
+	waitCaughtUp(t, d.DB, s.ReplicationSlot())
+	require.NoError(t, r.stop(t))
+	require.Equal(t, []string{"BEGIN", "INSERT public.c id=2", "INSERT public.c id=3", "COMMIT", "BEGIN", "INSERT public.c id=4", "COMMIT"}, rec2.snapshot())
 }
