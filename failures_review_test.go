@@ -343,3 +343,67 @@ func TestHandlerErrorOnCommit(t *testing.T) {
 	require.NoError(t, r.stop(t))
 	require.Equal(t, []string{"BEGIN", "INSERT public.c id=2", "INSERT public.c id=3", "COMMIT", "BEGIN", "INSERT public.c id=4", "COMMIT"}, rec2.snapshot())
 }
+
+// TestServerRestartWhileIdle restarts the server (fast shutdown, then immediate: a
+// crash) while Run waits for changes, through lib/pq and pgx. Run does not return: it
+// retries, and delivers the rows written after each restart; a consumer dropping
+// re-delivered transactions applies every row once, in order. After the restarts Run
+// holds its slot lock again (a second Syncer on the slot gets ErrSlotInUse).
+func TestServerRestartWhileIdle(t *testing.T) {
+	prev := slotLockKeepalive
+	t.Cleanup(func() { slotLockKeepalive = prev })
+	slotLockKeepalive = 100 * time.Millisecond
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			srv, err := pgtest.Start(pgtest.Options{})
+			require.NoError(t, err)
+			t.Cleanup(func() { srv.Stop() })
+			d := srv.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+			db, err := sql.Open(driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			h := newTxLog("none")
+			s := newTestSyncer(t, d, WithDB(db), ForTables("items"), WithMessageHandler(h))
+			r := runInBackground(s)
+			t.Cleanup(r.cancel)
+			ins := func(id int) {
+				t.Helper()
+				c, err := sql.Open("postgres", d.DSN())
+				require.NoError(t, err)
+				defer c.Close()
+				execAll(t, c, fmt.Sprintf(`INSERT INTO items VALUES (%d)`, id))
+			}
+			ins(1)
+			waitFor(t, 20*time.Second, func() bool { k, _ := h.applied(); return len(k) == 1 }, "row 1")
+			for i, crash := range []bool{false, true} {
+				require.NoError(t, srv.Restart(crash))
+				ins(i + 2)
+				waitFor(t, 60*time.Second, func() bool {
+					select {
+					case err := <-r.done:
+						t.Fatalf("Run returned: %v", err)
+					default:
+					}
+					k, _ := h.applied()
+					return len(k) == i+2
+				}, "row %d", i+2)
+			}
+			keys, redelivered := h.applied()
+			require.Equal(t, keyRange(1, 3), keys)
+			t.Logf("transactions delivered again: %d", redelivered)
+			other, err := sql.Open("postgres", d.DSN())
+			require.NoError(t, err)
+			defer other.Close()
+			waitFor(t, 20*time.Second, func() bool {
+				b, err := NewSyncer(WithDB(other), WithReplicationSlot(s.ReplicationSlot()), WithPublication(s.Publication()),
+					WithMessageHandler(DefaultMessageHandler{}), WithSetup(false))
+				require.NoError(t, err)
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				return errors.Is(b.Run(ctx), ErrSlotInUse)
+			}, "the slot lock to be held again")
+			require.NoError(t, r.stop(t))
+		})
+	}
+}
