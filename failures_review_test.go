@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
 	"log/slog"
 	"testing"
@@ -406,4 +408,28 @@ func TestServerRestartWhileIdle(t *testing.T) {
 			require.NoError(t, r.stop(t))
 		})
 	}
+}
+
+// TestSlotHeldByWalsender: a walsender consumer (START_REPLICATION on a replication
+// connection, as pg_recvlogical) holds the slot while Run runs. Run retries a few
+// times, then returns ErrSlotInUse saying that only one process may drive the slot,
+// having delivered nothing.
+func TestSlotHeldByWalsender(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	rec := &recorder{}
+	s := newTestSyncer(t, d, ForTables("items"), WithMessageHandler(rec))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rc, err := pgconn.Connect(ctx, d.Server.URL(d.Name)+"&replication=database")
+	require.NoError(t, err)
+	defer rc.Close(context.Background())
+	require.NoError(t, pglogrepl.StartReplication(ctx, rc, s.ReplicationSlot(), 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names " + pq.QuoteLiteral(s.Publication())}}))
+	execAll(t, d.DB, `INSERT INTO items VALUES (1)`)
+	err = s.Run(ctx)
+	require.ErrorIs(t, err, ErrSlotInUse)
+	require.ErrorContains(t, err, "make sure only one process drives this slot")
+	require.NoError(t, ctx.Err())
+	require.Empty(t, rec.snapshot())
 }
