@@ -504,12 +504,24 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	var deliverErr error
 	confirmed := st.confirmed
 	rr := readRows(func(fn peekRowFunc) error { return s.readPoll(ctx, confirmed, upto, s.MaxMessagesToRead, fn) })
+	// Also when a handler panics: the reader would otherwise wait to hand over its
+	// next batch for good, holding the peek's connection.
+	defer rr.stop()
+	// Stop (Run's context ending) abandons the poll at the next row: the rows the
+	// reader queued ahead are not handed to the handlers after Stop was called.
+	stopping := ctx.Done()
 read:
 	for batch := range rr.C {
 		for _, p := range batch {
 			if p.err != nil {
 				deliverErr = p.err
 				break read
+			}
+			select {
+			case <-stopping:
+				deliverErr = ctx.Err()
+				break read
+			default:
 			}
 			res.rows++
 			if err := d.deliverParsed(p.m, p.msg); err != nil {

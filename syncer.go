@@ -337,7 +337,10 @@ func (s *Syncer) IsRunning() bool {
 // the slot").
 // When a handler asked to stop but the slot could not then be forwarded past what it
 // processed, Run returns that error (what was processed is delivered again on the
-// next run).
+// next run). A panic in a handler, Batcher or EventsProcessor is not recovered: it
+// goes on to Run's caller once Run has released the slot lock, with nothing of the
+// poll forwarded, so a caller that recovers it may Run again and gets that poll's
+// transactions again.
 func (s *Syncer) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
@@ -388,12 +391,25 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}()
 	pollCtx, lost := context.WithCancelCause(ctx)
 	defer lost(nil)
+	// A handler's panic goes on to Run's caller, but not before the slot lock is
+	// released and the waiting selections are abandoned: a caller that recovers it
+	// and runs again must not find the slot locked by its own lost session
+	// (TestHandlerPanicThenRunAgain).
+	returned := false
+	defer func() {
+		if !returned {
+			s.win.abandon(errors.New("a handler, Batcher or EventsProcessor panicked"))
+		}
+	}()
 	release, err := s.lockSlotForRun(ctx, lost)
 	if err == nil {
+		var releaseOnce sync.Once
+		unlock := func() { releaseOnce.Do(release) }
+		defer unlock()
 		err = s.pollLoop(pollCtx)
 		// Before the waiting selections are abandoned: Close (Stop) waits for Run to
 		// return before it marks them closed.
-		release()
+		unlock()
 		if cause := context.Cause(pollCtx); err == nil && ctx.Err() == nil && errors.Is(cause, ErrSlotInUse) {
 			err = cause // another process took the slot lock after its session ended
 		}
@@ -402,6 +418,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if cause == nil {
 		cause = errors.New("without error: its context ended, Stop or Close was called, or a handler returned ErrStopProcessingMessages")
 	}
+	returned = true
 	s.win.abandon(cause) // pending Refresh/Snapshot callers get ErrRefreshAbandoned
 	return err
 }
@@ -410,7 +427,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 func (s *Syncer) Start() error { return s.Run(context.Background()) }
 
 // Stop asks a running Syncer to stop and waits until it has: the poll in progress is
-// abandoned without forwarding past anything unprocessed. It does nothing if the
+// abandoned without forwarding past anything unprocessed. The handler call under way
+// is waited for, but no further row is handed to the MessageHandler once Stop was
+// called or Run's context ended (a Batcher still gets the poll's transactions whose
+// COMMIT was taken, so that they can be forwarded); an unfinished transaction comes
+// again on the next run. It does nothing if the
 // Syncer is not running, including when a Start on another goroutine has not begun
 // yet (`go s.Start(); s.Stop()` may leave that Start running until the next Stop).
 // To bound a Syncer's life without that race, use Run with a context: a context
