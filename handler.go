@@ -77,7 +77,9 @@ type DBItem struct {
 // of the first transaction); a processor that never takes a whole transaction makes no
 // progress. It is not called for a poll without rows. err is non-nil when a poll failed
 // (not when Run's context ended while it read: that is a stop); msgs is then nil and
-// the return values are ignored.
+// the return values are ignored. msgs holds the whole poll in memory, and a poll reads
+// all that was flushed, up to 1 GiB of WAL: bound its rows with WithMaxMessagesToRead
+// to bound the memory of a catch-up (see Batcher).
 type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
 
 // Batcher receives each poll's net effect per table before the slot is forwarded:
