@@ -61,7 +61,7 @@ func (h *slowInserts) HandleInsertMessage(_ int, m *pglogrepl.InsertMessage, _ *
 // data; the value compresses, so its WAL is small) drained by a handler that takes
 // 2 ms a row, through lib/pq and pgx, in one peek or split in two. The poller parses
 // far faster than the handler takes rows; what it holds meanwhile must be bounded in
-// bytes. Before, the peak heap was 342-364 MiB (the same with 6,000 rows): the
+// bytes. Before, the peak heap was 250-370 MiB (the same with 6,000 rows): the
 // reader's queue was bounded only in rows (up to 6 batches of 256 rows: 150 MB of
 // these), and the parser's slabs kept the data of every row parsed from them alive
 // while one of them was referenced (256 rows of this two-column table: 25 MB).
