@@ -323,6 +323,18 @@ func TestToastedKeyUpdate(t *testing.T) {
 			require.Equal(t, StringMap{"k": k, "v": int32(2)}, upd.New)
 			require.Equal(t, []string{"k"}, upd.Filled, "the key came as unchanged TOAST and was filled from the old key")
 			require.Empty(t, upd.Unchanged)
+			// ScanTuple (docs/VALUES.md): the new tuple lacks the key, the old key has it.
+			var sk string
+			var v int32
+			nt := rec.tuple(1)
+			require.ErrorIs(t, upd.Table.ScanTuple(nt.reln, nt.tuple, &sk, &v), ErrUnchangedTOAST)
+			require.Equal(t, "", sk)
+			require.Equal(t, int32(2), v)
+			rec.mu.Lock()
+			old := rec.olds[1]
+			rec.mu.Unlock()
+			require.NoError(t, upd.Table.ScanTuple(nt.reln, old, &sk, nil))
+			require.Equal(t, k, sk)
 		})
 	}
 }

@@ -46,8 +46,10 @@ func (m PGMSG) Parse() (pglogrepl.Message, error) { return parse(m.Data, true, n
 // GetMessages returned. Every message stays valid and unchanged for as long as it is
 // referenced (slabs are never reused). A message kept keeps its slabs (up to 64
 // messages and 512 columns, ~25 KiB) from being collected, and through their columns
-// the Data of the rows parsed next to it (about 100 rows of a narrow table); copy
-// what you keep for long. The zero value is ready to use; a Parser is not safe for
+// the Data of the rows parsed next to it (about 100 rows of a narrow table); a row
+// of more than arenaRowBytes (4 KiB) gets structures of its own, so what a slab keeps
+// alive stays under about 1 MiB of row data whatever the rows' size; copy what you
+// keep for long. The zero value is ready to use; a Parser is not safe for
 // concurrent use. Errors: as Parse.
 type Parser struct{ a changeArena }
 

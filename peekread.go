@@ -464,15 +464,17 @@ func (s *Syncer) readCopy(ctx context.Context, conn *sql.Conn, copyName string, 
 		}
 	}
 	batch := make([]PGMSG, 0, splitBatch)
+	batchBytes := 0 // row data in batch: a batch goes at splitBatch rows or parsedBatchBytes
 	err := s.peekOn(ctx, conn, copyName, upto, 0, func(m PGMSG) error {
 		batch = append(batch, m)
-		if len(batch) == splitBatch {
+		batchBytes += len(m.Data)
+		if len(batch) == splitBatch || batchBytes >= parsedBatchBytes {
 			select {
 			case out <- batch:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-			batch = make([]PGMSG, 0, splitBatch)
+			batch, batchBytes = make([]PGMSG, 0, splitBatch), 0
 		}
 		return nil
 	})

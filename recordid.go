@@ -77,7 +77,12 @@ func (t *PGTableInfo) recordIDOfKeys(keyVals []any) (string, error) {
 // already; a binary one (WithBinary) is printed from its decoded value in values
 // (MessageToMap's) by inputText, which fails for types without a codec (Refresh and
 // Snapshot refuse such keys in binary mode).
-func (t *PGTableInfo) tupleKeyTexts(reln *pglogrepl.RelationMessage, tuple *pglogrepl.TupleData, values StringMap) ([]string, error) {
+//
+// A key column the tuple holds as an unchanged TOASTed value ('u': an UPDATE of a row
+// whose key is stored out of line) is taken from old, the update's old tuple (nil:
+// none), which PostgreSQL sends for such an update with the key flattened; values
+// then holds it too (DecodeChange fills it in, Change.Filled).
+func (t *PGTableInfo) tupleKeyTexts(reln *pglogrepl.RelationMessage, tuple, old *pglogrepl.TupleData, values StringMap) ([]string, error) {
 	if len(t.PrimaryKey) == 0 || tuple == nil || len(tuple.Columns) != len(reln.Columns) {
 		return nil, fmt.Errorf("%w: no key columns in the tuple of %s", ErrNoKey, t.QualifiedName())
 	}
@@ -100,7 +105,11 @@ func (t *PGTableInfo) tupleKeyTexts(reln *pglogrepl.RelationMessage, tuple *pglo
 		if j < 0 {
 			return nil, fmt.Errorf("%w: key column %q of %s missing from the row", ErrNoKey, k, t.QualifiedName())
 		}
-		switch tc := tuple.Columns[j]; tc.DataType {
+		tc := tuple.Columns[j]
+		if tc.DataType == pglogrepl.TupleDataTypeToast && old != nil && len(old.Columns) == len(reln.Columns) {
+			tc = old.Columns[j] // unchanged: the old key's value is the new one
+		}
+		switch tc.DataType {
 		case pglogrepl.TupleDataTypeText:
 			out[i] = string(tc.Data)
 		case pglogrepl.TupleDataTypeBinary:

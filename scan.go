@@ -34,8 +34,11 @@ import (
 // A column whose value was not sent — an unchanged TOASTed value ('u') — leaves its
 // destination untouched: every other column is still scanned, and the error wraps
 // ErrUnchangedTOAST naming those columns (keep their previous values; never store the
-// destination's zero value). For a 'K' old tuple (REPLICA IDENTITY DEFAULT/INDEX)
-// only the key columns are sent; pass nil for the others.
+// destination's zero value). That includes a key column stored out of line that the
+// update left unchanged: PostgreSQL then also sends the old key (UpdateMessage.OldTuple,
+// 'K'), which holds its value; scan the key from there (DecodeChange fills it in from
+// there, Change.Filled). For a 'K' old tuple (REPLICA IDENTITY DEFAULT/INDEX) only the
+// key columns are sent; pass nil for the others.
 //
 // The copies of a tuple's text values (into *string) and json documents (into
 // *json.RawMessage) share one allocation, as MessageToMap's do: a value kept retains

@@ -23,7 +23,8 @@ type changeRecorder struct {
 	DefaultMessageHandler
 	mu      sync.Mutex
 	changes []*Change
-	tuples  []recordedTuple // the new tuple of each INSERT/UPDATE, the old one of a DELETE
+	tuples  []recordedTuple        // the new tuple of each INSERT/UPDATE, the old one of a DELETE
+	olds    []*pglogrepl.TupleData // the old tuple of each UPDATE (nil: none), nil otherwise
 	events  []string
 	err     error
 }
@@ -43,16 +44,17 @@ func (r *changeRecorder) change(msg pglogrepl.Message, reln *pglogrepl.RelationM
 		return err
 	}
 	r.changes = append(r.changes, c)
-	var tuple *pglogrepl.TupleData
+	var tuple, old *pglogrepl.TupleData
 	switch m := msg.(type) {
 	case *pglogrepl.InsertMessage:
 		tuple = m.Tuple
 	case *pglogrepl.UpdateMessage:
-		tuple = m.NewTuple
+		tuple, old = m.NewTuple, m.OldTuple
 	case *pglogrepl.DeleteMessage:
 		tuple = m.OldTuple
 	}
 	r.tuples = append(r.tuples, recordedTuple{reln, tuple})
+	r.olds = append(r.olds, old)
 	r.events = append(r.events, fmt.Sprintf("%s %s %s", strings.ToUpper(string(c.Op)), info.TableName, c.Key))
 	return nil
 }

@@ -505,7 +505,7 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 		// columns' types, it reads the row again whatever the types and the driver.
 		var texts []string
 		if u, ok := msg.(*pglogrepl.UpdateMessage); ok {
-			texts, _ = info.tupleKeyTexts(reln, u.NewTuple, c.New) // nil: logged when read again
+			texts, _ = info.tupleKeyTexts(reln, u.NewTuple, u.OldTuple, c.New) // nil: logged when read again
 		}
 		t.mu.Lock()
 		// A selection whose row this was reads it again at its new key (window.emit).
