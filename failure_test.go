@@ -288,12 +288,7 @@ func TestStatementTimeoutOfRole(t *testing.T) {
 			}, "the peek to run for a second")
 			h.unhold()
 			want := keyRange(1, 40*per)
-			waitFor(t, 30*time.Second, func() bool {
-				select {
-				case err := <-r.done:
-					t.Fatalf("Run returned: %v", err)
-				default:
-				}
+			r.waitFor(t, 30*time.Second, func() bool {
 				k, _ := h.applied()
 				return len(k) >= len(want)
 			}, "all rows")

@@ -63,12 +63,7 @@ func TestHandlerPanicThenRunAgain(t *testing.T) {
 		want = append(want, fmt.Sprintf("INSERT public.p id=%d", i))
 	}
 	want = append(want, "COMMIT", "BEGIN", "INSERT public.p id=4000", "COMMIT")
-	waitFor(t, 20*time.Second, func() bool {
-		select {
-		case err := <-r.done:
-			t.Fatalf("Run returned: %v", err)
-		default:
-		}
+	r.waitFor(t, 20*time.Second, func() bool {
 		return len(rec2.snapshot()) >= len(want)
 	}, "the redelivery, have %v", rec2)
 	waitCaughtUp(t, d.DB, s.ReplicationSlot())
@@ -129,12 +124,7 @@ func TestTerminatePeekMidStream(t *testing.T) {
 				require.Equal(t, 1, n)
 				h.unhold()
 				want := keyRange(1, txs*per)
-				waitFor(t, 60*time.Second, func() bool {
-					select {
-					case err := <-r.done:
-						t.Fatalf("Run returned: %v", err)
-					default:
-					}
+				r.waitFor(t, 60*time.Second, func() bool {
 					k, _ := h.applied()
 					return len(k) >= len(want)
 				}, "all rows")
@@ -181,12 +171,7 @@ func TestTerminateBetweenDeliveryAndAdvance(t *testing.T) {
 			require.NotZero(t, n)
 			h.unhold()
 			execAll(t, d.DB, `INSERT INTO items VALUES (4)`)
-			waitFor(t, 30*time.Second, func() bool {
-				select {
-				case err := <-r.done:
-					t.Fatalf("Run returned: %v", err)
-				default:
-				}
+			r.waitFor(t, 30*time.Second, func() bool {
 				k, _ := h.applied()
 				return len(k) >= 4
 			}, "all rows")
@@ -381,12 +366,7 @@ func TestServerRestartWhileIdle(t *testing.T) {
 			for i, crash := range []bool{false, true} {
 				require.NoError(t, srv.Restart(crash))
 				ins(i + 2)
-				waitFor(t, 60*time.Second, func() bool {
-					select {
-					case err := <-r.done:
-						t.Fatalf("Run returned: %v", err)
-					default:
-					}
+				r.waitFor(t, 60*time.Second, func() bool {
 					k, _ := h.applied()
 					return len(k) == i+2
 				}, "row %d", i+2)

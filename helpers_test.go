@@ -52,6 +52,21 @@ func (r *running) stop(t *testing.T) error {
 	}
 }
 
+// waitFor is waitFor (syncer_test.go) that fails at once, with Run's result, when Run
+// returns before cond holds.
+func (r *running) waitFor(t *testing.T, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	waitFor(t, timeout, func() bool {
+		select {
+		case err := <-r.done:
+			r.done <- err // for r.stop
+			t.Fatalf("Run returned: %v", err)
+		default:
+		}
+		return cond()
+	}, msg, args...)
+}
+
 // wait waits up to timeout for Run to return on its own and returns its result.
 func (r *running) wait(t *testing.T, timeout time.Duration) error {
 	t.Helper()
