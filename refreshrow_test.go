@@ -16,8 +16,8 @@ import (
 )
 
 // rowCache is a cacheHandler that takes refresh rows as a RefreshRowHandler: it scans
-// every column into *any, checks that Values gives the same, and caches the row as
-// HandleRefresh would.
+// every column into *any, checks that Values gives the same (a NaN the same as a NaN),
+// and caches the row as HandleRefresh would.
 type rowCache struct {
 	*cacheHandler
 	mu       sync.Mutex
@@ -45,7 +45,7 @@ func (r *rowCache) HandleRefreshRow(row *RefreshRow) error {
 	}
 	r.mu.Lock()
 	r.rows++
-	if !reflect.DeepEqual(scanned, values) {
+	if !reflect.DeepEqual(nanSafe(scanned), nanSafe(values)) { // NaN is the same value as NaN here
 		r.problems = append(r.problems, fmt.Sprintf("%s: Scan into *any %v, Values %v", row.Key, scanned, values))
 	}
 	r.mu.Unlock()

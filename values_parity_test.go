@@ -5,10 +5,8 @@ import (
 	"database/sql"
 	"fmt"
 	"net"
-	"reflect"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -124,40 +122,6 @@ func TestRefreshSnapshotValuesMatchChanges(t *testing.T) {
 	}
 }
 
-// parityRowHandler is a cacheHandler whose refresh rows come through HandleRefreshRow:
-// Scan into *any must give what Values gives.
-type parityRowHandler struct {
-	*cacheHandler
-	mu       sync.Mutex
-	problems []string
-}
-
-func (r *parityRowHandler) HandleRefreshRow(row *RefreshRow) error {
-	names := row.Columns()
-	vals := make([]any, len(names))
-	dest := make([]any, len(names))
-	for i := range vals {
-		dest[i] = &vals[i]
-	}
-	if err := row.Scan(dest...); err != nil {
-		return err
-	}
-	scanned := make(StringMap, len(names))
-	for i, n := range names {
-		scanned[n] = vals[i]
-	}
-	values, err := row.Values()
-	if err != nil {
-		return err
-	}
-	if !reflect.DeepEqual(nanSafe(scanned), nanSafe(values)) {
-		r.mu.Lock()
-		r.problems = append(r.problems, fmt.Sprintf("%s: Scan into *any %v, Values %v", row.Key, scanned, values))
-		r.mu.Unlock()
-	}
-	return r.cacheHandler.HandleRefresh(row.Key, DBItem{Table: row.Table, Key: row.Key, Values: values})
-}
-
 func testValuesParity(t *testing.T, driver string, binary bool) {
 	d := pgtest.NewDatabase(t)
 	execAll(t, d.DB, parityDDL)
@@ -169,7 +133,7 @@ func testValuesParity(t *testing.T, driver string, binary bool) {
 		// Keys of types without a codec: Refresh and Snapshot refuse them in binary mode.
 		tables = append(tables, "pk_pair", "pk_money", "pk_timetz")
 	}
-	h := &parityRowHandler{cacheHandler: newCacheHandler()}
+	h := &rowCache{cacheHandler: newCacheHandler()}
 	s, stop := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables(tables...), WithDB(db), WithBinary(binary))
 
 	cols := strings.Join(parityCols, ", ")
@@ -236,9 +200,9 @@ func testValuesParity(t *testing.T, driver string, binary bool) {
 		}
 	}
 	reset := func() {
-		h.mu.Lock()
-		h.rows = map[string]StringMap{}
-		h.mu.Unlock()
+		h.cacheHandler.mu.Lock()
+		h.cacheHandler.rows = map[string]StringMap{}
+		h.cacheHandler.mu.Unlock()
 	}
 	reset()
 	for _, table := range tables {
