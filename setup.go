@@ -20,7 +20,10 @@ const setupLockKey = 0x64627379 // "dbsy"
 // wal_level and the role's replication privilege, creates the control schema and the
 // watermark table, creates the publication for ForTables when it is missing (otherwise
 // requires it to exist), adds the watermark table (and ForTables tables) to it, and
-// sets REPLICA IDENTITY FULL on WithReplicaIdentityFull tables, reports published tables
+// warns (a log line at level Warn) when the publication does not publish every kind
+// of change (publish = '...' without update, delete or truncate: those changes of its
+// tables never reach the Syncer), sets REPLICA IDENTITY FULL on WithReplicaIdentityFull
+// tables, reports published tables
 // whose updates/deletes cannot be captured or whose key holds a generated column
 // (CheckReplicaIdentity: a warning, or
 // ErrReplicaIdentity with WithStrictReplicaIdentity), and creates the pgoutput slot
@@ -46,6 +49,9 @@ func (s *Syncer) Setup(ctx context.Context) (err error) {
 	if err := s.setupCatalog(ctx); err != nil {
 		return err
 	}
+	if err := s.warnUnpublishedOperations(ctx); err != nil {
+		return err
+	}
 	if err := s.ensureReplicaIdentity(ctx); err != nil {
 		return err
 	}
@@ -68,6 +74,41 @@ func (s *Syncer) checkServer(ctx context.Context) error {
 		return fmt.Errorf("%w: role %q has neither SUPERUSER nor REPLICATION; run ALTER ROLE %s REPLICATION",
 			ErrReplicationPrivilege, role, pq.QuoteIdentifier(role))
 	}
+	return nil
+}
+
+// warnUnpublishedOperations logs a warning when the publication does not publish
+// INSERT, UPDATE, DELETE or TRUNCATE (CREATE PUBLICATION ... WITH (publish = '...')):
+// pgoutput leaves those changes of its tables out of the slot, so the Syncer never
+// sees them, which a consumer keeping a copy of the tables would not otherwise notice.
+// (Without INSERT no watermark arrives either: Refresh and Snapshot fail with ErrConfig,
+// checkPublishedForSelection.) The publication's choice is kept.
+func (s *Syncer) warnUnpublishedOperations(ctx context.Context) error {
+	var ins, upd, del, trunc bool
+	err := s.db.QueryRowContext(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_catalog.pg_publication WHERE pubname = $1`,
+		s.publication).Scan(&ins, &upd, &del, &trunc)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil // setupCatalog reported it
+	}
+	if err != nil {
+		return classify(err, "look up publication "+s.publication)
+	}
+	var missing []string
+	for _, op := range []struct {
+		name string
+		on   bool
+	}{{"INSERT", ins}, {"UPDATE", upd}, {"DELETE", del}, {"TRUNCATE", trunc}} {
+		if !op.on {
+			missing = append(missing, op.name)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	s.log.Warn("dbsync: publication "+s.publication+" does not publish "+strings.Join(missing, ", ")+
+		": those changes of its tables never reach the Syncer; if that is not intended, run ALTER PUBLICATION "+
+		pq.QuoteIdentifier(s.publication)+" SET (publish = 'insert, update, delete, truncate')",
+		"publication", s.publication, "unpublished", missing)
 	return nil
 }
 
