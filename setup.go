@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -29,7 +30,9 @@ const setupLockKey = 0x64627379 // "dbsy"
 // ErrReplicaIdentity with WithStrictReplicaIdentity), and creates the pgoutput slot
 // when it is missing. NewSyncer calls it unless WithSetup(false).
 //
-// Errors: ErrWALLevel, ErrReplicationPrivilege, ErrInsufficientPrivilege (the role may
+// Errors: ErrWALLevel, ErrReplicationPrivilege, ErrConfig (a ForTables table does not
+// exist, or a table of the watermark or snapshot progress table's name in the control
+// schema lacks the columns or key dbsync creates it with), ErrInsufficientPrivilege (the role may
 // not create the control schema or its tables, or change the publication: the message
 // names the GRANT or the owner's statement; no slot is created), ErrPublicationMissing
 // (with the CREATE PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
@@ -150,6 +153,9 @@ func (s *Syncer) setupCatalogOn(ctx context.Context, db txBeginner) (err error) 
 	if err = s.ensureCtrlTables(ctx, tx); err != nil {
 		return err
 	}
+	if err = s.checkCtrlTables(ctx, tx); err != nil {
+		return err
+	}
 	if err = s.ensureProgressRelationOID(ctx, tx); err != nil {
 		return err
 	}
@@ -204,6 +210,81 @@ func (s *Syncer) ensureCtrlTables(ctx context.Context, tx *sql.Tx) error {
 				ErrInsufficientPrivilege, role, ns, schemaOwner.String, ns, r, ns, r, err)
 		}
 		return classify(err, "create the watermark and snapshot progress tables in "+s.ctrlNamespace)
+	}
+	return nil
+}
+
+// ctrlColumn is a column dbsync's control tables are created with (sql/setup_ctrl.sql)
+// and its type as format_type names it.
+type ctrlColumn struct{ name, typ string }
+
+// ctrlTableShape is what dbsync needs of a control table: its columns and unique key.
+type ctrlTableShape struct {
+	what string
+	cols []ctrlColumn
+	key  []string
+}
+
+// wmTableShape and progressTableShape are the watermark and snapshot progress tables
+// as dbsync reads and writes them. relation_oid is left out: ensureProgressRelationOID
+// adds it to a progress table created before it existed.
+var (
+	wmTableShape = ctrlTableShape{"watermark table",
+		[]ctrlColumn{{"selection_id", "text"}, {"wm_type", "text"}, {"created_at", "timestamp with time zone"}},
+		[]string{"selection_id", "wm_type"}}
+	progressTableShape = ctrlTableShape{"snapshot progress table", []ctrlColumn{{"slot_name", "text"}, {"table_name", "text"},
+		{"key_columns", "text[]"}, {"last_key", "text[]"}, {"chunk_size", "integer"}, {"chunks_done", "bigint"},
+		{"rows_done", "bigint"}, {"started_at", "timestamp with time zone"}, {"updated_at", "timestamp with time zone"},
+		{"finished_at", "timestamp with time zone"}}, []string{"slot_name", "table_name"}}
+)
+
+// checkCtrlTables checks that the watermark and snapshot progress tables in the
+// control schema have the columns (name and type) and the unique key dbsync creates
+// them with: a table of that name made by something else would otherwise be taken
+// for dbsync's, and fail Refresh and Snapshot later with misleading errors. It runs
+// before anything alters the tables (ensureProgressRelationOID) or creates a slot.
+//
+// Errors: ErrConfig naming the table and what it lacks.
+func (s *Syncer) checkCtrlTables(ctx context.Context, tx *sql.Tx) error {
+	for _, c := range []struct {
+		name  string
+		shape ctrlTableShape
+	}{{s.wmTableName, wmTableShape}, {snapshotProgressTable, progressTableShape}} {
+		q, shape := qualifiedTable{s.ctrlNamespace, c.name}, c.shape
+		var cols, types []string
+		var keys []string
+		// Column types by format_type; unique keys (non-partial unique indexes, key
+		// columns only) as their sorted column names joined by commas: what ON
+		// CONFLICT (...) infers its arbiter from.
+		if err := tx.QueryRowContext(ctx, `SELECT
+			ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT (SELECT string_agg(a.attname::text, ',' ORDER BY a.attname::text) FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) k(n)
+					JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n)
+				FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND 0 <> ALL (i.indkey::int2[]))
+			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2`, q.schema, q.name).Scan(pq.Array(&cols), pq.Array(&types), pq.Array(&keys)); err != nil {
+			return classify(err, "check the columns of "+q.schema+"."+q.name)
+		}
+		have := make(map[string]string, len(cols))
+		for i, c := range cols {
+			have[c] = types[i]
+		}
+		var lacks []string
+		for _, c := range shape.cols {
+			if have[c.name] != c.typ {
+				lacks = append(lacks, "column "+c.name+" "+c.typ)
+			}
+		}
+		key := append([]string(nil), shape.key...)
+		slices.Sort(key)
+		if !slices.Contains(keys, strings.Join(key, ",")) {
+			lacks = append(lacks, "a unique key on ("+strings.Join(shape.key, ", ")+")")
+		}
+		if len(lacks) > 0 {
+			return fmt.Errorf("%w: table %s is not the %s dbsync creates: it lacks %s; drop it (DROP TABLE %s) for setup to create dbsync's, or choose another control schema (WithCtrlNamespace / %s)",
+				ErrConfig, q.quoted(), shape.what, strings.Join(lacks, ", "), q.quoted(), EnvCtrlNamespace)
+		}
 	}
 	return nil
 }

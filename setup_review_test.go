@@ -39,3 +39,47 @@ func TestSetupWarnsPublicationSkipsOperations(t *testing.T) {
 	require.NoError(t, stop())
 	require.Empty(t, logs.String())
 }
+
+// TestSetupRejectsForeignCtrlTables: a table of the watermark table's or the snapshot
+// progress table's name already in the control schema, but not with the columns and
+// key dbsync creates them with, is refused by setup with ErrConfig naming the table
+// and what it lacks, before any slot is created. (Setup once took such a table as its
+// own: Refresh then failed with advice to republish columns the table did not have,
+// and Snapshot with the server's "column does not exist".) Dropping it lets setup
+// create dbsync's.
+func TestSetupRejectsForeignCtrlTables(t *testing.T) {
+	for _, c := range []struct {
+		name, table, ddl, want string
+		cols                   []string
+	}{
+		{"watermark", "dbsync_wmtable", `CREATE TABLE dbsync_ctrl.dbsync_wmtable (id int)`,
+			`table "dbsync_ctrl"."dbsync_wmtable" is not the watermark table dbsync creates: it lacks column selection_id text, column wm_type text, column created_at timestamp with time zone, a unique key on (selection_id, wm_type)`,
+			[]string{"id"}},
+		{"watermark without key", "dbsync_wmtable", `CREATE TABLE dbsync_ctrl.dbsync_wmtable (selection_id text, wm_type varchar, created_at timestamptz)`,
+			`table "dbsync_ctrl"."dbsync_wmtable" is not the watermark table dbsync creates: it lacks column wm_type text, a unique key on (selection_id, wm_type)`,
+			[]string{"selection_id", "wm_type", "created_at"}},
+		{"progress", "snapshot_progress", `CREATE TABLE dbsync_ctrl.snapshot_progress (slot_name text PRIMARY KEY, x int)`,
+			`table "dbsync_ctrl"."snapshot_progress" is not the snapshot progress table dbsync creates: it lacks column table_name text, column key_columns text[], column last_key text[], column chunk_size integer, column chunks_done bigint, column rows_done bigint, column started_at timestamp with time zone, column updated_at timestamp with time zone, column finished_at timestamp with time zone, a unique key on (slot_name, table_name)`,
+			[]string{"slot_name", "x"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			slot := pgtest.Ident(t, "slot")
+			execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY)`, `CREATE SCHEMA dbsync_ctrl`, c.ddl)
+			opts := []SyncerOpt{WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(slot + "_pub"), ForTables("t")}
+			_, err := NewSyncer(opts...)
+			require.ErrorIs(t, err, ErrConfig)
+			require.ErrorContains(t, err, c.want)
+			require.ErrorContains(t, err, `drop it (DROP TABLE "dbsync_ctrl".`+pq.QuoteIdentifier(c.table)+`) for setup to create dbsync's, or choose another control schema (WithCtrlNamespace / DBSYNC_CTRL_NAMESPACE)`)
+			require.Equal(t, 0, slotCount(t, d), "no slot created")
+			require.Equal(t, c.cols, queryStrings(t, d.DB, `SELECT attname FROM pg_attribute WHERE attrelid = ('dbsync_ctrl.'||$1)::regclass
+				AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, c.table), "the table is left as it was")
+
+			execAll(t, d.DB, `DROP TABLE dbsync_ctrl.`+c.table)
+			s, err := NewSyncer(opts...)
+			require.NoError(t, err)
+			s.Close()
+			require.Equal(t, 1, slotCount(t, d))
+		})
+	}
+}
