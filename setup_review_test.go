@@ -83,3 +83,34 @@ func TestSetupRejectsForeignCtrlTables(t *testing.T) {
 		})
 	}
 }
+
+// TestTeardownCtrlSchemaPublishedBySchema: a publication FOR TABLES IN SCHEMA that
+// names the control schema publishes the watermark table without holding it by
+// itself, so ALTER PUBLICATION ... DROP TABLE cannot take it out (42704, "is not part
+// of the publication"). Teardown once ran it anyway and failed every time with
+// ErrPublicationMissing although the publication exists, keeping the control schema
+// for good. Teardown drops the tables and the schema, which takes the schema out of
+// the publication; the publication and its other schema stay.
+func TestTeardownCtrlSchemaPublishedBySchema(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	pub := slot + "_pub"
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY)`, `CREATE SCHEMA dbsync_ctrl`,
+		`CREATE PUBLICATION `+pq.QuoteIdentifier(pub)+` FOR TABLES IN SCHEMA public, dbsync_ctrl`)
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(pub), ForTables("t"))
+	require.NoError(t, err)
+	defer s.Close()
+	published := func() []string {
+		return queryStrings(t, d.DB, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, pub)
+	}
+	require.Equal(t, []string{"dbsync_ctrl.dbsync_wmtable", "dbsync_ctrl.snapshot_progress", "public.t"}, published())
+	res, err := s.TeardownWithResult(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{SlotDropped: true, CtrlSchemaDropped: true}, res)
+	require.Equal(t, []string{"public.t"}, published())
+	require.Equal(t, []string{"public"}, queryStrings(t, d.DB, `SELECT n.nspname FROM pg_publication_namespace pn
+		JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE p.pubname = $1`, pub))
+	res, err = s.TeardownWithResult(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, TeardownResult{}, res)
+}

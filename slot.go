@@ -208,7 +208,8 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 //     snapshots over). The teardown of the last such slot removes them.
 //  3. Otherwise it takes the watermark table out of the publication (ALTER
 //     PUBLICATION ... DROP TABLE, unless the publication is FOR ALL TABLES or does
-//     not hold it), drops dbsync's two tables (the watermark and snapshot progress
+//     not hold it by itself: one publishing it FOR TABLES IN SCHEMA of the control
+//     schema loses the table, and the schema, when they are dropped), drops dbsync's two tables (the watermark and snapshot progress
 //     tables) and then the control schema, never with CASCADE, in one transaction:
 //     if anything dbsync did not create is in the schema or depends on its tables
 //     (a type, a view, a column of such a type), nothing of step 3 is done.
@@ -427,8 +428,13 @@ func (s *Syncer) dropWMFromPublication(ctx context.Context, tx *sql.Tx) (unpubli
 		return false, classify(err, "look up publication "+s.publication)
 	}
 	var in bool
-	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
-		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
+	// Only a table the publication holds by itself (pg_publication_rel) can be dropped
+	// from it: one it publishes through FOR TABLES IN SCHEMA of the control schema
+	// leaves it with the table (and the schema, when that is dropped).
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr
+		JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+		JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1 AND n.nspname = $2 AND c.relname = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
 		return false, classify(err, "read publication tables of "+s.publication)
 	}
 	if !in {
