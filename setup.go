@@ -431,8 +431,14 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 		var in bool
 		// pg_publication_tables lists a partitioned table's partitions, not the table
 		// itself, unless the publication publishes via the root: pg_publication_rel
-		// says whether the table was added itself.
-		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+		// says whether the table was added itself. With publish_via_partition_root it
+		// lists the partitioned table and not its partitions, whose changes it
+		// publishes under it: a partition one of whose ancestors it lists is in.
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
+			JOIN pg_catalog.pg_partition_ancestors(format('%I.%I', $2::text, $3::text)::regclass) a(relid)
+				ON a.relid = format('%I.%I', pt.schemaname, pt.tablename)::regclass
+			WHERE pt.pubname = $1)
+			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
 			WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)
 			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
 			WHERE p.pubname = $1 AND pr.prrelid = format('%I.%I', $2::text, $3::text)::regclass)`, s.publication, t.schema, t.name).Scan(&in); err != nil {

@@ -114,3 +114,27 @@ func TestTeardownCtrlSchemaPublishedBySchema(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, TeardownResult{}, res)
 }
+
+// TestSetupPartitionPublishedViaRoot: ForTables names a partition whose partitioned
+// table the publication holds with publish_via_partition_root = true, so the
+// partition's changes are published (under the partitioned table). Setup leaves the
+// publication as it is: it once ran ALTER PUBLICATION ... ADD TABLE of the partition,
+// which a role owning the publication but not the partition may not run, failing with
+// ErrInsufficientPrivilege for a statement nothing needed.
+func TestSetupPartitionPublishedViaRoot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	role, dsn := limitedRole(t, d, "REPLICATION")
+	slot := pgtest.Ident(t, "slot")
+	pub := pq.QuoteIdentifier(slot + "_pub")
+	execAll(t, d.DB, `CREATE TABLE root (id int PRIMARY KEY) PARTITION BY RANGE (id)`,
+		`CREATE TABLE p1 PARTITION OF root FOR VALUES FROM (0) TO (100)`,
+		`GRANT SELECT ON root, p1 TO `+role, `CREATE SCHEMA dbsync_ctrl AUTHORIZATION `+role,
+		`CREATE PUBLICATION `+pub+` FOR TABLE root WITH (publish_via_partition_root = true)`,
+		`ALTER PUBLICATION `+pub+` OWNER TO `+role)
+	s, err := NewSyncer(WithPGConnStr(dsn), WithReplicationSlot(slot), WithPublication(slot+"_pub"), ForTables("p1"))
+	require.NoError(t, err)
+	s.Close()
+	require.Equal(t, []string{"dbsync_ctrl.dbsync_wmtable", "root"}, queryStrings(t, d.DB,
+		`SELECT prrelid::regclass::text FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 ORDER BY 1`, slot+"_pub"))
+	require.Equal(t, 1, slotCount(t, d))
+}
