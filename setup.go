@@ -492,18 +492,25 @@ func (e *publicationDeniedError) Unwrap() error { return e.err }
 // publicationDenied is the error of the publication statements stmts the role was
 // refused (cause: the first refusal), naming them for the owner to run.
 func (s *Syncer) publicationDenied(ctx context.Context, tx *sql.Tx, stmts []string, cause error) error {
-	var role string
+	var role, database string
 	var owner sql.NullString
-	if err := tx.QueryRowContext(ctx, `SELECT current_user, (SELECT pg_catalog.pg_get_userbyid(pubowner) FROM pg_catalog.pg_publication WHERE pubname = $1)`,
-		s.publication).Scan(&role, &owner); err != nil {
+	var dbCreate bool
+	if err := tx.QueryRowContext(ctx, `SELECT current_user, current_database(), has_database_privilege(current_database(), 'CREATE'),
+		(SELECT pg_catalog.pg_get_userbyid(pubowner) FROM pg_catalog.pg_publication WHERE pubname = $1)`,
+		s.publication).Scan(&role, &database, &dbCreate, &owner); err != nil {
 		return classify(err, "look up the owner of publication "+s.publication)
 	}
-	who := "a superuser (or a role owning the tables)"
+	who, grant := "a superuser (or a role owning the tables)", ""
 	if owner.Valid {
 		who = fmt.Sprintf("a superuser (or a role owning publication %q, owned by %q, and the tables added)", s.publication, owner.String)
+	} else if !dbCreate {
+		// CREATE PUBLICATION needs CREATE on the database besides owning the tables.
+		who = "a superuser (or a role owning the tables with CREATE on the database)"
+		grant = fmt.Sprintf("; or, when role %q owns the tables, let it create the publication with\n  GRANT CREATE ON DATABASE %s TO %s",
+			role, pq.QuoteIdentifier(database), pq.QuoteIdentifier(role))
 	}
-	return &publicationDeniedError{fmt.Errorf("%w: role %q may not change publication %q: have %s run\n  %s;\nthen set up again (no replication slot was created; the control schema was): %w",
-		ErrInsufficientPrivilege, role, s.publication, who, strings.Join(stmts, ";\n  "), cause)}
+	return &publicationDeniedError{fmt.Errorf("%w: role %q may not change publication %q: have %s run\n  %s%s;\nthen set up again (no replication slot was created; the control schema was): %w",
+		ErrInsufficientPrivilege, role, s.publication, who, strings.Join(stmts, ";\n  "), grant, cause)}
 }
 
 // ensureSlot creates the pgoutput slot if missing, and rejects an existing slot that

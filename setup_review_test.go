@@ -138,3 +138,26 @@ func TestSetupPartitionPublishedViaRoot(t *testing.T) {
 		`SELECT prrelid::regclass::text FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 ORDER BY 1`, slot+"_pub"))
 	require.Equal(t, 1, slotCount(t, d))
 }
+
+// TestSetupCreatePublicationNeedsDatabaseCreate: a role owning the ForTables table
+// but without CREATE on the database may not create the publication (PostgreSQL
+// needs both). The error once told to have "a role owning the tables" run the CREATE
+// PUBLICATION, which the role itself is; it names the GRANT CREATE ON DATABASE that
+// lets the role run it, and after that grant setup creates the publication.
+func TestSetupCreatePublicationNeedsDatabaseCreate(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	role, dsn := limitedRole(t, d, "REPLICATION")
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY)`, `ALTER TABLE t OWNER TO `+role, `CREATE SCHEMA dbsync_ctrl AUTHORIZATION `+role)
+	opts := []SyncerOpt{WithPGConnStr(dsn), WithReplicationSlot(slot), WithPublication(slot + "_pub"), ForTables("t")}
+	_, err := NewSyncer(opts...)
+	require.ErrorIs(t, err, ErrInsufficientPrivilege)
+	require.Equal(t, 0, slotCount(t, d))
+	requireStatement(t, d, err, `GRANT CREATE ON DATABASE `+pq.QuoteIdentifier(d.Name)+` TO `+role)
+	s, err := NewSyncer(opts...)
+	require.NoError(t, err)
+	s.Close()
+	require.Equal(t, []string{"dbsync_ctrl.dbsync_wmtable", "public.t"}, queryStrings(t, d.DB,
+		`SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, slot+"_pub"))
+	require.Equal(t, 1, slotCount(t, d))
+}
