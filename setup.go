@@ -519,7 +519,9 @@ func (s *Syncer) publicationDenied(ctx context.Context, tx *sql.Tx, stmts []stri
 // creating (building its initial snapshot) is listed in pg_replication_slots before
 // its plugin is, and must not be mistaken for a foreign slot.
 // (pg_create_logical_replication_slot cannot run in a transaction that wrote, so the
-// transaction-level lock of setupCatalog cannot cover it.)
+// transaction-level lock of setupCatalog cannot cover it.) Advisory locks are per
+// database: a slot of the name created meanwhile for another database fails the
+// creation (42710), and the slot is then looked up and judged again.
 //
 // Teardown decides under the same lock whether other slots still need the control
 // schema and the watermark table: once this slot exists it sees it and keeps them. A
@@ -539,41 +541,52 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 			err = classify(uerr, "unlock slot setup")
 		}
 	}()
-	var plugin, slotType, database, walStatus sql.NullString
-	var temporary sql.NullBool
-	var pid sql.NullInt64
-	var current string
-	err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid, current_database()
-		FROM (SELECT current_database()) AS d(x)
-		LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &current)
-	if err != nil {
-		return classify(err, "look up replication slot")
-	}
-	if slotType.Valid {
-		if slotType.String != "logical" || plugin.String != "pgoutput" || database.String != current {
-			return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot(%s)",
-				ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
-		}
-		if temporary.Bool {
-			// dbsync never creates a temporary slot under this name: it belongs to
-			// another session and is dropped when that session ends, with the
-			// position the Syncer reached (Run would then fail with ErrSlotMissing).
-			return fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d): PostgreSQL drops it when that session ends, and the Syncer's position with it; choose another name (WithReplicationSlot / %s), or end that session and set up again",
-				ErrSlotMismatch, s.replicationSlot, pid.Int64, EnvReplSlot)
-		}
-		if walStatus.String == "lost" {
-			// The server removed WAL the slot still needed (max_slot_wal_keep_size):
-			// the changes in it are gone for this slot, so reading on would skip them.
-			return s.errSlotLost(nil)
-		}
-	} else {
-		stopWatch := s.watchSlotCreation(ctx, slotCreationWarnAfter)
-		_, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
-		stopWatch()
+	for attempt := 0; ; attempt++ {
+		var plugin, slotType, database, walStatus sql.NullString
+		var temporary sql.NullBool
+		var pid sql.NullInt64
+		var current string
+		err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid, current_database()
+			FROM (SELECT current_database()) AS d(x)
+			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &current)
 		if err != nil {
-			return classify(err, "create replication slot "+s.replicationSlot)
+			return classify(err, "look up replication slot")
 		}
-		s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
+		if slotType.Valid {
+			if slotType.String != "logical" || plugin.String != "pgoutput" || database.String != current {
+				return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot(%s)",
+					ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
+			}
+			if temporary.Bool {
+				// dbsync never creates a temporary slot under this name: it belongs to
+				// another session and is dropped when that session ends, with the
+				// position the Syncer reached (Run would then fail with ErrSlotMissing).
+				return fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d): PostgreSQL drops it when that session ends, and the Syncer's position with it; choose another name (WithReplicationSlot / %s), or end that session and set up again",
+					ErrSlotMismatch, s.replicationSlot, pid.Int64, EnvReplSlot)
+			}
+			if walStatus.String == "lost" {
+				// The server removed WAL the slot still needed (max_slot_wal_keep_size):
+				// the changes in it are gone for this slot, so reading on would skip them.
+				return s.errSlotLost(nil)
+			}
+		} else {
+			if s.beforeSlotCreate != nil {
+				s.beforeSlotCreate()
+			}
+			stopWatch := s.watchSlotCreation(ctx, slotCreationWarnAfter)
+			_, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
+			stopWatch()
+			if err != nil {
+				if hasSQLState(err, "42710") && attempt == 0 {
+					// Created meanwhile outside this lock, which is per database (a
+					// Syncer of another database): look at it as one found at first.
+					continue
+				}
+				return classify(err, "create replication slot "+s.replicationSlot)
+			}
+			s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
+		}
+		break
 	}
 	return s.recheckCatalog(ctx, conn)
 }

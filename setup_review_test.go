@@ -161,3 +161,27 @@ func TestSetupCreatePublicationNeedsDatabaseCreate(t *testing.T) {
 		`SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1`, slot+"_pub"))
 	require.Equal(t, 1, slotCount(t, d))
 }
+
+// TestSetupSlotCreatedElsewhereMeanwhile: the slot setup lock is per database, so a
+// slot of the same name created in another database (another dbsync setting up
+// there) between setup's look-up and its pg_create_logical_replication_slot makes
+// the creation fail with 42710. Setup once returned that raw server error; it looks
+// the slot up again and refuses it like one found at first: ErrSlotMismatch naming
+// the other database. The other database's slot is left alone.
+func TestSetupSlotCreatedElsewhereMeanwhile(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	other := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY)`)
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(slot+"_pub"), ForTables("t"), WithSetup(false))
+	require.NoError(t, err)
+	defer s.Close()
+	s.beforeSlotCreate = func() {
+		execAll(t, other.DB, `SELECT pg_create_logical_replication_slot('`+slot+`', 'pgoutput')`)
+	}
+	err = s.Setup(t.Context())
+	require.ErrorIs(t, err, ErrSlotMismatch)
+	require.ErrorContains(t, err, `slot "`+slot+`" is a logical slot with plugin "pgoutput" on database "`+other.Name+`"`)
+	require.Equal(t, []string{other.Name}, queryStrings(t, d.DB, `SELECT database FROM pg_replication_slots WHERE slot_name = $1`, slot))
+	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+slot+`')`)
+}
