@@ -185,3 +185,30 @@ func TestSetupSlotCreatedElsewhereMeanwhile(t *testing.T) {
 	require.Equal(t, []string{other.Name}, queryStrings(t, d.DB, `SELECT database FROM pg_replication_slots WHERE slot_name = $1`, slot))
 	execAll(t, d.DB, `SELECT pg_drop_replication_slot('`+slot+`')`)
 }
+
+// TestAdminCreatedCtrlWatermarkTablePublished follows README ("Without superuser"): an
+// administrator created the control schema and its tables with the grants README
+// lists, and the role owns the publication. Setup may not add the watermark table,
+// which the role does not own, to the publication: ErrInsufficientPrivilege names
+// the ALTER PUBLICATION README tells the administrator to run, and no slot is
+// created; after it setup succeeds.
+func TestAdminCreatedCtrlWatermarkTablePublished(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	role, dsn := limitedRole(t, d, "REPLICATION")
+	slot := pgtest.Ident(t, "slot")
+	pub := slot + "_pub"
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY)`, `GRANT SELECT ON t TO `+role, ctrlDDL(),
+		`GRANT USAGE ON SCHEMA dbsync_ctrl TO `+role,
+		`GRANT SELECT, INSERT, DELETE ON dbsync_ctrl.dbsync_wmtable TO `+role,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON dbsync_ctrl.snapshot_progress TO `+role,
+		`CREATE PUBLICATION `+pq.QuoteIdentifier(pub)+` FOR TABLE t`, `ALTER PUBLICATION `+pq.QuoteIdentifier(pub)+` OWNER TO `+role)
+	opts := []SyncerOpt{WithPGConnStr(dsn), WithReplicationSlot(slot), WithPublication(pub)}
+	_, err := NewSyncer(opts...)
+	require.ErrorIs(t, err, ErrInsufficientPrivilege)
+	require.Equal(t, 0, slotCount(t, d))
+	requireStatement(t, d, err, `ALTER PUBLICATION `+pq.QuoteIdentifier(pub)+` ADD TABLE "dbsync_ctrl"."dbsync_wmtable"`)
+	s, err := NewSyncer(opts...)
+	require.NoError(t, err)
+	s.Close()
+	require.Equal(t, 1, slotCount(t, d))
+}
