@@ -36,7 +36,8 @@ const setupLockKey = 0x64627379 // "dbsy"
 // not create the control schema or its tables, or change the publication: the message
 // names the GRANT or the owner's statement; no slot is created), ErrPublicationMissing
 // (with the CREATE PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
-// pgoutput slot of this database, or is another session's temporary slot), ErrSlotInvalidated (the slot exists
+// pgoutput slot of this database, or is another session's temporary slot, or was
+// created with two_phase = true), ErrSlotInvalidated (the slot exists
 // but PostgreSQL invalidated it: wal_status lost), or the server's error; when ctx
 // ended first, the error wraps ctx.Err() too (creating the slot waits for the
 // transactions open in the cluster: see watchSlotCreation).
@@ -543,12 +544,14 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 	}()
 	for attempt := 0; ; attempt++ {
 		var plugin, slotType, database, walStatus sql.NullString
-		var temporary sql.NullBool
+		var temporary, twoPhase sql.NullBool
 		var pid sql.NullInt64
 		var current string
-		err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid, current_database()
+		// two_phase through to_jsonb: PostgreSQL 13 has no such column (NULL there).
+		err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid,
+			(to_jsonb(s) ->> 'two_phase')::bool, current_database()
 			FROM (SELECT current_database()) AS d(x)
-			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &current)
+			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &twoPhase, &current)
 		if err != nil {
 			return classify(err, "look up replication slot")
 		}
@@ -563,6 +566,9 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 				// position the Syncer reached (Run would then fail with ErrSlotMissing).
 				return fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d): PostgreSQL drops it when that session ends, and the Syncer's position with it; choose another name (WithReplicationSlot / %s), or end that session and set up again",
 					ErrSlotMismatch, s.replicationSlot, pid.Int64, EnvReplSlot)
+			}
+			if twoPhase.Bool {
+				return s.errSlotTwoPhase()
 			}
 			if walStatus.String == "lost" {
 				// The server removed WAL the slot still needed (max_slot_wal_keep_size):
@@ -589,6 +595,15 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		break
 	}
 	return s.recheckCatalog(ctx, conn)
+}
+
+// errSlotTwoPhase is ErrSlotMismatch for a slot created with two_phase = true, which
+// dbsync never creates: pgoutput sends its prepared transactions at PREPARE TRANSACTION
+// as BEGIN PREPARE / PREPARE messages (and COMMIT PREPARED without the changes), which
+// dbsync does not read, so Run would stop at the first one.
+func (s *Syncer) errSlotTwoPhase() error {
+	return fmt.Errorf("%w: slot %q was created with two_phase = true (a subscription's WITH (two_phase = true) creates such slots): pgoutput sends its prepared transactions as PREPARE messages, which dbsync does not read; dbsync neither uses nor drops it: choose another name (WithReplicationSlot / %s), or drop it with SELECT pg_drop_replication_slot(%s) if nothing uses it",
+		ErrSlotMismatch, s.replicationSlot, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
 }
 
 // recheckCatalog sets up the control schema, the watermark table and its place in the

@@ -212,3 +212,25 @@ func TestAdminCreatedCtrlWatermarkTablePublished(t *testing.T) {
 	s.Close()
 	require.Equal(t, 1, slotCount(t, d))
 }
+
+// TestSetupRefusesTwoPhaseSlot: a pgoutput slot of the name created with two_phase =
+// true (as a subscription WITH (two_phase = true) creates it) makes pgoutput send
+// prepared transactions as BEGIN PREPARE/PREPARE messages, which dbsync does not read:
+// setup once accepted it, and Run then stopped for good at the first PREPARE
+// TRANSACTION with ErrMalformedMessage ("type 'b' ... not supported", seen on a cluster
+// with max_prepared_transactions). Setup refuses it with ErrSlotMismatch, and
+// Teardown does not drop it (dbsync never creates such a slot).
+func TestSetupRefusesTwoPhaseSlot(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY)`, `SELECT pg_create_logical_replication_slot('`+slot+`', 'pgoutput', false, true)`)
+	t.Cleanup(func() { d.DB.Exec(`SELECT pg_drop_replication_slot('` + slot + `')`) })
+	_, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(slot), WithPublication(slot+"_pub"), ForTables("t"))
+	require.ErrorIs(t, err, ErrSlotMismatch)
+	require.ErrorContains(t, err, `slot "`+slot+`" was created with two_phase = true`)
+	res, err := teardownSyncer(t, d.DSN(), slot).TeardownWithResult(t.Context())
+	require.ErrorIs(t, err, ErrSlotMismatch)
+	require.ErrorContains(t, err, `slot "`+slot+`" was created with two_phase = true`)
+	require.Equal(t, TeardownResult{}, res)
+	require.Equal(t, []string{"true"}, queryStrings(t, d.DB, `SELECT two_phase::text FROM pg_replication_slots WHERE slot_name = $1`, slot))
+}

@@ -200,7 +200,8 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // retaining WAL, without touching what other Syncers of the database may use:
 //
 //  1. It drops the replication slot (pg_drop_replication_slot), but only a logical
-//     pgoutput slot of this database that is not temporary: the kind Setup creates.
+//     pgoutput slot of this database that is not temporary and not two_phase: the
+//     kind Setup creates.
 //  2. If other slots may be Syncers sharing the control schema, the watermark table
 //     and the publication (TeardownResult.OtherSlots: non-temporary logical pgoutput
 //     slots of this database), it keeps those and deletes only this slot's rows of
@@ -223,7 +224,7 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // holding its lock (see Run), in this or another process (stop it first; nothing is
 // dropped);
 // ErrSlotMismatch when the slot is not a logical pgoutput slot of this database, or
-// is another session's temporary slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
+// is another session's temporary slot, or a two_phase slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
 // when the control schema holds anything but dbsync's tables, something depends on
 // those, or the schema is public, information_schema or pg_* (the slot is dropped,
 // the rest kept); or the server's error.
@@ -269,12 +270,12 @@ func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, er
 // false when there is none.
 func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, err error) {
 	var slotType, plugin, database, current string
-	var temporary, active bool
+	var temporary, active, twoPhase bool
 	var pid int
 	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
-		COALESCE(active_pid, 0), current_database()
-		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.replicationSlot).Scan(
-		&slotType, &plugin, &database, &temporary, &active, &pid, &current)
+		COALESCE(active_pid, 0), COALESCE((to_jsonb(s) ->> 'two_phase')::bool, false), current_database()
+		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(
+		&slotType, &plugin, &database, &temporary, &active, &pid, &twoPhase, &current)
 	if errors.Is(err, sql.ErrNoRows) {
 		s.log.Info("dbsync: teardown: no replication slot to drop", "slot", s.replicationSlot)
 		return false, nil
@@ -293,6 +294,9 @@ func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, er
 	if temporary {
 		return false, fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d), which dbsync does not create and does not drop; PostgreSQL drops it when that session ends",
 			ErrSlotMismatch, s.replicationSlot, pid)
+	}
+	if twoPhase {
+		return false, s.errSlotTwoPhase()
 	}
 	if active {
 		return false, fmt.Errorf("%w: slot %q is read by backend PID %d: stop that consumer first (or SELECT pg_terminate_backend(%d))",
