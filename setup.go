@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -20,17 +21,23 @@ const setupLockKey = 0x64627379 // "dbsy"
 // wal_level and the role's replication privilege, creates the control schema and the
 // watermark table, creates the publication for ForTables when it is missing (otherwise
 // requires it to exist), adds the watermark table (and ForTables tables) to it, and
-// sets REPLICA IDENTITY FULL on WithReplicaIdentityFull tables, reports published tables
+// warns (a log line at level Warn) when the publication does not publish every kind
+// of change (publish = '...' without update, delete or truncate: those changes of its
+// tables never reach the Syncer), sets REPLICA IDENTITY FULL on WithReplicaIdentityFull
+// tables, reports published tables
 // whose updates/deletes cannot be captured or whose key holds a generated column
 // (CheckReplicaIdentity: a warning, or
 // ErrReplicaIdentity with WithStrictReplicaIdentity), and creates the pgoutput slot
 // when it is missing. NewSyncer calls it unless WithSetup(false).
 //
-// Errors: ErrWALLevel, ErrReplicationPrivilege, ErrInsufficientPrivilege (the role may
+// Errors: ErrWALLevel, ErrReplicationPrivilege, ErrConfig (a ForTables table does not
+// exist, or a table of the watermark or snapshot progress table's name in the control
+// schema lacks the columns or key dbsync creates it with), ErrInsufficientPrivilege (the role may
 // not create the control schema or its tables, or change the publication: the message
 // names the GRANT or the owner's statement; no slot is created), ErrPublicationMissing
 // (with the CREATE PUBLICATION statement to run), ErrSlotMismatch (a slot of that name is not a logical
-// pgoutput slot of this database, or is another session's temporary slot), ErrSlotInvalidated (the slot exists
+// pgoutput slot of this database, or is another session's temporary slot, or was
+// created with two_phase = true), ErrSlotInvalidated (the slot exists
 // but PostgreSQL invalidated it: wal_status lost), or the server's error; when ctx
 // ended first, the error wraps ctx.Err() too (creating the slot waits for the
 // transactions open in the cluster: see watchSlotCreation).
@@ -44,6 +51,9 @@ func (s *Syncer) Setup(ctx context.Context) (err error) {
 		return err
 	}
 	if err := s.setupCatalog(ctx); err != nil {
+		return err
+	}
+	if err := s.warnUnpublishedOperations(ctx); err != nil {
 		return err
 	}
 	if err := s.ensureReplicaIdentity(ctx); err != nil {
@@ -68,6 +78,41 @@ func (s *Syncer) checkServer(ctx context.Context) error {
 		return fmt.Errorf("%w: role %q has neither SUPERUSER nor REPLICATION; run ALTER ROLE %s REPLICATION",
 			ErrReplicationPrivilege, role, pq.QuoteIdentifier(role))
 	}
+	return nil
+}
+
+// warnUnpublishedOperations logs a warning when the publication does not publish
+// INSERT, UPDATE, DELETE or TRUNCATE (CREATE PUBLICATION ... WITH (publish = '...')):
+// pgoutput leaves those changes of its tables out of the slot, so the Syncer never
+// sees them, which a consumer keeping a copy of the tables would not otherwise notice.
+// (Without INSERT no watermark arrives either: Refresh and Snapshot fail with ErrConfig,
+// checkPublishedForSelection.) The publication's choice is kept.
+func (s *Syncer) warnUnpublishedOperations(ctx context.Context) error {
+	var ins, upd, del, trunc bool
+	err := s.db.QueryRowContext(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_catalog.pg_publication WHERE pubname = $1`,
+		s.publication).Scan(&ins, &upd, &del, &trunc)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil // setupCatalog reported it
+	}
+	if err != nil {
+		return classify(err, "look up publication "+s.publication)
+	}
+	var missing []string
+	for _, op := range []struct {
+		name string
+		on   bool
+	}{{"INSERT", ins}, {"UPDATE", upd}, {"DELETE", del}, {"TRUNCATE", trunc}} {
+		if !op.on {
+			missing = append(missing, op.name)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	s.log.Warn("dbsync: publication "+s.publication+" does not publish "+strings.Join(missing, ", ")+
+		": those changes of its tables never reach the Syncer; if that is not intended, run ALTER PUBLICATION "+
+		pq.QuoteIdentifier(s.publication)+" SET (publish = 'insert, update, delete, truncate')",
+		"publication", s.publication, "unpublished", missing)
 	return nil
 }
 
@@ -107,6 +152,9 @@ func (s *Syncer) setupCatalogOn(ctx context.Context, db txBeginner) (err error) 
 		}
 	}()
 	if err = s.ensureCtrlTables(ctx, tx); err != nil {
+		return err
+	}
+	if err = s.checkCtrlTables(ctx, tx); err != nil {
 		return err
 	}
 	if err = s.ensureProgressRelationOID(ctx, tx); err != nil {
@@ -163,6 +211,81 @@ func (s *Syncer) ensureCtrlTables(ctx context.Context, tx *sql.Tx) error {
 				ErrInsufficientPrivilege, role, ns, schemaOwner.String, ns, r, ns, r, err)
 		}
 		return classify(err, "create the watermark and snapshot progress tables in "+s.ctrlNamespace)
+	}
+	return nil
+}
+
+// ctrlColumn is a column dbsync's control tables are created with (sql/setup_ctrl.sql)
+// and its type as format_type names it.
+type ctrlColumn struct{ name, typ string }
+
+// ctrlTableShape is what dbsync needs of a control table: its columns and unique key.
+type ctrlTableShape struct {
+	what string
+	cols []ctrlColumn
+	key  []string
+}
+
+// wmTableShape and progressTableShape are the watermark and snapshot progress tables
+// as dbsync reads and writes them. relation_oid is left out: ensureProgressRelationOID
+// adds it to a progress table created before it existed.
+var (
+	wmTableShape = ctrlTableShape{"watermark table",
+		[]ctrlColumn{{"selection_id", "text"}, {"wm_type", "text"}, {"created_at", "timestamp with time zone"}},
+		[]string{"selection_id", "wm_type"}}
+	progressTableShape = ctrlTableShape{"snapshot progress table", []ctrlColumn{{"slot_name", "text"}, {"table_name", "text"},
+		{"key_columns", "text[]"}, {"last_key", "text[]"}, {"chunk_size", "integer"}, {"chunks_done", "bigint"},
+		{"rows_done", "bigint"}, {"started_at", "timestamp with time zone"}, {"updated_at", "timestamp with time zone"},
+		{"finished_at", "timestamp with time zone"}}, []string{"slot_name", "table_name"}}
+)
+
+// checkCtrlTables checks that the watermark and snapshot progress tables in the
+// control schema have the columns (name and type) and the unique key dbsync creates
+// them with: a table of that name made by something else would otherwise be taken
+// for dbsync's, and fail Refresh and Snapshot later with misleading errors. It runs
+// before anything alters the tables (ensureProgressRelationOID) or creates a slot.
+//
+// Errors: ErrConfig naming the table and what it lacks.
+func (s *Syncer) checkCtrlTables(ctx context.Context, tx *sql.Tx) error {
+	for _, c := range []struct {
+		name  string
+		shape ctrlTableShape
+	}{{s.wmTableName, wmTableShape}, {snapshotProgressTable, progressTableShape}} {
+		q, shape := qualifiedTable{s.ctrlNamespace, c.name}, c.shape
+		var cols, types []string
+		var keys []string
+		// Column types by format_type; unique keys (non-partial unique indexes, key
+		// columns only) as their sorted column names joined by commas: what ON
+		// CONFLICT (...) infers its arbiter from.
+		if err := tx.QueryRowContext(ctx, `SELECT
+			ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT (SELECT string_agg(a.attname::text, ',' ORDER BY a.attname::text) FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) k(n)
+					JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n)
+				FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND 0 <> ALL (i.indkey::int2[]))
+			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2`, q.schema, q.name).Scan(pq.Array(&cols), pq.Array(&types), pq.Array(&keys)); err != nil {
+			return classify(err, "check the columns of "+q.schema+"."+q.name)
+		}
+		have := make(map[string]string, len(cols))
+		for i, c := range cols {
+			have[c] = types[i]
+		}
+		var lacks []string
+		for _, c := range shape.cols {
+			if have[c.name] != c.typ {
+				lacks = append(lacks, "column "+c.name+" "+c.typ)
+			}
+		}
+		key := append([]string(nil), shape.key...)
+		slices.Sort(key)
+		if !slices.Contains(keys, strings.Join(key, ",")) {
+			lacks = append(lacks, "a unique key on ("+strings.Join(shape.key, ", ")+")")
+		}
+		if len(lacks) > 0 {
+			return fmt.Errorf("%w: table %s is not the %s dbsync creates: it lacks %s; drop it (DROP TABLE %s) for setup to create dbsync's, or choose another control schema (WithCtrlNamespace / %s)",
+				ErrConfig, q.quoted(), shape.what, strings.Join(lacks, ", "), q.quoted(), EnvCtrlNamespace)
+		}
 	}
 	return nil
 }
@@ -309,8 +432,14 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 		var in bool
 		// pg_publication_tables lists a partitioned table's partitions, not the table
 		// itself, unless the publication publishes via the root: pg_publication_rel
-		// says whether the table was added itself.
-		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+		// says whether the table was added itself. With publish_via_partition_root it
+		// lists the partitioned table and not its partitions, whose changes it
+		// publishes under it: a partition one of whose ancestors it lists is in.
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
+			JOIN pg_catalog.pg_partition_ancestors(format('%I.%I', $2::text, $3::text)::regclass) a(relid)
+				ON a.relid = format('%I.%I', pt.schemaname, pt.tablename)::regclass
+			WHERE pt.pubname = $1)
+			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
 			WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)
 			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
 			WHERE p.pubname = $1 AND pr.prrelid = format('%I.%I', $2::text, $3::text)::regclass)`, s.publication, t.schema, t.name).Scan(&in); err != nil {
@@ -364,18 +493,25 @@ func (e *publicationDeniedError) Unwrap() error { return e.err }
 // publicationDenied is the error of the publication statements stmts the role was
 // refused (cause: the first refusal), naming them for the owner to run.
 func (s *Syncer) publicationDenied(ctx context.Context, tx *sql.Tx, stmts []string, cause error) error {
-	var role string
+	var role, database string
 	var owner sql.NullString
-	if err := tx.QueryRowContext(ctx, `SELECT current_user, (SELECT pg_catalog.pg_get_userbyid(pubowner) FROM pg_catalog.pg_publication WHERE pubname = $1)`,
-		s.publication).Scan(&role, &owner); err != nil {
+	var dbCreate bool
+	if err := tx.QueryRowContext(ctx, `SELECT current_user, current_database(), has_database_privilege(current_database(), 'CREATE'),
+		(SELECT pg_catalog.pg_get_userbyid(pubowner) FROM pg_catalog.pg_publication WHERE pubname = $1)`,
+		s.publication).Scan(&role, &database, &dbCreate, &owner); err != nil {
 		return classify(err, "look up the owner of publication "+s.publication)
 	}
-	who := "a superuser (or a role owning the tables)"
+	who, grant := "a superuser (or a role owning the tables)", ""
 	if owner.Valid {
 		who = fmt.Sprintf("a superuser (or a role owning publication %q, owned by %q, and the tables added)", s.publication, owner.String)
+	} else if !dbCreate {
+		// CREATE PUBLICATION needs CREATE on the database besides owning the tables.
+		who = "a superuser (or a role owning the tables with CREATE on the database)"
+		grant = fmt.Sprintf("; or, when role %q owns the tables, let it create the publication with\n  GRANT CREATE ON DATABASE %s TO %s",
+			role, pq.QuoteIdentifier(database), pq.QuoteIdentifier(role))
 	}
-	return &publicationDeniedError{fmt.Errorf("%w: role %q may not change publication %q: have %s run\n  %s;\nthen set up again (no replication slot was created; the control schema was): %w",
-		ErrInsufficientPrivilege, role, s.publication, who, strings.Join(stmts, ";\n  "), cause)}
+	return &publicationDeniedError{fmt.Errorf("%w: role %q may not change publication %q: have %s run\n  %s%s;\nthen set up again (no replication slot was created; the control schema was): %w",
+		ErrInsufficientPrivilege, role, s.publication, who, strings.Join(stmts, ";\n  "), grant, cause)}
 }
 
 // ensureSlot creates the pgoutput slot if missing, and rejects an existing slot that
@@ -384,7 +520,9 @@ func (s *Syncer) publicationDenied(ctx context.Context, tx *sql.Tx, stmts []stri
 // creating (building its initial snapshot) is listed in pg_replication_slots before
 // its plugin is, and must not be mistaken for a foreign slot.
 // (pg_create_logical_replication_slot cannot run in a transaction that wrote, so the
-// transaction-level lock of setupCatalog cannot cover it.)
+// transaction-level lock of setupCatalog cannot cover it.) Advisory locks are per
+// database: a slot of the name created meanwhile for another database fails the
+// creation (42710), and the slot is then looked up and judged again.
 //
 // Teardown decides under the same lock whether other slots still need the control
 // schema and the watermark table: once this slot exists it sees it and keeps them. A
@@ -404,43 +542,68 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 			err = classify(uerr, "unlock slot setup")
 		}
 	}()
-	var plugin, slotType, database, walStatus sql.NullString
-	var temporary sql.NullBool
-	var pid sql.NullInt64
-	var current string
-	err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid, current_database()
-		FROM (SELECT current_database()) AS d(x)
-		LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &current)
-	if err != nil {
-		return classify(err, "look up replication slot")
-	}
-	if slotType.Valid {
-		if slotType.String != "logical" || plugin.String != "pgoutput" || database.String != current {
-			return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot(%s)",
-				ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
-		}
-		if temporary.Bool {
-			// dbsync never creates a temporary slot under this name: it belongs to
-			// another session and is dropped when that session ends, with the
-			// position the Syncer reached (Run would then fail with ErrSlotMissing).
-			return fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d): PostgreSQL drops it when that session ends, and the Syncer's position with it; choose another name (WithReplicationSlot / %s), or end that session and set up again",
-				ErrSlotMismatch, s.replicationSlot, pid.Int64, EnvReplSlot)
-		}
-		if walStatus.String == "lost" {
-			// The server removed WAL the slot still needed (max_slot_wal_keep_size):
-			// the changes in it are gone for this slot, so reading on would skip them.
-			return s.errSlotLost(nil)
-		}
-	} else {
-		stopWatch := s.watchSlotCreation(ctx, slotCreationWarnAfter)
-		_, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
-		stopWatch()
+	for attempt := 0; ; attempt++ {
+		var plugin, slotType, database, walStatus sql.NullString
+		var temporary, twoPhase sql.NullBool
+		var pid sql.NullInt64
+		var current string
+		// two_phase through to_jsonb: PostgreSQL 13 has no such column (NULL there).
+		err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid,
+			(to_jsonb(s) ->> 'two_phase')::bool, current_database()
+			FROM (SELECT current_database()) AS d(x)
+			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &twoPhase, &current)
 		if err != nil {
-			return classify(err, "create replication slot "+s.replicationSlot)
+			return classify(err, "look up replication slot")
 		}
-		s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
+		if slotType.Valid {
+			if slotType.String != "logical" || plugin.String != "pgoutput" || database.String != current {
+				return fmt.Errorf("%w: slot %q is a %s slot with plugin %q on database %q; dbsync needs a logical pgoutput slot on %q: choose another name (WithReplicationSlot / %s) or drop it with SELECT pg_drop_replication_slot(%s)",
+					ErrSlotMismatch, s.replicationSlot, slotType.String, plugin.String, database.String, current, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
+			}
+			if temporary.Bool {
+				// dbsync never creates a temporary slot under this name: it belongs to
+				// another session and is dropped when that session ends, with the
+				// position the Syncer reached (Run would then fail with ErrSlotMissing).
+				return fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d): PostgreSQL drops it when that session ends, and the Syncer's position with it; choose another name (WithReplicationSlot / %s), or end that session and set up again",
+					ErrSlotMismatch, s.replicationSlot, pid.Int64, EnvReplSlot)
+			}
+			if twoPhase.Bool {
+				return s.errSlotTwoPhase()
+			}
+			if walStatus.String == "lost" {
+				// The server removed WAL the slot still needed (max_slot_wal_keep_size):
+				// the changes in it are gone for this slot, so reading on would skip them.
+				return s.errSlotLost(nil)
+			}
+		} else {
+			if s.beforeSlotCreate != nil {
+				s.beforeSlotCreate()
+			}
+			stopWatch := s.watchSlotCreation(ctx, slotCreationWarnAfter)
+			_, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
+			stopWatch()
+			if err != nil {
+				if hasSQLState(err, "42710") && attempt == 0 {
+					// Created meanwhile outside this lock, which is per database (a
+					// Syncer of another database): look at it as one found at first.
+					continue
+				}
+				return classify(err, "create replication slot "+s.replicationSlot)
+			}
+			s.log.Info("dbsync: created replication slot", "slot", s.replicationSlot)
+		}
+		break
 	}
 	return s.recheckCatalog(ctx, conn)
+}
+
+// errSlotTwoPhase is ErrSlotMismatch for a slot created with two_phase = true, which
+// dbsync never creates: pgoutput sends its prepared transactions at PREPARE TRANSACTION
+// as BEGIN PREPARE / PREPARE messages (and COMMIT PREPARED without the changes), which
+// dbsync does not read, so Run would stop at the first one.
+func (s *Syncer) errSlotTwoPhase() error {
+	return fmt.Errorf("%w: slot %q was created with two_phase = true (a subscription's WITH (two_phase = true) creates such slots): pgoutput sends its prepared transactions as PREPARE messages, which dbsync does not read; dbsync neither uses nor drops it: choose another name (WithReplicationSlot / %s), or drop it with SELECT pg_drop_replication_slot(%s) if nothing uses it",
+		ErrSlotMismatch, s.replicationSlot, EnvReplSlot, pq.QuoteLiteral(s.replicationSlot))
 }
 
 // recheckCatalog sets up the control schema, the watermark table and its place in the

@@ -200,7 +200,8 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // retaining WAL, without touching what other Syncers of the database may use:
 //
 //  1. It drops the replication slot (pg_drop_replication_slot), but only a logical
-//     pgoutput slot of this database that is not temporary: the kind Setup creates.
+//     pgoutput slot of this database that is not temporary and not two_phase: the
+//     kind Setup creates.
 //  2. If other slots may be Syncers sharing the control schema, the watermark table
 //     and the publication (TeardownResult.OtherSlots: non-temporary logical pgoutput
 //     slots of this database), it keeps those and deletes only this slot's rows of
@@ -208,7 +209,8 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 //     snapshots over). The teardown of the last such slot removes them.
 //  3. Otherwise it takes the watermark table out of the publication (ALTER
 //     PUBLICATION ... DROP TABLE, unless the publication is FOR ALL TABLES or does
-//     not hold it), drops dbsync's two tables (the watermark and snapshot progress
+//     not hold it by itself: one publishing it FOR TABLES IN SCHEMA of the control
+//     schema loses the table, and the schema, when they are dropped), drops dbsync's two tables (the watermark and snapshot progress
 //     tables) and then the control schema, never with CASCADE, in one transaction:
 //     if anything dbsync did not create is in the schema or depends on its tables
 //     (a type, a view, a column of such a type), nothing of step 3 is done.
@@ -222,7 +224,7 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // holding its lock (see Run), in this or another process (stop it first; nothing is
 // dropped);
 // ErrSlotMismatch when the slot is not a logical pgoutput slot of this database, or
-// is another session's temporary slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
+// is another session's temporary slot, or a two_phase slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
 // when the control schema holds anything but dbsync's tables, something depends on
 // those, or the schema is public, information_schema or pg_* (the slot is dropped,
 // the rest kept); or the server's error.
@@ -268,12 +270,12 @@ func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, er
 // false when there is none.
 func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, err error) {
 	var slotType, plugin, database, current string
-	var temporary, active bool
+	var temporary, active, twoPhase bool
 	var pid int
 	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
-		COALESCE(active_pid, 0), current_database()
-		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, s.replicationSlot).Scan(
-		&slotType, &plugin, &database, &temporary, &active, &pid, &current)
+		COALESCE(active_pid, 0), COALESCE((to_jsonb(s) ->> 'two_phase')::bool, false), current_database()
+		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(
+		&slotType, &plugin, &database, &temporary, &active, &pid, &twoPhase, &current)
 	if errors.Is(err, sql.ErrNoRows) {
 		s.log.Info("dbsync: teardown: no replication slot to drop", "slot", s.replicationSlot)
 		return false, nil
@@ -292,6 +294,9 @@ func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, er
 	if temporary {
 		return false, fmt.Errorf("%w: slot %q is a temporary slot of another session (backend PID %d), which dbsync does not create and does not drop; PostgreSQL drops it when that session ends",
 			ErrSlotMismatch, s.replicationSlot, pid)
+	}
+	if twoPhase {
+		return false, s.errSlotTwoPhase()
 	}
 	if active {
 		return false, fmt.Errorf("%w: slot %q is read by backend PID %d: stop that consumer first (or SELECT pg_terminate_backend(%d))",
@@ -427,8 +432,13 @@ func (s *Syncer) dropWMFromPublication(ctx context.Context, tx *sql.Tx) (unpubli
 		return false, classify(err, "look up publication "+s.publication)
 	}
 	var in bool
-	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
-		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
+	// Only a table the publication holds by itself (pg_publication_rel) can be dropped
+	// from it: one it publishes through FOR TABLES IN SCHEMA of the control schema
+	// leaves it with the table (and the schema, when that is dropped).
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr
+		JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+		JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1 AND n.nspname = $2 AND c.relname = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
 		return false, classify(err, "read publication tables of "+s.publication)
 	}
 	if !in {

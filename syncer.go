@@ -136,6 +136,9 @@ type Syncer struct {
 	// writersWaiting, when set, is called when a Snapshot of a table finds
 	// transactions writing it that it waits for (waitForTableWriters; tests).
 	writersWaiting func(table string, n int)
+	// beforeSlotCreate, when set, is called by setup right before it creates the
+	// slot, after it found none (ensureSlot; tests).
+	beforeSlotCreate func()
 	// splitPeeks counts split polls (peekread.go); splitMinWAL, when not 0, replaces
 	// the backlog from which polls are split (tests).
 	splitPeeks  atomic.Uint64
