@@ -127,8 +127,9 @@ var (
 	// ErrEncoding: PostgreSQL could not convert a value of a change (or of a selected
 	// row) to the connection's client_encoding, UTF8 (SQLSTATE 22021
 	// character_not_in_repertoire or 22P05 untranslatable_character). pgoutput
-	// converts every text value it sends to the client encoding, and lib/pq and pgx
-	// speak UTF8 only. The usual cause is a SQL_ASCII database holding bytes that are
+	// converts every text value it sends to the client encoding, which dbsync needs to
+	// be UTF8 (lib/pq asks for it; Run refuses a pgx session in another with
+	// ErrConfig). The usual cause is a SQL_ASCII database holding bytes that are
 	// not UTF-8, which PostgreSQL stores unchecked. The slot cannot be read past that
 	// change (the peek fails as a whole, so the changes before it in the same poll are
 	// not delivered either, and nothing is forwarded): store valid UTF-8 from now on,
