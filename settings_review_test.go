@@ -392,3 +392,36 @@ func TestReadOnlyRoleNamed(t *testing.T) {
 		})
 	}
 }
+
+// TestPgxOnSQLASCIIDatabase: a pgx session in a SQL_ASCII database has client_encoding
+// SQL_ASCII (the database's), so pgoutput converted nothing and Run delivered bytes
+// that are not UTF-8 ('é' stored in LATIN1: "\xe9t\xe9") where the README promises
+// ErrEncoding. Run now refuses the session with ErrConfig; with client_encoding=UTF8
+// in the connection string it stops with ErrEncoding as through lib/pq.
+func TestPgxOnSQLASCIIDatabase(t *testing.T) {
+	d := pgtest.Shared(t).NewDatabaseWithEncoding(t, "SQL_ASCII")
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`)
+	db, err := sql.Open("pgx", d.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	rec := &changeRecorder{}
+	s := newTestSyncer(t, d, WithDB(db), ForTables("items"), WithMessageHandler(rec))
+	execAll(t, d.DB, `INSERT INTO items VALUES (1, convert_from('\xe974e9'::bytea, 'LATIN1'))`)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = s.Run(ctx)
+	require.ErrorIs(t, err, ErrConfig)
+	require.Contains(t, err.Error(), "client_encoding is SQL_ASCII")
+	chs, _ := rec.snapshot()
+	require.Empty(t, chs)
+	require.NoError(t, s.Close())
+
+	db8, err := sql.Open("pgx", d.DSN()+" client_encoding=UTF8")
+	require.NoError(t, err)
+	t.Cleanup(func() { db8.Close() })
+	s8 := newTestSyncer(t, d, WithDB(db8), WithMessageHandler(rec))
+	err = s8.Run(ctx)
+	require.ErrorIs(t, err, ErrEncoding)
+	chs, _ = rec.snapshot()
+	require.Empty(t, chs)
+}
