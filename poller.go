@@ -684,13 +684,14 @@ const clientEncoding = `current_setting('client_encoding')`
 // and dbsync's values are Go strings in UTF-8: in another encoding they would be
 // delivered as that encoding's bytes ('é' as "\xe9" in LATIN1), and a character it
 // lacks would stop every peek. lib/pq asks for UTF8 when it connects; pgx does not,
-// so a client_encoding set for the role or the database (ALTER ROLE/DATABASE ... SET)
+// so the database's encoding (TestPgxOnNonUTF8Database), or a client_encoding set for
+// the role or the database (ALTER ROLE/DATABASE ... SET)
 // or in the options parameter (PGOPTIONS) reaches its sessions (TestClientEncodingOfRoleRefused).
 func checkClientEncoding(enc string) error {
 	if enc == "UTF8" {
 		return nil
 	}
-	return fmt.Errorf("%w: the session's client_encoding is %s (set for the role or the database, or in options?), but dbsync reads text as UTF-8 and would deliver it in %s; add client_encoding=UTF8 to the connection string (pgx passes it to the server)", ErrConfig, enc, enc)
+	return fmt.Errorf("%w: the session's client_encoding is %s (the database's encoding, or set for the role or the database?), but dbsync reads text as UTF-8 and would deliver it in %s; add client_encoding=UTF8 to the connection string (pgx passes it to the server)", ErrConfig, enc, enc)
 }
 
 // isTransient tells whether err is worth retrying: a lost or refused connection, a
