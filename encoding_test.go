@@ -10,7 +10,8 @@ import (
 )
 
 // TestSQLASCIIEncodingError: a SQL_ASCII database stores text bytes unchecked, and
-// pgoutput converts each text value to the client encoding (UTF8 for lib/pq and pgx),
+// pgoutput converts each text value to the client encoding (UTF8: lib/pq asks for it;
+// a pgx session in another is refused, TestPgxOnNonUTF8Database),
 // which fails (22021) on bytes that are not UTF-8. Run stops with ErrEncoding, after
 // delivering the changes of earlier polls and without forwarding the slot past the
 // failing transaction; skipping that transaction as ErrEncoding's documentation says

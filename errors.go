@@ -97,7 +97,10 @@ var (
 	// that dbsync cannot match with changes (docs/SNAPSHOTS.md, "API"), a table name
 	// that names no table, a table the publication does not carry (or carries with a
 	// row filter), Refresh or Snapshot with an EventsProcessor, Run on a pool of one
-	// connection. The message says which and how to fix it.
+	// connection, a session whose client_encoding is not UTF8 (Run, GetMessages), a
+	// write of dbsync's (setup, a watermark) in a read-only session (SQLSTATE 25006:
+	// default_transaction_read_only on for the role or the database). The message
+	// says which and how to fix it.
 	ErrConfig = errors.New("dbsync: invalid configuration")
 	// ErrRefreshAbandoned: the Syncer stopped (Stop, a cancelled Run context, a handler
 	// error under StopOnHandlerError) before the selection's high watermark was
@@ -128,8 +131,9 @@ var (
 	// ErrEncoding: PostgreSQL could not convert a value of a change (or of a selected
 	// row) to the connection's client_encoding, UTF8 (SQLSTATE 22021
 	// character_not_in_repertoire or 22P05 untranslatable_character). pgoutput
-	// converts every text value it sends to the client encoding, and lib/pq and pgx
-	// speak UTF8 only. The usual cause is a SQL_ASCII database holding bytes that are
+	// converts every text value it sends to the client encoding, which dbsync needs to
+	// be UTF8 (lib/pq asks for it; Run refuses a pgx session in another with
+	// ErrConfig). The usual cause is a SQL_ASCII database holding bytes that are
 	// not UTF-8, which PostgreSQL stores unchecked. The slot cannot be read past that
 	// change (the peek fails as a whole, so the changes before it in the same poll are
 	// not delivered either, and nothing is forwarded): store valid UTF-8 from now on,
@@ -216,6 +220,11 @@ func classify(err error, what string) error {
 		}
 	case "22021", "22P05":
 		named = ErrEncoding
+	case "25006":
+		// read_only_sql_transaction: a write (setup's DDL, a watermark, snapshot
+		// progress) in a session the role's or database's default_transaction_read_only
+		// makes read only (TestReadOnlyRoleNamed).
+		return fmt.Errorf("%w: %s: the session is read only, but dbsync writes its control tables and watermarks; turn default_transaction_read_only off for dbsync's role (ALTER ROLE ... SET default_transaction_read_only = off, or options='-c default_transaction_read_only=off' in the connection string), or connect to the primary: %w", ErrConfig, what, err)
 	}
 	if named == nil {
 		return fmt.Errorf("%s: %w", what, err)

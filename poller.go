@@ -165,7 +165,8 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 // returned, so a call returns whole transactions and may return more rows than
 // numMessages (a transaction of a million rows comes whole even with numMessages 1).
 // numMessages <= 0 means no row bound; above 2147483647 (upto_nchanges is an int4) it
-// is ErrConfig, and nothing is read. After Close, GetMessages returns ErrClosed, and
+// is ErrConfig, and nothing is read; so is a session whose client_encoding is not
+// UTF8 (add client_encoding=UTF8 to the connection string). After Close, GetMessages returns ErrClosed, and
 // while Run runs ErrAlreadyRunning (Run reads the slot itself). With
 // consume it also forwards the slot past the returned rows (as Forward(len) would),
 // otherwise repeated calls return the same rows until Forward. Rows are appended to
@@ -189,8 +190,12 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	defer func() { err = s.diagnose(ctx, err) }()
 	var upto pglogrepl.LSN
 	var timed bool
-	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), `+stmtTimeoutSet).Scan(&upto, &timed); err != nil {
+	var enc string
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), `+stmtTimeoutSet+`, `+clientEncoding).Scan(&upto, &timed, &enc); err != nil {
 		return out, classify(err, "read pg_current_wal_flush_lsn()")
+	}
+	if err := checkClientEncoding(enc); err != nil {
+		return out, err
 	}
 	s.stmtTimeout.Store(timed)
 	start := len(out)
@@ -484,8 +489,12 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	written := s.win.writtenUnstamped()
 	var upto, insert pglogrepl.LSN
 	var timed bool
-	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), pg_current_wal_insert_lsn(), `+stmtTimeoutSet).Scan(&upto, &insert, &timed); err != nil {
+	var enc string
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), pg_current_wal_insert_lsn(), `+stmtTimeoutSet+`, `+clientEncoding).Scan(&upto, &insert, &timed, &enc); err != nil {
 		return res, classify(err, "read pg_current_wal_flush_lsn()")
+	}
+	if err := checkClientEncoding(enc); err != nil {
+		return res, err
 	}
 	s.stmtTimeout.Store(timed)
 	s.win.stamp(written, insert)
@@ -665,6 +674,25 @@ func newRetryBackoff() *backoff.ExponentialBackOff {
 // maxSlotInUseRetries is how many consecutive "slot is active" errors (55006) Run
 // retries (about 3 s of backoff) before returning ErrSlotInUse.
 const maxSlotInUseRetries = 5
+
+// clientEncoding is a select-list expression: the session's client_encoding, read
+// with each poll's flush LSN (checkClientEncoding).
+const clientEncoding = `current_setting('client_encoding')`
+
+// checkClientEncoding refuses a session whose client_encoding is not UTF8. pgoutput
+// converts every text value (and every name in a RELATION) to the client encoding,
+// and dbsync's values are Go strings in UTF-8: in another encoding they would be
+// delivered as that encoding's bytes ('é' as "\xe9" in LATIN1), and a character it
+// lacks would stop every peek. lib/pq asks for UTF8 when it connects; pgx does not,
+// so the database's encoding (TestPgxOnNonUTF8Database), or a client_encoding set for
+// the role or the database (ALTER ROLE/DATABASE ... SET)
+// or in the options parameter (PGOPTIONS) reaches its sessions (TestClientEncodingOfRoleRefused).
+func checkClientEncoding(enc string) error {
+	if enc == "UTF8" {
+		return nil
+	}
+	return fmt.Errorf("%w: the session's client_encoding is %s (the database's encoding, or set for the role or the database?), but dbsync reads text as UTF-8 and would deliver it in %s; add client_encoding=UTF8 to the connection string (pgx passes it to the server)", ErrConfig, enc, enc)
+}
 
 // isTransient tells whether err is worth retrying: a lost or refused connection, a
 // server shutting down or starting, too many connections.

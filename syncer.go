@@ -337,7 +337,9 @@ func (s *Syncer) IsRunning() bool {
 // option accepts (set on the struct directly, e.g. DelayBetweenPeekRetries 0), with an
 // EventsProcessor beside a MessageHandler or a Batcher, or
 // (without an EventsProcessor) on a pool limited to one connection (README, "Reading
-// the slot").
+// the slot"), and at its first poll on a session whose client_encoding is not UTF8
+// (pgx takes a role's or database's; add client_encoding=UTF8 to the connection
+// string).
 // When a handler asked to stop but the slot could not then be forwarded past what it
 // processed, Run returns that error (what was processed is delivered again on the
 // next run). A panic in a handler, Batcher or EventsProcessor is not recovered: it
