@@ -138,9 +138,14 @@ type cacheTable struct {
 	// cached rows follow: a RELATION message's or a change's, or a refresh row's table
 	// until one of those comes (nil: none yet).
 	info, shape *dbsync.PGTableInfo
-	// key is the key the rows are keyed by (nil: none yet).
-	key  []string
-	rows map[string]dbsync.StringMap
+	// key is the key the rows are keyed by (nil: none yet), and keyInfo the
+	// description whose key column types their record IDs follow (keyRetyped): the
+	// last one rekey took, so that the refresh rows of a Snapshot taken after a key
+	// column's ALTER COLUMN ... TYPE, described by the new type before the stream's
+	// RELATION message (shape) is, are not taken for another retype one by one.
+	key     []string
+	keyInfo *dbsync.PGTableInfo
+	rows    map[string]dbsync.StringMap
 	// held is what the transaction being applied did at each record ID it touched,
 	// kept from the table's first change in it under REPLICA IDENTITY FULL (a key
 	// under DEFAULT or USING INDEX is never DEFERRABLE: PostgreSQL uses only an
@@ -534,6 +539,8 @@ func (c *Cache) rekey(t *cacheTable, prev, info *dbsync.PGTableInfo) {
 	}
 	old := t.key
 	t.key = info.PrimaryKey
+	keyedBy := t.keyInfo
+	t.keyInfo = info
 	if old != nil && !slices.Equal(old, info.PrimaryKey) {
 		// What the transaction did is known by IDs of the new key from now on.
 		// PostgreSQL refuses to change a table's key while its DEFERRABLE key is
@@ -543,7 +550,7 @@ func (c *Cache) rekey(t *cacheTable, prev, info *dbsync.PGTableInfo) {
 	if old == nil || prev == nil || len(t.rows) == 0 {
 		return
 	}
-	if keyRetyped(prev, info) {
+	if keyedBy != nil && keyRetyped(keyedBy, info) {
 		// ALTER COLUMN ... TYPE of a key column rewrote its values (int 1 became
 		// numeric 1.00, or whatever a USING expression made), logging no row change:
 		// the IDs of the rows' old values are not the IDs changes carry now.
@@ -579,7 +586,8 @@ func (c *Cache) rekey(t *cacheTable, prev, info *dbsync.PGTableInfo) {
 	t.rows = rows
 }
 
-// keyRetyped tells whether a column of info's key is a column of prev of another type
+// keyRetyped tells whether a column of info's key is a column of prev (the
+// description the cached rows are keyed by: cacheTable.keyInfo) of another type
 // (TypeOID or TypeModifier) whose values may have record IDs other than the old
 // values': any change but one among int2, int4 and int8 (the same decimal text) or
 // among text and varchar (the same string). A USING expression that changes the
