@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -194,4 +195,34 @@ func TestEventsProcessorPanicThenRunAgain(t *testing.T) {
 	waitCaughtUp(t, d.DB, s.ReplicationSlot())
 	require.NoError(t, r.stop(t))
 	require.Equal(t, first, second)
+}
+
+// TestBatcherFailureAtStopReported: Run's context ends while the handler holds a row
+// in the middle of a poll; the Batcher then fails to take the poll's completed
+// transactions. Under StopOnHandlerError Run returns the Batcher's error (wrapping
+// ErrHandler), as it does when a handler's ErrStopProcessingMessages ends the poll
+// (TestBatcherFailureNotHiddenByStop), not nil as if those transactions had been
+// applied; the slot is not forwarded.
+func TestBatcherFailureAtStopReported(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	h := newTxLog(`["50"]`)
+	held := h.held
+	s := newTestSyncer(t, d, ForTables("items"), WithMessageHandler(h))
+	s.Batcher = &recBatcher{fail: errors.New("batcher down")}
+	before, err := s.ConfirmedFlushLSN(t.Context())
+	require.NoError(t, err)
+	execAll(t, d.DB, `DO $$ BEGIN FOR i IN 1..100 LOOP INSERT INTO items VALUES (i); COMMIT; END LOOP; END $$`)
+	r := runInBackground(s)
+	t.Cleanup(h.unhold)
+	h.waitHeld(t, held)
+	r.cancel()
+	h.unhold()
+	err = r.wait(t, 20*time.Second)
+	require.ErrorIs(t, err, ErrHandler)
+	require.Contains(t, err.Error(), "batcher down")
+	require.NotContains(t, err.Error(), "context canceled", "the stop is not a failure")
+	after, err := s.ConfirmedFlushLSN(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, before, after)
 }
