@@ -4,13 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -225,4 +230,113 @@ func TestBatcherFailureAtStopReported(t *testing.T) {
 	after, err := s.ConfirmedFlushLSN(t.Context())
 	require.NoError(t, err)
 	require.Equal(t, before, after)
+}
+
+// blockingBatcher holds its first BatchUpsert until released.
+type blockingBatcher struct {
+	recBatcher
+	once    sync.Once
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingBatcher) BatchUpsert(doctype string, docs map[string]StringMap) (any, error) {
+	b.once.Do(func() {
+		close(b.held)
+		<-b.release
+	})
+	return b.recBatcher.BatchUpsert(doctype, docs)
+}
+
+// TestStopWhileBatcherRuns: Run's context ends while BatchUpsert takes a poll. Run
+// waits for it and then forwards the slot past everything it took: nothing comes
+// again on the next run.
+func TestStopWhileBatcherRuns(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	b := &blockingBatcher{held: make(chan struct{}), release: make(chan struct{})}
+	s := newTestSyncer(t, d, ForTables("items"))
+	s.Batcher = b
+	execAll(t, d.DB, `DO $$ BEGIN FOR i IN 1..100 LOOP INSERT INTO items VALUES (i); COMMIT; END LOOP; END $$`)
+	end := flushLSN(t, d.DB)
+	r := runInBackground(s)
+	select {
+	case <-b.held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("BatchUpsert not called")
+	}
+	r.cancel()
+	select {
+	case err := <-r.done:
+		t.Fatalf("Run returned while BatchUpsert runs: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(b.release)
+	require.NoError(t, r.wait(t, 20*time.Second))
+	keys, n := batcherKeys(&b.recBatcher)
+	require.Equal(t, keyRange(1, 100), keys)
+	require.Equal(t, 100, n)
+	require.Equal(t, []string{"true"}, queryStrings(t, d.DB,
+		`SELECT (confirmed_flush_lsn >= $2::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot(), end))
+	left, err := s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Empty(t, left)
+}
+
+// onWrite is an io.Writer that calls f once, at its first write containing sub.
+type onWrite struct {
+	sub  string
+	once sync.Once
+	f    func()
+}
+
+func (w *onWrite) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), w.sub) {
+		w.once.Do(w.f)
+	}
+	return len(p), nil
+}
+
+// TestEventsProcessorStopAdvanceFails: an EventsProcessor asks to stop, and the
+// advance after it fails with an error Run would retry (a walsender took the slot for
+// a moment: ErrSlotInUse). Run must not go on polling and hand the poll again to a
+// processor that asked to stop: it returns why the slot was not forwarded, as for a
+// MessageHandler's ErrStopProcessingMessages (Run's documentation).
+func TestEventsProcessorStopAdvanceFails(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var rc *pgconn.PgConn
+	var calls atomic.Int32
+	var s *Syncer
+	proc := func(msgs []PGMSG, err error) (int, bool) {
+		if err != nil || len(msgs) == 0 {
+			return 0, false
+		}
+		if calls.Add(1) == 1 {
+			// A walsender takes the slot: the advance after this call fails.
+			c, err := pgconn.Connect(ctx, d.Server.URL(d.Name)+"&replication=database")
+			require.NoError(t, err)
+			require.NoError(t, pglogrepl.StartReplication(ctx, c, s.ReplicationSlot(), 0, pglogrepl.StartReplicationOptions{
+				PluginArgs: []string{"proto_version '1'", "publication_names " + pq.QuoteLiteral(s.Publication())}}))
+			rc = c
+		}
+		return len(msgs), true
+	}
+	// The walsender goes once Run logs that it retries.
+	released := make(chan struct{})
+	logs := &onWrite{sub: "retrying", f: func() { rc.Close(context.Background()); close(released) }}
+	s = newTestSyncer(t, d, ForTables("items"), WithEventsProcessor(proc),
+		WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	execAll(t, d.DB, `INSERT INTO items VALUES (1)`)
+	err := runInBackground(s).wait(t, 30*time.Second)
+	require.Equal(t, int32(1), calls.Load(), "the processor asked to stop: not called again")
+	require.ErrorIs(t, err, ErrSlotInUse)
+	require.ErrorContains(t, err, "not forwarded")
+	select {
+	case <-released:
+	default:
+		rc.Close(context.Background())
+	}
 }

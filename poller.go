@@ -635,6 +635,12 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 	actx, cancelAdvance := afterStop(ctx, stopGrace)
 	defer cancelAdvance()
 	if err := s.advance(actx, st, target); err != nil {
+		if stop {
+			// Stop all the same (the processor asked to), not retry the poll and hand
+			// it again to a processor that asked to stop (see pollOnce).
+			res.stop = true
+			return res, fmt.Errorf("stopping as the EventsProcessor asked, but the slot was not forwarded past what it processed (that is delivered again on the next run): %w", err)
+		}
 		return res, err
 	}
 	if complete {
