@@ -404,6 +404,12 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 			res, err = s.pollOnce(ctx, st)
 		}
 		if ctx.Err() != nil {
+			if errors.Is(err, ErrHandler) && s.HandlerErrorPolicy != RetryOnHandlerError {
+				// A handler or the Batcher failed in the poll the stop ended (the
+				// Batcher gets its completed transactions at the stop): fatal as
+				// without the stop, and not to be reported as a clean one.
+				return err
+			}
 			return nil
 		}
 		if err != nil {
@@ -547,6 +553,9 @@ read:
 	stopped := errors.Is(deliverErr, ErrStopProcessingMessages)
 	if ferr := d.finish(); ferr != nil {
 		// The Batcher did not take this poll's transactions: forward nothing.
+		if ctx.Err() != nil && errors.Is(deliverErr, ctx.Err()) {
+			deliverErr = nil // the stop that ended the poll is no failure of its own
+		}
 		deliverErr = errors.Join(deliverErr, ferr)
 		stopped = false
 	}
@@ -626,6 +635,12 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 	actx, cancelAdvance := afterStop(ctx, stopGrace)
 	defer cancelAdvance()
 	if err := s.advance(actx, st, target); err != nil {
+		if stop {
+			// Stop all the same (the processor asked to), not retry the poll and hand
+			// it again to a processor that asked to stop (see pollOnce).
+			res.stop = true
+			return res, fmt.Errorf("stopping as the EventsProcessor asked, but the slot was not forwarded past what it processed (that is delivered again on the next run): %w", err)
+		}
 		return res, err
 	}
 	if complete {

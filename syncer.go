@@ -340,9 +340,11 @@ func (s *Syncer) IsRunning() bool {
 // the slot"), and at its first poll on a session whose client_encoding is not UTF8
 // (pgx takes a role's or database's; add client_encoding=UTF8 to the connection
 // string).
-// When a handler asked to stop but the slot could not then be forwarded past what it
-// processed, Run returns that error (what was processed is delivered again on the
-// next run). A panic in a handler, Batcher or EventsProcessor is not recovered: it
+// When a handler (or an EventsProcessor) asked to stop but the slot could not then be
+// forwarded past what it processed, Run returns that error (what was processed is delivered again on the
+// next run). Under StopOnHandlerError a handler or Batcher failing in the poll that a
+// stop ends (the Batcher gets the poll's completed transactions at the stop) makes Run
+// return that error (ErrHandler) rather than nil, the slot not forwarded past them. A panic in a handler, Batcher or EventsProcessor is not recovered: it
 // goes on to Run's caller once Run has released the slot lock, with nothing of the
 // poll forwarded, so a caller that recovers it may Run again and gets that poll's
 // transactions again.
