@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,17 +77,7 @@ func TestBatcherStopMidPoll(t *testing.T) {
 	require.Equal(t, 1499, n, "each transaction once")
 	require.Equal(t, keyRange(1, 1499), committedKeys(h))
 
-	h2 := newTxLog("none")
-	b2 := &recBatcher{}
-	s.MessageHandler, s.Batcher = h2, b2
-	r2 := runInBackground(s)
-	r2.waitFor(t, 30*time.Second, func() bool { return len(committedKeys(h2)) >= 1501 }, "the rest")
-	waitCaughtUp(t, d.DB, s.ReplicationSlot())
-	require.NoError(t, r2.stop(t))
-	require.Equal(t, keyRange(1500, 3000), committedKeys(h2))
-	keys, n = batcherKeys(b2)
-	require.Equal(t, keyRange(1500, 3000), keys)
-	require.Equal(t, 1501, n)
+	runRestOnce(t, s, d.DB, 1500, 3000)
 }
 
 // TestBatcherHandlerStopsMidPoll: the handler returns ErrStopProcessingMessages at the
@@ -111,17 +102,7 @@ func TestBatcherHandlerStopsMidPoll(t *testing.T) {
 	require.Equal(t, keyRange(1, 1499), keys)
 	require.Equal(t, 1499, n)
 
-	h2 := newTxLog("none")
-	b2 := &recBatcher{}
-	s.MessageHandler, s.Batcher = h2, b2
-	r2 := runInBackground(s)
-	r2.waitFor(t, 30*time.Second, func() bool { return len(committedKeys(h2)) >= 1501 }, "the rest")
-	waitCaughtUp(t, d.DB, s.ReplicationSlot())
-	require.NoError(t, r2.stop(t))
-	require.Equal(t, keyRange(1500, 3000), committedKeys(h2))
-	keys, n = batcherKeys(b2)
-	require.Equal(t, keyRange(1500, 3000), keys)
-	require.Equal(t, 1501, n)
+	runRestOnce(t, s, d.DB, 1500, 3000)
 }
 
 // panickyBatcher panics in its first BatchUpsert.
@@ -339,4 +320,21 @@ func TestEventsProcessorStopAdvanceFails(t *testing.T) {
 	default:
 		rc.Close(context.Background())
 	}
+}
+
+// runRestOnce runs s again with a fresh transaction log and Batcher until it caught
+// up, and requires both to get exactly the transactions of keys from..to, each once.
+func runRestOnce(t *testing.T, s *Syncer, db *sql.DB, from, to int) {
+	t.Helper()
+	h := newTxLog("none")
+	b := &recBatcher{}
+	s.MessageHandler, s.Batcher = h, b
+	r := runInBackground(s)
+	r.waitFor(t, 30*time.Second, func() bool { return len(committedKeys(h)) >= to-from+1 }, "the rest")
+	waitCaughtUp(t, db, s.ReplicationSlot())
+	require.NoError(t, r.stop(t))
+	require.Equal(t, keyRange(from, to), committedKeys(h))
+	keys, n := batcherKeys(b)
+	require.Equal(t, keyRange(from, to), keys)
+	require.Equal(t, to-from+1, n, "each transaction once")
 }
