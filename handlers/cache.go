@@ -138,12 +138,12 @@ type cacheTable struct {
 	// cached rows follow: a RELATION message's or a change's, or a refresh row's table
 	// until one of those comes (nil: none yet).
 	info, shape *dbsync.PGTableInfo
-	// key is the key the rows are keyed by (nil: none yet), and keyInfo the
-	// description whose key column types their record IDs follow (keyRetyped): the
-	// last one rekey took, so that the refresh rows of a Snapshot taken after a key
-	// column's ALTER COLUMN ... TYPE, described by the new type before the stream's
-	// RELATION message (shape) is, are not taken for another retype one by one.
-	key     []string
+	// keyInfo is the description the rows are keyed by (nil: none yet): its key
+	// (PrimaryKey, never empty) and its key columns' types, which their record IDs
+	// follow (keyRetyped). It is the last one rekey took, so that the refresh rows of
+	// a Snapshot taken after a key column's ALTER COLUMN ... TYPE, described by the
+	// new type before the stream's RELATION message (shape) is, are not taken for
+	// another retype one by one.
 	keyInfo *dbsync.PGTableInfo
 	rows    map[string]dbsync.StringMap
 	// held is what the transaction being applied did at each record ID it touched,
@@ -537,20 +537,22 @@ func (c *Cache) rekey(t *cacheTable, prev, info *dbsync.PGTableInfo) {
 	if len(info.PrimaryKey) == 0 {
 		return // without a key the table's changes are refused (ErrNoKey)
 	}
-	old := t.key
-	t.key = info.PrimaryKey
 	keyedBy := t.keyInfo
 	t.keyInfo = info
-	if old != nil && !slices.Equal(old, info.PrimaryKey) {
+	if keyedBy == nil {
+		return // the first key: nothing is keyed otherwise yet
+	}
+	old := keyedBy.PrimaryKey
+	if !slices.Equal(old, info.PrimaryKey) {
 		// What the transaction did is known by IDs of the new key from now on.
 		// PostgreSQL refuses to change a table's key while its DEFERRABLE key is
 		// violated (pending trigger events), so each ID holds one row here.
 		t.held = nil
 	}
-	if old == nil || prev == nil || len(t.rows) == 0 {
+	if prev == nil || len(t.rows) == 0 {
 		return
 	}
-	if keyedBy != nil && keyRetyped(keyedBy, info) {
+	if keyRetyped(keyedBy, info) {
 		// ALTER COLUMN ... TYPE of a key column rewrote its values (int 1 became
 		// numeric 1.00, or whatever a USING expression made), logging no row change:
 		// the IDs of the rows' old values are not the IDs changes carry now.
