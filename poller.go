@@ -158,6 +158,31 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 	return nil
 }
 
+// resyncFellBack re-reads the slot's position when a poll's rows hold a point the slot
+// may be forwarded to (target, 0: none) at or before st.confirmed. A peek returns only
+// what commits after the slot's confirmed_flush_lsn, so the slot is then behind the
+// poller's copy of its position: after a server crash PostgreSQL brings a slot back to
+// its last saved position (saved at checkpoints, and when an advance moves restart_lsn;
+// shared/reference/pg-logical-decoding.md §2), and a Run that met no error across the
+// crash (the pool reconnects by itself) or retried a handler's error kept its copy.
+// Without this the advance past the transactions delivered again was skipped as
+// already done, and a poll cut short by MaxMessagesToRead read the same rows again
+// forever (TestCrashSlotFallsBackMaxMessages).
+func (s *Syncer) resyncFellBack(ctx context.Context, st *slotState, target pglogrepl.LSN) error {
+	if target == 0 || target > st.confirmed {
+		return nil
+	}
+	c, err := s.ConfirmedFlushLSN(ctx)
+	if err != nil {
+		return err
+	}
+	s.log.Warn("dbsync: the slot is behind where this Syncer forwarded it (a server crash brings a slot back to its last saved position): the transactions after it were delivered again",
+		"slot", s.replicationSlot, "confirmed_flush_lsn", c.String(), "forwarded_to", st.confirmed.String())
+	st.confirmed = c
+	st.drainedFlush = 0
+	return nil
+}
+
 // GetMessages returns the rows at the head of the slot, in commit order, of the
 // transactions committed before the current WAL flush LSN (and the non-transactional
 // logical messages among them). numMessages bounds the rows (the peek's upto_nchanges)
@@ -573,7 +598,11 @@ read:
 	// run. It may go on for stopGrace after ctx ended.
 	actx, cancelAdvance := afterStop(ctx, stopGrace)
 	defer cancelAdvance()
-	if err := s.advance(actx, st, target); err != nil {
+	err := s.resyncFellBack(actx, st, target)
+	if err == nil {
+		err = s.advance(actx, st, target)
+	}
+	if err != nil {
 		if stopped {
 			// Stop all the same (the handler asked to); Run returns why the slot was
 			// not forwarded, and what was processed will be delivered again.
@@ -634,7 +663,11 @@ func (s *Syncer) pollBatch(ctx context.Context, st *slotState, upto pglogrepl.LS
 	// pollOnce).
 	actx, cancelAdvance := afterStop(ctx, stopGrace)
 	defer cancelAdvance()
-	if err := s.advance(actx, st, target); err != nil {
+	err = s.resyncFellBack(actx, st, target)
+	if err == nil {
+		err = s.advance(actx, st, target)
+	}
+	if err != nil {
 		if stop {
 			// Stop all the same (the processor asked to), not retry the poll and hand
 			// it again to a processor that asked to stop (see pollOnce).
