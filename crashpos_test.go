@@ -226,3 +226,61 @@ func TestCrashSlotFallsBackEventsProcessor(t *testing.T) {
 	require.Equal(t, 7, n)
 	require.Equal(t, 5, again, "transactions 1-5 come again, once each")
 }
+
+// TestCancelPeekMidStream cancels, with pg_cancel_backend, the backend streaming a
+// poll's rows while the handler holds a row in the middle of a 20 MB backlog, through
+// lib/pq and pgx. The peek runs with statement_timeout off, so its 57014 is an
+// administrator's cancel (or another process's), which leaves the slot as it was:
+// Run ended with the bare server error ("canceling statement due to user request")
+// as if it were fatal, while a pg_terminate_backend of the same backend is retried.
+// Run now retries it the same way (with backoff, logged), and a consumer that drops
+// re-delivered transactions ends with exactly the rows written, in order.
+func TestCancelPeekMidStream(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
+			db, err := sql.Open(driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			const per, txs = 500, 40
+			h := newTxLog(fmt.Sprintf(`["%d"]`, 5*per+per/2))
+			held := h.held
+			logs := &pgtest.Buffer{}
+			s := newTestSyncer(t, d, WithDB(db), ForTables("items"), WithMessageHandler(h),
+				WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+			for tx := 0; tx < txs; tx++ {
+				_, err := d.DB.Exec(`INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series($1::int, $1::int + $2::int - 1) g`, tx*per+1, per)
+				require.NoError(t, err)
+			}
+			r := runInBackground(s)
+			t.Cleanup(r.cancel)
+			t.Cleanup(h.unhold)
+			h.waitHeld(t, held)
+			var n int
+			waitFor(t, 10*time.Second, func() bool {
+				rows, err := d.DB.Query(`SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '-- One poll: pgoutput rows%' AND state = 'active'`)
+				require.NoError(t, err)
+				for rows.Next() {
+					n++
+				}
+				require.NoError(t, rows.Err())
+				rows.Close()
+				return n > 0
+			}, "a backend to cancel")
+			require.Equal(t, 1, n)
+			h.unhold()
+			want := keyRange(1, txs*per)
+			r.waitFor(t, 60*time.Second, func() bool {
+				k, _ := h.applied()
+				return len(k) >= len(want)
+			}, "all rows")
+			waitCaughtUp(t, d.DB, s.ReplicationSlot())
+			require.NoError(t, r.stop(t))
+			keys, _ := h.applied()
+			require.Equal(t, want, keys)
+			require.Contains(t, logs.String(), "poll cancelled by the server; retrying")
+			require.Contains(t, logs.String(), "57014")
+		})
+	}
+}

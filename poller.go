@@ -488,6 +488,15 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 			wait = retry.NextBackOff()
 			s.log.Warn("dbsync: poll failed; retrying", "err", err, "retry_in", wait)
 			first = true
+		case hasSQLState(err, "57014"):
+			// The server cancelled a statement of the poll that Run did not (its context
+			// is live): pg_cancel_backend by an administrator or another process (the
+			// peek and the advance run with statement_timeout off: untimed.go). The slot
+			// is where the poll found it, or where its advance took it: retried like a
+			// lost connection, not ended on as if fatal (TestCancelPeekMidStream).
+			wait = retry.NextBackOff()
+			s.log.Warn("dbsync: poll cancelled by the server; retrying", "err", err, "retry_in", wait)
+			first = true
 		default:
 			return s.diagnose(ctx, err)
 		}
