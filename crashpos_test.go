@@ -284,3 +284,47 @@ func TestCancelPeekMidStream(t *testing.T) {
 		})
 	}
 }
+
+// TestGetMessagesForwardAcrossCrash: a GetMessages and Forward user forwards the slot
+// past two transactions; the server crashes before PostgreSQL saved that position
+// (pinRestartLSN), so the next GetMessages returns both transactions again, though
+// "repeated calls return the same rows until Forward" (GetMessages' doc, which now
+// says so); Forward past them and the next call returns only what came after.
+func TestGetMessagesForwardAcrossCrash(t *testing.T) {
+	_, d := slotFallsBackSetup(t)
+	s := newTestSyncer(t, d, ForTables("items"))
+	conn, err := d.DB.Conn(t.Context())
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = conn.ExecContext(t.Context(), `BEGIN`)
+	require.NoError(t, err)
+	_, err = conn.ExecContext(t.Context(), `INSERT INTO other VALUES (1)`)
+	require.NoError(t, err)
+	execAll(t, d.DB, `CHECKPOINT`)
+	msgs, err := s.GetMessages(0, true, nil)
+	require.NoError(t, err)
+	require.Empty(t, msgs)
+
+	execAll(t, d.DB, `INSERT INTO items VALUES (1)`, `INSERT INTO items VALUES (2)`)
+	msgs, err = s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Equal(t, "BRICBIC", msgTypes(msgs))
+	first := msgs
+	require.NoError(t, s.Forward(len(msgs)))
+	msgs, err = s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Empty(t, msgs)
+
+	require.NoError(t, d.Server.Restart(true))
+	msgs, err = s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Equal(t, first, msgs, "the transactions forwarded past before the crash come again")
+	require.NoError(t, s.Forward(len(msgs)))
+	db2, err := sql.Open("postgres", d.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { db2.Close() })
+	execAll(t, db2, `INSERT INTO items VALUES (3)`)
+	msgs, err = s.GetMessages(0, false, nil)
+	require.NoError(t, err)
+	require.Equal(t, "BRIC", msgTypes(msgs))
+}

@@ -194,7 +194,9 @@ func (s *Syncer) resyncFellBack(ctx context.Context, st *slotState, target pglog
 // UTF8 (add client_encoding=UTF8 to the connection string). After Close, GetMessages returns ErrClosed, and
 // while Run runs ErrAlreadyRunning (Run reads the slot itself). With
 // consume it also forwards the slot past the returned rows (as Forward(len) would),
-// otherwise repeated calls return the same rows until Forward. Rows are appended to
+// otherwise repeated calls return the same rows until Forward (after a server crash,
+// rows forwarded past may come again first: PostgreSQL saves a slot's position at
+// checkpoints, TestGetMessagesForwardAcrossCrash). Rows are appended to
 // out; on an error the rows read before it may have been appended (the peek can end
 // inside a transaction), and Forward still refers to the last call that read the
 // slot without error. This is the low-level API; Run does both for you.
