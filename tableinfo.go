@@ -572,7 +572,14 @@ func (c *tableCache) describeTypes(ctx context.Context, info *PGTableInfo) error
 	}
 	for _, col := range info.Columns {
 		col.dec = resolveDecode(col.TypeOID, types)
-		if col.dec.kind == kindUnknown && col.TypeName != "" {
+		// A type no longer in the catalog (a change written before DROP TYPE or DROP
+		// EXTENSION, decoded after it) keeps resolveDecode's "oid N": format_type
+		// names it "???".
+		_, inCatalog := types[col.TypeOID]
+		if _, known := refTypes.TypeForOID(col.TypeOID); known {
+			inCatalog = true
+		}
+		if col.dec.kind == kindUnknown && col.TypeName != "" && inCatalog {
 			col.dec.name = col.TypeName
 		}
 	}
