@@ -37,3 +37,27 @@ func TestDroppedTypeInBacklogIsOidN(t *testing.T) {
 	require.Equal(t, `["1"]`, ch[0].Key)
 	require.Equal(t, `["2"]`, ch[1].Key)
 }
+
+// TestScanTupleNullErrorNamesNoFormat scans NULLs of a binary-mode tuple (WithBinary)
+// into destinations that cannot hold NULL. A NULL ('n') has no format, and the error
+// said "text format" for a binary tuple: it says NULL instead.
+func TestScanTupleNullErrorNamesNoFormat(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE EXTENSION citext`, `CREATE TABLE t1 (id int PRIMARY KEY, k citext, n int)`)
+	h := &changeRecorder{}
+	s := newTestSyncer(t, d, WithMessageHandler(h), ForTables("t1"), WithBinary(true))
+	r := runInBackground(s)
+	defer r.stop(t)
+	execAll(t, d.DB, `INSERT INTO t1 VALUES (1, NULL, NULL)`)
+	h.waitChanges(t, 1)
+	tp := h.tuple(0)
+	info := s.tables.get(tp.reln.RelationID)
+	var k string
+	err := info.ScanTuple(tp.reln, tp.tuple, nil, &k, nil)
+	require.ErrorIs(t, err, ErrDecodeValue)
+	require.EqualError(t, err, `public.t1: dbsync: cannot decode column value: column "k" (citext, NULL) into *string: cannot scan NULL into *string`)
+	var n int64
+	err = info.ScanTuple(tp.reln, tp.tuple, nil, nil, &n)
+	require.ErrorIs(t, err, ErrDecodeValue)
+	require.EqualError(t, err, `public.t1: dbsync: cannot decode column value: column "n" (int4, NULL) into *int64: cannot scan NULL into *int64`)
+}
