@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/stretchr/testify/require"
@@ -60,4 +61,42 @@ func TestScanTupleNullErrorNamesNoFormat(t *testing.T) {
 	err = info.ScanTuple(tp.reln, tp.tuple, nil, nil, &n)
 	require.ErrorIs(t, err, ErrDecodeValue)
 	require.EqualError(t, err, `public.t1: dbsync: cannot decode column value: column "n" (int4, NULL) into *int64: cannot scan NULL into *int64`)
+}
+
+// TestRefreshDomainKeyCastToBase: a Refresh query may return its key columns cast so
+// that they print as their changes do (docs/SNAPSHOTS.md). A domain's value cast to
+// its base type (a domain over citext to citext, a domain over a domain over integer
+// to integer, then to bigint) prints the same, but such queries were refused with
+// ErrConfig ("may print a key otherwise than its changes do"). They are taken, and
+// their rows have the changes' record IDs and values; a cast of the base that may
+// change the text (integer to numeric(10,2)) is still refused.
+func TestRefreshDomainKeyCastToBase(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE EXTENSION citext`, `CREATE DOMAIN dci AS citext`, `CREATE DOMAIN dint AS int`, `CREATE DOMAIN ddint AS dint`,
+		`CREATE TABLE t (k dci PRIMARY KEY, v int)`, `CREATE TABLE t2 (k ddint PRIMARY KEY, v int)`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("t", "t2"))
+	execAll(t, d.DB, `INSERT INTO t VALUES ('MiXed', 1)`, `INSERT INTO t2 VALUES (7, 2)`)
+	waitFor(t, 10*time.Second, func() bool { return len(h.eventList()) == 2 }, "the inserts")
+	fromChanges := map[string]map[string]StringMap{"t": h.tableRows("public.t"), "t2": h.tableRows("public.t2")}
+	require.Equal(t, map[string]StringMap{`["MiXed"]`: {"k": UnknownValue{Type: "dci", Text: "MiXed"}, "v": int32(1)}}, fromChanges["t"])
+	require.Equal(t, map[string]StringMap{`["7"]`: {"k": int32(7), "v": int32(2)}}, fromChanges["t2"])
+	for _, q := range []struct{ table, query string }{
+		{"t", `SELECT k::citext AS k, v FROM t`},
+		{"t2", `SELECT k::dint AS k, v FROM t2`},
+		{"t2", `SELECT k::integer AS k, v FROM t2`},
+		{"t2", `SELECT k::bigint AS k, v FROM t2`},
+		{"t2", `SELECT k::integer::text AS k, v FROM t2`},
+	} {
+		h.mu.Lock()
+		h.rows = map[string]StringMap{}
+		h.mu.Unlock()
+		stats, err := s.RefreshContext(context.Background(), q.query)
+		require.NoError(t, err, q.query)
+		require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats, q.query)
+		require.Equal(t, fromChanges[q.table], h.tableRows("public."+q.table), q.query)
+	}
+	_, err := s.RefreshContext(context.Background(), `SELECT k::numeric(10,2) AS k, v FROM t2`)
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, "cast from ddint to numeric(10,2)")
 }
