@@ -100,3 +100,32 @@ func TestRefreshDomainKeyCastToBase(t *testing.T) {
 	require.ErrorIs(t, err, ErrConfig)
 	require.ErrorContains(t, err, "cast from ddint to numeric(10,2)")
 }
+
+// TestEmptyBinaryUnknownValue: in binary mode (WithBinary) a value of a type without
+// a codec is UnknownValue.Binary, its send format, and exactly one of Text and Binary
+// is set. An empty send format (citext '', a domain over it, xml '', also as array
+// elements) gave Binary nil, so the value looked like an empty text: String() and
+// JSONValue gave "" where every other binary value gives its type and "\x" hex, and
+// a key of it had the record ID [""] rather than its send format's.
+func TestEmptyBinaryUnknownValue(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE EXTENSION citext`, `CREATE DOMAIN dci AS citext`,
+		`CREATE TABLE t1 (k citext PRIMARY KEY, dc dci, x xml, ca citext[])`)
+	h := &changeRecorder{}
+	s := newTestSyncer(t, d, WithMessageHandler(h), ForTables("t1"), WithBinary(true))
+	r := runInBackground(s)
+	defer r.stop(t)
+	execAll(t, d.DB, `INSERT INTO t1 VALUES ('', '', '', '{""}')`)
+	ch := h.waitChanges(t, 1)
+	require.Equal(t, StringMap{
+		"k":  UnknownValue{Type: "citext", Binary: []byte{}},
+		"dc": UnknownValue{Type: "dci", Binary: []byte{}},
+		"x":  UnknownValue{Type: "xml", Binary: []byte{}},
+		"ca": []any{UnknownValue{Type: "citext", Binary: []byte{}}},
+	}, ch[0].New)
+	require.Equal(t, `["citext:\\x"]`, ch[0].Key)
+	info := s.tables.get(h.tuple(0).reln.RelationID)
+	j, err := info.JSONRow(ch[0].New)
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{"k": `\x`, "dc": `\x`, "x": `\x`, "ca": []any{`\x`}}, j)
+}
