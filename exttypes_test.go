@@ -103,7 +103,7 @@ func TestRefreshDomainKeyCastToBase(t *testing.T) {
 
 // TestEmptyBinaryUnknownValue: in binary mode (WithBinary) a value of a type without
 // a codec is UnknownValue.Binary, its send format, and exactly one of Text and Binary
-// is set. An empty send format (citext '', a domain over it, xml '', also as array
+// is set. An empty send format (an empty citext, a domain over it, or xml, also as array
 // elements) gave Binary nil, so the value looked like an empty text: String() and
 // JSONValue gave "" where every other binary value gives its type and "\x" hex, and
 // a key of it had the record ID [""] rather than its send format's.
