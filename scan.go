@@ -167,7 +167,12 @@ func scanColumn(m *pgtype.Map, c *PGColumnInfo, relOID uint32, format int16, src
 		src = nil
 	}
 	if err := m.Scan(oid, format, src, dst); err != nil {
-		return false, fmt.Errorf("%w: column %q (%s, %s format) into %T: %v", ErrDecodeValue, c.ColumnName, d.name, formatName(format), dst, err)
+		// A NULL has no format (the tuple's 'n', a selection's NULL): say NULL.
+		how := formatName(format) + " format"
+		if null {
+			how = "NULL"
+		}
+		return false, fmt.Errorf("%w: column %q (%s, %s) into %T: %v", ErrDecodeValue, c.ColumnName, d.name, how, dst, err)
 	}
 	return false, nil
 }

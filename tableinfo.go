@@ -42,6 +42,10 @@ type PGColumnInfo struct {
 	ReplicaIdentity bool
 
 	dec *decodeInfo
+	// domainBases names (format_type) the base types of a column of a domain type,
+	// nearest first (a domain over a domain over integer: the inner domain, integer):
+	// a key cast to one of them prints as the key does (checkKeyOutputs).
+	domainBases []string
 }
 
 // PGTableInfo describes a published table: its schema, columns, primary key and
@@ -143,6 +147,8 @@ type pgType struct {
 	// array_in): not so for int2vector and oidvector, filed as arrays (category 'A',
 	// an element type) with a text form of their own ("1 2").
 	arrayIn bool
+	// baseName is a domain's base type's name (format_type).
+	baseName string
 }
 
 func newTableCache(db *sql.DB) *tableCache {
@@ -243,7 +249,7 @@ func (c *tableCache) recheckKey(ctx context.Context, cached *PGTableInfo, reln *
 	}
 	for i, col := range fresh.Columns { // the same message: the same columns and types
 		old := cached.Columns[i]
-		col.ColumnType, col.TypeName, col.dec = old.ColumnType, old.TypeName, old.dec
+		col.ColumnType, col.TypeName, col.dec, col.domainBases = old.ColumnType, old.TypeName, old.dec, old.domainBases
 	}
 	return fresh, nil
 }
@@ -572,8 +578,19 @@ func (c *tableCache) describeTypes(ctx context.Context, info *PGTableInfo) error
 	}
 	for _, col := range info.Columns {
 		col.dec = resolveDecode(col.TypeOID, types)
-		if col.dec.kind == kindUnknown && col.TypeName != "" {
+		// A type no longer in the catalog (a change written before DROP TYPE or DROP
+		// EXTENSION, decoded after it) keeps resolveDecode's "oid N": format_type
+		// names it "???".
+		_, inCatalog := types[col.TypeOID]
+		if _, known := refTypes.TypeForOID(col.TypeOID); known {
+			inCatalog = true
+		}
+		if col.dec.kind == kindUnknown && col.TypeName != "" && inCatalog {
 			col.dec.name = col.TypeName
+		}
+		col.domainBases = nil
+		for t, ok := types[col.TypeOID]; ok && t.typtype == 'd' && len(col.domainBases) < 16; t, ok = types[t.baseType] {
+			col.domainBases = append(col.domainBases, t.baseName)
 		}
 	}
 	return nil
@@ -619,7 +636,7 @@ func (c *tableCache) pgTypes(ctx context.Context, oids []int64) (map[uint32]pgTy
 			for rows.Next() {
 				var t pgType
 				var typtype, category, delim string
-				if err := rows.Scan(&t.oid, &typtype, &category, &t.baseType, &t.elemType, &t.name, &delim, &t.arrayIn); err != nil {
+				if err := rows.Scan(&t.oid, &typtype, &category, &t.baseType, &t.elemType, &t.name, &delim, &t.arrayIn, &t.baseName); err != nil {
 					rows.Close()
 					return nil, fmt.Errorf("read pg_type: %w", err)
 				}

@@ -37,7 +37,7 @@ import (
 // user-defined base types and ranges, and built-in types pgtype does not know (money,
 // tsvector, pg_lsn, ...). Exactly one of Text (text format: the type's output function,
 // e.g. `(1,"a b")` for a composite) and Binary (binary format: the type's send function)
-// is set.
+// is set: Text in text format, Binary (non-nil, also when empty) in binary format.
 type UnknownValue struct {
 	// Type is the type's name as format_type gives it (e.g. "address", "money"), or
 	// "oid N" when the type is no longer in the catalog.
@@ -329,7 +329,13 @@ func (d *decodeInfo) decode(m *pgtype.Map, format int16, src []byte, rb *rowBuf)
 		return rb.string(src), nil
 	case kindUnknown:
 		if format == pgtype.BinaryFormatCode {
-			return UnknownValue{Type: d.name, Binary: rb.bytes(src)}, nil
+			b := rb.bytes(src)
+			if b == nil {
+				// An empty send format is still the binary form: Binary is set
+				// (non-nil), as for an empty bytea.
+				b = []byte{}
+			}
+			return UnknownValue{Type: d.name, Binary: b}, nil
 		}
 		return UnknownValue{Type: d.name, Text: rb.string(src)}, nil
 	case kindArray:

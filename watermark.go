@@ -851,10 +851,23 @@ func checkKeyOutputs(info *PGTableInfo, cols []string, plan planNode) error {
 		}
 		if containsString(info.PrimaryKey, c) {
 			// Each cast of the chain, judged against the key's own type: text and
-			// wider integers hold every value of it, so casting back keeps it.
+			// wider integers hold every value of it, so casting back keeps it. A
+			// domain prints as its base types do, so a cast kept by one of them is
+			// kept by the domain (dci::citext, dint::bigint).
 			from := info.ColInfo[c].ColumnType
+			kept := func(to string) bool {
+				if keyCastKeeps(from, to) {
+					return true
+				}
+				for _, base := range info.ColInfo[c].domainBases {
+					if keyCastKeeps(base, to) {
+						return true
+					}
+				}
+				return false
+			}
 			for j := len(casts) - 1; j >= 0; j-- {
-				if !keyCastKeeps(from, casts[j]) {
+				if !kept(casts[j]) {
 					return fmt.Errorf("%w: Refresh query returns key column %q of %s cast from %s to %s, which may print a key otherwise than its changes do (numeric 1.5 as numeric(10,3) is 1.500): a row's record ID is made from that text, so its refresh rows would not match its changes, and the consumer would get a second row, never updated; return the key column as it is, or as text (SELECT %s, or %s::text AS %s)",
 						ErrConfig, c, info.QualifiedName(), from, casts[j], pq.QuoteIdentifier(c), pq.QuoteIdentifier(c), pq.QuoteIdentifier(c))
 				}
