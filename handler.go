@@ -43,6 +43,8 @@ type MessageHandler interface {
 	HandleDeleteMessage(idx int, msg *pglogrepl.DeleteMessage, reln *pglogrepl.RelationMessage, tableInfo *PGTableInfo) error
 	// HandleTruncateMessage gets the truncated relations (CASCADE and RESTART IDENTITY
 	// are flags in msg.Option: pglogrepl.TruncateOptionCascade/RestartIdentity).
+	// dbsync's own tables (the watermark table, snapshot_progress) are left out of
+	// relns, tableInfos and msg.RelationIDs; a TRUNCATE of them alone is not delivered.
 	HandleTruncateMessage(idx int, msg *pglogrepl.TruncateMessage, relns []*pglogrepl.RelationMessage, tableInfos []*PGTableInfo) error
 	// HandleLogicalMessage gets pg_logical_emit_message() messages.
 	HandleLogicalMessage(idx int, msg *pglogrepl.LogicalDecodingMessage) error

@@ -1,0 +1,75 @@
+package dbsync
+
+import (
+	"fmt"
+	"github.com/jackc/pglogrepl"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/require"
+)
+
+// TestTruncateOfControlTableNotDelivered: dbsync's own tables (the watermark table,
+// which setup adds to the publication, and snapshot_progress under FOR ALL TABLES)
+// are not delivered as changes: the handler never gets their RELATION messages, nor
+// their rows. A TRUNCATE naming one of them together with user tables must reach
+// the handler with the user tables only (and msg.RelationIDs naming only those); one
+// naming only control tables must not reach it at all, as for the Batcher.
+func TestTruncateOfControlTableNotDelivered(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB,
+		`CREATE TABLE ta (id int PRIMARY KEY)`,
+		`CREATE TABLE tb (id int PRIMARY KEY)`,
+		`INSERT INTO ta VALUES (1)`, `INSERT INTO tb VALUES (1)`)
+	rec := &recorder{}
+	ids := &truncateIDs{recorder: rec}
+	s := newTestSyncer(t, d, ForTables("ta", "tb"), WithMessageHandler(ids))
+	wm := pq.QuoteIdentifier(s.CtrlNamespace()) + "." + pq.QuoteIdentifier(s.WMTable())
+	execAll(t, d.DB,
+		`TRUNCATE ta, `+wm+`, tb`,
+		`TRUNCATE `+wm,
+		`INSERT INTO ta VALUES (2)`)
+	r := runInBackground(s)
+	want := []string{
+		"BEGIN", "TRUNCATE public.ta,public.tb cascade=false restart=false", "COMMIT",
+		"BEGIN", "COMMIT",
+		"BEGIN", "INSERT public.ta id=2", "COMMIT",
+	}
+	r.waitFor(t, 30*time.Second, func() bool { return len(rec.snapshot()) >= len(want) }, "%d lines, have %v", len(want), rec)
+	catchUp(t, s)
+	require.NoError(t, r.stop(t))
+	require.Equal(t, want, rec.snapshot())
+	var ta, tb uint32
+	require.NoError(t, d.DB.QueryRow(`SELECT 'ta'::regclass::oid, 'tb'::regclass::oid`).Scan(&ta, &tb))
+	require.Equal(t, [][]uint32{{ta, tb}}, ids.get(), "msg.RelationIDs and RelationNum of each TRUNCATE delivered")
+}
+
+// truncateIDs records each delivered TRUNCATE's msg.RelationIDs (checked against
+// RelationNum and the relations passed) and hands everything to a recorder.
+type truncateIDs struct {
+	*recorder
+	ids [][]uint32
+}
+
+func (h *truncateIDs) HandleTruncateMessage(idx int, m *pglogrepl.TruncateMessage, relns []*pglogrepl.RelationMessage, infos []*PGTableInfo) error {
+	if int(m.RelationNum) != len(m.RelationIDs) || len(relns) != len(m.RelationIDs) || len(infos) != len(relns) {
+		return fmt.Errorf("TRUNCATE with RelationNum %d, %d relation IDs, %d relations, %d infos", m.RelationNum, len(m.RelationIDs), len(relns), len(infos))
+	}
+	for i, r := range relns {
+		if r.RelationID != m.RelationIDs[i] || infos[i].RelationID != r.RelationID {
+			return fmt.Errorf("TRUNCATE relation %d: ID %d, relation %d, info %d", i, m.RelationIDs[i], r.RelationID, infos[i].RelationID)
+		}
+	}
+	h.recorder.mu.Lock()
+	h.ids = append(h.ids, append([]uint32(nil), m.RelationIDs...))
+	h.recorder.mu.Unlock()
+	return h.recorder.HandleTruncateMessage(idx, m, relns, infos)
+}
+
+func (h *truncateIDs) get() [][]uint32 {
+	h.recorder.mu.Lock()
+	defer h.recorder.mu.Unlock()
+	return append([][]uint32(nil), h.ids...)
+}
