@@ -1,0 +1,89 @@
+package handlers
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/dbsync/dbsync"
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCacheRefreshAfterColumnDroppedInWindowPostgres: a Refresh reads its rows, then,
+// before its high watermark, ALTER TABLE t DROP COLUMN c commits and another row of t
+// is updated. The stream then carries t's RELATION message without c (and the
+// update) before the refresh rows, which carry c: they were read before the DROP
+// (docs/SNAPSHOTS.md: a DDL inside an open window waits for nothing). The Cache had
+// already removed c from its rows at that RELATION message; the refresh row put it
+// back, a column SELECT * no longer shows, kept until that row changes. The high
+// watermark is held back deterministically by a trigger on the watermark table that
+// waits for an advisory lock the test holds.
+func TestCacheRefreshAfterColumnDroppedInWindowPostgres(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE t (id int PRIMARY KEY, c text, v text)`)
+	require.NoError(t, err)
+	c := NewCache()
+	s := newTestSyncer(t, d, c, "t")
+	slot := pgtest.Ident(t, "slot")
+	runErr, cancel := runInBackground(s)
+	defer cancel()
+	_, err = d.DB.Exec(`INSERT INTO t VALUES (1, 'c1', 'v1'), (2, 'c2', 'v2')`)
+	require.NoError(t, err)
+	waitCaughtUp(t, d, slot, runErr)
+
+	const lockID = 7311
+	wm := pq.QuoteIdentifier(s.CtrlNamespace()) + "." + pq.QuoteIdentifier(s.WMTable())
+	for _, q := range []string{
+		`CREATE FUNCTION hold_high_wm() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.wm_type = 'high' THEN PERFORM pg_advisory_xact_lock(7311); END IF; RETURN NEW; END $$`,
+		`CREATE TRIGGER hold_high_wm BEFORE INSERT ON ` + wm + ` FOR EACH ROW EXECUTE FUNCTION hold_high_wm()`,
+	} {
+		_, err := d.DB.Exec(q)
+		require.NoError(t, err, q)
+	}
+	ctx := context.Background()
+	holder, err := d.DB.Conn(ctx)
+	require.NoError(t, err)
+	defer holder.Close()
+	_, err = holder.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, lockID)
+	require.NoError(t, err)
+
+	type result struct {
+		st  dbsync.RefreshStats
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := s.RefreshContext(ctx, `SELECT * FROM t`)
+		done <- result{st, err}
+	}()
+	// The high watermark's INSERT waits in the trigger: the rows were read.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var waiting bool
+		require.NoError(t, d.DB.QueryRow(`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND NOT granted)`, lockID).Scan(&waiting))
+		if waiting {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the high watermark never waited for the lock")
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, q := range []string{`ALTER TABLE t DROP COLUMN c`, `UPDATE t SET v = 'v2b' WHERE id = 2`} {
+		_, err := d.DB.Exec(q)
+		require.NoError(t, err, q)
+	}
+	_, err = holder.ExecContext(ctx, `SELECT pg_advisory_unlock($1)`, lockID)
+	require.NoError(t, err)
+	r := <-done
+	require.NoError(t, r.err)
+	require.Equal(t, 1, r.st.Emitted, "row 2 changed inside the window: only row 1 is refreshed")
+	waitCaughtUp(t, d, slot, runErr)
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.t": {
+		`["1"]`: {"id": int32(1), "v": "v1"},
+		`["2"]`: {"id": int32(2), "v": "v2b"},
+	}}, c.Snapshot(), "the Cache equals SELECT * FROM t")
+	cancel()
+	require.NoError(t, <-runErr)
+}
