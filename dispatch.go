@@ -130,6 +130,7 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 		if d.s.isControlTable(v) {
 			return nil
 		}
+		d.s.win.relation(v)
 		return handlerErr(h.HandleRelationMessage(idx, v, info), "RELATION", m.LSN)
 	case *pglogrepl.InsertMessage:
 		return d.rowChange(h, idx, m.LSN, v, v.RelationID)

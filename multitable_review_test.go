@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"fmt"
 	"github.com/jackc/pglogrepl"
 	"testing"
@@ -72,4 +73,53 @@ func (h *truncateIDs) get() [][]uint32 {
 	h.recorder.mu.Lock()
 	defer h.recorder.mu.Unlock()
 	return append([][]uint32(nil), h.ids...)
+}
+
+// refreshRecorder is a recorder that also records refresh rows with their table's
+// name and the columns their description has.
+type refreshRecorder struct{ *recorder }
+
+func (h refreshRecorder) HandleRefresh(key string, item DBItem) error {
+	cols := make([]string, len(item.Table.Columns))
+	for i, c := range item.Table.Columns {
+		cols[i] = c.ColumnName
+	}
+	reln := item.Table.Relation()
+	return h.add("REFRESH %s (relation %s.%s) %s cols=%v %v", item.Table.QualifiedName(), reln.Namespace, reln.RelationName, key, cols, item.Values)
+}
+
+// TestRefreshTableRenamedInWindow: a Refresh reads its rows; before its high
+// watermark, ALTER TABLE t RENAME TO t2 (or SET SCHEMA) commits and another row is
+// updated, so the stream names the table by its new name before the refresh rows.
+// Those rows belong to the same relation, with the same columns: their Table must
+// name it as the stream last did (the name SELECT reads it by now), not as it was
+// called when the rows were read, which would hand a Batcher a doctype the table no
+// longer has and move handlers.Cache's table back to its old name.
+func TestRefreshTableRenamedInWindow(t *testing.T) {
+	for _, c := range []struct{ ddl, now string }{
+		{`ALTER TABLE t RENAME TO t2`, "public.t2"},
+		{`ALTER TABLE t SET SCHEMA other`, "other.t"},
+	} {
+		t.Run(c.now, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE SCHEMA other`, `CREATE TABLE t (id int PRIMARY KEY, v text)`, `INSERT INTO t VALUES (1, 'a'), (2, 'b')`)
+			rec := &recorder{}
+			s := newTestSyncer(t, d, ForTables("t"), WithMessageHandler(refreshRecorder{rec}))
+			r := runInBackground(s)
+			s.win.afterSelect = func() {
+				execAll(t, d.DB, c.ddl, `UPDATE `+c.now+` SET v = 'b2' WHERE id = 2`)
+			}
+			st, err := s.RefreshContext(context.Background(), `SELECT * FROM t`)
+			require.NoError(t, err)
+			require.Equal(t, 1, st.Emitted)
+			catchUp(t, s)
+			require.NoError(t, r.stop(t))
+			require.Equal(t, []string{
+				"BEGIN", "COMMIT", // low watermark
+				"BEGIN", "UPDATE " + c.now + " id=2,v=b2 old:-", "COMMIT",
+				"BEGIN", "REFRESH " + c.now + " (relation " + c.now + ") [\"1\"] cols=[id v] map[id:1 v:a]", "COMMIT", // high watermark
+				"BEGIN", "COMMIT", // the watermark rows deleted
+			}, rec.snapshot())
+		})
+	}
 }

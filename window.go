@@ -103,6 +103,9 @@ type txTouch struct {
 	// moves lists, in order, the key-changing updates of the transaction that left
 	// columns unknown (unchanged TOAST): the row of key from now lives at key to.
 	moves []txMove
+	// names holds the name (schema, table) of each tracked relation as the
+	// transaction's RELATION message for it gave it: the last one before its changes.
+	names map[uint32][2]string
 }
 
 // txMove is one key-changing update that left columns of the row unknown (see
@@ -215,6 +218,18 @@ func (w *window) unknownKey(rel uint32) {
 	w.open.unknown[rel] = struct{}{}
 }
 
+// relation records the name (schema, table) a RELATION message of the open
+// transaction gives relation rel.
+func (w *window) relation(rel uint32, schema, table string) {
+	if w.open == nil {
+		return
+	}
+	if w.open.names == nil {
+		w.open.names = map[uint32][2]string{}
+	}
+	w.open.names[rel] = [2]string{schema, table}
+}
+
 // truncate records that the open transaction truncated relation rel.
 func (w *window) truncate(rel uint32) {
 	if w.open == nil {
@@ -245,7 +260,7 @@ func (w *window) commit() []*emission {
 	}
 	w.seq++
 	tx.seq = w.seq
-	if len(tx.keys) > 0 || len(tx.truncated) > 0 || len(tx.unknown) > 0 || len(tx.moves) > 0 {
+	if len(tx.keys) > 0 || len(tx.truncated) > 0 || len(tx.unknown) > 0 || len(tx.moves) > 0 || len(tx.names) > 0 {
 		w.hist = append(w.hist, tx)
 	}
 	var ems []*emission
@@ -300,8 +315,15 @@ func (w *window) emit(sel *windowSel) *emission {
 	// at follows rows moved with columns left unknown: their key now -> the key they
 	// had before the first such move, and the texts of the key now.
 	var at map[string]txMove
+	// renamed is the table's name as the last RELATION message inside the window gave
+	// it, when the table was renamed (or moved to another schema) there: after the
+	// rows were read, since a selection finding its table renamed fails.
+	var renamed *[2]string
 	for _, tx := range w.hist {
 		inside := tx.seq > sel.lowSeq
+		if n, ok := tx.names[sel.rel]; ok && inside {
+			renamed = &n
+		}
 		if !inside && (w.ignoreSnapshot || !sel.snap.inProgress(tx.xid)) {
 			continue
 		}
@@ -337,6 +359,9 @@ func (w *window) emit(sel *windowSel) *emission {
 	// Every key in partial was touched after the last TRUNCATE (if any).
 	sel.rows.removeKeys(partial)
 	em := &emission{id: sel.id, items: sel.rows.Items()}
+	if renamed != nil {
+		renameItems(em.items, renamed[0], renamed[1])
+	}
 	for _, p := range partial {
 		if p { // some dropped row may need reading again: find them in selection order
 			for _, key := range sel.rows.selectedKeys() {
@@ -425,4 +450,35 @@ func (w *window) prune(snap xidSnapshot) {
 		w.hist[i] = nil
 	}
 	w.hist = kept
+}
+
+// renameItems makes refresh rows read before their table was renamed (ALTER TABLE ...
+// RENAME TO, SET SCHEMA) name it by its new name, as the changes delivered before
+// them do: the same relation, described as when the rows were read but for its name
+// (TestRefreshTableRenamedInWindow).
+func renameItems(items []DBItem, schema, table string) {
+	var from, to *PGTableInfo
+	for i := range items {
+		it := &items[i]
+		if it.Table == nil || (it.Table.Namespace == schema && it.Table.TableName == table) {
+			continue
+		}
+		if it.Table != from {
+			from = it.Table
+			c := *from
+			c.Namespace, c.TableName = schema, table
+			if from.reln != nil {
+				r := *from.reln
+				r.Namespace, r.RelationName = schema, table
+				c.reln = &r
+			}
+			to = &c
+		}
+		it.Table = to
+		if it.row != nil {
+			r := *it.row
+			r.Table = to
+			it.row = &r
+		}
+	}
 }
