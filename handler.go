@@ -56,9 +56,9 @@ type MessageHandler interface {
 
 // DBItem is a row read from a table by Refresh or a snapshot chunk.
 type DBItem struct {
-	// Table is the table the row belongs to, as the selection described it; renamed
-	// (or moved to another schema) after the row was read and before it is delivered,
-	// with the name a change delivered before it gave the table.
+	// Table is the table the row belongs to, described as when the row was read. If
+	// the table was renamed (or moved to another schema) after that and a change
+	// delivered before the row named it so, Table carries that new name.
 	Table *PGTableInfo
 	// Key is the row's record ID (PGTableInfo.GetRecordID of its primary key).
 	Key string
