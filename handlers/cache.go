@@ -108,8 +108,10 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //   - RENAME TABLE (or SET SCHEMA): tables are tracked by relation OID, so the rows
 //     move to the new name with the table's first RELATION message after the rename
 //     (sent before its next change or TRUNCATE); until then they stay under the old
-//     name. A table that takes over a name another relation held (dropped or renamed
-//     since) starts empty;
+//     name, unless another table takes that name first (two tables swapping names,
+//     only one of them changed since): then they are out of sight until the table's
+//     own RELATION message names it. A table that takes over a name another relation
+//     held (dropped or renamed since) starts empty;
 //   - DROP TABLE is not decoded: the table's rows stay in the Cache (in memory, out
 //     of sight once another table takes the name); nor are ATTACH and DETACH
 //     PARTITION (under publish_via_partition_root, a detached partition's rows stay

@@ -87,3 +87,44 @@ func TestCacheRefreshAfterColumnDroppedInWindowPostgres(t *testing.T) {
 	cancel()
 	require.NoError(t, <-runErr)
 }
+
+// TestCacheTablesSwapNamesPostgres: two cached tables swap names in one transaction
+// (a -> tmp, b -> a, tmp -> b), and only the table now called a is written. Its
+// RELATION message moves b's rows to the name a; a's rows cannot stay under a, which
+// is taken, and their new name is not known before a RELATION message of theirs: they
+// are out of sight (not under a, not under b) until the table now called b changes,
+// and then show up under b with it.
+func TestCacheTablesSwapNamesPostgres(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	for _, q := range []string{`CREATE TABLE a (id int PRIMARY KEY, v text)`, `CREATE TABLE b (id int PRIMARY KEY, w text)`} {
+		_, err := d.DB.Exec(q)
+		require.NoError(t, err)
+	}
+	c := NewCache()
+	s := newTestSyncer(t, d, c, "a", "b")
+	slot := pgtest.Ident(t, "slot")
+	runErr, cancel := runInBackground(s)
+	defer cancel()
+	step := func(qs ...string) map[string]map[string]dbsync.StringMap {
+		for _, q := range qs {
+			_, err := d.DB.Exec(q)
+			require.NoError(t, err, q)
+		}
+		waitCaughtUp(t, d, slot, runErr)
+		return c.Snapshot()
+	}
+	require.Equal(t, map[string]map[string]dbsync.StringMap{
+		"public.a": {`["1"]`: {"id": int32(1), "v": "a1"}},
+		"public.b": {`["1"]`: {"id": int32(1), "w": "b1"}},
+	}, step(`INSERT INTO a VALUES (1, 'a1')`, `INSERT INTO b VALUES (1, 'b1')`))
+	step(`BEGIN; ALTER TABLE a RENAME TO tmp; ALTER TABLE b RENAME TO a; ALTER TABLE tmp RENAME TO b; COMMIT`)
+	require.Equal(t, map[string]map[string]dbsync.StringMap{
+		"public.a": {`["1"]`: {"id": int32(1), "w": "b1"}, `["2"]`: {"id": int32(2), "w": "a2"}},
+	}, step(`INSERT INTO a VALUES (2, 'a2')`), "the old a's rows are out of sight")
+	require.Equal(t, map[string]map[string]dbsync.StringMap{
+		"public.a": {`["1"]`: {"id": int32(1), "w": "b1"}, `["2"]`: {"id": int32(2), "w": "a2"}},
+		"public.b": {`["1"]`: {"id": int32(1), "v": "a1"}, `["2"]`: {"id": int32(2), "v": "b2"}},
+	}, step(`INSERT INTO b VALUES (2, 'b2')`), "the cache equals SELECT * of both tables")
+	cancel()
+	require.NoError(t, <-runErr)
+}
