@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/jackc/pglogrepl"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,6 +121,44 @@ func TestRefreshTableRenamedInWindow(t *testing.T) {
 				"BEGIN", "REFRESH " + c.now + " (relation " + c.now + ") [\"1\"] cols=[id v] map[id:1 v:a]", "COMMIT", // high watermark
 				"BEGIN", "COMMIT", // the watermark rows deleted
 			}, rec.snapshot())
+		})
+	}
+}
+
+// TestRefreshTableReplacedInWindow: a Refresh of t reads its rows; before its high
+// watermark another table takes the name t (DROP TABLE t and CREATE TABLE t, or a
+// swap: RENAME t TO t_old, t_new TO t) and is written, so the stream names that other
+// relation public.t before the refresh rows. The rows are the old relation's: handed
+// over as public.t they mixed its rows into the new table's (a Batcher's doctype
+// public.t, handlers.Cache moved the name back to the old relation). The selection
+// runs again instead, and fails as any selection finding its table replaced does.
+func TestRefreshTableReplacedInWindow(t *testing.T) {
+	for _, c := range []struct{ name, ddl, err string }{
+		{"recreated", `DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, w text); ALTER PUBLICATION %PUB% ADD TABLE t`,
+			`public.t was dropped and created again since the snapshot or refresh described it`},
+		{"swapped", `ALTER TABLE t RENAME TO t_old; ALTER TABLE t_new RENAME TO t`,
+			`public.t was dropped and created again since the snapshot or refresh described it`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, v text)`, `INSERT INTO t VALUES (1, 'old1'), (2, 'old2')`,
+				`CREATE TABLE t_new (id int PRIMARY KEY, w text)`)
+			rec := &recorder{}
+			s := newTestSyncer(t, d, ForTables("t", "t_new"), WithMessageHandler(refreshRecorder{rec}))
+			r := runInBackground(s)
+			s.win.afterSelect = func() {
+				s.win.afterSelect = nil
+				execAll(t, d.DB, strings.ReplaceAll(c.ddl, "%PUB%", s.Publication()), `INSERT INTO t VALUES (10, 'new10')`)
+			}
+			_, err := s.RefreshContext(context.Background(), `SELECT * FROM t WHERE id < 10`)
+			require.ErrorIs(t, err, ErrRefreshAbandoned)
+			require.ErrorContains(t, err, c.err)
+			catchUp(t, s)
+			require.NoError(t, r.stop(t))
+			for _, l := range rec.snapshot() {
+				require.NotContains(t, l, "REFRESH", "no row of the replaced table is handed over")
+			}
+			require.Contains(t, rec.snapshot(), "INSERT public.t id=10,w=new10")
 		})
 	}
 }

@@ -315,14 +315,35 @@ func (w *window) emit(sel *windowSel) *emission {
 	// at follows rows moved with columns left unknown: their key now -> the key they
 	// had before the first such move, and the texts of the key now.
 	var at map[string]txMove
-	// renamed is the table's name as the last RELATION message inside the window gave
-	// it, when the table was renamed (or moved to another schema) there: after the
-	// rows were read, since a selection finding its table renamed fails.
-	var renamed *[2]string
+	// name follows the table's name through the RELATION messages inside the window:
+	// renamed (or moved to another schema) there, after the rows were read (a
+	// selection finding its table renamed fails), the rows take its new name. lost:
+	// another relation showed up under the name the table last had (the table was
+	// dropped, or renamed with no change of it since, and another took its name): the
+	// rows are not that relation's, and the selection runs again (to fail on the
+	// replaced table, TestRefreshTableReplacedInWindow).
+	var name [2]string
+	known, lost := false, false
+	if sel.rows != nil {
+		for _, it := range sel.rows.rows {
+			if it.item.Table != nil {
+				name, known = [2]string{it.item.Table.Namespace, it.item.Table.TableName}, true
+				break
+			}
+		}
+	}
+	orig := name
 	for _, tx := range w.hist {
 		inside := tx.seq > sel.lowSeq
-		if n, ok := tx.names[sel.rel]; ok && inside {
-			renamed = &n
+		if inside && known && len(tx.names) > 0 {
+			if n, ok := tx.names[sel.rel]; ok {
+				name, lost = n, false
+			}
+			for rel, n := range tx.names {
+				if rel != sel.rel && n == name {
+					lost = true
+				}
+			}
 		}
 		if !inside && (w.ignoreSnapshot || !sel.snap.inProgress(tx.xid)) {
 			continue
@@ -357,10 +378,13 @@ func (w *window) emit(sel *windowSel) *emission {
 		}
 	}
 	// Every key in partial was touched after the last TRUNCATE (if any).
+	if lost {
+		return &emission{id: sel.id, retry: true}
+	}
 	sel.rows.removeKeys(partial)
 	em := &emission{id: sel.id, items: sel.rows.Items()}
-	if renamed != nil {
-		renameItems(em.items, renamed[0], renamed[1])
+	if name != orig {
+		renameItems(em.items, name[0], name[1])
 	}
 	for _, p := range partial {
 		if p { // some dropped row may need reading again: find them in selection order

@@ -414,13 +414,11 @@ func (t *windowTracker) truncate(rel uint32) {
 	t.mu.Unlock()
 }
 
-// relation records a RELATION message of the open transaction for a table a selection
-// was registered for: its name there is the table's name from then on (window.emit).
+// relation records a RELATION message of the open transaction: the name it gives its
+// relation is the relation's name from then on (window.emit).
 func (t *windowTracker) relation(reln *pglogrepl.RelationMessage) {
 	t.mu.Lock()
-	if t.watchedLocked(reln.RelationID) {
-		t.w.relation(reln.RelationID, reln.Namespace, reln.RelationName)
-	}
+	t.w.relation(reln.RelationID, reln.Namespace, reln.RelationName)
 	t.mu.Unlock()
 }
 

@@ -33,16 +33,37 @@ func TestCacheRefreshAfterColumnDroppedInWindowPostgres(t *testing.T) {
 	require.NoError(t, err)
 	waitCaughtUp(t, d, slot, runErr)
 
+	st, err := refreshWithDDLInWindow(t, d, s, `SELECT * FROM t`, `ALTER TABLE t DROP COLUMN c`, `UPDATE t SET v = 'v2b' WHERE id = 2`)
+	require.NoError(t, err)
+	require.Equal(t, 1, st.Emitted, "row 2 changed inside the window: only row 1 is refreshed")
+	waitCaughtUp(t, d, slot, runErr)
+	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.t": {
+		`["1"]`: {"id": int32(1), "v": "v1"},
+		`["2"]`: {"id": int32(2), "v": "v2b"},
+	}}, c.Snapshot(), "the Cache equals SELECT * FROM t")
+	cancel()
+	require.NoError(t, <-runErr)
+}
+
+// refreshWithDDLInWindow runs s.RefreshContext(query) and, once its rows were read and
+// before its high watermark is written, runs stmts. The high watermark is held back
+// by a trigger on the watermark table that waits for an advisory lock the test holds.
+func refreshWithDDLInWindow(t *testing.T, d *pgtest.Database, s *dbsync.Syncer, query string, stmts ...string) (dbsync.RefreshStats, error) {
+	t.Helper()
 	const lockID = 7311
 	wm := pq.QuoteIdentifier(s.CtrlNamespace()) + "." + pq.QuoteIdentifier(s.WMTable())
 	for _, q := range []string{
-		`CREATE FUNCTION hold_high_wm() RETURNS trigger LANGUAGE plpgsql AS $$
+		`CREATE OR REPLACE FUNCTION hold_high_wm() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN IF NEW.wm_type = 'high' THEN PERFORM pg_advisory_xact_lock(7311); END IF; RETURN NEW; END $$`,
 		`CREATE TRIGGER hold_high_wm BEFORE INSERT ON ` + wm + ` FOR EACH ROW EXECUTE FUNCTION hold_high_wm()`,
 	} {
 		_, err := d.DB.Exec(q)
 		require.NoError(t, err, q)
 	}
+	defer func() {
+		_, err := d.DB.Exec(`DROP TRIGGER hold_high_wm ON ` + wm)
+		require.NoError(t, err)
+	}()
 	ctx := context.Background()
 	holder, err := d.DB.Conn(ctx)
 	require.NoError(t, err)
@@ -56,7 +77,7 @@ func TestCacheRefreshAfterColumnDroppedInWindowPostgres(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		st, err := s.RefreshContext(ctx, `SELECT * FROM t`)
+		st, err := s.RefreshContext(ctx, query)
 		done <- result{st, err}
 	}()
 	// The high watermark's INSERT waits in the trigger: the rows were read.
@@ -70,19 +91,44 @@ func TestCacheRefreshAfterColumnDroppedInWindowPostgres(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "the high watermark never waited for the lock")
 		time.Sleep(10 * time.Millisecond)
 	}
-	for _, q := range []string{`ALTER TABLE t DROP COLUMN c`, `UPDATE t SET v = 'v2b' WHERE id = 2`} {
+	for _, q := range stmts {
 		_, err := d.DB.Exec(q)
 		require.NoError(t, err, q)
 	}
 	_, err = holder.ExecContext(ctx, `SELECT pg_advisory_unlock($1)`, lockID)
 	require.NoError(t, err)
 	r := <-done
-	require.NoError(t, r.err)
-	require.Equal(t, 1, r.st.Emitted, "row 2 changed inside the window: only row 1 is refreshed")
+	return r.st, r.err
+}
+
+// TestCacheRefreshOfTableRecreatedInWindowPostgres: a Refresh of t reads its rows;
+// before its high watermark, t is dropped, created again under its name (another
+// relation) and written. The refresh rows, of the dropped relation, came after the
+// new table's change: they took the name back for the dropped relation, so the Cache
+// showed the dropped table's rows under public.t and the new table's were out of
+// sight. The Refresh now fails (ErrRefreshAbandoned) without handing them over
+// (TestRefreshTableReplacedInWindow), and the Cache holds the new table's rows.
+func TestCacheRefreshOfTableRecreatedInWindowPostgres(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	_, err := d.DB.Exec(`CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	require.NoError(t, err)
+	c := NewCache()
+	s := newTestSyncer(t, d, c, "t")
+	slot, pub := pgtest.Ident(t, "slot"), pgtest.Ident(t, "pub")
+	runErr, cancel := runInBackground(s)
+	defer cancel()
+	_, err = d.DB.Exec(`INSERT INTO t VALUES (1, 'old1'), (2, 'old2')`)
+	require.NoError(t, err)
+	waitCaughtUp(t, d, slot, runErr)
+
+	_, err = refreshWithDDLInWindow(t, d, s, `SELECT * FROM t`,
+		`DROP TABLE t`, `CREATE TABLE t (id int PRIMARY KEY, w text)`, `ALTER PUBLICATION `+pub+` ADD TABLE t`,
+		`INSERT INTO t VALUES (10, 'new10')`)
+	require.ErrorIs(t, err, dbsync.ErrRefreshAbandoned)
+	require.ErrorContains(t, err, "public.t was dropped and created again")
 	waitCaughtUp(t, d, slot, runErr)
 	require.Equal(t, map[string]map[string]dbsync.StringMap{"public.t": {
-		`["1"]`: {"id": int32(1), "v": "v1"},
-		`["2"]`: {"id": int32(2), "v": "v2b"},
+		`["10"]`: {"id": int32(10), "w": "new10"},
 	}}, c.Snapshot(), "the Cache equals SELECT * FROM t")
 	cancel()
 	require.NoError(t, <-runErr)
