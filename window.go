@@ -103,8 +103,8 @@ type txTouch struct {
 	// moves lists, in order, the key-changing updates of the transaction that left
 	// columns unknown (unchanged TOAST): the row of key from now lives at key to.
 	moves []txMove
-	// names holds the name (schema, table) of each tracked relation as the
-	// transaction's RELATION message for it gave it: the last one before its changes.
+	// names holds the name (schema, table) the transaction's RELATION messages gave
+	// their relations (the last one of each), noted while a selection is registered.
 	names map[uint32][2]string
 }
 
@@ -221,7 +221,9 @@ func (w *window) unknownKey(rel uint32) {
 // relation records the name (schema, table) a RELATION message of the open
 // transaction gives relation rel.
 func (w *window) relation(rel uint32, schema, table string) {
-	if w.open == nil {
+	if w.open == nil || len(w.sels) == 0 {
+		// Only a window needs names, and a selection registers before its low
+		// watermark is written, so before any transaction inside its window.
 		return
 	}
 	if w.open.names == nil {
