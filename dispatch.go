@@ -130,6 +130,7 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 		if d.s.isControlTable(v) {
 			return nil
 		}
+		d.s.win.relation(v)
 		return handlerErr(h.HandleRelationMessage(idx, v, info), "RELATION", m.LSN)
 	case *pglogrepl.InsertMessage:
 		return d.rowChange(h, idx, m.LSN, v, v.RelationID)
@@ -145,10 +146,16 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 			if err != nil {
 				return err
 			}
+			d.s.win.truncate(id)
+			if d.s.isControlTable(reln) {
+				// dbsync's own tables are not the user's: like their RELATION messages
+				// and rows, a TRUNCATE of them is delivered neither to the handler nor
+				// to the Batcher (TestTruncateOfControlTableNotDelivered).
+				continue
+			}
 			relns = append(relns, reln)
 			infos = append(infos, info)
-			d.s.win.truncate(id)
-			if d.batch != nil && !d.s.isControlTable(reln) {
+			if d.batch != nil {
 				doctype := reln.Namespace + "." + reln.RelationName // as PGTableInfo.QualifiedName
 				if info != nil {
 					doctype = info.QualifiedName()
@@ -159,6 +166,19 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 				}
 				d.batch.truncate(doctype)
 			}
+		}
+		if len(relns) == 0 {
+			return nil // only control tables
+		}
+		if len(relns) != len(v.RelationIDs) {
+			// The message names the relations the handler gets, no others.
+			c := *v
+			c.RelationIDs = make([]uint32, len(relns))
+			for i, r := range relns {
+				c.RelationIDs[i] = r.RelationID
+			}
+			c.RelationNum = uint32(len(relns))
+			v = &c
 		}
 		return handlerErr(h.HandleTruncateMessage(idx, v, relns, infos), "TRUNCATE", m.LSN)
 	case *pglogrepl.LogicalDecodingMessage:

@@ -43,6 +43,8 @@ type MessageHandler interface {
 	HandleDeleteMessage(idx int, msg *pglogrepl.DeleteMessage, reln *pglogrepl.RelationMessage, tableInfo *PGTableInfo) error
 	// HandleTruncateMessage gets the truncated relations (CASCADE and RESTART IDENTITY
 	// are flags in msg.Option: pglogrepl.TruncateOptionCascade/RestartIdentity).
+	// dbsync's own tables (the watermark table, snapshot_progress) are left out of
+	// relns, tableInfos and msg.RelationIDs; a TRUNCATE of them alone is not delivered.
 	HandleTruncateMessage(idx int, msg *pglogrepl.TruncateMessage, relns []*pglogrepl.RelationMessage, tableInfos []*PGTableInfo) error
 	// HandleLogicalMessage gets pg_logical_emit_message() messages.
 	HandleLogicalMessage(idx int, msg *pglogrepl.LogicalDecodingMessage) error
@@ -54,7 +56,9 @@ type MessageHandler interface {
 
 // DBItem is a row read from a table by Refresh or a snapshot chunk.
 type DBItem struct {
-	// Table is the table the row belongs to.
+	// Table is the table the row belongs to, described as when the row was read. If
+	// the table was renamed (or moved to another schema) after that and a change
+	// delivered before the row named it so, Table carries that new name.
 	Table *PGTableInfo
 	// Key is the row's record ID (PGTableInfo.GetRecordID of its primary key).
 	Key string

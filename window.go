@@ -103,6 +103,9 @@ type txTouch struct {
 	// moves lists, in order, the key-changing updates of the transaction that left
 	// columns unknown (unchanged TOAST): the row of key from now lives at key to.
 	moves []txMove
+	// names holds the name (schema, table) the transaction's RELATION messages gave
+	// their relations (the last one of each), noted while a selection is registered.
+	names map[uint32][2]string
 }
 
 // txMove is one key-changing update that left columns of the row unknown (see
@@ -215,6 +218,20 @@ func (w *window) unknownKey(rel uint32) {
 	w.open.unknown[rel] = struct{}{}
 }
 
+// relation records the name (schema, table) a RELATION message of the open
+// transaction gives relation rel.
+func (w *window) relation(rel uint32, schema, table string) {
+	if w.open == nil || len(w.sels) == 0 {
+		// Only a window needs names, and a selection registers before its low
+		// watermark is written, so before any transaction inside its window.
+		return
+	}
+	if w.open.names == nil {
+		w.open.names = map[uint32][2]string{}
+	}
+	w.open.names[rel] = [2]string{schema, table}
+}
+
 // truncate records that the open transaction truncated relation rel.
 func (w *window) truncate(rel uint32) {
 	if w.open == nil {
@@ -245,7 +262,7 @@ func (w *window) commit() []*emission {
 	}
 	w.seq++
 	tx.seq = w.seq
-	if len(tx.keys) > 0 || len(tx.truncated) > 0 || len(tx.unknown) > 0 || len(tx.moves) > 0 {
+	if len(tx.keys) > 0 || len(tx.truncated) > 0 || len(tx.unknown) > 0 || len(tx.moves) > 0 || len(tx.names) > 0 {
 		w.hist = append(w.hist, tx)
 	}
 	var ems []*emission
@@ -300,8 +317,36 @@ func (w *window) emit(sel *windowSel) *emission {
 	// at follows rows moved with columns left unknown: their key now -> the key they
 	// had before the first such move, and the texts of the key now.
 	var at map[string]txMove
+	// name follows the table's name through the RELATION messages inside the window:
+	// renamed (or moved to another schema) there, after the rows were read (a
+	// selection finding its table renamed fails), the rows take its new name. lost:
+	// another relation showed up under the name the table last had (the table was
+	// dropped, or renamed with no change of it since, and another took its name): the
+	// rows are not that relation's, and the selection runs again (to fail on the
+	// replaced table, TestRefreshTableReplacedInWindow).
+	var name [2]string
+	known, lost := false, false
+	if sel.rows != nil {
+		for _, it := range sel.rows.rows {
+			if it.item.Table != nil {
+				name, known = [2]string{it.item.Table.Namespace, it.item.Table.TableName}, true
+				break
+			}
+		}
+	}
+	orig := name
 	for _, tx := range w.hist {
 		inside := tx.seq > sel.lowSeq
+		if inside && known && len(tx.names) > 0 {
+			if n, ok := tx.names[sel.rel]; ok {
+				name, lost = n, false
+			}
+			for rel, n := range tx.names {
+				if rel != sel.rel && n == name {
+					lost = true
+				}
+			}
+		}
 		if !inside && (w.ignoreSnapshot || !sel.snap.inProgress(tx.xid)) {
 			continue
 		}
@@ -335,8 +380,14 @@ func (w *window) emit(sel *windowSel) *emission {
 		}
 	}
 	// Every key in partial was touched after the last TRUNCATE (if any).
+	if lost {
+		return &emission{id: sel.id, retry: true}
+	}
 	sel.rows.removeKeys(partial)
 	em := &emission{id: sel.id, items: sel.rows.Items()}
+	if name != orig {
+		renameItems(em.items, name[0], name[1])
+	}
 	for _, p := range partial {
 		if p { // some dropped row may need reading again: find them in selection order
 			for _, key := range sel.rows.selectedKeys() {
@@ -425,4 +476,35 @@ func (w *window) prune(snap xidSnapshot) {
 		w.hist[i] = nil
 	}
 	w.hist = kept
+}
+
+// renameItems makes refresh rows read before their table was renamed (ALTER TABLE ...
+// RENAME TO, SET SCHEMA) name it by its new name, as the changes delivered before
+// them do: the same relation, described as when the rows were read but for its name
+// (TestRefreshTableRenamedInWindow).
+func renameItems(items []DBItem, schema, table string) {
+	var from, to *PGTableInfo
+	for i := range items {
+		it := &items[i]
+		if it.Table == nil || (it.Table.Namespace == schema && it.Table.TableName == table) {
+			continue
+		}
+		if it.Table != from {
+			from = it.Table
+			c := *from
+			c.Namespace, c.TableName = schema, table
+			if from.reln != nil {
+				r := *from.reln
+				r.Namespace, r.RelationName = schema, table
+				c.reln = &r
+			}
+			to = &c
+		}
+		it.Table = to
+		if it.row != nil {
+			r := *it.row
+			r.Table = to
+			it.row = &r
+		}
+	}
 }

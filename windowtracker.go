@@ -414,6 +414,14 @@ func (t *windowTracker) truncate(rel uint32) {
 	t.mu.Unlock()
 }
 
+// relation records a RELATION message of the open transaction: the name it gives its
+// relation is the relation's name from then on (window.emit).
+func (t *windowTracker) relation(reln *pglogrepl.RelationMessage) {
+	t.mu.Lock()
+	t.w.relation(reln.RelationID, reln.Namespace, reln.RelationName)
+	t.mu.Unlock()
+}
+
 func (t *windowTracker) watermark(id string, kind wmKind) {
 	t.mu.Lock()
 	t.w.watermark(id, kind)

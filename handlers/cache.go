@@ -87,7 +87,10 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //     attribute number when the Syncer described the table before and after (live):
 //     the old c leaves the rows, and the new c is an added column. Read from a backlog
 //     whose shapes were all described after the ADD, the two look alike, and rows not
-//     changed since keep the old c's value;
+//     changed since keep the old c's value. A refresh row read before the DROP and
+//     delivered after it (the DROP and a change of the table inside its window) does
+//     not bring c back, unless c was the table's last column (attribute numbers then
+//     do not tell it from a column added since);
 //   - ADD COLUMN: rows cached before it lack the column until they change or are
 //     refreshed. SELECT * shows the column's default there (NULL without one); the
 //     RELATION message does not carry the default, so the Cache does not guess it:
@@ -105,8 +108,10 @@ var ErrCacheSequence = errors.New("handlers: Cache: messages out of transaction 
 //   - RENAME TABLE (or SET SCHEMA): tables are tracked by relation OID, so the rows
 //     move to the new name with the table's first RELATION message after the rename
 //     (sent before its next change or TRUNCATE); until then they stay under the old
-//     name. A table that takes over a name another relation held (dropped or renamed
-//     since) starts empty;
+//     name, unless another table takes that name first (two tables swapping names,
+//     only one of them changed since): then they are out of sight until the table's
+//     own RELATION message names it. A table that takes over a name another relation
+//     held (dropped or renamed since) starts empty;
 //   - DROP TABLE is not decoded: the table's rows stay in the Cache (in memory, out
 //     of sight once another table takes the name); nor are ATTACH and DETACH
 //     PARTITION (under publish_via_partition_root, a detached partition's rows stay
@@ -671,6 +676,37 @@ func recreated(prev *dbsync.PGTableInfo, col *dbsync.PGColumnInfo, info *dbsync.
 	return n != nil && col.OrdinalPosition != 0 && n.OrdinalPosition != 0 && col.OrdinalPosition != n.OrdinalPosition
 }
 
+// droppedSince tells whether column name of a selection's description sel was dropped
+// before shape, the table's description from a later point of the stream, was
+// written: a refresh row read before an ALTER TABLE ... DROP COLUMN and delivered at a
+// high watermark after it, past a change of the table that carried the new shape.
+// shape lacks the column, while it has another column that sel has at the same
+// attribute number, created after name's column (a higher number: attribute numbers
+// only grow, so name's column existed when shape was written, and was not renamed,
+// shape having no column at its number). The last column dropped is not told apart
+// from one added after shape was written, and stays.
+func droppedSince(sel, shape *dbsync.PGTableInfo, name string) bool {
+	if shape == nil || shape == sel || shape.Dropped || sel.Dropped || hasColumn(shape, name) {
+		return false
+	}
+	col := columnInfo(sel, name)
+	if col == nil || col.OrdinalPosition == 0 {
+		return false
+	}
+	later := false
+	for _, z := range shape.Columns {
+		if z.OrdinalPosition == col.OrdinalPosition {
+			return false // renamed: which name is the newer is not known
+		}
+		if z.OrdinalPosition > col.OrdinalPosition {
+			if s := columnInfo(sel, z.ColumnName); s != nil && s.OrdinalPosition == z.OrdinalPosition {
+				later = true
+			}
+		}
+	}
+	return later
+}
+
 func hasColumn(info *dbsync.PGTableInfo, name string) bool {
 	if info.ColInfo != nil {
 		_, ok := info.ColInfo[name]
@@ -706,6 +742,14 @@ func (c *Cache) applyRefresh(key string, item dbsync.DBItem) {
 		t.shape = item.Table
 	}
 	row := copyRow(item.Values)
+	// A column dropped after the selection read the row, which the stream's shape
+	// already lacks (the DROP and a change of the table came inside the window), is
+	// not put back into the row.
+	for col := range row {
+		if droppedSince(item.Table, t.shape, col) {
+			delete(row, col)
+		}
+	}
 	// A Refresh query may select some of the table's columns: the others keep their
 	// cached values (a column the table no longer has is not kept).
 	for col, v := range t.rows[key] {
