@@ -319,3 +319,90 @@ func TestOpenDBFromPoolWithItsLimit(t *testing.T) {
 	require.True(t, strings.HasPrefix(got[2], `insert ["2"] `), got[2])
 	require.Zero(t, s.splitPeeks.Load(), "a pool of 2 is not split")
 }
+
+// TestSnapshotParallelKeysPgxModes: a parallel Snapshot's key range planning
+// (chunkBound, through database/sql with key texts bound back under casts) and its
+// chunks give lib/pq's rows in pgx's exec modes, with lib/pq's binary_parameters, and
+// under a session TimeZone and DateStyle of the connection string, for a key of bytea,
+// timestamptz, numeric and text with quotes.
+func TestSnapshotParallelKeysPgxModes(t *testing.T) {
+	run := func(t *testing.T, db *sql.DB, d *pgtest.Database) []string {
+		execAll(t, d.DB, `CREATE TABLE k (b bytea, ts timestamptz, n numeric, tx text, v int, PRIMARY KEY (b, ts, n, tx))`,
+			`INSERT INTO k SELECT decode(lpad(to_hex(g % 3), 2, '0'), 'hex'), '2024-01-01 00:00:00.5+00'::timestamptz + (g % 4) * interval '1 day', g / 3.0, 'a''\"'||g, g FROM generate_series(1, 40) g`)
+		rec := &modeRecorder{}
+		s := newTestSyncer(t, d, WithDB(db), ForTables("public.k"), WithMessageHandler(rec), WithSnapshotChunkSize(3), WithSnapshotParallel(3))
+		r := runInBackground(s)
+		require.NoError(t, s.Snapshot(context.Background(), "public.k"))
+		require.NoError(t, r.stop(t))
+		got := rec.snapshot()
+		sort.Strings(got)
+		require.Len(t, got, 40)
+		require.NotZero(t, s.chunkBounds.Load())
+		return got
+	}
+	base := pgtest.NewDatabase(t)
+	want := run(t, base.DB, base)
+	for _, c := range []struct{ driver, params string }{
+		{"pgx", ""}, {"pgx", "default_query_exec_mode=exec"}, {"pgx", "default_query_exec_mode=simple_protocol"},
+		{"pgx", "default_query_exec_mode=describe_exec"}, {"postgres", "binary_parameters=yes"},
+		{"pgx", "default_query_exec_mode=exec timezone=Asia/Kolkata DateStyle=SQL,DMY"},
+	} {
+		t.Run(c.driver+" "+c.params, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			db, err := sql.Open(c.driver, d.DSN()+" "+c.params)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			require.Equal(t, want, run(t, db, d))
+		})
+	}
+}
+
+// TestRefreshAfterDDLPgxCaches: a Refresh query describes its columns through the pool.
+// With pgx's default mode (statement cache) and cache_describe (description cache) that
+// description was cached by the query's text, so after the table gained or lost a
+// column the same Refresh failed: ErrConfig "cached plan must not change result type"
+// (0A000), or "bind message has 2 result formats but query has 3 columns" (08P01). On
+// a pool of one connection (the cache is per session), then through Refresh while Run
+// runs, the columns follow the table in every mode.
+func TestRefreshAfterDDLPgxCaches(t *testing.T) {
+	for _, params := range []string{"", "default_query_exec_mode=cache_describe", "default_query_exec_mode=describe_exec", "default_query_exec_mode=exec", "default_query_exec_mode=simple_protocol"} {
+		t.Run(params, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE r (id int PRIMARY KEY, v text)`, `INSERT INTO r VALUES (1, 'a')`)
+			one, err := sql.Open("pgx", d.DSN()+" "+params)
+			require.NoError(t, err)
+			t.Cleanup(func() { one.Close() })
+			one.SetMaxOpenConns(1)
+			s1 := newTestSyncer(t, d, WithDB(one), ForTables("public.r"), WithReplicationSlot(pgtest.Ident(t, "one")))
+			cols, err := s1.queryColumns(context.Background(), "SELECT * FROM r\n")
+			require.NoError(t, err)
+			require.Equal(t, []string{"id", "v"}, cols)
+			execAll(t, d.DB, `ALTER TABLE r ADD COLUMN w int DEFAULT 7`)
+			cols, err = s1.queryColumns(context.Background(), "SELECT * FROM r\n")
+			require.NoError(t, err)
+			require.Equal(t, []string{"id", "v", "w"}, cols)
+			execAll(t, d.DB, `ALTER TABLE r DROP COLUMN w`)
+
+			db, err := sql.Open("pgx", d.DSN()+" "+params)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			rec := &modeRecorder{}
+			s := newTestSyncer(t, d, WithDB(db), ForTables("public.r"), WithMessageHandler(rec))
+			r := runInBackground(s)
+			_, err = s.RefreshContext(context.Background(), `SELECT * FROM r`)
+			require.NoError(t, err)
+			execAll(t, d.DB, `ALTER TABLE r ADD COLUMN w int DEFAULT 7`)
+			_, err = s.RefreshContext(context.Background(), `SELECT * FROM r`)
+			require.NoError(t, err)
+			execAll(t, d.DB, `ALTER TABLE r DROP COLUMN v`)
+			_, err = s.RefreshContext(context.Background(), `SELECT * FROM r`)
+			require.NoError(t, err)
+			require.NoError(t, r.stop(t))
+			require.Equal(t, []string{
+				`REFRESH ["1"] id=int32:1 v=string:a`,
+				`REFRESH ["1"] id=int32:1 v=string:a w=int32:7`,
+				`REFRESH ["1"] id=int32:1 w=int32:7`,
+			}, rec.snapshot())
+		})
+	}
+}
