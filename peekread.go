@@ -365,7 +365,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 		if copyConfirmed, err = parseLSN([]byte(copied.String)); err != nil {
 			// The temporary copy exists: end its session (which drops it) rather than
 			// hand the connection back to the pool with the copy holding WAL.
-			_ = cconn.Raw(func(any) error { return driver.ErrBadConn })
+			endSession(cconn)
 			cconn.Close()
 			return err
 		}
@@ -394,7 +394,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 			// The copy would live as long as this pooled session, holding back WAL:
 			// have the pool close the connection instead (its session drops the copy).
 			s.log.Debug("dbsync: dropping the split peek's slot copy; closing its connection", "slot", copyName, "err", err)
-			_ = cconn.Raw(func(any) error { return driver.ErrBadConn })
+			endSession(cconn)
 		} else {
 			restore()
 		}

@@ -406,3 +406,40 @@ func TestRefreshAfterDDLPgxCaches(t *testing.T) {
 		})
 	}
 }
+
+// TestEndSessionOverPgxpool: a connection dbsync reports bad so that its session ends
+// (endSession: the slot lock whose release failed or whose taking is in doubt, a split
+// peek's temporary slot copy it could not drop, a statement_timeout it could not set
+// back) is closed by database/sql, but under stdlib.OpenDBFromPool closing it only
+// released it to the pgxpool, session and all: the advisory lock and the temporary slot
+// stayed held by an idle pooled session (a later Run of the slot got ErrSlotInUse
+// naming its own pool's backend). Through lib/pq, pgx's driver and a pgxpool, the
+// session ends.
+func TestEndSessionOverPgxpool(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	cfg, err := pgxpool.ParseConfig(d.DSN())
+	require.NoError(t, err)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	pgxDB, err := sql.Open("pgx", d.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { pgxDB.Close() })
+	for name, db := range map[string]*sql.DB{"pq": d.DB, "pgx": pgxDB, "pgxpool": stdlib.OpenDBFromPool(pool)} {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			conn, err := db.Conn(ctx)
+			require.NoError(t, err)
+			var pid int
+			require.NoError(t, conn.QueryRowContext(ctx, `SELECT pg_backend_pid() FROM pg_advisory_lock(4242), pg_create_logical_replication_slot($1, 'pgoutput', true)`,
+				pgtest.Ident(t, "tmp")).Scan(&pid))
+			endSession(conn)
+			require.ErrorIs(t, conn.Close(), sql.ErrConnDone, "database/sql closed it when it was reported bad")
+			waitFor(t, 10*time.Second, func() bool {
+				return len(queryStrings(t, d.DB, `SELECT pid::text FROM pg_stat_activity WHERE pid = $1`, pid)) == 0
+			}, "session %d to end", pid)
+			require.Empty(t, queryStrings(t, d.DB, `SELECT objid::text FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242`))
+			require.Empty(t, queryStrings(t, d.DB, `SELECT slot_name::text FROM pg_replication_slots WHERE temporary`))
+		})
+	}
+}
