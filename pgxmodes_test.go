@@ -149,8 +149,9 @@ func modesScenario(t *testing.T, d *pgtest.Database, db *sql.DB, rowHandler bool
 // default_query_exec_mode, without statement or description cache, over
 // stdlib.OpenDB with session settings (DateStyle, IntervalStyle, TimeZone, search_path,
 // extra_float_digits, bytea_output, standard_conforming_strings) that change values'
-// text, over a pgxpool, through RegisterConnConfig, and lib/pq with
-// binary_parameters, disable_prepared_binary_result and pq.NewConnector. Every one
+// text (also as connection string parameters, for pgx and lib/pq), over a pgxpool,
+// through RegisterConnConfig, and lib/pq with binary_parameters,
+// disable_prepared_binary_result and pq.NewConnector. Every one
 // gives the values (Go types included) and record IDs of lib/pq's default
 // configuration. pgx refuses statement_cache_capacity=0 under its default mode and
 // simple_protocol with standard_conforming_strings=off by itself.
@@ -236,6 +237,8 @@ func TestDriverConfigurationsAgree(t *testing.T) {
 		{"nocache_simple", "pgx", "statement_cache_capacity=0 description_cache_capacity=0 default_query_exec_mode=simple_protocol"},
 		{"pq_binary", "postgres", "binary_parameters=yes"},
 		{"pq_noprepbin", "postgres", "disable_prepared_binary_result=yes"},
+		{"pq_session", "postgres", "timezone=Asia/Kolkata extra_float_digits=-3 IntervalStyle=sql_standard bytea_output=escape search_path=pg_catalog"},
+		{"pgx_session", "pgx", "timezone=Asia/Kolkata extra_float_digits=-3 IntervalStyle=sql_standard bytea_output=escape search_path=pg_catalog DateStyle=German"},
 	} {
 		for _, rows := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/rows=%v", c.name, rows), func(t *testing.T) {
