@@ -330,6 +330,43 @@ func TestOpenDBFromPoolSplitPoll(t *testing.T) {
 	}
 }
 
+// TestSnapshotParallelKeysPgxModes: a parallel Snapshot's key range planning
+// (chunkBound, through database/sql with key texts bound back under casts) and its
+// chunks give lib/pq's rows in pgx's exec modes, with lib/pq's binary_parameters, and
+// under a session TimeZone and DateStyle of the connection string, for a key of bytea,
+// timestamptz, numeric and text with quotes.
+func TestSnapshotParallelKeysPgxModes(t *testing.T) {
+	run := func(t *testing.T, db *sql.DB, d *pgtest.Database) []string {
+		execAll(t, d.DB, `CREATE TABLE k (b bytea, ts timestamptz, n numeric, tx text, v int, PRIMARY KEY (b, ts, n, tx))`,
+			`INSERT INTO k SELECT decode(lpad(to_hex(g % 3), 2, '0'), 'hex'), '2024-01-01 00:00:00.5+00'::timestamptz + (g % 4) * interval '1 day', g / 3.0, 'a''\"'||g, g FROM generate_series(1, 40) g`)
+		rec := &modeRecorder{}
+		s := newTestSyncer(t, d, WithDB(db), ForTables("public.k"), WithMessageHandler(rec), WithSnapshotChunkSize(3), WithSnapshotParallel(3))
+		r := runInBackground(s)
+		require.NoError(t, s.Snapshot(context.Background(), "public.k"))
+		require.NoError(t, r.stop(t))
+		got := rec.snapshot()
+		sort.Strings(got)
+		require.Len(t, got, 40)
+		require.NotZero(t, s.chunkBounds.Load())
+		return got
+	}
+	base := pgtest.NewDatabase(t)
+	want := run(t, base.DB, base)
+	for _, c := range []struct{ driver, params string }{
+		{"pgx", ""}, {"pgx", "default_query_exec_mode=exec"}, {"pgx", "default_query_exec_mode=simple_protocol"},
+		{"pgx", "default_query_exec_mode=describe_exec"}, {"postgres", "binary_parameters=yes"},
+		{"pgx", "default_query_exec_mode=exec timezone=Asia/Kolkata DateStyle=SQL,DMY"},
+	} {
+		t.Run(c.driver+" "+c.params, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			db, err := sql.Open(c.driver, d.DSN()+" "+c.params)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			require.Equal(t, want, run(t, db, d))
+		})
+	}
+}
+
 // TestRefreshAfterDDLPgxCaches: a Refresh query describes its columns through the pool.
 // With pgx's default mode (statement cache) and cache_describe (description cache) that
 // description was cached by the query's text, so after the table gained or lost a
