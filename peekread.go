@@ -52,6 +52,11 @@ func (s *Syncer) readPeek(ctx context.Context, upto pglogrepl.LSN, max int, fn p
 		return classify(err, "peek slot "+s.replicationSlot)
 	}
 	defer conn.Close()
+	return s.readPeekConn(ctx, conn, upto, max, fn)
+}
+
+// readPeekConn is readPeek on conn.
+func (s *Syncer) readPeekConn(ctx context.Context, conn *sql.Conn, upto pglogrepl.LSN, max int, fn peekRowFunc) error {
 	restore, err := s.untimed(ctx, conn)
 	if err != nil {
 		return classify(err, "peek slot "+s.replicationSlot)
@@ -333,14 +338,33 @@ func (s *Syncer) readPoll(ctx context.Context, confirmed, upto pglogrepl.LSN, ma
 // splitBatch is how many of the copy's rows its reader hands over at once.
 const splitBatch = 256
 
+// splitConnWait is how long a split peek waits for its second connection before it
+// peeks once on its first instead.
+const splitConnWait = time.Second
+
 // readPeekSplit peeks the slot up to mid and a temporary copy of it from mid to upto
 // at the same time, and calls fn for the rows of one peek up to upto, in order. If the
-// copy cannot be made (no free replication slot, say), it reads one peek instead.
+// copy cannot be made (no free replication slot, say), or the pool gives no second
+// connection within splitConnWait, it reads one peek instead: a pool whose limit
+// database/sql does not see (a pgxpool under stdlib.OpenDBFromPool, whose
+// MaxOpenConnections is 0) would otherwise keep the split waiting for good
+// (TestOpenDBFromPoolSplitPoll).
 func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn peekRowFunc) error {
 	what := "peek slot " + s.replicationSlot
-	cconn, err := s.db.Conn(ctx)
+	sconn, err := s.db.Conn(ctx) // the slot's peek
 	if err != nil {
 		return classify(err, what)
+	}
+	defer sconn.Close()
+	wctx, wcancel := context.WithTimeout(ctx, splitConnWait)
+	cconn, err := s.db.Conn(wctx) // the copy's
+	wcancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return classify(err, what)
+		}
+		s.log.Debug("dbsync: no second connection for a split peek; peeking once", "slot", s.replicationSlot, "waited", splitConnWait, "err", err)
+		return s.readPeekConn(ctx, sconn, upto, 0, fn)
 	}
 	restore, err := s.untimed(ctx, cconn)
 	if err != nil {
@@ -358,14 +382,14 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 		restore()
 		cconn.Close()
 		s.log.Debug("dbsync: cannot copy the slot for a split peek; peeking once", "slot", s.replicationSlot, "err", err)
-		return s.readPeek(ctx, upto, 0, fn)
+		return s.readPeekConn(ctx, sconn, upto, 0, fn)
 	}
 	var copyConfirmed pglogrepl.LSN
 	if copied.Valid {
 		if copyConfirmed, err = parseLSN([]byte(copied.String)); err != nil {
 			// The temporary copy exists: end its session (which drops it) rather than
 			// hand the connection back to the pool with the copy holding WAL.
-			_ = cconn.Raw(func(any) error { return driver.ErrBadConn })
+			endSession(cconn)
 			cconn.Close()
 			return err
 		}
@@ -394,7 +418,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 			// The copy would live as long as this pooled session, holding back WAL:
 			// have the pool close the connection instead (its session drops the copy).
 			s.log.Debug("dbsync: dropping the split peek's slot copy; closing its connection", "slot", copyName, "err", err)
-			_ = cconn.Raw(func(any) error { return driver.ErrBadConn })
+			endSession(cconn)
 		} else {
 			restore()
 		}
@@ -402,7 +426,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 	}()
 
 	var lastCommit, lastLSN pglogrepl.LSN // the slot's last COMMIT (its commit LSN) and last row
-	err = s.readPeek(ctx, mid, 0, func(m PGMSG) error {
+	err = s.readPeekConn(ctx, sconn, mid, 0, func(m PGMSG) error {
 		if first(m.Data) == 'C' {
 			c, err := commitLSN(m.Data)
 			if err != nil {

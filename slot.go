@@ -3,7 +3,6 @@ package dbsync
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
@@ -248,7 +247,7 @@ func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, er
 	taken, pid, err := s.trySlotLock(ctx, conn)
 	if err != nil {
 		// Whether the lock was taken is not known: the session goes with it.
-		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		endSession(conn)
 		return res, classify(err, "lock slot "+s.replicationSlot)
 	}
 	if !taken {

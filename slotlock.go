@@ -3,7 +3,6 @@ package dbsync
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"fmt"
 	"time"
 )
@@ -53,7 +52,7 @@ func (s *Syncer) trySlotLock(ctx context.Context, conn *sql.Conn) (taken bool, p
 func (s *Syncer) unlockSlot(ctx context.Context, conn *sql.Conn) error {
 	_, err := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(`+slotLockKey+`)`, s.replicationSlot)
 	if err != nil {
-		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		endSession(conn)
 	}
 	return err
 }
@@ -138,7 +137,7 @@ func (s *Syncer) takeSlotLock(ctx context.Context) (conn *sql.Conn, taken bool, 
 	if err != nil {
 		// Whether the lock was taken is not known: the session goes, and the lock
 		// with it, rather than back to the pool.
-		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		endSession(conn)
 	}
 	if err != nil || !taken {
 		conn.Close()
@@ -167,7 +166,7 @@ func (s *Syncer) keepSlotLock(ctx context.Context, conn *sql.Conn, stop <-chan s
 				continue
 			}
 			s.log.Warn("dbsync: the slot lock's session ended; taking the lock again", "slot", s.replicationSlot, "err", err)
-			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			endSession(conn)
 			conn.Close()
 			conn = nil
 		}

@@ -40,7 +40,7 @@ func (s *Syncer) untimed(ctx context.Context, conn *sql.Conn) (restore func(), e
 		defer cancel()
 		if _, err := conn.ExecContext(rctx, `SELECT set_config('statement_timeout', $1, false)`, prev); err != nil {
 			s.log.Debug("dbsync: cannot set statement_timeout back; closing the connection", "err", err)
-			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			endSession(conn)
 		}
 	}, nil
 }
@@ -59,4 +59,22 @@ func (s *Syncer) onUntimedConn(ctx context.Context, fn func(*sql.Conn) error) er
 	}
 	defer restore()
 	return fn(conn)
+}
+
+// endSession has conn's session end instead of going back to the pool, for a session
+// left holding what a pooled one must not (the slot lock, a split peek's temporary
+// slot copy, statement_timeout 0): conn is reported bad (driver.ErrBadConn), so
+// database/sql closes it. With pgx's driver its pgx connection is closed first: under
+// stdlib.OpenDBFromPool, database/sql's close only releases the connection to the
+// pgxpool, which keeps an open session (TestEndSessionOverPgxpool). conn must not be
+// used afterwards (its Close returns sql.ErrConnDone).
+func endSession(conn *sql.Conn) {
+	_ = conn.Raw(func(dc any) error {
+		if pc, ok := dc.(pgxConner); ok {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = pc.Conn().Close(ctx)
+		}
+		return driver.ErrBadConn
+	})
 }

@@ -628,19 +628,23 @@ func refreshQueryErr(ctx context.Context, err error, what string) error {
 }
 
 // queryColumns returns the result column names of a query (without running it).
+//
+// With pgx's driver the wrapped query is only described, as an unnamed statement on
+// pgx's own connection (sql.Conn.Raw): through database/sql, pgx's default
+// statement cache (and cache_describe's description cache) kept the statement by its
+// text, so once the table gained or lost a column the same Refresh query failed, as
+// ErrConfig "cached plan must not change result type" (0A000) or a protocol error
+// "bind message has 2 result formats but query has 3 columns" (08P01), on every
+// pooled connection that had run it (TestRefreshAfterDDLPgxCaches).
 func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT * FROM ("+query+") AS q LIMIT 0")
+	wrapped := "SELECT * FROM (" + query + ") AS q LIMIT 0"
+	cols, err := s.describeColumns(ctx, wrapped)
 	if err != nil {
 		if hasSQLState(err, "42601") {
 			// EXPLAIN took the query: what it ends with does not fit in a subquery.
 			return nil, fmt.Errorf("%w: Refresh query cannot be read as a subquery (SELECT * FROM (<query>) AS q); write it as one SELECT without a semicolon or a comment after it: %w", ErrConfig, err)
 		}
 		return nil, refreshQueryErr(ctx, err, "describe query")
-	}
-	defer rows.Close()
-	cols, err := rows.Columns()
-	if err != nil {
-		return nil, err
 	}
 	seen := map[string]bool{}
 	for _, c := range cols {
@@ -650,6 +654,44 @@ func (s *Syncer) queryColumns(ctx context.Context, query string) ([]string, erro
 		seen[c] = true
 	}
 	return cols, nil
+}
+
+// describeColumns returns the result column names of query (one statement without
+// parameters): described on pgx's own connection when the pool is pgx's driver (no
+// statement or description cache of pgx's is used), else run through database/sql.
+func (s *Syncer) describeColumns(ctx context.Context, query string) ([]string, error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	var cols []string
+	native := false
+	err = conn.Raw(func(dc any) error {
+		pc, ok := dc.(pgxConner)
+		if !ok {
+			return nil
+		}
+		native = true
+		sd, err := pc.Conn().PgConn().Prepare(ctx, "", query, nil)
+		if err != nil {
+			return err
+		}
+		cols = make([]string, len(sd.Fields))
+		for i, f := range sd.Fields {
+			cols[i] = f.Name
+		}
+		return nil
+	})
+	if native || err != nil {
+		return cols, err
+	}
+	rows, err := conn.QueryContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	return rows.Columns()
 }
 
 // explainQuery returns EXPLAIN (VERBOSE, FORMAT JSON) of a Refresh query, which plans
