@@ -88,9 +88,12 @@ var (
 	// ErrAlreadyRunning: Start, Run, GetMessages or Forward was called on a Syncer
 	// that is running.
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
-	// ErrClosed: Start, Run, GetMessages or Forward was called on a Syncer after
-	// Close; Refresh and Snapshot under way when Close was called, or called after it,
-	// fail with ErrRefreshAbandoned wrapping it. Make a new one.
+	// ErrClosed: a method of a Syncer that reads or changes the slot or the catalog
+	// (Start, Run, GetMessages, Forward, SkipBacklog, Setup, Teardown,
+	// TeardownWithResult, Status, ConfirmedFlushLSN, CurrentFlushLSN, TableInfo,
+	// CheckReplicaIdentity) was called after Close, and did nothing; Refresh and
+	// Snapshot under way when Close was called, or called after it, fail with
+	// ErrRefreshAbandoned wrapping it. Make a new one.
 	ErrClosed = errors.New("dbsync: syncer is closed")
 	// ErrConfig: an option or environment variable has an invalid value, or a call
 	// asks for what the configuration cannot do: a Refresh query the server refuses or

@@ -140,8 +140,11 @@ func (p ReplicaIdentityProblem) generatedKeyString() string {
 // partitioned table whose replica identity lacks its key (ReplicaIdentityProblem),
 // in schema and table order. A partitioned table's partitions are checked by their
 // own replica identity, the one PostgreSQL uses. Setup calls it and logs a warning per table (an error with
-// WithStrictReplicaIdentity). Read-only.
+// WithStrictReplicaIdentity). Read-only. Returns ErrClosed after Close.
 func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityProblem, error) {
+	if err := s.checkOpen("CheckReplicaIdentity"); err != nil {
+		return nil, err
+	}
 	// The planner cannot know how many tables the publication lists or how many
 	// partitions each has (pg_get_publication_tables, pg_partition_tree: 1,000 rows
 	// each by default), so it costs the query far above jit_above_cost; on a server

@@ -40,8 +40,11 @@ const setupLockKey = 0x64627379 // "dbsy"
 // created with two_phase = true), ErrSlotInvalidated (the slot exists
 // but PostgreSQL invalidated it: wal_status lost), or the server's error; when ctx
 // ended first, the error wraps ctx.Err() too (creating the slot waits for the
-// transactions open in the cluster: see watchSlotCreation).
+// transactions open in the cluster: see watchSlotCreation); ErrClosed after Close.
 func (s *Syncer) Setup(ctx context.Context) (err error) {
+	if err := s.checkOpen("Setup"); err != nil {
+		return err
+	}
 	defer func() {
 		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (setup ended by its context: %w)", err, ctx.Err())

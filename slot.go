@@ -74,9 +74,12 @@ type SlotStats struct {
 // Status reads the Syncer's slot from pg_replication_slots and its statistics from
 // pg_stat_replication_slots. It creates nothing, so it can run on a Syncer made with
 // WithSetup(false) next to a running consumer. Returns ErrSlotMissing (wrapped) if
-// there is no such slot.
+// there is no such slot, ErrClosed after Close.
 func (s *Syncer) Status(ctx context.Context) (SlotStatus, error) {
 	var st SlotStatus
+	if err := s.checkOpen("Status"); err != nil {
+		return st, err
+	}
 	var confirmed, restart sql.NullString
 	var current, flush string
 	var version int
@@ -192,6 +195,9 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 
 // Teardown is TeardownWithResult without the result (what it did is logged at Info).
 func (s *Syncer) Teardown(ctx context.Context) error {
+	if err := s.checkOpen("Teardown"); err != nil {
+		return err
+	}
 	_, err := s.TeardownWithResult(ctx)
 	return err
 }
@@ -227,8 +233,12 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // is another session's temporary slot, or a two_phase slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
 // when the control schema holds anything but dbsync's tables, something depends on
 // those, or the schema is public, information_schema or pg_* (the slot is dropped,
-// the rest kept); or the server's error.
+// the rest kept); ErrClosed after Close (nothing is dropped: make a new Syncer); or
+// the server's error.
 func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, err error) {
+	if err := s.checkOpen("TeardownWithResult"); err != nil {
+		return res, err
+	}
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return res, classify(err, "connect for teardown")

@@ -250,8 +250,10 @@ func (s *Syncer) WMTable() string { return s.wmTableName }
 // them, ends a restart_lsn check that Forward or GetMessages started (see
 // MaxRestartLSNLag) and waits for it, and then closes the connection pool if the
 // Syncer opened it (not one given with WithDB). A closed Syncer does not run again:
-// Run and Start return ErrClosed, and so do GetMessages and Forward; Refresh and
-// Snapshot return ErrRefreshAbandoned and ErrClosed. Close may be called more than
+// Run and Start return ErrClosed, and so do GetMessages, Forward, SkipBacklog, Setup,
+// Teardown, TeardownWithResult, Status, ConfirmedFlushLSN, CurrentFlushLSN, TableInfo
+// and CheckReplicaIdentity, also on a pool given with WithDB (they do nothing); Refresh
+// and Snapshot return ErrRefreshAbandoned and ErrClosed. Close may be called more than
 // once, but not from a handler, Batcher, EventsProcessor or SnapshotProgress function
 // (it waits for the call that runs them).
 func (s *Syncer) Close() error {
@@ -316,6 +318,17 @@ func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) er
 		return err
 	}
 	return ctx, end, nil
+}
+
+// checkOpen is ErrClosed for a call of the named method made after Close.
+func (s *Syncer) checkOpen(call string) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return fmt.Errorf("%w: %s after Close; make a new Syncer", ErrClosed, call)
+	}
+	return nil
 }
 
 // IsRunning tells whether Start or Run is delivering changes.

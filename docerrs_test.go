@@ -1,0 +1,57 @@
+package dbsync
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/stretchr/testify/require"
+)
+
+// TestClosedSyncerMethods: after Close every method that talks to the server returns
+// ErrClosed naming the call, as Run, GetMessages, Forward and SkipBacklog do, whether
+// the Syncer opened its pool (closed with it: the error was database/sql's untyped
+// "sql: database is closed") or was given one (WithDB, still open: Teardown dropped
+// the slot and control schema of a closed Syncer). Nothing is changed on the server.
+func TestClosedSyncerMethods(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE c (id int PRIMARY KEY)`)
+	ctx := context.Background()
+	for i, own := range []bool{true, false} {
+		slot := pgtest.Ident(t, fmt.Sprintf("slot%d", i))
+		opts := []SyncerOpt{ForTables("c"), WithReplicationSlot(slot)}
+		if !own {
+			opts = append(opts, WithDB(d.DB))
+		}
+		s := newTestSyncer(t, d, opts...)
+		require.NoError(t, s.Close())
+
+		calls := []struct {
+			name string
+			call func() error
+		}{
+			{"Status", func() error { _, err := s.Status(ctx); return err }},
+			{"ConfirmedFlushLSN", func() error { _, err := s.ConfirmedFlushLSN(ctx); return err }},
+			{"CurrentFlushLSN", func() error { _, err := s.CurrentFlushLSN(ctx); return err }},
+			{"TableInfo", func() error { _, err := s.TableInfo(ctx, "c"); return err }},
+			{"CheckReplicaIdentity", func() error { _, err := s.CheckReplicaIdentity(ctx); return err }},
+			{"Setup", func() error { return s.Setup(ctx) }},
+			{"Teardown", func() error { return s.Teardown(ctx) }},
+			{"TeardownWithResult", func() error {
+				res, err := s.TeardownWithResult(ctx)
+				require.Equal(t, TeardownResult{}, res)
+				return err
+			}},
+		}
+		for _, c := range calls {
+			err := c.call()
+			require.ErrorIs(t, err, ErrClosed, "own pool %v: %s", own, c.name)
+			require.Equal(t, fmt.Sprintf("dbsync: syncer is closed: %s after Close; make a new Syncer", c.name), err.Error(), "own pool %v", own)
+		}
+		require.Equal(t, []string{slot}, queryStrings(t, d.DB, `SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1`, slot),
+			"own pool %v: a closed Syncer does not drop its slot", own)
+		require.Equal(t, []string{"dbsync_wmtable"}, queryStrings(t, d.DB, `SELECT tablename FROM pg_tables WHERE schemaname = 'dbsync_ctrl' AND tablename = 'dbsync_wmtable'`),
+			"own pool %v: a closed Syncer does not drop the control schema", own)
+	}
+}
