@@ -55,3 +55,26 @@ func TestClosedSyncerMethods(t *testing.T) {
 			"own pool %v: a closed Syncer does not drop the control schema", own)
 	}
 }
+
+// TestCheckReplicaIdentityPublicationMissing: CheckReplicaIdentity of a Syncer whose
+// publication does not exist (WithSetup(false), a mistyped name) returned no problem
+// and no error, as if every published table were fine; it is ErrPublicationMissing,
+// naming the publication and how to create it.
+func TestCheckReplicaIdentityPublicationMissing(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE nokey (v text)`)
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), WithPublication("no_such_pub"), WithSetup(false))
+	require.NoError(t, err)
+	defer s.Close()
+	problems, err := s.CheckReplicaIdentity(context.Background())
+	require.ErrorIs(t, err, ErrPublicationMissing)
+	require.Nil(t, problems)
+	require.Equal(t, `dbsync: publication does not exist: "no_such_pub": no published table to check; create it (CREATE PUBLICATION "no_such_pub" FOR TABLE ...), or pass ForTables to NewSyncer`, err.Error())
+
+	// An existing publication whose tables are all fine is still no problem at all.
+	execAll(t, d.DB, `CREATE TABLE k (id int PRIMARY KEY)`, `CREATE PUBLICATION no_such_pub FOR TABLE k`)
+	problems, err = s.CheckReplicaIdentity(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, problems)
+}
+
