@@ -78,3 +78,39 @@ func TestCheckReplicaIdentityPublicationMissing(t *testing.T) {
 	require.Empty(t, problems)
 }
 
+// TestSelectionWithoutWatermarkTable: Refresh and Snapshot of a Syncer whose control
+// schema was never set up (WithSetup(false) on a publication and slot made by hand)
+// are ErrConfig, as before, but the message said the watermark table "is not in
+// publication" and to run ALTER PUBLICATION ... ADD TABLE of it, which fails: the
+// table does not exist. It now says so and that setup creates it.
+func TestSelectionWithoutWatermarkTable(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE TABLE w (id int PRIMARY KEY)`, `CREATE PUBLICATION wpub FOR TABLE w`,
+		fmt.Sprintf(`SELECT pg_create_logical_replication_slot('%s', 'pgoutput')`, slot))
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), WithPublication("wpub"), WithReplicationSlot(slot), WithSetup(false),
+		WithMessageHandler(DefaultMessageHandler{}))
+	require.NoError(t, err)
+	defer s.Close()
+	want := `dbsync: invalid configuration: the watermark table "dbsync_ctrl"."dbsync_wmtable" does not exist, so no refresh or snapshot window can open: set up the Syncer (Syncer.Setup, or NewSyncer without WithSetup(false)), which creates it in the control schema and adds it to publication "wpub"`
+	_, err = s.RefreshContext(context.Background(), "SELECT * FROM w")
+	require.ErrorIs(t, err, ErrConfig)
+	require.Equal(t, want, err.Error())
+	err = s.Snapshot(context.Background(), "w")
+	require.ErrorIs(t, err, ErrConfig)
+	require.Equal(t, want, err.Error())
+
+	// Setup does what the message says: then a Refresh works.
+	require.NoError(t, s.Setup(context.Background()))
+	h := newCacheHandler()
+	s.MessageHandler = h
+	r := runInBackground(s)
+	execAll(t, d.DB, `INSERT INTO w VALUES (1), (2)`)
+	stats, err := s.RefreshContext(context.Background(), "SELECT * FROM w")
+	require.NoError(t, err)
+	require.Equal(t, 2, stats.Emitted)
+	require.NoError(t, r.stop(t))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	require.Equal(t, []string{`["1"]`, `["2"]`}, h.refreshKeys)
+}

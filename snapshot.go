@@ -137,7 +137,9 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk or the server cut a
 // chunk's SELECT short (statement_timeout, a lock timeout; call Snapshot again
 // to resume; with ErrClosed when Close ended it or was called before), ErrConfig for
-// unknown tables (and names of views, indexes, sequences), or ctx's error.
+// unknown tables (and names of views, indexes, sequences) and the other cases
+// RefreshContext names (a watermark table not published or not there),
+// ErrPublicationMissing, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return err
