@@ -23,7 +23,8 @@ const diagnoseTimeout = 5 * time.Second
 //   - 42704 (undefined_object): ErrSlotMissing when the slot is gone, else
 //     ErrPublicationMissing when the publication is;
 //   - 55000 (object_not_in_prerequisite_state): ErrSlotInvalidated when the slot's
-//     wal_status is lost, else ErrWALLevel when wal_level is not logical;
+//     wal_status is lost, else ErrInRecovery on a standby (pg_current_wal_flush_lsn:
+//     "recovery is in progress"), else ErrWALLevel when wal_level is not logical;
 //   - 42501 (insufficient_privilege): ErrReplicationPrivilege when the role is neither
 //     superuser nor REPLICATION;
 //   - 0A000 (feature_not_supported): ErrInRecovery on a standby.
@@ -61,6 +62,8 @@ func (s *Syncer) diagnose(ctx context.Context, err error) error {
 		named, what = ErrPublicationMissing, "publication "+s.publication+" does not exist; create it, or pass ForTables to NewSyncer"
 	case code == "55000" && walStatus == "lost":
 		return s.errSlotLost(driverError(err))
+	case code == "55000" && inRecovery:
+		named, what = ErrInRecovery, "the server is a standby"
 	case code == "55000" && walLevel != "logical":
 		named, what = ErrWALLevel, "wal_level is "+walLevel
 	case code == "42501" && !canReplicate:

@@ -3,6 +3,8 @@ package dbsync
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
@@ -113,4 +115,47 @@ func TestSelectionWithoutWatermarkTable(t *testing.T) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	require.Equal(t, []string{`["1"]`, `["2"]`}, h.refreshKeys)
+}
+
+// TestStandbyIsErrInRecovery: on a standby (pg_is_in_recovery(); here a cluster
+// restarted with standby.signal) logical decoding is not possible (PostgreSQL 15).
+// Setup named it ErrInRecovery, but GetMessages and Run of a Syncer set up before the
+// server became a standby returned the unnamed "read pg_current_wal_flush_lsn(): pq:
+// recovery is in progress (55000)": the first thing a poll runs is that WAL function,
+// which fails so on a standby. All four are ErrInRecovery, saying to connect to the
+// primary.
+func TestStandbyIsErrInRecovery(t *testing.T) {
+	srv, err := pgtest.Start(pgtest.Options{})
+	require.NoError(t, err)
+	d := srv.NewDatabase(t)
+	t.Cleanup(func() { srv.Stop() }) // before the database's drop, which a standby refuses
+	execAll(t, d.DB, `CREATE TABLE sb (id int PRIMARY KEY)`)
+	set := newTestSyncer(t, d, ForTables("sb"), WithMessageHandler(DefaultMessageHandler{}))
+
+	require.NoError(t, os.WriteFile(filepath.Join(srv.DataDir(), "standby.signal"), nil, 0o600))
+	require.NoError(t, srv.Restart(false))
+	var inRecovery bool
+	require.NoError(t, d.DB.QueryRow(`SELECT pg_is_in_recovery()`).Scan(&inRecovery))
+	require.True(t, inRecovery)
+
+	for _, c := range []struct {
+		name string
+		call func() error
+	}{
+		{"NewSyncer", func() error {
+			s, err := NewSyncer(WithPGConnStr(d.DSN()), ForTables("sb"), WithReplicationSlot(pgtest.Ident(t, "other")))
+			if err == nil {
+				s.Close()
+			}
+			return err
+		}},
+		{"Setup", func() error { return set.Setup(context.Background()) }},
+		{"GetMessages", func() error { _, err := set.GetMessages(0, false, nil); return err }},
+		{"Run", func() error { return set.Run(context.Background()) }},
+	} {
+		err := c.call()
+		require.ErrorIs(t, err, ErrInRecovery, c.name)
+		require.NotErrorIs(t, err, ErrConfig, c.name)
+		require.ErrorContains(t, err, "connect to the primary", c.name)
+	}
 }

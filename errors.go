@@ -55,7 +55,9 @@ var (
 	// or an advance of one fails with SQLSTATE 55000 and returns it too (named from
 	// the slot's wal_status, whatever the server's language: Syncer.diagnose).
 	ErrSlotInvalidated = errors.New("dbsync: replication slot was invalidated")
-	// ErrInRecovery: logical decoding is not possible on a standby (PG 15, 0A000).
+	// ErrInRecovery: logical decoding is not possible on a standby (PG 15, 0A000; the
+	// WAL functions dbsync reads positions with fail there with 55000 "recovery is in
+	// progress", named from pg_is_in_recovery()). Fix: connect to the primary.
 	ErrInRecovery = errors.New("dbsync: server is in recovery (a standby)")
 	// ErrHandler wraps an error returned by a MessageHandler or a Batcher.
 	// The slot was not moved past the change that failed.
@@ -197,6 +199,9 @@ func classify(err error, what string) error {
 			named = ErrWALLevel
 		case contains(msg, "can no longer get changes"), contains(msg, "cannot be advanced"), contains(msg, "has been invalidated"):
 			named = ErrSlotInvalidated
+		case contains(msg, "recovery is in progress"):
+			// A WAL function (pg_current_wal_flush_lsn) on a standby.
+			named = ErrInRecovery
 		}
 	case "42501":
 		// The slot functions' message (PostgreSQL 15: "must be superuser or
