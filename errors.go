@@ -87,8 +87,8 @@ var (
 	// REPLICA IDENTITY FULL (WithReplicaIdentityFull); for a generated key, a key of
 	// columns that are not generated (FULL does not help).
 	ErrReplicaIdentity = errors.New("dbsync: table has no usable replica identity")
-	// ErrAlreadyRunning: Start, Run, GetMessages or Forward was called on a Syncer
-	// that is running.
+	// ErrAlreadyRunning: Start, Run, GetMessages, Forward or SkipBacklog was called on
+	// a Syncer that is running.
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
 	// ErrClosed: a method of a Syncer that reads or changes the slot or the catalog
 	// (Start, Run, GetMessages, Forward, SkipBacklog, Setup, Teardown,
