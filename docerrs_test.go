@@ -159,3 +159,51 @@ func TestStandbyIsErrInRecovery(t *testing.T) {
 		require.ErrorContains(t, err, "connect to the primary", c.name)
 	}
 }
+
+// TestForeignSlotIsErrSlotMismatch: a Syncer made with WithSetup(false) on a slot
+// that is not a logical pgoutput slot of its database (a test_decoding slot, a
+// physical slot, another database's slot). SkipBacklog advanced the first two to the
+// flush LSN (the physical slot of a standby, which then misses that WAL), and Run and
+// GetMessages failed with the server's unnamed error (22023 "option proto_version is
+// unknown", 55000 "cannot use physical replication slot for logical decoding", 55000
+// "was not created in this database"). All are ErrSlotMismatch, as setup and Teardown
+// name such a slot, and SkipBacklog moves none of them.
+func TestForeignSlotIsErrSlotMismatch(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	d2 := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE f (id int PRIMARY KEY)`, `CREATE PUBLICATION fpub FOR TABLE f`)
+	td, ph, other := pgtest.Ident(t, "td"), pgtest.Ident(t, "ph"), pgtest.Ident(t, "other")
+	execAll(t, d.DB, fmt.Sprintf(`SELECT pg_create_logical_replication_slot('%s', 'test_decoding')`, td),
+		fmt.Sprintf(`SELECT pg_create_physical_replication_slot('%s', true)`, ph))
+	execAll(t, d2.DB, fmt.Sprintf(`SELECT pg_create_logical_replication_slot('%s', 'pgoutput')`, other))
+	position := func(slot string) string {
+		var p string
+		require.NoError(t, d.DB.QueryRow(`SELECT COALESCE(confirmed_flush_lsn, restart_lsn)::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&p))
+		return p
+	}
+	for _, c := range []struct{ slot, why string }{
+		{td, `is a logical slot with plugin "test_decoding"`},
+		{ph, `is a physical slot`},
+		{other, `belongs to database "` + d2.Name + `", not "` + d.Name + `"`},
+	} {
+		s, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(c.slot), WithPublication("fpub"), WithSetup(false),
+			WithMessageHandler(DefaultMessageHandler{}))
+		require.NoError(t, err)
+		execAll(t, d.DB, `INSERT INTO f SELECT COALESCE(max(id), 0) + 1 FROM f`)
+		before := position(c.slot)
+
+		_, err = s.SkipBacklog(context.Background())
+		require.ErrorIs(t, err, ErrSlotMismatch, c.slot)
+		require.ErrorContains(t, err, c.why, c.slot)
+		require.Equal(t, before, position(c.slot), "%s: SkipBacklog must not move a slot dbsync does not use", c.slot)
+
+		_, err = s.GetMessages(0, false, nil)
+		require.ErrorIs(t, err, ErrSlotMismatch, c.slot)
+		require.ErrorContains(t, err, c.why, c.slot)
+		err = s.Run(context.Background())
+		require.ErrorIs(t, err, ErrSlotMismatch, c.slot)
+		require.ErrorContains(t, err, c.why, c.slot)
+		require.Equal(t, before, position(c.slot), c.slot)
+		require.NoError(t, s.Close())
+	}
+}

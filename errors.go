@@ -39,8 +39,9 @@ var (
 	ErrPublicationMissing = errors.New("dbsync: publication does not exist")
 	// ErrSlotMismatch: a slot with the configured name exists but is not a logical
 	// pgoutput slot of this database, or is another session's temporary slot, or was
-	// created with two_phase = true: Setup does not use it and Teardown does not drop
-	// it.
+	// created with two_phase = true: Setup does not use it, Teardown does not drop it
+	// and SkipBacklog does not move it; Run and GetMessages of a Syncer made with
+	// WithSetup(false) on a slot of another plugin, kind or database return it too.
 	ErrSlotMismatch = errors.New("dbsync: replication slot exists with another plugin, kind or database")
 	// ErrSlotMissing: the replication slot does not exist (42704).
 	ErrSlotMissing = errors.New("dbsync: replication slot does not exist")

@@ -168,7 +168,9 @@ func (r TeardownResult) Kept() bool { return len(r.OtherSlots) > 0 }
 // Like Teardown it takes the slot's lock (see Run) for the advance, so it returns
 // ErrSlotInUse, and moves nothing, while a Syncer runs on the slot in this or another
 // process: that Syncer's unprocessed changes would be lost to it. It returns
-// ErrAlreadyRunning while this Syncer's Run runs and ErrClosed after Close.
+// ErrAlreadyRunning while this Syncer's Run runs and ErrClosed after Close, and
+// ErrSlotMismatch, moving nothing, for a slot dbsync does not read (not a logical
+// pgoutput slot of this database, or a two_phase one: see Setup).
 func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error) {
 	if err := s.checkLowLevelCall("SkipBacklog"); err != nil {
 		return 0, err
@@ -186,6 +188,25 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 		}
 		conn.Close()
 	}()
+	// Only a slot dbsync reads: advancing another (a physical slot of a standby, a
+	// subscription's two_phase slot) would skip WAL or changes its consumer needs.
+	var slotType, plugin, database, current string
+	var twoPhase bool
+	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''),
+		COALESCE((to_jsonb(s) ->> 'two_phase')::bool, false), current_database()
+		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(&slotType, &plugin, &database, &twoPhase, &current)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		// The advance names it (ErrSlotMissing).
+	case err != nil:
+		return 0, classify(err, "look up replication slot "+s.replicationSlot)
+	case twoPhase && slotType == "logical" && plugin == "pgoutput" && database == current:
+		return 0, s.errSlotTwoPhase()
+	default:
+		if err := s.errForeignSlot(slotType, plugin, database, current, "SkipBacklog does not move it"); err != nil {
+			return 0, err
+		}
+	}
 	if err := conn.QueryRowContext(ctx, `SELECT end_lsn FROM pg_catalog.pg_replication_slot_advance($1, pg_catalog.pg_current_wal_flush_lsn())`,
 		s.replicationSlot).Scan(&lsn); err != nil {
 		return 0, s.diagnose(ctx, classify(err, "advance slot "+s.replicationSlot+" to the flush LSN"))

@@ -341,7 +341,7 @@ func (s *Syncer) IsRunning() bool {
 // Run delivers changes until ctx is cancelled, Stop is called, a handler returns
 // ErrStopProcessingMessages (all return nil), or a fatal error occurs (returned:
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
-// ErrSlotInUse, ...). Connection loss, a server restart and a poll's statement
+// ErrSlotInUse, ErrSlotMismatch, ErrPublicationMissing, ErrInRecovery, ...). Connection loss, a server restart and a poll's statement
 // cancelled by the server (pg_cancel_backend: 57014) are retried with exponential
 // backoff (100 ms doubling up to 30 s), logged as warnings.
 // On a pool without a connection limit (the default) Run holds a lock on its slot on
