@@ -167,7 +167,7 @@ func TestStandbyIsErrInRecovery(t *testing.T) {
 // GetMessages failed with the server's unnamed error (22023 "option proto_version is
 // unknown", 55000 "cannot use physical replication slot for logical decoding", 55000
 // "was not created in this database"). All are ErrSlotMismatch, as setup and Teardown
-// name such a slot, and SkipBacklog moves none of them.
+// name such a slot, and SkipBacklog moves none of them, nor a two_phase slot.
 func TestForeignSlotIsErrSlotMismatch(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	d2 := pgtest.NewDatabase(t)
@@ -206,4 +206,18 @@ func TestForeignSlotIsErrSlotMismatch(t *testing.T) {
 		require.Equal(t, before, position(c.slot), c.slot)
 		require.NoError(t, s.Close())
 	}
+
+	// A two_phase pgoutput slot (a subscription's), which setup refuses too: SkipBacklog
+	// does not move it.
+	tp := pgtest.Ident(t, "tp")
+	execAll(t, d.DB, fmt.Sprintf(`SELECT pg_create_logical_replication_slot('%s', 'pgoutput', false, true)`, tp),
+		`INSERT INTO f SELECT COALESCE(max(id), 0) + 1 FROM f`)
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(tp), WithPublication("fpub"), WithSetup(false))
+	require.NoError(t, err)
+	defer s.Close()
+	before := position(tp)
+	_, err = s.SkipBacklog(context.Background())
+	require.ErrorIs(t, err, ErrSlotMismatch)
+	require.ErrorContains(t, err, `slot "`+tp+`" was created with two_phase = true`)
+	require.Equal(t, before, position(tp))
 }
