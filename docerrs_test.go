@@ -221,3 +221,27 @@ func TestForeignSlotIsErrSlotMismatch(t *testing.T) {
 	require.ErrorContains(t, err, `slot "`+tp+`" was created with two_phase = true`)
 	require.Equal(t, before, position(tp))
 }
+
+// TestSnapshotWithoutProgressTable: Snapshot when the control schema lacks the
+// snapshot progress table (a Syncer made with WithSetup(false) on a control schema
+// set up without it, or the table dropped) failed with the server's bare "relation
+// ... does not exist (42P01)". It is ErrConfig saying to set up, which creates it,
+// and nothing of the table is delivered; after Setup the Snapshot works.
+func TestSnapshotWithoutProgressTable(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE sp (id int PRIMARY KEY)`, `INSERT INTO sp VALUES (1), (2)`)
+	h := newCacheHandler()
+	s := newTestSyncer(t, d, ForTables("sp"), WithMessageHandler(h))
+	execAll(t, d.DB, `DROP TABLE dbsync_ctrl.snapshot_progress`)
+	r := runInBackground(s)
+	err := s.Snapshot(context.Background(), "sp")
+	require.ErrorIs(t, err, ErrConfig)
+	require.Equal(t, `dbsync: invalid configuration: read snapshot progress of public.sp: the snapshot progress table "dbsync_ctrl"."snapshot_progress" does not exist or lacks columns this version of dbsync uses: set up the Syncer (Syncer.Setup, or NewSyncer without WithSetup(false)), which creates or completes it: pq: relation "dbsync_ctrl.snapshot_progress" does not exist at position 3:6 (42P01)`, err.Error())
+
+	require.NoError(t, s.Setup(context.Background()))
+	require.NoError(t, s.Snapshot(context.Background(), "sp"))
+	require.NoError(t, r.stop(t))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	require.Equal(t, []string{`["1"]`, `["2"]`}, h.refreshKeys)
+}
