@@ -245,3 +245,28 @@ func TestSnapshotWithoutProgressTable(t *testing.T) {
 	defer h.mu.Unlock()
 	require.Equal(t, []string{`["1"]`, `["2"]`}, h.refreshKeys)
 }
+
+// TestTableInfoQuotedNameErrors: a quoted table name is parsed by the server
+// (parse_ident). Any error of that query was ErrConfig "table name ...", with the
+// cause flattened to text: a cancelled context (or a lost connection) read as a bad
+// name, and errors.Is(err, context.Canceled) was false. Only the server's refusal of
+// the name (22023) is ErrConfig now, with the server's error in the chain.
+func TestTableInfoQuotedNameErrors(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), WithSetup(false))
+	require.NoError(t, err)
+	defer s.Close()
+
+	_, err = s.TableInfo(context.Background(), `"unterminated`)
+	require.ErrorIs(t, err, ErrConfig)
+	code, _, ok := serverError(err)
+	require.True(t, ok, "the server's error stays in the chain: %v", err)
+	require.Equal(t, "22023", code)
+	require.ErrorContains(t, err, `table name "\"unterminated": `)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = s.TableInfo(ctx, `"Odd"."T"`)
+	require.ErrorIs(t, err, context.Canceled)
+	require.NotErrorIs(t, err, ErrConfig)
+}

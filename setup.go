@@ -337,7 +337,10 @@ func resolveTable(ctx context.Context, q interface {
 	case strings.Contains(name, `"`):
 		var arr pq.StringArray
 		if err := q.QueryRowContext(ctx, `SELECT parse_ident($1)`, name).Scan(&arr); err != nil {
-			return qualifiedTable{}, fmt.Errorf("%w: table name %q: %v", ErrConfig, name, err)
+			if hasSQLState(err, "22023") { // "string is not a valid identifier"
+				return qualifiedTable{}, fmt.Errorf("%w: table name %q: %w", ErrConfig, name, err)
+			}
+			return qualifiedTable{}, classify(err, "parse table name "+name)
 		}
 		parts = arr
 	case strings.Contains(name, "."):
