@@ -270,3 +270,28 @@ func TestTableInfoQuotedNameErrors(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	require.NotErrorIs(t, err, ErrConfig)
 }
+
+// TestGetRecordIDGeneratedKeyMessage: GetRecordID of a table whose primary key holds
+// a generated column (which pgoutput never sends, so dbsync gives the table no key)
+// is ErrNoKey, as documented, but its message said the table "has no primary key or
+// replica identity index; add a primary key", which it has. It now says why and what
+// to do, as the poll's ErrNoKey for such a table does.
+func TestGetRecordIDGeneratedKeyMessage(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE gk (a int NOT NULL, b int GENERATED ALWAYS AS (a * 2) STORED, PRIMARY KEY (a, b))`,
+		`CREATE TABLE nk (a int)`)
+	s, err := NewSyncer(WithPGConnStr(d.DSN()), WithSetup(false))
+	require.NoError(t, err)
+	defer s.Close()
+	info, err := s.TableInfo(context.Background(), "gk")
+	require.NoError(t, err)
+	_, err = info.GetRecordID(StringMap{"a": int32(1), "b": int32(2)})
+	require.ErrorIs(t, err, ErrNoKey)
+	require.Equal(t, `dbsync: row has no usable key: table public.gk: its key holds generated column "b", which pgoutput never sends; key it by columns that are not generated`, err.Error())
+
+	info, err = s.TableInfo(context.Background(), "nk")
+	require.NoError(t, err)
+	_, err = info.GetRecordID(StringMap{"a": int32(1)})
+	require.ErrorIs(t, err, ErrNoKey)
+	require.Equal(t, `dbsync: row has no usable key: table public.nk has no primary key or replica identity index; add a primary key`, err.Error())
+}
