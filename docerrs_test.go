@@ -122,8 +122,8 @@ func TestSelectionWithoutWatermarkTable(t *testing.T) {
 // Setup named it ErrInRecovery, but GetMessages and Run of a Syncer set up before the
 // server became a standby returned the unnamed "read pg_current_wal_flush_lsn(): pq:
 // recovery is in progress (55000)": the first thing a poll runs is that WAL function,
-// which fails so on a standby. All four are ErrInRecovery, saying to connect to the
-// primary.
+// which fails so on a standby; so did Status and CurrentFlushLSN. All are
+// ErrInRecovery, saying to connect to the primary.
 func TestStandbyIsErrInRecovery(t *testing.T) {
 	srv, err := pgtest.Start(pgtest.Options{})
 	require.NoError(t, err)
@@ -152,6 +152,9 @@ func TestStandbyIsErrInRecovery(t *testing.T) {
 		{"Setup", func() error { return set.Setup(context.Background()) }},
 		{"GetMessages", func() error { _, err := set.GetMessages(0, false, nil); return err }},
 		{"Run", func() error { return set.Run(context.Background()) }},
+		{"SkipBacklog", func() error { _, err := set.SkipBacklog(context.Background()); return err }},
+		{"Status", func() error { _, err := set.Status(context.Background()); return err }},
+		{"CurrentFlushLSN", func() error { _, err := set.CurrentFlushLSN(context.Background()); return err }},
 	} {
 		err := c.call()
 		require.ErrorIs(t, err, ErrInRecovery, c.name)
