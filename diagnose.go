@@ -23,10 +23,14 @@ const diagnoseTimeout = 5 * time.Second
 //   - 42704 (undefined_object): ErrSlotMissing when the slot is gone, else
 //     ErrPublicationMissing when the publication is;
 //   - 55000 (object_not_in_prerequisite_state): ErrSlotInvalidated when the slot's
-//     wal_status is lost, else ErrWALLevel when wal_level is not logical;
+//     wal_status is lost, else ErrInRecovery on a standby (pg_current_wal_flush_lsn:
+//     "recovery is in progress"), else ErrWALLevel when wal_level is not logical;
 //   - 42501 (insufficient_privilege): ErrReplicationPrivilege when the role is neither
 //     superuser nor REPLICATION;
-//   - 0A000 (feature_not_supported): ErrInRecovery on a standby.
+//   - 0A000 (feature_not_supported): ErrInRecovery on a standby;
+//   - any of these and 22023 (invalid_parameter_value: another plugin refusing
+//     pgoutput's options): ErrSlotMismatch when the slot is not a logical pgoutput
+//     slot of this database (a Syncer made with WithSetup(false) on another slot).
 //
 // The result wraps the named error and the driver's error (*pq.Error or
 // *pgconn.PgError). Any other error, a catalog that explains nothing, or a failed
@@ -39,16 +43,16 @@ func (s *Syncer) diagnose(ctx context.Context, err error) error {
 		return err
 	}
 	switch code {
-	case "42704", "55000", "42501", "0A000":
+	case "42704", "55000", "42501", "0A000", "22023":
 	default:
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), diagnoseTimeout)
 	defer cancel()
 	var slotExists, pubExists, inRecovery, canReplicate bool
-	var walStatus, walLevel string
+	var walStatus, slotType, plugin, database, current, walLevel string
 	if qerr := s.db.QueryRowContext(ctx, sqlText("diagnose.sql"), s.replicationSlot, s.publication).
-		Scan(&slotExists, &walStatus, &pubExists, &walLevel, &inRecovery, &canReplicate); qerr != nil {
+		Scan(&slotExists, &walStatus, &slotType, &plugin, &database, &current, &pubExists, &walLevel, &inRecovery, &canReplicate); qerr != nil {
 		s.log.Debug("dbsync: could not diagnose a server error", "err", err, "diagnosis_err", qerr)
 		return err
 	}
@@ -57,10 +61,14 @@ func (s *Syncer) diagnose(ctx context.Context, err error) error {
 	switch {
 	case code == "42704" && !slotExists:
 		return s.errSlotDropped(driverError(err))
+	case slotExists && s.errForeignSlot(slotType, plugin, database, current, "") != nil:
+		return fmt.Errorf("%w: %w", s.errForeignSlot(slotType, plugin, database, current, "dbsync cannot read it"), driverError(err))
 	case code == "42704" && !pubExists:
 		named, what = ErrPublicationMissing, "publication "+s.publication+" does not exist; create it, or pass ForTables to NewSyncer"
 	case code == "55000" && walStatus == "lost":
 		return s.errSlotLost(driverError(err))
+	case code == "55000" && inRecovery:
+		named, what = ErrInRecovery, "the server is a standby"
 	case code == "55000" && walLevel != "logical":
 		named, what = ErrWALLevel, "wal_level is "+walLevel
 	case code == "42501" && !canReplicate:
@@ -83,6 +91,25 @@ func (s *Syncer) errSlotDropped(cause error) error {
 		err = fmt.Errorf("%w: %w", err, cause)
 	}
 	return err
+}
+
+// errForeignSlot is ErrSlotMismatch for the Syncer's slot when pg_replication_slots
+// says it is not a logical pgoutput slot of the current database (slotType, plugin,
+// database, current), saying what dbsync does not do with it (what); nil otherwise.
+func (s *Syncer) errForeignSlot(slotType, plugin, database, current, what string) error {
+	switch {
+	case slotType != "logical" || plugin != "pgoutput":
+		kind := slotType + " slot"
+		if plugin != "" {
+			kind += fmt.Sprintf(" with plugin %q", plugin)
+		}
+		return fmt.Errorf("%w: slot %q is a %s, not a logical pgoutput slot: %s; check the slot name (WithReplicationSlot / %s / -slot)",
+			ErrSlotMismatch, s.replicationSlot, kind, what, EnvReplSlot)
+	case database != current:
+		return fmt.Errorf("%w: slot %q belongs to database %q, not %q: %s; connect to that database, or check the slot name (WithReplicationSlot / %s / -slot)",
+			ErrSlotMismatch, s.replicationSlot, database, current, what, EnvReplSlot)
+	}
+	return nil
 }
 
 // errSlotLost is ErrSlotInvalidated for the Syncer's slot, whose

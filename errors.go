@@ -39,8 +39,9 @@ var (
 	ErrPublicationMissing = errors.New("dbsync: publication does not exist")
 	// ErrSlotMismatch: a slot with the configured name exists but is not a logical
 	// pgoutput slot of this database, or is another session's temporary slot, or was
-	// created with two_phase = true: Setup does not use it and Teardown does not drop
-	// it.
+	// created with two_phase = true: Setup does not use it, Teardown does not drop it
+	// and SkipBacklog does not move it; Run and GetMessages of a Syncer made with
+	// WithSetup(false) on a slot of another plugin, kind or database return it too.
 	ErrSlotMismatch = errors.New("dbsync: replication slot exists with another plugin, kind or database")
 	// ErrSlotMissing: the replication slot does not exist (42704).
 	ErrSlotMissing = errors.New("dbsync: replication slot does not exist")
@@ -55,7 +56,9 @@ var (
 	// or an advance of one fails with SQLSTATE 55000 and returns it too (named from
 	// the slot's wal_status, whatever the server's language: Syncer.diagnose).
 	ErrSlotInvalidated = errors.New("dbsync: replication slot was invalidated")
-	// ErrInRecovery: logical decoding is not possible on a standby (PG 15, 0A000).
+	// ErrInRecovery: logical decoding is not possible on a standby (PG 15, 0A000; the
+	// WAL functions dbsync reads positions with fail there with 55000 "recovery is in
+	// progress", named from pg_is_in_recovery()). Fix: connect to the primary.
 	ErrInRecovery = errors.New("dbsync: server is in recovery (a standby)")
 	// ErrHandler wraps an error returned by a MessageHandler or a Batcher.
 	// The slot was not moved past the change that failed.
@@ -85,12 +88,15 @@ var (
 	// REPLICA IDENTITY FULL (WithReplicaIdentityFull); for a generated key, a key of
 	// columns that are not generated (FULL does not help).
 	ErrReplicaIdentity = errors.New("dbsync: table has no usable replica identity")
-	// ErrAlreadyRunning: Start, Run, GetMessages or Forward was called on a Syncer
-	// that is running.
+	// ErrAlreadyRunning: Start, Run, GetMessages, Forward or SkipBacklog was called on
+	// a Syncer that is running.
 	ErrAlreadyRunning = errors.New("dbsync: syncer is already running")
-	// ErrClosed: Start, Run, GetMessages or Forward was called on a Syncer after
-	// Close; Refresh and Snapshot under way when Close was called, or called after it,
-	// fail with ErrRefreshAbandoned wrapping it. Make a new one.
+	// ErrClosed: a method of a Syncer that reads or changes the slot or the catalog
+	// (Start, Run, GetMessages, Forward, SkipBacklog, Setup, Teardown,
+	// TeardownWithResult, Status, ConfirmedFlushLSN, CurrentFlushLSN, TableInfo,
+	// CheckReplicaIdentity) was called after Close, and did nothing; Refresh and
+	// Snapshot under way when Close was called, or called after it, fail with
+	// ErrRefreshAbandoned wrapping it. Make a new one.
 	ErrClosed = errors.New("dbsync: syncer is closed")
 	// ErrConfig: an option or environment variable has an invalid value, or a call
 	// asks for what the configuration cannot do: a Refresh query the server refuses or
@@ -194,6 +200,9 @@ func classify(err error, what string) error {
 			named = ErrWALLevel
 		case contains(msg, "can no longer get changes"), contains(msg, "cannot be advanced"), contains(msg, "has been invalidated"):
 			named = ErrSlotInvalidated
+		case contains(msg, "recovery is in progress"):
+			// A WAL function (pg_current_wal_flush_lsn) on a standby.
+			named = ErrInRecovery
 		}
 	case "42501":
 		// The slot functions' message (PostgreSQL 15: "must be superuser or

@@ -76,8 +76,12 @@ func (st *slotState) grow(bounded, gotCommit bool) {
 }
 
 // CurrentFlushLSN returns pg_current_wal_flush_lsn(): the WAL position up to which the
-// server has flushed, the bound of what a peek can decode.
+// server has flushed, the bound of what a peek can decode. Returns ErrClosed after
+// Close.
 func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
+	if err := s.checkOpen("CurrentFlushLSN"); err != nil {
+		return 0, err
+	}
 	var lsn pglogrepl.LSN
 	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn()`).Scan(&lsn); err != nil {
 		return 0, classify(err, "read pg_current_wal_flush_lsn()")
@@ -87,8 +91,17 @@ func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 
 // ConfirmedFlushLSN returns the slot's confirmed_flush_lsn: changes of transactions
 // committed before it are not delivered again. Returns ErrSlotMissing if the slot does
-// not exist, ErrSlotInvalidated if its WAL was removed.
+// not exist, ErrSlotInvalidated if its WAL was removed, ErrClosed after Close.
 func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
+	if err := s.checkOpen("ConfirmedFlushLSN"); err != nil {
+		return 0, err
+	}
+	return s.confirmedFlushLSN(ctx)
+}
+
+// confirmedFlushLSN is ConfirmedFlushLSN for dbsync's own calls, which may run while
+// Close stops them.
+func (s *Syncer) confirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	var lsn pglogrepl.LSN
 	var confirmed, walStatus sql.NullString
 	err := s.db.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
@@ -144,7 +157,7 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 			// the slot past lsn. Told apart from the other 55000 errors (an invalidated
 			// slot, wal_level) by the slot's position, not by the message, which is in
 			// the server's language.
-			if c, rerr := s.ConfirmedFlushLSN(ctx); rerr == nil && c >= lsn {
+			if c, rerr := s.confirmedFlushLSN(ctx); rerr == nil && c >= lsn {
 				st.confirmed = c
 				return nil
 			}
@@ -172,7 +185,7 @@ func (s *Syncer) resyncFellBack(ctx context.Context, st *slotState, target pglog
 	if target == 0 || target > st.confirmed {
 		return nil
 	}
-	c, err := s.ConfirmedFlushLSN(ctx)
+	c, err := s.confirmedFlushLSN(ctx)
 	if err != nil {
 		return err
 	}
@@ -277,12 +290,13 @@ func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
 // made while Run runs: Run reads and forwards the slot itself, and a peek of another
 // session at the same time would make Run's fail with ErrSlotInUse.
 func (s *Syncer) checkLowLevelCall(call string) error {
+	if err := s.checkOpen(call); err != nil {
+		return err
+	}
 	s.mu.Lock()
-	closed, running := s.closed, s.running
+	running := s.running
 	s.mu.Unlock()
 	switch {
-	case closed:
-		return fmt.Errorf("%w: %s after Close", ErrClosed, call)
 	case running:
 		return fmt.Errorf("%w: %s while Run runs: Run reads and forwards the slot itself (a second reader would make its polls fail with ErrSlotInUse); use either Run or GetMessages and Forward", ErrAlreadyRunning, call)
 	}
@@ -310,7 +324,7 @@ func (s *Syncer) forwardLocked(ctx context.Context, nummsgs int) error {
 		return nil
 	}
 	st := slotState{}
-	c, err := s.ConfirmedFlushLSN(ctx)
+	c, err := s.confirmedFlushLSN(ctx)
 	if err != nil {
 		return err
 	}
@@ -423,7 +437,7 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 		var res pollResult
 		var err error
 		if first {
-			st.confirmed, err = s.ConfirmedFlushLSN(ctx)
+			st.confirmed, err = s.confirmedFlushLSN(ctx)
 		}
 		started := time.Now()
 		if err == nil {

@@ -27,10 +27,11 @@ import (
 // 1.50) give different IDs.
 //
 // Errors wrap ErrNoKey: the table has no primary key or replica identity index, or
-// values lacks a key column or holds NULL for it.
+// its key holds a generated column (which pgoutput never sends), or values lacks a
+// key column or holds NULL for it.
 func (t *PGTableInfo) GetRecordID(values StringMap) (string, error) {
 	if len(t.PrimaryKey) == 0 {
-		return "", fmt.Errorf("%w: table %s has no primary key or replica identity index; add a primary key", ErrNoKey, t.QualifiedName())
+		return "", t.errNoKeyTable()
 	}
 	// The ID is built directly into one buffer; it is byte for byte what json.Marshal
 	// gives for the []string of the key texts (TestRecordIDMatchesJSONMarshal).
@@ -50,11 +51,20 @@ func (t *PGTableInfo) GetRecordID(values StringMap) (string, error) {
 	return string(b), nil
 }
 
+// errNoKeyTable is ErrNoKey for a table dbsync gives no key (PrimaryKey empty),
+// saying why and what to do.
+func (t *PGTableInfo) errNoKeyTable() error {
+	if t.generatedKey != "" {
+		return fmt.Errorf("%w: table %s: %s; %s", ErrNoKey, t.QualifiedName(), t.noKeyReason(), t.noKeyFix())
+	}
+	return fmt.Errorf("%w: table %s has no primary key or replica identity index; add a primary key", ErrNoKey, t.QualifiedName())
+}
+
 // recordIDOfKeys is GetRecordID of a row given by its key values alone: keyVals[i] is
 // the value of PrimaryKey[i], decoded as MessageToMap decodes it.
 func (t *PGTableInfo) recordIDOfKeys(keyVals []any) (string, error) {
 	if len(t.PrimaryKey) == 0 || len(keyVals) != len(t.PrimaryKey) {
-		return "", fmt.Errorf("%w: table %s has no primary key or replica identity index; add a primary key", ErrNoKey, t.QualifiedName())
+		return "", t.errNoKeyTable()
 	}
 	var stack [64]byte
 	b := append(stack[:0], '[')

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+
+	"github.com/lib/pq"
 )
 
 // ReplicaIdentityProblem is a published table whose UPDATEs and DELETEs logical
@@ -140,8 +142,12 @@ func (p ReplicaIdentityProblem) generatedKeyString() string {
 // partitioned table whose replica identity lacks its key (ReplicaIdentityProblem),
 // in schema and table order. A partitioned table's partitions are checked by their
 // own replica identity, the one PostgreSQL uses. Setup calls it and logs a warning per table (an error with
-// WithStrictReplicaIdentity). Read-only.
+// WithStrictReplicaIdentity). Read-only. Returns ErrPublicationMissing when the
+// publication does not exist, ErrClosed after Close.
 func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityProblem, error) {
+	if err := s.checkOpen("CheckReplicaIdentity"); err != nil {
+		return nil, err
+	}
 	// The planner cannot know how many tables the publication lists or how many
 	// partitions each has (pg_get_publication_tables, pg_partition_tree: 1,000 rows
 	// each by default), so it costs the query far above jit_above_cost; on a server
@@ -173,7 +179,22 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 		p.ReplicaIdentity = ident[0]
 		out = append(out, p)
 	}
-	return out, classify(rows.Err(), "check replica identity of published tables")
+	if err := rows.Err(); err != nil {
+		return nil, classify(err, "check replica identity of published tables")
+	}
+	if len(out) == 0 {
+		// No problem, or no publication: the query lists none for a missing one.
+		var exists bool
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)`,
+			s.publication).Scan(&exists); err != nil {
+			return nil, classify(err, "check replica identity of published tables")
+		}
+		if !exists {
+			return nil, fmt.Errorf("%w: %q: no published table to check; create it (CREATE PUBLICATION %s FOR TABLE ...), or pass ForTables to NewSyncer",
+				ErrPublicationMissing, s.publication, pq.QuoteIdentifier(s.publication))
+		}
+	}
+	return out, nil
 }
 
 // ensureReplicaIdentity sets REPLICA IDENTITY FULL on the WithReplicaIdentityFull

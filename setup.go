@@ -40,8 +40,11 @@ const setupLockKey = 0x64627379 // "dbsy"
 // created with two_phase = true), ErrSlotInvalidated (the slot exists
 // but PostgreSQL invalidated it: wal_status lost), or the server's error; when ctx
 // ended first, the error wraps ctx.Err() too (creating the slot waits for the
-// transactions open in the cluster: see watchSlotCreation).
+// transactions open in the cluster: see watchSlotCreation); ErrClosed after Close.
 func (s *Syncer) Setup(ctx context.Context) (err error) {
+	if err := s.checkOpen("Setup"); err != nil {
+		return err
+	}
 	defer func() {
 		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (setup ended by its context: %w)", err, ctx.Err())
@@ -334,7 +337,10 @@ func resolveTable(ctx context.Context, q interface {
 	case strings.Contains(name, `"`):
 		var arr pq.StringArray
 		if err := q.QueryRowContext(ctx, `SELECT parse_ident($1)`, name).Scan(&arr); err != nil {
-			return qualifiedTable{}, fmt.Errorf("%w: table name %q: %v", ErrConfig, name, err)
+			if hasSQLState(err, "22023") { // "string is not a valid identifier"
+				return qualifiedTable{}, fmt.Errorf("%w: table name %q: %w", ErrConfig, name, err)
+			}
+			return qualifiedTable{}, classify(err, "parse table name "+name)
 		}
 		parts = arr
 	case strings.Contains(name, "."):

@@ -73,9 +73,12 @@ type SlotStats struct {
 // Status reads the Syncer's slot from pg_replication_slots and its statistics from
 // pg_stat_replication_slots. It creates nothing, so it can run on a Syncer made with
 // WithSetup(false) next to a running consumer. Returns ErrSlotMissing (wrapped) if
-// there is no such slot.
+// there is no such slot, ErrClosed after Close.
 func (s *Syncer) Status(ctx context.Context) (SlotStatus, error) {
 	var st SlotStatus
+	if err := s.checkOpen("Status"); err != nil {
+		return st, err
+	}
 	var confirmed, restart sql.NullString
 	var current, flush string
 	var version int
@@ -164,7 +167,9 @@ func (r TeardownResult) Kept() bool { return len(r.OtherSlots) > 0 }
 // Like Teardown it takes the slot's lock (see Run) for the advance, so it returns
 // ErrSlotInUse, and moves nothing, while a Syncer runs on the slot in this or another
 // process: that Syncer's unprocessed changes would be lost to it. It returns
-// ErrAlreadyRunning while this Syncer's Run runs and ErrClosed after Close.
+// ErrAlreadyRunning while this Syncer's Run runs and ErrClosed after Close, and
+// ErrSlotMismatch, moving nothing, for a slot dbsync does not read (not a logical
+// pgoutput slot of this database, or a two_phase one: see Setup).
 func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error) {
 	if err := s.checkLowLevelCall("SkipBacklog"); err != nil {
 		return 0, err
@@ -182,6 +187,25 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 		}
 		conn.Close()
 	}()
+	// Only a slot dbsync reads: advancing another (a physical slot of a standby, a
+	// subscription's two_phase slot) would skip WAL or changes its consumer needs.
+	var slotType, plugin, database, current string
+	var twoPhase bool
+	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''),
+		COALESCE((to_jsonb(s) ->> 'two_phase')::bool, false), current_database()
+		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(&slotType, &plugin, &database, &twoPhase, &current)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		// The advance names it (ErrSlotMissing).
+	case err != nil:
+		return 0, classify(err, "look up replication slot "+s.replicationSlot)
+	case twoPhase && slotType == "logical" && plugin == "pgoutput" && database == current:
+		return 0, s.errSlotTwoPhase()
+	default:
+		if err := s.errForeignSlot(slotType, plugin, database, current, "SkipBacklog does not move it"); err != nil {
+			return 0, err
+		}
+	}
 	if err := conn.QueryRowContext(ctx, `SELECT end_lsn FROM pg_catalog.pg_replication_slot_advance($1, pg_catalog.pg_current_wal_flush_lsn())`,
 		s.replicationSlot).Scan(&lsn); err != nil {
 		return 0, s.diagnose(ctx, classify(err, "advance slot "+s.replicationSlot+" to the flush LSN"))
@@ -191,6 +215,9 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 
 // Teardown is TeardownWithResult without the result (what it did is logged at Info).
 func (s *Syncer) Teardown(ctx context.Context) error {
+	if err := s.checkOpen("Teardown"); err != nil {
+		return err
+	}
 	_, err := s.TeardownWithResult(ctx)
 	return err
 }
@@ -226,8 +253,12 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // is another session's temporary slot, or a two_phase slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
 // when the control schema holds anything but dbsync's tables, something depends on
 // those, or the schema is public, information_schema or pg_* (the slot is dropped,
-// the rest kept); or the server's error.
+// the rest kept); ErrClosed after Close (nothing is dropped: make a new Syncer); or
+// the server's error.
 func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, err error) {
+	if err := s.checkOpen("TeardownWithResult"); err != nil {
+		return res, err
+	}
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return res, classify(err, "connect for teardown")

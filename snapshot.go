@@ -137,7 +137,10 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk or the server cut a
 // chunk's SELECT short (statement_timeout, a lock timeout; call Snapshot again
 // to resume; with ErrClosed when Close ended it or was called before), ErrConfig for
-// unknown tables (and names of views, indexes, sequences), or ctx's error.
+// unknown tables (and names of views, indexes, sequences), a control schema without
+// the snapshot progress table (set up again), and the other cases RefreshContext
+// names (a watermark table not published or not there),
+// ErrPublicationMissing, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return err
@@ -224,6 +227,12 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 	resume := err == nil && !finished && equalStrings(keyCols, info.PrimaryKey) &&
 		relID.Valid && relID.Int64 == int64(info.RelationID)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		if hasSQLState(err, "42P01", "42703") {
+			// The query reads only that table: a control schema never set up, or
+			// set up by an older dbsync (setup adds what is missing).
+			return fmt.Errorf("%w: read snapshot progress of %s: the snapshot progress table %s.%s does not exist or lacks columns this version of dbsync uses: set up the Syncer (Syncer.Setup, or NewSyncer without WithSetup(false)), which creates or completes it: %w",
+				ErrConfig, table, pq.QuoteIdentifier(s.ctrlNamespace), pq.QuoteIdentifier(snapshotProgressTable), err)
+		}
 		return classify(err, "read snapshot progress of "+table)
 	}
 	if !resume {

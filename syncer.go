@@ -250,8 +250,10 @@ func (s *Syncer) WMTable() string { return s.wmTableName }
 // them, ends a restart_lsn check that Forward or GetMessages started (see
 // MaxRestartLSNLag) and waits for it, and then closes the connection pool if the
 // Syncer opened it (not one given with WithDB). A closed Syncer does not run again:
-// Run and Start return ErrClosed, and so do GetMessages and Forward; Refresh and
-// Snapshot return ErrRefreshAbandoned and ErrClosed. Close may be called more than
+// Run and Start return ErrClosed, and so do GetMessages, Forward, SkipBacklog, Setup,
+// Teardown, TeardownWithResult, Status, ConfirmedFlushLSN, CurrentFlushLSN, TableInfo
+// and CheckReplicaIdentity, also on a pool given with WithDB (they do nothing); Refresh
+// and Snapshot return ErrRefreshAbandoned and ErrClosed. Close may be called more than
 // once, but not from a handler, Batcher, EventsProcessor or SnapshotProgress function
 // (it waits for the call that runs them).
 func (s *Syncer) Close() error {
@@ -318,6 +320,17 @@ func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) er
 	return ctx, end, nil
 }
 
+// checkOpen is ErrClosed for a call of the named method made after Close.
+func (s *Syncer) checkOpen(call string) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return fmt.Errorf("%w: %s after Close; make a new Syncer", ErrClosed, call)
+	}
+	return nil
+}
+
 // IsRunning tells whether Start or Run is delivering changes.
 func (s *Syncer) IsRunning() bool {
 	s.mu.Lock()
@@ -328,7 +341,7 @@ func (s *Syncer) IsRunning() bool {
 // Run delivers changes until ctx is cancelled, Stop is called, a handler returns
 // ErrStopProcessingMessages (all return nil), or a fatal error occurs (returned:
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
-// ErrSlotInUse, ...). Connection loss, a server restart and a poll's statement
+// ErrSlotInUse, ErrSlotMismatch, ErrPublicationMissing, ErrInRecovery, ...). Connection loss, a server restart and a poll's statement
 // cancelled by the server (pg_cancel_backend: 57014) are retried with exponential
 // backoff (100 ms doubling up to 30 s), logged as warnings.
 // On a pool without a connection limit (the default) Run holds a lock on its slot on

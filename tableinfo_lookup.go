@@ -11,8 +11,11 @@ import (
 // read with SQL the same way as changes: select with SelectList, decode with ScanRow,
 // key with GetRecordID (docs/VALUES.md).
 // Returns an error wrapping ErrConfig when the table does not exist or the name is
-// another kind of relation (a view, an index, a sequence, ...).
+// another kind of relation (a view, an index, a sequence, ...), ErrClosed after Close.
 func (s *Syncer) TableInfo(ctx context.Context, name string) (*PGTableInfo, error) {
+	if err := s.checkOpen("TableInfo"); err != nil {
+		return nil, err
+	}
 	t, err := resolveTable(ctx, s.db, name)
 	if err != nil {
 		return nil, err

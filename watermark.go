@@ -80,7 +80,9 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // may overlap (from several goroutines, and
 // with a Snapshot): each selection is judged on its own window.
 //
-// Errors: ErrConfig (bad query, EventsProcessor in use), ErrNoPrimaryKey,
+// Errors: ErrConfig (bad query, EventsProcessor in use, the table not published, the
+// watermark table not published or not there: a Syncer never set up; the message
+// names the statement or call that fixes it), ErrPublicationMissing, ErrNoPrimaryKey,
 // ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery, with ctx's
 // error in the chain; with ErrClosed when Close ended it or was called before; or the
 // server cut the SELECT short: statement_timeout, a lock timeout, a deadlock), server
@@ -1160,6 +1162,16 @@ func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableIn
 		return fmt.Errorf("%w: table %s has a row filter (WHERE %s) in publication %q: changes of rows outside it never reach the slot, so refresh rows of those rows would never be updated or deleted; Refresh and Snapshot do not support row-filtered tables (publish the table without a filter, or keep such rows out of the consumer some other way)",
 			ErrConfig, info.QualifiedName(), tableFilter.String, s.publication)
 	case !wmPublished:
+		var exists bool
+		if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)`,
+			s.ctrlNamespace, s.wmTableName).Scan(&exists); err != nil {
+			return classify(err, "look up the watermark table "+wm)
+		}
+		if !exists {
+			return fmt.Errorf("%w: the watermark table %s does not exist, so no refresh or snapshot window can open: set up the Syncer (Syncer.Setup, or NewSyncer without WithSetup(false)), which creates it in the control schema and adds it to publication %q",
+				ErrConfig, wm, s.publication)
+		}
 		return fmt.Errorf("%w: the watermark table %s is not in publication %q (ALTER PUBLICATION ... SET TABLE removes it), so no refresh or snapshot window can open; add it back with ALTER PUBLICATION %s ADD TABLE %s (NewSyncer's setup does too)",
 			ErrConfig, wm, s.publication, pub, wm)
 	case !pubInsert:
