@@ -1,0 +1,146 @@
+package dbsync
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/require"
+)
+
+// queryCounter counts the statements a *sql.DB (pgx's stdlib driver) sends.
+type queryCounter struct {
+	n  atomic.Int64
+	mu sync.Mutex
+	by map[string]int
+}
+
+func (c *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	c.n.Add(1)
+	c.mu.Lock()
+	q := d.SQL
+	if len(q) > 60 {
+		q = q[:60]
+	}
+	c.by[q]++
+	c.mu.Unlock()
+	return ctx
+}
+
+func (c *queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// countingDB opens d through pgx with a tracer counting its statements.
+func countingDB(t *testing.T, d *pgtest.Database) (*sql.DB, *queryCounter) {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(d.DSN())
+	require.NoError(t, err)
+	c := &queryCounter{by: map[string]int{}}
+	cfg.Tracer = c
+	db := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { db.Close() })
+	return db, c
+}
+
+// oddName is the i-th of many odd table names: mixed case, spaces, quotes, non-ASCII,
+// some of 63 bytes.
+func oddName(i int) string {
+	switch i % 4 {
+	case 0:
+		return fmt.Sprintf("T%d", i)
+	case 1:
+		return fmt.Sprintf(`a "q" b %d`, i)
+	case 2:
+		return fmt.Sprintf("tä.ble %d", i)
+	default:
+		n := fmt.Sprintf("Long%d_", i)
+		return n + strings.Repeat("x", 63-len(n))
+	}
+}
+
+func createOddTables(t *testing.T, db *sql.DB, schema string, n int) []string {
+	t.Helper()
+	execAll(t, db, "CREATE SCHEMA IF NOT EXISTS "+pq.QuoteIdentifier(schema))
+	var names []string
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		name := oddName(i)
+		q := pq.QuoteIdentifier(schema) + "." + pq.QuoteIdentifier(name)
+		fmt.Fprintf(&b, "CREATE TABLE %s (id int PRIMARY KEY, %s text);\n", q, pq.QuoteIdentifier("Cöl \"x\""))
+		names = append(names, q)
+		if i%200 == 199 || i == n-1 {
+			execAll(t, db, b.String())
+			b.Reset()
+		}
+	}
+	return names
+}
+
+// TestSetupManyTablesQueries sets up a Syncer for 400 tables of odd names (mixed
+// case, spaces, quotes, non-ASCII, 63 bytes) given quoted, bare-with-dot and as
+// search_path names, creating the publication and then finding it complete: the
+// publication must list exactly those tables and the watermark table, and setup must
+// not run statements per table (it resolved every name, and read the whole
+// publication for every table, one query each: 1,200 statements here, seconds for
+// 2,000 tables).
+func TestSetupManyTablesQueries(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	const n = 400
+	schema := `Sch ä"`
+	quoted := createOddTables(t, d.DB, schema, n)
+	execAll(t, d.DB, `CREATE TABLE "Plain Ö" (id int PRIMARY KEY)`, `CREATE TABLE "dotted.name" (id int PRIMARY KEY)`)
+	names := append(append([]string(nil), quoted...), "Plain Ö", `"dotted.name"`, "public.Plain Ö")
+	db, c := countingDB(t, d)
+	newTestSyncer(t, d, WithDB(db), ForTables(names...))
+	first := c.n.Load()
+	want := []string{}
+	for i := 0; i < n; i++ {
+		want = append(want, schema+"."+oddName(i))
+	}
+	want = append(want, "public.Plain Ö", "public.dotted.name", DefaultCtrlNamespace+"."+DefaultWMTable)
+	slices.Sort(want)
+	got := queryStrings(t, d.DB, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY (schemaname || '.' || tablename) COLLATE "C"`,
+		pgtest.Ident(t, "pub"))
+	require.Equal(t, want, got)
+	c.n.Store(0)
+	newTestSyncer(t, d, WithDB(db), ForTables(names...), WithReplicationSlot(pgtest.Ident(t, "slot2")))
+	again := c.n.Load()
+	require.Equal(t, want, queryStrings(t, d.DB, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY (schemaname || '.' || tablename) COLLATE "C"`,
+		pgtest.Ident(t, "pub")))
+	require.LessOrEqual(t, first, int64(40), "statements of the first setup of %d tables", n)
+	require.LessOrEqual(t, again, int64(40), "statements of a setup of %d tables already published", n)
+}
+
+// TestSetupManyTablesNameErrors: among many names, the first bad one (in the order
+// given) is named by ErrConfig, whether parse_ident rejects it, it does not exist or
+// it is not a table, and nothing is created.
+func TestSetupManyTablesNameErrors(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	names := createOddTables(t, d.DB, "s", 50)
+	execAll(t, d.DB, `CREATE VIEW "V w" AS SELECT 1 AS x`)
+	for _, c := range []struct {
+		bad  []string
+		want string
+	}{
+		{[]string{`"unclosed`, "missing"}, `table name "\"unclosed"`},
+		{[]string{"s.missing", `"unclosed`}, `table "s.missing" does not exist`},
+		{[]string{`"V w"`, "missing"}, `"\"V w\"" is a view, not a table`},
+		{[]string{"s." + strings.Repeat("y", 64)}, "is 64 bytes"},
+	} {
+		all := append(append(append([]string(nil), names[:25]...), c.bad...), names[25:]...)
+		_, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(pgtest.Ident(t, "slot")),
+			WithPublication(pgtest.Ident(t, "pub")), ForTables(all...))
+		require.ErrorIs(t, err, ErrConfig)
+		require.ErrorContains(t, err, c.want)
+		require.Empty(t, queryStrings(t, d.DB, `SELECT pubname FROM pg_publication`))
+		require.Empty(t, queryStrings(t, d.DB, `SELECT slot_name FROM pg_replication_slots`))
+	}
+}
