@@ -149,7 +149,7 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 			infos = append(infos, info)
 			d.s.win.truncate(id)
 			if d.batch != nil && !d.s.isControlTable(reln) {
-				doctype := reln.Namespace + "." + reln.RelationName // as PGTableInfo.QualifiedName
+				doctype := qualifiedName(reln.Namespace, reln.RelationName) // as PGTableInfo.QualifiedName
 				if info != nil {
 					doctype = info.QualifiedName()
 				}

@@ -31,7 +31,8 @@ const snapshotProgressTable = "snapshot_progress"
 
 // SnapshotProgress reports a snapshot's progress after each delivered chunk.
 type SnapshotProgress struct {
-	// Table is "schema.table".
+	// Table is "schema.table" (PGTableInfo.QualifiedName: both parts quoted when one
+	// holds a dot).
 	Table string
 	// Chunks and Rows count the chunks delivered and the rows they selected so far
 	// (including the chunks of an earlier, interrupted run that this one resumed).

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -94,8 +95,20 @@ type PGTableInfo struct {
 	partitioned bool
 }
 
-// QualifiedName returns "schema.table" (unquoted), the doctype of Batcher calls.
-func (t *PGTableInfo) QualifiedName() string { return t.Namespace + "." + t.TableName }
+// QualifiedName returns "schema.table" (unquoted), the doctype of Batcher calls and
+// the table_name of the control schema's snapshot_progress rows. When the schema or
+// the table name holds a dot, both are quoted as SQL identifiers (pq.QuoteIdentifier:
+// "a.b"."c", "a"."b.c"), so that no two tables share a name: unquoted, both of those
+// would be "a.b.c".
+func (t *PGTableInfo) QualifiedName() string { return qualifiedName(t.Namespace, t.TableName) }
+
+// qualifiedName is PGTableInfo.QualifiedName of a schema and table name.
+func qualifiedName(schema, table string) string {
+	if strings.Contains(schema, ".") || strings.Contains(table, ".") {
+		return pq.QuoteIdentifier(schema) + "." + pq.QuoteIdentifier(table)
+	}
+	return schema + "." + table
+}
 
 // Relation returns the RELATION message this description was built from (nil for a
 // PGTableInfo built by hand).
