@@ -144,3 +144,41 @@ func TestSetupManyTablesNameErrors(t *testing.T) {
 		require.Empty(t, queryStrings(t, d.DB, `SELECT slot_name FROM pg_replication_slots`))
 	}
 }
+
+// TestSetupManyReplicaIdentityFull: WithReplicaIdentityFull of 200 tables of odd names
+// and of a partitioned table of 50 partitions sets REPLICA IDENTITY FULL on each of
+// them with one ALTER TABLE each, and a setup finding them set runs no statement per
+// table (it ran three a table: resolving the name twice over, reading its partitions).
+// A name that does not resolve fails setup before any table is altered.
+func TestSetupManyReplicaIdentityFull(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	const n = 200
+	names := createOddTables(t, d.DB, "Sch ä\"", n)
+	var b strings.Builder
+	b.WriteString(`CREATE TABLE "Pärt ""r""" (id int PRIMARY KEY) PARTITION BY RANGE (id);`)
+	for i := 0; i < 50; i++ {
+		fmt.Fprintf(&b, `CREATE TABLE "p ä %d" PARTITION OF "Pärt ""r""" FOR VALUES FROM (%d) TO (%d);`, i, i*10, i*10+10)
+	}
+	execAll(t, d.DB, b.String())
+	full := append(append([]string(nil), names...), `"Pärt ""r"""`)
+	identities := func() []string {
+		return queryStrings(t, d.DB, `SELECT relreplident::text || ' ' || count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE c.relkind IN ('r', 'p') AND n.nspname IN ('public', 'Sch ä"') GROUP BY relreplident ORDER BY relreplident`)
+	}
+
+	_, err := NewSyncer(WithPGConnStr(d.DSN()), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")),
+		ForTables(names[0]), WithReplicaIdentityFull(append(full[:100:100], "public.missing")...))
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, `table "public.missing" does not exist`)
+	require.Equal(t, []string{fmt.Sprintf("d %d", n+51)}, identities())
+
+	db, c := countingDB(t, d)
+	newTestSyncer(t, d, WithDB(db), ForTables(names[0]), WithReplicaIdentityFull(full...))
+	first := c.n.Load()
+	require.Equal(t, []string{fmt.Sprintf("f %d", n+51)}, identities())
+	c.n.Store(0)
+	newTestSyncer(t, d, WithDB(db), ForTables(names[0]), WithReplicaIdentityFull(full...), WithReplicationSlot(pgtest.Ident(t, "slot2")))
+	again := c.n.Load()
+	require.LessOrEqual(t, first, int64(n+51+40), "statements of the setup altering %d tables", n+51)
+	require.LessOrEqual(t, again, int64(40), "statements of a setup of %d tables already FULL", n+51)
+}
