@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pgx/v5"
@@ -181,4 +182,72 @@ func TestSetupManyReplicaIdentityFull(t *testing.T) {
 	again := c.n.Load()
 	require.LessOrEqual(t, first, int64(n+51+40), "statements of the setup altering %d tables", n+51)
 	require.LessOrEqual(t, again, int64(40), "statements of a setup of %d tables already FULL", n+51)
+}
+
+// count returns how many statements starting with prefix were sent.
+func (c *queryCounter) count(prefix string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for q, k := range c.by {
+		if strings.HasPrefix(q, prefix) {
+			n += k
+		}
+	}
+	return n
+}
+
+// reset forgets the statements counted so far.
+func (c *queryCounter) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n.Store(0)
+	clear(c.by)
+}
+
+// TestFullTablesKeysReadOnce: RELATION messages of REPLICA IDENTITY FULL tables flag
+// every column, so the catalog's key of each is read again at its first message
+// once keyRecheckInterval has passed. A poll whose transaction touched 300 such
+// tables read it with one query per table (1,000 tables: ~1,000 queries and 0.9 s a
+// poll, every second); the keys due are now read in one query, and a key that moved
+// under one of them meanwhile still keys its changes.
+func TestFullTablesKeysReadOnce(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	const n = 300
+	var b strings.Builder
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf(`"T ä %d"`, i)
+		fmt.Fprintf(&b, `CREATE TABLE %s (id int CONSTRAINT "pk %d" PRIMARY KEY, code text NOT NULL) ;`, names[i], i)
+	}
+	execAll(t, d.DB, b.String())
+	db, c := countingDB(t, d)
+	rec := &changeRecorder{}
+	s := newTestSyncer(t, d, WithDB(db), ForTables(names...), WithReplicaIdentityFull(names...), WithMessageHandler(rec))
+	var clock atomic.Int64 // nanoseconds past a fixed time
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s.tables.now = func() time.Time { return base.Add(time.Duration(clock.Load())) }
+	r := runInBackground(s)
+	defer r.stop(t)
+	tx := func(round int) string {
+		var b strings.Builder
+		b.WriteString("BEGIN;")
+		for i, name := range names {
+			fmt.Fprintf(&b, "INSERT INTO %s VALUES (%d, 'c%d-%d');", name, round, i, round)
+		}
+		return b.String() + "COMMIT;"
+	}
+	execAll(t, d.DB, tx(1))
+	waitForChanges(t, rec, r, n)
+	execAll(t, d.DB, `ALTER TABLE "T ä 150" DROP CONSTRAINT "pk 150", ADD PRIMARY KEY (code)`)
+	clock.Add(int64(keyRecheckInterval))
+	c.reset()
+	execAll(t, d.DB, tx(2))
+	waitForChanges(t, rec, r, 2*n)
+	require.Equal(t, 1, c.count("-- Columns, key and replica identity"), "catalog reads of the keys of %d tables", n)
+	got, _ := rec.snapshot()
+	keys := keyedChanges(got)
+	require.Equal(t, `insert T ä 149 ["2"] `, keys[n+149])
+	require.Equal(t, `insert T ä 150 ["c150-2"] `, keys[n+150])
+	require.Equal(t, `insert T ä 151 ["2"] `, keys[n+151])
 }
