@@ -251,3 +251,15 @@ func TestFullTablesKeysReadOnce(t *testing.T) {
 	require.Equal(t, `insert T ä 150 ["c150-2"] `, keys[n+150])
 	require.Equal(t, `insert T ä 151 ["2"] `, keys[n+151])
 }
+
+// TestSetupAddsTableNamedTwiceOnce: a table given to ForTables under several names,
+// missing from an existing publication, is added to it once (membership is read for
+// all tables at once, before any is added).
+func TestSetupAddsTableNamedTwiceOnce(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	pub := pgtest.Ident(t, "pub")
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY)`, `CREATE TABLE "B b" (id int PRIMARY KEY)`, "CREATE PUBLICATION "+pub+" FOR TABLE a")
+	newTestSyncer(t, d, ForTables("a", "B b", "public.B b", `"B b"`))
+	require.Equal(t, []string{"dbsync_ctrl.dbsync_wmtable", "public.B b", "public.a"}, queryStrings(t, d.DB,
+		`SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY (schemaname || '.' || tablename) COLLATE "C"`, pub))
+}

@@ -550,7 +550,13 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 	if allTables {
 		return nil
 	}
-	all := append(tables, wm)
+	// Each table once: a table named twice (t, public.t) is added once.
+	var all []qualifiedTable
+	for _, t := range append(tables, wm) {
+		if !slices.Contains(all, t) {
+			all = append(all, t)
+		}
+	}
 	in, err := s.inPublication(ctx, tx, all)
 	if err != nil {
 		return err
