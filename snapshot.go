@@ -429,7 +429,9 @@ const maxWritersPoll = time.Second
 // (TestSnapshotWaitsForWritersOfAddedTable). Once such a transaction ended its rows
 // are committed and visible to the chunks. Any transaction writing the table is
 // waited for, as which of them began before the table was added cannot be told; new
-// ones are not (they write a published table). Like CREATE INDEX CONCURRENTLY, it
+// ones are not (they write a published table). A partitioned table's writers include
+// those of its partitions, which a write naming a partition locks alone
+// (TestSnapshotWaitsForWritersOfAddedPartition). Like CREATE INDEX CONCURRENTLY, it
 // waits for a transaction left open (idle in transaction), until ctx ends
 // (ErrRefreshAbandoned); the wait is logged. The looks start 10 ms apart and slow
 // down to maxWritersPoll.
