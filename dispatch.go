@@ -156,7 +156,7 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 			relns = append(relns, reln)
 			infos = append(infos, info)
 			if d.batch != nil {
-				doctype := reln.Namespace + "." + reln.RelationName // as PGTableInfo.QualifiedName
+				doctype := qualifiedName(reln.Namespace, reln.RelationName) // as PGTableInfo.QualifiedName
 				if info != nil {
 					doctype = info.QualifiedName()
 				}

@@ -89,7 +89,8 @@ type EventsProcessor func(msgs []PGMSG, err error) (numProcessed int, stop bool)
 // Batcher receives each poll's net effect per table before the slot is forwarded:
 // rows to upsert (record ID -> values) and record IDs to delete; applied in any
 // order, they leave each record ID as the poll's transactions did. doctype is the
-// table's "schema.table". The net effect follows rows, not only keys: under a
+// table's "schema.table" (PGTableInfo.QualifiedName: both parts quoted when one holds
+// a dot, as in "a.b"."c"). The net effect follows rows, not only keys: under a
 // DEFERRABLE key (with REPLICA IDENTITY FULL, which PostgreSQL then requires for
 // updates and deletes) two rows may hold one record ID inside a transaction, as in a
 // swap (UPDATE ... SET id = 3 - id); the whole old rows tell which one moved. An upserted doc lacks the columns whose value PostgreSQL did
@@ -114,7 +115,7 @@ type Batcher interface {
 }
 
 // BatchTruncater is an optional interface of a Batcher: BatchTruncate empties doctype
-// (a "schema.table" that a TRUNCATE emptied). Within a poll's net effect it comes
+// (a "schema.table", as PGTableInfo.QualifiedName, that a TRUNCATE emptied). Within a poll's net effect it comes
 // before that table's deletes and upserts, which are then only what was written after
 // the TRUNCATE. A TRUNCATE of a published table reaching a Batcher that does not
 // implement it ends the poll with ErrConfig before the handler gets the TRUNCATE or

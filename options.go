@@ -186,7 +186,8 @@ func WithBinary(enabled bool) SyncerOpt {
 // so that unchanged TOASTed values can be filled in (docs/VALUES.md). For a
 // partitioned table it sets every partition too (every level): PostgreSQL uses each
 // partition's own replica identity, and ALTER TABLE does not pass it on. It needs
-// ownership of each (ErrInsufficientPrivilege naming the statement otherwise). dbsync
+// ownership of each (ErrInsufficientPrivilege naming the statement otherwise). A name
+// that is not a table fails Setup with ErrConfig before any table is altered. dbsync
 // never changes a replica identity without this option.
 func WithReplicaIdentityFull(tableNames ...string) SyncerOpt {
 	return func(s *Syncer) error {

@@ -203,54 +203,8 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 // partition's own replica identity, and ALTER TABLE on the partitioned table does not
 // pass it on.
 func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
-	for _, name := range s.replIdentFull {
-		t, err := resolveTable(ctx, s.db, name)
-		if err != nil {
-			return err
-		}
-		// The table and, when it is partitioned, its partitions (pg_partition_tree
-		// lists none for a table that is neither partitioned nor a partition).
-		rows, err := s.db.QueryContext(ctx, `WITH r AS (SELECT format('%I.%I', $1::text, $2::text)::regclass AS oid),
-			members AS (SELECT r.oid AS relid, 0 AS level FROM r
-				UNION SELECT p.relid, p.level FROM r, pg_catalog.pg_partition_tree(r.oid) p)
-			SELECT n.nspname, c.relname, c.relreplident::text
-			FROM members m
-			JOIN pg_catalog.pg_class c ON c.oid = m.relid
-			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			ORDER BY m.level, n.nspname, c.relname`, t.schema, t.name)
-		if err != nil {
-			return classify(err, "read replica identity of "+t.schema+"."+t.name)
-		}
-		type member struct {
-			t   qualifiedTable
-			cur string
-		}
-		var members []member
-		for rows.Next() {
-			var m member
-			if err := rows.Scan(&m.t.schema, &m.t.name, &m.cur); err != nil {
-				rows.Close()
-				return fmt.Errorf("read replica identity of %s.%s: %w", t.schema, t.name, err)
-			}
-			members = append(members, m)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return classify(err, "read replica identity of "+t.schema+"."+t.name)
-		}
-		for _, m := range members {
-			if m.cur == "f" {
-				continue
-			}
-			if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+m.t.quoted()+" REPLICA IDENTITY FULL"); err != nil {
-				if hasSQLState(err, "42501") {
-					return fmt.Errorf("%w: WithReplicaIdentityFull(%q): the role does not own %s: have its owner (or a superuser) run\n  ALTER TABLE %s REPLICA IDENTITY FULL;\nthen set up again (no replication slot was created): %w",
-						ErrInsufficientPrivilege, name, m.t.quoted(), m.t.quoted(), err)
-				}
-				return classify(err, "set REPLICA IDENTITY FULL on "+m.t.schema+"."+m.t.name)
-			}
-			s.log.Info("dbsync: set REPLICA IDENTITY FULL", "schema", m.t.schema, "table", m.t.name, "was", m.cur)
-		}
+	if err := s.setReplicaIdentityFull(ctx); err != nil {
+		return err
 	}
 	problems, err := s.CheckReplicaIdentity(ctx)
 	if err != nil {
@@ -278,6 +232,77 @@ func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 			attrs = append(attrs, "published_as", p.PublishedAs, "partial_old_row", true)
 		}
 		s.log.Warn("dbsync: "+p.String(), attrs...)
+	}
+	return nil
+}
+
+// setReplicaIdentityFull sets REPLICA IDENTITY FULL on the WithReplicaIdentityFull
+// tables and their partitions that lack it. The names are resolved, and the tables'
+// members and replica identities read, in one query each whatever their number;
+// then one ALTER TABLE per table that needs it. A name that does not resolve fails
+// it (ErrConfig) before any table is altered.
+func (s *Syncer) setReplicaIdentityFull(ctx context.Context) error {
+	if len(s.replIdentFull) == 0 {
+		return nil
+	}
+	tables, err := resolveTables(ctx, s.db, s.replIdentFull)
+	if err != nil {
+		return err
+	}
+	schemas, names := make([]string, len(tables)), make([]string, len(tables))
+	for i, t := range tables {
+		schemas[i], names[i] = t.schema, t.name
+	}
+	// Each table and, when it is partitioned, its partitions (pg_partition_tree
+	// lists none for a table that is neither partitioned nor a partition).
+	rows, err := s.db.QueryContext(ctx, `WITH r AS (SELECT u.i, format('%I.%I', u.s, u.r)::regclass AS oid
+				FROM unnest($1::text[], $2::text[]) WITH ORDINALITY u(s, r, i)),
+			members AS (SELECT r.i, r.oid AS relid, 0 AS level FROM r
+				UNION SELECT r.i, p.relid, p.level FROM r, pg_catalog.pg_partition_tree(r.oid) p)
+			SELECT m.i, n.nspname, c.relname, c.relreplident::text
+			FROM members m
+			JOIN pg_catalog.pg_class c ON c.oid = m.relid
+			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			ORDER BY m.i, m.level, n.nspname, c.relname`, pq.Array(schemas), pq.Array(names))
+	if err != nil {
+		return classify(err, "read replica identity of the WithReplicaIdentityFull tables")
+	}
+	type member struct {
+		name string // the WithReplicaIdentityFull name it is set for
+		t    qualifiedTable
+		cur  string
+	}
+	var members []member
+	seen := map[qualifiedTable]bool{}
+	for rows.Next() {
+		var m member
+		var i int
+		if err := rows.Scan(&i, &m.t.schema, &m.t.name, &m.cur); err != nil {
+			rows.Close()
+			return fmt.Errorf("read replica identity of the WithReplicaIdentityFull tables: %w", err)
+		}
+		if i < 1 || i > len(s.replIdentFull) || seen[m.t] {
+			continue
+		}
+		seen[m.t], m.name = true, s.replIdentFull[i-1]
+		members = append(members, m)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return classify(err, "read replica identity of the WithReplicaIdentityFull tables")
+	}
+	for _, m := range members {
+		if m.cur == "f" {
+			continue
+		}
+		if _, err := s.db.ExecContext(ctx, "ALTER TABLE "+m.t.quoted()+" REPLICA IDENTITY FULL"); err != nil {
+			if hasSQLState(err, "42501") {
+				return fmt.Errorf("%w: WithReplicaIdentityFull(%q): the role does not own %s: have its owner (or a superuser) run\n  ALTER TABLE %s REPLICA IDENTITY FULL;\nthen set up again (no replication slot was created): %w",
+					ErrInsufficientPrivilege, m.name, m.t.quoted(), m.t.quoted(), err)
+			}
+			return classify(err, "set REPLICA IDENTITY FULL on "+m.t.schema+"."+m.t.name)
+		}
+		s.log.Info("dbsync: set REPLICA IDENTITY FULL", "schema", m.t.schema, "table", m.t.name, "was", m.cur)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -329,64 +330,192 @@ func (q qualifiedTable) quoted() string {
 // double quote is parsed as SQL (parse_ident); "schema.table" splits at the first dot;
 // a bare name is looked up on the search_path. The table must exist, and no part of
 // the name may be over 63 bytes (ErrConfig).
-func resolveTable(ctx context.Context, q interface {
+func resolveTable(ctx context.Context, q queryer, name string) (qualifiedTable, error) {
+	ts, err := resolveTables(ctx, q, []string{name})
+	if err != nil {
+		return qualifiedTable{}, err
+	}
+	return ts[0], nil
+}
+
+// queryer is a *sql.DB, *sql.Conn or *sql.Tx.
+type queryer interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
 	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, name string) (qualifiedTable, error) {
-	var parts []string
-	switch {
-	case strings.Contains(name, `"`):
+}
+
+// resolveTables is resolveTable of every name, in the order given, in at most two
+// queries whatever their number (a publication of thousands of tables is set up
+// without a round trip per table). The error is the first name's, in names' order,
+// that resolveTable would fail.
+func resolveTables(ctx context.Context, q queryer, names []string) ([]qualifiedTable, error) {
+	parts := make([][]string, len(names))
+	var quoted []string
+	for i, name := range names {
+		switch {
+		case strings.Contains(name, `"`):
+			quoted = append(quoted, name)
+		case strings.Contains(name, "."):
+			j := strings.Index(name, ".")
+			parts[i] = []string{name[:j], name[j+1:]}
+		default:
+			parts[i] = []string{name}
+		}
+	}
+	if len(quoted) > 0 {
+		parsed, bad, badErr, err := parseIdents(ctx, q, quoted)
+		if err != nil {
+			return nil, err
+		}
+		k := 0
+		for i, name := range names {
+			if strings.Contains(name, `"`) {
+				if k == bad {
+					// The names before it are resolved first: the error is the first
+					// bad name's in names' order.
+					if _, err := resolveTables(ctx, q, names[:i]); err != nil {
+						return nil, err
+					}
+					return nil, badErr
+				}
+				parts[i] = parsed[k]
+				k++
+			}
+		}
+	}
+	schemas, tables := make([]sql.NullString, len(names)), make([]string, len(names))
+	for i, name := range names {
+		for _, p := range parts[i] {
+			// PostgreSQL cuts a longer name to 63 bytes (to_regclass, parse_ident's
+			// parts cast to name, a parameter compared with relname), which would name
+			// the table called by its first 63 bytes.
+			if len(p) > maxIdentifierBytes {
+				return nil, fmt.Errorf("%w: table name %q: %q is %d bytes, and PostgreSQL cuts names to 63 bytes, so it would name another table; give the name as the catalog has it (at most 63 bytes)", ErrConfig, name, p, len(p))
+			}
+		}
+		switch len(parts[i]) {
+		case 1:
+			tables[i] = parts[i][0]
+		case 2:
+			schemas[i] = sql.NullString{String: parts[i][0], Valid: true}
+			tables[i] = parts[i][1]
+		default:
+			return nil, fmt.Errorf("%w: table name %q has %d parts; give \"table\" or \"schema.table\"", ErrConfig, name, len(parts[i]))
+		}
+	}
+	out := make([]qualifiedTable, len(names))
+	if len(names) == 0 {
+		return out, nil
+	}
+	// A bare name on the search_path (to_regclass), a schema-qualified one by its
+	// catalog names; every name in one query, in the order given (ordinality).
+	rows, err := q.QueryContext(ctx, `SELECT u.i, n.nspname, c.relname, c.relkind::text
+		FROM unnest($1::text[], $2::text[]) WITH ORDINALITY u(s, r, i)
+		LEFT JOIN pg_catalog.pg_class c ON c.oid = CASE WHEN u.s IS NULL THEN to_regclass(quote_ident(u.r))
+			ELSE (SELECT c2.oid FROM pg_catalog.pg_class c2 JOIN pg_catalog.pg_namespace n2 ON n2.oid = c2.relnamespace
+				WHERE n2.nspname = u.s AND c2.relname = u.r) END
+		LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		ORDER BY u.i`, pq.Array(schemas), pq.Array(tables))
+	if err != nil {
+		return nil, classify(err, "resolve table "+names[0])
+	}
+	defer rows.Close()
+	kinds := make([]sql.NullString, len(names))
+	for rows.Next() {
+		var i int
+		var schema, table, kind sql.NullString
+		if err := rows.Scan(&i, &schema, &table, &kind); err != nil {
+			return nil, fmt.Errorf("resolve tables: %w", err)
+		}
+		if i < 1 || i > len(names) {
+			return nil, fmt.Errorf("resolve tables: row %d of %d names", i, len(names))
+		}
+		out[i-1], kinds[i-1] = qualifiedTable{schema.String, table.String}, kind
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(err, "resolve table "+names[0])
+	}
+	for i, name := range names {
+		if !kinds[i].Valid {
+			return nil, fmt.Errorf("%w: table %q does not exist", ErrConfig, name)
+		}
+		// to_regclass finds any relation, and a view, an index or a sequence shares the
+		// tables' namespace: only a table or a partitioned table has rows and changes.
+		if k := kinds[i].String; k != "r" && k != "p" {
+			what, ok := relkindNames[k]
+			if !ok {
+				what = "a relation of relkind " + strconv.Quote(k)
+			}
+			return nil, fmt.Errorf("%w: %q is %s, not a table", ErrConfig, name, what)
+		}
+	}
+	return out, nil
+}
+
+// parseIdents splits names containing double quotes as SQL (parse_ident), all in one
+// query. When parse_ident rejects one, the names are parsed one by one up to the first
+// it rejects, whose index in names and error (ErrConfig) it returns with the names
+// before it parsed. In a transaction (setup's) the queries run under a savepoint
+// rolled back to, so that the rejection does not abort it.
+func parseIdents(ctx context.Context, q queryer, names []string) (parsed [][]string, bad int, badErr error, err error) {
+	tx, inTx := q.(*sql.Tx)
+	savepoint := func(stmt string) error {
+		if !inTx {
+			return nil
+		}
+		_, err := tx.ExecContext(ctx, stmt)
+		return err
+	}
+	if err := savepoint("SAVEPOINT dbsync_parse_ident"); err != nil {
+		return nil, 0, nil, classify(err, "parse table names")
+	}
+	var all []string
+	qerr := q.QueryRowContext(ctx, `SELECT COALESCE(array_agg(to_json(parse_ident(n))::text ORDER BY i), '{}')
+		FROM unnest($1::text[]) WITH ORDINALITY u(n, i)`, pq.Array(names)).Scan(pq.Array(&all))
+	if qerr == nil && len(all) == len(names) {
+		if err := savepoint("RELEASE SAVEPOINT dbsync_parse_ident"); err != nil {
+			return nil, 0, nil, classify(err, "parse table names")
+		}
+		out := make([][]string, len(names))
+		for i, js := range all {
+			if err := json.Unmarshal([]byte(js), &out[i]); err != nil {
+				return nil, 0, nil, fmt.Errorf("parse table name %q: %w", names[i], err)
+			}
+		}
+		return out, -1, nil, nil
+	}
+	if qerr == nil || !hasSQLState(qerr, "22023") {
+		_ = savepoint("ROLLBACK TO SAVEPOINT dbsync_parse_ident")
+		if qerr == nil {
+			qerr = fmt.Errorf("parse_ident gave %d results for %d names", len(all), len(names))
+		}
+		return nil, 0, nil, classify(qerr, "parse table names")
+	}
+	if err := savepoint("ROLLBACK TO SAVEPOINT dbsync_parse_ident"); err != nil {
+		return nil, 0, nil, classify(err, "parse table names")
+	}
+	out := make([][]string, len(names))
+	bad = -1
+	for i, name := range names {
 		var arr pq.StringArray
 		if err := q.QueryRowContext(ctx, `SELECT parse_ident($1)`, name).Scan(&arr); err != nil {
-			if hasSQLState(err, "22023") { // "string is not a valid identifier"
-				return qualifiedTable{}, fmt.Errorf("%w: table name %q: %w", ErrConfig, name, err)
+			if !hasSQLState(err, "22023") { // not "string is not a valid identifier"
+				_ = savepoint("ROLLBACK TO SAVEPOINT dbsync_parse_ident")
+				return nil, 0, nil, classify(err, "parse table name "+name)
 			}
-			return qualifiedTable{}, classify(err, "parse table name "+name)
+			bad, badErr = i, fmt.Errorf("%w: table name %q: %w", ErrConfig, name, err)
+			break
 		}
-		parts = arr
-	case strings.Contains(name, "."):
-		i := strings.Index(name, ".")
-		parts = []string{name[:i], name[i+1:]}
-	default:
-		parts = []string{name}
+		out[i] = arr
 	}
-	for _, p := range parts {
-		// PostgreSQL cuts a longer name to 63 bytes (to_regclass, parse_ident's
-		// parts cast to name, a parameter compared with relname), which would name
-		// the table called by its first 63 bytes.
-		if len(p) > maxIdentifierBytes {
-			return qualifiedTable{}, fmt.Errorf("%w: table name %q: %q is %d bytes, and PostgreSQL cuts names to 63 bytes, so it would name another table; give the name as the catalog has it (at most 63 bytes)", ErrConfig, name, p, len(p))
-		}
+	stmt := "RELEASE SAVEPOINT dbsync_parse_ident"
+	if bad >= 0 {
+		stmt = "ROLLBACK TO SAVEPOINT dbsync_parse_ident"
 	}
-	var schema, table, kind sql.NullString
-	var err error
-	switch len(parts) {
-	case 1:
-		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::text FROM pg_catalog.pg_class c
-			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE c.oid = to_regclass(quote_ident($1))`, parts[0]).Scan(&schema, &table, &kind)
-	case 2:
-		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::text FROM pg_catalog.pg_class c
-			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relname = $2`, parts[0], parts[1]).Scan(&schema, &table, &kind)
-	default:
-		return qualifiedTable{}, fmt.Errorf("%w: table name %q has %d parts; give \"table\" or \"schema.table\"", ErrConfig, name, len(parts))
+	if err := savepoint(stmt); err != nil {
+		return nil, 0, nil, classify(err, "parse table names")
 	}
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && !table.Valid) {
-		return qualifiedTable{}, fmt.Errorf("%w: table %q does not exist", ErrConfig, name)
-	}
-	if err != nil {
-		return qualifiedTable{}, classify(err, "resolve table "+name)
-	}
-	// to_regclass finds any relation, and a view, an index or a sequence shares the
-	// tables' namespace: only a table or a partitioned table has rows and changes.
-	if k := kind.String; k != "r" && k != "p" {
-		what, ok := relkindNames[k]
-		if !ok {
-			what = "a relation of relkind " + strconv.Quote(k)
-		}
-		return qualifiedTable{}, fmt.Errorf("%w: %q is %s, not a table", ErrConfig, name, what)
-	}
-	return qualifiedTable{schema.String, table.String}, nil
+	return out, bad, badErr, nil
 }
 
 // relkindNames names pg_class.relkind values other than tables for errors.
@@ -397,16 +526,12 @@ var relkindNames = map[string]string{
 
 func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 	wm := qualifiedTable{s.ctrlNamespace, s.wmTableName}
-	var tables []qualifiedTable
-	for _, n := range s.tableNames {
-		t, err := resolveTable(ctx, tx, n)
-		if err != nil {
-			return err
-		}
-		tables = append(tables, t)
+	tables, err := resolveTables(ctx, tx, s.tableNames)
+	if err != nil {
+		return err
 	}
 	var allTables bool
-	err := tx.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
+	err = tx.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
 	if errors.Is(err, sql.ErrNoRows) {
 		if len(tables) == 0 {
 			return fmt.Errorf("%w: publication %q does not exist and no tables were given to create it for; create it with\n  CREATE PUBLICATION %s FOR TABLE <table>, ...;\nor pass dbsync.ForTables(...)",
@@ -432,26 +557,21 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 	if allTables {
 		return nil
 	}
+	// Each table once: a table named twice (t, public.t) is added once.
+	var all []qualifiedTable
+	for _, t := range append(tables, wm) {
+		if !slices.Contains(all, t) {
+			all = append(all, t)
+		}
+	}
+	in, err := s.inPublication(ctx, tx, all)
+	if err != nil {
+		return err
+	}
 	var denied []string
 	var firstErr error
-	for _, t := range append(tables, wm) {
-		var in bool
-		// pg_publication_tables lists a partitioned table's partitions, not the table
-		// itself, unless the publication publishes via the root: pg_publication_rel
-		// says whether the table was added itself. With publish_via_partition_root it
-		// lists the partitioned table and not its partitions, whose changes it
-		// publishes under it: a partition one of whose ancestors it lists is in.
-		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
-			JOIN pg_catalog.pg_partition_ancestors(format('%I.%I', $2::text, $3::text)::regclass) a(relid)
-				ON a.relid = format('%I.%I', pt.schemaname, pt.tablename)::regclass
-			WHERE pt.pubname = $1)
-			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
-			WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)
-			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
-			WHERE p.pubname = $1 AND pr.prrelid = format('%I.%I', $2::text, $3::text)::regclass)`, s.publication, t.schema, t.name).Scan(&in); err != nil {
-			return classify(err, "read publication tables")
-		}
-		if in {
+	for i, t := range all {
+		if in[i] {
 			continue
 		}
 		stmt := "ALTER PUBLICATION " + pq.QuoteIdentifier(s.publication) + " ADD TABLE " + t.quoted()
@@ -469,6 +589,53 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 		return s.publicationDenied(ctx, tx, denied, firstErr)
 	}
 	return nil
+}
+
+// inPublication tells for each of tables whether the publication already publishes
+// its changes, in one query whatever their number (one per table read
+// pg_publication_tables, every table of the publication, once per table: a setup of
+// 2,000 tables took seconds). pg_publication_tables lists a partitioned table's
+// partitions, not the table itself, unless the publication publishes via the root:
+// pg_publication_rel says whether the table was added itself. With
+// publish_via_partition_root it lists the partitioned table and not its partitions,
+// whose changes it publishes under it: a partition one of whose ancestors it lists is
+// in. (jit off, as in CheckReplicaIdentity: the planner cannot know how many rows the
+// publication's functions return.)
+func (s *Syncer) inPublication(ctx context.Context, tx *sql.Tx, tables []qualifiedTable) ([]bool, error) {
+	if _, err := tx.ExecContext(ctx, `SET LOCAL jit = off`); err != nil {
+		return nil, classify(err, "read publication tables")
+	}
+	schemas, names := make([]string, len(tables)), make([]string, len(tables))
+	for i, t := range tables {
+		schemas[i], names[i] = t.schema, t.name
+	}
+	rows, err := tx.QueryContext(ctx, `WITH listed AS MATERIALIZED (
+			SELECT format('%I.%I', pt.schemaname, pt.tablename)::regclass::oid AS relid
+			FROM pg_catalog.pg_publication_tables pt WHERE pt.pubname = $1
+			UNION SELECT pr.prrelid FROM pg_catalog.pg_publication_rel pr
+			JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1),
+		want AS (SELECT u.i, format('%I.%I', u.s, u.r)::regclass::oid AS relid
+			FROM unnest($2::text[], $3::text[]) WITH ORDINALITY u(s, r, i))
+		SELECT w.i, w.relid IN (SELECT relid FROM listed)
+			OR EXISTS (SELECT 1 FROM pg_catalog.pg_partition_ancestors(w.relid) a(relid)
+				WHERE a.relid IN (SELECT relid FROM listed))
+		FROM want w ORDER BY w.i`, s.publication, pq.Array(schemas), pq.Array(names))
+	if err != nil {
+		return nil, classify(err, "read publication tables")
+	}
+	defer rows.Close()
+	in := make([]bool, len(tables))
+	for rows.Next() {
+		var i int
+		var ok bool
+		if err := rows.Scan(&i, &ok); err != nil {
+			return nil, fmt.Errorf("read publication tables: %w", err)
+		}
+		if i >= 1 && i <= len(in) {
+			in[i-1] = ok
+		}
+	}
+	return in, classify(rows.Err(), "read publication tables")
 }
 
 // execPublication runs a CREATE or ALTER PUBLICATION statement of setup in tx under a

@@ -31,7 +31,8 @@ const snapshotProgressTable = "snapshot_progress"
 
 // SnapshotProgress reports a snapshot's progress after each delivered chunk.
 type SnapshotProgress struct {
-	// Table is "schema.table".
+	// Table is "schema.table" (PGTableInfo.QualifiedName: both parts quoted when one
+	// holds a dot).
 	Table string
 	// Chunks and Rows count the chunks delivered and the rows they selected so far
 	// (including the chunks of an earlier, interrupted run that this one resumed).
@@ -437,7 +438,9 @@ const maxWritersPoll = time.Second
 // (TestSnapshotWaitsForWritersOfAddedTable). Once such a transaction ended its rows
 // are committed and visible to the chunks. Any transaction writing the table is
 // waited for, as which of them began before the table was added cannot be told; new
-// ones are not (they write a published table). Like CREATE INDEX CONCURRENTLY, it
+// ones are not (they write a published table). A partitioned table's writers include
+// those of its partitions, which a write naming a partition locks alone
+// (TestSnapshotWaitsForWritersOfAddedPartition). Like CREATE INDEX CONCURRENTLY, it
 // waits for a transaction left open (idle in transaction), until ctx ends
 // (ErrRefreshAbandoned); the wait is logged. The looks start 10 ms apart and slow
 // down to maxWritersPoll.

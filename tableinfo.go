@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -94,8 +95,20 @@ type PGTableInfo struct {
 	partitioned bool
 }
 
-// QualifiedName returns "schema.table" (unquoted), the doctype of Batcher calls.
-func (t *PGTableInfo) QualifiedName() string { return t.Namespace + "." + t.TableName }
+// QualifiedName returns "schema.table" (unquoted), the doctype of Batcher calls and
+// the table_name of the control schema's snapshot_progress rows. When the schema or
+// the table name holds a dot, both are quoted as SQL identifiers (pq.QuoteIdentifier:
+// "a.b"."c", "a"."b.c"), so that no two tables share a name: unquoted, both of those
+// would be "a.b.c".
+func (t *PGTableInfo) QualifiedName() string { return qualifiedName(t.Namespace, t.TableName) }
+
+// qualifiedName is PGTableInfo.QualifiedName of a schema and table name.
+func qualifiedName(schema, table string) string {
+	if strings.Contains(schema, ".") || strings.Contains(table, ".") {
+		return pq.QuoteIdentifier(schema) + "." + pq.QuoteIdentifier(table)
+	}
+	return schema + "." + table
+}
 
 // Relation returns the RELATION message this description was built from (nil for a
 // PGTableInfo built by hand).
@@ -110,7 +123,8 @@ const maxShapes = 4
 // poll; the catalog is read only when a relation shape is new, or, for a shape whose
 // message does not name the key (REPLICA IDENTITY FULL flags every column), to check
 // that key: at most once per keyRecheckInterval per table, and at the first RELATION
-// message after recheckKeys (forRelation).
+// message after recheckKeys (forRelation). The keys of every such table due then are
+// read in that one query (staleKeysLocked), not one query per table.
 type tableCache struct {
 	db      *sql.DB
 	mu      sync.Mutex
@@ -128,7 +142,8 @@ type tableCache struct {
 // read again at the table's next RELATION message. A primary key moved to other
 // columns (or added) under such a table keys its changes within this long; checking at
 // every RELATION message would cost a catalog query per such table and poll (up to
-// 100 a second at the default MinPollInterval) for a rare DDL.
+// 100 a second at the default MinPollInterval) for a rare DDL. When one table's key is
+// due, those of the others due are read in the same query (staleKeysLocked).
 const keyRecheckInterval = time.Second
 
 // pgType is the part of a pg_type row decoding needs.
@@ -187,11 +202,15 @@ func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMe
 	if keyFromCatalog(reln) {
 		c.keyChecked[reln.RelationID] = c.now()
 	}
+	var others []*PGTableInfo
+	if hit != nil {
+		others = c.staleKeysLocked(reln.RelationID)
+	}
 	c.mu.Unlock()
 	var info *PGTableInfo
 	var err error
 	if hit != nil {
-		info, err = c.recheckKey(ctx, hit, reln)
+		info, err = c.recheckKeysOf(ctx, hit, reln, others)
 	} else {
 		info, err = c.load(ctx, reln)
 	}
@@ -231,13 +250,75 @@ func keyFromCatalog(reln *pglogrepl.RelationMessage) bool {
 	return reln.ReplicaIdentity == 'f' || !anyFlagged(reln)
 }
 
-// recheckKey reads the key of a relation whose RELATION message was described before
-// (cached) again: the primary key may have moved to other columns, or been added, with
-// the message unchanged (keyFromCatalog). It returns cached when the key is the same
-// (or the table is gone: changes of a dropped table keep the description they had),
-// else a description with the new key and cached's column types.
-func (c *tableCache) recheckKey(ctx context.Context, cached *PGTableInfo, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
-	fresh, err := loadTableInfo(ctx, c.db, reln)
+// maxBatchedKeyChecks bounds how many other relations a key check reads with the one
+// that is due (staleKeysLocked).
+const maxBatchedKeyChecks = 1000
+
+// staleKeysLocked returns the current descriptions of relations other than relID
+// whose messages leave the key to the catalog and whose key is due to be read again
+// (c.mu held), up to maxBatchedKeyChecks, marking them read now: recheckKeysOf reads
+// them in the same query as relID's, so that a poll whose transactions touch many such
+// tables (REPLICA IDENTITY FULL) reads the catalog once, not once per table.
+func (c *tableCache) staleKeysLocked(relID uint32) []*PGTableInfo {
+	var out []*PGTableInfo
+	now := c.now()
+	for id, cur := range c.current {
+		if len(out) >= maxBatchedKeyChecks {
+			break
+		}
+		if id == relID || cur.reln == nil || !keyFromCatalog(cur.reln) || c.keyFresh(id) {
+			continue
+		}
+		c.keyChecked[id] = now
+		out = append(out, cur)
+	}
+	return out
+}
+
+// recheckKeysOf reads the key of a relation whose RELATION message was described before
+// (cached) again, with the keys of others (staleKeysLocked), in one query: the primary
+// key may have moved to other columns, or been added, with the message unchanged
+// (keyFromCatalog). It returns cached when the key is the same (or the table is gone:
+// changes of a dropped table keep the description they had), else a description with
+// the new key and cached's column types; others whose key changed are replaced in the
+// cache the same way.
+func (c *tableCache) recheckKeysOf(ctx context.Context, cached *PGTableInfo, reln *pglogrepl.RelationMessage, others []*PGTableInfo) (*PGTableInfo, error) {
+	ids := []uint32{reln.RelationID}
+	for _, o := range others {
+		ids = append(ids, o.RelationID)
+	}
+	cat, err := readCatalog(ctx, c.db, ids)
+	if err != nil {
+		return nil, err
+	}
+	info, err := recheckKey(cached, reln, cat[reln.RelationID])
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range others {
+		fresh, err := recheckKey(o, o.reln, cat[o.RelationID])
+		if err != nil || fresh == o {
+			continue // read again when its next message finds it due
+		}
+		c.mu.Lock()
+		if s := c.shapes[o.RelationID]; s != nil {
+			if i := slices.Index(s, o); i >= 0 {
+				s = slices.Clone(s)
+				s[i] = fresh
+				c.shapes[o.RelationID] = s
+			}
+		}
+		if c.current[o.RelationID] == o {
+			c.current[o.RelationID] = fresh
+		}
+		c.mu.Unlock()
+	}
+	return info, nil
+}
+
+// recheckKey is recheckKeysOf of one relation, given its catalog rows.
+func recheckKey(cached *PGTableInfo, reln *pglogrepl.RelationMessage, rows []catalogRow) (*PGTableInfo, error) {
+	fresh, err := tableInfoFromCatalog(reln, rows)
 	if errors.Is(err, ErrUnknownRelation) {
 		return cached, nil
 	}
@@ -302,35 +383,23 @@ func (c *tableCache) describeOID(ctx context.Context, relID uint32) (*PGTableInf
 // (snapshots, SelectList).
 // Errors wrap ErrUnknownRelation when the table does not exist.
 func catalogRelation(ctx context.Context, db *sql.DB, relID uint32) (*pglogrepl.RelationMessage, error) {
-	rows, err := db.QueryContext(ctx, sqlText("table_columns.sql"), relID)
+	cat, err := readCatalog(ctx, db, []uint32{relID})
 	if err != nil {
-		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
+		return nil, err
 	}
-	defer rows.Close()
 	reln := &pglogrepl.RelationMessage{RelationID: relID}
-	found := false
-	for rows.Next() {
-		var ident string
-		var attnum, keyPos, droppedBefore int
-		var notNull, generated bool
-		col := &pglogrepl.RelationMessageColumn{}
-		if err := rows.Scan(&reln.Namespace, &reln.RelationName, &ident, &col.Name, &attnum, &col.DataType, &col.TypeModifier, &notNull, &keyPos, &generated, &droppedBefore); err != nil {
-			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
-		}
-		found = true
-		reln.ReplicaIdentity = ident[0]
-		if generated {
+	for _, r := range cat[relID] {
+		reln.Namespace, reln.RelationName, reln.ReplicaIdentity = r.nsp, r.rel, r.ident[0]
+		if r.generated {
 			continue
 		}
-		if ident == "f" || (ident != "n" && keyPos > 0) {
+		col := &pglogrepl.RelationMessageColumn{Name: r.name, DataType: r.typid, TypeModifier: r.typmod}
+		if r.ident == "f" || (r.ident != "n" && r.keyPos > 0) {
 			col.Flags = 1
 		}
 		reln.Columns = append(reln.Columns, col)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
-	}
-	if !found {
+	if len(cat[relID]) == 0 {
 		return nil, fmt.Errorf("%w: relation %d not found in the catalog", ErrUnknownRelation, relID)
 	}
 	reln.ColumnNum = uint16(len(reln.Columns))
@@ -359,12 +428,56 @@ func (c *tableCache) load(ctx context.Context, reln *pglogrepl.RelationMessage) 
 // replica identity columns (the key was renamed, or the replica identity changed,
 // since this RELATION message was written).
 func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
-	relID := reln.RelationID
-	rows, err := db.QueryContext(ctx, sqlText("table_columns.sql"), relID)
+	rows, err := readCatalog(ctx, db, []uint32{reln.RelationID})
 	if err != nil {
-		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
+		return nil, err
+	}
+	return tableInfoFromCatalog(reln, rows[reln.RelationID])
+}
+
+// catalogRow is a row of sql/table_columns.sql: a live column of a relation.
+type catalogRow struct {
+	nsp, rel, ident, name         string
+	attnum, keyPos, droppedBefore int
+	typid                         uint32
+	typmod                        int32
+	notNull, generated            bool
+}
+
+// readCatalog reads sql/table_columns.sql for relations relIDs, in one query: their
+// live columns in attnum order by relation (none for a relation not in the catalog).
+func readCatalog(ctx context.Context, db *sql.DB, relIDs []uint32) (map[uint32][]catalogRow, error) {
+	what := fmt.Sprintf("read catalog for relation %d", relIDs[0])
+	if len(relIDs) > 1 {
+		what = fmt.Sprintf("read catalog for %d relations", len(relIDs))
+	}
+	ids := make([]int64, len(relIDs))
+	for i, id := range relIDs {
+		ids[i] = int64(id)
+	}
+	rows, err := db.QueryContext(ctx, sqlText("table_columns.sql"), pq.Array(ids))
+	if err != nil {
+		return nil, classify(err, what)
 	}
 	defer rows.Close()
+	out := make(map[uint32][]catalogRow, len(relIDs))
+	for rows.Next() {
+		var id uint32
+		var r catalogRow
+		if err := rows.Scan(&id, &r.nsp, &r.rel, &r.ident, &r.name, &r.attnum, &r.typid, &r.typmod, &r.notNull, &r.keyPos, &r.generated, &r.droppedBefore); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		out[id] = append(out[id], r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(err, what)
+	}
+	return out, nil
+}
+
+// tableInfoFromCatalog is loadTableInfo of reln and its relation's catalog rows.
+func tableInfoFromCatalog(reln *pglogrepl.RelationMessage, rows []catalogRow) (*PGTableInfo, error) {
+	relID := reln.RelationID
 	type catCol struct {
 		attnum, keyPos int
 		notNull        bool
@@ -375,17 +488,10 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 	// generated (pgoutput's columns), -1 when a dropped column precedes it.
 	var keyPlaces []int
 	live := 0
-	var ident, nsp, rel, generatedKey string
-	for rows.Next() {
-		var name string
-		var cc catCol
-		var typid uint32
-		var typmod int32
-		var generated bool
-		var droppedBefore int
-		if err := rows.Scan(&nsp, &rel, &ident, &name, &cc.attnum, &typid, &typmod, &cc.notNull, &cc.keyPos, &generated, &droppedBefore); err != nil {
-			return nil, fmt.Errorf("read catalog for relation %d: %w", relID, err)
-		}
+	var generatedKey string
+	for _, r := range rows {
+		name, generated := r.name, r.generated
+		cc := catCol{attnum: r.attnum, keyPos: r.keyPos, notNull: r.notNull}
 		cat[name] = cc
 		if generated && cc.keyPos > 0 && generatedKey == "" {
 			generatedKey = name
@@ -396,16 +502,13 @@ func loadTableInfo(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMess
 				keyPlaces = append(keyPlaces, -1)
 			}
 			keys[cc.keyPos-1] = name
-			if droppedBefore == 0 && !generated {
+			if r.droppedBefore == 0 && !generated {
 				keyPlaces[cc.keyPos-1] = live
 			}
 		}
 		if !generated {
 			live++
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, classify(err, fmt.Sprintf("read catalog for relation %d", relID))
 	}
 	if len(cat) == 0 {
 		return nil, fmt.Errorf("%w: relation %d (%s.%s) not found in the catalog (dropped?)", ErrUnknownRelation, relID, reln.Namespace, reln.RelationName)

@@ -1,5 +1,6 @@
--- Columns, key and replica identity of one relation, from the catalog.
--- $1: relation OID. One row per live column, in attnum order. The key is the replica
+-- Columns, key and replica identity of relations, from the catalog.
+-- $1: relation OIDs (oid[]). One row per live column, by relation OID, in attnum
+-- order; the first column is the relation's OID. The key is the replica
 -- identity index when the table has one (REPLICA IDENTITY USING INDEX), even beside
 -- a primary key: pgoutput's old-key tuples (a DELETE's, a key-changing UPDATE's) hold
 -- its columns, so only it makes every key change and delete visible. Otherwise it is
@@ -20,15 +21,10 @@ WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relreplident
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = $1
-), key AS (
-    SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
-    FROM pg_catalog.pg_index i
-    WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
-    ORDER BY i.indisreplident DESC
-    LIMIT 1
+    WHERE c.oid = ANY ($1::oid[])
 )
-SELECT rel.nspname,
+SELECT rel.oid,
+       rel.nspname,
        rel.relname,
        rel.relreplident::text,
        a.attname,
@@ -38,7 +34,7 @@ SELECT rel.nspname,
        a.attnotnull,
        COALESCE((SELECT k.pos
                  FROM (SELECT u.attnum, row_number() OVER (ORDER BY min(u.ord)) AS pos
-                       FROM key, unnest(key.attnums) WITH ORDINALITY AS u(attnum, ord)
+                       FROM unnest(key.attnums) WITH ORDINALITY AS u(attnum, ord)
                        GROUP BY u.attnum) AS k
                  WHERE k.attnum = a.attnum), 0),
        a.attgenerated <> '',
@@ -46,5 +42,12 @@ SELECT rel.nspname,
         FROM pg_catalog.pg_attribute d
         WHERE d.attrelid = rel.oid AND d.attnum > 0 AND d.attnum < a.attnum AND d.attisdropped)
 FROM rel
+LEFT JOIN LATERAL (
+    SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
+    FROM pg_catalog.pg_index i
+    WHERE i.indrelid = rel.oid AND (i.indisprimary OR i.indisreplident)
+    ORDER BY i.indisreplident DESC
+    LIMIT 1
+) key ON true
 JOIN pg_catalog.pg_attribute a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
+ORDER BY rel.oid, a.attnum

@@ -2,13 +2,17 @@
 -- the kinds writing it takes (RowExclusiveLock: INSERT, UPDATE, DELETE, MERGE; the
 -- stronger table locks of LOCK TABLE and DDL), as virtual transaction IDs. A
 -- Snapshot waits for them to end before its first chunk (waitForTableWriters).
+-- The partitions of a partitioned table (every level) count as it: a transaction
+-- writing a partition by its own name locks the partition, not the partitioned table,
+-- and under publish_via_partition_root its changes are the partitioned table's.
 -- ShareUpdateExclusiveLock (VACUUM, ANALYZE, ALTER PUBLICATION itself) writes no rows
 -- and is left out, so autovacuum is never waited for.
 SELECT COALESCE(array_agg(DISTINCT l.virtualtransaction ORDER BY l.virtualtransaction), '{}')
 FROM pg_catalog.pg_locks l
 WHERE l.locktype = 'relation'
   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
-  AND l.relation = $1
+  AND (l.relation = $1
+       OR l.relation IN (SELECT relid FROM pg_catalog.pg_partition_tree($1::oid::regclass)))
   AND l.granted
   AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
   AND l.pid IS DISTINCT FROM pg_backend_pid()
