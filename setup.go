@@ -66,7 +66,7 @@ func (s *Syncer) checkServer(ctx context.Context) error {
 	var walLevel string
 	var canReplicate bool
 	var role string
-	err := s.db.QueryRowContext(ctx, `SELECT current_setting('wal_level'), r.rolsuper OR r.rolreplication, r.rolname
+	err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.current_setting('wal_level'), r.rolsuper OR r.rolreplication, r.rolname
 		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user`).Scan(&walLevel, &canReplicate, &role)
 	if err != nil {
 		return classify(err, "check server settings")
@@ -129,7 +129,7 @@ func beginCatalogTx(ctx context.Context, db txBeginner, what string) (*sql.Tx, e
 	if err != nil {
 		return nil, classify(err, "begin "+what)
 	}
-	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
+	if _, err := tx.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
 		_ = tx.Rollback()
 		return nil, classify(err, "lock "+what)
 	}
@@ -187,7 +187,7 @@ func (s *Syncer) ensureCtrlTables(ctx context.Context, tx *sql.Tx) error {
 	if err := tx.QueryRowContext(ctx, `SELECT (SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace WHERE nspname = $1),
 		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2),
 		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $3),
-		current_user, current_database()`,
+		current_user, pg_catalog.current_database()`,
 		s.ctrlNamespace, s.wmTableName, snapshotProgressTable).Scan(&schemaOwner, &haveWM, &haveProgress, &role, &database); err != nil {
 		return classify(err, "look up control schema "+s.ctrlNamespace)
 	}
@@ -260,7 +260,7 @@ func (s *Syncer) checkCtrlTables(ctx context.Context, tx *sql.Tx) error {
 		if err := tx.QueryRowContext(ctx, `SELECT
 			ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
 			ARRAY(SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-			ARRAY(SELECT (SELECT string_agg(a.attname::text, ',' ORDER BY a.attname::text) FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) k(n)
+			ARRAY(SELECT (SELECT pg_catalog.string_agg(a.attname::text, ',' ORDER BY a.attname::text) FROM pg_catalog.unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) k(n)
 					JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n)
 				FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND 0 <> ALL (i.indkey::int2[]))
 			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -357,7 +357,7 @@ func resolveTable(ctx context.Context, q interface {
 	case 1:
 		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::text FROM pg_catalog.pg_class c
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE c.oid = to_regclass(quote_ident($1))`, parts[0]).Scan(&schema, &table, &kind)
+			WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident($1))`, parts[0]).Scan(&schema, &table, &kind)
 	case 2:
 		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::text FROM pg_catalog.pg_class c
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -436,13 +436,13 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 		// lists the partitioned table and not its partitions, whose changes it
 		// publishes under it: a partition one of whose ancestors it lists is in.
 		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
-			JOIN pg_catalog.pg_partition_ancestors(format('%I.%I', $2::text, $3::text)::regclass) a(relid)
-				ON a.relid = format('%I.%I', pt.schemaname, pt.tablename)::regclass
+			JOIN pg_catalog.pg_partition_ancestors(pg_catalog.format('%I.%I', $2::text, $3::text)::regclass) a(relid)
+				ON a.relid = pg_catalog.format('%I.%I', pt.schemaname, pt.tablename)::regclass
 			WHERE pt.pubname = $1)
 			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
 			WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)
 			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
-			WHERE p.pubname = $1 AND pr.prrelid = format('%I.%I', $2::text, $3::text)::regclass)`, s.publication, t.schema, t.name).Scan(&in); err != nil {
+			WHERE p.pubname = $1 AND pr.prrelid = pg_catalog.format('%I.%I', $2::text, $3::text)::regclass)`, s.publication, t.schema, t.name).Scan(&in); err != nil {
 			return classify(err, "read publication tables")
 		}
 		if in {
@@ -496,7 +496,7 @@ func (s *Syncer) publicationDenied(ctx context.Context, tx *sql.Tx, stmts []stri
 	var role, database string
 	var owner sql.NullString
 	var dbCreate bool
-	if err := tx.QueryRowContext(ctx, `SELECT current_user, current_database(), has_database_privilege(current_database(), 'CREATE'),
+	if err := tx.QueryRowContext(ctx, `SELECT current_user, pg_catalog.current_database(), pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'),
 		(SELECT pg_catalog.pg_get_userbyid(pubowner) FROM pg_catalog.pg_publication WHERE pubname = $1)`,
 		s.publication).Scan(&role, &database, &dbCreate, &owner); err != nil {
 		return classify(err, "look up the owner of publication "+s.publication)
@@ -534,11 +534,11 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		return classify(err, "connect for slot setup")
 	}
 	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, setupLockKey+1); err != nil {
+	if _, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_lock($1)`, setupLockKey+1); err != nil {
 		return classify(err, "lock slot setup")
 	}
 	defer func() {
-		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
+		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
 			err = classify(uerr, "unlock slot setup")
 		}
 	}()
@@ -549,8 +549,8 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		var current string
 		// two_phase through to_jsonb: PostgreSQL 13 has no such column (NULL there).
 		err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid,
-			(to_jsonb(s) ->> 'two_phase')::bool, current_database()
-			FROM (SELECT current_database()) AS d(x)
+			(pg_catalog.to_jsonb(s) ->> 'two_phase')::bool, pg_catalog.current_database()
+			FROM (SELECT pg_catalog.current_database()) AS d(x)
 			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &twoPhase, &current)
 		if err != nil {
 			return classify(err, "look up replication slot")
@@ -580,7 +580,7 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 				s.beforeSlotCreate()
 			}
 			stopWatch := s.watchSlotCreation(ctx, slotCreationWarnAfter)
-			_, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
+			_, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
 			stopWatch()
 			if err != nil {
 				if hasSQLState(err, "42710") && attempt == 0 {

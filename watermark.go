@@ -160,7 +160,7 @@ func refreshColumnList(info *PGTableInfo, cols []string, form selectForm) string
 		if form == formPlain {
 			parts[i] = expr + " AS " + pq.QuoteIdentifier(c)
 		} else {
-			parts[i] = "CASE WHEN num_nulls(" + expr + ") = 1 THEN NULL ELSE format('%s', " + expr + ") END AS " + pq.QuoteIdentifier(c)
+			parts[i] = "CASE WHEN pg_catalog.num_nulls(" + expr + ") = 1 THEN NULL ELSE pg_catalog.format('%s', " + expr + ") END AS " + pq.QuoteIdentifier(c)
 		}
 	}
 	return strings.Join(parts, ", ")
@@ -584,7 +584,7 @@ func (s *Syncer) deleteWatermarks(id string) {
 	s.strayMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	stmt := "DELETE FROM " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) + " WHERE selection_id = ANY($1)"
+	stmt := "DELETE FROM " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) + " WHERE selection_id OPERATOR(pg_catalog.=) ANY ($1)"
 	_, err := s.db.ExecContext(ctx, stmt, pq.StringArray(ids))
 	if err != nil && isTransient(err) {
 		_, err = s.db.ExecContext(ctx, stmt, pq.StringArray(ids))
@@ -1128,7 +1128,7 @@ func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableIn
 	wm := pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
 	if partitioned && !viaRoot {
 		var leaves []string
-		if err := s.db.QueryRowContext(ctx, `SELECT ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
+		if err := s.db.QueryRowContext(ctx, `SELECT ARRAY(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
 			FROM pg_catalog.pg_partition_tree($1::oid::regclass) p
 			JOIN pg_catalog.pg_class c ON c.oid = p.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE p.isleaf ORDER BY 1)`, info.RelationID).Scan(pq.Array(&leaves)); err != nil {

@@ -6,6 +6,6 @@
 SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1),
        COALESCE((SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), ''),
        EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $2),
-       current_setting('wal_level'),
+       pg_catalog.current_setting('wal_level'),
        pg_catalog.pg_is_in_recovery(),
        COALESCE((SELECT r.rolsuper OR r.rolreplication FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false)

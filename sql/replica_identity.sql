@@ -39,7 +39,7 @@ WITH listed AS (
     SELECT schemaname, tablename, oid, NULL::oid AS root_oid, '' AS published_as, ''::"char" AS root_replident
     FROM listed
     UNION ALL
-    SELECT ln.nspname, lc.relname, lc.oid, listed.oid, format('%s.%s', listed.schemaname, listed.tablename),
+    SELECT ln.nspname, lc.relname, lc.oid, listed.oid, pg_catalog.format('%s.%s', listed.schemaname, listed.tablename),
            listed.relreplident
     FROM listed
     CROSS JOIN LATERAL pg_catalog.pg_partition_tree(listed.oid) tree
@@ -88,10 +88,10 @@ WITH listed AS (
 )
 SELECT schemaname, tablename, relreplident::text, has_pk,
        CASE WHEN no_identity THEN '' ELSE generated_key END,
-       CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE published_as END,
-       CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE key_missing END,
-       NOT no_identity AND generated_key = '' AND key_missing = '' AND partial_old,
+       CASE WHEN no_identity OR generated_key OPERATOR(pg_catalog.<>) '' THEN '' ELSE published_as END,
+       CASE WHEN no_identity OR generated_key OPERATOR(pg_catalog.<>) '' THEN '' ELSE key_missing END,
+       NOT no_identity AND generated_key OPERATOR(pg_catalog.=) '' AND key_missing OPERATOR(pg_catalog.=) '' AND partial_old,
        partitioned
 FROM checked
-WHERE no_identity OR generated_key <> '' OR key_missing <> '' OR partial_old
+WHERE no_identity OR generated_key OPERATOR(pg_catalog.<>) '' OR key_missing OPERATOR(pg_catalog.<>) '' OR partial_old
 ORDER BY 1, 2

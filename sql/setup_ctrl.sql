@@ -6,8 +6,8 @@
 -- execution; nothing else is substituted.
 CREATE TABLE IF NOT EXISTS {{ns}}.{{wm}} (
     selection_id text        NOT NULL,
-    wm_type      text        NOT NULL CHECK (wm_type IN ('low', 'high')),
-    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    wm_type      text        NOT NULL CHECK (wm_type OPERATOR(pg_catalog.=) ANY ('{low,high}')),
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     PRIMARY KEY (selection_id, wm_type)
 );
 -- Progress of chunked table snapshots (Syncer.Snapshot), one row per slot and table:
@@ -27,8 +27,8 @@ CREATE TABLE IF NOT EXISTS {{ns}}.snapshot_progress (
     chunk_size   int         NOT NULL,
     chunks_done  bigint      NOT NULL DEFAULT 0,
     rows_done    bigint      NOT NULL DEFAULT 0,
-    started_at   timestamptz NOT NULL DEFAULT now(),
-    updated_at   timestamptz NOT NULL DEFAULT now(),
+    started_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     finished_at  timestamptz,
     PRIMARY KEY (slot_name, table_name)
 );

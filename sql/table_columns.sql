@@ -37,12 +37,12 @@ SELECT rel.nspname,
        a.atttypmod,
        a.attnotnull,
        COALESCE((SELECT k.pos
-                 FROM (SELECT u.attnum, row_number() OVER (ORDER BY min(u.ord)) AS pos
-                       FROM key, unnest(key.attnums) WITH ORDINALITY AS u(attnum, ord)
+                 FROM (SELECT u.attnum, pg_catalog.row_number() OVER (ORDER BY pg_catalog.min(u.ord)) AS pos
+                       FROM key, pg_catalog.unnest(key.attnums) WITH ORDINALITY AS u(attnum, ord)
                        GROUP BY u.attnum) AS k
                  WHERE k.attnum = a.attnum), 0),
        a.attgenerated <> '',
-       (SELECT count(*)
+       (SELECT pg_catalog.count(*)
         FROM pg_catalog.pg_attribute d
         WHERE d.attrelid = rel.oid AND d.attnum > 0 AND d.attnum < a.attnum AND d.attisdropped)
 FROM rel

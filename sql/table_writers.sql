@@ -4,11 +4,11 @@
 -- Snapshot waits for them to end before its first chunk (waitForTableWriters).
 -- ShareUpdateExclusiveLock (VACUUM, ANALYZE, ALTER PUBLICATION itself) writes no rows
 -- and is left out, so autovacuum is never waited for.
-SELECT COALESCE(array_agg(DISTINCT l.virtualtransaction ORDER BY l.virtualtransaction), '{}')
+SELECT COALESCE(pg_catalog.array_agg(DISTINCT l.virtualtransaction ORDER BY l.virtualtransaction), '{}')
 FROM pg_catalog.pg_locks l
-WHERE l.locktype = 'relation'
-  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+WHERE l.locktype OPERATOR(pg_catalog.=) 'relation'
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
   AND l.relation = $1
   AND l.granted
-  AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
-  AND l.pid IS DISTINCT FROM pg_backend_pid()
+  AND l.mode OPERATOR(pg_catalog.=) ANY ('{RowExclusiveLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock}')
+  AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
