@@ -91,7 +91,7 @@ func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	var lsn pglogrepl.LSN
 	var confirmed, walStatus sql.NullString
-	err := s.db.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
+	err := s.db.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::pg_catalog.text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
 		s.replicationSlot).Scan(&confirmed, &walStatus)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, s.errSlotDropped(nil)
@@ -129,7 +129,7 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 		return nil
 	}
 	var end pglogrepl.LSN
-	const q = `SELECT end_lsn FROM pg_catalog.pg_replication_slot_advance($1, $2::pg_lsn)`
+	const q = `SELECT end_lsn FROM pg_catalog.pg_replication_slot_advance($1, $2::pg_catalog.pg_lsn)`
 	var err error
 	if s.stmtTimeout.Load() {
 		err = s.onUntimedConn(ctx, func(c *sql.Conn) error {

@@ -189,10 +189,10 @@ func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 		}
 		// The table and, when it is partitioned, its partitions (pg_partition_tree
 		// lists none for a table that is neither partitioned nor a partition).
-		rows, err := s.db.QueryContext(ctx, `WITH r AS (SELECT pg_catalog.format('%I.%I', $1::text, $2::text)::regclass AS oid),
+		rows, err := s.db.QueryContext(ctx, `WITH r AS (SELECT pg_catalog.format('%I.%I', $1::pg_catalog.text, $2::pg_catalog.text)::pg_catalog.regclass AS oid),
 			members AS (SELECT r.oid AS relid, 0 AS level FROM r
 				UNION SELECT p.relid, p.level FROM r, pg_catalog.pg_partition_tree(r.oid) p)
-			SELECT n.nspname, c.relname, c.relreplident::text
+			SELECT n.nspname, c.relname, c.relreplident::pg_catalog.text
 			FROM members m
 			JOIN pg_catalog.pg_class c ON c.oid = m.relid
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

@@ -112,7 +112,7 @@ func columnList(info *PGTableInfo, alias string, cols []string, form selectForm)
 		case form == formPlain || (form == formPQ && pqPlainOIDs[oid]):
 			parts[i] = ref + " AS " + pq.QuoteIdentifier(c)
 		case textCastOIDs[oid]:
-			parts[i] = ref + "::text AS " + pq.QuoteIdentifier(c)
+			parts[i] = ref + "::pg_catalog.text AS " + pq.QuoteIdentifier(c)
 		default:
 			parts[i] = selectList(alias, []string{c})
 		}

@@ -53,8 +53,9 @@ var searchPathShadows = []string{
 	"unnest(anyarray) SETOF anyelement",
 }
 
-// searchPathShadowDDL creates schema app with searchPathShadows, a count(*) aggregate
-// and the text operators =, <> and || (all raising).
+// searchPathShadowDDL creates schema app with searchPathShadows, a count(*) aggregate,
+// the text operators =, <> and || (all raising), and domains named like built-in
+// types that refuse every value.
 func searchPathShadowDDL() []string {
 	ddl := []string{`CREATE SCHEMA app`,
 		`CREATE FUNCTION app.shadow_int8(int8) RETURNS int8 LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'shadowed count(*)'; END$$`,
@@ -70,13 +71,19 @@ func searchPathShadowDDL() []string {
 			fmt.Sprintf(`CREATE FUNCTION app.shadow_op%d(text, text) RETURNS %s LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'shadowed operator %s'; END$$`, i, op.ret, op.name),
 			fmt.Sprintf(`CREATE OPERATOR app.%s (LEFTARG = text, RIGHTARG = text, FUNCTION = app.shadow_op%d)`, op.name, i))
 	}
+	// Types: a cast (::text) or a column type (text) names its type through the
+	// search_path too; these domains accept no value but NULL.
+	for _, typ := range []string{"text", "oid", "name", "pg_lsn", "int2", "int4", "int8", "bool", `"char"`, "regclass", "regproc", "jsonb", "timestamptz", "xid", "bytea", "pg_snapshot"} {
+		ddl = append(ddl, fmt.Sprintf(`CREATE DOMAIN app.%s AS pg_catalog.%s CHECK (VALUE IS NULL)`, typ, typ))
+	}
 	return ddl
 }
 
 // TestSearchPathShadowedBuiltins: a role whose search_path puts a schema before
 // pg_catalog (the CVE-2018-1058 class), that schema holding functions, an aggregate
 // and operators named and typed like the built-ins dbsync's own SQL uses (each
-// raising), changes nothing: setup, Run and its slot lock, a Refresh, a chunked
+// raising) and types named like its built-in types (refusing every value), changes
+// nothing: setup, Run and its slot lock, a Refresh, a chunked
 // Snapshot, Status, CheckReplicaIdentity, TableInfo, GetMessages and Forward,
 // SkipBacklog and Teardown deliver and do exactly what they do without it.
 func TestSearchPathShadowedBuiltins(t *testing.T) {
@@ -118,7 +125,9 @@ func TestSearchPathShadowedBuiltins(t *testing.T) {
 			require.Empty(t, problems)
 			info, err := s.TableInfo(ctx, "public.items")
 			require.NoError(t, err)
-			require.Equal(t, "text", info.ColInfo["s"].ColumnType)
+			// format_type qualifies a type its name does not find first on the
+			// search_path: here "text" is app.text.
+			require.Equal(t, "pg_catalog.text", info.ColInfo["s"].ColumnType)
 			waitCaughtUp(t, d.DB, slot)
 			require.NoError(t, stop())
 			require.Equal(t, []string{

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/lib/pq"
 )
 
@@ -215,9 +216,14 @@ func (s *Syncer) ensureCtrlTables(ctx context.Context, tx *sql.Tx) error {
 	return nil
 }
 
-// ctrlColumn is a column dbsync's control tables are created with (sql/setup_ctrl.sql)
-// and its type as format_type names it.
-type ctrlColumn struct{ name, typ string }
+// ctrlColumn is a column dbsync's control tables are created with (sql/setup_ctrl.sql),
+// its type as format_type names it (in messages) and the type's OID, which is what is
+// compared: format_type prints a pg_catalog type qualified (pg_catalog.text) when the
+// session's search_path holds another type of that name before pg_catalog.
+type ctrlColumn struct {
+	name, typ string
+	oid       int64
+}
 
 // ctrlTableShape is what dbsync needs of a control table: its columns and unique key.
 type ctrlTableShape struct {
@@ -231,12 +237,12 @@ type ctrlTableShape struct {
 // adds it to a progress table created before it existed.
 var (
 	wmTableShape = ctrlTableShape{"watermark table",
-		[]ctrlColumn{{"selection_id", "text"}, {"wm_type", "text"}, {"created_at", "timestamp with time zone"}},
+		[]ctrlColumn{{"selection_id", "text", pgtype.TextOID}, {"wm_type", "text", pgtype.TextOID}, {"created_at", "timestamp with time zone", pgtype.TimestamptzOID}},
 		[]string{"selection_id", "wm_type"}}
-	progressTableShape = ctrlTableShape{"snapshot progress table", []ctrlColumn{{"slot_name", "text"}, {"table_name", "text"},
-		{"key_columns", "text[]"}, {"last_key", "text[]"}, {"chunk_size", "integer"}, {"chunks_done", "bigint"},
-		{"rows_done", "bigint"}, {"started_at", "timestamp with time zone"}, {"updated_at", "timestamp with time zone"},
-		{"finished_at", "timestamp with time zone"}}, []string{"slot_name", "table_name"}}
+	progressTableShape = ctrlTableShape{"snapshot progress table", []ctrlColumn{{"slot_name", "text", pgtype.TextOID}, {"table_name", "text", pgtype.TextOID},
+		{"key_columns", "text[]", pgtype.TextArrayOID}, {"last_key", "text[]", pgtype.TextArrayOID}, {"chunk_size", "integer", pgtype.Int4OID}, {"chunks_done", "bigint", pgtype.Int8OID},
+		{"rows_done", "bigint", pgtype.Int8OID}, {"started_at", "timestamp with time zone", pgtype.TimestamptzOID}, {"updated_at", "timestamp with time zone", pgtype.TimestamptzOID},
+		{"finished_at", "timestamp with time zone", pgtype.TimestamptzOID}}, []string{"slot_name", "table_name"}}
 )
 
 // checkCtrlTables checks that the watermark and snapshot progress tables in the
@@ -252,28 +258,28 @@ func (s *Syncer) checkCtrlTables(ctx context.Context, tx *sql.Tx) error {
 		shape ctrlTableShape
 	}{{s.wmTableName, wmTableShape}, {snapshotProgressTable, progressTableShape}} {
 		q, shape := qualifiedTable{s.ctrlNamespace, c.name}, c.shape
-		var cols, types []string
-		var keys []string
-		// Column types by format_type; unique keys (non-partial unique indexes, key
+		var cols, keys []string
+		var types []int64
+		// Column type OIDs; unique keys (non-partial unique indexes, key
 		// columns only) as their sorted column names joined by commas: what ON
 		// CONFLICT (...) infers its arbiter from.
 		if err := tx.QueryRowContext(ctx, `SELECT
-			ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-			ARRAY(SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-			ARRAY(SELECT (SELECT pg_catalog.string_agg(a.attname::text, ',' ORDER BY a.attname::text) FROM pg_catalog.unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) k(n)
+			ARRAY(SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT a.atttypid::pg_catalog.int8 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT (SELECT pg_catalog.string_agg(a.attname::pg_catalog.text, ',' ORDER BY a.attname::pg_catalog.text) FROM pg_catalog.unnest((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]) k(n)
 					JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n)
-				FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND 0 <> ALL (i.indkey::int2[]))
+				FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND 0 <> ALL (i.indkey::pg_catalog.int2[]))
 			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE n.nspname = $1 AND c.relname = $2`, q.schema, q.name).Scan(pq.Array(&cols), pq.Array(&types), pq.Array(&keys)); err != nil {
 			return classify(err, "check the columns of "+q.schema+"."+q.name)
 		}
-		have := make(map[string]string, len(cols))
+		have := make(map[string]int64, len(cols))
 		for i, c := range cols {
 			have[c] = types[i]
 		}
 		var lacks []string
 		for _, c := range shape.cols {
-			if have[c.name] != c.typ {
+			if have[c.name] != c.oid {
 				lacks = append(lacks, "column "+c.name+" "+c.typ)
 			}
 		}
@@ -308,7 +314,7 @@ func (s *Syncer) ensureProgressRelationOID(ctx context.Context, tx *sql.Tx) erro
 		return nil
 	}
 	if _, err := tx.ExecContext(ctx, "ALTER TABLE "+pq.QuoteIdentifier(s.ctrlNamespace)+"."+snapshotProgressTable+
-		" ADD COLUMN IF NOT EXISTS relation_oid oid"); err != nil {
+		" ADD COLUMN IF NOT EXISTS relation_oid pg_catalog.oid"); err != nil {
 		return classify(err, "add column relation_oid to "+s.ctrlNamespace+"."+snapshotProgressTable+
 			" (created by an older dbsync; its owner can run ALTER TABLE ... ADD COLUMN relation_oid oid)")
 	}
@@ -355,11 +361,11 @@ func resolveTable(ctx context.Context, q interface {
 	var err error
 	switch len(parts) {
 	case 1:
-		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::text FROM pg_catalog.pg_class c
+		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::pg_catalog.text FROM pg_catalog.pg_class c
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident($1))`, parts[0]).Scan(&schema, &table, &kind)
 	case 2:
-		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::text FROM pg_catalog.pg_class c
+		err = q.QueryRowContext(ctx, `SELECT n.nspname, c.relname, c.relkind::pg_catalog.text FROM pg_catalog.pg_class c
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE n.nspname = $1 AND c.relname = $2`, parts[0], parts[1]).Scan(&schema, &table, &kind)
 	default:
@@ -436,13 +442,13 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 		// lists the partitioned table and not its partitions, whose changes it
 		// publishes under it: a partition one of whose ancestors it lists is in.
 		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
-			JOIN pg_catalog.pg_partition_ancestors(pg_catalog.format('%I.%I', $2::text, $3::text)::regclass) a(relid)
-				ON a.relid = pg_catalog.format('%I.%I', pt.schemaname, pt.tablename)::regclass
+			JOIN pg_catalog.pg_partition_ancestors(pg_catalog.format('%I.%I', $2::pg_catalog.text, $3::pg_catalog.text)::pg_catalog.regclass) a(relid)
+				ON a.relid = pg_catalog.format('%I.%I', pt.schemaname, pt.tablename)::pg_catalog.regclass
 			WHERE pt.pubname = $1)
 			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
 			WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)
 			OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
-			WHERE p.pubname = $1 AND pr.prrelid = pg_catalog.format('%I.%I', $2::text, $3::text)::regclass)`, s.publication, t.schema, t.name).Scan(&in); err != nil {
+			WHERE p.pubname = $1 AND pr.prrelid = pg_catalog.format('%I.%I', $2::pg_catalog.text, $3::pg_catalog.text)::pg_catalog.regclass)`, s.publication, t.schema, t.name).Scan(&in); err != nil {
 			return classify(err, "read publication tables")
 		}
 		if in {
@@ -549,7 +555,7 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		var current string
 		// two_phase through to_jsonb: PostgreSQL 13 has no such column (NULL there).
 		err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid,
-			(pg_catalog.to_jsonb(s) ->> 'two_phase')::bool, pg_catalog.current_database()
+			(pg_catalog.to_jsonb(s) ->> 'two_phase')::pg_catalog.bool, pg_catalog.current_database()
 			FROM (SELECT pg_catalog.current_database()) AS d(x)
 			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &twoPhase, &current)
 		if err != nil {

@@ -272,7 +272,7 @@ func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, er
 	var temporary, active, twoPhase bool
 	var pid int
 	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
-		COALESCE(active_pid, 0), COALESCE((pg_catalog.to_jsonb(s) ->> 'two_phase')::bool, false), pg_catalog.current_database()
+		COALESCE(active_pid, 0), COALESCE((pg_catalog.to_jsonb(s) ->> 'two_phase')::pg_catalog.bool, false), pg_catalog.current_database()
 		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(
 		&slotType, &plugin, &database, &temporary, &active, &pid, &twoPhase, &current)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -334,7 +334,7 @@ func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *Teard
 	if len(others) > 0 {
 		var deleted int64
 		var progress bool
-		if err = tx.QueryRowContext(ctx, `SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1::text, $2::text)) IS NOT NULL`,
+		if err = tx.QueryRowContext(ctx, `SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1::pg_catalog.text, $2::pg_catalog.text)) IS NOT NULL`,
 			s.ctrlNamespace, snapshotProgressTable).Scan(&progress); err != nil {
 			return classify(err, "look up the snapshot progress table")
 		}

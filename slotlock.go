@@ -17,7 +17,7 @@ import (
 
 // slotLockKey is the advisory lock key of a slot: a 64-bit hash of its name (one
 // key space with setupLockKey, which a hash equals with probability 2^-64).
-const slotLockKey = `pg_catalog.hashtextextended(pg_catalog.concat('dbsync slot ', $1::text), 0)`
+const slotLockKey = `pg_catalog.hashtextextended(pg_catalog.concat('dbsync slot ', $1::pg_catalog.text), 0)`
 
 // slotLockHolder names the backend PID holding the slot lock (0 when none is found).
 const slotLockHolder = `SELECT COALESCE((SELECT l.pid FROM pg_catalog.pg_locks l

@@ -597,7 +597,7 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 	kc := keyColumnList(info)
 	texts := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
-		texts[i] = "t." + pq.QuoteIdentifier(k) + "::text"
+		texts[i] = "t." + pq.QuoteIdentifier(k) + "::pg_catalog.text"
 	}
 	q := "SELECT " + strings.Join(texts, ", ") + fromTable(info)
 	var args []any

@@ -534,7 +534,7 @@ func castKeyColumns(info *PGTableInfo, alias string) string {
 func keyParams(info *PGTableInfo, n int) string {
 	params := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
-		params[i] = "CAST($" + strconv.Itoa(n+i+1) + "::text AS " + info.ColInfo[k].ColumnType + ")"
+		params[i] = "CAST($" + strconv.Itoa(n+i+1) + "::pg_catalog.text AS " + info.ColInfo[k].ColumnType + ")"
 	}
 	return strings.Join(params, ", ")
 }
@@ -1055,7 +1055,7 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 	var oid uint32
 	var relkind string
 	var partition bool
-	err := s.db.QueryRowContext(ctx, `SELECT c.oid, c.relkind::text, c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+	err := s.db.QueryRowContext(ctx, `SELECT c.oid, c.relkind::pg_catalog.text, c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2`, t.schema, t.name).Scan(&oid, &relkind, &partition)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: table %s does not exist", ErrConfig, t.quoted())
@@ -1129,7 +1129,7 @@ func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableIn
 	if partitioned && !viaRoot {
 		var leaves []string
 		if err := s.db.QueryRowContext(ctx, `SELECT ARRAY(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
-			FROM pg_catalog.pg_partition_tree($1::oid::regclass) p
+			FROM pg_catalog.pg_partition_tree($1::pg_catalog.oid::pg_catalog.regclass) p
 			JOIN pg_catalog.pg_class c ON c.oid = p.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE p.isleaf ORDER BY 1)`, info.RelationID).Scan(pq.Array(&leaves)); err != nil {
 			return classify(err, "list the partitions of "+info.QualifiedName())

@@ -17,7 +17,7 @@ FROM (SELECT pg_catalog.concat(pg_catalog.set_config('DateStyle', 'ISO, MDY', tr
           pg_catalog.set_config('TimeZone', 'UTC', true)) AS applied
       OFFSET 0) AS fmt,
      LATERAL pg_catalog.pg_logical_slot_peek_binary_changes(
-         CASE WHEN fmt.applied IS NOT NULL THEN $1::name END, $2::pg_lsn, $3::int,
+         CASE WHEN fmt.applied IS NOT NULL THEN $1::pg_catalog.name END, $2::pg_catalog.pg_lsn, $3::int,
          'proto_version', '1',
          'publication_names', $4,
          'messages', 'true',

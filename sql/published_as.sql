@@ -4,7 +4,7 @@
 -- topmost ancestor in the publication; otherwise, and for a relation that is not a
 -- partition (or does not exist), the relation itself.
 SELECT COALESCE(anc.nspname, r.schema), COALESCE(anc.relname, r.name)
-FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) WITH ORDINALITY AS r(schema, name, ord)
+FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) WITH ORDINALITY AS r(schema, name, ord)
 LEFT JOIN LATERAL (
     SELECT n.nspname, c.relname
     FROM pg_catalog.pg_publication p,

@@ -22,7 +22,7 @@ WITH rel AS (
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = $1
 ), key AS (
-    SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
+    SELECT (i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1] AS attnums
     FROM pg_catalog.pg_index i
     WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
     ORDER BY i.indisreplident DESC
@@ -30,7 +30,7 @@ WITH rel AS (
 )
 SELECT rel.nspname,
        rel.relname,
-       rel.relreplident::text,
+       rel.relreplident::pg_catalog.text,
        a.attname,
        a.attnum,
        a.atttypid,
