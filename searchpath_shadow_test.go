@@ -85,80 +85,90 @@ func searchPathShadowDDL() []string {
 // raising) and types named like its built-in types (refusing every value), changes
 // nothing: setup, Run and its slot lock, a Refresh, a chunked
 // Snapshot, Status, CheckReplicaIdentity, TableInfo, GetMessages and Forward,
-// SkipBacklog and Teardown deliver and do exactly what they do without it.
+// SkipBacklog and Teardown deliver and do exactly what they do without it. With
+// pg_catalog searched first (as it is when the search_path does not list it: the
+// usual case, where any role that may create objects in a schema on the path, such
+// as public, can plant them), the functions whose arguments match better than the
+// built-in's (format(text, text, text) against format(text, VARIADIC "any")) are
+// still taken over, and change nothing either.
 func TestSearchPathShadowedBuiltins(t *testing.T) {
-	for _, driver := range []string{"postgres", "pgx"} {
-		t.Run(driver, func(t *testing.T) {
-			d := pgtest.NewDatabase(t)
-			ctx := context.Background()
-			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, s text)`)
-			execAll(t, d.DB, searchPathShadowDDL()...)
-			dsn := settingsRole(t, d, "role", [][2]string{{"search_path", "app, pg_catalog, public"}})
-			db, err := sql.Open(driver, dsn)
-			require.NoError(t, err)
-			t.Cleanup(func() { db.Close() })
-			var probe string
-			require.ErrorContains(t, db.QueryRow(`SELECT set_config('x.y', 'z', false)`).Scan(&probe), "shadowed set_config")
+	for _, tc := range []struct{ name, path, textType string }{
+		{"before_pg_catalog", "app, pg_catalog, public", "pg_catalog.text"},
+		{"pg_catalog_first", "app, public", "text"},
+	} {
+		for _, driver := range []string{"postgres", "pgx"} {
+			t.Run(tc.name+"/"+driver, func(t *testing.T) {
+				d := pgtest.NewDatabase(t)
+				ctx := context.Background()
+				execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, s text)`)
+				execAll(t, d.DB, searchPathShadowDDL()...)
+				dsn := settingsRole(t, d, "role", [][2]string{{"search_path", tc.path}})
+				db, err := sql.Open(driver, dsn)
+				require.NoError(t, err)
+				t.Cleanup(func() { db.Close() })
+				var probe string
+				require.ErrorContains(t, db.QueryRow(`SELECT format('%I.%I', 'a'::pg_catalog.text, 'b'::pg_catalog.text)`).Scan(&probe), "shadowed format(text, text, text)")
 
-			slot := pgtest.Ident(t, "slot")
-			h := newCacheHandler()
-			s, stop := startSyncer(t, dsn, slot, h, WithDB(db), ForTables("public.items"), WithSnapshotChunkSize(2))
-			execAll(t, d.DB, `INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')`)
-			waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == 3 }, "3 inserts, have %v", h.eventList())
+				slot := pgtest.Ident(t, "slot")
+				h := newCacheHandler()
+				s, stop := startSyncer(t, dsn, slot, h, WithDB(db), ForTables("public.items"), WithSnapshotChunkSize(2))
+				execAll(t, d.DB, `INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')`)
+				waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == 3 }, "3 inserts, have %v", h.eventList())
 
-			// The slot lock: a second Syncer on the slot is refused.
-			other, err := NewSyncer(WithPGConnStr(dsn), WithReplicationSlot(slot), WithPublication(slot+"_pub"), WithMessageHandler(newCacheHandler()), ForTables("public.items"))
-			require.NoError(t, err)
-			require.ErrorIs(t, other.Run(ctx), ErrSlotInUse)
-			require.ErrorIs(t, other.Teardown(ctx), ErrSlotInUse)
-			require.NoError(t, other.Close())
+				// The slot lock: a second Syncer on the slot is refused.
+				other, err := NewSyncer(WithPGConnStr(dsn), WithReplicationSlot(slot), WithPublication(slot+"_pub"), WithMessageHandler(newCacheHandler()), ForTables("public.items"))
+				require.NoError(t, err)
+				require.ErrorIs(t, other.Run(ctx), ErrSlotInUse)
+				require.ErrorIs(t, other.Teardown(ctx), ErrSlotInUse)
+				require.NoError(t, other.Close())
 
-			stats, err := s.RefreshContext(ctx, `SELECT * FROM public.items`)
-			require.NoError(t, err)
-			require.Equal(t, RefreshStats{Selected: 3, Emitted: 3}, stats)
-			require.NoError(t, s.Snapshot(ctx, "public.items"))
-			st, err := s.Status(ctx)
-			require.NoError(t, err)
-			require.Equal(t, slot, st.Slot)
-			problems, err := s.CheckReplicaIdentity(ctx)
-			require.NoError(t, err)
-			require.Empty(t, problems)
-			info, err := s.TableInfo(ctx, "public.items")
-			require.NoError(t, err)
-			// format_type qualifies a type its name does not find first on the
-			// search_path: here "text" is app.text.
-			require.Equal(t, "pg_catalog.text", info.ColInfo["s"].ColumnType)
-			waitCaughtUp(t, d.DB, slot)
-			require.NoError(t, stop())
-			require.Equal(t, []string{
-				`insert public.items ["1"]`, `insert public.items ["2"]`, `insert public.items ["3"]`,
-				`refresh public.items ["1"]`, `refresh public.items ["2"]`, `refresh public.items ["3"]`,
-				`refresh public.items ["1"]`, `refresh public.items ["2"]`, `refresh public.items ["3"]`,
-			}, h.eventList())
-			require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "public.items")))
+				stats, err := s.RefreshContext(ctx, `SELECT * FROM public.items`)
+				require.NoError(t, err)
+				require.Equal(t, RefreshStats{Selected: 3, Emitted: 3}, stats)
+				require.NoError(t, s.Snapshot(ctx, "public.items"))
+				st, err := s.Status(ctx)
+				require.NoError(t, err)
+				require.Equal(t, slot, st.Slot)
+				problems, err := s.CheckReplicaIdentity(ctx)
+				require.NoError(t, err)
+				require.Empty(t, problems)
+				info, err := s.TableInfo(ctx, "public.items")
+				require.NoError(t, err)
+				// format_type qualifies a type its name does not find first on the
+				// search_path: before pg_catalog, "text" is app.text.
+				require.Equal(t, tc.textType, info.ColInfo["s"].ColumnType)
+				waitCaughtUp(t, d.DB, slot)
+				require.NoError(t, stop())
+				require.Equal(t, []string{
+					`insert public.items ["1"]`, `insert public.items ["2"]`, `insert public.items ["3"]`,
+					`refresh public.items ["1"]`, `refresh public.items ["2"]`, `refresh public.items ["3"]`,
+					`refresh public.items ["1"]`, `refresh public.items ["2"]`, `refresh public.items ["3"]`,
+				}, h.eventList())
+				require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "public.items")))
 
-			// The low-level API, then SkipBacklog and Teardown.
-			low := newTestSyncer(t, d, WithPGConnStr(dsn), WithReplicationSlot(slot), WithPublication(slot+"_pub"), ForTables("public.items"))
-			execAll(t, d.DB, `INSERT INTO items VALUES (4, 'd')`)
-			msgs, err := low.GetMessagesContext(ctx, 0, false, nil)
-			require.NoError(t, err)
-			var kinds []byte
-			for _, m := range msgs {
-				kinds = append(kinds, m.Data[0])
-			}
-			require.Equal(t, "BRIC", string(kinds))
-			require.NoError(t, low.ForwardContext(ctx, len(msgs)))
-			msgs, err = low.GetMessagesContext(ctx, 0, false, nil)
-			require.NoError(t, err)
-			require.Empty(t, msgs)
-			execAll(t, d.DB, `INSERT INTO items VALUES (5, 'e')`)
-			_, err = low.SkipBacklog(ctx)
-			require.NoError(t, err)
-			msgs, err = low.GetMessagesContext(ctx, 0, false, nil)
-			require.NoError(t, err)
-			require.Empty(t, msgs)
-			require.NoError(t, low.Teardown(ctx))
-			require.Empty(t, queryStrings(t, d.DB, `SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1`, slot))
-		})
+				// The low-level API, then SkipBacklog and Teardown.
+				low := newTestSyncer(t, d, WithPGConnStr(dsn), WithReplicationSlot(slot), WithPublication(slot+"_pub"), ForTables("public.items"))
+				execAll(t, d.DB, `INSERT INTO items VALUES (4, 'd')`)
+				msgs, err := low.GetMessagesContext(ctx, 0, false, nil)
+				require.NoError(t, err)
+				var kinds []byte
+				for _, m := range msgs {
+					kinds = append(kinds, m.Data[0])
+				}
+				require.Equal(t, "BRIC", string(kinds))
+				require.NoError(t, low.ForwardContext(ctx, len(msgs)))
+				msgs, err = low.GetMessagesContext(ctx, 0, false, nil)
+				require.NoError(t, err)
+				require.Empty(t, msgs)
+				execAll(t, d.DB, `INSERT INTO items VALUES (5, 'e')`)
+				_, err = low.SkipBacklog(ctx)
+				require.NoError(t, err)
+				msgs, err = low.GetMessagesContext(ctx, 0, false, nil)
+				require.NoError(t, err)
+				require.Empty(t, msgs)
+				require.NoError(t, low.Teardown(ctx))
+				require.Empty(t, queryStrings(t, d.DB, `SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1`, slot))
+			})
+		}
 	}
 }
