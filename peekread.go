@@ -374,7 +374,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 	copyName := scratchSlotName(s.replicationSlot, "_split_")
 	// The copy's confirmed_flush_lsn is the lsn the copy returns (NULL: none).
 	var copied sql.NullString
-	if err := cconn.QueryRowContext(ctx, `SELECT lsn::text FROM pg_copy_logical_replication_slot($1, $2, true)`, s.replicationSlot, copyName).Scan(&copied); err != nil {
+	if err := cconn.QueryRowContext(ctx, `SELECT lsn::pg_catalog.text FROM pg_catalog.pg_copy_logical_replication_slot($1, $2, true)`, s.replicationSlot, copyName).Scan(&copied); err != nil {
 		if ctx.Err() != nil {
 			cconn.Close()
 			return classify(err, what)
@@ -414,7 +414,7 @@ func (s *Syncer) readPeekSplit(ctx context.Context, mid, upto pglogrepl.LSN, fn 
 		// too, and a cancelled read may have ended that session).
 		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer dcancel()
-		if _, err := cconn.ExecContext(dctx, `SELECT pg_drop_replication_slot($1)`, copyName); err != nil && !hasSQLState(err, "42704") {
+		if _, err := cconn.ExecContext(dctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, copyName); err != nil && !hasSQLState(err, "42704") {
 			// The copy would live as long as this pooled session, holding back WAL:
 			// have the pool close the connection instead (its session drops the copy).
 			s.log.Debug("dbsync: dropping the split peek's slot copy; closing its connection", "slot", copyName, "err", err)
@@ -483,7 +483,7 @@ func (s *Syncer) readCopy(ctx context.Context, conn *sql.Conn, copyName string, 
 	// position may be stale); if it is not, the slot's own call returns nothing and
 	// the copy everything.
 	if mid > confirmed {
-		if _, err := conn.ExecContext(ctx, `SELECT pg_replication_slot_advance($1, $2::pg_lsn)`, copyName, mid.String()); err != nil {
+		if _, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_replication_slot_advance($1, $2::pg_catalog.pg_lsn)`, copyName, mid.String()); err != nil {
 			return classify(err, "advance slot copy "+copyName)
 		}
 	}

@@ -83,7 +83,7 @@ func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 		return 0, err
 	}
 	var lsn pglogrepl.LSN
-	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn()`).Scan(&lsn); err != nil {
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.pg_current_wal_flush_lsn()`).Scan(&lsn); err != nil {
 		return 0, classify(err, "read pg_current_wal_flush_lsn()")
 	}
 	return lsn, nil
@@ -104,7 +104,7 @@ func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 func (s *Syncer) confirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	var lsn pglogrepl.LSN
 	var confirmed, walStatus sql.NullString
-	err := s.db.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
+	err := s.db.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::pg_catalog.text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
 		s.replicationSlot).Scan(&confirmed, &walStatus)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, s.errSlotDropped(nil)
@@ -142,7 +142,7 @@ func (s *Syncer) advance(ctx context.Context, st *slotState, lsn pglogrepl.LSN) 
 		return nil
 	}
 	var end pglogrepl.LSN
-	const q = `SELECT end_lsn FROM pg_replication_slot_advance($1, $2::pg_lsn)`
+	const q = `SELECT end_lsn FROM pg_catalog.pg_replication_slot_advance($1, $2::pg_catalog.pg_lsn)`
 	var err error
 	if s.stmtTimeout.Load() {
 		err = s.onUntimedConn(ctx, func(c *sql.Conn) error {
@@ -231,7 +231,7 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	var upto pglogrepl.LSN
 	var timed bool
 	var enc string
-	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), `+stmtTimeoutSet+`, `+clientEncoding).Scan(&upto, &timed, &enc); err != nil {
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.pg_current_wal_flush_lsn(), `+stmtTimeoutSet+`, `+clientEncoding).Scan(&upto, &timed, &enc); err != nil {
 		return out, classify(err, "read pg_current_wal_flush_lsn()")
 	}
 	if err := checkClientEncoding(enc); err != nil {
@@ -546,7 +546,7 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	var upto, insert pglogrepl.LSN
 	var timed bool
 	var enc string
-	if err := s.db.QueryRowContext(ctx, `SELECT pg_current_wal_flush_lsn(), pg_current_wal_insert_lsn(), `+stmtTimeoutSet+`, `+clientEncoding).Scan(&upto, &insert, &timed, &enc); err != nil {
+	if err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.pg_current_wal_flush_lsn(), pg_catalog.pg_current_wal_insert_lsn(), `+stmtTimeoutSet+`, `+clientEncoding).Scan(&upto, &insert, &timed, &enc); err != nil {
 		return res, classify(err, "read pg_current_wal_flush_lsn()")
 	}
 	if err := checkClientEncoding(enc); err != nil {
@@ -750,7 +750,7 @@ const maxSlotInUseRetries = 5
 
 // clientEncoding is a select-list expression: the session's client_encoding, read
 // with each poll's flush LSN (checkClientEncoding).
-const clientEncoding = `current_setting('client_encoding')`
+const clientEncoding = `pg_catalog.current_setting('client_encoding')`
 
 // checkClientEncoding refuses a session whose client_encoding is not UTF8. pgoutput
 // converts every text value (and every name in a RELATION) to the client encoding,

@@ -23,11 +23,11 @@ func (s *Syncer) checkSelectionPrivileges(ctx context.Context, info *PGTableInfo
 	var role string
 	var usage, wmSelect, wmInsert, wmDelete, progSelect, progInsert, progUpdate, tableSelect sql.NullBool
 	err := s.db.QueryRowContext(ctx, `SELECT current_user,
-		(SELECT has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n WHERE n.nspname = $1),
-		has_table_privilege(w.oid, 'SELECT'), has_table_privilege(w.oid, 'INSERT'), has_table_privilege(w.oid, 'DELETE'),
-		has_table_privilege(p.oid, 'SELECT'), has_table_privilege(p.oid, 'INSERT'), has_table_privilege(p.oid, 'UPDATE'),
-		CASE WHEN $4::oid IS NOT NULL THEN (SELECT COALESCE(bool_and(has_column_privilege($4::oid, a.attnum, 'SELECT')), true)
-			FROM pg_catalog.pg_attribute a WHERE a.attrelid = $4::oid AND a.attname = ANY($5::text[]) AND NOT a.attisdropped) END
+		(SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n WHERE n.nspname = $1),
+		pg_catalog.has_table_privilege(w.oid, 'SELECT'), pg_catalog.has_table_privilege(w.oid, 'INSERT'), pg_catalog.has_table_privilege(w.oid, 'DELETE'),
+		pg_catalog.has_table_privilege(p.oid, 'SELECT'), pg_catalog.has_table_privilege(p.oid, 'INSERT'), pg_catalog.has_table_privilege(p.oid, 'UPDATE'),
+		CASE WHEN $4::pg_catalog.oid IS NOT NULL THEN (SELECT COALESCE(pg_catalog.bool_and(pg_catalog.has_column_privilege($4::pg_catalog.oid, a.attnum, 'SELECT')), true)
+			FROM pg_catalog.pg_attribute a WHERE a.attrelid = $4::pg_catalog.oid AND a.attname = ANY($5::pg_catalog.text[]) AND NOT a.attisdropped) END
 		FROM (SELECT) AS x
 		LEFT JOIN (pg_catalog.pg_class w JOIN pg_catalog.pg_namespace wn ON wn.oid = w.relnamespace) ON wn.nspname = $1 AND w.relname = $2
 		LEFT JOIN (pg_catalog.pg_class p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace) ON pn.nspname = $1 AND p.relname = $3`,

@@ -255,11 +255,11 @@ func (s *Syncer) setReplicaIdentityFull(ctx context.Context) error {
 	}
 	// Each table and, when it is partitioned, its partitions (pg_partition_tree
 	// lists none for a table that is neither partitioned nor a partition).
-	rows, err := s.db.QueryContext(ctx, `WITH r AS (SELECT u.i, format('%I.%I', u.s, u.r)::regclass AS oid
-				FROM unnest($1::text[], $2::text[]) WITH ORDINALITY u(s, r, i)),
+	rows, err := s.db.QueryContext(ctx, `WITH r AS (SELECT u.i, pg_catalog.format('%I.%I', u.s, u.r)::pg_catalog.regclass AS oid
+				FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) WITH ORDINALITY u(s, r, i)),
 			members AS (SELECT r.i, r.oid AS relid, 0 AS level FROM r
 				UNION SELECT r.i, p.relid, p.level FROM r, pg_catalog.pg_partition_tree(r.oid) p)
-			SELECT m.i, n.nspname, c.relname, c.relreplident::text
+			SELECT m.i, n.nspname, c.relname, c.relreplident::pg_catalog.text
 			FROM members m
 			JOIN pg_catalog.pg_class c ON c.oid = m.relid
 			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

@@ -148,7 +148,7 @@ func (k *restartKeeper) backoff() time.Duration {
 func (s *Syncer) checkRestart(ctx context.Context) error {
 	k := &s.restart
 	var r, c pglogrepl.LSN
-	err := s.db.QueryRowContext(ctx, `SELECT restart_lsn::text, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots
+	err := s.db.QueryRowContext(ctx, `SELECT restart_lsn::pg_catalog.text, confirmed_flush_lsn::pg_catalog.text FROM pg_catalog.pg_replication_slots
 		WHERE slot_name = $1 AND restart_lsn IS NOT NULL AND confirmed_flush_lsn IS NOT NULL`,
 		s.replicationSlot).Scan(&r, &c)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -199,7 +199,7 @@ func (s *Syncer) logRunningXacts(ctx context.Context) (pglogrepl.LSN, error) {
 	defer cancel()
 	var lsn pglogrepl.LSN
 	var dropped sql.NullString
-	err := s.db.QueryRowContext(ctx, `SELECT lsn, pg_catalog.pg_drop_replication_slot(slot_name)::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput', true)`,
+	err := s.db.QueryRowContext(ctx, `SELECT lsn, pg_catalog.pg_drop_replication_slot(slot_name)::pg_catalog.text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput', true)`,
 		scratchSlotName(s.replicationSlot, "_rx_")).Scan(&lsn, &dropped)
 	if err != nil {
 		return 0, classify(err, "log a running-transactions record (create and drop a temporary slot)")

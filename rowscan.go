@@ -43,7 +43,7 @@ func selectList(alias string, cols []string) string {
 		if alias != "" {
 			ref = pq.QuoteIdentifier(alias) + "." + ref
 		}
-		parts[i] = "CASE WHEN num_nulls(" + ref + ") = 1 THEN NULL ELSE format('%s', " + ref + ") END AS " + pq.QuoteIdentifier(c)
+		parts[i] = "CASE WHEN pg_catalog.num_nulls(" + ref + ") = 1 THEN NULL ELSE pg_catalog.format('%s', " + ref + ") END AS " + pq.QuoteIdentifier(c)
 	}
 	return strings.Join(parts, ", ")
 }
@@ -112,7 +112,7 @@ func columnList(info *PGTableInfo, alias string, cols []string, form selectForm)
 		case form == formPlain || (form == formPQ && pqPlainOIDs[oid]):
 			parts[i] = ref + " AS " + pq.QuoteIdentifier(c)
 		case textCastOIDs[oid]:
-			parts[i] = ref + "::text AS " + pq.QuoteIdentifier(c)
+			parts[i] = ref + "::pg_catalog.text AS " + pq.QuoteIdentifier(c)
 		default:
 			parts[i] = selectList(alias, []string{c})
 		}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/lib/pq"
 )
 
@@ -70,7 +71,7 @@ func (s *Syncer) checkServer(ctx context.Context) error {
 	var walLevel string
 	var canReplicate bool
 	var role string
-	err := s.db.QueryRowContext(ctx, `SELECT current_setting('wal_level'), r.rolsuper OR r.rolreplication, r.rolname
+	err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.current_setting('wal_level'), r.rolsuper OR r.rolreplication, r.rolname
 		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user`).Scan(&walLevel, &canReplicate, &role)
 	if err != nil {
 		return classify(err, "check server settings")
@@ -133,7 +134,7 @@ func beginCatalogTx(ctx context.Context, db txBeginner, what string) (*sql.Tx, e
 	if err != nil {
 		return nil, classify(err, "begin "+what)
 	}
-	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
+	if _, err := tx.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_xact_lock($1)`, setupLockKey); err != nil {
 		_ = tx.Rollback()
 		return nil, classify(err, "lock "+what)
 	}
@@ -191,7 +192,7 @@ func (s *Syncer) ensureCtrlTables(ctx context.Context, tx *sql.Tx) error {
 	if err := tx.QueryRowContext(ctx, `SELECT (SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace WHERE nspname = $1),
 		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2),
 		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $3),
-		current_user, current_database()`,
+		current_user, pg_catalog.current_database()`,
 		s.ctrlNamespace, s.wmTableName, snapshotProgressTable).Scan(&schemaOwner, &haveWM, &haveProgress, &role, &database); err != nil {
 		return classify(err, "look up control schema "+s.ctrlNamespace)
 	}
@@ -219,9 +220,14 @@ func (s *Syncer) ensureCtrlTables(ctx context.Context, tx *sql.Tx) error {
 	return nil
 }
 
-// ctrlColumn is a column dbsync's control tables are created with (sql/setup_ctrl.sql)
-// and its type as format_type names it.
-type ctrlColumn struct{ name, typ string }
+// ctrlColumn is a column dbsync's control tables are created with (sql/setup_ctrl.sql),
+// its type as format_type names it (in messages) and the type's OID, which is what is
+// compared: format_type prints a pg_catalog type qualified (pg_catalog.text) when the
+// session's search_path holds another type of that name before pg_catalog.
+type ctrlColumn struct {
+	name, typ string
+	oid       int64
+}
 
 // ctrlTableShape is what dbsync needs of a control table: its columns and unique key.
 type ctrlTableShape struct {
@@ -235,12 +241,12 @@ type ctrlTableShape struct {
 // adds it to a progress table created before it existed.
 var (
 	wmTableShape = ctrlTableShape{"watermark table",
-		[]ctrlColumn{{"selection_id", "text"}, {"wm_type", "text"}, {"created_at", "timestamp with time zone"}},
+		[]ctrlColumn{{"selection_id", "text", pgtype.TextOID}, {"wm_type", "text", pgtype.TextOID}, {"created_at", "timestamp with time zone", pgtype.TimestamptzOID}},
 		[]string{"selection_id", "wm_type"}}
-	progressTableShape = ctrlTableShape{"snapshot progress table", []ctrlColumn{{"slot_name", "text"}, {"table_name", "text"},
-		{"key_columns", "text[]"}, {"last_key", "text[]"}, {"chunk_size", "integer"}, {"chunks_done", "bigint"},
-		{"rows_done", "bigint"}, {"started_at", "timestamp with time zone"}, {"updated_at", "timestamp with time zone"},
-		{"finished_at", "timestamp with time zone"}}, []string{"slot_name", "table_name"}}
+	progressTableShape = ctrlTableShape{"snapshot progress table", []ctrlColumn{{"slot_name", "text", pgtype.TextOID}, {"table_name", "text", pgtype.TextOID},
+		{"key_columns", "text[]", pgtype.TextArrayOID}, {"last_key", "text[]", pgtype.TextArrayOID}, {"chunk_size", "integer", pgtype.Int4OID}, {"chunks_done", "bigint", pgtype.Int8OID},
+		{"rows_done", "bigint", pgtype.Int8OID}, {"started_at", "timestamp with time zone", pgtype.TimestamptzOID}, {"updated_at", "timestamp with time zone", pgtype.TimestamptzOID},
+		{"finished_at", "timestamp with time zone", pgtype.TimestamptzOID}}, []string{"slot_name", "table_name"}}
 )
 
 // checkCtrlTables checks that the watermark and snapshot progress tables in the
@@ -256,28 +262,28 @@ func (s *Syncer) checkCtrlTables(ctx context.Context, tx *sql.Tx) error {
 		shape ctrlTableShape
 	}{{s.wmTableName, wmTableShape}, {snapshotProgressTable, progressTableShape}} {
 		q, shape := qualifiedTable{s.ctrlNamespace, c.name}, c.shape
-		var cols, types []string
-		var keys []string
-		// Column types by format_type; unique keys (non-partial unique indexes, key
+		var cols, keys []string
+		var types []int64
+		// Column type OIDs; unique keys (non-partial unique indexes, key
 		// columns only) as their sorted column names joined by commas: what ON
 		// CONFLICT (...) infers its arbiter from.
 		if err := tx.QueryRowContext(ctx, `SELECT
-			ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-			ARRAY(SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-			ARRAY(SELECT (SELECT string_agg(a.attname::text, ',' ORDER BY a.attname::text) FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) k(n)
+			ARRAY(SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT a.atttypid::pg_catalog.int8 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT (SELECT pg_catalog.string_agg(a.attname::pg_catalog.text, ',' ORDER BY a.attname::pg_catalog.text) FROM pg_catalog.unnest((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]) k(n)
 					JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n)
-				FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND 0 <> ALL (i.indkey::int2[]))
+				FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND 0 <> ALL (i.indkey::pg_catalog.int2[]))
 			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE n.nspname = $1 AND c.relname = $2`, q.schema, q.name).Scan(pq.Array(&cols), pq.Array(&types), pq.Array(&keys)); err != nil {
 			return classify(err, "check the columns of "+q.schema+"."+q.name)
 		}
-		have := make(map[string]string, len(cols))
+		have := make(map[string]int64, len(cols))
 		for i, c := range cols {
 			have[c] = types[i]
 		}
 		var lacks []string
 		for _, c := range shape.cols {
-			if have[c.name] != c.typ {
+			if have[c.name] != c.oid {
 				lacks = append(lacks, "column "+c.name+" "+c.typ)
 			}
 		}
@@ -312,7 +318,7 @@ func (s *Syncer) ensureProgressRelationOID(ctx context.Context, tx *sql.Tx) erro
 		return nil
 	}
 	if _, err := tx.ExecContext(ctx, "ALTER TABLE "+pq.QuoteIdentifier(s.ctrlNamespace)+"."+snapshotProgressTable+
-		" ADD COLUMN IF NOT EXISTS relation_oid oid"); err != nil {
+		" ADD COLUMN IF NOT EXISTS relation_oid pg_catalog.oid"); err != nil {
 		return classify(err, "add column relation_oid to "+s.ctrlNamespace+"."+snapshotProgressTable+
 			" (created by an older dbsync; its owner can run ALTER TABLE ... ADD COLUMN relation_oid oid)")
 	}
@@ -409,9 +415,9 @@ func resolveTables(ctx context.Context, q queryer, names []string) ([]qualifiedT
 	}
 	// A bare name on the search_path (to_regclass), a schema-qualified one by its
 	// catalog names; every name in one query, in the order given (ordinality).
-	rows, err := q.QueryContext(ctx, `SELECT u.i, n.nspname, c.relname, c.relkind::text
-		FROM unnest($1::text[], $2::text[]) WITH ORDINALITY u(s, r, i)
-		LEFT JOIN pg_catalog.pg_class c ON c.oid = CASE WHEN u.s IS NULL THEN to_regclass(quote_ident(u.r))
+	rows, err := q.QueryContext(ctx, `SELECT u.i, n.nspname, c.relname, c.relkind::pg_catalog.text
+		FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) WITH ORDINALITY u(s, r, i)
+		LEFT JOIN pg_catalog.pg_class c ON c.oid = CASE WHEN u.s IS NULL THEN pg_catalog.to_regclass(pg_catalog.quote_ident(u.r))
 			ELSE (SELECT c2.oid FROM pg_catalog.pg_class c2 JOIN pg_catalog.pg_namespace n2 ON n2.oid = c2.relnamespace
 				WHERE n2.nspname = u.s AND c2.relname = u.r) END
 		LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -470,8 +476,8 @@ func parseIdents(ctx context.Context, q queryer, names []string) (parsed [][]str
 		return nil, 0, nil, classify(err, "parse table names")
 	}
 	var all []string
-	qerr := q.QueryRowContext(ctx, `SELECT COALESCE(array_agg(to_json(parse_ident(n))::text ORDER BY i), '{}')
-		FROM unnest($1::text[]) WITH ORDINALITY u(n, i)`, pq.Array(names)).Scan(pq.Array(&all))
+	qerr := q.QueryRowContext(ctx, `SELECT COALESCE(pg_catalog.array_agg(pg_catalog.to_json(pg_catalog.parse_ident(n))::pg_catalog.text ORDER BY i), '{}')
+		FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY u(n, i)`, pq.Array(names)).Scan(pq.Array(&all))
 	if qerr == nil && len(all) == len(names) {
 		if err := savepoint("RELEASE SAVEPOINT dbsync_parse_ident"); err != nil {
 			return nil, 0, nil, classify(err, "parse table names")
@@ -498,7 +504,7 @@ func parseIdents(ctx context.Context, q queryer, names []string) (parsed [][]str
 	bad = -1
 	for i, name := range names {
 		var arr pq.StringArray
-		if err := q.QueryRowContext(ctx, `SELECT parse_ident($1)`, name).Scan(&arr); err != nil {
+		if err := q.QueryRowContext(ctx, `SELECT pg_catalog.parse_ident($1)`, name).Scan(&arr); err != nil {
 			if !hasSQLState(err, "22023") { // not "string is not a valid identifier"
 				_ = savepoint("ROLLBACK TO SAVEPOINT dbsync_parse_ident")
 				return nil, 0, nil, classify(err, "parse table name "+name)
@@ -610,12 +616,12 @@ func (s *Syncer) inPublication(ctx context.Context, tx *sql.Tx, tables []qualifi
 		schemas[i], names[i] = t.schema, t.name
 	}
 	rows, err := tx.QueryContext(ctx, `WITH listed AS MATERIALIZED (
-			SELECT format('%I.%I', pt.schemaname, pt.tablename)::regclass::oid AS relid
+			SELECT pg_catalog.format('%I.%I', pt.schemaname, pt.tablename)::pg_catalog.regclass::pg_catalog.oid AS relid
 			FROM pg_catalog.pg_publication_tables pt WHERE pt.pubname = $1
 			UNION SELECT pr.prrelid FROM pg_catalog.pg_publication_rel pr
 			JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1),
-		want AS (SELECT u.i, format('%I.%I', u.s, u.r)::regclass::oid AS relid
-			FROM unnest($2::text[], $3::text[]) WITH ORDINALITY u(s, r, i))
+		want AS (SELECT u.i, pg_catalog.format('%I.%I', u.s, u.r)::pg_catalog.regclass::pg_catalog.oid AS relid
+			FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) WITH ORDINALITY u(s, r, i))
 		SELECT w.i, w.relid IN (SELECT relid FROM listed)
 			OR EXISTS (SELECT 1 FROM pg_catalog.pg_partition_ancestors(w.relid) a(relid)
 				WHERE a.relid IN (SELECT relid FROM listed))
@@ -669,7 +675,7 @@ func (s *Syncer) publicationDenied(ctx context.Context, tx *sql.Tx, stmts []stri
 	var role, database string
 	var owner sql.NullString
 	var dbCreate bool
-	if err := tx.QueryRowContext(ctx, `SELECT current_user, current_database(), has_database_privilege(current_database(), 'CREATE'),
+	if err := tx.QueryRowContext(ctx, `SELECT current_user, pg_catalog.current_database(), pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'),
 		(SELECT pg_catalog.pg_get_userbyid(pubowner) FROM pg_catalog.pg_publication WHERE pubname = $1)`,
 		s.publication).Scan(&role, &database, &dbCreate, &owner); err != nil {
 		return classify(err, "look up the owner of publication "+s.publication)
@@ -707,11 +713,11 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		return classify(err, "connect for slot setup")
 	}
 	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, setupLockKey+1); err != nil {
+	if _, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_lock($1)`, setupLockKey+1); err != nil {
 		return classify(err, "lock slot setup")
 	}
 	defer func() {
-		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
+		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
 			err = classify(uerr, "unlock slot setup")
 		}
 	}()
@@ -722,8 +728,8 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		var current string
 		// two_phase through to_jsonb: PostgreSQL 13 has no such column (NULL there).
 		err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid,
-			(to_jsonb(s) ->> 'two_phase')::bool, current_database()
-			FROM (SELECT current_database()) AS d(x)
+			(pg_catalog.to_jsonb(s) ->> 'two_phase')::pg_catalog.bool, pg_catalog.current_database()
+			FROM (SELECT pg_catalog.current_database()) AS d(x)
 			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &twoPhase, &current)
 		if err != nil {
 			return classify(err, "look up replication slot")
@@ -753,7 +759,7 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 				s.beforeSlotCreate()
 			}
 			stopWatch := s.watchSlotCreation(ctx, slotCreationWarnAfter)
-			_, err := conn.ExecContext(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
+			_, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`, s.replicationSlot)
 			stopWatch()
 			if err != nil {
 				if hasSQLState(err, "42710") && attempt == 0 {

@@ -192,7 +192,7 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 	var slotType, plugin, database, current string
 	var twoPhase bool
 	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''),
-		COALESCE((to_jsonb(s) ->> 'two_phase')::bool, false), current_database()
+		COALESCE((pg_catalog.to_jsonb(s) ->> 'two_phase')::pg_catalog.bool, false), pg_catalog.current_database()
 		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(&slotType, &plugin, &database, &twoPhase, &current)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -265,11 +265,11 @@ func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, er
 	}
 	defer conn.Close()
 	// The session lock ensureSlot creates slots under (setup.go).
-	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, setupLockKey+1); err != nil {
+	if _, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_lock($1)`, setupLockKey+1); err != nil {
 		return res, classify(err, "lock teardown")
 	}
 	defer func() {
-		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
+		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
 			err = classify(uerr, "unlock teardown")
 		}
 	}()
@@ -303,7 +303,7 @@ func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, er
 	var temporary, active, twoPhase bool
 	var pid int
 	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
-		COALESCE(active_pid, 0), COALESCE((to_jsonb(s) ->> 'two_phase')::bool, false), current_database()
+		COALESCE(active_pid, 0), COALESCE((pg_catalog.to_jsonb(s) ->> 'two_phase')::pg_catalog.bool, false), pg_catalog.current_database()
 		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(
 		&slotType, &plugin, &database, &temporary, &active, &pid, &twoPhase, &current)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -332,7 +332,7 @@ func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, er
 		return false, fmt.Errorf("%w: slot %q is read by backend PID %d: stop that consumer first (or SELECT pg_terminate_backend(%d))",
 			ErrSlotInUse, s.replicationSlot, pid, pid)
 	}
-	if _, err := conn.ExecContext(ctx, `SELECT pg_drop_replication_slot($1)`, s.replicationSlot); err != nil {
+	if _, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, s.replicationSlot); err != nil {
 		if hasSQLState(err, "42704") {
 			return false, nil // dropped concurrently
 		}
@@ -355,7 +355,7 @@ func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *Teard
 		}
 	}()
 	others, err := queryStringList(ctx, tx, `SELECT slot_name FROM pg_catalog.pg_replication_slots
-		WHERE database = current_database() AND slot_type = 'logical' AND NOT temporary
+		WHERE database = pg_catalog.current_database() AND slot_type OPERATOR(pg_catalog.=) 'logical' AND NOT temporary
 		AND (plugin = 'pgoutput' OR COALESCE(plugin, '') = '') AND slot_name <> $1
 		ORDER BY slot_name`, s.replicationSlot)
 	if err != nil {
@@ -365,7 +365,7 @@ func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *Teard
 	if len(others) > 0 {
 		var deleted int64
 		var progress bool
-		if err = tx.QueryRowContext(ctx, `SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL`,
+		if err = tx.QueryRowContext(ctx, `SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1::pg_catalog.text, $2::pg_catalog.text)) IS NOT NULL`,
 			s.ctrlNamespace, snapshotProgressTable).Scan(&progress); err != nil {
 			return classify(err, "look up the snapshot progress table")
 		}

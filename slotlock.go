@@ -17,12 +17,12 @@ import (
 
 // slotLockKey is the advisory lock key of a slot: a 64-bit hash of its name (one
 // key space with setupLockKey, which a hash equals with probability 2^-64).
-const slotLockKey = `hashtextextended('dbsync slot ' || $1::text, 0)`
+const slotLockKey = `pg_catalog.hashtextextended(pg_catalog.concat('dbsync slot ', $1::pg_catalog.text), 0)`
 
 // slotLockHolder names the backend PID holding the slot lock (0 when none is found).
 const slotLockHolder = `SELECT COALESCE((SELECT l.pid FROM pg_catalog.pg_locks l
-	WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-	AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+	WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted AND l.objsubid = 1
+	AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
 	AND ((l.classid::bigint << 32) | l.objid::bigint) = ` + slotLockKey + ` LIMIT 1), 0)`
 
 // trySlotLock takes the slot lock on conn; taken is false when another session holds
@@ -35,7 +35,7 @@ const slotLockHolder = `SELECT COALESCE((SELECT l.pid FROM pg_catalog.pg_locks l
 func (s *Syncer) trySlotLock(ctx context.Context, conn *sql.Conn) (taken bool, pid int, err error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), slotLockQueryTimeout)
 	defer cancel()
-	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock(`+slotLockKey+`)`, s.replicationSlot).Scan(&taken); err != nil {
+	if err := conn.QueryRowContext(ctx, `SELECT pg_catalog.pg_try_advisory_lock(`+slotLockKey+`)`, s.replicationSlot).Scan(&taken); err != nil {
 		return false, 0, err
 	}
 	if taken {
@@ -50,7 +50,7 @@ func (s *Syncer) trySlotLock(ctx context.Context, conn *sql.Conn) (taken bool, p
 // unlockSlot releases the slot lock taken on conn. When that fails, conn's session is
 // closed rather than returned to the pool still holding the lock.
 func (s *Syncer) unlockSlot(ctx context.Context, conn *sql.Conn) error {
-	_, err := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(`+slotLockKey+`)`, s.replicationSlot)
+	_, err := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_advisory_unlock(`+slotLockKey+`)`, s.replicationSlot)
 	if err != nil {
 		endSession(conn)
 	}

@@ -38,9 +38,9 @@ func (s *Syncer) watchSlotCreation(ctx context.Context, after time.Duration) (st
 		// Transactions with an xid, other than the session creating the slot (it
 		// holds none: the call cannot run in a transaction that wrote).
 		err := s.db.QueryRowContext(ctx, `SELECT
-			(SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_xid IS NOT NULL),
-			(SELECT count(*) FROM pg_catalog.pg_prepared_xacts),
-			o.pid, o.datname, o.state, o.xact_start::text
+			(SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE backend_xid IS NOT NULL),
+			(SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_xacts),
+			o.pid, o.datname, o.state, o.xact_start::pg_catalog.text
 			FROM (SELECT) AS x LEFT JOIN (SELECT pid, datname, state, xact_start FROM pg_catalog.pg_stat_activity
 				WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1) AS o ON true`).Scan(&open, &prepared, &pid, &datname, &state, &started)
 		if err != nil {

@@ -460,7 +460,7 @@ func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) err
 	start := time.Now()
 	for delay := 10 * time.Millisecond; ; delay = min(2*delay, maxWritersPoll) {
 		var open int
-		if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'virtualxid' AND virtualxid = ANY($1)`,
+		if err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) 'virtualxid' AND virtualxid OPERATOR(pg_catalog.=) ANY ($1)`,
 			vxids).Scan(&open); err != nil {
 			return classify(err, "wait for the transactions writing "+info.QualifiedName())
 		}
@@ -609,7 +609,7 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 	kc := keyColumnList(info)
 	texts := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
-		texts[i] = "t." + pq.QuoteIdentifier(k) + "::text"
+		texts[i] = "t." + pq.QuoteIdentifier(k) + "::pg_catalog.text"
 	}
 	q := "SELECT " + strings.Join(texts, ", ") + fromTable(info)
 	var args []any

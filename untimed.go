@@ -21,7 +21,7 @@ import (
 
 // stmtTimeoutSet is a select-list expression: whether this session has a
 // statement_timeout.
-const stmtTimeoutSet = `current_setting('statement_timeout') <> '0'`
+const stmtTimeoutSet = `pg_catalog.current_setting('statement_timeout') OPERATOR(pg_catalog.<>) '0'`
 
 // untimed turns statement_timeout off on conn when the server has one
 // (Syncer.stmtTimeout) and returns what sets it back, which closes the connection
@@ -32,13 +32,13 @@ func (s *Syncer) untimed(ctx context.Context, conn *sql.Conn) (restore func(), e
 		return func() {}, nil
 	}
 	var prev string
-	if err := conn.QueryRowContext(ctx, `SELECT current_setting('statement_timeout'), set_config('statement_timeout', '0', false)`).Scan(&prev, new(string)); err != nil {
+	if err := conn.QueryRowContext(ctx, `SELECT pg_catalog.current_setting('statement_timeout'), pg_catalog.set_config('statement_timeout', '0', false)`).Scan(&prev, new(string)); err != nil {
 		return nil, err
 	}
 	return func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if _, err := conn.ExecContext(rctx, `SELECT set_config('statement_timeout', $1, false)`, prev); err != nil {
+		if _, err := conn.ExecContext(rctx, `SELECT pg_catalog.set_config('statement_timeout', $1, false)`, prev); err != nil {
 			s.log.Debug("dbsync: cannot set statement_timeout back; closing the connection", "err", err)
 			endSession(conn)
 		}

@@ -162,7 +162,7 @@ func refreshColumnList(info *PGTableInfo, cols []string, form selectForm) string
 		if form == formPlain {
 			parts[i] = expr + " AS " + pq.QuoteIdentifier(c)
 		} else {
-			parts[i] = "CASE WHEN num_nulls(" + expr + ") = 1 THEN NULL ELSE format('%s', " + expr + ") END AS " + pq.QuoteIdentifier(c)
+			parts[i] = "CASE WHEN pg_catalog.num_nulls(" + expr + ") = 1 THEN NULL ELSE pg_catalog.format('%s', " + expr + ") END AS " + pq.QuoteIdentifier(c)
 		}
 	}
 	return strings.Join(parts, ", ")
@@ -536,7 +536,7 @@ func castKeyColumns(info *PGTableInfo, alias string) string {
 func keyParams(info *PGTableInfo, n int) string {
 	params := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
-		params[i] = "CAST($" + strconv.Itoa(n+i+1) + "::text AS " + info.ColInfo[k].ColumnType + ")"
+		params[i] = "CAST($" + strconv.Itoa(n+i+1) + "::pg_catalog.text AS " + info.ColInfo[k].ColumnType + ")"
 	}
 	return strings.Join(params, ", ")
 }
@@ -586,7 +586,7 @@ func (s *Syncer) deleteWatermarks(id string) {
 	s.strayMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	stmt := "DELETE FROM " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) + " WHERE selection_id = ANY($1)"
+	stmt := "DELETE FROM " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) + " WHERE selection_id OPERATOR(pg_catalog.=) ANY ($1)"
 	_, err := s.db.ExecContext(ctx, stmt, pq.StringArray(ids))
 	if err != nil && isTransient(err) {
 		_, err = s.db.ExecContext(ctx, stmt, pq.StringArray(ids))
@@ -1057,7 +1057,7 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 	var oid uint32
 	var relkind string
 	var partition bool
-	err := s.db.QueryRowContext(ctx, `SELECT c.oid, c.relkind::text, c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+	err := s.db.QueryRowContext(ctx, `SELECT c.oid, c.relkind::pg_catalog.text, c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2`, t.schema, t.name).Scan(&oid, &relkind, &partition)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: table %s does not exist", ErrConfig, t.quoted())
@@ -1130,8 +1130,8 @@ func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableIn
 	wm := pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName)
 	if partitioned && !viaRoot {
 		var leaves []string
-		if err := s.db.QueryRowContext(ctx, `SELECT ARRAY(SELECT format('%I.%I', n.nspname, c.relname)
-			FROM pg_catalog.pg_partition_tree($1::oid::regclass) p
+		if err := s.db.QueryRowContext(ctx, `SELECT ARRAY(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+			FROM pg_catalog.pg_partition_tree($1::pg_catalog.oid::pg_catalog.regclass) p
 			JOIN pg_catalog.pg_class c ON c.oid = p.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 			WHERE p.isleaf ORDER BY 1)`, info.RelationID).Scan(pq.Array(&leaves)); err != nil {
 			return classify(err, "list the partitions of "+info.QualifiedName())

@@ -473,7 +473,7 @@ func (t *windowTracker) maybePrune(ctx context.Context, db *sql.DB, log *slog.Lo
 		t.mu.Unlock()
 	}()
 	var text string
-	if err := db.QueryRowContext(ctx, `SELECT pg_current_snapshot()::text`).Scan(&text); err != nil {
+	if err := db.QueryRowContext(ctx, `SELECT pg_catalog.pg_current_snapshot()::pg_catalog.text`).Scan(&text); err != nil {
 		log.Debug("dbsync: could not read pg_current_snapshot() to prune window history", "err", err)
 		return
 	}

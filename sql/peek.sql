@@ -10,14 +10,14 @@
 -- LATERAL reference make PostgreSQL apply them before the slot is decoded. Selections
 -- pin the same (sql/selection_begin.sql): keep the lists equal.
 SELECT p.lsn, p.xid, p.data
-FROM (SELECT set_config('DateStyle', 'ISO, MDY', true)
-          || set_config('IntervalStyle', 'postgres', true)
-          || set_config('bytea_output', 'hex', true)
-          || set_config('extra_float_digits', '3', true)
-          || set_config('TimeZone', 'UTC', true) AS applied
+FROM (SELECT pg_catalog.concat(pg_catalog.set_config('DateStyle', 'ISO, MDY', true),
+          pg_catalog.set_config('IntervalStyle', 'postgres', true),
+          pg_catalog.set_config('bytea_output', 'hex', true),
+          pg_catalog.set_config('extra_float_digits', '3', true),
+          pg_catalog.set_config('TimeZone', 'UTC', true)) AS applied
       OFFSET 0) AS fmt,
-     LATERAL pg_logical_slot_peek_binary_changes(
-         CASE WHEN fmt.applied IS NOT NULL THEN $1::name END, $2::pg_lsn, $3::int,
+     LATERAL pg_catalog.pg_logical_slot_peek_binary_changes(
+         CASE WHEN fmt.applied IS NOT NULL THEN $1::pg_catalog.name END, $2::pg_catalog.pg_lsn, $3::int,
          'proto_version', '1',
          'publication_names', $4,
          'messages', 'true',

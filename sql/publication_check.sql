@@ -9,10 +9,10 @@
 -- older servers answer NULL instead of failing.
 SELECT p.pubinsert,
        t.tablename IS NOT NULL,
-       to_jsonb(t) ->> 'rowfilter',
+       pg_catalog.to_jsonb(t) ->> 'rowfilter',
        w.tablename IS NOT NULL,
-       to_jsonb(w) ->> 'rowfilter',
-       ARRAY(SELECT jsonb_array_elements_text(COALESCE(to_jsonb(w) -> 'attnames', '[]'))),
+       pg_catalog.to_jsonb(w) ->> 'rowfilter',
+       ARRAY(SELECT pg_catalog.jsonb_array_elements_text(COALESCE(pg_catalog.to_jsonb(w) -> 'attnames', '[]'))),
        p.pubviaroot
 FROM pg_catalog.pg_publication p
 LEFT JOIN pg_catalog.pg_publication_tables t

@@ -4,11 +4,11 @@
 -- topmost ancestor in the publication; otherwise, and for a relation that is not a
 -- partition (or does not exist), the relation itself.
 SELECT COALESCE(anc.nspname, r.schema), COALESCE(anc.relname, r.name)
-FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS r(schema, name, ord)
+FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) WITH ORDINALITY AS r(schema, name, ord)
 LEFT JOIN LATERAL (
     SELECT n.nspname, c.relname
     FROM pg_catalog.pg_publication p,
-         pg_catalog.pg_partition_ancestors(to_regclass(format('%I.%I', r.schema, r.name)))
+         pg_catalog.pg_partition_ancestors(pg_catalog.to_regclass(pg_catalog.format('%I.%I', r.schema, r.name)))
              WITH ORDINALITY AS a(relid, depth)
     JOIN pg_catalog.pg_class c ON c.oid = a.relid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

@@ -36,10 +36,10 @@ WITH listed AS (
     WHERE p.pubname = $1
       AND (p.pubupdate OR p.pubdelete)
 ), tables AS (
-    SELECT schemaname, tablename, oid, NULL::oid AS root_oid, '' AS published_as, ''::"char" AS root_replident
+    SELECT schemaname, tablename, oid, NULL::pg_catalog.oid AS root_oid, '' AS published_as, ''::pg_catalog."char" AS root_replident
     FROM listed
     UNION ALL
-    SELECT ln.nspname, lc.relname, lc.oid, listed.oid, format('%s.%s', listed.schemaname, listed.tablename),
+    SELECT ln.nspname, lc.relname, lc.oid, listed.oid, pg_catalog.format('%s.%s', listed.schemaname, listed.tablename),
            listed.relreplident
     FROM listed
     CROSS JOIN LATERAL pg_catalog.pg_partition_tree(listed.oid) tree
@@ -53,7 +53,7 @@ WITH listed AS (
     -- index that is gone, or NOTHING, has no usable identity and is reported for that
     -- alone (its key_missing is not reported).
     SELECT k.indrelid AS relid, a.attnum, a.attname, a.attgenerated
-    FROM (SELECT DISTINCT ON (i.indrelid) i.indrelid, (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
+    FROM (SELECT DISTINCT ON (i.indrelid) i.indrelid, (i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1] AS attnums
           FROM pg_catalog.pg_index i
           WHERE (i.indisprimary OR i.indisreplident)
             AND i.indrelid IN (SELECT oid FROM tables UNION ALL SELECT root_oid FROM tables)
@@ -75,23 +75,23 @@ WITH listed AS (
            (relreplident = 'n'
             OR (relreplident = 'd' AND NOT has_pk)
             OR (relreplident = 'i' AND NOT has_replident_index)) AS no_identity,
-           COALESCE((SELECT k.attname::text FROM keys k
+           COALESCE((SELECT k.attname::pg_catalog.text FROM keys k
                      WHERE k.relid = published.oid AND k.attgenerated <> ''
                      ORDER BY k.attnum LIMIT 1), '') AS generated_key,
            CASE WHEN root_oid IS NULL OR relreplident = 'f' THEN '' ELSE
-           COALESCE((SELECT rk.attname::text FROM keys rk
+           COALESCE((SELECT rk.attname::pg_catalog.text FROM keys rk
                      WHERE rk.relid = published.root_oid
                        AND NOT EXISTS (SELECT 1 FROM keys lk
                                        WHERE lk.relid = published.oid AND lk.attname = rk.attname)
                      ORDER BY rk.attnum LIMIT 1), '') END AS key_missing
     FROM published
 )
-SELECT schemaname, tablename, relreplident::text, has_pk,
+SELECT schemaname, tablename, relreplident::pg_catalog.text, has_pk,
        CASE WHEN no_identity THEN '' ELSE generated_key END,
-       CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE published_as END,
-       CASE WHEN no_identity OR generated_key <> '' THEN '' ELSE key_missing END,
-       NOT no_identity AND generated_key = '' AND key_missing = '' AND partial_old,
+       CASE WHEN no_identity OR generated_key OPERATOR(pg_catalog.<>) '' THEN '' ELSE published_as END,
+       CASE WHEN no_identity OR generated_key OPERATOR(pg_catalog.<>) '' THEN '' ELSE key_missing END,
+       NOT no_identity AND generated_key OPERATOR(pg_catalog.=) '' AND key_missing OPERATOR(pg_catalog.=) '' AND partial_old,
        partitioned
 FROM checked
-WHERE no_identity OR generated_key <> '' OR key_missing <> '' OR partial_old
+WHERE no_identity OR generated_key OPERATOR(pg_catalog.<>) '' OR key_missing OPERATOR(pg_catalog.<>) '' OR partial_old
 ORDER BY 1, 2

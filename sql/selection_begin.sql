@@ -5,9 +5,9 @@
 -- selection prints its values as its changes do (the same record IDs, the same
 -- values), whatever the database's or role's DateStyle, IntervalStyle, bytea_output,
 -- extra_float_digits or TimeZone. Keep the two lists equal.
-SELECT pg_current_snapshot()::text,
-       set_config('DateStyle', 'ISO, MDY', true)
-       || set_config('IntervalStyle', 'postgres', true)
-       || set_config('bytea_output', 'hex', true)
-       || set_config('extra_float_digits', '3', true)
-       || set_config('TimeZone', 'UTC', true)
+SELECT pg_catalog.pg_current_snapshot()::pg_catalog.text,
+       pg_catalog.concat(pg_catalog.set_config('DateStyle', 'ISO, MDY', true),
+       pg_catalog.set_config('IntervalStyle', 'postgres', true),
+       pg_catalog.set_config('bytea_output', 'hex', true),
+       pg_catalog.set_config('extra_float_digits', '3', true),
+       pg_catalog.set_config('TimeZone', 'UTC', true))

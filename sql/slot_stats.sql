@@ -4,4 +4,4 @@ SELECT s.spill_txns, s.spill_count, s.spill_bytes,
        s.stream_txns, s.stream_bytes,
        s.total_txns, s.total_bytes
 FROM pg_catalog.pg_stat_replication_slots s
-WHERE s.slot_name = $1
+WHERE s.slot_name OPERATOR(pg_catalog.=) $1

@@ -7,11 +7,11 @@ SELECT s.slot_name,
        COALESCE(s.database, ''),
        s.active,
        COALESCE(s.active_pid, 0),
-       s.confirmed_flush_lsn::text,
-       s.restart_lsn::text,
+       s.confirmed_flush_lsn::pg_catalog.text,
+       s.restart_lsn::pg_catalog.text,
        COALESCE(s.wal_status, ''),
-       pg_current_wal_lsn()::text,
-       pg_current_wal_flush_lsn()::text,
-       current_setting('server_version_num')::int
+       pg_catalog.pg_current_wal_lsn()::pg_catalog.text,
+       pg_catalog.pg_current_wal_flush_lsn()::pg_catalog.text,
+       pg_catalog.current_setting('server_version_num')::int
 FROM pg_catalog.pg_replication_slots s
 WHERE s.slot_name = $1

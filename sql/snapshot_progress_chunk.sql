@@ -4,5 +4,5 @@
 -- chunk's follow-ups.
 UPDATE {{ns}}.snapshot_progress
 SET last_key = COALESCE($3, last_key), rows_done = rows_done + $4, chunks_done = chunks_done + 1,
-    chunk_size = $5, updated_at = now(), finished_at = NULL
-WHERE slot_name = $1 AND table_name = $2
+    chunk_size = $5, updated_at = pg_catalog.now(), finished_at = NULL
+WHERE slot_name OPERATOR(pg_catalog.=) $1 AND table_name OPERATOR(pg_catalog.=) $2

@@ -4,4 +4,4 @@ INSERT INTO {{ns}}.snapshot_progress AS p (slot_name, table_name, key_columns, c
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (slot_name, table_name) DO UPDATE
 SET key_columns = EXCLUDED.key_columns, relation_oid = EXCLUDED.relation_oid, last_key = NULL, chunk_size = EXCLUDED.chunk_size,
-    chunks_done = 0, rows_done = 0, started_at = now(), updated_at = now(), finished_at = NULL
+    chunks_done = 0, rows_done = 0, started_at = pg_catalog.now(), updated_at = pg_catalog.now(), finished_at = NULL

@@ -21,29 +21,29 @@ WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relreplident
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = ANY ($1::oid[])
+    WHERE c.oid = ANY ($1::pg_catalog.oid[])
 )
 SELECT rel.oid,
        rel.nspname,
        rel.relname,
-       rel.relreplident::text,
+       rel.relreplident::pg_catalog.text,
        a.attname,
        a.attnum,
        a.atttypid,
        a.atttypmod,
        a.attnotnull,
        COALESCE((SELECT k.pos
-                 FROM (SELECT u.attnum, row_number() OVER (ORDER BY min(u.ord)) AS pos
-                       FROM unnest(key.attnums) WITH ORDINALITY AS u(attnum, ord)
+                 FROM (SELECT u.attnum, pg_catalog.row_number() OVER (ORDER BY pg_catalog.min(u.ord)) AS pos
+                       FROM pg_catalog.unnest(key.attnums) WITH ORDINALITY AS u(attnum, ord)
                        GROUP BY u.attnum) AS k
                  WHERE k.attnum = a.attnum), 0),
        a.attgenerated <> '',
-       (SELECT count(*)
+       (SELECT pg_catalog.count(*)
         FROM pg_catalog.pg_attribute d
         WHERE d.attrelid = rel.oid AND d.attnum > 0 AND d.attnum < a.attnum AND d.attisdropped)
 FROM rel
 LEFT JOIN LATERAL (
-    SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] AS attnums
+    SELECT (i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1] AS attnums
     FROM pg_catalog.pg_index i
     WHERE i.indrelid = rel.oid AND (i.indisprimary OR i.indisreplident)
     ORDER BY i.indisreplident DESC

@@ -7,12 +7,12 @@
 -- and under publish_via_partition_root its changes are the partitioned table's.
 -- ShareUpdateExclusiveLock (VACUUM, ANALYZE, ALTER PUBLICATION itself) writes no rows
 -- and is left out, so autovacuum is never waited for.
-SELECT COALESCE(array_agg(DISTINCT l.virtualtransaction ORDER BY l.virtualtransaction), '{}')
+SELECT COALESCE(pg_catalog.array_agg(DISTINCT l.virtualtransaction ORDER BY l.virtualtransaction), '{}')
 FROM pg_catalog.pg_locks l
-WHERE l.locktype = 'relation'
-  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+WHERE l.locktype OPERATOR(pg_catalog.=) 'relation'
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
   AND (l.relation = $1
-       OR l.relation IN (SELECT relid FROM pg_catalog.pg_partition_tree($1::oid::regclass)))
+       OR l.relation IN (SELECT relid FROM pg_catalog.pg_partition_tree($1::pg_catalog.oid::pg_catalog.regclass)))
   AND l.granted
-  AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
-  AND l.pid IS DISTINCT FROM pg_backend_pid()
+  AND l.mode OPERATOR(pg_catalog.=) ANY ('{RowExclusiveLock,ShareRowExclusiveLock,ExclusiveLock,AccessExclusiveLock}')
+  AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()

@@ -81,7 +81,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// Slot names are per cluster: the slot may belong to another database.
 	database := st.Database
 	var current string
-	if err := s.DB().QueryRowContext(ctx, `SELECT current_database()`).Scan(&current); err != nil {
+	if err := s.DB().QueryRowContext(ctx, `SELECT pg_catalog.current_database()`).Scan(&current); err != nil {
 		return err
 	}
 	if st.SlotType == "logical" && st.Database != current {
