@@ -179,6 +179,13 @@ func TestForeignSlotIsErrSlotMismatch(t *testing.T) {
 	execAll(t, d.DB, fmt.Sprintf(`SELECT pg_create_logical_replication_slot('%s', 'test_decoding')`, td),
 		fmt.Sprintf(`SELECT pg_create_physical_replication_slot('%s', true)`, ph))
 	execAll(t, d2.DB, fmt.Sprintf(`SELECT pg_create_logical_replication_slot('%s', 'pgoutput')`, other))
+	// The physical slot belongs to no database: the databases' cleanup would leave it
+	// (holding WAL back, and counted by other tests' checks of pg_replication_slots).
+	t.Cleanup(func() {
+		for _, slot := range []string{td, ph, other, pgtest.Ident(t, "tp")} {
+			d.DB.Exec(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+		}
+	})
 	position := func(slot string) string {
 		var p string
 		require.NoError(t, d.DB.QueryRow(`SELECT COALESCE(confirmed_flush_lsn, restart_lsn)::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&p))
