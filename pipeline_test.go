@@ -82,6 +82,9 @@ func testPipelinedPollHandlerErrorMidStream(t *testing.T, driver string, split b
 	defer cancel()
 	err = s.Run(ctx)
 	require.ErrorIs(t, err, ErrHandler)
+	// Read before Close: after it the Syncer's methods return ErrClosed.
+	confirmed, err := s.ConfirmedFlushLSN(context.Background())
+	require.NoError(t, err)
 	s.Close()
 	if driver == "pgx" {
 		require.NotZero(t, s.pgconnPeeks.Load(), "pgx's connection must be read natively")
@@ -95,8 +98,6 @@ func testPipelinedPollHandlerErrorMidStream(t *testing.T, driver string, split b
 	require.Len(t, got, 1+perTx+1+1+499, "tx 1 whole, then tx 2 up to the failing row")
 	require.Equal(t, "COMMIT", got[perTx+1])
 
-	confirmed, err := s.ConfirmedFlushLSN(context.Background())
-	require.NoError(t, err)
 	require.Greater(t, confirmed, before, "tx 1 was processed: the slot is at its COMMIT")
 	require.LessOrEqual(t, confirmed, commits[0], "tx 2 failed: the slot must not pass it")
 
