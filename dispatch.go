@@ -34,6 +34,10 @@ func (s *Syncer) newDelivery(ctx context.Context) *delivery {
 	}
 	s.win.maybePrune(ctx, s.db, s.log)
 	s.win.newPoll()
+	if gone := s.tables.evictIdle(relationIdleTTL); len(gone) > 0 {
+		s.dec.forget(gone)
+		s.win.untrack(gone)
+	}
 	return d
 }
 
