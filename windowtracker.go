@@ -37,7 +37,8 @@ type windowTracker struct {
 	// unfinished), so also between a cancelled or failed Snapshot and the one that
 	// resumes it (the consumer may never have seen
 	// the row under its old key, so it must be read again: snapshot.go). A row leaves
-	// only once a Snapshot read it again after it was collected (watchDone), not when
+	// when it moves on to another key in the same way (collected there instead), or
+	// once a Snapshot read it again after it was collected (watchDone), not when
 	// a Snapshot starts reading it: Snapshots of one table running at once share the
 	// set, and the one reading a row may fail after another looked for the last time.
 	// The set outlives the Snapshots that collected it, so what none of them read is
@@ -521,6 +522,11 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 		// A selection whose row this was reads it again at its new key (window.emit).
 		t.w.move(reln.RelationID, c.OldKey, c.Key, texts)
 		if m := t.moved[reln.RelationID]; m != nil && m.collecting() {
+			// The row is read again where it is now: its old key, collected when it
+			// moved there, holds nothing to read (nor another row, until one is
+			// moved there and collected again). Without this a row moving on and on
+			// while its table's snapshot is unfinished left an entry per key it had.
+			delete(m.keys, c.OldKey)
 			m.seq++
 			m.keys[c.Key] = movedKey{texts: texts, seq: m.seq}
 		}
