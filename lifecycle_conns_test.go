@@ -15,7 +15,8 @@ import (
 // TestConnectionsAndGoroutinesBoundedOverCalls: many polls, Refresh calls (good,
 // failing, cancelled while waiting) and Snapshots (finished and cancelled) on a pool
 // the caller gave: no connection stays in use afterwards, the pool never grows past a
-// few connections, and once the Syncer is closed no goroutine of it is left.
+// few connections, no selection stays registered, and once the Syncer is closed no
+// goroutine of it is left.
 func TestConnectionsAndGoroutinesBoundedOverCalls(t *testing.T) {
 	d := pgtest.NewDatabase(t)
 	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY, v text)`,
@@ -52,6 +53,8 @@ func TestConnectionsAndGoroutinesBoundedOverCalls(t *testing.T) {
 	st := db.Stats()
 	t.Logf("pool: %d open (peak %d), %d in use", st.OpenConnections, maxOpen, st.InUse)
 	require.Zero(t, st.InUse, "connections in use once Run returned and no call is under way")
+	sizes := s.relationCacheSizes()
+	require.Zero(t, sizes["waiters"]+sizes["pending"]+sizes["sels"], "selections left registered: %v", sizes)
 	require.NoError(t, s.Close())
 	waitFor(t, 10*time.Second, func() bool { return db.Stats().InUse == 0 }, "no connection in use after Close")
 	require.LessOrEqual(t, maxOpen, 8)
