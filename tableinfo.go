@@ -144,9 +144,11 @@ type tableCache struct {
 	now       func() time.Time // time.Now; tests move it
 }
 
-// relationIdleTTL is how long what the Syncer keeps of a relation (its descriptions,
-// its last RELATION message, its tracking by the refresh window) outlives the
-// relation's last RELATION message. pgoutput sends one before the first change of each
+// relationIdleTTL is how long, at least, what the Syncer keeps of a relation (its
+// descriptions, its last RELATION message, its tracking by the refresh window)
+// outlives the relation's last RELATION message; it goes at the first poll that finds
+// it that old, at most twice that long after (evictIdle looks once per
+// relationIdleTTL). pgoutput sends one before the first change of each
 // table in every poll, so only tables without changes for this long lose it: a table
 // that was dropped, or one that changes so rarely that reading the catalog again at its
 // next change costs nothing. Without it a Syncer under table churn (partitions or
