@@ -124,10 +124,11 @@ const maxShapes = 4
 // message does not name the key (REPLICA IDENTITY FULL flags every column), to check
 // that key: at most once per keyRecheckInterval per table, and at the first RELATION
 // message after recheckKeys (forRelation). The keys of every such table due then are
-// read in that one query (staleKeysLocked), not one query per table.
-// What it keeps of a relation whose last
-// RELATION message is relationIdleTTL old or more goes at the next poll (evictIdle):
-// a table dropped (or left out of the publication) is not kept for the Syncer's life.
+// read in that one query (staleKeysLocked), not one query per table. What it keeps
+// of a relation whose last RELATION message is relationIdleTTL old or more goes at
+// the start of a poll after one that caught up with the WAL (evictIdle,
+// Syncer.evictIdleRelations): a table dropped (or left out of the publication) is
+// not kept for the Syncer's life.
 type tableCache struct {
 	db      *sql.DB
 	mu      sync.Mutex
@@ -147,8 +148,8 @@ type tableCache struct {
 // relationIdleTTL is how long, at least, what the Syncer keeps of a relation (its
 // descriptions, its last RELATION message, its tracking by the refresh window)
 // outlives the relation's last RELATION message; it goes at the first poll that finds
-// it that old, at most twice that long after (evictIdle looks once per
-// relationIdleTTL). pgoutput sends one before the first change of each
+// it that old after a poll that caught up with the WAL, while caught up at most twice
+// that long after (evictIdle looks once per relationIdleTTL). pgoutput sends one before the first change of each
 // table in every poll, so only tables without changes for this long lose it: a table
 // that was dropped, or one that changes so rarely that reading the catalog again at its
 // next change costs nothing. Without it a Syncer under table churn (partitions or
@@ -191,9 +192,10 @@ func newTableCache(db *sql.DB) *tableCache {
 
 // evictIdle forgets the relations whose last RELATION message is idle old or more,
 // and returns their IDs. It looks at most once per idle (nil otherwise), so its cost
-// is nothing at most polls. The poller calls it at the start of a poll, when no
-// RELATION message of an earlier poll is in use any more: pgoutput sends each
-// relation's again before its first change in the new one.
+// is nothing at most polls. The poller calls it at the start of a poll
+// (Syncer.evictIdleRelations), when no RELATION message of an earlier poll is in use
+// any more: pgoutput sends each relation's again before its first change in the new
+// one.
 func (c *tableCache) evictIdle(idle time.Duration) []uint32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
