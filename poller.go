@@ -565,6 +565,9 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	upto = st.bound(flush)
 	if s.EventsProcessor != nil {
 		res, err := s.pollBatch(ctx, st, upto, upto < flush)
+		// The slot was read: restart_lsn upkeep and the idle backoff follow, as for a
+		// MessageHandler (TestRestartLSNFollowsConfirmedEventsProcessor).
+		res.peeked = true
 		res.cutShort = !res.stalled && (res.cutShort || upto < flush)
 		return res, err
 	}
