@@ -149,11 +149,12 @@ type tableCache struct {
 // descriptions, its last RELATION message, its tracking by the refresh window)
 // outlives the relation's last RELATION message; it goes at the first poll that finds
 // it that old after a poll that caught up with the WAL, while caught up at most twice
-// that long after (evictIdle looks once per relationIdleTTL). pgoutput sends one before the first change of each
-// table in every poll, so only tables without changes for this long lose it: a table
-// that was dropped, or one that changes so rarely that reading the catalog again at its
-// next change costs nothing. Without it a Syncer under table churn (partitions or
-// staging tables created and dropped) would keep every table it ever saw.
+// that long after (evictIdle looks once per relationIdleTTL). pgoutput sends one
+// before the first change of each table in every poll, so only tables without changes
+// for this long lose it: a table that was dropped, or one that changes so rarely that
+// reading the catalog again at its next change costs nothing. Without it a Syncer
+// under table churn (partitions or staging tables created and dropped) would keep
+// every table it ever saw.
 const relationIdleTTL = 10 * time.Minute
 
 // keyRecheckInterval is how long the catalog's key of a table whose RELATION messages
