@@ -97,6 +97,14 @@ func (d *decoder) relation(relID uint32) (*pglogrepl.RelationMessage, *PGTableIn
 	return reln, d.tables.get(relID), nil
 }
 
+// forget drops the RELATION messages of relations the table cache evicted
+// (tableCache.evictIdle), at the start of a poll.
+func (d *decoder) forget(relIDs []uint32) {
+	for _, id := range relIDs {
+		delete(d.relations, id)
+	}
+}
+
 // setRelation records a RELATION message and returns the table info for it.
 func (d *decoder) setRelation(ctx context.Context, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
 	info, err := d.tables.forRelation(ctx, reln)

@@ -37,6 +37,21 @@ func (s *Syncer) newDelivery(ctx context.Context) *delivery {
 	return d
 }
 
+// evictIdleRelations forgets what the Syncer keeps of relations without a RELATION
+// message for relationIdleTTL (tableCache.evictIdle): their descriptions, last
+// RELATION messages and tracking by the refresh window. The poller calls it at the
+// start of a poll after one that caught up with the WAL: the poll's changes were
+// written since, so a dropped table's changes still in a backlog (after Run was
+// stopped, say) are described as the Syncer knew the table, not from their RELATION
+// message alone (under REPLICA IDENTITY FULL that keys them by every column:
+// TestDroppedFullIdentityTableKeyAfterIdleGap).
+func (s *Syncer) evictIdleRelations() {
+	if gone := s.tables.evictIdle(relationIdleTTL); len(gone) > 0 {
+		s.dec.forget(gone)
+		s.win.untrack(gone)
+	}
+}
+
 // handlerErr wraps a handler's error in ErrHandler, keeping ErrStopProcessingMessages
 // recognisable.
 func handlerErr(err error, what string, lsn pglogrepl.LSN) error {

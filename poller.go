@@ -37,6 +37,9 @@ type slotState struct {
 	confirmed    pglogrepl.LSN // confirmed_flush_lsn as last read or advanced to
 	drainedFlush pglogrepl.LSN // flush LSN up to which everything was delivered
 	window       uint64        // WAL bytes past confirmed one peek may cover (0: pollWALWindow)
+	// caughtUp: the last poll of this Run delivered everything up to the flush LSN
+	// it read (evictIdleRelations).
+	caughtUp bool
 }
 
 // pollWALWindow is how much WAL past confirmed_flush_lsn one peek covers at most
@@ -562,9 +565,16 @@ func (s *Syncer) pollOnce(ctx context.Context, st *slotState) (pollResult, error
 	upto = st.bound(flush)
 	if s.EventsProcessor != nil {
 		res, err := s.pollBatch(ctx, st, upto, upto < flush)
+		// The slot was read: restart_lsn upkeep and the idle backoff follow, as for a
+		// MessageHandler (TestRestartLSNFollowsConfirmedEventsProcessor).
+		res.peeked = true
 		res.cutShort = !res.stalled && (res.cutShort || upto < flush)
 		return res, err
 	}
+	if st.caughtUp {
+		s.evictIdleRelations()
+	}
+	st.caughtUp = false
 	d := s.newDelivery(ctx)
 	var deliverErr error
 	confirmed := st.confirmed
@@ -641,6 +651,7 @@ read:
 	}
 	if complete {
 		st.drainedFlush = upto
+		st.caughtUp = upto == flush
 		s.win.polledThrough(upto)
 	}
 	if stopped {

@@ -124,7 +124,11 @@ const maxShapes = 4
 // message does not name the key (REPLICA IDENTITY FULL flags every column), to check
 // that key: at most once per keyRecheckInterval per table, and at the first RELATION
 // message after recheckKeys (forRelation). The keys of every such table due then are
-// read in that one query (staleKeysLocked), not one query per table.
+// read in that one query (staleKeysLocked), not one query per table. What it keeps
+// of a relation whose last RELATION message is relationIdleTTL old or more goes at
+// the start of a poll after one that caught up with the WAL (evictIdle,
+// Syncer.evictIdleRelations): a table dropped (or left out of the publication) is
+// not kept for the Syncer's life.
 type tableCache struct {
 	db      *sql.DB
 	mu      sync.Mutex
@@ -134,8 +138,24 @@ type tableCache struct {
 	// keyChecked is when the catalog's key of a relation whose messages do not name it
 	// was last read (absent: never, or reset by recheckKeys).
 	keyChecked map[uint32]time.Time
-	now        func() time.Time // time.Now; tests move it
+	// seen is when a RELATION message of each cached relation was last met.
+	seen map[uint32]time.Time
+	// lastEvict is when evictIdle last looked at seen.
+	lastEvict time.Time
+	now       func() time.Time // time.Now; tests move it
 }
+
+// relationIdleTTL is how long, at least, what the Syncer keeps of a relation (its
+// descriptions, its last RELATION message, its tracking by the refresh window)
+// outlives the relation's last RELATION message; it goes at the first poll that finds
+// it that old after a poll that caught up with the WAL, while caught up at most twice
+// that long after (evictIdle looks once per relationIdleTTL). pgoutput sends one
+// before the first change of each table in every poll, so only tables without changes
+// for this long lose it: a table that was dropped, or one that changes so rarely that
+// reading the catalog again at its next change costs nothing. Without it a Syncer
+// under table churn (partitions or staging tables created and dropped) would keep
+// every table it ever saw.
+const relationIdleTTL = 10 * time.Minute
 
 // keyRecheckInterval is how long the catalog's key of a table whose RELATION messages
 // do not name it (REPLICA IDENTITY FULL, or no key flagged) is trusted before it is
@@ -168,7 +188,34 @@ type pgType struct {
 
 func newTableCache(db *sql.DB) *tableCache {
 	return &tableCache{db: db, shapes: map[uint32][]*PGTableInfo{}, current: map[uint32]*PGTableInfo{}, types: map[uint32]pgType{},
-		keyChecked: map[uint32]time.Time{}, now: time.Now}
+		keyChecked: map[uint32]time.Time{}, seen: map[uint32]time.Time{}, now: time.Now}
+}
+
+// evictIdle forgets the relations whose last RELATION message is idle old or more,
+// and returns their IDs. It looks at most once per idle (nil otherwise), so its cost
+// is nothing at most polls. The poller calls it at the start of a poll
+// (Syncer.evictIdleRelations), when no RELATION message of an earlier poll is in use
+// any more: pgoutput sends each relation's again before its first change in the new
+// one.
+func (c *tableCache) evictIdle(idle time.Duration) []uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	if now.Sub(c.lastEvict) < idle {
+		return nil
+	}
+	c.lastEvict = now
+	var out []uint32
+	for id, t := range c.seen {
+		if now.Sub(t) >= idle {
+			delete(c.shapes, id)
+			delete(c.current, id)
+			delete(c.keyChecked, id)
+			delete(c.seen, id)
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // recheckKeys makes the next RELATION message of every table whose messages do not
@@ -187,6 +234,7 @@ func (c *tableCache) recheckKeys() {
 // the message stays the same.
 func (c *tableCache) forRelation(ctx context.Context, reln *pglogrepl.RelationMessage) (*PGTableInfo, error) {
 	c.mu.Lock()
+	c.seen[reln.RelationID] = c.now()
 	var hit *PGTableInfo
 	for _, info := range c.shapes[reln.RelationID] {
 		if sameRelation(info.reln, reln) {

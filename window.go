@@ -287,6 +287,16 @@ func (w *window) commit() []*emission {
 	return ems
 }
 
+// registered tells whether a selection of relation rel is registered.
+func (w *window) registered(rel uint32) bool {
+	for _, sel := range w.sels {
+		if sel.rel == rel {
+			return true
+		}
+	}
+	return false
+}
+
 // highSeen tells whether the poller has met selection id's high watermark in this
 // poll: its rows were handed over (emitted), or the transaction carrying it is being
 // read (they will be at its COMMIT).

@@ -37,15 +37,18 @@ type windowTracker struct {
 	// unfinished), so also between a cancelled or failed Snapshot and the one that
 	// resumes it (the consumer may never have seen
 	// the row under its old key, so it must be read again: snapshot.go). A row leaves
-	// only once a Snapshot read it again after it was collected (watchDone), not when
+	// when it moves on to another key in the same way (collected there instead), or
+	// once a Snapshot read it again after it was collected (watchDone), not when
 	// a Snapshot starts reading it: Snapshots of one table running at once share the
 	// set, and the one reading a row may fail after another looked for the last time.
 	// The set outlives the Snapshots that collected it, so what none of them read is
 	// read by the next Snapshot of the table by this Syncer.
 	moved map[uint32]*movedRows
 	// tracked lists tables whose changes are decoded for their keys: every table a
-	// selection or snapshot was ever registered for (sticky, so a table refreshed
-	// regularly keeps exact history; see touchChange).
+	// selection or snapshot was registered for (sticky, so a table refreshed
+	// regularly keeps exact history; see touchChange), until the table had no
+	// RELATION message for relationIdleTTL and none of its selections or snapshots
+	// is under way (untrack).
 	tracked map[uint32]struct{}
 	// stopped is why Run last returned; nil before the first Run and while running.
 	// A selection registered while stopped fails at once instead of waiting forever.
@@ -488,7 +491,7 @@ func (t *windowTracker) maybePrune(ctx context.Context, db *sql.DB, log *slog.Lo
 }
 
 // touchChange records what a row change touched. Keys are decoded only for tracked
-// tables (tables a selection or snapshot was ever registered for); for every other table the transaction is only noted as having touched it, which costs
+// tables (tables a selection or snapshot was registered for, see tracked); for every other table the transaction is only noted as having touched it, which costs
 // no decoding and no memory per row. Should such a transaction turn out to matter to
 // a later selection (its xid in progress in the selection's snapshot, PostgreSQL's
 // commit-before-visibility race), the selection runs again, as for a key that cannot
@@ -519,10 +522,31 @@ func (t *windowTracker) touchChange(reln *pglogrepl.RelationMessage, info *PGTab
 		// A selection whose row this was reads it again at its new key (window.emit).
 		t.w.move(reln.RelationID, c.OldKey, c.Key, texts)
 		if m := t.moved[reln.RelationID]; m != nil && m.collecting() {
+			// The row is read again where it is now: its old key, collected when it
+			// moved there, holds nothing to read (nor another row, until one is
+			// moved there and collected again). Without this a row moving on and on
+			// while its table's snapshot is unfinished left an entry per key it had.
+			delete(m.keys, c.OldKey)
 			m.seq++
 			m.keys[c.Key] = movedKey{texts: texts, seq: m.seq}
 		}
 		t.mu.Unlock()
+	}
+}
+
+// untrack stops decoding the keys of relations the table cache evicted (no RELATION
+// message for relationIdleTTL: dropped, or idle), unless a selection of one is
+// registered or a Snapshot collects or keeps rows of it (moved). Registering a
+// selection tracks its table again; until then, a change of it counts as touching an
+// unknown key (touchChange), which at worst runs a selection again.
+func (t *windowTracker) untrack(relIDs []uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range relIDs {
+		if _, ok := t.moved[id]; ok || t.w.registered(id) {
+			continue
+		}
+		delete(t.tracked, id)
 	}
 }
 
