@@ -257,18 +257,8 @@ func TestCancelPeekMidStream(t *testing.T) {
 			t.Cleanup(r.cancel)
 			t.Cleanup(h.unhold)
 			h.waitHeld(t, held)
-			var n int
-			waitFor(t, 10*time.Second, func() bool {
-				rows, err := d.DB.Query(`SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '-- One poll: pgoutput rows%' AND state = 'active'`)
-				require.NoError(t, err)
-				for rows.Next() {
-					n++
-				}
-				require.NoError(t, rows.Err())
-				rows.Close()
-				return n > 0
-			}, "a backend to cancel")
-			require.Equal(t, 1, n)
+			require.Equal(t, 1, signalBackends(t, d.DB, "a backend to cancel",
+				`SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '-- One poll: pgoutput rows%' AND state = 'active'`))
 			h.unhold()
 			want := keyRange(1, txs*per)
 			r.waitFor(t, 60*time.Second, func() bool {

@@ -110,18 +110,7 @@ func TestTerminatePeekMidStream(t *testing.T) {
 				} else {
 					q = `SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '-- One poll: pgoutput rows%' AND state = 'active' AND $1 <> ''`
 				}
-				var n int
-				waitFor(t, 10*time.Second, func() bool {
-					rows, err := d.DB.Query(q, s.ReplicationSlot())
-					require.NoError(t, err)
-					for rows.Next() {
-						n++
-					}
-					require.NoError(t, rows.Err())
-					rows.Close()
-					return n > 0
-				}, "a backend to terminate")
-				require.Equal(t, 1, n)
+				require.Equal(t, 1, signalBackends(t, d.DB, "a backend to terminate", q, s.ReplicationSlot()))
 				h.unhold()
 				want := keyRange(1, txs*per)
 				r.waitFor(t, 60*time.Second, func() bool {
@@ -412,4 +401,23 @@ func TestSlotHeldByWalsender(t *testing.T) {
 	require.ErrorContains(t, err, "make sure only one process drives this slot")
 	require.NoError(t, ctx.Err())
 	require.Empty(t, rec.snapshot())
+}
+
+// signalBackends runs q (a SELECT of pg_cancel_backend or pg_terminate_backend over
+// the backends it picks) until it signals at least one, within 10 s, and returns how
+// many it signalled that time.
+func signalBackends(t *testing.T, db *sql.DB, what, q string, args ...any) int {
+	t.Helper()
+	var n int
+	waitFor(t, 10*time.Second, func() bool {
+		rows, err := db.Query(q, args...)
+		require.NoError(t, err)
+		for rows.Next() {
+			n++
+		}
+		require.NoError(t, rows.Err())
+		rows.Close()
+		return n > 0
+	}, what)
+	return n
 }
