@@ -163,7 +163,11 @@ func nameOption(option, env, def, name string, field func(*Syncer) *string) Sync
 // exist, and adds those it lacks (ALTER PUBLICATION ... ADD TABLE, which needs
 // ownership of the table) when it does. Without ForTables the publication must exist;
 // setup adds only the watermark table to it. Given more than once, the tables of
-// every ForTables count.
+// every ForTables count. ForTables does not filter what is delivered: handlers get
+// the changes of every table in the publication, including tables it held before or
+// that were added to it since (ALTER PUBLICATION ... ADD TABLE); filter by
+// Change.Table (or the RELATION message) in the handler, or give the Syncer a
+// publication of its own.
 func ForTables(tableNames ...string) SyncerOpt {
 	return func(s *Syncer) error {
 		s.tableNames = append(s.tableNames, tableNames...)
