@@ -105,8 +105,9 @@ var (
 	// row filter), Refresh or Snapshot with an EventsProcessor, Run on a pool of one
 	// connection, a session whose client_encoding is not UTF8 (Run, GetMessages), a
 	// write of dbsync's (setup, a watermark) in a read-only session (SQLSTATE 25006:
-	// default_transaction_read_only on for the role or the database). The message
-	// says which and how to fix it.
+	// default_transaction_read_only on for the role or the database), a slot to create
+	// on a server whose max_replication_slots are all in use (SQLSTATE 53400). The
+	// message says which and how to fix it.
 	ErrConfig = errors.New("dbsync: invalid configuration")
 	// ErrRefreshAbandoned: the Syncer stopped (Stop, a cancelled Run context, a handler
 	// error under StopOnHandlerError) before the selection's high watermark was
@@ -229,6 +230,13 @@ func classify(err error, what string) error {
 		}
 	case "22021", "22P05":
 		named = ErrEncoding
+	case "53400":
+		// configuration_limit_exceeded; for a slot's creation (setup, a split poll's
+		// temporary copy) "all replication slots are in use", whose hint lib/pq drops
+		// (TestSetupAllSlotsInUse).
+		if contains(msg, "replication slots") {
+			return fmt.Errorf("%w: %s: all of the server's replication slots are in use (max_replication_slots): drop one no longer used (SELECT pg_drop_replication_slot(slot_name) for one in pg_replication_slots), or raise max_replication_slots and restart the server: %w", ErrConfig, what, err)
+		}
 	case "25006":
 		// read_only_sql_transaction: a write (setup's DDL, a watermark, snapshot
 		// progress) in a session the role's or database's default_transaction_read_only
