@@ -145,6 +145,18 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if err := createTables(ctx, db); err != nil {
 		return res, err
 	}
+	// Until the Syncer exists (its deferred cleanup tears down the slot), an
+	// interrupted or failed run drops what it created so far: the tables, and the
+	// publication and control schema a setup cut short made (a cancelled slot
+	// creation leaves no slot).
+	var s *dbsync.Syncer
+	defer func() {
+		if s == nil {
+			if terr := cleanup(db, nil); terr != nil && err == nil {
+				err = terr
+			}
+		}
+	}()
 	if cfg.SeedRows > 0 {
 		if err := seed(ctx, db, cfg.SeedRows); err != nil {
 			return res, err
@@ -162,10 +174,11 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if cfg.Logger != nil {
 		opts = append(opts, dbsync.WithLogger(cfg.Logger))
 	}
-	s, err := dbsync.NewSyncerContext(ctx, opts...)
+	made, err := dbsync.NewSyncerContext(ctx, opts...)
 	if err != nil {
 		return res, fmt.Errorf("demo: set up the syncer: %w", err)
 	}
+	s = made
 	defer func() {
 		s.Stop()
 		if terr := cleanup(db, s); terr != nil && err == nil {
@@ -312,15 +325,20 @@ func syncerStopped(ctx context.Context, err error) error {
 
 // cleanup removes everything the demo created: the slot, watermark table and control
 // schema (Teardown), the publication and the demo schema. A forgotten slot would
-// retain WAL forever.
+// retain WAL forever. With s nil (no Syncer was made: setup was cut short, which
+// leaves no slot) it drops the control schema's tables and the schema directly.
 func cleanup(db *sql.DB, s *dbsync.Syncer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
-	res, err := s.TeardownWithResult(ctx)
+	var res dbsync.TeardownResult
+	var err error
+	if s != nil {
+		res, err = s.TeardownWithResult(ctx)
+	}
 	if err != nil {
 		errs = append(errs, err)
-	} else if res.Kept() {
+	} else if s == nil || res.Kept() {
 		// Teardown keeps a control schema other slots of the database may use; the
 		// demo's is its own (DefaultCtrlNamespace), so it goes, without CASCADE.
 		ns := pq.QuoteIdentifier(DefaultCtrlNamespace)
