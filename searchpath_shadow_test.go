@@ -54,7 +54,7 @@ var searchPathShadows = []string{
 }
 
 // searchPathShadowDDL creates schema app with searchPathShadows, a count(*) aggregate,
-// the text operators =, <> and || (all raising), and domains named like built-in
+// the text operators =, <> and ||, jsonb's ->> (all raising), and domains named like built-in
 // types that refuse every value.
 func searchPathShadowDDL() []string {
 	ddl := []string{`CREATE SCHEMA app`,
@@ -71,6 +71,10 @@ func searchPathShadowDDL() []string {
 			fmt.Sprintf(`CREATE FUNCTION app.shadow_op%d(text, text) RETURNS %s LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'shadowed operator %s'; END$$`, i, op.ret, op.name),
 			fmt.Sprintf(`CREATE OPERATOR app.%s (LEFTARG = text, RIGHTARG = text, FUNCTION = app.shadow_op%d)`, op.name, i))
 	}
+	// jsonb's ->> (slot and publication checks read row fields through to_jsonb).
+	ddl = append(ddl,
+		`CREATE FUNCTION app.shadow_jop(pg_catalog.jsonb, pg_catalog.text) RETURNS pg_catalog.text LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'shadowed operator ->>'; END$$`,
+		`CREATE OPERATOR app.->> (LEFTARG = pg_catalog.jsonb, RIGHTARG = pg_catalog.text, FUNCTION = app.shadow_jop)`)
 	// Types: a cast (::text) or a column type (text) names its type through the
 	// search_path too; these domains accept no value but NULL.
 	for _, typ := range []string{"text", "oid", "name", "pg_lsn", "int2", "int4", "int8", "bool", `"char"`, "regclass", "regproc", "jsonb", "timestamptz", "xid", "bytea", "pg_snapshot"} {

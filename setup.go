@@ -728,7 +728,7 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		var current string
 		// two_phase through to_jsonb: PostgreSQL 13 has no such column (NULL there).
 		err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid,
-			(pg_catalog.to_jsonb(s) ->> 'two_phase')::pg_catalog.bool, pg_catalog.current_database()
+			(pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'two_phase')::pg_catalog.bool, pg_catalog.current_database()
 			FROM (SELECT pg_catalog.current_database()) AS d(x)
 			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &twoPhase, &current)
 		if err != nil {

@@ -192,7 +192,7 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 	var slotType, plugin, database, current string
 	var twoPhase bool
 	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''),
-		COALESCE((pg_catalog.to_jsonb(s) ->> 'two_phase')::pg_catalog.bool, false), pg_catalog.current_database()
+		COALESCE((pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'two_phase')::pg_catalog.bool, false), pg_catalog.current_database()
 		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(&slotType, &plugin, &database, &twoPhase, &current)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -303,7 +303,7 @@ func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, er
 	var temporary, active, twoPhase bool
 	var pid int
 	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
-		COALESCE(active_pid, 0), COALESCE((pg_catalog.to_jsonb(s) ->> 'two_phase')::pg_catalog.bool, false), pg_catalog.current_database()
+		COALESCE(active_pid, 0), COALESCE((pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'two_phase')::pg_catalog.bool, false), pg_catalog.current_database()
 		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(
 		&slotType, &plugin, &database, &temporary, &active, &pid, &twoPhase, &current)
 	if errors.Is(err, sql.ErrNoRows) {

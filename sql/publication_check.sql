@@ -9,9 +9,9 @@
 -- older servers answer NULL instead of failing.
 SELECT p.pubinsert,
        t.tablename IS NOT NULL,
-       pg_catalog.to_jsonb(t) ->> 'rowfilter',
+       pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.->>) 'rowfilter',
        w.tablename IS NOT NULL,
-       pg_catalog.to_jsonb(w) ->> 'rowfilter',
+       pg_catalog.to_jsonb(w) OPERATOR(pg_catalog.->>) 'rowfilter',
        ARRAY(SELECT pg_catalog.jsonb_array_elements_text(COALESCE(pg_catalog.to_jsonb(w) -> 'attnames', '[]'))),
        p.pubviaroot
 FROM pg_catalog.pg_publication p
