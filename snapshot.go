@@ -570,7 +570,7 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 // parameters numbered after the args already there, and args with key's values
 // appended.
 func keyCompare(info *PGTableInfo, op string, key []string, args []any) (string, []any) {
-	cond := "(" + keyColumnList(info) + ") " + op + " (" + keyParams(info, len(args)) + ")"
+	cond := "(" + keyColumnList(info) + ") " + keyOperator(info, op) + " (" + keyParams(info, len(args)) + ")"
 	for _, v := range key {
 		args = append(args, v)
 	}

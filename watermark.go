@@ -179,9 +179,9 @@ func refreshColumnList(info *PGTableInfo, cols []string, form selectForm) string
 // key); a query that cannot take it (LIMIT, DISTINCT ON, window functions) is
 // computed and then filtered, which keeps its meaning.
 func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]string) selQuery {
-	in, args := keyTuples(info, keys)
+	tuples, args := keyTuples(info, keys)
 	kc := castKeyColumns(info, "q")
-	tail := " FROM (" + query + ") AS q WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
+	tail := " FROM (" + query + ") AS q WHERE " + keyIn(info, kc, tuples) + " ORDER BY " + kc
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + refreshColumnList(info, cols, form) + tail
 	}, args: args, rows: len(keys), reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
@@ -455,9 +455,9 @@ func (p *pendingSelection) close() {
 // order, in the text form PostgreSQL prints them, bound as text and cast to the
 // columns' types), its columns cols in the transport's form, in primary key order.
 func keysQuery(info *PGTableInfo, cols []string, keys [][]string) selQuery {
-	in, args := keyTuples(info, keys)
+	tuples, args := keyTuples(info, keys)
 	kc := keyColumnList(info)
-	tail := fromTable(info) + " WHERE (" + kc + ") IN (" + in + ") ORDER BY " + kc
+	tail := fromTable(info) + " WHERE " + keyIn(info, kc, tuples) + " ORDER BY " + kc
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(info, "t", cols, form) + tail
 	}, args: args, unique: true, rows: len(keys), reread: tableReread(info, cols)}
@@ -470,7 +470,7 @@ func tableReread(info *PGTableInfo, cols []string) func(keys [][]string) selQuer
 
 // keyTuples returns "(CAST($1::text AS t1), ...), (CAST($3::text AS t1), ...)" for
 // keys (each key's column texts in key order) and the parameters it binds.
-func keyTuples(info *PGTableInfo, keys [][]string) (string, []any) {
+func keyTuples(info *PGTableInfo, keys [][]string) ([]string, []any) {
 	tuples := make([]string, len(keys))
 	var args []any
 	for i, k := range keys {
@@ -479,7 +479,51 @@ func keyTuples(info *PGTableInfo, keys [][]string) (string, []any) {
 			args = append(args, v)
 		}
 	}
-	return strings.Join(tuples, ", "), args
+	return tuples, args
+}
+
+// keyIn is the condition that the key columns kc (a list of expressions, one per key
+// column of info) equal one of tuples (keyTuples): (kc) IN (tuples...), with the
+// equality written by keyOperator. Qualified, it is kc = ANY (ARRAY[...]) for a key of
+// one column that is not an array (an index scan takes the array whole, as it takes
+// IN) and otherwise the equalities ORed, which is what IN of row constructors stands
+// for.
+func keyIn(info *PGTableInfo, kc string, tuples []string) string {
+	eq := keyOperator(info, "=")
+	if eq == "=" {
+		return "(" + kc + ") IN (" + strings.Join(tuples, ", ") + ")"
+	}
+	parts := make([]string, len(tuples))
+	if len(info.PrimaryKey) == 1 && !strings.HasSuffix(info.ColInfo[info.PrimaryKey[0]].ColumnType, "]") {
+		// (Not for an array key: ARRAY[] of arrays is one array of more dimensions.)
+		for i, t := range tuples {
+			parts[i] = strings.TrimSuffix(strings.TrimPrefix(t, "("), ")")
+		}
+		return kc + " " + eq + " ANY (ARRAY[" + strings.Join(parts, ", ") + "])"
+	}
+	for i, t := range tuples {
+		parts[i] = "(" + kc + ") " + eq + " " + t
+	}
+	return "(" + strings.Join(parts, " OR ") + ")"
+}
+
+// keyOperator is the comparison operator op (=, >, <=) as selections compare key
+// columns: OPERATOR(pg_catalog.op) when every key column is of a built-in type (an OID
+// below 16384, FirstNormalObjectId: its B-tree operators are pg_catalog's), so that an
+// operator of that name in a schema on the role's search_path cannot take the
+// comparison over, whether the schema comes before pg_catalog or holds an exact match
+// pg_catalog lacks, such as >(varchar, varchar) (the CVE-2018-1058 class;
+// TestSearchPathShadowsKeyOperators). The key of any other type (an extension's, such
+// as citext; an enum; a domain) keeps the bare operator, found on the search_path
+// where its type's operators live.
+func keyOperator(info *PGTableInfo, op string) string {
+	for _, k := range info.PrimaryKey {
+		c := info.ColInfo[k]
+		if c == nil || c.TypeOID == 0 || c.TypeOID >= 16384 {
+			return op
+		}
+	}
+	return "OPERATOR(pg_catalog." + op + ")"
 }
 
 // fromTable is " FROM ONLY <table> AS t": the rows of the table itself. Rows of its
