@@ -468,13 +468,13 @@ func tableReread(info *PGTableInfo, cols []string) func(keys [][]string) selQuer
 	return func(keys [][]string) selQuery { return keysQuery(info, cols, keys) }
 }
 
-// keyTuples returns "(CAST($1::text AS t1), ...), (CAST($3::text AS t1), ...)" for
-// keys (each key's column texts in key order) and the parameters it binds.
+// keyTuples returns, for keys (each key's column texts in key order), each key's
+// parameter list "CAST($1::text AS t1), ..." (keyParams) and the parameters they bind.
 func keyTuples(info *PGTableInfo, keys [][]string) ([]string, []any) {
 	tuples := make([]string, len(keys))
 	var args []any
 	for i, k := range keys {
-		tuples[i] = "(" + keyParams(info, len(args)) + ")"
+		tuples[i] = keyParams(info, len(args))
 		for _, v := range k {
 			args = append(args, v)
 		}
@@ -483,26 +483,25 @@ func keyTuples(info *PGTableInfo, keys [][]string) ([]string, []any) {
 }
 
 // keyIn is the condition that the key columns kc (a list of expressions, one per key
-// column of info) equal one of tuples (keyTuples): (kc) IN (tuples...), with the
+// column of info) equal one of tuples (keyTuples): (kc) IN ((tuple), ...), with the
 // equality written by keyOperator. Qualified, it is kc = ANY (ARRAY[...]) for a key of
 // one column that is not an array (an index scan takes the array whole, as it takes
-// IN) and otherwise the equalities ORed, which is what IN of row constructors stands
-// for.
+// IN; ARRAY[] of arrays would be one array of more dimensions) and otherwise the
+// equalities ORed, which is what IN of row constructors stands for.
 func keyIn(info *PGTableInfo, kc string, tuples []string) string {
 	eq := keyOperator(info, "=")
-	if eq == "=" {
-		return "(" + kc + ") IN (" + strings.Join(tuples, ", ") + ")"
+	if eq != "=" && len(info.PrimaryKey) == 1 && !strings.HasSuffix(info.ColInfo[info.PrimaryKey[0]].ColumnType, "]") {
+		return kc + " " + eq + " ANY (ARRAY[" + strings.Join(tuples, ", ") + "])"
 	}
 	parts := make([]string, len(tuples))
-	if len(info.PrimaryKey) == 1 && !strings.HasSuffix(info.ColInfo[info.PrimaryKey[0]].ColumnType, "]") {
-		// (Not for an array key: ARRAY[] of arrays is one array of more dimensions.)
-		for i, t := range tuples {
-			parts[i] = strings.TrimSuffix(strings.TrimPrefix(t, "("), ")")
-		}
-		return kc + " " + eq + " ANY (ARRAY[" + strings.Join(parts, ", ") + "])"
-	}
 	for i, t := range tuples {
-		parts[i] = "(" + kc + ") " + eq + " " + t
+		parts[i] = "(" + t + ")"
+		if eq != "=" {
+			parts[i] = "(" + kc + ") " + eq + " " + parts[i]
+		}
+	}
+	if eq == "=" {
+		return "(" + kc + ") IN (" + strings.Join(parts, ", ") + ")"
 	}
 	return "(" + strings.Join(parts, " OR ") + ")"
 }
