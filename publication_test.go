@@ -30,37 +30,7 @@ func TestSnapshotWaitsForWritersOfAddedTable(t *testing.T) {
 	slot := pgtest.Ident(t, "slot")
 	s, _ := startSyncer(t, d.DSN(), slot, h, ForTables("a"))
 	pub := slot + "_pub"
-	ctx := context.Background()
-	x, err := d.DB.Begin()
-	require.NoError(t, err)
-	defer x.Rollback()
-	_, err = x.Exec(`INSERT INTO w VALUES (1, 'p')`)
-	require.NoError(t, err)
-	execAll(t, d.DB, `ALTER PUBLICATION `+pub+` ADD TABLE w`)
-
-	waiting := make(chan int, 1)
-	s.writersWaiting = func(table string, n int) {
-		if table == "public.w" {
-			waiting <- n
-		}
-	}
-	snapDone := make(chan error, 1)
-	go func() { snapDone <- s.Snapshot(ctx, "w") }()
-	select {
-	case n := <-waiting:
-		require.Equal(t, 1, n, "transactions writing w")
-	case err := <-snapDone:
-		require.NoError(t, err)
-		t.Log("Snapshot returned while a transaction that wrote w before its ADD TABLE was open")
-		snapDone <- nil
-	case <-time.After(30 * time.Second):
-		t.Fatal("Snapshot neither waited nor returned")
-	}
-	_, err = x.Exec(`INSERT INTO w VALUES (2, 'q')`)
-	require.NoError(t, err)
-	require.NoError(t, x.Commit())
-	require.NoError(t, <-snapDone)
-	catchUp(t, s)
+	snapshotWaitsForOpenWriter(t, d, s, pub, "w")
 	require.Empty(t, mismatches(h.tableRows("public.w"), dbRows(t, d.DB, "w")))
 	require.Equal(t, []string{
 		`insert public.w ["2"]`, // x's insert of 1 came before the ADD TABLE: never in the slot
@@ -170,4 +140,43 @@ func TestSelectionAwkwardNames(t *testing.T) {
 				h.tableRows(schema+"."+table))
 		})
 	}
+}
+
+// snapshotWaitsForOpenWriter opens a transaction that writes row (1, 'p') into table
+// written (w, or a partition of it), adds w to the publication pub, and starts a
+// Snapshot of w: it must wait for that one open writer (s.writersWaiting) and not
+// return before it. The transaction then writes (2, 'q') and commits, the Snapshot
+// must return nil, and the slot is caught up.
+func snapshotWaitsForOpenWriter(t *testing.T, d *pgtest.Database, s *Syncer, pub, written string) {
+	t.Helper()
+	x, err := d.DB.Begin()
+	require.NoError(t, err)
+	defer x.Rollback()
+	_, err = x.Exec(`INSERT INTO ` + pq.QuoteIdentifier(written) + ` VALUES (1, 'p')`)
+	require.NoError(t, err)
+	execAll(t, d.DB, `ALTER PUBLICATION `+pq.QuoteIdentifier(pub)+` ADD TABLE w`)
+
+	waiting := make(chan int, 1)
+	s.writersWaiting = func(table string, n int) {
+		if table == "public.w" {
+			waiting <- n
+		}
+	}
+	snapDone := make(chan error, 1)
+	go func() { snapDone <- s.Snapshot(context.Background(), "w") }()
+	select {
+	case n := <-waiting:
+		require.Equal(t, 1, n, "transactions writing w")
+	case err := <-snapDone:
+		require.NoError(t, err)
+		t.Errorf("Snapshot returned while a transaction that wrote %s before w's ADD TABLE was open", written)
+		snapDone <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatal("Snapshot neither waited nor returned")
+	}
+	_, err = x.Exec(`INSERT INTO ` + pq.QuoteIdentifier(written) + ` VALUES (2, 'q')`)
+	require.NoError(t, err)
+	require.NoError(t, x.Commit())
+	require.NoError(t, <-snapDone)
+	catchUp(t, s)
 }
