@@ -301,9 +301,15 @@ func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) er
 		}
 		cancel()
 		s.calls.Done()
+		s.mu.Lock()
+		closed := s.closed
+		s.mu.Unlock()
 		switch {
 		case err == nil:
-		case s.bg != nil && s.bg.Err() != nil:
+		case closed || (s.bg != nil && s.bg.Err() != nil):
+			// Close was called: also when the call ended between Close's Stop (Run
+			// returning abandons the waiting selections as stopped) and its cancelling
+			// bg (TestCloseAtRandomMoments).
 			if !errors.Is(err, ErrClosed) {
 				err = fmt.Errorf("%w: the Syncer was closed while the call ran: %w (%w)", ErrRefreshAbandoned, ErrClosed, err)
 			}
