@@ -47,6 +47,39 @@ type PGColumnInfo struct {
 	// nearest first (a domain over a domain over integer: the inner domain, integer):
 	// a key cast to one of them prints as the key does (checkKeyOutputs).
 	domainBases []string
+	// ordering is the comparison operators of the type's default B-tree operator
+	// class (sql/column_types.sql), which selections compare key columns with
+	// (keyOperators); nil when the type has none (orderingLooked) or when this
+	// description was not read from the catalog (a PGColumnInfo built by hand).
+	ordering       *btreeOps
+	orderingLooked bool
+}
+
+// btreeOps names the operators of a default B-tree operator class for the strategies
+// selections compare keys with: =, >, <= and >= (btreeOpIndex), each in its schema.
+type btreeOps struct {
+	schema, name [4]string
+}
+
+// btreeOpIndex is op's index in btreeOps: "=" 0, ">" 1, "<=" 2, ">=" 3.
+func btreeOpIndex(op string) int {
+	switch op {
+	case "=":
+		return 0
+	case ">":
+		return 1
+	case "<=":
+		return 2
+	case ">=":
+		return 3
+	}
+	panic("dbsync: no B-tree strategy for operator " + op)
+}
+
+// operator is OPERATOR("schema".name) of the class's operator for op (=, >, <=, >=).
+func (o *btreeOps) operator(op string) string {
+	i := btreeOpIndex(op)
+	return "OPERATOR(" + pq.QuoteIdentifier(o.schema[i]) + "." + o.name[i] + ")"
 }
 
 // PGTableInfo describes a published table: its schema, columns, primary key and
@@ -379,6 +412,7 @@ func recheckKey(cached *PGTableInfo, reln *pglogrepl.RelationMessage, rows []cat
 	for i, col := range fresh.Columns { // the same message: the same columns and types
 		old := cached.Columns[i]
 		col.ColumnType, col.TypeName, col.dec, col.domainBases = old.ColumnType, old.TypeName, old.dec, old.domainBases
+		col.ordering, col.orderingLooked = old.ordering, old.orderingLooked
 	}
 	return fresh, nil
 }
@@ -713,9 +747,19 @@ func (c *tableCache) describeTypes(ctx context.Context, info *PGTableInfo) error
 	}
 	i := 0
 	for rows.Next() && i < len(info.Columns) {
-		if err := rows.Scan(&info.Columns[i].ColumnType, &info.Columns[i].TypeName); err != nil {
+		col := info.Columns[i]
+		var schemas, names []sql.NullString
+		if err := rows.Scan(&col.ColumnType, &col.TypeName, pq.Array(&schemas), pq.Array(&names)); err != nil {
 			rows.Close()
 			return fmt.Errorf("read column type names of %s: %w", info.QualifiedName(), err)
+		}
+		col.ordering, col.orderingLooked = nil, true
+		if len(schemas) == 4 && len(names) == 4 {
+			o := &btreeOps{}
+			for j := range schemas {
+				o.schema[j], o.name[j] = schemas[j].String, names[j].String
+			}
+			col.ordering = o
 		}
 		i++
 	}
