@@ -49,8 +49,10 @@ type PGColumnInfo struct {
 	domainBases []string
 	// ordering is the comparison operators of the type's default B-tree operator
 	// class (sql/column_types.sql), which selections compare key columns with
-	// (keyOperators); nil when the type has none (orderingLooked) or when this
-	// description was not read from the catalog (a PGColumnInfo built by hand).
+	// (keyOperators); nil when the type has none (orderingLooked) or when it was not
+	// looked up: a column not in the key when the table was described, a description
+	// of the decoding path (only describeOID's, which selections use, look them up),
+	// or a PGColumnInfo built by hand.
 	ordering       *btreeOps
 	orderingLooked bool
 }
@@ -451,7 +453,7 @@ func (c *tableCache) describeOID(ctx context.Context, relID uint32) (*PGTableInf
 	if err != nil {
 		return nil, err
 	}
-	if err := c.describeTypes(ctx, info); err != nil {
+	if err := c.describeTypes(ctx, info, true); err != nil {
 		return nil, err
 	}
 	return info, nil
@@ -497,7 +499,7 @@ func (c *tableCache) load(ctx context.Context, reln *pglogrepl.RelationMessage) 
 	} else if err != nil {
 		return nil, err
 	}
-	if err := c.describeTypes(ctx, info); err != nil {
+	if err := c.describeTypes(ctx, info, false); err != nil {
 		return nil, err
 	}
 	return info, nil
@@ -731,17 +733,27 @@ func tableInfoFromRelation(reln *pglogrepl.RelationMessage) *PGTableInfo {
 }
 
 // describeTypes fills the columns' type names and decoders: pgtype's codecs for the
-// types it knows, pg_type (domains, enums, arrays, user types) for the rest.
-func (c *tableCache) describeTypes(ctx context.Context, info *PGTableInfo) error {
+// types it knows, pg_type (domains, enums, arrays, user types) for the rest. With
+// keyOps it also looks up the comparison operators of the key columns' types
+// (PGColumnInfo.ordering), which selections compare keys with.
+func (c *tableCache) describeTypes(ctx context.Context, info *PGTableInfo, keyOps bool) error {
 	if len(info.Columns) == 0 {
 		return nil
 	}
 	oids := make([]int64, len(info.Columns))
 	mods := make([]int64, len(info.Columns))
+	keys := make([]bool, len(info.Columns))
 	for i, col := range info.Columns {
 		oids[i], mods[i] = int64(col.TypeOID), int64(col.TypeModifier)
+		keys[i] = slices.Contains(info.PrimaryKey, col.ColumnName)
 	}
-	rows, err := c.db.QueryContext(ctx, sqlText("column_types.sql"), pq.Array(oids), pq.Array(mods))
+	var rows *sql.Rows
+	var err error
+	if keyOps {
+		rows, err = c.db.QueryContext(ctx, sqlText("column_types_keys.sql"), pq.Array(oids), pq.Array(mods), pq.Array(keys))
+	} else {
+		rows, err = c.db.QueryContext(ctx, sqlText("column_types.sql"), pq.Array(oids), pq.Array(mods))
+	}
 	if err != nil {
 		return classify(err, "read column type names of "+info.QualifiedName())
 	}
@@ -749,11 +761,15 @@ func (c *tableCache) describeTypes(ctx context.Context, info *PGTableInfo) error
 	for rows.Next() && i < len(info.Columns) {
 		col := info.Columns[i]
 		var schemas, names []sql.NullString
-		if err := rows.Scan(&col.ColumnType, &col.TypeName, pq.Array(&schemas), pq.Array(&names)); err != nil {
+		dest := []any{&col.ColumnType, &col.TypeName}
+		if keyOps {
+			dest = append(dest, pq.Array(&schemas), pq.Array(&names))
+		}
+		if err := rows.Scan(dest...); err != nil {
 			rows.Close()
 			return fmt.Errorf("read column type names of %s: %w", info.QualifiedName(), err)
 		}
-		col.ordering, col.orderingLooked = nil, true
+		col.ordering, col.orderingLooked = nil, keyOps && keys[i]
 		if len(schemas) == 4 && len(names) == 4 {
 			o := &btreeOps{}
 			for j := range schemas {
