@@ -94,18 +94,29 @@ func TestSearchPathShadowsKeyOperators(t *testing.T) {
 			execAll(t, d.DB, tc.ddl...)
 			execAll(t, d.DB, tc.insert)
 			dsn := settingsRole(t, d, "role", [][2]string{{"search_path", tc.path}})
-			h := newCacheHandler()
-			s, err := NewSyncer(WithPGConnStr(dsn), WithReplicationSlot(pgtest.Ident(t, "slot")), WithPublication(pgtest.Ident(t, "pub")),
-				ForTables("public.items"), WithMessageHandler(h), WithSnapshotChunkSize(2))
-			require.NoError(t, err)
-			t.Cleanup(func() { s.Close() })
-			r := runInBackground(s)
-			t.Cleanup(r.cancel)
 			ctx := context.Background()
-			require.NoError(t, s.Snapshot(ctx, "public.items"))
-			require.NoError(t, r.stop(t))
-			require.Equal(t, tc.order, h.refreshKeys)
-			require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "public.items")))
+			var s *Syncer
+			// Parallel 1 reads open-ended chunks (key > the last one read), in key
+			// order; parallel 2 plans bounded ranges first (chunkBound: >; chunkQuery:
+			// > and <=), and hands chunks over in the order their windows close.
+			for _, parallel := range []int{1, 2} {
+				h := newCacheHandler()
+				var err error
+				s, err = NewSyncer(WithPGConnStr(dsn), WithReplicationSlot(pgtest.Ident(t, fmt.Sprintf("slot%d", parallel))), WithPublication(pgtest.Ident(t, "pub")),
+					ForTables("public.items"), WithMessageHandler(h), WithSnapshotChunkSize(2), WithSnapshotParallel(parallel))
+				require.NoError(t, err)
+				t.Cleanup(func() { s.Close() })
+				r := runInBackground(s)
+				t.Cleanup(r.cancel)
+				require.NoError(t, s.Snapshot(ctx, "public.items"), "parallel %d", parallel)
+				require.NoError(t, r.stop(t))
+				if parallel == 1 {
+					require.Equal(t, tc.order, h.refreshKeys)
+				} else { // chunks read at once are handed over as their windows close
+					require.ElementsMatch(t, tc.order, h.refreshKeys)
+				}
+				require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "public.items")))
+			}
 
 			// The re-reads' key lists (a Snapshot's moved rows, a Refresh's rows touched
 			// in its window), run as the selection would, through the shadowing role.
