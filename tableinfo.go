@@ -48,7 +48,7 @@ type PGColumnInfo struct {
 	// a key cast to one of them prints as the key does (checkKeyOutputs).
 	domainBases []string
 	// ordering is the comparison operators of the type's default B-tree operator
-	// class (sql/column_types.sql), which selections compare key columns with
+	// class (sql/column_types_keys.sql), which selections compare key columns with
 	// (keyOperators); nil when the type has none (orderingLooked) or when it was not
 	// looked up: a column not in the key when the table was described, a description
 	// of the decoding path (only describeOID's, which selections use, look them up),

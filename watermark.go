@@ -491,8 +491,7 @@ func keyTuples(info *PGTableInfo, keys [][]string) ([][]string, []any) {
 // equalities ORed, which is what IN of row constructors stands for: of the rows
 // when one operator serves every column, else of each column's own.
 func keyIn(info *PGTableInfo, kc []string, tuples [][]string) string {
-	eq, _ := keyOperators(info, "=")
-	colEq := columnOperators(info, "=")
+	eq, colEq := keyOperators(info, "=")
 	row := strings.Join(kc, ", ")
 	if eq != "" && eq != "=" && len(info.PrimaryKey) == 1 && !strings.HasSuffix(info.ColInfo[info.PrimaryKey[0]].ColumnType, "]") {
 		joined := make([]string, len(tuples))
