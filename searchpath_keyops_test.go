@@ -33,8 +33,10 @@ func shadowOperatorsDDL(tag, typ string) []string {
 // citext and int) kept the bare operators, which a schema placed before their
 // operators' schema took over ("shadowed citext >" and the like); they now compare
 // with the operators of their types' default B-tree operator classes, named with
-// their schemas. A Snapshot in chunks of 2, a Refresh by keys and a Refresh of the
-// whole table through the shadowing role give every row, once, in key order.
+// their schemas. Through the shadowing role, a Snapshot in chunks of 2 (keyset and
+// planned ranges) gives every row once, a Refresh whose window sees a row updated
+// reads it again by key (it failed with "shadowed citext =" and the like), and the
+// re-read queries by key select exactly the rows asked for.
 func TestSearchPathShadowsKeyOperators(t *testing.T) {
 	for _, tc := range []struct {
 		name, path string
@@ -43,56 +45,61 @@ func TestSearchPathShadowsKeyOperators(t *testing.T) {
 		order      []string // record IDs in key order
 		keys       [][]string
 		keyVs      []string // v of the rows of keys
+		key2       string   // record ID of the row with v = 2
 	}{
 		{name: "varchar", path: "app",
 			ddl:    append([]string{`CREATE TABLE items (k varchar(10) PRIMARY KEY, v int)`}, shadowOperatorsDDL("varchar", "varchar")...),
 			insert: `INSERT INTO items SELECT 'k' || g, g FROM generate_series(1, 5) g`,
 			order:  []string{`["k1"]`, `["k2"]`, `["k3"]`, `["k4"]`, `["k5"]`},
-			keys:   [][]string{{"k2"}, {"k4"}}, keyVs: []string{"2", "4"}},
+			keys:   [][]string{{"k2"}, {"k4"}}, keyVs: []string{"2", "4"}, key2: `["k2"]`},
 		{name: "varchar2", path: "app",
 			ddl:    append([]string{`CREATE TABLE items (k varchar(10), n varchar(10), v int, PRIMARY KEY (k, n))`}, shadowOperatorsDDL("varchar", "varchar")...),
 			insert: `INSERT INTO items SELECT 'k' || g, 'n' || g, g FROM generate_series(1, 5) g`,
 			order:  []string{`["k1","n1"]`, `["k2","n2"]`, `["k3","n3"]`, `["k4","n4"]`, `["k5","n5"]`},
-			keys:   [][]string{{"k2", "n2"}, {"k4", "n4"}}, keyVs: []string{"2", "4"}},
+			keys:   [][]string{{"k2", "n2"}, {"k4", "n4"}}, keyVs: []string{"2", "4"}, key2: `["k2","n2"]`},
 		{name: "domain", path: "app, pg_catalog, public",
 			ddl: append([]string{`CREATE DOMAIN app.code AS varchar(10)`, `CREATE TABLE items (k app.code PRIMARY KEY, v int)`},
 				append(shadowOperatorsDDL("varchar", "varchar"), shadowOperatorsDDL("code", "app.code")...)...),
 			insert: `INSERT INTO items SELECT 'k' || g, g FROM generate_series(1, 5) g`,
 			order:  []string{`["k1"]`, `["k2"]`, `["k3"]`, `["k4"]`, `["k5"]`},
-			keys:   [][]string{{"k2"}, {"k4"}}, keyVs: []string{"2", "4"}},
+			keys:   [][]string{{"k2"}, {"k4"}}, keyVs: []string{"2", "4"}, key2: `["k2"]`},
 		{name: "enum", path: "app, pg_catalog, public",
 			// Labels in an order that is not the texts': e5 < e4 < ... < e1.
 			ddl:    append([]string{`CREATE TYPE app.mood AS ENUM ('e5', 'e4', 'e3', 'e2', 'e1')`, `CREATE TABLE items (k app.mood PRIMARY KEY, v int)`}, shadowOperatorsDDL("mood", "app.mood")...),
 			insert: `INSERT INTO items SELECT ('e' || g)::app.mood, g FROM generate_series(1, 5) g`,
 			order:  []string{`["e5"]`, `["e4"]`, `["e3"]`, `["e2"]`, `["e1"]`},
-			keys:   [][]string{{"e2"}, {"e4"}}, keyVs: []string{"2", "4"}},
+			keys:   [][]string{{"e2"}, {"e4"}}, keyVs: []string{"2", "4"}, key2: `["e2"]`},
 		{name: "citext", path: "app, pg_catalog, public",
 			ddl:    append([]string{`CREATE EXTENSION citext`, `CREATE TABLE items (k citext PRIMARY KEY, v int)`}, shadowOperatorsDDL("citext", "citext")...),
 			insert: `INSERT INTO items VALUES ('a', 1), ('B', 2), ('c', 3), ('D', 4), ('e', 5)`,
 			order:  []string{`["a"]`, `["B"]`, `["c"]`, `["D"]`, `["e"]`},
-			keys:   [][]string{{"b"}, {"D"}}, keyVs: []string{"2", "4"}},
+			keys:   [][]string{{"b"}, {"D"}}, keyVs: []string{"2", "4"}, key2: `["B"]`},
 		{name: "domain_domain_citext", path: "app, pg_catalog, public",
 			ddl: append([]string{`CREATE EXTENSION citext`, `CREATE DOMAIN app.ci AS citext`, `CREATE DOMAIN app.code AS app.ci`,
 				`CREATE TABLE items (k app.code PRIMARY KEY, v int)`}, shadowOperatorsDDL("citext", "citext")...),
 			insert: `INSERT INTO items VALUES ('a', 1), ('B', 2), ('c', 3), ('D', 4), ('e', 5)`,
 			order:  []string{`["a"]`, `["B"]`, `["c"]`, `["D"]`, `["e"]`},
-			keys:   [][]string{{"b"}, {"D"}}, keyVs: []string{"2", "4"}},
+			keys:   [][]string{{"b"}, {"D"}}, keyVs: []string{"2", "4"}, key2: `["B"]`},
 		{name: "domain_array", path: "app, pg_catalog, public",
 			ddl:    append([]string{`CREATE DOMAIN app.ints AS int[]`, `CREATE TABLE items (k app.ints PRIMARY KEY, v int)`}, shadowOperatorsDDL("ints", "int[]")...),
 			insert: `INSERT INTO items SELECT ARRAY[g, 0], g FROM generate_series(1, 5) g`,
 			order:  []string{`["[\"1\",\"0\"]"]`, `["[\"2\",\"0\"]"]`, `["[\"3\",\"0\"]"]`, `["[\"4\",\"0\"]"]`, `["[\"5\",\"0\"]"]`},
-			keys:   [][]string{{"{2,0}"}, {"{4,0}"}}, keyVs: []string{"2", "4"}},
+			keys:   [][]string{{"{2,0}"}, {"{4,0}"}}, keyVs: []string{"2", "4"}, key2: `["[\"2\",\"0\"]"]`},
 		{name: "citext_int", path: "app, pg_catalog, public",
 			ddl:    append([]string{`CREATE EXTENSION citext`, `CREATE TABLE items (k citext, n int, v int, PRIMARY KEY (k, n))`}, shadowOperatorsDDL("citext", "citext")...),
 			insert: `INSERT INTO items VALUES ('a', 2, 1), ('A', 3, 2), ('b', 1, 3), ('B', 2, 4), ('c', 0, 5)`,
 			order:  []string{`["a","2"]`, `["A","3"]`, `["b","1"]`, `["B","2"]`, `["c","0"]`},
-			keys:   [][]string{{"a", "3"}, {"b", "2"}}, keyVs: []string{"2", "4"}},
+			keys:   [][]string{{"a", "3"}, {"b", "2"}}, keyVs: []string{"2", "4"}, key2: `["A","3"]`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := pgtest.NewDatabase(t)
 			execAll(t, d.DB, `CREATE SCHEMA app`)
 			execAll(t, d.DB, tc.ddl...)
-			execAll(t, d.DB, tc.insert)
+			execAll(t, d.DB, tc.insert,
+				// body is stored out of line, so an UPDATE that leaves it sends it as
+				// unchanged TOAST, and a Refresh reads such a row again by key.
+				`ALTER TABLE items ADD COLUMN body text`, `ALTER TABLE items ALTER COLUMN body SET STORAGE EXTERNAL`,
+				`UPDATE items SET body = repeat('x', 3000) || v`)
 			dsn := settingsRole(t, d, "role", [][2]string{{"search_path", tc.path}})
 			ctx := context.Background()
 			var s *Syncer
@@ -117,6 +124,29 @@ func TestSearchPathShadowsKeyOperators(t *testing.T) {
 				}
 				require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "public.items")))
 			}
+
+			// A Refresh whose window sees the row v = 2 updated (body unchanged) reads it
+			// again by key, through the shadowing role.
+			h := newCacheHandler()
+			s, _ = startSyncer(t, dsn, pgtest.Ident(t, "slot3"), h, ForTables("public.items"))
+			hooked := 0
+			s.win.afterSelect = func() {
+				if hooked++; hooked == 1 {
+					execAll(t, d.DB, `UPDATE items SET v = 20 WHERE v = 2`)
+				}
+			}
+			stats, err := s.RefreshContext(ctx, `SELECT * FROM public.items ORDER BY k`)
+			require.NoError(t, err)
+			require.Equal(t, RefreshStats{Selected: 5, Emitted: 5, Reread: 1}, stats)
+			want := []string{`update public.items ` + tc.key2}
+			for _, k := range tc.order {
+				if k != tc.key2 {
+					want = append(want, `refresh public.items `+k)
+				}
+			}
+			require.Equal(t, append(want, `refresh public.items `+tc.key2), h.eventList())
+			require.Equal(t, int32(20), h.tableRows("public.items")[tc.key2]["v"])
+			execAll(t, d.DB, `UPDATE items SET v = 2 WHERE v = 20`)
 
 			// The re-reads' key lists (a Snapshot's moved rows, a Refresh's rows touched
 			// in its window), run as the selection would, through the shadowing role.
