@@ -33,7 +33,9 @@ func shadowOperatorsDDL(tag, typ string) []string {
 // citext and int) kept the bare operators, which a schema placed before their
 // operators' schema took over ("shadowed citext >" and the like); they now compare
 // with the operators of their types' default B-tree operator classes, named with
-// their schemas. Through the shadowing role, a Snapshot in chunks of 2 (keyset and
+// their schemas. Without any shadow, a citext key in a schema off the search_path
+// compared as text, case-sensitively, against chunks ordered by citext: a Snapshot
+// delivered a row twice and skipped another, and a re-read by key missed rows. Through the shadowing role, a Snapshot in chunks of 2 (keyset and
 // planned ranges) gives every row once, a Refresh whose window sees a row updated
 // reads it again by key (it failed with "shadowed citext =" and the like), and the
 // re-read queries by key select exactly the rows asked for.
@@ -71,6 +73,14 @@ func TestSearchPathShadowsKeyOperators(t *testing.T) {
 			keys:   [][]string{{"e2"}, {"e4"}}, keyVs: []string{"2", "4"}, key2: `["e2"]`},
 		{name: "citext", path: "app, pg_catalog, public",
 			ddl:    append([]string{`CREATE EXTENSION citext`, `CREATE TABLE items (k citext PRIMARY KEY, v int)`}, shadowOperatorsDDL("citext", "citext")...),
+			insert: `INSERT INTO items VALUES ('a', 1), ('B', 2), ('c', 3), ('D', 4), ('e', 5)`,
+			order:  []string{`["a"]`, `["B"]`, `["c"]`, `["D"]`, `["e"]`},
+			keys:   [][]string{{"b"}, {"D"}}, keyVs: []string{"2", "4"}, key2: `["B"]`},
+		// No shadow at all: citext's schema is not on the search_path, so the bare
+		// operators found text's (citext casts to text implicitly), which order and
+		// compare case-sensitively, unlike ORDER BY k (C collation: B < D < a < c < e).
+		{name: "citext_off_path", path: "public",
+			ddl:    []string{`CREATE SCHEMA ext`, `CREATE EXTENSION citext SCHEMA ext`, `CREATE TABLE items (k ext.citext PRIMARY KEY, v int)`},
 			insert: `INSERT INTO items VALUES ('a', 1), ('B', 2), ('c', 3), ('D', 4), ('e', 5)`,
 			order:  []string{`["a"]`, `["B"]`, `["c"]`, `["D"]`, `["e"]`},
 			keys:   [][]string{{"b"}, {"D"}}, keyVs: []string{"2", "4"}, key2: `["B"]`},
