@@ -138,7 +138,9 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // index (or whose key holds a generated column), ErrRefreshAbandoned when the Syncer stopped mid-chunk or the server cut a
 // chunk's SELECT short (statement_timeout, a lock timeout; call Snapshot again
 // to resume; with ErrClosed when Close ended it or was called before), ErrConfig for
-// unknown tables (and names of views, indexes, sequences), a control schema without
+// unknown tables (and names of views, indexes, sequences), a table keyed by a column
+// of a type without a default B-tree operator class (its rows have no key order to
+// read them in), a control schema without
 // the snapshot progress table (set up again), and the other cases RefreshContext
 // names (a watermark table not published or not there),
 // ErrPublicationMissing, or ctx's error.
@@ -568,13 +570,52 @@ func chunkQuery(info *PGTableInfo, cols []string, after, upTo []string, n int) s
 // keyCompare returns the row-value comparison of the primary key columns with key
 // (op: ">" or "<="; each value cast to its column's type, as keyParams), its
 // parameters numbered after the args already there, and args with key's values
-// appended.
+// appended. When no one operator serves every key column (keyOperators: their
+// types' operator classes are in different schemas, such as citext's and int's), a
+// row comparison cannot name them, and it is written column by column, as
+// PostgreSQL evaluates it: (a, b) > (x, y) is a >= x AND (a > x OR (a = x AND b > y)),
+// and (a, b) <= (x, y) is a <= x AND (x > a OR (a = x AND b <= y)) (the leading
+// bound lets the key index's scan start or stop there).
 func keyCompare(info *PGTableInfo, op string, key []string, args []any) (string, []any) {
-	cond := "(" + keyColumnList(info) + ") " + keyOperator(info, op) + " (" + keyParams(info, len(args)) + ")"
+	var cond string
+	if shared, _ := keyOperators(info, op); shared != "" {
+		cond = "(" + keyColumnList(info) + ") " + shared + " (" + keyParams(info, len(args)) + ")"
+	} else {
+		cond = keyCompareByColumn(info, op, keyColumns(info, "t"), keyParamList(info, len(args)))
+	}
 	for _, v := range key {
 		args = append(args, v)
 	}
 	return cond, args
+}
+
+// keyCompareByColumn is keyCompare's condition (op ">" or "<=") of the key columns
+// kc and the parameters params written column by column, each column compared with
+// its own type's operators (keyOperators).
+func keyCompareByColumn(info *PGTableInfo, op string, kc, params []string) string {
+	eq, gt, last := columnOperators(info, "="), columnOperators(info, ">"), columnOperators(info, op)
+	lead := ">="
+	if op == "<=" {
+		lead = "<="
+	}
+	bound := columnOperators(info, lead)
+	terms := make([]string, len(kc))
+	for i := range kc {
+		var conds []string
+		for j := 0; j < i; j++ {
+			conds = append(conds, kc[j]+" "+eq[j]+" "+params[j])
+		}
+		switch {
+		case op == ">":
+			conds = append(conds, kc[i]+" "+gt[i]+" "+params[i])
+		case i == len(kc)-1:
+			conds = append(conds, kc[i]+" "+last[i]+" "+params[i])
+		default: // kc[i] < params[i]
+			conds = append(conds, params[i]+" "+gt[i]+" "+kc[i])
+		}
+		terms[i] = "(" + strings.Join(conds, " AND ") + ")"
+	}
+	return "(" + kc[0] + " " + bound[0] + " " + params[0] + " AND (" + strings.Join(terms, " OR ") + "))"
 }
 
 // maxChunkRows is the most rows one planned key range is read with: twice the chunk

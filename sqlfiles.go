@@ -10,10 +10,11 @@ import (
 // session's search_path may list a schema before pg_catalog whose objects of the same
 // names (or with better-matching argument types, as num_nulls(text) against
 // num_nulls(VARIADIC "any")) would otherwise be used instead (CVE-2018-1058;
-// TestSearchPathShadowedBuiltins). Operators on other types (catalog names and OIDs,
-// integers, and a table's key columns, whose type's operators may live in any
-// schema) are resolved on the search_path, as are user Refresh queries and the table
-// names given to Snapshot.
+// TestSearchPathShadowedBuiltins). A table's key columns are compared with their
+// types' default B-tree operator classes' operators, named with their schemas
+// (keyOperators; TestSearchPathShadowsKeyOperators). Operators on other types
+// (catalog names and OIDs, integers) are resolved on the search_path, as are user
+// Refresh queries and the table names given to Snapshot.
 //
 //go:embed sql/*.sql
 var sqlFiles embed.FS

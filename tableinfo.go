@@ -47,6 +47,41 @@ type PGColumnInfo struct {
 	// nearest first (a domain over a domain over integer: the inner domain, integer):
 	// a key cast to one of them prints as the key does (checkKeyOutputs).
 	domainBases []string
+	// ordering is the comparison operators of the type's default B-tree operator
+	// class (sql/column_types_keys.sql), which selections compare key columns with
+	// (keyOperators); nil when the type has none (orderingLooked) or when it was not
+	// looked up: a column not in the key when the table was described, a description
+	// of the decoding path (only describeOID's, which selections use, look them up),
+	// or a PGColumnInfo built by hand.
+	ordering       *btreeOps
+	orderingLooked bool
+}
+
+// btreeOps names the operators of a default B-tree operator class for the strategies
+// selections compare keys with: =, >, <= and >= (btreeOpIndex), each in its schema.
+type btreeOps struct {
+	schema, name [4]string
+}
+
+// btreeOpIndex is op's index in btreeOps: "=" 0, ">" 1, "<=" 2, ">=" 3.
+func btreeOpIndex(op string) int {
+	switch op {
+	case "=":
+		return 0
+	case ">":
+		return 1
+	case "<=":
+		return 2
+	case ">=":
+		return 3
+	}
+	panic("dbsync: no B-tree strategy for operator " + op)
+}
+
+// operator is OPERATOR("schema".name) of the class's operator for op (=, >, <=, >=).
+func (o *btreeOps) operator(op string) string {
+	i := btreeOpIndex(op)
+	return "OPERATOR(" + pq.QuoteIdentifier(o.schema[i]) + "." + o.name[i] + ")"
 }
 
 // PGTableInfo describes a published table: its schema, columns, primary key and
@@ -379,6 +414,7 @@ func recheckKey(cached *PGTableInfo, reln *pglogrepl.RelationMessage, rows []cat
 	for i, col := range fresh.Columns { // the same message: the same columns and types
 		old := cached.Columns[i]
 		col.ColumnType, col.TypeName, col.dec, col.domainBases = old.ColumnType, old.TypeName, old.dec, old.domainBases
+		col.ordering, col.orderingLooked = old.ordering, old.orderingLooked
 	}
 	return fresh, nil
 }
@@ -417,7 +453,7 @@ func (c *tableCache) describeOID(ctx context.Context, relID uint32) (*PGTableInf
 	if err != nil {
 		return nil, err
 	}
-	if err := c.describeTypes(ctx, info); err != nil {
+	if err := c.describeTypes(ctx, info, true); err != nil {
 		return nil, err
 	}
 	return info, nil
@@ -463,7 +499,7 @@ func (c *tableCache) load(ctx context.Context, reln *pglogrepl.RelationMessage) 
 	} else if err != nil {
 		return nil, err
 	}
-	if err := c.describeTypes(ctx, info); err != nil {
+	if err := c.describeTypes(ctx, info, false); err != nil {
 		return nil, err
 	}
 	return info, nil
@@ -697,25 +733,49 @@ func tableInfoFromRelation(reln *pglogrepl.RelationMessage) *PGTableInfo {
 }
 
 // describeTypes fills the columns' type names and decoders: pgtype's codecs for the
-// types it knows, pg_type (domains, enums, arrays, user types) for the rest.
-func (c *tableCache) describeTypes(ctx context.Context, info *PGTableInfo) error {
+// types it knows, pg_type (domains, enums, arrays, user types) for the rest. With
+// keyOps it also looks up the comparison operators of the key columns' types
+// (PGColumnInfo.ordering), which selections compare keys with.
+func (c *tableCache) describeTypes(ctx context.Context, info *PGTableInfo, keyOps bool) error {
 	if len(info.Columns) == 0 {
 		return nil
 	}
 	oids := make([]int64, len(info.Columns))
 	mods := make([]int64, len(info.Columns))
+	keys := make([]bool, len(info.Columns))
 	for i, col := range info.Columns {
 		oids[i], mods[i] = int64(col.TypeOID), int64(col.TypeModifier)
+		keys[i] = slices.Contains(info.PrimaryKey, col.ColumnName)
 	}
-	rows, err := c.db.QueryContext(ctx, sqlText("column_types.sql"), pq.Array(oids), pq.Array(mods))
+	var rows *sql.Rows
+	var err error
+	if keyOps {
+		rows, err = c.db.QueryContext(ctx, sqlText("column_types_keys.sql"), pq.Array(oids), pq.Array(mods), pq.Array(keys))
+	} else {
+		rows, err = c.db.QueryContext(ctx, sqlText("column_types.sql"), pq.Array(oids), pq.Array(mods))
+	}
 	if err != nil {
 		return classify(err, "read column type names of "+info.QualifiedName())
 	}
 	i := 0
 	for rows.Next() && i < len(info.Columns) {
-		if err := rows.Scan(&info.Columns[i].ColumnType, &info.Columns[i].TypeName); err != nil {
+		col := info.Columns[i]
+		var schemas, names []sql.NullString
+		dest := []any{&col.ColumnType, &col.TypeName}
+		if keyOps {
+			dest = append(dest, pq.Array(&schemas), pq.Array(&names))
+		}
+		if err := rows.Scan(dest...); err != nil {
 			rows.Close()
 			return fmt.Errorf("read column type names of %s: %w", info.QualifiedName(), err)
+		}
+		col.ordering, col.orderingLooked = nil, keyOps && keys[i]
+		if len(schemas) == 4 && len(names) == 4 {
+			o := &btreeOps{}
+			for j := range schemas {
+				o.schema[j], o.name[j] = schemas[j].String, names[j].String
+			}
+			col.ordering = o
 		}
 		i++
 	}

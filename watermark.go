@@ -80,7 +80,8 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // may overlap (from several goroutines, and
 // with a Snapshot): each selection is judged on its own window.
 //
-// Errors: ErrConfig (bad query, EventsProcessor in use, the table not published, the
+// Errors: ErrConfig (bad query, EventsProcessor in use, the table not published, its
+// key of a type without a default B-tree operator class, the
 // watermark table not published or not there: a Syncer never set up; the message
 // names the statement or call that fixes it), ErrPublicationMissing, ErrNoPrimaryKey,
 // ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery, with ctx's
@@ -180,8 +181,8 @@ func refreshColumnList(info *PGTableInfo, cols []string, form selectForm) string
 // computed and then filtered, which keeps its meaning.
 func refreshKeysQuery(info *PGTableInfo, cols []string, query string, keys [][]string) selQuery {
 	tuples, args := keyTuples(info, keys)
-	kc := castKeyColumns(info, "q")
-	tail := " FROM (" + query + ") AS q WHERE " + keyIn(info, kc, tuples) + " ORDER BY " + kc
+	kc := castKeyColumnList(info, "q")
+	tail := " FROM (" + query + ") AS q WHERE " + keyIn(info, kc, tuples) + " ORDER BY " + strings.Join(kc, ", ")
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + refreshColumnList(info, cols, form) + tail
 	}, args: args, rows: len(keys), reread: func(keys [][]string) selQuery { return refreshKeysQuery(info, cols, query, keys) }}
@@ -456,8 +457,8 @@ func (p *pendingSelection) close() {
 // columns' types), its columns cols in the transport's form, in primary key order.
 func keysQuery(info *PGTableInfo, cols []string, keys [][]string) selQuery {
 	tuples, args := keyTuples(info, keys)
-	kc := keyColumnList(info)
-	tail := fromTable(info) + " WHERE " + keyIn(info, kc, tuples) + " ORDER BY " + kc
+	kc := keyColumns(info, "t")
+	tail := fromTable(info) + " WHERE " + keyIn(info, kc, tuples) + " ORDER BY " + strings.Join(kc, ", ")
 	return selQuery{build: func(form selectForm) string {
 		return "SELECT " + columnList(info, "t", cols, form) + tail
 	}, args: args, unique: true, rows: len(keys), reread: tableReread(info, cols)}
@@ -469,12 +470,12 @@ func tableReread(info *PGTableInfo, cols []string) func(keys [][]string) selQuer
 }
 
 // keyTuples returns, for keys (each key's column texts in key order), each key's
-// parameter list "CAST($1::text AS t1), ..." (keyParams) and the parameters they bind.
-func keyTuples(info *PGTableInfo, keys [][]string) ([]string, []any) {
-	tuples := make([]string, len(keys))
+// parameters "CAST($1::text AS t1)", ... (keyParamList) and the parameters they bind.
+func keyTuples(info *PGTableInfo, keys [][]string) ([][]string, []any) {
+	tuples := make([][]string, len(keys))
 	var args []any
 	for i, k := range keys {
-		tuples[i] = keyParams(info, len(args))
+		tuples[i] = keyParamList(info, len(args))
 		for _, v := range k {
 			args = append(args, v)
 		}
@@ -482,47 +483,112 @@ func keyTuples(info *PGTableInfo, keys [][]string) ([]string, []any) {
 	return tuples, args
 }
 
-// keyIn is the condition that the key columns kc (a list of expressions, one per key
-// column of info) equal one of tuples (keyTuples): (kc) IN ((tuple), ...), with the
-// equality written by keyOperator. Qualified, it is kc = ANY (ARRAY[...]) for a key of
-// one column that is not an array (an index scan takes the array whole, as it takes
-// IN; ARRAY[] of arrays would be one array of more dimensions) and otherwise the
-// equalities ORed, which is what IN of row constructors stands for.
-func keyIn(info *PGTableInfo, kc string, tuples []string) string {
-	eq := keyOperator(info, "=")
-	if eq != "=" && len(info.PrimaryKey) == 1 && !strings.HasSuffix(info.ColInfo[info.PrimaryKey[0]].ColumnType, "]") {
-		return kc + " " + eq + " ANY (ARRAY[" + strings.Join(tuples, ", ") + "])"
+// keyIn is the condition that the key columns kc (expressions, one per key column of
+// info) equal one of tuples (keyTuples): (kc) IN ((tuple), ...), with the equality
+// written by keyOperators. Qualified, it is kc = ANY (ARRAY[...]) for a key of one
+// column that is not an array (an index scan takes the array whole, as it takes IN;
+// ARRAY[] of arrays would be one array of more dimensions) and otherwise the
+// equalities ORed, which is what IN of row constructors stands for: of the rows
+// when one operator serves every column, else of each column's own.
+func keyIn(info *PGTableInfo, kc []string, tuples [][]string) string {
+	eq, colEq := keyOperators(info, "=")
+	row := strings.Join(kc, ", ")
+	if eq != "" && eq != "=" && len(info.PrimaryKey) == 1 && !strings.HasSuffix(info.ColInfo[info.PrimaryKey[0]].ColumnType, "]") {
+		joined := make([]string, len(tuples))
+		for i, t := range tuples {
+			joined[i] = strings.Join(t, ", ")
+		}
+		return row + " " + eq + " ANY (ARRAY[" + strings.Join(joined, ", ") + "])"
 	}
 	parts := make([]string, len(tuples))
 	for i, t := range tuples {
-		parts[i] = "(" + t + ")"
-		if eq != "=" {
-			parts[i] = "(" + kc + ") " + eq + " " + parts[i]
+		switch {
+		case eq == "=":
+			parts[i] = "(" + strings.Join(t, ", ") + ")"
+		case eq != "":
+			parts[i] = "(" + row + ") " + eq + " (" + strings.Join(t, ", ") + ")"
+		default:
+			conds := make([]string, len(kc))
+			for j := range kc {
+				conds[j] = kc[j] + " " + colEq[j] + " " + t[j]
+			}
+			parts[i] = "(" + strings.Join(conds, " AND ") + ")"
 		}
 	}
 	if eq == "=" {
-		return "(" + kc + ") IN (" + strings.Join(parts, ", ") + ")"
+		return "(" + row + ") IN (" + strings.Join(parts, ", ") + ")"
 	}
 	return "(" + strings.Join(parts, " OR ") + ")"
 }
 
-// keyOperator is the comparison operator op (=, >, <=) as selections compare key
-// columns: OPERATOR(pg_catalog.op) when every key column is of a built-in type (an OID
-// below 16384, FirstNormalObjectId: its B-tree operators are pg_catalog's), so that an
-// operator of that name in a schema on the role's search_path cannot take the
-// comparison over, whether the schema comes before pg_catalog or holds an exact match
-// pg_catalog lacks, such as >(varchar, varchar) (the CVE-2018-1058 class;
-// TestSearchPathShadowsKeyOperators). The key of any other type (an extension's, such
-// as citext; an enum; a domain) keeps the bare operator, found on the search_path
-// where its type's operators live.
-func keyOperator(info *PGTableInfo, op string) string {
+// keyOperators is the comparison operator op (=, >, <=, >=) as selections compare
+// key columns. When every key column is of a built-in type (an OID below 16384,
+// FirstNormalObjectId: its B-tree operators are pg_catalog's) it is
+// OPERATOR(pg_catalog.op), so that an operator of that name in a schema on the
+// role's search_path cannot take the comparison over, whether the schema comes
+// before pg_catalog or holds an exact match pg_catalog lacks, such as
+// >(varchar, varchar) (the CVE-2018-1058 class; TestSearchPathShadowsKeyOperators).
+// A key of other types (an extension's, such as citext; an enum; a domain) compares
+// with the operators of its columns' types' default B-tree operator classes (a
+// domain's: its base type's), the ones ORDER BY and the key's index use, named with
+// their schemas: OPERATOR("schema".name). shared is that one operator when it serves
+// every column (the same schema and name for all: a row comparison names one
+// operator); otherwise shared is "" and perColumn holds each key column's, for
+// conditions written column by column (keyIn, keyCompare). A description not read
+// from the catalog (built by hand) keeps the bare op. A type without a default B-tree
+// class (checkKeyOrdering refuses selections of it) keeps the bare op too.
+func keyOperators(info *PGTableInfo, op string) (shared string, perColumn []string) {
+	builtin := true
 	for _, k := range info.PrimaryKey {
 		c := info.ColInfo[k]
 		if c == nil || c.TypeOID == 0 || c.TypeOID >= 16384 {
-			return op
+			builtin = false
+			break
 		}
 	}
-	return "OPERATOR(pg_catalog." + op + ")"
+	if builtin {
+		return "OPERATOR(pg_catalog." + op + ")", nil
+	}
+	perColumn = columnOperators(info, op)
+	if perColumn == nil {
+		return op, nil
+	}
+	for _, o := range perColumn[1:] {
+		if o != perColumn[0] {
+			return "", perColumn
+		}
+	}
+	return perColumn[0], nil
+}
+
+// columnOperators is, for each key column, OPERATOR("schema".name) of its type's
+// default B-tree operator class for op (=, >, <=, >=); nil when a key column has no
+// class known (keyOperators).
+func columnOperators(info *PGTableInfo, op string) []string {
+	out := make([]string, len(info.PrimaryKey))
+	for i, k := range info.PrimaryKey {
+		c := info.ColInfo[k]
+		if c == nil || c.ordering == nil {
+			return nil
+		}
+		out[i] = c.ordering.operator(op)
+	}
+	return out
+}
+
+// checkKeyOrdering refuses a selection of a table whose key has a column of a type
+// without a default B-tree operator class (possible for the columns of a replica
+// identity index of a non-default class): selections read a table in key order and
+// compare keys with the class's operators, which it does not have. Errors wrap
+// ErrConfig.
+func checkKeyOrdering(info *PGTableInfo) error {
+	for _, k := range info.PrimaryKey {
+		if c := info.ColInfo[k]; c != nil && c.orderingLooked && c.ordering == nil {
+			return fmt.Errorf("%w: %s: key column %q is of type %s, which has no default B-tree operator class: snapshots and refreshes read a table in key order and compare keys with that class's operators; key the table by columns of types that have one (or create a default B-tree operator class for %s)",
+				ErrConfig, info.QualifiedName(), k, c.TypeName, c.TypeName)
+		}
+	}
+	return nil
 }
 
 // fromTable is " FROM ONLY <table> AS t": the rows of the table itself. Rows of its
@@ -545,11 +611,16 @@ func keyColumnList(info *PGTableInfo) string { return keyColumnListOf(info, "t")
 
 // keyColumnListOf is "alias.k1, alias.k2": the primary key columns of alias.
 func keyColumnListOf(info *PGTableInfo, alias string) string {
+	return strings.Join(keyColumns(info, alias), ", ")
+}
+
+// keyColumns is keyColumnListOf's list: "alias.k1", "alias.k2".
+func keyColumns(info *PGTableInfo, alias string) []string {
 	keys := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
 		keys[i] = pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(k)
 	}
-	return strings.Join(keys, ", ")
+	return keys
 }
 
 // castKeyColumns is "CAST(alias.k1 AS type1), ...": the key columns of a query's
@@ -560,11 +631,16 @@ func keyColumnListOf(info *PGTableInfo, alias string) string {
 // the target type unchanged, and applies no length coercion for a modifier of -1), so
 // the condition still reaches the table's key index (TestRefreshRereadKeyTypes).
 func castKeyColumns(info *PGTableInfo, alias string) string {
+	return strings.Join(castKeyColumnList(info, alias), ", ")
+}
+
+// castKeyColumnList is castKeyColumns' list.
+func castKeyColumnList(info *PGTableInfo, alias string) []string {
 	keys := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
 		keys[i] = "CAST(" + pq.QuoteIdentifier(alias) + "." + pq.QuoteIdentifier(k) + " AS " + info.ColInfo[k].TypeName + ")"
 	}
-	return strings.Join(keys, ", ")
+	return keys
 }
 
 // keyParams is "CAST($n+1::text AS type1), CAST($n+2::text AS type2)": parameters for
@@ -576,12 +652,15 @@ func castKeyColumns(info *PGTableInfo, alias string) string {
 // bytes (the text \xff01 became the six bytes 5c 78 66 66 30 31), so a bytea bound
 // compared wrong and a snapshot re-read the same chunk forever
 // (TestSnapshotByteaKeyLibPQ).
-func keyParams(info *PGTableInfo, n int) string {
+func keyParams(info *PGTableInfo, n int) string { return strings.Join(keyParamList(info, n), ", ") }
+
+// keyParamList is keyParams' list, one parameter per key column.
+func keyParamList(info *PGTableInfo, n int) []string {
 	params := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
 		params[i] = "CAST($" + strconv.Itoa(n+i+1) + "::pg_catalog.text AS " + info.ColInfo[k].ColumnType + ")"
 	}
-	return strings.Join(params, ", ")
+	return params
 }
 
 // keySignature names the table's key columns and their types: key texts collected
@@ -1119,6 +1198,9 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 	if len(info.PrimaryKey) == 0 {
 		return nil, fmt.Errorf("%w: %s: refresh rows are matched with changes by primary key (or replica identity index); add one with ALTER TABLE %s ADD PRIMARY KEY (...)",
 			ErrNoPrimaryKey, info.QualifiedName(), t.quoted())
+	}
+	if err := checkKeyOrdering(info); err != nil {
+		return nil, err
 	}
 	if s.binary {
 		for _, k := range info.PrimaryKey {
