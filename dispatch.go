@@ -2,8 +2,11 @@ package dbsync
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 
 	"github.com/jackc/pglogrepl"
 )
@@ -49,6 +52,7 @@ func (s *Syncer) evictIdleRelations() {
 	if gone := s.tables.evictIdle(relationIdleTTL); len(gone) > 0 {
 		s.dec.forget(gone)
 		s.win.untrack(gone)
+		s.ctrlMarks.forget(gone)
 	}
 }
 
@@ -64,24 +68,29 @@ func handlerErr(err error, what string, lsn pglogrepl.LSN) error {
 // isControlTable tells whether a relation is one of dbsync's own tables in the control
 // schema (the watermark table, whose rows drive refresh windows, and
 // snapshot_progress, published under FOR ALL TABLES), or one of another control
-// schema (isOtherControlTable): not delivered as changes. Other tables of that schema
-// are the user's (the control schema may be "public") and are delivered like any
-// other (TestDocsCtrlSchemaSharedWithTables).
+// schema (isOtherControlTable, confirmed by setup's marker: markedControlTable): not
+// delivered as changes. Other tables of that schema are the user's (the control
+// schema may be "public") and are delivered like any other
+// (TestDocsCtrlSchemaSharedWithTables), and so are the user's tables of the same
+// columns elsewhere (TestUserTablesShapedLikeControlTablesDelivered). Called per
+// change: for a relation not shaped like a control table it compares names and a
+// column count, nothing more.
 func (s *Syncer) isControlTable(reln *pglogrepl.RelationMessage) bool {
 	if reln.Namespace == s.ctrlNamespace &&
 		(reln.RelationName == s.wmTableName || reln.RelationName == snapshotProgressTable) {
 		return true
 	}
-	return isOtherControlTable(reln)
+	return isOtherControlTable(reln) && s.ctrlMarks.marked(reln.RelationID)
 }
 
 // isOtherControlTable tells whether a relation has the columns of a dbsync watermark
 // table (selection_id text, wm_type text, created_at timestamptz, in that order, and
 // nothing else) or is a snapshot_progress table with the columns dbsync creates it
-// with (sql/setup_ctrl.sql): another Syncer's, with its own control schema
+// with (sql/setup_ctrl.sql): possibly another Syncer's, with its own control schema
 // (WithCtrlNamespace) or watermark table name (WithWMTable), setup added to a
-// publication this Syncer reads too. Its rows are that Syncer's watermarks and
-// progress, not changes of the user's (TestCtrlNamespacesShareOnePublication).
+// publication this Syncer reads too (TestCtrlNamespacesShareOnePublication). The
+// shape alone does not make it one: a user's table may have these columns too; see
+// ctrlMarks.
 func isOtherControlTable(reln *pglogrepl.RelationMessage) bool {
 	const textOID, timestamptzOID = 25, 1184
 	c := reln.Columns
@@ -97,6 +106,67 @@ func isOtherControlTable(reln *pglogrepl.RelationMessage) bool {
 		delete(want, col.Name)
 	}
 	return len(want) == 0
+}
+
+// ctrlMarks remembers, per relation OID, whether a relation shaped like a control
+// table (isOtherControlTable) is one: whether setup marked it (its comment begins with
+// ctrlTableMarker, ensureCtrlMarkers). It is looked up in the catalog once per
+// relation, at its first RELATION message (lookup), never per change, and forgotten
+// with the relation (Syncer.evictIdleRelations). A relation no longer in the catalog
+// when its RELATION message is read (dropped since its changes were written: another
+// Syncer's control schema removed by its Teardown, say) cannot be looked up: it is
+// taken for a control table by its shape alone then, as it was before setup marked
+// them, so that another Syncer's watermarks in a backlog do not reach the handler; a
+// dropped user table of exactly those columns is then not delivered either.
+type ctrlMarks struct {
+	mu sync.Mutex
+	m  map[uint32]bool
+}
+
+// marked tells whether relID was found a control table (true when never looked up,
+// which lookup makes sure of before its changes are dispatched).
+func (c *ctrlMarks) marked(relID uint32) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.m[relID]
+	return m || !ok
+}
+
+// lookup reads, once per relation OID, whether a relation shaped like a control table
+// carries setup's marker (or is gone from the catalog).
+func (c *ctrlMarks) lookup(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMessage) error {
+	if !isOtherControlTable(reln) {
+		return nil
+	}
+	c.mu.Lock()
+	_, ok := c.m[reln.RelationID]
+	c.mu.Unlock()
+	if ok {
+		return nil
+	}
+	var comment sql.NullString
+	err := db.QueryRowContext(ctx, `SELECT pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c WHERE c.oid = $1`,
+		int64(reln.RelationID)).Scan(&comment)
+	marked := errors.Is(err, sql.ErrNoRows) || strings.HasPrefix(comment.String, ctrlTableMarker)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return classify(err, "look up whether "+qualifiedName(reln.Namespace, reln.RelationName)+" is a dbsync control table")
+	}
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[uint32]bool{}
+	}
+	c.m[reln.RelationID] = marked
+	c.mu.Unlock()
+	return nil
+}
+
+// forget drops what was looked up of relIDs.
+func (c *ctrlMarks) forget(relIDs []uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range relIDs {
+		delete(c.m, id)
+	}
 }
 
 // isWatermarkTable tells whether a relation is the watermark table.
@@ -140,6 +210,9 @@ func (d *delivery) deliverParsed(m PGMSG, msg pglogrepl.Message) error {
 	case *pglogrepl.RelationMessage:
 		info, err := d.s.dec.setRelation(d.ctx, v)
 		if err != nil {
+			return err
+		}
+		if err := d.s.ctrlMarks.lookup(d.ctx, d.s.db, v); err != nil {
 			return err
 		}
 		if d.s.isControlTable(v) {

@@ -21,7 +21,8 @@ const setupLockKey = 0x64627379 // "dbsy"
 
 // Setup checks the server and creates what the Syncer needs, idempotently: it checks
 // wal_level and the role's replication privilege, creates the control schema and the
-// watermark table, creates the publication for ForTables when it is missing (otherwise
+// watermark table (and marks them as dbsync's with a COMMENT when the role owns them:
+// ensureCtrlMarkers), creates the publication for ForTables when it is missing (otherwise
 // requires it to exist), adds the watermark table (and ForTables tables) to it, and
 // warns (a log line at level Warn) when the publication does not publish every kind
 // of change (publish = '...' without update, delete or truncate: those changes of its
@@ -163,6 +164,9 @@ func (s *Syncer) setupCatalogOn(ctx context.Context, db txBeginner) (err error) 
 		return err
 	}
 	if err = s.ensureProgressRelationOID(ctx, tx); err != nil {
+		return err
+	}
+	if err = s.ensureCtrlMarkers(ctx, tx); err != nil {
 		return err
 	}
 	pubErr := s.ensurePublication(ctx, tx)
@@ -321,6 +325,43 @@ func (s *Syncer) ensureProgressRelationOID(ctx context.Context, tx *sql.Tx) erro
 		" ADD COLUMN IF NOT EXISTS relation_oid pg_catalog.oid"); err != nil {
 		return classify(err, "add column relation_oid to "+s.ctrlNamespace+"."+snapshotProgressTable+
 			" (created by an older dbsync; its owner can run ALTER TABLE ... ADD COLUMN relation_oid oid)")
+	}
+	return nil
+}
+
+// ctrlTableMarker begins the comment (COMMENT ON TABLE) setup puts on the watermark
+// and snapshot progress tables it creates or finds: what tells a relation of another
+// Syncer's control schema apart from a user's table of the same columns in the slot
+// (Syncer.isControlTable).
+const ctrlTableMarker = "dbsync control table"
+
+// ensureCtrlMarkers puts the ctrlTableMarker comment on the watermark and snapshot
+// progress tables that lack it: tables setup created, and those an older dbsync
+// created without it. COMMENT ON needs ownership: a table the role does not own (a
+// control schema shared with a Syncer of another role) is left as it is, with a log
+// line at level Warn (its owner's setup marks it); other Syncers sharing its
+// publication then tell it by its columns alone (isOtherControlTable).
+func (s *Syncer) ensureCtrlMarkers(ctx context.Context, tx *sql.Tx) error {
+	for _, c := range []struct{ name, what string }{{s.wmTableName, "watermark table"}, {snapshotProgressTable, "snapshot progress table"}} {
+		var marked, owner bool
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), $3), false),
+			pg_catalog.pg_has_role(c.relowner, 'USAGE')
+			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2`, s.ctrlNamespace, c.name, ctrlTableMarker).Scan(&marked, &owner); err != nil {
+			return classify(err, "look up the comment of "+s.ctrlNamespace+"."+c.name)
+		}
+		if marked {
+			continue
+		}
+		q := qualifiedTable{s.ctrlNamespace, c.name}
+		if !owner {
+			s.log.Warn("dbsync: cannot mark "+q.quoted()+" as dbsync's "+c.what+" (the role does not own it); its owner's setup does",
+				"schema", s.ctrlNamespace, "table", c.name)
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "COMMENT ON TABLE "+q.quoted()+" IS "+pq.QuoteLiteral(ctrlTableMarker+": "+c.what+"; do not edit")); err != nil {
+			return classify(err, "comment on "+s.ctrlNamespace+"."+c.name)
+		}
 	}
 	return nil
 }

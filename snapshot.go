@@ -244,6 +244,9 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 			pq.StringArray(info.PrimaryKey), chunk, info.RelationID); err != nil {
 			return classify(err, "start snapshot progress of "+table)
 		}
+		if _, err := s.db.ExecContext(ctx, s.ctrlSQL("snapshot_progress_prune.sql"), s.replicationSlot); err != nil {
+			return classify(err, "remove snapshot progress of dropped tables")
+		}
 	} else {
 		s.log.Info("dbsync: resuming snapshot", "table", table, "after_key", []string(lastKey), "rows_done", prog.Rows)
 	}

@@ -112,6 +112,9 @@ type Syncer struct {
 
 	tables *tableCache
 	dec    *decoder
+	// ctrlMarks tells relations shaped like another Syncer's control tables apart
+	// from the user's (isControlTable).
+	ctrlMarks ctrlMarks
 
 	// watermark windows (Refresh, Snapshot): see window.go, watermark.go
 	win    *windowTracker

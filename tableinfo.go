@@ -163,7 +163,8 @@ const maxShapes = 4
 // of a relation whose last RELATION message is relationIdleTTL old or more goes at
 // the start of a poll after one that caught up with the WAL (evictIdle,
 // Syncer.evictIdleRelations): a table dropped (or left out of the publication) is
-// not kept for the Syncer's life.
+// not kept for the Syncer's life, nor are the pg_type rows only such tables used
+// (pruneTypesLocked).
 type tableCache struct {
 	db      *sql.DB
 	mu      sync.Mutex
@@ -250,7 +251,43 @@ func (c *tableCache) evictIdle(idle time.Duration) []uint32 {
 			out = append(out, id)
 		}
 	}
+	if len(out) > 0 {
+		c.pruneTypesLocked()
+	}
 	return out
+}
+
+// pruneTypesLocked forgets the pg_type rows no cached relation's columns use (their
+// types, and the domain base and array element types those lead to): the types of
+// evicted relations, which may have been dropped with them, would otherwise be kept
+// for the Syncer's life under churn of tables with types of their own
+// (TestTypeCacheAndProgressBoundedUnderChurn). A type still in use by a relation
+// that comes back is read again at its next load. c.mu held.
+func (c *tableCache) pruneTypesLocked() {
+	keep := make(map[uint32]bool, len(c.types))
+	var todo []uint32
+	for _, infos := range c.shapes {
+		for _, info := range infos {
+			for _, col := range info.Columns {
+				todo = append(todo, col.TypeOID)
+			}
+		}
+	}
+	for len(todo) > 0 {
+		oid := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		t, ok := c.types[oid]
+		if !ok || keep[oid] {
+			continue
+		}
+		keep[oid] = true
+		todo = append(todo, t.baseType, t.elemType)
+	}
+	for oid := range c.types {
+		if !keep[oid] {
+			delete(c.types, oid)
+		}
+	}
 }
 
 // recheckKeys makes the next RELATION message of every table whose messages do not
