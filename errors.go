@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -149,6 +150,17 @@ var (
 	// shows the lsn of its COMMIT row ('C'), and pg_replication_slot_advance(slot,
 	// that lsn) skips it (TestSQLASCIIEncodingError does exactly this).
 	ErrEncoding = errors.New("dbsync: text not convertible to the client encoding")
+	// ErrStatementCancelled: the server cancelled a statement of GetMessages, Forward
+	// or SkipBacklog (SQLSTATE 57014 query_canceled) while the call's context was
+	// live: another session ran pg_cancel_backend on it, or a statement_timeout of
+	// the role, the database or the connection string ran out (dbsync runs the peek
+	// and the advance of GetMessages and Forward with statement_timeout off:
+	// untimed.go). The slot is where the call left it: nothing the call did not
+	// finish was forwarded. Call again; for a statement_timeout, raise it for dbsync's
+	// role (ALTER ROLE ... SET statement_timeout). Run retries such a poll itself
+	// (logged as a warning) and does not return it. A caller's own cancellation (its
+	// context ended) is not this error.
+	ErrStatementCancelled = errors.New("dbsync: statement cancelled by the server")
 )
 
 // serverError returns the SQLSTATE and primary message of a server error in err's
@@ -247,6 +259,18 @@ func classify(err error, what string) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return wrapNamed(named, what, err)
+}
+
+// errCancelled names a server error 57014 (query_canceled) that ended call while ctx
+// was live ErrStatementCancelled, saying what to do; any other error, and one of a
+// call whose context ended (lib/pq has the server cancel the statement then), is
+// returned unchanged.
+func errCancelled(ctx context.Context, call string, err error) error {
+	if err == nil || ctx.Err() != nil || errors.Is(err, ErrStatementCancelled) || !hasSQLState(err, "57014") {
+		return err
+	}
+	return fmt.Errorf("%w: %s: another session cancelled a statement of the call (pg_cancel_backend), or a statement_timeout of dbsync's role, the database or the connection string ran out; the slot is where the call left it (nothing it did not finish was forwarded): call %s again, and for a statement_timeout raise it for dbsync's role (ALTER ROLE ... SET statement_timeout): %w",
+		ErrStatementCancelled, call, call, err)
 }
 
 // wrapNamed wraps err in named with what failed and what to do about it.

@@ -1,0 +1,83 @@
+package dbsync
+
+import (
+	"database/sql"
+	"testing"
+
+	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/stretchr/testify/require"
+)
+
+// TestGetMessagesCancelledNamed: a statement of GetMessages (or Forward) that the
+// server cancels while the caller's context is live (pg_cancel_backend from another
+// session; a statement_timeout would do the same) came back as the bare server error
+// ("peek slot s: pq: canceling statement due to user request (57014)"), named by no
+// Err* value, though Run retries the same error as harmless. It is
+// ErrStatementCancelled (errors.Is), with the server's error in the chain and a
+// message saying what to do, through lib/pq and pgx; the slot is not moved, and the
+// same call succeeds afterwards.
+func TestGetMessagesCancelledNamed(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, pad text)`)
+			db, err := sql.Open(driver, d.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			s := newTestSyncer(t, d, WithDB(db), ForTables("items"))
+			const per, txs = 500, 40
+			for tx := 0; tx < txs; tx++ {
+				_, err := d.DB.Exec(`INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series($1::int, $1::int + $2::int - 1) g`, tx*per+1, per)
+				require.NoError(t, err)
+			}
+			before := queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot())
+
+			// GetMessages: the peek (20 MB of rows, more than the socket buffers hold)
+			// is still sending while the first row is held; another session cancels it.
+			held, release := make(chan struct{}), make(chan struct{})
+			s.getMessagesRow = func(n int) {
+				if n == 1 {
+					close(held)
+					<-release
+				}
+			}
+			type result struct {
+				msgs []PGMSG
+				err  error
+			}
+			done := make(chan result, 1)
+			go func() {
+				msgs, err := s.GetMessages(0, false, nil)
+				done <- result{msgs, err}
+			}()
+			<-held
+			require.Equal(t, 1, signalBackends(t, d.DB, "the peek to cancel",
+				`SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '-- One poll: pgoutput rows%' AND state = 'active'`))
+			close(release)
+			res := <-done
+			s.getMessagesRow = nil
+			require.ErrorIs(t, res.err, ErrStatementCancelled, "%v", res.err)
+			require.NotErrorIs(t, res.err, ErrClosed)
+			code, _, ok := serverError(res.err)
+			require.True(t, ok, "%v", res.err)
+			require.Equal(t, "57014", code)
+			require.Contains(t, res.err.Error(), "call GetMessages again")
+			require.Equal(t, before, queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot()))
+
+			// The same call succeeds afterwards.
+			msgs, err := s.GetMessages(0, false, nil)
+			require.NoError(t, err)
+			inserts := 0
+			for _, m := range msgs {
+				if m.Data[0] == 'I' {
+					inserts++
+				}
+			}
+			require.Equal(t, txs*per, inserts)
+
+			require.NoError(t, s.Forward(len(msgs)))
+			require.Equal(t, []string{"true"}, queryStrings(t, d.DB, `SELECT (confirmed_flush_lsn >= $2::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = $1`,
+				s.ReplicationSlot(), msgs[len(msgs)-1].LSN.String()))
+		})
+	}
+}
