@@ -81,3 +81,52 @@ func TestGetMessagesCancelledNamed(t *testing.T) {
 		})
 	}
 }
+
+// TestConnectionSettingsErrConfig: a connection string the driver refuses when it
+// connects is a configuration error, yet it came back from NewSyncer (and from Run of
+// a Syncer made with WithSetup(false)) without ErrConfig: through WithDB with pgx's
+// driver, pgx's parse error ("cannot parse ...: invalid default_query_exec_mode") or
+// its refusal of statement_cache_capacity=0 with the default exec mode ("cannot use
+// QueryExecModeCacheStatement with disabled statement cache"); through WithPGConnStr
+// (lib/pq), a key of pgx's, which lib/pq sends to the server as a setting, refused
+// with 42704 "unrecognized configuration parameter". All are ErrConfig now, saying
+// what to fix, the driver's error still in the chain, and no password in the message.
+func TestConnectionSettingsErrConfig(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	const secret = "hunter2-secret"
+	for _, c := range []struct {
+		name  string
+		pgx   bool
+		extra string
+		says  string
+	}{
+		{"pgx exec mode", true, "default_query_exec_mode=bogus", "invalid default_query_exec_mode"},
+		{"pgx cache capacity", true, "statement_cache_capacity=0", "with disabled statement cache"},
+		{"pgx describe cache", true, "default_query_exec_mode=cache_describe description_cache_capacity=0", "with disabled description cache"},
+		{"lib/pq with a pgx key", false, "default_query_exec_mode=simple_protocol", `unrecognized configuration parameter "default_query_exec_mode"`},
+	} {
+		dsn := d.DSN() + " password=" + secret + " " + c.extra
+		var opt SyncerOpt
+		if c.pgx {
+			db, err := sql.Open("pgx", dsn)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			opt = WithDB(db)
+		} else {
+			opt = WithPGConnStr(dsn)
+		}
+		_, err := NewSyncer(opt, ForTables("items"), WithReplicationSlot(pgtest.Ident(t, "slot")))
+		require.ErrorIs(t, err, ErrConfig, "%s: %v", c.name, err)
+		require.ErrorContains(t, err, c.says, c.name)
+		require.ErrorContains(t, err, "connection string", c.name)
+		require.NotContains(t, err.Error(), secret, c.name)
+
+		s, err := NewSyncer(opt, WithSetup(false), WithReplicationSlot(pgtest.Ident(t, "slot")), WithMessageHandler(DefaultMessageHandler{}))
+		require.NoError(t, err, c.name)
+		err = s.Run(t.Context())
+		require.ErrorIs(t, err, ErrConfig, "%s: %v", c.name, err)
+		require.NotContains(t, err.Error(), secret, c.name)
+		require.NoError(t, s.Close())
+	}
+}

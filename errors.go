@@ -107,7 +107,10 @@ var (
 	// connection, a session whose client_encoding is not UTF8 (Run, GetMessages), a
 	// write of dbsync's (setup, a watermark) in a read-only session (SQLSTATE 25006:
 	// default_transaction_read_only on for the role or the database), a slot to create
-	// on a server whose max_replication_slots are all in use (SQLSTATE 53400). The
+	// on a server whose max_replication_slots are all in use (SQLSTATE 53400), a
+	// connection string the driver refuses when it connects (pgx's parse errors and
+	// its refusal of an exec mode whose cache is off, through WithDB; a setting the
+	// server does not know, 42704, such as a key of pgx's given to lib/pq). The
 	// message says which and how to fix it.
 	ErrConfig = errors.New("dbsync: invalid configuration")
 	// ErrRefreshAbandoned: the Syncer stopped (Stop, a cancelled Run context, a handler
@@ -201,6 +204,9 @@ func classify(err error, what string) error {
 	if err == nil {
 		return nil
 	}
+	if why := connSettingsError(err); why != "" {
+		return fmt.Errorf("%w: %s: %s: %w", ErrConfig, what, why, err)
+	}
 	code, msg, ok := serverError(err)
 	if !ok {
 		return err
@@ -271,6 +277,28 @@ func errCancelled(ctx context.Context, call string, err error) error {
 	}
 	return fmt.Errorf("%w: %s: another session cancelled a statement of the call (pg_cancel_backend), or a statement_timeout of dbsync's role, the database or the connection string ran out; the slot is where the call left it (nothing it did not finish was forwarded): call %s again, and for a statement_timeout raise it for dbsync's role (ALTER ROLE ... SET statement_timeout): %w",
 		ErrStatementCancelled, call, call, err)
+}
+
+// connSettingsError says what to fix when err is a driver's refusal of the
+// connection string's settings as it connects, "" otherwise: pgx's parse error
+// (*pgconn.ParseConfigError, which hides the password), pgx's refusal of an exec mode
+// whose cache is disabled (statement_cache_capacity=0 or description_cache_capacity=0
+// with the mode that needs it: pgx's own words, it has no error type for them), or
+// the server's refusal of a setting lib/pq sent it (lib/pq sends a key it does not
+// know, such as pgx's default_query_exec_mode, as a server setting: 42704
+// "unrecognized configuration parameter").
+func connSettingsError(err error) string {
+	var parseErr *pgconn.ParseConfigError
+	if errors.As(err, &parseErr) {
+		return "pgx cannot parse the connection string; fix the setting it names"
+	}
+	if msg := err.Error(); contains(msg, "with disabled statement cache") || contains(msg, "with disabled description cache") {
+		return "pgx refuses the connection string's settings: its default_query_exec_mode needs the cache that statement_cache_capacity or description_cache_capacity turns off; raise the capacity, or use default_query_exec_mode=exec or simple_protocol"
+	}
+	if code, msg, ok := serverError(err); ok && code == "42704" && contains(msg, "configuration parameter") {
+		return "the server refuses a setting of the connection string (lib/pq, which WithPGConnStr and $POSTGRES_* connect with, sends every key it does not know to the server as a setting: a key of pgx's, such as default_query_exec_mode or statement_cache_capacity, is one); remove it, or open the pool with pgx's driver and pass it with WithDB"
+	}
+	return ""
 }
 
 // wrapNamed wraps err in named with what failed and what to do about it.
