@@ -35,8 +35,8 @@ var (
 	// owner or superuser must run, that fixes it; README ("PostgreSQL requirements")
 	// lists what a role without superuser needs.
 	ErrInsufficientPrivilege = errors.New("dbsync: role lacks a privilege")
-	// ErrPublicationMissing: the publication does not exist and no tables were given
-	// (ForTables) to create it for.
+	// ErrPublicationMissing: the publication does not exist (42704, or found missing
+	// from the catalog) and no tables were given (ForTables) to create it for.
 	ErrPublicationMissing = errors.New("dbsync: publication does not exist")
 	// ErrSlotMismatch: a slot with the configured name exists but is not a logical
 	// pgoutput slot of this database, or is another session's temporary slot, or was
@@ -153,10 +153,10 @@ var (
 	// shows the lsn of its COMMIT row ('C'), and pg_replication_slot_advance(slot,
 	// that lsn) skips it (TestSQLASCIIEncodingError does exactly this).
 	ErrEncoding = errors.New("dbsync: text not convertible to the client encoding")
-	// ErrStatementCancelled: the server cancelled a statement of GetMessages, Forward
-	// or SkipBacklog (SQLSTATE 57014 query_canceled) while the call's context was
-	// live: another session ran pg_cancel_backend on it, or a statement_timeout of
-	// the role, the database or the connection string ran out (dbsync runs the peek
+	// ErrStatementCancelled: the server cancelled a statement of GetMessages or
+	// Forward (SQLSTATE 57014 query_canceled) while the call's context was live:
+	// another session ran pg_cancel_backend on it, or a statement_timeout of the
+	// role, the database or the connection string ran out (dbsync runs the peek
 	// and the advance of GetMessages and Forward with statement_timeout off:
 	// untimed.go). The slot is where the call left it: nothing the call did not
 	// finish was forwarded. Call again; for a statement_timeout, raise it for dbsync's
