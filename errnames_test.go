@@ -1,10 +1,13 @@
 package dbsync
 
 import (
+	"context"
 	"database/sql"
 	"testing"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -129,4 +132,20 @@ func TestConnectionSettingsErrConfig(t *testing.T) {
 		require.NotContains(t, err.Error(), secret, c.name)
 		require.NoError(t, s.Close())
 	}
+}
+
+// TestErrCancelledCallersOwn: a 57014 of a call whose context ended is the caller's
+// own cancellation (lib/pq has the server cancel the statement then), not
+// ErrStatementCancelled; any other error is left as it is.
+func TestErrCancelledCallersOwn(t *testing.T) {
+	cancelled := &pq.Error{Code: "57014", Message: "canceling statement due to user request"}
+	got := errCancelled(context.Background(), "GetMessages", cancelled)
+	require.ErrorIs(t, got, ErrStatementCancelled)
+	require.ErrorIs(t, got, cancelled)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.Equal(t, error(cancelled), errCancelled(ctx, "GetMessages", cancelled))
+	other := &pgconn.PgError{Code: "42P01"}
+	require.Equal(t, error(other), errCancelled(context.Background(), "Forward", other))
+	require.NoError(t, errCancelled(context.Background(), "Forward", nil))
 }
