@@ -149,3 +149,19 @@ func TestErrCancelledCallersOwn(t *testing.T) {
 	require.Equal(t, error(other), errCancelled(context.Background(), "Forward", other))
 	require.NoError(t, errCancelled(context.Background(), "Forward", nil))
 }
+
+// TestUnknownSettingInQueryIsNotConnString: a 42704 "unrecognized configuration
+// parameter" of a statement (a Refresh query reading current_setting of a setting
+// the server does not know) is the query's fault (ErrConfig, "selection query"), not
+// the connection string's: only a refusal as the session starts (FATAL) says to fix
+// the connection string.
+func TestUnknownSettingInQueryIsNotConnString(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`, `INSERT INTO items VALUES (1)`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("items"))
+	_, err := s.RefreshContext(context.Background(), `SELECT id FROM items WHERE current_setting('no_such_setting') IS NOT NULL`)
+	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorContains(t, err, `unrecognized configuration parameter "no_such_setting"`)
+	require.NotContains(t, err.Error(), "connection string")
+}

@@ -284,9 +284,9 @@ func errCancelled(ctx context.Context, call string, err error) error {
 // (*pgconn.ParseConfigError, which hides the password), pgx's refusal of an exec mode
 // whose cache is disabled (statement_cache_capacity=0 or description_cache_capacity=0
 // with the mode that needs it: pgx's own words, it has no error type for them), or
-// the server's refusal of a setting lib/pq sent it (lib/pq sends a key it does not
-// know, such as pgx's default_query_exec_mode, as a server setting: 42704
-// "unrecognized configuration parameter").
+// the server's refusal of a setting lib/pq sent it as the session started (lib/pq
+// sends a key it does not know, such as pgx's default_query_exec_mode, as a server
+// setting: FATAL 42704 "unrecognized configuration parameter").
 func connSettingsError(err error) string {
 	var parseErr *pgconn.ParseConfigError
 	if errors.As(err, &parseErr) {
@@ -295,10 +295,25 @@ func connSettingsError(err error) string {
 	if msg := err.Error(); contains(msg, "with disabled statement cache") || contains(msg, "with disabled description cache") {
 		return "pgx refuses the connection string's settings: its default_query_exec_mode needs the cache that statement_cache_capacity or description_cache_capacity turns off; raise the capacity, or use default_query_exec_mode=exec or simple_protocol"
 	}
-	if code, msg, ok := serverError(err); ok && code == "42704" && contains(msg, "configuration parameter") {
+	if code, msg, ok := serverError(err); ok && code == "42704" && contains(msg, "configuration parameter") && startupRefused(err) {
 		return "the server refuses a setting of the connection string (lib/pq, which WithPGConnStr and $POSTGRES_* connect with, sends every key it does not know to the server as a setting: a key of pgx's, such as default_query_exec_mode or statement_cache_capacity, is one); remove it, or open the pool with pgx's driver and pass it with WithDB"
 	}
 	return ""
+}
+
+// startupRefused tells whether the server error in err's chain ended the session
+// (severity FATAL: as it started, for a connection string's setting), not a statement
+// of it (ERROR: a query's current_setting or SET of an unknown setting).
+func startupRefused(err error) bool {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return pqErr.Fatal()
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.SeverityUnlocalized == "FATAL" || pgErr.Severity == "FATAL"
+	}
+	return false
 }
 
 // wrapNamed wraps err in named with what failed and what to do about it.
