@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -34,8 +35,8 @@ var (
 	// owner or superuser must run, that fixes it; README ("PostgreSQL requirements")
 	// lists what a role without superuser needs.
 	ErrInsufficientPrivilege = errors.New("dbsync: role lacks a privilege")
-	// ErrPublicationMissing: the publication does not exist and no tables were given
-	// (ForTables) to create it for.
+	// ErrPublicationMissing: the publication does not exist (42704, or found missing
+	// from the catalog) and no tables were given (ForTables) to create it for.
 	ErrPublicationMissing = errors.New("dbsync: publication does not exist")
 	// ErrSlotMismatch: a slot with the configured name exists but is not a logical
 	// pgoutput slot of this database, or is another session's temporary slot, or was
@@ -106,7 +107,10 @@ var (
 	// connection, a session whose client_encoding is not UTF8 (Run, GetMessages), a
 	// write of dbsync's (setup, a watermark) in a read-only session (SQLSTATE 25006:
 	// default_transaction_read_only on for the role or the database), a slot to create
-	// on a server whose max_replication_slots are all in use (SQLSTATE 53400). The
+	// on a server whose max_replication_slots are all in use (SQLSTATE 53400), a
+	// connection string the driver refuses when it connects (pgx's parse errors and
+	// its refusal of an exec mode whose cache is off, through WithDB; a setting the
+	// server does not know, 42704, such as a key of pgx's given to lib/pq). The
 	// message says which and how to fix it.
 	ErrConfig = errors.New("dbsync: invalid configuration")
 	// ErrRefreshAbandoned: the Syncer stopped (Stop, a cancelled Run context, a handler
@@ -149,6 +153,17 @@ var (
 	// shows the lsn of its COMMIT row ('C'), and pg_replication_slot_advance(slot,
 	// that lsn) skips it (TestSQLASCIIEncodingError does exactly this).
 	ErrEncoding = errors.New("dbsync: text not convertible to the client encoding")
+	// ErrStatementCancelled: the server cancelled a statement of GetMessages or
+	// Forward (SQLSTATE 57014 query_canceled) while the call's context was live:
+	// another session ran pg_cancel_backend on it, or a statement_timeout of the
+	// role, the database or the connection string ran out (dbsync runs the peek
+	// and the advance of GetMessages and Forward with statement_timeout off:
+	// untimed.go). The slot is where the call left it: nothing the call did not
+	// finish was forwarded. Call again; for a statement_timeout, raise it for dbsync's
+	// role (ALTER ROLE ... SET statement_timeout). Run retries such a poll itself
+	// (logged as a warning) and does not return it. A caller's own cancellation (its
+	// context ended) is not this error.
+	ErrStatementCancelled = errors.New("dbsync: statement cancelled by the server")
 )
 
 // serverError returns the SQLSTATE and primary message of a server error in err's
@@ -188,6 +203,9 @@ func hasSQLState(err error, codes ...string) bool {
 func classify(err error, what string) error {
 	if err == nil {
 		return nil
+	}
+	if why := connSettingsError(err); why != "" {
+		return fmt.Errorf("%w: %s: %s: %w", ErrConfig, what, why, err)
 	}
 	code, msg, ok := serverError(err)
 	if !ok {
@@ -247,6 +265,55 @@ func classify(err error, what string) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return wrapNamed(named, what, err)
+}
+
+// errCancelled names a server error 57014 (query_canceled) that ended call while ctx
+// was live ErrStatementCancelled, saying what to do; any other error, and one of a
+// call whose context ended (lib/pq has the server cancel the statement then), is
+// returned unchanged.
+func errCancelled(ctx context.Context, call string, err error) error {
+	if err == nil || ctx.Err() != nil || errors.Is(err, ErrStatementCancelled) || !hasSQLState(err, "57014") {
+		return err
+	}
+	return fmt.Errorf("%w: %s: another session cancelled a statement of the call (pg_cancel_backend), or a statement_timeout of dbsync's role, the database or the connection string ran out; the slot is where the call left it (nothing it did not finish was forwarded): call %s again, and for a statement_timeout raise it for dbsync's role (ALTER ROLE ... SET statement_timeout): %w",
+		ErrStatementCancelled, call, call, err)
+}
+
+// connSettingsError says what to fix when err is a driver's refusal of the
+// connection string's settings as it connects, "" otherwise: pgx's parse error
+// (*pgconn.ParseConfigError, which hides the password), pgx's refusal of an exec mode
+// whose cache is disabled (statement_cache_capacity=0 or description_cache_capacity=0
+// with the mode that needs it: pgx's own words, it has no error type for them), or
+// the server's refusal of a setting lib/pq sent it as the session started (lib/pq
+// sends a key it does not know, such as pgx's default_query_exec_mode, as a server
+// setting: FATAL 42704 "unrecognized configuration parameter").
+func connSettingsError(err error) string {
+	var parseErr *pgconn.ParseConfigError
+	if errors.As(err, &parseErr) {
+		return "pgx cannot parse the connection string; fix the setting it names"
+	}
+	if msg := err.Error(); contains(msg, "with disabled statement cache") || contains(msg, "with disabled description cache") {
+		return "pgx refuses the connection string's settings: its default_query_exec_mode needs the cache that statement_cache_capacity or description_cache_capacity turns off; raise the capacity, or use default_query_exec_mode=exec or simple_protocol"
+	}
+	if code, msg, ok := serverError(err); ok && code == "42704" && contains(msg, "configuration parameter") && startupRefused(err) {
+		return "the server refuses a setting of the connection string (lib/pq, which WithPGConnStr and $POSTGRES_* connect with, sends every key it does not know to the server as a setting: a key of pgx's, such as default_query_exec_mode or statement_cache_capacity, is one); remove it, or open the pool with pgx's driver and pass it with WithDB"
+	}
+	return ""
+}
+
+// startupRefused tells whether the server error in err's chain ended the session
+// (severity FATAL: as it started, for a connection string's setting), not a statement
+// of it (ERROR: a query's current_setting or SET of an unknown setting).
+func startupRefused(err error) bool {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return pqErr.Fatal()
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.SeverityUnlocalized == "FATAL" || pgErr.Severity == "FATAL"
+	}
+	return false
 }
 
 // wrapNamed wraps err in named with what failed and what to do about it.

@@ -215,7 +215,9 @@ func (s *Syncer) resyncFellBack(ctx context.Context, st *slotState, target pglog
 // checkpoints, TestGetMessagesForwardAcrossCrash). Rows are appended to
 // out; on an error the rows read before it may have been appended (the peek can end
 // inside a transaction), and Forward still refers to the last call that read the
-// slot without error. This is the low-level API; Run does both for you.
+// slot without error. A statement the server cancelled while ctx was live
+// (pg_cancel_backend, a statement_timeout) is ErrStatementCancelled: call again.
+// This is the low-level API; Run does both for you.
 func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMSG, error) {
 	return s.GetMessagesContext(context.Background(), numMessages, consume, out)
 }
@@ -230,7 +232,7 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	}
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
-	defer func() { err = s.diagnose(ctx, err) }()
+	defer func() { err = errCancelled(ctx, "GetMessages", s.diagnose(ctx, err)) }()
 	var upto pglogrepl.LSN
 	var timed bool
 	var enc string
@@ -244,6 +246,9 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	start := len(out)
 	if err := s.readPeek(ctx, upto, numMessages, func(m PGMSG) error {
 		out = append(out, m)
+		if s.getMessagesRow != nil {
+			s.getMessagesRow(len(out) - start)
+		}
 		return nil
 	}); err != nil {
 		return out, err
@@ -272,7 +277,8 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 // comes again), or — when nummsgs covers every row and that call drained the slot up
 // to its flush LSN — to that flush LSN. A nummsgs larger than that call's rows counts
 // as all of them. A negative nummsgs is ErrConfig; after Close, ErrClosed; while Run
-// runs, ErrAlreadyRunning. Like Run's
+// runs, ErrAlreadyRunning; a statement the server cancelled while ctx was live
+// (pg_cancel_backend, a statement_timeout), ErrStatementCancelled: call again. Like Run's
 // polls, it then keeps the slot's restart_lsn close (Syncer.MaxRestartLSNLag): a
 // check may run in the background until Close.
 func (s *Syncer) Forward(nummsgs int) error {
@@ -286,7 +292,7 @@ func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
 	}
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
-	return s.diagnose(ctx, s.forwardLocked(ctx, nummsgs))
+	return errCancelled(ctx, "Forward", s.diagnose(ctx, s.forwardLocked(ctx, nummsgs)))
 }
 
 // checkLowLevelCall (GetMessages, Forward) is ErrClosed for a call made after Close, and ErrAlreadyRunning for one

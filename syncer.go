@@ -142,6 +142,9 @@ type Syncer struct {
 	// beforeSlotCreate, when set, is called by setup right before it creates the
 	// slot, after it found none (ensureSlot; tests).
 	beforeSlotCreate func()
+	// getMessagesRow, when set, is called by GetMessages with the number of rows the
+	// call has read so far, after each row (tests).
+	getMessagesRow func(n int)
 	// splitPeeks counts split polls (peekread.go); splitMinWAL, when not 0, replaces
 	// the backlog from which polls are split (tests).
 	splitPeeks  atomic.Uint64
