@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"runtime"
@@ -142,6 +143,79 @@ func TestResetAndHealResumeDelivery(t *testing.T) {
 			waitCaughtUp(t, d.DB, slot)
 			require.NoError(t, r.stop(t))
 			require.Equal(t, want, rec.snapshot())
+		})
+	}
+}
+
+// TestBlackholeCallsHonourContext: with the server unreachable, a Refresh, a Snapshot,
+// GetMessages and Forward whose context ends return within the bound, with the
+// context's error (Refresh and Snapshot: also ErrRefreshAbandoned), while Run (its
+// context live) waits; after the heal Run delivers the row written meanwhile once,
+// and the other slot was not moved by the Forward that failed.
+func TestBlackholeCallsHonourContext(t *testing.T) {
+	for _, drv := range netDrivers {
+		t.Run(drv.name, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE nf (id int PRIMARY KEY)`, `INSERT INTO nf VALUES (1)`)
+			p := newNetProxy(t, d)
+			rec := &recorder{}
+			opts := append(drv.opts(t, p, d), ForTables("nf"), WithMessageHandler(rec))
+			low := newTestSyncer(t, d, append(opts, WithReplicationSlot(pgtest.Ident(t, "low")))...)
+			s := newTestSyncer(t, d, opts...)
+			r := runInBackground(s)
+			execAll(t, d.DB, `INSERT INTO nf VALUES (2)`)
+			r.waitFor(t, 20*time.Second, func() bool { return len(rec.snapshot()) == 3 }, "row 2, have %v", rec)
+			// Row 2 read from the other slot, for Forward to move it.
+			msgs, err := low.GetMessagesContext(context.Background(), 0, false, nil)
+			require.NoError(t, err)
+			require.Len(t, msgs, 4) // BEGIN, RELATION, INSERT, COMMIT
+			p.blackhole()
+			waitFor(t, 20*time.Second, func() bool { return p.heldChunks() > 0 }, "a poll's statement held by the blackhole")
+			execAll(t, d.DB, `INSERT INTO nf VALUES (3)`)
+			call := func(name string, f func(ctx context.Context) error) error {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				done := make(chan error, 1)
+				go func() { done <- f(ctx) }()
+				select {
+				case err := <-done:
+					require.Error(t, err, name)
+					require.ErrorIs(t, err, context.DeadlineExceeded, name)
+					return err
+				case <-time.After(stopReturnBound + time.Second):
+					dumpStuck(t)
+					p.heal()
+					t.Fatalf("%s did not return within %s of its context's end with the network blackholed", name, stopReturnBound)
+					return nil
+				}
+			}
+			err = call("Refresh", func(ctx context.Context) error {
+				_, err := s.RefreshContext(ctx, `SELECT * FROM nf`)
+				return err
+			})
+			require.ErrorIs(t, err, ErrRefreshAbandoned)
+			err = call("Snapshot", func(ctx context.Context) error { return s.Snapshot(ctx, "nf") })
+			require.ErrorIs(t, err, ErrRefreshAbandoned)
+			call("GetMessages", func(ctx context.Context) error {
+				_, err := low.GetMessagesContext(ctx, 10, false, nil)
+				return err
+			})
+			call("Forward", func(ctx context.Context) error { return low.ForwardContext(ctx, 10) })
+			p.heal()
+			want := []string{"BEGIN", "INSERT public.nf id=2", "COMMIT", "BEGIN", "INSERT public.nf id=3", "COMMIT"}
+			r.waitFor(t, 60*time.Second, func() bool { return len(rec.snapshot()) >= len(want) }, "row 3, have %v", rec)
+			waitCaughtUp(t, d.DB, s.ReplicationSlot())
+			require.NoError(t, r.stop(t))
+			require.Equal(t, want, rec.snapshot())
+			msgs, err = low.GetMessagesContext(context.Background(), 0, false, nil)
+			require.NoError(t, err)
+			var kinds []byte
+			for _, m := range msgs {
+				if m.Data[0] != 'R' { // a RELATION comes once per session
+					kinds = append(kinds, m.Data[0])
+				}
+			}
+			require.Equal(t, "BICBIC", string(kinds), "rows 2 and 3 still in the other slot")
 		})
 	}
 }

@@ -2,6 +2,8 @@ package dbsync
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -107,38 +109,51 @@ func (c *trackedConn) Close() error {
 }
 
 // unstickAfter closes the sockets of the Syncer's own pool stuck in a read (see
-// above) from stopBound after ctx ended, every second, until the returned stop
-// is called; it does nothing on a pool given with WithDB.
+// above) from stopBound after ctx ended, every second, until the returned stop is
+// called; it does nothing on a pool given with WithDB. Nothing runs before ctx ends.
 func (s *Syncer) unstickAfter(ctx context.Context) (stop func()) {
 	if s.sockets == nil {
 		return func() {}
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		select {
-		case <-ctx.Done():
-		case <-done:
-			return
+	var mu sync.Mutex
+	var t *time.Timer
+	stopped := false
+	var sweep func()
+	sweep = func() {
+		if n := s.sockets.closeStuck(cleanupTimeout); n > 0 {
+			s.log.Warn("dbsync: the server did not answer after the stop; closed the connections waiting for it", "connections", n)
 		}
-		t := time.NewTimer(stopBound)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-			if n := s.sockets.closeStuck(cleanupTimeout); n > 0 {
-				s.log.Warn("dbsync: the server did not answer after the stop; closed the connections waiting for it", "connections", n)
-			}
-			t.Reset(time.Second)
+		mu.Lock()
+		if !stopped {
+			t = time.AfterFunc(time.Second, sweep)
 		}
-	}()
-	return func() {
-		close(done)
-		wg.Wait()
+		mu.Unlock()
 	}
+	unwatch := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		if !stopped {
+			t = time.AfterFunc(stopBound, sweep)
+		}
+		mu.Unlock()
+	})
+	return func() {
+		unwatch()
+		mu.Lock()
+		stopped = true
+		if t != nil {
+			t.Stop()
+		}
+		mu.Unlock()
+	}
+}
+
+// withCtxErr is err, wrapping ctx's error too when ctx ended (and err does not already):
+// a statement that ctx ended fails with what the driver saw (lib/pq: the server's
+// 57014 "canceling statement due to user request", or a socket closed above), which
+// does not say the caller's context ended it.
+func withCtxErr(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil || errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ctx.Err(), err)
 }

@@ -309,7 +309,11 @@ func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) er
 	if s.bg != nil {
 		stop = context.AfterFunc(s.bg, cancel)
 	}
+	// A call stuck on a server that does not answer ends within the bound after ctx
+	// (lib/pq: sockets.go).
+	unstick := s.unstickAfter(ctx)
 	end := func(err error) error {
+		unstick()
 		if stop != nil {
 			stop()
 		}
