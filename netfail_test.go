@@ -219,3 +219,44 @@ func TestBlackholeCallsHonourContext(t *testing.T) {
 		})
 	}
 }
+
+// TestBlackholeCloseEndsRefresh: with the server unreachable, Close ends a Refresh and
+// a Snapshot stuck on it (their contexts live) and Run, within the bound; they return
+// ErrRefreshAbandoned and ErrClosed.
+func TestBlackholeCloseEndsRefresh(t *testing.T) {
+	for _, drv := range netDrivers {
+		t.Run(drv.name, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE nf (id int PRIMARY KEY)`, `INSERT INTO nf VALUES (1)`)
+			p := newNetProxy(t, d)
+			s := newTestSyncer(t, d, append(drv.opts(t, p, d), ForTables("nf"), WithMessageHandler(&recorder{}))...)
+			r := runInBackground(s)
+			r.waitFor(t, 20*time.Second, s.IsRunning, "Run")
+			p.blackhole()
+			refreshed, snapped := make(chan error, 1), make(chan error, 1)
+			go func() { refreshed <- s.Refresh(`SELECT * FROM nf`) }()
+			go func() { snapped <- s.Snapshot(context.Background(), "nf") }()
+			waitFor(t, 20*time.Second, func() bool { return p.heldChunks() >= 2 }, "statements held by the blackhole")
+			closed := make(chan error, 1)
+			start := time.Now()
+			go func() { closed <- s.Close() }()
+			deadline := time.After(stopReturnBound + 5*time.Second)
+			for name, ch := range map[string]chan error{"Close": closed, "Run": r.done, "Refresh": refreshed, "Snapshot": snapped} {
+				select {
+				case err := <-ch:
+					t.Logf("%s returned %s after Close began: %v", name, time.Since(start), err)
+					if name == "Refresh" || name == "Snapshot" {
+						require.ErrorIs(t, err, ErrRefreshAbandoned, name)
+						require.ErrorIs(t, err, ErrClosed, name)
+					} else {
+						require.NoError(t, err, name)
+					}
+				case <-deadline:
+					dumpStuck(t)
+					p.heal()
+					t.Fatalf("%s did not return within %s of Close with the network blackholed", name, stopReturnBound+5*time.Second)
+				}
+			}
+		})
+	}
+}
