@@ -260,3 +260,42 @@ func TestBlackholeCloseEndsRefresh(t *testing.T) {
 		})
 	}
 }
+
+// TestBlackholeMidTeardownReturns: a Teardown whose connection stops answering once it
+// holds the setup lock (its slot lock check held by the blackhole) returns within the
+// slot lock check's bound and the lock release's, with an error, rather than waiting
+// for good on the release; once the network heals the setup lock is free (its session
+// was closed) and the slot is still there.
+func TestBlackholeMidTeardownReturns(t *testing.T) {
+	for _, drv := range netDrivers {
+		t.Run(drv.name, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE nf (id int PRIMARY KEY)`)
+			p := newNetProxy(t, d)
+			s := newTestSyncer(t, d, append(drv.opts(t, p, d), ForTables("nf"))...)
+			p.blackholeOn("pg_try_advisory_lock")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			done := make(chan error, 1)
+			start := time.Now()
+			go func() { _, err := s.TeardownWithResult(ctx); done <- err }()
+			bound := slotLockQueryTimeout + stopBound + 2*cleanupTimeout
+			select {
+			case err := <-done:
+				t.Logf("Teardown returned after %s: %v", time.Since(start), err)
+				require.ErrorIs(t, err, context.DeadlineExceeded)
+			case <-time.After(bound):
+				dumpStuck(t)
+				p.heal()
+				t.Fatalf("Teardown did not return within %s with the network blackholed", bound)
+			}
+			p.heal()
+			require.Equal(t, []string{s.ReplicationSlot()}, queryStrings(t, d.DB, `SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot()))
+			waitFor(t, 20*time.Second, func() bool {
+				var n int
+				require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&n))
+				return n == 0
+			}, "no advisory lock left")
+		})
+	}
+}

@@ -24,6 +24,9 @@ type netProxy struct {
 	cond    *sync.Cond
 	blocked bool
 	held    int // chunks read while blackholed, waiting for heal
+	// trigger, when set, blackholes the proxy as a chunk from a client holding it
+	// arrives (that chunk is held).
+	trigger string
 	conns   map[net.Conn]struct{}
 	wg      sync.WaitGroup
 }
@@ -88,8 +91,15 @@ func (p *netProxy) serve(client net.Conn) {
 		return
 	}
 	p.wg.Add(2)
-	go p.pipe(server, client)
-	go p.pipe(client, server)
+	go p.pipe(server, client, true)
+	go p.pipe(client, server, false)
+}
+
+// blackholeOn blackholes the proxy when a client next sends a chunk holding s.
+func (p *netProxy) blackholeOn(s string) {
+	p.mu.Lock()
+	p.trigger = s
+	p.mu.Unlock()
 }
 
 // waitOpen waits while the proxy is blackholed.
@@ -103,13 +113,16 @@ func (p *netProxy) waitOpen() {
 
 // pipe copies src to dst; a chunk read while blackholed is held until heal (or
 // dropped with the connection on reset).
-func (p *netProxy) pipe(dst, src net.Conn) {
+func (p *netProxy) pipe(dst, src net.Conn, fromClient bool) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
+			if fromClient && p.trigger != "" && strings.Contains(string(buf[:n]), p.trigger) {
+				p.blocked, p.trigger = true, ""
+			}
 			if p.blocked {
 				p.held++
 			}
