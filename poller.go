@@ -222,7 +222,9 @@ func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMS
 	return s.GetMessagesContext(context.Background(), numMessages, consume, out)
 }
 
-// GetMessagesContext is GetMessages with a context.
+// GetMessagesContext is GetMessages with a context. When ctx ends, the error wraps
+// ctx's error; the call returns within 30 s of that also when the server does not
+// answer (README, "Stopping when the server does not answer").
 func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consume bool, out []PGMSG) (_ []PGMSG, err error) {
 	if numMessages > math.MaxInt32 {
 		return out, fmt.Errorf("%w: GetMessages(%d): numMessages must be at most 2147483647 rows (the peek's upto_nchanges is an int4); use 0 for no row bound", ErrConfig, numMessages)
@@ -232,7 +234,8 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	}
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
-	defer func() { err = errCancelled(ctx, "GetMessages", s.diagnose(ctx, err)) }()
+	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
+	defer func() { err = withCtxErr(ctx, errCancelled(ctx, "GetMessages", s.diagnose(ctx, err))) }()
 	var upto pglogrepl.LSN
 	var timed bool
 	var enc string
@@ -285,14 +288,17 @@ func (s *Syncer) Forward(nummsgs int) error {
 	return s.ForwardContext(context.Background(), nummsgs)
 }
 
-// ForwardContext is Forward with a context.
+// ForwardContext is Forward with a context. When ctx ends, the error wraps ctx's
+// error; the call returns within 30 s of that also when the server does not answer
+// (README, "Stopping when the server does not answer").
 func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
 	if err := s.checkLowLevelCall("Forward"); err != nil {
 		return err
 	}
 	s.peekMu.Lock()
 	defer s.peekMu.Unlock()
-	return errCancelled(ctx, "Forward", s.diagnose(ctx, s.forwardLocked(ctx, nummsgs)))
+	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
+	return withCtxErr(ctx, errCancelled(ctx, "Forward", s.diagnose(ctx, s.forwardLocked(ctx, nummsgs))))
 }
 
 // checkLowLevelCall (GetMessages, Forward) is ErrClosed for a call made after Close, and ErrAlreadyRunning for one

@@ -48,6 +48,7 @@ func (s *Syncer) Setup(ctx context.Context) (err error) {
 	if err := s.checkOpen("Setup"); err != nil {
 		return err
 	}
+	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
 	defer func() {
 		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (setup ended by its context: %w)", err, ctx.Err())

@@ -254,11 +254,15 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // when the control schema holds anything but dbsync's tables, something depends on
 // those, or the schema is public, information_schema or pg_* (the slot is dropped,
 // the rest kept); ErrClosed after Close (nothing is dropped: make a new Syncer); or
-// the server's error.
+// the server's error (wrapping ctx's error too when ctx ended). With the server not
+// answering it returns within about 30 s (the slot lock check's bound) once ctx
+// ended (README, "Stopping when the server does not answer").
 func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, err error) {
 	if err := s.checkOpen("TeardownWithResult"); err != nil {
 		return res, err
 	}
+	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
+	defer func() { err = withCtxErr(ctx, err) }()
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return res, classify(err, "connect for teardown")

@@ -47,15 +47,25 @@ func (s *Syncer) trySlotLock(ctx context.Context, conn *sql.Conn) (taken bool, p
 	return false, pid, nil
 }
 
-// unlockSlot releases the slot lock taken on conn. When that fails, conn's session is
-// closed rather than returned to the pool still holding the lock.
+// unlockSlot releases the slot lock taken on conn. It runs after Run's context ended,
+// so it does not end with ctx but after cleanupTimeout: a server that does not answer
+// (a network partition, a frozen server) kept Run from returning for good
+// (TestBlackholeCancelRunReturns). When it fails, conn's session is closed rather than
+// returned to the pool still holding the lock (the server drops the lock with the
+// session).
 func (s *Syncer) unlockSlot(ctx context.Context, conn *sql.Conn) error {
-	_, err := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_advisory_unlock(`+slotLockKey+`)`, s.replicationSlot)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	_, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_unlock(`+slotLockKey+`)`, s.replicationSlot)
 	if err != nil {
 		endSession(conn)
 	}
 	return err
 }
+
+// cleanupTimeout bounds a statement that must run after the caller's context ended
+// (releasing a lock): past it the statement is abandoned and its session closed.
+const cleanupTimeout = 5 * time.Second
 
 // slotLockQueryTimeout bounds the slot lock's queries, which run to their end when
 // Run's context ends (trySlotLock).

@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	_ "github.com/lib/pq" // the "postgres" driver for WithPGConnStr and POSTGRES_*
+	"github.com/lib/pq" // the "postgres" driver for WithPGConnStr and POSTGRES_*
 )
 
 // Syncer reads one logical replication slot and delivers its changes. Configure it with
@@ -88,8 +88,11 @@ type Syncer struct {
 	// SnapshotProgress, when set, is called by Snapshot after each delivered chunk.
 	SnapshotProgress func(SnapshotProgress)
 
-	db      *sql.DB
-	ownDB   bool
+	db    *sql.DB
+	ownDB bool
+	// sockets are the sockets of the pool NewSyncer opened (nil on one given with
+	// WithDB): sockets.go.
+	sockets *socketTracker
 	connStr string
 
 	replicationSlot string
@@ -215,11 +218,15 @@ func NewSyncerContext(ctx context.Context, opts ...SyncerOpt) (*Syncer, error) {
 		return nil, err
 	}
 	if s.db == nil {
-		db, err := sql.Open("postgres", s.connStr)
+		connector, err := pq.NewConnector(s.connStr)
 		if err != nil {
 			return nil, fmt.Errorf("%w: connection string %q: %v", ErrConfig, RedactConnString(s.connStr), err)
 		}
-		s.db, s.ownDB = db, true
+		// Its sockets can be closed when the server does not answer after a stop
+		// (sockets.go).
+		s.sockets = newSocketTracker()
+		connector.Dialer(s.sockets)
+		s.db, s.ownDB = sql.OpenDB(connector), true
 	}
 	s.tables = newTableCache(s.db)
 	s.dec = newDecoder(s.tables)
@@ -261,11 +268,18 @@ func (s *Syncer) WMTable() string { return s.wmTableName }
 // and CheckReplicaIdentity, also on a pool given with WithDB (they do nothing); Refresh
 // and Snapshot return ErrRefreshAbandoned and ErrClosed. Close may be called more than
 // once, but not from a handler, Batcher, EventsProcessor or SnapshotProgress function
-// (it waits for the call that runs them).
+// (it waits for the call that runs them). With the server unreachable (a partition,
+// a frozen server) Close returns within 30 s: on the pool NewSyncer opens, the
+// sockets still waiting for the server 20 s after Close began are closed (README,
+// "Stopping when the server does not answer"); a lib/pq pool given with WithDB may
+// keep it waiting until the operating system gives up on the connection.
 func (s *Syncer) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+	ended, end := context.WithCancel(context.Background())
+	end()
+	defer s.unstickAfter(ended)()
 	s.Stop()
 	if s.win != nil {
 		s.win.abandon(ErrClosed)
@@ -301,7 +315,11 @@ func (s *Syncer) beginCall(ctx context.Context) (context.Context, func(error) er
 	if s.bg != nil {
 		stop = context.AfterFunc(s.bg, cancel)
 	}
+	// A call stuck on a server that does not answer ends within the bound after ctx
+	// (lib/pq: sockets.go).
+	unstick := s.unstickAfter(ctx)
 	end := func(err error) error {
+		unstick()
 		if stop != nil {
 			stop()
 		}
@@ -375,6 +393,10 @@ func (s *Syncer) IsRunning() bool {
 // goes on to Run's caller once Run has released the slot lock, with nothing of the
 // poll forwarded, so a caller that recovers it may Run again and gets that poll's
 // transactions again.
+// Run returns within 30 s of ctx ending (or Stop) also when the server does not
+// answer: the slot lock's release gives up after 5 s, and on the pool NewSyncer opens
+// the sockets still waiting for the server 20 s after the stop are closed (README,
+// "Stopping when the server does not answer"; not on a lib/pq pool given with WithDB).
 func (s *Syncer) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
@@ -416,6 +438,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	// fail as if the Syncer were stopped.
 	s.win.started()
 	s.mu.Unlock()
+	defer s.unstickAfter(ctx)()
 	defer func() {
 		cancel()
 		s.mu.Lock()
