@@ -183,7 +183,7 @@ func TestSearchPathShadowedBuiltins(t *testing.T) {
 // a wrong value instead of raising: comparisons =, <, >, <= and >= always false and
 // <> always true on name, oid, regclass, regproc, regtype, int2, int4, int8 (and
 // their cross-type pairs), text, "char", bool, pg_lsn and jsonb; + and - on the
-// integers giving 0; text || giving ''; jsonb ->, ->> giving NULL; LIKE (~~) always
+// integers giving 0; text || giving ”; jsonb ->, ->> giving NULL; LIKE (~~) always
 // false; and array containment (@>, <@, &&) always false. With such a schema before
 // pg_catalog on the search_path, a bare operator silently answers wrongly.
 func wrongOperatorsDDL() []string {
@@ -393,7 +393,7 @@ func bareSQLOperators(sql string) []string {
 	s = regexp.MustCompile(`(?i)(\bSELECT|\(|\.)\s*\*`).ReplaceAllStringFunc(s, func(m string) string { return m[:len(m)-1] + " " })
 	var found []string
 	for n, line := range strings.Split(s, "\n") {
-		for _, m := range regexp.MustCompile(`[-+*/<>=~!@#%^&|` + "`" + `?]+|(?i)\b(IN\s*\(|CASE\s+[^\sW]|DISTINCT\s+FROM|BETWEEN|I?LIKE|SIMILAR|NULLIF)`).FindAllString(line, -1) {
+		for _, m := range regexp.MustCompile(`[-+*/<>=~!@#%^&|`+"`"+`?]+|(?i)\b(IN\s*\(|CASE\s+[^\sW]|DISTINCT\s+FROM|BETWEEN|I?LIKE|SIMILAR|NULLIF)`).FindAllString(line, -1) {
 			found = append(found, fmt.Sprintf("line %d: %s", n+1, m))
 		}
 	}
