@@ -183,9 +183,10 @@ func TestSearchPathShadowedBuiltins(t *testing.T) {
 // a wrong value instead of raising: comparisons =, <, >, <= and >= always false and
 // <> always true on name, oid, regclass, regproc, regtype, int2, int4, int8 (and
 // their cross-type pairs), text, "char", bool, pg_lsn and jsonb; + and - on the
-// integers giving 0; text || giving ”; jsonb ->, ->> giving NULL; LIKE (~~) always
-// false; and array containment (@>, <@, &&) always false. With such a schema before
-// pg_catalog on the search_path, a bare operator silently answers wrongly.
+// integers, and << and | on int8, giving 0; text || giving the empty string; jsonb
+// ->, ->> giving NULL; LIKE (~~) always false; and array containment (@>, <@, &&)
+// always false. With such a schema before pg_catalog on the search_path, a bare
+// operator silently answers wrongly.
 func wrongOperatorsDDL() []string {
 	ddl := []string{`CREATE SCHEMA app`}
 	n := 0
@@ -219,6 +220,8 @@ func wrongOperatorsDDL() []string {
 			op("-", l, r, ret, "0")
 		}
 	}
+	op("<<", "pg_catalog.int8", "pg_catalog.int4", "pg_catalog.int8", "0")
+	op("|", "pg_catalog.int8", "pg_catalog.int8", "pg_catalog.int8", "0")
 	cmp("pg_catalog.name", "pg_catalog.text")
 	cmp("pg_catalog.text", "pg_catalog.name")
 	op("||", "pg_catalog.text", "pg_catalog.text", "pg_catalog.text", "''")
