@@ -423,3 +423,73 @@ func TestSQLFilesQualifyOperators(t *testing.T) {
 		require.Empty(t, bareSQLOperators(sqlText(e.Name())), "sql/%s has operators not named in pg_catalog", e.Name())
 	}
 }
+
+// TestSearchPathExactMatchOperators: with pg_catalog searched first (search_path =
+// app, public: the usual case, where any role that may create objects in a schema on
+// the path can plant them), an operator of another schema still took over a bare one
+// whose argument types pg_catalog has no exact match for, as oid = regclass
+// (pg_partition_tree's and pg_partition_ancestors' relid against pg_class.oid), oid
+// = regtype (a key type's operator class), regproc = regproc (pg_type.typinput) and
+// float4 >= int4 (reltuples). Planted returning wrong values, an always-false oid =
+// regtype made Snapshot refuse an enum-keyed table with ErrConfig ("has no default
+// B-tree operator class"). Now they change nothing: setup of a publication
+// publishing a partitioned table via its root, CheckReplicaIdentity, Run's
+// deliveries, a chunked Snapshot of an enum-keyed table and of the partitioned
+// table, and a Refresh.
+func TestSearchPathExactMatchOperators(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	ctx := context.Background()
+	execAll(t, d.DB, `CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')`,
+		`CREATE TABLE moods (k mood PRIMARY KEY, tags mood[])`,
+		`CREATE TABLE parts (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`,
+		`CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (10)`,
+		`CREATE TABLE parts_2 PARTITION OF parts FOR VALUES FROM (10) TO (20)`,
+		`CREATE SCHEMA app`)
+	n := 0
+	for _, o := range []struct{ name, left, right, ret string }{
+		{"=", "oid", "regclass", "false"}, {"<>", "oid", "regclass", "true"},
+		{"=", "regclass", "oid", "false"}, {"<>", "regclass", "oid", "true"},
+		{"=", "oid", "regtype", "false"}, {"<>", "oid", "regtype", "true"},
+		{"=", "regproc", "regproc", "false"}, {"<>", "regproc", "regproc", "true"},
+		{">=", "float4", "int4", "false"},
+	} {
+		n++
+		execAll(t, d.DB,
+			fmt.Sprintf(`CREATE FUNCTION app.wrong%d(pg_catalog.%s, pg_catalog.%s) RETURNS pg_catalog.bool LANGUAGE plpgsql IMMUTABLE AS $$BEGIN RETURN %s; END$$`, n, o.left, o.right, o.ret),
+			fmt.Sprintf(`CREATE OPERATOR app.%s (LEFTARG = pg_catalog.%s, RIGHTARG = pg_catalog.%s, FUNCTION = app.wrong%d)`, o.name, o.left, o.right, n))
+	}
+	dsn := settingsRole(t, d, "role", [][2]string{{"search_path", "app, public"}})
+	db, err := sql.Open("postgres", dsn)
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	var probe bool
+	require.NoError(t, db.QueryRow(`SELECT 'pg_class'::pg_catalog.regclass::pg_catalog.oid = 'pg_class'::pg_catalog.regclass`).Scan(&probe))
+	require.False(t, probe, "the planted = is not taken")
+
+	slot := pgtest.Ident(t, "slot")
+	execAll(t, d.DB, `CREATE PUBLICATION `+slot+`_pub FOR TABLE moods, parts WITH (publish_via_partition_root = true)`)
+	h := newCacheHandler()
+	s, stop := startSyncer(t, dsn, slot, h, WithDB(db), WithSnapshotChunkSize(2))
+	problems, err := s.CheckReplicaIdentity(ctx)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+	execAll(t, d.DB, `INSERT INTO moods VALUES ('happy', '{sad,ok}'), ('sad', '{happy}'), ('ok', NULL)`,
+		`INSERT INTO parts VALUES (1, 'a'), (11, 'b'), (2, 'c')`)
+	waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == 6 }, "6 inserts, have %v", h.eventList())
+	require.NoError(t, s.Snapshot(ctx, "public.moods"))
+	require.NoError(t, s.Snapshot(ctx, "public.parts"))
+	stats, err := s.RefreshContext(ctx, `SELECT * FROM public.parts WHERE id > 5`)
+	require.NoError(t, err)
+	require.Equal(t, RefreshStats{Selected: 1, Emitted: 1}, stats)
+	waitCaughtUp(t, d.DB, slot)
+	require.NoError(t, stop())
+	require.Equal(t, []string{
+		`insert public.moods ["happy"]`, `insert public.moods ["sad"]`, `insert public.moods ["ok"]`,
+		`insert public.parts ["1"]`, `insert public.parts ["11"]`, `insert public.parts ["2"]`,
+		`refresh public.moods ["sad"]`, `refresh public.moods ["ok"]`, `refresh public.moods ["happy"]`,
+		`refresh public.parts ["1"]`, `refresh public.parts ["2"]`, `refresh public.parts ["11"]`,
+		`refresh public.parts ["11"]`,
+	}, h.eventList())
+	require.Empty(t, mismatches(h.tableRows("public.moods"), dbRows(t, d.DB, "public.moods")))
+	require.Empty(t, mismatches(h.tableRows("public.parts"), dbRows(t, d.DB, "public.parts")))
+}
