@@ -145,7 +145,7 @@ func (c *ctrlMarks) lookup(ctx context.Context, db *sql.DB, reln *pglogrepl.Rela
 		return nil
 	}
 	var comment sql.NullString
-	err := db.QueryRowContext(ctx, `SELECT pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c WHERE c.oid = $1`,
+	err := db.QueryRowContext(ctx, `SELECT pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1`,
 		int64(reln.RelationID)).Scan(&comment)
 	marked := errors.Is(err, sql.ErrNoRows) || strings.HasPrefix(comment.String, ctrlTableMarker)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {

@@ -107,7 +107,7 @@ func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 func (s *Syncer) confirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	var lsn pglogrepl.LSN
 	var confirmed, walStatus sql.NullString
-	err := s.db.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::pg_catalog.text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
+	err := s.db.QueryRowContext(ctx, `SELECT confirmed_flush_lsn::pg_catalog.text, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name OPERATOR(pg_catalog.=) $1`,
 		s.replicationSlot).Scan(&confirmed, &walStatus)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, s.errSlotDropped(nil)

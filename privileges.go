@@ -23,14 +23,14 @@ func (s *Syncer) checkSelectionPrivileges(ctx context.Context, info *PGTableInfo
 	var role string
 	var usage, wmSelect, wmInsert, wmDelete, progSelect, progInsert, progUpdate, tableSelect sql.NullBool
 	err := s.db.QueryRowContext(ctx, `SELECT current_user,
-		(SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n WHERE n.nspname = $1),
+		(SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) $1),
 		pg_catalog.has_table_privilege(w.oid, 'SELECT'), pg_catalog.has_table_privilege(w.oid, 'INSERT'), pg_catalog.has_table_privilege(w.oid, 'DELETE'),
 		pg_catalog.has_table_privilege(p.oid, 'SELECT'), pg_catalog.has_table_privilege(p.oid, 'INSERT'), pg_catalog.has_table_privilege(p.oid, 'UPDATE'),
 		CASE WHEN $4::pg_catalog.oid IS NOT NULL THEN (SELECT COALESCE(pg_catalog.bool_and(pg_catalog.has_column_privilege($4::pg_catalog.oid, a.attnum, 'SELECT')), true)
-			FROM pg_catalog.pg_attribute a WHERE a.attrelid = $4::pg_catalog.oid AND a.attname = ANY($5::pg_catalog.text[]) AND NOT a.attisdropped) END
+			FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) $4::pg_catalog.oid AND a.attname OPERATOR(pg_catalog.=) ANY($5::pg_catalog.text[]) AND NOT a.attisdropped) END
 		FROM (SELECT) AS x
-		LEFT JOIN (pg_catalog.pg_class w JOIN pg_catalog.pg_namespace wn ON wn.oid = w.relnamespace) ON wn.nspname = $1 AND w.relname = $2
-		LEFT JOIN (pg_catalog.pg_class p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace) ON pn.nspname = $1 AND p.relname = $3`,
+		LEFT JOIN (pg_catalog.pg_class w JOIN pg_catalog.pg_namespace wn ON wn.oid OPERATOR(pg_catalog.=) w.relnamespace) ON wn.nspname OPERATOR(pg_catalog.=) $1 AND w.relname OPERATOR(pg_catalog.=) $2
+		LEFT JOIN (pg_catalog.pg_class p JOIN pg_catalog.pg_namespace pn ON pn.oid OPERATOR(pg_catalog.=) p.relnamespace) ON pn.nspname OPERATOR(pg_catalog.=) $1 AND p.relname OPERATOR(pg_catalog.=) $3`,
 		s.ctrlNamespace, s.wmTableName, snapshotProgressTable, selectionOID(info, cols), pq.StringArray(cols)).Scan(
 		&role, &usage, &wmSelect, &wmInsert, &wmDelete, &progSelect, &progInsert, &progUpdate, &tableSelect)
 	if err != nil {

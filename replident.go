@@ -185,7 +185,7 @@ func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityPro
 	if len(out) == 0 {
 		// No problem, or no publication: the query lists none for a missing one.
 		var exists bool
-		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)`,
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) $1)`,
 			s.publication).Scan(&exists); err != nil {
 			return nil, classify(err, "check replica identity of published tables")
 		}
@@ -261,8 +261,8 @@ func (s *Syncer) setReplicaIdentityFull(ctx context.Context) error {
 				UNION SELECT r.i, p.relid, p.level FROM r, pg_catalog.pg_partition_tree(r.oid) p)
 			SELECT m.i, n.nspname, c.relname, c.relreplident::pg_catalog.text
 			FROM members m
-			JOIN pg_catalog.pg_class c ON c.oid = m.relid
-			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) m.relid
+			JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 			ORDER BY m.i, m.level, n.nspname, c.relname`, pq.Array(schemas), pq.Array(names))
 	if err != nil {
 		return classify(err, "read replica identity of the WithReplicaIdentityFull tables")

@@ -149,7 +149,7 @@ func (s *Syncer) checkRestart(ctx context.Context) error {
 	k := &s.restart
 	var r, c pglogrepl.LSN
 	err := s.db.QueryRowContext(ctx, `SELECT restart_lsn::pg_catalog.text, confirmed_flush_lsn::pg_catalog.text FROM pg_catalog.pg_replication_slots
-		WHERE slot_name = $1 AND restart_lsn IS NOT NULL AND confirmed_flush_lsn IS NOT NULL`,
+		WHERE slot_name OPERATOR(pg_catalog.=) $1 AND restart_lsn IS NOT NULL AND confirmed_flush_lsn IS NOT NULL`,
 		s.replicationSlot).Scan(&r, &c)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil // the poll reports a missing or invalidated slot

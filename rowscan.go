@@ -44,7 +44,7 @@ func selectList(alias string, cols []string) string {
 		if alias != "" {
 			ref = pq.QuoteIdentifier(alias) + "." + ref
 		}
-		parts[i] = "CASE WHEN pg_catalog.num_nulls(" + ref + ") = 1 THEN NULL ELSE pg_catalog.format('%s', " + ref + ") END AS " + pq.QuoteIdentifier(c)
+		parts[i] = "CASE WHEN pg_catalog.num_nulls(" + ref + ") OPERATOR(pg_catalog.=) 1 THEN NULL ELSE pg_catalog.format('%s', " + ref + ") END AS " + pq.QuoteIdentifier(c)
 	}
 	return strings.Join(parts, ", ")
 }

@@ -74,7 +74,7 @@ func (s *Syncer) checkServer(ctx context.Context) error {
 	var canReplicate bool
 	var role string
 	err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.current_setting('wal_level'), r.rolsuper OR r.rolreplication, r.rolname
-		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user`).Scan(&walLevel, &canReplicate, &role)
+		FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user`).Scan(&walLevel, &canReplicate, &role)
 	if err != nil {
 		return classify(err, "check server settings")
 	}
@@ -96,7 +96,7 @@ func (s *Syncer) checkServer(ctx context.Context) error {
 // checkPublishedForSelection.) The publication's choice is kept.
 func (s *Syncer) warnUnpublishedOperations(ctx context.Context) error {
 	var ins, upd, del, trunc bool
-	err := s.db.QueryRowContext(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_catalog.pg_publication WHERE pubname = $1`,
+	err := s.db.QueryRowContext(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) $1`,
 		s.publication).Scan(&ins, &upd, &del, &trunc)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil // setupCatalog reported it
@@ -194,9 +194,9 @@ func (s *Syncer) ensureCtrlTables(ctx context.Context, tx *sql.Tx) error {
 	var schemaOwner sql.NullString
 	var haveWM, haveProgress bool
 	var role, database string
-	if err := tx.QueryRowContext(ctx, `SELECT (SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace WHERE nspname = $1),
-		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2),
-		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $3),
+	if err := tx.QueryRowContext(ctx, `SELECT (SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1),
+		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2),
+		EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $3),
 		current_user, pg_catalog.current_database()`,
 		s.ctrlNamespace, s.wmTableName, snapshotProgressTable).Scan(&schemaOwner, &haveWM, &haveProgress, &role, &database); err != nil {
 		return classify(err, "look up control schema "+s.ctrlNamespace)
@@ -273,13 +273,13 @@ func (s *Syncer) checkCtrlTables(ctx context.Context, tx *sql.Tx) error {
 		// columns only) as their sorted column names joined by commas: what ON
 		// CONFLICT (...) infers its arbiter from.
 		if err := tx.QueryRowContext(ctx, `SELECT
-			ARRAY(SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-			ARRAY(SELECT a.atttypid::pg_catalog.int8 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-			ARRAY(SELECT (SELECT pg_catalog.string_agg(a.attname::pg_catalog.text, ',' ORDER BY a.attname::pg_catalog.text) FROM pg_catalog.unnest((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]) k(n)
-					JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n)
-				FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND 0 <> ALL (i.indkey::pg_catalog.int2[]))
-			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relname = $2`, q.schema, q.name).Scan(pq.Array(&cols), pq.Array(&types), pq.Array(&keys)); err != nil {
+			ARRAY(SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT a.atttypid::pg_catalog.int8 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped ORDER BY a.attnum),
+			ARRAY(SELECT (SELECT pg_catalog.string_agg(a.attname::pg_catalog.text, ',' ORDER BY a.attname::pg_catalog.text) FROM pg_catalog.unnest((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts OPERATOR(pg_catalog.-) 1]) k(n)
+					JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.=) k.n)
+				FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indisunique AND i.indpred IS NULL AND 0 OPERATOR(pg_catalog.<>) ALL (i.indkey::pg_catalog.int2[]))
+			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+			WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2`, q.schema, q.name).Scan(pq.Array(&cols), pq.Array(&types), pq.Array(&keys)); err != nil {
 			return classify(err, "check the columns of "+q.schema+"."+q.name)
 		}
 		have := make(map[string]int64, len(cols))
@@ -314,8 +314,8 @@ func (s *Syncer) checkCtrlTables(ctx context.Context, tx *sql.Tx) error {
 func (s *Syncer) ensureProgressRelationOID(ctx context.Context, tx *sql.Tx) error {
 	var has bool
 	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a
-		JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = 'relation_oid' AND NOT a.attisdropped)`,
+		JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+		WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2 AND a.attname OPERATOR(pg_catalog.=) 'relation_oid' AND NOT a.attisdropped)`,
 		s.ctrlNamespace, snapshotProgressTable).Scan(&has); err != nil {
 		return classify(err, "check the columns of "+s.ctrlNamespace+"."+snapshotProgressTable)
 	}
@@ -347,8 +347,8 @@ func (s *Syncer) ensureCtrlMarkers(ctx context.Context, tx *sql.Tx) error {
 		var marked, owner bool
 		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), $3), false),
 			pg_catalog.pg_has_role(c.relowner, 'USAGE')
-			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relname = $2`, s.ctrlNamespace, c.name, ctrlTableMarker).Scan(&marked, &owner); err != nil {
+			FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+			WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2`, s.ctrlNamespace, c.name, ctrlTableMarker).Scan(&marked, &owner); err != nil {
 			return classify(err, "look up the comment of "+s.ctrlNamespace+"."+c.name)
 		}
 		if marked {
@@ -459,10 +459,10 @@ func resolveTables(ctx context.Context, q queryer, names []string) ([]qualifiedT
 	// catalog names; every name in one query, in the order given (ordinality).
 	rows, err := q.QueryContext(ctx, `SELECT u.i, n.nspname, c.relname, c.relkind::pg_catalog.text
 		FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) WITH ORDINALITY u(s, r, i)
-		LEFT JOIN pg_catalog.pg_class c ON c.oid = CASE WHEN u.s IS NULL THEN pg_catalog.to_regclass(pg_catalog.quote_ident(u.r))
-			ELSE (SELECT c2.oid FROM pg_catalog.pg_class c2 JOIN pg_catalog.pg_namespace n2 ON n2.oid = c2.relnamespace
-				WHERE n2.nspname = u.s AND c2.relname = u.r) END
-		LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) CASE WHEN u.s IS NULL THEN pg_catalog.to_regclass(pg_catalog.quote_ident(u.r))
+			ELSE (SELECT c2.oid FROM pg_catalog.pg_class c2 JOIN pg_catalog.pg_namespace n2 ON n2.oid OPERATOR(pg_catalog.=) c2.relnamespace
+				WHERE n2.nspname OPERATOR(pg_catalog.=) u.s AND c2.relname OPERATOR(pg_catalog.=) u.r) END
+		LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 		ORDER BY u.i`, pq.Array(schemas), pq.Array(tables))
 	if err != nil {
 		return nil, classify(err, "resolve table "+names[0])
@@ -579,7 +579,7 @@ func (s *Syncer) ensurePublication(ctx context.Context, tx *sql.Tx) error {
 		return err
 	}
 	var allTables bool
-	err = tx.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
+	err = tx.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) $1`, s.publication).Scan(&allTables)
 	if errors.Is(err, sql.ErrNoRows) {
 		if len(tables) == 0 {
 			return fmt.Errorf("%w: publication %q does not exist and no tables were given to create it for; create it with\n  CREATE PUBLICATION %s FOR TABLE <table>, ...;\nor pass dbsync.ForTables(...)",
@@ -659,14 +659,14 @@ func (s *Syncer) inPublication(ctx context.Context, tx *sql.Tx, tables []qualifi
 	}
 	rows, err := tx.QueryContext(ctx, `WITH listed AS MATERIALIZED (
 			SELECT pg_catalog.format('%I.%I', pt.schemaname, pt.tablename)::pg_catalog.regclass::pg_catalog.oid AS relid
-			FROM pg_catalog.pg_publication_tables pt WHERE pt.pubname = $1
+			FROM pg_catalog.pg_publication_tables pt WHERE pt.pubname OPERATOR(pg_catalog.=) $1
 			UNION SELECT pr.prrelid FROM pg_catalog.pg_publication_rel pr
-			JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1),
+			JOIN pg_catalog.pg_publication p ON p.oid OPERATOR(pg_catalog.=) pr.prpubid WHERE p.pubname OPERATOR(pg_catalog.=) $1),
 		want AS (SELECT u.i, pg_catalog.format('%I.%I', u.s, u.r)::pg_catalog.regclass::pg_catalog.oid AS relid
 			FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) WITH ORDINALITY u(s, r, i))
-		SELECT w.i, w.relid IN (SELECT relid FROM listed)
+		SELECT w.i, w.relid OPERATOR(pg_catalog.=) ANY (SELECT relid FROM listed)
 			OR EXISTS (SELECT 1 FROM pg_catalog.pg_partition_ancestors(w.relid) a(relid)
-				WHERE a.relid IN (SELECT relid FROM listed))
+				WHERE a.relid OPERATOR(pg_catalog.=) ANY (SELECT relid FROM listed))
 		FROM want w ORDER BY w.i`, s.publication, pq.Array(schemas), pq.Array(names))
 	if err != nil {
 		return nil, classify(err, "read publication tables")
@@ -718,7 +718,7 @@ func (s *Syncer) publicationDenied(ctx context.Context, tx *sql.Tx, stmts []stri
 	var owner sql.NullString
 	var dbCreate bool
 	if err := tx.QueryRowContext(ctx, `SELECT current_user, pg_catalog.current_database(), pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'),
-		(SELECT pg_catalog.pg_get_userbyid(pubowner) FROM pg_catalog.pg_publication WHERE pubname = $1)`,
+		(SELECT pg_catalog.pg_get_userbyid(pubowner) FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) $1)`,
 		s.publication).Scan(&role, &database, &dbCreate, &owner); err != nil {
 		return classify(err, "look up the owner of publication "+s.publication)
 	}
@@ -772,7 +772,7 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		err = conn.QueryRowContext(ctx, `SELECT s.plugin, s.slot_type, s.database, s.wal_status, s.temporary, s.active_pid,
 			(pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'two_phase')::pg_catalog.bool, pg_catalog.current_database()
 			FROM (SELECT pg_catalog.current_database()) AS d(x)
-			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &twoPhase, &current)
+			LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name OPERATOR(pg_catalog.=) $1`, s.replicationSlot).Scan(&plugin, &slotType, &database, &walStatus, &temporary, &pid, &twoPhase, &current)
 		if err != nil {
 			return classify(err, "look up replication slot")
 		}
@@ -834,13 +834,13 @@ func (s *Syncer) recheckCatalog(ctx context.Context, conn *sql.Conn) error {
 	var ok bool
 	// The catalog rather than to_regclass, which needs USAGE on the schema: the role
 	// may use a control schema an administrator created, and Run does not need it.
-	if err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relname = $2)
-		AND EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $1 AND c.relname = $3)
+	if err := conn.QueryRowContext(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+			WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2)
+		AND EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+			WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $3)
 		AND COALESCE((SELECT p.puballtables OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
-			WHERE pt.pubname = p.pubname AND pt.schemaname = $1 AND pt.tablename = $2)
-			FROM pg_catalog.pg_publication p WHERE p.pubname = $4), false)`,
+			WHERE pt.pubname OPERATOR(pg_catalog.=) p.pubname AND pt.schemaname OPERATOR(pg_catalog.=) $1 AND pt.tablename OPERATOR(pg_catalog.=) $2)
+			FROM pg_catalog.pg_publication p WHERE p.pubname OPERATOR(pg_catalog.=) $4), false)`,
 		s.ctrlNamespace, s.wmTableName, snapshotProgressTable, s.publication).Scan(&ok); err != nil {
 		return classify(err, "check control schema "+s.ctrlNamespace)
 	}

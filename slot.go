@@ -193,7 +193,7 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 	var twoPhase bool
 	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''),
 		COALESCE((pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'two_phase')::pg_catalog.bool, false), pg_catalog.current_database()
-		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(&slotType, &plugin, &database, &twoPhase, &current)
+		FROM pg_catalog.pg_replication_slots s WHERE slot_name OPERATOR(pg_catalog.=) $1`, s.replicationSlot).Scan(&slotType, &plugin, &database, &twoPhase, &current)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		// The advance names it (ErrSlotMissing).
@@ -308,7 +308,7 @@ func (s *Syncer) dropSlot(ctx context.Context, conn *sql.Conn) (dropped bool, er
 	var pid int
 	err = conn.QueryRowContext(ctx, `SELECT slot_type, COALESCE(plugin, ''), COALESCE(database, ''), temporary, active,
 		COALESCE(active_pid, 0), COALESCE((pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'two_phase')::pg_catalog.bool, false), pg_catalog.current_database()
-		FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1`, s.replicationSlot).Scan(
+		FROM pg_catalog.pg_replication_slots s WHERE slot_name OPERATOR(pg_catalog.=) $1`, s.replicationSlot).Scan(
 		&slotType, &plugin, &database, &temporary, &active, &pid, &twoPhase, &current)
 	if errors.Is(err, sql.ErrNoRows) {
 		s.log.Info("dbsync: teardown: no replication slot to drop", "slot", s.replicationSlot)
@@ -359,8 +359,8 @@ func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *Teard
 		}
 	}()
 	others, err := queryStringList(ctx, tx, `SELECT slot_name FROM pg_catalog.pg_replication_slots
-		WHERE database = pg_catalog.current_database() AND slot_type OPERATOR(pg_catalog.=) 'logical' AND NOT temporary
-		AND (plugin = 'pgoutput' OR COALESCE(plugin, '') = '') AND slot_name <> $1
+		WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database() AND slot_type OPERATOR(pg_catalog.=) 'logical' AND NOT temporary
+		AND (plugin OPERATOR(pg_catalog.=) 'pgoutput' OR COALESCE(plugin, '') OPERATOR(pg_catalog.=) '') AND slot_name OPERATOR(pg_catalog.<>) $1
 		ORDER BY slot_name`, s.replicationSlot)
 	if err != nil {
 		return classify(err, "list replication slots")
@@ -374,7 +374,7 @@ func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *Teard
 			return classify(err, "look up the snapshot progress table")
 		}
 		if progress {
-			r, err := tx.ExecContext(ctx, "DELETE FROM "+ns+"."+pq.QuoteIdentifier(snapshotProgressTable)+" WHERE slot_name = $1", s.replicationSlot)
+			r, err := tx.ExecContext(ctx, "DELETE FROM "+ns+"."+pq.QuoteIdentifier(snapshotProgressTable)+" WHERE slot_name OPERATOR(pg_catalog.=) $1", s.replicationSlot)
 			if err != nil {
 				return classify(err, "delete the snapshot progress of slot "+s.replicationSlot)
 			}
@@ -392,7 +392,7 @@ func (s *Syncer) teardownCatalog(ctx context.Context, conn *sql.Conn, res *Teard
 		return nil
 	}
 	var exists bool
-	if err = tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`,
+	if err = tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) $1)`,
 		s.ctrlNamespace).Scan(&exists); err != nil {
 		return classify(err, "look up control schema "+s.ctrlNamespace)
 	}
@@ -458,7 +458,7 @@ func (s *Syncer) errCtrlDependents(err error, what, stmts string) error {
 // unpublished is false when there was nothing to do.
 func (s *Syncer) dropWMFromPublication(ctx context.Context, tx *sql.Tx) (unpublished bool, err error) {
 	var allTables bool
-	err = tx.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1`, s.publication).Scan(&allTables)
+	err = tx.QueryRowContext(ctx, `SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) $1`, s.publication).Scan(&allTables)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && allTables) {
 		return false, nil
 	}
@@ -470,9 +470,9 @@ func (s *Syncer) dropWMFromPublication(ctx context.Context, tx *sql.Tx) (unpubli
 	// from it: one it publishes through FOR TABLES IN SCHEMA of the control schema
 	// leaves it with the table (and the schema, when that is dropped).
 	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr
-		JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
-		JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE p.pubname = $1 AND n.nspname = $2 AND c.relname = $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
+		JOIN pg_catalog.pg_publication p ON p.oid OPERATOR(pg_catalog.=) pr.prpubid
+		JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) pr.prrelid JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+		WHERE p.pubname OPERATOR(pg_catalog.=) $1 AND n.nspname OPERATOR(pg_catalog.=) $2 AND c.relname OPERATOR(pg_catalog.=) $3)`, s.publication, s.ctrlNamespace, s.wmTableName).Scan(&in); err != nil {
 		return false, classify(err, "read publication tables of "+s.publication)
 	}
 	if !in {

@@ -21,9 +21,9 @@ const slotLockKey = `pg_catalog.hashtextextended(pg_catalog.concat('dbsync slot 
 
 // slotLockHolder names the backend PID holding the slot lock (0 when none is found).
 const slotLockHolder = `SELECT COALESCE((SELECT l.pid FROM pg_catalog.pg_locks l
-	WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted AND l.objsubid = 1
-	AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-	AND ((l.classid::bigint << 32) | l.objid::bigint) = ` + slotLockKey + ` LIMIT 1), 0)`
+	WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted AND l.objsubid OPERATOR(pg_catalog.=) 1
+	AND l.database OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+	AND ((l.classid::pg_catalog.int8 OPERATOR(pg_catalog.<<) 32) OPERATOR(pg_catalog.|) l.objid::pg_catalog.int8) OPERATOR(pg_catalog.=) ` + slotLockKey + ` LIMIT 1), 0)`
 
 // trySlotLock takes the slot lock on conn; taken is false when another session holds
 // it, pid being that session's backend PID.

@@ -210,11 +210,11 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 	prog := SnapshotProgress{Table: table, Estimated: -1}
 	// A partitioned table's reltuples stays -1 unless ANALYZE is run on it by hand
 	// (autovacuum never analyzes one): its estimate is its leaf partitions' sum.
-	if err := s.db.QueryRowContext(ctx, `SELECT CASE WHEN c.relkind = 'p' THEN COALESCE((
-			SELECT sum(l.reltuples) FILTER (WHERE l.reltuples >= 0)
-			FROM pg_catalog.pg_partition_tree(c.oid) p JOIN pg_catalog.pg_class l ON l.oid = p.relid
+	if err := s.db.QueryRowContext(ctx, `SELECT CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'p' THEN COALESCE((
+			SELECT pg_catalog.sum(l.reltuples) FILTER (WHERE l.reltuples OPERATOR(pg_catalog.>=) 0)
+			FROM pg_catalog.pg_partition_tree(c.oid) p JOIN pg_catalog.pg_class l ON l.oid OPERATOR(pg_catalog.=) p.relid
 			WHERE p.isleaf), -1) ELSE c.reltuples END::bigint
-		FROM pg_catalog.pg_class c WHERE c.oid = $1`, info.RelationID).Scan(&prog.Estimated); err != nil {
+		FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1`, info.RelationID).Scan(&prog.Estimated); err != nil {
 		return classify(err, "read row estimate of "+table)
 	}
 

@@ -22,7 +22,7 @@ func (s *Syncer) TableInfo(ctx context.Context, name string) (*PGTableInfo, erro
 	}
 	var oid uint32
 	if err := s.db.QueryRowContext(ctx, `SELECT c.oid FROM pg_catalog.pg_class c
-		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
+		JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2`,
 		t.schema, t.name).Scan(&oid); err != nil {
 		return nil, classify(err, fmt.Sprintf("look up table %s.%s", t.schema, t.name))
 	}

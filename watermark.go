@@ -163,7 +163,7 @@ func refreshColumnList(info *PGTableInfo, cols []string, form selectForm) string
 		if form == formPlain {
 			parts[i] = expr + " AS " + pq.QuoteIdentifier(c)
 		} else {
-			parts[i] = "CASE WHEN pg_catalog.num_nulls(" + expr + ") = 1 THEN NULL ELSE pg_catalog.format('%s', " + expr + ") END AS " + pq.QuoteIdentifier(c)
+			parts[i] = "CASE WHEN pg_catalog.num_nulls(" + expr + ") OPERATOR(pg_catalog.=) 1 THEN NULL ELSE pg_catalog.format('%s', " + expr + ") END AS " + pq.QuoteIdentifier(c)
 		}
 	}
 	return strings.Join(parts, ", ")
@@ -1179,8 +1179,8 @@ func (s *Syncer) tableInfoByName(ctx context.Context, t qualifiedTable) (*PGTabl
 	var oid uint32
 	var relkind string
 	var partition bool
-	err := s.db.QueryRowContext(ctx, `SELECT c.oid, c.relkind::pg_catalog.text, c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2`, t.schema, t.name).Scan(&oid, &relkind, &partition)
+	err := s.db.QueryRowContext(ctx, `SELECT c.oid, c.relkind::pg_catalog.text, c.relispartition FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+		WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2`, t.schema, t.name).Scan(&oid, &relkind, &partition)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: table %s does not exist", ErrConfig, t.quoted())
 	}
@@ -1257,7 +1257,7 @@ func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableIn
 		var leaves []string
 		if err := s.db.QueryRowContext(ctx, `SELECT ARRAY(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
 			FROM pg_catalog.pg_partition_tree($1::pg_catalog.oid::pg_catalog.regclass) p
-			JOIN pg_catalog.pg_class c ON c.oid = p.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 			WHERE p.isleaf ORDER BY 1)`, info.RelationID).Scan(pq.Array(&leaves)); err != nil {
 			return classify(err, "list the partitions of "+info.QualifiedName())
 		}
@@ -1289,7 +1289,7 @@ func (s *Syncer) checkPublishedForSelection(ctx context.Context, info *PGTableIn
 	case !wmPublished:
 		var exists bool
 		if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
-			JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)`,
+			JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2)`,
 			s.ctrlNamespace, s.wmTableName).Scan(&exists); err != nil {
 			return classify(err, "look up the watermark table "+wm)
 		}

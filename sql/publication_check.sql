@@ -12,11 +12,15 @@ SELECT p.pubinsert,
        pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.->>) 'rowfilter',
        w.tablename IS NOT NULL,
        pg_catalog.to_jsonb(w) OPERATOR(pg_catalog.->>) 'rowfilter',
-       ARRAY(SELECT pg_catalog.jsonb_array_elements_text(COALESCE(pg_catalog.to_jsonb(w) -> 'attnames', '[]'))),
+       ARRAY(SELECT pg_catalog.jsonb_array_elements_text(COALESCE(pg_catalog.to_jsonb(w) OPERATOR(pg_catalog.->) 'attnames', '[]'))),
        p.pubviaroot
 FROM pg_catalog.pg_publication p
 LEFT JOIN pg_catalog.pg_publication_tables t
-       ON t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = $3
+       ON t.pubname OPERATOR(pg_catalog.=) p.pubname
+      AND t.schemaname OPERATOR(pg_catalog.=) $2
+      AND t.tablename OPERATOR(pg_catalog.=) $3
 LEFT JOIN pg_catalog.pg_publication_tables w
-       ON w.pubname = p.pubname AND w.schemaname = $4 AND w.tablename = $5
-WHERE p.pubname = $1
+       ON w.pubname OPERATOR(pg_catalog.=) p.pubname
+      AND w.schemaname OPERATOR(pg_catalog.=) $4
+      AND w.tablename OPERATOR(pg_catalog.=) $5
+WHERE p.pubname OPERATOR(pg_catalog.=) $1

@@ -10,11 +10,13 @@ LEFT JOIN LATERAL (
     FROM pg_catalog.pg_publication p,
          pg_catalog.pg_partition_ancestors(pg_catalog.to_regclass(pg_catalog.format('%I.%I', r.schema, r.name)))
              WITH ORDINALITY AS a(relid, depth)
-    JOIN pg_catalog.pg_class c ON c.oid = a.relid
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE p.pubname = $1 AND p.pubviaroot
+    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.relid
+    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+    WHERE p.pubname OPERATOR(pg_catalog.=) $1 AND p.pubviaroot
       AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
-                  WHERE pt.pubname = p.pubname AND pt.schemaname = n.nspname AND pt.tablename = c.relname)
+                  WHERE pt.pubname OPERATOR(pg_catalog.=) p.pubname
+                    AND pt.schemaname OPERATOR(pg_catalog.=) n.nspname
+                    AND pt.tablename OPERATOR(pg_catalog.=) c.relname)
     ORDER BY a.depth DESC
     LIMIT 1
 ) anc ON true

@@ -30,10 +30,10 @@
 WITH listed AS (
     SELECT pt.schemaname, pt.tablename, c.oid, c.relreplident
     FROM pg_catalog.pg_publication p
-    JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname
-    JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
-    JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
-    WHERE p.pubname = $1
+    JOIN pg_catalog.pg_publication_tables pt ON pt.pubname OPERATOR(pg_catalog.=) p.pubname
+    JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) pt.schemaname
+    JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid AND c.relname OPERATOR(pg_catalog.=) pt.tablename
+    WHERE p.pubname OPERATOR(pg_catalog.=) $1
       AND (p.pubupdate OR p.pubdelete)
 ), tables AS (
     SELECT schemaname, tablename, oid, NULL::pg_catalog.oid AS root_oid, '' AS published_as, ''::pg_catalog."char" AS root_replident
@@ -43,9 +43,9 @@ WITH listed AS (
            listed.relreplident
     FROM listed
     CROSS JOIN LATERAL pg_catalog.pg_partition_tree(listed.oid) tree
-    JOIN pg_catalog.pg_class lc ON lc.oid = tree.relid
-    JOIN pg_catalog.pg_namespace ln ON ln.oid = lc.relnamespace
-    WHERE tree.isleaf AND tree.relid <> listed.oid
+    JOIN pg_catalog.pg_class lc ON lc.oid OPERATOR(pg_catalog.=) tree.relid
+    JOIN pg_catalog.pg_namespace ln ON ln.oid OPERATOR(pg_catalog.=) lc.relnamespace
+    WHERE tree.isleaf AND tree.relid OPERATOR(pg_catalog.<>) listed.oid
 ), keys AS (
     -- The key of each table involved, as dbsync takes it (sql/table_columns.sql): the
     -- key columns (the first indnkeyatts of indkey) of its replica identity index when
@@ -53,36 +53,36 @@ WITH listed AS (
     -- index that is gone, or NOTHING, has no usable identity and is reported for that
     -- alone (its key_missing is not reported).
     SELECT k.indrelid AS relid, a.attnum, a.attname, a.attgenerated
-    FROM (SELECT DISTINCT ON (i.indrelid) i.indrelid, (i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1] AS attnums
+    FROM (SELECT DISTINCT ON (i.indrelid) i.indrelid, (i.indkey::pg_catalog.int2[])[0:i.indnkeyatts OPERATOR(pg_catalog.-) 1] AS attnums
           FROM pg_catalog.pg_index i
           WHERE (i.indisprimary OR i.indisreplident)
-            AND i.indrelid IN (SELECT oid FROM tables UNION ALL SELECT root_oid FROM tables)
+            AND i.indrelid OPERATOR(pg_catalog.=) ANY (SELECT oid FROM tables UNION ALL SELECT root_oid FROM tables)
           ORDER BY i.indrelid, i.indisreplident DESC) k
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = k.indrelid AND a.attnum = ANY (k.attnums)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) k.indrelid AND a.attnum OPERATOR(pg_catalog.=) ANY (k.attnums)
     WHERE NOT a.attisdropped
 ), published AS (
     SELECT t.schemaname, t.tablename, t.oid, t.root_oid, t.published_as, c.relreplident,
-           c.relkind = 'p' AS partitioned,
-           (t.root_oid IS NOT NULL AND t.root_replident = 'f' AND c.relreplident <> 'f') AS partial_old,
+           c.relkind OPERATOR(pg_catalog.=) 'p' AS partitioned,
+           (t.root_oid IS NOT NULL AND t.root_replident OPERATOR(pg_catalog.=) 'f' AND c.relreplident OPERATOR(pg_catalog.<>) 'f') AS partial_old,
            EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                   WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk,
+                   WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indisprimary) AS has_pk,
            EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                   WHERE i.indrelid = c.oid AND i.indisreplident) AS has_replident_index
+                   WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indisreplident) AS has_replident_index
     FROM tables t
-    JOIN pg_catalog.pg_class c ON c.oid = t.oid
+    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.oid
 ), checked AS (
     SELECT published.*,
-           (relreplident = 'n'
-            OR (relreplident = 'd' AND NOT has_pk)
-            OR (relreplident = 'i' AND NOT has_replident_index)) AS no_identity,
+           (relreplident OPERATOR(pg_catalog.=) 'n'
+            OR (relreplident OPERATOR(pg_catalog.=) 'd' AND NOT has_pk)
+            OR (relreplident OPERATOR(pg_catalog.=) 'i' AND NOT has_replident_index)) AS no_identity,
            COALESCE((SELECT k.attname::pg_catalog.text FROM keys k
-                     WHERE k.relid = published.oid AND k.attgenerated <> ''
+                     WHERE k.relid OPERATOR(pg_catalog.=) published.oid AND k.attgenerated OPERATOR(pg_catalog.<>) ''
                      ORDER BY k.attnum LIMIT 1), '') AS generated_key,
-           CASE WHEN root_oid IS NULL OR relreplident = 'f' THEN '' ELSE
+           CASE WHEN root_oid IS NULL OR relreplident OPERATOR(pg_catalog.=) 'f' THEN '' ELSE
            COALESCE((SELECT rk.attname::pg_catalog.text FROM keys rk
-                     WHERE rk.relid = published.root_oid
+                     WHERE rk.relid OPERATOR(pg_catalog.=) published.root_oid
                        AND NOT EXISTS (SELECT 1 FROM keys lk
-                                       WHERE lk.relid = published.oid AND lk.attname = rk.attname)
+                                       WHERE lk.relid OPERATOR(pg_catalog.=) published.oid AND lk.attname OPERATOR(pg_catalog.=) rk.attname)
                      ORDER BY rk.attnum LIMIT 1), '') END AS key_missing
     FROM published
 )

@@ -14,4 +14,4 @@ SELECT s.slot_name,
        pg_catalog.pg_current_wal_flush_lsn()::pg_catalog.text,
        pg_catalog.current_setting('server_version_num')::int
 FROM pg_catalog.pg_replication_slots s
-WHERE s.slot_name = $1
+WHERE s.slot_name OPERATOR(pg_catalog.=) $1

@@ -20,8 +20,8 @@
 WITH rel AS (
     SELECT c.oid, n.nspname, c.relname, c.relreplident
     FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = ANY ($1::pg_catalog.oid[])
+    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+    WHERE c.oid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])
 )
 SELECT rel.oid,
        rel.nspname,
@@ -36,18 +36,23 @@ SELECT rel.oid,
                  FROM (SELECT u.attnum, pg_catalog.row_number() OVER (ORDER BY pg_catalog.min(u.ord)) AS pos
                        FROM pg_catalog.unnest(key.attnums) WITH ORDINALITY AS u(attnum, ord)
                        GROUP BY u.attnum) AS k
-                 WHERE k.attnum = a.attnum), 0),
-       a.attgenerated <> '',
+                 WHERE k.attnum OPERATOR(pg_catalog.=) a.attnum), 0),
+       a.attgenerated OPERATOR(pg_catalog.<>) '',
        (SELECT pg_catalog.count(*)
         FROM pg_catalog.pg_attribute d
-        WHERE d.attrelid = rel.oid AND d.attnum > 0 AND d.attnum < a.attnum AND d.attisdropped)
+        WHERE d.attrelid OPERATOR(pg_catalog.=) rel.oid
+          AND d.attnum OPERATOR(pg_catalog.>) 0
+          AND d.attnum OPERATOR(pg_catalog.<) a.attnum
+          AND d.attisdropped)
 FROM rel
 LEFT JOIN LATERAL (
-    SELECT (i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1] AS attnums
+    SELECT (i.indkey::pg_catalog.int2[])[0:i.indnkeyatts OPERATOR(pg_catalog.-) 1] AS attnums
     FROM pg_catalog.pg_index i
-    WHERE i.indrelid = rel.oid AND (i.indisprimary OR i.indisreplident)
+    WHERE i.indrelid OPERATOR(pg_catalog.=) rel.oid AND (i.indisprimary OR i.indisreplident)
     ORDER BY i.indisreplident DESC
     LIMIT 1
 ) key ON true
-JOIN pg_catalog.pg_attribute a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) rel.oid
+                              AND a.attnum OPERATOR(pg_catalog.>) 0
+                              AND NOT a.attisdropped
 ORDER BY rel.oid, a.attnum
