@@ -18,7 +18,8 @@ var fastPathOIDs = []uint32{pgtype.Int2OID, pgtype.Int4OID, pgtype.Int8OID, pgty
 // pgtypeReference decodes src of type oid without dbsync's fast paths: pgx's codec
 // (numeric: pgx's NumericCodec followed by dbsync's rescaling, not parsePlainNumeric;
 // json and jsonb: encoding/json.Valid on the document, jsonb's binary form after its
-// version byte), and reports a panic as an error.
+// version byte; a document deeper than encoding/json's nesting limit is valid, as
+// validJSON has no limit), and reports a panic as an error.
 func pgtypeReference(oid uint32, format int16, src []byte) (v any, err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -37,7 +38,7 @@ func pgtypeReference(oid uint32, format int16, src []byte) (v any, err error) {
 			}
 			doc = doc[1:]
 		}
-		if !json.Valid(doc) {
+		if !json.Valid(doc) && !tooDeepForStdlib(doc) {
 			return nil, errPanic{"invalid"}
 		}
 		return json.RawMessage(append([]byte(nil), doc...)), nil
