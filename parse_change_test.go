@@ -11,14 +11,15 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// pglogreplParse is pglogrepl.Parse with panics turned into errors.
+// pglogreplParse is pglogrepl.Parse with panics turned into errors, on data without
+// spare capacity (pglogrepl slices a MESSAGE's content up to the capacity).
 func pglogreplParse(data []byte) (msg pglogrepl.Message, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			msg, err = nil, fmt.Errorf("panic: %v", r)
 		}
 	}()
-	return pglogrepl.Parse(data)
+	return pglogrepl.Parse(data[:len(data):len(data)])
 }
 
 // tupleBytes builds a TupleData: each column is "n", "u", or a kind byte followed by a value.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/stretchr/testify/require"
 )
 
@@ -87,4 +88,34 @@ func FuzzParseMatchesPglogrepl(f *testing.F) {
 			t.Fatalf("Parse accepted %q as %#v, pglogrepl fails: %v", data, got, werr)
 		}
 	})
+}
+
+// TestParseMessageContentPastTheEnd: a logical decoding message whose declared content
+// length runs past the end of the message is ErrMalformedMessage, whatever lies past
+// the end in the slice's capacity: pglogrepl slices the content up to the capacity,
+// which made Parse return a zero byte it made up (its copy's spare capacity) and
+// PGMSG.Parse the bytes that follow Data in the caller's buffer (found by
+// FuzzParseMatchesPglogrepl).
+func TestParseMessageContentPastTheEnd(t *testing.T) {
+	msg := func(declared uint32, content string) []byte {
+		b := []byte("M\x01\x00\x00\x00\x00\x01\x02\x03\x04p\x00")
+		b = binary.BigEndian.AppendUint32(b, declared)
+		return append(b, content...)
+	}
+	good := msg(3, "abc")
+	m, err := Parse(good)
+	require.NoError(t, err)
+	require.Equal(t, "abc", string(m.(*pglogrepl.LogicalDecodingMessage).Content))
+
+	short := msg(4, "abc")
+	_, err = Parse(short)
+	require.ErrorIs(t, err, ErrMalformedMessage, "Parse")
+	buf := append(append([]byte(nil), short...), "SECRET"...)
+	_, err = PGMSG{Data: buf[:len(short)]}.Parse()
+	require.ErrorIs(t, err, ErrMalformedMessage, "PGMSG.Parse")
+	var p Parser
+	_, err = p.Parse(PGMSG{Data: buf[:len(short)]})
+	require.ErrorIs(t, err, ErrMalformedMessage, "Parser.Parse")
+	_, err = Parse(msg(0xffffffff, "abc"))
+	require.ErrorIs(t, err, ErrMalformedMessage, "4 GiB declared")
 }
