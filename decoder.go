@@ -24,7 +24,8 @@ func newDecoder(tables *tableCache) *decoder {
 // Parse decodes one pgoutput message (protocol version 1). Malformed input gives an
 // error wrapping ErrMalformedMessage, never a panic: pglogrepl's decoders index their
 // input without bounds checks, so panics are recovered here, and sizes it would
-// allocate from are checked first (checkBounds). The column values of a row change
+// allocate or slice by are checked first (checkBounds): a message whose declared
+// sizes run past its end is malformed, never read past it. The column values of a row change
 // are copied out of data (one copy per message), as is a logical decoding message's
 // content, so data may be reused afterwards; PGMSG.Parse skips that copy for rows
 // GetMessages returned.

@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 )
@@ -9,7 +10,10 @@ import (
 // exceed the message before pglogrepl decodes them: pglogrepl allocates a tuple
 // column's buffer (up to 4 GB) and a TRUNCATE's relation list (up to 16 GB) from the
 // declared size before it reads the bytes, so a corrupt length would exhaust memory
-// instead of failing. Only INSERT, UPDATE, DELETE and TRUNCATE carry such sizes.
+// instead of failing; and it slices a logical decoding message's content by its
+// declared length up to the input's capacity, not its length, so a length past the
+// end would take in whatever follows the message in memory. Only INSERT, UPDATE,
+// DELETE, TRUNCATE and MESSAGE carry such sizes.
 // Layouts: "Logical Replication Message Formats" in the PostgreSQL documentation.
 func checkBounds(data []byte) error {
 	switch data[0] {
@@ -25,6 +29,24 @@ func checkBounds(data []byte) error {
 			return checkTuples(data, 5, string(data[5]))
 		}
 		return fmt.Errorf("DELETE of %d bytes", len(data))
+	case 'M':
+		// 'M', flags (1 byte), LSN (8 bytes), prefix (NUL-terminated), content length
+		// (4 bytes), content.
+		off := 10
+		if off > len(data) {
+			return fmt.Errorf("MESSAGE of %d bytes", len(data))
+		}
+		nul := bytes.IndexByte(data[off:], 0)
+		if nul < 0 {
+			return fmt.Errorf("MESSAGE prefix without its terminating NUL")
+		}
+		off += nul + 1
+		if off+4 > len(data) {
+			return fmt.Errorf("MESSAGE content length past the end")
+		}
+		if n := uint64(binary.BigEndian.Uint32(data[off:])); n > uint64(len(data)-off-4) {
+			return fmt.Errorf("MESSAGE content declares %d bytes, %d left", n, len(data)-off-4)
+		}
 	case 'T':
 		// 'T', relation count (4 bytes), options (1 byte), relation OIDs (4 bytes each).
 		if len(data) < 6 {

@@ -244,15 +244,15 @@ func scanFast(d *decodeInfo, format int16, src []byte, dst any, rb *rowBuf) bool
 		}
 	case *int64:
 		if d.fast == fastInt8 || d.fast == fastInt4 || d.fast == fastInt2 {
-			return scanInt(p, text, src)
+			return scanInt(p, d.fast, text, src)
 		}
 	case *int32:
 		if d.fast == fastInt4 || d.fast == fastInt2 {
-			return scanInt(p, text, src)
+			return scanInt(p, d.fast, text, src)
 		}
 	case *int16:
 		if d.fast == fastInt2 {
-			return scanInt(p, text, src)
+			return scanInt(p, d.fast, text, src)
 		}
 	case *bool:
 		if d.fast == fastBool && len(src) == 1 {
@@ -290,30 +290,40 @@ func scanFast(d *decodeInfo, format int16, src []byte, dst any, rb *rowBuf) bool
 	return false
 }
 
-// binaryInt reads a big-endian int2, int4 or int8.
-func binaryInt(src []byte) (int64, bool) {
-	switch len(src) {
-	case 2:
+// columnInt parses a value of an integer column of kind (fastInt2, fastInt4,
+// fastInt8): decimal text of at most 18 digits in the type's range, or the type's
+// big-endian binary form of exactly its width (2, 4 or 8 bytes). It reports false for
+// anything else, which pgtype decodes or rejects: an int4 column's 2-byte or 8-byte
+// binary value, or an int2 column's text 40000, is an error there, not a number.
+func columnInt(kind fastKind, text bool, src []byte) (int64, bool) {
+	if text {
+		n, ok := parseDecimalInt(src)
+		switch {
+		case !ok:
+			return 0, false
+		case kind == fastInt2:
+			return n, n >= -1<<15 && n < 1<<15
+		case kind == fastInt4:
+			return n, n >= -1<<31 && n < 1<<31
+		}
+		return n, true
+	}
+	switch {
+	case kind == fastInt2 && len(src) == 2:
 		return int64(int16(binary.BigEndian.Uint16(src))), true
-	case 4:
+	case kind == fastInt4 && len(src) == 4:
 		return int64(int32(binary.BigEndian.Uint32(src))), true
-	case 8:
+	case kind == fastInt8 && len(src) == 8:
 		return int64(binary.BigEndian.Uint64(src)), true
 	}
 	return 0, false
 }
 
-// scanInt parses an integer column's value (decimal text, or the big-endian binary
-// form) into *p when it fits T; it reports false (the caller falls back to pgtype,
-// which reports the error) otherwise.
-func scanInt[T int16 | int32 | int64](p *T, text bool, src []byte) bool {
-	var n int64
-	var ok bool
-	if text {
-		n, ok = parseDecimalInt(src)
-	} else {
-		n, ok = binaryInt(src)
-	}
+// scanInt parses a value of an integer column of kind (columnInt) into *p when it
+// fits T; it reports false (the caller falls back to pgtype, which reports the error)
+// otherwise.
+func scanInt[T int16 | int32 | int64](p *T, kind fastKind, text bool, src []byte) bool {
+	n, ok := columnInt(kind, text, src)
 	if !ok || int64(T(n)) != n {
 		return false
 	}

@@ -220,28 +220,38 @@ func TestCivilDays(t *testing.T) {
 }
 
 // TestScanIntRange: ScanTuple's integer fast path takes a value into an integer
-// variable only when it fits (text or binary form); otherwise it declines and the
-// caller falls back to pgtype, which reports the overflow.
+// variable only when it is a value of the column's type (text in its range, binary of
+// its width) and fits the variable; otherwise it declines and the caller falls back to
+// pgtype, which reports the overflow or the malformed value.
 func TestScanIntRange(t *testing.T) {
 	var i16 int16
 	var i32 int32
 	var i64 int64
-	require.True(t, scanInt(&i16, true, []byte("-32768")))
+	require.True(t, scanInt(&i16, fastInt2, true, []byte("-32768")))
 	require.Equal(t, int16(-32768), i16)
-	require.False(t, scanInt(&i16, true, []byte("32768")))
+	require.False(t, scanInt(&i16, fastInt2, true, []byte("32768")))
 	require.Equal(t, int16(-32768), i16, "untouched when declined")
-	require.True(t, scanInt(&i32, true, []byte("2147483647")))
+	require.True(t, scanInt(&i32, fastInt4, true, []byte("2147483647")))
 	require.Equal(t, int32(2147483647), i32)
-	require.False(t, scanInt(&i32, true, []byte("2147483648")))
-	require.True(t, scanInt(&i64, true, []byte("-999999999999999999")))
+	require.False(t, scanInt(&i32, fastInt4, true, []byte("2147483648")))
+	require.True(t, scanInt(&i64, fastInt8, true, []byte("-999999999999999999")))
 	require.Equal(t, int64(-999999999999999999), i64)
-	require.False(t, scanInt(&i64, true, []byte("9223372036854775807")), "19 digits: left to pgtype")
-	require.False(t, scanInt(&i64, true, []byte("12x")))
-	// Binary: 2, 4 or 8 big-endian bytes; an 8-byte value too large for int32 declines.
-	require.True(t, scanInt(&i32, false, []byte{0xff, 0xfe}))
+	require.False(t, scanInt(&i64, fastInt8, true, []byte("9223372036854775807")), "19 digits: left to pgtype")
+	require.False(t, scanInt(&i64, fastInt8, true, []byte("12x")))
+	// Text outside the column type's range is not a value of it, whatever the variable.
+	require.False(t, scanInt(&i64, fastInt2, true, []byte("40000")))
+	require.False(t, scanInt(&i64, fastInt4, true, []byte("-2147483649")))
+	require.True(t, scanInt(&i64, fastInt4, true, []byte("-2147483648")))
+	require.Equal(t, int64(-2147483648), i64)
+	// Binary: the column type's width (2, 4 or 8 big-endian bytes) and nothing else.
+	require.True(t, scanInt(&i32, fastInt2, false, []byte{0xff, 0xfe}))
 	require.Equal(t, int32(-2), i32)
-	require.False(t, scanInt(&i32, false, []byte{0, 0, 0, 1, 0, 0, 0, 0}))
-	require.True(t, scanInt(&i64, false, []byte{0, 0, 0, 1, 0, 0, 0, 0}))
+	require.False(t, scanInt(&i32, fastInt4, false, []byte{0xff, 0xfe}), "2 bytes are not an int4")
+	require.False(t, scanInt(&i64, fastInt4, false, []byte{0, 0, 0, 1, 0, 0, 0, 0}), "8 bytes are not an int4")
+	require.False(t, scanInt(&i32, fastInt8, false, []byte{0, 0, 0, 1, 0, 0, 0, 0}))
+	require.True(t, scanInt(&i32, fastInt8, false, []byte{0, 0, 0, 0, 0, 0, 0, 7}))
+	require.Equal(t, int32(7), i32)
+	require.True(t, scanInt(&i64, fastInt8, false, []byte{0, 0, 0, 1, 0, 0, 0, 0}))
 	require.Equal(t, int64(1<<32), i64)
-	require.False(t, scanInt(&i64, false, []byte{1, 2, 3}))
+	require.False(t, scanInt(&i64, fastInt8, false, []byte{1, 2, 3}))
 }

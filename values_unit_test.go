@@ -200,9 +200,11 @@ func FuzzDecodeMessage(f *testing.F) {
 				}
 				return
 			}
-			for _, v := range c.New {
-				if raw, ok := v.(json.RawMessage); ok && !json.Valid(raw) {
-					t.Fatalf("invalid JSON delivered: %q", raw)
+			for _, row := range []StringMap{c.New, c.Old} {
+				for _, v := range row {
+					if raw, ok := v.(json.RawMessage); ok && !json.Valid(raw) && !tooDeepForStdlib(raw) {
+						t.Fatalf("invalid JSON delivered: %q", raw)
+					}
 				}
 			}
 		}
