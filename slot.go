@@ -169,7 +169,10 @@ func (r TeardownResult) Kept() bool { return len(r.OtherSlots) > 0 }
 // process: that Syncer's unprocessed changes would be lost to it. It returns
 // ErrAlreadyRunning while this Syncer's Run runs and ErrClosed after Close, and
 // ErrSlotMismatch, moving nothing, for a slot dbsync does not read (not a logical
-// pgoutput slot of this database, or a two_phase one: see Setup).
+// pgoutput slot of this database, or a two_phase one: see Setup). The advance decodes
+// the whole backlog and runs with statement_timeout off (a statement_timeout of the
+// role, the database or the connection string does not cancel it; the pool's
+// sessions keep theirs).
 func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error) {
 	if err := s.checkLowLevelCall("SkipBacklog"); err != nil {
 		return 0, err
@@ -181,10 +184,12 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 	if !taken {
 		return 0, s.errSlotDriven(pid, "stop it before skipping its backlog")
 	}
+	restore := func() {}
 	defer func() {
 		if uerr := s.unlockSlot(ctx, conn); uerr != nil && err == nil {
 			err = classify(uerr, "unlock slot "+s.replicationSlot)
 		}
+		restore()
 		conn.Close()
 	}()
 	// Only a slot dbsync reads: advancing another (a physical slot of a standby, a
@@ -205,6 +210,12 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 		if err := s.errForeignSlot(slotType, plugin, database, current, "SkipBacklog does not move it"); err != nil {
 			return 0, err
 		}
+	}
+	// The advance decodes the whole backlog, which takes as long as it is big: like
+	// the peek and Run's advance it runs with statement_timeout off (untimed.go).
+	if restore, err = s.untimedConn(ctx, conn); err != nil {
+		restore = func() {}
+		return 0, classify(err, "turn statement_timeout off for the advance of slot "+s.replicationSlot)
 	}
 	if err := conn.QueryRowContext(ctx, `SELECT end_lsn FROM pg_catalog.pg_replication_slot_advance($1, pg_catalog.pg_current_wal_flush_lsn())`,
 		s.replicationSlot).Scan(&lsn); err != nil {
