@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pglogrepl"
@@ -55,6 +56,73 @@ func TestSkipBacklogStatementTimeout(t *testing.T) {
 			var got string
 			require.NoError(t, ts.DB().QueryRow(`SHOW statement_timeout`).Scan(&got))
 			require.Equal(t, "50ms", got, "the pool's sessions keep the role's setting")
+		})
+	}
+}
+
+// TestSlotCreationStatementTimeout: creating the slot waits for every transaction
+// open in the cluster with an xid to end (slotwait.go), which may take as long as
+// the longest of them; a statement_timeout of dbsync's role cancelled it (57014), and
+// setup failed with the bare server error. The creation now runs with
+// statement_timeout off (bounded by setup's context, as before), and setup completes
+// once the transaction ends; the pool's sessions keep the role's setting.
+func TestSlotCreationStatementTimeout(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+			dsn := settingsRole(t, d, "timed", [][2]string{{"statement_timeout", "500ms"}})
+			db, err := sql.Open(driver, dsn)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+
+			ctx := context.Background()
+			conn, err := d.DB.Conn(ctx)
+			require.NoError(t, err)
+			defer conn.Close()
+			_, err = conn.ExecContext(ctx, `BEGIN`)
+			require.NoError(t, err)
+			_, err = conn.ExecContext(ctx, `INSERT INTO items VALUES (1)`)
+			require.NoError(t, err)
+
+			slot := pgtest.Ident(t, "slot")
+			done := make(chan error, 1)
+			var s *Syncer
+			go func() {
+				var err error
+				s, err = NewSyncer(WithDB(db), ForTables("items"), WithReplicationSlot(slot), WithPublication(pgtest.Ident(t, "pub")))
+				done <- err
+			}()
+			// The creation waits past the timeout for the open transaction.
+			var setupErr error
+			ended := false
+			waitFor(t, 20*time.Second, func() bool {
+				select {
+				case setupErr = <-done:
+					ended = true
+					return true
+				default:
+				}
+				var n int
+				require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE state = 'active'
+					AND query LIKE '%pg_create_logical_replication_slot%' AND pid <> pg_backend_pid()
+					AND now() - query_start > interval '1500 ms'`).Scan(&n))
+				return n == 1
+			}, "the slot creation to wait past the timeout")
+			require.False(t, ended, "setup ended while the transaction was open: %v", setupErr)
+			_, err = conn.ExecContext(ctx, `COMMIT`)
+			require.NoError(t, err)
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+			case <-time.After(30 * time.Second):
+				t.Fatal("setup did not finish after the transaction ended")
+			}
+			t.Cleanup(func() { s.Close() })
+			require.Equal(t, []string{slot}, queryStrings(t, d.DB, `SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1`, slot))
+			var got string
+			require.NoError(t, s.DB().QueryRow(`SHOW statement_timeout`).Scan(&got))
+			require.Equal(t, "500ms", got, "the pool's sessions keep the role's setting")
 		})
 	}
 }

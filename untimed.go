@@ -18,8 +18,9 @@ import (
 // the peek, the split peek's copy and the advance run on a connection whose
 // statement_timeout is set to 0 for them, and set back afterwards, so the pool's
 // sessions keep the caller's setting. Without one, nothing is added. SkipBacklog's
-// advance, which decodes the whole backlog, always asks (untimedConn): it does not
-// poll first (TestSkipBacklogStatementTimeout).
+// advance, which decodes the whole backlog, and setup's slot creation, which waits for
+// the transactions open in the cluster, always ask (untimedConn): they do not poll
+// first (TestSkipBacklogStatementTimeout, TestSlotCreationStatementTimeout).
 
 // stmtTimeoutSet is a select-list expression: whether this session has a
 // statement_timeout.
