@@ -94,12 +94,15 @@ func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 
 // ConfirmedFlushLSN returns the slot's confirmed_flush_lsn: changes of transactions
 // committed before it are not delivered again. Returns ErrSlotMissing if the slot does
-// not exist, ErrSlotInvalidated if its WAL was removed, ErrClosed after Close.
+// not exist, ErrSlotInvalidated if its WAL was removed, ErrClosed after Close,
+// ErrStatementCancelled when the server cancelled its statement (a statement_timeout
+// of dbsync's role: raise it).
 func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	if err := s.checkOpen("ConfirmedFlushLSN"); err != nil {
 		return 0, err
 	}
-	return s.confirmedFlushLSN(ctx)
+	lsn, err := s.confirmedFlushLSN(ctx)
+	return lsn, errCancelledCall(ctx, "ConfirmedFlushLSN", err)
 }
 
 // confirmedFlushLSN is ConfirmedFlushLSN for dbsync's own calls, which may run while

@@ -45,6 +45,8 @@ const setupLockKey = 0x64627379 // "dbsy"
 // ended first, the error wraps ctx.Err() too (creating the slot waits for the
 // transactions open in the cluster: see watchSlotCreation; it runs with
 // statement_timeout off, so a statement_timeout of the role does not cut it short);
+// ErrStatementCancelled when the server cancelled another of its statements (a
+// statement_timeout of dbsync's role shorter than its catalog reads: raise it);
 // ErrClosed after Close.
 func (s *Syncer) Setup(ctx context.Context) (err error) {
 	if err := s.checkOpen("Setup"); err != nil {
@@ -54,6 +56,7 @@ func (s *Syncer) Setup(ctx context.Context) (err error) {
 		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (setup ended by its context: %w)", err, ctx.Err())
 		}
+		err = errCancelledCall(ctx, "Setup", err)
 	}()
 	if err := s.checkServer(ctx); err != nil {
 		return err

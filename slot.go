@@ -73,16 +73,18 @@ type SlotStats struct {
 // Status reads the Syncer's slot from pg_replication_slots and its statistics from
 // pg_stat_replication_slots. It creates nothing, so it can run on a Syncer made with
 // WithSetup(false) next to a running consumer. Returns ErrSlotMissing (wrapped) if
-// there is no such slot, ErrClosed after Close.
-func (s *Syncer) Status(ctx context.Context) (SlotStatus, error) {
+// there is no such slot, ErrClosed after Close, ErrStatementCancelled when the server
+// cancelled its statement (a statement_timeout of dbsync's role: raise it).
+func (s *Syncer) Status(ctx context.Context) (_ SlotStatus, err error) {
 	var st SlotStatus
 	if err := s.checkOpen("Status"); err != nil {
 		return st, err
 	}
+	defer func() { err = errCancelledCall(ctx, "Status", err) }()
 	var confirmed, restart sql.NullString
 	var current, flush string
 	var version int
-	err := s.db.QueryRowContext(ctx, sqlText("slot_status.sql"), s.replicationSlot).Scan(
+	err = s.db.QueryRowContext(ctx, sqlText("slot_status.sql"), s.replicationSlot).Scan(
 		&st.Slot, &st.Plugin, &st.SlotType, &st.Database, &st.Active, &st.ActivePID,
 		&confirmed, &restart, &st.WALStatus, &current, &flush, &version)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -169,7 +171,9 @@ func (r TeardownResult) Kept() bool { return len(r.OtherSlots) > 0 }
 // process: that Syncer's unprocessed changes would be lost to it. It returns
 // ErrAlreadyRunning while this Syncer's Run runs and ErrClosed after Close, and
 // ErrSlotMismatch, moving nothing, for a slot dbsync does not read (not a logical
-// pgoutput slot of this database, or a two_phase one: see Setup). The advance decodes
+// pgoutput slot of this database, or a two_phase one: see Setup), and
+// ErrStatementCancelled when the server cancelled a statement of its lookup (a
+// statement_timeout of dbsync's role: raise it; the slot was not moved). The advance decodes
 // the whole backlog and runs with statement_timeout off (a statement_timeout of the
 // role, the database or the connection string does not cancel it; the pool's
 // sessions keep theirs).
@@ -177,6 +181,7 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 	if err := s.checkLowLevelCall("SkipBacklog"); err != nil {
 		return 0, err
 	}
+	defer func() { err = errCancelledCall(ctx, "SkipBacklog", err) }()
 	conn, taken, pid, err := s.takeSlotLock(ctx)
 	if err != nil {
 		return 0, s.diagnose(ctx, classify(err, "lock slot "+s.replicationSlot))
@@ -229,8 +234,8 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 	if err := s.checkOpen("Teardown"); err != nil {
 		return err
 	}
-	_, err := s.TeardownWithResult(ctx)
-	return err
+	_, err := s.teardown(ctx)
+	return errCancelledCall(ctx, "Teardown", err)
 }
 
 // TeardownWithResult removes what Setup created for this Syncer, so nothing keeps
@@ -264,12 +269,20 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // is another session's temporary slot, or a two_phase slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
 // when the control schema holds anything but dbsync's tables, something depends on
 // those, or the schema is public, information_schema or pg_* (the slot is dropped,
-// the rest kept); ErrClosed after Close (nothing is dropped: make a new Syncer); or
-// the server's error.
+// the rest kept); ErrClosed after Close (nothing is dropped: make a new Syncer);
+// ErrStatementCancelled when the server cancelled a statement of it (a
+// statement_timeout of dbsync's role: raise it, and run it again); or the server's
+// error.
 func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, err error) {
 	if err := s.checkOpen("TeardownWithResult"); err != nil {
 		return res, err
 	}
+	res, err = s.teardown(ctx)
+	return res, errCancelledCall(ctx, "TeardownWithResult", err)
+}
+
+// teardown is TeardownWithResult for Teardown and TeardownWithResult.
+func (s *Syncer) teardown(ctx context.Context) (res TeardownResult, err error) {
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return res, classify(err, "connect for teardown")

@@ -8,6 +8,7 @@ import (
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pglogrepl"
+	"github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 )
 
@@ -123,6 +124,114 @@ func TestSlotCreationStatementTimeout(t *testing.T) {
 			var got string
 			require.NoError(t, s.DB().QueryRow(`SHOW statement_timeout`).Scan(&got))
 			require.Equal(t, "500ms", got, "the pool's sessions keep the role's setting")
+		})
+	}
+}
+
+// TestStatementTimeoutCallsNamed: with a statement_timeout of dbsync's role smaller
+// than what a call's catalog statements need (1 ms: the replica identity check and the
+// column type read take longer), Setup (NewSyncer), CheckReplicaIdentity and
+// TableInfo failed with the server's bare 57014 ("check replica identity of published
+// tables: pq: canceling statement due to statement timeout"), which names neither the
+// setting's owner nor the remedy. They are now ErrStatementCancelled (the 57014 still
+// in the chain), saying to raise statement_timeout for dbsync's role and call again.
+// A call whose own context ended is not that error.
+func TestStatementTimeoutCallsNamed(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+			s := newTestSyncer(t, d, ForTables("items"))
+			require.NoError(t, s.Close())
+			ts := timedSyncer(t, d, s, driver, "1ms")
+			ctx := context.Background()
+			for _, c := range []struct {
+				call string
+				fn   func() error
+			}{
+				{"Setup", func() error { return ts.Setup(ctx) }},
+				{"CheckReplicaIdentity", func() error { _, err := ts.CheckReplicaIdentity(ctx); return err }},
+				{"TableInfo", func() error { _, err := ts.TableInfo(ctx, "items"); return err }},
+			} {
+				// Each statement of the call races the timer: call until one loses.
+				var err error
+				for i := 0; i < 100 && err == nil; i++ {
+					err = c.fn()
+				}
+				require.Error(t, err, c.call)
+				require.ErrorIs(t, err, ErrStatementCancelled, "%s: %v", c.call, err)
+				code, _, ok := serverError(err)
+				require.True(t, ok, "%v", err)
+				require.Equal(t, "57014", code, "%v", err)
+				require.Contains(t, err.Error(), "raise statement_timeout for dbsync's role (ALTER ROLE ... SET statement_timeout", c.call)
+				require.Contains(t, err.Error(), "call "+c.call+" again", c.call)
+			}
+			// NewSyncer runs Setup: the same error.
+			_, err := NewSyncer(WithDB(ts.DB()), WithReplicationSlot(s.ReplicationSlot()), WithPublication(s.Publication()))
+			require.ErrorIs(t, err, ErrStatementCancelled, "%v", err)
+
+			// The remedy the error names works.
+			execAll(t, d.DB, `ALTER ROLE `+pq.QuoteIdentifier(pgtest.Ident(t, "timed"))+` IN DATABASE `+pq.QuoteIdentifier(d.Name)+` SET statement_timeout = '1min'`)
+			db, err := sql.Open(driver, d.DSN()+" user="+pgtest.Ident(t, "timed"))
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			s2, err := NewSyncer(WithDB(db), WithReplicationSlot(s.ReplicationSlot()), WithPublication(s.Publication()))
+			require.NoError(t, err)
+			t.Cleanup(func() { s2.Close() })
+			info, err := s2.TableInfo(ctx, "items")
+			require.NoError(t, err)
+			require.Equal(t, []string{"id"}, info.PrimaryKey)
+		})
+	}
+}
+
+// TestStatementTimeoutSlotCallsNamed: Status, ConfirmedFlushLSN, SkipBacklog,
+// Teardown and TeardownWithResult whose statement on pg_replication_slots waits past
+// the role's statement_timeout (another session holds the view locked) failed with
+// the server's bare 57014; they are now ErrStatementCancelled saying to raise
+// statement_timeout for dbsync's role and call again. Nothing was moved or dropped.
+func TestStatementTimeoutSlotCallsNamed(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+			s := newTestSyncer(t, d, ForTables("items"))
+			require.NoError(t, s.Close())
+			execAll(t, d.DB, `INSERT INTO items VALUES (1)`)
+			before := queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot())
+			ts := timedSyncer(t, d, s, driver, "200ms")
+			ctx := context.Background()
+			lock, err := d.DB.Begin()
+			require.NoError(t, err)
+			t.Cleanup(func() { lock.Rollback() }) // before the test's cleanups, which need the view
+			_, err = lock.Exec(`LOCK TABLE pg_catalog.pg_replication_slots IN ACCESS EXCLUSIVE MODE`)
+			require.NoError(t, err)
+			for _, c := range []struct {
+				call string
+				fn   func() error
+			}{
+				{"Status", func() error { _, err := ts.Status(ctx); return err }},
+				{"ConfirmedFlushLSN", func() error { _, err := ts.ConfirmedFlushLSN(ctx); return err }},
+				{"SkipBacklog", func() error { _, err := ts.SkipBacklog(ctx); return err }},
+				{"Teardown", func() error { return ts.Teardown(ctx) }},
+				{"TeardownWithResult", func() error { _, err := ts.TeardownWithResult(ctx); return err }},
+			} {
+				err := c.fn()
+				require.ErrorIs(t, err, ErrStatementCancelled, "%s: %v", c.call, err)
+				code, _, ok := serverError(err)
+				require.True(t, ok, "%v", err)
+				require.Equal(t, "57014", code, "%v", err)
+				require.Contains(t, err.Error(), "raise statement_timeout for dbsync's role (ALTER ROLE ... SET statement_timeout", c.call)
+				require.Contains(t, err.Error(), "call "+c.call+" again", c.call)
+			}
+			require.NoError(t, lock.Rollback())
+			require.Equal(t, before, queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot()),
+				"the slot is still there, not moved")
+
+			// The same calls succeed once the view is free.
+			st, err := ts.Status(ctx)
+			require.NoError(t, err)
+			require.Equal(t, s.ReplicationSlot(), st.Slot)
 		})
 	}
 }
