@@ -161,7 +161,8 @@ var (
 	// untimed.go). The slot is where the call left it: nothing the call did not
 	// finish was forwarded. Call again; for a statement_timeout, raise it for dbsync's
 	// role (ALTER ROLE ... SET statement_timeout). Run retries such a poll itself
-	// (logged as a warning) and does not return it. Setup (NewSyncer),
+	// (logged as a warning), and returns it only after 10 polls in a row were
+	// cancelled (TestRunStatementTimeoutNoProgress). Setup (NewSyncer),
 	// CheckReplicaIdentity, TableInfo, Status, ConfirmedFlushLSN, SkipBacklog,
 	// Teardown and TeardownWithResult return it too for a statement of theirs the
 	// server cancelled (a statement_timeout of dbsync's role shorter than their

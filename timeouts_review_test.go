@@ -3,6 +3,8 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -234,4 +236,62 @@ func TestStatementTimeoutSlotCallsNamed(t *testing.T) {
 			require.Equal(t, s.ReplicationSlot(), st.Slot)
 		})
 	}
+}
+
+// TestRunStatementTimeoutNoProgress: a statement of every poll that the server
+// cancels (here the read of the slot's position, which waits past the role's
+// statement_timeout for a view another session holds locked; a statement_timeout
+// shorter than the poll's catalog reads does the same) had Run retry forever,
+// delivering nothing, logging only "poll cancelled by the server; retrying". After
+// maxCancelledPolls consecutive cancelled polls Run now returns ErrStatementCancelled
+// naming statement_timeout; nothing was forwarded, and a later Run delivers every
+// change once.
+func TestRunStatementTimeoutNoProgress(t *testing.T) {
+	defer func(n int) { maxCancelledPolls = n }(maxCancelledPolls)
+	maxCancelledPolls = 3
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	s := newTestSyncer(t, d, ForTables("items"))
+	require.NoError(t, s.Close())
+	execAll(t, d.DB, `INSERT INTO items VALUES (1)`)
+	before := queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot())
+	h := newCacheHandler()
+	var logs pgtest.Buffer
+	ts := timedSyncer(t, d, s, "postgres", "200ms", WithMessageHandler(h),
+		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	// A session starting while the view is locked waits for it: Run gets sessions
+	// opened before.
+	ts.DB().SetMaxIdleConns(8)
+	var conns []*sql.Conn
+	for i := 0; i < 8; i++ {
+		c, err := ts.DB().Conn(context.Background())
+		require.NoError(t, err)
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		require.NoError(t, c.Close())
+	}
+	lock, err := d.DB.Begin()
+	require.NoError(t, err)
+	t.Cleanup(func() { lock.Rollback() }) // before the test's cleanups, which need the view
+	_, err = lock.Exec(`LOCK TABLE pg_catalog.pg_replication_slots IN ACCESS EXCLUSIVE MODE`)
+	require.NoError(t, err)
+	r := runInBackground(ts)
+	t.Cleanup(r.cancel)
+	err = r.wait(t, 30*time.Second)
+	require.NoError(t, lock.Rollback())
+	require.ErrorIs(t, err, ErrStatementCancelled, "%v", err)
+	code, _, ok := serverError(err)
+	require.True(t, ok, "%v", err)
+	require.Equal(t, "57014", code, "%v", err)
+	require.Contains(t, err.Error(), "raise statement_timeout for dbsync's role")
+	require.Equal(t, maxCancelledPolls, strings.Count(logs.String(), "poll cancelled by the server; retrying"), logs.String())
+	require.Empty(t, h.eventList())
+	require.Equal(t, before, queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot()))
+
+	r = runInBackground(ts)
+	execAll(t, d.DB, `INSERT INTO items VALUES (2)`)
+	r.waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == 2 }, "both rows")
+	require.NoError(t, r.stop(t))
+	require.Equal(t, []string{`insert public.items ["1"]`, `insert public.items ["2"]`}, h.eventList())
 }
