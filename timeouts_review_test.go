@@ -295,3 +295,79 @@ func TestRunStatementTimeoutNoProgress(t *testing.T) {
 	require.NoError(t, r.stop(t))
 	require.Equal(t, []string{`insert public.items ["1"]`, `insert public.items ["2"]`}, h.eventList())
 }
+
+// TestSelectionLockTimeoutOfRole: a lock_timeout of dbsync's role, while another
+// session holds the table in ACCESS EXCLUSIVE mode, cuts a Refresh's and a Snapshot
+// chunk's wait for the table short (55P03): ErrRefreshAbandoned with the server's
+// error, naming lock_timeout, nothing of the cut selection delivered, no watermark row
+// left; once the lock is gone the Snapshot resumes at the chunk, the Refresh delivers
+// its rows, and changes flow on. (A Snapshot that finds the lock held before its first
+// chunk waits for it as for a writer, until its context ends: waitForTableWriters.)
+func TestSelectionLockTimeoutOfRole(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY, v text)`,
+				`INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 4) g`)
+			dsn := settingsRole(t, d, "locked", [][2]string{{"lock_timeout", "100ms"}})
+			db, err := sql.Open(driver, dsn)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			h := newCacheHandler()
+			s, stop := startSyncer(t, dsn, pgtest.Ident(t, "slot"), h, WithDB(db), ForTables("items"),
+				WithSnapshotChunkSize(2), WithSnapshotParallel(1), WithSnapshotChunksInFlight(1))
+			ctx := context.Background()
+			requireLockTimeout := func(err error) {
+				t.Helper()
+				require.ErrorIs(t, err, ErrRefreshAbandoned, "%v", err)
+				require.NotErrorIs(t, err, ErrConfig, "%v", err)
+				code, _, ok := serverError(err)
+				require.True(t, ok, "%v", err)
+				require.Equal(t, "55P03", code, "%v", err)
+				require.Contains(t, err.Error(), "lock_timeout")
+			}
+
+			var lock *sql.Tx
+			t.Cleanup(func() {
+				if lock != nil {
+					lock.Rollback()
+				}
+			})
+			takeLock := func() {
+				var err error
+				lock, err = d.DB.Begin()
+				require.NoError(t, err)
+				_, err = lock.Exec(`LOCK TABLE items IN ACCESS EXCLUSIVE MODE`)
+				require.NoError(t, err)
+			}
+			takeLock()
+			_, err = s.RefreshContext(ctx, `SELECT * FROM items`)
+			requireLockTimeout(err)
+			require.NoError(t, lock.Rollback())
+			lock = nil
+			require.Empty(t, h.eventList())
+
+			s.win.afterSelect = func() {
+				if lock == nil { // after chunk 1's SELECT: chunk 2's waits for this lock
+					takeLock()
+				}
+			}
+			requireLockTimeout(s.Snapshot(ctx, "items"))
+			require.NoError(t, lock.Rollback())
+			s.win.afterSelect = nil
+			require.Equal(t, []string{"0"}, queryStrings(t, d.DB, `SELECT count(*)::text FROM dbsync_ctrl.dbsync_wmtable`))
+
+			require.NoError(t, s.Snapshot(ctx, "items"))
+			execAll(t, d.DB, `INSERT INTO items VALUES (5, 'v5')`)
+			waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) == 5 }, "the insert")
+			stats, err := s.RefreshContext(ctx, `SELECT * FROM items WHERE id <= 2`)
+			require.NoError(t, err)
+			require.Equal(t, RefreshStats{Selected: 2, Emitted: 2}, stats)
+			catchUp(t, s)
+			require.NoError(t, stop())
+			require.Equal(t, []string{`refresh public.items ["1"]`, `refresh public.items ["2"]`, `refresh public.items ["3"]`, `refresh public.items ["4"]`,
+				`insert public.items ["5"]`, `refresh public.items ["1"]`, `refresh public.items ["2"]`}, h.eventList())
+			require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "items")))
+		})
+	}
+}
