@@ -3,6 +3,7 @@ package dbsync
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -367,6 +368,46 @@ func TestSelectionLockTimeoutOfRole(t *testing.T) {
 			require.NoError(t, stop())
 			require.Equal(t, []string{`refresh public.items ["1"]`, `refresh public.items ["2"]`, `refresh public.items ["3"]`, `refresh public.items ["4"]`,
 				`insert public.items ["5"]`, `refresh public.items ["1"]`, `refresh public.items ["2"]`}, h.eventList())
+			require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "items")))
+		})
+	}
+}
+
+// TestIdleSessionTimeoutOfRole: an idle_session_timeout of dbsync's role ends the
+// pool's sessions (and pgx's) that Run keeps idle between polls, and the slot lock's
+// session; after every session of the role that delivered a change was ended, the
+// next change is delivered once, in order, and nothing is lost or repeated.
+func TestIdleSessionTimeoutOfRole(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+			role := pgtest.Ident(t, "idle")
+			dsn := settingsRole(t, d, "idle", [][2]string{{"idle_session_timeout", "300ms"}})
+			db, err := sql.Open(driver, dsn)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			h := newCacheHandler()
+			s, stop := startSyncer(t, dsn, pgtest.Ident(t, "slot"), h, WithDB(db), ForTables("items"))
+			var want []string
+			for i := 1; i <= 2; i++ {
+				execAll(t, d.DB, fmt.Sprintf(`INSERT INTO items VALUES (%d)`, i))
+				want = append(want, fmt.Sprintf(`insert public.items ["%d"]`, i))
+				waitFor(t, 20*time.Second, func() bool { return len(h.eventList()) >= i }, "row %d", i)
+				// Every session of the role open now ends before the next change.
+				pids := queryStrings(t, d.DB, `SELECT pid::text FROM pg_stat_activity WHERE usename = $1`, role)
+				require.NotEmpty(t, pids)
+				waitFor(t, 20*time.Second, func() bool {
+					var n int
+					require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND pid::text = ANY ($2)`, role, pq.StringArray(pids)).Scan(&n))
+					return n == 0
+				}, "the role's sessions to be ended")
+			}
+			require.Equal(t, want, h.eventList())
+			stats, err := s.RefreshContext(context.Background(), `SELECT * FROM items`)
+			require.NoError(t, err)
+			require.Equal(t, RefreshStats{Selected: 2, Emitted: 2}, stats)
+			require.NoError(t, stop())
 			require.Empty(t, mismatches(h.tableRows("public.items"), dbRows(t, d.DB, "items")))
 		})
 	}
