@@ -161,8 +161,15 @@ var (
 	// untimed.go). The slot is where the call left it: nothing the call did not
 	// finish was forwarded. Call again; for a statement_timeout, raise it for dbsync's
 	// role (ALTER ROLE ... SET statement_timeout). Run retries such a poll itself
-	// (logged as a warning) and does not return it. A caller's own cancellation (its
-	// context ended) is not this error.
+	// (logged as a warning), and returns it only after 10 polls in a row were
+	// cancelled (TestRunStatementTimeoutNoProgress). Setup (NewSyncer),
+	// CheckReplicaIdentity, TableInfo, Status, ConfirmedFlushLSN, SkipBacklog,
+	// Teardown and TeardownWithResult return it too for a statement of theirs the
+	// server cancelled (a statement_timeout of dbsync's role shorter than their
+	// catalog reads or lock waits: TestStatementTimeoutCallsNamed,
+	// TestStatementTimeoutSlotCallsNamed); the message names the call to make again.
+	// Refresh and Snapshot return ErrRefreshAbandoned instead. A caller's own
+	// cancellation (its context ended) is not this error.
 	ErrStatementCancelled = errors.New("dbsync: statement cancelled by the server")
 )
 
@@ -276,6 +283,18 @@ func errCancelled(ctx context.Context, call string, err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %s: another session cancelled a statement of the call (pg_cancel_backend), or a statement_timeout of dbsync's role, the database or the connection string ran out; the slot is where the call left it (nothing it did not finish was forwarded): call %s again, and for a statement_timeout raise it for dbsync's role (ALTER ROLE ... SET statement_timeout): %w",
+		ErrStatementCancelled, call, call, err)
+}
+
+// errCancelledCall is errCancelled for a call that does not read or move the slot
+// (Status, TableInfo, Setup, ...), or does not only: a server error 57014 that ended
+// call while ctx was live is ErrStatementCancelled, saying to raise statement_timeout
+// for dbsync's role; anything else is returned unchanged.
+func errCancelledCall(ctx context.Context, call string, err error) error {
+	if err == nil || ctx.Err() != nil || errors.Is(err, ErrStatementCancelled) || !hasSQLState(err, "57014") {
+		return err
+	}
+	return fmt.Errorf("%w: %s: a statement_timeout of dbsync's role, the database or the connection string ran out (or another session cancelled the statement with pg_cancel_backend); raise statement_timeout for dbsync's role (ALTER ROLE ... SET statement_timeout, or options='-c statement_timeout=...' in the connection string) and call %s again: %w",
 		ErrStatementCancelled, call, call, err)
 }
 

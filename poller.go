@@ -94,12 +94,15 @@ func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 
 // ConfirmedFlushLSN returns the slot's confirmed_flush_lsn: changes of transactions
 // committed before it are not delivered again. Returns ErrSlotMissing if the slot does
-// not exist, ErrSlotInvalidated if its WAL was removed, ErrClosed after Close.
+// not exist, ErrSlotInvalidated if its WAL was removed, ErrClosed after Close,
+// ErrStatementCancelled when the server cancelled its statement (a statement_timeout
+// of dbsync's role: raise it).
 func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	if err := s.checkOpen("ConfirmedFlushLSN"); err != nil {
 		return 0, err
 	}
-	return s.confirmedFlushLSN(ctx)
+	lsn, err := s.confirmedFlushLSN(ctx)
+	return lsn, errCancelledCall(ctx, "ConfirmedFlushLSN", err)
 }
 
 // confirmedFlushLSN is ConfirmedFlushLSN for dbsync's own calls, which may run while
@@ -447,6 +450,7 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 	retry := newRetryBackoff()
 	first := true
 	slotInUse := 0      // consecutive ErrSlotInUse failures
+	cancelled := 0      // consecutive polls the server cancelled (57014)
 	var quiet time.Time // since when nothing was flushed (zero: something was)
 	for {
 		var res pollResult
@@ -480,6 +484,7 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 		case err == nil:
 			retry.Reset()
 			slotInUse = 0
+			cancelled = 0
 			if res.peeked {
 				quiet = time.Time{}
 				s.maybeCheckRestart(ctx, started)
@@ -524,7 +529,16 @@ func (s *Syncer) pollLoop(ctx context.Context) error {
 			// is live): pg_cancel_backend by an administrator or another process (the
 			// peek and the advance run with statement_timeout off: untimed.go). The slot
 			// is where the poll found it, or where its advance took it: retried like a
-			// lost connection, not ended on as if fatal (TestCancelPeekMidStream).
+			// lost connection, not ended on as if fatal (TestCancelPeekMidStream). A
+			// statement cancelled in every poll (a statement_timeout of the role
+			// shorter than the poll's catalog reads, or than a wait for a lock on them)
+			// would have Run retry forever delivering nothing: after maxCancelledPolls
+			// in a row it ends (TestRunStatementTimeoutNoProgress).
+			cancelled++
+			if cancelled > maxCancelledPolls {
+				return fmt.Errorf("%w: Run: %d polls in a row were cancelled by the server before they could deliver: a statement_timeout of dbsync's role, the database or the connection string shorter than the poll's statements (its catalog reads, or their waits for locks) cancels them every time, or another session keeps cancelling them (pg_cancel_backend); raise statement_timeout for dbsync's role (ALTER ROLE ... SET statement_timeout, or options='-c statement_timeout=...' in the connection string) and run again (the slot was not forwarded past what was delivered): %w",
+					ErrStatementCancelled, cancelled, err)
+			}
 			wait = retry.NextBackOff()
 			s.log.Warn("dbsync: poll cancelled by the server; retrying", "err", err, "retry_in", wait)
 			first = true
@@ -770,6 +784,11 @@ func newRetryBackoff() *backoff.ExponentialBackOff {
 // maxSlotInUseRetries is how many consecutive "slot is active" errors (55006) Run
 // retries (about 3 s of backoff) before returning ErrSlotInUse.
 const maxSlotInUseRetries = 5
+
+// maxCancelledPolls is how many consecutive polls cancelled by the server (57014)
+// Run retries before it returns ErrStatementCancelled. A variable so tests can
+// shrink it.
+var maxCancelledPolls = 10
 
 // clientEncoding is a select-list expression: the session's client_encoding, read
 // with each poll's flush LSN (checkClientEncoding).

@@ -143,11 +143,19 @@ func (p ReplicaIdentityProblem) generatedKeyString() string {
 // in schema and table order. A partitioned table's partitions are checked by their
 // own replica identity, the one PostgreSQL uses. Setup calls it and logs a warning per table (an error with
 // WithStrictReplicaIdentity). Read-only. Returns ErrPublicationMissing when the
-// publication does not exist, ErrClosed after Close.
+// publication does not exist, ErrClosed after Close, ErrStatementCancelled when the
+// server cancelled its statement (a statement_timeout of dbsync's role: raise it).
 func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityProblem, error) {
 	if err := s.checkOpen("CheckReplicaIdentity"); err != nil {
 		return nil, err
 	}
+	problems, err := s.checkReplicaIdentity(ctx)
+	return problems, errCancelledCall(ctx, "CheckReplicaIdentity", err)
+}
+
+// checkReplicaIdentity is CheckReplicaIdentity for setup (whose caller calls Setup
+// again, not CheckReplicaIdentity).
+func (s *Syncer) checkReplicaIdentity(ctx context.Context) ([]ReplicaIdentityProblem, error) {
 	// The planner cannot know how many tables the publication lists or how many
 	// partitions each has (pg_get_publication_tables, pg_partition_tree: 1,000 rows
 	// each by default), so it costs the query far above jit_above_cost; on a server
@@ -206,7 +214,7 @@ func (s *Syncer) ensureReplicaIdentity(ctx context.Context) error {
 	if err := s.setReplicaIdentityFull(ctx); err != nil {
 		return err
 	}
-	problems, err := s.CheckReplicaIdentity(ctx)
+	problems, err := s.checkReplicaIdentity(ctx)
 	if err != nil {
 		return err
 	}

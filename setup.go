@@ -43,7 +43,11 @@ const setupLockKey = 0x64627379 // "dbsy"
 // created with two_phase = true), ErrSlotInvalidated (the slot exists
 // but PostgreSQL invalidated it: wal_status lost), or the server's error; when ctx
 // ended first, the error wraps ctx.Err() too (creating the slot waits for the
-// transactions open in the cluster: see watchSlotCreation); ErrClosed after Close.
+// transactions open in the cluster: see watchSlotCreation; it runs with
+// statement_timeout off, so a statement_timeout of the role does not cut it short);
+// ErrStatementCancelled when the server cancelled another of its statements (a
+// statement_timeout of dbsync's role shorter than its catalog reads: raise it);
+// ErrClosed after Close.
 func (s *Syncer) Setup(ctx context.Context) (err error) {
 	if err := s.checkOpen("Setup"); err != nil {
 		return err
@@ -53,6 +57,7 @@ func (s *Syncer) Setup(ctx context.Context) (err error) {
 		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (setup ended by its context: %w)", err, ctx.Err())
 		}
+		err = errCancelledCall(ctx, "Setup", err)
 	}()
 	if err := s.checkServer(ctx); err != nil {
 		return err
@@ -755,6 +760,16 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		return classify(err, "connect for slot setup")
 	}
 	defer conn.Close()
+	// The creation waits for every transaction open in the cluster with an xid
+	// (watchSlotCreation), and the lock for another setup's creation: as long as the
+	// longest of them, which a statement_timeout of the role must not cut short
+	// (TestSlotCreationStatementTimeout). Set back after the unlock (defers run last
+	// first).
+	restore, err := s.untimedConn(ctx, conn)
+	if err != nil {
+		return classify(err, "turn statement_timeout off for slot setup")
+	}
+	defer restore()
 	if _, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_lock($1)`, setupLockKey+1); err != nil {
 		return classify(err, "lock slot setup")
 	}

@@ -73,16 +73,18 @@ type SlotStats struct {
 // Status reads the Syncer's slot from pg_replication_slots and its statistics from
 // pg_stat_replication_slots. It creates nothing, so it can run on a Syncer made with
 // WithSetup(false) next to a running consumer. Returns ErrSlotMissing (wrapped) if
-// there is no such slot, ErrClosed after Close.
-func (s *Syncer) Status(ctx context.Context) (SlotStatus, error) {
+// there is no such slot, ErrClosed after Close, ErrStatementCancelled when the server
+// cancelled its statement (a statement_timeout of dbsync's role: raise it).
+func (s *Syncer) Status(ctx context.Context) (_ SlotStatus, err error) {
 	var st SlotStatus
 	if err := s.checkOpen("Status"); err != nil {
 		return st, err
 	}
+	defer func() { err = errCancelledCall(ctx, "Status", err) }()
 	var confirmed, restart sql.NullString
 	var current, flush string
 	var version int
-	err := s.db.QueryRowContext(ctx, sqlText("slot_status.sql"), s.replicationSlot).Scan(
+	err = s.db.QueryRowContext(ctx, sqlText("slot_status.sql"), s.replicationSlot).Scan(
 		&st.Slot, &st.Plugin, &st.SlotType, &st.Database, &st.Active, &st.ActivePID,
 		&confirmed, &restart, &st.WALStatus, &current, &flush, &version)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -169,11 +171,17 @@ func (r TeardownResult) Kept() bool { return len(r.OtherSlots) > 0 }
 // process: that Syncer's unprocessed changes would be lost to it. It returns
 // ErrAlreadyRunning while this Syncer's Run runs and ErrClosed after Close, and
 // ErrSlotMismatch, moving nothing, for a slot dbsync does not read (not a logical
-// pgoutput slot of this database, or a two_phase one: see Setup).
+// pgoutput slot of this database, or a two_phase one: see Setup), and
+// ErrStatementCancelled when the server cancelled a statement of its lookup (a
+// statement_timeout of dbsync's role: raise it; the slot was not moved). The advance decodes
+// the whole backlog and runs with statement_timeout off (a statement_timeout of the
+// role, the database or the connection string does not cancel it; the pool's
+// sessions keep theirs).
 func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error) {
 	if err := s.checkLowLevelCall("SkipBacklog"); err != nil {
 		return 0, err
 	}
+	defer func() { err = errCancelledCall(ctx, "SkipBacklog", err) }()
 	conn, taken, pid, err := s.takeSlotLock(ctx)
 	if err != nil {
 		return 0, s.diagnose(ctx, classify(err, "lock slot "+s.replicationSlot))
@@ -181,10 +189,12 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 	if !taken {
 		return 0, s.errSlotDriven(pid, "stop it before skipping its backlog")
 	}
+	restore := func() {}
 	defer func() {
 		if uerr := s.unlockSlot(ctx, conn); uerr != nil && err == nil {
 			err = classify(uerr, "unlock slot "+s.replicationSlot)
 		}
+		restore()
 		conn.Close()
 	}()
 	// Only a slot dbsync reads: advancing another (a physical slot of a standby, a
@@ -206,6 +216,12 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 			return 0, err
 		}
 	}
+	// The advance decodes the whole backlog, which takes as long as it is big: like
+	// the peek and Run's advance it runs with statement_timeout off (untimed.go).
+	if restore, err = s.untimedConn(ctx, conn); err != nil {
+		restore = func() {}
+		return 0, classify(err, "turn statement_timeout off for the advance of slot "+s.replicationSlot)
+	}
 	if err := conn.QueryRowContext(ctx, `SELECT end_lsn FROM pg_catalog.pg_replication_slot_advance($1, pg_catalog.pg_current_wal_flush_lsn())`,
 		s.replicationSlot).Scan(&lsn); err != nil {
 		return 0, s.diagnose(ctx, classify(err, "advance slot "+s.replicationSlot+" to the flush LSN"))
@@ -218,8 +234,9 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 	if err := s.checkOpen("Teardown"); err != nil {
 		return err
 	}
-	_, err := s.TeardownWithResult(ctx)
-	return err
+	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
+	_, err := s.teardown(ctx)
+	return withCtxErr(ctx, errCancelledCall(ctx, "Teardown", err))
 }
 
 // TeardownWithResult removes what Setup created for this Syncer, so nothing keeps
@@ -253,16 +270,23 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // is another session's temporary slot, or a two_phase slot (nothing is dropped then); ErrCtrlSchemaNotEmpty
 // when the control schema holds anything but dbsync's tables, something depends on
 // those, or the schema is public, information_schema or pg_* (the slot is dropped,
-// the rest kept); ErrClosed after Close (nothing is dropped: make a new Syncer); or
-// the server's error (wrapping ctx's error too when ctx ended). With the server not
-// answering it returns within about 30 s (the slot lock check's bound) once ctx
-// ended (README, "Stopping when the server does not answer").
+// the rest kept); ErrClosed after Close (nothing is dropped: make a new Syncer);
+// ErrStatementCancelled when the server cancelled a statement of it (a
+// statement_timeout of dbsync's role: raise it, and run it again); or the server's
+// error (wrapping ctx's error too when ctx ended). With the server not answering it
+// returns within about 30 s (the slot lock check's bound) once ctx ended (README,
+// "Stopping when the server does not answer").
 func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, err error) {
 	if err := s.checkOpen("TeardownWithResult"); err != nil {
 		return res, err
 	}
 	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
-	defer func() { err = withCtxErr(ctx, err) }()
+	res, err = s.teardown(ctx)
+	return res, withCtxErr(ctx, errCancelledCall(ctx, "TeardownWithResult", err))
+}
+
+// teardown is TeardownWithResult for Teardown and TeardownWithResult.
+func (s *Syncer) teardown(ctx context.Context) (res TeardownResult, err error) {
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return res, classify(err, "connect for teardown")

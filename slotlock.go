@@ -82,7 +82,8 @@ func (s *Syncer) errSlotDriven(pid int, what string) error {
 var slotLockKeepalive = 10 * time.Second
 
 // lockSlotForRun takes the slot lock for Run on a connection it keeps until release
-// is called. It holds one connection of the pool while Run runs, so it is taken only
+// is called (the connection's session then ends: its idle_session_timeout is off,
+// keepSessionIdle). It holds one connection of the pool while Run runs, so it is taken only
 // on a pool without a limit (SetMaxOpenConns, 0: the default, and the pool NewSyncer
 // opens itself); on a limited pool, which Run's two connections may exhaust, Run
 // holds no lock (README, "Only one process may drive a slot"). A connection failure
@@ -101,6 +102,7 @@ func (s *Syncer) lockSlotForRun(ctx context.Context, lost func(error)) (release 
 		conn, taken, pid, err := s.takeSlotLock(ctx)
 		switch {
 		case taken:
+			s.keepSessionIdle(ctx, conn)
 			stop, done := make(chan struct{}), make(chan struct{})
 			go func() {
 				defer close(done)
@@ -115,6 +117,9 @@ func (s *Syncer) lockSlotForRun(ctx context.Context, lost func(error)) (release 
 				if err := s.unlockSlot(ctx, conn); err != nil {
 					s.log.Debug("dbsync: cannot release the slot lock; its connection was closed", "err", err)
 				}
+				// Its idle_session_timeout is off (keepSessionIdle): the session
+				// ends rather than going back to the pool.
+				endSession(conn)
 				conn.Close()
 			}, nil
 		case ctx.Err() != nil:
@@ -156,6 +161,22 @@ func (s *Syncer) takeSlotLock(ctx context.Context) (conn *sql.Conn, taken bool, 
 	return conn, true, 0, nil
 }
 
+// keepSessionIdle turns idle_session_timeout (PostgreSQL 14 and later) off on Run's
+// slot lock session, which stays idle between keepalives (slotLockKeepalive): a
+// timeout of the role shorter than that ended it, leaving the slot unlocked until the
+// next check, and another Syncer's SkipBacklog or Teardown went through under the
+// running one (TestSlotLockIdleSessionTimeout). The session ends when Run releases the
+// lock, so the pool's sessions keep the role's setting. On failure the keepalive
+// still replaces an ended session.
+func (s *Syncer) keepSessionIdle(ctx context.Context, conn *sql.Conn) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), slotLockQueryTimeout)
+	defer cancel()
+	if _, err := conn.ExecContext(ctx, `SELECT pg_catalog.set_config('idle_session_timeout', '0', false)
+		WHERE pg_catalog.current_setting('idle_session_timeout', true) IS NOT NULL`); err != nil {
+		s.log.Debug("dbsync: cannot turn idle_session_timeout off on the slot lock session", "err", err)
+	}
+}
+
 // keepSlotLock checks the slot lock's session every slotLockKeepalive until stop is
 // closed or ctx ends, replacing a session that ended; it returns the connection
 // holding the lock (nil when it holds none).
@@ -183,6 +204,7 @@ func (s *Syncer) keepSlotLock(ctx context.Context, conn *sql.Conn, stop <-chan s
 		c, taken, pid, err := s.takeSlotLock(ctx)
 		switch {
 		case taken:
+			s.keepSessionIdle(ctx, c)
 			conn = c
 		case ctx.Err() != nil:
 			return nil

@@ -372,8 +372,11 @@ func (s *Syncer) IsRunning() bool {
 // ErrStopProcessingMessages (all return nil), or a fatal error occurs (returned:
 // ErrHandler under StopOnHandlerError, ErrSlotMissing, ErrSlotInvalidated,
 // ErrSlotInUse, ErrSlotMismatch, ErrPublicationMissing, ErrInRecovery, ...). Connection loss, a server restart and a poll's statement
-// cancelled by the server (pg_cancel_backend: 57014) are retried with exponential
-// backoff (100 ms doubling up to 30 s), logged as warnings.
+// cancelled by the server (pg_cancel_backend, a statement_timeout: 57014) are retried
+// with exponential backoff (100 ms doubling up to 30 s), logged as warnings; after 10
+// polls in a row cancelled so (about 1.5 minutes of backoff), Run returns
+// ErrStatementCancelled: a statement_timeout of dbsync's role shorter than the poll's
+// catalog reads (the peek and the advance run with it off) would have it retry forever.
 // On a pool without a connection limit (the default) Run holds a lock on its slot on
 // a connection of its own while it runs, and returns ErrSlotInUse at once, delivering
 // nothing, when another process's Syncer (or `dbsync tail`) runs on the same slot.

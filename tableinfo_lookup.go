@@ -11,11 +11,14 @@ import (
 // read with SQL the same way as changes: select with SelectList, decode with ScanRow,
 // key with GetRecordID (docs/VALUES.md).
 // Returns an error wrapping ErrConfig when the table does not exist or the name is
-// another kind of relation (a view, an index, a sequence, ...), ErrClosed after Close.
-func (s *Syncer) TableInfo(ctx context.Context, name string) (*PGTableInfo, error) {
+// another kind of relation (a view, an index, a sequence, ...), ErrClosed after Close,
+// ErrStatementCancelled when the server cancelled a statement of it (a
+// statement_timeout of dbsync's role: raise it).
+func (s *Syncer) TableInfo(ctx context.Context, name string) (_ *PGTableInfo, err error) {
 	if err := s.checkOpen("TableInfo"); err != nil {
 		return nil, err
 	}
+	defer func() { err = errCancelledCall(ctx, "TableInfo", err) }()
 	t, err := resolveTable(ctx, s.db, name)
 	if err != nil {
 		return nil, err

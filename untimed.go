@@ -17,7 +17,10 @@ import (
 // late). When the server has one (stmtTimeoutSet, read with each poll's flush LSN),
 // the peek, the split peek's copy and the advance run on a connection whose
 // statement_timeout is set to 0 for them, and set back afterwards, so the pool's
-// sessions keep the caller's setting. Without one, nothing is added.
+// sessions keep the caller's setting. Without one, nothing is added. SkipBacklog's
+// advance, which decodes the whole backlog, and setup's slot creation, which waits for
+// the transactions open in the cluster, always ask (untimedConn): they do not poll
+// first (TestSkipBacklogStatementTimeout, TestSlotCreationStatementTimeout).
 
 // stmtTimeoutSet is a select-list expression: whether this session has a
 // statement_timeout.
@@ -31,9 +34,19 @@ func (s *Syncer) untimed(ctx context.Context, conn *sql.Conn) (restore func(), e
 	if !s.stmtTimeout.Load() {
 		return func() {}, nil
 	}
+	return s.untimedConn(ctx, conn)
+}
+
+// untimedConn turns statement_timeout off on conn whatever Syncer.stmtTimeout says,
+// for a call that does not poll first (SkipBacklog, setup's slot creation), and
+// returns what sets it back (a no-op when the session had none; see untimed).
+func (s *Syncer) untimedConn(ctx context.Context, conn *sql.Conn) (restore func(), err error) {
 	var prev string
 	if err := conn.QueryRowContext(ctx, `SELECT pg_catalog.current_setting('statement_timeout'), pg_catalog.set_config('statement_timeout', '0', false)`).Scan(&prev, new(string)); err != nil {
 		return nil, err
+	}
+	if prev == "0" {
+		return func() {}, nil
 	}
 	return func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
