@@ -361,3 +361,52 @@ func TestResetMidRefresh(t *testing.T) {
 		})
 	}
 }
+
+// TestBlackholeTeardownUnlockReturns: a Teardown that finds the slot driven by a
+// running Syncer (ErrSlotInUse) and whose connection stops answering as it releases
+// the lock it tears down under (pg_advisory_unlock of the setup lock) returns within
+// the bound of its context's end (README, "Stopping when the server does not
+// answer"), with ErrSlotInUse, rather than waiting for the server for good; once the
+// network heals the setup lock is free (its session was closed) and the slot is
+// still there.
+func TestBlackholeTeardownUnlockReturns(t *testing.T) {
+	for _, drv := range netDrivers {
+		t.Run(drv.name, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE nf (id int PRIMARY KEY)`)
+			p := newNetProxy(t, d)
+			runner := newTestSyncer(t, d, ForTables("nf"), WithMessageHandler(&recorder{}))
+			r := runInBackground(runner)
+			defer r.stop(t)
+			slot := runner.ReplicationSlot()
+			waitFor(t, 20*time.Second, func() bool {
+				var pid int
+				require.NoError(t, d.DB.QueryRow(slotLockHolder, slot).Scan(&pid))
+				return pid != 0
+			}, "the running Syncer's slot lock")
+			td := newTestSyncer(t, d, append(drv.opts(t, p, d), WithReplicationSlot(slot), WithSetup(false))...)
+			p.blackholeOn("pg_advisory_unlock($1)")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			done := make(chan error, 1)
+			start := time.Now()
+			go func() { _, err := td.TeardownWithResult(ctx); done <- err }()
+			select {
+			case err := <-done:
+				t.Logf("Teardown returned after %s: %v", time.Since(start), err)
+				require.ErrorIs(t, err, ErrSlotInUse)
+			case <-time.After(time.Second + stopReturnBound):
+				dumpStuck(t)
+				p.heal()
+				t.Fatalf("Teardown did not return within %s of its context's end with the network blackholed", stopReturnBound)
+			}
+			p.heal()
+			require.Equal(t, []string{slot}, queryStrings(t, d.DB, `SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1`, slot))
+			waitFor(t, 20*time.Second, func() bool {
+				var n int
+				require.NoError(t, d.DB.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid::bigint = $1 AND objsubid = 1 AND granted`, int64(setupLockKey+1)).Scan(&n))
+				return n == 0
+			}, "the setup lock released")
+		})
+	}
+}

@@ -759,7 +759,7 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		return classify(err, "lock slot setup")
 	}
 	defer func() {
-		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
+		if uerr := unlockSetup(ctx, conn); uerr != nil && err == nil {
 			err = classify(uerr, "unlock slot setup")
 		}
 	}()
