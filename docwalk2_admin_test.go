@@ -1,7 +1,10 @@
 package dbsync
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"strconv"
 	"testing"
 	"time"
 
@@ -63,4 +66,49 @@ func TestReadmeAdminCreatedCtrlSharedPublication(t *testing.T) {
 	}
 	require.Equal(t, []string{`refresh public.t ["1"]`, `refresh public.t ["1"]`, `refresh public.t ["2"]`, `insert public.t ["3"]`}, cA.eventList())
 	require.Equal(t, []string{`refresh public.t ["2"]`, `refresh public.t ["1"]`, `refresh public.t ["2"]`, `insert public.t ["3"]`}, cB.eventList())
+}
+
+// TestAdminCtrlUnmarkedWarningNamesComment: control tables an administrator created
+// without the COMMENT README asks for, used by a role that does not own them: its
+// setup cannot mark them and warns. The warning said "its owner's setup does", but an
+// administrator runs no setup: until the owner runs the COMMENT, a Syncer of another
+// control schema sharing the publication delivers this Syncer's watermark rows as
+// changes. The warning names the statement for the owner to run, and once it is run
+// the other Syncer delivers none of them.
+func TestAdminCtrlUnmarkedWarningNamesComment(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	ctx := context.Background()
+	role, dsn := limitedRole(t, d, "REPLICATION")
+	pub := pgtest.Ident(t, "pub")
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, v text)`, `INSERT INTO t VALUES (1, 'a')`,
+		`GRANT SELECT ON t TO `+role, ctrlDDL(),
+		`GRANT USAGE ON SCHEMA dbsync_ctrl TO `+role,
+		`GRANT SELECT, INSERT, DELETE ON dbsync_ctrl.dbsync_wmtable TO `+role,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON dbsync_ctrl.snapshot_progress TO `+role,
+		`CREATE PUBLICATION `+pub+` FOR TABLE t, dbsync_ctrl.dbsync_wmtable`)
+	var logs bytes.Buffer
+	a, err := NewSyncer(WithPGConnStr(dsn), WithReplicationSlot(pgtest.Ident(t, "a")), WithPublication(pub),
+		WithMessageHandler(&recorder{}), WithPollBackoff(5*time.Millisecond, 2, 50*time.Millisecond),
+		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	require.NoError(t, err)
+	t.Cleanup(func() { a.Close() })
+	for _, stmt := range []string{
+		`COMMENT ON TABLE "dbsync_ctrl"."dbsync_wmtable" IS 'dbsync control table'`,
+		`COMMENT ON TABLE "dbsync_ctrl"."snapshot_progress" IS 'dbsync control table'`,
+	} {
+		require.Contains(t, logs.String(), strconv.Quote(stmt), "the warning names the statement for the owner")
+		execAll(t, d.DB, stmt)
+	}
+	recB := &recorder{}
+	b := newTestSyncer(t, d, WithReplicationSlot(pgtest.Ident(t, "b")), WithPublication(pub), WithCtrlNamespace("ctrl_b"), WithMessageHandler(recB))
+	ra, rb := runInBackground(a), runInBackground(b)
+	defer ra.stop(t)
+	defer rb.stop(t)
+	stats, err := a.RefreshContext(ctx, `SELECT * FROM t`)
+	require.NoError(t, err)
+	require.Equal(t, 1, stats.Emitted)
+	execAll(t, d.DB, `INSERT INTO t VALUES (2, 'b')`)
+	catchUp(t, a)
+	catchUp(t, b)
+	require.Equal(t, []string{"BEGIN", "INSERT public.t id=2,v=b", "COMMIT"}, nonEmptyTx(recB.snapshot()))
 }
