@@ -165,3 +165,26 @@ func TestUnknownSettingInQueryIsNotConnString(t *testing.T) {
 	require.ErrorContains(t, err, `unrecognized configuration parameter "no_such_setting"`)
 	require.NotContains(t, err.Error(), "connection string")
 }
+
+// TestConnectionRefusedNotErrConfig: README ("connection string") names which refusals
+// as a connection starts are ErrConfig: settings the driver or the server refuses. An
+// unknown database or role is the server's error as it is (SQLSTATE 3D000, 28000 in
+// the chain, through either driver), not ErrConfig.
+func TestConnectionRefusedNotErrConfig(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	for _, c := range []struct{ extra, code string }{{" dbname=no_such_db", "3D000"}, {" user=no_such_user", "28000"}} {
+		_, err := NewSyncer(WithPGConnStr(d.DSN()+c.extra), WithReplicationSlot(pgtest.Ident(t, "slot")))
+		require.NotErrorIs(t, err, ErrConfig, c.extra)
+		code, _, ok := serverError(err)
+		require.True(t, ok, "%s: %v", c.extra, err)
+		require.Equal(t, c.code, code, c.extra)
+		db, err := sql.Open("pgx", d.DSN()+c.extra)
+		require.NoError(t, err)
+		t.Cleanup(func() { db.Close() })
+		_, err = NewSyncer(WithDB(db), WithReplicationSlot(pgtest.Ident(t, "slot")))
+		require.NotErrorIs(t, err, ErrConfig, c.extra)
+		code, _, ok = serverError(err)
+		require.True(t, ok, "%s: %v", c.extra, err)
+		require.Equal(t, c.code, code, c.extra)
+	}
+}
