@@ -413,3 +413,68 @@ func TestBlackholeTeardownUnlockReturns(t *testing.T) {
 		})
 	}
 }
+
+// TestPartitionSlotLockHeldUntilHeal: after a partition, Run and Close return within
+// the bound, having closed the slot lock's session on their side; but the server does
+// not learn of that while the partition lasts, and holds the slot lock for the
+// session: a Run on the slot meanwhile (another process, reaching the server another
+// way) returns ErrSlotInUse naming that session's backend PID. Once the network heals
+// (the close gets through) the lock is gone and a Run on the slot delivers the row
+// written meanwhile, once.
+func TestPartitionSlotLockHeldUntilHeal(t *testing.T) {
+	for _, drv := range netDrivers {
+		t.Run(drv.name, func(t *testing.T) {
+			d := pgtest.NewDatabase(t)
+			execAll(t, d.DB, `CREATE TABLE nf (id int PRIMARY KEY)`)
+			p := newNetProxy(t, d)
+			rec := &recorder{}
+			s := newTestSyncer(t, d, append(drv.opts(t, p, d), ForTables("nf"), WithMessageHandler(rec))...)
+			slot := s.ReplicationSlot()
+			holder := func() int {
+				var pid int
+				require.NoError(t, d.DB.QueryRow(slotLockHolder, slot).Scan(&pid))
+				return pid
+			}
+			r := runInBackground(s)
+			execAll(t, d.DB, `INSERT INTO nf VALUES (1)`)
+			r.waitFor(t, 20*time.Second, func() bool { return len(rec.snapshot()) == 3 }, "first row, have %v", rec)
+			pid := holder()
+			require.NotZero(t, pid)
+			p.partition()
+			waitFor(t, 20*time.Second, func() bool { return p.heldChunks() > 0 }, "a poll's statement held by the partition")
+			execAll(t, d.DB, `INSERT INTO nf VALUES (2)`)
+			r.cancel()
+			select {
+			case err := <-r.done:
+				require.NoError(t, err)
+			case <-time.After(stopReturnBound):
+				dumpStuck(t)
+				p.heal()
+				t.Fatalf("Run did not return within %s of its context's end", stopReturnBound)
+			}
+			closed := make(chan error, 1)
+			go func() { closed <- s.Close() }()
+			select {
+			case err := <-closed:
+				require.NoError(t, err)
+			case <-time.After(stopReturnBound):
+				dumpStuck(t)
+				p.heal()
+				t.Fatalf("Close did not return within %s", stopReturnBound)
+			}
+			require.Equal(t, pid, holder(), "the server still holds the slot lock for the partitioned session")
+			rec2 := &recorder{}
+			s2 := newTestSyncer(t, d, ForTables("nf"), WithMessageHandler(rec2))
+			err := s2.Run(context.Background())
+			require.ErrorIs(t, err, ErrSlotInUse)
+			require.ErrorContains(t, err, fmt.Sprintf("backend PID %d holds its lock", pid))
+			p.heal()
+			waitFor(t, 20*time.Second, func() bool { return holder() == 0 }, "the slot lock dropped with its session once the close got through")
+			r2 := runInBackground(s2)
+			r2.waitFor(t, 30*time.Second, func() bool { return len(rec2.snapshot()) >= 3 }, "row 2, have %v", rec2)
+			require.NoError(t, r2.stop(t))
+			require.Equal(t, []string{"BEGIN", "INSERT public.nf id=2", "COMMIT"}, rec2.snapshot())
+			require.Equal(t, []string{"BEGIN", "INSERT public.nf id=1", "COMMIT"}, rec.snapshot())
+		})
+	}
+}
