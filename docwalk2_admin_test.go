@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,6 +108,47 @@ func TestAdminCtrlUnmarkedWarningNamesComment(t *testing.T) {
 	stats, err := a.RefreshContext(ctx, `SELECT * FROM t`)
 	require.NoError(t, err)
 	require.Equal(t, 1, stats.Emitted)
+	execAll(t, d.DB, `INSERT INTO t VALUES (2, 'b')`)
+	catchUp(t, a)
+	catchUp(t, b)
+	require.Equal(t, []string{"BEGIN", "INSERT public.t id=2,v=b", "COMMIT"}, nonEmptyTx(recB.snapshot()))
+}
+
+// TestCtrlMarkedWhileOtherSyncerRuns: the administrator runs the COMMENT that setup's
+// warning names while a Syncer of another control schema sharing the publication
+// runs and has already delivered watermark rows of the unmarked table (as README
+// says it does). Its later watermark rows are not delivered: the mark is looked up
+// again, not kept as first found for as long as the Syncer runs.
+func TestCtrlMarkedWhileOtherSyncerRuns(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	ctx := context.Background()
+	pub := pgtest.Ident(t, "pub")
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, v text)`, `INSERT INTO t VALUES (1, 'a')`,
+		ctrlDDL(), `CREATE PUBLICATION `+pub+` FOR TABLE t, dbsync_ctrl.dbsync_wmtable`)
+	a := newTestSyncer(t, d, WithReplicationSlot(pgtest.Ident(t, "a")), WithPublication(pub), WithMessageHandler(&recorder{}))
+	// As an administrator left them: created without the marker.
+	execAll(t, d.DB, `COMMENT ON TABLE dbsync_ctrl.dbsync_wmtable IS NULL`)
+	recB := &recorder{}
+	b := newTestSyncer(t, d, WithReplicationSlot(pgtest.Ident(t, "b")), WithPublication(pub), WithCtrlNamespace("ctrl_b"), WithMessageHandler(recB))
+	ra, rb := runInBackground(a), runInBackground(b)
+	defer ra.stop(t)
+	defer rb.stop(t)
+	_, err := a.RefreshContext(ctx, `SELECT * FROM t`)
+	require.NoError(t, err)
+	catchUp(t, b)
+	wmRows := 0
+	for _, l := range recB.snapshot() {
+		if strings.HasPrefix(l, "INSERT dbsync_ctrl.dbsync_wmtable ") || strings.HasPrefix(l, "DELETE dbsync_ctrl.dbsync_wmtable ") {
+			wmRows++
+		}
+	}
+	require.Equal(t, 4, wmRows, "unmarked: the low and high watermarks' inserts and deletes delivered: %v", recB.snapshot())
+	execAll(t, d.DB, `COMMENT ON TABLE "dbsync_ctrl"."dbsync_wmtable" IS 'dbsync control table'`)
+	recB.mu.Lock()
+	recB.lines = nil
+	recB.mu.Unlock()
+	_, err = a.RefreshContext(ctx, `SELECT * FROM t`)
+	require.NoError(t, err)
 	execAll(t, d.DB, `INSERT INTO t VALUES (2, 'b')`)
 	catchUp(t, a)
 	catchUp(t, b)
