@@ -26,7 +26,7 @@ type netProxy struct {
 	// partitioned: while blackholed, a side's close is not passed on either (a real
 	// partition: the server does not learn that the client closed its socket).
 	partitioned bool
-	held    int // chunks read while blackholed, waiting for heal
+	held        int // chunks read while blackholed, waiting for heal
 	// trigger, when set, blackholes the proxy as a chunk from a client holding it
 	// arrives (that chunk is held).
 	trigger string
