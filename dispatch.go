@@ -109,10 +109,13 @@ func isOtherControlTable(reln *pglogrepl.RelationMessage) bool {
 }
 
 // ctrlMarks remembers, per relation OID, whether a relation shaped like a control
-// table (isOtherControlTable) is one: whether setup marked it (its comment begins with
-// ctrlTableMarker, ensureCtrlMarkers). It is looked up in the catalog once per
-// relation, at its first RELATION message (lookup), never per change, and forgotten
-// with the relation (Syncer.evictIdleRelations). A relation no longer in the catalog
+// table (isOtherControlTable) is one: whether setup (or an administrator) marked it
+// (its comment begins with ctrlTableMarker, ensureCtrlMarkers). It is looked up in the
+// catalog at a RELATION message (lookup), never per change: once for a relation found
+// marked, and again at each RELATION message (one per poll that has its changes) for
+// one found unmarked, so that the COMMENT setup's warning asks an owner to run takes
+// effect without a restart (TestCtrlMarkedWhileOtherSyncerRuns); it is forgotten with
+// the relation (Syncer.evictIdleRelations). A relation no longer in the catalog
 // when its RELATION message is read (dropped since its changes were written: another
 // Syncer's control schema removed by its Teardown, say) cannot be looked up: it is
 // taken for a control table by its shape alone then, as it was before setup marked
@@ -132,22 +135,22 @@ func (c *ctrlMarks) marked(relID uint32) bool {
 	return m || !ok
 }
 
-// lookup reads, once per relation OID, whether a relation shaped like a control table
-// carries setup's marker (or is gone from the catalog).
+// lookup reads whether a relation shaped like a control table carries setup's marker
+// (or is gone from the catalog), unless it was found marked before.
 func (c *ctrlMarks) lookup(ctx context.Context, db *sql.DB, reln *pglogrepl.RelationMessage) error {
 	if !isOtherControlTable(reln) {
 		return nil
 	}
 	c.mu.Lock()
-	_, ok := c.m[reln.RelationID]
+	marked, ok := c.m[reln.RelationID]
 	c.mu.Unlock()
-	if ok {
+	if ok && marked {
 		return nil
 	}
 	var comment sql.NullString
 	err := db.QueryRowContext(ctx, `SELECT pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1`,
 		int64(reln.RelationID)).Scan(&comment)
-	marked := errors.Is(err, sql.ErrNoRows) || strings.HasPrefix(comment.String, ctrlTableMarker)
+	marked = errors.Is(err, sql.ErrNoRows) || strings.HasPrefix(comment.String, ctrlTableMarker)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return classify(err, "look up whether "+qualifiedName(reln.Namespace, reln.RelationName)+" is a dbsync control table")
 	}

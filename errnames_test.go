@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"testing"
+	"time"
 
 	"github.com/dbsync/dbsync/internal/pgtest"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -164,4 +165,91 @@ func TestUnknownSettingInQueryIsNotConnString(t *testing.T) {
 	require.ErrorIs(t, err, ErrConfig)
 	require.ErrorContains(t, err, `unrecognized configuration parameter "no_such_setting"`)
 	require.NotContains(t, err.Error(), "connection string")
+}
+
+// TestConnectionRefusedNotErrConfig: README ("connection string") names which refusals
+// as a connection starts are ErrConfig: settings the driver or the server refuses. An
+// unknown database or role is the server's error as it is (SQLSTATE 3D000, 28000 in
+// the chain, through either driver), not ErrConfig.
+func TestConnectionRefusedNotErrConfig(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	for _, c := range []struct{ extra, code string }{{" dbname=no_such_db", "3D000"}, {" user=no_such_user", "28000"}} {
+		_, err := NewSyncer(WithPGConnStr(d.DSN()+c.extra), WithReplicationSlot(pgtest.Ident(t, "slot")))
+		require.NotErrorIs(t, err, ErrConfig, c.extra)
+		code, _, ok := serverError(err)
+		require.True(t, ok, "%s: %v", c.extra, err)
+		require.Equal(t, c.code, code, c.extra)
+		db, err := sql.Open("pgx", d.DSN()+c.extra)
+		require.NoError(t, err)
+		t.Cleanup(func() { db.Close() })
+		_, err = NewSyncer(WithDB(db), WithReplicationSlot(pgtest.Ident(t, "slot")))
+		require.NotErrorIs(t, err, ErrConfig, c.extra)
+		code, _, ok = serverError(err)
+		require.True(t, ok, "%s: %v", c.extra, err)
+		require.Equal(t, c.code, code, c.extra)
+	}
+}
+
+// TestLowLevelCallWaitingHonoursContext: a GetMessagesContext or ForwardContext that
+// waits for another GetMessages of the Syncer (still reading its rows: held here after
+// its first row) returns when its context ends, with the context's error, rather than
+// when the other call is done: its docs say it returns with ctx's error when ctx ends.
+// The slot is not moved; the held call then completes.
+func TestLowLevelCallWaitingHonoursContext(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE items (id int PRIMARY KEY)`)
+	s := newTestSyncer(t, d, ForTables("items"))
+	execAll(t, d.DB, `INSERT INTO items VALUES (1)`, `INSERT INTO items VALUES (2)`)
+	held, release := make(chan struct{}), make(chan struct{})
+	s.getMessagesRow = func(n int) {
+		if n == 1 {
+			close(held)
+			<-release
+		}
+	}
+	type result struct {
+		msgs []PGMSG
+		err  error
+	}
+	first := make(chan result, 1)
+	go func() {
+		msgs, err := s.GetMessages(0, false, nil)
+		first <- result{msgs, err}
+	}()
+	<-held
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	for _, c := range []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"GetMessages", func(ctx context.Context) error { _, err := s.GetMessagesContext(ctx, 0, false, nil); return err }},
+		{"Forward", func(ctx context.Context) error { return s.ForwardContext(ctx, 1) }},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		done := make(chan error, 1)
+		go func() { done <- c.call(ctx) }()
+		select {
+		case err := <-done:
+			require.ErrorIs(t, err, context.DeadlineExceeded, c.name)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s waiting for another call did not return when its context ended", c.name)
+		}
+		cancel()
+	}
+	before := queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot())
+	close(release)
+	res := <-first
+	require.NoError(t, res.err)
+	var kinds []byte
+	for _, m := range res.msgs {
+		kinds = append(kinds, m.Data[0])
+	}
+	require.Equal(t, "BRICBIC", string(kinds))
+	require.Equal(t, before, queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot()))
 }

@@ -36,7 +36,10 @@ var (
 	// lists what a role without superuser needs.
 	ErrInsufficientPrivilege = errors.New("dbsync: role lacks a privilege")
 	// ErrPublicationMissing: the publication does not exist (42704, or found missing
-	// from the catalog) and no tables were given (ForTables) to create it for.
+	// from the catalog): at setup, when no tables were given (ForTables) to create it
+	// for; from Run, GetMessages, CheckReplicaIdentity, Refresh or Snapshot,
+	// also with ForTables, when it was dropped since setup or never created
+	// (WithSetup(false)): TestNamedErrorDespiteObjectName.
 	ErrPublicationMissing = errors.New("dbsync: publication does not exist")
 	// ErrSlotMismatch: a slot with the configured name exists but is not a logical
 	// pgoutput slot of this database, or is another session's temporary slot, or was

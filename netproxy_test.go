@@ -23,7 +23,10 @@ type netProxy struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	blocked bool
-	held    int // chunks read while blackholed, waiting for heal
+	// partitioned: while blackholed, a side's close is not passed on either (a real
+	// partition: the server does not learn that the client closed its socket).
+	partitioned bool
+	held        int // chunks read while blackholed, waiting for heal
 	// trigger, when set, blackholes the proxy as a chunk from a client holding it
 	// arrives (that chunk is held).
 	trigger string
@@ -134,6 +137,12 @@ func (p *netProxy) pipe(dst, src net.Conn, fromClient bool) {
 			}
 		}
 		if err != nil {
+			p.mu.Lock()
+			hold := p.partitioned
+			p.mu.Unlock()
+			if hold {
+				p.waitOpen()
+			}
 			if err == io.EOF || strings.Contains(err.Error(), "use of closed") {
 				dst.Close()
 			}
@@ -151,10 +160,18 @@ func (p *netProxy) blackhole() {
 	p.mu.Unlock()
 }
 
+// partition is blackhole, and a connection's close while it lasts is passed on only
+// at heal.
+func (p *netProxy) partition() {
+	p.mu.Lock()
+	p.blocked, p.partitioned = true, true
+	p.mu.Unlock()
+}
+
 // heal forwards again.
 func (p *netProxy) heal() {
 	p.mu.Lock()
-	p.blocked = false
+	p.blocked, p.partitioned = false, false
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }

@@ -226,8 +226,9 @@ func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMS
 }
 
 // GetMessagesContext is GetMessages with a context. When ctx ends, the error wraps
-// ctx's error; the call returns within 30 s of that also when the server does not
-// answer (README, "Stopping when the server does not answer").
+// ctx's error (also while the call waits for another GetMessages or Forward of the
+// Syncer: they run one at a time); the call returns within 30 s of that also when
+// the server does not answer (README, "Stopping when the server does not answer").
 func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consume bool, out []PGMSG) (_ []PGMSG, err error) {
 	if numMessages > math.MaxInt32 {
 		return out, fmt.Errorf("%w: GetMessages(%d): numMessages must be at most 2147483647 rows (the peek's upto_nchanges is an int4); use 0 for no row bound", ErrConfig, numMessages)
@@ -235,8 +236,10 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 	if err := s.checkLowLevelCall("GetMessages"); err != nil {
 		return out, err
 	}
-	s.peekMu.Lock()
-	defer s.peekMu.Unlock()
+	if err := s.lockPeek(ctx); err != nil {
+		return out, err
+	}
+	defer s.unlockPeek()
 	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
 	defer func() { err = withCtxErr(ctx, errCancelled(ctx, "GetMessages", s.diagnose(ctx, err))) }()
 	var upto pglogrepl.LSN
@@ -292,17 +295,36 @@ func (s *Syncer) Forward(nummsgs int) error {
 }
 
 // ForwardContext is Forward with a context. When ctx ends, the error wraps ctx's
-// error; the call returns within 30 s of that also when the server does not answer
-// (README, "Stopping when the server does not answer").
+// error (also while the call waits for another GetMessages or Forward of the
+// Syncer); the call returns within 30 s of that also when the server does not
+// answer (README, "Stopping when the server does not answer").
 func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
 	if err := s.checkLowLevelCall("Forward"); err != nil {
 		return err
 	}
-	s.peekMu.Lock()
-	defer s.peekMu.Unlock()
+	if err := s.lockPeek(ctx); err != nil {
+		return err
+	}
+	defer s.unlockPeek()
 	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
 	return withCtxErr(ctx, errCancelled(ctx, "Forward", s.diagnose(ctx, s.forwardLocked(ctx, nummsgs))))
 }
+
+// lockPeek waits for the GetMessages and Forward calls under way to end, or for ctx
+// to end (its error then): a call waiting for one still reading, or stuck on a server
+// that does not answer, returns when its own context ends
+// (TestLowLevelCallWaitingHonoursContext).
+func (s *Syncer) lockPeek(ctx context.Context) error {
+	select {
+	case s.peekSem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// unlockPeek lets the next GetMessages or Forward call go on.
+func (s *Syncer) unlockPeek() { <-s.peekSem }
 
 // checkLowLevelCall (GetMessages, Forward) is ErrClosed for a call made after Close, and ErrAlreadyRunning for one
 // made while Run runs: Run reads and forwards the slot itself, and a peek of another

@@ -344,9 +344,11 @@ const ctrlTableMarker = "dbsync control table"
 // ensureCtrlMarkers puts the ctrlTableMarker comment on the watermark and snapshot
 // progress tables that lack it: tables setup created, and those an older dbsync
 // created without it. COMMENT ON needs ownership: a table the role does not own (a
-// control schema shared with a Syncer of another role) is left as it is, with a log
-// line at level Warn (its owner's setup marks it); other Syncers sharing its
-// publication then tell it by its columns alone (isOtherControlTable).
+// control schema shared with a Syncer of another role, or created by an
+// administrator) is left as it is, with a log line at level Warn naming the COMMENT
+// for its owner to run: until then, other Syncers sharing its publication deliver
+// its rows as changes, as they do a user's table of the same columns
+// (isControlTable; TestAdminCtrlUnmarkedWarningNamesComment).
 func (s *Syncer) ensureCtrlMarkers(ctx context.Context, tx *sql.Tx) error {
 	for _, c := range []struct{ name, what string }{{s.wmTableName, "watermark table"}, {snapshotProgressTable, "snapshot progress table"}} {
 		var marked, owner bool
@@ -361,8 +363,8 @@ func (s *Syncer) ensureCtrlMarkers(ctx context.Context, tx *sql.Tx) error {
 		}
 		q := qualifiedTable{s.ctrlNamespace, c.name}
 		if !owner {
-			s.log.Warn("dbsync: cannot mark "+q.quoted()+" as dbsync's "+c.what+" (the role does not own it); its owner's setup does",
-				"schema", s.ctrlNamespace, "table", c.name)
+			s.log.Warn("dbsync: cannot mark "+q.quoted()+" as dbsync's "+c.what+" (the role does not own it): until its owner runs the statement, Syncers of other control schemas sharing the publication deliver its rows as changes",
+				"schema", s.ctrlNamespace, "table", c.name, "statement", "COMMENT ON TABLE "+q.quoted()+" IS "+pq.QuoteLiteral(ctrlTableMarker))
 			continue
 		}
 		if _, err := tx.ExecContext(ctx, "COMMENT ON TABLE "+q.quoted()+" IS "+pq.QuoteLiteral(ctrlTableMarker+": "+c.what+"; do not edit")); err != nil {
@@ -774,7 +776,7 @@ func (s *Syncer) ensureSlot(ctx context.Context) (err error) {
 		return classify(err, "lock slot setup")
 	}
 	defer func() {
-		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
+		if uerr := unlockSetup(ctx, conn); uerr != nil && err == nil {
 			err = classify(uerr, "unlock slot setup")
 		}
 	}()

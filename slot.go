@@ -297,7 +297,7 @@ func (s *Syncer) teardown(ctx context.Context) (res TeardownResult, err error) {
 		return res, classify(err, "lock teardown")
 	}
 	defer func() {
-		if _, uerr := conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_advisory_unlock($1)`, setupLockKey+1); uerr != nil && err == nil {
+		if uerr := unlockSetup(ctx, conn); uerr != nil && err == nil {
 			err = classify(uerr, "unlock teardown")
 		}
 	}()

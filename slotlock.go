@@ -63,6 +63,22 @@ func (s *Syncer) unlockSlot(ctx context.Context, conn *sql.Conn) error {
 	return err
 }
 
+// unlockSetup releases the setup lock (setupLockKey+1, which ensureSlot and
+// TeardownWithResult take on conn). Like unlockSlot it runs when ctx may have ended
+// and gives up after cleanupTimeout, closing conn's session (the server drops the
+// lock with it): without a bound, a server that stopped answering kept a Teardown
+// whose context ended waiting for good through pgx
+// (TestBlackholeTeardownUnlockReturns).
+func unlockSetup(ctx context.Context, conn *sql.Conn) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	_, err := conn.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_unlock($1)`, setupLockKey+1)
+	if err != nil {
+		endSession(conn)
+	}
+	return err
+}
+
 // cleanupTimeout bounds a statement that must run after the caller's context ended
 // (releasing a lock): past it the statement is abandoned and its session closed.
 const cleanupTimeout = 5 * time.Second

@@ -175,7 +175,9 @@ type Syncer struct {
 	wake    chan struct{}
 
 	// GetMessages/Forward state
-	peekMu           sync.Mutex
+	// peekSem (one slot) serialises GetMessages and Forward; a call waiting for it
+	// gives up when its context ends (lockPeek).
+	peekSem          chan struct{}
 	lastPeekPoints   []peekPoint // the last call's rows the slot may be forwarded past
 	lastPeekLen      int         // how many rows the last call returned
 	lastPeekUpto     pglogrepl.LSN
@@ -207,6 +209,7 @@ func NewSyncerContext(ctx context.Context, opts ...SyncerOpt) (*Syncer, error) {
 		log:                       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		lookupEnv:                 os.LookupEnv,
 		wake:                      make(chan struct{}, 1),
+		peekSem:                   make(chan struct{}, 1),
 	}
 	s.bg, s.bgCancel = context.WithCancel(context.Background())
 	for _, opt := range opts {
