@@ -340,8 +340,11 @@ const ctrlTableMarker = "dbsync control table"
 // progress tables that lack it: tables setup created, and those an older dbsync
 // created without it. COMMENT ON needs ownership: a table the role does not own (a
 // control schema shared with a Syncer of another role) is left as it is, with a log
-// line at level Warn (its owner's setup marks it); other Syncers sharing its
-// publication then tell it by its columns alone (isOtherControlTable).
+// line at level Warn naming the statement its owner can run (its owner's setup marks
+// it too). Until it is marked, other Syncers sharing its publication cannot tell it
+// from a user's table of the same columns and deliver its rows (this Syncer's
+// watermarks) to their handlers as changes (TestUnownedUnmarkedCtrlTablesDelivered;
+// isControlTable).
 func (s *Syncer) ensureCtrlMarkers(ctx context.Context, tx *sql.Tx) error {
 	for _, c := range []struct{ name, what string }{{s.wmTableName, "watermark table"}, {snapshotProgressTable, "snapshot progress table"}} {
 		var marked, owner bool
@@ -356,8 +359,8 @@ func (s *Syncer) ensureCtrlMarkers(ctx context.Context, tx *sql.Tx) error {
 		}
 		q := qualifiedTable{s.ctrlNamespace, c.name}
 		if !owner {
-			s.log.Warn("dbsync: cannot mark "+q.quoted()+" as dbsync's "+c.what+" (the role does not own it); its owner's setup does",
-				"schema", s.ctrlNamespace, "table", c.name)
+			s.log.Warn("dbsync: cannot mark "+q.quoted()+" as dbsync's "+c.what+" (the role does not own it): until its owner's setup marks it, or its owner runs the statement given here, other Syncers reading its rows through a shared publication deliver them to their handlers as a user table's changes",
+				"schema", s.ctrlNamespace, "table", c.name, "statement", "COMMENT ON TABLE "+q.quoted()+" IS "+pq.QuoteLiteral(ctrlTableMarker+": "+c.what+"; do not edit"))
 			continue
 		}
 		if _, err := tx.ExecContext(ctx, "COMMENT ON TABLE "+q.quoted()+" IS "+pq.QuoteLiteral(ctrlTableMarker+": "+c.what+"; do not edit")); err != nil {
