@@ -13,12 +13,12 @@ import (
 
 // TestCtrlMarkLookupOnSmallPool: the control table marker lookup (ctrlMarks.lookup)
 // runs a query while a poll's rows stream, like the table descriptions do: on a pool
-// given with WithDB of two or three connections, Run delivers a user table shaped
+// given with WithDB of two, three or four connections, Run delivers a user table shaped
 // like a watermark table (looked up at its first RELATION, in a transaction large
-// enough to be streamed, and with the split peek on three connections) and a
+// enough to be streamed, and with the split peek on four connections) and a
 // Refresh (its own watermark table's RELATION looked up too) without stalling.
 func TestCtrlMarkLookupOnSmallPool(t *testing.T) {
-	for _, open := range []int{2, 3} {
+	for _, open := range []int{2, 3, 4} {
 		for _, driver := range []string{"postgres", "pgx"} {
 			t.Run(fmt.Sprintf("%d/%s", open, driver), func(t *testing.T) {
 				d := pgtest.NewDatabase(t)
@@ -49,7 +49,7 @@ func TestCtrlMarkLookupOnSmallPool(t *testing.T) {
 				want = append(want, "INSERT app.audit_marks selection_id=a,wm_type=low,created_at=NULL", "COMMIT",
 					"BEGIN", "INSERT app.audit_marks selection_id=b,wm_type=high,created_at=NULL", "COMMIT")
 				require.Equal(t, want, got)
-				require.Equal(t, open >= 3, s.splitPeeks.Load() > 0, "split polls on a pool of %d", open)
+				require.Equal(t, open >= 4, s.splitPeeks.Load() > 0, "split polls on a pool of %d", open)
 			})
 		}
 	}
