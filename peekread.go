@@ -312,8 +312,12 @@ var errPeekAbandoned = errors.New("dbsync: peek abandoned")
 const splitMinWAL = 64 << 20
 
 // canSplit tells whether a poll from confirmed to upto is split: a large backlog, no
-// row bound, and a pool that may open three connections at once (the split holds two
-// while it reads; a Refresh or Snapshot may need another meanwhile).
+// row bound, and a pool that may open four connections at once: the split holds two
+// while it reads, delivering a RELATION of a table not described yet reads the
+// catalog on a third, and a handler that uses the pool (WithDB: "one more for a
+// handler") may hold a fourth across a transaction; on three such a handler stalled
+// Run for good (TestTxHandlerOnPoolOfThree). A Refresh or Snapshot needs one
+// meanwhile too, but only for its statements, which end on their own.
 func (s *Syncer) canSplit(confirmed, upto pglogrepl.LSN, max int) bool {
 	min := uint64(splitMinWAL)
 	if s.splitMinWAL > 0 {
@@ -323,7 +327,7 @@ func (s *Syncer) canSplit(confirmed, upto pglogrepl.LSN, max int) bool {
 		return false
 	}
 	open := s.db.Stats().MaxOpenConnections
-	return open == 0 || open >= 3
+	return open == 0 || open >= 4
 }
 
 // readPoll reads one poll's rows (from the slot's confirmed_flush_lsn, confirmed, up

@@ -280,7 +280,8 @@ func TestSearchPathOfRole(t *testing.T) {
 	}
 }
 
-// TestSplitPeekShortConnLifetime: a WithDB pool of three connections, none kept idle,
+// TestSplitPeekShortConnLifetime: a WithDB pool of four connections (the least a split
+// poll takes: canSplit), none kept idle,
 // each closed 1 ms after it was opened, while a poll is split (the slot and a
 // temporary copy read on two connections) and a Refresh and a parallel Snapshot run:
 // every change comes once in order, the cache equals the table, and no slot copy
@@ -293,7 +294,7 @@ func TestSplitPeekShortConnLifetime(t *testing.T) {
 			db, err := sql.Open(driver, d.DSN())
 			require.NoError(t, err)
 			t.Cleanup(func() { db.Close() })
-			db.SetMaxOpenConns(3)
+			db.SetMaxOpenConns(4)
 			db.SetMaxIdleConns(0)
 			db.SetConnMaxLifetime(time.Millisecond)
 			h := newCacheHandler()

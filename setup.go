@@ -346,9 +346,11 @@ const ctrlTableMarker = "dbsync control table"
 // created without it. COMMENT ON needs ownership: a table the role does not own (a
 // control schema shared with a Syncer of another role, or created by an
 // administrator) is left as it is, with a log line at level Warn naming the COMMENT
-// for its owner to run: until then, other Syncers sharing its publication deliver
-// its rows as changes, as they do a user's table of the same columns
-// (isControlTable; TestAdminCtrlUnmarkedWarningNamesComment).
+// for its owner to run (a setup of its owner's marks it too). Until it is marked,
+// other Syncers sharing its publication cannot tell it from a user's table of the
+// same columns and deliver its rows (this Syncer's watermarks) to their handlers as
+// changes (isControlTable; TestAdminCtrlUnmarkedWarningNamesComment,
+// TestUnownedUnmarkedCtrlTablesDelivered).
 func (s *Syncer) ensureCtrlMarkers(ctx context.Context, tx *sql.Tx) error {
 	for _, c := range []struct{ name, what string }{{s.wmTableName, "watermark table"}, {snapshotProgressTable, "snapshot progress table"}} {
 		var marked, owner bool

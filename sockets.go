@@ -21,7 +21,11 @@ import (
 // waiting in a read: when Run has not returned stopBound after its context ended (or
 // Close has not finished stopBound after it began), the sockets stuck in a read for
 // longer than cleanupTimeout are closed, which ends their statements with an error
-// (the connection is then discarded). pgx sets a deadline on its socket when the
+// (the connection is then discarded), if the server does not answer a probe on a new
+// connection either (answersProbe): an answering server had the statements of ended
+// contexts cancelled, so the sockets still waiting on it serve statements that are
+// merely long, perhaps of other calls or the user's own through DB(), and are left
+// alone (TestSocketSweepSparesHealthyStatement). pgx sets a deadline on its socket when the
 // context ends and needs none of this; a lib/pq pool given with WithDB cannot be
 // reached so (README, "Stopping").
 
@@ -36,6 +40,9 @@ type socketTracker struct {
 	d     net.Dialer
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
+	// network and address are those of the last socket dialed: where answersProbe
+	// knocks.
+	network, address string
 }
 
 func newSocketTracker() *socketTracker {
@@ -60,12 +67,18 @@ func (t *socketTracker) DialContext(ctx context.Context, network, address string
 	tc := &trackedConn{Conn: c, t: t}
 	t.mu.Lock()
 	t.conns[tc] = struct{}{}
+	t.network, t.address = network, address
 	t.mu.Unlock()
 	return tc, nil
 }
 
-// closeStuck closes the sockets that have waited in one read for longer than d and
-// returns how many.
+// closeStuck closes the sockets that have waited in one read for longer than d, unless
+// the server answers a probe on a new connection (answersProbe): then they wait for
+// statements that are merely long (a handler's write through DB(), a Snapshot chunk's
+// SELECT waiting for a lock, a peek decoding a large transaction), whose contexts
+// may well be live; a call whose context ended had its statement cancelled by lib/pq
+// on that server, which answers (TestSocketSweepSparesHealthyStatement). It returns
+// how many it closed.
 func (t *socketTracker) closeStuck(d time.Duration) int {
 	now := time.Now().UnixNano()
 	var stuck []*trackedConn
@@ -75,11 +88,44 @@ func (t *socketTracker) closeStuck(d time.Duration) int {
 			stuck = append(stuck, c)
 		}
 	}
+	network, address := t.network, t.address
 	t.mu.Unlock()
+	if len(stuck) == 0 || answersProbe(network, address, probeTimeout) {
+		return 0
+	}
 	for _, c := range stuck {
 		c.Close()
 	}
 	return len(stuck)
+}
+
+// probeTimeout bounds answersProbe: the connection and the server's one-byte answer.
+const probeTimeout = 2 * time.Second
+
+// answersProbe tells whether the server at address answers on a new connection
+// within timeout: it sends PostgreSQL's SSLRequest, which the server (its postmaster,
+// or a pooler before it) answers with one byte, 'S' or 'N', before any
+// authentication (any byte is an answer).  A server cut off by a partition, or frozen, does not.
+func answersProbe(network, address string, timeout time.Duration) bool {
+	if address == "" {
+		return false
+	}
+	c, err := net.DialTimeout(network, address, timeout)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return false
+	}
+	// Length 8, then the SSLRequest code 80877103 (1234 << 16 | 5679).
+	if _, err := c.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+		return false
+	}
+	var b [1]byte
+	n, err := c.Read(b[:])
+	return n == 1 // 'S' or 'N'; any byte is an answer
+
 }
 
 // trackedConn is a socket of a socketTracker; readSince is when the read under way
