@@ -13,8 +13,8 @@ func TestSelectListAsDocumented(t *testing.T) {
 	info := &PGTableInfo{Namespace: "public", TableName: "t",
 		Columns: []*PGColumnInfo{{ColumnName: "c"}, {ColumnName: `We"ird`}}}
 	require.Equal(t,
-		`CASE WHEN pg_catalog.num_nulls("c") = 1 THEN NULL ELSE pg_catalog.format('%s', "c") END AS "c", `+
-			`CASE WHEN pg_catalog.num_nulls("We""ird") = 1 THEN NULL ELSE pg_catalog.format('%s', "We""ird") END AS "We""ird"`,
+		`CASE WHEN pg_catalog.num_nulls("c") OPERATOR(pg_catalog.=) 1 THEN NULL ELSE pg_catalog.format('%s', "c") END AS "c", `+
+			`CASE WHEN pg_catalog.num_nulls("We""ird") OPERATOR(pg_catalog.=) 1 THEN NULL ELSE pg_catalog.format('%s', "We""ird") END AS "We""ird"`,
 		info.SelectList())
-	require.Equal(t, `CASE WHEN pg_catalog.num_nulls("c") = 1 THEN NULL ELSE pg_catalog.format('%s', "c") END AS "c"`, info.SelectList("c"))
+	require.Equal(t, `CASE WHEN pg_catalog.num_nulls("c") OPERATOR(pg_catalog.=) 1 THEN NULL ELSE pg_catalog.format('%s', "c") END AS "c"`, info.SelectList("c"))
 }

@@ -13,9 +13,9 @@ import (
 // SelectList returns a SELECT list that reads the given columns (all of t.Columns when
 // none are given) in PostgreSQL's text output format, for ScanRow:
 //
-//	CASE WHEN pg_catalog.num_nulls("c") = 1 THEN NULL ELSE pg_catalog.format('%s', "c") END AS "c", ...
+//	CASE WHEN pg_catalog.num_nulls("c") OPERATOR(pg_catalog.=) 1 THEN NULL ELSE pg_catalog.format('%s', "c") END AS "c", ...
 //
-// (the functions qualified with pg_catalog, so that a schema before it on the
+// (the functions and the operator qualified with pg_catalog, so that a schema before it on the
 // session's search_path cannot replace them). format('%s', …) calls the type's output function — the same text pgoutput sends —
 // whereas a cast to text does not always (bool::text gives "true", inet::text always
 // adds the netmask). num_nulls, not IS NULL, tells NULL apart: a composite value whose
