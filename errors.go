@@ -282,19 +282,27 @@ func classify(err error, what string) error {
 // call whose context ended (lib/pq has the server cancel the statement then), is
 // returned unchanged.
 func errCancelled(ctx context.Context, call string, err error) error {
-	if err == nil || ctx.Err() != nil || errors.Is(err, ErrStatementCancelled) || !hasSQLState(err, "57014") {
+	if !cancelledByServer(ctx, err) {
 		return err
 	}
 	return fmt.Errorf("%w: %s: another session cancelled a statement of the call (pg_cancel_backend), or a statement_timeout of dbsync's role, the database or the connection string ran out; the slot is where the call left it (nothing it did not finish was forwarded): call %s again, and for a statement_timeout raise it for dbsync's role (ALTER ROLE ... SET statement_timeout): %w",
 		ErrStatementCancelled, call, call, err)
 }
 
-// errCancelledCall is errCancelled for a call that does not read or move the slot
-// (Status, TableInfo, Setup, ...), or does not only: a server error 57014 that ended
-// call while ctx was live is ErrStatementCancelled, saying to raise statement_timeout
-// for dbsync's role; anything else is returned unchanged.
+// cancelledByServer tells whether err is a server error 57014 (query_canceled) not
+// yet named ErrStatementCancelled, of a call whose context is live: the server
+// cancelled the statement (statement_timeout, pg_cancel_backend), not lib/pq for the
+// caller's ended context.
+func cancelledByServer(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() == nil && !errors.Is(err, ErrStatementCancelled) && hasSQLState(err, "57014")
+}
+
+// errCancelledCall is errCancelled for the other calls (Status, TableInfo, Setup,
+// SkipBacklog, Teardown, ...): a server error 57014 that ended call while ctx was live
+// is ErrStatementCancelled, saying to raise statement_timeout for dbsync's role;
+// anything else is returned unchanged.
 func errCancelledCall(ctx context.Context, call string, err error) error {
-	if err == nil || ctx.Err() != nil || errors.Is(err, ErrStatementCancelled) || !hasSQLState(err, "57014") {
+	if !cancelledByServer(ctx, err) {
 		return err
 	}
 	return fmt.Errorf("%w: %s: a statement_timeout of dbsync's role, the database or the connection string ran out (or another session cancelled the statement with pg_cancel_backend); raise statement_timeout for dbsync's role (ALTER ROLE ... SET statement_timeout, or options='-c statement_timeout=...' in the connection string) and call %s again: %w",
