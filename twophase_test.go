@@ -368,6 +368,7 @@ func TestRefreshWaitsForPreparedTableLock(t *testing.T) {
 	require.Error(t, err)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.Less(t, took, 10*time.Second)
+	t.Logf("Refresh blocked by the prepared lock: %v", err)
 	execAll(t, d.DB, `COMMIT PREPARED 'lk_table'`)
 	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 	st, err = s.RefreshContext(ctx, `SELECT * FROM lk WHERE id = 1`)
@@ -416,4 +417,69 @@ func TestSetupWaitsForPreparedTransaction(t *testing.T) {
 	require.NoError(t, s.Close())
 	require.Equal(t, 1, slotCount(t, d))
 	execAll(t, d.DB, `SELECT pg_drop_replication_slot(`+pq.QuoteLiteral(pgtest.Ident(t, "slot"))+`)`)
+}
+
+// TestSnapshotWithPreparedTransactionsOpen: a Snapshot of a published table that
+// prepared transactions changed waits for them (as for any open writer of the table),
+// bounded by its context (ErrRefreshAbandoned wrapping the context's error). Started
+// again, it goes on once they end — one by COMMIT PREPARED, the other by ROLLBACK
+// PREPARED — and the consumer's copy equals the table: the committed changes arrive
+// once, in commit order, the rolled-back ones never.
+func TestSnapshotWithPreparedTransactionsOpen(t *testing.T) {
+	srv := twoPhaseServer(t)
+	d := srv.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE sp (id int PRIMARY KEY, v text)`,
+		`INSERT INTO sp SELECT g, 'v' || g FROM generate_series(1, 6) g`)
+	h := newCacheHandler()
+	s, stop := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("sp"))
+	s.SnapshotChunkSize = 2
+	prepare(t, d.DB, "sp_commit", `UPDATE sp SET v = 'c2' WHERE id = 2`, `DELETE FROM sp WHERE id = 3`, `INSERT INTO sp VALUES (7, 'c7')`)
+	prepare(t, d.DB, "sp_rollback", `UPDATE sp SET v = 'r4' WHERE id = 4`, `DELETE FROM sp WHERE id = 5`, `INSERT INTO sp VALUES (8, 'r8')`)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	err := s.Snapshot(ctx, "sp")
+	cancel()
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Contains(t, err.Error(), "COMMIT PREPARED or ROLLBACK PREPARED")
+	require.Empty(t, h.eventList())
+
+	looked := make(chan int, 100)
+	s.writersLooked = func(table string, open int) {
+		select {
+		case looked <- open:
+		default:
+		}
+	}
+	snapDone := make(chan error, 1)
+	go func() { snapDone <- s.Snapshot(context.Background(), "sp") }()
+	waitOpen := func(n int) {
+		t.Helper()
+		for {
+			select {
+			case open := <-looked:
+				if open == n {
+					return
+				}
+				require.Greater(t, open, n)
+			case err := <-snapDone:
+				t.Fatalf("Snapshot returned (%v) while %d prepared writers were open", err, n)
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no look saw %d open writers", n)
+			}
+		}
+	}
+	waitOpen(2)
+	execAll(t, d.DB, `COMMIT PREPARED 'sp_commit'`)
+	waitOpen(1)
+	execAll(t, d.DB, `ROLLBACK PREPARED 'sp_rollback'`)
+	require.NoError(t, <-snapDone)
+	catchUp(t, s)
+	require.NoError(t, stop())
+	require.Equal(t, []string{
+		`update public.sp ["2"]`, `delete public.sp ["3"]`, `insert public.sp ["7"]`,
+		`refresh public.sp ["1"]`, `refresh public.sp ["2"]`, `refresh public.sp ["4"]`,
+		`refresh public.sp ["5"]`, `refresh public.sp ["6"]`, `refresh public.sp ["7"]`,
+	}, h.eventList())
+	require.Empty(t, mismatches(h.tableRows("public.sp"), dbRows(t, d.DB, "sp")))
 }
