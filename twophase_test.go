@@ -384,7 +384,8 @@ func TestRefreshWaitsForPreparedTableLock(t *testing.T) {
 // TestSetupWaitsForPreparedTransaction: creating the slot waits for a prepared
 // transaction (it holds its xid until COMMIT or ROLLBACK PREPARED), in any database of
 // the cluster. NewSyncerContext's context bounds the wait: the error wraps the
-// context's, the wait is logged naming the prepared transaction, and no slot is
+// context's, the wait is logged naming the prepared transaction (its gid and
+// database, which COMMIT PREPARED or ROLLBACK PREPARED needs), and no slot is
 // left; once it ends, setup creates the slot.
 func TestSetupWaitsForPreparedTransaction(t *testing.T) {
 	srv := twoPhaseServer(t)
@@ -409,6 +410,10 @@ func TestSetupWaitsForPreparedTransaction(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.Less(t, took, 10*time.Second)
 	require.Contains(t, logs.String(), "prepared_transactions=1")
+	// The operator needs the prepared transaction's gid and database to end it (no
+	// session, so no PID).
+	require.Contains(t, logs.String(), "oldest_prepared_gid=sw_prep ")
+	require.Contains(t, logs.String(), "oldest_prepared_database="+other.Name+" ")
 	require.Contains(t, logs.String(), "COMMIT PREPARED")
 	require.Equal(t, 0, slotCount(t, d))
 	execAll(t, other.DB, `ROLLBACK PREPARED 'sw_prep'`)
