@@ -488,3 +488,67 @@ func TestSnapshotWithPreparedTransactionsOpen(t *testing.T) {
 	}, h.eventList())
 	require.Empty(t, mismatches(h.tableRows("public.sp"), dbRows(t, d.DB, "sp")))
 }
+
+// TestSnapshotWaitsForWriterPreparedWhileWaiting: a session's transaction wrote a
+// table before its ADD TABLE, and Snapshot waits for it; the session then prepares
+// it (PREPARE TRANSACTION): the session's virtual transaction ends, but the
+// transaction does not. Snapshot goes on waiting until COMMIT PREPARED, and the row
+// reaches the consumer.
+func TestSnapshotWaitsForWriterPreparedWhileWaiting(t *testing.T) {
+	srv := twoPhaseServer(t)
+	d := srv.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE a (id int PRIMARY KEY)`, `CREATE TABLE w (id int PRIMARY KEY, v text)`,
+		`INSERT INTO w VALUES (0, 'o')`)
+	h := newCacheHandler()
+	slot := pgtest.Ident(t, "slot")
+	s, stop := startSyncer(t, d.DSN(), slot, h, ForTables("a"))
+	ctx := context.Background()
+	conn, err := d.DB.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	for _, q := range []string{`BEGIN`, `INSERT INTO w VALUES (1, 'p')`} {
+		_, err = conn.ExecContext(ctx, q)
+		require.NoError(t, err)
+	}
+	execAll(t, d.DB, `ALTER PUBLICATION `+pq.QuoteIdentifier(slot+"_pub")+` ADD TABLE w`)
+
+	looked := make(chan int, 1000)
+	s.writersLooked = func(table string, open int) {
+		if table == "public.w" {
+			looked <- open
+		}
+	}
+	snapDone := make(chan error, 1)
+	go func() { snapDone <- s.Snapshot(context.Background(), "w") }()
+	next := func() int {
+		t.Helper()
+		select {
+		case open := <-looked:
+			return open
+		case err := <-snapDone:
+			t.Fatalf("Snapshot returned (%v) while the transaction that wrote w before its ADD TABLE was open", err)
+			return -1
+		case <-time.After(30 * time.Second):
+			t.Fatal("Snapshot's wait did not look")
+			return -1
+		}
+	}
+	require.Equal(t, 1, next(), "the session's transaction is open")
+	_, err = conn.ExecContext(ctx, `PREPARE TRANSACTION 'w_later'`)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.DB.Exec(`ROLLBACK PREPARED 'w_later'`) })
+	// Drain the looks made before the PREPARE; one may be under way, so the second
+	// look from here on is the first that surely began after the PREPARE: it must
+	// still count the transaction as open.
+	for len(looked) > 0 {
+		<-looked
+	}
+	first := next()
+	require.Equal(t, 1, next(), "the transaction, now prepared, is still open (the look before: %d)", first)
+	execAll(t, d.DB, `COMMIT PREPARED 'w_later'`)
+	require.NoError(t, <-snapDone)
+	catchUp(t, s)
+	require.NoError(t, stop())
+	require.Equal(t, []string{`refresh public.w ["0"]`, `refresh public.w ["1"]`}, h.eventList())
+	require.Empty(t, mismatches(h.tableRows("public.w"), dbRows(t, d.DB, "w")))
+}
