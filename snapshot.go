@@ -130,6 +130,12 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // row leaves them only once read, so none is lost when one call fails
 // (docs/SNAPSHOTS.md).
 //
+// Before a table's first chunk Snapshot waits for the transactions writing the table
+// at that moment to end, prepared ones (PREPARE TRANSACTION) until COMMIT or ROLLBACK
+// PREPARED (docs/SNAPSHOTS.md, "Tables added to the publication"); ctx ending that
+// wait is ErrRefreshAbandoned wrapping ctx's error
+// (TestSnapshotWithPreparedTransactionsOpen).
+//
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine), as for RefreshContext (which says what a call made while it
 // is not does). Each chunk read at once takes a connection of the Syncer's
