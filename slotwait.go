@@ -17,7 +17,8 @@ const slotCreationWarnAfter = 2 * time.Second
 // "Logical Decoding Concepts" of the PostgreSQL documentation, 49.2), prepared ones
 // included, so one left open elsewhere in the cluster makes setup wait without a word.
 // The warning names how many such transactions there are and the oldest (PID,
-// database, start, state) so the operator can end it. The returned function stops
+// database, start, state), and the oldest prepared one (gid, database, when it was
+// prepared), so the operator can end them. The returned function stops
 // the watch and waits for it.
 func (s *Syncer) watchSlotCreation(ctx context.Context, after time.Duration) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
@@ -35,14 +36,18 @@ func (s *Syncer) watchSlotCreation(ctx context.Context, after time.Duration) (st
 		var open, prepared int64
 		var pid sql.NullInt64
 		var datname, state, started sql.NullString
+		var pgid, pdatname, pstarted sql.NullString
 		// Transactions with an xid, other than the session creating the slot (it
 		// holds none: the call cannot run in a transaction that wrote).
 		err := s.db.QueryRowContext(ctx, `SELECT
 			(SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE backend_xid IS NOT NULL),
 			(SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_xacts),
-			o.pid, o.datname, o.state, o.xact_start::pg_catalog.text
+			o.pid, o.datname, o.state, o.xact_start::pg_catalog.text,
+			p.gid, p.database, p.prepared::pg_catalog.text
 			FROM (SELECT) AS x LEFT JOIN (SELECT pid, datname, state, xact_start FROM pg_catalog.pg_stat_activity
-				WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1) AS o ON true`).Scan(&open, &prepared, &pid, &datname, &state, &started)
+				WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1) AS o ON true
+			LEFT JOIN (SELECT gid, database, prepared FROM pg_catalog.pg_prepared_xacts ORDER BY prepared LIMIT 1) AS p ON true`).Scan(
+			&open, &prepared, &pid, &datname, &state, &started, &pgid, &pdatname, &pstarted)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Warn("dbsync: creating the replication slot takes long; it waits for transactions open in the cluster to end (could not list them)",
@@ -55,9 +60,15 @@ func (s *Syncer) watchSlotCreation(ctx context.Context, after time.Duration) (st
 			// Other roles' sessions show no xid to a role without pg_read_all_stats.
 			msg += "; none is visible to this role (grant it pg_read_all_stats to see other roles' sessions, or look as a superuser)"
 		}
-		s.log.Warn(msg,
-			"slot", s.replicationSlot, "waited", after, "open_transactions", open, "prepared_transactions", prepared,
-			"oldest_pid", pid.Int64, "oldest_database", datname.String, "oldest_state", state.String, "oldest_since", started.String)
+		attrs := []any{"slot", s.replicationSlot, "waited", after, "open_transactions", open, "prepared_transactions", prepared,
+			"oldest_pid", pid.Int64, "oldest_database", datname.String, "oldest_state", state.String, "oldest_since", started.String}
+		if pgid.Valid {
+			// A prepared transaction has no session (no PID): it is ended by its gid,
+			// in its database.
+			attrs = append(attrs, "oldest_prepared_gid", pgid.String, "oldest_prepared_database", pdatname.String,
+				"oldest_prepared_since", pstarted.String)
+		}
+		s.log.Warn(msg, attrs...)
 	}()
 	return func() {
 		cancel()

@@ -130,6 +130,12 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // row leaves them only once read, so none is lost when one call fails
 // (docs/SNAPSHOTS.md).
 //
+// Before a table's first chunk Snapshot waits for the transactions writing the table
+// at that moment to end, prepared ones (PREPARE TRANSACTION) until COMMIT or ROLLBACK
+// PREPARED (docs/SNAPSHOTS.md, "Tables added to the publication"); ctx ending that
+// wait is ErrRefreshAbandoned wrapping ctx's error
+// (TestSnapshotWithPreparedTransactionsOpen).
+//
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine), as for RefreshContext (which says what a call made while it
 // is not does). Each chunk read at once takes a connection of the Syncer's
@@ -446,7 +452,8 @@ const maxWritersPoll = time.Second
 // ones are not (they write a published table). A partitioned table's writers include
 // those of its partitions, which a write naming a partition locks alone
 // (TestSnapshotWaitsForWritersOfAddedPartition). Like CREATE INDEX CONCURRENTLY, it
-// waits for a transaction left open (idle in transaction), until ctx ends
+// waits for a transaction left open (idle in transaction, or prepared and not yet
+// committed or rolled back: TestSnapshotWaitsForPreparedWriterOfAddedTable), until ctx ends
 // (ErrRefreshAbandoned); the wait is logged. The looks start 10 ms apart and slow
 // down to maxWritersPoll.
 func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) error {
@@ -465,9 +472,16 @@ func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) err
 	start := time.Now()
 	for delay := 10 * time.Millisecond; ; delay = min(2*delay, maxWritersPoll) {
 		var open int
-		if err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) 'virtualxid' AND virtualxid OPERATOR(pg_catalog.=) ANY ($1)`,
+		// A transaction is open while pg_locks shows a lock it holds: a session's holds
+		// its own virtualxid lock until it ends; a prepared one (virtualtransaction
+		// -1/xid, no virtualxid lock) holds its table locks until COMMIT or ROLLBACK
+		// PREPARED.
+		if err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.count(DISTINCT virtualtransaction) FROM pg_catalog.pg_locks WHERE virtualtransaction OPERATOR(pg_catalog.=) ANY ($1)`,
 			vxids).Scan(&open); err != nil {
 			return classify(err, "wait for the transactions writing "+info.QualifiedName())
+		}
+		if f := s.writersLooked; f != nil {
+			f(info.QualifiedName(), open)
 		}
 		if open == 0 {
 			return nil
@@ -476,7 +490,7 @@ func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) err
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("%w: snapshot of %s: waited %s for %d transaction(s) writing the table to end (a transaction that wrote it before ALTER PUBLICATION ... ADD TABLE would have those changes left out of the slot); end them (pg_locks shows them, pg_terminate_backend ends one) or call Snapshot again: %w",
+			return fmt.Errorf("%w: snapshot of %s: waited %s for %d transaction(s) writing the table to end (a transaction that wrote it before ALTER PUBLICATION ... ADD TABLE would have those changes left out of the slot); end them (pg_locks shows them; pg_terminate_backend ends a session's, COMMIT PREPARED or ROLLBACK PREPARED a prepared one: pg_prepared_xacts) or call Snapshot again: %w",
 				ErrRefreshAbandoned, info.QualifiedName(), time.Since(start).Round(time.Millisecond), open, ctx.Err())
 		case <-t.C:
 		}

@@ -142,6 +142,9 @@ type Syncer struct {
 	// writersWaiting, when set, is called when a Snapshot of a table finds
 	// transactions writing it that it waits for (waitForTableWriters; tests).
 	writersWaiting func(table string, n int)
+	// writersLooked, when set, is called after each look of that wait with how many
+	// of the transactions it waits for are still open (tests).
+	writersLooked func(table string, open int)
 	// beforeSlotCreate, when set, is called by setup right before it creates the
 	// slot, after it found none (ensureSlot; tests).
 	beforeSlotCreate func()
