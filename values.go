@@ -110,6 +110,19 @@ func newTypeMap() *pgtype.Map {
 	numT := &pgtype.Type{Name: "numeric", OID: pgtype.NumericOID, Codec: scaledNumericCodec{}}
 	m.RegisterType(numT)
 	m.RegisterType(&pgtype.Type{Name: "_numeric", OID: pgtype.NumericArrayOID, Codec: &pgtype.ArrayCodec{ElementType: numT}})
+	// timestamptz scans in UTC into every destination pgtype fills — time.Time,
+	// pgtype.Timestamptz, sql.NullTime, and as the elements of arrays and the bounds
+	// of ranges and multiranges ([]time.Time, pgtype.Range[time.Time], ...) — as
+	// MessageToMap gives it: pgx's codec gives time.Local. The array, range and
+	// multirange types hold their element type, so they are registered again with it.
+	tstzT := &pgtype.Type{Name: "timestamptz", OID: pgtype.TimestamptzOID, Codec: &pgtype.TimestamptzCodec{ScanLocation: time.UTC}}
+	tstzRangeT := &pgtype.Type{Name: "tstzrange", OID: pgtype.TstzrangeOID, Codec: &pgtype.RangeCodec{ElementType: tstzT}}
+	tstzMultiT := &pgtype.Type{Name: "tstzmultirange", OID: pgtype.TstzmultirangeOID, Codec: &pgtype.MultirangeCodec{ElementType: tstzRangeT}}
+	m.RegisterType(tstzT)
+	m.RegisterType(tstzRangeT)
+	m.RegisterType(tstzMultiT)
+	m.RegisterType(&pgtype.Type{Name: "_timestamptz", OID: pgtype.TimestamptzArrayOID, Codec: &pgtype.ArrayCodec{ElementType: tstzT}})
+	m.RegisterType(&pgtype.Type{Name: "_tstzrange", OID: pgtype.TstzrangeArrayOID, Codec: &pgtype.ArrayCodec{ElementType: tstzRangeT}})
 	return m
 }
 
