@@ -27,7 +27,9 @@ import (
 //     MessageToMap, without the map;
 //   - anything else pgx's pgtype can scan the column's type into (e.g. *string for a
 //     uuid, sql.NullInt64, *pgtype.Text, **int64 for a nullable column): pgtype's
-//     Map.Scan with the column's type OID and the tuple's format.
+//     Map.Scan with the column's type OID (a domain's base type; for an array of a
+//     domain, or a domain over an array, the built-in array of the base type) and
+//     the tuple's format.
 //
 // A timestamptz comes in UTC into every destination, as MessageToMap gives it: into
 // *time.Time, *sql.NullTime, **time.Time, *pgtype.Timestamptz, and as the elements
@@ -163,8 +165,11 @@ func scanColumn(m *pgtype.Map, c *PGColumnInfo, relOID uint32, format int16, src
 		}
 	}
 	oid := relOID
-	if d.kind == kindCodec {
+	switch {
+	case d.kind == kindCodec:
 		oid = d.oid // a domain scans as its base type
+	case d.kind == kindArray && d.scanOID != 0:
+		oid = d.scanOID // an array of a domain, or a domain over an array, as its base array
 	}
 	defer func() {
 		if r := recover(); r != nil {

@@ -61,6 +61,7 @@ func tzDestSets() [][]any {
 		{nil, new(any), new([]*time.Time), new(pgtype.Range[any]), new(any), new(time.Time), new([]pgtype.Timestamptz), new(*time.Time), new(any), new(any)},
 		{nil, new(time.Time), new(pgtype.Array[pgtype.Timestamptz]), new(any), new(pgtype.Multirange[pgtype.Range[any]]), new(**time.Time), new([]*time.Time), new(any), new([]pgtype.Timestamp), new(*time.Time)},
 		{nil, new(sql.NullTime), new([]any), new(*pgtype.Range[time.Time]), new(any), new(any), new(any), new(sql.NullTime), new([]any), new(sql.NullTime)},
+		{nil, new(sql.Null[time.Time]), new([]sql.NullTime), new(pgtype.Range[*time.Time]), new(pgtype.Multirange[pgtype.Range[*time.Time]]), new(sql.Null[time.Time]), new(pgtype.FlatArray[pgtype.Timestamptz]), new(sql.Null[time.Time]), new([]*time.Time), new(sql.Null[time.Time])},
 	}
 }
 
