@@ -111,8 +111,8 @@ func (h *tzAllScans) list() []string {
 
 // tzAllWant is what tzAllScans records for the row TestTimestamptzEveryDestinationInUTC
 // inserts: each instant in UTC, the timestamp's wall clock (05:45) and the date's
-// midnight in UTC, for the change and then the refresh row.
-func tzAllWant() []string {
+// midnight in UTC, for each path given ("change", "refresh").
+func tzAllWant(paths ...string) []string {
 	const (
 		at   = "2020-01-01T00:00:00Z UTC"
 		rng  = at + ", 2020-01-02T00:00:00Z UTC"
@@ -122,7 +122,7 @@ func tzAllWant() []string {
 	cols := []string{"a", "arr", "r", "mr", "d", "darr", "ts", "tsarr", "dt"}
 	times := []string{at, at, rng, rng, at, at, wall, wall, day}
 	var want []string
-	for _, path := range []string{"change", "refresh"} {
+	for _, path := range paths {
 		for i, set := range tzDestSets() {
 			for j, d := range set[1:] {
 				want = append(want, fmt.Sprintf("%s %d %s %T: %s", path, i, cols[j], d, times[j]))
@@ -134,7 +134,8 @@ func tzAllWant() []string {
 
 // TestTimestamptzEveryDestinationInUTC maps every pgtype destination of timestamptz,
 // timestamptz[], tstzrange, tstzmultirange, a domain over timestamptz and an array of
-// it, for changes (ScanTuple) and refresh rows (RefreshRow.Scan), text and binary,
+// it, for changes (ScanTuple) and refresh rows (RefreshRow.Scan) of a Refresh and of a
+// Snapshot, text and binary,
 // lib/pq and pgx, with the process in Asia/Kathmandu and the database's TimeZone
 // '+05:45' (POSIX: 5:45 west): every instant comes in UTC; timestamp and date keep
 // their wall clock in UTC. Before, only *time.Time, sql.NullTime, **time.Time and the
@@ -166,8 +167,9 @@ func TestTimestamptzEveryDestinationInUTC(t *testing.T) {
 				waitFor(t, 20*time.Second, func() bool { return len(h.list()) > 0 }, "change")
 				_, err = s.RefreshContext(context.Background(), `SELECT * FROM tzall`)
 				require.NoError(t, err)
+				require.NoError(t, s.Snapshot(context.Background(), "tzall"))
 				require.NoError(t, stop())
-				require.Equal(t, tzAllWant(), h.list())
+				require.Equal(t, tzAllWant("change", "refresh", "refresh"), h.list())
 			})
 		}
 	}
