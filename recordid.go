@@ -20,7 +20,8 @@ import (
 // Shape: a JSON array of the key columns' canonical texts, in key order: `["42"]` for a
 // one-column key, `["42","abc"]` for a composite one. The canonical text is a function
 // of the decoded value (integers in decimal, numeric in plain decimal with its scale,
-// uuid in its usual form, bytea as \x hex, instants in RFC 3339 UTC, ...). JSON string
+// uuid in its usual form, bytea as \x hex, instants in RFC 3339 UTC — a time.Time in
+// any location, also as an array element or range bound —, ...). JSON string
 // escaping makes the ID unambiguous whatever the values contain (commas, quotes,
 // brackets).
 // Two keys PostgreSQL considers equal but that print differently (numeric 1.5 and
@@ -467,7 +468,9 @@ func keyText(v any) (string, error) {
 	case [16]byte:
 		return fmt.Sprintf("%x-%x-%x-%x-%x", x[0:4], x[4:6], x[6:8], x[8:10], x[10:16]), nil
 	case time.Time:
-		return x.Format("2006-01-02T15:04:05.999999999Z07:00"), nil
+		// An instant in UTC, whatever its location (decoded values are in UTC
+		// already; a time.Time the application made may not be).
+		return x.UTC().Format("2006-01-02T15:04:05.999999999Z07:00"), nil
 	case json.RawMessage:
 		return string(x), nil
 	case pgtype.InfinityModifier:
@@ -520,6 +523,10 @@ func jsonKey(v any) (string, error) {
 			parts[i] = s
 		}
 		v = parts
+	}
+	switch v.(type) {
+	case pgtype.Range[any], pgtype.Multirange[pgtype.Range[any]]:
+		v = normalize(0, v) // instant bounds in UTC, as decoded ones are
 	}
 	b, err := json.Marshal(v)
 	if err == nil {

@@ -63,7 +63,10 @@ func (r *RefreshRow) Values() (StringMap, error) {
 // boxing; anything else goes through pgx's pgtype. NULL scans as nil into *any and
 // through pgtype otherwise (use a pointer-to-pointer or a sql.Null type for nullable
 // columns). A column that is not one of Table's (a Refresh query's own expression)
-// scans as its text into *any or *string.
+// scans as its text into *any or *string. A timestamptz comes in UTC into every
+// destination, as in ScanTuple (also the elements and bounds of timestamptz[],
+// tstzrange and tstzmultirange in []time.Time, pgtype.Range[time.Time], ...), so a
+// refresh row's instants equal its changes' whatever time.Local is.
 //
 // Errors: ErrConfig (len(dest) is not the number of columns, or an unknown column
 // into another destination), ErrDecodeValue.

@@ -1,7 +1,6 @@
 package dbsync
 
 import (
-	"database/sql"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -28,9 +27,17 @@ import (
 //     MessageToMap, without the map;
 //   - anything else pgx's pgtype can scan the column's type into (e.g. *string for a
 //     uuid, sql.NullInt64, *pgtype.Text, **int64 for a nullable column): pgtype's
-//     Map.Scan with the column's type OID and the tuple's format; a timestamptz
-//     into *sql.NullTime or **time.Time is then put in UTC, as into *time.Time
-//     (pgtype gives time.Local).
+//     Map.Scan with the column's type OID (a domain's base type; for an array of a
+//     domain, or a domain over an array, the built-in array of the base type) and
+//     the tuple's format.
+//
+// A timestamptz comes in UTC into every destination, as MessageToMap gives it: into
+// *time.Time, *sql.NullTime, **time.Time, *pgtype.Timestamptz, and as the elements
+// and bounds of a timestamptz[], tstzrange or tstzmultirange (also of a domain over
+// timestamptz) scanned into []time.Time, pgtype.FlatArray[time.Time],
+// pgtype.Range[time.Time], pgtype.Multirange[pgtype.Range[time.Time]], ... (pgx's own
+// scans give time.Local). The session's TimeZone and the process's time.Local never
+// show. timestamp and date keep their wall clock, in UTC (pgx's location for them).
 //
 // NULL ('n') scans as nil into *any and through pgtype otherwise, which fails for a
 // destination that cannot hold NULL (use a pointer-to-pointer or a sql.Null type).
@@ -158,8 +165,11 @@ func scanColumn(m *pgtype.Map, c *PGColumnInfo, relOID uint32, format int16, src
 		}
 	}
 	oid := relOID
-	if d.kind == kindCodec {
+	switch {
+	case d.kind == kindCodec:
 		oid = d.oid // a domain scans as its base type
+	case d.kind == kindArray && d.scanOID != 0:
+		oid = d.scanOID // an array of a domain, or a domain over an array, as its base array
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -177,27 +187,7 @@ func scanColumn(m *pgtype.Map, c *PGColumnInfo, relOID uint32, format int16, src
 		}
 		return false, fmt.Errorf("%w: column %q (%s, %s) into %T: %v", ErrDecodeValue, c.ColumnName, d.name, how, dst, err)
 	}
-	if oid == pgtype.TimestamptzOID {
-		instantInUTC(dst)
-	}
 	return false, nil
-}
-
-// instantInUTC puts a timestamptz that pgtype scanned into one of the usual time
-// destinations other than *time.Time (*sql.NullTime, **time.Time: a nullable
-// column's) in UTC, as *time.Time and MessageToMap give it: pgtype gives time.Local.
-func instantInUTC(dst any) {
-	switch p := dst.(type) {
-	case *sql.NullTime:
-		if p.Valid {
-			p.Time = p.Time.UTC()
-		}
-	case **time.Time:
-		if *p != nil {
-			u := (*p).UTC()
-			*p = &u
-		}
-	}
 }
 
 // copiesInto reports whether scanFast keeps a copy of a value of d (a type whose

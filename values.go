@@ -78,6 +78,13 @@ type decodeInfo struct {
 	// rawArray reads the array's elements undecoded, split at the element type's
 	// typdelim (kindArray).
 	rawArray *pgtype.ArrayCodec
+	// scanOID is the array type pgtype scans a value with into a destination that is
+	// not a MessageToMap type (kindArray; 0: none): the array itself when pgtype knows
+	// it (also for a domain over it), or the built-in array of the element's base type
+	// for an array of a domain. pgtype does not know the column's own OID there and
+	// would guess a type from the destination with pgx's defaults (timestamptz in
+	// time.Local, numeric without its scale) or fail.
+	scanOID uint32
 	// codec is pgtype's codec for oid (kindCodec), looked up once: codecs hold no
 	// per-Map state, the Map passed to DecodeValue does.
 	codec pgtype.Codec
@@ -110,6 +117,19 @@ func newTypeMap() *pgtype.Map {
 	numT := &pgtype.Type{Name: "numeric", OID: pgtype.NumericOID, Codec: scaledNumericCodec{}}
 	m.RegisterType(numT)
 	m.RegisterType(&pgtype.Type{Name: "_numeric", OID: pgtype.NumericArrayOID, Codec: &pgtype.ArrayCodec{ElementType: numT}})
+	// timestamptz scans in UTC into every destination pgtype fills — time.Time,
+	// pgtype.Timestamptz, sql.NullTime, and as the elements of arrays and the bounds
+	// of ranges and multiranges ([]time.Time, pgtype.Range[time.Time], ...) — as
+	// MessageToMap gives it: pgx's codec gives time.Local. The array, range and
+	// multirange types hold their element type, so they are registered again with it.
+	tstzT := &pgtype.Type{Name: "timestamptz", OID: pgtype.TimestamptzOID, Codec: &pgtype.TimestamptzCodec{ScanLocation: time.UTC}}
+	tstzRangeT := &pgtype.Type{Name: "tstzrange", OID: pgtype.TstzrangeOID, Codec: &pgtype.RangeCodec{ElementType: tstzT}}
+	tstzMultiT := &pgtype.Type{Name: "tstzmultirange", OID: pgtype.TstzmultirangeOID, Codec: &pgtype.MultirangeCodec{ElementType: tstzRangeT}}
+	m.RegisterType(tstzT)
+	m.RegisterType(tstzRangeT)
+	m.RegisterType(tstzMultiT)
+	m.RegisterType(&pgtype.Type{Name: "_timestamptz", OID: pgtype.TimestamptzArrayOID, Codec: &pgtype.ArrayCodec{ElementType: tstzT}})
+	m.RegisterType(&pgtype.Type{Name: "_tstzrange", OID: pgtype.TstzrangeArrayOID, Codec: &pgtype.ArrayCodec{ElementType: tstzRangeT}})
 	return m
 }
 
@@ -262,6 +282,30 @@ func rawJSON(jsonb bool, format int16, src []byte, rb *rowBuf) (json.RawMessage,
 	return json.RawMessage(rb.bytes(src)), nil
 }
 
+// baseArrayOID is the OID of pgtype's array type whose elements are elem's type (a
+// domain's base type, as resolved) with delimiter delim (0: ','), or 0 when there is
+// none: the type an array of a domain scans as.
+func baseArrayOID(elem *decodeInfo, delim byte) uint32 {
+	if elem.kind != kindCodec {
+		return 0
+	}
+	if delim == 0 {
+		delim = ','
+	}
+	t, ok := refTypes.TypeForName("_" + elem.name)
+	if !ok {
+		return 0
+	}
+	ac, ok := t.Codec.(*pgtype.ArrayCodec)
+	if !ok || ac.ElementType.OID != elem.oid {
+		return 0
+	}
+	if d := ac.Delimiter; d == delim || (d == 0 && delim == ',') {
+		return t.OID
+	}
+	return 0
+}
+
 // resolveDecode resolves how values of type oid decode. types gives catalog rows for
 // OIDs pgtype does not know (domains, enums, arrays of those, composites); it may be nil.
 func resolveDecode(oid uint32, types map[uint32]pgType) *decodeInfo {
@@ -284,7 +328,7 @@ func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeI
 	if t, ok := refTypes.TypeForOID(oid); ok {
 		if ac, ok := t.Codec.(*pgtype.ArrayCodec); ok {
 			return &decodeInfo{kind: kindArray, oid: oid, name: t.Name, elemOID: ac.ElementType.OID,
-				elem: resolveDecodeDepth(ac.ElementType.OID, types, depth+1), rawArray: rawArrayCodec(ac.Delimiter)}
+				elem: resolveDecodeDepth(ac.ElementType.OID, types, depth+1), rawArray: rawArrayCodec(ac.Delimiter), scanOID: oid}
 		}
 		d := &decodeInfo{kind: kindCodec, oid: oid, name: t.Name, codec: t.Codec, fast: fastKindFor(oid, t.Codec)}
 		if c, ok := t.Codec.(*pgtype.TimestamptzCodec); ok && oid == pgtype.TimestamptzOID {
@@ -312,8 +356,9 @@ func resolveDecodeDepth(oid uint32, types map[uint32]pgType, depth int) *decodeI
 		// user-defined base type its own. (Arrays of built-in types are known to
 		// pgtype, above.)
 		delim := types[row.elemType].delim
+		elem := resolveDecodeDepth(row.elemType, types, depth+1)
 		return &decodeInfo{kind: kindArray, oid: oid, name: row.name, elemOID: row.elemType,
-			elem: resolveDecodeDepth(row.elemType, types, depth+1), rawArray: rawArrayCodec(delim)}
+			elem: elem, rawArray: rawArrayCodec(delim), scanOID: baseArrayOID(elem, delim)}
 	}
 	return &decodeInfo{kind: kindUnknown, oid: oid, name: row.name}
 }
