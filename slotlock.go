@@ -115,6 +115,7 @@ func (s *Syncer) lockSlotForRun(ctx context.Context, lost func(error)) (release 
 	}
 	retry := newRetryBackoff()
 	for {
+		mark := s.silenceMark()
 		conn, taken, pid, err := s.takeSlotLock(ctx)
 		switch {
 		case taken:
@@ -128,6 +129,17 @@ func (s *Syncer) lockSlotForRun(ctx context.Context, lost func(error)) (release 
 				close(stop)
 				<-done
 				if conn == nil {
+					return
+				}
+				if s.silentSince(mark) {
+					// The server stopped answering (the stop's sweep closed the
+					// sockets stuck on it): the unlock would hang the same way,
+					// taking Run past its bound (TestPartitionRunStopsAfterOneSweep).
+					// Ending the session drops the lock as well, on the server's side
+					// once it sees the connection close.
+					s.log.Debug("dbsync: the server did not answer; the slot lock's session is closed without an unlock")
+					endSession(conn)
+					conn.Close()
 					return
 				}
 				if err := s.unlockSlot(ctx, conn); err != nil {

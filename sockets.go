@@ -40,6 +40,9 @@ type socketTracker struct {
 	d     net.Dialer
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
+	// silences counts the probes that went unanswered (closeStuck closed sockets after
+	// each): a statement sent once it moved hangs the same way (silentSince).
+	silences atomic.Int64
 	// network and address are those of the last socket dialed: where answersProbe
 	// knocks.
 	network, address string
@@ -93,6 +96,8 @@ func (t *socketTracker) closeStuck(d time.Duration) int {
 	if len(stuck) == 0 || answersProbe(network, address, probeTimeout) {
 		return 0
 	}
+	// Counted before the sockets close, so the calls their errors end see it.
+	t.silences.Add(1)
 	for _, c := range stuck {
 		c.Close()
 	}
@@ -152,6 +157,22 @@ func (c *trackedConn) Close() error {
 		c.t.mu.Unlock()
 	})
 	return err
+}
+
+// silenceMark is a mark for silentSince: the count of unanswered probes so far.
+func (s *Syncer) silenceMark() int64 {
+	if s.sockets == nil {
+		return 0
+	}
+	return s.sockets.silences.Load()
+}
+
+// silentSince tells whether a probe of the server went unanswered (and the sockets
+// stuck on it were closed) since mark was taken: a statement sent now would most
+// likely hang until the next sweep, cleanupTimeout of reading and another probe later.
+// Always false on a pool given with WithDB.
+func (s *Syncer) silentSince(mark int64) bool {
+	return s.sockets != nil && s.sockets.silences.Load() > mark
 }
 
 // unstickAfter closes the sockets of the Syncer's own pool stuck in a read (see
