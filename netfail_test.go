@@ -241,7 +241,11 @@ func TestBlackholeCloseEndsRefresh(t *testing.T) {
 			refreshed, snapped := make(chan error, 1), make(chan error, 1)
 			go func() { refreshed <- s.Refresh(`SELECT * FROM nf`) }()
 			go func() { snapped <- s.Snapshot(context.Background(), "nf") }()
-			waitFor(t, 20*time.Second, func() bool { return p.heldChunks() >= 2 }, "statements held by the blackhole")
+			// Held statements and held connection attempts alike: a call whose pool
+			// had no idle connection left opens one, and the blackhole holds it before
+			// it sends anything (CI under load: one statement held, two connections
+			// waiting, for 20 s).
+			waitFor(t, 20*time.Second, func() bool { return p.stuck() >= 2 }, "statements or connections held by the blackhole")
 			closed := make(chan error, 1)
 			start := time.Now()
 			go func() { closed <- s.Close() }()

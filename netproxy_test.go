@@ -27,6 +27,9 @@ type netProxy struct {
 	// partition: the server does not learn that the client closed its socket).
 	partitioned bool
 	held        int // chunks read while blackholed, waiting for heal
+	// waiting counts the connections accepted while blackholed, held before the
+	// proxy dials the server (their client waits for the server's first answer).
+	waiting int
 	// trigger, when set, blackholes the proxy as a chunk from a client holding it
 	// arrives (that chunk is held).
 	trigger string
@@ -83,7 +86,18 @@ func (p *netProxy) serve(client net.Conn) {
 	if !p.track(client) {
 		return
 	}
+	p.mu.Lock()
+	held := p.blocked
+	if held {
+		p.waiting++
+	}
+	p.mu.Unlock()
 	p.waitOpen()
+	if held {
+		p.mu.Lock()
+		p.waiting--
+		p.mu.Unlock()
+	}
 	server, err := net.Dial("tcp", p.target)
 	if err != nil {
 		client.Close()
@@ -196,6 +210,15 @@ func (p *netProxy) heldChunks() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.held
+}
+
+// stuck is how many exchanges with the server the blackhole holds: chunks read
+// while blackholed (heldChunks) and connections accepted while blackholed that
+// wait for it to heal (a pool that opens a connection meanwhile).
+func (p *netProxy) stuck() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.held + p.waiting
 }
 
 // open is how many connections (both sides) the proxy holds.
