@@ -166,11 +166,12 @@ var (
 	// role (ALTER ROLE ... SET statement_timeout). Run retries such a poll itself
 	// (logged as a warning), and returns it only after 10 polls in a row were
 	// cancelled (TestRunStatementTimeoutNoProgress). Setup (NewSyncer),
-	// CheckReplicaIdentity, TableInfo, Status, ConfirmedFlushLSN, SkipBacklog,
-	// Teardown and TeardownWithResult return it too for a statement of theirs the
+	// CheckReplicaIdentity, TableInfo, Status, ConfirmedFlushLSN, CurrentFlushLSN,
+	// SkipBacklog, Teardown and TeardownWithResult return it too for a statement of theirs the
 	// server cancelled (a statement_timeout of dbsync's role shorter than their
 	// catalog reads or lock waits: TestStatementTimeoutCallsNamed,
-	// TestStatementTimeoutSlotCallsNamed); the message names the call to make again.
+	// TestStatementTimeoutSlotCallsNamed, TestStatementTimeoutCurrentFlushLSNNamed);
+	// the message names the call to make again.
 	// Refresh and Snapshot return ErrRefreshAbandoned instead. A caller's own
 	// cancellation (its context ended) is not this error.
 	ErrStatementCancelled = errors.New("dbsync: statement cancelled by the server")

@@ -80,14 +80,20 @@ func (st *slotState) grow(bounded, gotCommit bool) {
 
 // CurrentFlushLSN returns pg_current_wal_flush_lsn(): the WAL position up to which the
 // server has flushed, the bound of what a peek can decode. Returns ErrClosed after
-// Close.
+// Close, ErrInRecovery on a standby, ErrStatementCancelled when the server cancelled
+// its statement while ctx was live (a statement_timeout of dbsync's role, or
+// pg_cancel_backend: raise it, and call again).
 func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	if err := s.checkOpen("CurrentFlushLSN"); err != nil {
 		return 0, err
 	}
+	query := `SELECT pg_catalog.pg_current_wal_flush_lsn()`
+	if s.currentFlushLSNSQL != "" {
+		query = s.currentFlushLSNSQL
+	}
 	var lsn pglogrepl.LSN
-	if err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.pg_current_wal_flush_lsn()`).Scan(&lsn); err != nil {
-		return 0, classify(err, "read pg_current_wal_flush_lsn()")
+	if err := s.db.QueryRowContext(ctx, query).Scan(&lsn); err != nil {
+		return 0, errCancelledCall(ctx, "CurrentFlushLSN", classify(err, "read pg_current_wal_flush_lsn()"))
 	}
 	return lsn, nil
 }

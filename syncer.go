@@ -148,6 +148,9 @@ type Syncer struct {
 	// getMessagesRow, when set, is called by GetMessages with the number of rows the
 	// call has read so far, after each row (tests).
 	getMessagesRow func(n int)
+	// currentFlushLSNSQL, when not "", replaces CurrentFlushLSN's statement (tests:
+	// one that outlasts a statement_timeout).
+	currentFlushLSNSQL string
 	// splitPeeks counts split polls (peekread.go); splitMinWAL, when not 0, replaces
 	// the backlog from which polls are split (tests).
 	splitPeeks  atomic.Uint64
