@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"database/sql"
 	"strings"
 	"testing"
 	"time"
@@ -158,4 +159,69 @@ func TestLowLevelCallsCancelledNamed(t *testing.T) {
 		require.Equal(t, 1, strings.Count(err.Error(), "context canceled"), "%v", err)
 	}
 	require.Equal(t, before, queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot()))
+}
+
+// TestSnapshotProgressResetBounded: a Snapshot whose table was altered between two
+// chunks resets the table's progress (so the next Snapshot starts over) in a
+// statement that ran with context.WithoutCancel and no bound: with the progress row
+// locked by another session (or a server that does not answer) the Snapshot hung
+// for good, whatever its context. The reset now gives up after cleanupTimeout and
+// Snapshot returns the table change (ErrRefreshAbandoned) joined with
+// ErrSnapshotProgress saying the reset was not recorded and what the next Snapshot
+// does then.
+func TestSnapshotProgressResetBounded(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE t (id int PRIMARY KEY, v text)`, `INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3) g`)
+	h := newCacheHandler()
+	s, _ := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("t"), WithSnapshotChunkSize(2), WithSnapshotChunksInFlight(1))
+	n := 0
+	s.win.afterSelect = func() {
+		if n++; n == 1 {
+			execAll(t, d.DB, `ALTER TABLE t ADD COLUMN extra int DEFAULT 7`)
+		}
+	}
+	// Once the first chunk is recorded, another session holds its progress row.
+	locked := make(chan *sql.Tx, 1)
+	s.SnapshotProgress = func(p SnapshotProgress) {
+		if p.Chunks != 1 {
+			return
+		}
+		lock, err := d.DB.Begin()
+		if err != nil {
+			t.Errorf("begin: %v", err)
+			return
+		}
+		locked <- lock
+		var chunks int
+		if err := lock.QueryRow(`SELECT chunks_done FROM dbsync_ctrl.snapshot_progress WHERE slot_name = $1 AND table_name = 'public.t' FOR UPDATE`, s.ReplicationSlot()).Scan(&chunks); err != nil || chunks != 1 {
+			t.Errorf("lock the progress row: %d, %v", chunks, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Snapshot(ctx, "t") }()
+	lock := <-locked
+	locktime := time.Now()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(cleanupTimeout + 20*time.Second):
+		lock.Rollback()
+		t.Fatalf("Snapshot did not return within %s while its progress reset waited for a lock", cleanupTimeout+20*time.Second)
+	}
+	took := time.Since(locktime)
+	require.NoError(t, lock.Rollback())
+	t.Logf("after %s: %v", took, err)
+	require.GreaterOrEqual(t, took, cleanupTimeout, "the reset waited its bound")
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, ErrSnapshotProgress)
+	var changed *tableChangedError
+	require.ErrorAs(t, err, &changed)
+	require.ErrorContains(t, err, "snapshot of public.t, chunk 2: dbsync: refresh selection abandoned: public.t was altered since the snapshot or refresh described it")
+	require.ErrorContains(t, err, "dbsync: snapshot progress not recorded: reset snapshot progress of public.t: no answer within 5s (the server does not answer, or another session holds the table's row of \"dbsync_ctrl\".snapshot_progress locked): the next Snapshot of it may resume after the chunks recorded instead of reading it from the start; to make it start over, delete its row (DELETE FROM \"dbsync_ctrl\".snapshot_progress WHERE slot_name = '"+s.ReplicationSlot()+"' AND table_name = 'public.t')")
+	catchUp(t, s)
+	require.Equal(t, []string{`refresh public.t ["1"]`, `refresh public.t ["2"]`}, h.eventList(), "the first chunk, read before the DDL")
+	// The progress was not reset: the row still says chunk 1.
+	require.Equal(t, []string{"1"}, queryStrings(t, d.DB, `SELECT chunks_done::text FROM dbsync_ctrl.snapshot_progress WHERE slot_name = $1 AND table_name = 'public.t'`, s.ReplicationSlot()))
 }
