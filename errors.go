@@ -128,7 +128,12 @@ var (
 	// (the server's error is in the chain: a privilege, a constraint, a full disk, a
 	// lost session). Snapshot stops there. Call Snapshot again once the table can be
 	// written: it resumes after the last recorded chunk and delivers the unrecorded
-	// ones again (at-least-once).
+	// ones again (at-least-once). It is also joined to the ErrRefreshAbandoned of a
+	// Snapshot whose table changed between chunks when the reset of the table's
+	// progress failed, or found no answer within 5 s (a server that does not answer,
+	// another session holding the row locked): the next Snapshot may then resume the
+	// table instead of reading it from the start; the message gives the DELETE that
+	// makes it start over (TestSnapshotProgressResetBounded).
 	ErrSnapshotProgress = errors.New("dbsync: snapshot progress not recorded")
 	// ErrNoPrimaryKey: the table has neither a primary key nor a replica identity index
 	// (REPLICA IDENTITY USING INDEX), or its key holds a generated column (which
@@ -166,11 +171,12 @@ var (
 	// role (ALTER ROLE ... SET statement_timeout). Run retries such a poll itself
 	// (logged as a warning), and returns it only after 10 polls in a row were
 	// cancelled (TestRunStatementTimeoutNoProgress). Setup (NewSyncer),
-	// CheckReplicaIdentity, TableInfo, Status, ConfirmedFlushLSN, SkipBacklog,
-	// Teardown and TeardownWithResult return it too for a statement of theirs the
+	// CheckReplicaIdentity, TableInfo, Status, ConfirmedFlushLSN, CurrentFlushLSN,
+	// SkipBacklog, Teardown and TeardownWithResult return it too for a statement of theirs the
 	// server cancelled (a statement_timeout of dbsync's role shorter than their
 	// catalog reads or lock waits: TestStatementTimeoutCallsNamed,
-	// TestStatementTimeoutSlotCallsNamed); the message names the call to make again.
+	// TestStatementTimeoutSlotCallsNamed, TestStatementTimeoutCurrentFlushLSNNamed);
+	// the message names the call to make again.
 	// Refresh and Snapshot return ErrRefreshAbandoned instead. A caller's own
 	// cancellation (its context ended) is not this error.
 	ErrStatementCancelled = errors.New("dbsync: statement cancelled by the server")

@@ -58,8 +58,9 @@ func TestGetMessagesCancelledBothWays(t *testing.T) {
 			require.ErrorIs(t, err, context.Canceled)
 			require.NotErrorIs(t, err, ErrStatementCancelled)
 			// database/sql's own "context canceled" (its rows closed as ctx ended), or
-			// the driver's 57014 wrapped in it: the caller's ending comes first, once.
-			require.True(t, strings.HasPrefix(err.Error(), "context canceled"), "%v", err)
+			// the driver's 57014 wrapped in it: the caller's ending comes first, once,
+			// after the call's name (withCtxErr).
+			require.True(t, strings.HasPrefix(err.Error(), "GetMessages: context canceled"), "%v", err)
 			require.Equal(t, 1, strings.Count(err.Error(), "context canceled"), "%v", err)
 			require.Equal(t, before, queryStrings(t, d.DB, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, s.ReplicationSlot()))
 		})

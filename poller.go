@@ -80,14 +80,21 @@ func (st *slotState) grow(bounded, gotCommit bool) {
 
 // CurrentFlushLSN returns pg_current_wal_flush_lsn(): the WAL position up to which the
 // server has flushed, the bound of what a peek can decode. Returns ErrClosed after
-// Close.
+// Close, ErrInRecovery on a standby, ErrStatementCancelled when the server cancelled
+// its statement while ctx was live (a statement_timeout of dbsync's role, or
+// pg_cancel_backend: raise it, and call again); when ctx ended, the error wraps
+// ctx's error ("CurrentFlushLSN: context canceled: ...").
 func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	if err := s.checkOpen("CurrentFlushLSN"); err != nil {
 		return 0, err
 	}
+	query := `SELECT pg_catalog.pg_current_wal_flush_lsn()`
+	if s.currentFlushLSNSQL != "" {
+		query = s.currentFlushLSNSQL
+	}
 	var lsn pglogrepl.LSN
-	if err := s.db.QueryRowContext(ctx, `SELECT pg_catalog.pg_current_wal_flush_lsn()`).Scan(&lsn); err != nil {
-		return 0, classify(err, "read pg_current_wal_flush_lsn()")
+	if err := s.db.QueryRowContext(ctx, query).Scan(&lsn); err != nil {
+		return 0, withCtxErr(ctx, "CurrentFlushLSN", errCancelledCall(ctx, "CurrentFlushLSN", classify(err, "read pg_current_wal_flush_lsn()")))
 	}
 	return lsn, nil
 }
@@ -227,7 +234,10 @@ func (s *Syncer) GetMessages(numMessages int, consume bool, out []PGMSG) ([]PGMS
 
 // GetMessagesContext is GetMessages with a context. When ctx ends, the error wraps
 // ctx's error (also while the call waits for another GetMessages or Forward of the
-// Syncer: they run one at a time); the call returns within 30 s of that also when
+// Syncer: they run one at a time) and says so: "GetMessages: context canceled: ...",
+// or, when the call had failed for a reason of its own first (a named error such
+// as ErrSlotMissing, a server error), that error followed by "(GetMessages's
+// context ended too: context canceled)"; errors.Is holds for both. The call returns within 30 s of that also when
 // the server does not answer (README, "Stopping when the server does not answer").
 func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consume bool, out []PGMSG) (_ []PGMSG, err error) {
 	if numMessages > math.MaxInt32 {
@@ -237,11 +247,11 @@ func (s *Syncer) GetMessagesContext(ctx context.Context, numMessages int, consum
 		return out, err
 	}
 	if err := s.lockPeek(ctx); err != nil {
-		return out, err
+		return out, withCtxErr(ctx, "GetMessages", err)
 	}
 	defer s.unlockPeek()
 	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
-	defer func() { err = withCtxErr(ctx, errCancelled(ctx, "GetMessages", s.diagnose(ctx, err))) }()
+	defer func() { err = s.endCall(ctx, "GetMessages", errCancelled(ctx, "GetMessages", s.diagnose(ctx, err))) }()
 	var upto pglogrepl.LSN
 	var timed bool
 	var enc string
@@ -296,18 +306,20 @@ func (s *Syncer) Forward(nummsgs int) error {
 
 // ForwardContext is Forward with a context. When ctx ends, the error wraps ctx's
 // error (also while the call waits for another GetMessages or Forward of the
-// Syncer); the call returns within 30 s of that also when the server does not
+// Syncer), named as GetMessagesContext's is ("Forward: context canceled: ...", or
+// the call's own earlier cause first); the call returns within 30 s of that also when the server does not
 // answer (README, "Stopping when the server does not answer").
 func (s *Syncer) ForwardContext(ctx context.Context, nummsgs int) error {
 	if err := s.checkLowLevelCall("Forward"); err != nil {
 		return err
 	}
 	if err := s.lockPeek(ctx); err != nil {
-		return err
+		return withCtxErr(ctx, "Forward", err)
 	}
 	defer s.unlockPeek()
 	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
-	return withCtxErr(ctx, errCancelled(ctx, "Forward", s.diagnose(ctx, s.forwardLocked(ctx, nummsgs))))
+	err := s.forwardLocked(ctx, nummsgs)
+	return s.endCall(ctx, "Forward", errCancelled(ctx, "Forward", s.diagnose(ctx, err)))
 }
 
 // lockPeek waits for the GetMessages and Forward calls under way to end, or for ctx

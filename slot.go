@@ -236,7 +236,7 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 	}
 	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
 	_, err := s.teardown(ctx)
-	return withCtxErr(ctx, errCancelledCall(ctx, "Teardown", err))
+	return s.endCall(ctx, "Teardown", errCancelledCall(ctx, "Teardown", err))
 }
 
 // TeardownWithResult removes what Setup created for this Syncer, so nothing keeps
@@ -273,7 +273,8 @@ func (s *Syncer) Teardown(ctx context.Context) error {
 // the rest kept); ErrClosed after Close (nothing is dropped: make a new Syncer);
 // ErrStatementCancelled when the server cancelled a statement of it (a
 // statement_timeout of dbsync's role: raise it, and run it again); or the server's
-// error (wrapping ctx's error too when ctx ended). With the server not answering it
+// error (wrapping ctx's error too when ctx ended: the error that came first leads
+// the message, as for GetMessagesContext). With the server not answering it
 // returns within about 30 s (the slot lock check's bound) once ctx ended (README,
 // "Stopping when the server does not answer").
 func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, err error) {
@@ -282,7 +283,7 @@ func (s *Syncer) TeardownWithResult(ctx context.Context) (res TeardownResult, er
 	}
 	defer s.unstickAfter(ctx)() // lib/pq on a server that does not answer: sockets.go
 	res, err = s.teardown(ctx)
-	return res, withCtxErr(ctx, errCancelledCall(ctx, "TeardownWithResult", err))
+	return res, s.endCall(ctx, "TeardownWithResult", errCancelledCall(ctx, "TeardownWithResult", err))
 }
 
 // teardown is TeardownWithResult for Teardown and TeardownWithResult.

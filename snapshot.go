@@ -204,12 +204,23 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 	defer func() {
 		// A chunk found the table dropped, replaced or altered since info was read
 		// (checkShape): its progress belongs to the old description, so the next
-		// Snapshot starts the table over with the new one.
+		// Snapshot starts the table over with the new one. It runs also when ctx
+		// ended, but for at most cleanupTimeout: a server that does not answer, or
+		// another session holding the table's progress row locked, would keep the
+		// Snapshot from returning for good (TestSnapshotProgressResetBounded).
 		var changed *tableChangedError
 		if errors.As(err, &changed) {
-			if _, rerr := s.db.ExecContext(context.WithoutCancel(ctx), s.ctrlSQL("snapshot_progress_start.sql"), s.replicationSlot,
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+			defer cancel()
+			if _, rerr := s.db.ExecContext(rctx, s.ctrlSQL("snapshot_progress_start.sql"), s.replicationSlot,
 				table, pq.StringArray(info.PrimaryKey), chunk, info.RelationID); rerr != nil {
-				err = errors.Join(err, classify(rerr, "reset snapshot progress of "+table))
+				why := ""
+				if rctx.Err() != nil {
+					why = fmt.Sprintf("no answer within %s (the server does not answer, or another session holds the table's row of %s.%s locked): ",
+						cleanupTimeout, pq.QuoteIdentifier(s.ctrlNamespace), snapshotProgressTable)
+				}
+				err = errors.Join(err, fmt.Errorf("%w: reset snapshot progress of %s: %sthe next Snapshot of it may resume after the chunks recorded instead of reading it from the start; to make it start over, delete its row (DELETE FROM %s.%s WHERE slot_name = %s AND table_name = %s): %w",
+					ErrSnapshotProgress, table, why, pq.QuoteIdentifier(s.ctrlNamespace), snapshotProgressTable, pq.QuoteLiteral(s.replicationSlot), pq.QuoteLiteral(table), classify(rerr, "reset snapshot progress")))
 			}
 		}
 	}()

@@ -2,8 +2,6 @@ package dbsync
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -212,15 +210,4 @@ func (s *Syncer) unstickAfter(ctx context.Context) (stop func()) {
 		}
 		mu.Unlock()
 	}
-}
-
-// withCtxErr is err, wrapping ctx's error too when ctx ended (and err does not already):
-// a statement that ctx ended fails with what the driver saw (lib/pq: the server's
-// 57014 "canceling statement due to user request", or a socket closed above), which
-// does not say the caller's context ended it.
-func withCtxErr(ctx context.Context, err error) error {
-	if err == nil || ctx.Err() == nil || errors.Is(err, ctx.Err()) {
-		return err
-	}
-	return fmt.Errorf("%w: %w", ctx.Err(), err)
 }

@@ -151,6 +151,13 @@ type Syncer struct {
 	// getMessagesRow, when set, is called by GetMessages with the number of rows the
 	// call has read so far, after each row (tests).
 	getMessagesRow func(n int)
+	// currentFlushLSNSQL, when not "", replaces CurrentFlushLSN's statement (tests:
+	// one that outlasts a statement_timeout).
+	currentFlushLSNSQL string
+	// callEnding, when set, is called by GetMessages, Forward, Teardown and
+	// TeardownWithResult with the call's name as it ends, before its error is
+	// named (ctxerrors.go; tests: a context that ends after the call's own cause).
+	callEnding func(call string)
 	// splitPeeks counts split polls (peekread.go); splitMinWAL, when not 0, replaces
 	// the backlog from which polls are split (tests).
 	splitPeeks  atomic.Uint64
