@@ -72,6 +72,9 @@ func numsIn(v any) string {
 		case string:
 			out = append(out, zeroRuns(x))
 			return
+		case float64:
+			out = append(out, fmt.Sprint(x))
+			return
 		case pgtype.BoundType:
 			return
 		}
@@ -111,14 +114,19 @@ func numDestSets() [][]any {
 // numall into every set of numDestSets, recording "path set column type: values".
 type numAllScans struct {
 	DefaultMessageHandler
-	mu  sync.Mutex
-	got []string
+	sets func() [][]any // numDestSets when nil
+	mu   sync.Mutex
+	got  []string
 }
 
 func (h *numAllScans) record(path string, id int, names []string, scan func(dest ...any) error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for i, set := range numDestSets() {
+	sets := numDestSets
+	if h.sets != nil {
+		sets = h.sets
+	}
+	for i, set := range sets() {
 		if err := scan(set...); err != nil {
 			h.got = append(h.got, fmt.Sprintf("%s row %d set %d: %v", path, id, i, err))
 			continue
@@ -236,6 +244,55 @@ func TestNumericEveryDestinationKeepsScale(t *testing.T) {
 				require.NoError(t, s.Snapshot(context.Background(), "numall"))
 				require.NoError(t, stop())
 				require.Equal(t, numAllWant("change", "refresh", "refresh"), h.list())
+			})
+		}
+	}
+}
+
+// TestNumericOtherDestinations scans numeric, numeric[], numrange[] and a domain
+// numeric(12,2) into float, text and sql destinations and arrays of ranges, for changes
+// and refresh rows, text and binary, lib/pq and pgx: the same values in every path
+// (PostgreSQL's text, with its trailing zeros, in every text destination).
+func TestNumericOtherDestinations(t *testing.T) {
+	sets := func() [][]any {
+		return [][]any{
+			{nil, new(float64), new([]float64), new([]pgtype.Range[pgtype.Numeric]), new(float64)},
+			{nil, new(sql.NullString), new([]sql.NullString), new(any), new(pgtype.Text)},
+			{nil, new(pgtype.Text), new(pgtype.FlatArray[pgtype.Text]), new(pgtype.FlatArray[pgtype.Range[*pgtype.Numeric]]), new(sql.NullFloat64)},
+		}
+	}
+	cols := []string{"n", "arr", "ra", "d"}
+	vals := [][]string{
+		{"1.5", "1.5, 2.25", "0e-2, 100e0, 150e-2, NULL", "3.1"},
+		{"1.50", "1.5, 2.25", "0e-2, 100e0, 150e-2", "3.10"},
+		{"1.50", "1.5, 2.25", "0e-2, 100e0, 150e-2", "3.1"},
+	}
+	for _, binary := range []bool{false, true} {
+		for _, driver := range []string{"postgres", "pgx"} {
+			t.Run(fmt.Sprintf("binary=%v/%s", binary, driver), func(t *testing.T) {
+				d := pgtest.NewDatabase(t)
+				execAll(t, d.DB, `CREATE DOMAIN num2 AS numeric(12,2)`,
+					`CREATE TABLE numoth (id int PRIMARY KEY, n numeric(12,2), arr numeric[], ra numrange[], d num2)`)
+				db, err := sql.Open(driver, d.DSN())
+				require.NoError(t, err)
+				t.Cleanup(func() { db.Close() })
+				h := &numAllScans{sets: sets}
+				s, stop := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, WithDB(db), ForTables("numoth"), WithBinary(binary))
+				execAll(t, d.DB, `INSERT INTO numoth VALUES (1, 1.5, '{1.5,2.25}', '{"[0.00,100)","[1.50,)"}', 3.1)`)
+				var want []string
+				for _, path := range []string{"change", "refresh", "refresh"} {
+					for i, set := range sets() {
+						for j, dst := range set[1:] {
+							want = append(want, fmt.Sprintf("%s row 1 set %d %s %T: %s", path, i, cols[j], dst, vals[i][j]))
+						}
+					}
+				}
+				waitFor(t, 20*time.Second, func() bool { return len(h.list()) >= len(want)/3 }, "changes")
+				_, err = s.RefreshContext(context.Background(), `SELECT * FROM numoth`)
+				require.NoError(t, err)
+				require.NoError(t, s.Snapshot(context.Background(), "numoth"))
+				require.NoError(t, stop())
+				require.Equal(t, want, h.list())
 			})
 		}
 	}
