@@ -254,11 +254,18 @@ type scaledNumericScanPlan struct {
 func (p scaledNumericScanPlan) Scan(src []byte, dst any) error {
 	var n pgtype.Numeric
 	if src != nil {
-		v, err := p.codec.DecodeValue(p.m, p.oid, p.format, src)
-		if err != nil {
-			return err
+		// DecodeValue's value, without boxing it for the common text case.
+		ok := false
+		if p.format == pgtype.TextFormatCode {
+			n, ok = parsePlainNumeric(src)
 		}
-		n = v.(pgtype.Numeric)
+		if !ok {
+			v, err := p.codec.decodeValuePgx(p.m, p.oid, p.format, src)
+			if err != nil {
+				return err
+			}
+			n = v.(pgtype.Numeric)
+		}
 	}
 	if !p.text {
 		return dst.(pgtype.NumericScanner).ScanNumeric(n)
