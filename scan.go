@@ -43,7 +43,8 @@ import (
 // destination: *pgtype.Numeric, **pgtype.Numeric, and as the elements and bounds of a
 // numeric[], numrange or nummultirange (also of a domain over numeric) scanned into
 // []pgtype.Numeric, pgtype.FlatArray[pgtype.Numeric], pgtype.Range[pgtype.Numeric],
-// ...; into *string or []string it is PostgreSQL's text in both formats (pgx's own
+// ...; into *string, []string, *pgtype.Text or *sql.NullString it is PostgreSQL's
+// text in both formats (pgx's own
 // scans give 100 as 1e2 and binary 0.00 as 0e0, text "0").
 //
 // NULL ('n') scans as nil into *any and through pgtype otherwise, which fails for a

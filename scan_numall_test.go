@@ -263,9 +263,9 @@ func TestNumericOtherDestinations(t *testing.T) {
 	}
 	cols := []string{"n", "arr", "ra", "d"}
 	vals := [][]string{
-		{"1.5", "1.5, 2.25", "0e-2, 100e0, 150e-2, NULL", "3.1"},
-		{"1.50", "1.5, 2.25", "0e-2, 100e0, 150e-2", "3.10"},
-		{"1.50", "1.5, 2.25", "0e-2, 100e0, 150e-2", "3.1"},
+		{"0", "1.5, 2.25", "0e-2, 100e0, 150e-2, NULL", "100"},
+		{"0.00", "1.5, 2.25", "0e-2, 100e0, 150e-2", "100.00"},
+		{"0.00", "1.5, 2.25", "0e-2, 100e0, 150e-2", "100"},
 	}
 	for _, binary := range []bool{false, true} {
 		for _, driver := range []string{"postgres", "pgx"} {
@@ -278,7 +278,7 @@ func TestNumericOtherDestinations(t *testing.T) {
 				t.Cleanup(func() { db.Close() })
 				h := &numAllScans{sets: sets}
 				s, stop := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, WithDB(db), ForTables("numoth"), WithBinary(binary))
-				execAll(t, d.DB, `INSERT INTO numoth VALUES (1, 1.5, '{1.5,2.25}', '{"[0.00,100)","[1.50,)"}', 3.1)`)
+				execAll(t, d.DB, `INSERT INTO numoth VALUES (1, 0, '{1.5,2.25}', '{"[0.00,100)","[1.50,)"}', 100)`)
 				var want []string
 				for _, path := range []string{"change", "refresh", "refresh"} {
 					for i, set := range sets() {

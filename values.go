@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -239,6 +240,20 @@ func (c scaledNumericCodec) PlanScan(m *pgtype.Map, oid uint32, format int16, ta
 		}
 	}
 	return c.NumericCodec.PlanScan(m, oid, format, target)
+}
+
+// DecodeDatabaseSQLValue gives the value a sql.Scanner destination (sql.NullString,
+// sql.Null[string], ...) receives: PostgreSQL's text, also in binary format, where
+// pgx's would print the value it decoded without the scale (0.00 as "0").
+func (c scaledNumericCodec) DecodeDatabaseSQLValue(m *pgtype.Map, oid uint32, format int16, src []byte) (driver.Value, error) {
+	if src == nil || format == pgtype.TextFormatCode {
+		return c.NumericCodec.DecodeDatabaseSQLValue(m, oid, format, src)
+	}
+	var t pgtype.Text
+	if err := (scaledNumericScanPlan{codec: c, m: m, oid: oid, format: format, text: true}).Scan(src, &t); err != nil {
+		return nil, err
+	}
+	return t.String, nil
 }
 
 // scaledNumericScanPlan scans a numeric into a pgtype.NumericScanner, or (text) as its
