@@ -44,8 +44,9 @@ import (
 // numeric[], numrange or nummultirange (also of a domain over numeric) scanned into
 // []pgtype.Numeric, pgtype.FlatArray[pgtype.Numeric], pgtype.Range[pgtype.Numeric],
 // ...; into *string, []string, *pgtype.Text or *sql.NullString it is PostgreSQL's
-// text in both formats (pgx's own
-// scans give 100 as 1e2 and binary 0.00 as 0e0, text "0").
+// text in both formats (pgx's own scans give 100 as 1e2 and binary 0.00 as 0e0, text
+// "0"). A sql.Scanner of a pgtype.Numeric (sql.Null[pgtype.Numeric]) gets pgx's
+// parse of the text, without the scale: scan into **pgtype.Numeric instead.
 //
 // NULL ('n') scans as nil into *any and through pgtype otherwise, which fails for a
 // destination that cannot hold NULL (use a pointer-to-pointer or a sql.Null type).
