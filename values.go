@@ -128,7 +128,6 @@ func newTypeMap() *pgtype.Map {
 	m.RegisterType(numRangeT)
 	m.RegisterType(numMultiT)
 	m.RegisterType(&pgtype.Type{Name: "_numrange", OID: pgtype.NumrangeArrayOID, Codec: &pgtype.ArrayCodec{ElementType: numRangeT}})
-	m.RegisterType(&pgtype.Type{Name: "_nummultirange", OID: pgtype.NummultirangeArrayOID, Codec: &pgtype.ArrayCodec{ElementType: numMultiT}})
 	// timestamptz scans in UTC into every destination pgtype fills — time.Time,
 	// pgtype.Timestamptz, sql.NullTime, and as the elements of arrays and the bounds
 	// of ranges and multiranges ([]time.Time, pgtype.Range[time.Time], ...) — as
