@@ -66,7 +66,9 @@ func (r *RefreshRow) Values() (StringMap, error) {
 // scans as its text into *any or *string. A timestamptz comes in UTC into every
 // destination, as in ScanTuple (also the elements and bounds of timestamptz[],
 // tstzrange and tstzmultirange in []time.Time, pgtype.Range[time.Time], ...), so a
-// refresh row's instants equal its changes' whatever time.Local is.
+// refresh row's instants equal its changes' whatever time.Local is. A numeric keeps its
+// scale into every destination, as in ScanTuple (also in []pgtype.Numeric,
+// pgtype.Range[pgtype.Numeric], ...), so it equals its changes' values.
 //
 // Errors: ErrConfig (len(dest) is not the number of columns, or an unknown column
 // into another destination), ErrDecodeValue.

@@ -39,6 +39,15 @@ import (
 // scans give time.Local). The session's TimeZone and the process's time.Local never
 // show. timestamp and date keep their wall clock, in UTC (pgx's location for them).
 //
+// A numeric keeps its scale (Exp = -scale, as MessageToMap gives it) into every
+// destination: *pgtype.Numeric, **pgtype.Numeric, and as the elements and bounds of a
+// numeric[], numrange or nummultirange (also of a domain over numeric) scanned into
+// []pgtype.Numeric, pgtype.FlatArray[pgtype.Numeric], pgtype.Range[pgtype.Numeric],
+// ...; into *string, []string, *pgtype.Text or *sql.NullString it is PostgreSQL's
+// text in both formats (pgx's own scans give 100 as 1e2 and binary 0.00 as 0e0, text
+// "0"). A sql.Scanner of a pgtype.Numeric (sql.Null[pgtype.Numeric]) gets pgx's
+// parse of the text, without the scale: scan into **pgtype.Numeric instead.
+//
 // NULL ('n') scans as nil into *any and through pgtype otherwise, which fails for a
 // destination that cannot hold NULL (use a pointer-to-pointer or a sql.Null type).
 // A column whose value was not sent — an unchanged TOASTed value ('u') — leaves its

@@ -1,6 +1,7 @@
 package dbsync
 
 import (
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,7 +22,9 @@ import (
 //   - json and jsonb decode to json.RawMessage (the exact text PostgreSQL holds; pgx
 //     would unmarshal into map[string]any and round numbers through float64);
 //   - numeric values have Exp = -scale (0.00 is 0e-2, 100 is 100e0, 1.50 is 150e-2) in
-//     both formats, also as array elements and range bounds;
+//     both formats, also as array elements and range bounds, and so in every pgtype
+//     destination a Scan fills (pgtype.Numeric, []pgtype.Numeric,
+//     pgtype.Range[pgtype.Numeric], ...; in binary format *string gets the text);
 //   - timestamptz decodes to a time.Time in UTC (the instant; the session's TimeZone
 //     is presentation only);
 //   - arrays decode to nested []any, one level per dimension, NULL elements as nil
@@ -117,6 +120,14 @@ func newTypeMap() *pgtype.Map {
 	numT := &pgtype.Type{Name: "numeric", OID: pgtype.NumericOID, Codec: scaledNumericCodec{}}
 	m.RegisterType(numT)
 	m.RegisterType(&pgtype.Type{Name: "_numeric", OID: pgtype.NumericArrayOID, Codec: &pgtype.ArrayCodec{ElementType: numT}})
+	// The array, range and multirange types hold their element type: registered again
+	// with numT so scans into []pgtype.Numeric, pgtype.Range[pgtype.Numeric], ... keep
+	// the scale as MessageToMap's values do.
+	numRangeT := &pgtype.Type{Name: "numrange", OID: pgtype.NumrangeOID, Codec: &pgtype.RangeCodec{ElementType: numT}}
+	numMultiT := &pgtype.Type{Name: "nummultirange", OID: pgtype.NummultirangeOID, Codec: &pgtype.MultirangeCodec{ElementType: numRangeT}}
+	m.RegisterType(numRangeT)
+	m.RegisterType(numMultiT)
+	m.RegisterType(&pgtype.Type{Name: "_numrange", OID: pgtype.NumrangeArrayOID, Codec: &pgtype.ArrayCodec{ElementType: numRangeT}})
 	// timestamptz scans in UTC into every destination pgtype fills — time.Time,
 	// pgtype.Timestamptz, sql.NullTime, and as the elements of arrays and the bounds
 	// of ranges and multiranges ([]time.Time, pgtype.Range[time.Time], ...) — as
@@ -211,12 +222,76 @@ func parsePlainNumeric(src []byte) (n pgtype.Numeric, ok bool) {
 	return pgtype.Numeric{Int: newSmallInt(x), Exp: exp, Valid: true}, true
 }
 
-// PlanScan makes scans into *any (array elements, range bounds) use DecodeValue.
+// PlanScan makes scans into *any (array elements, range bounds) use DecodeValue, and
+// scans into a pgtype.NumericScanner (*pgtype.Numeric, also as an array element or a
+// range bound, or behind pointers) and, in binary format, into a pgtype.TextScanner
+// (*string, *pgtype.Text) take DecodeValue's value, so they keep the scale too: pgx's
+// plans give 100 as 1e2 and binary 0.00 as 0e0 (text "0").
 func (c scaledNumericCodec) PlanScan(m *pgtype.Map, oid uint32, format int16, target any) pgtype.ScanPlan {
-	if _, ok := target.(*any); ok {
+	switch target.(type) {
+	case *any:
 		return decodeValueScanPlan{codec: c, m: m, oid: oid, format: format}
+	case pgtype.NumericScanner:
+		return scaledNumericScanPlan{codec: c, m: m, oid: oid, format: format}
+	case pgtype.TextScanner:
+		if format == pgtype.BinaryFormatCode {
+			return scaledNumericScanPlan{codec: c, m: m, oid: oid, format: format, text: true}
+		}
 	}
 	return c.NumericCodec.PlanScan(m, oid, format, target)
+}
+
+// DecodeDatabaseSQLValue gives the value a sql.Scanner destination (sql.NullString,
+// sql.Null[string], ...) receives: PostgreSQL's text, also in binary format, where
+// pgx's would print the value it decoded without the scale (0.00 as "0").
+func (c scaledNumericCodec) DecodeDatabaseSQLValue(m *pgtype.Map, oid uint32, format int16, src []byte) (driver.Value, error) {
+	if src == nil || format == pgtype.TextFormatCode {
+		return c.NumericCodec.DecodeDatabaseSQLValue(m, oid, format, src)
+	}
+	var t pgtype.Text
+	if err := (scaledNumericScanPlan{codec: c, m: m, oid: oid, format: format, text: true}).Scan(src, &t); err != nil {
+		return nil, err
+	}
+	return t.String, nil
+}
+
+// scaledNumericScanPlan scans a numeric into a pgtype.NumericScanner, or (text) as its
+// text into a pgtype.TextScanner, with the scale DecodeValue keeps.
+type scaledNumericScanPlan struct {
+	codec  scaledNumericCodec
+	m      *pgtype.Map
+	oid    uint32
+	format int16
+	text   bool
+}
+
+func (p scaledNumericScanPlan) Scan(src []byte, dst any) error {
+	var n pgtype.Numeric
+	if src != nil {
+		// DecodeValue's value, without boxing it for the common text case.
+		ok := false
+		if p.format == pgtype.TextFormatCode {
+			n, ok = parsePlainNumeric(src)
+		}
+		if !ok {
+			v, err := p.codec.decodeValuePgx(p.m, p.oid, p.format, src)
+			if err != nil {
+				return err
+			}
+			n = v.(pgtype.Numeric)
+		}
+	}
+	if !p.text {
+		return dst.(pgtype.NumericScanner).ScanNumeric(n)
+	}
+	if !n.Valid {
+		return dst.(pgtype.TextScanner).ScanText(pgtype.Text{})
+	}
+	s, err := n.Value()
+	if err != nil {
+		return err
+	}
+	return dst.(pgtype.TextScanner).ScanText(pgtype.Text{String: s.(string), Valid: true})
 }
 
 // decodeValueScanPlan scans into *any with a codec's DecodeValue.
