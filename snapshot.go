@@ -696,6 +696,8 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 	}
 	// The bound's text is bound back into the chunk queries (typed casts), which run
 	// with the output settings pinned (sql/selection_begin.sql): print it under them too.
+	// That also turns row_security off: a bound found among the rows a policy shows
+	// would skip the hidden ones.
 	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return nil, classify(err, "find the next snapshot chunk's key range in "+info.QualifiedName())
@@ -711,6 +713,10 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 		return nil, nil
 	}
 	if err != nil {
+		tx.Rollback()
+		if rerr := s.rlsRefused(ctx, "find the next snapshot chunk's key range in "+info.QualifiedName(), info, err); rerr != nil {
+			return nil, rerr
+		}
 		return nil, classify(err, "find the next snapshot chunk's key range in "+info.QualifiedName())
 	}
 	return bound, nil
