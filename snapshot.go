@@ -148,7 +148,11 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // of a type without a default B-tree operator class (its rows have no key order to
 // read them in), a control schema without
 // the snapshot progress table (set up again), and the other cases RefreshContext
-// names (a watermark table not published or not there),
+// names (a watermark table not published or not there), ErrInsufficientPrivilege
+// (a privilege the selection needs, or row-level security policies that apply to
+// the role on the table or the control tables, which would hide rows from its
+// SELECTs: checked before any watermark, and at each chunk, which runs with
+// row_security off; the message names the fix; docs/SNAPSHOTS.md, "Limitations"),
 // ErrPublicationMissing, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {
 	if err := s.refreshAllowed(); err != nil {

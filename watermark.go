@@ -83,7 +83,11 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // Errors: ErrConfig (bad query, EventsProcessor in use, the table not published, its
 // key of a type without a default B-tree operator class, the
 // watermark table not published or not there: a Syncer never set up; the message
-// names the statement or call that fixes it), ErrPublicationMissing, ErrNoPrimaryKey,
+// names the statement or call that fixes it), ErrInsufficientPrivilege (a privilege
+// the selection needs, or row-level security policies that apply to the role on the
+// table or the control tables: its SELECT, run with row_security off, would miss the
+// rows they hide; checked before any watermark, the message names the fix),
+// ErrPublicationMissing, ErrNoPrimaryKey,
 // ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery, with ctx's
 // error in the chain; with ErrClosed when Close ended it or was called before; or the
 // server cut the SELECT short: statement_timeout, a lock timeout, a deadlock), server
