@@ -230,3 +230,34 @@ func TestSelectionRowLevelSecurityCtrlTables(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool { return wm() == "0" }, "watermarks deleted")
 	require.Empty(t, mismatches(h.tableRows("public.t"), dbRows(t, d.DB, "t")))
 }
+
+// TestSelectionRowLevelSecurityDefaultDeny: RLS enabled without a policy for the role
+// hides every row; the planner then drops the table from a Refresh query's plan, and
+// the Refresh failed with ErrConfig saying the query reads no table ("WHERE false"),
+// which sent the user looking at the query. It is refused as row-level security
+// (ErrInsufficientPrivilege naming the table and BYPASSRLS), as is the Snapshot.
+func TestSelectionRowLevelSecurityDefaultDeny(t *testing.T) {
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			r := newRLSSetup(t, driver, `ALTER TABLE t ENABLE ROW LEVEL SECURITY`)
+			before := r.watermarks(t)
+			_, err := r.s.RefreshContext(context.Background(), `SELECT * FROM t`)
+			require.ErrorIs(t, err, ErrInsufficientPrivilege)
+			require.NotErrorIs(t, err, ErrConfig)
+			require.ErrorContains(t, err, "Refresh query: row-level security policies apply to role "+r.role)
+			require.ErrorContains(t, err, "ALTER ROLE "+r.role+" BYPASSRLS")
+			require.ErrorContains(t, err, `query would be affected by row-level security policy for table "t"`)
+			require.Equal(t, before, r.watermarks(t))
+			// A query whose plan keeps the table, and a Snapshot: the privilege check.
+			_, err = r.s.RefreshContext(context.Background(), `SELECT id, v FROM t WHERE id IN (2, 3)`)
+			require.ErrorIs(t, err, ErrInsufficientPrivilege)
+			require.ErrorContains(t, err, `row-level security policies of "public"."t" apply to role `+r.role)
+			err = r.s.Snapshot(context.Background(), "t")
+			require.ErrorIs(t, err, ErrInsufficientPrivilege)
+			require.ErrorContains(t, err, `Snapshot of public.t: nothing was written: row-level security policies of "public"."t" apply to role `+r.role)
+			require.Equal(t, before, r.watermarks(t))
+			catchUp(t, r.s)
+			require.Empty(t, r.h.eventList())
+		})
+	}
+}
