@@ -31,9 +31,13 @@ var (
 	// (42501): SELECT on a table a Refresh or Snapshot reads, CREATE on the database
 	// (or the control schema) to create the control schema (or its tables),
 	// ownership of the publication or of a table setup adds to it, privileges on the
-	// control schema's tables. The message names the GRANT, or the statement an
-	// owner or superuser must run, that fixes it; README ("PostgreSQL requirements")
-	// lists what a role without superuser needs.
+	// control schema's tables; or row-level security policies apply to the role on a
+	// table a Refresh or Snapshot reads (or on a control table), which would hide rows
+	// from its SELECTs (fix: ALTER ROLE <role> BYPASSRLS, or read as the table's
+	// owner without FORCE ROW LEVEL SECURITY, or disable RLS on the table). The
+	// message names the GRANT, or the statement an owner or superuser must run, that
+	// fixes it; README ("PostgreSQL requirements") lists what a role without
+	// superuser needs.
 	ErrInsufficientPrivilege = errors.New("dbsync: role lacks a privilege")
 	// ErrPublicationMissing: the publication does not exist (42704, or found missing
 	// from the catalog): at setup, when no tables were given (ForTables) to create it

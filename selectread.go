@@ -202,6 +202,12 @@ func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []strin
 		err = s.selectSQL(ctx, conn, info, cols, q, &res)
 	}
 	if err != nil {
+		// Row-level security refused the SELECT (row_security is off): asked about on
+		// another connection, once this one is back in the pool.
+		conn.Close()
+		if rerr := s.rlsRefused(ctx, "selection on "+info.QualifiedName(), info, err); rerr != nil {
+			err = rerr
+		}
 		return nil, res.snap, nil, err
 	}
 	return res.rows, res.snap, res.lastKey, nil

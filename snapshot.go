@@ -148,7 +148,11 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // of a type without a default B-tree operator class (its rows have no key order to
 // read them in), a control schema without
 // the snapshot progress table (set up again), and the other cases RefreshContext
-// names (a watermark table not published or not there),
+// names (a watermark table not published or not there), ErrInsufficientPrivilege
+// (a privilege the selection needs, or row-level security policies that apply to
+// the role on the table or the control tables, which would hide rows from its
+// SELECTs: checked before any watermark, and at each chunk, which runs with
+// row_security off; the message names the fix; docs/SNAPSHOTS.md, "Limitations"),
 // ErrPublicationMissing, or ctx's error.
 func (s *Syncer) Snapshot(ctx context.Context, tables ...string) (err error) {
 	if err := s.refreshAllowed(); err != nil {
@@ -696,6 +700,8 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 	}
 	// The bound's text is bound back into the chunk queries (typed casts), which run
 	// with the output settings pinned (sql/selection_begin.sql): print it under them too.
+	// That also turns row_security off: a bound found among the rows a policy shows
+	// would skip the hidden ones.
 	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return nil, classify(err, "find the next snapshot chunk's key range in "+info.QualifiedName())
@@ -711,6 +717,10 @@ func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []stri
 		return nil, nil
 	}
 	if err != nil {
+		tx.Rollback()
+		if rerr := s.rlsRefused(ctx, "find the next snapshot chunk's key range in "+info.QualifiedName(), info, err); rerr != nil {
+			return nil, rerr
+		}
 		return nil, classify(err, "find the next snapshot chunk's key range in "+info.QualifiedName())
 	}
 	return bound, nil

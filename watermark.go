@@ -83,7 +83,11 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // Errors: ErrConfig (bad query, EventsProcessor in use, the table not published, its
 // key of a type without a default B-tree operator class, the
 // watermark table not published or not there: a Syncer never set up; the message
-// names the statement or call that fixes it), ErrPublicationMissing, ErrNoPrimaryKey,
+// names the statement or call that fixes it), ErrInsufficientPrivilege (a privilege
+// the selection needs, or row-level security policies that apply to the role on the
+// table or the control tables: its SELECT, run with row_security off, would miss the
+// rows they hide; checked before any watermark, the message names the fix),
+// ErrPublicationMissing, ErrNoPrimaryKey,
 // ErrRefreshAbandoned (the Syncer stopped or ctx ended before delivery, with ctx's
 // error in the chain; with ErrClosed when Close ended it or was called before; or the
 // server cut the SELECT short: statement_timeout, a lock timeout, a deadlock), server
@@ -853,6 +857,37 @@ func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error)
 	return plan, nil
 }
 
+// explainRLSRefused plans a Refresh query (which EXPLAIN already took) again with
+// row_security off, as its selection would run: when row-level security applies to
+// the role on a table the query reads, the server refuses (42501), and the error is
+// ErrInsufficientPrivilege naming the fix (the server's error names the table). nil
+// when the plan is refused for no such reason or the check cannot be made (the
+// caller's error stands).
+func (s *Syncer) explainRLSRefused(ctx context.Context, query string) error {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil
+	}
+	defer tx.Rollback()
+	var role, applied string
+	if err := tx.QueryRowContext(ctx, `SELECT current_user, pg_catalog.set_config('row_security', 'off', true)`).Scan(&role, &applied); err != nil {
+		return nil
+	}
+	// Prepared (extended protocol: one statement only), as explainQuery does.
+	stmt, err := tx.PrepareContext(ctx, "EXPLAIN (VERBOSE, FORMAT JSON) "+query)
+	if err == nil {
+		var plan string
+		err = stmt.QueryRowContext(ctx).Scan(&plan)
+		stmt.Close()
+	}
+	if code, msg, ok := serverError(err); !ok || code != "42501" || !strings.Contains(msg, "row-level security") {
+		return nil
+	}
+	r := pq.QuoteIdentifier(role)
+	return fmt.Errorf("%w: Refresh query: row-level security policies apply to role %s on the table it reads (the server names it) and hide rows from it (without a policy for the role: every row), so a selection would miss them; nothing was written; run, as a superuser,\n  ALTER ROLE %s BYPASSRLS;\nor run dbsync as the table's owner (without FORCE ROW LEVEL SECURITY), or turn row-level security off for the table (ALTER TABLE ... DISABLE ROW LEVEL SECURITY): %w",
+		ErrInsufficientPrivilege, r, r, driverError(err))
+}
+
 // queryTable finds the one table a query reads, from EXPLAIN (VERBOSE, FORMAT JSON),
 // and loads its description.
 func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, planNode, error) {
@@ -883,6 +918,11 @@ func (s *Syncer) queryTable(ctx context.Context, query string) (*PGTableInfo, pl
 		return nil, planNode{}, err
 	}
 	if len(tables) == 0 {
+		// Row-level security without a policy for the role hides every row: the
+		// planner then drops the table from the plan.
+		if err := s.explainRLSRefused(ctx, query); err != nil {
+			return nil, planNode{}, err
+		}
 		return nil, planNode{}, fmt.Errorf("%w: a Refresh query must read exactly one table, and its plan reads none: it reads no table (a function, VALUES), or the planner found it returns no rows (WHERE false, a partition key outside every partition); there is nothing to refresh: select rows of one table",
 			ErrConfig)
 	}
