@@ -180,7 +180,13 @@ type selResult struct {
 // captures pg_current_snapshot() (the snapshot every later statement of the
 // transaction uses), and returns the rows (keyed by record ID), the snapshot and the
 // key columns (text) of the last row (nil: no rows).
-func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (*InMemSelection, xidSnapshot, []string, error) {
+func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (_ *InMemSelection, _ xidSnapshot, _ []string, err error) {
+	// LOCK TABLE and the SELECT wait for a lock another transaction holds on the
+	// table (an ALTER TABLE, a LOCK TABLE, a VACUUM FULL left open or prepared):
+	// after lockWaitWarnAfter that is logged, and an error that ends the wait names
+	// the lock and who holds it (TestSelectionLockWaitNamesHolder).
+	watch := s.watchLock(ctx, info.QuotedName(), "", accessShareConflicts, "a selection on "+info.QualifiedName())
+	defer func() { err = watch.end(err) }()
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return nil, xidSnapshot{}, nil, classify(err, "begin selection transaction")

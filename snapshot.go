@@ -456,7 +456,7 @@ const maxWritersPoll = time.Second
 // committed or rolled back: TestSnapshotWaitsForPreparedWriterOfAddedTable), until ctx ends
 // (ErrRefreshAbandoned); the wait is logged. The looks start 10 ms apart and slow
 // down to maxWritersPoll.
-func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) error {
+func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) (err error) {
 	var vxids pq.StringArray
 	if err := s.db.QueryRowContext(ctx, sqlText("table_writers.sql"), info.RelationID).Scan(&vxids); err != nil {
 		return classify(err, "find the transactions writing "+info.QualifiedName())
@@ -466,6 +466,10 @@ func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) err
 	}
 	s.log.Info("dbsync: snapshot waits for the transactions writing the table to end (one that wrote it before it was added to the publication would have those changes left out of the slot)",
 		"table", info.QualifiedName(), "transactions", len(vxids))
+	// Who they are is logged once they were waited for lockWaitWarnAfter, and named
+	// in the error when ctx ends the wait (TestSnapshotLockWaitNamesHolder).
+	watch := s.watchLock(ctx, info.QuotedName(), "", writerLockModes, "a snapshot of "+info.QualifiedName()+" (waiting for the transactions writing it)")
+	defer func() { err = watch.end(err) }()
 	if f := s.writersWaiting; f != nil {
 		f(info.QualifiedName(), len(vxids))
 	}

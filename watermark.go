@@ -688,7 +688,10 @@ func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) err
 	stmt := "INSERT INTO " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) +
 		" (selection_id, wm_type) VALUES ($1, $2) ON CONFLICT (selection_id, wm_type) DO NOTHING"
 	s.win.expect(id, kind)
-	if _, err := s.db.ExecContext(ctx, stmt, id, string(kind)); err != nil {
+	watch := s.watchLock(ctx, pq.QuoteIdentifier(s.ctrlNamespace)+"."+pq.QuoteIdentifier(s.wmTableName), "", rowExclusiveConflicts,
+		fmt.Sprintf("writing the %s watermark of selection %s", kind, id))
+	_, err := s.db.ExecContext(ctx, stmt, id, string(kind))
+	if err = watch.end(err); err != nil {
 		return classify(err, fmt.Sprintf("write %s watermark of selection %s", kind, id))
 	}
 	s.win.wrote(id, kind)
@@ -826,8 +829,14 @@ func (s *Syncer) describeColumns(ctx context.Context, query string) ([]string, e
 // statement that wraps the query (queryColumns, the selection) runs only once its
 // EXPLAIN passed, and a string that closes the wrapper's parenthesis to smuggle in a
 // statement is no valid statement here.
-func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error) {
-	stmt, err := s.db.PrepareContext(ctx, "EXPLAIN (VERBOSE, FORMAT JSON) "+query)
+func (s *Syncer) explainQuery(ctx context.Context, query string) (_ string, err error) {
+	// Planning locks the tables the query reads: it waits for a lock another
+	// transaction holds on one (watchLock; the table is found by the waiting
+	// session's statement, so only once the wait lasted lockWaitWarnAfter).
+	explain := "EXPLAIN (VERBOSE, FORMAT JSON) " + query
+	watch := s.watchLock(ctx, "", explain, accessShareConflicts, "planning a Refresh query")
+	defer func() { err = watch.end(err) }()
+	stmt, err := s.db.PrepareContext(ctx, explain)
 	if err != nil {
 		if hasSQLState(err, "42601") && strings.Contains(err.Error(), "multiple commands") {
 			return "", fmt.Errorf("%w: a Refresh query must be one SELECT statement, without a second statement after a semicolon: %w", ErrConfig, err)
