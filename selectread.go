@@ -221,7 +221,7 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 	}
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, selectionLock(info)); err != nil {
-		return lockErr(info, err)
+		return lockErr(ctx, info, err)
 	}
 	shape, err := readShapeSQL(ctx, tx, info)
 	if err != nil {
@@ -283,7 +283,7 @@ func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTa
 	results, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "+selectionLock(info)+"; "+
 		shapeQueryLiteral(info)+"; "+sqlText("selection_begin.sql")).ReadAll()
 	if err != nil {
-		return s.endPgconnSelect(pc, lockErr(info, err))
+		return s.endPgconnSelect(pc, lockErr(ctx, info, err))
 	}
 	if len(results) != 4 {
 		return s.endPgconnSelect(pc, fmt.Errorf("dbsync: selection's first statements returned %d results, want 4", len(results)))

@@ -326,6 +326,17 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 			c.p, c.err = s.openSelection(octx, info, cols, chunkQuery(info, cols, c.after, c.upTo, limit))
 		}()
 	}
+	// chunkEnded is the error of a Snapshot whose ctx ended while chunk c (number n)
+	// was opening: c's own error once it has ended (octx ends with ctx), which says
+	// what the chunk was doing (waiting for a lock, and who holds it:
+	// TestSnapshotLaterChunkLockWaitNamesHolder); ctx's when c had opened.
+	chunkEnded := func(c *snapshotChunk, n int64) error {
+		<-c.done
+		if c.err != nil {
+			return fmt.Errorf("snapshot of %s, chunk %d: %w", table, n, c.err)
+		}
+		return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+	}
 	after, planning := []string(lastKey), true
 	for planning || len(queue) > 0 {
 		if planning && len(queue) < inFlight {
@@ -349,7 +360,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 				select {
 				case <-c.done:
 				case <-ctx.Done():
-					return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+					return chunkEnded(c, prog.Chunks+int64(len(queue)))
 				}
 				if c.err == nil && c.p.selected >= chunk {
 					after, c.continued = c.p.lastKey, true
@@ -365,7 +376,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 		select {
 		case <-c.done:
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+			return chunkEnded(c, prog.Chunks+1)
 		}
 		queue = queue[1:]
 		if c.err != nil {
