@@ -308,6 +308,9 @@ type pendingSelection struct {
 	lastKey  []string
 	done     <-chan selDone
 	closed   bool
+	// nothingWritten: the low watermark's INSERT failed on the server, so the
+	// selection left no row in the watermark table (close deletes none).
+	nothingWritten bool
 }
 
 // maxSelectionReopens is how many times in a row openSelection opens a selection
@@ -383,6 +386,13 @@ func (s *Syncer) openSelectionOnce(ctx context.Context, info *PGTableInfo, cols 
 		return nil, err
 	}
 	if err := s.writeWatermark(ctx, id, wmLow); err != nil {
+		if _, _, server := serverError(err); server {
+			// The server refused the INSERT (its wait for the watermark table's lock
+			// cancelled, a timeout): it rolled back, so no row of the selection is
+			// there to delete, and deleting would wait for that lock once more, up to
+			// deleteWatermarks' 10 s, after ctx ended (TestSelectionLockWaitNamesHolder).
+			p.nothingWritten = true
+		}
 		return fail(err)
 	}
 	rows, snap, lastKey, err := s.selectRows(ctx, info, cols, q)
@@ -441,15 +451,17 @@ func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
 	return out, nil
 }
 
-// close forgets the selection and deletes its watermark rows; it may be called more
-// than once.
+// close forgets the selection and deletes its watermark rows (if it may have written
+// any); it may be called more than once.
 func (p *pendingSelection) close() {
 	if p.closed {
 		return
 	}
 	p.closed = true
 	p.s.win.release(p.id)
-	p.s.deleteWatermarks(p.id)
+	if !p.nothingWritten {
+		p.s.deleteWatermarks(p.id)
+	}
 }
 
 // keysQuery selects the table's rows with the given keys (each key's columns in key
