@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,4 +56,61 @@ func TestSnapshotLaterChunkLockWaitNamesHolder(t *testing.T) {
 	// parallel 1 chunk 2 is opened before chunk 1 is settled, and the Snapshot
 	// ended while chunk 2 opened. Run again, it starts at chunk 1 (at least once).
 	require.Equal(t, []string{`refresh public.slw ["1"]`, `refresh public.slw ["1"]`, `refresh public.slw ["2"]`, `refresh public.slw ["3"]`}, h.eventList())
+}
+
+// TestSnapshotLockWaitPreparedAndRunDelivers: a Snapshot whose table a prepared
+// transaction locked waits for it (a writer of the table) before its first chunk,
+// and the error that ends the wait names it by its gid. A Snapshot whose next chunk
+// waits for a session's lock (after its low watermark was written) does not hold up
+// Run: another table's change is delivered meanwhile; the wait is logged once it
+// lasted lockWaitWarnAfter, and the Snapshot finishes once the lock is released.
+func TestSnapshotLockWaitPreparedAndRunDelivers(t *testing.T) {
+	srv := twoPhaseServer(t)
+	d := srv.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE slp (id int PRIMARY KEY, v text)`, `INSERT INTO slp VALUES (1, 'a'), (2, 'b'), (3, 'c')`,
+		`CREATE TABLE slp_other (id int PRIMARY KEY)`)
+	h := newCacheHandler()
+	var logs pgtest.Buffer
+	s, stop := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("slp", "slp_other"), WithSnapshotChunkSize(1),
+		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	catchUp(t, s)
+
+	prepare(t, d.DB, "slp_prep", `LOCK TABLE slp IN ACCESS EXCLUSIVE MODE`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	err := s.Snapshot(ctx, "slp")
+	cancel()
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Contains(t, err.Error(), "waiting for a lock on public.slp held by prepared transaction 'slp_prep' (AccessExclusiveLock, database "+d.Name+", prepared at ")
+	execAll(t, d.DB, `ROLLBACK PREPARED 'slp_prep'`)
+
+	var pid int
+	var commit func()
+	var locked bool
+	s.win.afterSelect = func() {
+		if !locked {
+			locked = true
+			pid, commit = lockInSession(t, d.DB, `LOCK TABLE slp`)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		done <- s.Snapshot(ctx, "slp")
+	}()
+	waitFor(t, 10*time.Second, func() bool { return lockWaiters(t, d.DB) == 1 }, "chunk 2 to wait for the lock")
+	execAll(t, d.DB, `INSERT INTO slp_other VALUES (7)`)
+	waitFor(t, 10*time.Second, func() bool { return len(h.eventList()) == 2 }, "the insert to be delivered while chunk 2 waits")
+	waitFor(t, 10*time.Second, func() bool {
+		return strings.Contains(logs.String(), "a selection on public.slp has been waiting for a lock on a table")
+	}, "the wait to be logged")
+	require.Contains(t, logs.String(), `held_by="PID `+strconv.Itoa(pid)+" (AccessExclusiveLock, idle in transaction, ")
+	require.Equal(t, 1, strings.Count(logs.String(), "has been waiting for a lock"))
+	commit()
+	require.NoError(t, <-done)
+	s.win.afterSelect = nil
+	catchUp(t, s)
+	require.NoError(t, stop())
+	require.Equal(t, []string{`refresh public.slp ["1"]`, `insert public.slp_other ["7"]`, `refresh public.slp ["2"]`, `refresh public.slp ["3"]`}, h.eventList())
 }
