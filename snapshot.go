@@ -136,6 +136,14 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // wait is ErrRefreshAbandoned wrapping ctx's error
 // (TestSnapshotWithPreparedTransactionsOpen).
 //
+// A chunk waits for a lock another transaction holds on the table (ACCESS EXCLUSIVE:
+// ALTER TABLE, LOCK TABLE, VACUUM FULL, left open or prepared) or on the watermark
+// table, bounded by ctx. A wait of more than 2 s is logged (Warn) naming the table
+// and the holder (PID and state, or the prepared transaction's gid), and the error
+// that ends a wait names them too: ErrRefreshAbandoned wrapping ctx's error, with the
+// chunk's number (docs/SNAPSHOTS.md, "A selection waiting for a lock says who holds
+// it").
+//
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine), as for RefreshContext (which says what a call made while it
 // is not does). Each chunk read at once takes a connection of the Syncer's

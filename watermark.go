@@ -88,6 +88,13 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // error in the chain; with ErrClosed when Close ended it or was called before; or the
 // server cut the SELECT short: statement_timeout, a lock timeout, a deadlock), server
 // errors (a lost connection while the query is planned is one, not ErrConfig).
+//
+// The query's planning, its selection and the watermarks' INSERTs wait for locks
+// other transactions hold on the table or the watermark table (an ALTER TABLE or
+// LOCK TABLE left open, a prepared transaction's lock), bounded by ctx. A wait of
+// more than 2 s is logged (Warn) naming the table and the holder (PID and state, or
+// the prepared transaction's gid), and the error that ends a wait names them too
+// (docs/SNAPSHOTS.md, "A selection waiting for a lock says who holds it").
 func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (_ RefreshStats, err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return RefreshStats{}, err
