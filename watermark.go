@@ -315,6 +315,8 @@ type pendingSelection struct {
 	lastKey  []string
 	done     <-chan selDone
 	closed   bool
+	// ctx is the context the selection was opened with.
+	ctx context.Context
 	// nothingWritten: the low watermark's INSERT failed on the server, so the
 	// selection left no row in the watermark table (close deletes none).
 	nothingWritten bool
@@ -380,7 +382,7 @@ func (s *Syncer) openSelectionOnce(ctx context.Context, info *PGTableInfo, cols 
 		return nil, err
 	}
 	id := s.runID + "-" + strconv.FormatUint(s.selSeq.Add(1), 10)
-	p := &pendingSelection{s: s, id: id, info: info, cols: cols, query: q}
+	p := &pendingSelection{s: s, id: id, info: info, cols: cols, query: q, ctx: ctx}
 	p.done = s.win.register(id, info.RelationID)
 	select {
 	case r := <-p.done: // the Syncer is not running
@@ -467,7 +469,14 @@ func (p *pendingSelection) close() {
 	p.closed = true
 	p.s.win.release(p.id)
 	if !p.nothingWritten {
-		p.s.deleteWatermarks(p.id)
+		bound := deleteWatermarksTimeout
+		if p.ctx != nil && p.ctx.Err() != nil {
+			// The caller's context ended (or Close ended it): the call returns soon
+			// after, not up to 10 s later when the watermark table is locked (its
+			// rows are then deleted with the next selection's).
+			bound = deleteWatermarksEndedTimeout
+		}
+		p.s.deleteWatermarks(p.id, bound)
 	}
 }
 
@@ -717,6 +726,13 @@ func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) err
 	return nil
 }
 
+// Bounds of deleteWatermarks: for a selection that ended normally, and for one whose
+// caller's context ended.
+const (
+	deleteWatermarksTimeout      = 10 * time.Second
+	deleteWatermarksEndedTimeout = time.Second
+)
+
 // deleteWatermarks removes a finished selection's watermark rows (their DELETEs reach
 // the log and are ignored), together with those of earlier selections whose
 // deletion failed (strayWatermarks). A pooled session may have died with the server
@@ -724,11 +740,15 @@ func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) err
 // fails on a lost session is tried once more at once; when it still fails the IDs are
 // kept and deleted with the next selection's rows. Rows left by a crash of this
 // process are ignored too: their selection IDs belong to no registered selection.
-func (s *Syncer) deleteWatermarks(id string) {
+//
+// bound limits the deletion (deleteWatermarksTimeout; deleteWatermarksEndedTimeout
+// for a selection whose caller's context ended, so that a locked watermark table
+// does not hold the call up long after it: TestSelectionLockWaitNamesHolder).
+func (s *Syncer) deleteWatermarks(id string, bound time.Duration) {
 	s.strayMu.Lock()
 	ids := append([]string{id}, s.strayWatermarks...)
 	s.strayMu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	stmt := "DELETE FROM " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) + " WHERE selection_id OPERATOR(pg_catalog.=) ANY ($1)"
 	_, err := s.db.ExecContext(ctx, stmt, pq.StringArray(ids))
