@@ -2,6 +2,7 @@ package dbsync
 
 import (
 	"context"
+	"database/sql"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -113,4 +114,34 @@ func TestSnapshotLockWaitPreparedAndRunDelivers(t *testing.T) {
 	catchUp(t, s)
 	require.NoError(t, stop())
 	require.Equal(t, []string{`refresh public.slp ["1"]`, `insert public.slp_other ["7"]`, `refresh public.slp ["2"]`, `refresh public.slp ["3"]`}, h.eventList())
+}
+
+// TestSnapshotParallelBoundLockWaitNamesHolder: with chunks planned ahead
+// (WithSnapshotParallel), the query finding the next chunk's key range (chunkBound)
+// waits for a lock on the table like a chunk's SELECT: ctx ending that wait is
+// ErrRefreshAbandoned with ctx's error, and the error names the lock and its holder.
+func TestSnapshotParallelBoundLockWaitNamesHolder(t *testing.T) {
+	d := pgtest.NewDatabase(t)
+	execAll(t, d.DB, `CREATE TABLE spb (id int PRIMARY KEY)`, `INSERT INTO spb SELECT generate_series(1, 6)`)
+	h := newCacheHandler()
+	var pid int
+	var commit func()
+	var db *sql.DB = d.DB
+	s, stop := startSyncer(t, d.DSN(), pgtest.Ident(t, "slot"), h, ForTables("spb"), WithSnapshotChunkSize(1),
+		WithSnapshotParallel(2), WithSnapshotChunksInFlight(2),
+		WithSnapshotProgress(func(p SnapshotProgress) {
+			if p.Chunks == 1 {
+				pid, commit = lockInSession(t, db, `LOCK TABLE spb`)
+			}
+		}))
+	catchUp(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	err := s.Snapshot(ctx, "spb")
+	cancel()
+	require.ErrorIs(t, err, ErrRefreshAbandoned)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Contains(t, err.Error(), "snapshot of public.spb, chunk 3: ")
+	require.Contains(t, err.Error(), "waiting for a lock on public.spb held by PID "+strconv.Itoa(pid)+" (AccessExclusiveLock, idle in transaction, ")
+	commit()
+	require.NoError(t, stop())
 }

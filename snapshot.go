@@ -686,7 +686,12 @@ type snapshotChunk struct {
 // (nil: from the start) in primary key order: the upper bound of the chunk that
 // starts after after. It returns nil when fewer than n rows follow. The query reads
 // the primary key index (an index-only scan where the visibility map allows).
-func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []string, n int) ([]string, error) {
+//
+// It reads the table, so it waits for a lock another transaction holds on it, like a
+// chunk's SELECT (watchLock; TestSnapshotParallelBoundLockWaitNamesHolder).
+func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []string, n int) (_ []string, err error) {
+	watch := s.watchLock(ctx, info.QuotedName(), "", accessShareConflicts, "finding a snapshot chunk's key range in "+info.QualifiedName())
+	defer func() { err = watch.end(err) }()
 	kc := keyColumnList(info)
 	texts := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {
