@@ -43,6 +43,10 @@ type lockWatch struct {
 	timer *time.Timer
 	fired chan struct{} // closed when the timer's look is done
 	found string        // the holders the timer's look found ("": none)
+	// serverAnswered: the wait ended on the client (a Snapshot's wait for the
+	// table's writers) right after the server answered a look, so end may look
+	// again though err is no server error.
+	serverAnswered bool
 }
 
 // watchLock starts watching a wait for a lock on rel (quoted and qualified; "" when
@@ -73,7 +77,8 @@ func (s *Syncer) watchLock(ctx context.Context, rel, stmt string, modes []string
 // end stops the watch and returns err, with the lock it waited for and who holds it
 // appended when err ended a wait (the caller's context ended, or the server cut the
 // statement short: statement_timeout, lock_timeout) and such a lock was found: by the
-// timer's look, or (rel known, the Syncer not closed) by a look now, bounded by 2 s.
+// timer's look, or (rel known, the server's own error, the Syncer not closed) by a
+// look now, bounded by 2 s.
 // The error wraps err (errors.Is and errors.As see what it saw).
 func (w *lockWatch) end(err error) error {
 	if w.timer.Stop() {
@@ -85,7 +90,11 @@ func (w *lockWatch) end(err error) error {
 		return err
 	}
 	found := w.found
-	if found == "" && w.rel != "" {
+	if _, _, server := serverError(err); found == "" && w.rel != "" && (server || w.serverAnswered) {
+		// Only when the server answered (lib/pq's cancelled statement, a timeout):
+		// one whose session was cut off (pgx ends a statement whose context ended by
+		// closing its connection) may be unreachable, and the look would only keep
+		// the caller waiting.
 		w.s.mu.Lock()
 		closed := w.s.closed
 		w.s.mu.Unlock()

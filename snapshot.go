@@ -513,6 +513,7 @@ func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) (er
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			watch.serverAnswered = true
 			return fmt.Errorf("%w: snapshot of %s: waited %s for %d transaction(s) writing the table to end (a transaction that wrote it before ALTER PUBLICATION ... ADD TABLE would have those changes left out of the slot); end them (pg_locks shows them; pg_terminate_backend ends a session's, COMMIT PREPARED or ROLLBACK PREPARED a prepared one: pg_prepared_xacts) or call Snapshot again: %w",
 				ErrRefreshAbandoned, info.QualifiedName(), time.Since(start).Round(time.Millisecond), open, ctx.Err())
 		case <-t.C:
