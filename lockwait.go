@@ -57,10 +57,7 @@ type lockWatch struct {
 // end must be called when the statements are done.
 func (s *Syncer) watchLock(ctx context.Context, rel, stmt string, modes []string, what string) *lockWatch {
 	w := &lockWatch{s: s, ctx: ctx, rel: rel, stmt: stmt, modes: modes, what: what, fired: make(chan struct{})}
-	after := s.lockWarnAfter
-	if after <= 0 {
-		after = lockWaitWarnAfter
-	}
+	after := lockWaitWarnAfter
 	w.timer = time.AfterFunc(after, func() {
 		defer close(w.fired)
 		table, holders := s.lockHolders(ctx, rel, stmt, modes)

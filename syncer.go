@@ -145,8 +145,6 @@ type Syncer struct {
 	// writersLooked, when set, is called after each look of that wait with how many
 	// of the transactions it waits for are still open (tests).
 	writersLooked func(table string, open int)
-	// lockWarnAfter, when not 0, replaces lockWaitWarnAfter (lockwait.go; tests).
-	lockWarnAfter time.Duration
 	// beforeSlotCreate, when set, is called by setup right before it creates the
 	// slot, after it found none (ensureSlot; tests).
 	beforeSlotCreate func()
