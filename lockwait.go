@@ -51,7 +51,7 @@ type lockWatch struct {
 
 // watchLock starts watching a wait for a lock on rel (quoted and qualified; "" when
 // not known: then the session running stmt is looked for among those waiting for a
-// lock) in one of the modes that conflict with modes. After s.lockWarnAfter the
+// lock) in one of the modes that conflict with modes. After lockWaitWarnAfter the
 // holders of such locks (sessions with their PID and state, prepared transactions
 // with their gid) are looked up and, if there are any, logged once as a warning.
 // end must be called when the statements are done.
