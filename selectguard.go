@@ -81,12 +81,18 @@ func tableDropped(info *PGTableInfo) error {
 }
 
 // lockErr turns a failed LOCK TABLE of a selection into tableDropped when the table
-// no longer exists (42P01), and into ErrRefreshAbandoned when the server cut the wait
-// short (selectionCutShort: statement_timeout or lock_timeout while a DDL holds the
-// table, TestSnapshotChunkLockCutShort).
-func lockErr(info *PGTableInfo, err error) error {
+// no longer exists (42P01), into ctx's error when the caller's context ended the wait
+// (lib/pq then has the server cancel the statement: 57014, which is no
+// statement_timeout; TestSnapshotLaterChunkLockWaitNamesHolder), and into
+// ErrRefreshAbandoned when the server cut the wait short (selectionCutShort:
+// statement_timeout or lock_timeout while a DDL holds the table,
+// TestSnapshotChunkLockCutShort).
+func lockErr(ctx context.Context, info *PGTableInfo, err error) error {
 	if code, _, ok := serverError(err); ok && code == "42P01" {
 		return tableDropped(info)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("lock %s for the selection: %w (%w)", info.QualifiedName(), ctx.Err(), classify(err, "lock "+info.QualifiedName()))
 	}
 	if why := selectionCutShort(err); why != "" {
 		return fmt.Errorf("%w: selection on %s: %s; nothing of it was delivered: run the Refresh or Snapshot again (a Snapshot resumes at this chunk): %w",

@@ -180,7 +180,13 @@ type selResult struct {
 // captures pg_current_snapshot() (the snapshot every later statement of the
 // transaction uses), and returns the rows (keyed by record ID), the snapshot and the
 // key columns (text) of the last row (nil: no rows).
-func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (*InMemSelection, xidSnapshot, []string, error) {
+func (s *Syncer) selectRows(ctx context.Context, info *PGTableInfo, cols []string, q selQuery) (_ *InMemSelection, _ xidSnapshot, _ []string, err error) {
+	// LOCK TABLE and the SELECT wait for a lock another transaction holds on the
+	// table (an ALTER TABLE, a LOCK TABLE, a VACUUM FULL left open or prepared):
+	// after lockWaitWarnAfter that is logged, and an error that ends the wait names
+	// the lock and who holds it (TestSelectionLockWaitNamesHolder).
+	watch := s.watchLock(ctx, info.QuotedName(), "", accessShareConflicts, "a selection on "+info.QualifiedName())
+	defer func() { err = watch.end(err) }()
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return nil, xidSnapshot{}, nil, classify(err, "begin selection transaction")
@@ -221,7 +227,7 @@ func (s *Syncer) selectSQL(ctx context.Context, conn *sql.Conn, info *PGTableInf
 	}
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, selectionLock(info)); err != nil {
-		return lockErr(info, err)
+		return lockErr(ctx, info, err)
 	}
 	shape, err := readShapeSQL(ctx, tx, info)
 	if err != nil {
@@ -283,7 +289,7 @@ func (s *Syncer) selectPgconn(ctx context.Context, pc *pgconn.PgConn, info *PGTa
 	results, err := pc.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "+selectionLock(info)+"; "+
 		shapeQueryLiteral(info)+"; "+sqlText("selection_begin.sql")).ReadAll()
 	if err != nil {
-		return s.endPgconnSelect(pc, lockErr(info, err))
+		return s.endPgconnSelect(pc, lockErr(ctx, info, err))
 	}
 	if len(results) != 4 {
 		return s.endPgconnSelect(pc, fmt.Errorf("dbsync: selection's first statements returned %d results, want 4", len(results)))

@@ -136,6 +136,14 @@ func WithSnapshotProgress(f func(SnapshotProgress)) SyncerOpt {
 // wait is ErrRefreshAbandoned wrapping ctx's error
 // (TestSnapshotWithPreparedTransactionsOpen).
 //
+// A chunk waits for a lock another transaction holds on the table (ACCESS EXCLUSIVE:
+// ALTER TABLE, LOCK TABLE, VACUUM FULL, left open or prepared) or on the watermark
+// table, bounded by ctx. A wait of more than 2 s is logged (Warn) naming the table
+// and the holder (PID and state, or the prepared transaction's gid), and the error
+// that ends a wait names them too: ErrRefreshAbandoned wrapping ctx's error, with the
+// chunk's number (docs/SNAPSHOTS.md, "A selection waiting for a lock says who holds
+// it").
+//
 // Snapshot blocks until every table was read; the Syncer must be running (Run/Start
 // in another goroutine), as for RefreshContext (which says what a call made while it
 // is not does). Each chunk read at once takes a connection of the Syncer's
@@ -341,6 +349,17 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 			c.p, c.err = s.openSelection(octx, info, cols, chunkQuery(info, cols, c.after, c.upTo, limit))
 		}()
 	}
+	// chunkEnded is the error of a Snapshot whose ctx ended while chunk c (number n)
+	// was opening: c's own error once it has ended (octx ends with ctx), which says
+	// what the chunk was doing (waiting for a lock, and who holds it:
+	// TestSnapshotLaterChunkLockWaitNamesHolder); ctx's when c had opened.
+	chunkEnded := func(c *snapshotChunk, n int64) error {
+		<-c.done
+		if c.err != nil {
+			return fmt.Errorf("snapshot of %s, chunk %d: %w", table, n, c.err)
+		}
+		return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+	}
 	after, planning := []string(lastKey), true
 	for planning || len(queue) > 0 {
 		if planning && len(queue) < inFlight {
@@ -364,7 +383,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 				select {
 				case <-c.done:
 				case <-ctx.Done():
-					return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+					return chunkEnded(c, prog.Chunks+int64(len(queue)))
 				}
 				if c.err == nil && c.p.selected >= chunk {
 					after, c.continued = c.p.lastKey, true
@@ -380,7 +399,7 @@ func (s *Syncer) snapshotTable(ctx context.Context, name string) (err error) {
 		select {
 		case <-c.done:
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", ErrRefreshAbandoned, ctx.Err())
+			return chunkEnded(c, prog.Chunks+1)
 		}
 		queue = queue[1:]
 		if c.err != nil {
@@ -471,7 +490,7 @@ const maxWritersPoll = time.Second
 // committed or rolled back: TestSnapshotWaitsForPreparedWriterOfAddedTable), until ctx ends
 // (ErrRefreshAbandoned); the wait is logged. The looks start 10 ms apart and slow
 // down to maxWritersPoll.
-func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) error {
+func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) (err error) {
 	var vxids pq.StringArray
 	if err := s.db.QueryRowContext(ctx, sqlText("table_writers.sql"), info.RelationID).Scan(&vxids); err != nil {
 		return classify(err, "find the transactions writing "+info.QualifiedName())
@@ -481,6 +500,10 @@ func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) err
 	}
 	s.log.Info("dbsync: snapshot waits for the transactions writing the table to end (one that wrote it before it was added to the publication would have those changes left out of the slot)",
 		"table", info.QualifiedName(), "transactions", len(vxids))
+	// Who they are is logged once they were waited for lockWaitWarnAfter, and named
+	// in the error when ctx ends the wait (TestSnapshotLockWaitNamesHolder).
+	watch := s.watchLock(ctx, info.QuotedName(), "", writerLockModes, "a snapshot of "+info.QualifiedName()+" (waiting for the transactions writing it)")
+	defer func() { err = watch.end(err) }()
 	if f := s.writersWaiting; f != nil {
 		f(info.QualifiedName(), len(vxids))
 	}
@@ -505,6 +528,7 @@ func (s *Syncer) waitForTableWriters(ctx context.Context, info *PGTableInfo) err
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			watch.serverAnswered = true
 			return fmt.Errorf("%w: snapshot of %s: waited %s for %d transaction(s) writing the table to end (a transaction that wrote it before ALTER PUBLICATION ... ADD TABLE would have those changes left out of the slot); end them (pg_locks shows them; pg_terminate_backend ends a session's, COMMIT PREPARED or ROLLBACK PREPARED a prepared one: pg_prepared_xacts) or call Snapshot again: %w",
 				ErrRefreshAbandoned, info.QualifiedName(), time.Since(start).Round(time.Millisecond), open, ctx.Err())
 		case <-t.C:
@@ -678,7 +702,12 @@ type snapshotChunk struct {
 // (nil: from the start) in primary key order: the upper bound of the chunk that
 // starts after after. It returns nil when fewer than n rows follow. The query reads
 // the primary key index (an index-only scan where the visibility map allows).
-func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []string, n int) ([]string, error) {
+//
+// It reads the table, so it waits for a lock another transaction holds on it, like a
+// chunk's SELECT (watchLock; TestSnapshotParallelBoundLockWaitNamesHolder).
+func (s *Syncer) chunkBound(ctx context.Context, info *PGTableInfo, after []string, n int) (_ []string, err error) {
+	watch := s.watchLock(ctx, info.QuotedName(), "", accessShareConflicts, "finding a snapshot chunk's key range in "+info.QualifiedName())
+	defer func() { err = watch.end(err) }()
 	kc := keyColumnList(info)
 	texts := make([]string, len(info.PrimaryKey))
 	for i, k := range info.PrimaryKey {

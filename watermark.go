@@ -92,6 +92,13 @@ func (s *Syncer) Refresh(selectQuery string) error {
 // error in the chain; with ErrClosed when Close ended it or was called before; or the
 // server cut the SELECT short: statement_timeout, a lock timeout, a deadlock), server
 // errors (a lost connection while the query is planned is one, not ErrConfig).
+//
+// The query's planning, its selection and the watermarks' INSERTs wait for locks
+// other transactions hold on the table or the watermark table (an ALTER TABLE or
+// LOCK TABLE left open, a prepared transaction's lock), bounded by ctx. A wait of
+// more than 2 s is logged (Warn) naming the table and the holder (PID and state, or
+// the prepared transaction's gid), and the error that ends a wait names them too
+// (docs/SNAPSHOTS.md, "A selection waiting for a lock says who holds it").
 func (s *Syncer) RefreshContext(ctx context.Context, selectQuery string) (_ RefreshStats, err error) {
 	if err := s.refreshAllowed(); err != nil {
 		return RefreshStats{}, err
@@ -312,6 +319,11 @@ type pendingSelection struct {
 	lastKey  []string
 	done     <-chan selDone
 	closed   bool
+	// ctx is the context the selection was opened with.
+	ctx context.Context
+	// nothingWritten: the low watermark's INSERT failed on the server, so the
+	// selection left no row in the watermark table (close deletes none).
+	nothingWritten bool
 }
 
 // maxSelectionReopens is how many times in a row openSelection opens a selection
@@ -374,7 +386,7 @@ func (s *Syncer) openSelectionOnce(ctx context.Context, info *PGTableInfo, cols 
 		return nil, err
 	}
 	id := s.runID + "-" + strconv.FormatUint(s.selSeq.Add(1), 10)
-	p := &pendingSelection{s: s, id: id, info: info, cols: cols, query: q}
+	p := &pendingSelection{s: s, id: id, info: info, cols: cols, query: q, ctx: ctx}
 	p.done = s.win.register(id, info.RelationID)
 	select {
 	case r := <-p.done: // the Syncer is not running
@@ -387,6 +399,13 @@ func (s *Syncer) openSelectionOnce(ctx context.Context, info *PGTableInfo, cols 
 		return nil, err
 	}
 	if err := s.writeWatermark(ctx, id, wmLow); err != nil {
+		if _, _, server := serverError(err); server {
+			// The server refused the INSERT (its wait for the watermark table's lock
+			// cancelled, a timeout): it rolled back, so no row of the selection is
+			// there to delete, and deleting would wait for that lock once more, up to
+			// deleteWatermarks' 10 s, after ctx ended (TestSelectionLockWaitNamesHolder).
+			p.nothingWritten = true
+		}
 		return fail(err)
 	}
 	rows, snap, lastKey, err := s.selectRows(ctx, info, cols, q)
@@ -445,15 +464,24 @@ func (p *pendingSelection) wait(ctx context.Context) (selOutcome, error) {
 	return out, nil
 }
 
-// close forgets the selection and deletes its watermark rows; it may be called more
-// than once.
+// close forgets the selection and deletes its watermark rows (if it may have written
+// any); it may be called more than once.
 func (p *pendingSelection) close() {
 	if p.closed {
 		return
 	}
 	p.closed = true
 	p.s.win.release(p.id)
-	p.s.deleteWatermarks(p.id)
+	if !p.nothingWritten {
+		bound := deleteWatermarksTimeout
+		if p.ctx != nil && p.ctx.Err() != nil {
+			// The caller's context ended (or Close ended it): the call returns soon
+			// after, not up to 10 s later when the watermark table is locked (its
+			// rows are then deleted with the next selection's).
+			bound = deleteWatermarksEndedTimeout
+		}
+		p.s.deleteWatermarks(p.id, bound)
+	}
 }
 
 // keysQuery selects the table's rows with the given keys (each key's columns in key
@@ -692,12 +720,22 @@ func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) err
 	stmt := "INSERT INTO " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) +
 		" (selection_id, wm_type) VALUES ($1, $2) ON CONFLICT (selection_id, wm_type) DO NOTHING"
 	s.win.expect(id, kind)
-	if _, err := s.db.ExecContext(ctx, stmt, id, string(kind)); err != nil {
+	watch := s.watchLock(ctx, pq.QuoteIdentifier(s.ctrlNamespace)+"."+pq.QuoteIdentifier(s.wmTableName), "", rowExclusiveConflicts,
+		fmt.Sprintf("writing the %s watermark of selection %s", kind, id))
+	_, err := s.db.ExecContext(ctx, stmt, id, string(kind))
+	if err = watch.end(err); err != nil {
 		return classify(err, fmt.Sprintf("write %s watermark of selection %s", kind, id))
 	}
 	s.win.wrote(id, kind)
 	return nil
 }
+
+// Bounds of deleteWatermarks: for a selection that ended normally, and for one whose
+// caller's context ended.
+const (
+	deleteWatermarksTimeout      = 10 * time.Second
+	deleteWatermarksEndedTimeout = time.Second
+)
 
 // deleteWatermarks removes a finished selection's watermark rows (their DELETEs reach
 // the log and are ignored), together with those of earlier selections whose
@@ -706,11 +744,15 @@ func (s *Syncer) writeWatermark(ctx context.Context, id string, kind wmKind) err
 // fails on a lost session is tried once more at once; when it still fails the IDs are
 // kept and deleted with the next selection's rows. Rows left by a crash of this
 // process are ignored too: their selection IDs belong to no registered selection.
-func (s *Syncer) deleteWatermarks(id string) {
+//
+// bound limits the deletion (deleteWatermarksTimeout; deleteWatermarksEndedTimeout
+// for a selection whose caller's context ended, so that a locked watermark table
+// does not hold the call up long after it: TestSelectionLockWaitNamesHolder).
+func (s *Syncer) deleteWatermarks(id string, bound time.Duration) {
 	s.strayMu.Lock()
 	ids := append([]string{id}, s.strayWatermarks...)
 	s.strayMu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	stmt := "DELETE FROM " + pq.QuoteIdentifier(s.ctrlNamespace) + "." + pq.QuoteIdentifier(s.wmTableName) + " WHERE selection_id OPERATOR(pg_catalog.=) ANY ($1)"
 	_, err := s.db.ExecContext(ctx, stmt, pq.StringArray(ids))
@@ -830,8 +872,14 @@ func (s *Syncer) describeColumns(ctx context.Context, query string) ([]string, e
 // statement that wraps the query (queryColumns, the selection) runs only once its
 // EXPLAIN passed, and a string that closes the wrapper's parenthesis to smuggle in a
 // statement is no valid statement here.
-func (s *Syncer) explainQuery(ctx context.Context, query string) (string, error) {
-	stmt, err := s.db.PrepareContext(ctx, "EXPLAIN (VERBOSE, FORMAT JSON) "+query)
+func (s *Syncer) explainQuery(ctx context.Context, query string) (_ string, err error) {
+	// Planning locks the tables the query reads: it waits for a lock another
+	// transaction holds on one (watchLock; the table is found by the waiting
+	// session's statement, so only once the wait lasted lockWaitWarnAfter).
+	explain := "EXPLAIN (VERBOSE, FORMAT JSON) " + query
+	watch := s.watchLock(ctx, "", explain, accessShareConflicts, "planning a Refresh query")
+	defer func() { err = watch.end(err) }()
+	stmt, err := s.db.PrepareContext(ctx, explain)
 	if err != nil {
 		if hasSQLState(err, "42601") && strings.Contains(err.Error(), "multiple commands") {
 			return "", fmt.Errorf("%w: a Refresh query must be one SELECT statement, without a second statement after a semicolon: %w", ErrConfig, err)
