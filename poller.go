@@ -103,13 +103,14 @@ func (s *Syncer) CurrentFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 // committed before it are not delivered again. Returns ErrSlotMissing if the slot does
 // not exist, ErrSlotInvalidated if its WAL was removed, ErrClosed after Close,
 // ErrStatementCancelled when the server cancelled its statement (a statement_timeout
-// of dbsync's role: raise it).
+// of dbsync's role: raise it). When ctx ended, the error wraps ctx's error and names
+// the call ("ConfirmedFlushLSN: context canceled: ...").
 func (s *Syncer) ConfirmedFlushLSN(ctx context.Context) (pglogrepl.LSN, error) {
 	if err := s.checkOpen("ConfirmedFlushLSN"); err != nil {
 		return 0, err
 	}
 	lsn, err := s.confirmedFlushLSN(ctx)
-	return lsn, errCancelledCall(ctx, "ConfirmedFlushLSN", err)
+	return lsn, withCtxErr(ctx, "ConfirmedFlushLSN", errCancelledCall(ctx, "ConfirmedFlushLSN", err))
 }
 
 // confirmedFlushLSN is ConfirmedFlushLSN for dbsync's own calls, which may run while

@@ -144,13 +144,14 @@ func (p ReplicaIdentityProblem) generatedKeyString() string {
 // own replica identity, the one PostgreSQL uses. Setup calls it and logs a warning per table (an error with
 // WithStrictReplicaIdentity). Read-only. Returns ErrPublicationMissing when the
 // publication does not exist, ErrClosed after Close, ErrStatementCancelled when the
-// server cancelled its statement (a statement_timeout of dbsync's role: raise it).
+// server cancelled its statement (a statement_timeout of dbsync's role: raise it). When
+// ctx ended, the error wraps ctx's error and names the call.
 func (s *Syncer) CheckReplicaIdentity(ctx context.Context) ([]ReplicaIdentityProblem, error) {
 	if err := s.checkOpen("CheckReplicaIdentity"); err != nil {
 		return nil, err
 	}
 	problems, err := s.checkReplicaIdentity(ctx)
-	return problems, errCancelledCall(ctx, "CheckReplicaIdentity", err)
+	return problems, withCtxErr(ctx, "CheckReplicaIdentity", errCancelledCall(ctx, "CheckReplicaIdentity", err))
 }
 
 // checkReplicaIdentity is CheckReplicaIdentity for setup (whose caller calls Setup

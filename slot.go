@@ -74,13 +74,14 @@ type SlotStats struct {
 // pg_stat_replication_slots. It creates nothing, so it can run on a Syncer made with
 // WithSetup(false) next to a running consumer. Returns ErrSlotMissing (wrapped) if
 // there is no such slot, ErrClosed after Close, ErrStatementCancelled when the server
-// cancelled its statement (a statement_timeout of dbsync's role: raise it).
+// cancelled its statement (a statement_timeout of dbsync's role: raise it). When ctx
+// ended, the error wraps ctx's error and names the call ("Status: context canceled: ...").
 func (s *Syncer) Status(ctx context.Context) (_ SlotStatus, err error) {
 	var st SlotStatus
 	if err := s.checkOpen("Status"); err != nil {
 		return st, err
 	}
-	defer func() { err = errCancelledCall(ctx, "Status", err) }()
+	defer func() { err = withCtxErr(ctx, "Status", errCancelledCall(ctx, "Status", err)) }()
 	var confirmed, restart sql.NullString
 	var current, flush string
 	var version int
@@ -173,7 +174,8 @@ func (r TeardownResult) Kept() bool { return len(r.OtherSlots) > 0 }
 // ErrSlotMismatch, moving nothing, for a slot dbsync does not read (not a logical
 // pgoutput slot of this database, or a two_phase one: see Setup), and
 // ErrStatementCancelled when the server cancelled a statement of its lookup (a
-// statement_timeout of dbsync's role: raise it; the slot was not moved). The advance decodes
+// statement_timeout of dbsync's role: raise it; the slot was not moved). When ctx ended,
+// the error wraps ctx's error and names the call. The advance decodes
 // the whole backlog and runs with statement_timeout off (a statement_timeout of the
 // role, the database or the connection string does not cancel it; the pool's
 // sessions keep theirs).
@@ -181,7 +183,7 @@ func (s *Syncer) SkipBacklog(ctx context.Context) (lsn pglogrepl.LSN, err error)
 	if err := s.checkLowLevelCall("SkipBacklog"); err != nil {
 		return 0, err
 	}
-	defer func() { err = errCancelledCall(ctx, "SkipBacklog", err) }()
+	defer func() { err = withCtxErr(ctx, "SkipBacklog", errCancelledCall(ctx, "SkipBacklog", err)) }()
 	conn, taken, pid, err := s.takeSlotLock(ctx)
 	if err != nil {
 		return 0, s.diagnose(ctx, classify(err, "lock slot "+s.replicationSlot))

@@ -13,12 +13,13 @@ import (
 // Returns an error wrapping ErrConfig when the table does not exist or the name is
 // another kind of relation (a view, an index, a sequence, ...), ErrClosed after Close,
 // ErrStatementCancelled when the server cancelled a statement of it (a
-// statement_timeout of dbsync's role: raise it).
+// statement_timeout of dbsync's role: raise it). When ctx ended, the error wraps ctx's
+// error and names the call.
 func (s *Syncer) TableInfo(ctx context.Context, name string) (_ *PGTableInfo, err error) {
 	if err := s.checkOpen("TableInfo"); err != nil {
 		return nil, err
 	}
-	defer func() { err = errCancelledCall(ctx, "TableInfo", err) }()
+	defer func() { err = withCtxErr(ctx, "TableInfo", errCancelledCall(ctx, "TableInfo", err)) }()
 	t, err := resolveTable(ctx, s.db, name)
 	if err != nil {
 		return nil, err
